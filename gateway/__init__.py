@@ -1,0 +1,1 @@
+"""Edgewire gateway: device auth, rate limits, ingestion, storage, fan-out, alerts, dashboard."""
