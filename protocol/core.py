@@ -600,7 +600,11 @@ class GatewaySession:
         if self.hold_from:
             if frame.seq > self.hold_from:
                 # Sent before the device saw the slow-down; it resends from hold_from.
+                # Counted as a strike so a device that ignores slow-downs is still cut off.
                 self.throttled += 1
+                self.rate_strikes += 1
+                if self.rate_strikes > self.max_rate_strikes:
+                    return self._close_event(E_RATE, "rate limit exceeded after slow-down; reconnect later")
                 return Event(EV_THROTTLE, ProtocolError(E_RATE, "waiting for resend of seq " + str(self.hold_from)))
             self.hold_from = 0
         if not self.bucket.take(now):

@@ -104,6 +104,16 @@ class Storage(abc.ABC):
     async def put_device(self, record: DeviceRecord) -> None:
         """Insert or replace the device's registry row."""
 
+    async def create_device(self, record: DeviceRecord) -> bool:
+        """Insert the device's row unless its id is registered; False if it was.
+
+        Backends override this with an atomic insert; this fallback checks, then puts.
+        """
+        if await self.get_device(record.device_id) is not None:
+            return False
+        await self.put_device(record)
+        return True
+
     # -- alerts
     @abc.abstractmethod
     async def raise_alert(self, device_id: str, metric: str, rule: str, at_ms: int, value: float) -> int:

@@ -1,0 +1,471 @@
+"""`make bench`: the gateway under N-device load, side by side with Mosquitto, in one run.
+
+Systems (same devices, same payload bytes, same rate, same generator):
+  gateway            full production path: auth, validation, SQLite (synchronous=FULL), dashboard fan-out
+  gateway-transport  the gateway with ``--storage none``: auth, validation, fan-out; acks at once
+  mosquitto          Debian's mosquitto, websockets listener, MQTT 3.1.1 QoS 0, one subscriber
+
+For each step (device count) and system: a fresh server process, the connection storm,
+``hold`` seconds at ``rate`` readings/s per device, a bounded drain, then the figures
+(docs/performance.md documents every field). Results: a table on stdout and JSON in
+bench/results/ (timestamped file + latest.json).
+
+    python -m bench.run                     # 1k, 5k, 10k devices, 30 s each
+    python -m bench.run --quick             # 1k devices, 10 s: CI smoke test (fails on any loss)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.metrics import ProcSample, cpu_per_1000, latency_summary, ratio, rss_per_connection_kib
+from bench.servers import BenchError, GatewayServer, MosquittoServer, mosquitto_path, scratch_dir
+from simulator.loadgen import LoadGen, LoadgenError, Watcher, raise_nofile_limit
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SYSTEMS = ("gateway", "gateway-transport", "mosquitto")
+SCHEMA = "edgewire-bench/1"
+SATURATED = 0.90  # a generator process at >= 90 % of one core invalidates the step
+
+
+# ---------------------------------------------------------------- registration
+
+async def _register_all(url: str, admin_token: str, ids: list[str], connections: int = 4,
+                        window: int = 200) -> dict[str, str]:
+    """Register ``ids`` through /v1/admin (docs/protocol.md section 10); return id -> token."""
+    from websockets.asyncio.client import connect
+
+    tokens: dict[str, str] = {}
+
+    async def worker(share: list[str]) -> None:
+        async with connect(url + "/v1/admin", additional_headers={"Authorization": f"Bearer {admin_token}"},
+                           max_size=1 << 22, open_timeout=30) as ws:
+            for start in range(0, len(share), window):
+                chunk = share[start:start + window]
+                for device_id in chunk:
+                    await ws.send(json.dumps({"t": "register", "id": device_id, "device_id": device_id,
+                                              "label": "bench"}))
+                for _ in chunk:
+                    reply = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                    if reply.get("t") != "ok":
+                        raise BenchError(f"registering {reply.get('id')}: {reply.get('code')}: {reply.get('msg')}")
+                    tokens[reply["device_id"]] = reply["token"]
+
+    await asyncio.gather(*(worker(ids[i::connections]) for i in range(connections)))
+    return tokens
+
+
+def prepare_template(workdir: Path, count: int, log: Any) -> tuple[Path, list[tuple[str, str]]]:
+    """A gateway data dir with ``count`` registered devices, copied fresh for every gateway step."""
+    template = workdir / "gateway-template"
+    server = GatewayServer(template, "sqlite")
+    server.start()
+    try:
+        admin = (template / "admin.token").read_text().strip()
+        ids = [f"bench-{i:05d}" for i in range(1, count + 1)]
+        started = time.monotonic()
+        tokens = asyncio.run(_register_all(server.url, admin, ids))
+        log(f"registered {len(tokens)} devices in {time.monotonic() - started:.1f} s")
+    finally:
+        server.stop()
+    (template / "gateway.log").unlink(missing_ok=True)
+    return template, [(device_id, tokens[device_id]) for device_id in ids]
+
+
+# ---------------------------------------------------------------- one step of one system
+
+def _count_readings(db: Path) -> int | None:
+    if not db.exists():
+        return None
+    uri = f"file:{db}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+
+
+def _gateway_metrics(port: int) -> dict[str, float]:
+    """Counters from the gateway's /metrics (Prometheus text), without labels."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line and not line.startswith("#") and "{" not in line:
+                name, _, value = line.partition(" ")
+                with contextlib.suppress(ValueError):
+                    out[name.removeprefix("edgewire_")] = float(value)
+    return out
+
+
+def _sleep_until(wall: float) -> None:
+    delay = wall - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Namespace, template: Path | None,
+               workdir: Path, log: Any) -> dict[str, Any]:
+    """Run one system at ``len(devices)`` devices; return its figures (see docs/performance.md)."""
+    n = len(devices)
+    result: dict[str, Any] = {"system": system, "devices": n, "valid": True, "invalid_reasons": []}
+    server: GatewayServer | MosquittoServer
+    data_dir = workdir / f"{system}-{n}"
+    if system == "mosquitto":
+        server = MosquittoServer(data_dir)
+    else:
+        assert template is not None
+        shutil.copytree(template, data_dir)
+        server = GatewayServer(data_dir, "none" if system == "gateway-transport" else "sqlite",
+                               opts.dashboard_interval_ms, uvloop=opts.uvloop)
+    watcher: Watcher | None = None
+    gen: LoadGen | None = None
+    profiler: subprocess.Popen[bytes] | None = None
+    try:
+        server.start()
+        time.sleep(1.0)
+        idle = ProcSample.take(server.pid)
+        if system == "mosquitto":
+            watcher = Watcher("subscriber", server.url)
+            gen = LoadGen("mqtt", server.url, devices, opts.workers, opts.sources)
+        else:
+            watcher = Watcher("dashboard", server.url + "/v1/dashboard")
+            gen = LoadGen("edgewire", server.url + "/v1/device", devices, opts.workers, opts.sources)
+        before_connect = ProcSample.take(server.pid)
+        conn = gen.connect(opts.concurrency, opts.connect_timeout)
+        after_connect = ProcSample.take(server.pid)
+        result.update(connected=conn["connected"], connect_failures=conn["failures"],
+                      connect_s=round(conn["connect_s"], 2), connect_error=conn["first_error"] or None)
+        log(f"  {system}: {conn['connected']}/{n} connected in {conn['connect_s']:.1f} s"
+            + (f" (first error: {conn['first_error']})" if conn["first_error"] else ""))
+        time.sleep(2.0)  # online events flushed, handshake buffers settled
+        quiet = ProcSample.take(server.pid)
+        watcher.mark()
+        start_at = time.time() + 0.5
+        gen.start(start_at, opts.hold, opts.rate, opts.drain)
+        _sleep_until(start_at)
+        s0 = ProcSample.take(server.pid)
+        if opts.profile and system in opts.profile:
+            profiler = _start_profiler(server.pid, opts, system, n)
+        _sleep_until(start_at + opts.hold)
+        s_hold = ProcSample.take(server.pid)
+        workers = gen.results(opts.hold + opts.drain + 120)
+        s1 = ProcSample.take(server.pid)
+        # let the last updates / messages arrive: wait until the count stops growing (bounded)
+        stats = watcher.stats()
+        settle_end = time.monotonic() + 5.0
+        while time.monotonic() < settle_end:
+            time.sleep(max(0.3, opts.dashboard_interval_ms / 1000 * 3))
+            newer = watcher.stats()
+            if newer["delivered"] == stats["delivered"]:
+                stats = newer
+                break
+            stats = newer
+        if profiler is not None:
+            profiler.wait(opts.hold + 60)
+            profiler = None
+        final = ProcSample.take(server.pid)
+        generated = sum(w["generated"] for w in workers)
+        sent = sum(w["sent"] for w in workers)
+        acked = sum(w["acked"] for w in workers)
+        delivered = int(stats["delivered"])
+        window_s = max(1e-6, s1.cpu_s - s0.cpu_s)
+        wall_hold = max(w["wall_s"] for w in workers)
+        result.update(
+            generated=generated, sent=sent, acked=acked if system != "mosquitto" else None, delivered=delivered,
+            rejected=sum(w["rejected"] for w in workers), slowed=sum(w["slowed"] for w in workers),
+            closed_during_run=sum(w["closed_during_run"] for w in workers),
+            readings_per_s=round(sent / wall_hold, 1) if wall_hold else None,
+            latency=latency_summary(stats["latencies"]),
+        )
+        if system == "gateway":
+            db = data_dir / "edgewire.db"
+            result["stored"] = _count_readings(db)
+            result["lost"] = generated - acked
+        elif system == "gateway-transport":
+            result["stored"] = None
+            result["lost"] = generated - acked
+        else:
+            result["stored"] = None
+            result["lost"] = generated - delivered
+        if system != "mosquitto":
+            result["gateway_metrics"] = _gateway_metrics(server.port)
+        result["server"] = {
+            "pid_cpu_s": round(window_s, 3),
+            "cpu_per_1000": _round(cpu_per_1000(window_s, generated), 4),
+            "cpu_pct_hold": round(100 * (s_hold.cpu_s - s0.cpu_s) / opts.hold, 1),
+            "connect_cpu_s": round(after_connect.cpu_s - before_connect.cpu_s, 3),
+            "rss_idle_kib": idle.rss_kib, "rss_connected_kib": quiet.rss_kib, "rss_loaded_kib": s_hold.rss_kib,
+            "hwm_kib": final.hwm_kib,
+            "rss_per_conn_kib": _round(rss_per_connection_kib(s_hold.rss_kib, idle.rss_kib, conn["connected"]), 2),
+            "rss_per_conn_quiet_kib": _round(rss_per_connection_kib(quiet.rss_kib, idle.rss_kib,
+                                                                    conn["connected"]), 2),
+        }
+        gen_cpu = [w["cpu_s"] / w["wall_s"] if w["wall_s"] else 0.0 for w in workers]
+        watch_cpu = (stats["cpu_s"] - 0.0)  # cumulative; the window figure below is what counts
+        result["generator"] = {
+            "workers": len(workers), "cpu_pct": [round(100 * c, 1) for c in gen_cpu],
+            "late_max_s": round(max(w["late_max_s"] for w in workers), 3),
+            "rss_kib": [w["rss_kib"]["rss"] for w in workers], "drain_s": round(max(w["drain_s"] for w in workers), 2),
+        }
+        result["watcher"] = {"cpu_s_total": round(watch_cpu, 2), "resyncs": stats.get("resyncs", 0)}
+        if max(gen_cpu, default=0.0) >= SATURATED:
+            result["valid"] = False
+            result["invalid_reasons"].append(f"generator saturated ({100 * max(gen_cpu):.0f} % of a core)")
+        if result["generator"]["late_max_s"] > 1.0:
+            result["valid"] = False
+            result["invalid_reasons"].append(f"generator fell {result['generator']['late_max_s']:.1f} s behind schedule")
+        if conn["connected"] < n:
+            result["invalid_reasons"].append(f"only {conn['connected']} of {n} devices connected")
+    except (BenchError, LoadgenError, OSError) as err:
+        result["valid"] = False
+        result["error"] = str(err)
+        result["invalid_reasons"].append(f"step failed: {err}")
+        log(f"  {system}: FAILED: {err}")
+        if server.log_path is not None:
+            log(f"  server log tail: {server.log_tail(800)}")
+    finally:
+        if profiler is not None:
+            with contextlib.suppress(Exception):
+                profiler.wait(30)
+        if gen is not None:
+            gen.close()
+            gen.stop()
+        if watcher is not None:
+            watcher.stop()
+        code = server.stop()
+        result["server_exit_code"] = code
+        if system != "mosquitto" and not opts.keep:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return result
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _start_profiler(pid: int, opts: argparse.Namespace, system: str, n: int) -> subprocess.Popen[bytes] | None:
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.path.exists(exe):
+        return None
+    out = RESULTS_DIR / f"profile-{system}-{n}.txt"
+    return subprocess.Popen([exe, "record", "-p", str(pid), "-d", str(max(1, int(opts.hold) - 1)), "-r", "50",
+                             "--format", "raw", "-o", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------- report
+
+def ratios(systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """gateway / mosquitto and gateway-transport / mosquitto for the comparable figures."""
+    out: dict[str, Any] = {}
+    mq = systems.get("mosquitto")
+    if not mq or "server" not in mq:
+        return out
+    for name in ("gateway", "gateway-transport"):
+        gw = systems.get(name)
+        if not gw or "server" not in gw:
+            continue
+        out[f"{name}/mosquitto"] = {
+            "cpu_per_reading": _round(ratio(gw["server"]["cpu_per_1000"], mq["server"]["cpu_per_1000"]), 2),
+            "rss_per_conn": _round(ratio(gw["server"]["rss_per_conn_kib"], mq["server"]["rss_per_conn_kib"]), 2),
+            "p99_latency": _round(ratio(gw["latency"]["p99_ms"], mq["latency"]["p99_ms"]), 2),
+            "connect_s": _round(ratio(gw["connect_s"], mq["connect_s"]), 2),
+        }
+    return out
+
+
+def targets(step: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, checked on one step (the largest)."""
+    gw = step["systems"].get("gateway") or {}
+    mq = step["systems"].get("mosquitto") or {}
+    if "server" not in gw:
+        return {}
+    p99 = gw["latency"]["p99_ms"]
+    out: dict[str, Any] = {
+        "devices": step["devices"],
+        "zero_lost": {"value": gw.get("lost"), "met": gw.get("lost") == 0},
+        "p99_latency_le_100ms": {"value": p99, "met": p99 is not None and p99 <= 100},
+        "rss_per_conn_le_20kib": {"value": gw["server"]["rss_per_conn_kib"],
+                                  "met": (gw["server"]["rss_per_conn_kib"] or 1e9) <= 20},
+    }
+    if "server" in mq:
+        a, b = gw["server"]["cpu_per_1000"], mq["server"]["cpu_per_1000"]
+        out["cpu_per_reading_le_mosquitto"] = {"value": _round(ratio(a, b), 2),
+                                               "met": a is not None and b is not None and a <= b}
+    return out
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and spec:
+        return format(value, spec)
+    return str(value)
+
+
+def table(report: dict[str, Any]) -> str:
+    cols = ["devices", "system", "conn", "conn s", "sent", "deliv", "stored", "lost", "rdg/s", "p50 ms", "p99 ms",
+            "max ms", "cpu s/1k", "srv cpu%", "RSS/conn KiB", "peak RSS MiB", "gen cpu%", "valid"]
+    rows = [cols]
+    for step in report["steps"]:
+        for name, r in step["systems"].items():
+            srv = r.get("server") or {}
+            lat = r.get("latency") or {}
+            gen = r.get("generator") or {}
+            rows.append([
+                str(r["devices"]), name, _fmt(r.get("connected")), _fmt(r.get("connect_s")), _fmt(r.get("sent")),
+                _fmt(r.get("delivered")), _fmt(r.get("stored")), _fmt(r.get("lost")), _fmt(r.get("readings_per_s")),
+                _fmt(lat.get("p50_ms")), _fmt(lat.get("p99_ms")), _fmt(lat.get("max_ms")),
+                _fmt(srv.get("cpu_per_1000"), ".3f"), _fmt(srv.get("cpu_pct_hold")),
+                _fmt(srv.get("rss_per_conn_kib"), ".1f"),
+                _fmt(srv["hwm_kib"] / 1024 if srv.get("hwm_kib") else None, ".0f"),
+                "/".join(_fmt(c) for c in gen.get("cpu_pct", [])) or "n/a",
+                "yes" if r.get("valid") and not r.get("invalid_reasons") else "NO",
+            ])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+    lines = ["| " + " | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    notes = []
+    for step in report["steps"]:
+        for name, r in step["systems"].items():
+            for reason in r.get("invalid_reasons", []):
+                notes.append(f"- {r['devices']} {name}: {reason}")
+        for pair, figures in step.get("ratios", {}).items():
+            notes.append(f"- {step['devices']} devices, {pair}: " + ", ".join(
+                f"{k} {_fmt(v)}" for k, v in figures.items()))
+    return "\n".join([*lines, "", *notes])
+
+
+def _versions() -> dict[str, Any]:
+    out: dict[str, Any] = {"python": platform.python_version(), "kernel": platform.release(),
+                           "cpus": os.cpu_count()}
+    with contextlib.suppress(Exception):
+        import websockets
+
+        out["websockets"] = websockets.__version__
+    exe = mosquitto_path()
+    if exe:
+        with contextlib.suppress(Exception):
+            text = subprocess.run([exe, "-h"], capture_output=True, text=True, timeout=5).stdout
+            out["mosquitto"] = text.splitlines()[0].split("version")[-1].strip()
+    with contextlib.suppress(Exception), open("/proc/loadavg") as handle:
+        out["loadavg_at_start"] = handle.read().split()[:3]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", default="1000,5000,10000", help="device counts (default 1000,5000,10000)")
+    parser.add_argument("--hold", type=float, default=30.0, help="seconds of traffic per step after ramp-up")
+    parser.add_argument("--rate", type=float, default=1.0, help="readings/s per device (default 1)")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"subset of {','.join(SYSTEMS)}")
+    parser.add_argument("--workers", type=int, default=2, help="load-generator processes (default 2)")
+    parser.add_argument("--sources", type=int, default=0,
+                        help="source addresses 127.0.0.1..N (default: one per 20,000 devices)")
+    parser.add_argument("--concurrency", type=int, default=256, help="handshakes in flight during the storm")
+    parser.add_argument("--connect-timeout", type=float, default=180.0)
+    parser.add_argument("--drain", type=float, default=15.0, help="max seconds to wait for acks after sending")
+    parser.add_argument("--dashboard-interval-ms", type=float, default=50.0,
+                        help="gateway dashboard coalescing interval (default 50; the gateway's own default is 250)")
+    parser.add_argument("--uvloop", action="store_true", help="run the gateway with --uvloop")
+    parser.add_argument("--profile", default="", help="py-spy the hold phase of these systems (comma list)")
+    parser.add_argument("--quick", action="store_true", help="1,000 devices for 10 s: the CI smoke test")
+    parser.add_argument("--require-zero-loss", action="store_true",
+                        help="exit 1 unless the gateway full path lost nothing and connected every device")
+    parser.add_argument("--out", default=str(RESULTS_DIR), help="directory for the JSON results")
+    parser.add_argument("--keep", action="store_true", help="keep the gateway data dirs (in /tmp)")
+    opts = parser.parse_args(argv)
+    if opts.quick:
+        opts.steps = "1000"
+        opts.hold = 10.0
+        opts.require_zero_loss = True
+    steps = [int(s) for s in opts.steps.split(",") if s.strip()]
+    systems = [s.strip() for s in opts.systems.split(",") if s.strip()]
+    opts.profile = [s.strip() for s in opts.profile.split(",") if s.strip()]
+    for system in systems:
+        if system not in SYSTEMS:
+            parser.error(f"--systems: unknown system {system!r}")
+    if not steps or min(steps) < 1 or max(steps) > 60000:
+        parser.error("--steps: device counts must be within 1..60000")
+    if not 1 <= opts.hold <= 600 or not 0 < opts.rate <= 50:
+        parser.error("--hold must be within 1..600 s and --rate within (0, 50]")
+    if opts.sources <= 0:
+        opts.sources = max(1, -(-max(steps) // 20000))
+    raise_nofile_limit()
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    if "mosquitto" in systems and mosquitto_path() is None:
+        log("mosquitto is not installed (apt-get install -y mosquitto); it is required for the comparison")
+        return 2
+    workdir = scratch_dir()
+    started = dt.datetime.now(dt.UTC)
+    report: dict[str, Any] = {
+        "schema": SCHEMA, "started": started.isoformat(timespec="seconds"), "host": _versions(),
+        "config": {"steps": steps, "hold_s": opts.hold, "rate_per_device": opts.rate, "systems": systems,
+                   "workers": opts.workers, "sources": opts.sources, "concurrency": opts.concurrency,
+                   "drain_s": opts.drain, "dashboard_interval_ms": opts.dashboard_interval_ms,
+                   "gateway_uvloop": opts.uvloop, "quick": opts.quick},
+        "steps": [],
+    }
+    try:
+        template = None
+        devices: list[tuple[str, str]] = []
+        if any(s != "mosquitto" for s in systems):
+            template, devices = prepare_template(workdir, max(steps), log)
+        else:
+            devices = [(f"bench-{i:05d}", "") for i in range(1, max(steps) + 1)]
+        for n in steps:
+            log(f"step: {n} devices, {opts.hold:g} s at {opts.rate:g}/s each")
+            step: dict[str, Any] = {"devices": n, "systems": {}}
+            for system in systems:
+                step["systems"][system] = run_system(system, devices[:n], opts, template, workdir, log)
+                time.sleep(2.0)
+            step["ratios"] = ratios(step["systems"])
+            report["steps"].append(step)
+    finally:
+        if not opts.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    report["targets"] = targets(report["steps"][-1]) if report["steps"] else {}
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    name = f"bench-{stamp}{'-quick' if opts.quick else ''}.json"
+    text = json.dumps(report, indent=2)
+    (out / name).write_text(text)
+    (out / "latest.json").write_text(text)
+    print(table(report))
+    print(f"\nJSON: {out / name} (and latest.json)")
+    if opts.require_zero_loss:
+        bad = []
+        for step in report["steps"]:
+            gw = step["systems"].get("gateway")
+            if gw is None:
+                continue
+            if gw.get("lost") != 0:
+                bad.append(f"{step['devices']} devices: gateway lost {gw.get('lost')} readings")
+            if gw.get("connected") != step["devices"]:
+                bad.append(f"{step['devices']} devices: only {gw.get('connected')} connected")
+            if gw.get("stored") is not None and gw.get("stored") != gw.get("generated"):
+                bad.append(f"{step['devices']} devices: stored {gw.get('stored')} of {gw.get('generated')}")
+        if bad:
+            print("FAILED: " + "; ".join(bad), file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,205 @@
+"""Servers under test, started and stopped by the benchmark: the gateway and Mosquitto.
+
+Both run as child processes with RLIMIT_NOFILE raised to the hard limit, bound to
+loopback (Mosquitto's websockets listener ignores the bind address, so it gets a free,
+unusual port and is always stopped afterwards). Every wait here is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from simulator.loadgen import LoadgenError, raise_nofile_limit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class BenchError(RuntimeError):
+    """A benchmark step could not run; the message says what to check."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (bind to port 0, read, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _raise_limits() -> None:  # runs in the child between fork and exec
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def mosquitto_path() -> str | None:
+    return shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+
+
+class ServerProcess:
+    """Common part: a child process, its PID for /proc sampling, a bounded stop."""
+
+    name = "server"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.log_path: Path | None = None
+        self._log: object = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _spawn(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = log
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     preexec_fn=_raise_limits, cwd=str(ROOT), env=env)
+
+    def log_tail(self, n: int = 2000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_bytes()[-n:].decode("utf-8", "replace")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, wait (bounded), then SIGKILL. Returns the exit code."""
+        if self.proc is None:
+            return None
+        code: int | None = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                code = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                code = self.proc.wait(10)
+        else:
+            code = self.proc.returncode
+        if self._log is not None:
+            with contextlib.suppress(Exception):
+                self._log.close()  # type: ignore[attr-defined]
+        return code
+
+
+class MosquittoServer(ServerProcess):
+    """Debian's mosquitto with one websockets listener, QoS 0, no persistence, anonymous."""
+
+    name = "mosquitto"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__()
+        self.workdir = workdir
+
+    def start(self, timeout: float = 10.0) -> None:
+        exe = mosquitto_path()
+        if exe is None:
+            raise BenchError("mosquitto is not installed: apt-get install -y mosquitto")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        # Started as root, mosquitto drops to user "mosquitto": it must reach its socket directory.
+        sock_dir = self.workdir / "sock"
+        sock_dir.mkdir(exist_ok=True)
+        self.workdir.chmod(0o711)
+        sock_dir.chmod(0o777)
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            "# written by bench/servers.py\n"
+            f"listener {self.port}\n"
+            "protocol websockets\n"
+            "socket_domain ipv4\n"
+            # mosquitto 2.0.11 exits with "Unable to start any listening sockets" when its only
+            # listener is a websockets one; a unix-socket listener (no TCP port) satisfies it.
+            f"listener 0 {sock_dir / 'mosquitto.sock'}\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "max_connections -1\n"
+            "set_tcp_nodelay true\n"
+            "connection_messages false\n"
+            "log_dest stderr\n"
+            "log_type error\n"
+            "log_type warning\n")
+        self._spawn([exe, "-c", str(conf)], self.workdir / "mosquitto.log")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise BenchError(f"mosquitto exited at start: {self.log_tail()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise BenchError(f"mosquitto did not listen on port {self.port} within {timeout:g} s")
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/mqtt"
+
+
+class GatewayServer(ServerProcess):
+    """``python -m gateway serve`` on a free loopback port with a given data dir."""
+
+    name = "gateway"
+
+    def __init__(self, data_dir: Path, storage: str = "sqlite", dashboard_interval_ms: float = 50.0,
+                 extra_args: list[str] | None = None, uvloop: bool = False) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self.storage = storage
+        self.dashboard_interval_ms = dashboard_interval_ms
+        self.extra_args = list(extra_args or [])
+        self.uvloop = uvloop
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        argv = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                "--data-dir", str(self.data_dir), "--storage", self.storage,
+                "--dashboard-interval-ms", f"{self.dashboard_interval_ms:g}", *self.extra_args]
+        if self.uvloop:
+            argv.append("--uvloop")
+        env = dict(os.environ)
+        env.setdefault("EDGEWIRE_LOG_LEVEL", "warning")
+        self._spawn(argv, self.data_dir / "gateway.log", env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                code = self.proc.returncode if self.proc else "?"
+                raise BenchError(f"gateway exited at start (code {code}): {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise BenchError(f"gateway /healthz not 200 within {timeout:g} s: {self.log_tail()}")
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+
+def scratch_dir(prefix: str = "edgewire-bench-") -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+__all__ = ["BenchError", "GatewayServer", "LoadgenError", "MosquittoServer", "free_port", "mosquitto_path",
+           "raise_nofile_limit", "scratch_dir"]

@@ -1,0 +1,196 @@
+"""The one small sensor interface, the option schema, and the sensor table.
+
+A sensor is built from its config table (``[[sensors]]``) and read with ``read()``,
+which blocks (DHT reads take seconds) and returns a Sample or raises SensorError.
+Adding a sensor type = one module with a class like the ones below + one row in
+``SENSOR_TYPES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from edge.errors import ConfigError
+from protocol import core
+
+QUALITY_OK: str = core.QUALITY_OK
+QUALITY_RETRIED: str = core.QUALITY_RETRIED
+QUALITY_SUSPECT: str = core.QUALITY_SUSPECT
+QUALITY_STALE: str = core.QUALITY_STALE
+
+# type name -> "module:Class". The class implements Sensor and has OPTIONS.
+SENSOR_TYPES: dict[str, str] = {
+    "dht22": "edge.sensors.dht:DHT22Sensor",
+    "dht11": "edge.sensors.dht:DHT11Sensor",
+    "cpu_temperature": "edge.sensors.cpu:CPUTemperatureSensor",
+    "mcp3008": "edge.sensors.mcp3008:MCP3008Sensor",
+    "ds18b20": "edge.sensors.ds18b20:DS18B20Sensor",
+}
+
+BACKENDS = ("hardware", "sim")
+
+
+@dataclass(slots=True)
+class Sample:
+    """One successful read: metric name -> value, and its read quality (core.QUALITIES)."""
+
+    metrics: dict[str, float]
+    quality: str = QUALITY_OK
+
+
+@dataclass(slots=True)
+class SensorContext:
+    """What a sensor gets besides its options: the backend and a sleep it must use."""
+
+    backend: str = "hardware"
+    sleep: Callable[[float], None] = time.sleep
+
+
+class Sensor(Protocol):
+    name: str
+
+    def read(self) -> Sample:
+        """Read once (with the sensor's own retries); raise SensorError if nothing usable."""
+        ...
+
+    def close(self) -> None:
+        """Release pins and devices."""
+        ...
+
+
+_REQUIRED: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Opt:
+    """One sensor option: its type(s), default (or required) and an optional check."""
+
+    kinds: tuple[type, ...]
+    default: Any = _REQUIRED
+    check: Callable[[Any], str | None] | None = None
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+
+def positive(value: Any) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def bcm_pin(value: Any) -> str | None:
+    return None if 0 <= value <= 27 else "must be a BCM GPIO number 0-27"
+
+
+def metric_name(value: Any) -> str | None:
+    ok = (
+        0 < len(value) <= core.MAX_NAME
+        and value[0].isascii() and value[0].islower()
+        and all(ch in "abcdefghijklmnopqrstuvwxyz0123456789_" for ch in value)
+    )
+    return None if ok else "metric names are 1-32 chars of a-z 0-9 _ starting with a letter"
+
+
+COMMON_OPTIONS: dict[str, Opt] = {
+    "type": Opt((str,), doc="sensor type: " + ", ".join(SENSOR_TYPES)),
+    "name": Opt((str,), "", doc="label in logs and `check` output (default: the type)"),
+}
+
+
+def sensor_class(type_name: str) -> Any:
+    """The class for a sensor type (imported on first use)."""
+    module_name, _, attr = SENSOR_TYPES[type_name].partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+@dataclass(slots=True)
+class SensorSpec:
+    """A validated ``[[sensors]]`` entry."""
+
+    type: str
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    metrics: list[str] = field(default_factory=list)
+
+
+def validate_sensor(index: int, raw: Any) -> SensorSpec:
+    """Check one ``[[sensors]]`` table against its type's OPTIONS; ConfigError names the key."""
+    where = f"sensors[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(where, "must be a table ([[sensors]])")
+    kind = raw.get("type")
+    if kind not in SENSOR_TYPES:
+        raise ConfigError(f"{where}.type", f"{kind!r} is not a sensor type; use one of "
+                                           + ", ".join(SENSOR_TYPES))
+    cls = sensor_class(kind)
+    schema: dict[str, Opt] = {**COMMON_OPTIONS, **cls.OPTIONS}
+    for key in raw:
+        if key not in schema:
+            raise ConfigError(f"{where}.{key}", f"unknown option for {kind}; known: "
+                                                + ", ".join(sorted(schema)))
+    options: dict[str, Any] = {}
+    for key, opt in schema.items():
+        if key in ("type", "name"):
+            continue
+        if key not in raw:
+            if opt.required:
+                raise ConfigError(f"{where}.{key}", f"required for {kind} ({opt.doc})")
+            options[key] = opt.default
+            continue
+        value = raw[key]
+        if isinstance(value, bool) and bool not in opt.kinds:
+            raise ConfigError(f"{where}.{key}", f"must be {' or '.join(k.__name__ for k in opt.kinds)}")
+        if not isinstance(value, opt.kinds):
+            raise ConfigError(f"{where}.{key}", f"must be {' or '.join(k.__name__ for k in opt.kinds)},"
+                                                f" got {type(value).__name__}")
+        if opt.check is not None:
+            problem = opt.check(value)
+            if problem:
+                raise ConfigError(f"{where}.{key}", problem)
+        options[key] = value
+    name = raw.get("name") or kind
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}.name", "must be a string")
+    metrics: list[str] = cls.metric_names(options)
+    return SensorSpec(kind, name, options, metrics)
+
+
+def build_sensor(spec: SensorSpec, ctx: SensorContext) -> Sensor:
+    """Construct the sensor object for a validated spec."""
+    sensor: Sensor = sensor_class(spec.type)(spec.name, spec.options, ctx)
+    return sensor
+
+
+class SensorBase:
+    """Shared helpers; subclasses set OPTIONS and implement read()."""
+
+    OPTIONS: ClassVar[dict[str, Opt]] = {}
+
+    def __init__(self, name: str, options: dict[str, Any], ctx: SensorContext) -> None:
+        self.name = name
+        self.options = options
+        self.ctx = ctx
+
+    @classmethod
+    def metric_names(cls, options: dict[str, Any]) -> list[str]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        return None
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[mid]
+    return (ordered[mid - 1] + ordered[mid]) / 2

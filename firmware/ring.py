@@ -1,0 +1,207 @@
+"""Offline buffer: a bounded ring of fixed-size records in one flash file.
+
+Survives reboot and power loss. Layout: two 48-byte header slots, then
+``capacity`` records of REC bytes. A header write goes to the slot after the
+current one with gen + 1 and a CRC, so a torn header write leaves the previous
+header valid. A record is written (and flushed) before the header that counts
+it; a torn record is caught by its own CRC and skipped. Records hold
+consecutive seqs ending at next_seq - 1. When the ring is full the oldest
+record is overwritten and counted in ``dropped`` (reported in status frames).
+Readings are resent with their original seq and times.
+"""
+
+import json
+import struct
+from binascii import crc32
+
+from micropython import const
+
+from errors import RingError
+from protocol import core
+
+MAGIC = b"EWR1"
+_HDR = "<4sIIIIQIIq"  # magic gen head count cap next_seq dropped sync_boot sync_offset
+_HDR_LEN = const(44)  # struct.calcsize(_HDR); a CRC32 follows
+_SLOT = const(48)
+_DATA = const(96)  # records start after two header slots
+_REC_HEAD = "<QHI"  # seq, payload length, crc32(seq+len+payload)
+_REC_HEAD_LEN = const(14)
+REC = const(128)  # bytes per record
+MAX_PAYLOAD = REC - _REC_HEAD_LEN
+
+
+class Ring:
+    """The ring file at ``path`` holding up to ``capacity`` readings (file's own capacity wins)."""
+
+    def __init__(self, path, capacity):
+        self.path = path
+        self._hbuf = bytearray(_SLOT)
+        self._rbuf = bytearray(REC)
+        self.gen = 0
+        self.head = 0
+        self.count = 0
+        self.capacity = capacity
+        self.next_seq = 1
+        self.dropped = 0
+        self.sync_boot = 0
+        self.sync_offset = 0
+        self.corrupt = 0  # records skipped for a bad CRC (torn write at power loss)
+        try:
+            self._f = open(path, "r+b")
+        except OSError:
+            self._create()
+            return
+        if not self._load_header():
+            self._f.close()
+            self._create()
+
+    # -- header
+    def _create(self):
+        try:
+            self._f = open(self.path, "w+b")
+            zero = bytearray(REC)
+            self._f.write(zero[:_DATA])
+            for _ in range(self.capacity):
+                self._f.write(zero)
+            self._f.flush()
+        except OSError as err:
+            raise RingError("cannot create ring file " + self.path + " (" + str(err) + "); check free flash space")
+        self.gen = 0
+        self._write_header()
+
+    def _load_header(self):
+        best = None
+        for slot in (0, 1):
+            self._f.seek(slot * _SLOT)
+            if self._f.readinto(self._hbuf) != _SLOT:
+                continue
+            if struct.unpack_from("<I", self._hbuf, _HDR_LEN)[0] != crc32(memoryview(self._hbuf)[:_HDR_LEN]):
+                continue
+            fields = struct.unpack_from(_HDR, self._hbuf, 0)
+            if fields[0] != MAGIC:
+                continue
+            if best is None or fields[1] > best[1]:
+                best = fields
+        if best is None:
+            return False
+        (_, self.gen, self.head, self.count, self.capacity, self.next_seq, self.dropped,
+         self.sync_boot, self.sync_offset) = best
+        return True
+
+    def _write_header(self):
+        self.gen += 1
+        struct.pack_into(_HDR, self._hbuf, 0, MAGIC, self.gen, self.head, self.count, self.capacity,
+                         self.next_seq, self.dropped, self.sync_boot, self.sync_offset)
+        struct.pack_into("<I", self._hbuf, _HDR_LEN, crc32(memoryview(self._hbuf)[:_HDR_LEN]))
+        try:
+            self._f.seek((self.gen & 1) * _SLOT)
+            self._f.write(self._hbuf)
+            self._f.flush()
+        except OSError as err:
+            raise RingError("cannot write ring header (" + str(err) + ")")
+
+    # -- records
+    @property
+    def first_seq(self):
+        """Seq of the oldest record held (== next_seq when empty)."""
+        return self.next_seq - self.count
+
+    def append(self, metrics, boot, ts=None, up=None, quality=None):
+        """Store one reading durably; return its seq. Drops (and counts) the oldest when full."""
+        payload = json.dumps([boot, metrics, ts, up, quality]).encode()
+        if len(payload) > MAX_PAYLOAD:
+            raise RingError("reading needs " + str(len(payload)) + " bytes; a ring record holds "
+                            + str(MAX_PAYLOAD) + " (fewer metrics or shorter names)")
+        seq = self.next_seq
+        buf = self._rbuf
+        struct.pack_into(_REC_HEAD, buf, 0, seq, len(payload), 0)
+        buf[_REC_HEAD_LEN:_REC_HEAD_LEN + len(payload)] = payload
+        struct.pack_into("<I", buf, 10, crc32(payload, crc32(memoryview(buf)[:10])))
+        full = self.count >= self.capacity
+        slot = self.head if full else (self.head + self.count) % self.capacity
+        try:
+            self._f.seek(_DATA + slot * REC)
+            self._f.write(buf)
+            self._f.flush()
+        except OSError as err:
+            raise RingError("cannot write ring record (" + str(err) + "); check free flash space")
+        if full:
+            self.head = (self.head + 1) % self.capacity
+            self.dropped += 1
+        else:
+            self.count += 1
+        self.next_seq = seq + 1
+        self._write_header()
+        return seq
+
+    def _record(self, seq):
+        """Decoded payload list of the record holding ``seq``, or None if torn/overwritten."""
+        slot = (self.head + seq - self.first_seq) % self.capacity
+        self._f.seek(_DATA + slot * REC)
+        buf = self._rbuf
+        if self._f.readinto(buf) != REC:
+            return None
+        rseq, length, crc = struct.unpack_from(_REC_HEAD, buf, 0)
+        if rseq != seq or length > MAX_PAYLOAD:
+            return None
+        payload = memoryview(buf)[_REC_HEAD_LEN:_REC_HEAD_LEN + length]
+        if crc32(payload, crc32(memoryview(buf)[:10])) != crc:
+            return None
+        try:
+            return json.loads(bytes(payload))
+        except ValueError:
+            return None
+
+    def read(self, from_seq, limit, boot):
+        """Up to ``limit`` core.Readings with seq >= from_seq, oldest first.
+
+        ``boot`` is this boot's id: a reading of a boot whose clock offset is
+        known gets ts = offset + up; a reading of another boot without ts loses
+        its uptime (it cannot be related to this boot's frame uptime).
+        """
+        out = []
+        seq = from_seq if from_seq > self.first_seq else self.first_seq
+        while seq < self.next_seq and len(out) < limit:
+            rec = self._record(seq)
+            if rec is None:
+                self.corrupt += 1
+            else:
+                rboot, metrics, ts, up, quality = rec
+                if ts is None and up is not None:
+                    if self.sync_boot and rboot == self.sync_boot:
+                        ts = self.sync_offset + up
+                        up = None
+                    elif rboot != boot:
+                        up = None
+                out.append(core.Reading(seq, metrics, ts, up, quality))
+            seq += 1
+        return out
+
+    def ack(self, seq):
+        """Forget every record with seq <= ``seq`` (the gateway stored them)."""
+        if seq < self.first_seq or self.count == 0:
+            return 0
+        n = seq - self.first_seq + 1
+        if n > self.count:
+            n = self.count
+        self.head = (self.head + n) % self.capacity
+        self.count -= n
+        self._write_header()
+        return n
+
+    def renumber_after(self, last_seq):
+        """The gateway already holds seqs up to ``last_seq``: forget them, continue above."""
+        self.ack(last_seq)
+        if self.count == 0 and self.next_seq <= last_seq:
+            self.next_seq = last_seq + 1
+            self._write_header()
+
+    def set_sync(self, boot, offset):
+        """Remember boot ``boot``'s clock offset (unix_ms - up_ms) to timestamp its buffered readings."""
+        if self.sync_boot != boot or self.sync_offset != offset:
+            self.sync_boot = boot
+            self.sync_offset = offset
+            self._write_header()
+
+    def close(self):
+        self._f.close()

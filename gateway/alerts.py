@@ -1,0 +1,89 @@
+"""Threshold alerts with hysteresis: raised above a limit, cleared below limit - hysteresis.
+
+State lives in memory (restored from storage at start); raised and cleared alerts are stored
+and published to dashboards as events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.config import AlertRule
+from gateway.hub import Hub
+from gateway.logs import log
+from gateway.storage.base import Storage
+
+
+class AlertEngine:
+    def __init__(self, rules: list[AlertRule], storage: Storage, hub: Hub) -> None:
+        self.rules = rules
+        self.by_metric: dict[str, list[AlertRule]] = {}
+        for rule in rules:
+            self.by_metric.setdefault(rule.metric, []).append(rule)
+        self.storage = storage
+        self.hub = hub
+        # (device, rule text) -> alert dict; "id" is filled in once stored
+        self.active: dict[tuple[str, str], dict[str, Any]] = {}
+        self._writes: set[asyncio.Task[None]] = set()
+        self._raises: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    async def restore(self) -> None:
+        """Load the alerts that were active when the gateway stopped."""
+        for row in await self.storage.active_alerts():
+            alert = {"id": row.alert_id, "device": row.device_id, "metric": row.metric, "rule": row.rule,
+                     "raised": row.raised_ms, "value": row.value}
+            self.active[(row.device_id, row.rule)] = alert
+            self.hub.alert_raised(alert)
+
+    def check(self, device_id: str, metrics: dict[str, float], time_ms: int) -> None:
+        """Evaluate the rules against one reading (hot path: dict lookups only)."""
+        by_metric = self.by_metric
+        for name, value in metrics.items():
+            rules = by_metric.get(name)
+            if rules is None:
+                continue
+            for rule in rules:
+                key = (device_id, rule.describe())
+                alert = self.active.get(key)
+                if alert is None and value > rule.above:
+                    self._raise(key, rule, value, time_ms)
+                elif alert is not None and value < rule.above - rule.hysteresis:
+                    self._clear(key, alert, value, time_ms)
+
+    def _raise(self, key: tuple[str, str], rule: AlertRule, value: float, time_ms: int) -> None:
+        alert: dict[str, Any] = {"id": None, "device": key[0], "metric": rule.metric, "rule": key[1],
+                                 "raised": time_ms, "value": value}
+        self.active[key] = alert
+        self._raises[key] = self._spawn(self._store_raise(alert))
+
+    def _clear(self, key: tuple[str, str], alert: dict[str, Any], value: float, time_ms: int) -> None:
+        del self.active[key]
+        raising = self._raises.pop(key, None)
+        self._spawn(self._store_clear(alert, raising, value, time_ms))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return task
+
+    async def _store_raise(self, alert: dict[str, Any]) -> None:
+        alert["id"] = await self.storage.raise_alert(alert["device"], alert["metric"], alert["rule"],
+                                                     alert["raised"], alert["value"])
+        log("alert_raised", device=alert["device"], rule=alert["rule"], value=alert["value"])
+        self.hub.alert_raised(alert)
+
+    async def _store_clear(self, alert: dict[str, Any], raising: asyncio.Task[None] | None,
+                           value: float, time_ms: int) -> None:
+        if raising is not None:
+            await raising  # the alert needs its stored id first
+        cleared = dict(alert, cleared=time_ms, clear_value=value)
+        await self.storage.clear_alert(cleared["id"], time_ms, value)
+        log("alert_cleared", device=alert["device"], rule=alert["rule"], value=value)
+        self.hub.alert_cleared(cleared)
+
+    async def drain(self) -> None:
+        """Wait for every alert write in flight (shutdown)."""
+        while self._writes:
+            await asyncio.wait(list(self._writes))

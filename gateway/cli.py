@@ -1,0 +1,129 @@
+"""Command line: ``edgewire-gateway serve|devices|command`` (also ``python -m gateway``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import GatewayError
+
+DEFAULTS = GatewayConfig()
+
+
+def _serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the gateway until SIGTERM/SIGINT")
+    p.add_argument("--config", help="TOML file (settings at top level or under [gateway])")
+    p.add_argument("--host", help=f"listen address (default {DEFAULTS.host})")
+    p.add_argument("--port", type=int, help=f"listen port (default {DEFAULTS.port}; 0 = any free port)")
+    p.add_argument("--data-dir", dest="data_dir", help=f"state directory (default {DEFAULTS.data_dir})")
+    p.add_argument("--db", dest="db_path", help="SQLite file (default <data-dir>/edgewire.db)")
+    p.add_argument("--storage", choices=["sqlite", "none"], help="'none' = transport only (benchmarks)")
+    p.add_argument("--rate", type=float, help=f"frames/s per device (default {DEFAULTS.rate:g})")
+    p.add_argument("--burst", type=float, help=f"rate-limit burst (default {DEFAULTS.burst:g})")
+    p.add_argument("--dashboard-interval-ms", dest="dashboard_interval_ms", type=float,
+                   help=f"dashboard update coalescing (default {DEFAULTS.dashboard_interval_ms:g})")
+    p.add_argument("--auth-timeout", dest="auth_timeout_s", type=float,
+                   help=f"seconds for handshake + auth (default {DEFAULTS.auth_timeout_s:g})")
+    p.add_argument("--no-compression", dest="compression", action="store_const", const=False,
+                   help="do not offer permessage-deflate")
+    p.add_argument("--log-format", dest="log_format", choices=["json", "text"])
+    p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--uvloop", action="store_true", help="use uvloop if installed")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.logs import setup_logging
+    from gateway.server import run_gateway
+
+    keys = ("host", "port", "data_dir", "db_path", "storage", "rate", "burst", "dashboard_interval_ms",
+            "auth_timeout_s", "compression", "log_format", "log_level")
+    config = load_config(args.config, overrides={k: getattr(args, k) for k in keys})
+    setup_logging(config.log_level, config.log_format)
+    if args.uvloop:
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            print("uvloop is not installed; using asyncio's loop", file=sys.stderr)
+    asyncio.run(run_gateway(config))
+    return 0
+
+
+def _admin_token(data_dir: str, given: str | None) -> str:
+    if given:
+        return given
+    path = Path(data_dir) / "admin.token"
+    try:
+        return path.read_text().strip()
+    except OSError:
+        raise GatewayError(f"no admin token: pass --admin-token or run on the gateway host ({path} missing)") from None
+
+
+async def admin_call(url: str, token: str, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """Send one request to /v1/admin and return the reply (raises GatewayError on an error reply)."""
+    from websockets.asyncio.client import connect
+
+    async with connect(url.rstrip("/") + "/v1/admin", additional_headers={"Authorization": f"Bearer {token}"},
+                       open_timeout=timeout) as ws:
+        await ws.send(json.dumps(dict(request, id="1")))
+        reply: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    if reply.get("t") != "ok":
+        raise GatewayError(f"{reply.get('code')}: {reply.get('msg')}")
+    return reply
+
+
+def _command(args: argparse.Namespace) -> int:
+    command_args: dict[str, Any] = {}
+    for item in args.args:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise GatewayError(f"argument {item!r} must be key=value")
+        try:
+            command_args[key] = json.loads(value)
+        except ValueError:
+            command_args[key] = value
+    token = _admin_token(args.data_dir, args.admin_token)
+    reply = asyncio.run(admin_call(args.url, token, {
+        "t": "command", "device_id": args.device_id, "name": args.name, "args": command_args,
+        "timeout": args.timeout}, args.timeout + 5))
+    print(json.dumps(reply["result"]))
+    return 0 if reply["result"].get("ok") else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgewire-gateway", description="Edgewire gateway")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    _serve_parser(sub)
+    from gateway import devices_cli
+
+    devices_cli.add_device_commands(sub)
+    p = sub.add_parser("command", help="send a command to an online device and print its result")
+    p.add_argument("device_id")
+    p.add_argument("name", help="set_interval, set_thresholds, set_output, reboot, ping")
+    p.add_argument("args", nargs="*", help="key=value (values parsed as JSON when possible)")
+    p.add_argument("--url", default=f"ws://{DEFAULTS.host}:{DEFAULTS.port}")
+    p.add_argument("--data-dir", default=DEFAULTS.data_dir, help="where admin.token is")
+    p.add_argument("--admin-token", help="instead of <data-dir>/admin.token")
+    p.add_argument("--timeout", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "serve":
+            return _serve(args)
+        if args.cmd == "command":
+            return _command(args)
+        return devices_cli.run_devices_command(args)
+    except GatewayError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Gateway configuration: defaults, then a TOML file, then EDGEWIRE_* environment, then flags.
+
+Every setting is a field of GatewayConfig with its default; docs/configuration.md lists them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+ENV_PREFIX = "EDGEWIRE_"
+
+
+@dataclass(slots=True)
+class AlertRule:
+    """Raise when ``metric`` goes above ``above``; clear when it falls below above - hysteresis."""
+
+    metric: str = "temperature"
+    above: float = 30.0
+    hysteresis: float = 1.0
+
+    def describe(self) -> str:
+        return f"{self.metric} > {self.above:g}"
+
+
+@dataclass(slots=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: str = "var/gateway"
+    storage: str = "sqlite"  # "sqlite" or "none" (transport only: readings are not stored)
+    db_path: str = ""  # default: <data_dir>/edgewire.db
+    commit_interval_ms: float = 5.0
+    synchronous: str = "FULL"
+    rate: float = 10.0  # frames per second per device
+    burst: float = 20.0
+    max_frame: int = 16384
+    max_batch: int = 100
+    auth_timeout_s: float = 5.0
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+    compression: bool = True
+    allow_cidrs: list[str] = field(default_factory=list)
+    trusted_proxies: list[str] = field(default_factory=list)
+    jwt_secret_file: str = ""
+    jwt_public_key_file: str = ""
+    dashboard_interval_ms: float = 250.0
+    dashboard_queue: int = 32
+    alerts: list[AlertRule] = field(default_factory=lambda: [AlertRule()])
+    tls_cert: str = ""
+    tls_key: str = ""
+    log_level: str = "info"
+    log_format: str = "json"  # "json" or "text"
+
+    @property
+    def database(self) -> Path:
+        return Path(self.db_path) if self.db_path else Path(self.data_dir) / "edgewire.db"
+
+    def validate(self) -> GatewayConfig:
+        """Check every value; raise ConfigError naming the key."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port: {self.port} is not a TCP port (0-65535)")
+        if self.storage not in ("sqlite", "none"):
+            raise ConfigError(f"storage: {self.storage!r} must be 'sqlite' or 'none'")
+        if self.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ConfigError("synchronous: must be FULL, NORMAL or EXTRA")
+        for key in ("rate", "burst", "auth_timeout_s", "ping_interval_s", "ping_timeout_s",
+                    "dashboard_interval_ms"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be greater than 0")
+        if self.burst < 1:
+            raise ConfigError("burst: must be at least 1")
+        for key in ("max_frame", "max_batch", "dashboard_queue"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be at least 1")
+        for key in ("allow_cidrs", "trusted_proxies"):
+            for cidr in getattr(self, key):
+                try:
+                    ipaddress.ip_network(cidr, strict=False)
+                except ValueError as err:
+                    raise ConfigError(f"{key}: {cidr!r} is not an address or CIDR ({err})") from None
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key: set both or neither")
+        if self.log_format not in ("json", "text"):
+            raise ConfigError("log_format: must be 'json' or 'text'")
+        for rule in self.alerts:
+            if rule.hysteresis < 0:
+                raise ConfigError(f"alerts: hysteresis of the {rule.metric} rule must be >= 0")
+        return self
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(GatewayConfig)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Convert a TOML or environment value to the field's type, or raise ConfigError."""
+    default = getattr(GatewayConfig(), key)
+    try:
+        if key == "alerts":
+            if not isinstance(value, list):
+                raise TypeError("a list of tables")
+            return [AlertRule(**dict(item)) for item in value]
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return value.lower() in ("1", "true", "yes", "on")
+            raise TypeError("true or false")
+        if isinstance(default, int):
+            if isinstance(value, bool):
+                raise TypeError("an integer")
+            return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise TypeError("a number")
+            return float(value)
+        if isinstance(default, list):
+            if isinstance(value, str):
+                return [item.strip() for item in value.split(",") if item.strip()]
+            if not isinstance(value, list):
+                raise TypeError("a list")
+            return [str(item) for item in value]
+        if not isinstance(value, str):
+            raise TypeError("a string")
+        return value
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{key}: invalid value {value!r} (expected {err})") from None
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None,
+                overrides: dict[str, Any] | None = None) -> GatewayConfig:
+    """Build the configuration: defaults < TOML file < environment < overrides (flags)."""
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {path}: {err}") from None
+        section = data.get("gateway", data)
+        for key, value in section.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"{key}: unknown setting in {path} (see docs/configuration.md)")
+            values[key] = _coerce(key, value)
+    for name, raw in (os.environ if env is None else env).items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key in _FIELDS and key != "alerts":
+            values[key] = _coerce(key, raw)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value)
+    return GatewayConfig(**values).validate()

@@ -1,0 +1,214 @@
+"""``python -m gateway devices add|list|show|disable|enable|rotate|revoke|allow`` and ``jwt``.
+
+Works on the gateway's database directly, also while the gateway runs (SQLite WAL; the
+gateway reads the registry on every authentication, so changes apply to the next
+connection). ``add`` and ``rotate`` print the token as the last stdout line; it is
+shown only then. Errors print ``error: ...`` on stderr and exit with status 2.
+
+Wiring (gateway/cli.py): ``add_device_commands(subparsers)``, then for a parsed
+``args`` whose ``devices_command`` attribute is set, ``return run_devices_command(args)``.
+Standalone: ``python -m gateway.devices_cli devices list --data-dir DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.config import load_config
+from gateway.errors import ConfigError, GatewayError, RegistryError
+from gateway.registry import Registry, load_or_create_key, normalize_cidrs
+from gateway.storage.base import DeviceRecord
+from gateway.storage.sqlite import SQLiteStorage
+from protocol import core
+
+DEVICE_COMMANDS = ("devices", "jwt")
+
+
+def add_device_commands(subparsers: Any) -> None:
+    """Add the ``devices`` and ``jwt`` sub-commands to an argparse subparsers object."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", dest="data_dir", default=None,
+                        help="gateway state directory (default: the config's data_dir, var/gateway)")
+    common.add_argument("--db", dest="db_path", default=None,
+                        help="SQLite file (default <data-dir>/edgewire.db)")
+    common.add_argument("--config", dest="config", default=None,
+                        help="gateway TOML config to take paths from")
+
+    devices = subparsers.add_parser(
+        "devices", help="manage the device registry (safe while the gateway runs)",
+        description="Manage registered devices. Tokens are shown once, by add and rotate.")
+    devices.set_defaults(devices_command="devices")
+    actions = devices.add_subparsers(dest="devices_action", required=True, metavar="ACTION")
+
+    p = actions.add_parser("add", parents=[common], help="register a device and print its token")
+    p.add_argument("device_id", help="1-64 characters from A-Z a-z 0-9 _ - . :")
+    p.add_argument("--label", default="", help="free text shown in listings")
+    p.add_argument("--cidr", action="append", default=[], metavar="CIDR",
+                   help="allow only this address/network (repeatable; default any)")
+
+    p = actions.add_parser("list", parents=[common], help="list devices (never shows tokens)")
+    p.add_argument("--json", action="store_true", help="JSON array instead of a table")
+
+    p = actions.add_parser("show", parents=[common], help="show one device as JSON")
+    p.add_argument("device_id")
+
+    for name, text in (("disable", "refuse the device's credentials (history is kept)"),
+                       ("enable", "accept the device's credentials again"),
+                       ("rotate", "issue a new token and print it; the old one stops working"),
+                       ("revoke", "remove the device's token; it can no longer authenticate with one")):
+        p = actions.add_parser(name, parents=[common], help=text)
+        p.add_argument("device_id")
+
+    p = actions.add_parser("allow", parents=[common], help="set or show the device's address allowlist")
+    p.add_argument("device_id")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--cidr", action="append", default=[], metavar="CIDR",
+                       help="allowed address/network (repeatable; replaces the list)")
+    group.add_argument("--any", action="store_true", help="clear the list: any address")
+
+    p = subparsers.add_parser("jwt", parents=[common], help="mint an HS256 JWT for a device (development)")
+    p.set_defaults(devices_command="jwt")
+    p.add_argument("device_id")
+    p.add_argument("--secret-file", required=True, help="file holding the gateway's jwt_secret")
+    p.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires (default 3600)")
+
+
+def run_devices_command(args: argparse.Namespace) -> int:
+    """Run a parsed ``devices``/``jwt`` command; 0 on success, 2 (message on stderr) on error."""
+    try:
+        if getattr(args, "devices_command", None) == "jwt":
+            return _jwt(args)
+        return asyncio.run(_devices(args))
+    except GatewayError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    config = load_config(getattr(args, "config", None),
+                         overrides={"data_dir": getattr(args, "data_dir", None),
+                                    "db_path": getattr(args, "db_path", None)})
+    return Path(config.data_dir), config.database
+
+
+def _iso(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def _public(record: DeviceRecord) -> dict[str, Any]:
+    """A record without its digest."""
+    return {"device_id": record.device_id, "enabled": record.enabled,
+            "token": "active" if record.token_digest is not None else "revoked",
+            "token_created_ms": record.token_created_ms, "allow_cidrs": list(record.allow_cidrs),
+            "label": record.label, "created_ms": record.created_ms}
+
+
+def _table(records: list[DeviceRecord]) -> str:
+    rows = [("DEVICE", "ENABLED", "TOKEN", "ALLOW", "CREATED", "LABEL")]
+    for r in records:
+        rows.append((r.device_id, "yes" if r.enabled else "NO", "active" if r.token_digest else "revoked",
+                     ",".join(r.allow_cidrs) or "any", _iso(r.created_ms), r.label.replace("\n", " ")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+                     for row in rows).rstrip() + "\n"
+
+
+def _print_token(device_id: str, token: str, verb: str) -> None:
+    print(f"{verb} device {device_id}. Its token is below, shown only now: put it on the device "
+          f"(edgewire firmware config or agent settings). Lost tokens cannot be recovered, "
+          f"only rotated: devices rotate {device_id}", file=sys.stderr)
+    sys.stderr.flush()
+    print(token, flush=True)
+
+
+async def _devices(args: argparse.Namespace) -> int:
+    action = args.devices_action
+    data_dir, db = _paths(args)
+    if action == "add":
+        if not core.valid_device_id(args.device_id):  # type: ignore[no-untyped-call]
+            raise RegistryError(f"invalid device id {args.device_id[:80]!r}: use 1-64 characters "
+                                "from A-Z a-z 0-9 _ - . :")
+        normalize_cidrs(args.cidr)  # refuse bad input before creating anything
+        data_dir.mkdir(parents=True, exist_ok=True)
+        db.parent.mkdir(parents=True, exist_ok=True)
+    elif not db.exists():
+        raise RegistryError(f"no database at {db}; check --data-dir/--db (it is created by the gateway's "
+                            "first start or by `devices add`)")
+    needs_key = action in ("add", "rotate")
+    key = load_or_create_key(data_dir) if needs_key else b""
+    storage = SQLiteStorage(db, commit_interval_ms=0)
+    await storage.open()
+    try:
+        registry = Registry(storage, key)
+        if action == "add":
+            token = await registry.add(args.device_id, label=args.label, allow=args.cidr)
+            _print_token(args.device_id, token, "Registered")
+        elif action == "list":
+            records = await registry.list()
+            if args.json:
+                print(json.dumps([_public(r) for r in records], indent=2))
+            elif records:
+                sys.stdout.write(_table(records))
+            else:
+                print("no devices registered; add one with: devices add ID", file=sys.stderr)
+        elif action == "show":
+            print(json.dumps(_public(await registry.get(args.device_id)), indent=2))
+        elif action == "disable":
+            await registry.disable(args.device_id)
+            print(f"device {args.device_id} disabled: its credentials are refused (device_disabled) "
+                  "from its next connection", file=sys.stderr)
+        elif action == "enable":
+            await registry.enable(args.device_id)
+            print(f"device {args.device_id} enabled", file=sys.stderr)
+        elif action == "rotate":
+            token = await registry.rotate(args.device_id)
+            _print_token(args.device_id, token, "Rotated the token of")
+        elif action == "revoke":
+            await registry.revoke(args.device_id)
+            print(f"device {args.device_id}: token revoked; its history stays. Issue a new token with "
+                  f"devices rotate {args.device_id}", file=sys.stderr)
+        elif action == "allow":
+            if args.any or args.cidr:
+                cidrs = await registry.set_allow(args.device_id, [] if args.any else args.cidr)
+            else:
+                cidrs = (await registry.get(args.device_id)).allow_cidrs
+            print(" ".join(cidrs) if cidrs else "any")
+        else:  # pragma: no cover - argparse restricts the choices
+            raise RegistryError(f"unknown action {action!r}")
+    finally:
+        await storage.close()
+    return 0
+
+
+def _jwt(args: argparse.Namespace) -> int:
+    from gateway.auth import MIN_HS_SECRET, mint_jwt, read_secret_file
+
+    if not core.valid_device_id(args.device_id):  # type: ignore[no-untyped-call]
+        raise RegistryError(f"invalid device id {args.device_id[:80]!r}")
+    if not args.ttl > 0:
+        raise ConfigError("--ttl: must be greater than 0 seconds")
+    secret = read_secret_file(args.secret_file, "--secret-file")
+    if len(secret.encode()) < MIN_HS_SECRET:
+        raise ConfigError(f"--secret-file: the secret must be at least {MIN_HS_SECRET} bytes")
+    print(mint_jwt(secret, args.device_id, args.ttl), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point: ``python -m gateway.devices_cli devices ...`` / ``jwt ...``."""
+    parser = argparse.ArgumentParser(prog="python -m gateway.devices_cli",
+                                     description="Edgewire device registry")
+    add_device_commands(parser.add_subparsers(dest="cmd", required=True))
+    return run_devices_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,199 @@
+"""Live fan-out to dashboard clients: coalesced updates, bounded queues, drop-and-resync.
+
+Ingestion calls ``reading``/``online``/``offline``/``alert`` (plain dict updates, no I/O).
+A flusher task turns the changes of each interval into ONE update frame shared by all
+clients. Each client has a bounded queue; when it is full the client's queue is dropped,
+the drop is counted, and the client gets a fresh snapshot when it catches up. A slow client
+therefore never stalls ingestion or the other clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class DeviceView:
+    """What the dashboard knows about one device."""
+
+    __slots__ = ("device_id", "last_seen", "latest", "online", "status")
+
+    def __init__(self, device_id: str) -> None:
+        self.device_id = device_id
+        self.online = False
+        self.last_seen = 0
+        self.latest: dict[str, list[float]] = {}  # metric -> [value, time_ms]
+        self.status: dict[str, Any] = {}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.device_id, "online": self.online, "last_seen": self.last_seen,
+                "latest": self.latest, "status": self.status}
+
+
+class DashboardClient:
+    """One dashboard connection with its bounded queue of frames."""
+
+    def __init__(self, hub: Hub, ws: ServerConnection, limit: int) -> None:
+        self.hub = hub
+        self.ws = ws
+        self.queue: deque[str] = deque()
+        self.limit = limit
+        self.needs_snapshot = True
+        self.wake = asyncio.Event()
+        self.wake.set()
+
+    def offer(self, frame: str) -> None:
+        if self.needs_snapshot:
+            return  # the coming snapshot includes this change
+        if len(self.queue) >= self.limit:
+            self.queue.clear()
+            self.needs_snapshot = True
+            self.hub.resyncs += 1
+        else:
+            self.queue.append(frame)
+        self.wake.set()
+
+    async def pump(self) -> None:
+        """Send queued frames until the connection closes."""
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            if self.needs_snapshot:
+                self.needs_snapshot = False
+                self.queue.clear()
+                await self.ws.send(self.hub.snapshot_frame())
+            while self.queue and not self.needs_snapshot:
+                await self.ws.send(self.queue.popleft())
+
+
+class Hub:
+    def __init__(self, interval_ms: float, queue_limit: int, dumps: Callable[[Any], str]) -> None:
+        self.interval = interval_ms / 1000.0
+        self.queue_limit = queue_limit
+        self.dumps = dumps
+        self.devices: dict[str, DeviceView] = {}
+        self.alerts: dict[int, dict[str, Any]] = {}  # active alerts by id
+        self.clients: set[DashboardClient] = set()
+        self._dirty: set[str] = set()
+        self._events: list[dict[str, Any]] = []
+        self._alerts_changed = False
+        self.resyncs = 0
+        self.updates_sent = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # -- ingestion side (no I/O)
+    def view(self, device_id: str) -> DeviceView:
+        view = self.devices.get(device_id)
+        if view is None:
+            view = self.devices[device_id] = DeviceView(device_id)
+        return view
+
+    def reading(self, device_id: str, metrics: dict[str, float], time_ms: int) -> None:
+        view = self.view(device_id)
+        latest = view.latest
+        for name, value in metrics.items():
+            latest[name] = [value, time_ms]
+        view.last_seen = now_ms()
+        self._dirty.add(device_id)
+
+    def status(self, device_id: str, fields: dict[str, Any]) -> None:
+        view = self.view(device_id)
+        view.status = {k: v for k, v in fields.items() if k != "t"}
+        self._dirty.add(device_id)
+
+    def online(self, device_id: str) -> None:
+        view = self.view(device_id)
+        view.online = True
+        view.last_seen = now_ms()
+        self._dirty.add(device_id)
+        self._events.append({"kind": "online", "device": device_id, "at": view.last_seen})
+
+    def offline(self, device_id: str) -> None:
+        view = self.view(device_id)
+        view.online = False
+        self._dirty.add(device_id)
+        self._events.append({"kind": "offline", "device": device_id, "at": now_ms()})
+
+    def alert_raised(self, alert: dict[str, Any]) -> None:
+        self.alerts[alert["id"]] = alert
+        self._alerts_changed = True
+        self._events.append({"kind": "alert_raised", "device": alert["device"], "at": alert["raised"],
+                             "alert": alert})
+
+    def alert_cleared(self, alert: dict[str, Any]) -> None:
+        self.alerts.pop(alert["id"], None)
+        self._alerts_changed = True
+        self._events.append({"kind": "alert_cleared", "device": alert["device"], "at": alert["cleared"],
+                             "alert": alert})
+
+    # -- dashboard side
+    def snapshot_frame(self) -> str:
+        return self.dumps({
+            "t": "snapshot", "time": now_ms(),
+            "devices": [view.as_dict() for view in self.devices.values()],
+            "alerts": list(self.alerts.values()),
+        })
+
+    def flush(self) -> None:
+        """Build one update frame from the changes since the last flush and offer it to all."""
+        if not (self._dirty or self._events or self._alerts_changed):
+            return
+        update: dict[str, Any] = {
+            "t": "update", "time": now_ms(),
+            "devices": {device_id: self.devices[device_id].as_dict() for device_id in self._dirty},
+        }
+        if self._events:
+            update["events"] = self._events
+        if self._alerts_changed:
+            update["alerts"] = list(self.alerts.values())
+        self._dirty = set()
+        self._events = []
+        self._alerts_changed = False
+        if not self.clients:
+            return
+        frame = self.dumps(update)
+        self.updates_sent += 1
+        for client in self.clients:
+            client.offer(frame)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.flush()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def serve(self, ws: ServerConnection) -> None:
+        """Handle one dashboard connection until it closes."""
+        client = DashboardClient(self, ws, self.queue_limit)
+        self.clients.add(client)
+        pump = asyncio.get_running_loop().create_task(client.pump())
+        try:
+            # The stream is read-only: wait for the client to go away, ignoring what it sends.
+            async for _ in ws:
+                pass
+        except ConnectionClosed:
+            pass
+        finally:
+            self.clients.discard(client)
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await pump

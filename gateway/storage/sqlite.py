@@ -1,0 +1,600 @@
+"""SQLite storage: WAL, ``synchronous=FULL`` by default, group commit on one writer thread.
+
+Contract (see base.Storage): ``store`` returns only after its rows are committed; a
+row whose (device_id, seq) is already stored is ignored, and so are its samples.
+
+Threads: one writer thread owns the read-write connection and runs every write
+(readings in group commits, registry and alert changes in their own transactions).
+Reads run on a small pool of read-only connections, so an auth lookup never waits
+behind a commit (WAL lets readers run while a writer commits).
+
+Schema (``PRAGMA user_version`` = SCHEMA_VERSION):
+
+- ``readings(device_id, seq, ...)`` one row per reading, PRIMARY KEY (device_id, seq),
+  WITHOUT ROWID; ``ON CONFLICT DO NOTHING`` makes a duplicate seq a no-op.
+- ``samples(device_id, metric, time_ms, seq, value)`` one row per metric value,
+  PRIMARY KEY (device_id, metric, time_ms, seq) for history range scans and the
+  latest value per metric. Filled by an AFTER INSERT trigger on ``readings`` (from
+  the metrics JSON), so only a reading that was really inserted adds samples. (Not
+  ``INSERT OR IGNORE``: its conflict mode would also silence the trigger's NOT NULL
+  and CHECK constraints, storing a NaN reading without its sample.)
+- ``devices`` (the registry) and ``alerts``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.errors import ConfigError, StorageError
+from gateway.storage.base import AlertRow, DeviceRecord, ReadingRow, Storage
+
+try:
+    import orjson
+
+    def _metrics_json(metrics: dict[str, float]) -> str:
+        return orjson.dumps(metrics).decode()
+except ImportError:  # pragma: no cover - orjson is a gateway dependency
+    def _metrics_json(metrics: dict[str, float]) -> str:
+        return json.dumps(metrics, allow_nan=False, separators=(",", ":"))
+
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+# MIGRATIONS[n] brings a database from user_version n to n + 1.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE readings (
+        device_id   TEXT    NOT NULL,
+        seq         INTEGER NOT NULL,
+        time_ms     INTEGER NOT NULL,
+        received_ms INTEGER NOT NULL,
+        boot        TEXT,
+        device_ts   INTEGER,
+        uptime_ms   INTEGER,
+        quality     TEXT,
+        metrics     TEXT    NOT NULL,
+        PRIMARY KEY (device_id, seq)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE samples (
+        device_id TEXT    NOT NULL,
+        metric    TEXT    NOT NULL,
+        time_ms   INTEGER NOT NULL,
+        seq       INTEGER NOT NULL,
+        value     REAL    NOT NULL CHECK (typeof(value) = 'real'),
+        PRIMARY KEY (device_id, metric, time_ms, seq)
+    ) WITHOUT ROWID;
+
+    -- Runs only for rows really inserted (ON CONFLICT DO NOTHING skips duplicates): exactly-once samples.
+    CREATE TRIGGER readings_samples AFTER INSERT ON readings BEGIN
+        INSERT INTO samples (device_id, metric, time_ms, seq, value)
+        SELECT NEW.device_id, key, NEW.time_ms, NEW.seq, value FROM json_each(NEW.metrics);
+    END;
+
+    CREATE TABLE devices (
+        device_id        TEXT PRIMARY KEY NOT NULL,
+        enabled          INTEGER NOT NULL DEFAULT 1,
+        token_digest     BLOB UNIQUE,
+        token_created_ms INTEGER,
+        allow_cidrs      TEXT NOT NULL DEFAULT '[]',
+        label            TEXT NOT NULL DEFAULT '',
+        created_ms       INTEGER NOT NULL
+    );
+
+    CREATE TABLE alerts (
+        id          INTEGER PRIMARY KEY,
+        device_id   TEXT    NOT NULL,
+        metric      TEXT    NOT NULL,
+        rule        TEXT    NOT NULL,
+        raised_ms   INTEGER NOT NULL,
+        value       REAL    NOT NULL,
+        cleared_ms  INTEGER,
+        clear_value REAL
+    );
+    CREATE INDEX alerts_active ON alerts (id) WHERE cleared_ms IS NULL;
+    CREATE INDEX alerts_device ON alerts (device_id, id);
+    """,
+]
+
+_INSERT_READING = (
+    "INSERT INTO readings (device_id, seq, time_ms, received_ms, boot, device_ts, uptime_ms,"
+    " quality, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING"
+)
+_DEVICE_COLUMNS = "device_id, enabled, token_digest, token_created_ms, allow_cidrs, label, created_ms"
+_ALERT_COLUMNS = "id, device_id, metric, rule, raised_ms, value, cleared_ms, clear_value"
+_SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+# Errors caused by one caller's data, not by the database: retry the batch's callers one by one.
+_DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+                OverflowError, ValueError, TypeError)
+
+_STOP = object()
+
+
+class _Item:
+    """One queued unit of work and the future its caller awaits."""
+
+    __slots__ = ("fn", "future", "loop", "rows")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
+                 rows: list[ReadingRow] | None = None,
+                 fn: Callable[[sqlite3.Connection], Any] | None = None) -> None:
+        self.loop = loop
+        self.future = future
+        self.rows = rows
+        self.fn = fn
+
+
+_Outcome = tuple["asyncio.Future[Any]", BaseException | None, Any]
+
+
+def _settle(results: list[_Outcome]) -> None:
+    for future, error, value in results:
+        if future.done():  # the caller was cancelled; its rows are stored anyway (idempotent)
+            continue
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
+
+
+def _device(row: tuple[Any, ...]) -> DeviceRecord:
+    return DeviceRecord(
+        device_id=row[0], enabled=bool(row[1]), token_digest=row[2], token_created_ms=row[3],
+        allow_cidrs=list(json.loads(row[4] or "[]")), label=row[5] or "", created_ms=row[6])
+
+
+def _alert(row: tuple[Any, ...]) -> AlertRow:
+    return AlertRow(alert_id=row[0], device_id=row[1], metric=row[2], rule=row[3], raised_ms=row[4],
+                    value=row[5], cleared_ms=row[6], clear_value=row[7])
+
+
+def _reading_tuples(rows: Iterable[ReadingRow]) -> list[tuple[Any, ...]]:
+    dumps = _metrics_json
+    return [(r.device_id, r.seq, r.time_ms, r.received_ms, r.boot, r.device_ts, r.uptime_ms, r.quality,
+             dumps(r.metrics)) for r in rows]
+
+
+class SQLiteStorage(Storage):
+    """Embedded storage in one SQLite file (plus its -wal and -shm files)."""
+
+    def __init__(self, path: str | Path, commit_interval_ms: float = 5.0, max_batch_rows: int = 5000,
+                 synchronous: str = "FULL", busy_timeout_ms: int = 5000, readers: int = 2) -> None:
+        if str(path) in ("", ":memory:") or str(path).startswith("file:"):
+            raise ConfigError(f"db_path: {str(path)!r} must be a file path (WAL needs a file)")
+        sync = synchronous.upper()
+        if sync not in _SYNC_MODES:
+            raise ConfigError(f"synchronous: {synchronous!r} must be one of {', '.join(_SYNC_MODES)}")
+        if commit_interval_ms < 0:
+            raise ConfigError("commit_interval_ms: must be >= 0")
+        if max_batch_rows < 1 or readers < 1 or busy_timeout_ms < 0:
+            raise ConfigError("max_batch_rows and readers must be >= 1, busy_timeout_ms >= 0")
+        self.path = Path(path)
+        self.commit_interval = commit_interval_ms / 1000.0
+        self.max_batch_rows = max_batch_rows
+        self.synchronous = sync
+        self.busy_timeout_ms = int(busy_timeout_ms)
+        self._readers_count = readers
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._wconn: sqlite3.Connection | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._rconns: list[sqlite3.Connection] = []
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._opened = False
+        self._closing = False
+        self._writer_failed: BaseException | None = None
+        # counters (read by /metrics; written by the writer thread only)
+        self.commits = 0
+        self.rows_written = 0  # rows offered to the database, duplicates included
+        self.rows_inserted = 0  # new readings actually inserted
+        self.largest_batch = 0
+        self.failed_commits = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def open(self) -> None:
+        """Open the file, apply pragmas and migrations, start the writer and readers."""
+        if self._opened:
+            return
+        self._wconn = await asyncio.to_thread(self._open_writer)
+        self._readers = ThreadPoolExecutor(max_workers=self._readers_count,
+                                           thread_name_prefix="ew-sqlite-read")
+        self._writer = threading.Thread(target=self._writer_main, name="ew-sqlite-write", daemon=True)
+        self._opened = True
+        self._closing = False
+        self._writer.start()
+
+    def _open_writer(self) -> sqlite3.Connection:
+        if not self.path.parent.is_dir():
+            raise StorageError(f"cannot open database {self.path}: "
+                               f"directory {self.path.parent} does not exist")
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self.busy_timeout_ms / 1000.0)
+        except sqlite3.Error as err:
+            raise StorageError(f"cannot open database {self.path}: {err}") from None
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StorageError(f"database {self.path}: cannot switch to WAL mode (got {mode}); "
+                                   "is it on a network filesystem?")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA cache_size = -32768")  # 32 MiB
+            conn.execute("PRAGMA temp_store = MEMORY")
+            conn.execute("PRAGMA journal_size_limit = 67108864")
+            self._migrate(conn)
+        except sqlite3.DatabaseError as err:
+            conn.close()
+            raise StorageError(f"cannot open database {self.path}: {err} (is it an Edgewire database, "
+                               "and writable?)") from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"database {self.path} has schema version {version}, newer than this gateway's "
+                    f"{SCHEMA_VERSION}; upgrade the gateway")
+            while version < SCHEMA_VERSION:
+                for statement in _split_script(MIGRATIONS[version]):
+                    conn.execute(statement)
+                version += 1
+                conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        """Commit everything queued, stop the threads, close the connections. Idempotent."""
+        if not self._opened or self._closing:
+            return
+        self._closing = True
+        writer = self._writer
+        self._queue.put(_STOP)
+        if writer is not None:
+            await asyncio.to_thread(writer.join)
+        if self._readers is not None:
+            await asyncio.to_thread(self._readers.shutdown, True)
+        with self._lock:
+            conns, self._rconns = self._rconns, []
+        for conn in conns:
+            conn.close()
+        if self._wconn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._wconn.execute("PRAGMA optimize")
+            self._wconn.close()
+            self._wconn = None
+        self._opened = False
+
+    # ------------------------------------------------------------------ writer
+    async def _submit(self, rows: list[ReadingRow] | None = None,
+                      fn: Callable[[sqlite3.Connection], Any] | None = None) -> Any:
+        if not self._opened or self._closing:
+            raise StorageError("storage is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Item(loop, future, rows, fn))
+        if self._writer_failed is not None and not future.done():
+            future.set_exception(StorageError(f"storage writer stopped: {self._writer_failed}"))
+        return await future
+
+    async def store(self, rows: list[ReadingRow]) -> None:
+        """Durably store ``rows``; returns after the group commit that contains them."""
+        if not rows:
+            return
+        await self._submit(rows=rows)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` on the writer thread in its own transaction; return its result."""
+        result: T = await self._submit(fn=fn)
+        return result
+
+    def _writer_main(self) -> None:
+        conn = self._wconn
+        assert conn is not None
+        q = self._queue
+        try:
+            held: Any = None
+            while True:
+                item = held if held is not None else q.get()
+                held = None
+                if item is _STOP:
+                    break
+                if item.fn is not None:
+                    self._run_op(conn, item)
+                    continue
+                batch = [item]
+                count = len(item.rows)
+                deadline = time.monotonic() + self.commit_interval
+                while count < self.max_batch_rows:
+                    try:
+                        nxt = q.get_nowait()
+                    except queue.Empty:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        try:
+                            nxt = q.get(timeout=remaining)
+                        except queue.Empty:
+                            break
+                    if nxt is _STOP or nxt.fn is not None:
+                        held = nxt
+                        break
+                    batch.append(nxt)
+                    count += len(nxt.rows)
+                self._commit_batch(conn, batch)
+        except BaseException as err:  # a bug: fail every waiting caller instead of hanging them
+            self._writer_failed = err
+            error = StorageError(f"storage writer stopped: {err}")
+            pending: list[_Item] = []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    nxt = q.get_nowait()
+                    if nxt is not _STOP:
+                        pending.append(nxt)
+            self._resolve([(i, error, None) for i in pending])
+            raise
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+        outcome: list[tuple[_Item, BaseException | None, Any]] = []
+        prepared: list[tuple[_Item, list[tuple[Any, ...]]]] = []
+        for item in batch:
+            assert item.rows is not None
+            try:
+                prepared.append((item, _reading_tuples(item.rows)))
+            except Exception as err:  # unserialisable metrics: only this caller fails
+                outcome.append((item, StorageError(f"readings not stored: invalid row ({err})"), None))
+        if prepared:
+            try:
+                self._insert(conn, [t for _, tuples in prepared for t in tuples])
+                outcome.extend((item, None, None) for item, _ in prepared)
+            except _DATA_ERRORS as err:
+                if len(prepared) == 1:
+                    outcome.append((prepared[0][0], StorageError(f"readings not stored: {err}"), None))
+                else:  # isolate the caller whose rows the database refused
+                    for item, tuples in prepared:
+                        try:
+                            self._insert(conn, tuples)
+                            outcome.append((item, None, None))
+                        except (sqlite3.Error, *_DATA_ERRORS) as one:
+                            outcome.append((item, StorageError(f"readings not stored: {one}"), None))
+            except sqlite3.Error as err:
+                error = StorageError(f"commit to {self.path} failed: {err}; nothing of this batch was stored")
+                outcome.extend((item, error, None) for item, _ in prepared)
+        self._resolve(outcome)
+
+    def _insert(self, conn: sqlite3.Connection, tuples: list[tuple[Any, ...]]) -> None:
+        """Insert reading tuples in one transaction; roll back and re-raise on any error."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # rowcount sums sqlite3_changes(), which excludes the trigger's sample rows.
+            inserted = conn.executemany(_INSERT_READING, tuples).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            self.failed_commits += 1
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        self.rows_written += len(tuples)
+        self.rows_inserted += max(0, inserted)
+        if len(tuples) > self.largest_batch:
+            self.largest_batch = len(tuples)
+
+    def _run_op(self, conn: sqlite3.Connection, item: _Item) -> None:
+        assert item.fn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                value = item.fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as err:
+            self._resolve([(item, StorageError(f"database {self.path}: {err}"), None)])
+        except Exception as err:
+            self._resolve([(item, err, None)])
+        else:
+            self._resolve([(item, None, value)])
+
+    @staticmethod
+    def _resolve(outcome: list[tuple[_Item, BaseException | None, Any]]) -> None:
+        """Settle futures on their loops, one wake-up per loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        for item, error, value in outcome:
+            by_loop.setdefault(item.loop, []).append((item.future, error, value))
+        for loop, results in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # loop already closed: nobody is waiting
+                loop.call_soon_threadsafe(_settle, results)
+
+    # ------------------------------------------------------------------ readers
+    def _reader_conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            uri = self.path.resolve().as_uri() + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
+                                   timeout=self.busy_timeout_ms / 1000.0)
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+            conn.execute("PRAGMA query_only = 1")
+            conn.execute("PRAGMA cache_size = -16384")
+            self._local.conn = conn
+            with self._lock:
+                self._rconns.append(conn)
+        return conn
+
+    def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        # fetchall() ends the statement, so the next read sees the newest commit.
+        return self._reader_conn().execute(sql, params).fetchall()
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self._opened or self._readers is None:
+            raise StorageError("storage is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+        except sqlite3.Error as err:
+            raise StorageError(f"reading {self.path} failed: {err}") from None
+        except RuntimeError as err:  # executor shut down by close()
+            raise StorageError(f"storage is closed ({err})") from None
+
+    async def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return await self._read(self._fetch, sql, params)
+
+    # ------------------------------------------------------------------ readings
+    async def last_seq(self, device_id: str) -> int:
+        rows = await self._query("SELECT max(seq) FROM readings WHERE device_id = ?", (device_id,))
+        return int(rows[0][0] or 0)
+
+    def _latest(self, device_id: str) -> dict[str, tuple[float, int]]:
+        # Skip-scan the distinct metrics of the device (one index probe each), then
+        # take the newest sample of each: O(metrics * log n), not O(samples).
+        metrics = self._fetch(
+            "WITH RECURSIVE m(metric) AS ("
+            " SELECT (SELECT metric FROM samples WHERE device_id = ?1 ORDER BY metric LIMIT 1)"
+            " UNION ALL"
+            " SELECT (SELECT metric FROM samples WHERE device_id = ?1 AND metric > m.metric"
+            "         ORDER BY metric LIMIT 1) FROM m WHERE m.metric IS NOT NULL)"
+            " SELECT metric FROM m WHERE metric IS NOT NULL", (device_id,))
+        result: dict[str, tuple[float, int]] = {}
+        for (metric,) in metrics:
+            row = self._fetch(
+                "SELECT value, time_ms FROM samples WHERE device_id = ? AND metric = ?"
+                " ORDER BY time_ms DESC, seq DESC LIMIT 1", (device_id, metric))
+            if row:
+                result[metric] = (float(row[0][0]), int(row[0][1]))
+        return result
+
+    async def latest(self, device_id: str) -> dict[str, tuple[float, int]]:
+        return await self._read(self._latest, device_id)
+
+    async def history(self, device_id: str, metric: str, start_ms: int, end_ms: int,
+                      limit: int = 10000) -> list[tuple[int, float]]:
+        rows = await self._query(
+            "SELECT time_ms, value FROM samples WHERE device_id = ? AND metric = ? AND time_ms >= ?"
+            " AND time_ms < ? ORDER BY time_ms, seq LIMIT ?", (device_id, metric, start_ms, end_ms, limit))
+        return [(int(t), float(v)) for t, v in rows]
+
+    async def count_readings(self, device_id: str | None = None) -> int:
+        if device_id is None:
+            rows = await self._query("SELECT count(*) FROM readings")
+        else:
+            rows = await self._query("SELECT count(*) FROM readings WHERE device_id = ?", (device_id,))
+        return int(rows[0][0])
+
+    async def seqs(self, device_id: str) -> list[int]:
+        rows = await self._query("SELECT seq FROM readings WHERE device_id = ? ORDER BY seq", (device_id,))
+        return [int(r[0]) for r in rows]
+
+    # ------------------------------------------------------------------ registry
+    async def get_device(self, device_id: str) -> DeviceRecord | None:
+        rows = await self._query(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,))
+        return _device(rows[0]) if rows else None
+
+    async def device_by_token_digest(self, digest: bytes) -> DeviceRecord | None:
+        rows = await self._query(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE token_digest = ?", (digest,))
+        return _device(rows[0]) if rows else None
+
+    async def list_devices(self) -> list[DeviceRecord]:
+        rows = await self._query(f"SELECT {_DEVICE_COLUMNS} FROM devices ORDER BY device_id")
+        return [_device(r) for r in rows]
+
+    @staticmethod
+    def _device_params(record: DeviceRecord) -> tuple[Any, ...]:
+        return (record.device_id, int(record.enabled), record.token_digest, record.token_created_ms,
+                json.dumps(list(record.allow_cidrs)), record.label, record.created_ms)
+
+    async def put_device(self, record: DeviceRecord) -> None:
+        params = self._device_params(record)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (device_id) DO UPDATE SET enabled = excluded.enabled,"
+                " token_digest = excluded.token_digest, token_created_ms = excluded.token_created_ms,"
+                " allow_cidrs = excluded.allow_cidrs, label = excluded.label,"
+                " created_ms = excluded.created_ms",
+                params)
+
+        await self._write(op)
+
+    async def create_device(self, record: DeviceRecord) -> bool:
+        """Insert the device unless its id exists (atomic); False if it existed."""
+        params = self._device_params(record)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (device_id) DO NOTHING", params)
+            return cursor.rowcount == 1
+
+        return await self._write(op)
+
+    # ------------------------------------------------------------------ alerts
+    async def raise_alert(self, device_id: str, metric: str, rule: str, at_ms: int, value: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "INSERT INTO alerts (device_id, metric, rule, raised_ms, value) VALUES (?, ?, ?, ?, ?)",
+                (device_id, metric, rule, at_ms, value))
+            return int(cursor.lastrowid or 0)
+
+        return await self._write(op)
+
+    async def clear_alert(self, alert_id: int, at_ms: int, value: float) -> None:
+        """Mark an active alert cleared. Clearing a cleared or unknown alert changes nothing."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE alerts SET cleared_ms = ?, clear_value = ?"
+                         " WHERE id = ? AND cleared_ms IS NULL", (at_ms, value, alert_id))
+
+        await self._write(op)
+
+    async def active_alerts(self) -> list[AlertRow]:
+        rows = await self._query(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE cleared_ms IS NULL ORDER BY id")
+        return [_alert(r) for r in rows]
+
+    async def alerts(self, device_id: str | None = None, limit: int = 100) -> list[AlertRow]:
+        if device_id is None:
+            rows = await self._query(f"SELECT {_ALERT_COLUMNS} FROM alerts ORDER BY id DESC LIMIT ?",
+                                     (limit,))
+        else:
+            rows = await self._query(
+                f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE device_id = ? ORDER BY id DESC LIMIT ?",
+                (device_id, limit))
+        return [_alert(r) for r in rows]
+
+
+def _split_script(script: str) -> list[str]:
+    """Split a migration into statements (sqlite3.complete_statement handles trigger bodies)."""
+    statements: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        if line.strip().startswith("--"):
+            continue
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements

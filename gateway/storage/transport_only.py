@@ -1,0 +1,70 @@
+"""Storage with readings switched off (``storage = "none"``): transport-only benchmarks.
+
+The registry and alerts still go to the wrapped backend; readings are counted, not kept,
+and ``store`` returns at once. Never use it where readings matter: acks then mean
+"received", not "stored".
+"""
+
+from __future__ import annotations
+
+from gateway.storage.base import AlertRow, DeviceRecord, ReadingRow, Storage
+
+
+class ReadingsOff(Storage):
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self._last: dict[str, int] = {}
+        self._count = 0
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def store(self, rows: list[ReadingRow]) -> None:
+        last = self._last
+        for row in rows:
+            if row.seq > last.get(row.device_id, 0):
+                last[row.device_id] = row.seq
+                self._count += 1
+
+    async def last_seq(self, device_id: str) -> int:
+        return self._last.get(device_id, 0)
+
+    async def latest(self, device_id: str) -> dict[str, tuple[float, int]]:
+        return {}
+
+    async def history(self, device_id: str, metric: str, start_ms: int, end_ms: int,
+                      limit: int = 10000) -> list[tuple[int, float]]:
+        return []
+
+    async def count_readings(self, device_id: str | None = None) -> int:
+        return self._count if device_id is None else self._last.get(device_id, 0)
+
+    async def seqs(self, device_id: str) -> list[int]:
+        return []
+
+    async def get_device(self, device_id: str) -> DeviceRecord | None:
+        return await self.inner.get_device(device_id)
+
+    async def device_by_token_digest(self, digest: bytes) -> DeviceRecord | None:
+        return await self.inner.device_by_token_digest(digest)
+
+    async def list_devices(self) -> list[DeviceRecord]:
+        return await self.inner.list_devices()
+
+    async def put_device(self, record: DeviceRecord) -> None:
+        await self.inner.put_device(record)
+
+    async def raise_alert(self, device_id: str, metric: str, rule: str, at_ms: int, value: float) -> int:
+        return await self.inner.raise_alert(device_id, metric, rule, at_ms, value)
+
+    async def clear_alert(self, alert_id: int, at_ms: int, value: float) -> None:
+        await self.inner.clear_alert(alert_id, at_ms, value)
+
+    async def active_alerts(self) -> list[AlertRow]:
+        return await self.inner.active_alerts()
+
+    async def alerts(self, device_id: str | None = None, limit: int = 100) -> list[AlertRow]:
+        return await self.inner.alerts(device_id, limit)
