@@ -62,7 +62,8 @@ async def _register_all(url: str, admin_token: str, ids: list[str], connections:
                 for _ in chunk:
                     reply = json.loads(await asyncio.wait_for(ws.recv(), 60))
                     if reply.get("t") != "ok":
-                        raise BenchError(f"registering {reply.get('id')}: {reply.get('code')}: {reply.get('msg')}")
+                        raise BenchError(f"registering {reply.get('id')}: {reply.get('code')}: "
+                                         f"{reply.get('msg')}")
                     tokens[reply["device_id"]] = reply["token"]
 
     await asyncio.gather(*(worker(ids[i::connections]) for i in range(connections)))
@@ -99,7 +100,8 @@ def _count_readings(db: Path) -> int | None:
 def _gateway_metrics(port: int) -> dict[str, float]:
     """Counters from the gateway's /metrics (Prometheus text), without labels."""
     out: dict[str, float] = {}
-    with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+    url = f"http://127.0.0.1:{port}/metrics"
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as resp:
         for line in resp.read().decode().splitlines():
             if line and not line.startswith("#") and "{" not in line:
                 name, _, value = line.partition(" ")
@@ -182,7 +184,8 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
         window_s = max(1e-6, s1.cpu_s - s0.cpu_s)
         wall_hold = max(w["wall_s"] for w in workers)
         result.update(
-            generated=generated, sent=sent, acked=acked if system != "mosquitto" else None, delivered=delivered,
+            generated=generated, sent=sent, acked=acked if system != "mosquitto" else None,
+            delivered=delivered,
             rejected=sum(w["rejected"] for w in workers), slowed=sum(w["slowed"] for w in workers),
             closed_during_run=sum(w["closed_during_run"] for w in workers),
             readings_per_s=round(sent / wall_hold, 1) if wall_hold else None,
@@ -205,9 +208,11 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
             "cpu_per_1000": _round(cpu_per_1000(window_s, generated), 4),
             "cpu_pct_hold": round(100 * (s_hold.cpu_s - s0.cpu_s) / opts.hold, 1),
             "connect_cpu_s": round(after_connect.cpu_s - before_connect.cpu_s, 3),
-            "rss_idle_kib": idle.rss_kib, "rss_connected_kib": quiet.rss_kib, "rss_loaded_kib": s_hold.rss_kib,
+            "rss_idle_kib": idle.rss_kib, "rss_connected_kib": quiet.rss_kib,
+            "rss_loaded_kib": s_hold.rss_kib,
             "hwm_kib": final.hwm_kib,
-            "rss_per_conn_kib": _round(rss_per_connection_kib(s_hold.rss_kib, idle.rss_kib, conn["connected"]), 2),
+            "rss_per_conn_kib": _round(rss_per_connection_kib(s_hold.rss_kib, idle.rss_kib,
+                                                              conn["connected"]), 2),
             "rss_per_conn_quiet_kib": _round(rss_per_connection_kib(quiet.rss_kib, idle.rss_kib,
                                                                     conn["connected"]), 2),
         }
@@ -216,7 +221,8 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
         result["generator"] = {
             "workers": len(workers), "cpu_pct": [round(100 * c, 1) for c in gen_cpu],
             "late_max_s": round(max(w["late_max_s"] for w in workers), 3),
-            "rss_kib": [w["rss_kib"]["rss"] for w in workers], "drain_s": round(max(w["drain_s"] for w in workers), 2),
+            "rss_kib": [w["rss_kib"]["rss"] for w in workers],
+            "drain_s": round(max(w["drain_s"] for w in workers), 2),
         }
         result["watcher"] = {"cpu_s_total": round(watch_cpu, 2), "resyncs": stats.get("resyncs", 0)}
         if max(gen_cpu, default=0.0) >= SATURATED:
@@ -224,7 +230,8 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
             result["invalid_reasons"].append(f"generator saturated ({100 * max(gen_cpu):.0f} % of a core)")
         if result["generator"]["late_max_s"] > 1.0:
             result["valid"] = False
-            result["invalid_reasons"].append(f"generator fell {result['generator']['late_max_s']:.1f} s behind schedule")
+            late = result["generator"]["late_max_s"]
+            result["invalid_reasons"].append(f"generator fell {late:.1f} s behind schedule")
         if conn["connected"] < n:
             result["invalid_reasons"].append(f"only {conn['connected']} of {n} devices connected")
     except (BenchError, LoadgenError, OSError) as err:
@@ -254,7 +261,8 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def _start_profiler(pid: int, opts: argparse.Namespace, system: str, n: int) -> subprocess.Popen[bytes] | None:
+def _start_profiler(pid: int, opts: argparse.Namespace, system: str,
+                    n: int) -> subprocess.Popen[bytes] | None:
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not os.path.exists(exe):
         return None
@@ -278,7 +286,8 @@ def ratios(systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
             continue
         out[f"{name}/mosquitto"] = {
             "cpu_per_reading": _round(ratio(gw["server"]["cpu_per_1000"], mq["server"]["cpu_per_1000"]), 2),
-            "rss_per_conn": _round(ratio(gw["server"]["rss_per_conn_kib"], mq["server"]["rss_per_conn_kib"]), 2),
+            "rss_per_conn": _round(ratio(gw["server"]["rss_per_conn_kib"],
+                                         mq["server"]["rss_per_conn_kib"]), 2),
             "p99_latency": _round(ratio(gw["latency"]["p99_ms"], mq["latency"]["p99_ms"]), 2),
             "connect_s": _round(ratio(gw["connect_s"], mq["connect_s"]), 2),
         }
@@ -315,7 +324,8 @@ def _fmt(value: Any, spec: str = "") -> str:
 
 
 def table(report: dict[str, Any]) -> str:
-    cols = ["devices", "system", "conn", "conn s", "sent", "deliv", "stored", "lost", "rdg/s", "p50 ms", "p99 ms",
+    cols = ["devices", "system", "conn", "conn s", "sent", "deliv", "stored", "lost", "rdg/s", "p50 ms",
+            "p99 ms",
             "max ms", "cpu s/1k", "srv cpu%", "RSS/conn KiB", "peak RSS MiB", "gen cpu%", "valid"]
     rows = [cols]
     for step in report["steps"]:
@@ -324,8 +334,9 @@ def table(report: dict[str, Any]) -> str:
             lat = r.get("latency") or {}
             gen = r.get("generator") or {}
             rows.append([
-                str(r["devices"]), name, _fmt(r.get("connected")), _fmt(r.get("connect_s")), _fmt(r.get("sent")),
-                _fmt(r.get("delivered")), _fmt(r.get("stored")), _fmt(r.get("lost")), _fmt(r.get("readings_per_s")),
+                str(r["devices"]), name, _fmt(r.get("connected")), _fmt(r.get("connect_s")),
+                _fmt(r.get("sent")), _fmt(r.get("delivered")), _fmt(r.get("stored")), _fmt(r.get("lost")),
+                _fmt(r.get("readings_per_s")),
                 _fmt(lat.get("p50_ms")), _fmt(lat.get("p99_ms")), _fmt(lat.get("max_ms")),
                 _fmt(srv.get("cpu_per_1000"), ".3f"), _fmt(srv.get("cpu_pct_hold")),
                 _fmt(srv.get("rss_per_conn_kib"), ".1f"),
@@ -351,9 +362,9 @@ def _versions() -> dict[str, Any]:
     out: dict[str, Any] = {"python": platform.python_version(), "kernel": platform.release(),
                            "cpus": os.cpu_count()}
     with contextlib.suppress(Exception):
-        import websockets
+        from importlib.metadata import version
 
-        out["websockets"] = websockets.__version__
+        out["websockets"] = version("websockets")
     exe = mosquitto_path()
     if exe:
         with contextlib.suppress(Exception):
@@ -375,9 +386,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="source addresses 127.0.0.1..N (default: one per 20,000 devices)")
     parser.add_argument("--concurrency", type=int, default=256, help="handshakes in flight during the storm")
     parser.add_argument("--connect-timeout", type=float, default=180.0)
-    parser.add_argument("--drain", type=float, default=15.0, help="max seconds to wait for acks after sending")
+    parser.add_argument("--drain", type=float, default=15.0,
+                        help="max seconds to wait for acks after sending")
     parser.add_argument("--dashboard-interval-ms", type=float, default=50.0,
-                        help="gateway dashboard coalescing interval (default 50; the gateway's own default is 250)")
+                        help="gateway dashboard coalescing interval in ms (default 50; the gateway's is 250)")
     parser.add_argument("--uvloop", action="store_true", help="run the gateway with --uvloop")
     parser.add_argument("--profile", default="", help="py-spy the hold phase of these systems (comma list)")
     parser.add_argument("--quick", action="store_true", help="1,000 devices for 10 s: the CI smoke test")

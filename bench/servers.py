@@ -107,6 +107,7 @@ class MosquittoServer(ServerProcess):
     def __init__(self, workdir: Path) -> None:
         super().__init__()
         self.workdir = workdir
+        self.sock_dir: Path | None = None
 
     def start(self, timeout: float = 10.0) -> None:
         exe = mosquitto_path()
@@ -115,10 +116,9 @@ class MosquittoServer(ServerProcess):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         # Started as root, mosquitto drops to user "mosquitto": it must reach its socket directory.
-        sock_dir = self.workdir / "sock"
-        sock_dir.mkdir(exist_ok=True)
-        self.workdir.chmod(0o711)
+        sock_dir = Path(tempfile.mkdtemp(prefix="edgewire-mq-"))
         sock_dir.chmod(0o777)
+        self.sock_dir = sock_dir
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             "# written by bench/servers.py\n"
@@ -146,6 +146,13 @@ class MosquittoServer(ServerProcess):
             time.sleep(0.05)
         self.stop()
         raise BenchError(f"mosquitto did not listen on port {self.port} within {timeout:g} s")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        code = super().stop(timeout)
+        if self.sock_dir is not None:
+            shutil.rmtree(self.sock_dir, ignore_errors=True)
+            self.sock_dir = None
+        return code
 
     @property
     def url(self) -> str:

@@ -118,7 +118,8 @@ class Agent:
         self.stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop, EXIT_OK)
+            with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):  # not the main thread
+                loop.add_signal_handler(sig, self.stop, EXIT_OK)
         LOG.info("agent %s starting: device %s, %d sensors, outputs %s, queue %s (%d buffered, next seq %d)",
                  __version__, self.cfg.device_id, len(self.sensors), ",".join(self.outputs.devices) or "none",
                  self.cfg.queue_path, self.buffered, self.queue.next_seq)
@@ -232,7 +233,8 @@ class Agent:
     def write_status(self) -> None:
         status = {
             "pid": os.getpid(), "device": self.cfg.device_id, "connected": self.connected,
-            "led": self.outputs.pattern, "outputs": self.outputs.states(), "buffered": self.buffered,
+            "led": self.outputs.pattern, "outputs": self.outputs.states(),
+            "pins": self.outputs.pin_levels(), "buffered": self.buffered,
             "dropped": self.queue.dropped, "rejected": self.queue.rejected, "next_seq": self.queue.next_seq,
             "interval": self.interval, "alerting": self.rules.alerting, "sensor_errors": self.sensor_errors,
             "updated": time.time(),

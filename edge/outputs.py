@@ -96,7 +96,13 @@ class Outputs:
         self.local.clear()
 
     def states(self) -> dict[str, bool]:
+        """Output name -> active (on), after active_high is applied."""
         return {name: bool(device.is_active) for name, device in self.devices.items()}
+
+    def pin_levels(self) -> dict[str, int]:
+        """Output name -> electrical level of its pin (1 = high), as the pin factory reports it."""
+        return {name: int(bool(device.pin.state)) for name, device in self.devices.items()
+                if device.pin is not None}
 
     def close(self) -> None:
         for device in self.devices.values():

@@ -33,6 +33,13 @@ def up_ms():
     return _up
 
 
+def resume(up):
+    """Continue uptime from ``up`` ms (after a deep sleep, so one boot id spans the sleeps)."""
+    global _last, _up
+    _last = ticks_ms()
+    _up = up
+
+
 def unix_ms():
     """Unix time in ms if the RTC is set (NTP now or before a deep sleep), else None."""
     if hasattr(time, "time_ns"):

@@ -7,8 +7,9 @@ half-applied. The schema is documented in firmware/README.md.
 import json
 
 from errors import ConfigError
-from protocol import core
 from sensors import DRIVERS
+
+from protocol import core
 
 PATH = "/config.json"
 
@@ -90,7 +91,8 @@ def validate(raw):
         cfg[key] = raw.get(key, DEFAULTS[key])
     for key in raw:
         if key not in DEFAULTS:
-            raise ConfigError("config key '" + str(key)[:40] + "' is unknown; see firmware/README.md for the keys")
+            raise ConfigError("config key '" + str(key)[:40]
+                              + "' is unknown; see firmware/README.md for the keys")
     _text(cfg, "wifi_ssid", True)
     if type(cfg["wifi_password"]) is not str:
         _fail("wifi_password", "must be a string (empty for an open network)")

@@ -2,7 +2,6 @@
 
 import dht
 import machine
-
 from errors import SensorError
 
 _EIO = 5

@@ -3,7 +3,6 @@
 import ds18x20
 import machine
 import onewire
-
 from clock import sleep_ms
 from errors import SensorError
 

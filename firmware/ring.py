@@ -14,9 +14,9 @@ import json
 import struct
 from binascii import crc32
 
+from errors import RingError
 from micropython import const
 
-from errors import RingError
 from protocol import core
 
 MAGIC = b"EWR1"
@@ -46,6 +46,8 @@ class Ring:
         self.sync_boot = 0
         self.sync_offset = 0
         self.corrupt = 0  # records skipped for a bad CRC (torn write at power loss)
+        self._last_corrupt = 0
+        self.created = False  # True if the file was (re)created by this boot
         try:
             self._f = open(path, "r+b")
         except OSError:
@@ -65,8 +67,10 @@ class Ring:
                 self._f.write(zero)
             self._f.flush()
         except OSError as err:
-            raise RingError("cannot create ring file " + self.path + " (" + str(err) + "); check free flash space")
+            raise RingError("cannot create ring file " + self.path + " (" + str(err)
+                            + "); check free flash space")
         self.gen = 0
+        self.created = True
         self._write_header()
 
     def _load_header(self):
@@ -164,7 +168,9 @@ class Ring:
         while seq < self.next_seq and len(out) < limit:
             rec = self._record(seq)
             if rec is None:
-                self.corrupt += 1
+                if seq > self._last_corrupt:
+                    self.corrupt += 1
+                    self._last_corrupt = seq
             else:
                 rboot, metrics, ts, up, quality = rec
                 if ts is None and up is not None:
@@ -189,12 +195,40 @@ class Ring:
         self._write_header()
         return n
 
-    def renumber_after(self, last_seq):
-        """The gateway already holds seqs up to ``last_seq``: forget them, continue above."""
+    def renumber_after(self, last_seq, never_sent=False):
+        """Apply a welcome's ``last_seq``: the gateway holds every seq up to it.
+
+        Normally that acknowledges what it covers. With ``never_sent`` (the file
+        was created this boot and nothing was sent yet, so the counter was lost)
+        the held readings are renumbered from last_seq + 1 instead (protocol.md 3).
+        """
+        if never_sent and self.count and self.first_seq <= last_seq:
+            self._shift(last_seq + 1 - self.first_seq)
+            return
         self.ack(last_seq)
         if self.count == 0 and self.next_seq <= last_seq:
             self.next_seq = last_seq + 1
             self._write_header()
+
+    def _shift(self, delta):
+        first = self.first_seq
+        buf = self._rbuf
+        for i in range(self.count):
+            slot = (self.head + i) % self.capacity
+            self._f.seek(_DATA + slot * REC)
+            if self._f.readinto(buf) != REC:
+                continue
+            seq, length, crc = struct.unpack_from(_REC_HEAD, buf, 0)
+            payload = bytes(memoryview(buf)[_REC_HEAD_LEN:_REC_HEAD_LEN + length])
+            if seq != first + i or length > MAX_PAYLOAD or crc32(payload, crc32(memoryview(buf)[:10])) != crc:
+                continue  # torn: stays unreadable under its new seq too
+            struct.pack_into("<Q", buf, 0, seq + delta)
+            struct.pack_into("<I", buf, 10, crc32(payload, crc32(memoryview(buf)[:10])))
+            self._f.seek(_DATA + slot * REC)
+            self._f.write(buf)
+        self._f.flush()
+        self.next_seq += delta
+        self._write_header()
 
     def set_sync(self, boot, offset):
         """Remember boot ``boot``'s clock offset (unix_ms - up_ms) to timestamp its buffered readings."""

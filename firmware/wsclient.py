@@ -15,9 +15,9 @@ import socket
 import struct
 import sys
 
-from micropython import const
-
+from clock import ticks_ms
 from errors import NetError
+from micropython import const
 
 OP_CONT = const(0)
 OP_TEXT = const(1)
@@ -67,6 +67,7 @@ class WSClient:
         self._poller = None
         self._head = bytearray(14)
         self.close_code = 0
+        self.last_rx_ms = 0  # ticks_ms of the last frame received (any opcode)
 
     # -- connection
     def connect(self, headers=None):
@@ -90,6 +91,7 @@ class WSClient:
         self._poller = select.poll()
         self._poller.register(self.sock, select.POLLIN)
         self.close_code = 0
+        self.last_rx_ms = ticks_ms()
 
     def _wrap(self, sock, host):
         import ssl
@@ -240,6 +242,7 @@ class WSClient:
             self.close(1009)
             raise NetError("frame of " + str(n) + " bytes exceeds " + str(self.max_frame))
         data = self._read_exact(n)
+        self.last_rx_ms = ticks_ms()
         if key is not None:
             data = bytearray(data)
             for i in range(n):

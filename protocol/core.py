@@ -80,6 +80,7 @@ CLOSE_FOR_ERROR = {
     E_SHUTDOWN: CLOSE_SERVICE_RESTART,
     E_STORAGE: CLOSE_TRY_AGAIN_LATER,
     E_TOO_MANY_ERRORS: CLOSE_TOO_MANY_ERRORS,
+    E_RATE: CLOSE_RATE_LIMITED,  # only when the limit is persistently ignored
 }
 
 # Read quality of one reading.

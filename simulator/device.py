@@ -133,6 +133,7 @@ class VirtualDevice:
         compression: bool = False,
         open_timeout_s: float = 10.0,
         reboot_delay_s: float = 1.0,
+        adaptive_batch: bool = True,
     ) -> None:
         if rate <= 0 or batch < 1 or window < 1 or outbox_max < 1:
             raise SimConfigError("rate must be > 0 and batch, window, outbox_max >= 1")
@@ -153,6 +154,7 @@ class VirtualDevice:
         self.compression = compression
         self.open_timeout_s = open_timeout_s
         self.reboot_delay_s = reboot_delay_s
+        self.adaptive_batch = adaptive_batch
         self.rng = random.Random(seed if seed is not None else zlib.crc32(device_id.encode()))
         self.sensor = sensor if sensor is not None else make_sensor("climate", self.rng)
         self.faults: FaultInjector | None = None
@@ -330,8 +332,9 @@ class VirtualDevice:
             unsent = len(self.outbox) - index
             if unsent == 0:
                 return
-            if unsent < session.max_batch and self._generating and now < self._linger_deadline(index):
+            if unsent < self.batch and self._generating and now < self._linger_deadline(index):
                 return
+            session.max_batch = self._batch_limit()
             first = self.outbox[index].seq
             frame = session.next_frame(itertools.islice(self.outbox, index, None), self._uptime_ms(now))
             if frame is None:
@@ -353,6 +356,17 @@ class VirtualDevice:
                 self.counters.malformed += 1
                 await self._send(ws, bad)
 
+    def _batch_limit(self) -> int:
+        """``batch``, or after a slow-down (adaptive_batch) the gateway's max_batch, so a paced
+        device still moves its backlog: fewer, fuller frames at the allowed frame rate."""
+        limit = self.batch
+        welcome = self.session.welcome or {}
+        announced = welcome.get("max_batch")
+        gateway_max = announced if type(announced) is int and announced > 0 else core.MAX_BATCH
+        if self.adaptive_batch and self._pace_s > 0:
+            limit = max(limit, gateway_max)
+        return min(limit, gateway_max)
+
     def _linger_deadline(self, index: int) -> float:
         """When a partial batch starting at ``outbox[index]`` is due (its oldest reading aged linger_s)."""
         up = self.outbox[index].up
@@ -369,7 +383,7 @@ class VirtualDevice:
             unsent = len(self.outbox) - index
             if unsent:
                 due = self._next_send_at
-                if unsent < self.session.max_batch and self._generating:
+                if unsent < self.batch and self._generating:
                     due = max(due, self._linger_deadline(index))
                 deadline = min(deadline, max(due, now))
         return deadline
@@ -390,7 +404,8 @@ class VirtualDevice:
             self._on_welcome(payload, now)
         elif kind == core.DEV_SLOW:
             self.counters.slowed += 1
-            self._pace_s = 1.0 / max(self.session.rate, 1e-3)
+            # 5% under the announced rate so network jitter does not push frames over the limit
+            self._pace_s = 1.05 / max(self.session.rate, 1e-3)
             self._next_send_at = now + self.session.send_after_ms / 1000.0
             seq = payload.get("seq")
             if type(seq) is int:

@@ -36,7 +36,7 @@ import sys
 import time
 from array import array
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from protocol import core
@@ -259,8 +259,8 @@ class WsClient(asyncio.Protocol):
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
         transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:
@@ -1004,8 +1004,12 @@ class Proc:
         self.pipe.send(msg)
 
     def recv(self, timeout: float) -> dict[str, Any]:
-        if not self.pipe.poll(timeout):
-            raise LoadgenError(f"worker pid {self.process.pid} did not answer within {timeout:g} s")
+        deadline = time.monotonic() + timeout
+        while not self.pipe.poll(0.5):
+            if not self.process.is_alive():
+                raise LoadgenError(f"worker pid {self.process.pid} died (exit code {self.process.exitcode})")
+            if time.monotonic() > deadline:
+                raise LoadgenError(f"worker pid {self.process.pid} did not answer within {timeout:g} s")
         reply: dict[str, Any] = self.pipe.recv()
         if "error" in reply:
             raise LoadgenError(f"worker pid {self.process.pid}: {reply['error']}")

@@ -44,10 +44,11 @@ class Sample:
 
 @dataclass(slots=True)
 class SensorContext:
-    """What a sensor gets besides its options: the backend and a sleep it must use."""
+    """What a sensor gets besides its options: the backend, and the sleep and clock it must use."""
 
     backend: str = "hardware"
     sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
 
 
 class Sensor(Protocol):

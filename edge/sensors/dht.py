@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import time
 from typing import Any, ClassVar
 
 from edge.errors import SensorError
@@ -38,6 +37,10 @@ from edge.sensors.base import (
 
 LOG = logging.getLogger("edgewire.edge.dht")
 
+
+def _fraction(value: Any) -> str | None:
+    return None if 0.0 <= value <= 1.0 else "must be between 0 and 1"
+
 SIM_MODULE = "simulator.hardware.dht"
 SIM_CLASS = "AdafruitDHTStandIn"
 
@@ -56,16 +59,13 @@ def hardware_device(model: str, pin: int) -> Any:
     return cls(board_pin)
 
 
-def sim_device(model: str, pin: int) -> Any:
+def sim_device(model: str, pin: int, failure_rate: float, seed: int) -> Any:
     """The simulator's stand-in with the library's surface, failure modes and timing."""
     try:
         cls = getattr(importlib.import_module(SIM_MODULE), SIM_CLASS)
     except (ImportError, AttributeError) as err:
         raise SensorError(f"backend \"sim\" needs {SIM_MODULE}.{SIM_CLASS} ({err})") from err
-    try:
-        return cls(pin, model=model)
-    except TypeError:
-        return cls(pin)
+    return cls(pin, dht11=model == "dht11", failure_rate=failure_rate, seed=seed)
 
 
 class DHTSensor(SensorBase):
@@ -82,6 +82,8 @@ class DHTSensor(SensorBase):
         "max_step": Opt((int, float), 10.0, positive, "change since last good value that marks suspect"),
         "temperature_metric": Opt((str,), "temperature", metric_name, "metric name for temperature"),
         "humidity_metric": Opt((str,), "humidity", metric_name, "metric name for humidity"),
+        "sim_failure_rate": Opt((int, float), 0.3, _fraction, "sim backend: share of reads that fail"),
+        "sim_seed": Opt((int,), 0, doc="sim backend: random seed of the stand-in"),
     }
 
     def __init__(self, name: str, options: dict[str, Any], ctx: SensorContext) -> None:
@@ -92,6 +94,7 @@ class DHTSensor(SensorBase):
         self.recreated = 0
         self.last_good: dict[str, float] | None = None
         self.last_good_at = 0.0
+        self.last_attempt: float | None = None
 
     @classmethod
     def metric_names(cls, options: dict[str, Any]) -> list[str]:
@@ -99,7 +102,8 @@ class DHTSensor(SensorBase):
 
     def _open(self) -> Any:
         if self.ctx.backend == "sim":
-            return sim_device(self.MODEL, self.pin)
+            return sim_device(self.MODEL, self.pin, float(self.options["sim_failure_rate"]),
+                              self.options["sim_seed"] + self.recreated)
         return hardware_device(self.MODEL, self.pin)
 
     def _close_device(self) -> None:
@@ -127,9 +131,13 @@ class DHTSensor(SensorBase):
         hums: list[float] = []
         failed = 0
         last_error = ""
-        for attempt in range(attempts):
-            if attempt:
-                self.ctx.sleep(spacing)
+        for _ in range(attempts):
+            if self.last_attempt is not None:
+                # the library returns its cached values for 2 s: a read sooner is no new read
+                wait = spacing - (self.ctx.clock() - self.last_attempt)
+                if wait > 0:
+                    self.ctx.sleep(wait)
+            self.last_attempt = self.ctx.clock()
             try:
                 temperature, humidity = self._read_once()
             except RuntimeError as err:
@@ -150,7 +158,7 @@ class DHTSensor(SensorBase):
                 break
         names = self.metric_names(self.options)
         if not temps:
-            now = time.monotonic()
+            now = self.ctx.clock()
             if self.last_good is not None and now - self.last_good_at <= self.options["stale_after"]:
                 return Sample(dict(self.last_good), QUALITY_STALE)
             raise SensorError(
@@ -163,7 +171,7 @@ class DHTSensor(SensorBase):
             quality = QUALITY_SUSPECT
         else:
             self.last_good = dict(values)
-            self.last_good_at = time.monotonic()
+            self.last_good_at = self.ctx.clock()
         return Sample(values, quality)
 
     def _suspect(self, values: dict[str, float]) -> bool:

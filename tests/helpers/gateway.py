@@ -128,6 +128,24 @@ class GatewayProcess:
         assert token.startswith("ewt_"), out
         return token
 
+    def register_many(self, device_ids: list[str]) -> dict[str, str]:
+        """Register many devices through the running gateway's admin endpoint (one connection)."""
+
+        async def run() -> dict[str, str]:
+            from websockets.asyncio.client import connect
+
+            tokens: dict[str, str] = {}
+            async with connect(self.url + "/v1/admin",
+                               additional_headers={"Authorization": f"Bearer {self.admin_token}"}) as ws:
+                for device_id in device_ids:
+                    await ws.send(json.dumps({"t": "register", "id": device_id, "device_id": device_id}))
+                    reply = json.loads(await ws.recv())
+                    assert reply["t"] == "ok", reply
+                    tokens[device_id] = reply["token"]
+            return tokens
+
+        return asyncio.run(run())
+
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, "--data-dir", str(self.data_dir), check=check)
 

@@ -1,0 +1,417 @@
+"""Edgewire node main loop: sample -> flash ring -> gateway, commands back.
+
+One flat, single-threaded loop. Each iteration samples when due, keeps the
+connection (Wi-Fi, then WebSocket with exponential backoff), sends
+unacknowledged readings from the ring file (protocol.core.DeviceSession
+decides what to send), handles acks/commands/slow-downs, drives the LED and
+feeds the watchdog. Readings leave the ring only when the gateway acknowledges
+them. The protocol is protocol.core; nothing here re-implements it.
+"""
+
+import gc
+import json
+import random
+
+import clock
+import commands
+import config as config_module
+import machine
+from adaptive import Adaptive
+from errors import ConfigError, NetError, RingError, SensorError
+from led import Led
+from micropython import const
+from ring import Ring
+from sensors import Sensor, open_driver
+from watchdog import Watchdog
+from wifi import Backoff, WiFi
+from wsclient import WSClient
+
+from protocol import core
+
+FW_VERSION = "0.1.0"
+LOOP_MS = const(100)  # longest wait between loop iterations
+_WELCOME_MS = const(5000)
+_PING_IDLE_MS = const(30000)  # ping the gateway after this long without a frame
+_DEAD_IDLE_MS = const(75000)  # give the connection up after this long
+_NTP_RETRY_MS = const(60000)
+_STATUS_MIN_MS = const(10000)
+_DEEP_SLEEP_SEND_MS = const(15000)  # time a waking node spends delivering
+# Close codes after which reconnecting soon cannot help (protocol.md 11): retry hourly.
+_STOP_CODES = (core.CLOSE_AUTH_FAILED, core.CLOSE_DISABLED, core.CLOSE_EXPIRED, core.CLOSE_REPLACED,
+               core.CLOSE_ADDRESS, core.CLOSE_IDENTITY)
+_STOP_RETRY_MS = const(3600000)
+
+
+def log(*parts):
+    print("[%d]" % clock.up_ms(), *parts)
+
+
+def heap_free():
+    return gc.mem_free() if hasattr(gc, "mem_free") else None
+
+
+def _rtc_state():
+    """State saved before a deep sleep, or None after any other reset."""
+    try:
+        if machine.reset_cause() != machine.DEEPSLEEP_RESET:
+            return None
+        raw = machine.RTC().memory()
+        return json.loads(raw) if raw else None
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+class App:
+    """The node. ``run()`` loops forever (or until ``stop()`` returns True)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.now_ms = 0
+        state = _rtc_state() if cfg["deep_sleep"] else None
+        if state and type(state.get("b")) is int and type(state.get("u")) is int:
+            self.boot = state["b"]  # one boot id across deep sleeps; uptime continues
+            clock.resume(state["u"])
+        else:
+            self.boot = random.getrandbits(32) or 1
+        self.boot_id = "%08x" % self.boot
+        self.watchdog = Watchdog(cfg["watchdog_s"])
+        self.led = Led(cfg["led_pin"])
+        self.clock = clock.Clock()
+        self.ring = Ring(cfg["ring_path"], cfg["ring_records"])
+        if self.clock.synced():
+            self.ring.set_sync(self.boot, self.clock.offset)
+        self.sensor = Sensor(open_driver(cfg["sensor"], cfg["sensor_pin"]), self.wait_ms)
+        floor_s = self.sensor.driver.RETRY_MS / 1000
+        self.adaptive = Adaptive(max(cfg["interval_s"], floor_s), max(cfg["min_interval_s"], floor_s),
+                                 max(cfg["max_interval_s"], floor_s), cfg["deadband"], cfg["thresholds"])
+        if state:
+            self.adaptive.restore(state.get("a"), clock.up_ms(), 0)
+        self.outputs = {}
+        for name in cfg["output_pins"]:
+            self.outputs[name] = machine.Pin(cfg["output_pins"][name], machine.Pin.OUT, value=0)
+        self.session = core.DeviceSession(cfg["device_id"], token=cfg["token"], jwt=cfg["jwt"],
+                                          boot=self.boot_id, max_batch=cfg["max_batch"])
+        self.wifi = WiFi(cfg["wifi_ssid"], cfg["wifi_password"], self.wait_ms)
+        self.ca = config_module.read_ca(cfg)
+        self.ws = None
+        self.backoff = Backoff(1000, 60000)
+        self.next_sample_ms = 0
+        self.next_connect_ms = 0
+        self.next_ntp_ms = 0
+        self.send_at_ms = 0
+        self.status_at_ms = 0
+        self.status_dropped = -1
+        self.pinged = False
+        self.welcomed = False  # a welcome was received during this boot
+        self.reboot_requested = False
+        self.fatal = None  # reason the node stopped trying often (bad credential, ...)
+        self.counts = {"samples": 0, "reported": 0, "sensor_errors": 0, "invalid": 0, "ring_errors": 0,
+                       "loop_errors": 0, "connects": 0, "rejected": 0}
+        if hasattr(gc, "threshold"):
+            gc.threshold(gc.mem_free() // 4 + gc.mem_alloc())
+        log("boot", self.boot_id, "fw", FW_VERSION, "buffered", self.ring.count,
+            "next_seq", self.ring.next_seq)
+
+    # -- waiting
+    def wait_ms(self, ms):
+        """Sleep ``ms`` inside a healthy iteration, feeding the watchdog."""
+        while ms > 0:
+            step = 1000 if ms > 1000 else ms
+            clock.sleep_ms(step)
+            self.watchdog.feed()
+            ms -= step
+
+    # -- sampling
+    def sample(self, now):
+        """Read the sensor; store the reading in the ring if adaptive.decide() reports it."""
+        self.counts["samples"] += 1
+        try:
+            metrics, quality = self.sensor.read()
+        except SensorError as err:
+            self.counts["sensor_errors"] += 1
+            log("sensor:", err)
+            self.next_sample_ms = now + self.adaptive.interval_ms
+            return
+        now = self.now_ms = clock.up_ms()
+        if not self.adaptive.decide(metrics, now):
+            self.next_sample_ms = now + self.adaptive.interval_ms
+            return
+        ts = self.clock.epoch_ms_at(now)
+        up = None if ts is not None else now
+        try:  # the gateway would refuse the whole frame: refuse the one reading here instead
+            core.parse_data(core.data_message(1, [core.Reading(1, metrics, ts, up, quality)]))
+        except core.ProtocolError as err:
+            self.counts["invalid"] += 1
+            log("reading refused:", err.code, err.message)
+        else:
+            try:
+                self.ring.append(metrics, self.boot, ts, up, quality)
+                self.counts["reported"] += 1
+            except RingError as err:
+                self.counts["ring_errors"] += 1
+                log("ring:", err)
+        self.next_sample_ms = now + self.adaptive.interval_ms
+
+    # -- connection
+    def connect(self, now):
+        """One bounded attempt to get online (Wi-Fi, NTP, WebSocket, welcome)."""
+        self.led.set("connecting", now)
+        if not self.wifi.isconnected() and not self.wifi.connect():
+            self.next_connect_ms = now + self.wifi.backoff.next_ms()
+            log("wifi: not connected; retry in", self.next_connect_ms - now, "ms")
+            return False
+        if not self.clock.synced() and now - self.next_ntp_ms >= 0:
+            if self.clock.sync():
+                self.ring.set_sync(self.boot, self.clock.offset)
+                log("clock synced")
+            else:
+                self.next_ntp_ms = now + _NTP_RETRY_MS
+        self.counts["connects"] += 1
+        ws = WSClient(self.cfg["gateway_url"], self.ca, 5000)
+        try:
+            ws.connect()
+            auth = self.session.auth_frame()
+            if auth is not None:
+                ws.send_text(auth)
+            start = clock.ticks_ms()
+            while True:
+                text = ws.recv(_WELCOME_MS)
+                if text is None or clock.ticks_diff(clock.ticks_ms(), start) > _WELCOME_MS:
+                    raise NetError("no welcome from the gateway within " + str(_WELCOME_MS) + " ms")
+                kind, payload = self.session.receive(text)
+                if kind == core.DEV_WELCOME:
+                    break
+                if kind == core.DEV_ERROR:
+                    err = NetError("gateway refused: " + str(payload["code"]) + " " + str(payload["msg"]))
+                    err.close_code = core.CLOSE_FOR_ERROR.get(payload["code"], 0)
+                    raise err
+        except core.ProtocolError as err:
+            ws.abort()
+            self.offline(NetError("bad frame from gateway: " + err.message), now)
+            return False
+        except NetError as err:
+            ws.abort()
+            self.offline(err, now)
+            return False
+        self.ws = ws
+        self.ring.renumber_after(self.session.acked, self.ring.created and not self.welcomed)
+        self.welcomed = True
+        self.backoff.reset()
+        self.pinged = False
+        self.send_at_ms = now
+        self.status_at_ms = now
+        self.status_dropped = -1
+        self.fatal = None
+        log("online: last_seq", self.session.acked, "buffered", self.ring.count)
+        return True
+
+    def offline(self, err, now):
+        """Connection lost or refused: forget in-flight frames and schedule the reconnect."""
+        self.session.connection_lost()
+        if self.ws is not None:
+            self.ws.abort()
+            self.ws = None
+        code = err.close_code
+        if code in _STOP_CODES:
+            delay = _STOP_RETRY_MS
+            self.fatal = "gateway closed with " + str(code) + "; check the device credential/registration"
+        elif code == core.CLOSE_RATE_LIMITED:
+            delay = self.backoff.next_ms() + int(1000 / self.session.rate)
+        else:
+            delay = self.backoff.next_ms()
+        self.next_connect_ms = now + delay
+        log("offline:", err, "- reconnect in", delay, "ms")
+
+    # -- online work
+    def handle(self, text, now):
+        """One frame from the gateway."""
+        try:
+            kind, payload = self.session.receive(text)
+        except core.ProtocolError as err:
+            log("gateway frame ignored:", err.code, err.message)
+            return
+        if kind == core.DEV_ACK:
+            self.ring.ack(payload)
+        elif kind == core.DEV_CMD:
+            self.command(payload)
+        elif kind == core.DEV_SLOW:
+            self.send_at_ms = now + self.session.send_after_ms
+        elif kind == core.DEV_ERROR:
+            self.counts["rejected"] += 1
+            log("gateway error:", payload["code"], payload["msg"])
+
+    def command(self, cmd):
+        command_id = cmd["id"]
+        if type(command_id) is not str:
+            log("command without id ignored")
+            return
+        try:
+            ok, msg, data = commands.run(self, cmd["name"], cmd["args"])
+        except Exception as err:  # a handler bug must not take the node down
+            ok, msg, data = False, "command failed: " + str(err)[:80], None
+        self.ws.send_text(self.session.result_frame(command_id, ok, msg, data))
+        log("command", cmd["name"], "->", ok, msg)
+
+    def send_status(self, now):
+        fields = {"dropped": self.ring.dropped, "buffered": self.ring.count, "fw": FW_VERSION,
+                  "boot": self.boot_id, "corrupt": self.ring.corrupt,
+                  "sensor_failures": self.sensor.failures, "interval_ms": self.adaptive.interval_ms}
+        for key in ("sensor_errors", "invalid", "ring_errors", "loop_errors"):
+            fields[key] = self.counts[key]
+        free = heap_free()
+        if free is not None:
+            fields["heap_free"] = free
+        rssi = self.wifi.rssi()
+        if rssi is not None:
+            fields["rssi"] = rssi
+        self.ws.send_text(self.session.status_frame(fields))
+        self.status_dropped = self.ring.dropped
+        self.status_at_ms = now + max(_STATUS_MIN_MS, self.adaptive.max_ms)
+
+    def pump(self, now):
+        """Send unacknowledged readings while the window and the rate allow."""
+        session = self.session
+        while session.can_send() and now - self.send_at_ms >= 0:
+            pending = self.ring.read(session.sent + 1, session.max_batch, self.boot)
+            frame = session.next_frame(pending, clock.up_ms())
+            pending = None
+            if frame is None:
+                return
+            self.ws.send_text(frame)
+            frame = None
+            self.send_at_ms = now + int(1000 / session.rate)
+
+    def online_step(self, now, wait):
+        ws = self.ws
+        text = ws.recv(wait)
+        while text is not None:
+            self.handle(text, now)
+            if self.reboot_requested:
+                return
+            text = ws.recv(0)
+        if self.ws is None:
+            return
+        now = self.now_ms = clock.up_ms()
+        self.pump(now)
+        if self.ring.dropped != self.status_dropped or now - self.status_at_ms >= 0:
+            self.send_status(now)
+        idle = clock.ticks_diff(clock.ticks_ms(), ws.last_rx_ms)
+        if idle > _DEAD_IDLE_MS:
+            raise NetError("no frame from the gateway for " + str(idle) + " ms")
+        if idle > _PING_IDLE_MS and not self.pinged:
+            ws.ping()
+            self.pinged = True
+        elif idle < _PING_IDLE_MS:
+            self.pinged = False
+
+    # -- loop
+    def step(self):
+        """One loop iteration. Raises only for bugs; network errors are handled here."""
+        now = self.now_ms = clock.up_ms()
+        if now - self.next_sample_ms >= 0:
+            self.sample(now)
+            now = self.now_ms = clock.up_ms()
+        wait = self.next_sample_ms - now
+        wait = LOOP_MS if wait > LOOP_MS else (0 if wait < 0 else wait)
+        if self.ws is not None and not self.wifi.isconnected():
+            self.offline(NetError("wifi lost"), now)
+        if self.ws is None:
+            if now - self.next_connect_ms >= 0:
+                self.connect(now)
+            else:
+                clock.sleep_ms(wait)
+        else:
+            try:
+                self.online_step(now, wait)
+            except NetError as err:
+                self.offline(err, self.now_ms)
+        if self.reboot_requested:
+            self.reboot()
+        self.show(self.now_ms)
+
+    def show(self, now):
+        if self.fatal is not None:
+            mode = "error"
+        elif self.ws is not None:
+            mode = "online"
+        elif self.ring.count:
+            mode = "buffering"
+        else:
+            mode = "connecting"
+        self.led.set(mode, now)
+        self.led.tick(now)
+
+    def reboot(self):
+        log("reboot requested")
+        if self.ws is not None:
+            self.ws.close(core.CLOSE_GOING_AWAY)
+            self.ws = None
+        self.ring.close()
+        machine.reset()
+
+    def run(self, stop=None):
+        """Loop until ``stop()`` is true (tests) or forever (the board)."""
+        while stop is None or not stop():
+            ok = True
+            try:
+                self.step()
+            except MemoryError:
+                ok = False
+                self.counts["loop_errors"] += 1
+                gc.collect()
+                log("out of memory; heap free", heap_free())
+            except Exception as err:  # keep sampling; the watchdog resets after repeated failures
+                ok = False
+                self.counts["loop_errors"] += 1
+                log("loop error:", repr(err))
+                if self.ws is not None:
+                    self.offline(NetError("loop error"), self.now_ms)
+                clock.sleep_ms(LOOP_MS)
+            self.watchdog.progress(ok)
+
+    # -- deep sleep mode
+    def wake_once(self):
+        """Deep-sleep mode: sample, deliver the ring for a bounded time, then sleep."""
+        now = self.now_ms = clock.up_ms()
+        self.sample(now)
+        self.watchdog.progress(True)
+        if self.ring.count and self.connect(clock.up_ms()):
+            start = clock.ticks_ms()
+            while self.ws is not None and self.ring.count and \
+                    clock.ticks_diff(clock.ticks_ms(), start) < _DEEP_SLEEP_SEND_MS:
+                try:
+                    self.online_step(clock.up_ms(), LOOP_MS)
+                except NetError as err:
+                    self.offline(err, clock.up_ms())
+                if self.reboot_requested:
+                    self.reboot()
+                self.watchdog.progress(True)
+            if self.ws is not None:
+                self.ws.close()
+                self.ws = None
+        sleep_ms = self.adaptive.interval_ms
+        now = clock.up_ms()
+        state = {"b": self.boot, "u": now + sleep_ms, "a": self.adaptive.state(now + sleep_ms)}
+        try:
+            machine.RTC().memory(json.dumps(state).encode())
+        except (AttributeError, OSError, ValueError):
+            log("rtc memory unavailable; deep sleep loses adaptive state")
+        self.ring.close()
+        self.led.set("off", now)
+        log("deep sleep", sleep_ms, "ms; buffered", self.ring.count)
+        machine.deepsleep(sleep_ms)
+
+
+def main(path=config_module.PATH):
+    """Entry point (main.py). A config error is printed and leaves the board at the REPL."""
+    try:
+        cfg = config_module.load(path)
+    except ConfigError as err:
+        print("config error:", err)
+        return None
+    app = App(cfg)
+    if cfg["deep_sleep"]:
+        app.wake_once()
+        return app
+    app.run()
+    return app

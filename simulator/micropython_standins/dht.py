@@ -1,0 +1,53 @@
+"""Stand-in for MicroPython's ``dht`` module, built on simulator.hardware.dht.
+
+``dht.DHT22(pin)`` / ``dht.DHT11(pin)`` return MicroPythonDHTStandIn objects
+whose physical model runs on the simulated clock (so the sensor's minimum read
+interval and warm-up hold in simulated time) and follows sim.json:
+``dht_failure_rate`` (share of reads that fail: checksum errors and timeouts)
+and ``heat_c`` (degrees added to the modelled temperature: a heat spike).
+"""
+
+from __future__ import annotations
+
+import time as _time
+
+from simulator.hardware.dht import DHTModel, MicroPythonDHTStandIn
+from simulator.micropython_standins import _simstate, utime
+from simulator.sensors import SensorModel, make_sensor
+
+
+class _Heated(SensorModel):
+    """The climate model plus ``heat_c`` from sim.json."""
+
+    metrics = ("temperature", "humidity")
+
+    def __init__(self, inner: SensorModel) -> None:
+        self.inner = inner
+
+    def sample(self, t_s: float) -> dict[str, float]:
+        values = dict(self.inner.sample(t_s))
+        values["temperature"] = values.get("temperature", 20.0) + float(_simstate.setting("heat_c", 0.0))
+        return values
+
+
+class _LiveModel(DHTModel):
+    """DHTModel whose failure rate follows sim.json at every read."""
+
+    def read(self) -> bytearray:
+        self.failure_rate = float(_simstate.setting("dht_failure_rate", 0.0))
+        return super().read()
+
+
+def _make(kind: str, pin: object) -> MicroPythonDHTStandIn:
+    seed = int(_simstate.setting("seed", 1))
+    model = _LiveModel(kind, env=_Heated(make_sensor("climate", seed)), seed=seed, failure_rate=0.0,
+                       clock=utime.sim_seconds, env_time=_time.time)
+    return MicroPythonDHTStandIn(pin, dht11=kind == "DHT11", model=model, sleep=utime.sleep)
+
+
+def DHT22(pin: object) -> MicroPythonDHTStandIn:
+    return _make("DHT22", pin)
+
+
+def DHT11(pin: object) -> MicroPythonDHTStandIn:
+    return _make("DHT11", pin)
