@@ -43,3 +43,15 @@ lint: $(STAMP)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+
+# --- bench (owned by bench helper) ---
+# make bench: 1k/5k/10k devices, gateway (full path), gateway --storage none, Mosquitto; docs/performance.md.
+# make bench-quick: 1k devices for 10 s (~60 s); fails if the gateway full path loses a reading (CI smoke).
+BENCH_ARGS ?=
+.PHONY: bench bench-quick
+bench: $(STAMP)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(PY) -m bench.run --quick $(BENCH_ARGS)
+# --- end bench ---

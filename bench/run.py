@@ -159,6 +159,7 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
         s0 = ProcSample.take(server.pid)
         if opts.profile and system in opts.profile:
             profiler = _start_profiler(server.pid, opts, system, n)
+            result["profiled"] = profiler is not None
         _sleep_until(start_at + opts.hold)
         s_hold = ProcSample.take(server.pid)
         workers = gen.results(opts.hold + opts.drain + 120)
@@ -266,9 +267,12 @@ def _start_profiler(pid: int, opts: argparse.Namespace, system: str,
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not os.path.exists(exe):
         return None
-    out = RESULTS_DIR / f"profile-{system}-{n}.txt"
-    return subprocess.Popen([exe, "record", "-p", str(pid), "-d", str(max(1, int(opts.hold) - 1)), "-r", "50",
-                             "--format", "raw", "-o", str(out), "--nonblocking"],
+    out = Path(opts.out) / f"profile-{system}-{n}.txt"
+    # Blocking mode (py-spy pauses the process per sample) gives consistent stacks; the few %
+    # it costs are why profiled steps are flagged "profiled" and not used for the figures.
+    seconds = str(max(1, int(opts.hold) - 1))
+    return subprocess.Popen([exe, "record", "-p", str(pid), "-d", seconds, "-r", "100", "--format", "raw",
+                             "-o", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

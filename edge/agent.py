@@ -100,11 +100,12 @@ class Agent:
         self.sensor_errors = 0
         self.failing: set[str] = set()
         self.heartbeat = time.monotonic()
+        self.stall_after: float | None = None  # default 2 * interval + 120 s
         self.kick: asyncio.Event | None = None
         self.interval_changed: asyncio.Event | None = None
         self.stopping: asyncio.Event | None = None
         self.frames: dict[int, int] = {}  # first seq -> last seq of frames sent on this connection
-        self.reported_dropped = -1
+        self.reported: tuple[int, int] = (-1, -1)  # (dropped, rejected) last sent in a status frame
         self.ws: ClientConnection | None = None
 
     def interruptible_sleep(self, seconds: float) -> None:
@@ -141,6 +142,9 @@ class Agent:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.connected = False
+        with contextlib.suppress(OSError):
+            self.write_status()
         self.close()
         LOG.info("agent stopped (exit %d)", self.exit_code)
         return self.exit_code
@@ -185,7 +189,15 @@ class Agent:
             if sensor.name in self.failing:
                 self.failing.discard(sensor.name)
                 LOG.info("sensor %s reads again", sensor.name)
-            values = {k: v for k, v in result.metrics.items() if math.isfinite(v)}
+            values: dict[str, float] = {}
+            for name, value in result.metrics.items():
+                low, high = core.metric_range(name)
+                if math.isfinite(value) and low <= value <= high:
+                    values[name] = value
+                else:  # the gateway would refuse the whole frame (bad_value): keep it out of the queue
+                    self.sensor_errors += 1
+                    LOG.warning("sensor %s: %s = %s is outside %s..%s; not sent, check the sensor and its "
+                                "calibration", sensor.name, name, value, low, high)
             if not values:
                 continue
             self.queue.append(values, ts, up, result.quality, self.boot)
@@ -227,7 +239,8 @@ class Agent:
         return outputs.BUFFERING if self.buffered else outputs.CONNECTING
 
     def healthy(self) -> bool:
-        stall_limit = 2 * self.interval + 120.0
+        """The sampling loop completed a cycle recently (it runs sensor reads and the queue)."""
+        stall_limit = self.stall_after or 2 * self.interval + 120.0
         return time.monotonic() - self.heartbeat < stall_limit
 
     def write_status(self) -> None:
@@ -331,7 +344,7 @@ class Agent:
         LOG.info("online: gateway stored through seq %s, %d readings to send", payload.get("last_seq"),
                  self.buffered)
         await ws.send(session.status_frame(self.status_fields()))
-        self.reported_dropped = self.queue.dropped
+        self.reported = (self.queue.dropped, self.queue.rejected)
         sender = asyncio.create_task(self.sender(ws, session))
         try:
             async for message in ws:
@@ -365,11 +378,11 @@ class Agent:
                 await ws.send(frame)
                 await asyncio.sleep(1.0 / session.rate)  # stay inside the gateway's rate limit
                 continue
-            dropped = self.queue.dropped
+            counts = (self.queue.dropped, self.queue.rejected)
             now = time.monotonic()
-            if dropped != self.reported_dropped or now - last_status >= self.cfg.status_interval:
+            if counts != self.reported or now - last_status >= self.cfg.status_interval:
                 await ws.send(session.status_frame(self.status_fields()))
-                self.reported_dropped = dropped
+                self.reported = counts
                 last_status = now
             self.kick.clear()
             with contextlib.suppress(TimeoutError):

@@ -269,17 +269,21 @@ class App:
         self.status_at_ms = now + max(_STATUS_MIN_MS, self.adaptive.max_ms)
 
     def pump(self, now):
-        """Send unacknowledged readings while the window and the rate allow."""
+        """Send the next frame of unacknowledged readings if the window and the rate allow.
+
+        One frame per loop iteration: the gateway's default rate is 10 frames/s,
+        and it keeps the transient heap of a step to one batch.
+        """
         session = self.session
-        while session.can_send() and now - self.send_at_ms >= 0:
-            pending = self.ring.read(session.sent + 1, session.max_batch, self.boot)
-            frame = session.next_frame(pending, clock.up_ms())
-            pending = None
-            if frame is None:
-                return
-            self.ws.send_text(frame)
-            frame = None
-            self.send_at_ms = now + int(1000 / session.rate)
+        if not session.can_send() or now - self.send_at_ms < 0:
+            return
+        pending = self.ring.read(session.sent + 1, session.max_batch, self.boot)
+        frame = session.next_frame(pending, clock.up_ms())
+        pending = None
+        if frame is None:
+            return
+        self.ws.send_text(frame)
+        self.send_at_ms = now + int(1000 / session.rate)
 
     def online_step(self, now, wait):
         ws = self.ws

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +19,9 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+
+
+DASHBOARD_SNDBUF = 64 * 1024
 
 
 def now_ms() -> int:
@@ -183,6 +187,11 @@ class Hub:
 
     async def serve(self, ws: ServerConnection) -> None:
         """Handle one dashboard connection until it closes."""
+        sock = ws.transport.get_extra_info("socket")
+        if sock is not None:
+            # Bound what a stalled dashboard can hold in the kernel (Linux autotunes up to MiBs).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, DASHBOARD_SNDBUF)
         client = DashboardClient(self, ws, self.queue_limit)
         self.clients.add(client)
         pump = asyncio.get_running_loop().create_task(client.pump())

@@ -127,7 +127,7 @@ class ProtocolError(ValueError):
     """A frame broke the protocol. ``code`` is one of the E_* constants."""
 
     def __init__(self, code, message):
-        ValueError.__init__(self, message)
+        super().__init__(message)  # ValueError.__init__(self, ...) fails on MicroPython
         self.code = code
         self.message = message
 

@@ -235,9 +235,8 @@ class VirtualDevice:
                     self._on_closed(exc)
                 except InvalidStatus as exc:
                     await self._on_refused(exc)
-                except (OSError, InvalidHandshake, TimeoutError) as exc:
+                except (OSError, InvalidHandshake, TimeoutError):
                     self.counters.count_error("connect_failed")
-                    del exc
                 finally:
                     self._ws = None
                     self.session.connection_lost()
@@ -283,7 +282,7 @@ class VirtualDevice:
                     await ws.close(1000, "done")
                     return
                 if self.session.online:
-                    if next_status is math.inf:
+                    if next_status == math.inf:
                         next_status = now
                     if now >= next_status:
                         await self._send(ws, self.session.status_frame(self._status_fields(now)))
@@ -294,7 +293,7 @@ class VirtualDevice:
                 if self.faults is not None:
                     deadline = min(deadline, self.faults.next_drop_at)
                 try:
-                    async with asyncio.timeout_at(None if deadline is math.inf else deadline) as waiter:
+                    async with asyncio.timeout_at(None if deadline == math.inf else deadline) as waiter:
                         self._waiter = waiter
                         text = await ws.recv()
                 except TimeoutError:
@@ -373,6 +372,8 @@ class VirtualDevice:
         if up is None:
             return 0.0
         taken_at: float = self._boot_at + up / 1000.0
+        if taken_at > asyncio.get_running_loop().time():
+            return 0.0  # read before a reboot (uptime from the previous boot): long overdue
         return taken_at + self.linger_s
 
     def _deadline(self, now: float, gen_until: float) -> float:
@@ -438,8 +439,8 @@ class VirtualDevice:
         self._release_acked()
         if self.clock_sync:
             gw_time = welcome.get("time")
-            if type(gw_time) is int:
-                self._clock_extra_s = gw_time / 1000.0 - self._true_time(now)
+            if type(gw_time) is int:  # set the device clock to the gateway's (skew cancelled)
+                self._clock_extra_s += gw_time / 1000.0 - self.device_time(now)
 
     def _release_acked(self) -> None:
         acked = self.session.acked
@@ -540,7 +541,11 @@ class VirtualDevice:
         if self.credential_refresh is None:
             self.stopped_reason = core.E_EXPIRED
             return
-        fresh = await self.credential_refresh(self.device_id)
+        try:
+            fresh = await self.credential_refresh(self.device_id)
+        except Exception:  # a broken hook stops this device, not the fleet
+            self.counters.count_error("refresh_failed")
+            fresh = None
         if fresh is None:
             self.stopped_reason = core.E_EXPIRED
             return

@@ -237,7 +237,7 @@ class WsClient(asyncio.Protocol):
     """
 
     __slots__ = ("_hbuf", "_key", "_mask", "_parser", "_request", "close_code", "closed", "error",
-                 "open", "transport", "waiter")
+                 "open", "transport", "upgraded", "waiter")
 
     def __init__(self, request_factory: Callable[[str], bytes]) -> None:
         self._key = base64.b64encode(random.getrandbits(128).to_bytes(16, "big")).decode()
@@ -246,7 +246,8 @@ class WsClient(asyncio.Protocol):
         self._parser = FrameParser()
         self._mask = random.getrandbits(32).to_bytes(4, "big")
         self.transport: asyncio.Transport | None = None
-        self.open = False
+        self.open = False  # upgraded and no close frame yet: sending allowed
+        self.upgraded = False  # the server answered 101 (stays True after a close)
         self.closed = False
         self.close_code = 0
         self.error = ""
@@ -261,7 +262,7 @@ class WsClient(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self.transport = cast(asyncio.Transport, transport)
-        transport.write(self._request)
+        self.transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:
         self._receive(data)
@@ -291,6 +292,7 @@ class WsClient(asyncio.Protocol):
                 self._fail("bad Sec-WebSocket-Accept")
                 return
             self.open = True
+            self.upgraded = True
             self.on_open()
             if not rest:
                 return
@@ -392,7 +394,7 @@ async def open_connection(factory: Callable[[], WsClient], host: str, port: int,
         _, client = await loop.create_connection(factory, sock=sock)
     else:
         _, client = await asyncio.wait_for(loop.create_connection(factory, host, port), timeout)
-    if not await wait_until(client, lambda: client.open, timeout):
+    if not await wait_until(client, lambda: client.upgraded, timeout):
         client.close()
         reason = client.error or "closed or timed out"
         raise LoadgenError(f"WebSocket upgrade to {host}:{port} failed: {reason}")
@@ -933,6 +935,8 @@ async def _worker_loop(pipe: multiprocessing.connection.Connection, spec: dict[s
             loop.remove_reader(pipe.fileno())
 
     loop.add_reader(pipe.fileno(), readable)
+    # The loop made the pipe non-blocking; replies (latency arrays of MBs) need blocking writes.
+    os.set_blocking(pipe.fileno(), True)
     worker: Worker | DashboardWatcher | MqttSubscriber | None = None
     watcher: DashboardWatcher | MqttSubscriber | None = None
     while True:

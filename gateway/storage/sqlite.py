@@ -214,6 +214,7 @@ class SQLiteStorage(Storage):
         self._writer = threading.Thread(target=self._writer_main, name="ew-sqlite-write", daemon=True)
         self._opened = True
         self._closing = False
+        self._writer_failed = None
         self._writer.start()
 
     def _open_writer(self) -> sqlite3.Connection:

@@ -96,7 +96,7 @@ def test_token_file(tmp_path: Path) -> None:
     text = agent_toml(tmp_path).replace('token = "ewt_test"', f'token_file = "{tmp_path}/token"')
     assert load_text(tmp_path, text).token == "ewt_from_file"
     text = agent_toml(tmp_path).replace('token = "ewt_test"', f'token_file = "{tmp_path}/missing"')
-    with pytest.raises(ConfigError, match="agent.token_file"):
+    with pytest.raises(ConfigError, match=r"agent\.token_file"):
         load_text(tmp_path, text)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from statistics import median
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from edge.config import OutputSpec, RuleSpec
 from edge.errors import OutputError
 from edge.outputs import Outputs
 from edge.rules import Rules
+from tests.edge.pins import blink_times, pattern_of
 
 SPECS = {"led": OutputSpec("led", 17), "buzzer": OutputSpec("buzzer", 27),
          "relay": OutputSpec("relay", 22, active_high=False)}
@@ -20,22 +20,6 @@ SPECS = {"led": OutputSpec("led", 17), "buzzer": OutputSpec("buzzer", 27),
 
 def pin(factory: Any, number: int) -> Any:
     return factory.pin(number)
-
-
-def blink_times(factory: Any, number: int, seconds: float) -> tuple[float, float]:
-    """Median on and off durations seen on a mock pin over ``seconds``."""
-    p = pin(factory, number)
-    p.clear_states()
-    time.sleep(seconds)
-    # MockPin records each change as (time the previous state lasted, new state)
-    entries = list(p.states)
-    ons, offs = [], []
-    for before, entry in zip(entries, entries[1:], strict=False):
-        if bool(before.state) != bool(entry.state):
-            (ons if before.state else offs).append(entry.timestamp)
-    ons, offs = ons[1:], offs[1:]  # the first interval started before clear_states()
-    assert ons and offs, f"pin GPIO{number} did not blink: {entries}"
-    return median(ons), median(offs)
 
 
 def test_led_patterns_on_mock_pins(mock_pins: Any) -> None:
@@ -49,16 +33,20 @@ def test_led_patterns_on_mock_pins(mock_pins: Any) -> None:
         assert all(s.state for s in led.states[-1:])
 
         out.show(outputs.CONNECTING)
-        on, off = blink_times(mock_pins, 17, 2.6)
-        assert 0.5 <= on / off <= 2.0  # even blink
+        times = blink_times(led, 2.6)
+        assert times is not None and 0.5 <= times[0] / times[1] <= 2.0  # even blink
+        assert pattern_of(led, 2.6) == "even"
 
         out.show(outputs.ALERT)
-        on, off = blink_times(mock_pins, 17, 1.2)
-        assert on < 0.4 and off < 0.4  # fast blink
+        times = blink_times(led, 1.2)
+        assert times is not None and times[0] < 0.4 and times[1] < 0.4  # fast blink
 
         out.show(outputs.BUFFERING)
-        on, off = blink_times(mock_pins, 17, 4.5)
-        assert off > 5 * on  # short flash, long pause
+        times = blink_times(led, 4.5)
+        assert times is not None and times[1] > 5 * times[0]  # short flash, long pause
+
+        out.show(outputs.ONLINE)
+        assert pattern_of(led, 1.0) == "steady"
     finally:
         out.close()
 

@@ -63,7 +63,7 @@ def test_every_row_of_the_table_imports() -> None:
 
 def test_dht_median_of_good_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    sensor, created, model = make_dht(monkeypatch, clock, samples=3)
+    sensor, _, model = make_dht(monkeypatch, clock, samples=3)
     sample = sensor.read()
     assert sample.metrics == {"temperature": 21.5, "humidity": 45.0}
     assert sample.quality == "ok"

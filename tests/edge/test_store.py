@@ -29,7 +29,8 @@ def test_seqs_are_contiguous_and_survive_reopen(tmp_path: Path) -> None:
     assert fill(again, 2) == [6, 7]  # counter persisted even though the queue was empty
     readings = again.pending()
     assert [r.seq for r in readings] == [6, 7]
-    assert readings[0].metrics == {"temperature": 20.0} and readings[0].up == 1000 and readings[0].quality == "ok"
+    assert readings[0].metrics == {"temperature": 20.0}
+    assert readings[0].up == 1000 and readings[0].quality == "ok"
 
 
 def test_reading_is_on_disk_before_append_returns(tmp_path: Path) -> None:

@@ -49,7 +49,8 @@ def test_watchdog_interval() -> None:
 
 def test_journal_lines_have_priority_and_no_timestamp() -> None:
     fmt = logs.JournalFormatter()
-    record = logging.LogRecord("edgewire.edge", logging.WARNING, __file__, 1, "sensor %s failed", ("air",), None)
+    record = logging.LogRecord("edgewire.edge", logging.WARNING, __file__, 1, "sensor %s failed", ("air",),
+                               None)
     assert fmt.format(record) == "<4>warning sensor air failed"
     plain = logs.PlainFormatter().format(record)
     assert re.match(r"\d\d:\d\d:\d\d warning +sensor air failed", plain)
@@ -72,7 +73,8 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     assert "ExecStart=/opt/edgewire/venv/bin/edgewire-agent run" in text
     unit = tmp_path / "edgewire-agent.service"
     unit.write_text(text.replace("/opt/edgewire/venv/bin/edgewire-agent", str(script)))
-    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0, proc.stderr
     problems = [line for line in proc.stderr.splitlines() if "edgewire-agent.service" in line]
     assert not problems, problems
@@ -110,7 +112,8 @@ sim_value = 0.25
                           timeout=60, env=dict(os.environ, GPIOZERO_PIN_FACTORY="mock"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert re.search(r"^air \(dht22\): temperature=-?\d+(\.\d+)?, humidity=\d+(\.\d+)? \[(ok|retried)\]$", out, re.M)
+    dht_line = r"^air \(dht22\): temperature=-?\d+(\.\d+)?, humidity=\d+(\.\d+)? \[(ok|retried)\]$"
+    assert re.search(dht_line, out, re.M)
     assert "cpu_temperature (cpu_temperature): cpu_temperature=51 [ok]" in out
     assert "ds18b20 (ds18b20): soil_temperature=21.25 [ok]" in out
     assert re.search(r"^soil \(mcp3008\): soil_moisture=25\.\d+ \[ok\]$", out, re.M)

@@ -120,6 +120,8 @@ def test_data_survives_reopen(tmp_path: Path) -> None:
     db = tmp_path / "e.db"
 
     async def write(s: SQLiteStorage) -> None:
+        assert s._wconn is not None
+        assert s._wconn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: an ack means fsynced
         await s.store([row("A", i) for i in range(1, 101)])
         await s.put_device(DeviceRecord("A", True, b"\x01" * 32, ["10.0.0.0/8"], "lab", 5, 6))
         await s.raise_alert("A", "temperature", "temperature > 30", 1000, 31.5)
@@ -288,5 +290,24 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
     async def main() -> None:
         with pytest.raises(StorageError, match="does not exist"):
             await SQLiteStorage(tmp_path / "missing" / "e.db").open()
+
+    asyncio.run(main())
+
+
+def test_one_instance_can_be_reopened(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = SQLiteStorage(tmp_path / "e.db")
+        await s.open()
+        await s.store([row("A", 1)])
+        await s.store([])
+        await s.close()
+        with pytest.raises(StorageError, match="closed"):
+            await s.last_seq("A")
+        await s.open()
+        try:
+            await s.store([row("A", 2)])
+            assert await s.seqs("A") == [1, 2]
+        finally:
+            await s.close()
 
     asyncio.run(main())

@@ -32,6 +32,7 @@ class StubGateway:
         self.ack_delay_s = ack_delay_s
         self.stored: dict[str, list[int]] = defaultdict(list)  # every seq stored, in store order
         self.values: dict[str, list[dict[str, float]]] = defaultdict(list)
+        self.stamps: dict[str, list[tuple[int | None, int]]] = defaultdict(list)  # (reading ts, received ms)
         self.frames: Counter[str] = Counter()  # data frames received per device
         self.errors: Counter[str] = Counter()  # error codes sent
         self.slows = 0
@@ -43,6 +44,7 @@ class StubGateway:
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._server: Server | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
         self.url = ""
 
     # -- lifecycle
@@ -79,7 +81,8 @@ class StubGateway:
         return max(seqs) if seqs else 0
 
     # -- auth
-    def _identify(self, credential: str | None, device_id: str | None) -> tuple[str | None, str, float | None]:
+    def _identify(self, credential: str | None,
+                  device_id: str | None) -> tuple[str | None, str, float | None]:
         """(device id or None, error code, jwt exp)."""
         if credential is None:
             return None, core.E_AUTH_FAILED, None
@@ -93,7 +96,8 @@ class StubGateway:
         import jwt
 
         try:
-            claims = jwt.decode(credential, self.jwt_secret, algorithms=["HS256"], options={"require": ["exp"]})
+            claims = jwt.decode(credential, self.jwt_secret, algorithms=["HS256"],
+                                options={"require": ["exp"]})
         except jwt.ExpiredSignatureError:
             return None, core.E_EXPIRED, None
         except jwt.InvalidTokenError:
@@ -145,9 +149,11 @@ class StubGateway:
             await ws.send(session.accept(device, self.last_seq(device), int(time.time() * 1000)))
             expiry = None
             if exp is not None:
-                expiry = loop.call_at(loop.time() + max(0.0, exp - time.time()),
-                                      lambda: asyncio.ensure_future(
-                                          self._close(ws, session.close(core.E_EXPIRED, "credential expired"))))
+                def expire() -> None:
+                    event = session.close(core.E_EXPIRED, "credential expired")
+                    self._tasks.add(asyncio.ensure_future(self._close(ws, event)))
+
+                expiry = loop.call_at(loop.time() + max(0.0, exp - time.time()), expire)
             try:
                 await self._serve(ws, session, device)
             finally:
@@ -176,6 +182,7 @@ class StubGateway:
                 for item in frame.readings:
                     self.stored[device].append(item.seq)
                     self.values[device].append(item.metrics)
+                    self.stamps[device].append((item.ts, int(time.time() * 1000)))
                 if self.ack_delay_s:
                     await asyncio.sleep(self.ack_delay_s)
                 await ws.send(session.ack(frame.last_seq))

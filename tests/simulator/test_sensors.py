@@ -130,7 +130,8 @@ def test_registry_errors_and_spec() -> None:
         make_sensor("barometer-9000")
     with pytest.raises(ValueError):
         make_sensor("climate", 0, {"gremlins": 0.1})
-    assert parse_sensor_spec("climate,spikes=0.01,dropout=0.05") == ("climate", {"spikes": 0.01, "dropout": 0.05})
+    spec = parse_sensor_spec("climate,spikes=0.01,dropout=0.05")
+    assert spec == ("climate", {"spikes": 0.01, "dropout": 0.05})
     with pytest.raises(SimConfigError):
         parse_sensor_spec("climate,dropout=lots")
     model = make_sensor("climate", 1, {"dropout": 1.0})

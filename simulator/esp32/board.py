@@ -1,0 +1,257 @@
+"""The emulated ESP32 board on a TCP port: reset model, download mode, MicroPython application.
+
+Model (a USB dev board such as ESP32-DevKitC, seen through a TCP "serial cable"):
+
+* Power-on: the ROM boots from flash. A valid image at 0x1000 (magic 0xE9, segments inside
+  the flash, correct checksum) boots the application: the MicroPython WebAssembly port in a
+  Node.js child process (node/board.mjs) whose filesystem mirrors DIR/fs/. Anything else is a
+  ROM boot loop: the console repeats the ROM's error ("flash read err, 1000", "csum err").
+* There is no DTR/RTS over TCP, so the auto-reset circuit is modelled on the traffic:
+  a connection whose first byte is a SLIP frame start (0xC0, esptool's SYNC) is esptool
+  resetting the chip into download mode (EN pulse with GPIO0 low): the application stops
+  and the ROM serial loader answers (plus esptool's flasher stub once it is uploaded).
+  Any other first byte talks to whatever runs (the MicroPython REPL, or the boot loop).
+* The download session ends, and the chip resets and boots from flash, when esptool asks
+  for it (FLASH_END / FLASH_DEFL_END with reboot, RUN_USER_CODE) or when its connection
+  closes (what `--after hard-reset` does with RTS on a real cable).
+* One client at a time, like a serial port: a second connection waits for the first to close.
+* State: DIR/flash.bin (4 MiB NOR image), DIR/board.json (MAC), DIR/fs/ (the MicroPython
+  filesystem, i.e. the vfs partition at 0x200000: erasing that region wipes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import struct
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from simulator.esp32 import slip
+from simulator.esp32.chip import VFS_OFFSET, VFS_SIZE, Chip, valid_boot_image, wipe_fs
+from simulator.esp32.errors import AppError
+from simulator.esp32.loader import LoaderSession
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+ROM_BANNER = "ets Jul 29 2019 12:21:46\r\n\r\n"
+BOOT_LOOP_PERIOD_S = 1.0
+
+
+def find_node(node: str | None = None) -> str:
+    """Path of the node binary and a check that `npm ci` ran in simulator/esp32/node."""
+    exe = node or os.environ.get("EDGEWIRE_NODE") or shutil.which("node")
+    if not exe:
+        raise AppError("node not found: install Node.js 20 (apt-get install nodejs) or pass --node")
+    pkg = NODE_DIR / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
+    if not pkg.is_dir():
+        raise AppError(f"MicroPython WebAssembly package missing: run `npm ci --prefix {NODE_DIR}`")
+    return exe
+
+
+class Board:
+    """One emulated ESP32 on 127.0.0.1:port with its state in `state_dir`."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        node: str | None = None,
+        heap: int = 128 * 1024,
+        log: TextIO | None = sys.stderr,
+    ) -> None:
+        self.state_dir = state_dir
+        self.host = host
+        self.port = port
+        self.node = find_node(node)
+        self.heap = heap
+        self._log_stream = log
+        self.chip = Chip(state_dir)
+        self.fs_dir = state_dir / "fs"
+        self.chip.flash.on_erase = self._on_erase
+        self.mode = "off"  # off | app | bootfail | download
+        self.boot_reason = ""
+        self._app: asyncio.subprocess.Process | None = None
+        self._app_reader: asyncio.Task[None] | None = None
+        self._client: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+        self._server: asyncio.Server | None = None
+
+    def log(self, msg: str) -> None:
+        if self._log_stream is not None:
+            print(f"esp32[{self.port}]: {msg}", file=self._log_stream, flush=True)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Power on and listen; returns the bound port."""
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        await self._boot("POWERON_RESET")
+        return self.port
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        async with self._server:
+            await self._server.serve_forever()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        await self._stop_app()
+        self.chip.flash.flush()
+        self.chip.flash.close()
+
+    # ---- boot ----------------------------------------------------------------------------
+
+    def _on_erase(self, start: int, length: int) -> None:
+        if start < VFS_OFFSET + VFS_SIZE and VFS_OFFSET < start + length and self.fs_dir.exists():
+            wipe_fs(self.fs_dir)
+            self.log("vfs partition erased: filesystem wiped")
+
+    async def _boot(self, reset_cause: str) -> None:
+        """Reset and boot from flash: start the application or enter the ROM boot loop."""
+        await self._stop_app()
+        self.chip.flash.flush()
+        ok, reason = valid_boot_image(self.chip.flash)
+        rom = f"{ROM_BANNER}rst:0x1 ({reset_cause}),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
+        if not ok:
+            self.mode = "bootfail"
+            self.boot_reason = reason
+            self.log(f"boot failed: {reason}")
+            await self._to_client((rom + f"{reason}\r\nets_main.c 371 \r\n").encode())
+            return
+        entry = struct.unpack("<I", self.chip.flash.read(0x1004, 4))[0]
+        await self._to_client((rom + f"mode:DIO, clock div:2\r\nentry 0x{entry:08x}\r\n").encode())
+        await self._start_app()
+
+    async def _start_app(self) -> None:
+        script = NODE_DIR / "board.mjs"
+        try:
+            self._app = await asyncio.create_subprocess_exec(
+                self.node, str(script), "--fs", str(self.fs_dir), "--heap", str(self.heap),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                cwd=str(NODE_DIR),
+            )
+        except OSError as exc:
+            raise AppError(f"cannot start {self.node}: {exc}") from exc
+        self.mode = "app"
+        self.boot_reason = "ok"
+        self._app_reader = asyncio.create_task(self._pump_app_output(self._app))
+        self.log("booted: MicroPython running")
+
+    async def _stop_app(self) -> None:
+        app, self._app = self._app, None
+        if app is None:
+            return
+        if app.returncode is None:
+            app.kill()
+        await app.wait()
+        if self._app_reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._app_reader
+            self._app_reader = None
+
+    async def _pump_app_output(self, app: asyncio.subprocess.Process) -> None:
+        assert app.stdout is not None
+        while True:
+            data = await app.stdout.read(4096)
+            if not data:
+                break
+            await self._to_client(data)
+        if self._app is app:  # died on its own: a crash; the real chip would reset
+            code = await app.wait()
+            self.log(f"MicroPython exited with {code}: rebooting")
+            self._app = None
+            await self._boot("SW_CPU_RESET")
+
+    async def _to_client(self, data: bytes) -> None:
+        client = self._client
+        if client is None or client.is_closing():
+            return  # UART bytes with nobody listening are lost
+        try:
+            client.write(data)
+            await client.drain()
+        except (ConnectionError, OSError):
+            pass
+
+    # ---- connections -----------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with self._lock:
+            try:
+                first = await reader.read(4096)
+                if not first:
+                    return
+                self._client = writer
+                if first[0] == slip.END:
+                    await self._download(first, reader, writer)
+                else:
+                    await self._console(first, reader)
+            except (ConnectionError, OSError) as exc:
+                self.log(f"connection lost: {exc}")
+            finally:
+                self._client = None
+                writer.close()
+                with contextlib.suppress(ConnectionError, OSError):
+                    await writer.wait_closed()
+
+    async def _download(self, first: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """esptool reset the chip into the ROM serial loader; serve it until reboot or close."""
+        await self._stop_app()
+        self.chip.reset()
+        self.mode = "download"
+        self.log("reset into download mode (esptool)")
+        session = LoaderSession(self.chip)
+        decoder = slip.Decoder()
+        data = first
+        while data:
+            for packet in decoder.feed(data):
+                for reply in session.handle(packet):
+                    writer.write(slip.encode(reply))
+                for line in session.log:
+                    self.log(line)
+                session.log.clear()
+                if session.rebooted:
+                    break
+            await writer.drain()
+            if session.rebooted:
+                self.log("esptool requested a reboot")
+                await self._boot("POWERON_RESET")
+                await self._console(b"", reader)
+                return
+            data = await reader.read(65536)
+        self.log("esptool disconnected: reset")
+        self._client = None
+        await self._boot("POWERON_RESET")
+
+    async def _console(self, first: bytes, reader: asyncio.StreamReader) -> None:
+        """Talk to whatever runs: MicroPython's REPL, or the ROM boot loop."""
+        data = first
+        while True:
+            if self.mode == "app" and self._app is not None and self._app.stdin is not None:
+                if data:
+                    self._app.stdin.write(data)
+                    await self._app.stdin.drain()
+                data = await reader.read(4096)
+                if not data:
+                    return
+                continue
+            # ROM boot loop: the watchdog resets the chip and the ROM complains again
+            msg = (
+                f"{ROM_BANNER}rst:0x10 (RTCWDT_RTC_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
+                f"{self.boot_reason}\r\nets_main.c 371 \r\n"
+            )
+            await self._to_client(msg.encode())
+            try:
+                data = await asyncio.wait_for(reader.read(4096), BOOT_LOOP_PERIOD_S)
+            except TimeoutError:
+                data = b"\x00"
+                continue
+            if not data:
+                return
+            data = b""

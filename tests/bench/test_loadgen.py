@@ -1,0 +1,89 @@
+"""The load generator against the real gateway and the benchmark end to end (tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import run as bench_run
+from simulator import loadgen as lg
+from tests.helpers.gateway import GatewayProcess
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_devices_are_acked_stored_and_seen_on_the_dashboard(gateway: GatewayProcess) -> None:
+    tokens = gateway.register_many([f"lg-{i}" for i in range(6)])
+    watcher = lg.Watcher("dashboard", gateway.url + "/v1/dashboard")
+    gen = lg.LoadGen("edgewire", gateway.device_url, list(tokens.items()), workers=2)
+    try:
+        conn = gen.connect(concurrency=4, timeout=30)
+        assert conn["connected"] == 6, conn
+        assert conn["failures"] == 0
+        watcher.mark()
+        gen.start(start_at=lg.time.time() + 0.2, hold_s=2.0, rate=2.0, drain_s=10.0)
+        results = gen.results(60)
+        stats = watcher.stats()
+    finally:
+        gen.close()
+        gen.stop()
+        watcher.stop()
+    generated = sum(r["generated"] for r in results)
+    assert generated == 24  # 6 devices x 2/s x 2 s
+    assert sum(r["acked"] for r in results) == generated
+    assert sum(r["rejected"] for r in results) == 0
+    counts = gateway.storage_counts()
+    assert counts == {device: 4 for device in tokens}
+    for device in tokens:
+        assert gateway.seqs(device) == [1, 2, 3, 4]
+    assert 1 <= stats["delivered"] <= generated
+    assert len(stats["latencies"]) == stats["delivered"]
+    assert all(lat >= 0 for lat in stats["latencies"])
+
+
+def test_second_run_continues_the_stored_sequence(gateway: GatewayProcess) -> None:
+    tokens = gateway.register_many(["lg-seq"])
+    for _ in range(2):
+        gen = lg.LoadGen("edgewire", gateway.device_url, list(tokens.items()), workers=1)
+        try:
+            assert gen.connect(timeout=30)["connected"] == 1
+            gen.start(lg.time.time() + 0.1, 1.0, 3.0, 10.0)
+            (result,) = gen.results(60)
+        finally:
+            gen.close()
+            gen.stop()
+        assert result["acked"] == result["generated"] == 3
+    assert gateway.seqs("lg-seq") == [1, 2, 3, 4, 5, 6]
+
+
+def test_wrong_token_is_reported_not_counted_as_connected(gateway: GatewayProcess) -> None:
+    gateway.register_many(["lg-bad"])
+    gen = lg.LoadGen("edgewire", gateway.device_url, [("lg-bad", "ewt_" + "A" * 32)], workers=1)
+    try:
+        conn = gen.connect(timeout=20)
+    finally:
+        gen.close()
+        gen.stop()
+    assert conn["connected"] == 0
+    assert conn["failures"] == 1
+
+
+def test_bench_run_end_to_end_tiny(tmp_path: Path) -> None:
+    code = bench_run.main(["--steps", "20", "--hold", "2", "--workers", "1", "--drain", "10",
+                           "--out", str(tmp_path), "--require-zero-loss"])
+    assert code == 0
+    report = json.loads((tmp_path / "latest.json").read_text())
+    assert report["schema"] == bench_run.SCHEMA
+    (step,) = report["steps"]
+    assert set(step["systems"]) == {"gateway", "gateway-transport", "mosquitto"}
+    gw = step["systems"]["gateway"]
+    assert gw["connected"] == 20 and gw["lost"] == 0 and gw["stored"] == gw["generated"] == 40
+    mq = step["systems"]["mosquitto"]
+    assert mq["connected"] == 20 and mq["generated"] == 40 and mq["delivered"] <= 40
+    for system in step["systems"].values():
+        assert system["server"]["cpu_per_1000"] is not None
+        assert system["latency"]["count"] > 0
+    assert "gateway/mosquitto" in step["ratios"]
+    assert any(p.name.startswith("bench-") for p in tmp_path.iterdir())

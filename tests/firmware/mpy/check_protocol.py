@@ -1,0 +1,124 @@
+"""protocol.core under the interpreter the firmware runs on."""
+
+from mpytest import raises, run
+
+from protocol import core
+
+
+def _pair(last_seq=0):
+    gw = core.GatewaySession(rate=100, burst=100, now=0.0)
+    dev = core.DeviceSession("SENSOR-01", token="ewt_" + "a" * 32, boot="0badf00d", max_batch=3)
+    ev = gw.receive(dev.auth_frame(), 0.0)
+    assert ev.kind == core.EV_AUTH and ev.payload["device_id"] == "SENSOR-01"
+    welcome = gw.accept("SENSOR-01", last_seq, 1764080000000)
+    kind, msg = dev.receive(welcome)
+    assert kind == core.DEV_WELCOME and msg["last_seq"] == last_seq
+    return gw, dev
+
+
+def test_round_trip_and_cumulative_ack():
+    gw, dev = _pair()
+    pending = [core.Reading(seq, {"temperature": 20.5 + seq, "humidity": 40.0}, up=1000 * seq, quality="ok")
+               for seq in range(1, 6)]
+    frames = []
+    while True:
+        frame = dev.next_frame(pending, up=9000)
+        if frame is None:
+            break
+        frames.append(frame)
+    assert len(frames) == 2  # max_batch 3: seqs 1-3 and 4-5
+    stored = []
+    for frame in frames:
+        ev = gw.receive(frame, 0.1)
+        assert ev.kind == core.EV_DATA, ev.payload
+        stored.extend(r.seq for r in ev.payload.readings)
+        kind, acked = dev.receive(gw.ack(ev.payload.last_seq))
+        assert kind == core.DEV_ACK
+    assert stored == [1, 2, 3, 4, 5]
+    assert dev.acked == 5 and not dev.in_flight
+
+
+def test_resend_after_reconnect_is_deduplicated():
+    gw, dev = _pair()
+    pending = [core.Reading(seq, {"temperature": 21.0}) for seq in range(1, 4)]
+    frame = dev.next_frame(pending)
+    ev = gw.receive(frame, 0.1)
+    assert [r.seq for r in ev.payload.readings] == [1, 2, 3]
+    dev.connection_lost()  # the ack was lost with the connection
+    gw2 = core.GatewaySession(rate=100, burst=100)
+    gw2.receive(dev.auth_frame(), 0.0)
+    dev.receive(gw2.accept("SENSOR-01", 3, 0))  # gateway stored 1..3
+    assert dev.acked == 3
+    assert dev.next_frame(pending) is None  # nothing left to send
+
+
+def test_parse_data_refuses_bad_frames():
+    ok = core.parse_data({"t": "data", "seq": 7, "r": [{"m": {"temperature": 21.5}, "up": 5, "q": "retried"}]})
+    assert ok.readings[0].seq == 7 and ok.readings[0].quality == "retried"
+    cases = [
+        ({"t": "data", "r": [{"m": {"temperature": 1}}]}, core.E_BAD_FRAME),
+        ({"t": "data", "seq": True, "r": [{"m": {"temperature": 1}}]}, core.E_BAD_FRAME),
+        ({"t": "data", "seq": 1, "r": [{"m": {"temperature": True}}]}, core.E_BAD_FRAME),
+        ({"t": "data", "seq": 1, "r": [{"m": {"temperature": 500.0}}]}, core.E_BAD_VALUE),
+        ({"t": "data", "seq": 1, "r": [{"m": {"Temp": 1.0}}]}, core.E_BAD_FRAME),
+        ({"t": "data", "seq": 1, "r": []}, core.E_BAD_FRAME),
+        ({"t": "data", "seq": 0, "r": [{"m": {"temperature": 1}}]}, core.E_BAD_VALUE),
+        ({"t": "data", "seq": 1, "r": [{"m": {"temperature": 1}, "q": "great"}]}, core.E_BAD_FRAME),
+        ({"t": "data", "seq": 1, "r": [{"m": {"temperature": 1}}] * 101}, core.E_TOO_LARGE),
+    ]
+    for msg, code in cases:
+        err = raises(core.ProtocolError, core.parse_data, msg)
+        assert err.code == code, (msg, err.code, code)
+
+
+def test_decode_errors_and_non_finite():
+    assert raises(core.ProtocolError, core.decode, "{not json").code == core.E_BAD_JSON
+    assert raises(core.ProtocolError, core.decode, b"\x00\x01").code == core.E_BINARY
+    assert raises(core.ProtocolError, core.decode, "[1, 2]").code == core.E_BAD_FRAME
+    # MicroPython's json refuses NaN; it parses 1e999 as inf, which the metric check refuses
+    err = raises(core.ProtocolError, core.decode, '{"t": "data", "x": NaN}')
+    assert err.code == core.E_BAD_JSON
+    msg = core.decode('{"t": "data", "seq": 1, "r": [{"m": {"temperature": 1e999}}]}')
+    assert raises(core.ProtocolError, core.parse_data, msg).code == core.E_BAD_VALUE
+
+
+def test_gateway_errors_close_codes():
+    gw = core.GatewaySession()
+    ev = gw.receive('{"t": "data", "seq": 1, "r": []}', 0.0)
+    assert ev.kind == core.EV_CLOSE and ev.close_code == core.CLOSE_AUTH_REQUIRED
+    gw, dev = _pair()
+    ev = gw.receive('{"t": "data", "seq": 1, "device_id": "OTHER", "r": [{"m": {"temperature": 1}}]}', 0.0)
+    assert ev.kind == core.EV_CLOSE and ev.close_code == core.CLOSE_IDENTITY
+
+
+def test_slow_down_rewinds_device():
+    gw = core.GatewaySession(rate=1, burst=1, now=0.0)
+    dev = core.DeviceSession("D1", token="t" * 10, max_batch=1)
+    gw.receive(dev.auth_frame(), 0.0)
+    dev.receive(gw.accept("D1", 0, 0))
+    pending = [core.Reading(seq, {"temperature": 20.0}) for seq in (1, 2)]
+    first = gw.receive(dev.next_frame(pending), 0.0)
+    assert first.kind == core.EV_DATA
+    second = gw.receive(dev.next_frame(pending), 0.0)
+    assert second.kind == core.EV_THROTTLE
+    kind, msg = dev.receive(second.reply)
+    assert kind == core.DEV_SLOW and dev.sent == 1 and dev.send_after_ms > 0
+
+
+def test_commands_and_results():
+    gw, dev = _pair()
+    kind, cmd = dev.receive(gw.command_frame("c-1", "ping"))
+    assert kind == core.DEV_CMD and cmd["name"] == "ping" and cmd["args"] == {}
+    ev = gw.receive(dev.result_frame("c-1", True, "pong", {"up": 1}), 0.0)
+    assert ev.kind == core.EV_RESULT and ev.payload["ok"] is True
+    ev = gw.receive(dev.status_frame({"dropped": 3, "buffered": 0}), 0.0)
+    assert ev.kind == core.EV_STATUS and ev.payload["dropped"] == 3
+
+
+def test_bool_is_not_a_number():
+    assert not core.is_number(True)
+    assert core.is_number(1) and core.is_number(1.5)
+    assert not core.is_finite(float("inf"))
+
+
+run(globals())
