@@ -20,7 +20,6 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-
 DASHBOARD_SNDBUF = 64 * 1024
 
 

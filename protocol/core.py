@@ -260,7 +260,7 @@ def decode(text, loads=None, max_bytes=MAX_FRAME_BYTES):
 class Reading:
     """One reading: seq, metrics dict, optional device time / uptime (ms), quality."""
 
-    __slots__ = ("seq", "metrics", "ts", "up", "quality")
+    __slots__ = ("metrics", "quality", "seq", "ts", "up")
 
     def __init__(self, seq, metrics, ts=None, up=None, quality=None):
         self.seq = seq
@@ -297,7 +297,7 @@ class Reading:
 class DataFrame:
     """A decoded, validated telemetry frame. ``readings`` have seq, seq+1, ..."""
 
-    __slots__ = ("seq", "boot", "up", "readings", "device_id")
+    __slots__ = ("boot", "device_id", "readings", "seq", "up")
 
     def __init__(self, seq, boot, up, readings, device_id=None):
         self.seq = seq
@@ -406,7 +406,7 @@ def error_message(code, message, seq=None):
 class TokenBucket:
     """Token bucket: ``rate`` tokens/s, at most ``burst`` stored. Time is passed in (s)."""
 
-    __slots__ = ("rate", "burst", "tokens", "stamp")
+    __slots__ = ("burst", "rate", "stamp", "tokens")
 
     def __init__(self, rate, burst, now):
         self.rate = float(rate)
@@ -452,7 +452,7 @@ EV_CLOSE = "close"  # payload: ProtocolError (send .reply, then close with .clos
 class Event:
     """What one received frame means. ``reply`` is a frame to send back, or None."""
 
-    __slots__ = ("kind", "payload", "reply", "close_code")
+    __slots__ = ("close_code", "kind", "payload", "reply")
 
     def __init__(self, kind, payload=None, reply=None, close_code=0):
         self.kind = kind
@@ -547,11 +547,14 @@ class GatewaySession:
         kind = msg["t"]
         if self.state == ST_AWAIT_AUTH:
             if kind != T_AUTH:
-                return self._close_event(E_AUTH_REQUIRED, "authenticate first: send an auth frame or an Authorization header")
+                return self._close_event(
+                    E_AUTH_REQUIRED, "authenticate first: send an auth frame or an Authorization header")
             return self._auth(msg)
         claimed = msg.get("device_id")
         if claimed is not None and claimed != self.device_id:
-            return self._close_event(E_IDENTITY, "frame names device '" + str(claimed)[:64] + "' but this connection is authenticated as another device")
+            return self._close_event(
+                E_IDENTITY, "frame names device '" + str(claimed)[:64]
+                + "' but this connection is authenticated as another device")
         if kind == T_DATA:
             return self._data(msg, now)
         if kind == T_RESULT:
@@ -569,7 +572,8 @@ class GatewaySession:
             if err.code == E_BINARY or err.code == E_BAD_JSON or err.code == E_BAD_FRAME:
                 return self._close_event(E_AUTH_REQUIRED, "authenticate first: " + err.message)
         if self.strikes >= self.max_strikes:
-            return self._close_event(E_TOO_MANY_ERRORS, str(self.strikes) + " invalid frames in a row; fix the device's encoder")
+            return self._close_event(
+                E_TOO_MANY_ERRORS, str(self.strikes) + " invalid frames in a row; fix the device's encoder")
         return Event(EV_REJECT, err, self.error_frame(err.code, err.message))
 
     def _auth(self, msg):
@@ -606,7 +610,8 @@ class GatewaySession:
                 self.rate_strikes += 1
                 if self.rate_strikes > self.max_rate_strikes:
                     return self._close_event(E_RATE, "rate limit exceeded after slow-down; reconnect later")
-                return Event(EV_THROTTLE, ProtocolError(E_RATE, "waiting for resend of seq " + str(self.hold_from)))
+                err = ProtocolError(E_RATE, "waiting for resend of seq " + str(self.hold_from))
+                return Event(EV_THROTTLE, err)
             self.hold_from = 0
         if not self.bucket.take(now):
             self.throttled += 1
@@ -614,7 +619,8 @@ class GatewaySession:
             if self.rate_strikes > self.max_rate_strikes:
                 return self._close_event(E_RATE, "rate limit exceeded after slow-down; reconnect later at "
                                          + str(self.bucket.rate) + " frames/s or less")
-            err = ProtocolError(E_RATE, "rate limit " + str(self.bucket.rate) + " frames/s exceeded; frame not stored, resend later")
+            err = ProtocolError(
+                E_RATE, "rate limit " + str(self.bucket.rate) + " frames/s exceeded; frame not stored, resend later")
             self.hold_from = frame.seq
             slow = {"t": T_SLOW, "rate": self.bucket.rate, "retry_ms": self.bucket.wait_ms(),
                     "seq": frame.seq}

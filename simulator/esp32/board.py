@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import socket
 import struct
 import sys
 from pathlib import Path
@@ -49,6 +50,15 @@ def find_node(node: str | None = None) -> str:
     if not pkg.is_dir():
         raise AppError(f"MicroPython WebAssembly package missing: run `npm ci --prefix {NODE_DIR}`")
     return exe
+
+
+def _quick_ack(writer: asyncio.StreamWriter) -> None:
+    """ACK at once: a UART has no delayed ACK, and Nagle + delayed ACK would add ~40 ms to every
+    small request/response exchange (pyserial's socket:// client does not set TCP_NODELAY)."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None and hasattr(socket, "TCP_QUICKACK"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
 
 class Board:
@@ -191,7 +201,7 @@ class Board:
                 if first[0] == slip.END:
                     await self._download(first, reader, writer)
                 else:
-                    await self._console(first, reader)
+                    await self._console(first, reader, writer)
             except (ConnectionError, OSError) as exc:
                 self.log(f"connection lost: {exc}")
             finally:
@@ -222,14 +232,15 @@ class Board:
             if session.rebooted:
                 self.log("esptool requested a reboot")
                 await self._boot("POWERON_RESET")
-                await self._console(b"", reader)
+                await self._console(b"", reader, writer)
                 return
             data = await reader.read(65536)
+            _quick_ack(writer)
         self.log("esptool disconnected: reset")
         self._client = None
         await self._boot("POWERON_RESET")
 
-    async def _console(self, first: bytes, reader: asyncio.StreamReader) -> None:
+    async def _console(self, first: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Talk to whatever runs: MicroPython's REPL, or the ROM boot loop."""
         data = first
         while True:
@@ -238,6 +249,7 @@ class Board:
                     self._app.stdin.write(data)
                     await self._app.stdin.drain()
                 data = await reader.read(4096)
+                _quick_ack(writer)
                 if not data:
                     return
                 continue

@@ -78,13 +78,12 @@ class GatewayProcess:
         return (self.data_dir / "admin.token").read_text().strip()
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
-        log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "gateway", "serve", "--config", str(self.config_path), "--host", "127.0.0.1",
-             "--port", str(self.port), "--data-dir", str(self.data_dir)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "gateway", "serve", "--config", str(self.config_path), "--host", "127.0.0.1",
+                 "--port", str(self.port), "--data-dir", str(self.data_dir)],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -48,8 +48,10 @@ def _edgewire_errno_shim():
         for ent in ilistdir(path):
             if root and ent[0] in hidden:
                 continue
-            if len(ent) >= 4 and ent[1] == 0x8000 and not ent[3]:
+            if ent[1] == 0x8000 and (len(ent) < 4 or not ent[3]):
                 ent = (ent[0], ent[1], ent[2], os.stat(base + ent[0])[6])
+            elif len(ent) < 4:
+                ent = (ent[0], ent[1], ent[2], 0)
             yield ent
     os.ilistdir = ilistdir_sized
     listdir = os.listdir
