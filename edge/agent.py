@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from edge import __version__, outputs, sdnotify
 from edge.config import AgentConfig
-from edge.errors import ConfigError, EdgeError, OutputError, SensorError
+from edge.errors import ConfigError, EdgeError, OutputError, QueueError, SensorError
 from edge.outputs import Outputs
 from edge.rules import Rules
 from edge.sensors.base import Sensor, SensorContext, build_sensor
@@ -308,6 +308,8 @@ class Agent:
                 reason = rcvd.reason if rcvd else ""
                 LOG.warning("connection closed: %d %s", close_code, reason)
                 slow = close_code in SLOW_RETRY
+            except QueueError:
+                raise  # the disk, not the network: let systemd restart us and the log say why
             except (OSError, InvalidHandshake, TimeoutError, core.ProtocolError) as err:
                 LOG.warning("gateway unreachable: %s", err or type(err).__name__)
             finally:

@@ -177,12 +177,20 @@ class WSClient:
         return data
 
     def _readline(self):
-        line = b""
-        while not line.endswith(b"\n"):
-            line += self._read_some(1)
+        """One HTTP header line, read byte by byte into a reused buffer (no per-byte garbage)."""
+        one = self._head  # 14-byte scratch; the handshake sends no frames meanwhile
+        view = memoryview(one)[:1]
+        line = bytearray()
+        while True:
+            sock = self.sock
+            n = sock.readinto(view) if hasattr(sock, "readinto") else sock.recv_into(view)
+            if not n:
+                raise NetError("connection closed by peer during the handshake")
+            if one[0] == 10:  # \n
+                return bytes(line).strip()
+            line.append(one[0])
             if len(line) > 1024:
                 raise NetError("HTTP header line too long")
-        return line.strip()
 
     # -- frames
     def send_frame(self, opcode, payload=b""):

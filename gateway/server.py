@@ -471,6 +471,10 @@ class Gateway:
             token = await self.registry.add(str(msg["device_id"]), label=str(msg.get("label", "")))
             log("device_registered", device=msg["device_id"])
             return {"device_id": msg["device_id"], "token": token}
+        if kind == "rotate":
+            token = await self.registry.rotate(str(msg["device_id"]))
+            log("device_token_rotated", device=msg["device_id"])
+            return {"device_id": msg["device_id"], "token": token}
         if kind == "devices":
             records = await self.storage.list_devices()
             return {"devices": [{"id": r.device_id, "enabled": r.enabled, "online": r.device_id in self.devices,

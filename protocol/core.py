@@ -751,6 +751,8 @@ class DeviceSession:
                 self._rewind(seq)  # not stored: send again
             else:
                 self.rejected += 1  # invalid: resending would not help
+                if type(seq) is int:
+                    self._release(seq)
             return (DEV_ERROR, {"code": code, "msg": msg.get("msg"), "seq": seq})
         raise ProtocolError(E_UNKNOWN_TYPE, "unknown message type from gateway")
 
@@ -759,6 +761,13 @@ class DeviceSession:
             self.sent = seq - 1
             while self.in_flight and self.in_flight[-1] >= seq:
                 self.in_flight.pop()
+
+    def _release(self, seq):
+        """Free the window slot of the refused frame that starts at ``seq``."""
+        for index in range(len(self.in_flight)):
+            if self.in_flight[index] >= seq:
+                self.in_flight.pop(index)
+                return
 
     def can_send(self):
         return self.online and len(self.in_flight) < self.window

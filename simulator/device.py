@@ -43,7 +43,6 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from protocol import core
-from simulator._core import DeviceSessionT, device_session, is_number, reading
 from simulator.errors import SensorReadError, SimConfigError
 from simulator.faults import FaultInjector, FaultPlan, mint_jwt
 from simulator.sensors import SensorModel, make_sensor
@@ -169,7 +168,7 @@ class VirtualDevice:
         self._expired = False
         self.counters = DeviceCounters()
         self.outbox: deque[Any] = deque()  # core.Reading, ascending seq
-        self.session: DeviceSessionT = self._new_session()
+        self.session: core.DeviceSession = self._new_session()
         self.thresholds: dict[str, tuple[float, float]] = {}
         self.outputs: dict[str, bool] = dict.fromkeys(OUTPUTS, False)
         self.state = "idle"  # idle, connecting, online, backoff, stopped
@@ -483,7 +482,7 @@ class VirtualDevice:
     # ------------------------------------------------------------ commands
     def _cmd_set_interval(self, args: dict[str, Any]) -> tuple[bool, str]:
         seconds = args.get("seconds")
-        if not is_number(seconds) or not 0 < seconds < 86400 * 7:
+        if not core.is_number(seconds) or not 0 < seconds < 86400 * 7:
             return False, "set_interval needs 'seconds', a number > 0"
         self.rate = 1.0 / float(seconds)
         self._next_sample_at = asyncio.get_running_loop().time() + float(seconds)
@@ -491,7 +490,7 @@ class VirtualDevice:
 
     def _cmd_set_thresholds(self, args: dict[str, Any]) -> tuple[bool, str]:
         metric, high, low = args.get("metric"), args.get("high"), args.get("low")
-        if type(metric) is not str or not is_number(high) or not is_number(low):
+        if type(metric) is not str or not core.is_number(high) or not core.is_number(low):
             return False, "set_thresholds needs 'metric' (string), 'high' and 'low' (numbers)"
         if low > high:
             return False, "set_thresholds: 'low' must not exceed 'high'"
@@ -602,11 +601,11 @@ class VirtualDevice:
         self.boot = f"{self.rng.getrandbits(32):08x}"
         self.session.boot = self.boot  # type: ignore[attr-defined]
 
-    def _new_session(self) -> DeviceSessionT:
+    def _new_session(self) -> core.DeviceSession:
         cred = self.credential
         is_jwt = not cred.startswith("ewt_") and cred.count(".") == 2
-        return device_session(self.device_id, None if is_jwt else cred, cred if is_jwt else None,
-                              None, self.batch, self._window)
+        return core.DeviceSession(self.device_id, None if is_jwt else cred, cred if is_jwt else None,
+                                  None, self.batch, self._window)
 
     def _uptime_ms(self, now: float) -> int:
         return max(0, int((now - self._boot_at) * 1000))
@@ -650,7 +649,7 @@ class VirtualDevice:
             except SensorReadError:
                 self.counters.sensor_errors += 1
                 return
-        item = reading(self._next_seq, metrics, max(0, int(t_device * 1000)), self._uptime_ms(at), quality)
+        item = core.Reading(self._next_seq, metrics, max(0, int(t_device * 1000)), self._uptime_ms(at), quality)
         self._next_seq += 1
         self.counters.generated += 1
         if len(self.outbox) >= self.outbox_max:

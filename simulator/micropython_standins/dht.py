@@ -4,7 +4,8 @@
 whose physical model runs on the simulated clock (so the sensor's minimum read
 interval and warm-up hold in simulated time) and follows sim.json:
 ``dht_failure_rate`` (share of reads that fail: checksum errors and timeouts)
-and ``heat_c`` (degrees added to the modelled temperature: a heat spike).
+``heat_c`` (degrees added to the modelled temperature: a heat spike) and
+``dht_hang_ms`` (a read blocks this long: a wedged bus that stalls the loop).
 """
 
 from __future__ import annotations
@@ -38,11 +39,19 @@ class _LiveModel(DHTModel):
         return super().read()
 
 
+class _HangingDHT(MicroPythonDHTStandIn):
+    def measure(self) -> None:
+        hang = float(_simstate.setting("dht_hang_ms", 0))
+        if hang > 0:
+            utime.sleep_ms(hang)
+        super().measure()
+
+
 def _make(kind: str, pin: object) -> MicroPythonDHTStandIn:
     seed = int(_simstate.setting("seed", 1))
     model = _LiveModel(kind, env=_Heated(make_sensor("climate", seed)), seed=seed, failure_rate=0.0,
                        clock=utime.sim_seconds, env_time=_time.time)
-    return MicroPythonDHTStandIn(pin, dht11=kind == "DHT11", model=model, sleep=utime.sleep)
+    return _HangingDHT(pin, dht11=kind == "DHT11", model=model, sleep=utime.sleep)
 
 
 def DHT22(pin: object) -> MicroPythonDHTStandIn:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from simulator._core import metric_range
+from protocol.core import metric_range
 from simulator.sensors.base import Seed, SensorModel, Wrapper, make_rng
 
 

@@ -56,6 +56,16 @@ def test_journal_lines_have_priority_and_no_timestamp() -> None:
     assert re.match(r"\d\d:\d\d:\d\d warning +sensor air failed", plain)
 
 
+def test_journald_detected_only_when_stderr_is_the_journal_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    st = os.fstat(sys.stderr.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    assert logs.under_journald() is True
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino + 1}")  # inherited by a child with other stderr
+    assert logs.under_journald() is False
+    monkeypatch.delenv("JOURNAL_STREAM")
+    assert logs.under_journald() is False
+
+
 def test_unit_file_has_the_required_settings() -> None:
     text = UNIT.read_text()
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "User=edgewire",

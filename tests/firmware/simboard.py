@@ -84,7 +84,10 @@ class SimBoard:
         """The newest valid ring header (same layout as firmware/ring.py)."""
         import binascii
 
-        data = (self.fs / "ring.bin").read_bytes()
+        try:
+            data = (self.fs / "ring.bin").read_bytes()
+        except FileNotFoundError:
+            return {}
         best: dict[str, int] = {}
         for slot in (0, 1):
             raw = data[slot * 48: slot * 48 + 48]

@@ -178,3 +178,102 @@ def test_heat_spike_speeds_up_reporting(gw: GatewayProcess, tmp_path: Path) -> N
     assert cool and hot
     assert min(cool) >= 8000, cool  # stable: only heartbeats, interval grown towards 16 s
     assert statistics.median(hot) <= 3000, hot  # beyond the threshold: every 2 s sample is reported
+
+
+@pytest.mark.timeout(60)
+def test_watchdog_spares_offline_node_but_resets_stalled_loop(gw: GatewayProcess, tmp_path: Path) -> None:
+    board = board_for(gw, tmp_path, speed=10.0, watchdog_s=10)
+    gw.kill()  # nobody is watching: the node must keep sampling, not reboot
+    board.start()
+    try:
+        wait_for(lambda: board.ring_header().get("count", 0) >= 12, 20, "12 readings buffered offline", board)
+        text = board.log_text()
+        assert "WDT" not in text and text.count("] boot ") == 1  # 24+ s offline, 10 s watchdog: no reset
+        board.set_sim(dht_hang_ms=30000)  # the sensor bus wedges: the loop stops making progress
+        wait_for(lambda: "WDT: not fed" in board.log_text(), 20, "the watchdog reset", board)
+        board.set_sim(dht_hang_ms=0)
+        wait_for(lambda: board.log_text().count("] boot ") >= 2, 20, "the reboot after the reset", board)
+        count = board.ring_header()["count"]
+        wait_for(lambda: board.ring_header()["count"] > count, 20, "sampling after the reset", board)
+    finally:
+        board.kill()
+
+
+@pytest.mark.timeout(60)
+def test_deep_sleep_keeps_seq_and_boot_across_wakes(gw: GatewayProcess, tmp_path: Path) -> None:
+    with board_for(gw, tmp_path, speed=10.0, deep_sleep=True, deadband={"temperature": 0.0}) as board:
+        wait_for(lambda: board.log_text().count("machine.deepsleep(") >= 3 and len(rows(gw)) >= 3, 30,
+                 "three wakes with deliveries", board)
+    got = rows(gw)
+    assert contiguous([r["seq"] for r in got]) and got[0]["seq"] == 1
+    assert len({r["boot"] for r in got}) == 1  # one boot id spans the sleeps (RTC memory)
+    assert all(r["device_ts"] is not None for r in got)  # the RTC keeps time through deep sleep
+    assert board.log_text().count("] boot ") >= 3
+
+
+def _make_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgewire test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    ca_path, cert_path, key_path = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return ca_path, cert_path, key_path
+
+
+@pytest.mark.timeout(60)
+def test_wss_with_pinned_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca_path, cert_path, key_path = _make_ca_and_server_cert(certs)
+    other_ca, _, _ = _make_ca_and_server_cert(tmp_path)  # a CA that did not sign the gateway's cert
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_path))  # lets the helper's /healthz poll verify the gateway
+
+    class TLSGateway(GatewayProcess):
+        @property
+        def http_url(self) -> str:
+            return f"https://127.0.0.1:{self.port}"
+
+    gw = TLSGateway(tmp_path, tls_cert=str(cert_path), tls_key=str(key_path))
+    gw.start()
+    try:
+        token = gw.register(DEVICE)
+        base = {"gateway_url": f"wss://127.0.0.1:{gw.port}/v1/device", "device_id": DEVICE, "token": token,
+                "interval_s": 2, "min_interval_s": 2, "max_interval_s": 4}
+        wrong = SimBoard(tmp_path, {**base, "ca_cert": str(other_ca)}, speed=4.0, name="wrong-ca")
+        with wrong:
+            wait_for(lambda: wrong.log_text().count("offline:") >= 2, 20, "refused TLS connections", wrong)
+        assert "CERTIFICATE_VERIFY_FAILED" in wrong.log_text() and "online:" not in wrong.log_text()
+        assert rows(gw) == []
+        good = SimBoard(tmp_path, {**base, "ca_cert": str(ca_path)}, speed=4.0, name="pinned")
+        with good:
+            wait_for(lambda: len(rows(gw)) >= 2, 20, "readings over wss://", good)
+        assert contiguous([r["seq"] for r in rows(gw)])
+    finally:
+        try:
+            gw.stop()
+        finally:
+            gw.kill()

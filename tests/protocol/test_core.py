@@ -212,3 +212,14 @@ def test_is_finite() -> None:
     assert core.is_finite(1) and core.is_finite(1.5)
     assert not core.is_finite(math.nan) and not core.is_finite(math.inf) and not core.is_finite(-math.inf)
     assert not core.is_number(True)
+
+
+def test_refused_frame_frees_its_window_slot() -> None:
+    dev = core.DeviceSession("dev-1", token="t", window=1, max_batch=1)
+    dev.receive(core.encode({"t": "welcome", "last_seq": 0}))
+    pending = [core.Reading(1, {"temperature": 1.0}), core.Reading(2, {"temperature": 2.0})]
+    assert dev.next_frame(pending) is not None
+    assert not dev.can_send()
+    kind, _ = dev.receive(core.encode(core.error_message(core.E_BAD_VALUE, "bad", 1)))
+    assert kind == core.DEV_ERROR and dev.rejected == 1
+    assert json.loads(dev.next_frame(pending) or "{}")["seq"] == 2

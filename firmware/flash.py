@@ -1,0 +1,525 @@
+"""`make flash`: put MicroPython, the Edgewire app and its config on one ESP32 node.
+
+Runs on the technician's PC under CPython 3.11+ (not on the device), non-interactively:
+
+1. checks the settings (make variables, read from the environment: make exports command-line
+   variables to its recipes, which keeps secrets out of the process list);
+2. finds the MicroPython image: MICROPYTHON_BIN=path, or the pinned ESP32_GENERIC release,
+   downloaded once into ~/.cache/edgewire/ and checked against its pinned SHA-256;
+3. erases the whole chip and writes the image at 0x1000 with esptool (verified by MD5);
+4. registers DEVICE_ID with the gateway's admin endpoint (/v1/admin) unless TOKEN is given;
+5. copies firmware/*.py, protocol/{__init__,core}.py and a generated config.json (made in a
+   private temp dir, mode 0600, never in the repo) with mpremote, and checks their SHA-256
+   on the device;
+6. resets the board so main.py starts, and prints one summary line (never a secret).
+
+Exit status: 0 done, 2 bad or missing setting, 1 any other failure; messages say what to check.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE_DIR = ROOT / "firmware"
+PROTOCOL_FILES = ("__init__.py", "core.py")
+HOST_ONLY = {"flash.py"}  # firmware/*.py that run on the PC, not on the device
+APP_OFFSET = 0x1000  # ESP32 MicroPython images start with the second-stage bootloader
+
+# The pinned MicroPython release. Its SHA-256 could not be checked from this machine (no
+# internet): until someone pins it here after downloading from micropython.org, the download
+# is refused unless MICROPYTHON_SHA256 supplies the expected value.
+MICROPYTHON_VERSION = "v1.24.1"
+MICROPYTHON_URL = "https://micropython.org/resources/firmware/ESP32_GENERIC-20241129-v1.24.1.bin"
+MICROPYTHON_SHA256: str | None = None
+
+ID_CHARS = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")  # protocol/core.py valid_device_id
+STRAPPING_PINS = {0, 2, 5, 12, 15}
+INPUT_ONLY_PINS = {34, 35, 36, 39}
+FLASH_PINS = set(range(6, 12))
+NO_BOARD_HINT = (
+    "check the USB cable (a data cable, not charge-only), hold BOOT while plugging in or "
+    "pressing EN, or pass PORT=/dev/ttyUSB0 (see `ls /dev/ttyUSB* /dev/ttyACM*`)"
+)
+
+
+class FlashError(Exception):
+    """Base of every `make flash` failure; the message says what to check."""
+
+    exit_code = 1
+
+
+class SettingError(FlashError, ValueError):
+    """A make variable is missing or invalid."""
+
+    exit_code = 2
+
+
+class FirmwareError(FlashError, ValueError):
+    """The MicroPython image is missing, unverified or not an ESP32 image."""
+
+
+class BoardError(FlashError, ConnectionError):
+    """No ESP32 answered, or esptool/mpremote failed talking to it."""
+
+
+class RegistrationError(FlashError, ConnectionError):
+    """The gateway did not register the device."""
+
+
+@dataclass
+class Settings:
+    port: str
+    device_id: str
+    wifi_ssid: str
+    wifi_password: str
+    gateway_url: str
+    token: str | None
+    admin_token: str | None
+    admin_url: str
+    firmware: str | None
+    firmware_sha256: str | None
+    sensor: str
+    sensor_pin: int
+    led_pin: int | None
+    interval_s: int | None
+    baud: int
+    cache_dir: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _env(env: dict[str, str], name: str, required: bool = True, hint: str = "") -> str | None:
+    value = env.get(name)
+    if value is None or (required and value == ""):
+        if required:
+            raise SettingError(f"{name} is not set: pass {name}=... to make flash{hint}")
+        return None
+    return value
+
+
+def _int_setting(env: dict[str, str], name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw, 0)
+    except ValueError:
+        raise SettingError(f"{name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise SettingError(f"{name}={value} must be within {low}..{high}")
+    return value
+
+
+def _read_secret_file(name: str, path: str) -> str:
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SettingError(f"{name}={path}: cannot read it ({exc.strerror})") from None
+    if not value:
+        raise SettingError(f"{name}={path} is empty")
+    return value
+
+
+def sensor_names() -> list[str]:
+    """The sensor names firmware/sensors.py knows (its DRIVERS table), read without importing it."""
+    tree = ast.parse((FIRMWARE_DIR / "sensors.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "DRIVERS" for t in node.targets):
+            value = ast.literal_eval(node.value)
+            if isinstance(value, dict):
+                return sorted(str(k) for k in value)
+    raise FlashError("firmware/sensors.py has no DRIVERS table: check the firmware checkout")
+
+
+def admin_url_for(gateway_url: str) -> str:
+    parts = urllib.parse.urlsplit(gateway_url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/v1/admin", "", ""))
+
+
+def load_settings(env: dict[str, str]) -> Settings:
+    """Validate every setting before touching the board; raise SettingError naming the variable."""
+    port = _env(env, "PORT", hint=" (e.g. PORT=/dev/ttyUSB0)")
+    device_id = _env(env, "DEVICE_ID", hint=" (e.g. DEVICE_ID=SENSOR-01)")
+    assert port is not None and device_id is not None
+    if not ID_CHARS.match(device_id):
+        raise SettingError(f"DEVICE_ID={device_id!r}: use 1-64 characters from A-Z a-z 0-9 _ - . :")
+    wifi_ssid = _env(env, "WIFI_SSID")
+    assert wifi_ssid is not None
+    if len(wifi_ssid.encode()) > 32:
+        raise SettingError("WIFI_SSID is longer than 32 bytes (the 802.11 limit)")
+    if "WIFI_PASSWORD" not in env:
+        raise SettingError("WIFI_PASSWORD is not set: pass WIFI_PASSWORD=... (WIFI_PASSWORD= for an open network)")
+    wifi_password = env["WIFI_PASSWORD"]
+    if wifi_password and not 8 <= len(wifi_password.encode()) <= 63:
+        raise SettingError("WIFI_PASSWORD must be 8..63 characters (WPA2) or empty for an open network")
+    gateway_url = _env(env, "GATEWAY_URL", hint=" (e.g. GATEWAY_URL=ws://192.168.1.10:8080/v1/device)")
+    assert gateway_url is not None
+    parts = urllib.parse.urlsplit(gateway_url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise SettingError(f"GATEWAY_URL={gateway_url!r} must look like ws://HOST:PORT/v1/device")
+    if parts.path in ("", "/"):
+        gateway_url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/v1/device", "", ""))
+    token = env.get("TOKEN") or None
+    if token is None and env.get("TOKEN_FILE"):
+        token = _read_secret_file("TOKEN_FILE", env["TOKEN_FILE"])
+    admin_token = env.get("ADMIN_TOKEN") or None
+    if token is None and admin_token is None:
+        if env.get("ADMIN_TOKEN_FILE"):
+            admin_token = _read_secret_file("ADMIN_TOKEN_FILE", env["ADMIN_TOKEN_FILE"])
+        else:
+            raise SettingError(
+                "no credential: pass TOKEN=ewt_... (from `python -m gateway devices add ID`), or "
+                "ADMIN_TOKEN_FILE=<gateway data dir>/admin.token to register the device now"
+            )
+    sensors = sensor_names()
+    sensor = env.get("SENSOR") or "dht22"
+    if sensor not in sensors:
+        raise SettingError(f"SENSOR={sensor!r} is not one of {', '.join(sensors)}")
+    sensor_pin = _int_setting(env, "SENSOR_PIN", 4, 0, 39)
+    assert sensor_pin is not None
+    if sensor_pin in FLASH_PINS or sensor_pin in (20, 24, 28, 29, 30, 31, 37, 38):
+        raise SettingError(f"SENSOR_PIN={sensor_pin}: not a usable GPIO (6-11 drive the SPI flash)")
+    if sensor_pin in INPUT_ONLY_PINS:
+        raise SettingError(f"SENSOR_PIN={sensor_pin} is input-only; a {sensor} data line must be driven: use 4 or 27")
+    baud = _int_setting(env, "BAUD", 460800, 9600, 2000000)
+    assert baud is not None
+    firmware_sha = (env.get("MICROPYTHON_SHA256") or "").lower() or None
+    if firmware_sha is not None and not re.fullmatch(r"[0-9a-f]{64}", firmware_sha):
+        raise SettingError("MICROPYTHON_SHA256 must be 64 hexadecimal characters")
+    cache = Path(env.get("EDGEWIRE_CACHE") or Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgewire")
+    return Settings(
+        port=port,
+        device_id=device_id,
+        wifi_ssid=wifi_ssid,
+        wifi_password=wifi_password,
+        gateway_url=gateway_url,
+        token=token,
+        admin_token=admin_token,
+        admin_url=env.get("ADMIN_URL") or admin_url_for(gateway_url),
+        firmware=env.get("MICROPYTHON_BIN") or None,
+        firmware_sha256=firmware_sha,
+        sensor=sensor,
+        sensor_pin=sensor_pin,
+        led_pin=_int_setting(env, "LED_PIN", None, 0, 33),
+        interval_s=_int_setting(env, "INTERVAL_S", None, 1, 86400),
+        baud=baud,
+        cache_dir=cache,
+    )
+
+
+# ---- firmware image -------------------------------------------------------------------------
+
+
+def check_esp32_image(data: bytes, name: str) -> None:
+    """Refuse what cannot be an ESP32 image for 0x1000 (magic 0xE9, ESP32 chip id 0)."""
+    if len(data) < 24 or data[0] != 0xE9:
+        raise FirmwareError(f"{name} is not an ESP32 firmware image (no 0xE9 header): pick the ESP32_GENERIC .bin")
+    chip_id = int.from_bytes(data[12:14], "little")
+    if chip_id != 0:
+        raise FirmwareError(f"{name} is built for chip id {chip_id}, not the ESP32 (0): pick ESP32_GENERIC")
+
+
+def download(url: str, dest: Path, expected: str) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:  # noqa: S310
+            while chunk := resp.read(65536):
+                digest.update(chunk)
+                out.write(chunk)
+    except (urllib.error.URLError, OSError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise FirmwareError(
+            f"cannot download {url} ({exc}): check the network, or download it elsewhere and pass MICROPYTHON_BIN=path"
+        ) from None
+    if digest.hexdigest() != expected:
+        tmp.unlink(missing_ok=True)
+        raise FirmwareError(f"{url} has sha256 {digest.hexdigest()}, expected {expected}: refusing it")
+    tmp.replace(dest)
+
+
+def resolve_firmware(s: Settings) -> tuple[Path, bytes]:
+    """Return (path, bytes) of the MicroPython image to write, verified."""
+    if s.firmware:
+        path = Path(s.firmware)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise FirmwareError(f"MICROPYTHON_BIN={path}: cannot read it ({exc.strerror})") from None
+        if s.firmware_sha256 and hashlib.sha256(data).hexdigest() != s.firmware_sha256:
+            raise FirmwareError(f"MICROPYTHON_BIN={path} does not match MICROPYTHON_SHA256")
+        check_esp32_image(data, str(path))
+        return path, data
+    expected = s.firmware_sha256 or MICROPYTHON_SHA256
+    if expected is None:
+        raise FirmwareError(
+            f"the SHA-256 of MicroPython {MICROPYTHON_VERSION} is not pinned in firmware/flash.py, so it will not "
+            f"be downloaded unverified: download {MICROPYTHON_URL}, check it, and pass MICROPYTHON_BIN=path "
+            "(or MICROPYTHON_SHA256=<its sha256>)"
+        )
+    path = s.cache_dir / MICROPYTHON_URL.rsplit("/", 1)[1]
+    if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+        path.unlink()  # a corrupted or different cached copy is replaced
+    if not path.exists():
+        print(f"downloading {MICROPYTHON_URL}", flush=True)
+        download(MICROPYTHON_URL, path, expected)
+    data = path.read_bytes()
+    check_esp32_image(data, str(path))
+    return path, data
+
+
+# ---- esptool / mpremote ---------------------------------------------------------------------
+
+
+def _run(tool: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", tool, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        )
+    except subprocess.TimeoutExpired:
+        raise BoardError(f"{tool} did not finish within {timeout:.0f} s: {NO_BOARD_HINT}") from None
+
+
+def _tail(text: str, lines: int = 6) -> str:
+    kept = [ln for ln in text.strip().splitlines() if ln.strip() and "━" not in ln]
+    return "\n    ".join(kept[-lines:])
+
+
+def esptool_error(port: str, proc: subprocess.CompletedProcess[str]) -> BoardError:
+    out = proc.stdout + proc.stderr
+    if "could not open port" in out.lower() or "Could not open" in out or "Connection refused" in out:
+        return BoardError(f"cannot open {port}: {NO_BOARD_HINT}")
+    if "Failed to connect" in out or "No serial data received" in out or "Invalid head of packet" in out:
+        return BoardError(f"no ESP32 answered on {port}: {NO_BOARD_HINT}")
+    if "Wrong chip argument" in out:
+        return BoardError(f"the board on {port} is not an ESP32 (ESP32_GENERIC needs an ESP32): {_tail(out, 2)}")
+    if "Permission denied" in out:
+        return BoardError(f"permission denied on {port}: add yourself to the dialout group (see hardware.md)")
+    return BoardError(f"esptool failed on {port}:\n    {_tail(out)}")
+
+
+def write_firmware(s: Settings, image: Path) -> str:
+    """Erase the chip and write `image` at 0x1000 (esptool verifies by MD5). Returns the MAC."""
+    args = [
+        "--chip", "esp32", "--port", s.port, "--baud", str(s.baud),
+        "--before", "default-reset", "--after", "hard-reset",
+        "write-flash", "--erase-all", hex(APP_OFFSET), str(image),
+    ]
+    proc = _run("esptool", args, timeout=600)
+    if proc.returncode != 0:
+        raise esptool_error(s.port, proc)
+    out = proc.stdout + proc.stderr
+    if "Hash of data verified" not in out:
+        raise BoardError(f"esptool did not verify the written image on {s.port}:\n    {_tail(out)}")
+    match = re.search(r"MAC:\s+([0-9a-f]{2}(?::[0-9a-f]{2}){5})", out)
+    return match.group(1) if match else "unknown"
+
+
+def reset_board(s: Settings) -> None:
+    """Hard-reset (through the bootloader and out) so boot.py/main.py run with the new files."""
+    proc = _run("esptool", ["--chip", "esp32", "--port", s.port, "--no-stub",
+                            "--before", "default-reset", "--after", "hard-reset", "read-mac"], timeout=60)
+    if proc.returncode != 0:
+        raise esptool_error(s.port, proc)
+
+
+def mpremote(s: Settings, args: list[str], timeout: float = 600) -> str:
+    last = ""
+    for _attempt in range(3):  # the first boot after an erase formats the filesystem first
+        proc = _run("mpremote", ["connect", s.port, *args], timeout=timeout)
+        if proc.returncode == 0:
+            return proc.stdout
+        last = proc.stdout + proc.stderr
+        if "could not enter raw repl" not in last and "failed to access" not in last:
+            break
+    raise BoardError(f"mpremote failed on {s.port}:\n    {_tail(last)}")
+
+
+# ---- registration ---------------------------------------------------------------------------
+
+
+def register(s: Settings) -> str:
+    """Register DEVICE_ID through /v1/admin (docs/protocol.md section 10); return its token."""
+    try:
+        from websockets.exceptions import InvalidStatus, WebSocketException
+        from websockets.sync.client import connect
+    except ImportError:
+        raise RegistrationError("registering needs the websockets package: pip install websockets") from None
+    assert s.admin_token is not None
+    request = {"t": "register", "id": "1", "device_id": s.device_id}
+    try:
+        with connect(s.admin_url, additional_headers={"Authorization": f"Bearer {s.admin_token}"},
+                     open_timeout=15, close_timeout=5) as ws:
+            ws.send(json.dumps(request))
+            reply = json.loads(ws.recv(timeout=30))
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        if status in (401, 403):
+            raise RegistrationError(f"the gateway at {s.admin_url} refused the admin token (HTTP {status}): "
+                                    "check ADMIN_TOKEN / ADMIN_TOKEN_FILE (<data dir>/admin.token)") from None
+        raise RegistrationError(f"the gateway at {s.admin_url} answered HTTP {status}") from None
+    except (OSError, TimeoutError, WebSocketException, ValueError) as exc:
+        raise RegistrationError(f"cannot reach the gateway admin endpoint {s.admin_url} ({exc}): "
+                                "check GATEWAY_URL (or ADMIN_URL) and that the gateway is running") from None
+    if not isinstance(reply, dict) or reply.get("t") != "ok" or not isinstance(reply.get("token"), str):
+        msg = reply.get("msg") if isinstance(reply, dict) else reply
+        raise RegistrationError(f"the gateway did not register {s.device_id}: {msg} "
+                                "(already registered? pass its TOKEN=... instead)")
+    token: str = reply["token"]
+    return token
+
+
+# ---- config and files -----------------------------------------------------------------------
+
+
+def build_config(s: Settings, token: str) -> dict[str, Any]:
+    """firmware/config.example.json with this device's values; unknown example keys are kept."""
+    example_path = FIRMWARE_DIR / "config.example.json"
+    config: dict[str, Any] = json.loads(example_path.read_text()) if example_path.exists() else {}
+    config.update(
+        wifi_ssid=s.wifi_ssid,
+        wifi_password=s.wifi_password,
+        gateway_url=s.gateway_url,
+        device_id=s.device_id,
+        sensor=s.sensor,
+        sensor_pin=s.sensor_pin,
+    )
+    if token.count(".") == 2 and not token.startswith("ewt_"):
+        config["jwt"], config["token"] = token, None
+    else:
+        config["token"], config.pop("jwt", None)
+        config["token"] = token
+    if s.led_pin is not None:
+        config["led_pin"] = s.led_pin
+    if s.interval_s is not None:
+        config["interval_s"] = s.interval_s
+    return config
+
+
+def app_files() -> list[Path]:
+    files = sorted(p for p in FIRMWARE_DIR.glob("*.py") if p.name not in HOST_ONLY)
+    if not any(p.name == "main.py" for p in files):
+        raise FlashError(f"{FIRMWARE_DIR}/main.py is missing: check the firmware checkout")
+    return files
+
+
+def stage(s: Settings, token: str, workdir: Path) -> dict[str, Path]:
+    """Copy what goes on the device into `workdir`; returns device path -> local file."""
+    staged: dict[str, Path] = {}
+    for src in app_files():
+        dst = workdir / src.name
+        shutil.copyfile(src, dst)
+        staged[src.name] = dst
+    (workdir / "protocol").mkdir()
+    for name in PROTOCOL_FILES:
+        dst = workdir / "protocol" / name
+        shutil.copyfile(ROOT / "protocol" / name, dst)
+        staged[f"protocol/{name}"] = dst
+    cfg = workdir / "config.json"
+    fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(build_config(s, token), f, indent=1)
+    staged["config.json"] = cfg
+    return staged
+
+
+def copy_files(s: Settings, workdir: Path, staged: dict[str, Path]) -> None:
+    top = sorted(name for name in staged if "/" not in name)
+    args = ["fs", "cp", "-r", *[str(workdir / n) for n in top], str(workdir / "protocol"), ":"]
+    args += ["+", "exec", _hash_script(list(staged))]
+    out = mpremote(s, args)
+    hashes = dict(re.findall(r"^(\S+) ([0-9a-f]{64})\r?$", out, re.M))
+    for name, local in staged.items():
+        want = hashlib.sha256(local.read_bytes()).hexdigest()
+        if hashes.get(name) != want:
+            raise BoardError(f"{name} on the device does not match what was copied ({hashes.get(name)}): "
+                             "check the USB cable and rerun")
+
+
+def _hash_script(names: list[str]) -> str:
+    return (
+        "import hashlib, binascii\n"
+        f"for n in {names!r}:\n"
+        " h = hashlib.sha256()\n"
+        " with open(n, 'rb') as f:\n"
+        "  while True:\n"
+        "   b = f.read(512)\n"
+        "   if not b:\n"
+        "    break\n"
+        "   h.update(b)\n"
+        " print(n, binascii.hexlify(h.digest()).decode())\n"
+    )
+
+
+def run(env: dict[str, str]) -> str:
+    """Do the whole procedure; return the summary line."""
+    s = load_settings(env)
+    image, data = resolve_firmware(s)
+    fw_sha = hashlib.sha256(data).hexdigest()
+    print(f"flash: writing {image.name} ({len(data)} bytes) to {s.port}", flush=True)
+    mac = write_firmware(s, image)
+    token = s.token
+    if token is None:
+        print(f"flash: registering {s.device_id} at {s.admin_url}", flush=True)
+        token = register(s)
+    with tempfile.TemporaryDirectory(prefix="edgewire-flash-") as tmp:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o700)
+        staged = stage(s, token, workdir)
+        print(f"flash: copying {len(staged)} files", flush=True)
+        try:
+            copy_files(s, workdir, staged)
+        except BoardError as exc:
+            if s.token is None:
+                saved = save_pending_token(s, token)
+                raise BoardError(f"{exc}\n{s.device_id} is registered; its token is saved in {saved} (mode 0600): "
+                                 f"rerun with TOKEN_FILE={saved} and delete the file afterwards") from None
+            raise
+    reset_board(s)
+    return (f"flashed {s.device_id} on {s.port}: MAC {mac}, MicroPython sha256 {fw_sha[:12]}, "
+            f"gateway {s.gateway_url}")
+
+
+def save_pending_token(s: Settings, token: str) -> Path:
+    pending = s.cache_dir / "pending"
+    pending.mkdir(parents=True, exist_ok=True)
+    os.chmod(pending, 0o700)
+    path = pending / f"{s.device_id}.token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    try:
+        print(run(dict(os.environ)), flush=True)
+        return 0
+    except FlashError as exc:
+        print(f"make flash: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("make flash: interrupted; the board may be half-written: rerun make flash", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

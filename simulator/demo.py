@@ -1,0 +1,147 @@
+"""``make demo``: the gateway on embedded defaults (SQLite) plus a simulated fleet; Ctrl-C stops both.
+
+Device credentials are kept in ``<data-dir>/demo-credentials.json`` (mode 0600) and rotated
+through the admin endpoint when missing, so repeated demos reuse the same device ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from simulator.fleet import Fleet
+from simulator.sensors import make_sensor
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise SystemExit(f"the gateway exited (code {proc.returncode}); its log {log} ends with:\n{tail}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url + "/healthz", timeout=1) as resp:
+            if resp.status == 200:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"the gateway did not become healthy within {timeout:g} s; see {log}")
+
+
+async def _credentials(ws_url: str, data_dir: Path, device_ids: list[str]) -> dict[str, str]:
+    """Tokens for ``device_ids``: reuse the saved ones, register or rotate the rest."""
+    path = data_dir / "demo-credentials.json"
+    saved: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    admin = (data_dir / "admin.token").read_text().strip()
+    creds: dict[str, str] = {}
+    async with connect(ws_url + "/v1/admin", additional_headers={"Authorization": f"Bearer {admin}"}) as ws:
+        known = json.loads(await _call(ws, {"t": "devices"}))["devices"]
+        registered = {d["id"] for d in known if d["has_token"] and d["enabled"]}
+        for device_id in device_ids:
+            if device_id in saved and device_id in registered:
+                creds[device_id] = saved[device_id]
+                continue
+            kind = "rotate" if device_id in {d["id"] for d in known} else "register"
+            reply = json.loads(await _call(ws, {"t": kind, "device_id": device_id}))
+            if reply["t"] != "ok":
+                raise SystemExit(f"cannot provision {device_id}: {reply.get('msg')}")
+            creds[device_id] = reply["token"]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(creds, handle)
+    return creds
+
+
+async def _call(ws: ClientConnection, request: dict[str, str]) -> str:
+    await ws.send(json.dumps(dict(request, id="1")))
+    return str(await ws.recv())
+
+
+async def _run_fleet(ws_url: str, creds: dict[str, str], rate: float) -> dict[str, object]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Fleet(ws_url, creds, rate=rate, batch=1, seed=42) as fleet:
+        # Make the fleet tell a story: one hot server room that crosses the 30 °C alert every few
+        # minutes, and one flaky sensor with spikes and dropouts.
+        hot = fleet.devices[0]
+        hot.sensor = make_sensor("climate", hot.rng, mean=29.6, amplitude=1.6, period_s=180.0)
+        if len(fleet.devices) > 1:
+            flaky = fleet.devices[1]
+            flaky.sensor = make_sensor("climate", flaky.rng, {"spikes": 0.02, "dropout": 0.1})
+        last = [0.0]
+
+        def tick(f: Fleet) -> None:
+            if loop.time() - last[0] >= 5:
+                last[0] = loop.time()
+                print("  " + f.status_line(), flush=True)
+
+        return await fleet.run(float("inf"), drain_s=5.0, on_tick=tick, stop_event=stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulator.demo", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--devices", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=1.0, help="readings per second per device")
+    parser.add_argument("--data-dir", default="var/demo")
+    args = parser.parse_args(argv)
+    if args.devices < 1:
+        parser.error("--devices must be at least 1")
+    if not _port_free(args.host, args.port):
+        print(f"port {args.port} on {args.host} is in use: stop what uses it or run `make demo PORT=8090`",
+              file=sys.stderr)
+        return 2
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "gateway.log"
+    http_url = f"http://{args.host}:{args.port}"
+    ws_url = f"ws://{args.host}:{args.port}"
+    with open(log, "ab") as log_file:
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--host", args.host, "--port", str(args.port),
+             "--data-dir", str(data_dir), "--log-format", "text"],
+            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_healthy(http_url, gateway, log)
+        creds = asyncio.run(_credentials(ws_url, data_dir, [f"demo-{i:03d}" for i in range(args.devices)]))
+        print(f"\nEdgewire demo: gateway on SQLite ({data_dir / 'edgewire.db'}), {args.devices} simulated devices")
+        print(f"  Dashboard: {http_url}/")
+        print(f"  Gateway log: {log}")
+        print("  Ctrl-C stops everything.\n", flush=True)
+        summary = asyncio.run(_run_fleet(ws_url, creds, args.rate))
+    finally:
+        if gateway.poll() is None:
+            gateway.send_signal(signal.SIGTERM)
+            try:
+                gateway.wait(20)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
+    print(f"\nstopped: {summary['generated']} readings generated, {summary['acked']} stored and acknowledged, "
+          f"{summary['buffered']} unsent, gateway exit code {gateway.returncode}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
