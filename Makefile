@@ -55,3 +55,23 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
 # --- end bench ---
+
+# --- flash (owned by flash helper) ---
+# make flash PORT=/dev/ttyUSB0 DEVICE_ID=SENSOR-01 WIFI_SSID=... WIFI_PASSWORD=... \
+#   GATEWAY_URL=ws://HOST:8080/v1/device (TOKEN=ewt_... | ADMIN_TOKEN_FILE=<data dir>/admin.token) \
+#   [MICROPYTHON_BIN=file.bin] [SENSOR=dht22] [SENSOR_PIN=4] [LED_PIN=2] [INTERVAL_S=60] [BAUD=460800]
+# Settings reach firmware/flash.py through the environment (make exports command-line variables),
+# so passwords and tokens never appear in the process list. See hardware.md.
+ESP32_NODE_DIR := simulator/esp32/node
+
+.PHONY: flash esp32-sim-deps
+flash:
+	@test -x $(PY) || { echo "make flash: $(PY) is missing: run 'make venv' first" >&2; exit 2; }
+	@$(PY) firmware/flash.py
+
+# The emulated ESP32 board (python -m simulator esp32) runs MicroPython's WebAssembly port.
+esp32-sim-deps: $(ESP32_NODE_DIR)/node_modules/.installed
+$(ESP32_NODE_DIR)/node_modules/.installed: $(ESP32_NODE_DIR)/package-lock.json
+	cd $(ESP32_NODE_DIR) && npm ci --no-audit --no-fund --silent
+	@touch $@
+# --- end flash ---

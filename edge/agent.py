@@ -338,7 +338,6 @@ class Agent:
         if kind != core.DEV_WELCOME:
             raise core.ProtocolError(core.E_BAD_FRAME, f"expected welcome, got {kind}")
         self.queue.welcome(int(payload.get("last_seq") or 0))
-        session.acked = max(session.acked, 0)
         self.buffered = self.queue.count()
         self.frames.clear()
         self.connected = True

@@ -35,6 +35,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script (`python firmware/flash.py`) from any directory
+    sys.path.insert(0, str(ROOT))
+
+from protocol import core
+
 FIRMWARE_DIR = ROOT / "firmware"
 PROTOCOL_FILES = ("__init__.py", "core.py")
 HOST_ONLY = {"flash.py"}  # firmware/*.py that run on the PC, not on the device
@@ -47,7 +52,6 @@ MICROPYTHON_VERSION = "v1.24.1"
 MICROPYTHON_URL = "https://micropython.org/resources/firmware/ESP32_GENERIC-20241129-v1.24.1.bin"
 MICROPYTHON_SHA256: str | None = None
 
-ID_CHARS = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")  # protocol/core.py valid_device_id
 STRAPPING_PINS = {0, 2, 5, 12, 15}
 INPUT_ONLY_PINS = {34, 35, 36, 39}
 FLASH_PINS = set(range(6, 12))
@@ -155,7 +159,7 @@ def load_settings(env: dict[str, str]) -> Settings:
     port = _env(env, "PORT", hint=" (e.g. PORT=/dev/ttyUSB0)")
     device_id = _env(env, "DEVICE_ID", hint=" (e.g. DEVICE_ID=SENSOR-01)")
     assert port is not None and device_id is not None
-    if not ID_CHARS.match(device_id):
+    if not core.valid_device_id(device_id):
         raise SettingError(f"DEVICE_ID={device_id!r}: use 1-64 characters from A-Z a-z 0-9 _ - . :")
     wifi_ssid = _env(env, "WIFI_SSID")
     assert wifi_ssid is not None
@@ -238,7 +242,7 @@ def download(url: str, dest: Path, expected: str) -> None:
     tmp = dest.with_suffix(".part")
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
             while chunk := resp.read(65536):
                 digest.update(chunk)
                 out.write(chunk)
@@ -399,11 +403,9 @@ def build_config(s: Settings, token: str) -> dict[str, Any]:
         sensor=s.sensor,
         sensor_pin=s.sensor_pin,
     )
-    if token.count(".") == 2 and not token.startswith("ewt_"):
-        config["jwt"], config["token"] = token, None
-    else:
-        config["token"], config.pop("jwt", None)
-        config["token"] = token
+    is_jwt = token.count(".") == 2 and not token.startswith("ewt_")
+    config["token"] = None if is_jwt else token
+    config["jwt"] = token if is_jwt else None
     if s.led_pin is not None:
         config["led_pin"] = s.led_pin
     if s.interval_s is not None:

@@ -118,7 +118,7 @@ class Board:
     # ---- boot ----------------------------------------------------------------------------
 
     def _on_erase(self, start: int, length: int) -> None:
-        if start < VFS_OFFSET + VFS_SIZE and VFS_OFFSET < start + length and self.fs_dir.exists():
+        if start < VFS_OFFSET + VFS_SIZE and start + length > VFS_OFFSET and self.fs_dir.exists():
             wipe_fs(self.fs_dir)
             self.log("vfs partition erased: filesystem wiped")
 

@@ -97,7 +97,7 @@ class SpiFlash:
         self._file.close()
 
     def contains(self, offset: int, length: int) -> bool:
-        return 0 <= offset and length >= 0 and offset + length <= self.size
+        return offset >= 0 and length >= 0 and offset + length <= self.size
 
     def read(self, offset: int, length: int) -> bytes:
         return bytes(self._map[offset : offset + length])

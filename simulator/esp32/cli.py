@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -44,10 +45,8 @@ async def _run(args: argparse.Namespace) -> int:
     serve = asyncio.create_task(board.serve_forever())
     await stop.wait()
     serve.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await serve
-    except asyncio.CancelledError:
-        pass
     await board.close()
     return 0
 

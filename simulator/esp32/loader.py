@@ -87,7 +87,7 @@ class _FlashWrite:
     compressed: bool
     next_write: int = 0
     erased_to: int = 0
-    inflater: zlib._Decompress | None = None  # type: ignore[name-defined]
+    inflater: zlib._Decompress | None = None
     written: int = 0
 
 
@@ -100,7 +100,7 @@ class _FlashRead:
     sent: int = 0
     acked: int = 0
     done: bool = False
-    md5: hashlib._Hash = field(default_factory=hashlib.md5)  # type: ignore[name-defined]
+    md5: hashlib._Hash = field(default_factory=hashlib.md5)
 
 
 class LoaderSession:

@@ -55,11 +55,10 @@ class SimBoard:
         env = dict(os.environ, PYTHONUNBUFFERED="1", EW_SIM_SPEED=str(self.speed), PYTHONPATH=str(ROOT))
         for key in ("EW_SIM_RESET_CAUSE", "EW_SIM_RTC"):
             env.pop(key, None)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "simulator.micropython_standins.run", "--fs", str(self.fs)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "simulator.micropython_standins.run", "--fs", str(self.fs)],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         return self
 
     def kill(self) -> None:

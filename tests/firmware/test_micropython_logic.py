@@ -8,6 +8,7 @@ Needs `npm ci --prefix tests/firmware/node` (the CI does it); no skips.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -68,3 +69,24 @@ def test_runner_fails_on_exception(tmp_path: Path) -> None:
     proc = run_micropython(bad)
     assert proc.returncode == 1
     assert "micropython" in proc.stdout and "expected failure" in proc.stderr
+
+
+# Heap budget for one main-loop step (device allocations, garbage included) with max_batch 20.
+# Measured 17,264 bytes (docs/firmware.md); the guard leaves room but catches a regression
+# such as building every pending reading in RAM.
+STEP_BUDGET = 24 * 1024
+
+
+@pytest.mark.timeout(120)
+def test_app_loop_under_micropython() -> None:
+    """firmware/app.py's loop on real MicroPython: outage, backlog drained in order, a command."""
+    proc = run_micropython(HERE / "mpy" / "loop_memory.py", "--put", f"{HERE / 'mpy' / 'board'}:/lib",
+                           timeout=110)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("MEMORY ")), None)
+    assert line is not None, out
+    stats = json.loads(line[len("MEMORY "):])
+    assert stats["stored"] >= stats["backlog"] >= 45
+    assert "command set_output -> True relay on" in out
+    assert 0 < stats["step_alloc_max"] <= STEP_BUDGET, stats

@@ -1,4 +1,4 @@
-"""Minimal protocol clients for integration tests, built on protocol.core."""
+"""Device-side helpers for integration tests: a simulated bystander and a close reader."""
 
 from __future__ import annotations
 
@@ -7,32 +7,28 @@ import contextlib
 import json
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from protocol import core
+from simulator.device import VirtualDevice
 
 
 class GoodDevice:
-    """A well-behaved device sending one reading every ``period`` s in the background.
+    """A well-behaved simulated device (simulator.VirtualDevice) streaming 10 readings/s.
 
     Used as the bystander that must keep being served while others misbehave.
     """
 
-    def __init__(self, url: str, device_id: str, token: str, period: float = 0.1) -> None:
-        self.url = url
-        self.device_id = device_id
-        self.token = token
-        self.period = period
-        self.session = core.DeviceSession(device_id, token=token, window=8)
-        self.pending: list[core.Reading] = []
-        self.next_seq = 1
-        self.acked = 0
-        self.errors: list[Any] = []
-        self._task: asyncio.Task[None] | None = None
+    def __init__(self, url: str, device_id: str, token: str, rate: float = 10.0) -> None:
+        self.device = VirtualDevice(url, device_id, token, rate=rate, batch=1, backoff_initial_s=0.2)
+        self._task: asyncio.Task[object] | None = None
+
+    @property
+    def acked(self) -> int:
+        return self.device.counters.acked
 
     async def __aenter__(self) -> GoodDevice:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = asyncio.get_running_loop().create_task(self.device.run())
         await self.wait_acked(1)
         return self
 
@@ -42,39 +38,16 @@ class GoodDevice:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
-    async def wait_acked(self, seq: int, timeout: float = 15.0) -> None:
+    async def wait_acked(self, count: int, timeout: float = 15.0) -> None:
+        """Wait until ``count`` readings of this device are acknowledged (stored)."""
+
         async def poll() -> None:
-            while self.acked < seq:
+            while self.acked < count:
                 if self._task is not None and self._task.done():
-                    self._task.result()
+                    raise AssertionError(f"bystander stopped: {self.device.stopped_reason}")
                 await asyncio.sleep(0.02)
 
         await asyncio.wait_for(poll(), timeout)
-
-    async def _run(self) -> None:
-        async with connect(self.url, additional_headers={"Authorization": f"Bearer {self.token}"}) as ws:
-            kind, _ = self.session.receive(await ws.recv())
-            assert kind == core.DEV_WELCOME
-            reader = asyncio.get_running_loop().create_task(self._read(ws))
-            try:
-                while True:
-                    self.pending.append(core.Reading(self.next_seq, {"temperature": 20.0 + self.next_seq % 5}))
-                    self.next_seq += 1
-                    frame = self.session.next_frame(self.pending)
-                    if frame is not None:
-                        await ws.send(frame)
-                    await asyncio.sleep(self.period)
-            finally:
-                reader.cancel()
-
-    async def _read(self, ws: ClientConnection) -> None:
-        async for text in ws:
-            kind, payload = self.session.receive(text)
-            if kind == core.DEV_ACK:
-                self.acked = payload
-                self.pending = [r for r in self.pending if r.seq > payload]
-            elif kind == core.DEV_ERROR:
-                self.errors.append(payload)
 
 
 async def expect_close(ws: ClientConnection, timeout: float = 10.0) -> tuple[list[dict[str, Any]], int | None]:

@@ -196,3 +196,41 @@ def test_admin_command_round_trip(gateway: GatewayProcess) -> None:
 
     result = asyncio.run(device())
     assert result["ok"] is True and result["msg"] == "interval 5 s"
+
+
+def test_unresponsive_device_is_dropped_by_ping_timeout_and_goes_offline(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path, ping_interval_s=0.5, ping_timeout_s=0.5) as gw:
+        token = gw.register("dev-mute")
+
+        async def run() -> DashboardWatcher:
+            async with DashboardWatcher(gw.url) as dash:
+                ws = await connect(gw.device_url, additional_headers=bearer(token), ping_interval=None)
+                await ws.recv()
+                ws.transport.pause_reading()  # a hung device: pings are never answered
+                for _ in range(100):
+                    await asyncio.sleep(0.1)
+                    if any(e["kind"] == "offline" and e["device"] == "dev-mute" for e in dash.events):
+                        break
+                ws.transport.abort()
+            return dash
+
+        dash = asyncio.run(run())
+        assert [e["kind"] for e in dash.events if e["device"] == "dev-mute"] == ["online", "offline"]
+        assert dash.latest["dev-mute"]["online"] is False
+        assert "device_offline" in gw.log_text()
+
+
+def test_permessage_deflate_is_negotiated_with_small_windows(gateway: GatewayProcess) -> None:
+    token = gateway.register("dev-z")
+
+    async def run() -> str:
+        async with connect(gateway.device_url, additional_headers=bearer(token), compression="deflate") as ws:
+            assert json.loads(await ws.recv())["t"] == "welcome"
+            await ws.send(json.dumps({"t": "data", "seq": 1, "r": [{"m": {"temperature": 20}}] * 50}))
+            assert json.loads(await ws.recv()) == {"t": "ack", "seq": 50}
+            assert ws.response is not None
+            return str(ws.response.headers["Sec-WebSocket-Extensions"])
+
+    extensions = asyncio.run(run())
+    assert "permessage-deflate" in extensions and "server_max_window_bits=11" in extensions
+    assert gateway.seqs("dev-z") == list(range(1, 51))

@@ -32,6 +32,8 @@ def _edgewire_errno_shim():
          28: 22, 41: 23, 33: 24, 51: 28, 69: 30, 37: 36, 55: 39}
     def wrap(f):
         def call(*a, **k):
+            if a and a[0] == "":  # "" is the current directory on a device's VFS
+                a = (".",) + a[1:]
             try:
                 return f(*a, **k)
             except OSError as e:
@@ -171,7 +173,7 @@ function syncFs() {
     if (old && old.equals(data)) continue;
     const target = path.join(fsDir, p);
     const tmp = path.join(path.dirname(target), ".edgewire-tmp-" + path.basename(target));
-    fs.writeFileSync(tmp, data);
+    fs.writeFileSync(tmp, data, { mode: 0o600 });
     fs.renameSync(tmp, target);
   }
   snapshot = now;

@@ -1,8 +1,7 @@
 """firmware/adaptive.py: deadband, thresholds, heartbeat, interval changes."""
 
-from mpytest import run
-
 from adaptive import Adaptive
+from mpytest import run
 
 
 def _new():

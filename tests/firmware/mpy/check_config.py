@@ -2,10 +2,9 @@
 
 import json
 
-from mpytest import raises, run, tmp_file
-
 import config
 from errors import ConfigError
+from mpytest import raises, run, tmp_file
 
 BASE = {"wifi_ssid": "lab", "wifi_password": "pw", "gateway_url": "ws://10.0.0.2:8080/v1/device",
         "device_id": "SENSOR-01", "token": "ewt_" + "x" * 32}

@@ -32,7 +32,7 @@ def test_round_trip_and_cumulative_ack():
         ev = gw.receive(frame, 0.1)
         assert ev.kind == core.EV_DATA, ev.payload
         stored.extend(r.seq for r in ev.payload.readings)
-        kind, acked = dev.receive(gw.ack(ev.payload.last_seq))
+        kind, _acked = dev.receive(gw.ack(ev.payload.last_seq))
         assert kind == core.DEV_ACK
     assert stored == [1, 2, 3, 4, 5]
     assert dev.acked == 5 and not dev.in_flight
@@ -86,7 +86,7 @@ def test_gateway_errors_close_codes():
     gw = core.GatewaySession()
     ev = gw.receive('{"t": "data", "seq": 1, "r": []}', 0.0)
     assert ev.kind == core.EV_CLOSE and ev.close_code == core.CLOSE_AUTH_REQUIRED
-    gw, dev = _pair()
+    gw, _dev = _pair()
     ev = gw.receive('{"t": "data", "seq": 1, "device_id": "OTHER", "r": [{"m": {"temperature": 1}}]}', 0.0)
     assert ev.kind == core.EV_CLOSE and ev.close_code == core.CLOSE_IDENTITY
 
@@ -101,7 +101,7 @@ def test_slow_down_rewinds_device():
     assert first.kind == core.EV_DATA
     second = gw.receive(dev.next_frame(pending), 0.0)
     assert second.kind == core.EV_THROTTLE
-    kind, msg = dev.receive(second.reply)
+    kind, _msg = dev.receive(second.reply)
     assert kind == core.DEV_SLOW and dev.sent == 1 and dev.send_after_ms > 0
 
 

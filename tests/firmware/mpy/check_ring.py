@@ -2,10 +2,9 @@
 
 import struct
 
-from mpytest import raises, run, tmp_file
-
 import ring
 from errors import RingError
+from mpytest import raises, run, tmp_file
 
 BOOT = 0x1234ABCD
 
@@ -96,7 +95,7 @@ def test_oversized_reading_is_refused():
     r = ring.Ring(tmp_file("ring7.bin"), 8)
     metrics = {}
     for i in range(12):
-        metrics["metric_number_%d" % i] = 1.0
+        metrics["metric_number_" + str(i)] = 1.0
     raises(RingError, r.append, metrics, BOOT)
     assert r.count == 0 and r.next_seq == 1
 

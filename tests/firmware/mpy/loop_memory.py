@@ -1,3 +1,4 @@
+# ruff: noqa: F704 - run_mpy.mjs runs scripts with top-level await (runPythonAsync)
 """The firmware main loop under real MicroPython, with heap measurements (run with run_mpy.mjs).
 
 Runs firmware/app.py unmodified against stand-ins for machine/network/dht/
@@ -18,11 +19,10 @@ if delivery is wrong.
 import asyncio
 import gc
 import json
+import socket as fakenet  # the loopback stand-in
 import time
 
 import micropython
-
-import socket as fakenet  # the loopback stand-in
 
 await asyncio.sleep(0)
 gc.collect()
@@ -31,6 +31,7 @@ import app  # noqa: E402
 import clock  # noqa: E402
 import config  # noqa: E402
 import dhtsensor  # noqa: E402
+
 from protocol import core  # noqa: E402
 
 await asyncio.sleep(0)

@@ -1,0 +1,75 @@
+"""Gateway configuration: precedence, coercion, validation messages that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import AlertRule, GatewayConfig, load_config
+from gateway.errors import ConfigError
+
+
+def test_defaults_are_documented_values() -> None:
+    config = load_config(env={})
+    assert (config.host, config.port, config.storage, config.rate, config.burst) == ("127.0.0.1", 8080, "sqlite",
+                                                                                     10.0, 20.0)
+    assert config.database == Path("var/gateway/edgewire.db")
+    assert config.alerts == [AlertRule("temperature", 30.0, 1.0)]
+    documented = Path(__file__).resolve().parents[2].joinpath("docs/configuration.md").read_text()
+    for name in GatewayConfig.__dataclass_fields__:
+        assert f"`{name}`" in documented or (name == "alerts" and "[[alerts]]" in documented), name
+
+
+def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text('[gateway]\nport = 9000\nrate = 5\nallow_cidrs = ["10.0.0.0/8"]\n'
+                    '[[gateway.alerts]]\nmetric = "humidity"\nabove = 80\nhysteresis = 5\n')
+    config = load_config(path, env={"EDGEWIRE_RATE": "7.5", "EDGEWIRE_COMPRESSION": "false", "OTHER": "x"},
+                         overrides={"port": 9100, "host": None})
+    assert config.port == 9100  # flag beats file
+    assert config.rate == 7.5  # env beats file
+    assert config.compression is False
+    assert config.allow_cidrs == ["10.0.0.0/8"]
+    assert config.alerts == [AlertRule("humidity", 80.0, 5.0)]
+    assert config.host == "127.0.0.1"  # unset flag changes nothing
+
+
+@pytest.mark.parametrize(("env", "key"), [
+    ({"EDGEWIRE_PORT": "eighty"}, "port"),
+    ({"EDGEWIRE_PORT": "70000"}, "port"),
+    ({"EDGEWIRE_RATE": "0"}, "rate"),
+    ({"EDGEWIRE_STORAGE": "mongodb"}, "storage"),
+    ({"EDGEWIRE_ALLOW_CIDRS": "10.0.0.0/8,not-an-address"}, "allow_cidrs"),
+    ({"EDGEWIRE_COMPRESSION": "maybe"}, "compression"),
+    ({"EDGEWIRE_TLS_CERT": "/etc/cert.pem"}, "tls_cert"),
+])
+def test_bad_values_name_the_key(env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_config(env=env)
+
+
+def test_unknown_key_and_bad_toml(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text("prot = 80\n")
+    with pytest.raises(ConfigError, match="prot: unknown setting"):
+        load_config(path, env={})
+    path.write_text("port = \n")
+    with pytest.raises(ConfigError, match=str(path)):
+        load_config(path, env={})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml", env={})
+    assert isinstance(ConfigError("x"), ValueError)
+
+
+def test_serve_with_bad_config_exits_2_with_message(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "gw.toml"
+    path.write_text("rate = -1\n")
+    proc = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "rate: must be greater than 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
