@@ -12,8 +12,8 @@ from typing import Any
 
 from simulator.loadgen import cpu_seconds_from_stat, parse_status_memory
 
-__all__ = ["ProcSample", "cpu_per_1000", "cpu_seconds_from_stat", "latency_summary", "parse_status_memory",
-           "percentile", "ratio", "rss_per_connection_kib"]
+__all__ = ["HostSample", "ProcSample", "cpu_per_1000", "cpu_seconds_from_stat", "latency_summary",
+           "parse_proc_stat_cpu", "parse_status_memory", "percentile", "ratio", "rss_per_connection_kib"]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -87,3 +87,40 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
     return a / b
+
+
+def parse_proc_stat_cpu(text: str) -> tuple[float, float]:
+    """(busy ticks, total ticks) over all CPUs from /proc/stat's first ``cpu`` line.
+
+    Idle = idle + iowait; busy = everything else (user, nice, system, irq, softirq, steal).
+    """
+    for line in text.splitlines():
+        if line.startswith("cpu "):
+            values = [float(v) for v in line.split()[1:]]
+            # guest and guest_nice (fields 9, 10) are already counted in user and nice
+            values = values[:8]
+            idle = values[3] + (values[4] if len(values) > 4 else 0.0)
+            total = sum(values)
+            return total - idle, total
+    raise ValueError("no aggregate 'cpu' line in /proc/stat text")
+
+
+@dataclass
+class HostSample:
+    """Machine-wide CPU ticks at one instant (all cores), to see how busy the host was."""
+
+    busy: float
+    total: float
+
+    @classmethod
+    def take(cls) -> HostSample:
+        with open("/proc/stat") as handle:
+            busy, total = parse_proc_stat_cpu(handle.read())
+        return cls(busy, total)
+
+    def busy_cores(self, later: HostSample, cpus: int) -> float | None:
+        """Average number of busy cores between this sample and ``later``."""
+        total = later.total - self.total
+        if total <= 0:
+            return None
+        return (later.busy - self.busy) / total * cpus

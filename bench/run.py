@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.metrics import ProcSample, cpu_per_1000, latency_summary, ratio, rss_per_connection_kib
+from bench.metrics import HostSample, ProcSample, cpu_per_1000, latency_summary, ratio, rss_per_connection_kib
 from bench.servers import BenchError, GatewayServer, MosquittoServer, mosquitto_path, scratch_dir
 from simulator.loadgen import LoadGen, LoadgenError, Watcher, raise_nofile_limit
 
@@ -152,16 +152,18 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
             + (f" (first error: {conn['first_error']})" if conn["first_error"] else ""))
         time.sleep(2.0)  # online events flushed, handshake buffers settled
         quiet = ProcSample.take(server.pid)
-        watcher.mark()
+        mark = watcher.mark()
         start_at = time.time() + 0.5
         gen.start(start_at, opts.hold, opts.rate, opts.drain)
         _sleep_until(start_at)
         s0 = ProcSample.take(server.pid)
+        h0 = HostSample.take()
         if opts.profile and system in opts.profile:
             profiler = _start_profiler(server.pid, opts, system, n)
             result["profiled"] = profiler is not None
         _sleep_until(start_at + opts.hold)
         s_hold = ProcSample.take(server.pid)
+        h1 = HostSample.take()
         workers = gen.results(opts.hold + opts.drain + 120)
         s1 = ProcSample.take(server.pid)
         # let the last updates / messages arrive: wait until the count stops growing (bounded)
@@ -192,6 +194,11 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
             readings_per_s=round(sent / wall_hold, 1) if wall_hold else None,
             latency=latency_summary(stats["latencies"]),
         )
+        if system != "mosquitto":
+            acks: list[float] = []
+            for w in workers:
+                acks.extend(w["ack_latencies"])
+            result["ack_latency"] = latency_summary(acks)
         if system == "gateway":
             db = data_dir / "edgewire.db"
             result["stored"] = _count_readings(db)
@@ -225,7 +232,16 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
             "rss_kib": [w["rss_kib"]["rss"] for w in workers],
             "drain_s": round(max(w["drain_s"] for w in workers), 2),
         }
-        result["watcher"] = {"cpu_s_total": round(watch_cpu, 2), "resyncs": stats.get("resyncs", 0)}
+        result["watcher"] = {"cpu_s_total": round(watch_cpu, 2), "resyncs": stats.get("resyncs", 0),
+                             "cpu_pct": round(100 * (stats["cpu_s"] - mark["cpu_s"])
+                                              / max(1e-6, stats["time"] - mark["time"]), 1)}
+        cpus = os.cpu_count() or 1
+        busy = h0.busy_cores(h1, cpus)
+        ours = (s_hold.cpu_s - s0.cpu_s) / opts.hold + sum(gen_cpu) + result["watcher"]["cpu_pct"] / 100
+        result["host"] = {"cpus": cpus, "busy_cores_hold": _round(busy, 2),
+                          "other_load_cores": _round(None if busy is None else max(0.0, busy - ours), 2)}
+        with contextlib.suppress(OSError), open("/proc/loadavg") as handle:
+            result["host"]["loadavg"] = handle.read().split()[:3]
         if max(gen_cpu, default=0.0) >= SATURATED:
             result["valid"] = False
             result["invalid_reasons"].append(f"generator saturated ({100 * max(gen_cpu):.0f} % of a core)")

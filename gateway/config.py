@@ -47,6 +47,7 @@ class GatewayConfig:
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
     compression: bool = True
+    registry_recheck_s: float = 5.0  # how often live sessions are checked against the registry
     allow_cidrs: list[str] = field(default_factory=list)
     trusted_proxies: list[str] = field(default_factory=list)
     jwt_secret_file: str = ""
@@ -72,7 +73,7 @@ class GatewayConfig:
         if self.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ConfigError("synchronous: must be FULL, NORMAL or EXTRA")
         for key in ("rate", "burst", "auth_timeout_s", "ping_interval_s", "ping_timeout_s",
-                    "dashboard_interval_ms"):
+                    "dashboard_interval_ms", "registry_recheck_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")
         if self.burst < 1:

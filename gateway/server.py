@@ -33,7 +33,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import AuthError, RegistryError, StorageError
 from gateway.hub import Hub, now_ms
 from gateway.logs import log
-from gateway.storage.base import ReadingRow, Storage
+from gateway.storage.base import DeviceRecord, ReadingRow, Storage
 from protocol import core
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -80,6 +80,7 @@ class DeviceConnection:
         self.identity = identity
         self.tail: asyncio.Future[None] | None = None  # last store-and-ack task, acks go in order
         self.closing = False
+        self.connected_ms = now_ms()
         self.expected_seq = 1  # the seq that continues the stored sequence without a gap
         self.done = asyncio.get_running_loop().create_future()
 
@@ -108,6 +109,7 @@ class Gateway:
         self.draining = False
         self.stopped = asyncio.Event()
         self.started_at = time.time()
+        self._sweeper: asyncio.Task[None] | None = None
         self._static: dict[str, tuple[bytes, str]] = {}
         for path, (name, ctype) in STATIC_FILES.items():
             file = STATIC_DIR / name
@@ -119,6 +121,7 @@ class Gateway:
         await self.storage.open()
         await self.alerts.restore()
         self.hub.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._registry_sweep())
         extensions = None
         if self.config.compression:
             extensions = [ServerPerMessageDeflateFactory(
@@ -155,6 +158,8 @@ class Gateway:
         log("gateway_stopping", devices=len(self.devices))
         if self.server is not None:
             self.server.close(close_connections=False)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         conns = list(self.devices.values())
         for conn in conns:
             conn.closing = True
@@ -360,6 +365,43 @@ class Gateway:
             if not conn.done.done():
                 conn.done.set_result(None)
             log("device_offline", device=device_id, code=ws.close_code)
+
+    async def _registry_sweep(self) -> None:
+        """Apply registry changes to live sessions: disabled, revoked, rotated, allowlist."""
+        while True:
+            await asyncio.sleep(self.config.registry_recheck_s)
+            if not self.devices:
+                continue
+            try:
+                records = {r.device_id: r for r in await self.storage.list_devices()}
+            except (StorageError, OSError) as err:
+                log("registry_sweep_failed", logging.WARNING, error=str(err))
+                continue
+            for conn in list(self.devices.values()):
+                verdict = self._still_allowed(conn, records.get(conn.device_id))
+                if verdict is not None and not conn.closing:
+                    conn.closing = True
+                    log("device_cut_off", logging.WARNING, device=conn.device_id, code=verdict[0])
+                    asyncio.get_running_loop().create_task(self._cut_off(conn, *verdict))
+
+    def _still_allowed(self, conn: DeviceConnection, record: DeviceRecord | None) -> tuple[str, str] | None:
+        """None if the session may go on, else (error code, message)."""
+        if record is None:
+            return (core.E_AUTH_FAILED, "device removed from the registry")
+        if not record.enabled:
+            return (core.E_DISABLED, "device disabled by the operator")
+        if conn.identity.method == "token" and (
+                record.token_digest is None or (record.token_created_ms or 0) > conn.connected_ms):
+            return (core.E_AUTH_FAILED, "token revoked or rotated; install the new token")
+        if not self.auth.address_allowed(getattr(conn.ws, "ew_address", ""), record):
+            return (core.E_ADDRESS, "address no longer in the allowlist")
+        return None
+
+    async def _cut_off(self, conn: DeviceConnection, code: str, message: str) -> None:
+        await conn.drain()
+        self._count_error(code)
+        with contextlib.suppress(ConnectionClosed):
+            await self._close(conn.ws, code, message)
 
     async def _expire(self, conn: DeviceConnection) -> None:
         if conn.ws.state.name != "OPEN":

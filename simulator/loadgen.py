@@ -541,6 +541,9 @@ class Payloads:
 
 # ---------------------------------------------------------------- devices
 
+# Per process: ms from each reading's creation to the ack that confirmed it (DeviceConn).
+ACK_LATENCIES: array[float] = array("d")
+
 class DeviceConn(WsClient):
     """One Edgewire device: protocol.core.DeviceSession over WsClient, readings kept until acked."""
 
@@ -550,7 +553,7 @@ class DeviceConn(WsClient):
     def __init__(self, request_factory: Callable[[str], bytes], device_id: str, token: str,
                  payloads: Payloads, window: int = 4, max_batch: int = 20) -> None:
         super().__init__(request_factory)
-        self.session = core.DeviceSession(device_id, token=token, boot=f"{random.getrandbits(32):08x}",  # type: ignore[no-untyped-call]
+        self.session = core.DeviceSession(device_id, token=token, boot=f"{random.getrandbits(32):08x}",
                                           max_batch=max_batch, window=window, loads=_loads, dumps=_dumps)
         self.pending: list[Any] = []  # core.Reading not yet acknowledged, seq order
         self.payloads = payloads
@@ -562,7 +565,7 @@ class DeviceConn(WsClient):
         self.slowed = 0
 
     def on_open(self) -> None:
-        frame = self.session.auth_frame()  # type: ignore[no-untyped-call]
+        frame = self.session.auth_frame()
         if frame is not None:
             self.send_text(frame)
 
@@ -570,13 +573,16 @@ class DeviceConn(WsClient):
         if opcode != OP_TEXT:
             return
         try:
-            kind, info = self.session.receive(payload.decode())  # type: ignore[no-untyped-call]
+            kind, info = self.session.receive(payload.decode())
         except (core.ProtocolError, UnicodeDecodeError):
             return
         if kind == core.DEV_ACK:
             pending = self.pending
             cut = 0
+            stamp = time.time() * 1000.0
+            samples = ACK_LATENCIES
             while cut < len(pending) and pending[cut].seq <= info:
+                samples.append(stamp - pending[cut].ts)  # reading taken -> stored and acked
                 cut += 1
             if cut:
                 del pending[:cut]
@@ -588,7 +594,7 @@ class DeviceConn(WsClient):
                 self.next_seq = self.base_seq + 1
             self.flush()
         elif kind == core.DEV_CMD:
-            self.send_text(self.session.result_frame(info["id"], True, "ok"))  # type: ignore[no-untyped-call]
+            self.send_text(self.session.result_frame(info["id"], True, "ok"))
         elif kind == core.DEV_SLOW:
             self.slowed += 1
         elif kind == core.DEV_ERROR:
@@ -596,7 +602,7 @@ class DeviceConn(WsClient):
 
     def tick(self, ts: int, index: int) -> None:
         """Take one reading (timestamped ``ts``) and send what the window allows."""
-        reading = core.Reading(self.next_seq, self.payloads.metrics(index), ts, None, "ok")  # type: ignore[no-untyped-call]
+        reading = core.Reading(self.next_seq, self.payloads.metrics(index), ts, None, "ok")
         self.next_seq += 1
         self.generated += 1
         self.pending.append(reading)
@@ -604,8 +610,8 @@ class DeviceConn(WsClient):
 
     def flush(self) -> None:
         session = self.session
-        while self.open and session.can_send():  # type: ignore[no-untyped-call]
-            frame = session.next_frame(self.pending)  # type: ignore[no-untyped-call]
+        while self.open and session.can_send():
+            frame = session.next_frame(self.pending)
             if frame is None:
                 return
             self.send_text(frame)
@@ -648,8 +654,8 @@ class MqttPublisher(WsClient):
                 self.close()
 
     def tick(self, ts: int, index: int) -> None:
-        reading = core.Reading(self.next_seq, self.payloads.metrics(index), ts, None, "ok")  # type: ignore[no-untyped-call]
-        data = _dumps(core.data_message(self.next_seq, [reading], self.boot)).encode()  # type: ignore[no-untyped-call]
+        reading = core.Reading(self.next_seq, self.payloads.metrics(index), ts, None, "ok")
+        data = _dumps(core.data_message(self.next_seq, [reading], self.boot)).encode()
         self.next_seq += 1
         self.generated += 1
         if self.welcomed and self.send_binary(mqtt_publish(self.topic, data)):
@@ -840,6 +846,7 @@ class Worker:
         conns = [c for c in self.conns if c.welcomed]
         n = len(conns)
         await asyncio.sleep(max(0.0, start_at - time.time()))
+        del ACK_LATENCIES[:]
         cpu0 = process_cpu_seconds()
         wall0 = time.time()
         t0 = loop.time()
@@ -881,6 +888,7 @@ class Worker:
             "cpu_s": cpu1 - cpu0, "wall_s": wall1 - wall0, "late_max_s": late_max,
             "drain_s": drain_s - max(0.0, drain_end - loop.time()),
             "rss_kib": rss_kib("self"),
+            "ack_latencies": array("d", ACK_LATENCIES),
         }
 
     async def close_all(self) -> None:

@@ -184,3 +184,31 @@ def test_payload_naming_another_device(gw: GatewayProcess) -> None:
 
     with_bystander(gw, action)
     assert stored(gw, "victim") == 0 and stored(gw, "dev-p") == 0
+
+
+def test_registry_changes_cut_off_live_sessions(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path, registry_recheck_s=0.3) as gw:
+        tokens = {name: gw.register(name) for name in ("dev-dis", "dev-rev", "dev-rot", "dev-keep")}
+
+        async def run() -> dict[str, tuple[object, int | None]]:
+            conns = {}
+            for name, token in tokens.items():
+                conns[name] = await connect(gw.device_url, additional_headers={"Authorization": f"Bearer {token}"})
+                assert json.loads(await conns[name].recv())["t"] == "welcome"
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, gw.cli, "devices", "disable", "dev-dis")
+            await loop.run_in_executor(None, gw.cli, "devices", "revoke", "dev-rev")
+            await loop.run_in_executor(None, gw.cli, "devices", "rotate", "dev-rot")
+            codes = {}
+            for name in ("dev-dis", "dev-rev", "dev-rot"):
+                frames, close_code = await expect_close(conns[name], timeout=10)
+                codes[name] = (frames[-1]["code"], close_code)
+            await conns["dev-keep"].send(json.dumps({"t": "data", "seq": 1, "r": [{"m": {"temperature": 20}}]}))
+            assert json.loads(await conns["dev-keep"].recv()) == {"t": "ack", "seq": 1}
+            await conns["dev-keep"].close()
+            return codes
+
+        codes = asyncio.run(run())
+    assert codes == {"dev-dis": (core.E_DISABLED, core.CLOSE_DISABLED),
+                     "dev-rev": (core.E_AUTH_FAILED, core.CLOSE_AUTH_FAILED),
+                     "dev-rot": (core.E_AUTH_FAILED, core.CLOSE_AUTH_FAILED)}
