@@ -129,7 +129,7 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
         assert template is not None
         shutil.copytree(template, data_dir)
         server = GatewayServer(data_dir, "none" if system == "gateway-transport" else "sqlite",
-                               opts.dashboard_interval_ms, uvloop=opts.uvloop)
+                               opts.dashboard_interval_ms, uvloop=opts.uvloop, root=opts.gateway_root)
     watcher: Watcher | None = None
     gen: LoadGen | None = None
     profiler: subprocess.Popen[bytes] | None = None
@@ -411,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dashboard-interval-ms", type=float, default=50.0,
                         help="gateway dashboard coalescing interval in ms (default 50; the gateway's is 250)")
     parser.add_argument("--uvloop", action="store_true", help="run the gateway with --uvloop")
+    parser.add_argument("--gateway-root", type=Path, default=None,
+                        help="run the gateway from this copy of the repository (A/B of proposed patches)")
     parser.add_argument("--profile", default="", help="py-spy the hold phase of these systems (comma list)")
     parser.add_argument("--quick", action="store_true", help="1,000 devices for 10 s: the CI smoke test")
     parser.add_argument("--require-zero-loss", action="store_true",
@@ -449,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"steps": steps, "hold_s": opts.hold, "rate_per_device": opts.rate, "systems": systems,
                    "workers": opts.workers, "sources": opts.sources, "concurrency": opts.concurrency,
                    "drain_s": opts.drain, "dashboard_interval_ms": opts.dashboard_interval_ms,
-                   "gateway_uvloop": opts.uvloop, "quick": opts.quick},
+                   "gateway_uvloop": opts.uvloop, "quick": opts.quick,
+                   "gateway_root": str(opts.gateway_root) if opts.gateway_root else None},
         "steps": [],
     }
     try:

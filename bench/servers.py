@@ -64,12 +64,13 @@ class ServerProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def _spawn(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def _spawn(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
+               cwd: Path = ROOT) -> None:
         self.log_path = log_path
         log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._log = log
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_raise_limits, cwd=str(ROOT), env=env)
+                                     preexec_fn=_raise_limits, cwd=str(cwd), env=env)
 
     def log_tail(self, n: int = 2000) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -165,8 +166,9 @@ class GatewayServer(ServerProcess):
     name = "gateway"
 
     def __init__(self, data_dir: Path, storage: str = "sqlite", dashboard_interval_ms: float = 50.0,
-                 extra_args: list[str] | None = None, uvloop: bool = False) -> None:
+                 extra_args: list[str] | None = None, uvloop: bool = False, root: Path | None = None) -> None:
         super().__init__()
+        self.root = root or ROOT  # a patched copy of the repository for A/B runs (bench --gateway-root)
         self.data_dir = data_dir
         self.storage = storage
         self.dashboard_interval_ms = dashboard_interval_ms
@@ -183,7 +185,8 @@ class GatewayServer(ServerProcess):
             argv.append("--uvloop")
         env = dict(os.environ)
         env.setdefault("EDGEWIRE_LOG_LEVEL", "warning")
-        self._spawn(argv, self.data_dir / "gateway.log", env)
+        env["PYTHONPATH"] = str(self.root)
+        self._spawn(argv, self.data_dir / "gateway.log", env, cwd=self.root)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():

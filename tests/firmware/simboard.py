@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+HOST_ONLY = {"flash.py"}  # firmware/*.py that run on the PC (firmware/flash.py HOST_ONLY)
 
 
 class SimBoard:
@@ -29,6 +30,8 @@ class SimBoard:
         self.fs = Path(tmp_path) / name
         self.fs.mkdir(parents=True, exist_ok=True)
         for source in (ROOT / "firmware").glob("*.py"):
+            if source.name in HOST_ONLY:
+                continue
             shutil.copy(source, self.fs / source.name)
         (self.fs / "protocol").mkdir(exist_ok=True)
         for source in (ROOT / "protocol").glob("*.py"):

@@ -2,7 +2,8 @@
 //
 //   node run_mpy.mjs [--heap BYTES] [--deploy] [--put LOCAL:REMOTE]... [--cwd DIR] SCRIPT.py
 //
-// --deploy copies firmware/*.py to / and protocol/*.py to /protocol/, as flashing does.
+// --deploy copies firmware/*.py (except the PC-side flash.py) to / and protocol/*.py to /protocol/,
+// as flashing does.
 // --put copies one more local file (or every *.py of a local directory) to REMOTE.
 // The script runs in __main__ via runPythonAsync (top-level `await` works); an uncaught exception
 // prints its traceback and exits 1. Note: in this port gc.collect() reclaims garbage only after
@@ -28,7 +29,7 @@ for (let i = 0; i < args.length; i++) {
   const a = args[i];
   if (a === "--heap") heap = parseInt(args[++i], 10);
   else if (a === "--deploy") {
-    puts.push([path.join(root, "firmware"), "/"]);
+    puts.push([path.join(root, "firmware"), "/", new Set(["flash.py"])]);
     puts.push([path.join(root, "protocol"), "/protocol"]);
   } else if (a === "--put") {
     const spec = args[++i] || "";
@@ -56,12 +57,12 @@ function mkdirs(dir) {
   }
 }
 
-function put(local, remote) {
+function put(local, remote, skip) {
   const stat = fs.statSync(local);
   if (stat.isDirectory()) {
     mkdirs(remote);
     for (const name of fs.readdirSync(local).sort()) {
-      if (name.endsWith(".py")) mp.FS.writeFile(path.posix.join(remote, name), fs.readFileSync(path.join(local, name)));
+      if (name.endsWith(".py") && !(skip && skip.has(name))) mp.FS.writeFile(path.posix.join(remote, name), fs.readFileSync(path.join(local, name)));
     }
   } else {
     mkdirs(path.posix.dirname(remote));
@@ -69,7 +70,7 @@ function put(local, remote) {
   }
 }
 
-for (const [local, remote] of puts) put(local, remote);
+for (const [local, remote, skip] of puts) put(local, remote, skip);
 const source = fs.readFileSync(script, "utf8");
 try {
   await mp.runPythonAsync(source);
