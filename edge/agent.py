@@ -1,5 +1,3 @@
-# mypy: disable-error-code="no-untyped-call"
-# (protocol.core is MicroPython-safe and unannotated on purpose)
 """The agent: sample sensors into the durable queue, drive outputs, talk protocol v1 to the gateway.
 
 Tasks on one asyncio loop: the sampler (sensor reads run in a worker thread),

@@ -1,5 +1,3 @@
-# mypy: disable-error-code="no-untyped-call"
-# (protocol.core is MicroPython-safe and unannotated on purpose)
 """Agent configuration: /etc/edgewire/agent.toml (or --config / EDGEWIRE_AGENT_CONFIG).
 
 Validated on load; any problem raises ConfigError naming the key, e.g.

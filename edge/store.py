@@ -1,5 +1,3 @@
-# mypy: disable-error-code="no-untyped-call"
-# (protocol.core is MicroPython-safe and unannotated on purpose)
 """The durable reading queue: SQLite in WAL mode with synchronous=FULL.
 
 A reading gets its seq and is committed before anything is sent; it is deleted only

@@ -468,7 +468,9 @@ class Gateway:
             self.counters.duplicates += 1
         target = conn.session.accepted_seq
         previous = conn.tail
-        conn.tail = asyncio.ensure_future(self._store_and_ack(conn, previous, rows, target))
+        task = asyncio.ensure_future(self._store_and_ack(conn, previous, rows, target))
+        task.add_done_callback(_retrieve)
+        conn.tail = task
 
     async def _store_and_ack(self, conn: DeviceConnection, previous: asyncio.Future[None] | None,
                              rows: list[ReadingRow], target: int) -> None:
@@ -553,6 +555,13 @@ class Gateway:
             return await asyncio.wait_for(future, timeout)
         finally:
             self.commands.pop(command_id, None)
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Mark a store-and-ack failure as seen: it was logged, and the next frame's task re-raises it
+    so that no later ack can claim the failed rows were stored."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _bearer(headers: Headers) -> str | None:
