@@ -10,7 +10,7 @@ DEVICES ?= 20
 DEMO_DIR ?= var/demo
 NODE_DIR := tests/firmware/node
 
-.PHONY: help venv demo test test-fast lint clean
+.PHONY: help venv demo test lint clean node-deps
 
 help:
 	@echo "make demo   - gateway on $(HOST):$(PORT) (SQLite) + $(DEVICES) simulated devices; Ctrl-C stops"
@@ -30,11 +30,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	@$(PY) -m simulator.demo --host $(HOST) --port $(PORT) --devices $(DEVICES) --data-dir $(DEMO_DIR)
 
-$(NODE_DIR)/node_modules/.installed: $(wildcard $(NODE_DIR)/package-lock.json)
-	@if [ -f $(NODE_DIR)/package.json ]; then cd $(NODE_DIR) && npm ci --no-audit --no-fund --silent; fi
-	@mkdir -p $(NODE_DIR)/node_modules && touch $@
+# MicroPython's WebAssembly port (npm) runs the firmware tests and the emulated ESP32 board.
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --silent
+	@touch $@
 
-test: $(STAMP) $(NODE_DIR)/node_modules/.installed
+node-deps: $(NODE_DIR)/node_modules/.installed esp32-sim-deps
+
+test: $(STAMP) node-deps
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

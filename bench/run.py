@@ -129,7 +129,8 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
         assert template is not None
         shutil.copytree(template, data_dir)
         server = GatewayServer(data_dir, "none" if system == "gateway-transport" else "sqlite",
-                               opts.dashboard_interval_ms, uvloop=opts.uvloop, root=opts.gateway_root)
+                               opts.dashboard_interval_ms, uvloop=opts.uvloop, root=opts.gateway_root,
+                               env=opts.gateway_env)
     watcher: Watcher | None = None
     gen: LoadGen | None = None
     profiler: subprocess.Popen[bytes] | None = None
@@ -414,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway-root", type=Path, default=None,
                         help="run the gateway from this copy of the repository (A/B of proposed patches)")
     parser.add_argument("--profile", default="", help="py-spy the hold phase of these systems (comma list)")
+    parser.add_argument("--gateway-env", action="append", default=[], metavar="EDGEWIRE_KEY=VALUE",
+                        help="gateway setting through its environment, e.g. EDGEWIRE_PING_INTERVAL_S=60 (repeatable)")
     parser.add_argument("--quick", action="store_true", help="1,000 devices for 10 s: the CI smoke test")
     parser.add_argument("--require-zero-loss", action="store_true",
                         help="exit 1 unless the gateway full path lost nothing and connected every device")
@@ -424,6 +427,13 @@ def main(argv: list[str] | None = None) -> int:
         opts.steps = "1000"
         opts.hold = 10.0
         opts.require_zero_loss = True
+    env: dict[str, str] = {}
+    for item in opts.gateway_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("EDGEWIRE_"):
+            parser.error(f"--gateway-env {item!r}: expected EDGEWIRE_KEY=VALUE")
+        env[key] = value
+    opts.gateway_env = env
     steps = [int(s) for s in opts.steps.split(",") if s.strip()]
     systems = [s.strip() for s in opts.systems.split(",") if s.strip()]
     opts.profile = [s.strip() for s in opts.profile.split(",") if s.strip()]
@@ -452,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
                    "workers": opts.workers, "sources": opts.sources, "concurrency": opts.concurrency,
                    "drain_s": opts.drain, "dashboard_interval_ms": opts.dashboard_interval_ms,
                    "gateway_uvloop": opts.uvloop, "quick": opts.quick,
-                   "gateway_root": str(opts.gateway_root) if opts.gateway_root else None},
+                   "gateway_root": str(opts.gateway_root) if opts.gateway_root else None,
+                   "gateway_env": opts.gateway_env},
         "steps": [],
     }
     try:

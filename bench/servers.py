@@ -166,8 +166,10 @@ class GatewayServer(ServerProcess):
     name = "gateway"
 
     def __init__(self, data_dir: Path, storage: str = "sqlite", dashboard_interval_ms: float = 50.0,
-                 extra_args: list[str] | None = None, uvloop: bool = False, root: Path | None = None) -> None:
+                 extra_args: list[str] | None = None, uvloop: bool = False, root: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
         super().__init__()
+        self.env = dict(env or {})  # EDGEWIRE_* settings for A/B runs (bench --gateway-env)
         self.root = root or ROOT  # a patched copy of the repository for A/B runs (bench --gateway-root)
         self.data_dir = data_dir
         self.storage = storage
@@ -186,6 +188,7 @@ class GatewayServer(ServerProcess):
         env = dict(os.environ)
         env.setdefault("EDGEWIRE_LOG_LEVEL", "warning")
         env["PYTHONPATH"] = str(self.root)
+        env.update(self.env)
         self._spawn(argv, self.data_dir / "gateway.log", env, cwd=self.root)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -4,7 +4,7 @@
 //
 // --deploy copies firmware/*.py (except the PC-side flash.py) to / and protocol/*.py to /protocol/,
 // as flashing does.
-// --put copies one more local file (or every *.py of a local directory) to REMOTE.
+// --put copies one more local file (or every *.py / *.mpy of a local directory) to REMOTE.
 // The script runs in __main__ via runPythonAsync (top-level `await` works); an uncaught exception
 // prints its traceback and exits 1. Note: in this port gc.collect() reclaims garbage only after
 // control returned to JS (e.g. `await asyncio.sleep(0)`), not garbage made earlier in the same run.
@@ -62,7 +62,7 @@ function put(local, remote, skip) {
   if (stat.isDirectory()) {
     mkdirs(remote);
     for (const name of fs.readdirSync(local).sort()) {
-      if (name.endsWith(".py") && !(skip && skip.has(name))) mp.FS.writeFile(path.posix.join(remote, name), fs.readFileSync(path.join(local, name)));
+      if ((name.endsWith(".py") || name.endsWith(".mpy")) && !(skip && skip.has(name))) mp.FS.writeFile(path.posix.join(remote, name), fs.readFileSync(path.join(local, name)));
     }
   } else {
     mkdirs(path.posix.dirname(remote));
