@@ -128,12 +128,13 @@ def _int_setting(env: dict[str, str], name: str, default: int | None, low: int, 
     return value
 
 
-def _read_secret_file(name: str, path: str) -> str:
+def _read_secret_file(name: str, path: str, keep_spaces: bool = False) -> str:
     try:
-        value = Path(path).read_text().strip()
+        text = Path(path).read_text()
     except OSError as exc:
         raise SettingError(f"{name}={path}: cannot read it ({exc.strerror})") from None
-    if not value:
+    value = text.rstrip("\r\n") if keep_spaces else text.strip()
+    if not value and not keep_spaces:
         raise SettingError(f"{name}={path} is empty")
     return value
 
@@ -165,9 +166,14 @@ def load_settings(env: dict[str, str]) -> Settings:
     assert wifi_ssid is not None
     if len(wifi_ssid.encode()) > 32:
         raise SettingError("WIFI_SSID is longer than 32 bytes (the 802.11 limit)")
-    if "WIFI_PASSWORD" not in env:
-        raise SettingError("WIFI_PASSWORD is not set: pass WIFI_PASSWORD=... (WIFI_PASSWORD= for an open network)")
-    wifi_password = env["WIFI_PASSWORD"]
+    if env.get("WIFI_PASSWORD_FILE"):
+        # a passphrase may start or end with spaces: drop only the line end
+        wifi_password = _read_secret_file("WIFI_PASSWORD_FILE", env["WIFI_PASSWORD_FILE"], keep_spaces=True)
+    elif "WIFI_PASSWORD" in env:
+        wifi_password = env["WIFI_PASSWORD"]
+    else:
+        raise SettingError("WIFI_PASSWORD is not set: pass WIFI_PASSWORD=... or WIFI_PASSWORD_FILE=path "
+                           "(WIFI_PASSWORD= for an open network)")
     if wifi_password and not 8 <= len(wifi_password.encode()) <= 63:
         raise SettingError("WIFI_PASSWORD must be 8..63 characters (WPA2) or empty for an open network")
     gateway_url = _env(env, "GATEWAY_URL", hint=" (e.g. GATEWAY_URL=ws://192.168.1.10:8080/v1/device)")
@@ -471,6 +477,9 @@ def _hash_script(names: list[str]) -> str:
 def run(env: dict[str, str]) -> str:
     """Do the whole procedure; return the summary line."""
     s = load_settings(env)
+    host = urllib.parse.urlsplit(s.gateway_url).hostname or ""
+    if host in ("localhost", "::1") or host.startswith("127."):
+        print(f"flash: note: GATEWAY_URL points at {host}; a real board cannot reach the PC's loopback", flush=True)
     image, data = resolve_firmware(s)
     fw_sha = hashlib.sha256(data).hexdigest()
     print(f"flash: writing {image.name} ({len(data)} bytes) to {s.port}", flush=True)
@@ -493,8 +502,9 @@ def run(env: dict[str, str]) -> str:
                                  f"rerun with TOKEN_FILE={saved} and delete the file afterwards") from None
             raise
     reset_board(s)
-    return (f"flashed {s.device_id} on {s.port}: MAC {mac}, MicroPython sha256 {fw_sha[:12]}, "
-            f"gateway {s.gateway_url}")
+    parts = urllib.parse.urlsplit(s.gateway_url)
+    shown = urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+    return f"flashed {s.device_id} on {s.port}: MAC {mac}, MicroPython sha256 {fw_sha[:12]}, gateway {shown}"
 
 
 def save_pending_token(s: Settings, token: str) -> Path:

@@ -150,7 +150,8 @@ class LoaderSession:
                 self._check_data(data, checksum)
             return self._dispatch(op, data)
         except CommandError as exc:
-            self.log.append(f"op 0x{op:02x} refused: 0x{exc.code:02x}")
+            if op != GET_SECURITY_INFO:  # esptool probes it on every connect; the ESP32 ROM lacks it
+                self.log.append(f"op 0x{op:02x} refused: 0x{exc.code:02x}")
             return [self._response(op, error=exc.code)]
         except (struct.error, IndexError):
             return [self._response(op, error=self._err(ROM_INVALID_MESSAGE, STUB_BAD_DATA_LEN))]

@@ -161,7 +161,7 @@ def test_flaky_dht_still_yields_readings_with_quality(gw: GatewayProcess, tmp_pa
 
 @pytest.mark.timeout(60)
 def test_heat_spike_speeds_up_reporting(gw: GatewayProcess, tmp_path: Path) -> None:
-    config = {"interval_s": 4, "min_interval_s": 2, "max_interval_s": 16,
+    config: dict[str, Any] = {"interval_s": 4, "min_interval_s": 2, "max_interval_s": 16,
               "deadband": {"temperature": 8.0, "humidity": 60.0},
               "thresholds": {"temperature": {"high": 40.0}}}
     with board_for(gw, tmp_path, speed=10.0, **config) as board:
@@ -277,3 +277,18 @@ def test_wss_with_pinned_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
             gw.stop()
         finally:
             gw.kill()
+
+
+@pytest.mark.timeout(30)
+def test_bad_config_is_reported_and_nothing_runs(tmp_path: Path) -> None:
+    board = SimBoard(tmp_path, {"gateway_url": "http://127.0.0.1:1/v1/device", "device_id": DEVICE,
+                                "token": "ewt_" + "x" * 32})
+    board.start()
+    try:
+        wait_for(lambda: not board.alive(), 20, "the runner to return to the REPL")
+    finally:
+        board.kill()
+    text = board.log_text()
+    assert "config error: config key 'gateway_url': must start with ws:// or wss://" in text
+    assert "ewt_" not in text  # no secret on the console
+    assert not (board.fs / "ring.bin").exists()

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,11 @@ NODE_DIR = ROOT / "simulator" / "esp32" / "node"
 APP_OFFSET = 0x1000
 FLASH_SIZE = 4 * 1024 * 1024
 SECRET_PASSWORD = "correct-horse-battery"
+FLASH_VARIABLES = {  # never inherited from the developer's shell
+    "PORT", "DEVICE_ID", "TOKEN", "TOKEN_FILE", "ADMIN_TOKEN", "ADMIN_TOKEN_FILE", "ADMIN_URL", "MICROPYTHON_BIN",
+    "MICROPYTHON_SHA256", "WIFI_SSID", "WIFI_PASSWORD", "WIFI_PASSWORD_FILE", "GATEWAY_URL", "SENSOR", "SENSOR_PIN",
+    "LED_PIN", "INTERVAL_S", "BAUD", "EDGEWIRE_CACHE",
+}
 
 
 def _ensure_node_modules() -> None:
@@ -84,8 +90,7 @@ def image(tmp_path: Path) -> Path:
 
 
 def make_flash(**variables: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"PORT", "DEVICE_ID", "TOKEN", "ADMIN_TOKEN", "ADMIN_TOKEN_FILE", "MICROPYTHON_BIN"}}
+    env = {k: v for k, v in os.environ.items() if k not in FLASH_VARIABLES}
     args = ["make", "-s", "flash", *[f"{k}={v}" for k, v in variables.items()]]
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -109,7 +114,7 @@ def welcome_for(device_url: str, token: str) -> dict[str, object]:
 
 
 def check_flashed(board: EmulatedBoard, image: Path, device_id: str, gateway: GatewayProcess,
-                  result: subprocess.CompletedProcess[str]) -> dict[str, object]:
+                  result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert result.returncode == 0, result.stdout + result.stderr
     summary = result.stdout.strip().splitlines()[-1]
     assert device_id in summary and board.url in summary and "MAC 24:0a:c4:" in summary, summary
@@ -126,7 +131,7 @@ def check_flashed(board: EmulatedBoard, image: Path, device_id: str, gateway: Ga
     fs = board.state / "fs"
     for name, content in app_files().items():
         assert (fs / name).read_bytes() == content, name
-    config = json.loads((fs / "config.json").read_text())
+    config: dict[str, Any] = json.loads((fs / "config.json").read_text())
     assert config["device_id"] == device_id
     assert config["wifi_ssid"] == "edgewire-lab"
     assert config["wifi_password"] == SECRET_PASSWORD
@@ -151,10 +156,14 @@ def test_make_flash_with_token(board: EmulatedBoard, image: Path, gateway: Gatew
     assert config["token"] == token
 
 
-def test_make_flash_registers_through_admin_endpoint(board: EmulatedBoard, image: Path,
+def test_make_flash_registers_through_admin_endpoint(board: EmulatedBoard, image: Path, tmp_path: Path,
                                                      gateway: GatewayProcess) -> None:
+    password_file = tmp_path / "wifi.secret"
+    password_file.write_text(SECRET_PASSWORD + "\n")
+    password_file.chmod(0o600)
     result = make_flash(PORT=board.url, MICROPYTHON_BIN=str(image), DEVICE_ID="FLASH-02",
-                        WIFI_SSID="edgewire-lab", WIFI_PASSWORD=SECRET_PASSWORD, GATEWAY_URL=gateway.device_url,
+                        WIFI_SSID="edgewire-lab", WIFI_PASSWORD_FILE=str(password_file),
+                        GATEWAY_URL=gateway.device_url,
                         ADMIN_TOKEN_FILE=str(gateway.data_dir / "admin.token"), SENSOR_PIN="27")
     check_flashed(board, image, "FLASH-02", gateway, result)
     # registering the same id again is refused with a message, not a stack trace

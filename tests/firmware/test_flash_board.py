@@ -122,3 +122,20 @@ def test_rom_loader_path_and_repl(board: EmulatedBoard, image: Path) -> None:  #
     assert res.returncode == 0 and "ENOENT" in res.stdout, res.stdout + res.stderr
     missing = mpremote(board.url, "fs", "cat", ":missing.txt")
     assert missing.returncode != 0 and "No such file" in (missing.stdout + missing.stderr)
+
+
+def test_stub_read_flash_and_vfs_erase(board: EmulatedBoard, image: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The flasher stub streams flash back with acks and an MD5; erasing the vfs region wipes the files."""
+    out = esptool(board.url, "write-flash", "0x1000", str(image))
+    assert out.returncode == 0, out.stdout + out.stderr
+    res = mpremote(board.url, "exec", "f = open('data.txt', 'w'); f.write('kept until erased'); f.close()")
+    assert res.returncode == 0 and (board.state / "fs" / "data.txt").exists(), res.stdout + res.stderr
+    back = tmp_path / "readback.bin"
+    out = esptool(board.url, "read-flash", "0x1000", "0x12000", str(back))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert back.read_bytes() == (board.state / "flash.bin").read_bytes()[0x1000:0x13000]
+    assert (board.state / "fs" / "data.txt").exists()  # reading or writing the app leaves the files
+    out = esptool(board.url, "erase-region", "0x200000", "0x1000")
+    assert out.returncode == 0, out.stdout + out.stderr
+    listing = mpremote(board.url, "fs", "ls", ":")
+    assert listing.returncode == 0 and "data.txt" not in listing.stdout and "boot.py" in listing.stdout
