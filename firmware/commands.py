@@ -28,7 +28,7 @@ def set_interval(app, args):
 
 def set_thresholds(app, args):
     metric = args.get("metric")
-    if not core._valid_name(metric):
+    if not core.valid_metric_name(metric):
         return False, "set_thresholds needs 'metric': a metric name like 'temperature'", None
     high = args.get("high")
     low = args.get("low")

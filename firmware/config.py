@@ -77,7 +77,7 @@ def _metric_map(cfg, key):
     if type(value) is not dict:
         _fail(key, "must be an object of metric name -> value")
     for name in value:
-        if not core._valid_name(name):
+        if not core.valid_metric_name(name):
             _fail(key, "metric name '" + str(name)[:32] + "' is not 1-32 chars of a-z 0-9 _")
     return value
 

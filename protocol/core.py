@@ -161,7 +161,8 @@ def valid_device_id(text):
     return True
 
 
-def _valid_name(text):
+def valid_metric_name(text):
+    """Metric names: 1-32 characters of a-z 0-9 _, starting with a letter."""
     if type(text) is not str or not 0 < len(text) <= MAX_NAME:
         return False
     if text[0] not in "abcdefghijklmnopqrstuvwxyz":
@@ -321,7 +322,7 @@ def _parse_metrics(raw):
         raise ProtocolError(E_TOO_LARGE, "reading has more than " + str(MAX_METRICS) + " metrics")
     for name in raw:
         value = raw[name]
-        if not _valid_name(name):
+        if not valid_metric_name(name):
             raise ProtocolError(E_BAD_FRAME, "metric names are 1-32 chars of a-z 0-9 _ starting with a letter")
         if not is_number(value):
             raise ProtocolError(E_BAD_FRAME, "metric '" + name + "' must be a number")
