@@ -39,11 +39,30 @@ def short(frame: str) -> str:
     return f"{m.group('func')} ({'/'.join(parts[-2:])})"
 
 
-def summarise(stacks: list[tuple[list[str], int]]) -> tuple[int, Counter[str], Counter[str]]:
+# Leaves where a thread waits rather than runs; py-spy reports some of them as active.
+IDLE_LEAVES = (("_worker", "concurrent/futures/thread.py"), ("select", "selectors.py"), ("wait", "threading.py"),
+               ("get", "queue.py"))
+
+
+def is_idle(frames: list[str]) -> bool:
+    """True when the innermost frame is a known blocking wait (thread-pool queue, selector, lock)."""
+    if not frames:
+        return True
+    m = _FRAME.match(frames[-1])
+    if not m:
+        return False
+    return any(m.group("func") == func and m.group("file").endswith(file) for func, file in IDLE_LEAVES)
+
+
+def summarise(stacks: list[tuple[list[str], int]],
+              keep_idle: bool = False) -> tuple[int, Counter[str], Counter[str]]:
+    """(samples, self samples per function, inclusive samples per function); idle stacks dropped."""
     total = 0
     self_time: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     for frames, count in stacks:
+        if not keep_idle and is_idle(frames):
+            continue
         total += count
         names = [short(f) for f in frames]
         if names:
@@ -58,13 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--match", default="", help="only list functions whose location contains this text")
+    parser.add_argument("--keep-idle", action="store_true", help="keep samples of threads waiting in a queue/select")
     args = parser.parse_args(argv)
     stacks = parse_collapsed(Path(args.file).read_text())
-    total, self_time, incl = summarise(stacks)
+    total, self_time, incl = summarise(stacks, args.keep_idle)
     if not total:
         print("no samples")
         return 1
-    print(f"{total} samples")
+    print(f"{total} samples (idle waits excluded)" if not args.keep_idle else f"{total} samples")
     for title, counter in (("self", self_time), ("total (inclusive)", incl)):
         print(f"\n-- top {args.top} by {title}")
         shown = 0

@@ -347,7 +347,8 @@ def _fmt(value: Any, spec: str = "") -> str:
 def table(report: dict[str, Any]) -> str:
     cols = ["devices", "system", "conn", "conn s", "sent", "deliv", "stored", "lost", "rdg/s", "p50 ms",
             "p99 ms",
-            "max ms", "cpu s/1k", "srv cpu%", "RSS/conn KiB", "peak RSS MiB", "gen cpu%", "valid"]
+            "max ms", "ack p99 ms", "cpu s/1k", "srv cpu%", "KiB/conn quiet/load", "peak RSS MiB", "gen cpu%",
+            "valid"]
     rows = [cols]
     for step in report["steps"]:
         for name, r in step["systems"].items():
@@ -359,8 +360,9 @@ def table(report: dict[str, Any]) -> str:
                 _fmt(r.get("sent")), _fmt(r.get("delivered")), _fmt(r.get("stored")), _fmt(r.get("lost")),
                 _fmt(r.get("readings_per_s")),
                 _fmt(lat.get("p50_ms")), _fmt(lat.get("p99_ms")), _fmt(lat.get("max_ms")),
+                _fmt((r.get("ack_latency") or {}).get("p99_ms")),
                 _fmt(srv.get("cpu_per_1000"), ".3f"), _fmt(srv.get("cpu_pct_hold")),
-                _fmt(srv.get("rss_per_conn_kib"), ".1f"),
+                _fmt(srv.get("rss_per_conn_quiet_kib"), ".1f") + "/" + _fmt(srv.get("rss_per_conn_kib"), ".1f"),
                 _fmt(srv["hwm_kib"] / 1024 if srv.get("hwm_kib") else None, ".0f"),
                 "/".join(_fmt(c) for c in gen.get("cpu_pct", [])) or "n/a",
                 "yes" if r.get("valid") and not r.get("invalid_reasons") else "NO",
@@ -422,7 +424,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="exit 1 unless the gateway full path lost nothing and connected every device")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="directory for the JSON results")
     parser.add_argument("--keep", action="store_true", help="keep the gateway data dirs (in /tmp)")
+    parser.add_argument("--show", metavar="JSON", help="print the table of an earlier result file and exit")
     opts = parser.parse_args(argv)
+    if opts.show:
+        print(table(json.loads(Path(opts.show).read_text())))
+        return 0
     if opts.quick:
         opts.steps = "1000"
         opts.hold = 10.0

@@ -107,3 +107,30 @@ def test_ratios_targets_and_table() -> None:
     step["ratios"] = r
     text = table({"steps": [step]})
     assert "| 10 " in text and "gateway-transport" in text and "cpu_per_reading 2.0" in text
+
+
+def test_proc_stat_cpu_parsing_and_busy_cores() -> None:
+    text = ("cpu  100 0 50 800 50 0 0 0 0 0\n"
+            "cpu0 50 0 25 400 25 0 0 0 0 0\n")
+    assert metrics.parse_proc_stat_cpu(text) == (150.0, 1000.0)
+    with pytest.raises(ValueError):
+        metrics.parse_proc_stat_cpu("intr 1 2 3\n")
+    before = metrics.HostSample(150.0, 1000.0)
+    after = metrics.HostSample(450.0, 1600.0)  # 300 of 600 ticks busy on 2 cpus -> 1 core
+    assert before.busy_cores(after, 2) == pytest.approx(1.0)
+    assert before.busy_cores(before, 2) is None
+    live = metrics.HostSample.take()
+    assert 0 <= live.busy <= live.total
+
+
+def test_profile_summary_of_collapsed_stacks() -> None:
+    from bench import profile
+
+    text = ("main (a/b/server.py:10);recv (x/conn.py:5) 30\n"
+            "main (a/b/server.py:10);store (a/b/sqlite.py:7) 10\n"
+            "garbage line\n")
+    stacks = profile.parse_collapsed(text)
+    total, self_time, incl = profile.summarise(stacks)
+    assert total == 40
+    assert self_time["recv (x/conn.py)"] == 30
+    assert incl["main (b/server.py)"] == 40
