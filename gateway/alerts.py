@@ -18,9 +18,10 @@ from gateway.storage.base import Storage
 class AlertEngine:
     def __init__(self, rules: list[AlertRule], storage: Storage, hub: Hub) -> None:
         self.rules = rules
-        self.by_metric: dict[str, list[AlertRule]] = {}
+        # metric -> [(rule, rule text)]: the text is the alert key, built once, not per reading
+        self.by_metric: dict[str, list[tuple[AlertRule, str]]] = {}
         for rule in rules:
-            self.by_metric.setdefault(rule.metric, []).append(rule)
+            self.by_metric.setdefault(rule.metric, []).append((rule, rule.describe()))
         self.storage = storage
         self.hub = hub
         # (device, rule text) -> alert dict; "id" is filled in once stored
@@ -43,8 +44,8 @@ class AlertEngine:
             rules = by_metric.get(name)
             if rules is None:
                 continue
-            for rule in rules:
-                key = (device_id, rule.describe())
+            for rule, text in rules:
+                key = (device_id, text)
                 alert = self.active.get(key)
                 if alert is None and value > rule.above:
                     self._raise(key, rule, value, time_ms)

@@ -313,6 +313,9 @@ class DataFrame:
         return self.seq + len(self.readings) - 1
 
 
+_CHECKED_NAMES = {}  # valid metric names seen (the check loops per character, per reading)
+
+
 def _parse_metrics(raw):
     if type(raw) is not dict:
         raise ProtocolError(E_BAD_FRAME, "reading field 'm' must be an object of metric: number")
@@ -322,8 +325,11 @@ def _parse_metrics(raw):
         raise ProtocolError(E_TOO_LARGE, "reading has more than " + str(MAX_METRICS) + " metrics")
     for name in raw:
         value = raw[name]
-        if not valid_metric_name(name):
-            raise ProtocolError(E_BAD_FRAME, "metric names are 1-32 chars of a-z 0-9 _ starting with a letter")
+        if name not in _CHECKED_NAMES:
+            if not valid_metric_name(name):
+                raise ProtocolError(E_BAD_FRAME, "metric names are 1-32 chars of a-z 0-9 _ starting with a letter")
+            if len(_CHECKED_NAMES) < 1024:  # bounded: a hostile device cannot grow it
+                _CHECKED_NAMES[name] = True
         if not is_number(value):
             raise ProtocolError(E_BAD_FRAME, "metric '" + name + "' must be a number")
         if not is_finite(value):

@@ -30,7 +30,9 @@ def test_sigterm_acks_what_it_received_then_closes_1012(tmp_path: Path) -> None:
     async def run() -> tuple[list[dict[str, object]], int | None]:
         async with connect(gw.device_url, additional_headers=bearer(token)) as ws:
             await ws.recv()
-            for seq in range(1, 11):
+            await ws.send(json.dumps({"t": "data", "seq": 1, "r": [{"m": {"temperature": 20}}]}))
+            assert json.loads(await ws.recv()) == {"t": "ack", "seq": 1}
+            for seq in range(2, 11):
                 await ws.send(json.dumps({"t": "data", "seq": seq, "r": [{"m": {"temperature": 20}}]}))
             await asyncio.get_running_loop().run_in_executor(None, gw.stop)
             return await expect_close(ws)
@@ -39,9 +41,10 @@ def test_sigterm_acks_what_it_received_then_closes_1012(tmp_path: Path) -> None:
     assert gw.proc is not None and gw.proc.returncode == 0
     assert code == core.CLOSE_SERVICE_RESTART
     assert frames[-1]["code"] == core.E_SHUTDOWN
-    acked = max(int(f["seq"]) for f in frames if f["t"] == "ack")  # type: ignore[call-overload]
-    assert acked == 10
-    assert gw.seqs("dev-t") == list(range(1, 11))
+    # Frames the gateway read before SIGTERM are stored and acknowledged before the close;
+    # frames still in the socket are neither (the device resends them after reconnecting).
+    acked = max((int(f["seq"]) for f in frames if f["t"] == "ack"), default=1)  # type: ignore[call-overload]
+    assert gw.seqs("dev-t") == list(range(1, acked + 1))
     assert "gateway_stopped" in gw.log_text()
 
 
