@@ -413,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="max seconds to wait for acks after sending")
     parser.add_argument("--dashboard-interval-ms", type=float, default=50.0,
                         help="gateway dashboard coalescing interval in ms (default 50; the gateway's is 250)")
-    parser.add_argument("--uvloop", action="store_true", help="run the gateway with --uvloop")
+    parser.add_argument("--no-uvloop", dest="uvloop", action="store_false",
+                        help="run the gateway on asyncio's own loop (default: uvloop, the gateway's default)")
     parser.add_argument("--gateway-root", type=Path, default=None,
                         help="run the gateway from this copy of the repository (A/B of proposed patches)")
     parser.add_argument("--profile", default="", help="py-spy the hold phase of these systems (comma list)")

@@ -166,7 +166,7 @@ class GatewayServer(ServerProcess):
     name = "gateway"
 
     def __init__(self, data_dir: Path, storage: str = "sqlite", dashboard_interval_ms: float = 50.0,
-                 extra_args: list[str] | None = None, uvloop: bool = False, root: Path | None = None,
+                 extra_args: list[str] | None = None, uvloop: bool = True, root: Path | None = None,
                  env: dict[str, str] | None = None) -> None:
         super().__init__()
         self.env = dict(env or {})  # EDGEWIRE_* settings for A/B runs (bench --gateway-env)
@@ -183,8 +183,8 @@ class GatewayServer(ServerProcess):
         argv = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--data-dir", str(self.data_dir), "--storage", self.storage,
                 "--dashboard-interval-ms", f"{self.dashboard_interval_ms:g}", *self.extra_args]
-        if self.uvloop:
-            argv.append("--uvloop")
+        if not self.uvloop:
+            argv.append("--no-uvloop")
         env = dict(os.environ)
         env.setdefault("EDGEWIRE_LOG_LEVEL", "warning")
         env["PYTHONPATH"] = str(self.root)

@@ -33,7 +33,8 @@ def _serve_parser(sub: Any) -> None:
                    help="do not offer permessage-deflate")
     p.add_argument("--log-format", dest="log_format", choices=["json", "text"])
     p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--uvloop", action="store_true", help="use uvloop if installed")
+    p.add_argument("--no-uvloop", dest="uvloop", action="store_const", const=False,
+                   help="use asyncio's own event loop even if uvloop is installed")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -41,16 +42,16 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.server import run_gateway
 
     keys = ("host", "port", "data_dir", "db_path", "storage", "rate", "burst", "dashboard_interval_ms",
-            "auth_timeout_s", "compression", "log_format", "log_level")
+            "auth_timeout_s", "compression", "log_format", "log_level", "uvloop")
     config = load_config(args.config, overrides={k: getattr(args, k) for k in keys})
     setup_logging(config.log_level, config.log_format)
-    if args.uvloop:
+    if config.uvloop:
         try:
             import uvloop
 
             uvloop.install()
         except ImportError:
-            print("uvloop is not installed; using asyncio's loop", file=sys.stderr)
+            pass  # asyncio's own loop; install the "fast" extra for uvloop
     asyncio.run(run_gateway(config))
     return 0
 

@@ -47,6 +47,7 @@ class GatewayConfig:
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
     compression: bool = True
+    uvloop: bool = True  # use uvloop's event loop when it is installed (the "fast" extra)
     registry_recheck_s: float = 5.0  # how often live sessions are checked against the registry
     allow_cidrs: list[str] = field(default_factory=list)
     trusted_proxies: list[str] = field(default_factory=list)
