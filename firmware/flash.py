@@ -103,6 +103,7 @@ class Settings:
     interval_s: int | None
     baud: int
     cache_dir: Path
+    firmware_url: str = MICROPYTHON_URL  # MICROPYTHON_URL=... for a mirror or an offline cache
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -228,6 +229,7 @@ def load_settings(env: dict[str, str]) -> Settings:
         interval_s=_int_setting(env, "INTERVAL_S", None, 1, 86400),
         baud=baud,
         cache_dir=cache,
+        firmware_url=env.get("MICROPYTHON_URL") or MICROPYTHON_URL,
     )
 
 
@@ -282,12 +284,12 @@ def resolve_firmware(s: Settings) -> tuple[Path, bytes]:
             f"be downloaded unverified: download {MICROPYTHON_URL}, check it, and pass MICROPYTHON_BIN=path "
             "(or MICROPYTHON_SHA256=<its sha256>)"
         )
-    path = s.cache_dir / MICROPYTHON_URL.rsplit("/", 1)[1]
+    path = s.cache_dir / s.firmware_url.rsplit("/", 1)[1]
     if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
         path.unlink()  # a corrupted or different cached copy is replaced
     if not path.exists():
-        print(f"downloading {MICROPYTHON_URL}", flush=True)
-        download(MICROPYTHON_URL, path, expected)
+        print(f"downloading {s.firmware_url}", flush=True)
+        download(s.firmware_url, path, expected)
     data = path.read_bytes()
     check_esp32_image(data, str(path))
     return path, data
