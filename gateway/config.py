@@ -55,11 +55,22 @@ class GatewayConfig:
     jwt_public_key_file: str = ""
     dashboard_interval_ms: float = 250.0
     dashboard_queue: int = 32
+    dashboard_auth: str = "auto"  # "on", "off", or "auto": on unless the gateway listens on loopback only
     alerts: list[AlertRule] = field(default_factory=lambda: [AlertRule()])
     tls_cert: str = ""
     tls_key: str = ""
     log_level: str = "info"
     log_format: str = "json"  # "json" or "text"
+
+    @property
+    def dashboard_token_required(self) -> bool:
+        """Whether /v1/dashboard asks for the dashboard token (auto: unless bound to loopback)."""
+        if self.dashboard_auth != "auto":
+            return self.dashboard_auth == "on"
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host != "localhost"  # a host name: assume it is reachable from elsewhere
 
     @property
     def database(self) -> Path:
@@ -90,6 +101,8 @@ class GatewayConfig:
                     raise ConfigError(f"{key}: {cidr!r} is not an address or CIDR ({err})") from None
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key: set both or neither")
+        if self.dashboard_auth not in ("auto", "on", "off"):
+            raise ConfigError("dashboard_auth: must be 'auto', 'on' or 'off'")
         if self.log_format not in ("json", "text"):
             raise ConfigError("log_format: must be 'json' or 'text'")
         for rule in self.alerts:

@@ -44,4 +44,8 @@ async def build_gateway(config: GatewayConfig) -> Gateway:
         jwt_algorithms=["HS256", "ES256", "RS256"], global_allow=config.allow_cidrs,
         trusted_proxies=config.trusted_proxies)
     admin_token = registry_mod.load_or_create_admin_token(config.data_dir)
-    return Gateway(config, storage, authenticator, registry, admin_token)
+    dashboard_token = None
+    if config.dashboard_token_required:
+        dashboard_token = registry_mod.load_or_create_secret(config.data_dir, "dashboard.token", "ewd_",
+                                                             "dashboard token")
+    return Gateway(config, storage, authenticator, registry, admin_token, dashboard_token)

@@ -128,15 +128,20 @@ def load_or_create_key(data_dir: str | Path) -> bytes:
 
 def load_or_create_admin_token(data_dir: str | Path) -> str:
     """The admin API token in DATA_DIR/admin.token (mode 0600), created on first use."""
+    return load_or_create_secret(data_dir, ADMIN_TOKEN_FILE, ADMIN_TOKEN_PREFIX, "admin token")
+
+
+def load_or_create_secret(data_dir: str | Path, name: str, prefix: str, what: str) -> str:
+    """A random token in DATA_DIR/name (mode 0600), created on first use."""
     directory = Path(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / ADMIN_TOKEN_FILE
+    path = directory / name
     if not path.exists():
-        token = ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = prefix + secrets.token_urlsafe(32)
         _write_secret_file(path, (token + "\n").encode())
-    text = _read_secret_file(path, "admin token").decode("utf-8", "replace").strip()
+    text = _read_secret_file(path, what).decode("utf-8", "replace").strip()
     if len(text) < 16:
-        raise ConfigError(f"admin token {path} is empty or shorter than 16 characters; "
+        raise ConfigError(f"{what} {path} is empty or shorter than 16 characters; "
                           "delete it to create a new one")
     return text
 

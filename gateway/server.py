@@ -15,6 +15,7 @@ import logging
 import signal
 import ssl
 import time
+import urllib.parse
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,12 +100,13 @@ class DeviceConnection:
 
 class Gateway:
     def __init__(self, config: GatewayConfig, storage: Storage, authenticator: Authenticator,
-                 registry: registry_mod.Registry, admin_token: str) -> None:
+                 registry: registry_mod.Registry, admin_token: str, dashboard_token: str | None = None) -> None:
         self.config = config
         self.storage = storage
         self.auth = authenticator
         self.registry = registry
-        self._admin_digest = hmac.new(b"edgewire-admin", admin_token.encode(), "sha256").digest()
+        self._admin_digest = _digest(admin_token)
+        self._dashboard_digest = _digest(dashboard_token) if dashboard_token else None
         self.hub = Hub(config.dashboard_interval_ms, config.dashboard_queue, dumps)
         self.alerts = AlertEngine(config.alerts, storage, self.hub)
         self.devices: dict[str, DeviceConnection] = {}
@@ -240,11 +242,16 @@ class Gateway:
         if path == "/v1/device":
             return await self._authorize_device(ws, request)
         if path == "/v1/dashboard":
+            if self._dashboard_digest is None:
+                return None
+            token = _bearer(request.headers) or _query_token(request.path)
+            if token is None or not hmac.compare_digest(_digest(token), self._dashboard_digest):
+                return _json_response(401, {"code": core.E_AUTH_FAILED, "message": "dashboard authentication "
+                                            "failed: open the page as /#token=<contents of dashboard.token>"})
             return None
         if path == "/v1/admin":
             token = _bearer(request.headers)
-            given = hmac.new(b"edgewire-admin", (token or "").encode(), "sha256").digest()
-            if token is None or not hmac.compare_digest(given, self._admin_digest):
+            if token is None or not hmac.compare_digest(_digest(token), self._admin_digest):
                 return _json_response(401, {"code": core.E_AUTH_FAILED, "message": "admin authentication failed"})
             return None
         return _json_response(404, {"code": "not_found", "message": f"no such path {path[:64]}"})
@@ -593,6 +600,17 @@ class Gateway:
             return await asyncio.wait_for(future, timeout)
         finally:
             self.commands.pop(command_id, None)
+
+
+def _digest(token: str) -> bytes:
+    """Fixed-length digest so secrets are compared in constant time whatever their length."""
+    return hmac.new(b"edgewire-secret", token.encode("utf-8", "surrogatepass"), "sha256").digest()
+
+
+def _query_token(path: str) -> str | None:
+    """``token`` from the request's query string (browsers cannot set WebSocket headers)."""
+    values = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query).get("token")
+    return values[0] if values else None
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:

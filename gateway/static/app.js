@@ -77,8 +77,18 @@ function apply(msg) {
   renderAlerts();
 }
 
+// The dashboard token (when the gateway asks for one) comes in the URL fragment, which the browser
+// never sends to the server: open /#token=<contents of dashboard.token>. It is kept for this tab only.
+const fragment = new URLSearchParams(location.hash.slice(1));
+if (fragment.has("token")) {
+  sessionStorage.setItem("edgewire-token", fragment.get("token"));
+  history.replaceState(null, "", location.pathname);
+}
+const token = sessionStorage.getItem("edgewire-token");
+
 function connect(delay = 500) {
-  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/dashboard`);
+  const query = token ? `?token=${encodeURIComponent(token)}` : "";
+  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/dashboard${query}`);
   const badge = $("#conn");
   ws.onopen = () => { badge.textContent = "live"; badge.className = "badge online"; badge.dataset.state = "live"; delay = 500; };
   ws.onmessage = (e) => apply(JSON.parse(e.data));

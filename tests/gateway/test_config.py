@@ -73,3 +73,13 @@ def test_serve_with_bad_config_exits_2_with_message(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "rate: must be greater than 0" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("host", "auth", "required"), [
+    ("127.0.0.1", "auto", False), ("::1", "auto", False), ("localhost", "auto", False),
+    ("0.0.0.0", "auto", True), ("192.0.2.10", "auto", True), ("gateway.example", "auto", True),
+    ("127.0.0.1", "on", True), ("0.0.0.0", "off", False),
+])
+def test_dashboard_auth_is_required_beyond_loopback(host: str, auth: str, required: bool) -> None:
+    config = load_config(env={}, overrides={"host": host, "dashboard_auth": auth})
+    assert config.dashboard_token_required is required

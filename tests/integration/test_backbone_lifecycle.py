@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from protocol import core
 from tests.helpers.dashboard import DashboardWatcher
@@ -237,3 +237,25 @@ def test_permessage_deflate_is_negotiated_with_small_windows(gateway: GatewayPro
     extensions = asyncio.run(run())
     assert "permessage-deflate" in extensions and "server_max_window_bits=11" in extensions
     assert gateway.seqs("dev-z") == list(range(1, 51))
+
+
+def test_dashboard_token_required_when_enabled(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path, dashboard_auth="on") as gw:
+        token = (gw.data_dir / "dashboard.token").read_text().strip()
+        assert (gw.data_dir / "dashboard.token").stat().st_mode & 0o077 == 0
+
+        async def attempt(url: str, headers: dict[str, str] | None = None) -> str:
+            try:
+                async with connect(url, additional_headers=headers) as ws:
+                    return str(json.loads(await ws.recv())["t"])
+            except InvalidStatus as err:
+                return f"{err.response.status_code} {json.loads(err.response.body)['code']}"
+
+        base = gw.url + "/v1/dashboard"
+        assert asyncio.run(attempt(base)) == "401 auth_failed"
+        assert asyncio.run(attempt(base + "?token=ewd_wrong")) == "401 auth_failed"
+        assert asyncio.run(attempt(base + "?token=" + token)) == "snapshot"
+        assert asyncio.run(attempt(base, bearer(token))) == "snapshot"
+        with urllib.request.urlopen(gw.http_url + "/") as resp:  # the page itself holds no data
+            assert resp.status == 200
+        assert token not in gw.log_text()
