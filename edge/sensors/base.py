@@ -183,7 +183,8 @@ class SensorBase:
 
     @classmethod
     def metric_names(cls, options: dict[str, Any]) -> list[str]:
-        raise NotImplementedError
+        """The metrics a reading carries; by default the one named by the ``metric`` option."""
+        return [options["metric"]]
 
     def close(self) -> None:
         return None

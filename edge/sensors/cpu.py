@@ -24,10 +24,6 @@ class CPUTemperatureSensor(SensorBase):
         super().__init__(name, options, ctx)
         self.device: Any = None
 
-    @classmethod
-    def metric_names(cls, options: dict[str, Any]) -> list[str]:
-        return [options["metric"]]
-
     def read(self) -> Sample:
         path = self.options["sensor_file"]
         try:

@@ -43,10 +43,6 @@ class DS18B20Sensor(SensorBase):
     def __init__(self, name: str, options: dict[str, Any], ctx: SensorContext) -> None:
         super().__init__(name, options, ctx)
 
-    @classmethod
-    def metric_names(cls, options: dict[str, Any]) -> list[str]:
-        return [options["metric"]]
-
     def _path(self) -> str:
         base = self.options["devices_dir"]
         device = self.options["device"]

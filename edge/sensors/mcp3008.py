@@ -51,10 +51,6 @@ class MCP3008Sensor(SensorBase):
         super().__init__(name, options, ctx)
         self.device: Any = None
 
-    @classmethod
-    def metric_names(cls, options: dict[str, Any]) -> list[str]:
-        return [options["metric"]]
-
     def _open(self) -> Any:
         from gpiozero import MCP3008
 
