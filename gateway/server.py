@@ -16,7 +16,6 @@ import signal
 import ssl
 import time
 import urllib.parse
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -630,7 +629,7 @@ def _bearer(headers: Headers) -> str | None:
     return credential.strip()
 
 
-async def run_gateway(config: GatewayConfig, ready: Awaitable[None] | None = None) -> None:
+async def run_gateway(config: GatewayConfig) -> None:
     """Build every part from ``config``, serve until SIGTERM/SIGINT, then shut down cleanly."""
     from gateway.factory import build_gateway
 
