@@ -43,6 +43,7 @@ test: $(STAMP) node-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest protocol.wire protocol.gateway protocol.device
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

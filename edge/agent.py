@@ -2,7 +2,7 @@
 
 Tasks on one asyncio loop: the sampler (sensor reads run in a worker thread),
 the uplink (connect with backoff + jitter, send queued readings through
-protocol.core.DeviceSession, delete them on ack, answer commands), and the
+protocol.device.DeviceSession, delete them on ack, answer commands), and the
 supervisor (LED pattern, local rules, status file, systemd watchdog).
 """
 
@@ -32,15 +32,16 @@ from edge.outputs import Outputs
 from edge.rules import Rules
 from edge.sensors.base import Sensor, SensorContext, build_sensor
 from edge.store import ReadingQueue
-from protocol import core
+from protocol import wire
+from protocol.device import DEV_ACK, DEV_CMD, DEV_ERROR, DEV_SLOW, DEV_WELCOME, DeviceSession
 
 LOG = logging.getLogger("edgewire.edge.agent")
 
 EXIT_OK = 0
 EXIT_RESTART = 75  # reboot command: exit non-zero so systemd (Restart=on-failure) starts us again
 # close codes after which retrying soon cannot help
-SLOW_RETRY = {core.CLOSE_AUTH_FAILED, core.CLOSE_DISABLED, core.CLOSE_ADDRESS, core.CLOSE_IDENTITY,
-              core.CLOSE_REPLACED, core.CLOSE_TOO_BIG}
+SLOW_RETRY = {wire.CLOSE_AUTH_FAILED, wire.CLOSE_DISABLED, wire.CLOSE_ADDRESS, wire.CLOSE_IDENTITY,
+              wire.CLOSE_REPLACED, wire.CLOSE_TOO_BIG}
 
 
 def boot_id() -> str:
@@ -136,7 +137,7 @@ class Agent:
         self.stop_flag.set()
         if self.ws is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.ws.close(core.CLOSE_GOING_AWAY, "agent stopping"), 2)
+                await asyncio.wait_for(self.ws.close(wire.CLOSE_GOING_AWAY, "agent stopping"), 2)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -189,7 +190,7 @@ class Agent:
                 LOG.info("sensor %s reads again", sensor.name)
             values: dict[str, float] = {}
             for name, value in result.metrics.items():
-                low, high = core.metric_range(name)
+                low, high = wire.metric_range(name)
                 if math.isfinite(value) and low <= value <= high:
                     values[name] = value
                 else:  # the gateway would refuse the whole frame (bad_value): keep it out of the queue
@@ -308,7 +309,7 @@ class Agent:
                 slow = close_code in SLOW_RETRY
             except QueueError:
                 raise  # the disk, not the network: let systemd restart us and the log say why
-            except (OSError, InvalidHandshake, TimeoutError, core.ProtocolError) as err:
+            except (OSError, InvalidHandshake, TimeoutError, wire.ProtocolError) as err:
                 LOG.warning("gateway unreachable: %s", err or type(err).__name__)
             finally:
                 self.ws = None
@@ -329,12 +330,12 @@ class Agent:
 
     async def session(self, ws: ClientConnection) -> bool:
         """One connection: welcome, then send/receive until it closes. True if it got a welcome."""
-        session = core.DeviceSession(self.cfg.device_id, boot=self.boot, max_batch=self.cfg.max_batch,
+        session = DeviceSession(self.cfg.device_id, boot=self.boot, max_batch=self.cfg.max_batch,
                                      window=self.cfg.window)
         text = await asyncio.wait_for(ws.recv(), self.cfg.connect_timeout)
         kind, payload = session.receive(text if isinstance(text, str) else text.decode())
-        if kind != core.DEV_WELCOME:
-            raise core.ProtocolError(core.E_BAD_FRAME, f"expected welcome, got {kind}")
+        if kind != DEV_WELCOME:
+            raise wire.ProtocolError(wire.E_BAD_FRAME, f"expected welcome, got {kind}")
         self.queue.welcome(int(payload.get("last_seq") or 0))
         self.buffered = self.queue.count()
         self.frames.clear()
@@ -360,7 +361,7 @@ class Agent:
                 "fw": __version__, "interval": self.interval, "sensor_errors": self.sensor_errors,
                 "alert": self.rules.alerting, "outputs": self.outputs.states()}
 
-    async def sender(self, ws: ClientConnection, session: core.DeviceSession) -> None:
+    async def sender(self, ws: ClientConnection, session: DeviceSession) -> None:
         assert self.kick is not None
         last_status = time.monotonic()
         while True:
@@ -387,34 +388,34 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.kick.wait(), self.cfg.status_interval)
 
-    async def handle(self, ws: ClientConnection, session: core.DeviceSession, text: str) -> None:
+    async def handle(self, ws: ClientConnection, session: DeviceSession, text: str) -> None:
         assert self.kick is not None
         try:
             kind, payload = session.receive(text)
-        except core.ProtocolError as err:
+        except wire.ProtocolError as err:
             LOG.warning("ignored a frame from the gateway: %s", err.message)
             return
-        if kind == core.DEV_ACK:
+        if kind == DEV_ACK:
             self.queue.acked(payload)
             for first in [f for f, last in self.frames.items() if last <= payload]:
                 del self.frames[first]
             self.buffered = self.queue.count()
             self.kick.set()
-        elif kind == core.DEV_CMD:
+        elif kind == DEV_CMD:
             ok, message, data = self.command(payload["name"], payload["args"])
             command_id = payload["id"] if isinstance(payload["id"], str) else str(payload["id"])
             await ws.send(session.result_frame(command_id, ok, message, data))
             LOG.info("command %s: %s", payload["name"], message)
             if ok and payload["name"] == "reboot":
                 self.stop(EXIT_RESTART)
-        elif kind == core.DEV_SLOW:
+        elif kind == DEV_SLOW:
             LOG.info("gateway asks to slow down: rate %s/s, retry in %s ms", payload.get("rate"),
                      payload.get("retry_ms"))
             self.kick.set()
-        elif kind == core.DEV_ERROR:
+        elif kind == DEV_ERROR:
             seq = payload.get("seq")
             code = payload.get("code")
-            if code in (core.E_RATE, core.E_STORAGE):
+            if code in (wire.E_RATE, wire.E_STORAGE):
                 LOG.warning("gateway did not store seq %s (%s); resending", seq, code)
             elif isinstance(seq, int) and seq in self.frames:
                 last = self.frames.pop(seq)
@@ -435,7 +436,7 @@ class Agent:
             return True, "pong", {"buffered": self.buffered, "connected": True}
         if name == "set_interval":
             seconds: Any = args.get("seconds")
-            if not core.is_number(seconds) or not math.isfinite(seconds) or seconds <= 0:
+            if not wire.is_number(seconds) or not math.isfinite(seconds) or seconds <= 0:
                 return False, "set_interval needs seconds > 0", None
             self.interval = float(seconds)
             self.queue.put_setting("interval", self.interval)
@@ -449,7 +450,7 @@ class Agent:
             if not isinstance(metric, str) or not metric:
                 return False, "set_thresholds needs a metric name", None
             for key, value in (("high", high), ("low", low)):
-                if value is not None and (not core.is_number(value) or not math.isfinite(value)):
+                if value is not None and (not wire.is_number(value) or not math.isfinite(value)):
                     return False, f"set_thresholds: {key} must be a number", None
             if high is None and low is None:
                 return False, "set_thresholds needs high, low or both", None

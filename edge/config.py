@@ -14,7 +14,7 @@ from typing import Any
 
 from edge.errors import ConfigError
 from edge.sensors.base import BACKENDS, SensorSpec, bcm_pin, metric_name, validate_sensor
-from protocol import core
+from protocol import wire
 
 DEFAULT_PATH = "/etc/edgewire/agent.toml"
 ENV_PATH = "EDGEWIRE_AGENT_CONFIG"
@@ -142,7 +142,7 @@ def parse(raw: dict[str, Any]) -> AgentConfig:
     _known(agent, "agent", {"device_id", "token", "token_file", "gateway", "interval", "state_dir", "backend",
                             "pin_factory", "log_level"})
     cfg.device_id = _take(agent, "agent", "device_id", (str,), "")
-    if not core.valid_device_id(cfg.device_id):
+    if not wire.valid_device_id(cfg.device_id):
         raise ConfigError("agent.device_id", "required: 1-64 characters of A-Z a-z 0-9 _ - . :")
     token = _take(agent, "agent", "token", (str,), "")
     token_file = _take(agent, "agent", "token_file", (str,), "")
@@ -183,8 +183,8 @@ def parse(raw: dict[str, Any]) -> AgentConfig:
     cfg.max_age = _positive("queue.max_age", _take(queue, "queue", "max_age", (int, float), cfg.max_age))
     cfg.max_batch = int(_positive("queue.max_batch",
                                   _take(queue, "queue", "max_batch", (int,), cfg.max_batch)))
-    if cfg.max_batch > core.MAX_BATCH:
-        raise ConfigError("queue.max_batch", f"must be <= {core.MAX_BATCH}")
+    if cfg.max_batch > wire.MAX_BATCH:
+        raise ConfigError("queue.max_batch", f"must be <= {wire.MAX_BATCH}")
     cfg.window = int(_positive("queue.window", _take(queue, "queue", "window", (int,), cfg.window)))
 
     uplink = _table(raw, "uplink")

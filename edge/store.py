@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import QueueError
-from protocol import core
+from protocol import wire
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -114,11 +114,11 @@ class ReadingQueue:
         if dropped:
             self._add("dropped", dropped)
 
-    def pending(self, after: int = 0, limit: int = 100) -> list[core.Reading]:
+    def pending(self, after: int = 0, limit: int = 100) -> list[wire.Reading]:
         """Up to ``limit`` unacknowledged readings with seq > ``after``, in seq order."""
         rows = self.db.execute("SELECT seq, metrics, ts, up, q FROM readings WHERE seq > ? "
                                "ORDER BY seq LIMIT ?", (after, limit)).fetchall()
-        return [core.Reading(seq, json.loads(m), ts, up, q) for seq, m, ts, up, q in rows]
+        return [wire.Reading(seq, json.loads(m), ts, up, q) for seq, m, ts, up, q in rows]
 
     def count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM readings").fetchone()[0])

@@ -2,7 +2,7 @@
 
 One flat, single-threaded loop. Each iteration samples when due, keeps the
 connection (Wi-Fi, then WebSocket with exponential backoff), sends
-unacknowledged readings from the ring file (protocol.core.DeviceSession
+unacknowledged readings from the ring file (protocol.device.DeviceSession
 decides what to send), handles acks/commands/slow-downs, drives the LED and
 feeds the watchdog. Readings leave the ring only when the gateway acknowledges
 them. The protocol is protocol.core; nothing here re-implements it.
@@ -26,7 +26,8 @@ from watchdog import Watchdog
 from wifi import Backoff, WiFi
 from wsclient import WSClient
 
-from protocol import core
+from protocol import wire
+from protocol.device import DEV_ACK, DEV_CMD, DEV_ERROR, DEV_SLOW, DEV_WELCOME, DeviceSession
 
 FW_VERSION = "0.1.0"
 LOOP_MS = const(100)  # longest wait between loop iterations
@@ -37,8 +38,8 @@ _NTP_RETRY_MS = const(60000)
 _STATUS_MIN_MS = const(10000)
 _DEEP_SLEEP_SEND_MS = const(15000)  # time a waking node spends delivering
 # Close codes after which reconnecting soon cannot help (protocol.md 11): retry hourly.
-_STOP_CODES = (core.CLOSE_AUTH_FAILED, core.CLOSE_DISABLED, core.CLOSE_EXPIRED, core.CLOSE_REPLACED,
-               core.CLOSE_ADDRESS, core.CLOSE_IDENTITY)
+_STOP_CODES = (wire.CLOSE_AUTH_FAILED, wire.CLOSE_DISABLED, wire.CLOSE_EXPIRED, wire.CLOSE_REPLACED,
+               wire.CLOSE_ADDRESS, wire.CLOSE_IDENTITY)
 _STOP_RETRY_MS = const(3600000)
 
 
@@ -89,7 +90,7 @@ class App:
         self.outputs = {}
         for name in cfg["output_pins"]:
             self.outputs[name] = machine.Pin(cfg["output_pins"][name], machine.Pin.OUT, value=0)
-        self.session = core.DeviceSession(cfg["device_id"], token=cfg["token"], jwt=cfg["jwt"],
+        self.session = DeviceSession(cfg["device_id"], token=cfg["token"], jwt=cfg["jwt"],
                                           boot=self.boot_id, max_batch=cfg["max_batch"])
         self.wifi = WiFi(cfg["wifi_ssid"], cfg["wifi_password"], self.wait_ms)
         self.ca = config_module.read_ca(cfg)
@@ -139,8 +140,8 @@ class App:
         ts = self.clock.epoch_ms_at(now)
         up = None if ts is not None else now
         try:  # the gateway would refuse the whole frame: refuse the one reading here instead
-            core.parse_data(core.data_message(1, [core.Reading(1, metrics, ts, up, quality)]))
-        except core.ProtocolError as err:
+            wire.parse_data(wire.data_message(1, [wire.Reading(1, metrics, ts, up, quality)]))
+        except wire.ProtocolError as err:
             self.counts["invalid"] += 1
             log("reading refused:", err.code, err.message)
         else:
@@ -179,13 +180,13 @@ class App:
                 if text is None or clock.ticks_diff(clock.ticks_ms(), start) > _WELCOME_MS:
                     raise NetError("no welcome from the gateway within " + str(_WELCOME_MS) + " ms")
                 kind, payload = self.session.receive(text)
-                if kind == core.DEV_WELCOME:
+                if kind == DEV_WELCOME:
                     break
-                if kind == core.DEV_ERROR:
+                if kind == DEV_ERROR:
                     err = NetError("gateway refused: " + str(payload["code"]) + " " + str(payload["msg"]))
-                    err.close_code = core.CLOSE_FOR_ERROR.get(payload["code"], 0)
+                    err.close_code = wire.CLOSE_FOR_ERROR.get(payload["code"], 0)
                     raise err
-        except core.ProtocolError as err:
+        except wire.ProtocolError as err:
             ws.abort()
             self.offline(NetError("bad frame from gateway: " + err.message), now)
             return False
@@ -215,7 +216,7 @@ class App:
         if code in _STOP_CODES:
             delay = _STOP_RETRY_MS
             self.fatal = "gateway closed with " + str(code) + "; check the device credential/registration"
-        elif code == core.CLOSE_RATE_LIMITED:
+        elif code == wire.CLOSE_RATE_LIMITED:
             delay = self.backoff.next_ms() + int(1000 / self.session.rate)
         else:
             delay = self.backoff.next_ms()
@@ -227,16 +228,16 @@ class App:
         """One frame from the gateway."""
         try:
             kind, payload = self.session.receive(text)
-        except core.ProtocolError as err:
+        except wire.ProtocolError as err:
             log("gateway frame ignored:", err.code, err.message)
             return
-        if kind == core.DEV_ACK:
+        if kind == DEV_ACK:
             self.ring.ack(payload)
-        elif kind == core.DEV_CMD:
+        elif kind == DEV_CMD:
             self.command(payload)
-        elif kind == core.DEV_SLOW:
+        elif kind == DEV_SLOW:
             self.send_at_ms = now + self.session.send_after_ms
-        elif kind == core.DEV_ERROR:
+        elif kind == DEV_ERROR:
             self.counts["rejected"] += 1
             log("gateway error:", payload["code"], payload["msg"])
 
@@ -348,7 +349,7 @@ class App:
     def reboot(self):
         log("reboot requested")
         if self.ws is not None:
-            self.ws.close(core.CLOSE_GOING_AWAY)
+            self.ws.close(wire.CLOSE_GOING_AWAY)
             self.ws = None
         self.ring.close()
         machine.reset()

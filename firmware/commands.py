@@ -4,12 +4,12 @@ Adding a command is one function plus one row in HANDLERS. The app sends the
 result frame; a reboot is carried out after its result has been sent.
 """
 
-from protocol import core
+from protocol import wire
 
 
 def _number_arg(args, key):
     value = args.get(key)
-    if not core.is_number(value) or not core.is_finite(value):
+    if not wire.is_number(value) or not wire.is_finite(value):
         return None
     return value
 
@@ -28,12 +28,12 @@ def set_interval(app, args):
 
 def set_thresholds(app, args):
     metric = args.get("metric")
-    if not core.valid_metric_name(metric):
+    if not wire.valid_metric_name(metric):
         return False, "set_thresholds needs 'metric': a metric name like 'temperature'", None
     high = args.get("high")
     low = args.get("low")
     for bound in (high, low):
-        if bound is not None and (not core.is_number(bound) or not core.is_finite(bound)):
+        if bound is not None and (not wire.is_number(bound) or not wire.is_finite(bound)):
             return False, "'high' and 'low' must be finite numbers", None
     if high is not None and low is not None and not low < high:
         return False, "'low' must be below 'high'", None

@@ -9,7 +9,7 @@ import json
 from errors import ConfigError
 from sensors import DRIVERS
 
-from protocol import core
+from protocol import wire
 
 PATH = "/config.json"
 
@@ -45,7 +45,7 @@ def _fail(key, what):
 
 def _number(cfg, key, low, high):
     value = cfg[key]
-    if not core.is_number(value) or not core.is_finite(value):
+    if not wire.is_number(value) or not wire.is_finite(value):
         _fail(key, "must be a number, got " + repr(value)[:40])
     if value < low or value > high:
         _fail(key, "must be within " + str(low) + ".." + str(high) + ", got " + str(value))
@@ -77,7 +77,7 @@ def _metric_map(cfg, key):
     if type(value) is not dict:
         _fail(key, "must be an object of metric name -> value")
     for name in value:
-        if not core.valid_metric_name(name):
+        if not wire.valid_metric_name(name):
             _fail(key, "metric name '" + str(name)[:32] + "' is not 1-32 chars of a-z 0-9 _")
     return value
 
@@ -99,7 +99,7 @@ def validate(raw):
     url = _text(cfg, "gateway_url", True)
     if not (url.startswith("ws://") or url.startswith("wss://")):
         _fail("gateway_url", "must start with ws:// or wss://")
-    if not core.valid_device_id(cfg["device_id"]):
+    if not wire.valid_device_id(cfg["device_id"]):
         _fail("device_id", "must be 1-64 characters of A-Z a-z 0-9 _ - . :")
     token = _text(cfg, "token", False)
     jwt = _text(cfg, "jwt", False)
@@ -133,7 +133,7 @@ def validate(raw):
     band = _metric_map(cfg, "deadband")
     for name in band:
         value = band[name]
-        if not core.is_number(value) or not core.is_finite(value) or value < 0:
+        if not wire.is_number(value) or not wire.is_finite(value) or value < 0:
             _fail("deadband", "value for '" + name + "' must be a number >= 0")
     limits = _metric_map(cfg, "thresholds")
     for name in limits:
@@ -145,7 +145,7 @@ def validate(raw):
     _number(cfg, "watchdog_s", 0, 3600)
     if 0 < cfg["watchdog_s"] < 10:
         _fail("watchdog_s", "must be 0 (off) or at least 10 s, longer than the longest blocking step")
-    _int(cfg, "max_batch", 1, core.MAX_BATCH)
+    _int(cfg, "max_batch", 1, wire.MAX_BATCH)
     return cfg
 
 
@@ -157,7 +157,7 @@ def check_threshold(name, limit, key):
         if bound not in ("high", "low"):
             _fail(key, "entry for '" + name + "' has unknown bound '" + str(bound)[:16] + "'")
         value = limit[bound]
-        if not core.is_number(value) or not core.is_finite(value):
+        if not wire.is_number(value) or not wire.is_finite(value):
             _fail(key, "'" + bound + "' for '" + name + "' must be a finite number")
     if "high" in limit and "low" in limit and not limit["low"] < limit["high"]:
         _fail(key, "'low' for '" + name + "' must be below 'high'")

@@ -8,7 +8,7 @@ Runs on the technician's PC under CPython 3.11+ (not on the device), non-interac
    downloaded once into ~/.cache/edgewire/ and checked against its pinned SHA-256;
 3. erases the whole chip and writes the image at 0x1000 with esptool (verified by MD5);
 4. registers DEVICE_ID with the gateway's admin endpoint (/v1/admin) unless TOKEN is given;
-5. copies firmware/*.py, protocol/{__init__,core}.py and a generated config.json (made in a
+5. copies firmware/*.py, protocol/{__init__,wire,device}.py and a generated config.json (made in a
    private temp dir, mode 0600, never in the repo) with mpremote, and checks their SHA-256
    on the device;
 6. resets the board so main.py starts, and prints one summary line (never a secret).
@@ -38,10 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script (`python firmware/flash.py`) from any directory
     sys.path.insert(0, str(ROOT))
 
-from protocol import core
+from protocol import wire
 
 FIRMWARE_DIR = ROOT / "firmware"
-PROTOCOL_FILES = ("__init__.py", "core.py")
+PROTOCOL_FILES = ("__init__.py", "wire.py", "device.py")  # the board never runs the gateway side
 HOST_ONLY = {"flash.py"}  # firmware/*.py that run on the PC, not on the device
 APP_OFFSET = 0x1000  # ESP32 MicroPython images start with the second-stage bootloader
 
@@ -161,7 +161,7 @@ def load_settings(env: dict[str, str]) -> Settings:
     port = _env(env, "PORT", hint=" (e.g. PORT=/dev/ttyUSB0)")
     device_id = _env(env, "DEVICE_ID", hint=" (e.g. DEVICE_ID=SENSOR-01)")
     assert port is not None and device_id is not None
-    if not core.valid_device_id(device_id):
+    if not wire.valid_device_id(device_id):
         raise SettingError(f"DEVICE_ID={device_id!r}: use 1-64 characters from A-Z a-z 0-9 _ - . :")
     wifi_ssid = _env(env, "WIFI_SSID")
     assert wifi_ssid is not None

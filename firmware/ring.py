@@ -17,7 +17,7 @@ from binascii import crc32
 from errors import RingError
 from micropython import const
 
-from protocol import core
+from protocol import wire
 
 MAGIC = b"EWR1"
 _HDR = "<4sIIIIQIIq"  # magic gen head count cap next_seq dropped sync_boot sync_offset
@@ -157,7 +157,7 @@ class Ring:
             return None
 
     def read(self, from_seq, limit, boot):
-        """Up to ``limit`` core.Readings with seq >= from_seq, oldest first.
+        """Up to ``limit`` wire.Readings with seq >= from_seq, oldest first.
 
         ``boot`` is this boot's id: a reading of a boot whose clock offset is
         known gets ts = offset + up; a reading of another boot without ts loses
@@ -179,7 +179,7 @@ class Ring:
                         up = None
                     elif rboot != boot:
                         up = None
-                out.append(core.Reading(seq, metrics, ts, up, quality))
+                out.append(wire.Reading(seq, metrics, ts, up, quality))
             seq += 1
         return out
 

@@ -31,7 +31,7 @@ import jwt as pyjwt
 from gateway.errors import AuthError, ConfigError
 from gateway.registry import TOKEN_PREFIX, token_digest
 from gateway.storage.base import DeviceRecord, Storage
-from protocol import core
+from protocol import wire
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -58,7 +58,7 @@ def _finite_number(value: Any) -> bool:
 
 
 def _failed() -> AuthError:
-    return AuthError(core.E_AUTH_FAILED, FAILED_MESSAGE, 401)
+    return AuthError(wire.E_AUTH_FAILED, FAILED_MESSAGE, 401)
 
 
 def parse_ip(text: str) -> IPAddress | None:
@@ -236,7 +236,7 @@ class Authenticator:
                            address: str) -> Identity:
         """Check a token (with optional device id) or a JWT from ``address``; return the Identity."""
         if self.global_allow and not self.address_allowed(address):
-            raise AuthError(core.E_ADDRESS, f"address {address[:64]} is not allowed to connect "
+            raise AuthError(wire.E_ADDRESS, f"address {address[:64]} is not allowed to connect "
                             "(gateway allow_cidrs)", 403)
         if token is not None:
             record, identity = await self._check_token(device_id, token)
@@ -245,10 +245,10 @@ class Authenticator:
         else:
             raise _failed()
         if not record.enabled:
-            raise AuthError(core.E_DISABLED, f"device {record.device_id} is disabled in the registry; "
+            raise AuthError(wire.E_DISABLED, f"device {record.device_id} is disabled in the registry; "
                             "ask an operator to enable it", 403)
         if not self.address_allowed(address, record):
-            raise AuthError(core.E_ADDRESS, f"address {address[:64]} is not allowed for device "
+            raise AuthError(wire.E_ADDRESS, f"address {address[:64]} is not allowed for device "
                             f"{record.device_id} (its allowlist)", 403)
         return identity
 
@@ -291,11 +291,11 @@ class Authenticator:
         if not _finite_number(exp) or (nbf is not None and not _finite_number(nbf)):
             raise _failed()
         if now >= exp:
-            raise AuthError(core.E_EXPIRED, "credential expired; fetch a new JWT", 401)
+            raise AuthError(wire.E_EXPIRED, "credential expired; fetch a new JWT", 401)
         if nbf is not None and now < nbf:
             raise _failed()
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not core.valid_device_id(sub):  # type: ignore[no-untyped-call]
+        if not isinstance(sub, str) or not wire.valid_device_id(sub):  # type: ignore[no-untyped-call]
             raise _failed()
         if device_id is not None and device_id != sub:
             raise _failed()

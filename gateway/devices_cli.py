@@ -25,7 +25,7 @@ from gateway.errors import ConfigError, GatewayError, RegistryError
 from gateway.registry import Registry, load_or_create_key, normalize_cidrs
 from gateway.storage.base import DeviceRecord
 from gateway.storage.sqlite import SQLiteStorage
-from protocol import core
+from protocol import wire
 
 DEVICE_COMMANDS = ("devices", "jwt")
 
@@ -133,7 +133,7 @@ async def _devices(args: argparse.Namespace) -> int:
     action = args.devices_action
     data_dir, db = _paths(args)
     if action == "add":
-        if not core.valid_device_id(args.device_id):  # type: ignore[no-untyped-call]
+        if not wire.valid_device_id(args.device_id):  # type: ignore[no-untyped-call]
             raise RegistryError(f"invalid device id {args.device_id[:80]!r}: use 1-64 characters "
                                 "from A-Z a-z 0-9 _ - . :")
         normalize_cidrs(args.cidr)  # refuse bad input before creating anything
@@ -191,7 +191,7 @@ async def _devices(args: argparse.Namespace) -> int:
 def _jwt(args: argparse.Namespace) -> int:
     from gateway.auth import MIN_HS_SECRET, mint_jwt, read_secret_file
 
-    if not core.valid_device_id(args.device_id):  # type: ignore[no-untyped-call]
+    if not wire.valid_device_id(args.device_id):  # type: ignore[no-untyped-call]
         raise RegistryError(f"invalid device id {args.device_id[:80]!r}")
     if not args.ttl > 0:
         raise ConfigError("--ttl: must be greater than 0 seconds")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from gateway.errors import ConfigError, RegistryError
 from gateway.storage.base import DeviceRecord, Storage
-from protocol import core
+from protocol import wire
 
 TOKEN_PREFIX = "ewt_"
 ADMIN_TOKEN_PREFIX = "ewa_"
@@ -175,7 +175,7 @@ def normalize_cidrs(cidrs: Iterable[str]) -> list[str]:
 
 
 def _check_id(device_id: str) -> None:
-    if not core.valid_device_id(device_id):  # type: ignore[no-untyped-call]
+    if not wire.valid_device_id(device_id):  # type: ignore[no-untyped-call]
         raise RegistryError(f"invalid device id {str(device_id)[:80]!r}: "
                             "use 1-64 characters from A-Z a-z 0-9 _ - . :")
 

@@ -1,4 +1,4 @@
-"""The gateway process: a thin asyncio driver around protocol.core.GatewaySession.
+"""The gateway process: a thin asyncio driver around protocol.gateway.GatewaySession.
 
 Endpoints (docs/protocol.md): /v1/device, /v1/dashboard, /v1/admin, /, /healthz, /metrics.
 """
@@ -35,7 +35,18 @@ from gateway.errors import AuthError, RegistryError, StorageError
 from gateway.hub import Hub, now_ms
 from gateway.logs import log
 from gateway.storage.base import DeviceRecord, ReadingRow, Storage
-from protocol import core
+from protocol import wire
+from protocol.gateway import (
+    EV_AUTH,
+    EV_CLOSE,
+    EV_DATA,
+    EV_REJECT,
+    EV_RESULT,
+    EV_STATUS,
+    EV_THROTTLE,
+    Event,
+    GatewaySession,
+)
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {
@@ -79,7 +90,7 @@ class Counters:
 class DeviceConnection:
     """One authenticated device connection."""
 
-    def __init__(self, ws: ServerConnection, session: core.GatewaySession, identity: Identity) -> None:
+    def __init__(self, ws: ServerConnection, session: GatewaySession, identity: Identity) -> None:
         self.ws = ws
         self.session = session
         self.device_id: str = identity.device_id
@@ -198,7 +209,7 @@ class Gateway:
         for conn in conns:
             conn.closing = True
         await asyncio.gather(*(conn.drain() for conn in conns), return_exceptions=True)
-        await asyncio.gather(*(self._close(conn.ws, core.E_SHUTDOWN, "gateway restarting; reconnect later")
+        await asyncio.gather(*(self._close(conn.ws, wire.E_SHUTDOWN, "gateway restarting; reconnect later")
                                for conn in conns), return_exceptions=True)
         await self.alerts.drain()
         self.hub.flush()
@@ -206,7 +217,7 @@ class Gateway:
         if self.server is not None:
             for ws in list(self.server.connections):
                 with contextlib.suppress(Exception):
-                    await ws.close(core.CLOSE_GOING_AWAY, "gateway stopping")
+                    await ws.close(wire.CLOSE_GOING_AWAY, "gateway stopping")
             await self.server.wait_closed()
         await self.storage.close()
         log("gateway_stopped", stored=self.counters.readings_stored)
@@ -236,7 +247,7 @@ class Gateway:
                 "Content-Security-Policy": "default-src 'self'; connect-src 'self'",
                 "X-Content-Type-Options": "nosniff"}), body)
         if self.draining:
-            return _json_response(503, {"code": core.E_SHUTDOWN, "message": "gateway restarting; reconnect later"},
+            return _json_response(503, {"code": wire.E_SHUTDOWN, "message": "gateway restarting; reconnect later"},
                                   {"Retry-After": "5"})
         if path == "/v1/device":
             return await self._authorize_device(ws, request)
@@ -245,13 +256,13 @@ class Gateway:
                 return None
             token = _bearer(request.headers) or _query_token(request.path)
             if token is None or not hmac.compare_digest(_digest(token), self._dashboard_digest):
-                return _json_response(401, {"code": core.E_AUTH_FAILED, "message": "dashboard authentication "
+                return _json_response(401, {"code": wire.E_AUTH_FAILED, "message": "dashboard authentication "
                                             "failed: open the page as /#token=<contents of dashboard.token>"})
             return None
         if path == "/v1/admin":
             token = _bearer(request.headers)
             if token is None or not hmac.compare_digest(_digest(token), self._admin_digest):
-                return _json_response(401, {"code": core.E_AUTH_FAILED, "message": "admin authentication failed"})
+                return _json_response(401, {"code": wire.E_AUTH_FAILED, "message": "admin authentication failed"})
             return None
         return _json_response(404, {"code": "not_found", "message": f"no such path {path[:64]}"})
 
@@ -319,21 +330,21 @@ class Gateway:
 
     async def _close(self, ws: ServerConnection, code: str, message: str) -> None:
         with contextlib.suppress(ConnectionClosed):
-            await ws.send(dumps(core.error_message(code, message)))
-        await ws.close(core.CLOSE_FOR_ERROR.get(code, core.CLOSE_POLICY), code)
+            await ws.send(dumps(wire.error_message(code, message)))
+        await ws.close(wire.CLOSE_FOR_ERROR.get(code, wire.CLOSE_POLICY), code)
 
-    async def _send_close(self, ws: ServerConnection, event: core.Event) -> None:
+    async def _send_close(self, ws: ServerConnection, event: Event) -> None:
         self._count_error(event.payload.code)
         with contextlib.suppress(ConnectionClosed):
             if event.reply:
                 await ws.send(event.reply)
-        await ws.close(event.close_code or core.CLOSE_POLICY, event.payload.code)
+        await ws.close(event.close_code or wire.CLOSE_POLICY, event.payload.code)
 
     async def handle_device(self, ws: ServerConnection) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.config
         self.counters.connections += 1
-        session = core.GatewaySession(rate=cfg.rate, burst=cfg.burst, now=loop.time(), max_batch=cfg.max_batch,
+        session = GatewaySession(rate=cfg.rate, burst=cfg.burst, now=loop.time(), max_batch=cfg.max_batch,
                                       max_frame=cfg.max_frame, loads=orjson.loads, dumps=dumps)
         identity: Identity | None = getattr(ws, "ew_identity", None)
         address: str = getattr(ws, "ew_address", "")
@@ -346,21 +357,21 @@ class Gateway:
         except ConnectionClosed:
             pass
 
-    async def _first_frame_auth(self, ws: ServerConnection, session: core.GatewaySession,
+    async def _first_frame_auth(self, ws: ServerConnection, session: GatewaySession,
                                 address: str) -> Identity | None:
         loop = asyncio.get_running_loop()
         try:
             frame = await asyncio.wait_for(ws.recv(), self.config.auth_timeout_s)
         except TimeoutError:
-            self._count_error(core.E_AUTH_TIMEOUT)
-            await self._close(ws, core.E_AUTH_TIMEOUT, f"no auth frame within {self.config.auth_timeout_s:g} s")
+            self._count_error(wire.E_AUTH_TIMEOUT)
+            await self._close(ws, wire.E_AUTH_TIMEOUT, f"no auth frame within {self.config.auth_timeout_s:g} s")
             return None
         event = session.receive(frame, loop.time())
-        if event.kind == core.EV_CLOSE:
+        if event.kind == EV_CLOSE:
             await self._send_close(ws, event)
             return None
-        if event.kind != core.EV_AUTH:
-            await self._send_close(ws, session.refuse(core.E_AUTH_REQUIRED, "authenticate first"))
+        if event.kind != EV_AUTH:
+            await self._send_close(ws, session.refuse(wire.E_AUTH_REQUIRED, "authenticate first"))
             return None
         creds = event.payload
         try:
@@ -371,7 +382,7 @@ class Gateway:
             await self._send_close(ws, session.refuse(err.code, err.message))
             return None
 
-    async def _serve_device(self, ws: ServerConnection, session: core.GatewaySession, identity: Identity) -> None:
+    async def _serve_device(self, ws: ServerConnection, session: GatewaySession, identity: Identity) -> None:
         loop = asyncio.get_running_loop()
         device_id = identity.device_id
         conn = DeviceConnection(ws, session, identity)
@@ -381,11 +392,11 @@ class Gateway:
             self.counters.replaced += 1
             old.closing = True
             await old.drain()
-            await self._close(old.ws, core.E_REPLACED, "a newer connection authenticated as this device")
+            await self._close(old.ws, wire.E_REPLACED, "a newer connection authenticated as this device")
             with contextlib.suppress(Exception):
                 await old.done
         if self.devices.get(device_id) is not conn:
-            await self._close(ws, core.E_REPLACED, "a newer connection authenticated as this device")
+            await self._close(ws, wire.E_REPLACED, "a newer connection authenticated as this device")
             return
         expiry: asyncio.TimerHandle | None = None
         try:
@@ -431,14 +442,14 @@ class Gateway:
     def _still_allowed(self, conn: DeviceConnection, record: DeviceRecord | None) -> tuple[str, str] | None:
         """None if the session may go on, else (error code, message)."""
         if record is None:
-            return (core.E_AUTH_FAILED, "device removed from the registry")
+            return (wire.E_AUTH_FAILED, "device removed from the registry")
         if not record.enabled:
-            return (core.E_DISABLED, "device disabled by the operator")
+            return (wire.E_DISABLED, "device disabled by the operator")
         if conn.identity.method == "token" and (
                 record.token_digest is None or (record.token_created_ms or 0) > conn.connected_ms):
-            return (core.E_AUTH_FAILED, "token revoked or rotated; install the new token")
+            return (wire.E_AUTH_FAILED, "token revoked or rotated; install the new token")
         if not self.auth.address_allowed(getattr(conn.ws, "ew_address", ""), record):
-            return (core.E_ADDRESS, "address no longer in the allowlist")
+            return (wire.E_ADDRESS, "address no longer in the allowlist")
         return None
 
     async def _cut_off(self, conn: DeviceConnection, code: str, message: str) -> None:
@@ -452,8 +463,8 @@ class Gateway:
             return
         conn.closing = True
         await conn.drain()
-        self._count_error(core.E_EXPIRED)
-        await self._close(conn.ws, core.E_EXPIRED, "credential expired; fetch a new token and reconnect")
+        self._count_error(wire.E_EXPIRED)
+        await self._close(conn.ws, wire.E_EXPIRED, "credential expired; fetch a new token and reconnect")
 
     async def _receive_loop(self, conn: DeviceConnection) -> None:
         loop = asyncio.get_running_loop()
@@ -466,32 +477,32 @@ class Gateway:
             counters.frames += 1
             event = session.receive(frame, loop.time())
             kind = event.kind
-            if kind == core.EV_DATA:
+            if kind == EV_DATA:
                 self._on_data(conn, event.payload)
-            elif kind == core.EV_REJECT:
+            elif kind == EV_REJECT:
                 counters.bad_frames += 1
                 self._count_error(event.payload.code)
                 if event.reply:
                     await ws.send(event.reply)
-            elif kind == core.EV_THROTTLE:
+            elif kind == EV_THROTTLE:
                 counters.throttled += 1
                 if event.reply:
                     await ws.send(event.reply)
-            elif kind == core.EV_CLOSE:
-                if event.payload.code != core.E_RATE:
+            elif kind == EV_CLOSE:
+                if event.payload.code != wire.E_RATE:
                     counters.bad_frames += 1
                 log("device_closed", logging.WARNING, device=conn.device_id, code=event.payload.code)
                 await conn.drain()
                 await self._send_close(ws, event)
                 break
-            elif kind == core.EV_RESULT:
+            elif kind == EV_RESULT:
                 future = self.commands.get(event.payload["id"])
                 if future is not None and not future.done():
                     future.set_result(event.payload)
-            elif kind == core.EV_STATUS:
+            elif kind == EV_STATUS:
                 self.hub.status(conn.device_id, event.payload)
 
-    def _on_data(self, conn: DeviceConnection, frame: core.DataFrame) -> None:
+    def _on_data(self, conn: DeviceConnection, frame: wire.DataFrame) -> None:
         received = now_ms()
         device_id = conn.device_id
         rows: list[ReadingRow] = []
@@ -502,7 +513,7 @@ class Gateway:
             hub_reading = self.hub.reading
             check = self.alerts.check
             for reading in frame.readings:
-                time_ms = core.reading_time_ms(reading, frame, received)
+                time_ms = wire.reading_time_ms(reading, frame, received)
                 rows.append(ReadingRow(device_id, reading.seq, time_ms, received, reading.metrics, frame.boot,
                                        reading.ts, reading.up, reading.quality))
                 check(device_id, reading.metrics, time_ms)
@@ -528,7 +539,7 @@ class Gateway:
             log("storage_failed", logging.ERROR, device=conn.device_id, error=str(err))
             conn.closing = True
             with contextlib.suppress(ConnectionClosed):
-                await self._close(conn.ws, core.E_STORAGE, "storage unavailable; reconnect later")
+                await self._close(conn.ws, wire.E_STORAGE, "storage unavailable; reconnect later")
             raise
         self.counters.readings_stored += len(rows)
         with contextlib.suppress(ConnectionClosed):
@@ -542,7 +553,7 @@ class Gateway:
                 if not isinstance(msg, dict):
                     raise ValueError("request must be an object")
             except ValueError:
-                await ws.send(dumps({"t": "error", "id": None, "code": core.E_BAD_JSON, "msg": "not a JSON object"}))
+                await ws.send(dumps({"t": "error", "id": None, "code": wire.E_BAD_JSON, "msg": "not a JSON object"}))
                 continue
             request_id = msg.get("id")
             try:

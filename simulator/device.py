@@ -1,9 +1,9 @@
-"""A virtual protocol-v1 device: one asyncio task, driven by protocol.core.DeviceSession.
+"""A virtual protocol-v1 device: one asyncio task, driven by protocol.device.DeviceSession.
 
 ``VirtualDevice(url, device_id, credential, ...)`` samples a ``SensorModel`` at ``rate``
 readings/s into a bounded in-memory outbox, sends them in batches over ws://.../v1/device
 with up to ``window`` frames in flight, and deletes them only when the gateway acknowledges
-them. After a reconnect, core.DeviceSession resends everything above the welcome's
+them. After a reconnect, DeviceSession resends everything above the welcome's
 ``last_seq``. It obeys ``slow`` frames, answers commands, sends ``status`` and follows the
 close-code table of docs/protocol.md section 11.
 
@@ -42,7 +42,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from protocol import core
+from protocol import wire
+from protocol.device import DEV_ACK, DEV_CMD, DEV_ERROR, DEV_SLOW, DEV_WELCOME, DeviceSession
 from simulator.errors import SensorReadError, SimConfigError
 from simulator.faults import FaultInjector, FaultPlan, mint_jwt
 from simulator.sensors import SensorModel, make_sensor
@@ -52,14 +53,14 @@ OUTPUTS = ("led", "relay", "buzzer")
 
 # Close codes after which the device stops (docs/protocol.md section 11).
 STOP_CODES = {
-    core.CLOSE_AUTH_FAILED: "auth_failed",
-    core.CLOSE_DISABLED: "device_disabled",
-    core.CLOSE_REPLACED: "replaced",
-    core.CLOSE_ADDRESS: "address_not_allowed",
-    core.CLOSE_IDENTITY: "identity_mismatch",
+    wire.CLOSE_AUTH_FAILED: "auth_failed",
+    wire.CLOSE_DISABLED: "device_disabled",
+    wire.CLOSE_REPLACED: "replaced",
+    wire.CLOSE_ADDRESS: "address_not_allowed",
+    wire.CLOSE_IDENTITY: "identity_mismatch",
 }
 # HTTP refusal codes (JSON body) after which the device stops.
-STOP_HTTP_CODES = (core.E_AUTH_FAILED, core.E_DISABLED, core.E_ADDRESS)
+STOP_HTTP_CODES = (wire.E_AUTH_FAILED, wire.E_DISABLED, wire.E_ADDRESS)
 
 CredentialRefresh = Callable[[str], Awaitable[str | None]]
 
@@ -167,8 +168,8 @@ class VirtualDevice:
         self._window = window
         self._expired = False
         self.counters = DeviceCounters()
-        self.outbox: deque[Any] = deque()  # core.Reading, ascending seq
-        self.session: core.DeviceSession = self._new_session()
+        self.outbox: deque[Any] = deque()  # wire.Reading, ascending seq
+        self.session: DeviceSession = self._new_session()
         self.thresholds: dict[str, tuple[float, float]] = {}
         self.outputs: dict[str, bool] = dict.fromkeys(OUTPUTS, False)
         self.state = "idle"  # idle, connecting, online, backoff, stopped
@@ -349,7 +350,7 @@ class VirtualDevice:
                 self._next_send_at = now + self._pace_s
             await self._send(ws, frame)
             if self.faults is not None and self.faults.want_malformed():
-                max_frame = (session.welcome or {}).get("max_frame", core.MAX_FRAME_BYTES)
+                max_frame = (session.welcome or {}).get("max_frame", wire.MAX_FRAME_BYTES)
                 _kind, bad = self.faults.malformed_frame(max_frame if type(max_frame) is int else 16384)
                 self.counters.malformed += 1
                 await self._send(ws, bad)
@@ -360,7 +361,7 @@ class VirtualDevice:
         limit = self.batch
         welcome = self.session.welcome or {}
         announced = welcome.get("max_batch")
-        gateway_max = announced if type(announced) is int and announced > 0 else core.MAX_BATCH
+        gateway_max = announced if type(announced) is int and announced > 0 else wire.MAX_BATCH
         if self.adaptive_batch and self._pace_s > 0:
             limit = max(limit, gateway_max)
         return min(limit, gateway_max)
@@ -395,14 +396,14 @@ class VirtualDevice:
             return
         try:
             kind, payload = self.session.receive(text)
-        except core.ProtocolError:
+        except wire.ProtocolError:
             self.counters.count_error("protocol")
             return
-        if kind == core.DEV_ACK:
+        if kind == DEV_ACK:
             self._release_acked()
-        elif kind == core.DEV_WELCOME:
+        elif kind == DEV_WELCOME:
             self._on_welcome(payload, now)
-        elif kind == core.DEV_SLOW:
+        elif kind == DEV_SLOW:
             self.counters.slowed += 1
             # 5% under the announced rate so network jitter does not push frames over the limit
             self._pace_s = 1.05 / max(self.session.rate, 1e-3)
@@ -411,13 +412,13 @@ class VirtualDevice:
             if type(seq) is int:
                 for first in [f for f in self._frames if f >= seq]:
                     del self._frames[first]
-        elif kind == core.DEV_ERROR:
+        elif kind == DEV_ERROR:
             code = payload.get("code")
             self.counters.count_error(str(code))
             seq = payload.get("seq")
-            if code not in (core.E_RATE, core.E_STORAGE) and type(seq) is int and seq in self._frames:
+            if code not in (wire.E_RATE, wire.E_STORAGE) and type(seq) is int and seq in self._frames:
                 self._reject(seq, self._frames.pop(seq))
-        elif kind == core.DEV_CMD:
+        elif kind == DEV_CMD:
             await self._answer(ws, payload)
 
     def _on_welcome(self, welcome: dict[str, Any], now: float) -> None:
@@ -482,7 +483,7 @@ class VirtualDevice:
     # ------------------------------------------------------------ commands
     def _cmd_set_interval(self, args: dict[str, Any]) -> tuple[bool, str]:
         seconds = args.get("seconds")
-        if not core.is_number(seconds) or not 0 < seconds < 86400 * 7:
+        if not wire.is_number(seconds) or not 0 < seconds < 86400 * 7:
             return False, "set_interval needs 'seconds', a number > 0"
         self.rate = 1.0 / float(seconds)
         self._next_sample_at = asyncio.get_running_loop().time() + float(seconds)
@@ -490,7 +491,7 @@ class VirtualDevice:
 
     def _cmd_set_thresholds(self, args: dict[str, Any]) -> tuple[bool, str]:
         metric, high, low = args.get("metric"), args.get("high"), args.get("low")
-        if type(metric) is not str or not core.is_number(high) or not core.is_number(low):
+        if type(metric) is not str or not wire.is_number(high) or not wire.is_number(low):
             return False, "set_thresholds needs 'metric' (string), 'high' and 'low' (numbers)"
         if low > high:
             return False, "set_thresholds: 'low' must not exceed 'high'"
@@ -519,9 +520,9 @@ class VirtualDevice:
         reason = STOP_CODES.get(code)
         if reason is not None:
             self.stopped_reason = reason
-        elif code == core.CLOSE_EXPIRED:
+        elif code == wire.CLOSE_EXPIRED:
             self._expired = True
-        elif code == core.CLOSE_TOO_MANY_ERRORS:
+        elif code == wire.CLOSE_TOO_MANY_ERRORS:
             self._attempt = max(self._attempt, 4)  # reconnect slowly
 
     async def _on_refused(self, exc: InvalidStatus) -> None:
@@ -532,13 +533,13 @@ class VirtualDevice:
         self.counters.count_error(code or f"http_{exc.response.status_code}")
         if code in STOP_HTTP_CODES:
             self.stopped_reason = code
-        elif code == core.E_EXPIRED:
+        elif code == wire.E_EXPIRED:
             self._expired = True
 
     async def _refresh_credential(self) -> None:
         self._expired = False
         if self.credential_refresh is None:
-            self.stopped_reason = core.E_EXPIRED
+            self.stopped_reason = wire.E_EXPIRED
             return
         try:
             fresh = await self.credential_refresh(self.device_id)
@@ -546,7 +547,7 @@ class VirtualDevice:
             self.counters.count_error("refresh_failed")
             fresh = None
         if fresh is None:
-            self.stopped_reason = core.E_EXPIRED
+            self.stopped_reason = wire.E_EXPIRED
             return
         self.credential = fresh
         is_jwt = not fresh.startswith("ewt_") and fresh.count(".") == 2
@@ -601,10 +602,10 @@ class VirtualDevice:
         self.boot = f"{self.rng.getrandbits(32):08x}"
         self.session.boot = self.boot  # type: ignore[attr-defined]
 
-    def _new_session(self) -> core.DeviceSession:
+    def _new_session(self) -> DeviceSession:
         cred = self.credential
         is_jwt = not cred.startswith("ewt_") and cred.count(".") == 2
-        return core.DeviceSession(self.device_id, None if is_jwt else cred, cred if is_jwt else None,
+        return DeviceSession(self.device_id, None if is_jwt else cred, cred if is_jwt else None,
                                   None, self.batch, self._window)
 
     def _uptime_ms(self, now: float) -> int:
@@ -645,11 +646,11 @@ class VirtualDevice:
             self.counters.sensor_errors += 1
             try:
                 metrics = self.sensor.sample(t_device)
-                quality = core.QUALITY_RETRIED
+                quality = wire.QUALITY_RETRIED
             except SensorReadError:
                 self.counters.sensor_errors += 1
                 return
-        item = core.Reading(self._next_seq, metrics, max(0, int(t_device * 1000)), self._uptime_ms(at), quality)
+        item = wire.Reading(self._next_seq, metrics, max(0, int(t_device * 1000)), self._uptime_ms(at), quality)
         self._next_seq += 1
         self.counters.generated += 1
         if len(self.outbox) >= self.outbox_max:

@@ -1,6 +1,6 @@
 """Load generator: thousands of simulated devices from one process (or a few workers).
 
-The devices speak protocol v1 through ``protocol.core.DeviceSession`` (auth frame, data
+The devices speak protocol v1 through ``protocol.device.DeviceSession`` (auth frame, data
 frames, cumulative acks, slow-down) over a minimal asyncio WebSocket client written for
 this purpose: one ``asyncio.Protocol`` per connection, no task per connection, frames
 encoded and parsed inline. The server side stays the real gateway (websockets); only the
@@ -39,7 +39,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from protocol import core
+from protocol import wire
+from protocol.device import DEV_ACK, DEV_CMD, DEV_ERROR, DEV_SLOW, DEV_WELCOME, DeviceSession
 
 try:  # C helper shipped with websockets; pure-Python fallback below
     from websockets.speedups import apply_mask as _c_apply_mask
@@ -545,7 +546,7 @@ class Payloads:
 ACK_LATENCIES: array[float] = array("d")
 
 class DeviceConn(WsClient):
-    """One Edgewire device: protocol.core.DeviceSession over WsClient, readings kept until acked."""
+    """One Edgewire device: protocol.device.DeviceSession over WsClient, readings kept until acked."""
 
     __slots__ = ("base_seq", "generated", "next_seq", "payloads", "pending", "rejected", "session", "slowed",
                  "welcomed")
@@ -553,9 +554,9 @@ class DeviceConn(WsClient):
     def __init__(self, request_factory: Callable[[str], bytes], device_id: str, token: str,
                  payloads: Payloads, window: int = 4, max_batch: int = 20) -> None:
         super().__init__(request_factory)
-        self.session = core.DeviceSession(device_id, token=token, boot=f"{random.getrandbits(32):08x}",
+        self.session = DeviceSession(device_id, token=token, boot=f"{random.getrandbits(32):08x}",
                                           max_batch=max_batch, window=window, loads=_loads, dumps=_dumps)
-        self.pending: list[Any] = []  # core.Reading not yet acknowledged, seq order
+        self.pending: list[Any] = []  # wire.Reading not yet acknowledged, seq order
         self.payloads = payloads
         self.welcomed = False
         self.base_seq = 0  # last_seq from the first welcome: readings above it are this run's
@@ -574,9 +575,9 @@ class DeviceConn(WsClient):
             return
         try:
             kind, info = self.session.receive(payload.decode())
-        except (core.ProtocolError, UnicodeDecodeError):
+        except (wire.ProtocolError, UnicodeDecodeError):
             return
-        if kind == core.DEV_ACK:
+        if kind == DEV_ACK:
             pending = self.pending
             cut = 0
             stamp = time.time() * 1000.0
@@ -587,22 +588,22 @@ class DeviceConn(WsClient):
             if cut:
                 del pending[:cut]
             self.flush()
-        elif kind == core.DEV_WELCOME:
+        elif kind == DEV_WELCOME:
             if not self.welcomed:
                 self.welcomed = True
                 self.base_seq = self.session.acked
                 self.next_seq = self.base_seq + 1
             self.flush()
-        elif kind == core.DEV_CMD:
+        elif kind == DEV_CMD:
             self.send_text(self.session.result_frame(info["id"], True, "ok"))
-        elif kind == core.DEV_SLOW:
+        elif kind == DEV_SLOW:
             self.slowed += 1
-        elif kind == core.DEV_ERROR:
+        elif kind == DEV_ERROR:
             self.rejected += 1
 
     def tick(self, ts: int, index: int) -> None:
         """Take one reading (timestamped ``ts``) and send what the window allows."""
-        reading = core.Reading(self.next_seq, self.payloads.metrics(index), ts, None, "ok")
+        reading = wire.Reading(self.next_seq, self.payloads.metrics(index), ts, None, "ok")
         self.next_seq += 1
         self.generated += 1
         self.pending.append(reading)
@@ -654,8 +655,8 @@ class MqttPublisher(WsClient):
                 self.close()
 
     def tick(self, ts: int, index: int) -> None:
-        reading = core.Reading(self.next_seq, self.payloads.metrics(index), ts, None, "ok")
-        data = _dumps(core.data_message(self.next_seq, [reading], self.boot)).encode()
+        reading = wire.Reading(self.next_seq, self.payloads.metrics(index), ts, None, "ok")
+        data = _dumps(wire.data_message(self.next_seq, [reading], self.boot)).encode()
         self.next_seq += 1
         self.generated += 1
         if self.welcomed and self.send_binary(mqtt_publish(self.topic, data)):

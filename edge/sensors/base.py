@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from edge.errors import ConfigError
-from protocol import core
+from protocol import wire
 
-QUALITY_OK: str = core.QUALITY_OK
-QUALITY_RETRIED: str = core.QUALITY_RETRIED
-QUALITY_SUSPECT: str = core.QUALITY_SUSPECT
-QUALITY_STALE: str = core.QUALITY_STALE
+QUALITY_OK: str = wire.QUALITY_OK
+QUALITY_RETRIED: str = wire.QUALITY_RETRIED
+QUALITY_SUSPECT: str = wire.QUALITY_SUSPECT
+QUALITY_STALE: str = wire.QUALITY_STALE
 
 # type name -> "module:Class". The class implements Sensor and has OPTIONS.
 SENSOR_TYPES: dict[str, str] = {
@@ -36,7 +36,7 @@ BACKENDS = ("hardware", "sim")
 
 @dataclass(slots=True)
 class Sample:
-    """One successful read: metric name -> value, and its read quality (core.QUALITIES)."""
+    """One successful read: metric name -> value, and its read quality (wire.QUALITIES)."""
 
     metrics: dict[str, float]
     quality: str = QUALITY_OK
@@ -94,7 +94,7 @@ def bcm_pin(value: Any) -> str | None:
 
 def metric_name(value: Any) -> str | None:
     ok = (
-        0 < len(value) <= core.MAX_NAME
+        0 < len(value) <= wire.MAX_NAME
         and value[0].isascii() and value[0].islower()
         and all(ch in "abcdefghijklmnopqrstuvwxyz0123456789_" for ch in value)
     )

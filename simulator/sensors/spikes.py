@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from protocol.core import metric_range
+from protocol.wire import metric_range
 from simulator.sensors.base import Seed, SensorModel, Wrapper, make_rng
 
 
 class Spikes(Wrapper):
     """With ``probability`` per sample, add ``±magnitude`` to every metric of that sample.
 
-    ``clamp`` keeps values inside the protocol's plausible range (``core.metric_range``)
+    ``clamp`` keeps values inside the protocol's plausible range (``wire.metric_range``)
     so a spike is a suspicious value, not a refused frame; ``clamp=False`` lets it out.
     ``spikes`` counts the samples altered.
     """

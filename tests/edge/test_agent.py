@@ -1,4 +1,4 @@
-"""The agent in-process against a small websockets server built on protocol.core.GatewaySession:
+"""The agent in-process against a small websockets server built on protocol.gateway.GatewaySession:
 slow-down obeyed, refused frames dropped and counted, commands validated, systemd notifications."""
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from edge import config
 from edge.agent import Agent
-from protocol import core
+from protocol import wire
+from protocol.gateway import EV_CLOSE, EV_DATA, EV_STATUS, EV_THROTTLE, GatewaySession
 from tests.edge.agentproc import AgentThread, wait_for
 from tests.edge.conftest import agent_toml
 
 
 class CoreGateway:
-    """A gateway on loopback that stores in memory and follows core.GatewaySession.
+    """A gateway on loopback that stores in memory and follows GatewaySession.
 
     ``announce`` overrides welcome fields (a gateway can announce a rate it does not grant).
     ``refuse`` is a set of seqs whose frames are answered with a bad_value error instead.
@@ -45,25 +46,25 @@ class CoreGateway:
         self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
     async def handler(self, ws: ServerConnection) -> None:
-        session = core.GatewaySession(rate=self.rate, burst=self.burst, now=time.monotonic())
+        session = GatewaySession(rate=self.rate, burst=self.burst, now=time.monotonic())
         last = self.stored[-1] if self.stored else 0
         await ws.send(session.accept("PI-TEST", last, int(time.time() * 1000), self.announce))
         async for text in ws:
             event = session.receive(text, time.monotonic())
-            if event.kind == core.EV_DATA:
+            if event.kind == EV_DATA:
                 frame = event.payload
                 if frame.seq in self.refuse:
-                    await ws.send(session.error_frame(core.E_BAD_VALUE, "refused by test", frame.seq))
+                    await ws.send(session.error_frame(wire.E_BAD_VALUE, "refused by test", frame.seq))
                     continue
                 self.stored.extend(r.seq for r in frame.readings)
                 await ws.send(session.ack(session.accepted_seq))
-            elif event.kind == core.EV_THROTTLE:
+            elif event.kind == EV_THROTTLE:
                 self.throttled += 1
                 if event.reply:
                     await ws.send(event.reply)
-            elif event.kind == core.EV_STATUS:
+            elif event.kind == EV_STATUS:
                 self.statuses.append(event.payload)
-            elif event.kind == core.EV_CLOSE:
+            elif event.kind == EV_CLOSE:
                 self.closed_codes.append(event.close_code)
                 await ws.send(event.reply)
                 await ws.close(event.close_code)
@@ -105,7 +106,7 @@ def test_slow_down_is_obeyed_and_nothing_is_lost(tmp_path: Path, mock_pins: Any)
     finally:
         assert runner.stop() == 0
         gw.stop()
-    assert core.CLOSE_RATE_LIMITED not in gw.closed_codes  # the agent slowed down: never cut off
+    assert wire.CLOSE_RATE_LIMITED not in gw.closed_codes  # the agent slowed down: never cut off
     assert gw.stored == list(range(1, len(gw.stored) + 1))  # resent from the slow frame's seq, exactly once
     assert gw.throttled < 40
 

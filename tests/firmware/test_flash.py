@@ -97,7 +97,7 @@ def make_flash(**variables: str) -> subprocess.CompletedProcess[str]:
 
 def app_files() -> dict[str, bytes]:
     files = {p.name: p.read_bytes() for p in (ROOT / "firmware").glob("*.py") if p.name != "flash.py"}
-    for name in ("__init__.py", "core.py"):
+    for name in ("__init__.py", "wire.py", "device.py"):
         files[f"protocol/{name}"] = (ROOT / "protocol" / name).read_bytes()
     return files
 

@@ -1,4 +1,4 @@
-"""Pure firmware logic and protocol.core under real MicroPython (WebAssembly port in Node).
+"""Pure firmware logic and protocol (wire, gateway, device) under real MicroPython (WebAssembly port in Node).
 
 Each check_*.py script in tests/firmware/mpy/ runs twice: under MicroPython 1.27 with a
 110 KiB starting heap (firmware deployed to / and protocol to /protocol, as on a

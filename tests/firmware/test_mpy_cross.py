@@ -30,7 +30,7 @@ SOURCES = sorted([*DEVICE_FIRMWARE, *ROOT.glob("protocol/*.py")])
 
 def test_sources_found() -> None:
     names = {p.name for p in SOURCES}
-    assert {"app.py", "ring.py", "wsclient.py", "core.py", "__init__.py"} <= names
+    assert {"app.py", "ring.py", "wsclient.py", "wire.py", "device.py", "gateway.py", "__init__.py"} <= names
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))

@@ -22,7 +22,7 @@ from gateway.auth import Authenticator, Identity, bearer
 from gateway.errors import AuthError, ConfigError
 from gateway.registry import Registry
 from gateway.storage.sqlite import SQLiteStorage
-from protocol import core
+from protocol import wire
 
 KEY = b"\x07" * 32
 SECRET = "s" * 40
@@ -82,14 +82,14 @@ def test_token_authentication(tmp_path: Path) -> None:
         assert ident.device_id == "S-1"
 
         failures = [
-            await refused(auth, core.E_AUTH_FAILED, 401, device_id="S-1", token=token[:-1] + "x"),
-            await refused(auth, core.E_AUTH_FAILED, 401, device_id="S-9", token=token),  # unknown id
-            await refused(auth, core.E_AUTH_FAILED, 401, device_id="S-2", token=token),  # another's id
-            await refused(auth, core.E_AUTH_FAILED, 401, device_id="S-1", token=other),
-            await refused(auth, core.E_AUTH_FAILED, 401, device_id="S-1", token=""),
-            await refused(auth, core.E_AUTH_FAILED, 401, device_id="S-1", token="ewt_" + "x" * 600),
-            await refused(auth, core.E_AUTH_FAILED, 401, device_id="S-1", token="\udcff"),
-            await refused(auth, core.E_AUTH_FAILED, 401),  # no credential
+            await refused(auth, wire.E_AUTH_FAILED, 401, device_id="S-1", token=token[:-1] + "x"),
+            await refused(auth, wire.E_AUTH_FAILED, 401, device_id="S-9", token=token),  # unknown id
+            await refused(auth, wire.E_AUTH_FAILED, 401, device_id="S-2", token=token),  # another's id
+            await refused(auth, wire.E_AUTH_FAILED, 401, device_id="S-1", token=other),
+            await refused(auth, wire.E_AUTH_FAILED, 401, device_id="S-1", token=""),
+            await refused(auth, wire.E_AUTH_FAILED, 401, device_id="S-1", token="ewt_" + "x" * 600),
+            await refused(auth, wire.E_AUTH_FAILED, 401, device_id="S-1", token="\udcff"),
+            await refused(auth, wire.E_AUTH_FAILED, 401),  # no credential
         ]
         assert {f.message for f in failures} == {"authentication failed"}
 
@@ -101,19 +101,19 @@ def test_revoked_rotated_and_disabled_tokens(tmp_path: Path) -> None:
         auth = env.auth()
         old = await env.registry.add("S-1")
         new = await env.registry.rotate("S-1")
-        await refused(auth, core.E_AUTH_FAILED, 401, device_id="S-1", token=old)
+        await refused(auth, wire.E_AUTH_FAILED, 401, device_id="S-1", token=old)
         ident = await auth.authenticate(device_id="S-1", token=new, jwt=None, address="::1")
         assert ident.device_id == "S-1"
 
         await env.registry.disable("S-1")
-        err = await refused(auth, core.E_DISABLED, 403, device_id="S-1", token=new)
+        err = await refused(auth, wire.E_DISABLED, 403, device_id="S-1", token=new)
         assert "disabled" in err.message
-        await refused(auth, core.E_AUTH_FAILED, 401, device_id="S-1", token=old)  # wrong token: not told
+        await refused(auth, wire.E_AUTH_FAILED, 401, device_id="S-1", token=old)  # wrong token: not told
         await env.registry.enable("S-1")
         await auth.authenticate(device_id="S-1", token=new, jwt=None, address="::1")
 
         await env.registry.revoke("S-1")
-        err = await refused(auth, core.E_AUTH_FAILED, 401, device_id="S-1", token=new)
+        err = await refused(auth, wire.E_AUTH_FAILED, 401, device_id="S-1", token=new)
         assert err.message == "authentication failed"
 
     run(tmp_path, body)
@@ -147,10 +147,10 @@ def test_jwt_hs256(tmp_path: Path) -> None:
         ident = await auth.authenticate(device_id=None, token=None, jwt=good, address="127.0.0.1")
         assert ident == Identity("S-1", float(exp), "jwt")
         assert (await auth.authenticate(device_id="S-1", token=None, jwt=good, address="127.0.0.1")) == ident
-        await refused(auth, core.E_AUTH_FAILED, 401, device_id="S-2", jwt=good)
+        await refused(auth, wire.E_AUTH_FAILED, 401, device_id="S-2", jwt=good)
 
         env.now = exp  # exp is exclusive: no leeway
-        await refused(auth, core.E_EXPIRED, 401, jwt=good)
+        await refused(auth, wire.E_EXPIRED, 401, jwt=good)
         env.now = NOW
 
         bad = [
@@ -165,17 +165,17 @@ def test_jwt_hs256(tmp_path: Path) -> None:
             good[:-3] + "AAA", "not.a.jwt", "x" * 5000,
         ]
         for credential in bad:
-            err = await refused(auth, core.E_AUTH_FAILED, 401, jwt=credential)
+            err = await refused(auth, wire.E_AUTH_FAILED, 401, jwt=credential)
             assert err.message == "authentication failed"
         # An expired JWT with a bad signature is a bad credential, not an expired one.
         env.now = exp + 100
-        await refused(auth, core.E_AUTH_FAILED, 401, jwt=hs256({"sub": "S-1", "exp": exp}, secret="t" * 40))
+        await refused(auth, wire.E_AUTH_FAILED, 401, jwt=hs256({"sub": "S-1", "exp": exp}, secret="t" * 40))
         env.now = NOW
 
         await env.registry.disable("S-1")
-        await refused(auth, core.E_DISABLED, 403, jwt=good)
+        await refused(auth, wire.E_DISABLED, 403, jwt=good)
         # Without a configured secret, JWTs are refused.
-        await refused(env.auth(jwt_secret=None), core.E_AUTH_FAILED, 401, jwt=good)
+        await refused(env.auth(jwt_secret=None), wire.E_AUTH_FAILED, 401, jwt=good)
 
     run(tmp_path, body)
 
@@ -198,23 +198,23 @@ def test_jwt_es256_and_algorithm_confusion(tmp_path: Path) -> None:
         good = pyjwt.encode({"sub": "S-1", "exp": exp}, key, algorithm="ES256")
         ident = await auth.authenticate(device_id=None, token=None, jwt=good, address="127.0.0.1")
         assert ident == Identity("S-1", float(exp), "jwt")
-        await refused(auth, core.E_AUTH_FAILED, 401,
+        await refused(auth, wire.E_AUTH_FAILED, 401,
                       jwt=pyjwt.encode({"sub": "S-1", "exp": exp}, other, algorithm="ES256"))
         env.now = exp + 1
-        await refused(auth, core.E_EXPIRED, 401, jwt=good)
+        await refused(auth, wire.E_EXPIRED, 401, jwt=good)
         env.now = NOW
         # HS256 signed with the public key as the HMAC secret must not pass.
         header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
         payload = _b64(json.dumps({"sub": "S-1", "exp": exp}).encode())
         sig = _b64(hmac.new(pem.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest())
-        await refused(auth, core.E_AUTH_FAILED, 401, jwt=f"{header}.{payload}.{sig}")
+        await refused(auth, wire.E_AUTH_FAILED, 401, jwt=f"{header}.{payload}.{sig}")
         # An RS256 token when only an EC key is configured.
         rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        await refused(auth, core.E_AUTH_FAILED, 401,
+        await refused(auth, wire.E_AUTH_FAILED, 401,
                       jwt=pyjwt.encode({"sub": "S-1", "exp": exp}, rsa_key, algorithm="RS256"))
         # Only ES256 allowed: an HS256 token with the right secret is refused.
         es_only = env.auth(jwt_public_key_pem=pem, jwt_algorithms=["ES256"])
-        await refused(es_only, core.E_AUTH_FAILED, 401, jwt=hs256({"sub": "S-1", "exp": exp}))
+        await refused(es_only, wire.E_AUTH_FAILED, 401, jwt=hs256({"sub": "S-1", "exp": exp}))
 
     run(tmp_path, body)
 
@@ -241,24 +241,24 @@ def test_global_and_device_allowlists(tmp_path: Path) -> None:
         for address in ("127.0.0.1", "::ffff:127.0.0.1", "fd00::5", "192.168.200.1"):
             await auth.authenticate(device_id="S-1", token=token, jwt=None, address=address)
         for address in ("10.0.0.1", "::1", "garbage", ""):
-            err = await refused(auth, core.E_ADDRESS, 403, device_id="S-1", token=token, address=address)
+            err = await refused(auth, wire.E_ADDRESS, 403, device_id="S-1", token=token, address=address)
             assert "not allowed" in err.message
         # Outside the global list even an invalid credential gets address_not_allowed (no lookup).
-        await refused(auth, core.E_ADDRESS, 403, device_id="S-1", token="ewt_wrong", address="10.0.0.1")
+        await refused(auth, wire.E_ADDRESS, 403, device_id="S-1", token="ewt_wrong", address="10.0.0.1")
 
         await auth.authenticate(device_id="S-2", token=pinned, jwt=None, address="192.168.7.9")
-        await refused(auth, core.E_ADDRESS, 403, device_id="S-2", token=pinned, address="192.168.8.9")
+        await refused(auth, wire.E_ADDRESS, 403, device_id="S-2", token=pinned, address="192.168.8.9")
         # A wrong credential from outside the device's list learns nothing about the device.
-        await refused(auth, core.E_AUTH_FAILED, 401, device_id="S-2", token="ewt_wrong",
+        await refused(auth, wire.E_AUTH_FAILED, 401, device_id="S-2", token="ewt_wrong",
                       address="192.168.8.9")
         jwt = hs256({"sub": "S-2", "exp": int(NOW) + 60})
-        await refused(auth, core.E_ADDRESS, 403, jwt=jwt, address="192.168.8.9")
+        await refused(auth, wire.E_ADDRESS, 403, jwt=jwt, address="192.168.8.9")
         await auth.authenticate(device_id=None, token=None, jwt=jwt, address="192.168.7.1")
 
         # An empty global list allows any address; the device list still applies.
         open_auth = env.auth()
         await open_auth.authenticate(device_id="S-1", token=token, jwt=None, address="203.0.113.5")
-        await refused(open_auth, core.E_ADDRESS, 403, device_id="S-2", token=pinned, address="203.0.113.5")
+        await refused(open_auth, wire.E_ADDRESS, 403, device_id="S-2", token=pinned, address="203.0.113.5")
 
     run(tmp_path, body)
 
@@ -288,9 +288,9 @@ def test_client_address_honours_forwarded_for_only_from_trusted_proxies(tmp_path
         assert garbage == "evil"
         strict = env.auth(trusted_proxies=["10.0.0.0/8"], global_allow=["10.0.0.0/8"])
         token = await env.registry.add("S-1")
-        await refused(strict, core.E_ADDRESS, 403, device_id="S-1", token=token, address=garbage)
+        await refused(strict, wire.E_ADDRESS, 403, device_id="S-1", token=token, address=garbage)
         spoofed = strict.client_address("203.0.113.9", {xff: "10.0.0.3"})  # not from a proxy
-        await refused(strict, core.E_ADDRESS, 403, device_id="S-1", token=token, address=spoofed)
+        await refused(strict, wire.E_ADDRESS, 403, device_id="S-1", token=token, address=spoofed)
 
     run(tmp_path, body)
 
@@ -304,7 +304,7 @@ def test_bearer_header_parsing() -> None:
                 "Bearer ewt_" + "x" * 600):
         with pytest.raises(AuthError) as info:
             bearer({"Authorization": bad})
-        assert info.value.code == core.E_AUTH_FAILED and info.value.http_status == 401
+        assert info.value.code == wire.E_AUTH_FAILED and info.value.http_status == 401
     with pytest.raises(AuthError):
         bearer(Headers([("Authorization", "Bearer a"), ("Authorization", "Bearer b")]))
 

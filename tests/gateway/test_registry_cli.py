@@ -15,7 +15,7 @@ from gateway.auth import Authenticator
 from gateway.errors import AuthError
 from gateway.registry import load_or_create_key
 from gateway.storage.sqlite import SQLiteStorage
-from protocol import core
+from protocol import wire
 
 TOKEN_RE = re.compile(r"ewt_[A-Za-z0-9_-]{32}")
 
@@ -71,7 +71,7 @@ def test_devices_lifecycle(tmp_path: Path) -> None:
     assert "ewt_" not in table.stdout
 
     assert cli("devices", "disable", "S-1", "--data-dir", d).returncode == 0
-    assert authenticate(tmp_path / "state", "S-1", token) == core.E_DISABLED
+    assert authenticate(tmp_path / "state", "S-1", token) == wire.E_DISABLED
     listed = json.loads(cli("devices", "list", "--json", "--data-dir", d).stdout)
     assert [(x["device_id"], x["enabled"]) for x in listed] == [("S-1", False), ("S-2", True)]
     assert cli("devices", "enable", "S-1", "--data-dir", d).returncode == 0
@@ -81,11 +81,11 @@ def test_devices_lifecycle(tmp_path: Path) -> None:
     assert rotated.returncode == 0
     new = rotated.stdout.strip().splitlines()[-1]
     assert TOKEN_RE.fullmatch(new) and new != token
-    assert authenticate(tmp_path / "state", "S-1", token) == core.E_AUTH_FAILED
+    assert authenticate(tmp_path / "state", "S-1", token) == wire.E_AUTH_FAILED
     assert authenticate(tmp_path / "state", "S-1", new) == "S-1"
 
     assert cli("devices", "revoke", "S-1", "--data-dir", d).returncode == 0
-    assert authenticate(tmp_path / "state", "S-1", new) == core.E_AUTH_FAILED
+    assert authenticate(tmp_path / "state", "S-1", new) == wire.E_AUTH_FAILED
     shown = json.loads(cli("devices", "show", "S-1", "--data-dir", d).stdout)
     assert shown["token"] == "revoked" and "digest" not in json.dumps(shown)
 
@@ -133,7 +133,7 @@ def test_cli_works_while_the_gateway_holds_the_database(tmp_path: Path) -> None:
         finally:
             await storage.close()
 
-    assert asyncio.run(main()) == ("LIVE-1", core.E_DISABLED)
+    assert asyncio.run(main()) == ("LIVE-1", wire.E_DISABLED)
 
 
 def test_jwt_command(tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_jwt_command(tmp_path: Path) -> None:
     assert minted.returncode == 0, minted.stderr
     jwt = minted.stdout.strip()
     assert authenticate(tmp_path, jwt=jwt, secret=secret) == "S-1"
-    assert authenticate(tmp_path, jwt=jwt, secret="r" * 48) == core.E_AUTH_FAILED
+    assert authenticate(tmp_path, jwt=jwt, secret="r" * 48) == wire.E_AUTH_FAILED
     short = tmp_path / "short.secret"
     short.write_text("abc")
     result = cli("jwt", "S-1", "--secret-file", str(short))

@@ -12,7 +12,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import StorageError
 from gateway.factory import build_gateway
 from gateway.storage.base import ReadingRow
-from protocol import core
+from protocol import wire
 from tests.helpers.devices import expect_close
 
 
@@ -51,6 +51,6 @@ def test_failed_commit_closes_1013_without_ack(tmp_path: Path) -> None:
 
     frames, code, last_seq, seqs = asyncio.run(run())
     assert [f for f in frames if f["t"] == "ack"] == []
-    assert frames[-1]["code"] == core.E_STORAGE
-    assert code == core.CLOSE_TRY_AGAIN_LATER
+    assert frames[-1]["code"] == wire.E_STORAGE
+    assert code == wire.CLOSE_TRY_AGAIN_LATER
     assert last_seq == 1 and seqs == [1]

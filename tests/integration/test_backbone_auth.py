@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from protocol import core
+from protocol import wire
 from tests.helpers.devices import GoodDevice, expect_close
 from tests.helpers.gateway import GatewayProcess
 
@@ -80,11 +80,11 @@ def test_wrong_unknown_and_revoked_tokens(gw: GatewayProcess) -> None:
                                                                    "message": "authentication failed"})
         assert refused_with_header(gw, revoked)[1]["code"] == "auth_failed"
         frames, code = refused_in_first_frame(gw, {"t": "auth", "device_id": "dev-a", "token": real[:-2] + "zz"})
-        assert code == core.CLOSE_AUTH_FAILED and frames[-1]["code"] == "auth_failed"
+        assert code == wire.CLOSE_AUTH_FAILED and frames[-1]["code"] == "auth_failed"
         frames, code = refused_in_first_frame(gw, {"device_id": "no-such-device", "token": real})
-        assert code == core.CLOSE_AUTH_FAILED and frames[-1]["code"] == "auth_failed"
+        assert code == wire.CLOSE_AUTH_FAILED and frames[-1]["code"] == "auth_failed"
         frames, code = refused_in_first_frame(gw, {"device_id": "dev-r", "token": revoked})
-        assert code == core.CLOSE_AUTH_FAILED
+        assert code == wire.CLOSE_AUTH_FAILED
 
     with_bystander(gw, action)
     assert stored(gw, "dev-a") == 0 and stored(gw, "dev-r") == 0 and stored(gw, "no-such-device") == 0
@@ -99,7 +99,7 @@ def test_disabled_device(gw: GatewayProcess) -> None:
         status, body = refused_with_header(gw, token)
         assert (status, body["code"]) == (403, "device_disabled")
         frames, code = refused_in_first_frame(gw, {"device_id": "dev-d", "token": token})
-        assert code == core.CLOSE_DISABLED and frames[-1]["code"] == "device_disabled"
+        assert code == wire.CLOSE_DISABLED and frames[-1]["code"] == "device_disabled"
 
     with_bystander(gw, action)
     assert stored(gw, "dev-d") == 0
@@ -127,9 +127,9 @@ def test_expired_and_badly_signed_jwt(gw: GatewayProcess) -> None:
         status, body = refused_with_header(gw, forged)
         assert (status, body["code"]) == (401, "auth_failed")
         frames, code = refused_in_first_frame(gw, {"t": "auth", "jwt": expired})
-        assert code == core.CLOSE_EXPIRED and frames[-1]["code"] == "credential_expired"
+        assert code == wire.CLOSE_EXPIRED and frames[-1]["code"] == "credential_expired"
         frames, code = refused_in_first_frame(gw, {"t": "auth", "jwt": forged})
-        assert code == core.CLOSE_AUTH_FAILED
+        assert code == wire.CLOSE_AUTH_FAILED
 
     with_bystander(gw, action)
     assert stored(gw, "dev-j") == 0
@@ -148,7 +148,7 @@ def test_jwt_expiry_mid_session_closes_with_reason(gw: GatewayProcess) -> None:
 
     frames, code = asyncio.run(run())
     assert frames[0] == {"t": "ack", "seq": 1}
-    assert code == core.CLOSE_EXPIRED
+    assert code == wire.CLOSE_EXPIRED
     assert frames[-1]["code"] == "credential_expired"
     assert stored(gw, "dev-m") == 1
 
@@ -161,7 +161,7 @@ def test_address_outside_allowlist(gw: GatewayProcess) -> None:
         status, body = refused_with_header(gw, token)
         assert (status, body["code"]) == (403, "address_not_allowed")
         frames, code = refused_in_first_frame(gw, {"device_id": "dev-ip", "token": token})
-        assert code == core.CLOSE_ADDRESS and frames[-1]["code"] == "address_not_allowed"
+        assert code == wire.CLOSE_ADDRESS and frames[-1]["code"] == "address_not_allowed"
 
     with_bystander(gw, action)
     assert stored(gw, "dev-ip") == 0
@@ -180,7 +180,7 @@ def test_payload_naming_another_device(gw: GatewayProcess) -> None:
 
     def action() -> None:
         frames, code = asyncio.run(run())
-        assert code == core.CLOSE_IDENTITY and frames[-1]["code"] == "identity_mismatch"
+        assert code == wire.CLOSE_IDENTITY and frames[-1]["code"] == "identity_mismatch"
 
     with_bystander(gw, action)
     assert stored(gw, "victim") == 0 and stored(gw, "dev-p") == 0
@@ -209,6 +209,6 @@ def test_registry_changes_cut_off_live_sessions(tmp_path: Path) -> None:
             return codes
 
         codes = asyncio.run(run())
-    assert codes == {"dev-dis": (core.E_DISABLED, core.CLOSE_DISABLED),
-                     "dev-rev": (core.E_AUTH_FAILED, core.CLOSE_AUTH_FAILED),
-                     "dev-rot": (core.E_AUTH_FAILED, core.CLOSE_AUTH_FAILED)}
+    assert codes == {"dev-dis": (wire.E_DISABLED, wire.CLOSE_DISABLED),
+                     "dev-rev": (wire.E_AUTH_FAILED, wire.CLOSE_AUTH_FAILED),
+                     "dev-rot": (wire.E_AUTH_FAILED, wire.CLOSE_AUTH_FAILED)}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from protocol import core
+from protocol import wire
 from tests.helpers.devices import GoodDevice, expect_close
 from tests.helpers.gateway import GatewayProcess
 
@@ -27,16 +27,16 @@ def gw(tmp_path: Path) -> Iterator[GatewayProcess]:
 
 
 BAD_FRAMES = [
-    ("not json at all", core.E_BAD_JSON),
-    ('{"t":"data","seq":"one","r":[{"m":{"temperature":20}}]}', core.E_BAD_FRAME),
-    ('{"t":"data","seq":1,"r":[{"m":{"temperature":"warm"}}]}', core.E_BAD_FRAME),
-    ('{"t":"data","seq":1,"r":[{"m":{"temperature":NaN}}]}', core.E_BAD_JSON),
-    ('{"t":"data","seq":1,"r":[{"m":{"temperature":Infinity}}]}', core.E_BAD_JSON),
-    ('{"t":"data","seq":1,"r":[{"m":{"temperature":1e999}}]}', core.E_BAD_VALUE),
-    ('{"t":"data","seq":1,"r":[{"m":{"humidity":250}}]}', core.E_BAD_VALUE),
-    (json.dumps({"t": "data", "seq": 1, "r": [{"m": {"temperature": 20}}] * 51}), core.E_TOO_LARGE),
-    ('{"t":"firmware_update","url":"http://x"}', core.E_UNKNOWN_TYPE),
-    (b"\x00\xffgarbage\x13\x37", core.E_BINARY),
+    ("not json at all", wire.E_BAD_JSON),
+    ('{"t":"data","seq":"one","r":[{"m":{"temperature":20}}]}', wire.E_BAD_FRAME),
+    ('{"t":"data","seq":1,"r":[{"m":{"temperature":"warm"}}]}', wire.E_BAD_FRAME),
+    ('{"t":"data","seq":1,"r":[{"m":{"temperature":NaN}}]}', wire.E_BAD_JSON),
+    ('{"t":"data","seq":1,"r":[{"m":{"temperature":Infinity}}]}', wire.E_BAD_JSON),
+    ('{"t":"data","seq":1,"r":[{"m":{"temperature":1e999}}]}', wire.E_BAD_VALUE),
+    ('{"t":"data","seq":1,"r":[{"m":{"humidity":250}}]}', wire.E_BAD_VALUE),
+    (json.dumps({"t": "data", "seq": 1, "r": [{"m": {"temperature": 20}}] * 51}), wire.E_TOO_LARGE),
+    ('{"t":"firmware_update","url":"http://x"}', wire.E_UNKNOWN_TYPE),
+    (b"\x00\xffgarbage\x13\x37", wire.E_BINARY),
 ]
 
 
@@ -82,7 +82,7 @@ def test_oversized_frame_closes_1009(gw: GatewayProcess) -> None:
             _, code = await expect_close(ws)
             return code
 
-    assert asyncio.run(run()) == core.CLOSE_TOO_BIG
+    assert asyncio.run(run()) == wire.CLOSE_TOO_BIG
 
 
 def test_too_many_bad_frames_in_a_row_closes(gw: GatewayProcess) -> None:
@@ -96,8 +96,8 @@ def test_too_many_bad_frames_in_a_row_closes(gw: GatewayProcess) -> None:
             return await expect_close(ws)
 
     frames, code = asyncio.run(run())
-    assert code == core.CLOSE_TOO_MANY_ERRORS
-    assert frames[-1]["code"] == core.E_TOO_MANY_ERRORS
+    assert code == wire.CLOSE_TOO_MANY_ERRORS
+    assert frames[-1]["code"] == wire.E_TOO_MANY_ERRORS
 
 
 def test_data_before_auth_closes_4009(gw: GatewayProcess) -> None:
@@ -110,7 +110,7 @@ def test_data_before_auth_closes_4009(gw: GatewayProcess) -> None:
             return await expect_close(ws)
 
     frames, code = asyncio.run(run())
-    assert code == core.CLOSE_AUTH_REQUIRED and frames[-1]["code"] == core.E_AUTH_REQUIRED
+    assert code == wire.CLOSE_AUTH_REQUIRED and frames[-1]["code"] == wire.E_AUTH_REQUIRED
     assert gw.seqs("dev-x") == []
 
 
@@ -120,7 +120,7 @@ def test_auth_frame_never_sent_times_out(gw: GatewayProcess) -> None:
             return await expect_close(ws, timeout=10)
 
     frames, code = asyncio.run(run())
-    assert code == core.CLOSE_AUTH_TIMEOUT and frames[-1]["code"] == core.E_AUTH_TIMEOUT
+    assert code == wire.CLOSE_AUTH_TIMEOUT and frames[-1]["code"] == wire.E_AUTH_TIMEOUT
 
 
 def test_slowloris_handshake_is_dropped_while_others_flow(gw: GatewayProcess) -> None:

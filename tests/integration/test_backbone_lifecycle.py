@@ -13,7 +13,7 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from protocol import core
+from protocol import wire
 from tests.helpers.dashboard import DashboardWatcher
 from tests.helpers.devices import expect_close
 from tests.helpers.gateway import GatewayProcess
@@ -39,8 +39,8 @@ def test_sigterm_acks_what_it_received_then_closes_1012(tmp_path: Path) -> None:
 
     frames, code = asyncio.run(run())
     assert gw.proc is not None and gw.proc.returncode == 0
-    assert code == core.CLOSE_SERVICE_RESTART
-    assert frames[-1]["code"] == core.E_SHUTDOWN
+    assert code == wire.CLOSE_SERVICE_RESTART
+    assert frames[-1]["code"] == wire.E_SHUTDOWN
     # Frames the gateway read before SIGTERM are stored and acknowledged before the close;
     # frames still in the socket are neither (the device resends them after reconnecting).
     acked = max((int(f["seq"]) for f in frames if f["t"] == "ack"), default=1)  # type: ignore[call-overload]
@@ -64,7 +64,7 @@ def test_second_connection_replaces_the_first(gateway: GatewayProcess) -> None:
         return frames, code, welcome
 
     frames, code, welcome = asyncio.run(run())
-    assert code == core.CLOSE_REPLACED and frames[-1]["code"] == core.E_REPLACED
+    assert code == wire.CLOSE_REPLACED and frames[-1]["code"] == wire.E_REPLACED
     assert welcome["last_seq"] == 1
     assert gateway.seqs("dev-twin") == [1, 2]
 

@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from protocol import core
+from protocol import wire
 from tests.helpers.devices import GoodDevice
 from tests.helpers.gateway import GatewayProcess
 
@@ -60,8 +60,8 @@ def test_flooding_device_is_slowed_then_disconnected(gw: GatewayProcess) -> None
     slows = [f for f in frames if f["t"] == "slow"]
     assert slows, "the flooding device was never told to slow down"
     assert slows[0]["rate"] == 10.0 and int(slows[0]["retry_ms"]) > 0  # type: ignore[call-overload]
-    assert code == core.CLOSE_RATE_LIMITED
-    assert frames[-1]["code"] == core.E_RATE
+    assert code == wire.CLOSE_RATE_LIMITED
+    assert frames[-1]["code"] == wire.E_RATE
     assert all(p >= 10 for p in progress)
     # every acknowledged reading of the flooder is stored, nothing beyond the acks
     acked = max((int(f["seq"]) for f in frames if f["t"] == "ack"), default=0)  # type: ignore[call-overload]

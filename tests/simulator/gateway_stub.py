@@ -1,4 +1,4 @@
-"""An in-test gateway: a real websockets server on 127.0.0.1:0 driven by protocol.core.GatewaySession,
+"""An in-test gateway: a real websockets server on 127.0.0.1:0 driven by protocol.gateway.GatewaySession,
 with in-memory "storage". It stores what the session hands it and acks after storing, so tests
 can check what a VirtualDevice delivered (exactly once, in order) without the real gateway.
 """
@@ -18,7 +18,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from protocol import core
+from protocol import wire
+from protocol.gateway import EV_AUTH, EV_CLOSE, EV_DATA, EV_REJECT, EV_RESULT, EV_STATUS, EV_THROTTLE, GatewaySession
 
 
 class StubGateway:
@@ -85,26 +86,26 @@ class StubGateway:
                   device_id: str | None) -> tuple[str | None, str, float | None]:
         """(device id or None, error code, jwt exp)."""
         if credential is None:
-            return None, core.E_AUTH_FAILED, None
+            return None, wire.E_AUTH_FAILED, None
         if credential.startswith("ewt_"):
             for dev, token in self.tokens.items():
                 if token == credential and (device_id is None or device_id == dev):
                     return dev, "", None
-            return None, core.E_AUTH_FAILED, None
+            return None, wire.E_AUTH_FAILED, None
         if self.jwt_secret is None:
-            return None, core.E_AUTH_FAILED, None
+            return None, wire.E_AUTH_FAILED, None
         import jwt
 
         try:
             claims = jwt.decode(credential, self.jwt_secret, algorithms=["HS256"],
                                 options={"require": ["exp"]})
         except jwt.ExpiredSignatureError:
-            return None, core.E_EXPIRED, None
+            return None, wire.E_EXPIRED, None
         except jwt.InvalidTokenError:
-            return None, core.E_AUTH_FAILED, None
+            return None, wire.E_AUTH_FAILED, None
         sub = claims.get("sub")
         if sub not in self.tokens:
-            return None, core.E_AUTH_FAILED, None
+            return None, wire.E_AUTH_FAILED, None
         return sub, "", float(claims["exp"])
 
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
@@ -122,14 +123,14 @@ class StubGateway:
     # -- connection
     async def _handler(self, ws: ServerConnection) -> None:
         loop = asyncio.get_running_loop()
-        session = core.GatewaySession(rate=self.rate, burst=self.burst, now=loop.time(),
+        session = GatewaySession(rate=self.rate, burst=self.burst, now=loop.time(),
                                       max_batch=self.max_batch, max_frame=self.max_frame)
         identity = getattr(ws, "stub_identity", None)
         try:
             if identity is None:
                 first = await asyncio.wait_for(ws.recv(), 5.0)
                 event = session.receive(first, loop.time())
-                if event.kind != core.EV_AUTH:
+                if event.kind != EV_AUTH:
                     await self._close(ws, event)
                     return
                 device, code, exp = self._identify(event.payload.get("jwt") or event.payload.get("token"),
@@ -142,7 +143,7 @@ class StubGateway:
             old = self.live.get(device)
             if old is not None:
                 old_session = self.sessions[device]
-                await self._close(old, old_session.close(core.E_REPLACED, "replaced"))
+                await self._close(old, old_session.close(wire.E_REPLACED, "replaced"))
             self.live[device] = ws
             self.sessions[device] = session
             self.connects[device] += 1
@@ -150,7 +151,7 @@ class StubGateway:
             expiry = None
             if exp is not None:
                 def expire() -> None:
-                    event = session.close(core.E_EXPIRED, "credential expired")
+                    event = session.close(wire.E_EXPIRED, "credential expired")
                     self._tasks.add(asyncio.ensure_future(self._close(ws, event)))
 
                 expiry = loop.call_at(loop.time() + max(0.0, exp - time.time()), expire)
@@ -169,14 +170,14 @@ class StubGateway:
             if event.reply:
                 self.errors[event.payload.code] += 1
                 await ws.send(event.reply)
-            await ws.close(event.close_code or core.CLOSE_POLICY, event.payload.code)
+            await ws.close(event.close_code or wire.CLOSE_POLICY, event.payload.code)
 
     async def _serve(self, ws: ServerConnection, session: Any, device: str) -> None:
         loop = asyncio.get_running_loop()
         async for text in ws:
             event = session.receive(text, loop.time())
             kind = event.kind
-            if kind == core.EV_DATA:
+            if kind == EV_DATA:
                 frame = event.payload
                 self.frames[device] += 1
                 for item in frame.readings:
@@ -186,20 +187,20 @@ class StubGateway:
                 if self.ack_delay_s:
                     await asyncio.sleep(self.ack_delay_s)
                 await ws.send(session.ack(frame.last_seq))
-            elif kind == core.EV_REJECT:
+            elif kind == EV_REJECT:
                 self.errors[event.payload.code] += 1
                 await ws.send(event.reply)
-            elif kind == core.EV_THROTTLE:
+            elif kind == EV_THROTTLE:
                 if event.reply:
                     self.slows += 1
                     await ws.send(event.reply)
-            elif kind == core.EV_CLOSE:
+            elif kind == EV_CLOSE:
                 await self._close(ws, event)
                 return
-            elif kind == core.EV_RESULT:
+            elif kind == EV_RESULT:
                 self.results.append(event.payload)
                 future = self._pending.pop(event.payload["id"], None)
                 if future is not None and not future.done():
                     future.set_result(event.payload)
-            elif kind == core.EV_STATUS:
+            elif kind == EV_STATUS:
                 self.statuses.append(event.payload)

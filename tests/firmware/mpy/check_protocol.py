@@ -1,24 +1,26 @@
-"""protocol.core under the interpreter the firmware runs on."""
+"""protocol (wire, gateway, device) under the interpreter the firmware runs on."""
 
 from mpytest import raises, run
 
-from protocol import core
+from protocol import wire
+from protocol.device import DEV_ACK, DEV_CMD, DEV_SLOW, DEV_WELCOME, DeviceSession
+from protocol.gateway import EV_AUTH, EV_CLOSE, EV_DATA, EV_RESULT, EV_STATUS, EV_THROTTLE, GatewaySession
 
 
 def _pair(last_seq=0):
-    gw = core.GatewaySession(rate=100, burst=100, now=0.0)
-    dev = core.DeviceSession("SENSOR-01", token="ewt_" + "a" * 32, boot="0badf00d", max_batch=3)
+    gw = GatewaySession(rate=100, burst=100, now=0.0)
+    dev = DeviceSession("SENSOR-01", token="ewt_" + "a" * 32, boot="0badf00d", max_batch=3)
     ev = gw.receive(dev.auth_frame(), 0.0)
-    assert ev.kind == core.EV_AUTH and ev.payload["device_id"] == "SENSOR-01"
+    assert ev.kind == EV_AUTH and ev.payload["device_id"] == "SENSOR-01"
     welcome = gw.accept("SENSOR-01", last_seq, 1764080000000)
     kind, msg = dev.receive(welcome)
-    assert kind == core.DEV_WELCOME and msg["last_seq"] == last_seq
+    assert kind == DEV_WELCOME and msg["last_seq"] == last_seq
     return gw, dev
 
 
 def test_round_trip_and_cumulative_ack():
     gw, dev = _pair()
-    pending = [core.Reading(seq, {"temperature": 20.5 + seq, "humidity": 40.0}, up=1000 * seq, quality="ok")
+    pending = [wire.Reading(seq, {"temperature": 20.5 + seq, "humidity": 40.0}, up=1000 * seq, quality="ok")
                for seq in range(1, 6)]
     frames = []
     while True:
@@ -30,22 +32,22 @@ def test_round_trip_and_cumulative_ack():
     stored = []
     for frame in frames:
         ev = gw.receive(frame, 0.1)
-        assert ev.kind == core.EV_DATA, ev.payload
+        assert ev.kind == EV_DATA, ev.payload
         stored.extend(r.seq for r in ev.payload.readings)
         kind, _acked = dev.receive(gw.ack(ev.payload.last_seq))
-        assert kind == core.DEV_ACK
+        assert kind == DEV_ACK
     assert stored == [1, 2, 3, 4, 5]
     assert dev.acked == 5 and not dev.in_flight
 
 
 def test_resend_after_reconnect_is_deduplicated():
     gw, dev = _pair()
-    pending = [core.Reading(seq, {"temperature": 21.0}) for seq in range(1, 4)]
+    pending = [wire.Reading(seq, {"temperature": 21.0}) for seq in range(1, 4)]
     frame = dev.next_frame(pending)
     ev = gw.receive(frame, 0.1)
     assert [r.seq for r in ev.payload.readings] == [1, 2, 3]
     dev.connection_lost()  # the ack was lost with the connection
-    gw2 = core.GatewaySession(rate=100, burst=100)
+    gw2 = GatewaySession(rate=100, burst=100)
     gw2.receive(dev.auth_frame(), 0.0)
     dev.receive(gw2.accept("SENSOR-01", 3, 0))  # gateway stored 1..3
     assert dev.acked == 3
@@ -53,72 +55,72 @@ def test_resend_after_reconnect_is_deduplicated():
 
 
 def test_parse_data_refuses_bad_frames():
-    ok = core.parse_data({"t": "data", "seq": 7, "r": [{"m": {"temperature": 21.5}, "up": 5, "q": "retried"}]})
+    ok = wire.parse_data({"t": "data", "seq": 7, "r": [{"m": {"temperature": 21.5}, "up": 5, "q": "retried"}]})
     assert ok.readings[0].seq == 7 and ok.readings[0].quality == "retried"
     cases = [
-        ({"t": "data", "r": [{"m": {"temperature": 1}}]}, core.E_BAD_FRAME),
-        ({"t": "data", "seq": True, "r": [{"m": {"temperature": 1}}]}, core.E_BAD_FRAME),
-        ({"t": "data", "seq": 1, "r": [{"m": {"temperature": True}}]}, core.E_BAD_FRAME),
-        ({"t": "data", "seq": 1, "r": [{"m": {"temperature": 500.0}}]}, core.E_BAD_VALUE),
-        ({"t": "data", "seq": 1, "r": [{"m": {"Temp": 1.0}}]}, core.E_BAD_FRAME),
-        ({"t": "data", "seq": 1, "r": []}, core.E_BAD_FRAME),
-        ({"t": "data", "seq": 0, "r": [{"m": {"temperature": 1}}]}, core.E_BAD_VALUE),
-        ({"t": "data", "seq": 1, "r": [{"m": {"temperature": 1}, "q": "great"}]}, core.E_BAD_FRAME),
-        ({"t": "data", "seq": 1, "r": [{"m": {"temperature": 1}}] * 101}, core.E_TOO_LARGE),
+        ({"t": "data", "r": [{"m": {"temperature": 1}}]}, wire.E_BAD_FRAME),
+        ({"t": "data", "seq": True, "r": [{"m": {"temperature": 1}}]}, wire.E_BAD_FRAME),
+        ({"t": "data", "seq": 1, "r": [{"m": {"temperature": True}}]}, wire.E_BAD_FRAME),
+        ({"t": "data", "seq": 1, "r": [{"m": {"temperature": 500.0}}]}, wire.E_BAD_VALUE),
+        ({"t": "data", "seq": 1, "r": [{"m": {"Temp": 1.0}}]}, wire.E_BAD_FRAME),
+        ({"t": "data", "seq": 1, "r": []}, wire.E_BAD_FRAME),
+        ({"t": "data", "seq": 0, "r": [{"m": {"temperature": 1}}]}, wire.E_BAD_VALUE),
+        ({"t": "data", "seq": 1, "r": [{"m": {"temperature": 1}, "q": "great"}]}, wire.E_BAD_FRAME),
+        ({"t": "data", "seq": 1, "r": [{"m": {"temperature": 1}}] * 101}, wire.E_TOO_LARGE),
     ]
     for msg, code in cases:
-        err = raises(core.ProtocolError, core.parse_data, msg)
+        err = raises(wire.ProtocolError, wire.parse_data, msg)
         assert err.code == code, (msg, err.code, code)
 
 
 def test_decode_errors_and_non_finite():
-    assert raises(core.ProtocolError, core.decode, "{not json").code == core.E_BAD_JSON
-    assert raises(core.ProtocolError, core.decode, b"\x00\x01").code == core.E_BINARY
-    assert raises(core.ProtocolError, core.decode, "[1, 2]").code == core.E_BAD_FRAME
+    assert raises(wire.ProtocolError, wire.decode, "{not json").code == wire.E_BAD_JSON
+    assert raises(wire.ProtocolError, wire.decode, b"\x00\x01").code == wire.E_BINARY
+    assert raises(wire.ProtocolError, wire.decode, "[1, 2]").code == wire.E_BAD_FRAME
     # MicroPython's json refuses NaN; it parses 1e999 as inf, which the metric check refuses
-    err = raises(core.ProtocolError, core.decode, '{"t": "data", "x": NaN}')
-    assert err.code == core.E_BAD_JSON
-    msg = core.decode('{"t": "data", "seq": 1, "r": [{"m": {"temperature": 1e999}}]}')
-    assert raises(core.ProtocolError, core.parse_data, msg).code == core.E_BAD_VALUE
+    err = raises(wire.ProtocolError, wire.decode, '{"t": "data", "x": NaN}')
+    assert err.code == wire.E_BAD_JSON
+    msg = wire.decode('{"t": "data", "seq": 1, "r": [{"m": {"temperature": 1e999}}]}')
+    assert raises(wire.ProtocolError, wire.parse_data, msg).code == wire.E_BAD_VALUE
 
 
 def test_gateway_errors_close_codes():
-    gw = core.GatewaySession()
+    gw = GatewaySession()
     ev = gw.receive('{"t": "data", "seq": 1, "r": []}', 0.0)
-    assert ev.kind == core.EV_CLOSE and ev.close_code == core.CLOSE_AUTH_REQUIRED
+    assert ev.kind == EV_CLOSE and ev.close_code == wire.CLOSE_AUTH_REQUIRED
     gw, _dev = _pair()
     ev = gw.receive('{"t": "data", "seq": 1, "device_id": "OTHER", "r": [{"m": {"temperature": 1}}]}', 0.0)
-    assert ev.kind == core.EV_CLOSE and ev.close_code == core.CLOSE_IDENTITY
+    assert ev.kind == EV_CLOSE and ev.close_code == wire.CLOSE_IDENTITY
 
 
 def test_slow_down_rewinds_device():
-    gw = core.GatewaySession(rate=1, burst=1, now=0.0)
-    dev = core.DeviceSession("D1", token="t" * 10, max_batch=1)
+    gw = GatewaySession(rate=1, burst=1, now=0.0)
+    dev = DeviceSession("D1", token="t" * 10, max_batch=1)
     gw.receive(dev.auth_frame(), 0.0)
     dev.receive(gw.accept("D1", 0, 0))
-    pending = [core.Reading(seq, {"temperature": 20.0}) for seq in (1, 2)]
+    pending = [wire.Reading(seq, {"temperature": 20.0}) for seq in (1, 2)]
     first = gw.receive(dev.next_frame(pending), 0.0)
-    assert first.kind == core.EV_DATA
+    assert first.kind == EV_DATA
     second = gw.receive(dev.next_frame(pending), 0.0)
-    assert second.kind == core.EV_THROTTLE
+    assert second.kind == EV_THROTTLE
     kind, _msg = dev.receive(second.reply)
-    assert kind == core.DEV_SLOW and dev.sent == 1 and dev.send_after_ms > 0
+    assert kind == DEV_SLOW and dev.sent == 1 and dev.send_after_ms > 0
 
 
 def test_commands_and_results():
     gw, dev = _pair()
     kind, cmd = dev.receive(gw.command_frame("c-1", "ping"))
-    assert kind == core.DEV_CMD and cmd["name"] == "ping" and cmd["args"] == {}
+    assert kind == DEV_CMD and cmd["name"] == "ping" and cmd["args"] == {}
     ev = gw.receive(dev.result_frame("c-1", True, "pong", {"up": 1}), 0.0)
-    assert ev.kind == core.EV_RESULT and ev.payload["ok"] is True
+    assert ev.kind == EV_RESULT and ev.payload["ok"] is True
     ev = gw.receive(dev.status_frame({"dropped": 3, "buffered": 0}), 0.0)
-    assert ev.kind == core.EV_STATUS and ev.payload["dropped"] == 3
+    assert ev.kind == EV_STATUS and ev.payload["dropped"] == 3
 
 
 def test_bool_is_not_a_number():
-    assert not core.is_number(True)
-    assert core.is_number(1) and core.is_number(1.5)
-    assert not core.is_finite(float("inf"))
+    assert not wire.is_number(True)
+    assert wire.is_number(1) and wire.is_number(1.5)
+    assert not wire.is_finite(float("inf"))
 
 
 run(globals())

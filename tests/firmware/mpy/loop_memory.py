@@ -2,7 +2,7 @@
 """The firmware main loop under real MicroPython, with heap measurements (run with run_mpy.mjs).
 
 Runs firmware/app.py unmodified against stand-ins for machine/network/dht/
-ntptime and a loopback ``socket`` whose far end is protocol.core.GatewaySession
+ntptime and a loopback ``socket`` whose far end is protocol.gateway.GatewaySession
 (tests/firmware/mpy/board/). Phase 1: gateway down, readings pile up in the
 ring file. Phase 2: gateway back, the backlog drains in 20-reading frames, a
 command is answered. Every step runs with the GC disabled between a collect
@@ -36,7 +36,7 @@ import clock  # noqa: E402
 import config  # noqa: E402
 import dhtsensor  # noqa: E402
 
-from protocol import core  # noqa: E402
+from protocol.gateway import GatewaySession  # noqa: E402
 
 await asyncio.sleep(0)
 gc.collect()
@@ -93,7 +93,7 @@ assert node.ws is not None, "never reconnected"
 stored = fakenet.STORED
 assert stored == list(range(1, len(stored) + 1)), "gap or duplicate in " + str(stored)
 assert len(stored) >= backlog
-node.ws.sock._send(1, core.GatewaySession().command_frame("c-1", "set_output", {"output": "relay", "on": True})
+node.ws.sock._send(1, GatewaySession().command_frame("c-1", "set_output", {"output": "relay", "on": True})
                    .encode())
 for _ in range(50):
     await step()

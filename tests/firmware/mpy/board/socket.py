@@ -1,6 +1,6 @@
 """MicroPython-side stand-in for ``socket``: a loopback to an in-memory gateway.
 
-The "gateway" behind it is protocol.core.GatewaySession plus a minimal
+The "gateway" behind it is protocol.gateway.GatewaySession plus a minimal
 WebSocket server framing, so firmware/wsclient.py and firmware/app.py run
 unmodified. ``OUTAGE[0] = True`` makes connects fail (gateway down).
 """
@@ -8,7 +8,7 @@ unmodified. ``OUTAGE[0] = True`` makes connects fail (gateway down).
 import gc
 import io
 
-core = None  # protocol.core, imported at the first connection so heap figures count it as firmware
+core = None  # protocol.gateway, imported at the first connection so heap figures count it as firmware
 
 AF_INET = 2
 SOCK_STREAM = 1
@@ -27,7 +27,9 @@ def getaddrinfo(host, port, family=0, kind=0):
 class socket(io.IOBase):
     def __init__(self, family=AF_INET, kind=SOCK_STREAM):
         global core
-        from protocol import core
+        if core is None:
+            from protocol import gateway
+            core = gateway
         self.inbuf = b""
         self.out = b""
         self.upgraded = False

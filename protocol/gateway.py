@@ -1,0 +1,285 @@
+"""Edgewire protocol v1, the gateway side: GatewaySession (no I/O, no clock of its own).
+
+Frames in, Events out: each Event carries the reply frame to send and, for a close, the
+close code. The asyncio gateway (gateway/) is the driver. MicroPython-safe like wire.py.
+"""
+
+from protocol.wire import (
+    DEFAULT_BURST,
+    DEFAULT_RATE,
+    E_AUTH_FAILED,
+    E_AUTH_REQUIRED,
+    E_BAD_FRAME,
+    E_BAD_JSON,
+    E_BINARY,
+    E_IDENTITY,
+    E_RATE,
+    E_TOO_MANY_ERRORS,
+    E_UNKNOWN_TYPE,
+    MAX_BATCH,
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    T_ACK,
+    T_AUTH,
+    T_CMD,
+    T_DATA,
+    T_RESULT,
+    T_SLOW,
+    T_STATUS,
+    T_WELCOME,
+    ProtocolError,
+    _text_field,
+    decode,
+    encode,
+    error_message,
+    parse_data,
+    valid_device_id,
+)
+
+# ---------------------------------------------------------------- rate limit
+
+
+class TokenBucket:
+    """Token bucket: ``rate`` tokens/s, at most ``burst`` stored. Time is passed in (s)."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate, burst, now):
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def take(self, now, cost=1.0):
+        """Take ``cost`` tokens if available; return True if taken."""
+        elapsed = now - self.stamp
+        if elapsed > 0:
+            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+            self.stamp = now
+        if self.tokens >= cost:
+            self.tokens -= cost
+            return True
+        return False
+
+    def wait_ms(self, cost=1.0):
+        """Milliseconds until ``cost`` tokens are available."""
+        missing = cost - self.tokens
+        if missing <= 0:
+            return 0
+        return int(missing / self.rate * 1000) + 1
+
+
+# ---------------------------------------------------------------- gateway side
+
+ST_AWAIT_AUTH = 0
+ST_ACTIVE = 1
+ST_CLOSED = 2
+
+# Events the gateway session returns from receive(); the driver acts on them.
+EV_AUTH = "auth"  # payload: dict with device_id / token / jwt
+EV_DATA = "data"  # payload: DataFrame
+EV_RESULT = "result"  # payload: dict id, ok, msg, data
+EV_STATUS = "status"  # payload: dict of status fields
+EV_REJECT = "reject"  # payload: ProtocolError (frame rejected; error frame in .reply)
+EV_THROTTLE = "throttle"  # payload: ProtocolError (rate limited; slow frame in .reply)
+EV_CLOSE = "close"  # payload: ProtocolError (send .reply, then close with .close_code)
+
+
+class Event:
+    """What one received frame means. ``reply`` is a frame to send back, or None."""
+
+    __slots__ = ("close_code", "kind", "payload", "reply")
+
+    def __init__(self, kind, payload=None, reply=None, close_code=0):
+        self.kind = kind
+        self.payload = payload
+        self.reply = reply
+        self.close_code = close_code
+
+
+class GatewaySession:
+    """Per-connection protocol state on the gateway. No I/O, no clock of its own.
+
+    Feed frames to ``receive(frame, now)``; it returns an Event. The driver checks
+    credentials on EV_AUTH and calls ``accept()`` or ``refuse()``; it stores
+    EV_DATA frames and calls ``ack()`` once they are durably committed.
+    """
+
+    def __init__(self, rate=DEFAULT_RATE, burst=DEFAULT_BURST, now=0.0,
+                 max_batch=MAX_BATCH, max_frame=MAX_FRAME_BYTES, loads=None, dumps=None,
+                 max_strikes=10, rate_strikes=40):
+        self.state = ST_AWAIT_AUTH
+        self.device_id = None
+        self.last_seq = 0  # highest seq durably stored (acknowledged) for this device
+        self.accepted_seq = 0  # highest seq handed to storage; >= last_seq
+        self.hold_from = 0  # after a throttle: frames beyond this seq wait for its resend
+        self.max_batch = max_batch
+        self.max_frame = max_frame
+        self.loads = loads
+        self.dumps = dumps or encode
+        self.bucket = TokenBucket(rate, burst, now)
+        self.strikes = 0  # consecutive bad frames
+        self.max_strikes = max_strikes
+        self.rate_strikes = 0  # frames refused for rate since the last accepted one
+        self.max_rate_strikes = rate_strikes
+        self.bad_frames = 0
+        self.throttled = 0
+        self.duplicates = 0
+
+    # -- outgoing frames
+    def frame(self, msg):
+        return self.dumps(msg)
+
+    def error_frame(self, code, message, seq=None):
+        return self.dumps(error_message(code, message, seq))
+
+    def _close_event(self, code, message):
+        err = ProtocolError(code, message)
+        self.state = ST_CLOSED
+        return Event(EV_CLOSE, err, self.error_frame(code, message), err.close_code())
+
+    def accept(self, device_id, last_seq, now_ms, extra=None):
+        """Mark the session authenticated; return the welcome frame."""
+        self.state = ST_ACTIVE
+        self.device_id = device_id
+        self.last_seq = last_seq
+        self.accepted_seq = last_seq
+        msg = {
+            "t": T_WELCOME, "v": PROTOCOL_VERSION, "device": device_id, "last_seq": last_seq,
+            "rate": self.bucket.rate, "burst": self.bucket.burst, "max_batch": self.max_batch,
+            "max_frame": self.max_frame, "time": now_ms,
+        }
+        if extra:
+            for key in extra:
+                msg[key] = extra[key]
+        return self.dumps(msg)
+
+    def refuse(self, code, message):
+        """Authentication failed: return the close Event to carry out."""
+        return self._close_event(code, message)
+
+    def close(self, code, message):
+        """End an active session for ``code`` (expiry, replacement, shutdown)."""
+        return self._close_event(code, message)
+
+    def ack(self, seq):
+        """Record that everything through ``seq`` is stored; return the ack frame."""
+        if seq > self.last_seq:
+            self.last_seq = seq
+        return self.dumps({"t": T_ACK, "seq": self.last_seq})
+
+    def command_frame(self, command_id, name, args=None):
+        return self.dumps({"t": T_CMD, "id": command_id, "name": name, "args": args or {}})
+
+    # -- incoming frames
+    def receive(self, frame, now):
+        """Interpret one received frame (str or bytes) at time ``now`` (s)."""
+        if self.state == ST_CLOSED:
+            return Event(EV_REJECT, ProtocolError(E_BAD_FRAME, "session closed"))
+        try:
+            msg = decode(frame, self.loads, self.max_frame)
+        except ProtocolError as err:
+            return self._bad(err)
+        kind = msg["t"]
+        if self.state == ST_AWAIT_AUTH:
+            if kind != T_AUTH:
+                return self._close_event(
+                    E_AUTH_REQUIRED, "authenticate first: send an auth frame or an Authorization header")
+            return self._auth(msg)
+        claimed = msg.get("device_id")
+        if claimed is not None and claimed != self.device_id:
+            return self._close_event(
+                E_IDENTITY, "frame names device '" + str(claimed)[:64]
+                + "' but this connection is authenticated as another device")
+        if kind == T_DATA:
+            return self._data(msg, now)
+        if kind == T_RESULT:
+            return self._result(msg)
+        if kind == T_STATUS:
+            return Event(EV_STATUS, msg)
+        if kind == T_AUTH:
+            return self._bad(ProtocolError(E_BAD_FRAME, "already authenticated"))
+        return self._bad(ProtocolError(E_UNKNOWN_TYPE, "unknown message type '" + kind[:32] + "'"))
+
+    def _bad(self, err):
+        self.bad_frames += 1
+        self.strikes += 1
+        if self.state == ST_AWAIT_AUTH:
+            if err.code == E_BINARY or err.code == E_BAD_JSON or err.code == E_BAD_FRAME:
+                return self._close_event(E_AUTH_REQUIRED, "authenticate first: " + err.message)
+        if self.strikes >= self.max_strikes:
+            return self._close_event(
+                E_TOO_MANY_ERRORS, str(self.strikes) + " invalid frames in a row; fix the device's encoder")
+        return Event(EV_REJECT, err, self.error_frame(err.code, err.message))
+
+    def _auth(self, msg):
+        device_id = msg.get("device_id")
+        token = msg.get("token")
+        jwt = msg.get("jwt")
+        if device_id is not None and not valid_device_id(device_id):
+            return self._close_event(E_AUTH_FAILED, "authentication failed")
+        if token is not None and (type(token) is not str or len(token) > 512):
+            return self._close_event(E_AUTH_FAILED, "authentication failed")
+        if jwt is not None and (type(jwt) is not str or len(jwt) > 4096):
+            return self._close_event(E_AUTH_FAILED, "authentication failed")
+        if token is None and jwt is None:
+            return self._close_event(E_AUTH_FAILED, "auth frame needs 'token' (with 'device_id') or 'jwt'")
+        if token is not None and device_id is None:
+            return self._close_event(E_AUTH_FAILED, "auth frame with 'token' needs 'device_id'")
+        return Event(EV_AUTH, {"device_id": device_id, "token": token, "jwt": jwt})
+
+    def _data(self, msg, now):
+        try:
+            frame = parse_data(msg, self.max_batch)
+        except ProtocolError as err:
+            seq = msg.get("seq")
+            err_event = self._bad(err)
+            if err_event.kind == EV_REJECT and type(seq) is int:
+                err_event.reply = self.error_frame(err.code, err.message, seq)
+            return err_event
+        self.strikes = 0
+        if self.hold_from:
+            if frame.seq > self.hold_from:
+                # Sent before the device saw the slow-down; it resends from hold_from.
+                # Counted as a strike so a device that ignores slow-downs is still cut off.
+                self.throttled += 1
+                self.rate_strikes += 1
+                if self.rate_strikes > self.max_rate_strikes:
+                    return self._close_event(E_RATE, "rate limit exceeded after slow-down; reconnect later")
+                err = ProtocolError(E_RATE, "waiting for resend of seq " + str(self.hold_from))
+                return Event(EV_THROTTLE, err)
+            self.hold_from = 0
+        if not self.bucket.take(now):
+            self.throttled += 1
+            self.rate_strikes += 1
+            if self.rate_strikes > self.max_rate_strikes:
+                return self._close_event(E_RATE, "rate limit exceeded after slow-down; reconnect later at "
+                                         + str(self.bucket.rate) + " frames/s or less")
+            err = ProtocolError(
+                E_RATE, "rate limit " + str(self.bucket.rate) + " frames/s exceeded; frame not stored, resend later")
+            self.hold_from = frame.seq
+            slow = {"t": T_SLOW, "rate": self.bucket.rate, "retry_ms": self.bucket.wait_ms(),
+                    "seq": frame.seq}
+            return Event(EV_THROTTLE, err, self.dumps(slow))
+        self.rate_strikes = 0
+        if frame.last_seq <= self.accepted_seq:
+            # Every reading is already stored or being stored: nothing new to store.
+            self.duplicates += len(frame.readings)
+            frame.readings = []
+            return Event(EV_DATA, frame)
+        if frame.seq <= self.accepted_seq:
+            # Partly seen: keep only the new tail.
+            drop = self.accepted_seq - frame.seq + 1
+            self.duplicates += drop
+            frame.readings = frame.readings[drop:]
+            frame.seq = self.accepted_seq + 1
+        self.accepted_seq = frame.last_seq
+        return Event(EV_DATA, frame)
+
+    def _result(self, msg):
+        command_id = _text_field(msg, "id", False, 64)
+        ok = msg.get("ok")
+        if command_id is None or type(ok) is not bool:
+            return self._bad(ProtocolError(E_BAD_FRAME, "result needs string 'id' and boolean 'ok'"))
+        self.strikes = 0
+        return Event(EV_RESULT, {"id": command_id, "ok": ok, "msg": msg.get("msg"), "data": msg.get("data")})

@@ -1,0 +1,405 @@
+"""Edgewire device protocol v1, the wire: constants, codec and validation (no I/O).
+
+Shared by both sides: protocol/gateway.py (GatewaySession) and protocol/device.py
+(DeviceSession) build on it. Written in the Python subset MicroPython accepts (no
+``match``, no positional-only parameters, no dataclasses, no typing at run time, no
+``[*a, *b]``), because the ESP32 firmware runs it as is; the types live in wire.pyi.
+
+docs/protocol.md is the contract; this module implements it.
+"""
+
+try:
+    import json
+except ImportError:  # pragma: no cover - very small MicroPython builds
+    import ujson as json  # type: ignore[no-redef]
+
+PROTOCOL_VERSION = 1
+
+# Message types ("t" field).
+T_AUTH = "auth"
+T_WELCOME = "welcome"
+T_DATA = "data"
+T_ACK = "ack"
+T_ERROR = "error"
+T_SLOW = "slow"
+T_CMD = "cmd"
+T_RESULT = "result"
+T_STATUS = "status"
+
+# Stable error codes carried in error frames and HTTP rejection bodies.
+E_BAD_JSON = "bad_json"
+E_BAD_FRAME = "bad_frame"
+E_BAD_VALUE = "bad_value"
+E_TOO_LARGE = "too_large"
+E_UNKNOWN_TYPE = "unknown_type"
+E_BINARY = "binary_unsupported"
+E_AUTH_REQUIRED = "auth_required"
+E_AUTH_FAILED = "auth_failed"
+E_AUTH_TIMEOUT = "auth_timeout"
+E_DISABLED = "device_disabled"
+E_EXPIRED = "credential_expired"
+E_ADDRESS = "address_not_allowed"
+E_IDENTITY = "identity_mismatch"
+E_RATE = "rate_limited"
+E_REPLACED = "replaced"
+E_SHUTDOWN = "shutting_down"
+E_STORAGE = "storage_unavailable"
+E_TOO_MANY_ERRORS = "too_many_errors"
+
+# WebSocket close codes (RFC 6455 plus the 4000-4999 private range).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_TOO_MANY_ERRORS = 4000
+CLOSE_AUTH_FAILED = 4001
+CLOSE_AUTH_TIMEOUT = 4002
+CLOSE_DISABLED = 4003
+CLOSE_EXPIRED = 4004
+CLOSE_REPLACED = 4005
+CLOSE_ADDRESS = 4006
+CLOSE_IDENTITY = 4007
+CLOSE_RATE_LIMITED = 4008
+CLOSE_AUTH_REQUIRED = 4009
+
+# Close code for each error that ends a connection; other errors reject one frame.
+CLOSE_FOR_ERROR = {
+    E_AUTH_REQUIRED: CLOSE_AUTH_REQUIRED,
+    E_AUTH_FAILED: CLOSE_AUTH_FAILED,
+    E_AUTH_TIMEOUT: CLOSE_AUTH_TIMEOUT,
+    E_DISABLED: CLOSE_DISABLED,
+    E_EXPIRED: CLOSE_EXPIRED,
+    E_ADDRESS: CLOSE_ADDRESS,
+    E_IDENTITY: CLOSE_IDENTITY,
+    E_REPLACED: CLOSE_REPLACED,
+    E_SHUTDOWN: CLOSE_SERVICE_RESTART,
+    E_STORAGE: CLOSE_TRY_AGAIN_LATER,
+    E_TOO_MANY_ERRORS: CLOSE_TOO_MANY_ERRORS,
+    E_RATE: CLOSE_RATE_LIMITED,  # only when the limit is persistently ignored
+}
+
+# Read quality of one reading.
+QUALITY_OK = "ok"  # first read succeeded
+QUALITY_RETRIED = "retried"  # succeeded after one or more failed reads
+QUALITY_SUSPECT = "suspect"  # read succeeded but the value looks wrong (stuck, spike)
+QUALITY_STALE = "stale"  # read failed; last good value repeated
+QUALITIES = (QUALITY_OK, QUALITY_RETRIED, QUALITY_SUSPECT, QUALITY_STALE)
+
+# Metrics the gateway knows: name -> (unit, lowest plausible, highest plausible).
+# Adding a metric is one row here. Metrics not listed are accepted within
+# GENERIC_RANGE so new sensors work before their row lands.
+METRICS = {
+    "temperature": ("°C", -60.0, 150.0),
+    "humidity": ("%RH", 0.0, 100.0),
+    "pressure": ("hPa", 300.0, 1100.0),
+    "co2": ("ppm", 0.0, 40000.0),
+    "light": ("lx", 0.0, 200000.0),
+    "soil_moisture": ("%", 0.0, 100.0),
+    "cpu_temperature": ("°C", -40.0, 125.0),
+    "voltage": ("V", 0.0, 60.0),
+    "battery": ("%", 0.0, 100.0),
+    "rssi": ("dBm", -127.0, 0.0),
+    "analog": ("fraction", 0.0, 1.0),
+}
+GENERIC_RANGE = (-1e9, 1e9)
+
+# Default limits; the gateway announces its own in the welcome frame.
+MAX_FRAME_BYTES = 16384
+MAX_BATCH = 100
+MAX_METRICS = 16
+MAX_NAME = 32
+MAX_TEXT = 256
+MAX_SEQ = 9007199254740991  # 2**53 - 1: exact in every JSON implementation
+DEFAULT_RATE = 10.0
+DEFAULT_BURST = 20.0
+
+_INF = float("inf")
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:"
+
+
+class ProtocolError(ValueError):
+    """A frame broke the protocol. ``code`` is one of the E_* constants."""
+
+    def __init__(self, code, message):
+        super().__init__(message)  # ValueError.__init__(self, ...) fails on MicroPython
+        self.code = code
+        self.message = message
+
+    def close_code(self):
+        """The close code this error ends the connection with, or 0 if it does not."""
+        return CLOSE_FOR_ERROR.get(self.code, 0)
+
+
+# ---------------------------------------------------------------- values
+
+def is_number(value):
+    """True for int or float, never for bool (bool is not an int on MicroPython)."""
+    kind = type(value)
+    return kind is int or kind is float
+
+
+def is_finite(value):
+    """True for an int, or a float that is neither NaN nor infinite."""
+    if type(value) is int:
+        return True
+    return value == value and value != _INF and value != -_INF
+
+
+def valid_device_id(text):
+    """Device ids: 1-64 characters from A-Z a-z 0-9 _ - . :"""
+    if type(text) is not str or not 0 < len(text) <= 64:
+        return False
+    for ch in text:
+        if ch not in _ID_CHARS:
+            return False
+    return True
+
+
+def valid_metric_name(text):
+    """Metric names: 1-32 characters of a-z 0-9 _, starting with a letter."""
+    if type(text) is not str or not 0 < len(text) <= MAX_NAME:
+        return False
+    if text[0] not in "abcdefghijklmnopqrstuvwxyz":
+        return False
+    for ch in text:
+        if ch not in _NAME_CHARS:
+            return False
+    return True
+
+
+def metric_range(name):
+    """(low, high) plausible range for a metric name."""
+    row = METRICS.get(name)
+    if row is None:
+        return GENERIC_RANGE
+    return (row[1], row[2])
+
+
+def _int_field(msg, key, low, high, required):
+    value = msg.get(key)
+    if value is None:
+        if required:
+            raise ProtocolError(E_BAD_FRAME, "missing field '" + key + "'")
+        return None
+    if type(value) is not int:
+        raise ProtocolError(E_BAD_FRAME, "field '" + key + "' must be an integer")
+    if value < low or value > high:
+        raise ProtocolError(E_BAD_VALUE, "field '" + key + "' out of range")
+    return value
+
+
+def _text_field(msg, key, required, limit=MAX_TEXT):
+    value = msg.get(key)
+    if value is None:
+        if required:
+            raise ProtocolError(E_BAD_FRAME, "missing field '" + key + "'")
+        return None
+    if type(value) is not str:
+        raise ProtocolError(E_BAD_FRAME, "field '" + key + "' must be a string")
+    if len(value) > limit:
+        raise ProtocolError(E_TOO_LARGE, "field '" + key + "' longer than " + str(limit))
+    return value
+
+
+# ---------------------------------------------------------------- codec
+
+def _refuse_constant(name):
+    raise ValueError("not JSON: " + name)
+
+
+def _strict_loads(text):
+    """json.loads that refuses NaN and Infinity (CPython accepts them by default)."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except TypeError:  # MicroPython: no keyword arguments, and already strict
+        return json.loads(text)
+
+
+def encode(msg):
+    """Encode one message dict as a JSON text frame."""
+    return json.dumps(msg)
+
+
+def decode(text, loads=None, max_bytes=MAX_FRAME_BYTES):
+    """Decode one text frame into a message dict with a string ``t`` field.
+
+    Raises ProtocolError only. A frame with no ``t`` but with ``device_id`` and
+    ``token`` is the seed's auth shape and decodes as an auth message.
+    """
+    if type(text) is not str:
+        if type(text) in (bytes, bytearray, memoryview):
+            raise ProtocolError(E_BINARY, "binary frames are not supported; send JSON text frames")
+        raise ProtocolError(E_BAD_FRAME, "frame must be text")
+    if len(text) > max_bytes:
+        raise ProtocolError(E_TOO_LARGE, "frame larger than " + str(max_bytes) + " bytes")
+    try:
+        msg = (loads or _strict_loads)(text)
+    except Exception as err:
+        if "infinity" in str(err):  # orjson: a number that overflows a double
+            raise ProtocolError(E_BAD_VALUE, "numbers must be finite")
+        raise ProtocolError(E_BAD_JSON, "frame is not valid JSON (NaN and Infinity are not JSON)")
+    if type(msg) is not dict:
+        raise ProtocolError(E_BAD_FRAME, "frame must be a JSON object")
+    kind = msg.get("t")
+    if kind is None and "device_id" in msg and "token" in msg:
+        msg["t"] = T_AUTH
+        return msg
+    if type(kind) is not str:
+        raise ProtocolError(E_BAD_FRAME, "frame needs a string field 't' naming its type")
+    return msg
+
+
+# ---------------------------------------------------------------- messages
+
+
+class Reading:
+    """One reading: seq, metrics dict, optional device time / uptime (ms), quality."""
+
+    __slots__ = ("metrics", "quality", "seq", "ts", "up")
+
+    def __init__(self, seq, metrics, ts=None, up=None, quality=None):
+        self.seq = seq
+        self.metrics = metrics
+        self.ts = ts
+        self.up = up
+        self.quality = quality
+
+    def to_wire(self):
+        item = {"m": self.metrics}
+        if self.ts is not None:
+            item["ts"] = self.ts
+        if self.up is not None:
+            item["up"] = self.up
+        if self.quality is not None:
+            item["q"] = self.quality
+        return item
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, Reading)
+            and self.seq == other.seq
+            and self.metrics == other.metrics
+            and self.ts == other.ts
+            and self.up == other.up
+            and self.quality == other.quality
+        )
+
+    def __repr__(self):
+        return "Reading(%r, %r, ts=%r, up=%r, quality=%r)" % (
+            self.seq, self.metrics, self.ts, self.up, self.quality)
+
+
+class DataFrame:
+    """A decoded, validated telemetry frame. ``readings`` have seq, seq+1, ..."""
+
+    __slots__ = ("boot", "device_id", "readings", "seq", "up")
+
+    def __init__(self, seq, boot, up, readings, device_id=None):
+        self.seq = seq
+        self.boot = boot
+        self.up = up
+        self.readings = readings
+        self.device_id = device_id
+
+    @property
+    def last_seq(self):
+        """Seq of the last reading; for a frame emptied as duplicate, seq - 1."""
+        return self.seq + len(self.readings) - 1
+
+
+_CHECKED_NAMES = {}  # valid metric names seen (the check loops per character, per reading)
+
+
+def _parse_metrics(raw):
+    if type(raw) is not dict:
+        raise ProtocolError(E_BAD_FRAME, "reading field 'm' must be an object of metric: number")
+    if not raw:
+        raise ProtocolError(E_BAD_FRAME, "reading has no metrics")
+    if len(raw) > MAX_METRICS:
+        raise ProtocolError(E_TOO_LARGE, "reading has more than " + str(MAX_METRICS) + " metrics")
+    for name in raw:
+        value = raw[name]
+        if name not in _CHECKED_NAMES:
+            if not valid_metric_name(name):
+                raise ProtocolError(E_BAD_FRAME, "metric names are 1-32 chars of a-z 0-9 _ starting with a letter")
+            if len(_CHECKED_NAMES) < 1024:  # bounded: a hostile device cannot grow it
+                _CHECKED_NAMES[name] = True
+        if not is_number(value):
+            raise ProtocolError(E_BAD_FRAME, "metric '" + name + "' must be a number")
+        if not is_finite(value):
+            raise ProtocolError(E_BAD_VALUE, "metric '" + name + "' must be finite")
+        low, high = metric_range(name)
+        if value < low or value > high:
+            raise ProtocolError(
+                E_BAD_VALUE,
+                "metric '" + name + "' = " + str(value) + " outside plausible range "
+                + str(low) + ".." + str(high) + "; check the sensor and its units")
+    return raw
+
+
+def parse_data(msg, max_batch=MAX_BATCH):
+    """Validate a decoded ``data`` message and return a DataFrame.
+
+    The whole frame is rejected (ProtocolError) if any part is invalid, so a
+    device never gets a partial ack for a frame it will resend.
+    """
+    seq = _int_field(msg, "seq", 1, MAX_SEQ, True)
+    boot = _text_field(msg, "boot", False, 64)
+    up = _int_field(msg, "up", 0, MAX_SEQ, False)
+    batch = msg.get("r")
+    if type(batch) is not list:
+        raise ProtocolError(E_BAD_FRAME, "field 'r' must be a list of readings")
+    if not batch:
+        raise ProtocolError(E_BAD_FRAME, "field 'r' is empty")
+    if len(batch) > max_batch:
+        raise ProtocolError(E_TOO_LARGE, "batch of " + str(len(batch)) + " readings exceeds " + str(max_batch))
+    if seq + len(batch) - 1 > MAX_SEQ:
+        raise ProtocolError(E_BAD_VALUE, "sequence numbers out of range")
+    readings = []
+    index = 0
+    for item in batch:
+        if type(item) is not dict:
+            raise ProtocolError(E_BAD_FRAME, "each reading must be an object")
+        metrics = _parse_metrics(item.get("m"))
+        ts = _int_field(item, "ts", 0, MAX_SEQ, False)
+        rup = _int_field(item, "up", 0, MAX_SEQ, False)
+        quality = item.get("q")
+        if quality is not None and quality not in QUALITIES:
+            raise ProtocolError(E_BAD_FRAME, "reading quality 'q' must be one of " + ", ".join(QUALITIES))
+        readings.append(Reading(seq + index, metrics, ts, rup, quality))
+        index += 1
+    return DataFrame(seq, boot, up, readings, msg.get("device_id"))
+
+
+def data_message(seq, readings, boot=None, up=None):
+    """Build a data message dict; ``readings`` must hold consecutive seqs from ``seq``."""
+    msg = {"t": T_DATA, "seq": seq, "r": [r.to_wire() for r in readings]}
+    if boot is not None:
+        msg["boot"] = boot
+    if up is not None:
+        msg["up"] = up
+    return msg
+
+
+def reading_time_ms(reading, frame, received_ms):
+    """Best estimate of when a reading was taken, in Unix ms.
+
+    The device timestamp wins; otherwise, if reading and frame both carry an
+    uptime, the age ``frame.up - reading.up`` is subtracted from the receive time.
+    """
+    if reading.ts is not None:
+        return reading.ts
+    if reading.up is not None and frame.up is not None and frame.up >= reading.up:
+        return received_ms - (frame.up - reading.up)
+    return received_ms
+
+
+def error_message(code, message, seq=None):
+    msg = {"t": T_ERROR, "code": code, "msg": message}
+    if seq is not None:
+        msg["seq"] = seq
+    return msg
