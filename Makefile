@@ -10,7 +10,7 @@ DEVICES ?= 20
 DEMO_DIR ?= var/demo
 NODE_DIR := tests/firmware/node
 
-.PHONY: help venv demo test lint clean node-deps
+.PHONY: help venv demo test lint clean node-deps system-deps-demo system-deps-test system-deps-bench
 
 help:
 	@echo "make demo   - gateway on $(HOST):$(PORT) (SQLite) + $(DEVICES) simulated devices; Ctrl-C stops"
@@ -18,6 +18,16 @@ help:
 	@echo "make lint   - ruff and mypy --strict"
 	@echo "make flash  - flash an ESP32 node (see hardware.md)"
 	@echo "make bench  - gateway vs Mosquitto under load (docs/performance.md)"
+
+# Debian packages each target needs (scripts/system-deps installs them as root, else prints the apt-get line).
+system-deps-demo:
+	@scripts/system-deps demo
+
+system-deps-test:
+	@scripts/system-deps test
+
+system-deps-bench:
+	@scripts/system-deps bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +37,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+demo: system-deps-demo $(STAMP)
 	@$(PY) -m simulator.demo --host $(HOST) --port $(PORT) --devices $(DEVICES) --data-dir $(DEMO_DIR)
 
 # MicroPython's WebAssembly port (npm) runs the firmware tests and the emulated ESP32 board.
@@ -37,7 +47,7 @@ $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package-lock.json
 
 node-deps: $(NODE_DIR)/node_modules/.installed esp32-sim-deps
 
-test: $(STAMP) node-deps
+test: system-deps-test $(STAMP) node-deps
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -48,19 +58,16 @@ lint: $(STAMP)
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
 
-# --- bench (owned by bench helper) ---
 # make bench: 1k/5k/10k devices, gateway (full path), gateway --storage none, Mosquitto; docs/performance.md.
 # make bench-quick: 1k devices for 10 s (~60 s); fails if the gateway full path loses a reading (CI smoke).
 BENCH_ARGS ?=
 .PHONY: bench bench-quick
-bench: $(STAMP)
+bench: system-deps-bench $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
-bench-quick: $(STAMP)
+bench-quick: system-deps-bench $(STAMP)
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
-# --- end bench ---
 
-# --- flash (owned by flash helper) ---
 # make flash PORT=/dev/ttyUSB0 DEVICE_ID=SENSOR-01 WIFI_SSID=... WIFI_PASSWORD=... \
 #   GATEWAY_URL=ws://HOST:8080/v1/device (TOKEN=ewt_... | ADMIN_TOKEN_FILE=<data dir>/admin.token) \
 #   [MICROPYTHON_BIN=file.bin] [SENSOR=dht22] [SENSOR_PIN=4] [LED_PIN=2] [INTERVAL_S=60] [BAUD=460800]
@@ -78,4 +85,3 @@ esp32-sim-deps: $(ESP32_NODE_DIR)/node_modules/.installed
 $(ESP32_NODE_DIR)/node_modules/.installed: $(ESP32_NODE_DIR)/package-lock.json
 	cd $(ESP32_NODE_DIR) && npm ci --no-audit --no-fund --silent
 	@touch $@
-# --- end flash ---
