@@ -158,16 +158,14 @@ class PostgresServer:
 
     @property
     def running(self) -> bool:
+        """Whether the postmaster is alive (a zombie left for PID 1 to reap does not count)."""
         pid = self.pid
         if pid is None:
             return False
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except OSError:
             return False
-        except PermissionError:
-            return True
-        return True
 
     @property
     def pid(self) -> int | None:
