@@ -71,6 +71,7 @@ SCHEMA_VERSION = 1
 SCHEMA_LOCK = 7_301_201  # advisory lock key: migrations
 DDL_LOCK = 7_301_202  # advisory lock key: partition DDL
 PARTITION_PREFIX = "readings_p"
+OFFLOAD_ROWS = 256  # from this many new rows, rollups are computed on a thread, overlapping the COPY
 
 # MIGRATIONS[n] brings a database from version n to n + 1.
 MIGRATIONS: list[str] = [
@@ -522,11 +523,15 @@ class PostgresStorage(Storage):
                     new.extend(row for row in check if (row.device_id, row.seq) not in stored)
                 if new:
                     dumps = orjson.dumps
-                    await conn.copy_records_to_table(
-                        "readings", columns=_COPY_COLUMNS,
-                        records=[(r.device_id, r.seq, r.time_ms, r.received_ms, r.boot, r.device_ts, r.uptime_ms,
-                                  r.quality, dumps(r.metrics).decode()) for r in new])
-                    agg = aggregate(new)
+                    records = [(r.device_id, r.seq, r.time_ms, r.received_ms, r.boot, r.device_ts, r.uptime_ms,
+                                r.quality, dumps(r.metrics).decode()) for r in new]
+                    if len(new) >= OFFLOAD_ROWS:  # aggregate on a thread while the server takes the COPY
+                        pending = asyncio.get_running_loop().run_in_executor(None, aggregate, new)
+                        await conn.copy_records_to_table("readings", columns=_COPY_COLUMNS, records=records)
+                        agg = await pending
+                    else:
+                        await conn.copy_records_to_table("readings", columns=_COPY_COLUMNS, records=records)
+                        agg = aggregate(new)
                     args: list[list[Any]] = []
                     for tier in ROLLUP_TIERS:
                         args += _columns(agg.rollup_rows(tier), 7)
