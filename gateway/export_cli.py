@@ -73,13 +73,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 async def _export(args: argparse.Namespace) -> int:
-    if not core.valid_device_id(args.device_id):  # type: ignore[no-untyped-call]
+    if not core.valid_device_id(args.device_id):
         raise RequestError("DEVICE", f"{args.device_id[:80]!r} is not a device id")
     end = parse_time(args.end, "--to") if args.end else int(time.time() * 1000)
     start = parse_time(args.start, "--from") if args.start else max(0, end - DAY_MS)
     if start >= end:
         raise RequestError("--from", "must be before --to")
-    if args.metric is not None and not core.valid_metric_name(args.metric):  # type: ignore[no-untyped-call]
+    if args.metric is not None and not core.valid_metric_name(args.metric):
         raise RequestError("--metric", f"{args.metric[:40]!r} is not a metric name")
     if args.points is not None:
         if args.metric is None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.storage.base import Storage
+from gateway.storage.base import ReadingRow, Storage
 from tests.gateway.storage.conftest import DAY, T0, Backend, rollup_count, row
 
 DAY0 = T0 - T0 % DAY  # 2025-11-25T00:00Z
 
 
-def five_days() -> list:
+def five_days() -> list[ReadingRow]:
     """40 readings per day over five days (seq order = time order), plus one from 1970 and one far ahead."""
     rows = [row("A", 1 + d * 40 + i, time_ms=DAY0 + d * DAY + i * 2_000_000) for d in range(5) for i in range(40)]
     rows.append(row("A", 1000, time_ms=5_000))  # a device clock far behind
