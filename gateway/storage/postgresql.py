@@ -104,7 +104,8 @@ MIGRATIONS: list[str] = [
         seq       bigint           NOT NULL,
         PRIMARY KEY (device_id, metric)
     );
-    CREATE TABLE rollup_5m (
+    """ + "".join(f"""
+    CREATE TABLE rollup_{tier} (
         device_id text             NOT NULL,
         metric    text             NOT NULL,
         bucket_ms bigint           NOT NULL,
@@ -114,19 +115,8 @@ MIGRATIONS: list[str] = [
         vmax      double precision NOT NULL,
         PRIMARY KEY (device_id, metric, bucket_ms)
     );
-    CREATE INDEX rollup_5m_bucket ON rollup_5m (bucket_ms);
-    CREATE TABLE rollup_1h (
-        device_id text             NOT NULL,
-        metric    text             NOT NULL,
-        bucket_ms bigint           NOT NULL,
-        n         bigint           NOT NULL,
-        vsum      double precision NOT NULL,
-        vmin      double precision NOT NULL,
-        vmax      double precision NOT NULL,
-        PRIMARY KEY (device_id, metric, bucket_ms)
-    );
-    CREATE INDEX rollup_1h_bucket ON rollup_1h (bucket_ms);
-
+    CREATE INDEX rollup_{tier}_bucket ON rollup_{tier} (bucket_ms);
+""" for tier in ("5m", "1h")) + """
     CREATE TABLE devices (
         device_id        text    PRIMARY KEY,
         enabled          boolean NOT NULL DEFAULT true,

@@ -146,7 +146,8 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (device_id, metric)
     ) WITHOUT ROWID;
 
-    CREATE TABLE rollup_5m (
+    """ + "".join(f"""
+    CREATE TABLE rollup_{tier} (
         device_id TEXT    NOT NULL,
         metric    TEXT    NOT NULL,
         bucket_ms INTEGER NOT NULL,
@@ -156,20 +157,8 @@ MIGRATIONS: list[str] = [
         vmax      REAL    NOT NULL,
         PRIMARY KEY (device_id, metric, bucket_ms)
     ) WITHOUT ROWID;
-    CREATE INDEX rollup_5m_bucket ON rollup_5m (bucket_ms);
-
-    CREATE TABLE rollup_1h (
-        device_id TEXT    NOT NULL,
-        metric    TEXT    NOT NULL,
-        bucket_ms INTEGER NOT NULL,
-        n         INTEGER NOT NULL,
-        vsum      REAL    NOT NULL,
-        vmin      REAL    NOT NULL,
-        vmax      REAL    NOT NULL,
-        PRIMARY KEY (device_id, metric, bucket_ms)
-    ) WITHOUT ROWID;
-    CREATE INDEX rollup_1h_bucket ON rollup_1h (bucket_ms);
-
+    CREATE INDEX rollup_{tier}_bucket ON rollup_{tier} (bucket_ms);
+""" for tier in ("5m", "1h")) + """
     -- Retention and export walk a device's readings by time.
     CREATE INDEX readings_device_time ON readings (device_id, time_ms);
 
