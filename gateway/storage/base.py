@@ -86,7 +86,7 @@ class DeviceState:
 class Expired:
     """What one ``expire`` call deleted."""
 
-    readings: int  # readings deleted (PostgreSQL: dropped partitions counted from table statistics)
+    readings: int  # readings deleted
     rollups: int  # rollup buckets deleted, both tiers
     partitions: int = 0  # daily partitions dropped (PostgreSQL)
 

@@ -71,6 +71,8 @@ SCHEMA_VERSION = 1
 SCHEMA_LOCK = 7_301_201  # advisory lock key: migrations
 DDL_LOCK = 7_301_202  # advisory lock key: partition DDL
 PARTITION_PREFIX = "readings_p"
+EXPIRE_BATCH = 10_000  # rollup buckets deleted per retention statement
+UPKEEP_TIMEOUT_S = 600.0  # counting a day's partition before dropping it may take a while
 OFFLOAD_ROWS = 256  # from this many new rows, rollups are computed on a thread, overlapping the COPY
 
 # MIGRATIONS[n] brings a database from version n to n + 1.
@@ -374,6 +376,8 @@ class PostgresStorage(Storage):
             return
         if not self._opened or self._closing:
             raise StorageError("storage is closed")
+        if self._writer is None or self._writer.done():
+            raise StorageError("storage writer stopped; restart the gateway (see its log)")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._enqueue(_Item(future, rows))
         await future
@@ -562,16 +566,16 @@ class PostgresStorage(Storage):
                 raise StorageError(f"PostgreSQL at {self.where}: {err}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+    async def _fetch(self, sql: str, *args: Any, timeout: float | None = None) -> list[asyncpg.Record]:
         async def run(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-            rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+            rows: list[asyncpg.Record] = await conn.fetch(sql, *args, timeout=timeout)
             return rows
 
         return await self._with_conn(run)
 
-    async def _execute(self, sql: str, *args: Any) -> str:
+    async def _execute(self, sql: str, *args: Any, timeout: float | None = None) -> str:
         async def run(conn: asyncpg.Connection) -> str:
-            status: str = await conn.execute(sql, *args)
+            status: str = await conn.execute(sql, *args, timeout=timeout)
             return status
 
         return await self._with_conn(run)
@@ -692,7 +696,7 @@ class PostgresStorage(Storage):
         for name, day in sorted((await self.partitions()).items(), key=lambda item: item[1]):
             if (day + 1) * DAY_MS > readings_before_ms:
                 continue
-            count = int((await self._fetch(f"SELECT count(*) FROM {name}"))[0][0])
+            count = int((await self._fetch(f"SELECT count(*) FROM {name}", timeout=UPKEEP_TIMEOUT_S))[0][0])
 
             async def drop(conn: asyncpg.Connection, name: str = name) -> None:
                 async with conn.transaction():
@@ -704,12 +708,20 @@ class PostgresStorage(Storage):
             log("storage_partition_dropped", partition=name, readings=count)
             readings += count
             dropped += 1
-        status = await self._execute("DELETE FROM readings_default WHERE time_ms < $1", readings_before_ms)
+        # The default partition only holds readings of days without a partition: normally few.
+        status = await self._execute("DELETE FROM readings_default WHERE time_ms < $1", readings_before_ms,
+                                     timeout=UPKEEP_TIMEOUT_S)
         readings += int(status.rsplit(" ", 1)[-1])
         rollups = 0
         for tier in ROLLUP_TIERS:
-            status = await self._execute(f"DELETE FROM rollup_{tier} WHERE bucket_ms < $1", rollups_before_ms)
-            rollups += int(status.rsplit(" ", 1)[-1])
+            while True:  # short transactions: a large backlog never holds row locks for long
+                status = await self._execute(
+                    f"DELETE FROM rollup_{tier} WHERE ctid = ANY(ARRAY(SELECT ctid FROM rollup_{tier}"
+                    " WHERE bucket_ms < $1 LIMIT $2))", rollups_before_ms, EXPIRE_BATCH)
+                deleted = int(status.rsplit(" ", 1)[-1])
+                rollups += deleted
+                if deleted < EXPIRE_BATCH:
+                    break
         return Expired(readings=readings, rollups=rollups, partitions=dropped)
 
     # ------------------------------------------------------------------ registry

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from gateway.storage import postgresql as postgresql_mod
+from gateway.storage import sqlite as sqlite_mod
 from gateway.storage.base import ReadingRow, Storage
 from tests.gateway.storage.conftest import DAY, T0, Backend, rollup_count, row
 
@@ -18,7 +22,10 @@ def five_days() -> list[ReadingRow]:
     return rows
 
 
-def test_expire_readings_and_rollups(backend: Backend) -> None:
+def test_expire_readings_and_rollups(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_mod, "EXPIRE_BATCH", 7)  # many small deletes, as on a large backlog
+    monkeypatch.setattr(postgresql_mod, "EXPIRE_BATCH", 7)
+
     async def body(s: Storage) -> None:
         for day in range(5):
             await s.prepare(DAY0 + day * DAY)  # PostgreSQL: partitions for the five days
