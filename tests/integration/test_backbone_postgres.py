@@ -118,6 +118,7 @@ def test_postgres_immediate_stop_mid_stream(tmp_path: Path, postgres_server: Pos
         gw.kill()
 
     assert metrics["edgewire_storage_errors_total"] >= 1
+    assert summary["errors"].get("close_1013", 0) >= 1  # type: ignore[attr-defined]  # closed mid-stream
     assert metrics['edgewire_errors_total{code="storage_unavailable"}'] >= 1
     assert summary["crashed"] == 0 and summary["buffered"] == 0
     assert summary["acked"] == summary["generated"]
