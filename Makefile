@@ -8,12 +8,14 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 DEVICES ?= 20
 DEMO_DIR ?= var/demo
+DEMO_STORAGE ?= sqlite
 NODE_DIR := tests/firmware/node
 
 .PHONY: help venv demo test lint clean node-deps system-deps-demo system-deps-test system-deps-bench
 
 help:
 	@echo "make demo   - gateway on $(HOST):$(PORT) (SQLite) + $(DEVICES) simulated devices; Ctrl-C stops"
+	@echo "              make demo DEMO_STORAGE=postgresql: on a throwaway PostgreSQL 15 instead"
 	@echo "make test   - install what the suite needs and run it"
 	@echo "make lint   - ruff and mypy --strict"
 	@echo "make flash  - flash an ESP32 node (see hardware.md)"
@@ -38,7 +40,9 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: system-deps-demo $(STAMP)
-	@$(PY) -m simulator.demo --host $(HOST) --port $(PORT) --devices $(DEVICES) --data-dir $(DEMO_DIR)
+	@if [ "$(DEMO_STORAGE)" = postgresql ]; then scripts/system-deps postgresql; fi
+	@$(PY) -m simulator.demo --host $(HOST) --port $(PORT) --devices $(DEVICES) --data-dir $(DEMO_DIR) \
+		--storage $(DEMO_STORAGE)
 
 # MicroPython's WebAssembly port (npm) runs the firmware tests and the emulated ESP32 board.
 $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package-lock.json

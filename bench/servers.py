@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from services.process import free_port
 from simulator.loadgen import LoadgenError, raise_nofile_limit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,13 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class BenchError(RuntimeError):
     """A benchmark step could not run; the message says what to check."""
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (bind to port 0, read, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _raise_limits() -> None:  # runs in the child between fork and exec

@@ -5,7 +5,7 @@ connection (Wi-Fi, then WebSocket with exponential backoff), sends
 unacknowledged readings from the ring file (protocol.device.DeviceSession
 decides what to send), handles acks/commands/slow-downs, drives the LED and
 feeds the watchdog. Readings leave the ring only when the gateway acknowledges
-them. The protocol is protocol.core; nothing here re-implements it.
+them. The protocol is protocol/ (wire, device); nothing here re-implements it.
 """
 
 import gc

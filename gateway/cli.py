@@ -1,4 +1,4 @@
-"""Command line: ``edgewire-gateway serve|devices|command`` (also ``python -m gateway``)."""
+"""Command line: ``edgewire-gateway serve|devices|export|command`` (also ``python -m gateway``)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--port", type=int, help=f"listen port (default {DEFAULTS.port}; 0 = any free port)")
     p.add_argument("--data-dir", dest="data_dir", help=f"state directory (default {DEFAULTS.data_dir})")
     p.add_argument("--db", dest="db_path", help="SQLite file (default <data-dir>/edgewire.db)")
-    p.add_argument("--storage", choices=["sqlite", "none"], help="'none' = transport only (benchmarks)")
+    p.add_argument("--storage", help="sqlite (default), postgresql://USER@HOST:PORT/DB, "
+                                     "or none (transport only: benchmarks)")
     p.add_argument("--rate", type=float, help=f"frames/s per device (default {DEFAULTS.rate:g})")
     p.add_argument("--burst", type=float, help=f"rate-limit burst (default {DEFAULTS.burst:g})")
     p.add_argument("--dashboard-interval-ms", dest="dashboard_interval_ms", type=float,
@@ -101,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgewire-gateway", description="Edgewire gateway")
     sub = parser.add_subparsers(dest="cmd", required=True)
     _serve_parser(sub)
-    from gateway import devices_cli
+    from gateway import devices_cli, export_cli
 
     devices_cli.add_device_commands(sub)
+    export_cli.add_export_command(sub)
     p = sub.add_parser("command", help="send a command to an online device and print its result")
     p.add_argument("device_id")
     p.add_argument("name", help="set_interval, set_thresholds, set_output, reboot, ping")
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.cmd == "command":
             return _command(args)
+        if args.cmd == "export":
+            return export_cli.run_export(args)
         return devices_cli.run_devices_command(args)
     except GatewayError as err:
         print(f"error: {err}", file=sys.stderr)

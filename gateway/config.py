@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.storage.dsn import redact, storage_kind
 
 ENV_PREFIX = "EDGEWIRE_"
 
@@ -35,8 +36,10 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: str = "var/gateway"
-    storage: str = "sqlite"  # "sqlite" or "none" (transport only: readings are not stored)
+    storage: str = "sqlite"  # "sqlite", "none" (transport only: readings are not stored) or a postgresql:// URL
     db_path: str = ""  # default: <data_dir>/edgewire.db
+    readings_retention_days: int = 30  # raw readings older than this are deleted (hourly)
+    rollup_retention_days: int = 730  # 5-minute and 1-hour rollups older than this are deleted
     commit_interval_ms: float = 5.0
     synchronous: str = "FULL"
     rate: float = 10.0  # frames per second per device
@@ -73,6 +76,16 @@ class GatewayConfig:
             return self.host != "localhost"  # a host name: assume it is reachable from elsewhere
 
     @property
+    def storage_kind(self) -> str:
+        """``sqlite``, ``none`` or ``postgresql``."""
+        return storage_kind(self.storage)
+
+    @property
+    def storage_display(self) -> str:
+        """The storage setting as it may be logged: a PostgreSQL URL without its password."""
+        return redact(self.storage)
+
+    @property
     def database(self) -> Path:
         return Path(self.db_path) if self.db_path else Path(self.data_dir) / "edgewire.db"
 
@@ -80,8 +93,12 @@ class GatewayConfig:
         """Check every value; raise ConfigError naming the key."""
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: {self.port} is not a TCP port (0-65535)")
-        if self.storage not in ("sqlite", "none"):
-            raise ConfigError(f"storage: {self.storage!r} must be 'sqlite' or 'none'")
+        storage_kind(self.storage)  # ConfigError naming the setting
+        if self.readings_retention_days < 1:
+            raise ConfigError("readings_retention_days: must be at least 1")
+        if self.rollup_retention_days < self.readings_retention_days:
+            raise ConfigError("rollup_retention_days: must be at least readings_retention_days "
+                              "(long-range history is served from the rollups)")
         if self.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ConfigError("synchronous: must be FULL, NORMAL or EXTRA")
         for key in ("rate", "burst", "auth_timeout_s", "ping_interval_s", "ping_timeout_s",

@@ -1,9 +1,10 @@
 """``python -m gateway devices add|list|show|disable|enable|rotate|revoke|allow`` and ``jwt``.
 
-Works on the gateway's database directly, also while the gateway runs (SQLite WAL; the
-gateway reads the registry on every authentication, so changes apply to the next
-connection). ``add`` and ``rotate`` print the token as the last stdout line; it is
-shown only then. Errors print ``error: ...`` on stderr and exit with status 2.
+Works on the gateway's storage directly, also while the gateway runs (SQLite WAL, or the
+PostgreSQL database named by ``--storage``/``EDGEWIRE_STORAGE``/the config; the gateway reads
+the registry on every authentication, so changes apply to the next connection). ``add`` and
+``rotate`` print the token as the last stdout line; it is shown only then. Errors print
+``error: ...`` on stderr and exit with status 2.
 
 Wiring (gateway/cli.py): ``add_device_commands(subparsers)``, then for a parsed
 ``args`` whose ``devices_command`` attribute is set, ``return run_devices_command(args)``.
@@ -20,11 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.config import load_config
 from gateway.errors import ConfigError, GatewayError, RegistryError
 from gateway.registry import Registry, load_or_create_key, normalize_cidrs
+from gateway.storage.backends import cli_config, open_storage, storage_arguments
 from gateway.storage.base import DeviceRecord
-from gateway.storage.sqlite import SQLiteStorage
 from protocol import wire
 
 DEVICE_COMMANDS = ("devices", "jwt")
@@ -32,13 +32,7 @@ DEVICE_COMMANDS = ("devices", "jwt")
 
 def add_device_commands(subparsers: Any) -> None:
     """Add the ``devices`` and ``jwt`` sub-commands to an argparse subparsers object."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", dest="data_dir", default=None,
-                        help="gateway state directory (default: the config's data_dir, var/gateway)")
-    common.add_argument("--db", dest="db_path", default=None,
-                        help="SQLite file (default <data-dir>/edgewire.db)")
-    common.add_argument("--config", dest="config", default=None,
-                        help="gateway TOML config to take paths from")
+    common = storage_arguments()
 
     devices = subparsers.add_parser(
         "devices", help="manage the device registry (safe while the gateway runs)",
@@ -90,13 +84,6 @@ def run_devices_command(args: argparse.Namespace) -> int:
         return 2
 
 
-def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    config = load_config(getattr(args, "config", None),
-                         overrides={"data_dir": getattr(args, "data_dir", None),
-                                    "db_path": getattr(args, "db_path", None)})
-    return Path(config.data_dir), config.database
-
-
 def _iso(ms: int | None) -> str:
     if not ms:
         return "-"
@@ -131,20 +118,20 @@ def _print_token(device_id: str, token: str, verb: str) -> None:
 
 async def _devices(args: argparse.Namespace) -> int:
     action = args.devices_action
-    data_dir, db = _paths(args)
+    config = cli_config(args)
+    data_dir, db = Path(config.data_dir), config.database
     if action == "add":
         if not wire.valid_device_id(args.device_id):  # type: ignore[no-untyped-call]
             raise RegistryError(f"invalid device id {args.device_id[:80]!r}: use 1-64 characters "
                                 "from A-Z a-z 0-9 _ - . :")
         normalize_cidrs(args.cidr)  # refuse bad input before creating anything
         data_dir.mkdir(parents=True, exist_ok=True)
-        db.parent.mkdir(parents=True, exist_ok=True)
-    elif not db.exists():
+    elif config.storage_kind != "postgresql" and not db.exists():
         raise RegistryError(f"no database at {db}; check --data-dir/--db (it is created by the gateway's "
                             "first start or by `devices add`)")
     needs_key = action in ("add", "rotate")
     key = load_or_create_key(data_dir) if needs_key else b""
-    storage = SQLiteStorage(db, commit_interval_ms=0)
+    storage = open_storage(config, commit_interval_ms=0)
     await storage.open()
     try:
         registry = Registry(storage, key)

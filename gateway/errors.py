@@ -25,3 +25,13 @@ class AuthError(GatewayError, PermissionError):
         self.code = code
         self.message = message
         self.http_status = http_status
+
+
+class RequestError(GatewayError, ValueError):
+    """A request parameter (HTTP query, CLI option) is missing or invalid; ``param`` names it."""
+
+    def __init__(self, param: str, message: str, status: int = 400) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+        self.message = message
+        self.status = status

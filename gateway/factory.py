@@ -10,18 +10,7 @@ from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.server import Gateway
-from gateway.storage.base import Storage
-from gateway.storage.sqlite import SQLiteStorage
-from gateway.storage.transport_only import ReadingsOff
-
-
-def open_storage(config: GatewayConfig) -> Storage:
-    """The configured backend (not yet opened)."""
-    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-    config.database.parent.mkdir(parents=True, exist_ok=True)
-    sqlite = SQLiteStorage(config.database, commit_interval_ms=config.commit_interval_ms,
-                           synchronous=config.synchronous.upper())
-    return ReadingsOff(sqlite) if config.storage == "none" else sqlite
+from gateway.storage.backends import open_storage
 
 
 def _read_secret(path: str, key: str) -> str | None:
@@ -34,6 +23,7 @@ def _read_secret(path: str, key: str) -> str | None:
 
 
 async def build_gateway(config: GatewayConfig) -> Gateway:
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     storage = open_storage(config)
     token_key = registry_mod.load_or_create_key(config.data_dir)
     registry = registry_mod.Registry(storage, token_key)

@@ -1,6 +1,7 @@
 """The gateway process: a thin asyncio driver around protocol.gateway.GatewaySession.
 
-Endpoints (docs/protocol.md): /v1/device, /v1/dashboard, /v1/admin, /, /healthz, /metrics.
+Endpoints (docs/protocol.md): /v1/device, /v1/dashboard, /v1/admin, /, /healthz, /metrics;
+/v1/history, /v1/history.csv, /v1/devices (docs/http-api.md, gateway/history_api.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
 
+from gateway import history_api
 from gateway import registry as registry_mod
 from gateway.alerts import AlertEngine
 from gateway.auth import Authenticator, Identity
@@ -34,6 +36,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import AuthError, RegistryError, StorageError
 from gateway.hub import Hub, now_ms
 from gateway.logs import log
+from gateway.retention import Retention
 from gateway.storage.base import DeviceRecord, ReadingRow, Storage
 from protocol import wire
 from protocol.gateway import (
@@ -129,6 +132,9 @@ class Gateway:
         self.started_at = time.time()
         self._sweeper: asyncio.Task[None] | None = None
         self._gc_task: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
+        self.history_api = history_api.HistoryApi(storage, config.readings_retention_days,
+                                                  lambda device_id: device_id in self.devices)
         self._static: dict[str, tuple[bytes, str]] = {}
         for path, (name, ctype) in STATIC_FILES.items():
             file = STATIC_DIR / name
@@ -159,12 +165,15 @@ class Gateway:
     async def start(self) -> None:
         await self.storage.open()
         await self.alerts.restore()
+        await history_api.restore_hub(self.hub, self.storage)
         self.hub.start()
         gc.collect()
         gc.freeze()  # modules, config, caches: never garbage
         gc.set_threshold(*GC_THRESHOLDS)
         self._gc_task = asyncio.get_running_loop().create_task(self._gc_maintenance())
         self._sweeper = asyncio.get_running_loop().create_task(self._registry_sweep())
+        self._retention = asyncio.get_running_loop().create_task(Retention(
+            self.storage, self.config.readings_retention_days, self.config.rollup_retention_days).run_forever())
         extensions = None
         if self.config.compression:
             extensions = [ServerPerMessageDeflateFactory(
@@ -183,8 +192,8 @@ class Gateway:
             ping_interval=self.config.ping_interval_s, ping_timeout=self.config.ping_timeout_s,
             close_timeout=5, ssl=ssl_context, server_header="edgewire",
         )
-        log("gateway_started", host=self.config.host, port=self.port, storage=self.config.storage,
-            database=str(self.config.database) if self.config.storage == "sqlite" else None)
+        log("gateway_started", host=self.config.host, port=self.port, storage=self.config.storage_kind,
+            database=str(self.config.database) if self.config.storage_kind == "sqlite" else self.config.storage_display)
 
     @property
     def port(self) -> int:
@@ -205,6 +214,8 @@ class Gateway:
             self._sweeper.cancel()
         if self._gc_task is not None:
             self._gc_task.cancel()
+        if self._retention is not None:
+            self._retention.cancel()
         conns = list(self.devices.values())
         for conn in conns:
             conn.closing = True
@@ -236,7 +247,7 @@ class Gateway:
             status = 503 if self.draining else 200
             return _json_response(status, {
                 "status": "draining" if self.draining else "ok", "devices_online": len(self.devices),
-                "dashboards": len(self.hub.clients), "storage": self.config.storage,
+                "dashboards": len(self.hub.clients), "storage": self.config.storage_kind,
                 "uptime_s": round(time.time() - self.started_at, 1)})
         if path == "/metrics":
             return self._metrics_response()
@@ -252,19 +263,25 @@ class Gateway:
         if path == "/v1/device":
             return await self._authorize_device(ws, request)
         if path == "/v1/dashboard":
-            if self._dashboard_digest is None:
-                return None
-            token = _bearer(request.headers) or _query_token(request.path)
-            if token is None or not hmac.compare_digest(_digest(token), self._dashboard_digest):
-                return _json_response(401, {"code": wire.E_AUTH_FAILED, "message": "dashboard authentication "
-                                            "failed: open the page as /#token=<contents of dashboard.token>"})
-            return None
+            return self._dashboard_refused(request)
+        if path in history_api.PATHS:
+            return self._dashboard_refused(request) or await self.history_api.respond(request.path)
         if path == "/v1/admin":
             token = _bearer(request.headers)
             if token is None or not hmac.compare_digest(_digest(token), self._admin_digest):
                 return _json_response(401, {"code": wire.E_AUTH_FAILED, "message": "admin authentication failed"})
             return None
         return _json_response(404, {"code": "not_found", "message": f"no such path {path[:64]}"})
+
+    def _dashboard_refused(self, request: Request) -> Response | None:
+        """401 unless the request carries the dashboard token (when one is required); None if allowed."""
+        if self._dashboard_digest is None:
+            return None
+        token = _bearer(request.headers) or _query_token(request.path)
+        if token is None or not hmac.compare_digest(_digest(token), self._dashboard_digest):
+            return _json_response(401, {"code": wire.E_AUTH_FAILED, "message": "dashboard authentication "
+                                        "failed: open the page as /#token=<contents of dashboard.token>"})
+        return None
 
     async def _authorize_device(self, ws: ServerConnection, request: Request) -> Response | None:
         address = self._address(ws, request.headers)
@@ -280,6 +297,10 @@ class Gateway:
         except AuthError as err:
             self._auth_failed(err, address)
             return _json_response(err.http_status, {"code": err.code, "message": err.message})
+        except StorageError:
+            self._count_error(wire.E_STORAGE)
+            return _json_response(503, {"code": wire.E_STORAGE, "message": "storage unavailable; reconnect later"},
+                                  {"Retry-After": "5"})
         ws.ew_identity = identity  # type: ignore[attr-defined]
         return None
 
@@ -356,6 +377,11 @@ class Gateway:
             await self._serve_device(ws, session, identity)
         except ConnectionClosed:
             pass
+        except StorageError as err:  # registry or last_seq unreadable: the device retries later (1013)
+            self._count_error(wire.E_STORAGE)
+            log("storage_failed", logging.ERROR, error=str(err))
+            with contextlib.suppress(ConnectionClosed):
+                await self._close(ws, wire.E_STORAGE, "storage unavailable; reconnect later")
 
     async def _first_frame_auth(self, ws: ServerConnection, session: GatewaySession,
                                 address: str) -> Identity | None:

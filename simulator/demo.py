@@ -1,5 +1,9 @@
 """``make demo``: the gateway on embedded defaults (SQLite) plus a simulated fleet; Ctrl-C stops both.
 
+``make demo DEMO_STORAGE=postgresql`` (``--storage postgresql``) stores into a throwaway
+PostgreSQL 15 instead, started on a free loopback port by services.postgres (as the tests do)
+and deleted when the demo stops.
+
 Device credentials are kept in ``<data-dir>/demo-credentials.json`` (mode 0600) and rotated
 through the admin endpoint when missing, so repeated demos reuse the same device ids.
 """
@@ -21,6 +25,8 @@ from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from services.errors import ServiceError
+from services.postgres import PostgresServer
 from simulator.fleet import Fleet
 from simulator.sensors import make_sensor
 
@@ -106,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--rate", type=float, default=1.0, help="readings per second per device")
     parser.add_argument("--data-dir", default="var/demo")
+    parser.add_argument("--storage", choices=["sqlite", "postgresql"], default="sqlite",
+                        help="sqlite (default), or postgresql: a throwaway PostgreSQL 15 for this demo")
     args = parser.parse_args(argv)
     if args.devices < 1:
         parser.error("--devices must be at least 1")
@@ -115,18 +123,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    postgres: PostgresServer | None = None
+    storage_flags: list[str] = []
+    where = f"SQLite ({data_dir / 'edgewire.db'})"
+    if args.storage == "postgresql":
+        print("starting a throwaway PostgreSQL 15 ...", flush=True)
+        postgres = PostgresServer()
+        try:
+            postgres.start()
+        except ServiceError as err:
+            postgres.cleanup()
+            print(f"cannot start PostgreSQL: {err}", file=sys.stderr)
+            return 2
+        storage_flags = ["--storage", postgres.dsn]
+        where = f"PostgreSQL ({postgres.dsn}, deleted when the demo stops)"
     log = data_dir / "gateway.log"
     http_url = f"http://{args.host}:{args.port}"
     ws_url = f"ws://{args.host}:{args.port}"
     with open(log, "ab") as log_file:
         gateway = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--host", args.host, "--port", str(args.port),
-             "--data-dir", str(data_dir), "--log-format", "text"],
+             "--data-dir", str(data_dir), "--log-format", "text", *storage_flags],
             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_healthy(http_url, gateway, log)
         creds = asyncio.run(_credentials(ws_url, data_dir, [f"demo-{i:03d}" for i in range(args.devices)]))
-        print(f"\nEdgewire demo: gateway on SQLite ({data_dir / 'edgewire.db'}), {args.devices} simulated devices")
+        print(f"\nEdgewire demo: gateway on {where}, {args.devices} simulated devices")
         print(f"  Dashboard: {http_url}/")
         print(f"  Gateway log: {log}")
         print("  Ctrl-C stops everything.\n", flush=True)
@@ -138,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                 gateway.wait(20)
             except subprocess.TimeoutExpired:
                 gateway.kill()
+        if postgres is not None:
+            postgres.cleanup()
     print(f"\nstopped: {summary['generated']} readings generated, {summary['acked']} stored and acknowledged, "
           f"{summary['buffered']} unsent, gateway exit code {gateway.returncode}")
     return 0

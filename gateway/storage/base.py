@@ -1,7 +1,28 @@
-"""The storage interface. SQLite is the embedded default; PostgreSQL plugs in here later.
+"""The storage interface: a written contract that every backend implements.
 
-Every method is async so a network database fits without changing callers. ``store``
-returns only after the rows are durably committed; callers acknowledge after that.
+Backends: ``sqlite.SQLiteStorage`` (embedded default) and ``postgresql.PostgresStorage``
+(a server several gateways can share). tests/gateway/storage/ is the conformance suite that
+runs the same tests against both; a new backend passes it before it is used.
+
+The contract, beyond each method's docstring:
+
+- **Ack after commit.** ``store`` returns only after its rows are durably committed (SQLite
+  ``synchronous=FULL``; PostgreSQL ``synchronous_commit=on``); callers acknowledge after that.
+  If it raises StorageError, nothing of its rows is stored, or the outcome is unknown (the
+  connection broke during COMMIT): either way the caller must not acknowledge, and a resend
+  is harmless because of the next point.
+- **Exactly once per (device_id, seq).** A row whose (device_id, seq) is already stored is
+  ignored, whatever its time or values, also when several callers, connections or gateways
+  store the same rows concurrently; within one call or one group commit the first wins.
+- **Derived data follows the readings exactly.** In the same transaction as the readings it
+  derives from, a backend keeps, for the readings actually inserted (never for ignored
+  duplicates): the per-device state (highest seq, last receive time), the latest value of
+  each metric, and two rollup tiers of every metric (``ROLLUP_TIERS``: 5-minute and 1-hour
+  buckets of count, sum, min and max). So an ack covers them too, and a resend never counts
+  twice.
+- **Retention** (``expire``) deletes readings and rollup buckets older than a cut-off; the
+  device state and latest values stay, so ``last_seq`` never goes back.
+- **Errors** are StorageError (a message saying what to check); a closed storage raises it too.
 """
 
 from __future__ import annotations
@@ -16,13 +37,58 @@ class ReadingRow:
 
     device_id: str
     seq: int
-    time_ms: int  # best estimate of when it was read (protocol.core.reading_time_ms)
+    time_ms: int  # best estimate of when it was read (protocol.wire.reading_time_ms)
     received_ms: int  # gateway receive time, always set
     metrics: dict[str, float]
     boot: str | None = None
     device_ts: int | None = None
     uptime_ms: int | None = None
     quality: str | None = None
+
+
+RAW = "raw"
+# Rollup tiers: name -> bucket width in ms. Buckets start at multiples of the width (Unix epoch, UTC).
+ROLLUP_TIERS: dict[str, int] = {"5m": 300_000, "1h": 3_600_000}
+DAY_MS = 86_400_000
+
+
+def check_tier(source: str, start_ms: int, end_ms: int, step_ms: int) -> None:
+    """ValueError unless ``source`` is a rollup tier and the range and step are on its grid."""
+    width = ROLLUP_TIERS.get(source)
+    if width is None:
+        raise ValueError(f"source {source!r} must be {RAW!r} or one of {', '.join(ROLLUP_TIERS)}")
+    if start_ms % width or end_ms % width or step_ms % width:
+        raise ValueError(f"start, end and step must be multiples of {width} ms for the {source} rollups")
+
+
+@dataclass(slots=True, frozen=True)
+class Bucket:
+    """One downsampled point: readings with ``t <= time_ms < t + step``."""
+
+    t: int
+    min: float
+    avg: float
+    max: float
+    count: int
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """What storage knows about a device's readings (kept by ``store``, survives retention)."""
+
+    device_id: str
+    last_seq: int  # highest seq ever stored
+    last_seen_ms: int  # highest received_ms ever stored
+    latest: dict[str, tuple[float, int]] = field(default_factory=dict)  # metric -> (value, time_ms)
+
+
+@dataclass(slots=True, frozen=True)
+class Expired:
+    """What one ``expire`` call deleted."""
+
+    readings: int  # readings deleted
+    rollups: int  # rollup buckets deleted, both tiers
+    partitions: int = 0  # daily partitions dropped (PostgreSQL)
 
 
 @dataclass(slots=True)
@@ -70,11 +136,16 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def last_seq(self, device_id: str) -> int:
-        """Highest seq stored for the device, 0 if none."""
+        """Highest seq ever stored for the device (also after retention deleted it), 0 if none."""
 
     @abc.abstractmethod
     async def latest(self, device_id: str) -> dict[str, tuple[float, int]]:
-        """Latest value per metric: metric -> (value, time_ms)."""
+        """Latest value per metric: metric -> (value, time_ms) of the reading with the newest
+        (time_ms, seq) that carried the metric. Kept after retention."""
+
+    @abc.abstractmethod
+    async def device_states(self) -> dict[str, DeviceState]:
+        """State and latest values of every device that has stored readings."""
 
     @abc.abstractmethod
     async def history(
@@ -83,12 +154,49 @@ class Storage(abc.ABC):
         """(time_ms, value) of one metric in [start_ms, end_ms), oldest first."""
 
     @abc.abstractmethod
+    async def history_buckets(self, device_id: str, metric: str, start_ms: int, end_ms: int, step_ms: int,
+                              source: str = RAW) -> list[Bucket]:
+        """Downsample one metric over [start_ms, end_ms) into buckets of ``step_ms``.
+
+        Bucket ``k`` covers [start_ms + k*step_ms, start_ms + (k+1)*step_ms); empty buckets are
+        left out; oldest first. ``source`` is ``RAW`` (the readings) or a ``ROLLUP_TIERS`` name,
+        for which start_ms, end_ms and step_ms must be multiples of the tier's width
+        (ValueError otherwise); avg is then sum/count of the rollups, exactly the raw average.
+        """
+
+    @abc.abstractmethod
+    async def readings(self, device_id: str, start_ms: int, end_ms: int, after: tuple[int, int] | None = None,
+                       limit: int = 10000) -> list[ReadingRow]:
+        """Stored readings of the device with start_ms <= time_ms < end_ms, ordered by (time_ms, seq).
+
+        ``after`` = (time_ms, seq) of the last row of the previous page: pages through any range.
+        """
+
+    @abc.abstractmethod
     async def count_readings(self, device_id: str | None = None) -> int:
         """Number of stored readings, for one device or all."""
 
     @abc.abstractmethod
     async def seqs(self, device_id: str) -> list[int]:
         """Every stored seq of the device, ascending (tests and audits)."""
+
+    # -- retention and upkeep
+    async def prepare(self, now_ms: int) -> None:
+        """Get ready to store readings of the coming days (PostgreSQL creates partitions ahead).
+
+        Called at open and hourly by the gateway's retention task; no-op by default.
+        """
+        return None
+
+    @abc.abstractmethod
+    async def expire(self, readings_before_ms: int, rollups_before_ms: int) -> Expired:
+        """Delete readings with time_ms < readings_before_ms and rollup buckets that start before
+        rollups_before_ms, without stalling ``store`` (small transactions, or whole partitions).
+
+        A backend may keep the readings of the UTC day containing readings_before_ms
+        (PostgreSQL drops whole daily partitions); everything older is always deleted.
+        Device state and latest values are kept.
+        """
 
     # -- registry
     @abc.abstractmethod

@@ -18,7 +18,17 @@ Schema (``PRAGMA user_version`` = SCHEMA_VERSION):
   the metrics JSON), so only a reading that was really inserted adds samples. (Not
   ``INSERT OR IGNORE``: its conflict mode would also silence the trigger's NOT NULL
   and CHECK constraints, storing a NaN reading without its sample.)
+- ``device_state(device_id, last_seq, last_seen_ms)`` the watermark (highest seq stored)
+  and last receive time; ``latest(device_id, metric, value, time_ms, seq)`` the newest
+  value per metric; ``rollup_5m`` / ``rollup_1h(device_id, metric, bucket_ms, n, vsum,
+  vmin, vmax)`` the rollup tiers. All four are merged in the group commit's transaction
+  from exactly the readings it inserted (gateway/storage/ingest.py), so they never count
+  a duplicate and an ack covers them.
 - ``devices`` (the registry) and ``alerts``.
+
+Retention (``expire``) deletes old readings device by device in transactions of at most
+``EXPIRE_BATCH`` readings, queued on the writer thread between group commits, so ingestion
+never waits for more than one small delete. A trigger deletes each reading's samples.
 """
 
 from __future__ import annotations
@@ -36,7 +46,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import ConfigError, StorageError
-from gateway.storage.base import AlertRow, DeviceRecord, ReadingRow, Storage
+from gateway.storage.base import (
+    RAW,
+    ROLLUP_TIERS,
+    AlertRow,
+    Bucket,
+    DeviceRecord,
+    DeviceState,
+    Expired,
+    ReadingRow,
+    Storage,
+    check_tier,
+)
+from gateway.storage.ingest import aggregate, check_rows, first_per_key, split_by_watermark
 
 try:
     import orjson
@@ -50,7 +72,8 @@ except ImportError:  # pragma: no cover - orjson is a gateway dependency
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+EXPIRE_BATCH = 1000  # readings (or rollup buckets) deleted per retention transaction
 
 # MIGRATIONS[n] brings a database from user_version n to n + 1.
 MIGRATIONS: list[str] = [
@@ -106,12 +129,80 @@ MIGRATIONS: list[str] = [
     CREATE INDEX alerts_active ON alerts (id) WHERE cleared_ms IS NULL;
     CREATE INDEX alerts_device ON alerts (device_id, id);
     """,
+    # 1 -> 2: device state, latest values, rollups, retention (backfilled from version 1 data).
+    """
+    CREATE TABLE device_state (
+        device_id    TEXT    PRIMARY KEY NOT NULL,
+        last_seq     INTEGER NOT NULL DEFAULT 0,
+        last_seen_ms INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+
+    CREATE TABLE latest (
+        device_id TEXT    NOT NULL,
+        metric    TEXT    NOT NULL,
+        value     REAL    NOT NULL,
+        time_ms   INTEGER NOT NULL,
+        seq       INTEGER NOT NULL,
+        PRIMARY KEY (device_id, metric)
+    ) WITHOUT ROWID;
+
+    """ + "".join(f"""
+    CREATE TABLE rollup_{tier} (
+        device_id TEXT    NOT NULL,
+        metric    TEXT    NOT NULL,
+        bucket_ms INTEGER NOT NULL,
+        n         INTEGER NOT NULL,
+        vsum      REAL    NOT NULL,
+        vmin      REAL    NOT NULL,
+        vmax      REAL    NOT NULL,
+        PRIMARY KEY (device_id, metric, bucket_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX rollup_{tier}_bucket ON rollup_{tier} (bucket_ms);
+""" for tier in ("5m", "1h")) + """
+    -- Retention and export walk a device's readings by time.
+    CREATE INDEX readings_device_time ON readings (device_id, time_ms);
+
+    -- A deleted reading takes its samples with it.
+    CREATE TRIGGER readings_expire AFTER DELETE ON readings BEGIN
+        DELETE FROM samples WHERE device_id = OLD.device_id AND time_ms = OLD.time_ms AND seq = OLD.seq
+            AND metric IN (SELECT key FROM json_each(OLD.metrics));
+    END;
+
+    INSERT INTO device_state (device_id, last_seq, last_seen_ms)
+        SELECT device_id, max(seq), max(received_ms) FROM readings GROUP BY device_id;
+    INSERT INTO latest (device_id, metric, value, time_ms, seq)
+        SELECT device_id, metric, value, time_ms, seq FROM (
+            SELECT *, row_number() OVER (PARTITION BY device_id, metric ORDER BY time_ms DESC, seq DESC) AS rn
+            FROM samples) WHERE rn = 1;
+    INSERT INTO rollup_5m (device_id, metric, bucket_ms, n, vsum, vmin, vmax)
+        SELECT device_id, metric, time_ms - ((time_ms % 300000) + 300000) % 300000 AS b,
+               count(*), sum(value), min(value), max(value) FROM samples GROUP BY device_id, metric, b;
+    INSERT INTO rollup_1h (device_id, metric, bucket_ms, n, vsum, vmin, vmax)
+        SELECT device_id, metric, time_ms - ((time_ms % 3600000) + 3600000) % 3600000 AS b,
+               count(*), sum(value), min(value), max(value) FROM samples GROUP BY device_id, metric, b;
+    """,
 ]
 
 _INSERT_READING = (
     "INSERT INTO readings (device_id, seq, time_ms, received_ms, boot, device_ts, uptime_ms,"
     " quality, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING"
 )
+_UPSERT_ROLLUP = (
+    "INSERT INTO {table} (device_id, metric, bucket_ms, n, vsum, vmin, vmax) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (device_id, metric, bucket_ms) DO UPDATE SET n = n + excluded.n, vsum = vsum + excluded.vsum,"
+    " vmin = min(vmin, excluded.vmin), vmax = max(vmax, excluded.vmax)"
+)
+_UPSERT_LATEST = (
+    "INSERT INTO latest (device_id, metric, value, time_ms, seq) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (device_id, metric) DO UPDATE SET value = excluded.value, time_ms = excluded.time_ms,"
+    " seq = excluded.seq WHERE (excluded.time_ms, excluded.seq) > (latest.time_ms, latest.seq)"
+)
+_UPSERT_STATE = (
+    "INSERT INTO device_state (device_id, last_seq, last_seen_ms) VALUES (?, ?, ?)"
+    " ON CONFLICT (device_id) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq),"
+    " last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)"
+)
+_READING_COLUMNS = "device_id, seq, time_ms, received_ms, boot, device_ts, uptime_ms, quality, metrics"
 _DEVICE_COLUMNS = "device_id, enabled, token_digest, token_created_ms, allow_cidrs, label, created_ms"
 _ALERT_COLUMNS = "id, device_id, metric, rule, raised_ms, value, cleared_ms, clear_value"
 _SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -158,6 +249,11 @@ def _device(row: tuple[Any, ...]) -> DeviceRecord:
 def _alert(row: tuple[Any, ...]) -> AlertRow:
     return AlertRow(alert_id=row[0], device_id=row[1], metric=row[2], rule=row[3], raised_ms=row[4],
                     value=row[5], cleared_ms=row[6], clear_value=row[7])
+
+
+def _reading(row: tuple[Any, ...]) -> ReadingRow:
+    return ReadingRow(device_id=row[0], seq=row[1], time_ms=row[2], received_ms=row[3], boot=row[4],
+                      device_ts=row[5], uptime_ms=row[6], quality=row[7], metrics=json.loads(row[8]))
 
 
 def _reading_tuples(rows: Iterable[ReadingRow]) -> list[tuple[Any, ...]]:
@@ -358,24 +454,25 @@ class SQLiteStorage(Storage):
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
         outcome: list[tuple[_Item, BaseException | None, Any]] = []
-        prepared: list[tuple[_Item, list[tuple[Any, ...]]]] = []
+        prepared: list[tuple[_Item, list[ReadingRow]]] = []
         for item in batch:
             assert item.rows is not None
             try:
-                prepared.append((item, _reading_tuples(item.rows)))
-            except Exception as err:  # unserialisable metrics: only this caller fails
+                check_rows(item.rows)
+                prepared.append((item, item.rows))
+            except Exception as err:  # not numbers, not finite: only this caller fails
                 outcome.append((item, StorageError(f"readings not stored: invalid row ({err})"), None))
         if prepared:
             try:
-                self._insert(conn, [t for _, tuples in prepared for t in tuples])
+                self._insert(conn, [row for _, rows in prepared for row in rows])
                 outcome.extend((item, None, None) for item, _ in prepared)
             except _DATA_ERRORS as err:
                 if len(prepared) == 1:
                     outcome.append((prepared[0][0], StorageError(f"readings not stored: {err}"), None))
                 else:  # isolate the caller whose rows the database refused
-                    for item, tuples in prepared:
+                    for item, rows in prepared:
                         try:
-                            self._insert(conn, tuples)
+                            self._insert(conn, rows)
                             outcome.append((item, None, None))
                         except (sqlite3.Error, *_DATA_ERRORS) as one:
                             outcome.append((item, StorageError(f"readings not stored: {one}"), None))
@@ -384,12 +481,35 @@ class SQLiteStorage(Storage):
                 outcome.extend((item, error, None) for item, _ in prepared)
         self._resolve(outcome)
 
-    def _insert(self, conn: sqlite3.Connection, tuples: list[tuple[Any, ...]]) -> None:
-        """Insert reading tuples in one transaction; roll back and re-raise on any error."""
+    def _insert(self, conn: sqlite3.Connection, rows: list[ReadingRow]) -> None:
+        """Store ``rows`` and their derived data in one transaction (gateway/storage/ingest.py).
+
+        BEGIN IMMEDIATE takes the database's write lock before the watermarks are read, so
+        no other writer (another gateway process, the CLI) can insert between the check and
+        the insert. Rolls back and re-raises on any error.
+        """
+        unique = first_per_key(rows)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            # rowcount sums sqlite3_changes(), which excludes the trigger's sample rows.
-            inserted = conn.executemany(_INSERT_READING, tuples).rowcount
+            devices = json.dumps(sorted({row.device_id for row in unique}))
+            marks = dict(conn.execute("SELECT device_id, last_seq FROM device_state"
+                                      " WHERE device_id IN (SELECT value FROM json_each(?))", (devices,)))
+            new, check = split_by_watermark(unique, marks)
+            for row in check:  # resends at or below the watermark: rare, one primary-key probe each
+                if conn.execute("SELECT 1 FROM readings WHERE device_id = ? AND seq = ?",
+                                (row.device_id, row.seq)).fetchone() is None:
+                    new.append(row)
+            inserted = 0
+            if new:
+                # rowcount sums sqlite3_changes(), which excludes the trigger's sample rows.
+                inserted = conn.executemany(_INSERT_READING, _reading_tuples(new)).rowcount
+                if inserted != len(new):
+                    raise sqlite3.DatabaseError("device_state is behind the readings table (edited by hand?)")
+                agg = aggregate(new)
+                for tier in ROLLUP_TIERS:
+                    conn.executemany(_UPSERT_ROLLUP.format(table=f"rollup_{tier}"), agg.rollup_rows(tier))
+                conn.executemany(_UPSERT_LATEST, agg.latest_rows())
+                conn.executemany(_UPSERT_STATE, agg.state_rows())
             conn.execute("COMMIT")
         except BaseException:
             self.failed_commits += 1
@@ -397,10 +517,10 @@ class SQLiteStorage(Storage):
                 conn.execute("ROLLBACK")
             raise
         self.commits += 1
-        self.rows_written += len(tuples)
-        self.rows_inserted += max(0, inserted)
-        if len(tuples) > self.largest_batch:
-            self.largest_batch = len(tuples)
+        self.rows_written += len(rows)
+        self.rows_inserted += inserted
+        if len(rows) > self.largest_batch:
+            self.largest_batch = len(rows)
 
     def _run_op(self, conn: sqlite3.Connection, item: _Item) -> None:
         assert item.fn is not None
@@ -464,30 +584,51 @@ class SQLiteStorage(Storage):
 
     # ------------------------------------------------------------------ readings
     async def last_seq(self, device_id: str) -> int:
-        rows = await self._query("SELECT max(seq) FROM readings WHERE device_id = ?", (device_id,))
-        return int(rows[0][0] or 0)
-
-    def _latest(self, device_id: str) -> dict[str, tuple[float, int]]:
-        # Skip-scan the distinct metrics of the device (one index probe each), then
-        # take the newest sample of each: O(metrics * log n), not O(samples).
-        metrics = self._fetch(
-            "WITH RECURSIVE m(metric) AS ("
-            " SELECT (SELECT metric FROM samples WHERE device_id = ?1 ORDER BY metric LIMIT 1)"
-            " UNION ALL"
-            " SELECT (SELECT metric FROM samples WHERE device_id = ?1 AND metric > m.metric"
-            "         ORDER BY metric LIMIT 1) FROM m WHERE m.metric IS NOT NULL)"
-            " SELECT metric FROM m WHERE metric IS NOT NULL", (device_id,))
-        result: dict[str, tuple[float, int]] = {}
-        for (metric,) in metrics:
-            row = self._fetch(
-                "SELECT value, time_ms FROM samples WHERE device_id = ? AND metric = ?"
-                " ORDER BY time_ms DESC, seq DESC LIMIT 1", (device_id, metric))
-            if row:
-                result[metric] = (float(row[0][0]), int(row[0][1]))
-        return result
+        rows = await self._query("SELECT last_seq FROM device_state WHERE device_id = ?", (device_id,))
+        return int(rows[0][0]) if rows else 0
 
     async def latest(self, device_id: str) -> dict[str, tuple[float, int]]:
-        return await self._read(self._latest, device_id)
+        rows = await self._query("SELECT metric, value, time_ms FROM latest WHERE device_id = ?", (device_id,))
+        return {metric: (float(value), int(t)) for metric, value, t in rows}
+
+    def _device_states(self) -> dict[str, DeviceState]:
+        states = {d: DeviceState(d, int(s), int(seen))
+                  for d, s, seen in self._fetch("SELECT device_id, last_seq, last_seen_ms FROM device_state")}
+        for device_id, metric, value, t in self._fetch("SELECT device_id, metric, value, time_ms FROM latest"):
+            state = states.get(device_id)
+            if state is not None:
+                state.latest[metric] = (float(value), int(t))
+        return states
+
+    async def device_states(self) -> dict[str, DeviceState]:
+        return await self._read(self._device_states)
+
+    async def history_buckets(self, device_id: str, metric: str, start_ms: int, end_ms: int, step_ms: int,
+                              source: str = RAW) -> list[Bucket]:
+        if step_ms < 1:
+            raise ValueError("step_ms must be at least 1")
+        if source == RAW:
+            rows = await self._query(
+                "SELECT (time_ms - ?3) / ?5 AS b, min(value), avg(value), max(value), count(*) FROM samples"
+                " WHERE device_id = ?1 AND metric = ?2 AND time_ms >= ?3 AND time_ms < ?4 GROUP BY b ORDER BY b",
+                (device_id, metric, start_ms, end_ms, step_ms))
+        else:
+            check_tier(source, start_ms, end_ms, step_ms)
+            rows = await self._query(
+                f"SELECT (bucket_ms - ?3) / ?5 AS b, min(vmin), sum(vsum) / sum(n), max(vmax), sum(n)"
+                f" FROM rollup_{source} WHERE device_id = ?1 AND metric = ?2 AND bucket_ms >= ?3 AND bucket_ms < ?4"
+                " GROUP BY b ORDER BY b", (device_id, metric, start_ms, end_ms, step_ms))
+        return [Bucket(start_ms + int(b) * step_ms, float(lo), float(avg), float(hi), int(n))
+                for b, lo, avg, hi, n in rows]
+
+    async def readings(self, device_id: str, start_ms: int, end_ms: int, after: tuple[int, int] | None = None,
+                       limit: int = 10000) -> list[ReadingRow]:
+        after_t, after_seq = after if after is not None else (start_ms - 1, 0)
+        rows = await self._query(
+            f"SELECT {_READING_COLUMNS} FROM readings WHERE device_id = ? AND time_ms >= ? AND time_ms < ?"
+            " AND (time_ms, seq) > (?, ?) ORDER BY time_ms, seq LIMIT ?",
+            (device_id, start_ms, end_ms, after_t, after_seq, limit))
+        return [_reading(r) for r in rows]
 
     async def history(self, device_id: str, metric: str, start_ms: int, end_ms: int,
                       limit: int = 10000) -> list[tuple[int, float]]:
@@ -506,6 +647,35 @@ class SQLiteStorage(Storage):
     async def seqs(self, device_id: str) -> list[int]:
         rows = await self._query("SELECT seq FROM readings WHERE device_id = ? ORDER BY seq", (device_id,))
         return [int(r[0]) for r in rows]
+
+    # ------------------------------------------------------------------ retention
+    async def expire(self, readings_before_ms: int, rollups_before_ms: int) -> Expired:
+        """Delete old readings and rollups in transactions of at most EXPIRE_BATCH rows each.
+
+        Each batch is one item on the writer's queue, so group commits run between batches.
+        """
+        readings = 0
+        devices = await self._query("SELECT device_id FROM device_state ORDER BY device_id")
+        for (device_id,) in devices:
+            while True:
+                if not await self._query("SELECT 1 FROM readings WHERE device_id = ? AND time_ms < ? LIMIT 1",
+                                         (device_id, readings_before_ms)):
+                    break
+                readings += await self._write(_delete_batch(
+                    "DELETE FROM readings WHERE device_id = ?1 AND seq IN (SELECT seq FROM readings"
+                    " WHERE device_id = ?1 AND time_ms < ?2 ORDER BY time_ms LIMIT ?3)",
+                    (device_id, readings_before_ms, EXPIRE_BATCH)))
+        rollups = 0
+        for tier in ROLLUP_TIERS:
+            while True:
+                deleted = await self._write(_delete_batch(
+                    f"DELETE FROM rollup_{tier} WHERE (device_id, metric, bucket_ms) IN (SELECT device_id, metric,"
+                    f" bucket_ms FROM rollup_{tier} WHERE bucket_ms < ? ORDER BY bucket_ms LIMIT ?)",
+                    (rollups_before_ms, EXPIRE_BATCH)))
+                rollups += deleted
+                if deleted < EXPIRE_BATCH:
+                    break
+        return Expired(readings=readings, rollups=rollups)
 
     # ------------------------------------------------------------------ registry
     async def get_device(self, device_id: str) -> DeviceRecord | None:
@@ -583,6 +753,13 @@ class SQLiteStorage(Storage):
                 f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE device_id = ? ORDER BY id DESC LIMIT ?",
                 (device_id, limit))
         return [_alert(r) for r in rows]
+
+
+def _delete_batch(sql: str, params: tuple[Any, ...]) -> Callable[[sqlite3.Connection], int]:
+    def op(conn: sqlite3.Connection) -> int:
+        return int(conn.execute(sql, params).rowcount)
+
+    return op
 
 
 def _split_script(script: str) -> list[str]:

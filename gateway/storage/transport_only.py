@@ -7,7 +7,7 @@ and ``store`` returns at once. Never use it where readings matter: acks then mea
 
 from __future__ import annotations
 
-from gateway.storage.base import AlertRow, DeviceRecord, ReadingRow, Storage
+from gateway.storage.base import RAW, AlertRow, Bucket, DeviceRecord, DeviceState, Expired, ReadingRow, Storage
 
 
 class ReadingsOff(Storage):
@@ -38,6 +38,20 @@ class ReadingsOff(Storage):
     async def history(self, device_id: str, metric: str, start_ms: int, end_ms: int,
                       limit: int = 10000) -> list[tuple[int, float]]:
         return []
+
+    async def device_states(self) -> dict[str, DeviceState]:
+        return {device: DeviceState(device, seq, 0) for device, seq in self._last.items()}
+
+    async def history_buckets(self, device_id: str, metric: str, start_ms: int, end_ms: int, step_ms: int,
+                              source: str = RAW) -> list[Bucket]:
+        return []
+
+    async def readings(self, device_id: str, start_ms: int, end_ms: int, after: tuple[int, int] | None = None,
+                       limit: int = 10000) -> list[ReadingRow]:
+        return []
+
+    async def expire(self, readings_before_ms: int, rollups_before_ms: int) -> Expired:
+        return Expired(readings=0, rollups=0)
 
     async def count_readings(self, device_id: str | None = None) -> int:
         return self._count if device_id is None else self._last.get(device_id, 0)

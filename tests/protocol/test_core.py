@@ -1,4 +1,4 @@
-"""protocol.core: codec properties, validation, gateway and device session logic."""
+"""protocol (wire, gateway, device): codec properties, validation, gateway and device session logic."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""VirtualDevice against an in-test gateway (real websockets server, protocol.core.GatewaySession)."""
+"""VirtualDevice against an in-test gateway (real websockets server, protocol.gateway.GatewaySession)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,47 @@
+"""The storage the configuration names (not yet opened), for the gateway and for every CLI command."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gateway.config import GatewayConfig, load_config
+from gateway.storage.base import Storage
+
+
+def open_storage(config: GatewayConfig, commit_interval_ms: float | None = None) -> Storage:
+    """SQLite (creating its directory), PostgreSQL, or readings-off over SQLite for ``storage = "none"``."""
+    interval = config.commit_interval_ms if commit_interval_ms is None else commit_interval_ms
+    if config.storage_kind == "postgresql":
+        from gateway.storage.postgresql import PostgresStorage
+
+        return PostgresStorage(config.storage, commit_interval_ms=interval)
+    from gateway.storage.sqlite import SQLiteStorage
+    from gateway.storage.transport_only import ReadingsOff
+
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    config.database.parent.mkdir(parents=True, exist_ok=True)
+    sqlite = SQLiteStorage(config.database, commit_interval_ms=interval, synchronous=config.synchronous.upper())
+    return ReadingsOff(sqlite) if config.storage_kind == "none" else sqlite
+
+
+def storage_arguments() -> argparse.ArgumentParser:
+    """``--data-dir``, ``--db``, ``--config``, ``--storage``: where a CLI command finds the gateway's storage."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", dest="data_dir", default=None,
+                        help="gateway state directory (default: the config's data_dir, var/gateway)")
+    common.add_argument("--db", dest="db_path", default=None,
+                        help="SQLite file (default <data-dir>/edgewire.db)")
+    common.add_argument("--storage", dest="storage", default=None,
+                        help="sqlite (default) or postgresql://USER@HOST:PORT/DB (also EDGEWIRE_STORAGE)")
+    common.add_argument("--config", dest="config", default=None,
+                        help="gateway TOML config to take these settings from")
+    return common
+
+
+def cli_config(args: argparse.Namespace) -> GatewayConfig:
+    """The configuration a CLI command runs with: config file < EDGEWIRE_* < the options above."""
+    return load_config(getattr(args, "config", None),
+                       overrides={"data_dir": getattr(args, "data_dir", None),
+                                  "db_path": getattr(args, "db_path", None),
+                                  "storage": getattr(args, "storage", None)})

@@ -1,0 +1,5 @@
+"""Throwaway servers on loopback for tests, demos and benchmarks (PostgreSQL, ...).
+
+Each launcher runs the real Debian binary in a temporary directory on a free port and
+cleans up after itself. Errors are ``services.errors.ServiceError``.
+"""

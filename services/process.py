@@ -1,0 +1,43 @@
+"""Helpers shared by the launchers: free loopback ports and running a command as a non-root user."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+from pathlib import Path
+
+from services.errors import ServiceError
+
+UNPRIVILEGED_USER = "nobody"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (bind to port 0, read, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_as_user() -> str | None:
+    """The user servers that refuse root run as: ``nobody`` when we are root, else None (ourselves)."""
+    return UNPRIVILEGED_USER if os.geteuid() == 0 else None
+
+
+def as_user(user: str | None, argv: list[str]) -> list[str]:
+    """``argv`` run as ``user`` (setpriv: no PAM, no login shell), or unchanged for None."""
+    if user is None:
+        return argv
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise ServiceError("setpriv (util-linux) is needed to run servers as a non-root user")
+    entry = pwd.getpwnam(user)
+    return [setpriv, f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups", "--", *argv]
+
+
+def give_to(user: str | None, path: Path) -> None:
+    """Make ``user`` the owner of ``path`` (a fresh directory), so a demoted server can write there."""
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)

@@ -1,0 +1,133 @@
+"""``python -m gateway export`` and the registry commands on both storages (--storage, EDGEWIRE_STORAGE)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.history_api import HistoryApi
+from gateway.storage.base import DeviceRecord, ReadingRow
+from gateway.storage.sqlite import SQLiteStorage
+from tests.helpers.gateway import ROOT
+
+T0 = 1_764_080_000_000
+
+
+def seed(data_dir: Path) -> None:
+    async def run() -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        s = SQLiteStorage(data_dir / "edgewire.db")
+        await s.open()
+        await s.put_device(DeviceRecord("SENSOR-01", True, b"\x01" * 32))
+        await s.store([ReadingRow("SENSOR-01", i, T0 + i * 1000, T0 + i * 1000 + 3,
+                                  {"temperature": 20.0 + i / 100, "humidity": 40.5} if i % 2 else {"humidity": 41.0},
+                                  quality="ok") for i in range(1, 12001)])
+        await s.close()
+
+    asyncio.run(run())
+
+
+def export(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["export", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_export_readings_csv_and_jsonl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seed(tmp_path / "gw")
+    code, out, err = export(capsys, "SENSOR-01", "--from", str(T0), "--to", str(T0 + 10_000_001),
+                            "--data-dir", str(tmp_path / "gw"))
+    assert code == 0 and err == "exported 10000 readings of SENSOR-01\n"
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["device_id", "seq", "time_ms", "time", "received_ms", "metric", "value", "quality"]
+    assert rows[1] == ["SENSOR-01", "1", str(T0 + 1000), "2025-11-25T14:13:21.000Z", str(T0 + 1003), "temperature",
+                       "20.01", "ok"]
+    assert len(rows) == 1 + 5000 * 2 + 5000  # odd seqs carry two metrics
+    # ISO times, one metric, JSON Lines, paged past the page size
+    code, out, _ = export(capsys, "SENSOR-01", "--from", "2025-11-25T14:13:20Z", "--to", "2025-11-25T17:33:21+00:00",
+                          "--metric", "temperature", "--format", "jsonl", "--data-dir", str(tmp_path / "gw"))
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(lines) == 6000
+    assert lines[0] == {"device_id": "SENSOR-01", "seq": 1, "time_ms": T0 + 1000, "received_ms": T0 + 1003,
+                        "boot": None, "device_ts": None, "uptime_ms": None, "quality": "ok",
+                        "metrics": {"temperature": 20.01}}
+    assert [item["seq"] for item in lines] == list(range(1, 12001, 2))
+
+
+def test_export_points_is_the_same_as_history_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seed(tmp_path / "gw")
+    out_file = tmp_path / "out.csv"
+    code, out, err = export(capsys, "SENSOR-01", "--from", str(T0), "--to", str(T0 + 12_001_000), "--metric",
+                            "humidity", "--points", "100", "-o", str(out_file), "--data-dir", str(tmp_path / "gw"))
+    # T0 is more than 30 days ago: its raw readings count as expired, so the 5-minute rollups answer
+    assert code == 0 and out == "" and "buckets of humidity (5m, step 300000 ms)" in err
+    assert out_file.stat().st_mode & 0o777 == 0o600
+
+    async def over_http() -> bytes:
+        s = SQLiteStorage(tmp_path / "gw" / "edgewire.db")
+        await s.open()
+        try:
+            reply = await HistoryApi(s, 30, lambda _: False).handle(
+                f"/v1/history.csv?device=SENSOR-01&metric=humidity&from={T0}&to={T0 + 12_001_000}&points=100")
+            return reply.body
+        finally:
+            await s.close()
+
+    assert out_file.read_bytes() == asyncio.run(over_http())
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["SENSOR-01", "--from", "yesterday"], "error: --from: 'yesterday' is neither Unix ms nor an ISO 8601 time"),
+    (["SENSOR-01", "--from", "2000", "--to", "1000"], "error: --from: must be before --to"),
+    (["SENSOR-01", "--points", "10"], "error: --points: needs --metric"),
+    (["SENSOR-01", "--metric", "humidity", "--points", "0"], "error: --points: must be 1..5000"),
+    (["SENSOR-01", "--metric", "Bad"], "error: --metric: 'Bad' is not a metric name"),
+    (["GHOST"], "error: DEVICE: no device GHOST in sqlite storage"),
+    (["bad id"], "error: DEVICE: 'bad id' is not a device id"),
+    (["SENSOR-01", "-o", "/nonexistent/dir/x.csv"], "error: --output: cannot write /nonexistent/dir/x.csv"),
+])
+def test_export_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+                                    message: str) -> None:
+    seed(tmp_path / "gw")
+    code, out, err = export(capsys, *args, "--data-dir", str(tmp_path / "gw"))
+    assert code == 2 and out == ""
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_export_without_a_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = export(capsys, "SENSOR-01", "--data-dir", str(tmp_path / "empty"))
+    assert code == 2 and err.startswith("error: --data-dir: no database at") and err.count("\n") == 1
+
+
+def test_registry_and_export_on_postgresql(tmp_path: Path, postgres_dsn: str) -> None:
+    """Every registry command and export honour --storage and EDGEWIRE_STORAGE."""
+
+    def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60, env=dict(os.environ, **(env or {})))
+
+    data = str(tmp_path / "gw")
+    added = cli("devices", "add", "PG-01", "--label", "cellar", "--storage", postgres_dsn, "--data-dir", data)
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.strip().startswith("ewt_")
+    listed = cli("devices", "list", "--json", "--data-dir", data, env={"EDGEWIRE_STORAGE": postgres_dsn})
+    assert [d["device_id"] for d in json.loads(listed.stdout)] == ["PG-01"]
+    assert not (tmp_path / "gw" / "edgewire.db").exists()  # nothing went to SQLite
+    assert cli("devices", "disable", "PG-01", "--storage", postgres_dsn, "--data-dir", data).returncode == 0
+    shown = json.loads(cli("devices", "show", "PG-01", "--storage", postgres_dsn, "--data-dir", data).stdout)
+    assert (shown["enabled"], shown["label"]) == (False, "cellar")
+    exported = cli("export", "PG-01", "--format", "jsonl", env={"EDGEWIRE_STORAGE": postgres_dsn})
+    assert exported.returncode == 0 and exported.stdout == ""
+    assert exported.stderr == "exported 0 readings of PG-01\n"
+    down = cli("devices", "list", "--storage", "postgresql://edgewire@127.0.0.1:1/nothing")
+    assert down.returncode == 2 and down.stderr.startswith("error: cannot connect to PostgreSQL at")
+    assert "Traceback" not in down.stderr

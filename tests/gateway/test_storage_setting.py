@@ -1,0 +1,46 @@
+"""The storage setting: sqlite, none or a postgresql:// URL; shown without its password; retention keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from gateway.storage.dsn import redact
+
+
+@pytest.mark.parametrize(("value", "kind"), [
+    ("sqlite", "sqlite"), ("none", "none"),
+    ("postgresql://edgewire@127.0.0.1:5432/edgewire", "postgresql"),
+    ("postgres://u:secret@db.example/fleet?sslmode=require", "postgresql"),
+])
+def test_storage_kinds(value: str, kind: str) -> None:
+    assert load_config(env={"EDGEWIRE_STORAGE": value}).storage_kind == kind
+
+
+@pytest.mark.parametrize("value", ["mongodb://x/y", "postgresql://host:99999/db", "postgresql://host:5432",
+                                   "postgresql://host/", "SQLite", ""])
+def test_bad_storage_is_refused_naming_the_setting(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^storage: "):
+        load_config(env={"EDGEWIRE_STORAGE": value})
+
+
+def test_passwords_never_shown() -> None:
+    config = load_config(overrides={"storage": "postgresql://fleet:s3cret@db:5432/edgewire?password=x2&a=1"})
+    assert config.storage_display == "postgresql://fleet:***@db:5432/edgewire?password=***&a=1"
+    assert "s3cret" not in config.storage_display and "x2" not in config.storage_display
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides={"storage": "postgresql://fleet:s3cret@db:notaport/x"})
+    assert "s3cret" not in str(err.value)
+    assert redact("sqlite") == "sqlite"
+
+
+def test_retention_settings() -> None:
+    config = load_config(env={})
+    assert (config.readings_retention_days, config.rollup_retention_days) == (30, 730)
+    config = load_config(env={"EDGEWIRE_READINGS_RETENTION_DAYS": "7", "EDGEWIRE_ROLLUP_RETENTION_DAYS": "90"})
+    assert (config.readings_retention_days, config.rollup_retention_days) == (7, 90)
+    with pytest.raises(ConfigError, match=r"^readings_retention_days"):
+        load_config(env={"EDGEWIRE_READINGS_RETENTION_DAYS": "0"})
+    with pytest.raises(ConfigError, match=r"^rollup_retention_days"):
+        load_config(env={"EDGEWIRE_READINGS_RETENTION_DAYS": "60", "EDGEWIRE_ROLLUP_RETENTION_DAYS": "30"})

@@ -1,0 +1,60 @@
+"""``make demo`` on SQLite and ``make demo DEMO_STORAGE=postgresql``: a fleet streams, Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.gateway import ROOT, free_port
+
+
+def _devices(url: str) -> list[dict[str, object]]:
+    with urllib.request.urlopen(url + "/v1/devices", timeout=5) as resp:
+        devices: list[dict[str, object]] = json.loads(resp.read())["devices"]
+        return devices
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
+def test_demo_streams_and_stops_cleanly(tmp_path: Path, storage: str) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulator.demo", "--devices", "3", "--rate", "5", "--port", str(port),
+         "--data-dir", str(tmp_path / "demo"), "--storage", storage],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    banner: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # bounded: the demo prints its banner once the fleet is provisioned
+            banner.append(line)
+            if line.startswith("Edgewire demo:"):
+                break
+        assert banner and banner[-1].startswith("Edgewire demo:"), "".join(banner)
+        expected = "PostgreSQL (postgresql://" if storage == "postgresql" else "SQLite ("
+        assert expected in banner[-1]
+        deadline = time.monotonic() + 60
+        while not all(int(str(d["last_seq"])) >= 5 for d in _devices(f"http://127.0.0.1:{port}")):
+            assert time.monotonic() < deadline, "the demo fleet is not being stored"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    stopped = re.search(r"stopped: (\d+) readings generated, (\d+) stored and acknowledged, (\d+) unsent", out)
+    assert stopped and int(stopped.group(2)) >= 15, out
+    if storage == "postgresql":
+        dsn = re.search(r"postgresql://\S+?:(\d+)/", banner[-1])
+        assert dsn is not None
+        with pytest.raises(ConnectionRefusedError):  # the throwaway server is gone
+            socket.create_connection(("127.0.0.1", int(dsn.group(1))), timeout=5).close()
