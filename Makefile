@@ -34,7 +34,7 @@ system-deps-bench:
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[gateway,fast,edge,firmware,bench,dev]"
+	$(PY) -m pip install --quiet -e ".[gateway,fast,edge,firmware,bench,cluster,dev]"
 	touch $(STAMP)
 
 venv: $(STAMP)
