@@ -264,7 +264,7 @@ class RedisTransport(Transport):
         keys: list[bytes] = [key async for key in client.scan_iter(match=f"{PREFIX}inst:*", count=500)]
         if not keys:
             return {}
-        values: list[bytes | None] = await client.mget(keys)
+        values = cast(list[bytes | None], await client.mget(keys))
         start = len(f"{PREFIX}inst:")
         return {key.decode()[start:]: value.decode() for key, value in zip(keys, values, strict=True)
                 if value is not None}
