@@ -76,6 +76,7 @@ class Bus:
         self._broken_reason: BaseException | None = None
         self._closing = False
         self._ok = asyncio.Event()
+        self._probes: dict[tuple[str, str], asyncio.Future[None]] = {}
         transport.bind(self._deliver, self._answer, self._on_broken)
 
     # ------------------------------------------------------------ registration
@@ -183,6 +184,12 @@ class Bus:
 
     async def _deliver(self, channel: str, raw: bytes) -> None:
         envelope = self._unwrap(raw)
+        if envelope is not None and "probe" in envelope:
+            if envelope.get("from") == self.instance_id:
+                future = self._probes.pop((channel, str(envelope["probe"])), None)
+                if future is not None and not future.done():
+                    future.set_result(None)
+            return  # peers' probes are not for us
         message = envelope.get("m") if envelope else None
         sender = envelope.get("from") if envelope else None
         if not isinstance(message, dict) or not isinstance(sender, str):
@@ -292,7 +299,7 @@ class Bus:
         await self.presence.rebuild()
         for hook in self._hooks:
             await hook()
-        await self._step(transport.probe(self.op_timeout_s))
+        await self._probe()
         if self._broken.is_set():
             raise BusUnavailable(f"the link broke while rebuilding: {_describe(self._broken_reason)}")
 
@@ -301,6 +308,29 @@ class Bus:
             return await asyncio.wait_for(operation, self.op_timeout_s)
         except TimeoutError:
             raise BusTimeout(f"the bus ({self.display}) did not answer within {self.op_timeout_s:g} s") from None
+
+    async def _probe(self) -> None:
+        """Prove every subscription works: our own request path, and a probe on each channel that
+        must come back to our own handler through the broker (a silently lost subscription fails)."""
+        await self._step(self.transport.probe(self.op_timeout_s))
+        token = secrets.token_hex(4)
+        loop = asyncio.get_running_loop()
+        waits = []
+        for channel in list(self._handlers):
+            future: asyncio.Future[None] = loop.create_future()
+            self._probes[(channel, token)] = future
+            waits.append(future)
+            await self._step(self.transport.publish(channel, orjson.dumps(
+                {"v": VERSION, "from": self.instance_id, "probe": token})))
+        try:
+            if waits:
+                await asyncio.wait(waits, timeout=self.op_timeout_s)
+            lost = sorted(channel for (channel, t), f in self._probes.items() if t == token and not f.done())
+            if lost:
+                raise BusUnavailable(f"no delivery on channel(s) {', '.join(lost)}: subscription lost")
+        finally:
+            for key in [key for key in self._probes if key[1] == token]:
+                self._probes.pop(key).cancel()
 
     async def _watch(self) -> None:
         """Heartbeat (lease), pending releases and the probe every ``heartbeat_s``, until the link breaks."""
@@ -315,7 +345,7 @@ class Bus:
                                     f"(boot {other}); give every instance its own id")
                 continue
             await self.presence.retry_releases()
-            await self._step(self.transport.probe(self.op_timeout_s))
+            await self._probe()
             if self.state != OK:
                 self._set(OK)
 

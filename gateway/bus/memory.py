@@ -42,6 +42,7 @@ class MemoryBroker:
         self.presence: dict[str, Holder] = {}
         self.version = 0
         self.commands: dict[str, list[tuple[str, bytes, int]]] = {}  # device -> [(id, data, expires_ms)]
+        self.cut_off: set[str] = set()  # instances whose link is cut (a network split)
 
     def check(self) -> None:
         if not self.up:
@@ -53,6 +54,16 @@ class MemoryBroker:
         links, self.links = self.links, []
         for link in links:
             link.transport.lost(BrokerDown("broker stopped"))
+
+    def cut(self, instance: str) -> None:
+        """A network split between ``instance`` and the broker: its link breaks and cannot come back."""
+        self.cut_off.add(instance)
+        for link in [link for link in self.links if link.instance == instance]:
+            self.links.remove(link)
+            link.transport.lost(BrokerDown(f"{instance} is cut off from the broker"))
+
+    def heal(self, instance: str) -> None:
+        self.cut_off.discard(instance)
 
     def start(self, lose_data: bool = True) -> None:
         """Back up; ``lose_data`` empties it like a restarted Redis without persistence."""
@@ -94,6 +105,8 @@ class MemoryTransport(Transport):
 
     async def connect(self, instance: str, channels: set[str]) -> None:
         self.broker.check()
+        if instance in self.broker.cut_off:
+            raise BrokerDown(f"{instance} is cut off from the broker")
         link = _Link(self, instance, set(channels))
         self._link = link
         self.broker.links.append(link)

@@ -227,3 +227,32 @@ def test_unreachable_at_start_then_up(backend: Backend) -> None:
         assert a.reconnects == 0
 
     run(backend, scenario())
+
+
+async def _drop_subscription(backend: Backend, bus: Bus, channel: str) -> None:
+    """Lose one subscription while the connection stays up: the peers' silent failure."""
+    transport: Any = bus.transport
+    if backend.kind == "memory":
+        transport._link.channels.discard(channel)
+    elif backend.kind == "redis":
+        await transport.pubsub.unsubscribe(f"edgewire:ch:{channel}")
+    else:
+        await transport._subs[channel].unsubscribe()
+
+
+def test_a_subscription_lost_silently_is_detected_and_restored(backend: Backend) -> None:
+    async def scenario() -> None:
+        a, b = backend.bus("a"), backend.bus("b")
+        got: list[int] = []
+        await b.subscribe("dash", lambda m, s: got.append(m["n"]))
+        await b.subscribe("alerts", lambda m, s: None)
+        await started(a, b)
+        await _drop_subscription(backend, b, "dash")
+        await until(lambda: b.state == DEGRADED, what="b degraded")
+        assert "dash" in (b.last_error or "")
+        await b.wait_ok(30)
+        assert b.reconnects == 1
+        await a.publish("dash", {"n": 1})
+        await until(lambda: got == [1], what="delivery on the restored subscription")
+
+    run(backend, scenario())
