@@ -13,7 +13,7 @@ from gateway.bus import Bus, MemoryBroker, MemoryTransport, open_bus
 from services.nats import NatsServer
 from services.redis import RedisServer
 
-FAST = {"lease_ttl_s": 1.5, "op_timeout_s": 2.0, "backoff_s": (0.05, 0.4)}
+FAST = {"lease_ttl_s": 3.0, "op_timeout_s": 5.0, "backoff_s": (0.05, 0.4)}
 
 
 class Backend:
