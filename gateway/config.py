@@ -37,6 +37,8 @@ class GatewayConfig:
     data_dir: str = "var/gateway"
     storage: str = "sqlite"  # "sqlite" or "none" (transport only: readings are not stored)
     db_path: str = ""  # default: <data_dir>/edgewire.db
+    readings_retention_days: int = 30  # raw readings kept (retention lands with the storage work)
+    rollup_retention_days: int = 730  # rolled-up history kept
     commit_interval_ms: float = 5.0
     synchronous: str = "FULL"
     rate: float = 10.0  # frames per second per device
