@@ -233,8 +233,9 @@ def owner_and_mode(root: Path, relative: str) -> tuple[str, int]:
 
 def test_secrets_and_config_txt(fleet: Fleet) -> None:
     gw = fleet.rootfs("gateway")
-    for name in ("token.key", "admin.token"):
+    for name in ("token.key", "admin.token", "dashboard.token"):
         assert owner_and_mode(gw, f"var/lib/edgewire-gateway/{name}") == ("edgewire", 0o600), name
+    assert owner_and_mode(gw, "etc/edgewire/gateway.toml") == ("root", 0o640)
     assert owner_and_mode(gw, "etc/edgewire/tls/edgewire-gateway.key")[1] == 0o640
     for pi in ("pi-1", "pi-2"):
         assert owner_and_mode(fleet.rootfs(pi), "etc/edgewire/token") == ("edgewire", 0o600), pi
@@ -246,6 +247,17 @@ def test_secrets_and_config_txt(fleet: Fleet) -> None:
     pi2 = (fleet.rootfs("pi-2") / "boot" / "config.txt").read_text()
     assert "dtoverlay=w1-gpio,gpiopin=17" in pi2 and "spi" not in pi2  # ds18b20 only
     assert pi1.startswith(CONFIG_TXT) and pi2.startswith(CONFIG_TXT)
+
+
+def test_a_pi_gets_the_edge_extra_only(fleet: Fleet) -> None:
+    def packages(host: str) -> set[str]:
+        (site,) = (fleet.rootfs(host) / "opt" / "edgewire" / "venv" / "lib").glob("python3*/site-packages")
+        return {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
+
+    gateway, pi = packages("gateway"), packages("pi-1")
+    assert {"edgewire", "websockets", "orjson", "pyjwt", "uvloop"} <= gateway
+    assert {"edgewire", "websockets", "gpiozero", "adafruit_circuitpython_dht"} <= pi
+    assert not {"orjson", "pyjwt", "uvloop", "cryptography"} & pi, pi
 
 
 def test_pi_1_readings_are_stored_by_the_provisioned_gateway(fleet: Fleet) -> None:
