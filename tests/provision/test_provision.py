@@ -324,3 +324,11 @@ def test_a_bad_inventory_fails_at_the_start(fleet: Fleet, case: str, limit: str,
     assert next(t for t in tasks if t != "Gathering Facts").endswith("inventory variables"), tasks
     assert tasks[-1].endswith("inventory variables"), tasks  # nothing ran after it
     assert all(r["changed"] == 0 for r in run.recap.values()), run.recap
+
+
+def test_the_example_inventory_passes_the_checks(fleet: Fleet) -> None:
+    """Only the tagged checks, on the controller: the example's variables are what the roles accept."""
+    example = REPO / "ansible" / "inventories" / "example" / "hosts.yml"
+    run = ok(playbook(fleet, "example-inventory", "--tags", "validate", "-e", "ansible_connection=local",
+                      "-e", "ansible_become=false", inventory=example), "the checks on the example inventory")
+    assert len(run.recap) == 4 and all(r["changed"] == 0 for r in run.recap.values()), run.recap
