@@ -10,14 +10,19 @@ DEVICES ?= 20
 DEMO_DIR ?= var/demo
 DEMO_STORAGE ?= sqlite
 NODE_DIR := tests/firmware/node
+# the Ansible controller's own venv (ansible, ansible-lint, yamllint): see the ansible section
+ANSIBLE_VENV ?= var/ansible-venv
+ANSIBLE_STAMP := $(ANSIBLE_VENV)/.installed
+ANSIBLE_TEST_ROOT ?= var/ansible-test
 
-.PHONY: help venv demo test lint clean node-deps system-deps-demo system-deps-test system-deps-bench
+.PHONY: help venv demo test lint clean node-deps system-deps-demo system-deps-test system-deps-bench ansible-venv provision-test
 
 help:
 	@echo "make demo   - gateway on $(HOST):$(PORT) (SQLite) + $(DEVICES) simulated devices; Ctrl-C stops"
 	@echo "              make demo DEMO_STORAGE=postgresql: on a throwaway PostgreSQL 15 instead"
 	@echo "make test   - install what the suite needs and run it"
-	@echo "make lint   - ruff, mypy --strict, Kubernetes manifests (deploy/k8s)"
+	@echo "make lint   - ruff, mypy --strict, ansible-lint (production profile), yamllint, Kubernetes manifests"
+	@echo "make provision-test - ansible/site.yml against debootstrap'd Debian root filesystems (root)"
 	@echo "make flash  - flash an ESP32 node (see hardware.md)"
 	@echo "make bench  - gateway vs Mosquitto under load (docs/performance.md)"
 
@@ -58,14 +63,32 @@ test: system-deps-test $(STAMP) node-deps
 K8S_VERSION ?= 1.35.0
 K8S_MANIFESTS := $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
 
-lint: $(STAMP)
+lint: $(STAMP) $(ANSIBLE_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest protocol.wire protocol.gateway protocol.device
+	cd ansible && PATH=$(abspath $(ANSIBLE_VENV))/bin:$$PATH ansible-lint --offline --profile production
+	$(ANSIBLE_VENV)/bin/yamllint --strict -c ansible/.yamllint ansible
 	$(VENV)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $(K8S_MANIFESTS)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+
+# The controller's tools live in their own venv (ansible bundles community.general: the chroot
+# connection). make provision-test builds Debian root filesystems (debootstrap, as root), runs
+# ansible/site.yml against them twice and checks the result (tests/provision, docs/deploy.md).
+
+$(ANSIBLE_STAMP): ansible/requirements.txt
+	test -x $(ANSIBLE_VENV)/bin/python || $(PYTHON) -m venv $(ANSIBLE_VENV)
+	$(ANSIBLE_VENV)/bin/pip install --quiet --upgrade pip
+	$(ANSIBLE_VENV)/bin/pip install --quiet -r ansible/requirements.txt
+	touch $@
+
+ansible-venv: $(ANSIBLE_STAMP)
+
+provision-test: $(STAMP) $(ANSIBLE_STAMP)
+	EDGEWIRE_PROVISION_TEST=1 ANSIBLE_BIN=$(abspath $(ANSIBLE_VENV))/bin ANSIBLE_TEST_ROOT=$(abspath $(ANSIBLE_TEST_ROOT)) \
+	  $(PY) -m pytest -q -s -x tests/provision
 
 # make bench: 1k/5k/10k devices, gateway (full path), gateway --storage none, Mosquitto; docs/performance.md.
 # make bench-quick: 1k devices for 10 s (~60 s); fails if the gateway full path loses a reading (CI smoke).

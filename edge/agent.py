@@ -25,7 +25,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from edge import __version__, outputs, sdnotify
+from edge import __version__, outputs
 from edge.config import AgentConfig
 from edge.errors import ConfigError, EdgeError, OutputError, QueueError, SensorError
 from edge.outputs import Outputs
@@ -34,6 +34,7 @@ from edge.sensors.base import Sensor, SensorContext, build_sensor
 from edge.store import ReadingQueue
 from protocol import wire
 from protocol.device import DEV_ACK, DEV_CMD, DEV_ERROR, DEV_SLOW, DEV_WELCOME, DeviceSession
+from runtime import sdnotify
 
 LOG = logging.getLogger("edgewire.edge.agent")
 

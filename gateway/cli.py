@@ -1,4 +1,4 @@
-"""Command line: ``edgewire-gateway serve|devices|export|command`` (also ``python -m gateway``)."""
+"""Command line: ``edgewire-gateway serve|devices|export|command|backup|init|check-config|register``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
+from gateway.admin_client import admin_call, admin_token
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError
 
@@ -57,29 +57,6 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _admin_token(data_dir: str, given: str | None) -> str:
-    if given:
-        return given
-    path = Path(data_dir) / "admin.token"
-    try:
-        return path.read_text().strip()
-    except OSError:
-        raise GatewayError(f"no admin token: pass --admin-token or run on the gateway host ({path} missing)") from None
-
-
-async def admin_call(url: str, token: str, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    """Send one request to /v1/admin and return the reply (raises GatewayError on an error reply)."""
-    from websockets.asyncio.client import connect
-
-    async with connect(url.rstrip("/") + "/v1/admin", additional_headers={"Authorization": f"Bearer {token}"},
-                       open_timeout=timeout) as ws:
-        await ws.send(json.dumps(dict(request, id="1")))
-        reply: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-    if reply.get("t") != "ok":
-        raise GatewayError(f"{reply.get('code')}: {reply.get('msg')}")
-    return reply
-
-
 def _command(args: argparse.Namespace) -> int:
     command_args: dict[str, Any] = {}
     for item in args.args:
@@ -90,7 +67,7 @@ def _command(args: argparse.Namespace) -> int:
             command_args[key] = json.loads(value)
         except ValueError:
             command_args[key] = value
-    token = _admin_token(args.data_dir, args.admin_token)
+    token = admin_token(args.data_dir, args.admin_token)
     reply = asyncio.run(admin_call(args.url, token, {
         "t": "command", "device_id": args.device_id, "name": args.name, "args": command_args,
         "timeout": args.timeout}, args.timeout + 5))
@@ -102,10 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgewire-gateway", description="Edgewire gateway")
     sub = parser.add_subparsers(dest="cmd", required=True)
     _serve_parser(sub)
-    from gateway import devices_cli, export_cli
+    from gateway import devices_cli, export_cli, ops_cli
 
     devices_cli.add_device_commands(sub)
     export_cli.add_export_command(sub)
+    ops_cli.add_ops_commands(sub)
     p = sub.add_parser("command", help="send a command to an online device and print its result")
     p.add_argument("device_id")
     p.add_argument("name", help="set_interval, set_thresholds, set_output, reboot, ping")
@@ -122,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             return _command(args)
         if args.cmd == "export":
             return export_cli.run_export(args)
+        if args.cmd in ops_cli.COMMANDS:
+            return ops_cli.run_ops_command(args)
         return devices_cli.run_devices_command(args)
     except GatewayError as err:
         print(f"error: {err}", file=sys.stderr)

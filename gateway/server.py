@@ -669,9 +669,14 @@ def _bearer(headers: Headers) -> str | None:
 async def run_gateway(config: GatewayConfig) -> None:
     """Build every part from ``config``, serve until SIGTERM/SIGINT, then shut down cleanly."""
     from gateway.factory import build_gateway
+    from gateway.service import ServiceNotifier
 
     gateway = await build_gateway(config)
     await gateway.start()
     print(f"edgewire gateway listening on http://{config.host}:{gateway.port} "
           f"(dashboard http://{config.host}:{gateway.port}/)", flush=True)
+    notifier = ServiceNotifier()  # systemd: READY=1 now, WATCHDOG=1 while the loop is healthy
+    notifier.ready(f"listening on {config.host}:{gateway.port}")
+    watchdog = asyncio.get_running_loop().create_task(notifier.run(lambda: gateway.draining))
     await gateway.run_forever()
+    watchdog.cancel()

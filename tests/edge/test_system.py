@@ -1,4 +1,4 @@
-"""sd_notify over a datagram socket, journald log lines, the systemd unit, the CLI."""
+"""Journald log lines, the systemd unit, the CLI (sd_notify: tests/runtime/test_sdnotify.py)."""
 
 from __future__ import annotations
 
@@ -6,45 +6,17 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from edge import logs, sdnotify
+from edge import logs
 from tests.edge.conftest import agent_toml, write_probe
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "edge" / "systemd" / "edgewire-agent.service"
-
-
-def test_notify_sends_one_datagram(tmp_path: Path) -> None:
-    path = str(tmp_path / "notify.sock")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
-        server.bind(path)
-        assert sdnotify.notify("READY=1\nSTATUS=ok", {"NOTIFY_SOCKET": path})
-        assert server.recv(256) == b"READY=1\nSTATUS=ok"
-
-
-def test_notify_abstract_socket() -> None:
-    name = f"edgewire-test-{os.getpid()}"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
-        server.bind("\0" + name)
-        assert sdnotify.notify("WATCHDOG=1", {"NOTIFY_SOCKET": "@" + name})
-        assert server.recv(64) == b"WATCHDOG=1"
-
-
-def test_notify_without_systemd_is_a_no_op(tmp_path: Path) -> None:
-    assert sdnotify.notify("READY=1", {}) is False
-    assert sdnotify.notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "gone")}) is False
-
-
-def test_watchdog_interval() -> None:
-    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "60000000"}) == 30.0
-    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": "1"}) is None
-    assert sdnotify.watchdog_interval({}) is None
 
 
 def test_journal_lines_have_priority_and_no_timestamp() -> None:
