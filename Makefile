@@ -21,7 +21,7 @@ help:
 	@echo "make demo   - gateway on $(HOST):$(PORT) (SQLite) + $(DEVICES) simulated devices; Ctrl-C stops"
 	@echo "              make demo DEMO_STORAGE=postgresql: on a throwaway PostgreSQL 15 instead"
 	@echo "make test   - install what the suite needs and run it"
-	@echo "make lint   - ruff, mypy --strict, ansible-lint (production profile) and yamllint"
+	@echo "make lint   - ruff, mypy --strict, ansible-lint (production profile), yamllint, Kubernetes manifests"
 	@echo "make provision-test - ansible/site.yml against debootstrap'd Debian root filesystems (root)"
 	@echo "make flash  - flash an ESP32 node (see hardware.md)"
 	@echo "make bench  - gateway vs Mosquitto under load (docs/performance.md)"
@@ -39,7 +39,7 @@ system-deps-bench:
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[gateway,fast,edge,firmware,bench,dev]"
+	$(PY) -m pip install --quiet -e ".[gateway,fast,edge,firmware,bench,cluster,dev]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -59,12 +59,17 @@ node-deps: $(NODE_DIR)/node_modules/.installed esp32-sim-deps
 test: system-deps-test $(STAMP) node-deps
 	$(PY) -m pytest -q
 
+# Kubernetes manifests checked offline against this version's schemas (kubernetes-validate, strict).
+K8S_VERSION ?= 1.35.0
+K8S_MANIFESTS := $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
+
 lint: $(STAMP) $(ANSIBLE_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest protocol.wire protocol.gateway protocol.device
 	cd ansible && PATH=$(abspath $(ANSIBLE_VENV))/bin:$$PATH ansible-lint --offline --profile production
 	$(ANSIBLE_VENV)/bin/yamllint --strict -c ansible/.yamllint ansible
+	$(VENV)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $(K8S_MANIFESTS)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.bus.url import check_name, parse_bus_url
 from gateway.errors import ConfigError
 from gateway.storage.dsn import redact, storage_kind
 
@@ -64,6 +65,9 @@ class GatewayConfig:
     tls_key: str = ""
     log_level: str = "info"
     log_format: str = "json"  # "json" or "text"
+    # Scale-out (docs/scaling.md): accepted and checked; the gateway does not use them yet.
+    bus: str = ""  # "" (embedded: no bus), redis://HOST:PORT/DB or nats://HOST:PORT
+    instance_id: str = ""  # this instance's name on the bus; "" = the host name's first label
 
     @property
     def dashboard_token_required(self) -> bool:
@@ -86,6 +90,11 @@ class GatewayConfig:
         return redact(self.storage)
 
     @property
+    def bus_display(self) -> str:
+        """The bus setting as it may be logged: ``embedded``, or the URL without user and password."""
+        return parse_bus_url(self.bus).display
+
+    @property
     def database(self) -> Path:
         return Path(self.db_path) if self.db_path else Path(self.data_dir) / "edgewire.db"
 
@@ -94,6 +103,9 @@ class GatewayConfig:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: {self.port} is not a TCP port (0-65535)")
         storage_kind(self.storage)  # ConfigError naming the setting
+        parse_bus_url(self.bus)  # ConfigError naming the setting
+        if self.instance_id:
+            check_name("instance_id", self.instance_id)
         if self.readings_retention_days < 1:
             raise ConfigError("readings_retention_days: must be at least 1")
         if self.rollup_retention_days < self.readings_retention_days:

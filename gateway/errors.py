@@ -35,3 +35,39 @@ class RequestError(GatewayError, ValueError):
         self.param = param
         self.message = message
         self.status = status
+
+
+class BusError(GatewayError, ConnectionError):
+    """The bus (Redis or NATS) failed an operation. ``code`` is a stable error code for callers."""
+
+    code = "bus_unavailable"
+
+
+class BusUnavailable(BusError):
+    """The bus is down or still rebuilding: the operation was not tried (fail fast)."""
+
+
+class NoResponder(BusError):
+    """No instance of that name listens on the bus (it stopped, crashed or is cut off)."""
+
+    code = "no_responder"
+
+
+class BusTimeout(BusError, TimeoutError):
+    """A request over the bus got no reply in time."""
+
+    code = "bus_timeout"
+
+
+class TooManyCommands(GatewayError, OverflowError):
+    """The device already has the most pending commands allowed; nothing was queued."""
+
+    code = "too_many_commands"
+
+
+class RemoteError(BusError):
+    """Another instance answered a request with an error; ``code`` is its error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

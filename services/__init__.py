@@ -1,4 +1,4 @@
-"""Throwaway servers on loopback for tests, demos and benchmarks (PostgreSQL, ...).
+"""Throwaway servers on loopback for tests, demos and benchmarks (PostgreSQL, Redis, NATS).
 
 Each launcher runs the real Debian binary in a temporary directory on a free port and
 cleans up after itself. Errors are ``services.errors.ServiceError``.
