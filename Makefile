@@ -53,7 +53,7 @@ test: system-deps-test $(STAMP) node-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m mypy.stubtest protocol.wire protocol.gateway protocol.device
+	$(PY) -m mypy.stubtest protocol.wire protocol.gateway protocol.device protocol.outbox
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -46,6 +46,7 @@ class RuleSpec:
 class AgentConfig:
     device_id: str = ""
     token: str = ""
+    token_file: str = ""
     gateway: str = ""
     interval: float = 30.0
     state_dir: str = "/var/lib/edgewire"
@@ -159,6 +160,7 @@ def parse(raw: dict[str, Any]) -> AgentConfig:
         raise ConfigError("agent.token", "required (or agent.token_file): the device token from "
                                          "`python -m gateway devices add ID`")
     cfg.token = token
+    cfg.token_file = token_file
     cfg.gateway = _take(agent, "agent", "gateway", (str,), "")
     if not cfg.gateway.startswith(("ws://", "wss://")):
         raise ConfigError("agent.gateway", "required: the device endpoint, e.g. ws://gateway.local:8080/v1/device")
