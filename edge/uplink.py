@@ -30,6 +30,7 @@ from protocol.device import (
     D_CLOSING,
     D_COMMAND,
     D_DROP,
+    D_INVALID,
     D_NOTE,
     D_RESEND,
     D_SLOW,
@@ -170,7 +171,7 @@ class Uplink:
             ) as ws:
                 self.ws = ws
                 await self.converse(ws)
-            rcvd = ws.close_rcvd
+            rcvd = ws.protocol.close_rcvd
             return session.closed(rcvd.code if rcvd else None, now_ms())
         except InvalidStatus as err:
             return session.refused(err.response.status_code, _refusal_code(err.response.body), now_ms())
@@ -232,7 +233,9 @@ class Uplink:
         elif kind == D_CLOSING:
             LOG.warning("gateway is closing the connection: %s %s", decision.code, decision.message)
         elif kind == D_NOTE:
-            LOG.warning("gateway frame ignored (%s): %s", decision.code, decision.message)
+            LOG.warning("gateway error %s: %s", decision.code, decision.message)
+        elif kind == D_INVALID:
+            LOG.warning("%s (%s)", decision.message, decision.code)
         if kind in (D_ACK, D_DROP, D_RESEND, D_SLOW, D_WELCOME):
             self.kick.set()  # the window or the pacing changed: the sender may have more to send
         return decision
@@ -267,7 +270,7 @@ class Uplink:
                 await asyncio.wait_for(self.ws.close(wire.CLOSE_GOING_AWAY, "agent stopping"), 2)
 
 
-def _refusal_code(body: bytes | None) -> str | None:
+def _refusal_code(body: bytes | bytearray | None) -> str | None:
     """The error code of an HTTP refusal's JSON body, if it has one."""
     with contextlib.suppress(ValueError, TypeError, AttributeError):
         code = json.loads(body or b"{}").get("code")

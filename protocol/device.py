@@ -58,7 +58,8 @@ D_RESEND = "resend"  # a frame was not stored (rate_limited / storage_unavailabl
 D_SLOW = "slow"  # slow-down: resent from .seq after .wait_ms, then paced at session.rate
 D_COMMAND = "command"  # a command: send .reply; reboot after sending when .name == "reboot" and .ok
 D_CLOSING = "closing"  # an error frame that ends the connection; close .close_code follows
-D_NOTE = "note"  # nothing to do but log .code / .message
+D_NOTE = "note"  # an error frame about no frame in flight: log .code / .message
+D_INVALID = "invalid"  # a gateway frame the session could not read (bad JSON, unknown type): log
 
 # What to do after a connection ended (Reconnect.action), docs/protocol.md section 11.
 R_BACKOFF = "backoff"  # reconnect after .delay_ms (exponential backoff with jitter)
@@ -280,7 +281,7 @@ class DeviceSession:
         try:
             msg = decode(text, self.loads, 1 << 20)
         except ProtocolError as err:
-            return Decision(D_NOTE, code=err.code, message="gateway frame ignored: " + err.message)
+            return Decision(D_INVALID, code=err.code, message="gateway frame ignored: " + err.message)
         kind = msg["t"]
         if kind == T_CMD:
             return self._on_cmd(msg)
@@ -295,13 +296,13 @@ class DeviceSession:
             return self._on_slow(msg, now_ms)
         if kind == T_ERROR:
             return self._on_error(msg)
-        return Decision(D_NOTE, code=E_UNKNOWN_TYPE, message="gateway frame of unknown type '" + kind[:32]
+        return Decision(D_INVALID, code=E_UNKNOWN_TYPE, message="gateway frame of unknown type '" + kind[:32]
                         + "' ignored")
 
     def _on_ack(self, msg):
         seq = msg.get("seq")
         if type(seq) is not int or seq < 0:
-            return Decision(D_NOTE, code=E_BAD_FRAME, message="ack without an integer seq ignored")
+            return Decision(D_INVALID, code=E_BAD_FRAME, message="ack without an integer seq ignored")
         count = 0
         if seq > self.acked:
             self.acked = seq
@@ -407,7 +408,7 @@ class DeviceSession:
         name = msg.get("name")
         label = name[:32] if type(name) is str else None
         if type(command_id) is not str or not command_id:
-            return Decision(D_NOTE, code=E_BAD_FRAME, message="command without a string id ignored", name=label)
+            return Decision(D_INVALID, code=E_BAD_FRAME, message="command without a string id ignored", name=label)
         if not self.policy.run_commands:
             text = "not run (load generator)"
             return Decision(D_COMMAND, reply=self.result_frame(command_id, True, text), name=label, message=text)

@@ -13,6 +13,7 @@ D_SLOW: str
 D_COMMAND: str
 D_CLOSING: str
 D_NOTE: str
+D_INVALID: str
 R_BACKOFF: str
 R_SLOW: str
 R_HOURLY: str
