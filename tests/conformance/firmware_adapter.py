@@ -38,7 +38,7 @@ def _remove(path):
 def _config(path):
     return config_module.validate({
         "wifi_ssid": "lab", "gateway_url": "ws://127.0.0.1:9/v1/device", "device_id": "ESP-CONF",
-        "token": "ewt_" + "f" * 32, "sensor": "dht22", "output_pins": {"relay": 5}, "interval_s": 60,
+        "token": "ewt_" + "f" * 32, "sensor": "dht22", "output_pins": {"relay": 5}, "interval_s": 30,
         "ring_path": path, "ring_records": 64, "watchdog_s": 0, "max_batch": 20,
     })
 

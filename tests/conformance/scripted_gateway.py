@@ -38,6 +38,7 @@ class Script:
     """
 
     http: tuple[int, str | None] | None = None
+    http_length: bool = True  # False: no Content-Length (the body ends with the connection)
     stall_s: float = 0.0
     refuse_first: bool = False
     serve: int = 0
@@ -110,7 +111,10 @@ class ScriptedGateway:
             body = json.dumps({"code": code, "message": "refused by the scripted gateway"}) if code else "{}"
             attempt.ended = time.monotonic()
             reason = {401: "Unauthorized", 403: "Forbidden"}.get(status, "Refused")
-            return Response(status, reason, Headers({"Content-Type": "application/json"}), body.encode())
+            headers = Headers({"Content-Type": "application/json"})
+            if script.http_length:
+                headers["Content-Length"] = str(len(body))
+            return Response(status, reason, headers, body.encode())
         return None
 
     async def _handler(self, ws: ServerConnection) -> None:

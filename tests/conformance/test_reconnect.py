@@ -11,6 +11,7 @@ change its credential (token file, set_credential, a reflash with a new config).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.conformance.scripted_gateway import ScriptedGateway, Script
+from tests.conformance.scripted_gateway import Script, ScriptedGateway
 from tests.edge.agentproc import AgentThread, wait_for
 from tests.firmware.simboard import SimBoard
 
@@ -108,10 +109,8 @@ class SimulatorRunner:
             self.task = asyncio.current_task()
             await self.dev.run()
 
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             asyncio.run(main())
-        except asyncio.CancelledError:
-            pass
 
     def start(self) -> None:
         self.thread.start()
@@ -207,8 +206,13 @@ def driver(request: pytest.FixtureRequest, tmp_path: Path, mock_pins: Any) -> It
 
 def decided(runner: Any, action: str, timeout: float = 20) -> int:
     """Wait until the driver's last reconnect decision is ``action``; its delay (driver ms)."""
-    got = wait_for(lambda: (d := runner.decision()) is not None and d[0] == action and d, timeout,
-                   f"a reconnect decision '{action}' (last: {runner.decision()})")
+    try:
+        got = wait_for(lambda: (d := runner.decision()) is not None and d[0] == action and d, timeout,
+                       f"a reconnect decision '{action}'")
+    except AssertionError as err:
+        board = getattr(runner, "board", None)
+        console = board.log_text()[-3000:] if board is not None else ""
+        raise AssertionError(f"{err}; last decision: {runner.decision()}\n{console}") from None
     return int(got[1])
 
 
@@ -227,10 +231,11 @@ def test_stop_codes_stop_until_the_credential_changes(driver: Starter, code: int
     assert [a.credential for a in gw.attempts[1:]] == [NEW] * (len(gw.attempts) - 1)
 
 
-@pytest.mark.parametrize(("status", "code", "action"), [
-    (401, "auth_failed", "stop"), (403, "address_not_allowed", "stop"), (403, "device_disabled", "hourly")])
-def test_http_refusal_at_the_upgrade(driver: Starter, status: int, code: str, action: str) -> None:
-    runner, gw = driver([Script(http=(status, code)), Script()])
+@pytest.mark.parametrize(("status", "code", "action", "length"), [
+    (401, "auth_failed", "stop", True), (403, "address_not_allowed", "stop", True),
+    (403, "device_disabled", "hourly", True), (403, "address_not_allowed", "stop", False)])
+def test_http_refusal_at_the_upgrade(driver: Starter, status: int, code: str, action: str, length: bool) -> None:
+    runner, gw = driver([Script(http=(status, code), http_length=length), Script()])
     delay = decided(runner, action)
     assert len(gw.attempts) == 1
     if action == "hourly":
@@ -248,7 +253,7 @@ def test_disabled_device_retries_hourly(driver: Starter) -> None:
 
 
 def test_too_many_errors_reconnects_slowly(driver: Starter) -> None:
-    runner, gw = driver([Script(close=4000), Script()])
+    runner, _gw = driver([Script(close=4000), Script()])
     delay = decided(runner, "slow")
     assert delay >= runner.cap_s * runner.ms_per_s / 2
 
@@ -281,7 +286,7 @@ def test_backoff_codes_reconnect_after_a_backoff(driver: Starter) -> None:
 
 def test_refused_readings_are_never_resent(driver: Starter) -> None:
     """The refused frame is the last one before the connection drops: no later ack covers it."""
-    runner, gw = driver([Script(serve=1, refuse_first=True, close=1011), Script(serve=2, close=1011), Script()])
+    _runner, gw = driver([Script(serve=1, refuse_first=True, close=1011), Script(serve=2, close=1011), Script()])
     wait_for(lambda: len(gw.attempts) >= 3 and len(gw.attempts[2].data_seqs) >= 2, 40,
              "readings on the third connection")
     assert gw.refused, "nothing was refused"
