@@ -88,11 +88,8 @@ def _take(table: dict[str, Any], section: str, key: str, kinds: tuple[type, ...]
     if key not in table:
         return default
     value = table[key]
-    if isinstance(value, bool) and bool not in kinds:
-        raise ConfigError(name, f"must be {' or '.join(k.__name__ for k in kinds)}, got a boolean")
-    if not isinstance(value, kinds):
-        wanted = " or ".join(k.__name__ for k in kinds)
-        raise ConfigError(name, f"must be {wanted}, got {type(value).__name__}")
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        raise ConfigError.wrong_type(name, kinds, value)
     return value
 
 
@@ -128,6 +125,11 @@ def load(path: str | None = None) -> AgentConfig:
     except PermissionError:
         raise ConfigError("file", f"{where} is not readable by this user; check its owner and mode "
                                   "(the service runs as user edgewire)") from None
+    except OSError as err:
+        raise ConfigError("file", f"cannot read {where} ({err.strerror or err}); --config / "
+                                  f"${ENV_PATH} must name the agent's TOML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError("file", f"{where} is not UTF-8 text; is it the agent's TOML file?") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError("file", f"{where} is not valid TOML: {err}") from None
     cfg = parse(raw)
