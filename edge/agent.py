@@ -294,6 +294,9 @@ class Agent:
         self.buffered = self.queue.count()
         self.apply_rules()
 
+    def outbox_changed(self) -> None:
+        self.buffered = self.queue.count()
+
     def status_fields(self) -> dict[str, Any]:
         return {"dropped": self.queue.dropped, "buffered": self.queue.count(), "rejected": self.queue.rejected,
                 "fw": __version__, "interval": self.interval, "sensor_errors": self.sensor_errors,

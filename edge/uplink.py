@@ -86,6 +86,7 @@ class UplinkHost(Protocol):
 
     def went_online(self, decision: Decision) -> None: ...
     def went_offline(self) -> None: ...
+    def outbox_changed(self) -> None: ...
     def status_fields(self) -> dict[str, Any]: ...
     def reboot(self) -> None: ...
 
@@ -196,13 +197,22 @@ class Uplink:
         if decision.kind not in (D_WELCOME, D_CLOSING):
             raise wire.ProtocolError(wire.E_BAD_FRAME, f"expected a welcome, got {decision.kind}")
         sender = asyncio.create_task(self.sender(ws))
+        receiver = asyncio.create_task(self.receiver(ws))
         try:
-            async for message in ws:
-                await self.on_frame(ws, message)
+            # whichever ends first ends the connection; its exception (ConnectionClosed, QueueError) surfaces
+            done, _ = await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
         finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await sender
+            for task in (sender, receiver):
+                task.cancel()
+            for task in (sender, receiver):
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                    await task
+
+    async def receiver(self, ws: ClientConnection) -> None:
+        async for message in ws:
+            await self.on_frame(ws, message)
 
     async def on_frame(self, ws: ClientConnection, text: str | bytes) -> Decision:
         decision = self.session.handle(text, now_ms())
@@ -236,6 +246,8 @@ class Uplink:
             LOG.warning("gateway error %s: %s", decision.code, decision.message)
         elif kind == D_INVALID:
             LOG.warning("%s (%s)", decision.message, decision.code)
+        if kind in (D_ACK, D_DROP):
+            self.host.outbox_changed()
         if kind in (D_ACK, D_DROP, D_RESEND, D_SLOW, D_WELCOME):
             self.kick.set()  # the window or the pacing changed: the sender may have more to send
         return decision
