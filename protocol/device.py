@@ -12,10 +12,14 @@ an outbox: ``next_seq``, ``first_seq``, ``confirmed``, ``pending(after, limit)``
 (protocol/outbox.py has an in-memory one). MicroPython-safe like wire.py.
 """
 
+import sys
+
 try:
     import random
 except ImportError:  # pragma: no cover - MicroPython builds that only have urandom
     import urandom as random  # type: ignore[no-redef]
+
+_CPYTHON = sys.implementation.name != "micropython"
 
 from protocol.wire import (
     CLOSE_ADDRESS,
@@ -101,15 +105,17 @@ _ACTION_TEXT = {
 
 
 
-def _close_names():
-    names = {1000: "normal", 1001: "going away", _NO_STATUS: "no status", _ABNORMAL: "connection lost",
-             CLOSE_TOO_BIG: "message too big", 1011: "internal error"}
-    for code in CLOSE_FOR_ERROR:
-        names[CLOSE_FOR_ERROR[code]] = code
-    return names
 
-
-_CLOSE_NAMES = _close_names()  # close code -> the error code (or RFC 6455 name) it stands for
+def _close_name(code):
+    """The error code (or RFC 6455 name) a close code stands for."""
+    for error in CLOSE_FOR_ERROR:
+        if CLOSE_FOR_ERROR[error] == code:
+            return error
+    if code == CLOSE_TOO_BIG:
+        return "message too big"
+    if code == _ABNORMAL:
+        return "connection lost"
+    return "close"
 
 
 def _rand():
@@ -186,9 +192,6 @@ class Decision:
         self.message = message
         self.close_code = close_code
 
-    def __repr__(self):
-        return "Decision(%s, seq=%r, last=%r, count=%r, renumber=%r, code=%r)" % (
-            self.kind, self.seq, self.last, self.count, self.renumber, self.code)
 
 
 class Reconnect:
@@ -203,8 +206,6 @@ class Reconnect:
         self.code = code
         self.reason = reason
 
-    def __repr__(self):
-        return "Reconnect(%s, delay_ms=%r, code=%r)" % (self.action, self.delay_ms, self.code)
 
 
 def _seq_or_zero(value):
@@ -527,7 +528,7 @@ class DeviceSession:
             self.batch_limit //= 2  # a frame was too large for the gateway: send smaller ones
             if self.max_batch > self.batch_limit:
                 self.max_batch = self.batch_limit
-        name = _CLOSE_NAMES.get(code, "close")
+        name = _close_name(code)
         return self._decide(CLOSE_ACTIONS.get(code, R_BACKOFF), code, now_ms,
                             "closed " + str(code) + " (" + name + ")")
 
@@ -541,7 +542,7 @@ class DeviceSession:
             elif status == 403:
                 close = CLOSE_DISABLED
         action = CLOSE_ACTIONS.get(close, R_BACKOFF) if close else R_BACKOFF
-        label = code if type(code) is str else _CLOSE_NAMES.get(close, "refused")
+        label = code if type(code) is str else _close_name(close)
         return self._decide(action, status, now_ms, "HTTP " + str(status) + " (" + label + ")")
 
     def failed(self, now_ms=0):
@@ -591,10 +592,22 @@ class DeviceSession:
         self.last_reconnect = decision
         return decision
 
-    # ------------------------------------------------------------ legacy
-    def receive(self, text):
-        """The (kind, payload) interface simulator/loadgen.py still uses; it goes when bench/loadgen.py
-        (built on handle()) replaces that file. Commands are returned unparsed, not run."""
+
+# ---------------------------------------------------------------- CPython only
+# Debug reprs, and the (kind, payload) interface simulator/loadgen.py still uses (it goes when
+# bench/loadgen.py, built on handle(), replaces that file). Not defined on the board, where
+# their code would take heap for nothing.
+if _CPYTHON:
+
+    def _decision_repr(self):
+        return "Decision(%s, seq=%r, last=%r, count=%r, renumber=%r, code=%r)" % (
+            self.kind, self.seq, self.last, self.count, self.renumber, self.code)
+
+    def _reconnect_repr(self):
+        return "Reconnect(%s, delay_ms=%r, code=%r)" % (self.action, self.delay_ms, self.code)
+
+    def _receive(self, text):
+        """Legacy: (kind, payload) for a gateway frame; commands are returned unparsed, not run."""
         msg = decode(text, self.loads, 1 << 20)
         kind = msg["t"]
         if kind == T_CMD:
@@ -607,3 +620,7 @@ class DeviceSession:
         if kind == T_ERROR:
             return (DEV_ERROR, {"code": msg.get("code"), "msg": msg.get("msg"), "seq": msg.get("seq")})
         raise ProtocolError(E_UNKNOWN_TYPE, "unknown message type from gateway")
+
+    Decision.__repr__ = _decision_repr
+    Reconnect.__repr__ = _reconnect_repr
+    DeviceSession.receive = _receive
