@@ -19,8 +19,6 @@ try:
 except ImportError:  # pragma: no cover - MicroPython builds that only have urandom
     import urandom as random  # type: ignore[no-redef]
 
-_CPYTHON = sys.implementation.name != "micropython"
-
 from protocol.wire import (
     CLOSE_ADDRESS,
     CLOSE_AUTH_FAILED,
@@ -53,6 +51,8 @@ from protocol.wire import (
     is_number,
     parse_command,
 )
+
+_CPYTHON = sys.implementation.name != "micropython"
 
 # What one gateway frame means (Decision.kind).
 D_WELCOME = "welcome"  # online; outbox reconciled: renumbered by .renumber, or acked through .seq

@@ -1,7 +1,8 @@
 """Conformance adapters of the CPython drivers, and the registry of every driver under test.
 
 One adapter class per driver (the interface is documented in scenarios.py); adding a driver
-is one class here plus one line in IN_PROCESS. The firmware's adapter
+is one class here plus one line in IN_PROCESS. ``features`` says which scenarios apply
+(scenarios.DEVICE_FEATURES for a device; a load generator under LOADGEN has none). The firmware's adapter
 (firmware_adapter.FirmwareAdapter) runs inside the firmware's interpreters, listed in
 INTERPRETERS: CPython with simulator/micropython_standins, and real MicroPython under Node.
 """
@@ -16,6 +17,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from tests.conformance.scenarios import DEVICE_FEATURES
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
@@ -27,7 +30,7 @@ def _copy(value: Any) -> Any:
 class AgentAdapter:
     """The Pi agent: edge.agent.Agent (sim backend, mock pins) and its SQLite queue."""
 
-    durable = True
+    features = DEVICE_FEATURES
     output = "relay"
 
     def __init__(self, workdir: Path, fresh: bool | None) -> None:
@@ -86,7 +89,7 @@ pin = 22
 class SimulatorAdapter:
     """The simulator: simulator.device.VirtualDevice and its in-memory outbox (not durable)."""
 
-    durable = False
+    features = tuple(f for f in DEVICE_FEATURES if f != "durable")
     output = "relay"
 
     def __init__(self, workdir: Path, fresh: bool | None) -> None:

@@ -44,7 +44,7 @@ def _config(path):
 
 
 class FirmwareAdapter:
-    durable = True
+    features = ("durable", "reconnect", "pacing", "commands")
     output = "relay"
 
     def __init__(self, path, fresh):

@@ -5,5 +5,5 @@ import sys
 import firmware_adapter
 import scenarios
 
-failed = scenarios.run_all(firmware_adapter.make, firmware_adapter.FirmwareAdapter.durable)
+failed = scenarios.run_all(firmware_adapter.make, firmware_adapter.FirmwareAdapter.features)
 print("implementation:", sys.implementation.name, "failed:", len(failed))

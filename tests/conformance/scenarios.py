@@ -18,8 +18,12 @@ never confirmed by a gateway (state wiped, reflashed). An adapter has:
     a.close()
 
 This file runs unchanged under CPython and MicroPython (the firmware's interpreter), so it
-keeps to the subset protocol/ uses. SCENARIOS lists (name, function, needs); needs is
-"durable" for scenarios that restart the driver.
+keeps to the subset protocol/ uses. SCENARIOS lists (name, function, needs): the feature a
+driver must have for the scenario to apply, or None. Features (an adapter's ``features``):
+"durable" (its outbox survives a restart), "reconnect" (it reconnects as docs/protocol.md section
+11 says), "pacing" (it obeys slow-downs and paces frames) and "commands" (it runs commands). A
+device driver has all four (the simulator is not durable); the load generator, under the core's
+LOADGEN policy, has none of the last three.
 """
 
 from protocol import wire
@@ -618,32 +622,35 @@ SCENARIOS = (
     ("not_stored_errors_are_resent", sc_not_stored_errors_are_resent, None),
     ("error_without_a_frame_changes_nothing", sc_error_without_a_frame_changes_nothing, None),
     ("closing_error_announces_the_close", sc_closing_error_announces_the_close, None),
-    ("slow_down_waits_then_paces", sc_slow_down_waits_then_paces, None),
+    ("slow_down_waits_then_paces", sc_slow_down_waits_then_paces, "pacing"),
     ("frames_fit_max_frame", sc_frames_fit_max_frame, None),
     ("data_frames_are_valid", sc_data_frames_are_valid, None),
-    ("close_codes", sc_close_codes, None),
-    ("backoff_grows_and_resets_on_welcome", sc_backoff_grows_and_resets_on_welcome, None),
-    ("http_refusals", sc_http_refusals, None),
-    ("stop_lasts_until_the_credential_changes", sc_stop_lasts_until_the_credential_changes, None),
-    ("expired_credential_is_refreshed", sc_expired_credential_is_refreshed, None),
-    ("too_big_close_halves_the_batch", sc_too_big_close_halves_the_batch, None),
-    ("commands_with_good_arguments", sc_commands_with_good_arguments, None),
-    ("commands_with_bad_arguments_change_nothing", sc_commands_with_bad_arguments_change_nothing, None),
-    ("malformed_commands", sc_malformed_commands, None),
+    ("close_codes", sc_close_codes, "reconnect"),
+    ("backoff_grows_and_resets_on_welcome", sc_backoff_grows_and_resets_on_welcome, "reconnect"),
+    ("http_refusals", sc_http_refusals, "reconnect"),
+    ("stop_lasts_until_the_credential_changes", sc_stop_lasts_until_the_credential_changes, "reconnect"),
+    ("expired_credential_is_refreshed", sc_expired_credential_is_refreshed, "reconnect"),
+    ("too_big_close_halves_the_batch", sc_too_big_close_halves_the_batch, "reconnect"),
+    ("commands_with_good_arguments", sc_commands_with_good_arguments, "commands"),
+    ("commands_with_bad_arguments_change_nothing", sc_commands_with_bad_arguments_change_nothing, "commands"),
+    ("malformed_commands", sc_malformed_commands, "commands"),
 )
 
 
-def applicable(needs, durable):
-    return needs is None or (needs == "durable" and durable)
+DEVICE_FEATURES = ("durable", "reconnect", "pacing", "commands")
 
 
-def run_all(make, durable, only=None):
+def applicable(needs, features):
+    return needs is None or needs in features
+
+
+def run_all(make, features, only=None):
     """Run every applicable scenario; print ``PASS name`` / ``FAIL name: why``; return failures."""
     failed = []
     for name, func, needs in SCENARIOS:
         if only is not None and name not in only:
             continue
-        if not applicable(needs, durable):
+        if not applicable(needs, features):
             print("N/A", name)
             continue
         try:

@@ -18,7 +18,7 @@ from tests.conformance.drivers import IN_PROCESS, INTERPRETERS
 from tests.conformance.scenarios import SCENARIOS, applicable
 
 CASES = [(driver, name) for driver, (name, _func, needs) in itertools.product(sorted(IN_PROCESS), SCENARIOS)
-         if applicable(needs, IN_PROCESS[driver].durable)]
+         if applicable(needs, IN_PROCESS[driver].features)]
 FUNCS = {name: func for name, func, _needs in SCENARIOS}
 
 
