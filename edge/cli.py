@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from edge import __version__, logs
@@ -48,6 +49,16 @@ def check(cfg: AgentConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every expected failure ends in one line on stderr and a non-zero exit, never a traceback."""
+    os.umask(0o077)  # the queue, the status file and anything else the agent writes are private
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("edgewire-agent: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="edgewire-agent", description="Edgewire Raspberry Pi edge agent")
     parser.add_argument("--version", action="version", version=__version__)
     parser.add_argument("--config", help=f"config file (default ${ENV_PATH} or {DEFAULT_PATH})")

@@ -46,6 +46,7 @@ class RuleSpec:
 class AgentConfig:
     device_id: str = ""
     token: str = ""
+    token_file: str = ""
     gateway: str = ""
     interval: float = 30.0
     state_dir: str = "/var/lib/edgewire"
@@ -87,11 +88,8 @@ def _take(table: dict[str, Any], section: str, key: str, kinds: tuple[type, ...]
     if key not in table:
         return default
     value = table[key]
-    if isinstance(value, bool) and bool not in kinds:
-        raise ConfigError(name, f"must be {' or '.join(k.__name__ for k in kinds)}, got a boolean")
-    if not isinstance(value, kinds):
-        wanted = " or ".join(k.__name__ for k in kinds)
-        raise ConfigError(name, f"must be {wanted}, got {type(value).__name__}")
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        raise ConfigError.wrong_type(name, kinds, value)
     return value
 
 
@@ -127,6 +125,11 @@ def load(path: str | None = None) -> AgentConfig:
     except PermissionError:
         raise ConfigError("file", f"{where} is not readable by this user; check its owner and mode "
                                   "(the service runs as user edgewire)") from None
+    except OSError as err:
+        raise ConfigError("file", f"cannot read {where} ({err.strerror or err}); --config / "
+                                  f"${ENV_PATH} must name the agent's TOML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError("file", f"{where} is not UTF-8 text; is it the agent's TOML file?") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError("file", f"{where} is not valid TOML: {err}") from None
     cfg = parse(raw)
@@ -159,6 +162,7 @@ def parse(raw: dict[str, Any]) -> AgentConfig:
         raise ConfigError("agent.token", "required (or agent.token_file): the device token from "
                                          "`python -m gateway devices add ID`")
     cfg.token = token
+    cfg.token_file = token_file
     cfg.gateway = _take(agent, "agent", "gateway", (str,), "")
     if not cfg.gateway.startswith(("ws://", "wss://")):
         raise ConfigError("agent.gateway", "required: the device endpoint, e.g. ws://gateway.local:8080/v1/device")

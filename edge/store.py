@@ -10,7 +10,6 @@ dropped to honour the bounds are counted (reported as status ``dropped``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
@@ -35,25 +34,40 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+def private_dir(path: Path) -> None:
+    """Create ``path`` (mode 0700) or make an existing one of ours private: state is nobody else's."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.name == "posix":
+        info = path.stat()
+        if info.st_uid == os.geteuid() and info.st_mode & 0o077:
+            os.chmod(path, 0o700)
+
+
 class ReadingQueue:
-    """Readings waiting for the gateway's ack, in seq order, on disk."""
+    """Readings waiting for the gateway's ack, in seq order, on disk.
+
+    It is the agent's outbox for protocol.device.DeviceSession: ``next_seq``, ``first_seq``,
+    ``confirmed``, ``pending``, ``ack``, ``drop``, ``renumber`` and ``confirm``.
+    """
 
     def __init__(self, path: Path | str, max_readings: int = 100_000, max_age: float = 7 * 86400.0) -> None:
         self.path = Path(path)
         self.max_readings = max_readings
         self.max_age = max_age
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
             self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            if os.name == "posix":
+                os.chmod(self.path, 0o600)  # before the first write: SQLite gives -wal/-shm the same mode
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            with self._tx():
+                if self._get("next_seq", "") == "" and self._get("counter", "") == "":
+                    self._set("counter", "new")  # a new queue: the seq counter may have been lost
         except (OSError, sqlite3.Error) as err:
             raise QueueError(f"cannot open the queue {self.path}: {err}; check that the state directory "
                              "exists and is writable by the agent's user (StateDirectory=edgewire)") from err
-        if os.name == "posix":
-            with contextlib.suppress(OSError):
-                os.chmod(self.path, 0o600)
 
     # -- meta
     def _get(self, key: str, default: str) -> str:
@@ -123,41 +137,44 @@ class ReadingQueue:
     def count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM readings").fetchone()[0])
 
-    def acked(self, seq: int) -> int:
+    @property
+    def first_seq(self) -> int:
+        """The lowest seq held, or next_seq when the queue is empty."""
+        row = self.db.execute("SELECT min(seq) FROM readings").fetchone()
+        return int(row[0]) if row and row[0] is not None else self.next_seq
+
+    @property
+    def confirmed(self) -> bool:
+        """False while a welcome never confirmed the counter of this (new) queue."""
+        return self._get("counter", "confirmed") != "new"
+
+    def ack(self, seq: int) -> int:
         """The gateway stored everything through ``seq``: delete it; return how many were deleted."""
         with self._tx():
             return int(self.db.execute("DELETE FROM readings WHERE seq <= ?", (seq,)).rowcount)
 
-    def reject(self, first: int, last: int) -> int:
-        """The gateway refused readings first..last as invalid: delete and count them."""
+    def drop(self, first: int, last: int) -> int:
+        """The gateway refused readings first..last as invalid: delete and count them (``rejected``)."""
         with self._tx():
             n = int(self.db.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?", (first, last)).rowcount)
             if n:
                 self._add("rejected", n)
             return n
 
-    def welcome(self, last_seq: int) -> None:
-        """Reconcile with the welcome's ``last_seq``.
-
-        If the gateway stored seqs we never issued, our counter was lost (state
-        wiped): renumber the unsent readings from last_seq + 1. Otherwise the
-        readings through last_seq are stored (their ack was lost): delete them.
-        """
+    def renumber(self, delta: int) -> None:
+        """Add ``delta`` to every held seq and to the counter (the counter was lost); confirm it."""
         with self._tx():
-            next_seq = int(self._get("next_seq", "1"))
-            if last_seq >= next_seq:
-                first = self.db.execute("SELECT min(seq) FROM readings").fetchone()[0]
-                if first is not None:
-                    shift = last_seq + 1 - int(first)
-                    # two steps so the primary key never collides
-                    self.db.execute("UPDATE readings SET seq = -(seq + ?)", (shift,))
-                    self.db.execute("UPDATE readings SET seq = -seq")
-                    top = self.db.execute("SELECT max(seq) FROM readings").fetchone()[0]
-                    self._set("next_seq", str(int(top) + 1))
-                else:
-                    self._set("next_seq", str(last_seq + 1))
-            else:
-                self.db.execute("DELETE FROM readings WHERE seq <= ?", (last_seq,))
+            # two steps so the primary key never collides
+            self.db.execute("UPDATE readings SET seq = -(seq + ?)", (delta,))
+            self.db.execute("UPDATE readings SET seq = -seq")
+            self._set("next_seq", str(int(self._get("next_seq", "1")) + delta))
+            self._set("counter", "confirmed")
+
+    def confirm(self) -> None:
+        """A welcome confirmed the counter."""
+        if not self.confirmed:
+            with self._tx():
+                self._set("counter", "confirmed")
 
     def forget_uptime(self, boot: str) -> None:
         """Readings from another boot carry that boot's uptime: clear it (the gateway uses receive time)."""

@@ -1,16 +1,19 @@
 """Edgewire node main loop: sample -> flash ring -> gateway, commands back.
 
 One flat, single-threaded loop. Each iteration samples when due, keeps the
-connection (Wi-Fi, then WebSocket with exponential backoff), sends
-unacknowledged readings from the ring file (protocol.device.DeviceSession
-decides what to send), handles acks/commands/slow-downs, drives the LED and
-feeds the watchdog. Readings leave the ring only when the gateway acknowledges
-them. The protocol is protocol/ (wire, device); nothing here re-implements it.
+connection (Wi-Fi, then the WebSocket), sends unacknowledged readings from the
+ring file, handles the gateway's frames, drives the LED and feeds the watchdog.
+protocol.device.DeviceSession, bound to the ring, makes every protocol decision
+(what to send and resend, acks, refusals, slow-downs, command arguments, and
+what to do after each close code: back off, retry hourly, refresh the
+credential from config.json, or stop until a reboot with a new credential);
+this module does the I/O. Readings leave the ring only when acknowledged.
 """
 
 import gc
 import json
 import random
+from binascii import crc32
 
 import clock
 import commands
@@ -23,11 +26,22 @@ from micropython import const
 from ring import Ring
 from sensors import Sensor, open_driver
 from watchdog import Watchdog
-from wifi import Backoff, WiFi
+from wifi import WiFi
 from wsclient import WSClient
 
 from protocol import wire
-from protocol.device import DEV_ACK, DEV_CMD, DEV_ERROR, DEV_SLOW, DEV_WELCOME, DeviceSession
+from protocol.device import (
+    D_CLOSING,
+    D_COMMAND,
+    D_DROP,
+    D_INVALID,
+    D_NOTE,
+    D_WELCOME,
+    R_REFRESH,
+    R_STOP,
+    Backoff,
+    DeviceSession,
+)
 
 FW_VERSION = "0.1.0"
 LOOP_MS = const(100)  # longest wait between loop iterations
@@ -37,10 +51,6 @@ _DEAD_IDLE_MS = const(75000)  # give the connection up after this long
 _NTP_RETRY_MS = const(60000)
 _STATUS_MIN_MS = const(10000)
 _DEEP_SLEEP_SEND_MS = const(15000)  # time a waking node spends delivering
-# Close codes after which reconnecting soon cannot help (protocol.md 11): retry hourly.
-_STOP_CODES = (wire.CLOSE_AUTH_FAILED, wire.CLOSE_DISABLED, wire.CLOSE_EXPIRED, wire.CLOSE_REPLACED,
-               wire.CLOSE_ADDRESS, wire.CLOSE_IDENTITY)
-_STOP_RETRY_MS = const(3600000)
 
 
 def log(*parts):
@@ -49,6 +59,10 @@ def log(*parts):
 
 def heap_free():
     return gc.mem_free() if hasattr(gc, "mem_free") else None
+
+
+def _credential_crc(cfg):
+    return crc32((cfg["jwt"] or cfg["token"] or "").encode())
 
 
 def _rtc_state():
@@ -65,8 +79,9 @@ def _rtc_state():
 class App:
     """The node. ``run()`` loops forever (or until ``stop()`` returns True)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, path=None):
         self.cfg = cfg
+        self.config_path = path  # re-read when the gateway says the credential expired
         self.now_ms = 0
         state = _rtc_state() if cfg["deep_sleep"] else None
         if state and type(state.get("b")) is int and type(state.get("u")) is int:
@@ -78,7 +93,7 @@ class App:
         self.watchdog = Watchdog(cfg["watchdog_s"])
         self.led = Led(cfg["led_pin"])
         self.clock = clock.Clock()
-        self.ring = Ring(cfg["ring_path"], cfg["ring_records"])
+        self.ring = Ring(cfg["ring_path"], cfg["ring_records"], self.boot)
         if self.clock.synced():
             self.ring.set_sync(self.boot, self.clock.offset)
         self.sensor = Sensor(open_driver(cfg["sensor"], cfg["sensor_pin"]), self.wait_ms)
@@ -90,24 +105,24 @@ class App:
         self.outputs = {}
         for name in cfg["output_pins"]:
             self.outputs[name] = machine.Pin(cfg["output_pins"][name], machine.Pin.OUT, value=0)
-        self.session = DeviceSession(cfg["device_id"], token=cfg["token"], jwt=cfg["jwt"],
-                                          boot=self.boot_id, max_batch=cfg["max_batch"])
+        self.session = DeviceSession(cfg["device_id"], token=cfg["token"], jwt=cfg["jwt"], boot=self.boot_id,
+                                     max_batch=cfg["max_batch"], outbox=self.ring, backoff=Backoff(1000, 60000),
+                                     handlers=commands.handlers(self))
         self.wifi = WiFi(cfg["wifi_ssid"], cfg["wifi_password"], self.wait_ms)
         self.ca = config_module.read_ca(cfg)
         self.ws = None
-        self.backoff = Backoff(1000, 60000)
         self.next_sample_ms = 0
-        self.next_connect_ms = 0
+        self.next_connect_ms = 0  # Wi-Fi backoff; the gateway's is session.retry_at_ms
         self.next_ntp_ms = 0
-        self.send_at_ms = 0
         self.status_at_ms = 0
         self.status_dropped = -1
         self.pinged = False
-        self.welcomed = False  # a welcome was received during this boot
         self.reboot_requested = False
-        self.fatal = None  # reason the node stopped trying often (bad credential, ...)
+        self.fatal = None  # why the node stopped connecting (until a reboot with a new credential)
+        if state:
+            self._restore_connection(state)
         self.counts = {"samples": 0, "reported": 0, "sensor_errors": 0, "invalid": 0, "ring_errors": 0,
-                       "loop_errors": 0, "connects": 0, "rejected": 0}
+                       "loop_errors": 0, "connects": 0}
         if hasattr(gc, "threshold"):
             gc.threshold(gc.mem_free() // 4 + gc.mem_alloc())
         log("boot", self.boot_id, "fw", FW_VERSION, "buffered", self.ring.count,
@@ -158,7 +173,7 @@ class App:
         """One bounded attempt to get online (Wi-Fi, NTP, WebSocket, welcome)."""
         self.led.set("connecting", now)
         if not self.wifi.isconnected() and not self.wifi.connect():
-            self.next_connect_ms = now + self.wifi.backoff.next_ms()
+            self.next_connect_ms = clock.up_ms() + self.wifi.backoff.next_ms()
             log("wifi: not connected; retry in", self.next_connect_ms - now, "ms")
             return False
         if not self.clock.synced() and now - self.next_ntp_ms >= 0:
@@ -171,6 +186,7 @@ class App:
         ws = WSClient(self.cfg["gateway_url"], self.ca, 5000)
         try:
             ws.connect()
+            self.ws = ws
             auth = self.session.auth_frame()
             if auth is not None:
                 ws.send_text(auth)
@@ -179,83 +195,79 @@ class App:
                 text = ws.recv(_WELCOME_MS)
                 if text is None or clock.ticks_diff(clock.ticks_ms(), start) > _WELCOME_MS:
                     raise NetError("no welcome from the gateway within " + str(_WELCOME_MS) + " ms")
-                kind, payload = self.session.receive(text)
-                if kind == DEV_WELCOME:
+                if self.handle(text, clock.up_ms()) == D_WELCOME:
                     break
-                if kind == DEV_ERROR:
-                    err = NetError("gateway refused: " + str(payload["code"]) + " " + str(payload["msg"]))
-                    err.close_code = wire.CLOSE_FOR_ERROR.get(payload["code"], 0)
-                    raise err
-        except wire.ProtocolError as err:
-            ws.abort()
-            self.offline(NetError("bad frame from gateway: " + err.message), now)
-            return False
         except NetError as err:
-            ws.abort()
-            self.offline(err, now)
+            self.offline(err)
             return False
-        self.ws = ws
-        self.ring.renumber_after(self.session.acked, self.ring.created and not self.welcomed)
-        self.welcomed = True
-        self.backoff.reset()
         self.pinged = False
-        self.send_at_ms = now
         self.status_at_ms = now
         self.status_dropped = -1
         self.fatal = None
         log("online: last_seq", self.session.acked, "buffered", self.ring.count)
         return True
 
-    def offline(self, err, now):
-        """Connection lost or refused: forget in-flight frames and schedule the reconnect."""
-        self.session.connection_lost()
-        if self.ws is not None:
-            self.ws.abort()
-            self.ws = None
-        code = err.close_code
-        if code in _STOP_CODES:
-            delay = _STOP_RETRY_MS
-            self.fatal = "gateway closed with " + str(code) + "; check the device credential/registration"
-        elif code == wire.CLOSE_RATE_LIMITED:
-            delay = self.backoff.next_ms() + int(1000 / self.session.rate)
+    def offline(self, err):
+        """The attempt or the connection ended: the session says when (and whether) to try again.
+
+        Called at the END of the attempt, so the backoff counts from there.
+        """
+        ws = self.ws
+        self.ws = None
+        if ws is not None:
+            ws.abort()
+        now = clock.up_ms()
+        session = self.session
+        if err.http_status:
+            decision = session.refused(err.http_status, err.http_code, now)
+        elif ws is not None:
+            decision = session.closed(err.close_code or None, now)
         else:
-            delay = self.backoff.next_ms()
-        self.next_connect_ms = now + delay
-        log("offline:", err, "- reconnect in", delay, "ms")
+            decision = session.failed(now)
+        if decision.action == R_REFRESH:
+            decision = self.refresh_credential(now)
+        if decision.action == R_STOP:
+            self.fatal = decision.reason
+        log("offline:", err, "->", decision.action, decision.delay_ms, "ms;", decision.reason)
+
+    def refresh_credential(self, now):
+        """The credential provider: config.json, re-read (a new token or JWT may have been uploaded)."""
+        token = jwt = None
+        if self.config_path is not None:
+            try:
+                fresh = config_module.load(self.config_path)
+                token, jwt = fresh["token"], fresh["jwt"]
+            except ConfigError as err:
+                log("credential refresh:", err)
+        return self.session.refreshed(token, jwt, now)
+
+    def _restore_connection(self, state):
+        """After a deep sleep: the reconnect schedule, and a stop on this same credential."""
+        retry = state.get("r")
+        if type(retry) is int:
+            self.session.retry_at_ms = retry
+        if state.get("x") == _credential_crc(self.cfg):
+            self.session.stopped = True
+            self.fatal = "stopped by the gateway; waiting for a new credential"
 
     # -- online work
     def handle(self, text, now):
-        """One frame from the gateway."""
-        try:
-            kind, payload = self.session.receive(text)
-        except wire.ProtocolError as err:
-            log("gateway frame ignored:", err.code, err.message)
-            return
-        if kind == DEV_ACK:
-            self.ring.ack(payload)
-        elif kind == DEV_CMD:
-            self.command(payload)
-        elif kind == DEV_SLOW:
-            self.send_at_ms = now + self.session.send_after_ms
-        elif kind == DEV_ERROR:
-            self.counts["rejected"] += 1
-            log("gateway error:", payload["code"], payload["msg"])
-
-    def command(self, cmd):
-        command_id = cmd["id"]
-        if type(command_id) is not str:
-            log("command without id ignored")
-            return
-        try:
-            ok, msg, data = commands.run(self, cmd["name"], cmd["args"])
-        except Exception as err:  # a handler bug must not take the node down
-            ok, msg, data = False, "command failed: " + str(err)[:80], None
-        self.ws.send_text(self.session.result_frame(command_id, ok, msg, data))
-        log("command", cmd["name"], "->", ok, msg)
+        """One frame from the gateway; returns the decision's kind."""
+        d = self.session.handle(text, now)
+        kind = d.kind
+        if kind == D_COMMAND:
+            if d.reply is not None:
+                self.ws.send_text(d.reply)
+            log("command", d.name, "->", d.ok, d.message)
+        elif kind == D_DROP:
+            log("gateway refused readings", d.seq, "-", d.last, d.code, d.message)
+        elif kind == D_NOTE or kind == D_CLOSING or kind == D_INVALID:
+            log("gateway:", kind, d.code, d.message)
+        return kind
 
     def send_status(self, now):
         fields = {"dropped": self.ring.dropped, "buffered": self.ring.count, "fw": FW_VERSION,
-                  "boot": self.boot_id, "corrupt": self.ring.corrupt,
+                  "boot": self.boot_id, "corrupt": self.ring.corrupt, "rejected": self.ring.rejected,
                   "sensor_failures": self.sensor.failures, "interval_ms": self.adaptive.interval_ms}
         for key in ("sensor_errors", "invalid", "ring_errors", "loop_errors"):
             fields[key] = self.counts[key]
@@ -275,16 +287,9 @@ class App:
         One frame per loop iteration: the gateway's default rate is 10 frames/s,
         and it keeps the transient heap of a step to one batch.
         """
-        session = self.session
-        if not session.can_send() or now - self.send_at_ms < 0:
-            return
-        pending = self.ring.read(session.sent + 1, session.max_batch, self.boot)
-        frame = session.next_frame(pending, clock.up_ms())
-        pending = None
-        if frame is None:
-            return
-        self.ws.send_text(frame)
-        self.send_at_ms = now + int(1000 / session.rate)
+        frame = self.session.next_frame(None, clock.up_ms(), now)
+        if frame is not None:
+            self.ws.send_text(frame)
 
     def online_step(self, now, wait):
         ws = self.ws
@@ -319,9 +324,9 @@ class App:
         wait = self.next_sample_ms - now
         wait = LOOP_MS if wait > LOOP_MS else (0 if wait < 0 else wait)
         if self.ws is not None and not self.wifi.isconnected():
-            self.offline(NetError("wifi lost"), now)
+            self.offline(NetError("wifi lost"))
         if self.ws is None:
-            if now - self.next_connect_ms >= 0:
+            if now - self.next_connect_ms >= 0 and self.session.connect_due(now):
                 self.connect(now)
             else:
                 clock.sleep_ms(wait)
@@ -329,7 +334,7 @@ class App:
             try:
                 self.online_step(now, wait)
             except NetError as err:
-                self.offline(err, self.now_ms)
+                self.offline(err)
         if self.reboot_requested:
             self.reboot()
         self.show(self.now_ms)
@@ -370,7 +375,7 @@ class App:
                 self.counts["loop_errors"] += 1
                 log("loop error:", repr(err))
                 if self.ws is not None:
-                    self.offline(NetError("loop error"), self.now_ms)
+                    self.offline(NetError("loop error"))
                 clock.sleep_ms(LOOP_MS)
             self.watchdog.progress(ok)
 
@@ -380,14 +385,14 @@ class App:
         now = self.now_ms = clock.up_ms()
         self.sample(now)
         self.watchdog.progress(True)
-        if self.ring.count and self.connect(clock.up_ms()):
+        if self.ring.count and self.session.connect_due(clock.up_ms()) and self.connect(clock.up_ms()):
             start = clock.ticks_ms()
             while self.ws is not None and self.ring.count and \
                     clock.ticks_diff(clock.ticks_ms(), start) < _DEEP_SLEEP_SEND_MS:
                 try:
                     self.online_step(clock.up_ms(), LOOP_MS)
                 except NetError as err:
-                    self.offline(err, clock.up_ms())
+                    self.offline(err)
                 if self.reboot_requested:
                     self.reboot()
                 self.watchdog.progress(True)
@@ -396,7 +401,10 @@ class App:
                 self.ws = None
         sleep_ms = self.adaptive.interval_ms
         now = clock.up_ms()
-        state = {"b": self.boot, "u": now + sleep_ms, "a": self.adaptive.state(now + sleep_ms)}
+        state = {"b": self.boot, "u": now + sleep_ms, "a": self.adaptive.state(now + sleep_ms),
+                 "r": self.session.retry_at_ms}
+        if self.session.stopped:
+            state["x"] = _credential_crc(self.cfg)
         try:
             machine.RTC().memory(json.dumps(state).encode())
         except (AttributeError, OSError, ValueError):
@@ -414,7 +422,7 @@ def main(path=config_module.PATH):
     except ConfigError as err:
         print("config error:", err)
         return None
-    app = App(cfg)
+    app = App(cfg, path)
     if cfg["deep_sleep"]:
         app.wake_once()
         return app

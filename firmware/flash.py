@@ -6,8 +6,10 @@ Runs on the technician's PC under CPython 3.11+ (not on the device), non-interac
    variables to its recipes, which keeps secrets out of the process list);
 2. finds the MicroPython image: MICROPYTHON_BIN=path, or the pinned ESP32_GENERIC release,
    downloaded once into ~/.cache/edgewire/ and checked against its pinned SHA-256;
-3. erases the whole chip and writes the image at 0x1000 with esptool (verified by MD5);
-4. registers DEVICE_ID with the gateway's admin endpoint (/v1/admin) unless TOKEN is given;
+3. registers DEVICE_ID with the gateway's admin endpoint (/v1/admin) unless TOKEN is given, so an
+   unreachable gateway, a wrong admin token or an id already registered stop the run before the
+   chip is touched (if a later step fails, the new token is saved for the rerun);
+4. erases the whole chip and writes the image at 0x1000 with esptool (verified by MD5);
 5. copies firmware/*.py, protocol/{__init__,wire,device}.py and a generated config.json (made in a
    private temp dir, mode 0600, never in the repo) with mpremote, and checks their SHA-256
    on the device;
@@ -484,25 +486,25 @@ def run(env: dict[str, str]) -> str:
         print(f"flash: note: GATEWAY_URL points at {host}; a real board cannot reach the PC's loopback", flush=True)
     image, data = resolve_firmware(s)
     fw_sha = hashlib.sha256(data).hexdigest()
-    print(f"flash: writing {image.name} ({len(data)} bytes) to {s.port}", flush=True)
-    mac = write_firmware(s, image)
     token = s.token
-    if token is None:
+    if token is None:  # the gateway first: nothing is erased when it cannot register the device
         print(f"flash: registering {s.device_id} at {s.admin_url}", flush=True)
         token = register(s)
-    with tempfile.TemporaryDirectory(prefix="edgewire-flash-") as tmp:
-        workdir = Path(tmp)
-        os.chmod(workdir, 0o700)
-        staged = stage(s, token, workdir)
-        print(f"flash: copying {len(staged)} files", flush=True)
-        try:
+    try:
+        print(f"flash: writing {image.name} ({len(data)} bytes) to {s.port}", flush=True)
+        mac = write_firmware(s, image)
+        with tempfile.TemporaryDirectory(prefix="edgewire-flash-") as tmp:
+            workdir = Path(tmp)
+            os.chmod(workdir, 0o700)
+            staged = stage(s, token, workdir)
+            print(f"flash: copying {len(staged)} files", flush=True)
             copy_files(s, workdir, staged)
-        except BoardError as exc:
-            if s.token is None:
-                saved = save_pending_token(s, token)
-                raise BoardError(f"{exc}\n{s.device_id} is registered; its token is saved in {saved} (mode 0600): "
-                                 f"rerun with TOKEN_FILE={saved} and delete the file afterwards") from None
-            raise
+    except BoardError as exc:
+        if s.token is None:
+            saved = save_pending_token(s, token)
+            raise BoardError(f"{exc}\n{s.device_id} is registered; its token is saved in {saved} (mode 0600): "
+                             f"rerun with TOKEN_FILE={saved} and delete the file afterwards") from None
+        raise
     reset_board(s)
     parts = urllib.parse.urlsplit(s.gateway_url)
     shown = urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))

@@ -1,30 +1,9 @@
-"""Wi-Fi station connection and the exponential backoff (with jitter) used for reconnects."""
-
-import random
+"""Wi-Fi station connection; reconnects back off with protocol.device.Backoff."""
 
 import network
 from clock import sleep_ms, ticks_diff, ticks_ms
 
-
-class Backoff:
-    """Delays base, 2*base, 4*base ... up to cap, each drawn from [d/2, d] (equal jitter)."""
-
-    def __init__(self, base_ms=1000, cap_ms=60000):
-        self.base_ms = base_ms
-        self.cap_ms = cap_ms
-        self.attempt = 0
-
-    def next_ms(self):
-        delay = self.base_ms << self.attempt if self.attempt < 20 else self.cap_ms
-        if delay > self.cap_ms:
-            delay = self.cap_ms
-        else:
-            self.attempt += 1
-        half = delay // 2
-        return half + random.getrandbits(16) % (delay - half + 1)
-
-    def reset(self):
-        self.attempt = 0
+from protocol.device import Backoff
 
 
 class WiFi:

@@ -9,6 +9,7 @@ encrypted but the server is not verified.
 """
 
 import binascii
+import json
 import random
 import select
 import socket
@@ -18,6 +19,8 @@ import sys
 from clock import ticks_ms
 from errors import NetError
 from micropython import const
+
+from protocol.wire import CLOSE_TOO_BIG
 
 OP_CONT = const(0)
 OP_TEXT = const(1)
@@ -125,7 +128,7 @@ class WSClient:
         parts = status.split(None, 2)
         code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         accept = None
-        length = 0
+        length = -1  # no Content-Length: the body runs to the end of the connection
         while True:
             line = self._readline()
             if not line:
@@ -137,8 +140,16 @@ class WSClient:
             elif name == b"content-length" and value.strip().isdigit():
                 length = int(value.strip())
         if code != 101:
-            body = self._read_exact(length).decode() if 0 < length <= 512 else ""
-            raise NetError("gateway refused the upgrade: HTTP " + str(code) + " " + body[:200])
+            body = self._read_body(length).decode()
+            err = NetError("gateway refused the upgrade: HTTP " + str(code) + " " + body[:200])
+            err.http_status = code
+            try:
+                found = json.loads(body).get("code")
+                if type(found) is str:
+                    err.http_code = found
+            except (ValueError, AttributeError):
+                pass
+            raise err
         try:
             import hashlib
 
@@ -174,6 +185,21 @@ class WSClient:
         data = self._read_some(n)
         while len(data) < n:
             data += self._read_some(n - len(data))
+        return data
+
+    def _read_body(self, length):
+        """An HTTP refusal's body: Content-Length bytes, or up to the close; at most 512 bytes."""
+        if 0 <= length <= 512:
+            try:
+                return self._read_exact(length)
+            except (OSError, NetError):
+                return b""
+        data = b""
+        try:
+            while len(data) < 512:
+                data += self._read_some(512 - len(data))
+        except (OSError, NetError):  # the end of the connection (or the timeout) ends the body
+            pass
         return data
 
     def _readline(self):
@@ -247,7 +273,7 @@ class WSClient:
             n = struct.unpack(">Q", self._read_exact(8))[0]
         key = self._read_exact(4) if b1 & 0x80 else None
         if n > self.max_frame:
-            self.close(1009)
+            self.close(CLOSE_TOO_BIG)
             raise NetError("frame of " + str(n) + " bytes exceeds " + str(self.max_frame))
         data = self._read_exact(n)
         self.last_rx_ms = ticks_ms()
@@ -282,7 +308,7 @@ class WSClient:
                         raise NetError("continuation frame without a first frame")
                     message += data
                     if len(message) > self.max_frame:
-                        self.close(1009)
+                        self.close(CLOSE_TOO_BIG)
                         raise NetError("fragmented message exceeds " + str(self.max_frame) + " bytes")
                 else:
                     message = data

@@ -1,16 +1,41 @@
-"""Edgewire protocol v1, the device side: DeviceSession (no I/O, no clock of its own).
+"""Edgewire protocol v1, the device side: DeviceSession and Backoff (no I/O; the clock is passed in).
 
-Drivers (the Pi agent, the ESP32 firmware, the simulator, the load generator) do the
-I/O and keep the readings; this module decides what to send and what each gateway frame
-means. MicroPython-safe like wire.py.
+DeviceSession owns the device half of docs/protocol.md. It decides what to send, what
+each gateway frame means (a Decision, already applied to the driver's outbox: ack
+through N, renumber by N, drop a refused range), what to do when a connection ends (a
+Reconnect: back off, reconnect slowly, retry hourly, stop, refresh the credential) and
+which commands and arguments are valid (wire.COMMANDS; the driver registers handlers).
+Backoff is the one reconnect backoff every driver uses. Drivers (the Pi agent, the
+ESP32 firmware, the simulator, the load generator) do the I/O and keep the readings in
+an outbox: ``next_seq``, ``first_seq``, ``confirmed``, ``pending(after, limit)``,
+``ack(seq)``, ``drop(first, last)``, ``renumber(delta)``, ``confirm()``
+(protocol/outbox.py has an in-memory one). MicroPython-safe like wire.py.
 """
 
+import sys
+
+try:
+    import random
+except ImportError:  # pragma: no cover - MicroPython builds that only have urandom
+    import urandom as random  # type: ignore[no-redef]
+
 from protocol.wire import (
+    CLOSE_ADDRESS,
+    CLOSE_AUTH_FAILED,
+    CLOSE_DISABLED,
+    CLOSE_EXPIRED,
+    CLOSE_FOR_ERROR,
+    CLOSE_IDENTITY,
+    CLOSE_REPLACED,
+    CLOSE_TOO_BIG,
+    CLOSE_TOO_MANY_ERRORS,
+    COMMANDS,
     DEFAULT_RATE,
     E_BAD_FRAME,
     E_RATE,
     E_STORAGE,
     E_UNKNOWN_TYPE,
+    MAX_FRAME_BYTES,
     T_ACK,
     T_AUTH,
     T_CMD,
@@ -24,43 +49,213 @@ from protocol.wire import (
     decode,
     encode,
     is_number,
+    parse_command,
 )
 
-# ---------------------------------------------------------------- device side
+_CPYTHON = sys.implementation.name != "micropython"
 
-DEV_WELCOME = "welcome"  # payload: welcome dict
-DEV_ACK = "ack"  # payload: int seq acknowledged (cumulative)
-DEV_CMD = "cmd"  # payload: dict id, name, args
-DEV_SLOW = "slow"  # payload: dict rate, retry_ms
-DEV_ERROR = "error"  # payload: dict code, msg, seq
+# What one gateway frame means (Decision.kind).
+D_WELCOME = "welcome"  # online; outbox reconciled: renumbered by .renumber, or acked through .seq
+D_ACK = "ack"  # acked through .seq; .count readings removed
+D_DROP = "drop"  # a frame in flight was refused as invalid: .seq..last dropped and counted rejected
+D_RESEND = "resend"  # a frame was not stored (rate_limited / storage_unavailable): resent from .seq
+D_SLOW = "slow"  # slow-down: resent from .seq after .wait_ms, then paced at session.rate
+D_COMMAND = "command"  # a command: send .reply; reboot after sending when .name == "reboot" and .ok
+D_CLOSING = "closing"  # an error frame that ends the connection; close .close_code follows
+D_NOTE = "note"  # an error frame about no frame in flight: log .code / .message
+D_INVALID = "invalid"  # a gateway frame the session could not read (bad JSON, unknown type): log
+
+# What to do after a connection ended (Reconnect.action), docs/protocol.md section 11.
+R_BACKOFF = "backoff"  # reconnect after .delay_ms (exponential backoff with jitter)
+R_SLOW = "slow"  # reconnect after .delay_ms at the backoff cap (too many errors)
+R_HOURLY = "hourly"  # one attempt per hour (device disabled)
+R_STOP = "stop"  # no attempt until the credential changes (set_credential); keep sampling
+R_REFRESH = "refresh"  # get a new credential from the driver's provider, then refreshed()
+
+HOURLY_MS = 3600000
+
+# Kinds of the legacy receive() tuples (simulator/loadgen.py until bench/loadgen.py replaces it).
+DEV_WELCOME = "welcome"
+DEV_ACK = "ack"
+DEV_CMD = "cmd"
+DEV_SLOW = "slow"
+DEV_ERROR = "error"
+_NO_STATUS = 1005  # close frame without a code (RFC 6455)
+_ABNORMAL = 1006  # no close frame at all: the connection dropped
+
+# Close code -> action. Every code not listed (1000, 1001, 1006, 1009, 1011, 1012, 1013,
+# 4002, 4008, 4009, unknown ones) backs off; 1009 also halves the batch size.
+CLOSE_ACTIONS = {
+    CLOSE_TOO_MANY_ERRORS: R_SLOW,
+    CLOSE_AUTH_FAILED: R_STOP,
+    CLOSE_DISABLED: R_HOURLY,
+    CLOSE_EXPIRED: R_REFRESH,
+    CLOSE_REPLACED: R_STOP,
+    CLOSE_ADDRESS: R_STOP,
+    CLOSE_IDENTITY: R_STOP,
+}
+
+_ACTION_TEXT = {
+    R_BACKOFF: "reconnect in %d ms",
+    R_SLOW: "reconnect slowly, in %d ms; the device sent invalid frames: check its firmware",
+    R_HOURLY: "retry in %d ms (hourly): the device is disabled at the gateway",
+    R_STOP: "stopped: no reconnect until the credential changes%s",
+    R_REFRESH: "the credential expired: getting a new one%s",
+}
+
+
+
+
+def _close_name(code):
+    """The error code (or RFC 6455 name) a close code stands for."""
+    for error in CLOSE_FOR_ERROR:
+        if CLOSE_FOR_ERROR[error] == code:
+            return error
+    if code == CLOSE_TOO_BIG:
+        return "message too big"
+    if code == _ABNORMAL:
+        return "connection lost"
+    return "close"
+
+
+def _rand():
+    return random.getrandbits(16) / 65536
+
+
+class Backoff:
+    """Exponential backoff: base, 2*base, 4*base ... cap, each delay drawn from [d/2, d].
+
+    ``rand()`` returns a float in [0, 1) (injected so tests are exact). The clock is not
+    needed here: DeviceSession adds the delay to the ``now_ms`` its caller passes in.
+    """
+
+    def __init__(self, base_ms=1000, cap_ms=60000, rand=None):
+        self.base_ms = int(base_ms) if base_ms >= 1 else 1
+        self.cap_ms = int(cap_ms) if cap_ms >= self.base_ms else self.base_ms
+        self.rand = rand or _rand
+        self.attempt = 0
+
+    def draw(self, delay):
+        """A delay in [delay/2, delay] (equal jitter)."""
+        half = delay // 2
+        return half + int(self.rand() * (delay - half + 1))
+
+    def next_ms(self):
+        """The next delay; counts one more failed attempt."""
+        delay = self.base_ms << self.attempt if self.attempt < 24 else self.cap_ms
+        if delay >= self.cap_ms:
+            delay = self.cap_ms
+        else:
+            self.attempt += 1
+        return self.draw(delay)
+
+    def at_cap_ms(self):
+        """A delay at the cap, and stay there until reset()."""
+        self.attempt = 24
+        return self.draw(self.cap_ms)
+
+    def reset(self):
+        self.attempt = 0
+
+
+class Policy:
+    """What a driver may skip. Devices use DEVICE; the load generator uses LOADGEN."""
+
+    def __init__(self, reconnect=True, obey_slow=True, run_commands=True):
+        self.reconnect = reconnect  # False: every closed/refused/failed answers R_STOP
+        self.obey_slow = obey_slow  # False: slow frames still rewind, but no wait and no pacing
+        self.run_commands = run_commands  # False: every command is answered ok without running it
+
+
+DEVICE = Policy()
+LOADGEN = Policy(False, False, False)  # a benchmark client: one connection, full speed, commands not run
+
+
+class Decision:
+    """What one gateway frame means for the device (see the D_* kinds)."""
+
+    __slots__ = ("close_code", "code", "count", "kind", "last", "message", "name", "ok", "renumber", "reply",
+                 "seq", "wait_ms")
+
+    def __init__(self, kind, seq=0, last=0, count=0, renumber=0, wait_ms=0, reply=None, name=None, ok=True,
+                 code=None, message="", close_code=0):
+        self.kind = kind
+        self.seq = seq
+        self.last = last
+        self.count = count
+        self.renumber = renumber
+        self.wait_ms = wait_ms
+        self.reply = reply
+        self.name = name
+        self.ok = ok
+        self.code = code
+        self.message = message
+        self.close_code = close_code
+
+
+
+class Reconnect:
+    """What to do after a connection ended (see the R_* actions). ``at_ms`` = -1 when stopped."""
+
+    __slots__ = ("action", "at_ms", "code", "delay_ms", "reason")
+
+    def __init__(self, action, delay_ms, at_ms, code, reason):
+        self.action = action
+        self.delay_ms = delay_ms
+        self.at_ms = at_ms
+        self.code = code
+        self.reason = reason
+
+
+
+def _seq_or_zero(value):
+    return value if type(value) is int and value >= 0 else 0
 
 
 class DeviceSession:
-    """Device-side protocol state: auth, what to send next, what is acknowledged.
+    """The device side of one device's conversation with the gateway, across connections.
 
-    The driver owns the readings (RAM list, flash ring file, SQLite queue); it
-    calls ``next_frame(pending)`` with readings not yet acknowledged, in seq
-    order, and deletes readings through ``acked`` once the gateway confirms them.
+    The driver calls ``handle(text, now_ms)`` for every frame received and acts on the
+    Decision, sends ``next_frame(...)`` while it returns a frame, and asks ``closed()``,
+    ``refused()`` or ``failed()`` what to do when a connection ends. ``handlers`` maps
+    command names to ``fn(args) -> (ok, message, data)``; arguments are validated here.
     """
 
     def __init__(self, device_id, token=None, jwt=None, boot=None, max_batch=20, window=4,
-                 loads=None, dumps=None):
+                 loads=None, dumps=None, outbox=None, backoff=None, policy=None, handlers=None):
         self.device_id = device_id
         self.token = token
         self.jwt = jwt
         self.boot = boot
-        self.max_batch = max_batch
+        self.batch_limit = max_batch  # configured batch size (halved after a 1009 close)
+        self.max_batch = max_batch  # in effect: batch_limit capped by the welcome's max_batch
         self.window = window  # frames in flight before waiting for an ack
         self.loads = loads
         self.dumps = dumps or encode
+        self.outbox = outbox
+        self.backoff = backoff if backoff is not None else Backoff()
+        self.policy = policy if policy is not None else DEVICE
+        self.handlers = handlers if handlers is not None else {}
         self.acked = 0  # highest seq the gateway confirmed stored
         self.sent = 0  # highest seq sent on this connection
-        self.in_flight = []  # last seq of each unacknowledged frame sent
+        self.in_flight = []  # (first seq, last seq) of each unacknowledged frame sent
         self.online = False
         self.rate = DEFAULT_RATE
-        self.send_after_ms = 0  # set by slow-down: wait this long before the next frame
+        self.max_frame = MAX_FRAME_BYTES
+        self.send_at_ms = None  # pacing: no data frame before this time (None: now)
         self.welcome = None
-        self.rejected = 0  # frames the gateway refused as invalid
+        self.rejected = 0  # readings the gateway refused (dropped, not resent)
+        self.oversize = 0  # readings dropped because one alone exceeds max_frame
+        self.closing = 0  # close code announced by an error frame, until the close arrives
+        self.stopped = False  # R_STOP: no attempt until set_credential()
+        self.retry_at_ms = 0  # when the next connection attempt is due
+        self.last_reconnect = None
+
+    # ------------------------------------------------------------ credential
+    @property
+    def credential(self):
+        """The JWT or token to send as ``Authorization: Bearer``."""
+        return self.jwt if self.jwt is not None else self.token
 
     def auth_frame(self):
         """The first frame to send, or None when the credential went in a header."""
@@ -73,106 +268,234 @@ class DeviceSession:
             return None
         return self.dumps(msg)
 
-    def connection_lost(self):
-        """Forget what was in flight: it is resent after the next welcome."""
-        self.online = False
-        self.sent = self.acked
-        self.in_flight = []
+    def set_credential(self, token=None, jwt=None):
+        """A new credential (operator rotated the token, provider refreshed the JWT): ends a stop."""
+        self.token = token
+        self.jwt = jwt
+        self.stopped = False
+        self.retry_at_ms = 0
+        self.backoff.reset()
 
-    def receive(self, text):
-        """Interpret one frame from the gateway; return (event kind, payload)."""
-        msg = decode(text, self.loads, 1 << 20)
+    # ------------------------------------------------------------ frames from the gateway
+    def handle(self, text, now_ms=0):
+        """Interpret one gateway frame, apply it to the outbox; return a Decision (never raises)."""
+        try:
+            msg = decode(text, self.loads, 1 << 20)
+        except ProtocolError as err:
+            return Decision(D_INVALID, code=err.code, message="gateway frame ignored: " + err.message)
         kind = msg["t"]
-        if kind == T_ACK:
-            seq = msg.get("seq")
-            if type(seq) is not int:
-                raise ProtocolError(E_BAD_FRAME, "ack without integer seq")
-            if seq > self.acked:
-                self.acked = seq
-            while self.in_flight and self.in_flight[0] <= seq:
-                self.in_flight.pop(0)
-            if self.sent < self.acked:
-                self.sent = self.acked
-            return (DEV_ACK, self.acked)
-        if kind == T_WELCOME:
-            self.online = True
-            self.welcome = msg
-            last = msg.get("last_seq")
-            if type(last) is int and last > self.acked:
-                self.acked = last
-            self.sent = self.acked
-            self.in_flight = []
-            batch = msg.get("max_batch")
-            if type(batch) is int and 0 < batch < self.max_batch:
-                self.max_batch = batch
-            rate = msg.get("rate")
-            if is_number(rate) and rate > 0:
-                self.rate = rate
-            return (DEV_WELCOME, msg)
         if kind == T_CMD:
-            return (DEV_CMD, {"id": msg.get("id"), "name": msg.get("name"), "args": msg.get("args") or {}})
+            return self._on_cmd(msg)
+        return self._dispatch(kind, msg, now_ms)
+
+    def _dispatch(self, kind, msg, now_ms):
+        if kind == T_ACK:
+            return self._on_ack(msg)
+        if kind == T_WELCOME:
+            return self._on_welcome(msg)
         if kind == T_SLOW:
-            rate = msg.get("rate")
-            if is_number(rate) and rate > 0:
-                self.rate = rate
-            wait = msg.get("retry_ms")
-            self.send_after_ms = wait if type(wait) is int and wait > 0 else int(1000 / self.rate)
-            # the refused frame was not stored: send it again
-            seq = msg.get("seq")
-            self._rewind(seq)
-            return (DEV_SLOW, msg)
+            return self._on_slow(msg, now_ms)
         if kind == T_ERROR:
-            seq = msg.get("seq")
-            code = msg.get("code")
-            if code == E_RATE or code == E_STORAGE:
-                self._rewind(seq)  # not stored: send again
+            return self._on_error(msg)
+        return Decision(D_INVALID, code=E_UNKNOWN_TYPE, message="gateway frame of unknown type '" + kind[:32]
+                        + "' ignored")
+
+    def _on_ack(self, msg):
+        seq = msg.get("seq")
+        if type(seq) is not int or seq < 0:
+            return Decision(D_INVALID, code=E_BAD_FRAME, message="ack without an integer seq ignored")
+        count = 0
+        if seq > self.acked:
+            self.acked = seq
+            if self.outbox is not None:
+                count = self.outbox.ack(seq)
+        flight = self.in_flight
+        while flight and flight[0][1] <= seq:
+            flight.pop(0)
+        if self.sent < self.acked:
+            self.sent = self.acked
+        return Decision(D_ACK, seq=self.acked, count=count)
+
+    def _on_welcome(self, msg):
+        """Online. The welcome's last_seq acks what it covers, unless the counter was lost.
+
+        The counter was lost (docs/protocol.md section 3) when the gateway stored seqs this
+        device never issued (last_seq >= next_seq), or when the outbox's counter was never
+        confirmed by a welcome (store created fresh) and its readings start at or below
+        last_seq: then the held readings are renumbered from last_seq + 1 instead.
+        """
+        self.online = True
+        self.welcome = msg
+        last = _seq_or_zero(msg.get("last_seq"))
+        renumber = 0
+        count = 0
+        box = self.outbox
+        if box is not None:
+            following = box.next_seq
+            first = box.first_seq
+            if last >= following or (not box.confirmed and first < following and first <= last):
+                renumber = last + 1 - first
+                box.renumber(renumber)
             else:
-                self.rejected += 1  # invalid: resending would not help
-                if type(seq) is int:
-                    self._release(seq)
-            return (DEV_ERROR, {"code": code, "msg": msg.get("msg"), "seq": seq})
-        raise ProtocolError(E_UNKNOWN_TYPE, "unknown message type from gateway")
+                count = box.ack(last)
+                box.confirm()
+        self.acked = last
+        self.sent = last
+        self.in_flight = []
+        self.closing = 0
+        self.stopped = False
+        self.send_at_ms = None
+        self.backoff.reset()
+        self.max_batch = self.batch_limit
+        batch = msg.get("max_batch")
+        if type(batch) is int and 0 < batch < self.max_batch:
+            self.max_batch = batch
+        frame = msg.get("max_frame")
+        self.max_frame = frame if type(frame) is int and frame > 256 else MAX_FRAME_BYTES
+        rate = msg.get("rate")
+        if is_number(rate) and rate > 0:
+            self.rate = rate
+        return Decision(D_WELCOME, seq=last, renumber=renumber, count=count)
+
+    def _on_slow(self, msg, now_ms):
+        rate = msg.get("rate")
+        if is_number(rate) and rate > 0:
+            self.rate = rate
+        seq = _seq_or_zero(msg.get("seq"))
+        self._rewind(seq)  # the refused frame was not stored: send it again
+        wait = 0
+        if self.policy.obey_slow:
+            wait = msg.get("retry_ms")
+            if type(wait) is not int or wait <= 0:
+                wait = int(1000 / self.rate)
+            self.send_at_ms = now_ms + wait
+        return Decision(D_SLOW, seq=seq, wait_ms=wait)
+
+    def _on_error(self, msg):
+        seq = msg.get("seq")
+        code = msg.get("code")
+        text = msg.get("msg")
+        code = code if type(code) is str else E_BAD_FRAME
+        text = text[:200] if type(text) is str else ""
+        if type(seq) is not int:
+            close = CLOSE_FOR_ERROR.get(code, 0)
+            if close:
+                self.closing = close
+                return Decision(D_CLOSING, code=code, message=text, close_code=close)
+            return Decision(D_NOTE, code=code, message=text)
+        if code == E_RATE or code == E_STORAGE:
+            self._rewind(seq)  # not stored: send again
+            return Decision(D_RESEND, seq=seq, code=code, message=text)
+        flight = self.in_flight
+        for index in range(len(flight)):
+            first, last = flight[index]
+            if first <= seq <= last:
+                flight.pop(index)  # free its window slot
+                count = self.outbox.drop(first, last) if self.outbox is not None else 0
+                self.rejected += last - first + 1
+                return Decision(D_DROP, seq=first, last=last, count=count, code=code, message=text)
+        return Decision(D_NOTE, seq=seq, code=code, message=text)
 
     def _rewind(self, seq):
-        if type(seq) is int and seq > self.acked and seq <= self.sent:
+        if seq > self.acked and seq <= self.sent:
             self.sent = seq - 1
-            while self.in_flight and self.in_flight[-1] >= seq:
-                self.in_flight.pop()
+            flight = self.in_flight
+            while flight and flight[-1][0] >= seq:
+                flight.pop()
 
-    def _release(self, seq):
-        """Free the window slot of the refused frame that starts at ``seq``."""
-        for index in range(len(self.in_flight)):
-            if self.in_flight[index] >= seq:
-                self.in_flight.pop(index)
-                return
+    # ------------------------------------------------------------ commands
+    def _on_cmd(self, msg):
+        command_id = msg.get("id")
+        name = msg.get("name")
+        label = name[:32] if type(name) is str else None
+        if type(command_id) is not str or not command_id:
+            return Decision(D_INVALID, code=E_BAD_FRAME, message="command without a string id ignored", name=label)
+        if not self.policy.run_commands:
+            text = "not run (load generator)"
+            return Decision(D_COMMAND, reply=self.result_frame(command_id, True, text), name=label, message=text)
+        ok, text, data = self.run_command(name, msg.get("args"))
+        return Decision(D_COMMAND, reply=self.result_frame(command_id, ok, text, data), name=label, ok=ok,
+                        message=text)
 
+    def run_command(self, name, args):
+        """Validate ``args`` for command ``name`` and run the driver's handler: (ok, message, data)."""
+        handlers = self.handlers
+        known = ", ".join(sorted(handlers))
+        if type(name) is not str or name not in COMMANDS:
+            return False, "unknown command '" + str(name)[:32] + "'; known: " + known, None
+        handler = handlers.get(name)
+        if handler is None:
+            return False, name + " is not supported by this device; known: " + known, None
+        try:
+            parsed = parse_command(name, args)
+        except ProtocolError as err:
+            return False, err.message, None
+        try:
+            ok, text, data = handler(parsed)
+        except Exception as err:  # a handler bug must not take the device down
+            return False, name + " failed: " + str(err)[:80], None
+        return ok, text, data
+
+    # ------------------------------------------------------------ frames to the gateway
     def can_send(self):
         return self.online and len(self.in_flight) < self.window
 
-    def next_frame(self, pending, up=None):
-        """Build the next data frame from ``pending`` (Readings in seq order), or None.
+    def send_wait_ms(self, now_ms):
+        """Milliseconds until pacing or a slow-down allows the next data frame."""
+        at = self.send_at_ms
+        if at is None or now_ms >= at:
+            return 0
+        return at - now_ms
 
-        Takes the readings after the last one sent, up to ``max_batch``, stopping
-        at the first gap in sequence numbers (a gap is sent as a new frame).
+    def next_frame(self, pending=None, up=None, now_ms=None):
+        """The next data frame, or None (window full, paced, nothing to send).
+
+        Takes the readings after the last one sent from ``pending`` (or the outbox), up to
+        ``max_batch``, stopping at the first gap in sequence numbers, and never builds a
+        frame larger than the welcome's ``max_frame``: the batch shrinks, and a reading
+        that alone is too large is dropped from the outbox and counted. With ``now_ms``
+        frames are paced at ``rate`` per second (unless the policy ignores slow-downs).
         """
         if not self.can_send():
             return None
-        batch = []
-        expect = 0
-        for reading in pending:
-            if reading.seq <= self.sent:
-                continue
-            if batch and reading.seq != expect:
-                break
-            batch.append(reading)
-            expect = reading.seq + 1
-            if len(batch) >= self.max_batch:
-                break
-        if not batch:
+        if now_ms is not None and self.send_at_ms is not None and now_ms < self.send_at_ms:
             return None
+        while True:
+            source = pending
+            if source is None:
+                if self.outbox is None:
+                    return None
+                source = self.outbox.pending(self.sent, self.max_batch)
+            batch = []
+            expect = 0
+            for reading in source:
+                if reading.seq <= self.sent:
+                    continue
+                if batch and reading.seq != expect:
+                    break
+                batch.append(reading)
+                expect = reading.seq + 1
+                if len(batch) >= self.max_batch:
+                    break
+            if not batch:
+                return None
+            frame = self.dumps(data_message(batch[0].seq, batch, self.boot, up))
+            while len(frame) > self.max_frame and len(batch) > 1:
+                batch = batch[:len(batch) // 2]
+                frame = self.dumps(data_message(batch[0].seq, batch, self.boot, up))
+            if len(frame) <= self.max_frame:
+                break
+            seq = batch[0].seq  # one reading larger than any frame the gateway accepts
+            if self.outbox is not None:
+                self.outbox.drop(seq, seq)
+            self.oversize += 1
+            self.rejected += 1
+            self.sent = seq
         self.sent = batch[-1].seq
-        self.in_flight.append(self.sent)
-        return self.dumps(data_message(batch[0].seq, batch, self.boot, up))
+        self.in_flight.append((batch[0].seq, self.sent))
+        if now_ms is not None and self.policy.obey_slow:
+            self.send_at_ms = now_ms + int(1000 / self.rate)
+        return frame
 
     def result_frame(self, command_id, ok, message=None, data=None):
         msg = {"t": T_RESULT, "id": command_id, "ok": ok}
@@ -187,3 +510,117 @@ class DeviceSession:
         for key in fields:
             msg[key] = fields[key]
         return self.dumps(msg)
+
+    # ------------------------------------------------------------ the end of a connection
+    def connection_lost(self):
+        """Forget what was in flight: it is resent after the next welcome."""
+        self.online = False
+        self.sent = self.acked
+        self.in_flight = []
+
+    def closed(self, code=None, now_ms=0):
+        """The connection ended with close ``code`` (None: no close frame). Call at the END of the
+        attempt: the delay counts from ``now_ms``."""
+        self.connection_lost()
+        if not code or code == _NO_STATUS or code == _ABNORMAL:
+            code = self.closing or code or _ABNORMAL
+        if code == CLOSE_TOO_BIG and self.batch_limit > 1:
+            self.batch_limit //= 2  # a frame was too large for the gateway: send smaller ones
+            if self.max_batch > self.batch_limit:
+                self.max_batch = self.batch_limit
+        name = _close_name(code)
+        return self._decide(CLOSE_ACTIONS.get(code, R_BACKOFF), code, now_ms,
+                            "closed " + str(code) + " (" + name + ")")
+
+    def refused(self, status, code=None, now_ms=0):
+        """The gateway refused the upgrade with HTTP ``status`` (``code``: the JSON body's code)."""
+        self.connection_lost()
+        close = CLOSE_FOR_ERROR.get(code, 0) if type(code) is str else 0
+        if not close:
+            if status == 401:
+                close = CLOSE_AUTH_FAILED
+            elif status == 403:
+                close = CLOSE_DISABLED
+        action = CLOSE_ACTIONS.get(close, R_BACKOFF) if close else R_BACKOFF
+        label = code if type(code) is str else _close_name(close)
+        return self._decide(action, status, now_ms, "HTTP " + str(status) + " (" + label + ")")
+
+    def failed(self, now_ms=0):
+        """Could not reach the gateway at all (DNS, TCP, TLS, timeout, no welcome)."""
+        self.connection_lost()
+        return self._decide(R_BACKOFF, 0, now_ms, "gateway unreachable")
+
+    def refreshed(self, token=None, jwt=None, now_ms=0):
+        """After R_REFRESH: the provider's credential (None: nothing new) -> R_BACKOFF or R_STOP."""
+        fresh = jwt if jwt is not None else token
+        last = self.last_reconnect
+        code = last.code if last is not None else 0
+        if fresh is None or fresh == self.credential:
+            return self._decide(R_STOP, code, now_ms, "no new credential", "; the provider had none")
+        if jwt is not None:
+            self.jwt = jwt
+            self.token = None
+        else:
+            self.token = token
+            self.jwt = None
+        return self._decide(R_BACKOFF, code, now_ms, "new credential")
+
+    def connect_due(self, now_ms):
+        """True when a connection attempt may start (not stopped, delay over)."""
+        return not self.stopped and now_ms >= self.retry_at_ms
+
+    def _decide(self, action, code, now_ms, what, extra=""):
+        self.closing = 0
+        if not self.policy.reconnect:
+            action = R_STOP
+            extra = "; policy: this client never reconnects"
+        if action == R_STOP:
+            delay = -1
+        elif action == R_REFRESH:
+            delay = 0
+        elif action == R_HOURLY:
+            delay = HOURLY_MS - int(self.backoff.rand() * (HOURLY_MS // 10))  # 54-60 min: fleets spread out
+        elif action == R_SLOW:
+            delay = self.backoff.at_cap_ms()
+        else:
+            delay = self.backoff.next_ms()
+        self.stopped = action == R_STOP
+        self.retry_at_ms = now_ms + delay if delay >= 0 else -1
+        text = _ACTION_TEXT[action]
+        reason = what + ": " + (text % extra if action == R_STOP or action == R_REFRESH else text % delay)
+        decision = Reconnect(action, delay, self.retry_at_ms, code, reason)
+        self.last_reconnect = decision
+        return decision
+
+
+# ---------------------------------------------------------------- CPython only
+# Debug reprs, and the (kind, payload) interface simulator/loadgen.py still uses (it goes when
+# bench/loadgen.py, built on handle(), replaces that file). Not defined on the board, where
+# their code would take heap for nothing.
+if _CPYTHON:
+
+    def _decision_repr(self):
+        return "Decision(%s, seq=%r, last=%r, count=%r, renumber=%r, code=%r)" % (
+            self.kind, self.seq, self.last, self.count, self.renumber, self.code)
+
+    def _reconnect_repr(self):
+        return "Reconnect(%s, delay_ms=%r, code=%r)" % (self.action, self.delay_ms, self.code)
+
+    def _receive(self, text):
+        """Legacy: (kind, payload) for a gateway frame; commands are returned unparsed, not run."""
+        msg = decode(text, self.loads, 1 << 20)
+        kind = msg["t"]
+        if kind == T_CMD:
+            return (DEV_CMD, {"id": msg.get("id"), "name": msg.get("name"), "args": msg.get("args") or {}})
+        decision = self._dispatch(kind, msg, 0)
+        if decision.kind == D_ACK:
+            return (DEV_ACK, self.acked)
+        if decision.kind == D_WELCOME or decision.kind == D_SLOW:
+            return (decision.kind, msg)
+        if kind == T_ERROR:
+            return (DEV_ERROR, {"code": msg.get("code"), "msg": msg.get("msg"), "seq": msg.get("seq")})
+        raise ProtocolError(E_UNKNOWN_TYPE, "unknown message type from gateway")
+
+    Decision.__repr__ = _decision_repr
+    Reconnect.__repr__ = _reconnect_repr
+    DeviceSession.receive = _receive

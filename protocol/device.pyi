@@ -1,30 +1,120 @@
 # Type stub for protocol/device.py (annotation-free for MicroPython); checked by mypy.stubtest.
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from protocol.outbox import Outbox
 from protocol.wire import Reading, _Dumps, _Loads
 
+D_WELCOME: str
+D_ACK: str
+D_DROP: str
+D_RESEND: str
+D_SLOW: str
+D_COMMAND: str
+D_CLOSING: str
+D_NOTE: str
+D_INVALID: str
+R_BACKOFF: str
+R_SLOW: str
+R_HOURLY: str
+R_STOP: str
+R_REFRESH: str
+HOURLY_MS: int
 DEV_WELCOME: str
 DEV_ACK: str
 DEV_CMD: str
 DEV_SLOW: str
 DEV_ERROR: str
+CLOSE_ACTIONS: dict[int, str]
+
+_CommandResult = tuple[bool, str, Any]
+_Handler = Callable[[dict[str, Any]], _CommandResult]
+
+class Backoff:
+    base_ms: int
+    cap_ms: int
+    rand: Callable[[], float]
+    attempt: int
+    def __init__(
+        self, base_ms: float = 1000, cap_ms: float = 60000, rand: Callable[[], float] | None = None
+    ) -> None: ...
+    def draw(self, delay: int) -> int: ...
+    def next_ms(self) -> int: ...
+    def at_cap_ms(self) -> int: ...
+    def reset(self) -> None: ...
+
+class Policy:
+    reconnect: bool
+    obey_slow: bool
+    run_commands: bool
+    def __init__(self, reconnect: bool = True, obey_slow: bool = True, run_commands: bool = True) -> None: ...
+
+DEVICE: Policy
+LOADGEN: Policy
+
+class Decision:
+    kind: str
+    seq: int
+    last: int
+    count: int
+    renumber: int
+    wait_ms: int
+    reply: str | None
+    name: str | None
+    ok: bool
+    code: str | None
+    message: str
+    close_code: int
+    def __init__(
+        self,
+        kind: str,
+        seq: int = 0,
+        last: int = 0,
+        count: int = 0,
+        renumber: int = 0,
+        wait_ms: int = 0,
+        reply: str | None = None,
+        name: str | None = None,
+        ok: bool = True,
+        code: str | None = None,
+        message: str = "",
+        close_code: int = 0,
+    ) -> None: ...
+
+class Reconnect:
+    action: str
+    delay_ms: int
+    at_ms: int
+    code: int
+    reason: str
+    def __init__(self, action: str, delay_ms: int, at_ms: int, code: int, reason: str) -> None: ...
 
 class DeviceSession:
     device_id: str
     token: str | None
     jwt: str | None
     boot: str | None
+    batch_limit: int
     max_batch: int
     window: int
+    outbox: Outbox | None
+    backoff: Backoff
+    policy: Policy
+    handlers: dict[str, _Handler]
     acked: int
     sent: int
-    in_flight: list[int]
+    in_flight: list[tuple[int, int]]
     online: bool
     rate: float
-    send_after_ms: int
+    max_frame: int
+    send_at_ms: int | None
     welcome: dict[str, Any] | None
     rejected: int
+    oversize: int
+    closing: int
+    stopped: bool
+    retry_at_ms: int
+    last_reconnect: Reconnect | None
     def __init__(
         self,
         device_id: str,
@@ -35,11 +125,28 @@ class DeviceSession:
         window: int = 4,
         loads: _Loads | None = None,
         dumps: _Dumps | None = None,
+        outbox: Outbox | None = None,
+        backoff: Backoff | None = None,
+        policy: Policy | None = None,
+        handlers: dict[str, _Handler] | None = None,
     ) -> None: ...
+    @property
+    def credential(self) -> str | None: ...
     def auth_frame(self) -> str | None: ...
-    def connection_lost(self) -> None: ...
-    def receive(self, text: str | bytes) -> tuple[str, Any]: ...
+    def set_credential(self, token: str | None = None, jwt: str | None = None) -> None: ...
+    def handle(self, text: str | bytes, now_ms: int = 0) -> Decision: ...
+    def run_command(self, name: object, args: object) -> _CommandResult: ...
     def can_send(self) -> bool: ...
-    def next_frame(self, pending: Iterable[Reading], up: int | None = None) -> str | None: ...
+    def send_wait_ms(self, now_ms: int) -> int: ...
+    def next_frame(
+        self, pending: Iterable[Reading] | None = None, up: int | None = None, now_ms: int | None = None
+    ) -> str | None: ...
     def result_frame(self, command_id: Any, ok: bool, message: str | None = None, data: Any = None) -> str: ...
     def status_frame(self, fields: dict[str, Any]) -> str: ...
+    def connection_lost(self) -> None: ...
+    def closed(self, code: int | None = None, now_ms: int = 0) -> Reconnect: ...
+    def refused(self, status: int, code: str | None = None, now_ms: int = 0) -> Reconnect: ...
+    def failed(self, now_ms: int = 0) -> Reconnect: ...
+    def refreshed(self, token: str | None = None, jwt: str | None = None, now_ms: int = 0) -> Reconnect: ...
+    def connect_due(self, now_ms: int) -> bool: ...
+    def receive(self, text: str | bytes) -> tuple[str, Any]: ...

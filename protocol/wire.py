@@ -403,3 +403,98 @@ def error_message(code, message, seq=None):
     if seq is not None:
         msg["seq"] = seq
     return msg
+
+
+# ---------------------------------------------------------------- commands (docs/protocol.md section 8)
+
+# Argument kinds of a command row.
+ARG_NUMBER = "number"  # finite int or float (not bool)
+ARG_METRIC = "metric"  # a metric name (valid_metric_name)
+ARG_NAME = "name"  # a string of 1..MAX_NAME characters
+ARG_BOOL = "bool"  # true or false
+
+MAX_INTERVAL_S = 86400  # set_interval's cap: one day (the agent keeps readings 7 days by default)
+
+
+def _check_interval(args):
+    seconds = args["seconds"]
+    if not 0 < seconds <= MAX_INTERVAL_S:
+        return "got " + str(seconds)
+    return None
+
+
+def _check_thresholds(args):
+    high = args.get("high")
+    low = args.get("low")
+    if high is None and low is None:
+        return "neither high nor low given"
+    if high is not None and low is not None and not low < high:
+        return "low must be below high"
+    return None
+
+
+# Downlink commands: name -> (usage, arguments, check). An argument is (name, kind, required);
+# ``check(args)`` returns what is wrong across arguments, or None. Errors read "<usage>: <what>".
+# Adding a command is one row here plus a handler in each driver that supports it.
+COMMANDS = {
+    "set_interval": ("set_interval needs seconds > 0 and <= " + str(MAX_INTERVAL_S) + " (a number)",
+                     (("seconds", ARG_NUMBER, True),), _check_interval),
+    "set_thresholds": ("set_thresholds needs metric (a metric name) and high, low or both (numbers)",
+                       (("metric", ARG_METRIC, True), ("high", ARG_NUMBER, False), ("low", ARG_NUMBER, False)),
+                       _check_thresholds),
+    "set_output": ("set_output needs output (name) and on (boolean)",
+                   (("output", ARG_NAME, True), ("on", ARG_BOOL, True)), None),
+    "reboot": ("reboot takes no arguments", (), None),
+    "ping": ("ping takes no arguments", (), None),
+}
+
+_ARG_HELP = {
+    ARG_NUMBER: "a finite number",
+    ARG_METRIC: "a metric name (1-32 chars of a-z 0-9 _)",
+    ARG_NAME: "a name of 1-32 characters",
+    ARG_BOOL: "true or false",
+}
+
+
+def _arg_ok(kind, value):
+    if kind == ARG_NUMBER:
+        return is_number(value) and is_finite(value)
+    if kind == ARG_METRIC:
+        return valid_metric_name(value)
+    if kind == ARG_NAME:
+        return type(value) is str and 0 < len(value) <= MAX_NAME
+    return type(value) is bool
+
+
+def parse_command(name, args):
+    """Validate a command against its COMMANDS row; return the arguments it names.
+
+    ``args`` None counts as {}. Unknown argument names are ignored (a newer gateway may
+    send more). Raises ProtocolError (E_UNKNOWN_TYPE for an unknown command, E_BAD_FRAME
+    for args that are not an object, else E_BAD_VALUE) whose message is the text to
+    answer with.
+    """
+    row = COMMANDS.get(name) if type(name) is str else None
+    if row is None:
+        raise ProtocolError(E_UNKNOWN_TYPE, "unknown command '" + str(name)[:32] + "'; known: "
+                            + ", ".join(sorted(COMMANDS)))
+    if args is None:
+        args = {}
+    if type(args) is not dict:
+        raise ProtocolError(E_BAD_FRAME, "command args must be an object")
+    usage, spec, check = row
+    out = {}
+    for arg, kind, required in spec:
+        value = args.get(arg)
+        if value is None:
+            if required:
+                raise ProtocolError(E_BAD_VALUE, usage + ": '" + arg + "' is missing")
+            continue
+        if not _arg_ok(kind, value):
+            raise ProtocolError(E_BAD_VALUE, usage + ": '" + arg + "' must be " + _ARG_HELP[kind])
+        out[arg] = value
+    if check is not None:
+        problem = check(out)
+        if problem is not None:
+            raise ProtocolError(E_BAD_VALUE, usage + ": " + problem)
+    return out

@@ -118,3 +118,13 @@ def data_message(
 ) -> dict[str, Any]: ...
 def reading_time_ms(reading: Reading, frame: DataFrame, received_ms: int) -> int: ...
 def error_message(code: str, message: str, seq: int | None = None) -> dict[str, Any]: ...
+
+# commands (docs/protocol.md section 8)
+ARG_NUMBER: str
+ARG_METRIC: str
+ARG_NAME: str
+ARG_BOOL: str
+MAX_INTERVAL_S: int
+COMMANDS: dict[str, tuple[str, tuple[tuple[str, str, bool], ...], Callable[[dict[str, Any]], str | None] | None]]
+
+def parse_command(name: object, args: object) -> dict[str, Any]: ...

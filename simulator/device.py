@@ -1,11 +1,13 @@
 """A virtual protocol-v1 device: one asyncio task, driven by protocol.device.DeviceSession.
 
 ``VirtualDevice(url, device_id, credential, ...)`` samples a ``SensorModel`` at ``rate``
-readings/s into a bounded in-memory outbox, sends them in batches over ws://.../v1/device
-with up to ``window`` frames in flight, and deletes them only when the gateway acknowledges
-them. After a reconnect, DeviceSession resends everything above the welcome's
-``last_seq``. It obeys ``slow`` frames, answers commands, sends ``status`` and follows the
-close-code table of docs/protocol.md section 11.
+readings/s into a bounded in-memory outbox (protocol.outbox.MemoryOutbox), sends them in
+batches over ws://.../v1/device with up to ``window`` frames in flight, and deletes them
+only when the gateway acknowledges them. protocol.device.DeviceSession makes every
+protocol decision: what to resend after a welcome, what a refused frame drops, slow-downs
+and pacing, command arguments, and what to do after each close code (docs/protocol.md
+section 11): back off, reconnect slowly, retry hourly, refresh the credential, or stop
+(sampling goes on; ``set_credential()`` ends the stop). This module does the I/O.
 
 Counters (``DeviceCounters``), all in readings unless named otherwise:
 
@@ -21,20 +23,18 @@ Counters (``DeviceCounters``), all in readings unless named otherwise:
   ``commands``: commands answered; ``malformed``: malformed frames sent (fault mode);
   ``sensor_errors``: failed sensor reads; ``errors``: gateway error codes from error frames
   and HTTP refusals, plus ``close_<code>`` per close code other than 1000 (1006: aborted),
-  ``connect_failed`` and ``protocol`` (a frame from the gateway that core could not read).
+  ``connect_failed`` and ``protocol`` (a frame from the gateway the session could not read).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import math
 import random
 import time
 import zlib
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -43,26 +43,37 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from protocol import wire
-from protocol.device import DEV_ACK, DEV_CMD, DEV_ERROR, DEV_SLOW, DEV_WELCOME, DeviceSession
+from protocol.device import (
+    D_ACK,
+    D_CLOSING,
+    D_COMMAND,
+    D_DROP,
+    D_INVALID,
+    D_NOTE,
+    D_RESEND,
+    D_SLOW,
+    D_WELCOME,
+    R_REFRESH,
+    R_STOP,
+    Backoff,
+    DeviceSession,
+    Reconnect,
+)
+from protocol.outbox import MemoryOutbox
 from simulator.errors import SensorReadError, SimConfigError
 from simulator.faults import FaultInjector, FaultPlan, mint_jwt
 from simulator.sensors import SensorModel, make_sensor
 
 FIRMWARE = "sim-0.1.0"
 OUTPUTS = ("led", "relay", "buzzer")
-
-# Close codes after which the device stops (docs/protocol.md section 11).
-STOP_CODES = {
-    wire.CLOSE_AUTH_FAILED: "auth_failed",
-    wire.CLOSE_DISABLED: "device_disabled",
-    wire.CLOSE_REPLACED: "replaced",
-    wire.CLOSE_ADDRESS: "address_not_allowed",
-    wire.CLOSE_IDENTITY: "identity_mismatch",
-}
-# HTTP refusal codes (JSON body) after which the device stops.
-STOP_HTTP_CODES = (wire.E_AUTH_FAILED, wire.E_DISABLED, wire.E_ADDRESS)
+_ERROR_FOR_CLOSE = {code: error for error, code in wire.CLOSE_FOR_ERROR.items()}
 
 CredentialRefresh = Callable[[str], Awaitable[str | None]]
+CommandResult = tuple[bool, str, dict[str, Any] | None]
+
+
+def is_jwt(credential: str) -> bool:
+    return not credential.startswith("ewt_") and credential.count(".") == 2
 
 
 @dataclass(slots=True)
@@ -100,12 +111,13 @@ class VirtualDevice:
 
     ``credential`` is a device token (``ewt_...``) or a JWT; ``auth`` is ``"header"``
     (Authorization: Bearer) or ``"frame"`` (first-frame auth). ``credential_refresh`` is
-    awaited with the device id after 4004/credential_expired and returns a new credential
+    awaited with the device id when the credential expired and returns a new credential
     (None: stop). ``first_seq``: the persisted seq counter to continue from; None means the
     counter was lost, so at the first welcome the device renumbers its unsent readings from
-    ``last_seq + 1`` (docs/protocol.md section 3). ``run()`` returns when the device was
-    stopped by the gateway (see ``stopped_reason``), or after ``stop_generating()`` once the
-    outbox is empty; cancel the task for a hard stop.
+    ``last_seq + 1`` (docs/protocol.md section 3). A device the gateway stopped (see
+    ``stopped_reason``) keeps sampling and reconnects after ``set_credential()``. ``run()``
+    returns after ``stop_generating()`` (or ``duration_s``) once the outbox is empty, or at
+    once if the device is stopped; cancel the task for a hard stop.
     """
 
     def __init__(
@@ -165,38 +177,39 @@ class VirtualDevice:
                 if credential_refresh is None:
                     self.credential_refresh = self._mint_refresh
         self.credential = credential
-        self._window = window
-        self._expired = False
         self.counters = DeviceCounters()
-        self.outbox: deque[Any] = deque()  # wire.Reading, ascending seq
-        self.session: DeviceSession = self._new_session()
-        self.thresholds: dict[str, tuple[float, float]] = {}
+        self.outbox = MemoryOutbox(first_seq, outbox_max)
+        self.session = DeviceSession(
+            device_id, None if is_jwt(credential) else credential, credential if is_jwt(credential) else None,
+            None, batch, window, outbox=self.outbox,
+            backoff=Backoff(backoff_initial_s * 1000, backoff_max_s * 1000, rand=self.rng.random),
+            handlers={"set_interval": self._cmd_set_interval, "set_thresholds": self._cmd_set_thresholds,
+                      "set_output": self._cmd_set_output, "reboot": self._cmd_reboot, "ping": self._cmd_ping})
+        self.interval_s = 1.0 / rate
+        self.thresholds: dict[str, tuple[float | None, float | None]] = {}  # metric -> (low, high)
         self.outputs: dict[str, bool] = dict.fromkeys(OUTPUTS, False)
-        self.state = "idle"  # idle, connecting, online, backoff, stopped
+        self.state = "idle"  # idle, connecting, online, backoff, slow, hourly, stopped
         self.stopped_reason: str | None = None
+        self.reboot_pending = False
+        self._stop_reason: str | None = None
         self.boot = ""
-        self._next_seq = first_seq if first_seq is not None else 1
-        self._synced = first_seq is not None
-        self._max_sent_seq = self._next_seq - 1
-        self._frames: dict[int, int] = {}  # first seq -> last seq of frames in flight
+        self._max_sent_seq = self.outbox.next_seq - 1
+        self._slowed = False
         self._generating = True
         self._loop_t0 = 0.0
         self._boot_at = 0.0
         self._next_sample_at = 0.0
-        self._next_send_at = 0.0
-        self._pace_s = 0.0  # min seconds between frames after a slow-down
         self._clock_extra_s = 0.0  # correction from the welcome's time (clock_sync)
-        self._attempt = 0
         self._connected_once = False
-        self._reboot_pending = False
         self._waiter: asyncio.Timeout | None = None
         self._ws: ClientConnection | None = None
+        self._new_boot(time.monotonic())
 
     # ------------------------------------------------------------ public
     @property
     def buffered(self) -> int:
         """Readings in the outbox (not yet acknowledged)."""
-        return len(self.outbox)
+        return self.outbox.count
 
     @property
     def online(self) -> bool:
@@ -205,6 +218,14 @@ class VirtualDevice:
     def stop_generating(self) -> None:
         """Stop sampling; ``run()`` returns once every buffered reading is acked (or rejected)."""
         self._generating = False
+        self._wake()
+
+    def set_credential(self, credential: str) -> None:
+        """A new token or JWT (the operator rotated it): ends a stop, reconnects soon."""
+        self.credential = credential
+        jwt = is_jwt(credential)
+        self.session.set_credential(None if jwt else credential, credential if jwt else None)
+        self.stopped_reason = None
         self._wake()
 
     def abort_connection(self) -> bool:
@@ -216,15 +237,20 @@ class VirtualDevice:
         return True
 
     async def run(self, duration_s: float | None = None) -> DeviceCounters:
-        """Run until stopped (see the class docstring); ``duration_s`` limits the sampling time."""
+        """Run until finished (see the class docstring); ``duration_s`` limits the sampling time."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         self._loop_t0 = now
-        self._new_boot(now)
+        self._boot_at = now  # uptime counts from the start of the run (boot id chosen at construction)
         self._next_sample_at = now
         gen_until = now + duration_s if duration_s is not None else math.inf
         try:
             while not self._finished():
+                if self.session.stopped:
+                    self.state = "stopped"
+                    await self._idle_until(math.inf, gen_until)
+                    continue
+                decision: Reconnect | None = None
                 try:
                     await self._connection(gen_until)
                 except _Reboot:
@@ -232,27 +258,33 @@ class VirtualDevice:
                     self._new_boot(loop.time())
                     continue
                 except ConnectionClosed as exc:
-                    self._on_closed(exc)
+                    decision = self._on_closed(exc)
                 except InvalidStatus as exc:
-                    await self._on_refused(exc)
+                    decision = self._on_refused(exc)
                 except (OSError, InvalidHandshake, TimeoutError):
                     self.counters.count_error("connect_failed")
+                    decision = self.session.failed(self._ms(loop.time()))
                 finally:
                     self._ws = None
                     self.session.connection_lost()
-                    self._frames.clear()
-                if self._finished():
-                    break
-                self.state = "backoff"
-                await self._idle_until(loop.time() + self._backoff_delay(), gen_until)
+                if decision is None:  # the device closed (done, or its reboot)
+                    continue
+                if decision.action == R_REFRESH:
+                    decision = await self._refresh_credential()
+                self.state = decision.action
+                if decision.action == R_STOP:
+                    self.stopped_reason = self._stop_reason or decision.reason
+                    continue
+                await self._idle_until(loop.time() + decision.delay_ms / 1000.0, gen_until)
         finally:
-            self.state = "stopped"
+            self.state = "stopped" if self.session.stopped else "done"
         return self.counters
 
     # ------------------------------------------------------------ connection
     async def _connection(self, gen_until: float) -> None:
         loop = asyncio.get_running_loop()
         self.state = "connecting"
+        self._stop_reason = None
         headers = {"Authorization": "Bearer " + self.credential} if self.auth == "header" else None
         async with connect(
             self.url, additional_headers=headers, proxy=None,
@@ -278,8 +310,8 @@ class VirtualDevice:
                     self.counters.count_error("fault_drop")
                     self.faults.next_drop_at = math.inf
                     self.abort_connection()
-                if not self._generating and not self.outbox:
-                    await ws.close(1000, "done")
+                if not self._generating and not self.outbox.count:
+                    await ws.close(wire.CLOSE_NORMAL, "done")
                     return
                 if self.session.online:
                     if next_status == math.inf:
@@ -301,9 +333,9 @@ class VirtualDevice:
                 finally:
                     self._waiter = None
                 await self._handle(ws, text, loop.time())
-                if self._reboot_pending:
-                    self._reboot_pending = False
-                    await ws.close(1001, "rebooting")
+                if self.reboot_pending:
+                    self.reboot_pending = False
+                    await ws.close(wire.CLOSE_GOING_AWAY, "rebooting")
                     raise _Reboot()
 
     async def _send(self, ws: ClientConnection, frame: str | bytes) -> None:
@@ -317,7 +349,7 @@ class VirtualDevice:
         """Index in the outbox of the first reading not sent on this connection."""
         sent = self.session.sent
         index = 0
-        for item in self.outbox:
+        for item in self.outbox.readings:
             if item.seq > sent:
                 break
             index += 1
@@ -326,34 +358,34 @@ class VirtualDevice:
     async def _send_ready(self, ws: ClientConnection, now: float) -> None:
         """Send data frames while the window, pacing and batching allow."""
         session = self.session
-        while session.can_send() and now >= self._next_send_at:
+        readings = self.outbox.readings
+        while session.can_send():
             index = self._unsent_index()
-            unsent = len(self.outbox) - index
+            unsent = len(readings) - index
             if unsent == 0:
                 return
             if unsent < self.batch and self._generating and now < self._linger_deadline(index):
                 return
             session.max_batch = self._batch_limit()
-            first = self.outbox[index].seq
-            frame = session.next_frame(itertools.islice(self.outbox, index, None), self._uptime_ms(now))
+            first = readings[index].seq
+            frame = session.next_frame(up=self._uptime_ms(now), now_ms=self._ms(now))
+            self._sync_counts()
             if frame is None:
                 return
             last = session.sent
-            self._frames[first] = last
             count = last - first + 1
             self.counters.sent_frames += 1
             self.counters.sent_readings += count
             if first <= self._max_sent_seq:
                 self.counters.resent += min(count, self._max_sent_seq - first + 1)
             self._max_sent_seq = max(self._max_sent_seq, last)
-            if self._pace_s > 0:
-                self._next_send_at = now + self._pace_s
             await self._send(ws, frame)
             if self.faults is not None and self.faults.want_malformed():
                 max_frame = (session.welcome or {}).get("max_frame", wire.MAX_FRAME_BYTES)
                 _kind, bad = self.faults.malformed_frame(max_frame if type(max_frame) is int else 16384)
                 self.counters.malformed += 1
                 await self._send(ws, bad)
+            readings = self.outbox.readings
 
     def _batch_limit(self) -> int:
         """``batch``, or after a slow-down (adaptive_batch) the gateway's max_batch, so a paced
@@ -362,13 +394,15 @@ class VirtualDevice:
         welcome = self.session.welcome or {}
         announced = welcome.get("max_batch")
         gateway_max = announced if type(announced) is int and announced > 0 else wire.MAX_BATCH
-        if self.adaptive_batch and self._pace_s > 0:
+        if self.adaptive_batch and self._slowed:
             limit = max(limit, gateway_max)
+        if self.session.batch_limit < self.batch:  # halved after a message-too-big close
+            limit = self.session.batch_limit
         return min(limit, gateway_max)
 
     def _linger_deadline(self, index: int) -> float:
         """When a partial batch starting at ``outbox[index]`` is due (its oldest reading aged linger_s)."""
-        up = self.outbox[index].up
+        up = self.outbox.readings[index].up
         if up is None:
             return 0.0
         taken_at: float = self._boot_at + up / 1000.0
@@ -381,9 +415,9 @@ class VirtualDevice:
         deadline = self._next_sample_at if self._generating and self._next_sample_at < gen_until else math.inf
         if self.session.can_send():
             index = self._unsent_index()
-            unsent = len(self.outbox) - index
+            unsent = self.outbox.count - index
             if unsent:
-                due = self._next_send_at
+                due = now + self.session.send_wait_ms(self._ms(now)) / 1000.0
                 if unsent < self.batch and self._generating:
                     due = max(due, self._linger_deadline(index))
                 deadline = min(deadline, max(due, now))
@@ -391,169 +425,101 @@ class VirtualDevice:
 
     # ------------------------------------------------------------ incoming
     async def _handle(self, ws: ClientConnection, text: str | bytes, now: float) -> None:
-        if not isinstance(text, str):
-            self.counters.count_error("protocol")
-            return
-        try:
-            kind, payload = self.session.receive(text)
-        except wire.ProtocolError:
-            self.counters.count_error("protocol")
-            return
-        if kind == DEV_ACK:
-            self._release_acked()
-        elif kind == DEV_WELCOME:
-            self._on_welcome(payload, now)
-        elif kind == DEV_SLOW:
+        d = self.session.handle(text, self._ms(now))
+        kind = d.kind
+        if kind == D_WELCOME:
+            self._on_welcome(d.seq, d.renumber, now)
+        elif kind == D_SLOW:
             self.counters.slowed += 1
-            # 5% under the announced rate so network jitter does not push frames over the limit
-            self._pace_s = 1.05 / max(self.session.rate, 1e-3)
-            self._next_send_at = now + self.session.send_after_ms / 1000.0
-            seq = payload.get("seq")
-            if type(seq) is int:
-                for first in [f for f in self._frames if f >= seq]:
-                    del self._frames[first]
-        elif kind == DEV_ERROR:
-            code = payload.get("code")
-            self.counters.count_error(str(code))
-            seq = payload.get("seq")
-            if code not in (wire.E_RATE, wire.E_STORAGE) and type(seq) is int and seq in self._frames:
-                self._reject(seq, self._frames.pop(seq))
-        elif kind == DEV_CMD:
-            await self._answer(ws, payload)
+            self._slowed = True
+        elif kind == D_COMMAND:
+            self.counters.commands += 1
+            if d.reply is not None:
+                await self._send(ws, d.reply)
+        elif kind in (D_DROP, D_RESEND, D_NOTE, D_CLOSING):
+            self.counters.count_error(str(d.code))
+        elif kind == D_INVALID:
+            self.counters.count_error("bad_command" if d.name is not None else "protocol")
+        if kind in (D_ACK, D_WELCOME, D_DROP):
+            self._sync_counts()
 
-    def _on_welcome(self, welcome: dict[str, Any], now: float) -> None:
+    def _sync_counts(self) -> None:
+        counters, outbox = self.counters, self.outbox
+        counters.acked, counters.rejected, counters.dropped = outbox.acked, outbox.rejected, outbox.dropped
+
+    def _on_welcome(self, last_seq: int, renumber: int, now: float) -> None:
         self.state = "online"
-        self._attempt = 0
-        last = welcome.get("last_seq")
-        last = last if type(last) is int else 0
-        if (not self._synced and last > 0 and self.outbox) or last >= self._next_seq:
-            # Our counter is behind the gateway's (fresh process, wiped state): number the
-            # unsent readings after the gateway's last_seq instead of letting them be "acked".
-            seq = last + 1
-            for item in self.outbox:
-                item.seq = seq
-                seq += 1
-            self._next_seq = seq
-            self._max_sent_seq = last
-        self._synced = True
-        self._release_acked()
+        if renumber:
+            self._max_sent_seq = last_seq  # renumbered: nothing above last_seq was sent yet
         if self.clock_sync:
+            welcome = self.session.welcome or {}
             gw_time = welcome.get("time")
             if type(gw_time) is int:  # set the device clock to the gateway's (skew cancelled)
                 self._clock_extra_s += gw_time / 1000.0 - self.device_time(now)
 
-    def _release_acked(self) -> None:
-        acked = self.session.acked
-        outbox = self.outbox
-        while outbox and outbox[0].seq <= acked:
-            outbox.popleft()
-            self.counters.acked += 1
-        for first in [f for f, last in self._frames.items() if last <= acked]:
-            del self._frames[first]
+    # ------------------------------------------------------------ commands (arguments checked by the session)
+    def _cmd_set_interval(self, args: dict[str, Any]) -> CommandResult:
+        seconds = float(args["seconds"])
+        self.interval_s = seconds
+        self.rate = 1.0 / seconds
+        self._next_sample_at = self._time() + seconds
+        return True, f"interval {seconds:g} s", None
 
-    def _reject(self, first: int, last: int) -> None:
-        """Drop a refused frame's readings (resending would not help) and free its window slot."""
-        kept: deque[Any] = deque()
-        for item in self.outbox:
-            if first <= item.seq <= last:
-                self.counters.rejected += 1
-            else:
-                kept.append(item)
-        self.outbox = kept
-        with contextlib.suppress(ValueError):
-            self.session.in_flight.remove(last)
+    def _cmd_set_thresholds(self, args: dict[str, Any]) -> CommandResult:
+        metric, high, low = args["metric"], args.get("high"), args.get("low")
+        self.thresholds[metric] = (None if low is None else float(low), None if high is None else float(high))
+        return True, f"{metric} thresholds low {low}, high {high}", None
 
-    async def _answer(self, ws: ClientConnection, cmd: dict[str, Any]) -> None:
-        command_id = cmd.get("id")
-        if type(command_id) is not str:
-            self.counters.count_error("bad_command")
-            return
-        name = cmd.get("name")
-        args = cmd.get("args")
-        handler = _COMMANDS.get(name) if type(name) is str else None
-        if not isinstance(args, dict):
-            ok, msg = False, "args must be an object"
-        elif handler is None:
-            ok, msg = False, f"unknown command {str(name)[:32]!r}"
-        else:
-            ok, msg = handler(self, args)
-        self.counters.commands += 1
-        await self._send(ws, self.session.result_frame(command_id, ok, msg, {}))
-
-    # ------------------------------------------------------------ commands
-    def _cmd_set_interval(self, args: dict[str, Any]) -> tuple[bool, str]:
-        seconds = args.get("seconds")
-        if not wire.is_number(seconds) or not 0 < seconds < 86400 * 7:
-            return False, "set_interval needs 'seconds', a number > 0"
-        self.rate = 1.0 / float(seconds)
-        self._next_sample_at = asyncio.get_running_loop().time() + float(seconds)
-        return True, f"interval {seconds:g} s"
-
-    def _cmd_set_thresholds(self, args: dict[str, Any]) -> tuple[bool, str]:
-        metric, high, low = args.get("metric"), args.get("high"), args.get("low")
-        if type(metric) is not str or not wire.is_number(high) or not wire.is_number(low):
-            return False, "set_thresholds needs 'metric' (string), 'high' and 'low' (numbers)"
-        if low > high:
-            return False, "set_thresholds: 'low' must not exceed 'high'"
-        self.thresholds[metric] = (float(low), float(high))
-        return True, f"{metric} thresholds {low:g}..{high:g}"
-
-    def _cmd_set_output(self, args: dict[str, Any]) -> tuple[bool, str]:
-        output, on = args.get("output"), args.get("on")
-        if output not in self.outputs or type(on) is not bool:
-            return False, f"set_output needs 'output' (one of {', '.join(OUTPUTS)}) and 'on' (boolean)"
+    def _cmd_set_output(self, args: dict[str, Any]) -> CommandResult:
+        output, on = args["output"], args["on"]
+        if output not in self.outputs:
+            return False, f"no output {output!r}; configured: {', '.join(OUTPUTS)}", None
         self.outputs[output] = on
-        return True, f"{output} {'on' if on else 'off'}"
+        return True, f"{output} {'on' if on else 'off'}", None
 
-    def _cmd_reboot(self, args: dict[str, Any]) -> tuple[bool, str]:
-        self._reboot_pending = True
-        return True, "rebooting"
+    def _cmd_reboot(self, args: dict[str, Any]) -> CommandResult:
+        self.reboot_pending = True
+        return True, "rebooting", None
 
-    def _cmd_ping(self, args: dict[str, Any]) -> tuple[bool, str]:
-        return True, "pong"
+    def _cmd_ping(self, args: dict[str, Any]) -> CommandResult:
+        return True, "pong", None
 
     # ------------------------------------------------------------ closes and refusals
-    def _on_closed(self, exc: ConnectionClosed) -> None:
-        code = exc.rcvd.code if exc.rcvd is not None else 1006
-        if code != 1000:
-            self.counters.count_error(f"close_{code}")
-        reason = STOP_CODES.get(code)
-        if reason is not None:
-            self.stopped_reason = reason
-        elif code == wire.CLOSE_EXPIRED:
-            self._expired = True
-        elif code == wire.CLOSE_TOO_MANY_ERRORS:
-            self._attempt = max(self._attempt, 4)  # reconnect slowly
+    def _on_closed(self, exc: ConnectionClosed) -> Reconnect:
+        code = exc.rcvd.code if exc.rcvd is not None else None
+        if code != wire.CLOSE_NORMAL:
+            self.counters.count_error(f"close_{code or 1006}")
+        decision = self.session.closed(code, self._ms(asyncio.get_running_loop().time()))
+        self._stop_reason = _ERROR_FOR_CLOSE.get(decision.code, f"close_{decision.code}")
+        return decision
 
-    async def _on_refused(self, exc: InvalidStatus) -> None:
+    def _on_refused(self, exc: InvalidStatus) -> Reconnect:
         code = ""
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             body = json.loads(exc.response.body or b"{}")
             code = str(body.get("code", ""))
-        self.counters.count_error(code or f"http_{exc.response.status_code}")
-        if code in STOP_HTTP_CODES:
-            self.stopped_reason = code
-        elif code == wire.E_EXPIRED:
-            self._expired = True
+        status = exc.response.status_code
+        self.counters.count_error(code or f"http_{status}")
+        self._stop_reason = code or f"http_{status}"
+        return self.session.refused(status, code or None, self._ms(asyncio.get_running_loop().time()))
 
-    async def _refresh_credential(self) -> None:
-        self._expired = False
-        if self.credential_refresh is None:
-            self.stopped_reason = wire.E_EXPIRED
-            return
-        try:
-            fresh = await self.credential_refresh(self.device_id)
-        except Exception:  # a broken hook stops this device, not the fleet
-            self.counters.count_error("refresh_failed")
-            fresh = None
+    async def _refresh_credential(self) -> Reconnect:
+        """The credential expired: ask the hook for a new one; the session decides what follows."""
+        fresh: str | None = None
+        if self.credential_refresh is not None:
+            try:
+                fresh = await self.credential_refresh(self.device_id)
+            except Exception:  # a broken hook stops this device, not the fleet
+                self.counters.count_error("refresh_failed")
+        now_ms = self._ms(asyncio.get_running_loop().time())
+        self._stop_reason = wire.E_EXPIRED
         if fresh is None:
-            self.stopped_reason = wire.E_EXPIRED
-            return
-        self.credential = fresh
-        is_jwt = not fresh.startswith("ewt_") and fresh.count(".") == 2
-        self.session.jwt = fresh if is_jwt else None  # type: ignore[attr-defined]
-        self.session.token = None if is_jwt else fresh  # type: ignore[attr-defined]
-        self._attempt = 0
+            return self.session.refreshed(None, None, now_ms)
+        decision = self.session.refreshed(None if is_jwt(fresh) else fresh, fresh if is_jwt(fresh) else None,
+                                          now_ms)
+        if decision.action != R_STOP:
+            self.credential = fresh
+        return decision
 
     async def _mint_refresh(self, device_id: str) -> str | None:
         plan = self.faults.plan if self.faults is not None else None
@@ -563,28 +529,30 @@ class VirtualDevice:
 
     # ------------------------------------------------------------ time, sampling, waiting
     def _finished(self) -> bool:
-        return self.stopped_reason is not None or (not self._generating and not self.outbox)
+        return not self._generating and (not self.outbox.count or self.session.stopped)
 
-    def _backoff_delay(self) -> float:
-        """Exponential backoff with full jitter in [50%, 100%] of the step."""
-        step = min(self.backoff_max_s, self.backoff_initial_s * (2.0 ** self._attempt))
-        self._attempt = min(self._attempt + 1, 30)
-        return step * self.rng.uniform(0.5, 1.0)
+    def _time(self) -> float:
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:  # called outside the device's loop (tests, CLIs)
+            return time.monotonic()
+
+    @staticmethod
+    def _ms(now: float) -> int:
+        return int(now * 1000)
 
     async def _idle_until(self, until: float, gen_until: float) -> None:
-        """Wait (sampling on schedule) until ``until``, an early wake-up, or a credential refresh."""
+        """Wait (sampling on schedule) until ``until`` or an early wake-up (set_credential, stop)."""
         loop = asyncio.get_running_loop()
-        if self._expired:
-            await self._refresh_credential()
-            return
+        stopped = self.session.stopped
         while not self._finished():
             now = loop.time()
             self._generate_due(now, gen_until)
-            if now >= until:
+            if now >= until or (stopped and not self.session.stopped) or self._finished():
                 return
             wake = min(until, self._next_sample_at if self._generating else until)
             try:
-                async with asyncio.timeout_at(max(wake, now)) as waiter:
+                async with asyncio.timeout_at(None if wake == math.inf else max(wake, now)) as waiter:
                     self._waiter = waiter
                     await asyncio.Future()
             except TimeoutError:
@@ -600,13 +568,7 @@ class VirtualDevice:
     def _new_boot(self, now: float) -> None:
         self._boot_at = now
         self.boot = f"{self.rng.getrandbits(32):08x}"
-        self.session.boot = self.boot  # type: ignore[attr-defined]
-
-    def _new_session(self) -> DeviceSession:
-        cred = self.credential
-        is_jwt = not cred.startswith("ewt_") and cred.count(".") == 2
-        return DeviceSession(self.device_id, None if is_jwt else cred, cred if is_jwt else None,
-                                  None, self.batch, self._window)
+        self.session.boot = self.boot
 
     def _uptime_ms(self, now: float) -> int:
         return max(0, int((now - self._boot_at) * 1000))
@@ -650,26 +612,13 @@ class VirtualDevice:
             except SensorReadError:
                 self.counters.sensor_errors += 1
                 return
-        item = wire.Reading(self._next_seq, metrics, max(0, int(t_device * 1000)), self._uptime_ms(at), quality)
-        self._next_seq += 1
+        self.outbox.add(metrics, max(0, int(t_device * 1000)), self._uptime_ms(at), quality)
         self.counters.generated += 1
-        if len(self.outbox) >= self.outbox_max:
-            self.outbox.popleft()
-            self.counters.dropped += 1
-        self.outbox.append(item)
+        self.counters.dropped = self.outbox.dropped
 
     def _status_fields(self, now: float) -> dict[str, Any]:
         return {
-            "dropped": self.counters.dropped, "buffered": len(self.outbox), "fw": FIRMWARE,
+            "dropped": self.outbox.dropped, "buffered": self.outbox.count, "fw": FIRMWARE,
             "rssi": -45 - self.rng.randrange(40), "up": self._uptime_ms(now),
             "sensor_errors": self.counters.sensor_errors,
         }
-
-
-_COMMANDS: dict[str, Callable[[VirtualDevice, dict[str, Any]], tuple[bool, str]]] = {
-    "set_interval": VirtualDevice._cmd_set_interval,
-    "set_thresholds": VirtualDevice._cmd_set_thresholds,
-    "set_output": VirtualDevice._cmd_set_output,
-    "reboot": VirtualDevice._cmd_reboot,
-    "ping": VirtualDevice._cmd_ping,
-}

@@ -9,7 +9,7 @@
   readings are unaffected).
 - ``jwt_secret``, ``jwt_ttl_s``: expiring credentials. The device authenticates with an HS256 JWT
   (``sub`` = device id) it mints itself, valid ``jwt_ttl_s``; the gateway ends the session at
-  ``exp`` (4004) and the device mints a new one through its credential-refresh hook.
+  ``exp`` (close credential_expired) and the device mints a new one through its credential-refresh hook.
 - ``fraction``: share of a fleet's devices the plan applies to (seeded choice).
 
 Gateway restarts need no field: the harness restarts the gateway; devices reconnect with backoff.

@@ -88,6 +88,10 @@ def non_negative(value: Any) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
 
+def fraction(value: Any) -> str | None:
+    return None if 0.0 <= value <= 1.0 else "must be between 0 and 1"
+
+
 def bcm_pin(value: Any) -> str | None:
     return None if 0 <= value <= 27 else "must be a BCM GPIO number 0-27"
 
@@ -148,11 +152,8 @@ def validate_sensor(index: int, raw: Any) -> SensorSpec:
             options[key] = opt.default
             continue
         value = raw[key]
-        if isinstance(value, bool) and bool not in opt.kinds:
-            raise ConfigError(f"{where}.{key}", f"must be {' or '.join(k.__name__ for k in opt.kinds)}")
-        if not isinstance(value, opt.kinds):
-            raise ConfigError(f"{where}.{key}", f"must be {' or '.join(k.__name__ for k in opt.kinds)},"
-                                                f" got {type(value).__name__}")
+        if (isinstance(value, bool) and bool not in opt.kinds) or not isinstance(value, opt.kinds):
+            raise ConfigError.wrong_type(f"{where}.{key}", opt.kinds, value, opt.doc)
         if opt.check is not None:
             problem = opt.check(value)
             if problem:

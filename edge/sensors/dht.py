@@ -29,6 +29,7 @@ from edge.sensors.base import (
     SensorBase,
     SensorContext,
     bcm_pin,
+    fraction,
     median,
     metric_name,
     non_negative,
@@ -37,9 +38,6 @@ from edge.sensors.base import (
 
 LOG = logging.getLogger("edgewire.edge.dht")
 
-
-def _fraction(value: Any) -> str | None:
-    return None if 0.0 <= value <= 1.0 else "must be between 0 and 1"
 
 SIM_MODULE = "simulator.hardware.dht"
 SIM_CLASS = "AdafruitDHTStandIn"
@@ -82,7 +80,7 @@ class DHTSensor(SensorBase):
         "max_step": Opt((int, float), 10.0, positive, "change since last good value that marks suspect"),
         "temperature_metric": Opt((str,), "temperature", metric_name, "metric name for temperature"),
         "humidity_metric": Opt((str,), "humidity", metric_name, "metric name for humidity"),
-        "sim_failure_rate": Opt((int, float), 0.3, _fraction, "sim backend: share of reads that fail"),
+        "sim_failure_rate": Opt((int, float), 0.3, fraction, "sim backend: share of reads that fail"),
         "sim_seed": Opt((int,), 0, doc="sim backend: random seed of the stand-in"),
     }
 

@@ -4,12 +4,15 @@
 and the value (``... t=21437`` millidegrees). A ``NO`` CRC is retried; 85000
 (the power-on value, seen when the probe lost power mid-conversion) is retried
 and reported ``suspect`` if it persists. ``devices_dir`` is configurable so a
-fake tree in a temp dir stands in for /sys/bus/w1/devices.
+fake tree in a temp dir stands in for /sys/bus/w1/devices. With backend "sim"
+and ``devices_dir`` left at its default, the simulator's stand-in
+(simulator.hardware.w1: the w1_slave text, CRC failures included) is read.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib
 import os
 from typing import Any, ClassVar
 
@@ -22,6 +25,7 @@ from edge.sensors.base import (
     Sample,
     SensorBase,
     SensorContext,
+    fraction,
     metric_name,
     non_negative,
     positive,
@@ -29,6 +33,8 @@ from edge.sensors.base import (
 
 DEFAULT_DIR = "/sys/bus/w1/devices"
 POWER_ON_VALUE = 85.0
+SIM_MODULE = "simulator.hardware.w1"
+SIM_CLASS = "W1ThermStandIn"
 
 
 class DS18B20Sensor(SensorBase):
@@ -38,10 +44,28 @@ class DS18B20Sensor(SensorBase):
         "metric": Opt((str,), "temperature", metric_name, "metric name"),
         "attempts": Opt((int,), 3, positive, "reads tried per reading"),
         "spacing": Opt((int, float), 0.2, non_negative, "seconds between retries"),
+        "sim_temperature": Opt((int, float), 18.0, doc="sim backend: mean temperature of the stand-in probe (°C)"),
+        "sim_failure_rate": Opt((int, float), 0.05, fraction, "sim backend: share of reads with a CRC error"),
+        "sim_seed": Opt((int,), 0, doc="sim backend: random seed of the stand-in"),
     }
 
     def __init__(self, name: str, options: dict[str, Any], ctx: SensorContext) -> None:
         super().__init__(name, options, ctx)
+        self.stand_in: Any = None
+        if ctx.backend == "sim" and options["devices_dir"] == DEFAULT_DIR:
+            try:
+                cls = getattr(importlib.import_module(SIM_MODULE), SIM_CLASS)
+            except (ImportError, AttributeError) as err:
+                raise SensorError(f"backend \"sim\" needs {SIM_MODULE}.{SIM_CLASS} ({err})") from err
+            self.stand_in = cls(options["device"] or "28-00000000a1b2", float(options["sim_temperature"]),
+                                options["sim_seed"], float(options["sim_failure_rate"]))
+
+    def _lines(self) -> list[str]:
+        """The two lines of the probe's w1_slave file (OSError if it cannot be read)."""
+        if self.stand_in is not None:
+            return str(self.stand_in.w1_slave()).splitlines()
+        with open(self._path(), encoding="ascii", errors="replace") as handle:
+            return handle.read().splitlines()
 
     def _path(self) -> str:
         base = self.options["devices_dir"]
@@ -66,10 +90,9 @@ class DS18B20Sensor(SensorBase):
         for attempt in range(attempts):
             if attempt:
                 self.ctx.sleep(float(self.options["spacing"]))
-            path = self._path()
+            path = "the sim stand-in" if self.stand_in is not None else self._path()
             try:
-                with open(path, encoding="ascii", errors="replace") as handle:
-                    lines = handle.read().splitlines()
+                lines = self._lines()
             except OSError as err:
                 problem = f"cannot read {path} ({err.strerror or err})"
                 continue

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from edge.errors import SensorError
-from edge.sensors.base import Opt, Sample, SensorBase, SensorContext, median, metric_name, positive
+from edge.sensors.base import Opt, Sample, SensorBase, SensorContext, fraction, median, metric_name, positive
 
 
 def _channel(value: Any) -> str | None:
@@ -32,10 +32,6 @@ def _pair(value: Any) -> str | None:
     return None if value[0] != value[1] else "the two ends must differ"
 
 
-def _fraction(value: Any) -> str | None:
-    return None if 0.0 <= value <= 1.0 else "must be between 0 and 1"
-
-
 class MCP3008Sensor(SensorBase):
     OPTIONS: ClassVar[dict[str, Opt]] = {
         "channel": Opt((int,), check=_channel, doc="ADC channel 0-7"),
@@ -44,7 +40,7 @@ class MCP3008Sensor(SensorBase):
         "raw_range": Opt((list,), [0.0, 1.0], _pair, "raw fraction at the two ends of out_range"),
         "out_range": Opt((list,), [0.0, 1.0], _pair, "metric values for the two ends of raw_range"),
         "samples": Opt((int,), 5, positive, "reads per reading (median)"),
-        "sim_value": Opt((int, float), 0.5, _fraction, "sim backend: voltage fraction the mock chip reports"),
+        "sim_value": Opt((int, float), 0.5, fraction, "sim backend: voltage fraction the mock chip reports"),
     }
 
     def __init__(self, name: str, options: dict[str, Any], ctx: SensorContext) -> None:

@@ -4,9 +4,10 @@ slow-down obeyed, refused frames dropped and counted, commands validated, system
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import logging
 import socket
+import stat
 import threading
 import time
 import tomllib
@@ -123,7 +124,10 @@ def test_refused_frame_is_dropped_and_counted(tmp_path: Path, mock_pins: Any) ->
         assert runner.stop() == 0
         gw.stop()
     assert 3 not in gw.stored and gw.stored[:3] == [1, 2, 4]
-    assert json.loads((tmp_path / "state" / "status.json").read_text())["rejected"] == 1
+    status = tmp_path / "state" / "status.json"
+    assert json.loads(status.read_text())["rejected"] == 1
+    assert stat.S_IMODE(status.stat().st_mode) == 0o600  # issue 15 item 9: state files are private
+    assert stat.S_IMODE(status.parent.stat().st_mode) == 0o700
 
 
 def test_out_of_range_values_never_reach_the_queue(tmp_path: Path, mock_pins: Any) -> None:
@@ -178,6 +182,7 @@ def test_settings_from_commands_survive_restart(tmp_path: Path, mock_pins: Any) 
 
 def test_ready_and_watchdog_only_while_healthy(tmp_path: Path, mock_pins: Any,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """No fixed sleeps: the test follows the agent's own events (its stall warning, its supervisor rounds)."""
     sock_path = str(tmp_path / "notify.sock")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(sock_path)
@@ -187,24 +192,54 @@ def test_ready_and_watchdog_only_while_healthy(tmp_path: Path, mock_pins: Any,
     agent = make_agent(tmp_path, "ws://127.0.0.1:9/v1/device")
     agent.stall_after = 1.0
     release = threading.Event()
+    stalled = threading.Event()
+    after_stall: list[bytes] = []  # datagrams sent after the agent declared the sampler stalled
+    rounds = [0]
+    enough = threading.Event()
+
+    def drain() -> list[bytes]:
+        out = []
+        server.setblocking(False)
+        try:
+            while True:
+                out.append(server.recv(256))
+        except BlockingIOError:
+            return out
+        finally:
+            server.settimeout(10)
+
+    class StallSeen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:  # runs in the agent's thread, in order
+            if "withholding the systemd watchdog" in record.getMessage() and not stalled.is_set():
+                drain()  # everything sent before the warning
+                stalled.set()
+
+    original_status = agent.write_status
+
+    def counting_status() -> None:  # one call per supervisor round
+        original_status()
+        if stalled.is_set() and not release.is_set():
+            rounds[0] += 1
+            if rounds[0] >= 5:
+                enough.set()
+
+    handler = StallSeen()
+    logging.getLogger("edgewire.edge.agent").addHandler(handler)
+    agent.write_status = counting_status  # type: ignore[method-assign]
     runner = AgentThread(agent).start()
     try:
         assert server.recv(256).startswith(b"READY=1")
         assert server.recv(256) == b"WATCHDOG=1"
         original = agent.read_all
         agent.read_all = lambda: (release.wait(30), original())[1]  # type: ignore[method-assign]
-        # the sampler is now stuck in a read: watchdog pings stop once it is stale
-        time.sleep(1.5)
-        with contextlib.suppress(TimeoutError):
-            while server.recv(256) == b"WATCHDOG=1":
-                server.settimeout(1.5)
-        server.settimeout(0.6)
-        with pytest.raises(TimeoutError):
-            server.recv(256)
+        assert stalled.wait(30), "the agent never noticed its stalled sampler"
+        assert enough.wait(30), "the supervisor stopped running"
+        after_stall.extend(drain())
+        assert b"WATCHDOG=1" not in after_stall  # withheld for five supervisor rounds
         release.set()
-        server.settimeout(10)
         assert server.recv(256) == b"WATCHDOG=1"  # healthy again: pings resume
     finally:
         release.set()
+        logging.getLogger("edgewire.edge.agent").removeHandler(handler)
         assert runner.stop() == 0
         server.close()

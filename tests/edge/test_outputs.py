@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ from edge.config import OutputSpec, RuleSpec
 from edge.errors import OutputError
 from edge.outputs import Outputs
 from edge.rules import Rules
+from tests.edge.agentproc import wait_for
 from tests.edge.pins import blink_times, pattern_of
 
 SPECS = {"led": OutputSpec("led", 17), "buzzer": OutputSpec("buzzer", 27),
@@ -28,8 +28,7 @@ def test_led_patterns_on_mock_pins(mock_pins: Any) -> None:
         led = pin(mock_pins, 17)
         assert led.state is False  # off until a state is shown
         out.show(outputs.ONLINE)
-        time.sleep(0.3)
-        assert led.state is True  # steady on
+        wait_for(lambda: led.state is True, 5, "the LED on")  # steady on
         assert all(s.state for s in led.states[-1:])
 
         out.show(outputs.CONNECTING)

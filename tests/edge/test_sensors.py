@@ -3,6 +3,7 @@ sysfs tree, CPU temperature from a thermal file, MCP3008 through gpiozero on a m
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +219,67 @@ def test_mcp3008_through_gpiozero_on_a_mock_chip(mock_pins: Any) -> None:
     assert sensor.read().metrics["soil_moisture"] == value  # channels are independent
     sensor.close()
     other.close()
+
+
+def test_sim_backend_swaps_every_sensor_type_with_defaults(mock_pins: Any) -> None:
+    """Issue 15 item 12: backend "sim" needs no sysfs file for the CPU temperature and the DS18B20."""
+    from edge.sensors.base import SENSOR_TYPES
+
+    required = {"dht22": {"pin": 4}, "dht11": {"pin": 5}, "mcp3008": {"channel": 0}}
+    for index, kind in enumerate(SENSOR_TYPES):
+        spec = validate_sensor(index, {"type": kind, **required.get(kind, {})})
+        sensor = build_sensor(spec, SensorContext("sim", lambda s: None))
+        if kind.startswith("dht"):  # its reads take seconds (2 s cache, warm-up): see the stand-in's tests
+            assert isinstance(sensor._open(), AdafruitDHTStandIn)  # type: ignore[attr-defined]
+            continue
+        try:
+            sample = sensor.read()
+        finally:
+            sensor.close()
+        assert set(sample.metrics) == set(spec.metrics), kind
+
+
+def test_cpu_temperature_sim_stand_in_and_its_failures() -> None:
+    spec = validate_sensor(0, {"type": "cpu_temperature", "sim_temperature": 60, "sim_seed": 3})
+    value = build_sensor(spec, SensorContext("sim")).read().metrics["cpu_temperature"]
+    assert 50 < value < 70
+    failing = validate_sensor(0, {"type": "cpu_temperature", "sim_failure_rate": 1.0})
+    with pytest.raises(SensorError, match="sim stand-in"):
+        build_sensor(failing, SensorContext("sim")).read()
+
+
+def test_ds18b20_sim_stand_in_goes_through_the_crc_and_retry_logic() -> None:
+    spec = validate_sensor(0, {"type": "ds18b20", "sim_temperature": -5, "sim_failure_rate": 0.5, "sim_seed": 7,
+                               "attempts": 8})
+    sensor = build_sensor(spec, SensorContext("sim", lambda s: None))
+    qualities = set()
+    for _ in range(20):
+        sample = sensor.read()
+        assert -10 < sample.metrics["temperature"] < 0  # negative values survive the two's complement
+        qualities.add(sample.quality)
+    assert qualities == {"ok", "retried"}  # CRC failures happened and were retried
+    broken = validate_sensor(0, {"type": "ds18b20", "sim_failure_rate": 1.0, "attempts": 2})
+    with pytest.raises(SensorError, match="CRC"):
+        build_sensor(broken, SensorContext("sim", lambda s: None)).read()
+
+
+def test_w1_stand_in_text_matches_the_kernel_format() -> None:
+    from simulator.hardware.w1 import W1ThermStandIn, crc8
+
+    assert crc8(bytes.fromhex("72014b467fff0e10")) == 0x57  # a real probe's scratchpad and CRC
+    first, second = W1ThermStandIn(mean=21.5, crc_failure_rate=0.0).w1_slave().splitlines()
+    assert re.fullmatch(r"([0-9a-f]{2} ){9}: crc=[0-9a-f]{2} YES", first)
+    assert re.fullmatch(r"([0-9a-f]{2} ){9}t=-?\d+", second)
+
+
+def test_cpu_temperature_off_a_pi_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15 item 11: gpiozero's BadPinFactory becomes a SensorError that says what to do."""
+    from gpiozero import Device
+
+    monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
+    monkeypatch.setattr(Device, "pin_factory", None)
+    path = tmp_path / "temp"
+    path.write_text("48312\n")
+    spec = validate_sensor(0, {"type": "cpu_temperature", "sensor_file": str(path)})
+    with pytest.raises(SensorError, match='backend = "sim"'):
+        build_sensor(spec, SensorContext("hardware")).read()

@@ -22,7 +22,7 @@ def test_durable_settings(tmp_path: Path) -> None:
 def test_seqs_are_contiguous_and_survive_reopen(tmp_path: Path) -> None:
     queue = ReadingQueue(tmp_path / "q.db")
     assert fill(queue, 5) == [1, 2, 3, 4, 5]
-    queue.acked(5)
+    queue.ack(5)
     assert queue.count() == 0
     queue.close()
     again = ReadingQueue(tmp_path / "q.db")
@@ -44,10 +44,10 @@ def test_reading_is_on_disk_before_append_returns(tmp_path: Path) -> None:
 def test_ack_deletes_only_through_seq(tmp_path: Path) -> None:
     queue = ReadingQueue(tmp_path / "q.db")
     fill(queue, 10)
-    assert queue.acked(4) == 4
+    assert queue.ack(4) == 4
     assert [r.seq for r in queue.pending()] == [5, 6, 7, 8, 9, 10]
     assert [r.seq for r in queue.pending(after=7, limit=2)] == [8, 9]
-    assert queue.acked(4) == 0  # a repeated ack changes nothing
+    assert queue.ack(4) == 0  # a repeated ack changes nothing
 
 
 def test_bound_by_count_drops_oldest_and_counts(tmp_path: Path) -> None:
@@ -67,27 +67,31 @@ def test_bound_by_age(tmp_path: Path) -> None:
     assert queue.dropped == 3
 
 
-def test_welcome_deletes_readings_stored_before_a_lost_ack(tmp_path: Path) -> None:
-    queue = ReadingQueue(tmp_path / "q.db")
-    fill(queue, 6)
-    queue.welcome(last_seq=4)
-    assert [r.seq for r in queue.pending()] == [5, 6]
-    assert queue.next_seq == 7
+def test_new_queue_counter_is_unconfirmed_until_confirmed(tmp_path: Path) -> None:
+    queue = ReadingQueue(tmp_path / "q.db")  # new (or wiped): the gateway may hold higher seqs
+    fill(queue, 2)
+    assert not queue.confirmed
+    queue.close()
+    queue = ReadingQueue(tmp_path / "q.db")  # a restart does not confirm it
+    assert not queue.confirmed
+    queue.confirm()
+    queue.close()
+    assert ReadingQueue(tmp_path / "q.db").confirmed
 
 
-def test_welcome_renumbers_after_lost_counter(tmp_path: Path) -> None:
+def test_renumber_shifts_readings_and_counter(tmp_path: Path) -> None:
     queue = ReadingQueue(tmp_path / "q.db")  # state wiped: counter starts at 1 again
     fill(queue, 3)
-    queue.welcome(last_seq=1041)
+    queue.renumber(1041)
     assert [r.seq for r in queue.pending()] == [1042, 1043, 1044]
-    assert queue.next_seq == 1045
+    assert queue.next_seq == 1045 and queue.first_seq == 1042 and queue.confirmed
     assert fill(queue, 1) == [1045]
 
 
-def test_reject_drops_and_counts(tmp_path: Path) -> None:
+def test_drop_removes_and_counts_rejected(tmp_path: Path) -> None:
     queue = ReadingQueue(tmp_path / "q.db")
     fill(queue, 6)
-    assert queue.reject(2, 4) == 3
+    assert queue.drop(2, 4) == 3
     assert [r.seq for r in queue.pending()] == [1, 5, 6]
     assert queue.rejected == 3
 
@@ -117,3 +121,21 @@ def test_unwritable_state_dir_gives_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(QueueError, match="state directory"):
         ReadingQueue(blocker / "sub" / "q.db")
+
+
+def test_state_dir_and_files_are_private(tmp_path: Path) -> None:
+    """Issue 15 item 9: the agent's state is nobody else's (0700 directory, 0600 files)."""
+    import os
+    import stat
+
+    shared = tmp_path / "state"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)  # as an older version or a hand-made directory left it
+    queue = ReadingQueue(shared / "queue.db")
+    fill(queue, 3)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o700
+    for name in os.listdir(shared):  # queue.db, -wal, -shm
+        assert stat.S_IMODE((shared / name).stat().st_mode) & 0o077 == 0, name
+    fresh = tmp_path / "new" / "state"
+    ReadingQueue(fresh / "queue.db").close()
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700

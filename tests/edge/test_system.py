@@ -109,3 +109,73 @@ def test_check_reports_a_failed_sensor(tmp_path: Path) -> None:
                           text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 1
     assert "ds18b20 (ds18b20): FAILED" in proc.stdout and "w1-gpio" in proc.stdout
+
+
+def test_unit_documentation_path_is_where_the_install_puts_the_docs() -> None:
+    """Issue 15 item 12: docs/edge-agent.md copies the checkout to /opt/edgewire/src/."""
+    doc = (ROOT / "docs" / "edge-agent.md").read_text()
+    assert "rsync -a ./ /opt/edgewire/src/" in doc
+    line = next(x for x in UNIT.read_text().splitlines() if x.startswith("Documentation="))
+    prefix = "file:///opt/edgewire/src/"
+    assert line.startswith("Documentation=" + prefix)
+    assert (ROOT / line[len("Documentation=" + prefix):]).is_file(), line
+
+
+def test_unit_keeps_the_state_directory_private() -> None:
+    assert "StateDirectoryMode=0700" in UNIT.read_text() and "UMask=0077" in UNIT.read_text()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).parent / "edgewire-agent"
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env=env if env is not None else dict(os.environ))
+
+
+def assert_one_line(proc: subprocess.CompletedProcess[str], code: int, *pieces: str) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == code, out
+    assert "Traceback" not in out and "Error:" not in out.replace("edgewire-agent:", ""), out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1, out
+    for piece in pieces:
+        assert piece in lines[0], out
+    return lines[0]
+
+
+def test_check_off_a_pi_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """Issue 15 item 11: hardware backend, no GPIO library: BadPinFactory used to escape."""
+    path = tmp_path / "agent.toml"
+    path.write_text(agent_toml(tmp_path, extra='[[sensors]]\ntype = "cpu_temperature"')
+                    .replace('backend = "sim"', 'backend = "hardware"'))
+    env = {k: v for k, v in os.environ.items() if k != "GPIOZERO_PIN_FACTORY"}
+    assert_one_line(run_cli("--config", str(path), "check", env=env), 1, "cpu_temperature", "FAILED",
+                    'backend = "sim"')
+
+
+@pytest.mark.parametrize(("setup", "pieces"), [
+    ("dir", ("cannot read", "must name the agent's TOML file")),
+    ("binary", ("not UTF-8",)),
+    ('interval = "30"', ("agent.interval", "must be a number", "got a string '30'")),
+    ("interval = true", ("agent.interval", "must be a number", "got true")),
+    ('device_id = 7', ("agent.device_id", "must be a string", "got an integer 7")),
+    ("[queue]\nmax_readings = 1.5", ("queue.max_readings", "must be an integer", "got a number 1.5")),
+    ('[[sensors]]\ntype = "ds18b20"\nattempts = "3"', ("sensors[0].attempts", "must be an integer")),
+    ('[outputs.led]\npin = "17"', ("outputs.led.pin", "must be an integer")),
+])
+def test_config_errors_name_the_key_and_what_is_expected(tmp_path: Path, setup: str,
+                                                        pieces: tuple[str, ...]) -> None:
+    """Issue 15 item 11: no Python internals ("invalid literal for int()", type names) in config errors."""
+    path = tmp_path / "agent.toml"
+    if setup == "dir":
+        path = tmp_path
+    elif setup == "binary":
+        path.write_bytes(b"\xff\xfe\x00garbage")
+    elif setup.startswith(("interval", "device_id")):
+        text = agent_toml(tmp_path).replace("interval = 0.2", "").replace('device_id = "PI-TEST"', "")
+        keep_id = 'device_id = "PI-TEST"\n' if setup.startswith("interval") else ""
+        path.write_text(text.replace("[agent]\n", f"[agent]\n{keep_id}{setup}\n", 1))
+    else:
+        path.write_text(agent_toml(tmp_path, extra=setup))
+    for command in ("check", "run"):
+        line = assert_one_line(run_cli("--config", str(path), command), 2, *pieces)
+        assert not re.search(r"int\(\)|\b(str|int|float|bool|NoneType)\b", line), line

@@ -96,7 +96,7 @@ class SimBoard:
             if len(raw) < 48 or struct.unpack_from("<I", raw, 44)[0] != binascii.crc32(raw[:44]):
                 continue
             magic, gen, head, count, cap, next_seq, dropped, _sb, _so = struct.unpack_from("<4sIIIIQIIq", raw)
-            if magic == b"EWR1" and gen > best.get("gen", -1):
+            if magic in (b"EWR1", b"EWRF") and gen > best.get("gen", -1):
                 best = {"gen": gen, "head": head, "count": count, "capacity": cap, "next_seq": next_seq,
                         "dropped": dropped}
         return best

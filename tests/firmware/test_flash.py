@@ -174,6 +174,25 @@ def test_make_flash_registers_through_admin_endpoint(board: EmulatedBoard, image
     assert "FLASH-02" in again.stderr and "Traceback" not in again.stderr, again.stderr
 
 
+def test_unreachable_gateway_is_found_before_the_chip_is_erased(board: EmulatedBoard, image: Path) -> None:
+    """Issue 15 item 12: registering comes first, so a gateway that is down leaves the board as it was."""
+    first = make_flash(PORT=board.url, MICROPYTHON_BIN=str(image), DEVICE_ID="FLASH-03", WIFI_SSID="lab",
+                       WIFI_PASSWORD="", GATEWAY_URL="ws://127.0.0.1:9/v1/device", TOKEN="ewt_" + "a" * 32)
+    assert first.returncode == 0, first.stdout + first.stderr
+    flash_before = hashlib.sha256((board.state / "flash.bin").read_bytes()).hexdigest()
+    config_before = (board.state / "fs" / "config.json").read_bytes()
+    with socket.socket() as sock:  # a port nobody listens on: the gateway is down
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    again = make_flash(PORT=board.url, MICROPYTHON_BIN=str(image), DEVICE_ID="FLASH-04", WIFI_SSID="lab",
+                       WIFI_PASSWORD="", GATEWAY_URL=f"ws://127.0.0.1:{closed}/v1/device", ADMIN_TOKEN="x" * 32)
+    assert again.returncode != 0
+    assert "cannot reach the gateway admin endpoint" in again.stderr and "Traceback" not in again.stderr
+    assert "writing" not in again.stdout, again.stdout
+    assert hashlib.sha256((board.state / "flash.bin").read_bytes()).hexdigest() == flash_before
+    assert (board.state / "fs" / "config.json").read_bytes() == config_before
+
+
 def test_wrong_port_is_a_clear_error(image: Path, tmp_path: Path) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))

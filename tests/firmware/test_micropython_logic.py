@@ -72,7 +72,7 @@ def test_runner_fails_on_exception(tmp_path: Path) -> None:
 
 
 # Heap budget for one main-loop step (device allocations, garbage included) with max_batch 20.
-# Measured 17,264 bytes (docs/firmware.md); the guard leaves room but catches a regression
+# Measured about 18,000 bytes (docs/firmware.md); the guard leaves room but catches a regression
 # such as building every pending reading in RAM.
 STEP_BUDGET = 24 * 1024
 

@@ -7,7 +7,6 @@ reports its LED pattern, output states and pin levels in <state_dir>/status.json
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -87,7 +86,9 @@ def test_gateway_outage_every_reading_delivered_exactly_once(gateway: GatewayPro
     gateway.stop()
     wait_for(lambda: agent.status().get("connected") is False, 15, "agent noticing the outage")
     before = agent.status()["next_seq"]
-    time.sleep(outage_s)
+    # the outage lasts until the agent has sampled outage_s worth of readings (interval 0.2 s) into its queue
+    wait_for(lambda: agent.status()["next_seq"] - before >= int(outage_s / 0.2 * 0.8), outage_s * 4,
+             f"{outage_s:g} s of readings buffered during the outage")
     during = agent.status()
     assert during["connected"] is False and during["led"] == "buffering"
     held = agent.queue_seqs()

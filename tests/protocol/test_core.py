@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import wire
-from protocol.device import DEV_ERROR, DEV_SLOW, DeviceSession
+from protocol.device import D_DROP, D_SLOW, DeviceSession
 from protocol.gateway import (
     EV_AUTH,
     EV_CLOSE,
@@ -174,12 +174,12 @@ def test_rate_limit_slows_then_closes() -> None:
 def test_throttled_frame_is_resent_not_lost() -> None:
     gw = GatewaySession(rate=1, burst=1)
     dev = DeviceSession("dev-1", token="t", window=8, max_batch=1)
-    dev.receive(gw.accept("dev-1", 0, 0))
+    dev.handle(gw.accept("dev-1", 0, 0))
     pending = [wire.Reading(i, {"temperature": 20.0}) for i in range(1, 4)]
     frames = [dev.next_frame(pending) for _ in range(3)]
     events = [gw.receive(f, 0.0) for f in frames]
     assert [e.kind for e in events] == [EV_DATA, EV_THROTTLE, EV_THROTTLE]
-    assert dev.receive(events[1].reply)[0] == DEV_SLOW
+    assert dev.handle(events[1].reply).kind == D_SLOW
     assert dev.sent == 1  # rewound to resend seq 2
     event = gw.receive(dev.next_frame(pending), 5.0)
     assert event.kind == EV_DATA and event.payload.seq == 2
@@ -187,21 +187,21 @@ def test_throttled_frame_is_resent_not_lost() -> None:
 
 def test_device_resends_unacked_after_reconnect() -> None:
     dev = DeviceSession("dev-1", token="t", max_batch=2)
-    dev.receive(wire.encode({"t": "welcome", "last_seq": 0}))
+    dev.handle(wire.encode({"t": "welcome", "last_seq": 0}))
     pending = [wire.Reading(i, {"temperature": 20.0}) for i in range(1, 6)]
-    first = json.loads(dev.next_frame(pending))
+    first = json.loads(dev.next_frame(pending) or "{}")
     assert first["seq"] == 1 and len(first["r"]) == 2
-    dev.receive(wire.encode({"t": "ack", "seq": 2}))
+    dev.handle(wire.encode({"t": "ack", "seq": 2}))
     dev.next_frame(pending)
     dev.connection_lost()
-    dev.receive(wire.encode({"t": "welcome", "last_seq": 2}))
+    dev.handle(wire.encode({"t": "welcome", "last_seq": 2}))
     again = json.loads(dev.next_frame(pending))
     assert again["seq"] == 3
 
 
 def test_next_frame_splits_at_gap() -> None:
     dev = DeviceSession("dev-1", token="t", max_batch=10)
-    dev.receive(wire.encode({"t": "welcome", "last_seq": 0}))
+    dev.handle(wire.encode({"t": "welcome", "last_seq": 0}))
     pending = [wire.Reading(s, {"temperature": 1.0}) for s in (1, 2, 5, 6)]
     assert json.loads(dev.next_frame(pending))["r"].__len__() == 2
     assert json.loads(dev.next_frame(pending))["seq"] == 5
@@ -229,10 +229,10 @@ def test_is_finite() -> None:
 
 def test_refused_frame_frees_its_window_slot() -> None:
     dev = DeviceSession("dev-1", token="t", window=1, max_batch=1)
-    dev.receive(wire.encode({"t": "welcome", "last_seq": 0}))
+    dev.handle(wire.encode({"t": "welcome", "last_seq": 0}))
     pending = [wire.Reading(1, {"temperature": 1.0}), wire.Reading(2, {"temperature": 2.0})]
     assert dev.next_frame(pending) is not None
     assert not dev.can_send()
-    kind, _ = dev.receive(wire.encode(wire.error_message(wire.E_BAD_VALUE, "bad", 1)))
-    assert kind == DEV_ERROR and dev.rejected == 1
+    decision = dev.handle(wire.encode(wire.error_message(wire.E_BAD_VALUE, "bad", 1)))
+    assert decision.kind == D_DROP and dev.rejected == 1
     assert json.loads(dev.next_frame(pending) or "{}")["seq"] == 2

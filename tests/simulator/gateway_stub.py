@@ -25,12 +25,14 @@ from protocol.gateway import EV_AUTH, EV_CLOSE, EV_DATA, EV_REJECT, EV_RESULT, E
 class StubGateway:
     def __init__(self, tokens: dict[str, str], *, rate: float = 100.0, burst: float = 200.0,
                  max_batch: int = 100, max_frame: int = 16384, jwt_secret: str | None = None,
-                 ack_delay_s: float = 0.0) -> None:
+                 ack_delay_s: float = 0.0, announce: dict[str, Any] | None = None) -> None:
+        """``announce`` overrides welcome fields (a gateway may announce a rate it does not grant)."""
         self.tokens = dict(tokens)
         self.rate, self.burst = rate, burst
         self.max_batch, self.max_frame = max_batch, max_frame
         self.jwt_secret = jwt_secret
         self.ack_delay_s = ack_delay_s
+        self.announce = announce
         self.stored: dict[str, list[int]] = defaultdict(list)  # every seq stored, in store order
         self.values: dict[str, list[dict[str, float]]] = defaultdict(list)
         self.stamps: dict[str, list[tuple[int | None, int]]] = defaultdict(list)  # (reading ts, received ms)
@@ -147,7 +149,7 @@ class StubGateway:
             self.live[device] = ws
             self.sessions[device] = session
             self.connects[device] += 1
-            await ws.send(session.accept(device, self.last_seq(device), int(time.time() * 1000)))
+            await ws.send(session.accept(device, self.last_seq(device), int(time.time() * 1000), self.announce))
             expiry = None
             if exp is not None:
                 def expire() -> None:

@@ -95,7 +95,7 @@ def test_slow_down_is_obeyed() -> None:
         assert c.resent >= 1
         check_invariant(c, dev)
 
-    run(body, rate=5.0, burst=5.0)
+    run(body, rate=5.0, burst=5.0, announce={"rate": 100.0})  # devices pace at the announced rate
 
 
 def test_commands_are_answered() -> None:
@@ -188,13 +188,28 @@ def test_rejected_frames_are_dropped_not_resent_and_do_not_stall_the_window() ->
 
 
 @pytest.mark.parametrize("auth", ["header", "frame"])
-def test_bad_credential_stops_the_device(auth: str) -> None:
+def test_bad_credential_stops_the_device_until_the_credential_changes(auth: str) -> None:
     async def body(stub: StubGateway) -> None:
-        dev = VirtualDevice(stub.url, "dev-1", "ewt_" + "x" * 32, auth=auth, backoff_initial_s=0.05)
-        c = await asyncio.wait_for(dev.run(), 5)
-        assert dev.stopped_reason == "auth_failed"
-        assert c.errors.get("auth_failed") == 1
-        assert stub.connects["dev-1"] == 0
+        dev = VirtualDevice(stub.url, "dev-1", "ewt_" + "x" * 32, auth=auth, rate=50, backoff_initial_s=0.05)
+        task = asyncio.create_task(dev.run())
+        await until(lambda: dev.stopped_reason == "auth_failed")
+        assert dev.state == "stopped" and dev.session.last_reconnect is not None
+        sampled = dev.counters.generated
+        await until(lambda: dev.counters.generated > sampled + 5)  # sampling goes on into the outbox
+        assert dev.counters.errors.get("auth_failed") == 1 and stub.connects["dev-1"] == 0
+        dev.set_credential(TOKENS["dev-1"])  # the operator fixed the credential
+        await until(lambda: dev.counters.acked >= sampled + 5)
+        c = await finish(dev, task)
+        assert stub.stored["dev-1"] == list(range(1, c.generated + 1))  # nothing sampled while stopped was lost
+
+    run(body)
+
+
+def test_stopped_device_finishes_when_sampling_ends() -> None:
+    async def body(stub: StubGateway) -> None:
+        dev = VirtualDevice(stub.url, "dev-1", "ewt_" + "x" * 32, rate=50)
+        c = await asyncio.wait_for(dev.run(duration_s=0.3), 5)
+        assert dev.stopped_reason == "auth_failed" and c.generated > 0 and dev.buffered == c.generated
 
     run(body)
 
@@ -217,8 +232,9 @@ def test_replaced_device_stops_and_fresh_counter_continues_after_last_seq() -> N
         await until(lambda: first.counters.acked >= 20)
         second = VirtualDevice(stub.url, "dev-1", TOKENS["dev-1"], rate=50, batch=2, seed=99)
         t2 = asyncio.create_task(second.run())
-        await asyncio.wait_for(t1, 5)
-        assert first.stopped_reason == "replaced"
+        await until(lambda: first.stopped_reason == "replaced")
+        first.stop_generating()
+        await asyncio.wait_for(t1, 5)  # stopped: it does not come back to fight for the device
         await until(lambda: second.counters.acked >= 20)
         c2 = await finish(second, t2)
         stored = stub.stored["dev-1"]
@@ -226,6 +242,7 @@ def test_replaced_device_stops_and_fresh_counter_continues_after_last_seq() -> N
         # the new instance numbered its readings after the gateway's last_seq instead of reusing seqs
         assert stored[-c2.acked:] == list(range(stored[-1] - c2.acked + 1, stored[-1] + 1))
         assert first.counters.acked + c2.acked == len(stored)
+        assert stub.connects["dev-1"] == 2
 
     run(body)
 
@@ -259,7 +276,7 @@ def test_outbox_is_bounded_and_counts_drops() -> None:
         assert c.dropped == c.generated - 10
         assert c.errors.get("connect_failed", 0) >= 1
         check_invariant(c, dev)
-        assert [r.seq for r in dev.outbox] == list(range(c.generated - 9, c.generated + 1))  # newest kept
+        assert [r.seq for r in dev.outbox.readings] == list(range(c.generated - 9, c.generated + 1))  # newest kept
 
     run(body)
 

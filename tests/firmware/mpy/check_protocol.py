@@ -3,7 +3,7 @@
 from mpytest import raises, run
 
 from protocol import wire
-from protocol.device import DEV_ACK, DEV_CMD, DEV_SLOW, DEV_WELCOME, DeviceSession
+from protocol.device import D_ACK, D_COMMAND, D_SLOW, D_WELCOME, Backoff, DeviceSession
 from protocol.gateway import EV_AUTH, EV_CLOSE, EV_DATA, EV_RESULT, EV_STATUS, EV_THROTTLE, GatewaySession
 
 
@@ -13,8 +13,8 @@ def _pair(last_seq=0):
     ev = gw.receive(dev.auth_frame(), 0.0)
     assert ev.kind == EV_AUTH and ev.payload["device_id"] == "SENSOR-01"
     welcome = gw.accept("SENSOR-01", last_seq, 1764080000000)
-    kind, msg = dev.receive(welcome)
-    assert kind == DEV_WELCOME and msg["last_seq"] == last_seq
+    d = dev.handle(welcome, 0)
+    assert d.kind == D_WELCOME and d.seq == last_seq
     return gw, dev
 
 
@@ -34,8 +34,7 @@ def test_round_trip_and_cumulative_ack():
         ev = gw.receive(frame, 0.1)
         assert ev.kind == EV_DATA, ev.payload
         stored.extend(r.seq for r in ev.payload.readings)
-        kind, _acked = dev.receive(gw.ack(ev.payload.last_seq))
-        assert kind == DEV_ACK
+        assert dev.handle(gw.ack(ev.payload.last_seq), 0).kind == D_ACK
     assert stored == [1, 2, 3, 4, 5]
     assert dev.acked == 5 and not dev.in_flight
 
@@ -49,7 +48,7 @@ def test_resend_after_reconnect_is_deduplicated():
     dev.connection_lost()  # the ack was lost with the connection
     gw2 = GatewaySession(rate=100, burst=100)
     gw2.receive(dev.auth_frame(), 0.0)
-    dev.receive(gw2.accept("SENSOR-01", 3, 0))  # gateway stored 1..3
+    dev.handle(gw2.accept("SENSOR-01", 3, 0), 0)  # gateway stored 1..3
     assert dev.acked == 3
     assert dev.next_frame(pending) is None  # nothing left to send
 
@@ -97,24 +96,36 @@ def test_slow_down_rewinds_device():
     gw = GatewaySession(rate=1, burst=1, now=0.0)
     dev = DeviceSession("D1", token="t" * 10, max_batch=1)
     gw.receive(dev.auth_frame(), 0.0)
-    dev.receive(gw.accept("D1", 0, 0))
+    dev.handle(gw.accept("D1", 0, 0), 0)
     pending = [wire.Reading(seq, {"temperature": 20.0}) for seq in (1, 2)]
     first = gw.receive(dev.next_frame(pending), 0.0)
     assert first.kind == EV_DATA
     second = gw.receive(dev.next_frame(pending), 0.0)
     assert second.kind == EV_THROTTLE
-    kind, _msg = dev.receive(second.reply)
-    assert kind == DEV_SLOW and dev.sent == 1 and dev.send_after_ms > 0
+    d = dev.handle(second.reply, 0)
+    assert d.kind == D_SLOW and dev.sent == 1 and d.wait_ms > 0 and dev.send_wait_ms(0) == d.wait_ms
 
 
 def test_commands_and_results():
     gw, dev = _pair()
-    kind, cmd = dev.receive(gw.command_frame("c-1", "ping"))
-    assert kind == DEV_CMD and cmd["name"] == "ping" and cmd["args"] == {}
-    ev = gw.receive(dev.result_frame("c-1", True, "pong", {"up": 1}), 0.0)
-    assert ev.kind == EV_RESULT and ev.payload["ok"] is True
+    dev.handlers["ping"] = lambda args: (True, "pong", {"up": 1})
+    d = dev.handle(gw.command_frame("c-1", "ping"), 0)
+    assert d.kind == D_COMMAND and d.name == "ping" and d.ok
+    ev = gw.receive(d.reply, 0.0)
+    assert ev.kind == EV_RESULT and ev.payload["ok"] is True and ev.payload["data"] == {"up": 1}
+    d = dev.handle(gw.command_frame("c-2", "set_interval", {"seconds": -1}), 0)
+    assert d.kind == D_COMMAND and not d.ok  # not registered here, and a bad argument anyway
     ev = gw.receive(dev.status_frame({"dropped": 3, "buffered": 0}), 0.0)
     assert ev.kind == EV_STATUS and ev.payload["dropped"] == 3
+
+
+def test_backoff_draws_within_bounds_and_caps():
+    values = [0.0, 0.999]
+    backoff = Backoff(1000, 8000, rand=lambda: values[0])
+    assert [backoff.next_ms() for _ in range(5)] == [500, 1000, 2000, 4000, 4000]
+    values[0] = 0.999
+    backoff.reset()
+    assert backoff.next_ms() == 1000 and 7990 <= backoff.at_cap_ms() <= 8000
 
 
 def test_bool_is_not_a_number():

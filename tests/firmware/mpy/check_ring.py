@@ -81,14 +81,35 @@ def test_sync_offset_timestamps_this_boots_readings():
 
 
 def test_renumber_after_lost_counter():
-    r = ring.Ring(tmp_file("ring6.bin"), 8)
+    path = tmp_file("ring6.bin")
+    r = ring.Ring(path, 8)
     _fill(r, 3)
-    assert r.created
-    r.renumber_after(1041, never_sent=True)  # the gateway already holds 1..1041 from a past life
-    assert [x.seq for x in r.read(0, 10, BOOT)] == [1042, 1043, 1044]
+    assert r.created and not r.confirmed  # a new file: the counter may have been lost
+    r.close()
+    r = ring.Ring(path, 8)
+    assert not r.confirmed  # kept across a reboot (the header magic)
+    r.renumber(1041)  # the gateway already holds 1..1041 from a past life
+    assert r.confirmed and [x.seq for x in r.pending(0, 10)] == [1042, 1043, 1044]
     assert r.append({"temperature": 3.0}, BOOT) == 1045
-    r.renumber_after(1043)  # normal welcome: acknowledges
-    assert [x.seq for x in r.read(0, 10, BOOT)] == [1044, 1045]
+    assert r.ack(1043) == 2 and [x.seq for x in r.pending(0, 10)] == [1044, 1045]
+    r.close()
+    r = ring.Ring(path, 8)
+    assert r.confirmed and r.next_seq == 1046
+
+
+def test_drop_tombstones_refused_readings():
+    path = tmp_file("ring8.bin")
+    r = ring.Ring(path, 8, BOOT)
+    _fill(r, 6)
+    assert r.drop(3, 4) == 2 and r.rejected == 2
+    assert [x.seq for x in r.pending(0, 10)] == [1, 2, 5, 6]
+    assert r.corrupt == 0  # a tombstone is not a torn record
+    assert r.drop(1, 2) == 2 and r.first_seq == 5 and r.count == 2  # tombstones at the head are let go
+    r.renumber(10)  # tombstones keep their place under new seqs
+    assert [x.seq for x in r.pending(0, 10)] == [15, 16]
+    r.close()
+    r = ring.Ring(path, 8, BOOT)
+    assert [x.seq for x in r.pending(0, 10)] == [15, 16] and r.corrupt == 0
 
 
 def test_oversized_reading_is_refused():

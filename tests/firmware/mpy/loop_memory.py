@@ -85,6 +85,7 @@ assert node.ring.count >= 45, "backlog did not build: " + str(node.ring.count)
 backlog = node.ring.count
 fakenet.OUTAGE[0] = False
 node.next_connect_ms = 0
+node.session.retry_at_ms = 0  # skip the backoff the outage built up
 for _ in range(5000):
     await step()
     if node.ws is not None and node.ring.count == 0 and len(fakenet.STORED) > backlog:

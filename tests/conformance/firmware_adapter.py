@@ -1,0 +1,91 @@
+"""The firmware's conformance adapter: firmware/app.App, its flash ring and its DeviceSession.
+
+Runs where the firmware runs: under real MicroPython (Node harness, board stand-ins from
+tests/firmware/mpy/board) and under CPython (simulator/micropython_standins), driven by
+run_firmware.py. The interface is the one tests/conformance/scenarios.py documents.
+"""
+
+import json
+import os
+import sys
+
+import app
+import config as config_module
+
+MICROPYTHON = sys.implementation.name == "micropython"
+_made = [0]
+_base = []
+
+
+def _scratch(name):
+    if not _base:
+        if MICROPYTHON:
+            _base.append("/tmp")
+        else:
+            import tempfile
+
+            _base.append(tempfile.mkdtemp(prefix="conformance-fw-"))
+    return _base[0] + "/" + name
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _config(path):
+    return config_module.validate({
+        "wifi_ssid": "lab", "gateway_url": "ws://127.0.0.1:9/v1/device", "device_id": "ESP-CONF",
+        "token": "ewt_" + "f" * 32, "sensor": "dht22", "output_pins": {"relay": 5}, "interval_s": 30,
+        "ring_path": path, "ring_records": 64, "watchdog_s": 0, "max_batch": 20,
+    })
+
+
+class FirmwareAdapter:
+    features = ("durable", "reconnect", "pacing", "commands")
+    output = "relay"
+
+    def __init__(self, path, fresh):
+        if fresh is not None:
+            _remove(path)  # a new ring file: a reflashed board
+        self.path = path
+        self.app = app.App(_config(path))
+        self.session = self.app.session
+        if fresh is False:
+            self.app.ring.confirm()
+
+    def sample(self, n):
+        ring = self.app.ring
+        return [ring.append({"temperature": 20.0 + i / 10}, self.app.boot, None, 1000 * (i + 1), "ok")
+                for i in range(n)]
+
+    def held(self):
+        return [r.seq for r in self.app.ring.pending(0, 100000)]
+
+    def rejected(self):
+        return self.app.ring.rejected
+
+    def reopen(self):
+        self.app.ring.close()
+        return FirmwareAdapter(self.path, None)
+
+    def state(self):
+        outs = {}
+        for name in self.app.outputs:
+            outs[name] = self.app.outputs[name].value()
+        snapshot = {"interval": self.app.adaptive.base_ms, "thresholds": self.app.adaptive.thresholds,
+                    "outputs": outs}
+        return json.loads(json.dumps(snapshot))  # a copy: later commands must not change it
+
+    def reboots(self):
+        return self.app.reboot_requested
+
+    def close(self):
+        self.app.ring.close()
+
+
+def make(fresh=False):
+    _made[0] += 1
+    return FirmwareAdapter(_scratch("ring-%d.bin" % _made[0]), fresh)

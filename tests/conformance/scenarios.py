@@ -1,0 +1,662 @@
+"""Scripted gateway-frame sequences every device driver must handle alike (docs/protocol.md).
+
+Each scenario gets ``make(fresh=False)``, which builds the driver under test and returns its
+adapter (tests/conformance/drivers.py for the CPython drivers, firmware_adapter.py for the
+firmware): ``a.session`` is the driver's own DeviceSession, bound to the driver's own outbox
+(SQLite queue, flash ring, memory). ``fresh=True`` builds it on a new store whose counter was
+never confirmed by a gateway (state wiped, reflashed). An adapter has:
+
+    a.session        the driver's DeviceSession
+    a.sample(n)      store n readings through the driver's store; their seqs
+    a.held()         seqs held in the outbox, ascending
+    a.rejected()     readings the store counted as refused by the gateway
+    a.reopen()       restart / reboot: rebuild the driver from its durable state; a new adapter
+                     (only adapters with a.durable)
+    a.state()        the settings commands change (interval, thresholds, outputs)
+    a.output         the name of an output the driver has configured
+    a.reboots()      True once a reboot command was accepted
+    a.close()
+
+This file runs unchanged under CPython and MicroPython (the firmware's interpreter), so it
+keeps to the subset protocol/ uses. SCENARIOS lists (name, function, needs): the feature a
+driver must have for the scenario to apply, or None. Features (an adapter's ``features``):
+"durable" (its outbox survives a restart), "reconnect" (it reconnects as docs/protocol.md section
+11 says), "pacing" (it obeys slow-downs and paces frames) and "commands" (it runs commands). A
+device driver has all four (the simulator is not durable); the load generator, under the core's
+LOADGEN policy, has none of the last three.
+"""
+
+from protocol import wire
+from protocol.device import (
+    D_ACK,
+    D_CLOSING,
+    D_COMMAND,
+    D_DROP,
+    D_INVALID,
+    D_NOTE,
+    D_RESEND,
+    D_SLOW,
+    D_WELCOME,
+    HOURLY_MS,
+    R_BACKOFF,
+    R_HOURLY,
+    R_REFRESH,
+    R_SLOW,
+    R_STOP,
+)
+
+NOW = 1000000  # ms; any clock works, the session only compares what the caller passes in
+
+
+class Failed(Exception):
+    pass
+
+
+def check(condition, *what):
+    if not condition:
+        raise Failed(" ".join(str(part) for part in what))
+
+
+def enc(msg):
+    return wire.encode(msg)
+
+
+def welcome(last_seq, **extra):
+    msg = {"t": "welcome", "v": 1, "device": "DEV", "last_seq": last_seq, "rate": 1000.0, "burst": 1000.0,
+           "max_batch": 100, "max_frame": 16384, "time": 1764080000000}
+    for key in extra:
+        msg[key] = extra[key]
+    return enc(msg)
+
+
+def ack(seq):
+    return enc({"t": "ack", "seq": seq})
+
+
+def error(code, seq=None, text="refused by the scripted gateway"):
+    return enc(wire.error_message(code, text, seq))
+
+
+def slow(seq, retry_ms, rate):
+    return enc({"t": "slow", "rate": rate, "retry_ms": retry_ms, "seq": seq})
+
+
+def cmd(command_id, name, args=None):
+    msg = {"t": "cmd", "id": command_id, "name": name}
+    if args is not None:
+        msg["args"] = args
+    return enc(msg)
+
+
+def frames(session, now=None):
+    """Every data frame the session sends now, decoded."""
+    out = []
+    while True:
+        text = session.next_frame(up=5000, now_ms=now)
+        if text is None:
+            return out
+        out.append(wire.decode(text))
+
+
+def seqs_of(frame):
+    return list(range(frame["seq"], frame["seq"] + len(frame["r"])))
+
+
+def online(a, last_seq=0):
+    d = a.session.handle(welcome(last_seq), NOW)
+    check(d.kind == D_WELCOME, "welcome ->", d.kind)
+    return d
+
+
+# ------------------------------------------------------------------ welcome and last_seq
+
+
+def sc_welcome_zero_keeps_everything(make):
+    a = make()
+    try:
+        check(a.sample(5) == [1, 2, 3, 4, 5], "seqs", a.held())
+        d = online(a, 0)
+        check(d.renumber == 0 and d.count == 0, d)
+        check(a.held() == [1, 2, 3, 4, 5], a.held())
+        sent = frames(a.session)
+        check(sent and sent[0]["seq"] == 1, sent)
+    finally:
+        a.close()
+
+
+def sc_welcome_acks_through_last_seq(make):
+    a = make()
+    try:
+        a.sample(5)
+        d = online(a, 3)
+        check(d.renumber == 0 and d.count == 3 and d.seq == 3, d)
+        check(a.held() == [4, 5], a.held())
+        sent = frames(a.session)
+        check(sent[0]["seq"] == 4, sent)
+    finally:
+        a.close()
+
+
+def sc_welcome_covering_everything_empties_outbox(make):
+    a = make()
+    try:
+        a.sample(5)
+        online(a, 5)
+        check(a.held() == [], a.held())
+        check(frames(a.session) == [], "nothing to send")
+        check(a.sample(1) == [6], "counter continues")
+    finally:
+        a.close()
+
+
+def sc_welcome_beyond_counter_renumbers(make):
+    a = make()
+    try:
+        a.sample(3)
+        d = online(a, 1041)  # the gateway stored seqs this device never issued: counter lost
+        check(d.renumber == 1041, d)
+        check(a.held() == [1042, 1043, 1044], a.held())
+        check(a.sample(1) == [1045], "counter after renumber")
+        check(seqs_of(frames(a.session)[0])[0] == 1042, "first frame")
+    finally:
+        a.close()
+
+
+def sc_welcome_beyond_counter_with_empty_outbox(make):
+    a = make()
+    try:
+        online(a, 50)
+        check(a.held() == [], a.held())
+        check(a.sample(1) == [51], "counter continues after last_seq")
+    finally:
+        a.close()
+
+
+def sc_lost_counter_renumbers_overlap(make):
+    a = make(fresh=True)  # state wiped: numbering restarted at 1
+    try:
+        a.sample(5)
+        d = online(a, 3)  # the gateway holds 1..3 from a past life
+        check(d.renumber == 3 and d.count == 0, d)
+        check(a.held() == [4, 5, 6, 7, 8], a.held())
+        check(a.sample(1) == [9], "counter")
+    finally:
+        a.close()
+
+
+def sc_lost_counter_confirmed_by_first_welcome(make):
+    a = make(fresh=True)
+    try:
+        a.sample(3)
+        d = online(a, 0)  # a brand-new device: nothing to renumber
+        check(d.renumber == 0 and a.held() == [1, 2, 3], d, a.held())
+        a.session.connection_lost()
+        d = online(a, 2)  # confirmed now: a later welcome acks
+        check(d.renumber == 0 and d.count == 2 and a.held() == [3], d, a.held())
+    finally:
+        a.close()
+
+
+def sc_lost_counter_survives_restart(make):
+    a = make(fresh=True)
+    a.sample(3)
+    a = a.reopen()  # rebooted before any welcome: the counter is still unconfirmed
+    try:
+        d = online(a, 2)
+        check(d.renumber == 2 and a.held() == [3, 4, 5], d, a.held())
+    finally:
+        a.close()
+
+
+def sc_confirmed_counter_survives_restart(make):
+    a = make(fresh=True)
+    online(a, 0)
+    a.sample(3)
+    a = a.reopen()
+    try:
+        d = online(a, 2)  # the ack of 1..2 was lost, not the counter
+        check(d.renumber == 0 and a.held() == [3], d, a.held())
+    finally:
+        a.close()
+
+
+# ------------------------------------------------------------------ acks, window, errors
+
+
+def sc_cumulative_ack(make):
+    a = make()
+    try:
+        a.sample(6)
+        online(a, 0)
+        a.session.max_batch = 2
+        sent = frames(a.session)
+        check([f["seq"] for f in sent] == [1, 3, 5], sent)
+        d = a.session.handle(ack(4), NOW)
+        check(d.kind == D_ACK and d.seq == 4 and d.count == 4, d)
+        check(a.held() == [5, 6] and len(a.session.in_flight) == 1, a.held(), a.session.in_flight)
+        d = a.session.handle(ack(2), NOW)  # a stale ack changes nothing
+        check(d.count == 0 and a.held() == [5, 6], d, a.held())
+    finally:
+        a.close()
+
+
+def sc_window_limits_frames_in_flight(make):
+    a = make()
+    try:
+        a.sample(10)
+        online(a, 0)
+        a.session.max_batch = 1
+        a.session.window = 4
+        check(len(frames(a.session)) == 4, "window of 4")
+        a.session.handle(ack(1), NOW)
+        again = frames(a.session)
+        check(len(again) == 1 and again[0]["seq"] == 5, again)
+    finally:
+        a.close()
+
+
+def sc_refused_frame_is_dropped_not_resent(make):
+    a = make()
+    try:
+        a.sample(6)
+        online(a, 0)
+        a.session.max_batch = 2
+        frames(a.session)  # 1-2, 3-4, 5-6
+        d = a.session.handle(error(wire.E_BAD_VALUE, 3), NOW)
+        check(d.kind == D_DROP and d.seq == 3 and d.last == 4 and d.count == 2, d)
+        check(a.held() == [1, 2, 5, 6] and a.rejected() == 2, a.held(), a.rejected())
+        a.session.connection_lost()  # the acks were lost with the connection
+        online(a, 0)
+        a.session.max_batch = 2
+        resent = [seqs_of(f) for f in frames(a.session)]
+        check(resent == [[1, 2], [5, 6]], resent)
+    finally:
+        a.close()
+
+
+def sc_refused_frame_frees_its_window_slot(make):
+    a = make()
+    try:
+        a.sample(2)
+        online(a, 0)
+        a.session.max_batch = 1
+        a.session.window = 1
+        check(len(frames(a.session)) == 1 and not a.session.can_send(), "window full")
+        a.session.handle(error(wire.E_TOO_LARGE, 1), NOW)
+        nxt = frames(a.session)
+        check(len(nxt) == 1 and nxt[0]["seq"] == 2, nxt)
+    finally:
+        a.close()
+
+
+def sc_not_stored_errors_are_resent(make):
+    for code in (wire.E_RATE, wire.E_STORAGE):
+        a = make()
+        try:
+            a.sample(4)
+            online(a, 0)
+            a.session.max_batch = 1
+            frames(a.session)
+            d = a.session.handle(error(code, 3), NOW)
+            check(d.kind == D_RESEND and d.seq == 3, code, d)
+            check(a.held() == [1, 2, 3, 4] and a.rejected() == 0, code, a.held())
+            again = frames(a.session)
+            check([f["seq"] for f in again] == [3, 4], code, again)
+        finally:
+            a.close()
+
+
+def sc_error_without_a_frame_changes_nothing(make):
+    a = make()
+    try:
+        a.sample(2)
+        online(a, 0)
+        frames(a.session)
+        for text in (error(wire.E_BAD_JSON), error(wire.E_BAD_VALUE, 99)):
+            d = a.session.handle(text, NOW)
+            check(d.kind == D_NOTE, text, d)
+        for text in ('{"t": "surprise"}', "not json", enc({"t": "ack"})):
+            d = a.session.handle(text, NOW)
+            check(d.kind == D_INVALID, text, d)
+        check(a.held() == [1, 2] and a.rejected() == 0, a.held())
+    finally:
+        a.close()
+
+
+def sc_closing_error_announces_the_close(make):
+    a = make()
+    try:
+        online(a, 0)
+        d = a.session.handle(error(wire.E_AUTH_FAILED), NOW)
+        check(d.kind == D_CLOSING and d.close_code == wire.CLOSE_AUTH_FAILED, d)
+        r = a.session.closed(None, NOW)  # the socket dropped before the close frame
+        check(r.action == R_STOP, r)
+    finally:
+        a.close()
+
+
+def sc_slow_down_waits_then_paces(make):
+    a = make()
+    try:
+        a.sample(3)
+        online(a, 0)
+        a.session.max_batch = 1
+        sent = frames(a.session, NOW)
+        check(len(sent) == 1, "paced from the first frame at the welcome's rate", sent)
+        sent = frames(a.session, NOW + 1) + frames(a.session, NOW + 2)
+        check([f["seq"] for f in sent] == [2, 3], sent)
+        d = a.session.handle(slow(2, 500, 2.0), NOW + 2)
+        check(d.kind == D_SLOW and d.seq == 2 and d.wait_ms == 500, d)
+        check(frames(a.session, NOW + 100) == [] and a.session.send_wait_ms(NOW + 100) == 402, "waits retry_ms")
+        again = frames(a.session, NOW + 502)
+        check([f["seq"] for f in again] == [2], again)
+        check(frames(a.session, NOW + 900) == [], "paced at rate 2/s")
+        check([f["seq"] for f in frames(a.session, NOW + 1002)] == [3], "then the next")
+        check(a.held() == [1, 2, 3], a.held())
+    finally:
+        a.close()
+
+
+def sc_frames_fit_max_frame(make):
+    a = make()
+    try:
+        a.sample(12)
+        a.session.handle(welcome(0, max_frame=400), NOW)
+        a.session.max_batch = 12
+        a.session.window = 20
+        sent = []
+        while True:
+            text = a.session.next_frame(up=5000)
+            if text is None:
+                break
+            check(len(text) <= 400, "frame of", len(text), "bytes")
+            sent.append(wire.decode(text))
+        got = []
+        for f in sent:
+            wire.parse_data(f)
+            got += seqs_of(f)
+        check(got == list(range(1, 13)) and len(sent) > 1, got)
+    finally:
+        a.close()
+
+
+def sc_data_frames_are_valid(make):
+    a = make()
+    try:
+        a.sample(3)
+        online(a, 0)
+        for f in frames(a.session):
+            parsed = wire.parse_data(f)
+            check(parsed.readings and f.get("boot"), f)
+    finally:
+        a.close()
+
+
+# ------------------------------------------------------------------ the end of a connection
+
+BACKOFF_CODES = (1000, 1001, 1006, 1009, 1011, 1012, 1013, 4002, 4008, 4009, 4999)
+STOP_CODES = (4001, 4005, 4006, 4007)
+
+
+def _backoff_delay_ok(session, r, first):
+    base = session.backoff.base_ms
+    if first:
+        return base // 2 <= r.delay_ms <= base
+    return base // 2 <= r.delay_ms <= session.backoff.cap_ms
+
+
+def sc_close_codes(make):
+    for code in BACKOFF_CODES:
+        a = make()
+        try:
+            online(a, 0)
+            r = a.session.closed(code, NOW)
+            check(r.action == R_BACKOFF and _backoff_delay_ok(a.session, r, True), code, r)
+            check(r.at_ms == NOW + r.delay_ms, "counted from the end of the attempt", r)
+            check(not a.session.connect_due(r.at_ms - 1) and a.session.connect_due(r.at_ms), code)
+        finally:
+            a.close()
+    for code in STOP_CODES:
+        a = make()
+        try:
+            online(a, 0)
+            r = a.session.closed(code, NOW)
+            check(r.action == R_STOP and r.delay_ms == -1, code, r)
+            check(not a.session.connect_due(NOW + 10 * HOURLY_MS), "stopped", code)
+        finally:
+            a.close()
+    a = make()
+    try:
+        online(a, 0)
+        r = a.session.closed(4003, NOW)
+        check(r.action == R_HOURLY and HOURLY_MS * 9 // 10 <= r.delay_ms <= HOURLY_MS, r)
+        r = a.session.closed(4000, NOW)
+        cap = a.session.backoff.cap_ms
+        check(r.action == R_SLOW and cap // 2 <= r.delay_ms <= cap, r)
+        r = a.session.closed(4004, NOW)
+        check(r.action == R_REFRESH, r)
+    finally:
+        a.close()
+
+
+def sc_backoff_grows_and_resets_on_welcome(make):
+    a = make()
+    try:
+        s = a.session
+        delays = []
+        for _ in range(12):
+            delays.append(s.failed(NOW).delay_ms)
+        base = s.backoff.base_ms
+        cap = s.backoff.cap_ms
+        check(base // 2 <= delays[0] <= base and delays[-1] >= cap // 2, delays)
+        check(max(delays) <= cap, delays)
+        online(a, 0)
+        check(s.closed(1011, NOW).delay_ms <= base, "reset by the welcome")
+    finally:
+        a.close()
+
+
+def sc_http_refusals(make):
+    cases = ((401, wire.E_AUTH_FAILED, R_STOP), (401, None, R_STOP), (401, wire.E_EXPIRED, R_REFRESH),
+             (403, wire.E_DISABLED, R_HOURLY), (403, None, R_HOURLY), (403, wire.E_ADDRESS, R_STOP),
+             (503, wire.E_SHUTDOWN, R_BACKOFF), (404, None, R_BACKOFF), (500, None, R_BACKOFF))
+    for status, code, action in cases:
+        a = make()
+        try:
+            r = a.session.refused(status, code, NOW)
+            check(r.action == action, status, code, r)
+        finally:
+            a.close()
+
+
+def sc_stop_lasts_until_the_credential_changes(make):
+    a = make()
+    try:
+        online(a, 0)
+        r = a.session.closed(4005, NOW)
+        check(r.action == R_STOP and not a.session.connect_due(NOW + 100 * HOURLY_MS), r)
+        a.sample(2)
+        check(a.held() == [1, 2], "sampling continues while stopped", a.held())
+        a.session.set_credential(token="ewt_" + "n" * 32)
+        check(a.session.connect_due(NOW), "a new credential ends the stop")
+        check(a.session.credential == "ewt_" + "n" * 32, a.session.credential)
+    finally:
+        a.close()
+
+
+def sc_expired_credential_is_refreshed(make):
+    a = make()
+    try:
+        online(a, 0)
+        a.session.closed(4004, NOW)
+        r = a.session.refreshed(jwt="aaa.bbb.ccc", now_ms=NOW)
+        check(r.action == R_BACKOFF and a.session.credential == "aaa.bbb.ccc", r)
+        check(_backoff_delay_ok(a.session, r, True) and a.session.connect_due(r.at_ms), r)
+        a.session.closed(4004, NOW)
+        r = a.session.refreshed(jwt="aaa.bbb.ccc", now_ms=NOW)  # the provider had nothing new
+        check(r.action == R_STOP, r)
+        a.session.closed(4004, NOW)
+        check(a.session.refreshed(None, None, NOW).action == R_STOP, "no credential at all")
+    finally:
+        a.close()
+
+
+def sc_too_big_close_halves_the_batch(make):
+    a = make()
+    try:
+        online(a, 0)
+        before = a.session.batch_limit
+        r = a.session.closed(wire.CLOSE_TOO_BIG, NOW)
+        check(r.action == R_BACKOFF and a.session.batch_limit == max(1, before // 2), r, a.session.batch_limit)
+    finally:
+        a.close()
+
+
+# ------------------------------------------------------------------ commands
+
+GOOD = (
+    ("ping", {}),
+    ("set_interval", {"seconds": 60}),
+    ("set_interval", {"seconds": wire.MAX_INTERVAL_S}),
+    ("set_thresholds", {"metric": "temperature", "high": 30.5, "low": 10}),
+    ("set_thresholds", {"metric": "humidity", "high": 80}),
+    ("set_thresholds", {"metric": "humidity", "low": 20}),
+)
+
+BAD = (  # (name, args, a piece of the answer)
+    ("set_interval", {"seconds": 0}, "seconds > 0"),
+    ("set_interval", {"seconds": -5}, "seconds > 0"),
+    ("set_interval", {"seconds": wire.MAX_INTERVAL_S + 1}, "<= 86400"),
+    ("set_interval", {"seconds": "5"}, "'seconds' must be a finite number"),
+    ("set_interval", {"seconds": True}, "'seconds' must be a finite number"),
+    ("set_interval", {}, "'seconds' is missing"),
+    ("set_thresholds", {"high": 3}, "'metric' is missing"),
+    ("set_thresholds", {"metric": "Temp!", "high": 3}, "'metric' must be a metric name"),
+    ("set_thresholds", {"metric": "temperature"}, "neither high nor low"),
+    ("set_thresholds", {"metric": "temperature", "high": 1, "low": 5}, "low must be below high"),
+    ("set_thresholds", {"metric": "temperature", "high": "hot"}, "'high' must be a finite number"),
+    ("set_output", {"on": True}, "'output' is missing"),
+    ("set_output", {"output": "OUT", "on": "yes"}, "'on' must be true or false"),
+    ("set_output", {"output": "laser", "on": True}, "laser"),
+    ("warp", {}, "unknown command 'warp'"),
+)
+
+
+def _answer(a, name, args, command_id="c-1"):
+    d = a.session.handle(cmd(command_id, name, args), NOW)
+    check(d.kind == D_COMMAND and d.reply is not None, name, d)
+    reply = wire.decode(d.reply)
+    check(reply["t"] == "result" and reply["id"] == command_id and type(reply["ok"]) is bool, reply)
+    return d, reply
+
+
+def sc_commands_with_good_arguments(make):
+    a = make()
+    try:
+        online(a, 0)
+        for name, args in GOOD:
+            before = a.state()
+            d, reply = _answer(a, name, args)
+            check(reply["ok"] is True and d.ok, name, args, reply)
+            if name != "ping":
+                check(a.state() != before, name, args, "changed nothing")
+        before = a.state()
+        d, reply = _answer(a, "set_output", {"output": a.output, "on": True})
+        check(reply["ok"] is True and a.state() != before, reply)
+        d, reply = _answer(a, "reboot", {})
+        check(reply["ok"] is True and d.name == "reboot" and a.reboots(), reply)
+    finally:
+        a.close()
+
+
+def sc_commands_with_bad_arguments_change_nothing(make):
+    a = make()
+    try:
+        online(a, 0)
+        for name, args, expect in BAD:
+            args = dict(args)
+            if args.get("output") == "OUT":
+                args["output"] = a.output
+            before = a.state()
+            d, reply = _answer(a, name, args)
+            check(reply["ok"] is False and not d.ok, name, args, reply)
+            check(expect in reply.get("msg", ""), name, args, "message", reply.get("msg"), "lacks", expect)
+            check(a.state() == before, name, args, "changed the state")
+        check(not a.reboots(), "no reboot")
+    finally:
+        a.close()
+
+
+def sc_malformed_commands(make):
+    a = make()
+    try:
+        online(a, 0)
+        d, reply = _answer(a, "set_interval", [60])
+        check(reply["ok"] is False and "object" in reply["msg"], reply)
+        d, reply = _answer(a, "ping", None)  # no args at all: {}
+        check(reply["ok"] is True, reply)
+        for bad_id in (None, 7, ""):
+            msg = {"t": "cmd", "name": "ping", "args": {}}
+            if bad_id is not None:
+                msg["id"] = bad_id
+            d = a.session.handle(enc(msg), NOW)
+            check(d.kind == D_INVALID and d.reply is None, "no answer without a string id", d)
+    finally:
+        a.close()
+
+
+SCENARIOS = (
+    ("welcome_zero_keeps_everything", sc_welcome_zero_keeps_everything, None),
+    ("welcome_acks_through_last_seq", sc_welcome_acks_through_last_seq, None),
+    ("welcome_covering_everything_empties_outbox", sc_welcome_covering_everything_empties_outbox, None),
+    ("welcome_beyond_counter_renumbers", sc_welcome_beyond_counter_renumbers, None),
+    ("welcome_beyond_counter_with_empty_outbox", sc_welcome_beyond_counter_with_empty_outbox, None),
+    ("lost_counter_renumbers_overlap", sc_lost_counter_renumbers_overlap, None),
+    ("lost_counter_confirmed_by_first_welcome", sc_lost_counter_confirmed_by_first_welcome, None),
+    ("lost_counter_survives_restart", sc_lost_counter_survives_restart, "durable"),
+    ("confirmed_counter_survives_restart", sc_confirmed_counter_survives_restart, "durable"),
+    ("cumulative_ack", sc_cumulative_ack, None),
+    ("window_limits_frames_in_flight", sc_window_limits_frames_in_flight, None),
+    ("refused_frame_is_dropped_not_resent", sc_refused_frame_is_dropped_not_resent, None),
+    ("refused_frame_frees_its_window_slot", sc_refused_frame_frees_its_window_slot, None),
+    ("not_stored_errors_are_resent", sc_not_stored_errors_are_resent, None),
+    ("error_without_a_frame_changes_nothing", sc_error_without_a_frame_changes_nothing, None),
+    ("closing_error_announces_the_close", sc_closing_error_announces_the_close, None),
+    ("slow_down_waits_then_paces", sc_slow_down_waits_then_paces, "pacing"),
+    ("frames_fit_max_frame", sc_frames_fit_max_frame, None),
+    ("data_frames_are_valid", sc_data_frames_are_valid, None),
+    ("close_codes", sc_close_codes, "reconnect"),
+    ("backoff_grows_and_resets_on_welcome", sc_backoff_grows_and_resets_on_welcome, "reconnect"),
+    ("http_refusals", sc_http_refusals, "reconnect"),
+    ("stop_lasts_until_the_credential_changes", sc_stop_lasts_until_the_credential_changes, "reconnect"),
+    ("expired_credential_is_refreshed", sc_expired_credential_is_refreshed, "reconnect"),
+    ("too_big_close_halves_the_batch", sc_too_big_close_halves_the_batch, "reconnect"),
+    ("commands_with_good_arguments", sc_commands_with_good_arguments, "commands"),
+    ("commands_with_bad_arguments_change_nothing", sc_commands_with_bad_arguments_change_nothing, "commands"),
+    ("malformed_commands", sc_malformed_commands, "commands"),
+)
+
+
+DEVICE_FEATURES = ("durable", "reconnect", "pacing", "commands")
+
+
+def applicable(needs, features):
+    return needs is None or needs in features
+
+
+def run_all(make, features, only=None):
+    """Run every applicable scenario; print ``PASS name`` / ``FAIL name: why``; return failures."""
+    failed = []
+    for name, func, needs in SCENARIOS:
+        if only is not None and name not in only:
+            continue
+        if not applicable(needs, features):
+            print("N/A", name)
+            continue
+        try:
+            func(make)
+            print("PASS", name)
+        except Exception as err:  # report and go on: one line per scenario
+            failed.append(name)
+            print("FAIL", name + ":", repr(err))
+    return failed

@@ -1,0 +1,123 @@
+"""protocol/device.py and protocol/outbox.py: Backoff, policies, close and command tables, the
+legacy tuple interface. The scripted sequences every driver must pass are in tests/conformance."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from protocol import wire
+from protocol.device import (
+    CLOSE_ACTIONS,
+    D_COMMAND,
+    D_SLOW,
+    DEV_ACK,
+    DEV_CMD,
+    DEV_ERROR,
+    DEV_WELCOME,
+    LOADGEN,
+    R_BACKOFF,
+    R_STOP,
+    Backoff,
+    DeviceSession,
+    Policy,
+)
+from protocol.outbox import MemoryOutbox
+
+
+def test_backoff_is_exponential_with_equal_jitter_and_a_cap() -> None:
+    low = Backoff(100, 1000, rand=lambda: 0.0)
+    assert [low.next_ms() for _ in range(6)] == [50, 100, 200, 400, 500, 500]
+    high = Backoff(100, 1000, rand=lambda: 0.9999)
+    assert [high.next_ms() for _ in range(6)] == [100, 200, 400, 800, 1000, 1000]
+    high.reset()
+    assert high.next_ms() == 100
+    assert 500 <= high.at_cap_ms() <= 1000 and high.next_ms() >= 500  # stays at the cap
+
+
+def test_backoff_accepts_seconds_scaled_floats_and_odd_bounds() -> None:
+    assert Backoff(0.2, 0.1).cap_ms == 1  # sub-millisecond bases round up to 1 ms, cap >= base
+    assert Backoff(250.7, 2000.2).base_ms == 250
+
+
+def test_every_stop_and_special_code_is_in_the_table() -> None:
+    assert {code for code, action in CLOSE_ACTIONS.items() if action == R_STOP} == {
+        wire.CLOSE_AUTH_FAILED, wire.CLOSE_REPLACED, wire.CLOSE_ADDRESS, wire.CLOSE_IDENTITY}
+    for code in (1000, 1001, 1009, 1011, 1012, 1013, 4002, 4008, 4009):
+        assert code not in CLOSE_ACTIONS  # they back off
+
+
+def test_loadgen_policy_never_reconnects_ignores_slow_down_and_does_not_run_commands() -> None:
+    ran: list[str] = []
+    session = DeviceSession("LG-1", token="t", max_batch=1, policy=LOADGEN,
+                            handlers={"ping": lambda args: (ran.append("ping"), (True, "pong", None))[1]})
+    session.handle(wire.encode({"t": "welcome", "last_seq": 0, "rate": 1.0}), 0)
+    pending = [wire.Reading(i, {"temperature": 1.0}) for i in (1, 2, 3)]
+    assert session.next_frame(pending, now_ms=0) and session.next_frame(pending, now_ms=0)  # no pacing
+    slow = session.handle(wire.encode({"t": "slow", "rate": 1.0, "retry_ms": 5000, "seq": 2}), 0)
+    assert slow.kind == D_SLOW and slow.wait_ms == 0 and session.sent == 1  # rewound, no wait
+    assert json.loads(session.next_frame(pending, now_ms=1) or "{}")["seq"] == 2
+    answer = session.handle(wire.encode({"t": "cmd", "id": "c1", "name": "set_interval", "args": {}}), 0)
+    assert answer.kind == D_COMMAND and json.loads(answer.reply or "{}")["ok"] is True and not ran
+    for code in (1011, 4003, 4004):
+        assert session.closed(code, 0).action == R_STOP
+    assert session.failed(0).action == R_STOP and session.refused(503, None, 0).action == R_STOP
+
+
+def test_default_policy_reconnects() -> None:
+    assert Policy().reconnect and DeviceSession("D").closed(1011, 0).action == R_BACKOFF
+
+
+def test_handler_exceptions_are_answered_not_raised() -> None:
+    def broken(args: dict[str, object]) -> tuple[bool, str, None]:
+        raise RuntimeError("sensor bus stuck")
+
+    session = DeviceSession("D", handlers={"ping": broken})
+    ok, message, _ = session.run_command("ping", {})
+    assert ok is False and "sensor bus stuck" in message
+    ok, message, _ = session.run_command("reboot", {})
+    assert ok is False and "not supported" in message
+
+
+@pytest.mark.parametrize(("name", "args", "expected"), [
+    ("set_interval", {"seconds": 0.5, "extra": 1}, {"seconds": 0.5}),
+    ("set_thresholds", {"metric": "co2", "high": 1200}, {"metric": "co2", "high": 1200}),
+    ("set_output", {"output": "relay", "on": False}, {"output": "relay", "on": False}),
+    ("ping", None, {}),
+])
+def test_parse_command_returns_only_named_arguments(name: str, args: object, expected: dict[str, object]) -> None:
+    assert wire.parse_command(name, args) == expected
+
+
+def test_parse_command_codes() -> None:
+    with pytest.raises(wire.ProtocolError) as err:
+        wire.parse_command("launch", {})
+    assert err.value.code == wire.E_UNKNOWN_TYPE and "known: ping, reboot" in err.value.message
+    with pytest.raises(wire.ProtocolError) as err:
+        wire.parse_command("ping", [])
+    assert err.value.code == wire.E_BAD_FRAME
+    with pytest.raises(wire.ProtocolError) as err:
+        wire.parse_command("set_interval", {"seconds": float("nan")})
+    assert err.value.code == wire.E_BAD_VALUE
+
+
+def test_memory_outbox_bounds_and_binary_search() -> None:
+    box = MemoryOutbox(first_seq=10, limit=3)
+    for i in range(5):
+        box.add({"temperature": float(i)})
+    assert [r.seq for r in box.readings] == [12, 13, 14] and box.dropped == 2
+    assert [r.seq for r in box.pending(12, 5)] == [13, 14] and box.pending(14, 5) == []
+    assert box.drop(13, 13) == 1 and box.rejected == 1 and box.ack(12) == 1 and box.acked == 1
+    assert box.first_seq == 14 and MemoryOutbox().confirmed is False
+
+
+def test_legacy_tuple_interface_for_the_old_load_generator() -> None:
+    session = DeviceSession("D", token="t")
+    assert session.receive(wire.encode({"t": "welcome", "last_seq": 3}))[0] == DEV_WELCOME
+    assert session.receive(wire.encode({"t": "ack", "seq": 4})) == (DEV_ACK, 4)
+    kind, cmd = session.receive(wire.encode({"t": "cmd", "id": "c", "name": "x"}))
+    assert kind == DEV_CMD and cmd == {"id": "c", "name": "x", "args": {}}
+    assert session.receive(wire.encode(wire.error_message("bad_json", "x")))[0] == DEV_ERROR
+    with pytest.raises(wire.ProtocolError):
+        session.receive(wire.encode({"t": "nope"}))
