@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
+from bench import loadgen as lg
 from bench import run as bench_run
-from simulator import loadgen as lg
 from tests.helpers.gateway import GatewayProcess
 
 pytestmark = pytest.mark.timeout(180)
@@ -23,7 +24,7 @@ def test_devices_are_acked_stored_and_seen_on_the_dashboard(gateway: GatewayProc
         assert conn["connected"] == 6, conn
         assert conn["failures"] == 0
         watcher.mark()
-        gen.start(start_at=lg.time.time() + 0.2, hold_s=2.0, rate=2.0, drain_s=10.0)
+        gen.start(start_at=time.time() + 0.2, hold_s=2.0, rate=2.0, drain_s=10.0)
         results = gen.results(60)
         stats = watcher.stats()
     finally:
@@ -49,7 +50,7 @@ def test_second_run_continues_the_stored_sequence(gateway: GatewayProcess) -> No
         gen = lg.LoadGen("edgewire", gateway.device_url, list(tokens.items()), workers=1)
         try:
             assert gen.connect(timeout=30)["connected"] == 1
-            gen.start(lg.time.time() + 0.1, 1.0, 3.0, 10.0)
+            gen.start(time.time() + 0.1, 1.0, 3.0, 10.0)
             (result,) = gen.results(60)
         finally:
             gen.close()
@@ -77,7 +78,7 @@ def test_bench_run_end_to_end_tiny(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "latest.json").read_text())
     assert report["schema"] == bench_run.SCHEMA
     (step,) = report["steps"]
-    assert set(step["systems"]) == {"gateway", "gateway-transport", "mosquitto"}
+    assert set(step["systems"]) == {"gateway", "gateway-storage-none", "mosquitto"}
     gw = step["systems"]["gateway"]
     assert gw["connected"] == 20 and gw["lost"] == 0 and gw["stored"] == gw["generated"] == 40
     mq = step["systems"]["mosquitto"]
