@@ -129,9 +129,10 @@ class DeviceConn(WsClient):
         self.flush()
 
     def flush(self) -> None:
+        """Send what the window allows (nothing when every kept reading is already in flight)."""
         session = self.session
         pending = self.pending
-        while self.ws.state is OPEN:
+        while pending and pending[-1].seq > session.sent_through and self.ws.state is OPEN:
             frame = session.next_frame(pending)
             if frame is None:
                 return

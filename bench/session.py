@@ -88,6 +88,11 @@ class BenchSession:
         self.core.connection_lost()
 
     @property
+    def sent_through(self) -> int:
+        """Highest seq sent on this connection (absolute)."""
+        return self.core.sent
+
+    @property
     def acked_through(self) -> int:
         """Highest seq the gateway acknowledged (absolute)."""
         return self.core.acked

@@ -110,8 +110,8 @@ def test_device_conn_stops_on_a_server_close() -> None:
 
 
 def test_clientcost_measures_the_path() -> None:
-    result = clientcost.measure(500)
-    assert result["rounds"] == 500
+    result = clientcost.measure(500, devices=7)
+    assert result["rounds"] == 500 and result["devices"] == 7
     assert 100 <= result["bytes_per_round"] <= 200  # one masked data frame of ~115 bytes per round
     assert result["cpu_us"] > 0
     assert clientcost.main(["--rounds", "200", "--runs", "1", "--devices", "10"]) == 0
