@@ -19,6 +19,7 @@ from websockets.typing import BytesLike
 from websockets.uri import WebSocketURI
 
 from bench import mqtt
+from bench.outbox import BenchOutbox
 from bench.session import BenchSession
 from bench.wsclient import WsClient
 from protocol import wire
@@ -55,17 +56,16 @@ ACK_LATENCIES: array[float] = array("d")
 
 
 class DeviceConn(WsClient):
-    """One Edgewire device: a BenchSession over a WsClient; readings kept in memory until acked."""
+    """One Edgewire device: a BenchSession over a WsClient; readings in a BenchOutbox until acked."""
 
-    __slots__ = ("generated", "next_seq", "payloads", "pending", "session")
+    __slots__ = ("generated", "outbox", "payloads", "session")
 
     def __init__(self, uri: WebSocketURI, device_id: str, token: str, payloads: Payloads, window: int = 4,
                  max_batch: int = 20) -> None:
         super().__init__(uri)
-        self.session = BenchSession(device_id, token, window, max_batch, orjson.loads, dumps)
-        self.pending: list[wire.Reading] = []  # not yet acknowledged, seq order (the outbox)
+        self.outbox = BenchOutbox(ACK_LATENCIES)
+        self.session = BenchSession(device_id, token, self.outbox, window, max_batch, orjson.loads, dumps)
         self.payloads = payloads
-        self.next_seq = 1
         self.generated = 0
 
     @property
@@ -96,44 +96,28 @@ class DeviceConn(WsClient):
     def on_message(self, opcode: int, payload: BytesLike) -> None:
         if opcode != _TEXT:
             return
-        session = self.session
-        moved, reply = session.receive(payload)
+        moved, reply = self.session.handle(payload)
         if reply is not None:
             self.send_text(reply)
-        if not moved:
-            return
-        if not self.generated:
-            self.next_seq = session.base_seq + 1  # first welcome: continue the stored sequence
-        pending = self.pending
-        through = session.acked_through
-        if pending and pending[0].seq <= through:
-            stamp = time.time() * 1000.0  # reading taken -> stored and acked
-            cut = 0
-            for reading in pending:
-                if reading.seq > through:
-                    break
-                if reading.ts is not None:
-                    ACK_LATENCIES.append(stamp - reading.ts)
-                cut += 1
-            del pending[:cut]
-        self.flush()
+        if moved:
+            self.flush()
 
     def on_closed(self) -> None:
-        self.session.closed(self.close_code)
+        code = self.close_code
+        self.session.closed(code or None)
 
     def tick(self, ts: int, index: int) -> None:
         """Take one reading (timestamped ``ts``) and send what the window allows."""
-        self.pending.append(wire.Reading(self.next_seq, self.payloads.metrics(index), ts, None, "ok"))
-        self.next_seq += 1
+        self.outbox.add(self.payloads.metrics(index), ts)
         self.generated += 1
         self.flush()
 
     def flush(self) -> None:
         """Send what the window allows (nothing when every kept reading is already in flight)."""
         session = self.session
-        pending = self.pending
-        while pending and pending[-1].seq > session.sent_through and self.ws.state is OPEN:
-            frame = session.next_frame(pending)
+        readings = self.outbox.readings
+        while readings and readings[-1].seq > session.sent_through and self.ws.state is OPEN:
+            frame = session.next_frame()
             if frame is None:
                 return
             self.send_text(frame)
