@@ -29,6 +29,7 @@ from typing import Any
 from bench import clients, mqtt
 from bench.clients import DeviceConn, MqttPublisher, Payloads
 from bench.errors import LoadgenError
+from bench.metrics import latency_summary
 from bench.proc import process_cpu_seconds, raise_nofile_limit, rss_kib
 from bench.watchers import DashboardWatcher, MqttSubscriber
 from bench.wsclient import open_connection, parse_ws_url, wait_until
@@ -284,6 +285,7 @@ class LoadGen:
                  sources: int = 1, window: int = 4, max_batch: int = 20) -> None:
         if kind not in ("edgewire", "mqtt"):
             raise LoadgenError(f"kind {kind!r} must be 'edgewire' or 'mqtt'")
+        parse_ws_url(url)  # refuse a non-loopback target before any process starts
         workers = max(1, min(workers, len(devices) or 1))
         addrs = [f"127.0.0.{i + 1}" for i in range(max(1, sources))]
         self.procs = [Proc({"kind": kind, "url": url, "devices": list(devices[i::workers]), "sources": addrs,
@@ -374,25 +376,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=256, help="handshakes in flight (default 256)")
     parser.add_argument("--drain", type=float, default=10.0, help="seconds to wait for acks after sending")
     args = parser.parse_args(argv)
-    if args.duration <= 0 or args.duration > 3600 or args.rate <= 0 or args.rate > 100:
+    if not 0 < args.duration <= 3600 or not 0 < args.rate <= 100:
         parser.error("--duration must be in (0, 3600] and --rate in (0, 100]")
-    devices = read_device_file(args.devices_file)
+    if not 1 <= args.workers <= 64 or not 1 <= args.sources <= 254 or args.concurrency < 1:
+        parser.error("--workers must be in 1..64, --sources in 1..254 and --concurrency at least 1")
+    try:
+        parse_ws_url(args.url)
+        devices = read_device_file(args.devices_file)
+    except OSError as err:
+        print(f"error: cannot read --devices-file: {err.strerror or err} ({args.devices_file})", file=sys.stderr)
+        return 2
+    except LoadgenError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.devices:
         devices = devices[:args.devices]
+    if not devices:
+        print(f"error: {args.devices_file} lists no devices (lines of device_id,token)", file=sys.stderr)
+        return 2
     gen = LoadGen("mqtt" if args.mqtt else "edgewire", args.url, devices, args.workers, args.sources)
     try:
         conn = gen.connect(args.concurrency)
         gen.start(time.time() + 0.5, args.duration, args.rate, args.drain)
         results = gen.results(args.duration + args.drain + 60)
-        print(json.dumps({"connect": conn, "workers": results}, indent=2))
     except LoadgenError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
         gen.close()
         gen.stop()
+    for result in results:  # one summary per worker instead of every sample
+        result["ack_latency"] = latency_summary(result.pop("ack_latencies"))
+    print(json.dumps({"connect": conn, "workers": results}, indent=2))
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

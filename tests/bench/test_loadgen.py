@@ -88,3 +88,37 @@ def test_bench_run_end_to_end_tiny(tmp_path: Path) -> None:
         assert system["latency"]["count"] > 0
     assert "gateway/mosquitto" in step["ratios"]
     assert any(p.name.startswith("bench-") for p in tmp_path.iterdir())
+
+
+def test_cli_runs_a_load_and_prints_json(gateway: GatewayProcess, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    tokens = gateway.register_many(["lg-cli-1", "lg-cli-2"])
+    devices = tmp_path / "devices.txt"
+    devices.write_text("# id,token\n" + "".join(f"{d},{t}\n" for d, t in tokens.items()))
+    code = lg.main(["--url", gateway.device_url, "--devices-file", str(devices), "--duration", "1",
+                    "--rate", "2", "--drain", "10"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["connect"]["connected"] == 2
+    (worker,) = out["workers"]
+    assert worker["generated"] == worker["acked"] == 4
+    assert worker["ack_latency"]["count"] == 4
+    assert gateway.storage_counts() == {"lg-cli-1": 2, "lg-cli-2": 2}
+
+
+def test_cli_expected_failures_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.txt"
+    assert lg.main(["--url", "ws://127.0.0.1:9/v1/device", "--devices-file", str(missing)]) == 2
+    assert capsys.readouterr().err.startswith("error: cannot read --devices-file")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("only-an-id\n")
+    assert lg.main(["--url", "ws://127.0.0.1:9/v1/device", "--devices-file", str(bad)]) == 2
+    assert "expected 'device_id,token'" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    assert lg.main(["--url", "ws://127.0.0.1:9/v1/device", "--devices-file", str(empty)]) == 2
+    assert "lists no devices" in capsys.readouterr().err
+    assert lg.main(["--url", "ws://192.0.2.1:80/v1/device", "--devices-file", str(empty)]) == 2
+    assert "127.0.0.x" in capsys.readouterr().err
+    with pytest.raises(lg.LoadgenError, match=r"127\.0\.0\.x"):
+        lg.LoadGen("edgewire", "ws://192.0.2.1:80/v1/device", [("d", "t")])
