@@ -20,7 +20,7 @@ from typing import cast
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus, InvalidURI
 from websockets.frames import Frame, Opcode
-from websockets.protocol import CONNECTING, OPEN, State
+from websockets.protocol import CONNECTING, OPEN
 from websockets.typing import BytesLike, Subprotocol
 from websockets.uri import WebSocketURI, parse_uri
 
@@ -86,10 +86,6 @@ class WsClient(asyncio.Protocol):
     def open(self) -> bool:
         """Upgraded, and no close frame sent or received: sending is allowed."""
         return self.ws.state is OPEN
-
-    @property
-    def state(self) -> State:
-        return self.ws.state
 
     @property
     def close_code(self) -> int:
@@ -173,9 +169,10 @@ class WsClient(asyncio.Protocol):
         if ws.state is not OPEN:
             return False
         ws.send_text(text.encode() if isinstance(text, str) else text)
+        writes = ws.data_to_send()  # one masked frame
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            for data in ws.data_to_send():
+            for data in writes:
                 transport.write(data)
         return True
 
