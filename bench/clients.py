@@ -108,7 +108,7 @@ class DeviceConn(WsClient):
 
     def tick(self, ts: int, index: int) -> None:
         """Take one reading (timestamped ``ts``) and send what the window allows."""
-        self.outbox.add(self.payloads.metrics(index), ts)
+        self.outbox.add(self.payloads.metrics(index), ts, None, wire.QUALITY_OK)
         self.generated += 1
         self.flush()
 

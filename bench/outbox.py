@@ -48,7 +48,7 @@ class BenchOutbox:
         return readings[0].seq if readings else self.next_seq
 
     def add(self, metrics: dict[str, float], ts: int | None = None, up: int | None = None,
-            quality: str | None = wire.QUALITY_OK) -> wire.Reading:
+            quality: str | None = None) -> wire.Reading:
         """Take one reading: it gets the next seq and stays until acked or dropped."""
         reading = wire.Reading(self.next_seq, metrics, ts, up, quality)
         self.next_seq += 1
