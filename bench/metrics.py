@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from simulator.loadgen import cpu_seconds_from_stat, parse_status_memory
+from bench.proc import cpu_seconds_from_stat, parse_status_memory
 
 __all__ = ["HostSample", "ProcSample", "cpu_per_1000", "cpu_seconds_from_stat", "latency_summary",
            "parse_proc_stat_cpu", "parse_status_memory", "percentile", "ratio", "rss_per_connection_kib"]

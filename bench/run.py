@@ -1,9 +1,9 @@
 """`make bench`: the gateway under N-device load, side by side with Mosquitto, in one run.
 
 Systems (same devices, same payload bytes, same rate, same generator):
-  gateway            full production path: auth, validation, SQLite (synchronous=FULL), dashboard fan-out
-  gateway-transport  the gateway with ``--storage none``: auth, validation, fan-out; acks at once
-  mosquitto          Debian's mosquitto, websockets listener, MQTT 3.1.1 QoS 0, one subscriber
+  gateway               full production path: auth, validation, SQLite (synchronous=FULL), dashboard fan-out
+  gateway-storage-none  the gateway with ``--storage none``: auth, validation, fan-out; acks at once
+  mosquitto             Debian's mosquitto, websockets listener, MQTT 3.1.1 QoS 0, one subscriber
 
 For each step (device count) and system: a fresh server process, the connection storm,
 ``hold`` seconds at ``rate`` readings/s per device, a bounded drain, then the figures
@@ -32,12 +32,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.errors import BenchError
+from bench.loadgen import LoadGen, Watcher
 from bench.metrics import HostSample, ProcSample, cpu_per_1000, latency_summary, ratio, rss_per_connection_kib
-from bench.servers import BenchError, GatewayServer, MosquittoServer, mosquitto_path, scratch_dir
-from simulator.loadgen import LoadGen, LoadgenError, Watcher, raise_nofile_limit
+from bench.proc import raise_nofile_limit
+from bench.servers import GatewayServer, MosquittoServer, mosquitto_path, scratch_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SYSTEMS = ("gateway", "gateway-transport", "mosquitto")
+SYSTEMS = ("gateway", "gateway-storage-none", "mosquitto")
 SCHEMA = "edgewire-bench/1"
 SATURATED = 0.90  # a generator process at >= 90 % of one core invalidates the step
 
@@ -128,7 +130,7 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
     else:
         assert template is not None
         shutil.copytree(template, data_dir)
-        server = GatewayServer(data_dir, "none" if system == "gateway-transport" else "sqlite",
+        server = GatewayServer(data_dir, "none" if system == "gateway-storage-none" else "sqlite",
                                opts.dashboard_interval_ms, uvloop=opts.uvloop, root=opts.gateway_root,
                                env=opts.gateway_env)
     watcher: Watcher | None = None
@@ -204,7 +206,7 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
             db = data_dir / "edgewire.db"
             result["stored"] = _count_readings(db)
             result["lost"] = generated - acked
-        elif system == "gateway-transport":
+        elif system == "gateway-storage-none":
             result["stored"] = None
             result["lost"] = generated - acked
         else:
@@ -252,7 +254,7 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
             result["invalid_reasons"].append(f"generator fell {late:.1f} s behind schedule")
         if conn["connected"] < n:
             result["invalid_reasons"].append(f"only {conn['connected']} of {n} devices connected")
-    except (BenchError, LoadgenError, OSError) as err:
+    except (BenchError, OSError) as err:
         result["valid"] = False
         result["error"] = str(err)
         result["invalid_reasons"].append(f"step failed: {err}")
@@ -296,12 +298,12 @@ def _start_profiler(pid: int, opts: argparse.Namespace, system: str,
 # ---------------------------------------------------------------- report
 
 def ratios(systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """gateway / mosquitto and gateway-transport / mosquitto for the comparable figures."""
+    """gateway / mosquitto and gateway-storage-none / mosquitto for the comparable figures."""
     out: dict[str, Any] = {}
     mq = systems.get("mosquitto")
     if not mq or "server" not in mq:
         return out
-    for name in ("gateway", "gateway-transport"):
+    for name in ("gateway", "gateway-storage-none"):
         gw = systems.get(name)
         if not gw or "server" not in gw:
             continue
@@ -445,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     systems = [s.strip() for s in opts.systems.split(",") if s.strip()]
     opts.profile = [s.strip() for s in opts.profile.split(",") if s.strip()]
     for system in systems:
+        if system == "gateway-transport":
+            parser.error("--systems: gateway-transport is now called gateway-storage-none")
         if system not in SYSTEMS:
             parser.error(f"--systems: unknown system {system!r}")
     if not steps or min(steps) < 1 or max(steps) > 60000:

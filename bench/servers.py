@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -20,21 +19,13 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
+from bench.errors import BenchError
+from bench.proc import raise_nofile_limit
 from services.process import free_port
-from simulator.loadgen import LoadgenError, raise_nofile_limit
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class BenchError(RuntimeError):
-    """A benchmark step could not run; the message says what to check."""
-
-
-def _raise_limits() -> None:  # runs in the child between fork and exec
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def mosquitto_path() -> str | None:
@@ -51,7 +42,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.log_path: Path | None = None
-        self._log: object = None
+        self._log: BinaryIO | None = None
 
     @property
     def pid(self) -> int:
@@ -64,7 +55,7 @@ class ServerProcess:
         log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._log = log
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_raise_limits, cwd=str(cwd), env=env)
+                                     preexec_fn=raise_nofile_limit, cwd=str(cwd), env=env)
 
     def log_tail(self, n: int = 2000) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -90,7 +81,7 @@ class ServerProcess:
             code = self.proc.returncode
         if self._log is not None:
             with contextlib.suppress(Exception):
-                self._log.close()  # type: ignore[attr-defined]
+                self._log.close()
         return code
 
 
@@ -208,5 +199,4 @@ def scratch_dir(prefix: str = "edgewire-bench-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
-__all__ = ["BenchError", "GatewayServer", "LoadgenError", "MosquittoServer", "free_port", "mosquitto_path",
-           "raise_nofile_limit", "scratch_dir"]
+__all__ = ["GatewayServer", "MosquittoServer", "free_port", "mosquitto_path", "scratch_dir"]

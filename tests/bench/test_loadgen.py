@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
+from bench import loadgen as lg
 from bench import run as bench_run
-from simulator import loadgen as lg
 from tests.helpers.gateway import GatewayProcess
 
 pytestmark = pytest.mark.timeout(180)
@@ -23,7 +24,7 @@ def test_devices_are_acked_stored_and_seen_on_the_dashboard(gateway: GatewayProc
         assert conn["connected"] == 6, conn
         assert conn["failures"] == 0
         watcher.mark()
-        gen.start(start_at=lg.time.time() + 0.2, hold_s=2.0, rate=2.0, drain_s=10.0)
+        gen.start(start_at=time.time() + 0.2, hold_s=2.0, rate=2.0, drain_s=10.0)
         results = gen.results(60)
         stats = watcher.stats()
     finally:
@@ -49,7 +50,7 @@ def test_second_run_continues_the_stored_sequence(gateway: GatewayProcess) -> No
         gen = lg.LoadGen("edgewire", gateway.device_url, list(tokens.items()), workers=1)
         try:
             assert gen.connect(timeout=30)["connected"] == 1
-            gen.start(lg.time.time() + 0.1, 1.0, 3.0, 10.0)
+            gen.start(time.time() + 0.1, 1.0, 3.0, 10.0)
             (result,) = gen.results(60)
         finally:
             gen.close()
@@ -77,7 +78,7 @@ def test_bench_run_end_to_end_tiny(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "latest.json").read_text())
     assert report["schema"] == bench_run.SCHEMA
     (step,) = report["steps"]
-    assert set(step["systems"]) == {"gateway", "gateway-transport", "mosquitto"}
+    assert set(step["systems"]) == {"gateway", "gateway-storage-none", "mosquitto"}
     gw = step["systems"]["gateway"]
     assert gw["connected"] == 20 and gw["lost"] == 0 and gw["stored"] == gw["generated"] == 40
     mq = step["systems"]["mosquitto"]
@@ -87,3 +88,37 @@ def test_bench_run_end_to_end_tiny(tmp_path: Path) -> None:
         assert system["latency"]["count"] > 0
     assert "gateway/mosquitto" in step["ratios"]
     assert any(p.name.startswith("bench-") for p in tmp_path.iterdir())
+
+
+def test_cli_runs_a_load_and_prints_json(gateway: GatewayProcess, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    tokens = gateway.register_many(["lg-cli-1", "lg-cli-2"])
+    devices = tmp_path / "devices.txt"
+    devices.write_text("# id,token\n" + "".join(f"{d},{t}\n" for d, t in tokens.items()))
+    code = lg.main(["--url", gateway.device_url, "--devices-file", str(devices), "--duration", "1",
+                    "--rate", "2", "--drain", "10"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["connect"]["connected"] == 2
+    (worker,) = out["workers"]
+    assert worker["generated"] == worker["acked"] == 4
+    assert worker["ack_latency"]["count"] == 4
+    assert gateway.storage_counts() == {"lg-cli-1": 2, "lg-cli-2": 2}
+
+
+def test_cli_expected_failures_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.txt"
+    assert lg.main(["--url", "ws://127.0.0.1:9/v1/device", "--devices-file", str(missing)]) == 2
+    assert capsys.readouterr().err.startswith("error: cannot read --devices-file")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("only-an-id\n")
+    assert lg.main(["--url", "ws://127.0.0.1:9/v1/device", "--devices-file", str(bad)]) == 2
+    assert "expected 'device_id,token'" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    assert lg.main(["--url", "ws://127.0.0.1:9/v1/device", "--devices-file", str(empty)]) == 2
+    assert "lists no devices" in capsys.readouterr().err
+    assert lg.main(["--url", "ws://192.0.2.1:80/v1/device", "--devices-file", str(empty)]) == 2
+    assert "127.0.0.x" in capsys.readouterr().err
+    with pytest.raises(lg.LoadgenError, match=r"127\.0\.0\.x"):
+        lg.LoadGen("edgewire", "ws://192.0.2.1:80/v1/device", [("d", "t")])

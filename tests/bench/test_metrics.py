@@ -96,7 +96,7 @@ def _system(cpu: float, rss: float, p99: float, lost: int = 0) -> dict[str, obje
 
 def test_ratios_targets_and_table() -> None:
     step = {"devices": 10, "systems": {"gateway": _system(0.2, 30.0, 80.0),
-                                       "gateway-transport": _system(0.1, 20.0, 50.0),
+                                       "gateway-storage-none": _system(0.1, 20.0, 50.0),
                                        "mosquitto": _system(0.1, 5.0, 4.0)}}
     r = ratios(step["systems"])  # type: ignore[arg-type]
     assert r["gateway/mosquitto"] == {"cpu_per_reading": 2.0, "rss_per_conn": 6.0, "p99_latency": 20.0,
@@ -106,7 +106,7 @@ def test_ratios_targets_and_table() -> None:
     assert not t["rss_per_conn_le_20kib"]["met"] and not t["cpu_per_reading_le_mosquitto"]["met"]
     step["ratios"] = r
     text = table({"steps": [step]})
-    assert "| 10 " in text and "gateway-transport" in text and "cpu_per_reading 2.0" in text
+    assert "| 10 " in text and "gateway-storage-none" in text and "cpu_per_reading 2.0" in text
 
 
 def test_proc_stat_cpu_parsing_and_busy_cores() -> None:
