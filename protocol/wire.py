@@ -88,21 +88,22 @@ QUALITY_SUSPECT = "suspect"  # read succeeded but the value looks wrong (stuck, 
 QUALITY_STALE = "stale"  # read failed; last good value repeated
 QUALITIES = (QUALITY_OK, QUALITY_RETRIED, QUALITY_SUSPECT, QUALITY_STALE)
 
-# Metrics the gateway knows: name -> (unit, lowest plausible, highest plausible).
-# Adding a metric is one row here. Metrics not listed are accepted within
-# GENERIC_RANGE so new sensors work before their row lands.
+# Metrics the gateway knows, one row each, shared by validation, the dashboard and the MQTT
+# bridge: name -> (unit, lowest plausible, highest plausible, Home Assistant device_class or
+# None, label). Adding a metric is one row here. Metrics not listed are accepted within
+# GENERIC_RANGE (no unit, no device_class) so new sensors work before their row lands.
 METRICS = {
-    "temperature": ("°C", -60.0, 150.0),
-    "humidity": ("%RH", 0.0, 100.0),
-    "pressure": ("hPa", 300.0, 1100.0),
-    "co2": ("ppm", 0.0, 40000.0),
-    "light": ("lx", 0.0, 200000.0),
-    "soil_moisture": ("%", 0.0, 100.0),
-    "cpu_temperature": ("°C", -40.0, 125.0),
-    "voltage": ("V", 0.0, 60.0),
-    "battery": ("%", 0.0, 100.0),
-    "rssi": ("dBm", -127.0, 0.0),
-    "analog": ("fraction", 0.0, 1.0),
+    "temperature": ("°C", -60.0, 150.0, "temperature", "Temperature"),
+    "humidity": ("%", 0.0, 100.0, "humidity", "Humidity"),
+    "pressure": ("hPa", 300.0, 1100.0, "atmospheric_pressure", "Pressure"),
+    "co2": ("ppm", 0.0, 40000.0, "carbon_dioxide", "CO2"),
+    "light": ("lx", 0.0, 200000.0, "illuminance", "Light"),
+    "soil_moisture": ("%", 0.0, 100.0, "moisture", "Soil moisture"),
+    "cpu_temperature": ("°C", -40.0, 125.0, "temperature", "CPU temperature"),
+    "voltage": ("V", 0.0, 60.0, "voltage", "Voltage"),
+    "battery": ("%", 0.0, 100.0, "battery", "Battery"),
+    "rssi": ("dBm", -127.0, 0.0, "signal_strength", "Signal"),
+    "analog": ("fraction", 0.0, 1.0, None, "Analog input"),
 }
 GENERIC_RANGE = (-1e9, 1e9)
 

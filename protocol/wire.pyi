@@ -54,7 +54,7 @@ QUALITY_RETRIED: str
 QUALITY_SUSPECT: str
 QUALITY_STALE: str
 QUALITIES: tuple[str, ...]
-METRICS: dict[str, tuple[str, float, float]]
+METRICS: dict[str, tuple[str, float, float, str | None, str]]
 GENERIC_RANGE: tuple[float, float]
 MAX_FRAME_BYTES: int
 MAX_BATCH: int
