@@ -12,14 +12,13 @@ an outbox: ``next_seq``, ``first_seq``, ``confirmed``, ``pending(after, limit)``
 (protocol/outbox.py has an in-memory one). MicroPython-safe like wire.py.
 """
 
-import sys
-
 try:
     import random
 except ImportError:  # pragma: no cover - MicroPython builds that only have urandom
     import urandom as random  # type: ignore[no-redef]
 
 from protocol.wire import (
+    _CPYTHON,
     CLOSE_ADDRESS,
     CLOSE_AUTH_FAILED,
     CLOSE_DISABLED,
@@ -51,8 +50,6 @@ from protocol.wire import (
     is_number,
     parse_command,
 )
-
-_CPYTHON = sys.implementation.name != "micropython"
 
 # What one gateway frame means (Decision.kind).
 D_WELCOME = "welcome"  # online; outbox reconciled: renumbered by .renumber, or acked through .seq
