@@ -553,6 +553,15 @@ def _answer(a, name, args, command_id="c-1"):
     return d, reply
 
 
+def _no_answer_without_a_string_id(a):
+    for bad_id in (None, 7, ""):
+        msg = {"t": "cmd", "name": "ping", "args": {}}
+        if bad_id is not None:
+            msg["id"] = bad_id
+        d = a.session.handle(enc(msg), NOW)
+        check(d.kind == D_INVALID and d.reply is None, "no answer without a string id", d)
+
+
 def sc_commands_with_good_arguments(make):
     a = make()
     try:
@@ -594,16 +603,11 @@ def sc_malformed_commands(make):
     a = make()
     try:
         online(a, 0)
-        d, reply = _answer(a, "set_interval", [60])
+        _d, reply = _answer(a, "set_interval", [60])
         check(reply["ok"] is False and "object" in reply["msg"], reply)
-        d, reply = _answer(a, "ping", None)  # no args at all: {}
+        _d, reply = _answer(a, "ping", None)  # no args at all: {}
         check(reply["ok"] is True, reply)
-        for bad_id in (None, 7, ""):
-            msg = {"t": "cmd", "name": "ping", "args": {}}
-            if bad_id is not None:
-                msg["id"] = bad_id
-            d = a.session.handle(enc(msg), NOW)
-            check(d.kind == D_INVALID and d.reply is None, "no answer without a string id", d)
+        _no_answer_without_a_string_id(a)
     finally:
         a.close()
 
@@ -664,12 +668,7 @@ def sc_commands_answered_not_run(make):
             d, reply = _answer(a, name, args)
             check(reply["ok"] is True and d.ok and reply.get("msg") == NOT_RUN, name, args, reply)
         check(a.state() == before and not a.reboots(), "a command was run")
-        for bad_id in (None, 7, ""):
-            msg = {"t": "cmd", "name": "ping", "args": {}}
-            if bad_id is not None:
-                msg["id"] = bad_id
-            d = a.session.handle(enc(msg), NOW)
-            check(d.kind == D_INVALID and d.reply is None, "no answer without a string id", d)
+        _no_answer_without_a_string_id(a)
     finally:
         a.close()
 
