@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError
+from gateway.secret_files import read_secret
 
 DEFAULTS = GatewayConfig()
 
@@ -22,7 +23,7 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--port", type=int, help=f"listen port (default {DEFAULTS.port}; 0 = any free port)")
     p.add_argument("--data-dir", dest="data_dir", help=f"state directory (default {DEFAULTS.data_dir})")
     p.add_argument("--db", dest="db_path", help="SQLite file (default <data-dir>/edgewire.db)")
-    p.add_argument("--storage", choices=["sqlite", "none"], help="'none' = transport only (benchmarks)")
+    p.add_argument("--storage", choices=["sqlite", "none"], help="'none': readings are not stored (benchmarks)")
     p.add_argument("--rate", type=float, help=f"frames/s per device (default {DEFAULTS.rate:g})")
     p.add_argument("--burst", type=float, help=f"rate-limit burst (default {DEFAULTS.burst:g})")
     p.add_argument("--dashboard-interval-ms", dest="dashboard_interval_ms", type=float,
@@ -38,8 +39,8 @@ def _serve_parser(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway.factory import run_gateway
     from gateway.logs import setup_logging
-    from gateway.server import run_gateway
 
     keys = ("host", "port", "data_dir", "db_path", "storage", "rate", "burst", "dashboard_interval_ms",
             "auth_timeout_s", "compression", "log_format", "log_level", "uvloop")
@@ -60,10 +61,9 @@ def _admin_token(data_dir: str, given: str | None) -> str:
     if given:
         return given
     path = Path(data_dir) / "admin.token"
-    try:
-        return path.read_text().strip()
-    except OSError:
-        raise GatewayError(f"no admin token: pass --admin-token or run on the gateway host ({path} missing)") from None
+    if not path.exists():
+        raise GatewayError(f"no admin token: pass --admin-token or run on the gateway host ({path} missing)")
+    return read_secret(path, "admin token")
 
 
 async def admin_call(url: str, token: str, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:

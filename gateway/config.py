@@ -35,7 +35,7 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: str = "var/gateway"
-    storage: str = "sqlite"  # "sqlite" or "none" (transport only: readings are not stored)
+    storage: str = "sqlite"  # "sqlite", or "none": readings are not stored (benchmarks; acks mean "received")
     db_path: str = ""  # default: <data_dir>/edgewire.db
     commit_interval_ms: float = 5.0
     synchronous: str = "FULL"

@@ -133,7 +133,7 @@ async def _devices(args: argparse.Namespace) -> int:
     action = args.devices_action
     data_dir, db = _paths(args)
     if action == "add":
-        if not wire.valid_device_id(args.device_id):  # type: ignore[no-untyped-call]
+        if not wire.valid_device_id(args.device_id):
             raise RegistryError(f"invalid device id {args.device_id[:80]!r}: use 1-64 characters "
                                 "from A-Z a-z 0-9 _ - . :")
         normalize_cidrs(args.cidr)  # refuse bad input before creating anything
@@ -189,13 +189,14 @@ async def _devices(args: argparse.Namespace) -> int:
 
 
 def _jwt(args: argparse.Namespace) -> int:
-    from gateway.auth import MIN_HS_SECRET, mint_jwt, read_secret_file
+    from gateway.auth import MIN_HS_SECRET, mint_jwt
+    from gateway.secret_files import read_secret
 
-    if not wire.valid_device_id(args.device_id):  # type: ignore[no-untyped-call]
+    if not wire.valid_device_id(args.device_id):
         raise RegistryError(f"invalid device id {args.device_id[:80]!r}")
     if not args.ttl > 0:
         raise ConfigError("--ttl: must be greater than 0 seconds")
-    secret = read_secret_file(args.secret_file, "--secret-file")
+    secret = read_secret(args.secret_file, "--secret-file")
     if len(secret.encode()) < MIN_HS_SECRET:
         raise ConfigError(f"--secret-file: the secret must be at least {MIN_HS_SECRET} bytes")
     print(mint_jwt(secret, args.device_id, args.ttl), flush=True)

@@ -1,4 +1,4 @@
-"""Assemble a Gateway from its configuration: storage, registry, authenticator, secrets."""
+"""Assemble a Gateway from its configuration (storage, registry, authenticator, secrets) and run it."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from pathlib import Path
 from gateway import registry as registry_mod
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
-from gateway.errors import ConfigError
+from gateway.secret_files import read_secret
 from gateway.server import Gateway
 from gateway.storage.base import Storage
+from gateway.storage.none import NoneStorage
 from gateway.storage.sqlite import SQLiteStorage
-from gateway.storage.transport_only import ReadingsOff
+
+JWT_SECRET_ENV = "EDGEWIRE_JWT_SECRET"
 
 
 def open_storage(config: GatewayConfig) -> Storage:
@@ -21,24 +23,16 @@ def open_storage(config: GatewayConfig) -> Storage:
     config.database.parent.mkdir(parents=True, exist_ok=True)
     sqlite = SQLiteStorage(config.database, commit_interval_ms=config.commit_interval_ms,
                            synchronous=config.synchronous.upper())
-    return ReadingsOff(sqlite) if config.storage == "none" else sqlite
-
-
-def _read_secret(path: str, key: str) -> str | None:
-    if not path:
-        return None
-    try:
-        return Path(path).read_text().strip()
-    except OSError as err:
-        raise ConfigError(f"{key}: cannot read {path} ({err.strerror})") from None
+    return NoneStorage(sqlite) if config.storage == "none" else sqlite
 
 
 async def build_gateway(config: GatewayConfig) -> Gateway:
     storage = open_storage(config)
     token_key = registry_mod.load_or_create_key(config.data_dir)
     registry = registry_mod.Registry(storage, token_key)
-    jwt_secret = os.environ.get("EDGEWIRE_JWT_SECRET") or _read_secret(config.jwt_secret_file, "jwt_secret_file")
-    public_key = _read_secret(config.jwt_public_key_file, "jwt_public_key_file")
+    jwt_secret = os.environ.get(JWT_SECRET_ENV) or (
+        read_secret(config.jwt_secret_file, "jwt_secret_file") if config.jwt_secret_file else None)
+    public_key = read_secret(config.jwt_public_key_file, "jwt_public_key_file") if config.jwt_public_key_file else None
     authenticator = Authenticator(
         storage, token_key, jwt_secret=jwt_secret, jwt_public_key_pem=public_key,
         jwt_algorithms=["HS256", "ES256", "RS256"], global_allow=config.allow_cidrs,
@@ -49,3 +43,12 @@ async def build_gateway(config: GatewayConfig) -> Gateway:
         dashboard_token = registry_mod.load_or_create_secret(config.data_dir, "dashboard.token", "ewd_",
                                                              "dashboard token")
     return Gateway(config, storage, authenticator, registry, admin_token, dashboard_token)
+
+
+async def run_gateway(config: GatewayConfig) -> None:
+    """Build every part from ``config``, serve until SIGTERM/SIGINT, then shut down cleanly."""
+    gateway = await build_gateway(config)
+    await gateway.start()
+    print(f"edgewire gateway listening on http://{config.host}:{gateway.port} "
+          f"(dashboard http://{config.host}:{gateway.port}/)", flush=True)
+    await gateway.run_forever()

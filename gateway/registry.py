@@ -9,23 +9,21 @@ which wins over the file. Changing the key invalidates every device token.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import ipaddress
-import logging
 import os
 import secrets
-import stat
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from gateway.errors import ConfigError, RegistryError
+from gateway.secret_files import read_secret, read_secret_bytes, write_secret_file
 from gateway.storage.base import DeviceRecord, Storage
 from protocol import wire
 
-TOKEN_PREFIX = "ewt_"
+TOKEN_PREFIX = wire.DEVICE_TOKEN_PREFIX
 ADMIN_TOKEN_PREFIX = "ewa_"
 KEY_FILE = "token.key"
 ADMIN_TOKEN_FILE = "admin.token"
@@ -45,63 +43,6 @@ def token_digest(key: bytes, token: str) -> bytes:
     return hmac.new(key, token.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
 
 
-def _write_secret_file(path: Path, data: bytes) -> bool:
-    """Create ``path`` (mode 0600) holding ``data`` unless it exists; True if we created it.
-
-    Written to a temporary file, fsynced, then hard-linked into place, so a reader
-    never sees a partial file and two processes starting at once agree on one secret.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError:  # filesystem without hard links: exclusive create instead
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                return False
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    with contextlib.suppress(OSError):  # make the new directory entry durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    return True
-
-
-def _read_secret_file(path: Path, what: str) -> bytes:
-    try:
-        data = path.read_bytes()
-        mode = path.stat().st_mode
-    except OSError as err:
-        raise ConfigError(f"{what}: cannot read {path} ({err.strerror})") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        from gateway.logs import log
-
-        log("secret_file_permissions", logging.WARNING, path=str(path), mode=oct(stat.S_IMODE(mode)),
-            hint="chmod 600 it: other users can read it")
-    return data
-
-
 def load_or_create_key(data_dir: str | Path) -> bytes:
     """The token HMAC key: EDGEWIRE_TOKEN_KEY (hex) if set, else DATA_DIR/token.key (created if missing)."""
     env = os.environ.get(KEY_ENV)
@@ -117,8 +58,8 @@ def load_or_create_key(data_dir: str | Path) -> bytes:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / KEY_FILE
     if not path.exists():
-        _write_secret_file(path, secrets.token_bytes(KEY_BYTES))
-    key = _read_secret_file(path, "token key")
+        write_secret_file(path, secrets.token_bytes(KEY_BYTES))
+    key = read_secret_bytes(path, "token key")
     if len(key) != KEY_BYTES:
         raise ConfigError(
             f"token key {path} holds {len(key)} bytes, expected {KEY_BYTES}; restore it from a backup "
@@ -138,8 +79,8 @@ def load_or_create_secret(data_dir: str | Path, name: str, prefix: str, what: st
     path = directory / name
     if not path.exists():
         token = prefix + secrets.token_urlsafe(32)
-        _write_secret_file(path, (token + "\n").encode())
-    text = _read_secret_file(path, what).decode("utf-8", "replace").strip()
+        write_secret_file(path, (token + "\n").encode())
+    text = read_secret(path, what)
     if len(text) < 16:
         raise ConfigError(f"{what} {path} is empty or shorter than 16 characters; "
                           "delete it to create a new one")
@@ -147,7 +88,7 @@ def load_or_create_secret(data_dir: str | Path, name: str, prefix: str, what: st
 
 
 def verify_admin_token(expected: str, presented: str | None) -> bool:
-    """Constant-time check of a presented admin token."""
+    """Constant-time check of a presented admin (or dashboard) token against the expected one."""
     if presented is None:
         return False
     return hmac.compare_digest(expected.encode("utf-8", "surrogatepass"),
@@ -175,7 +116,7 @@ def normalize_cidrs(cidrs: Iterable[str]) -> list[str]:
 
 
 def _check_id(device_id: str) -> None:
-    if not wire.valid_device_id(device_id):  # type: ignore[no-untyped-call]
+    if not wire.valid_device_id(device_id):
         raise RegistryError(f"invalid device id {str(device_id)[:80]!r}: "
                             "use 1-64 characters from A-Z a-z 0-9 _ - . :")
 

@@ -112,6 +112,8 @@ class GatewaySession:
         self.device_id = None
         self.last_seq = 0  # highest seq durably stored (acknowledged) for this device
         self.accepted_seq = 0  # highest seq handed to storage; >= last_seq
+        self.gaps = 0  # readings skipped by the device (seq jumped past accepted_seq + 1)
+        self.last_gap = 0  # readings skipped just before the last EV_DATA frame
         self.hold_from = 0  # after a throttle: frames beyond this seq wait for its resend
         self.max_batch = max_batch
         self.max_frame = max_frame
@@ -262,6 +264,7 @@ class GatewaySession:
                     "seq": frame.seq}
             return Event(EV_THROTTLE, err, self.dumps(slow))
         self.rate_strikes = 0
+        self.last_gap = 0
         if frame.last_seq <= self.accepted_seq:
             # Every reading is already stored or being stored: nothing new to store.
             self.duplicates += len(frame.readings)
@@ -273,6 +276,10 @@ class GatewaySession:
             self.duplicates += drop
             frame.readings = frame.readings[drop:]
             frame.seq = self.accepted_seq + 1
+        elif frame.seq > self.accepted_seq + 1:
+            # Readings the device never sent (dropped from a full buffer): a gap (protocol.md 3).
+            self.last_gap = frame.seq - self.accepted_seq - 1
+            self.gaps += self.last_gap
         self.accepted_seq = frame.last_seq
         return Event(EV_DATA, frame)
 

@@ -35,6 +35,8 @@ class GatewaySession:
     device_id: str | None
     last_seq: int
     accepted_seq: int
+    gaps: int
+    last_gap: int
     hold_from: int
     max_batch: int
     max_frame: int

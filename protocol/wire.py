@@ -116,6 +116,8 @@ MAX_SEQ = 9007199254740991  # 2**53 - 1: exact in every JSON implementation
 DEFAULT_RATE = 10.0
 DEFAULT_BURST = 20.0
 
+DEVICE_TOKEN_PREFIX = "ewt_"  # device tokens; a credential without it is a JWT
+
 _INF = float("inf")
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:"
@@ -157,6 +159,14 @@ def valid_device_id(text):
         if ch not in _ID_CHARS:
             return False
     return True
+
+
+def is_device_token(credential):
+    """True for a device token (``ewt_`` + 32 characters); anything else is taken for a JWT.
+
+    The one test every side uses to tell the two credentials apart.
+    """
+    return type(credential) is str and credential.startswith(DEVICE_TOKEN_PREFIX)
 
 
 def valid_metric_name(text):

@@ -550,9 +550,9 @@ class VirtualDevice:
             self.stopped_reason = wire.E_EXPIRED
             return
         self.credential = fresh
-        is_jwt = not fresh.startswith("ewt_") and fresh.count(".") == 2
-        self.session.jwt = fresh if is_jwt else None  # type: ignore[attr-defined]
-        self.session.token = None if is_jwt else fresh  # type: ignore[attr-defined]
+        is_jwt = not wire.is_device_token(fresh)
+        self.session.jwt = fresh if is_jwt else None
+        self.session.token = None if is_jwt else fresh
         self._attempt = 0
 
     async def _mint_refresh(self, device_id: str) -> str | None:
@@ -600,11 +600,11 @@ class VirtualDevice:
     def _new_boot(self, now: float) -> None:
         self._boot_at = now
         self.boot = f"{self.rng.getrandbits(32):08x}"
-        self.session.boot = self.boot  # type: ignore[attr-defined]
+        self.session.boot = self.boot
 
     def _new_session(self) -> DeviceSession:
         cred = self.credential
-        is_jwt = not cred.startswith("ewt_") and cred.count(".") == 2
+        is_jwt = not wire.is_device_token(cred)
         return DeviceSession(self.device_id, None if is_jwt else cred, cred if is_jwt else None,
                                   None, self.batch, self._window)
 

@@ -21,6 +21,7 @@ from gateway import auth as auth_mod
 from gateway.auth import Authenticator, Identity, bearer
 from gateway.errors import AuthError, ConfigError
 from gateway.registry import Registry
+from gateway.secret_files import read_secret
 from gateway.storage.sqlite import SQLiteStorage
 from protocol import wire
 
@@ -312,9 +313,9 @@ def test_bearer_header_parsing() -> None:
 def test_read_secret_file_and_mint(tmp_path: Path) -> None:
     path = tmp_path / "jwt.secret"
     path.write_text(SECRET + "\n")
-    assert auth_mod.read_secret_file(str(path), "jwt_secret_file") == SECRET
+    assert read_secret(str(path), "jwt_secret_file") == SECRET
     with pytest.raises(ConfigError, match="jwt_secret_file"):
-        auth_mod.read_secret_file(str(tmp_path / "missing"), "jwt_secret_file")
+        read_secret(str(tmp_path / "missing"), "jwt_secret_file")
     token = auth_mod.mint_jwt(SECRET, "S-1", 30, now=NOW)
     claims = pyjwt.decode(token, SECRET, algorithms=["HS256"], options={"verify_exp": False})
     assert claims == {"sub": "S-1", "iat": int(NOW), "exp": int(NOW) + 30}

@@ -1,8 +1,8 @@
-"""Storage with readings switched off (``storage = "none"``): transport-only benchmarks.
+"""``storage = "none"``: readings are not stored (benchmarks of the transport alone).
 
-The registry and alerts still go to the wrapped backend; readings are counted, not kept,
-and ``store`` returns at once. Never use it where readings matter: acks then mean
-"received", not "stored".
+The registry and alerts still go to the wrapped backend (SQLite); readings are counted,
+not kept, and ``store`` returns at once. Never use it where readings matter: acks then
+mean "received", not "stored". The bench runs it as the system ``gateway-storage-none``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from gateway.storage.base import AlertRow, DeviceRecord, ReadingRow, Storage
 
 
-class ReadingsOff(Storage):
+class NoneStorage(Storage):
     def __init__(self, inner: Storage) -> None:
         self.inner = inner
         self._last: dict[str, int] = {}

@@ -1,0 +1,112 @@
+"""The admin API (/v1/admin, docs/protocol.md section 10): registry operations, commands, queries.
+
+One request table: adding a request is one method plus one row in ``AdminApi.requests``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from websockets.asyncio.server import ServerConnection
+
+from gateway.commands import Commands
+from gateway.conn import dumps
+from gateway.errors import RegistryError
+from gateway.hub import Hub
+from gateway.logs import log
+from gateway.metrics import Metrics
+from gateway.registry import Registry
+from gateway.sessions import DeviceSessions
+from gateway.storage.base import Storage
+from protocol import wire
+
+Request = dict[str, Any]
+
+
+class AdminApi:
+    def __init__(self, registry: Registry, storage: Storage, sessions: DeviceSessions, commands: Commands,
+                 hub: Hub, metrics: Metrics) -> None:
+        self.registry = registry
+        self.storage = storage
+        self.sessions = sessions
+        self.commands = commands
+        self.hub = hub
+        self.metrics = metrics
+        self.requests: dict[str, Callable[[Request], Awaitable[dict[str, Any]]]] = {
+            "register": self.register,
+            "rotate": self.rotate,
+            "devices": self.devices,
+            "command": self.command,
+            "latest": self.latest,
+            "history": self.history,
+            "stats": self.stats,
+        }
+
+    async def handle(self, ws: ServerConnection) -> None:
+        """Serve one admin connection: one reply per request, in order."""
+        async for frame in ws:
+            try:
+                msg = orjson.loads(frame)
+                if not isinstance(msg, dict):
+                    raise ValueError("request must be an object")
+            except ValueError:
+                await ws.send(dumps({"t": "error", "id": None, "code": wire.E_BAD_JSON, "msg": "not a JSON object"}))
+                continue
+            request_id = msg.get("id")
+            try:
+                reply = await self.request(msg)
+                reply.update({"t": "ok", "id": request_id})
+            except (RegistryError, ValueError, KeyError, TimeoutError) as err:
+                code = "timeout" if isinstance(err, TimeoutError) else "bad_request"
+                reply = {"t": "error", "id": request_id, "code": code, "msg": str(err) or code}
+            await ws.send(dumps(reply))
+
+    async def request(self, msg: Request) -> dict[str, Any]:
+        kind = msg.get("t")
+        handler = self.requests.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            raise ValueError(f"unknown admin request {kind!r}")
+        return await handler(msg)
+
+    async def register(self, msg: Request) -> dict[str, Any]:
+        token = await self.registry.add(str(msg["device_id"]), label=str(msg.get("label", "")))
+        log("device_registered", device=msg["device_id"])
+        return {"device_id": msg["device_id"], "token": token}
+
+    async def rotate(self, msg: Request) -> dict[str, Any]:
+        token = await self.registry.rotate(str(msg["device_id"]))
+        log("device_token_rotated", device=msg["device_id"])
+        return {"device_id": msg["device_id"], "token": token}
+
+    async def devices(self, msg: Request) -> dict[str, Any]:
+        online = self.sessions.devices
+        records = await self.storage.list_devices()
+        return {"devices": [{"id": r.device_id, "enabled": r.enabled, "online": r.device_id in online,
+                             "has_token": r.token_digest is not None, "allow": r.allow_cidrs}
+                            for r in records]}
+
+    async def command(self, msg: Request) -> dict[str, Any]:
+        device_id = str(msg["device_id"])
+        conn = self.sessions.devices.get(device_id)
+        if conn is None:
+            raise RegistryError(f"device {device_id!r} is not online")
+        result = await self.commands.send(conn, str(msg["name"]), msg.get("args") or {},
+                                          float(msg.get("timeout", 10)))
+        return {"result": result}
+
+    async def latest(self, msg: Request) -> dict[str, Any]:
+        device_id = str(msg["device_id"])
+        latest = await self.storage.latest(device_id)
+        return {"device_id": device_id, "latest": {k: list(v) for k, v in latest.items()}}
+
+    async def history(self, msg: Request) -> dict[str, Any]:
+        points = await self.storage.history(str(msg["device_id"]), str(msg["metric"]),
+                                            int(msg.get("start", 0)), int(msg.get("end", 2**62)),
+                                            int(msg.get("limit", 10000)))
+        return {"points": [list(p) for p in points]}
+
+    async def stats(self, msg: Request) -> dict[str, Any]:
+        return {"counters": dict(vars(self.metrics.counters)),
+                "stored": await self.storage.count_readings(), "resyncs": self.hub.resyncs}
