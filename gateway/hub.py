@@ -23,10 +23,6 @@ from websockets.exceptions import ConnectionClosed
 DASHBOARD_SNDBUF = 64 * 1024
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class DeviceView:
     """What the dashboard knows about one device."""
 
@@ -81,8 +77,12 @@ class DashboardClient:
 
 
 class Hub:
-    def __init__(self, interval_ms: float, queue_limit: int, dumps: Callable[[Any], str]) -> None:
+    """The dashboards' view of the fleet. ``clock`` (Unix seconds) stamps what the hub records."""
+
+    def __init__(self, interval_ms: float, queue_limit: int, dumps: Callable[[Any], str],
+                 clock: Callable[[], float] = time.time) -> None:
         self.interval = interval_ms / 1000.0
+        self.clock = clock
         self.queue_limit = queue_limit
         self.dumps = dumps
         self.devices: dict[str, DeviceView] = {}
@@ -94,6 +94,9 @@ class Hub:
         self.resyncs = 0
         self.updates_sent = 0
         self._task: asyncio.Task[None] | None = None
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
 
     # -- ingestion side (no I/O)
     def view(self, device_id: str) -> DeviceView:
@@ -107,7 +110,7 @@ class Hub:
         latest = view.latest
         for name, value in metrics.items():
             latest[name] = [value, time_ms]
-        view.last_seen = now_ms()
+        view.last_seen = self.now_ms()
         self._dirty.add(device_id)
 
     def status(self, device_id: str, fields: dict[str, Any]) -> None:
@@ -118,7 +121,7 @@ class Hub:
     def online(self, device_id: str) -> None:
         view = self.view(device_id)
         view.online = True
-        view.last_seen = now_ms()
+        view.last_seen = self.now_ms()
         self._dirty.add(device_id)
         self._events.append({"kind": "online", "device": device_id, "at": view.last_seen})
 
@@ -126,24 +129,25 @@ class Hub:
         view = self.view(device_id)
         view.online = False
         self._dirty.add(device_id)
-        self._events.append({"kind": "offline", "device": device_id, "at": now_ms()})
+        self._events.append({"kind": "offline", "device": device_id, "at": self.now_ms()})
 
-    def alert_raised(self, alert: dict[str, Any]) -> None:
+    def alert_raised(self, alert: dict[str, Any], at_ms: int | None = None) -> None:
+        """An alert is active; the event is stamped ``at_ms`` (default: the reading's time)."""
         self.alerts[alert["id"]] = alert
         self._alerts_changed = True
-        self._events.append({"kind": "alert_raised", "device": alert["device"], "at": alert["raised"],
-                             "alert": alert})
+        self._events.append({"kind": "alert_raised", "device": alert["device"],
+                             "at": alert["raised"] if at_ms is None else at_ms, "alert": alert})
 
-    def alert_cleared(self, alert: dict[str, Any]) -> None:
+    def alert_cleared(self, alert: dict[str, Any], at_ms: int | None = None) -> None:
         self.alerts.pop(alert["id"], None)
         self._alerts_changed = True
-        self._events.append({"kind": "alert_cleared", "device": alert["device"], "at": alert["cleared"],
-                             "alert": alert})
+        self._events.append({"kind": "alert_cleared", "device": alert["device"],
+                             "at": alert["cleared"] if at_ms is None else at_ms, "alert": alert})
 
     # -- dashboard side
     def snapshot_frame(self) -> str:
         return self.dumps({
-            "t": "snapshot", "time": now_ms(),
+            "t": "snapshot", "time": self.now_ms(),
             "devices": [view.as_dict() for view in self.devices.values()],
             "alerts": list(self.alerts.values()),
         })
@@ -153,7 +157,7 @@ class Hub:
         if not (self._dirty or self._events or self._alerts_changed):
             return
         update: dict[str, Any] = {
-            "t": "update", "time": now_ms(),
+            "t": "update", "time": self.now_ms(),
             "devices": {device_id: self.devices[device_id].as_dict() for device_id in self._dirty},
         }
         if self._events:

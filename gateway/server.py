@@ -12,6 +12,7 @@ import contextlib
 import signal
 import ssl
 import time
+from collections.abc import Callable
 
 from websockets.asyncio.server import Server, serve
 from websockets.datastructures import Headers
@@ -37,18 +38,19 @@ from protocol import wire
 
 class Gateway:
     def __init__(self, config: GatewayConfig, storage: Storage, authenticator: Authenticator,
-                 registry: Registry, admin_token: str, dashboard_token: str | None = None) -> None:
+                 registry: Registry, admin_token: str, dashboard_token: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.storage = storage
         self.auth = authenticator
         self.registry = registry
         self.metrics = Metrics()
         self.counters = self.metrics.counters
-        self.hub = Hub(config.dashboard_interval_ms, config.dashboard_queue, dumps)
-        self.alerts = AlertEngine(config.alerts, storage, self.hub)
+        self.hub = Hub(config.dashboard_interval_ms, config.dashboard_queue, dumps, clock)
+        self.alerts = AlertEngine(config.alerts, storage, self.hub, clock)
         self.commands = Commands()
         self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.alerts, self.metrics,
-                                       on_result=self.commands.result)
+                                       on_result=self.commands.result, clock=clock)
         self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics)
         self.http = HttpApi(admin_token=admin_token, dashboard_token=dashboard_token,
                             draining=lambda: self.draining)
