@@ -5,6 +5,7 @@ One request table: adding a request is one method plus one row in ``AdminApi.req
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from gateway.hub import Hub
 from gateway.logs import log
 from gateway.metrics import Metrics
 from gateway.registry import Registry
-from gateway.sessions import DeviceSessions
+from gateway.sessions import INTERNAL_ERROR, DeviceSessions
 from gateway.storage.base import Storage
 from protocol import wire
 
@@ -55,13 +56,23 @@ class AdminApi:
                 await ws.send(dumps({"t": "error", "id": None, "code": wire.E_BAD_JSON, "msg": "not a JSON object"}))
                 continue
             request_id = msg.get("id")
+            if not ((isinstance(request_id, str) and len(request_id) <= 64)
+                    or (type(request_id) is int and abs(request_id) < 2**53)):
+                request_id = None  # echoed back as given only when it is a short string or an integer
             try:
                 reply = await self.request(msg)
                 reply.update({"t": "ok", "id": request_id})
-            except (RegistryError, ValueError, KeyError, TimeoutError) as err:
+                text = dumps(reply)
+            except (RegistryError, ValueError, KeyError, TypeError, TimeoutError) as err:
                 code = "timeout" if isinstance(err, TimeoutError) else "bad_request"
-                reply = {"t": "error", "id": request_id, "code": code, "msg": str(err) or code}
-            await ws.send(dumps(reply))
+                text = dumps({"t": "error", "id": request_id, "code": code, "msg": str(err)[:300] or code})
+            except Exception as err:  # a bug: this request fails, the connection and the gateway go on
+                self.metrics.count_error(INTERNAL_ERROR)
+                log("admin_request_failed", logging.ERROR, request=str(msg.get("t"))[:32],
+                    error=f"{type(err).__name__}: {err}"[:300])
+                text = dumps({"t": "error", "id": request_id, "code": INTERNAL_ERROR,
+                              "msg": "internal error; see the gateway log"})
+            await ws.send(text)
 
     async def request(self, msg: Request) -> dict[str, Any]:
         kind = msg.get("t")

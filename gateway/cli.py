@@ -53,8 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
             uvloop.install()
         except ImportError:
             pass  # asyncio's own loop; install the "fast" extra for uvloop
-    asyncio.run(run_gateway(config))
-    return 0
+    return asyncio.run(run_gateway(config))
 
 
 def _admin_token(data_dir: str, given: str | None) -> str:

@@ -45,10 +45,13 @@ async def build_gateway(config: GatewayConfig) -> Gateway:
     return Gateway(config, storage, authenticator, registry, admin_token, dashboard_token)
 
 
-async def run_gateway(config: GatewayConfig) -> None:
-    """Build every part from ``config``, serve until SIGTERM/SIGINT, then shut down cleanly."""
+async def run_gateway(config: GatewayConfig) -> int:
+    """Build every part from ``config``, serve until SIGTERM/SIGINT, then shut down cleanly.
+
+    Returns the exit status: 0, or 1 if a background task kept failing or a shutdown step failed."""
     gateway = await build_gateway(config)
     await gateway.start()
     print(f"edgewire gateway listening on http://{config.host}:{gateway.port} "
           f"(dashboard http://{config.host}:{gateway.port}/)", flush=True)
     await gateway.run_forever()
+    return gateway.exit_code

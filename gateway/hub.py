@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections import deque
@@ -19,6 +20,8 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+
+from gateway.logs import log
 
 DASHBOARD_SNDBUF = 64 * 1024
 
@@ -93,7 +96,6 @@ class Hub:
         self._alerts_changed = False
         self.resyncs = 0
         self.updates_sent = 0
-        self._task: asyncio.Task[None] | None = None
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -114,8 +116,9 @@ class Hub:
         self._dirty.add(device_id)
 
     def status(self, device_id: str, fields: dict[str, Any]) -> None:
+        """The device's latest status fields (bounded by the core: protocol.gateway.MAX_STATUS_*)."""
         view = self.view(device_id)
-        view.status = {k: v for k, v in fields.items() if k != "t"}
+        view.status = fields
         self._dirty.add(device_id)
 
     def online(self, device_id: str) -> None:
@@ -145,8 +148,26 @@ class Hub:
                              "at": alert["cleared"] if at_ms is None else at_ms, "alert": alert})
 
     # -- dashboard side
+    def _encode(self, msg: dict[str, Any]) -> str:
+        """Encode a dashboard frame. Should a device's status not encode (the core bounds it, so this
+        is a second line of defence), that status is dropped and logged: one device never stops
+        the stream for everyone."""
+        try:
+            return self.dumps(msg)
+        except Exception:
+            for view in self.devices.values():
+                try:
+                    self.dumps(view.status)
+                except Exception as err:
+                    log("dashboard_status_dropped", logging.WARNING, device=view.device_id, error=str(err)[:200])
+                    view.status = {}
+            devices = msg.get("devices")
+            for entry in devices.values() if isinstance(devices, dict) else devices or ():
+                entry["status"] = self.devices[entry["id"]].status
+            return self.dumps(msg)
+
     def snapshot_frame(self) -> str:
-        return self.dumps({
+        return self._encode({
             "t": "snapshot", "time": self.now_ms(),
             "devices": [view.as_dict() for view in self.devices.values()],
             "alerts": list(self.alerts.values()),
@@ -169,24 +190,16 @@ class Hub:
         self._alerts_changed = False
         if not self.clients:
             return
-        frame = self.dumps(update)
+        frame = self._encode(update)
         self.updates_sent += 1
         for client in self.clients:
             client.offer(frame)
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Flush every interval, for the gateway's life (a supervised task: gateway/supervisor.py)."""
         while True:
             await asyncio.sleep(self.interval)
             self.flush()
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def serve(self, ws: ServerConnection) -> None:
         """Handle one dashboard connection until it closes."""

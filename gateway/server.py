@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from websockets.asyncio.server import Server, serve
 from websockets.datastructures import Headers
@@ -33,6 +34,7 @@ from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.sessions import DeviceSessions
 from gateway.storage.base import Storage
+from gateway.supervisor import Supervisor
 from protocol import wire
 
 
@@ -62,17 +64,18 @@ class Gateway:
         self.server: Server | None = None
         self.draining = False
         self.stopped = asyncio.Event()
+        self.exit_code = 0
         self.started_at = time.time()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.supervisor = Supervisor(on_give_up=self._give_up)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         await self.storage.open()
         await self.alerts.restore()
-        self.hub.start()
         gctune.tune()
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(gctune.maintenance()), loop.create_task(self.sessions.sweep_forever())]
+        self.supervisor.start("hub", self.hub.run)
+        self.supervisor.start("registry_sweep", self.sessions.sweep_forever)
+        self.supervisor.start("gc", gctune.maintenance)
         extensions = None
         if self.config.compression:
             extensions = [ServerPerMessageDeflateFactory(
@@ -101,27 +104,40 @@ class Gateway:
             return int(sock.getsockname()[1])
         return self.config.port
 
+    def _give_up(self, task: str, error: BaseException) -> None:
+        """A background task keeps failing: stop with exit status 1 (systemd restarts the process)."""
+        self.exit_code = 1
+        asyncio.get_running_loop().create_task(self.shutdown())
+
+    async def _step(self, name: str, action: Awaitable[object]) -> None:
+        """One shutdown step: a failure is logged and the shutdown goes on with the next step."""
+        try:
+            await action
+        except Exception as err:
+            self.exit_code = 1
+            log("shutdown_step_failed", logging.ERROR, step=name, error=f"{type(err).__name__}: {err}"[:300])
+
     async def shutdown(self) -> None:
-        """Stop accepting, store and ack what was received, close devices with 1012, flush."""
+        """Stop accepting, store and ack what was received, close devices with 1012, flush.
+
+        Every step runs even if an earlier one (or a background task) failed."""
         if self.draining:
             return
         self.draining = True
         log("gateway_stopping", devices=len(self.sessions.devices))
         if self.server is not None:
             self.server.close(close_connections=False)
-        for task in self._tasks:
-            task.cancel()
-        await self.sessions.close_all()
-        await self.alerts.drain()
-        self.hub.flush()
-        await self.hub.stop()
+        await self._step("background tasks", self.supervisor.stop())
+        await self._step("device sessions", self.sessions.close_all())
+        await self._step("alerts", self.alerts.drain())
+        await self._step("dashboards", _call(self.hub.flush))
         if self.server is not None:
             for ws in list(self.server.connections):
                 with contextlib.suppress(Exception):
                     await ws.close(wire.CLOSE_GOING_AWAY, "gateway stopping")
-            await self.server.wait_closed()
-        await self.storage.close()
-        log("gateway_stopped", stored=self.counters.readings_stored)
+            await self._step("connections", self.server.wait_closed())
+        await self._step("storage", self.storage.close())
+        log("gateway_stopped", stored=self.counters.readings_stored, exit_code=self.exit_code)
         self.stopped.set()
 
     async def run_forever(self) -> None:
@@ -132,10 +148,13 @@ class Gateway:
 
     # ------------------------------------------------------------ HTTP endpoints of the process
     async def healthz(self, ws: EdgeConnection, request: Request) -> Response:
-        status = 503 if self.draining else 200
-        return json_response(status, {
-            "status": "draining" if self.draining else "ok", "devices_online": len(self.sessions.devices),
-            "dashboards": len(self.hub.clients), "storage": self.config.storage,
+        """200 while serving with every background task running; 503 while draining or degraded."""
+        tasks = self.supervisor.health()
+        healthy = self.supervisor.healthy
+        status = "draining" if self.draining else "ok" if healthy else "degraded"
+        return json_response(200 if status == "ok" else 503, {
+            "status": status, "devices_online": len(self.sessions.devices),
+            "dashboards": len(self.hub.clients), "storage": self.config.storage, "tasks": tasks,
             "uptime_s": round(time.time() - self.started_at, 1)})
 
     async def metrics_page(self, ws: EdgeConnection, request: Request) -> Response:
@@ -144,3 +163,7 @@ class Gateway:
             extra_counters=[("dashboard_resyncs", self.hub.resyncs)])
         return Response(200, "OK", Headers({"Content-Type": "text/plain; version=0.0.4",
                                             "Content-Length": str(len(body))}), body)
+
+
+async def _call(fn: Callable[[], None]) -> None:
+    fn()

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ from protocol.gateway import (
 )
 
 ResultHandler = Callable[[str, dict[str, Any]], None]
+INTERNAL_ERROR = "internal_error"  # counted in edgewire_errors_total; the connection closes with 1011
 
 
 class DeviceConnection:
@@ -135,6 +137,12 @@ class DeviceSessions:
             await self._serve(ws, session, identity)
         except ConnectionClosed:
             pass
+        except Exception as err:  # a bug: this session ends with 1011, logged; nothing else is affected
+            self.metrics.count_error(INTERNAL_ERROR)
+            log("device_session_failed", logging.ERROR, device=identity.device_id if identity else None,
+                error=f"{type(err).__name__}: {err}"[:300],
+                traceback="".join(traceback.format_exception(err))[-4000:])
+            await ws.close(wire.CLOSE_INTERNAL, INTERNAL_ERROR)
 
     async def _close_with(self, ws: EdgeConnection, event: Any) -> None:
         self.metrics.count_error(event.payload.code)
@@ -233,6 +241,9 @@ class DeviceSessions:
                 break
             elif kind == EV_RESULT:
                 self.on_result(conn.device_id, event.payload)
+                if event.reply:  # part of the result was refused (too large): the device is told
+                    self.metrics.count_error(wire.E_TOO_LARGE)
+                    await ws.send(event.reply)
             elif kind == EV_STATUS:
                 self.hub.status(conn.device_id, event.payload)
 

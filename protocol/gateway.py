@@ -14,10 +14,12 @@ from protocol.wire import (
     E_BINARY,
     E_IDENTITY,
     E_RATE,
+    E_TOO_LARGE,
     E_TOO_MANY_ERRORS,
     E_UNKNOWN_TYPE,
     MAX_BATCH,
     MAX_FRAME_BYTES,
+    MAX_TEXT,
     PROTOCOL_VERSION,
     T_ACK,
     T_AUTH,
@@ -35,6 +37,40 @@ from protocol.wire import (
     parse_data,
     valid_device_id,
 )
+
+# What the gateway keeps of a status frame (per device, shown on the dashboard) and forwards
+# of a command result (to the operator): bounded so that no device can make it large or deep.
+MAX_STATUS_FIELDS = 32  # top-level fields of a status frame
+MAX_STATUS_DEPTH = 4  # levels of objects/arrays, the status object itself being the first
+MAX_STATUS_VALUES = 128  # keys plus array items, at every level together
+MAX_STATUS_BYTES = 2048  # the kept fields, encoded as JSON
+MAX_RESULT_DEPTH = 8  # levels of a result's ``data``
+MAX_RESULT_VALUES = 1024
+MAX_RESULT_BYTES = 8192
+
+
+def json_shape_error(value, max_depth, max_values):
+    """None if ``value`` nests at most ``max_depth`` objects/arrays and holds at most
+    ``max_values`` keys and items in all; otherwise what is wrong. Iterative: no recursion
+    limit is reached whatever the input."""
+    count = 0
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        kind = type(node)
+        if kind is not dict and kind is not list:
+            continue
+        if depth > max_depth:
+            return "nested deeper than " + str(max_depth) + " levels"
+        count += len(node)
+        if count > max_values:
+            return "more than " + str(max_values) + " keys and items"
+        for child in (node.values() if kind is dict else node):
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+    return None
+
 
 # ---------------------------------------------------------------- rate limit
 
@@ -198,7 +234,7 @@ class GatewaySession:
         if kind == T_RESULT:
             return self._result(msg)
         if kind == T_STATUS:
-            return Event(EV_STATUS, msg)
+            return self._status(msg)
         if kind == T_AUTH:
             return self._bad(ProtocolError(E_BAD_FRAME, "already authenticated"))
         return self._bad(ProtocolError(E_UNKNOWN_TYPE, "unknown message type '" + kind[:32] + "'"))
@@ -283,10 +319,44 @@ class GatewaySession:
         self.accepted_seq = frame.last_seq
         return Event(EV_DATA, frame)
 
+    def _status(self, msg):
+        fields = {}
+        for key in msg:
+            if key != "t" and key != "device_id":
+                fields[key] = msg[key]
+        if len(fields) > MAX_STATUS_FIELDS:
+            return self._bad(ProtocolError(E_TOO_LARGE, "status has more than " + str(MAX_STATUS_FIELDS)
+                                           + " fields"))
+        problem = json_shape_error(fields, MAX_STATUS_DEPTH, MAX_STATUS_VALUES)
+        if problem is None and len(self.dumps(fields)) > MAX_STATUS_BYTES:
+            problem = "larger than " + str(MAX_STATUS_BYTES) + " bytes"
+        if problem is not None:
+            return self._bad(ProtocolError(E_TOO_LARGE, "status " + problem + "; send fewer, flatter fields"))
+        self.strikes = 0
+        return Event(EV_STATUS, fields)
+
     def _result(self, msg):
         command_id = _text_field(msg, "id", False, 64)
         ok = msg.get("ok")
         if command_id is None or type(ok) is not bool:
             return self._bad(ProtocolError(E_BAD_FRAME, "result needs string 'id' and boolean 'ok'"))
         self.strikes = 0
-        return Event(EV_RESULT, {"id": command_id, "ok": ok, "msg": msg.get("msg"), "data": msg.get("data")})
+        text = msg.get("msg")
+        data = msg.get("data")
+        result = {"id": command_id, "ok": ok, "msg": text, "data": data}
+        problem = None
+        if text is not None and (type(text) is not str or len(text) > MAX_TEXT):
+            problem = "'msg' must be a string of at most " + str(MAX_TEXT) + " characters"
+            result["msg"] = None
+        if data is not None:
+            shape = json_shape_error(data, MAX_RESULT_DEPTH, MAX_RESULT_VALUES)
+            if shape is None and len(self.dumps(data)) > MAX_RESULT_BYTES:
+                shape = "larger than " + str(MAX_RESULT_BYTES) + " bytes"
+            if shape is not None:
+                problem = "'data' " + shape
+                result["data"] = None
+        if problem is None:
+            return Event(EV_RESULT, result)
+        # The answer still reaches the operator, without the refused part; the device is told.
+        result["refused"] = {"code": E_TOO_LARGE, "msg": "result " + problem}
+        return Event(EV_RESULT, result, self.error_frame(E_TOO_LARGE, "result " + problem))

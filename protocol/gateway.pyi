@@ -14,6 +14,16 @@ EV_REJECT: str
 EV_THROTTLE: str
 EV_CLOSE: str
 
+MAX_STATUS_FIELDS: int
+MAX_STATUS_DEPTH: int
+MAX_STATUS_VALUES: int
+MAX_STATUS_BYTES: int
+MAX_RESULT_DEPTH: int
+MAX_RESULT_VALUES: int
+MAX_RESULT_BYTES: int
+
+def json_shape_error(value: object, max_depth: int, max_values: int) -> str | None: ...
+
 class TokenBucket:
     rate: float
     burst: float

@@ -41,7 +41,7 @@ def test_changes_of_one_interval_become_one_update_for_every_client() -> None:
     clock.now += 1.0
     hub.reading("S-1", {"temperature": 21.5}, 1_700_000_000_500)
     hub.reading("S-2", {"humidity": 40.0}, 1_700_000_000_600)
-    hub.status("S-1", {"t": "status", "rssi": -60})
+    hub.status("S-1", {"rssi": -60})
     hub.flush()
     assert len(a.queue) == 1 and list(a.queue) == list(b.queue)
     update = frames(a)[0]
@@ -99,3 +99,25 @@ def test_offline_and_alert_events_carry_the_clock() -> None:
     hub.flush()
     update = frames(c)[1]
     assert update["alerts"] == [] and update["events"][0]["at"] == 456
+
+
+def test_a_status_that_cannot_be_encoded_is_dropped_not_the_stream() -> None:
+    import orjson
+
+    def dumps(msg: object) -> str:
+        return orjson.dumps(msg).decode()  # the gateway's encoder: refuses more than 255 levels
+
+    hub = Hub(250.0, 8, dumps, FakeClock())
+    c = client(hub)
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(300):
+        node["a"] = {}
+        node = node["a"]  # type: ignore[assignment]
+    hub.status("S-bad", {"deep": deep})  # past the core's bounds (defence in depth)
+    hub.reading("S-good", {"temperature": 21.0}, 5)
+    hub.flush()
+    update = json.loads(c.queue[0])
+    assert update["devices"]["S-good"]["latest"] == {"temperature": [21.0, 5]}
+    assert update["devices"]["S-bad"]["status"] == {}
+    assert json.loads(hub.snapshot_frame())["t"] == "snapshot"

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import json
 
-from protocol.gateway import EV_DATA, GatewaySession
+from protocol import wire
+from protocol.gateway import (
+    EV_DATA,
+    EV_REJECT,
+    EV_RESULT,
+    EV_STATUS,
+    MAX_RESULT_BYTES,
+    MAX_STATUS_BYTES,
+    MAX_STATUS_DEPTH,
+    MAX_STATUS_FIELDS,
+    MAX_STATUS_VALUES,
+    GatewaySession,
+    json_shape_error,
+)
 
 
 def data(seq: int, n: int = 1) -> str:
@@ -26,3 +39,57 @@ def test_gaps_are_counted_next_to_accepted_seq() -> None:
     assert session.last_gap == 0 and session.gaps == 7
     session.receive(data(19, 3), 0)  # overlap: only 21 is new, no gap
     assert session.last_gap == 0 and session.gaps == 7 and session.accepted_seq == 21
+
+
+def nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def status(session: GatewaySession, **fields: object) -> tuple[str, object, str | None]:
+    event = session.receive(json.dumps(dict(fields, t="status")), 0)
+    return event.kind, event.payload, event.reply
+
+
+def test_status_is_bounded_in_depth_fields_values_and_size() -> None:
+    session = active()
+    kind, payload, _ = status(session, rssi=-60, fw="0.1.0", heap={"free": 61440, "min": 40000})
+    assert kind == EV_STATUS and payload == {"rssi": -60, "fw": "0.1.0", "heap": {"free": 61440, "min": 40000}}
+    # the attack: ~300 levels in about 620 bytes
+    for bad in ({"deep": nested(300)}, {"deep": nested(MAX_STATUS_DEPTH)},
+                {f"f{i}": i for i in range(MAX_STATUS_FIELDS + 1)},
+                {"many": list(range(MAX_STATUS_VALUES + 1))},
+                {"big": "x" * MAX_STATUS_BYTES}):
+        kind, err, reply = status(session, **bad)
+        assert kind == EV_REJECT and err.code == wire.E_TOO_LARGE, bad  # type: ignore[attr-defined]
+        assert reply is not None and json.loads(reply)["code"] == wire.E_TOO_LARGE
+    assert status(session, ok={"a": {"b": 1}})[0] == EV_STATUS  # 3 levels with the status itself
+
+
+def test_shape_check_is_iterative() -> None:
+    deep: list[object] = []
+    node = deep
+    for _ in range(100_000):
+        child: list[object] = []
+        node.append(child)
+        node = child
+    assert json_shape_error(deep, 8, 1000) == "nested deeper than 8 levels"
+    assert json_shape_error({"a": [1, 2, {"b": None}]}, 3, 10) is None
+    assert json_shape_error([0] * 11, 3, 10) == "more than 10 keys and items"
+
+
+def test_result_data_is_bounded_and_the_answer_still_arrives() -> None:
+    session = active()
+    good = session.receive(json.dumps({"t": "result", "id": "c-1", "ok": True, "msg": "done",
+                                       "data": {"v": [1, 2]}}), 0)
+    assert good.kind == EV_RESULT and good.reply is None
+    assert good.payload == {"id": "c-1", "ok": True, "msg": "done", "data": {"v": [1, 2]}}
+    for bad in ({"data": nested(300)}, {"data": {"x": "y" * (MAX_RESULT_BYTES + 1)}}, {"msg": {"a": 1}}):
+        event = session.receive(json.dumps(dict({"t": "result", "id": "c-2", "ok": True}, **bad)), 0)
+        assert event.kind == EV_RESULT
+        assert event.payload["id"] == "c-2" and event.payload["ok"] is True
+        assert event.payload["refused"]["code"] == wire.E_TOO_LARGE
+        assert event.payload["data"] is None or "data" not in bad
+        assert event.reply is not None and json.loads(event.reply)["code"] == wire.E_TOO_LARGE

@@ -1,0 +1,100 @@
+"""Issue 15, against a real gateway process: what the attack and the first hour found."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import connect
+
+from protocol import wire
+from tests.helpers.dashboard import DashboardWatcher
+from tests.helpers.gateway import GatewayProcess
+from tests.helpers.waiting import until
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def health(gw: GatewayProcess) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(gw.http_url + "/healthz", timeout=5) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+DEEP_STATUS = '{"t":"status","x":' + "[" * 300 + "]" * 300 + "}"  # ~620 bytes, 300 levels
+
+
+def test_deep_status_is_refused_and_the_dashboard_and_shutdown_go_on(tmp_path: Path) -> None:
+    gw = GatewayProcess(tmp_path).start()
+    try:
+        tokens = gw.register_many(["attacker", "bystander"])
+
+        async def run() -> tuple[dict[str, Any], DashboardWatcher, str]:
+            async with DashboardWatcher(gw.url) as dash, \
+                    connect(gw.device_url, additional_headers=bearer(tokens["attacker"])) as bad, \
+                    connect(gw.device_url, additional_headers=bearer(tokens["bystander"])) as good:
+                await bad.recv()
+                await good.recv()
+                await until(lambda: dash.snapshots >= 1, what="the snapshot")
+                await bad.send(DEEP_STATUS)
+                refused = json.loads(await asyncio.wait_for(bad.recv(), 10))
+                for seq in range(1, 4):
+                    await good.send(json.dumps({"t": "data", "seq": seq, "r": [{"m": {"temperature": 20 + seq}}]}))
+                    assert json.loads(await good.recv()) == {"t": "ack", "seq": seq}
+                # the hub is alive: the bystander's readings reach the dashboard ...
+                await until(lambda: dash.latest.get("bystander", {}).get("latest", {}).get("temperature", [0])[0]
+                            == 23, 10, "the bystander's last reading on the dashboard")
+                # ... and a new dashboard gets a snapshot
+                async with connect(gw.url + "/v1/dashboard") as late:
+                    snap = json.loads(await asyncio.wait_for(late.recv(), 10))
+            return refused, dash, snap["t"]
+
+        refused, _, late_kind = asyncio.run(run())
+        assert refused["t"] == "error" and refused["code"] == wire.E_TOO_LARGE
+        assert "nested deeper" in refused["msg"]
+        assert late_kind == "snapshot"
+        status, body = health(gw)
+        assert status == 200 and body["status"] == "ok"
+        assert {name: task["state"] for name, task in body["tasks"].items()} == {
+            "hub": "running", "registry_sweep": "running", "gc": "running"}
+    finally:
+        code = gw.stop(timeout=20)  # SIGTERM finishes
+        gw.kill()
+    assert code == 0
+    assert "task_failed" not in gw.log_text()
+
+
+def test_deep_result_data_reaches_the_operator_refused_and_admin_goes_on(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path) as gw:
+        token = gw.register("dev-r")
+
+        async def run() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+            from websockets.asyncio.client import connect as ws_connect
+
+            async with connect(gw.device_url, additional_headers=bearer(token)) as dev, \
+                    ws_connect(gw.url + "/v1/admin", additional_headers=bearer(gw.admin_token)) as admin:
+                await dev.recv()
+                await admin.send(json.dumps({"t": "command", "id": "1", "device_id": "dev-r", "name": "ping",
+                                             "timeout": 10}))
+                cmd = json.loads(await dev.recv())
+                await dev.send('{"t":"result","id":"' + cmd["id"] + '","ok":true,"data":'
+                               + "[" * 300 + "]" * 300 + "}")
+                told = json.loads(await asyncio.wait_for(dev.recv(), 10))
+                reply = json.loads(await asyncio.wait_for(admin.recv(), 10))
+                await admin.send(json.dumps({"t": "stats", "id": "2"}))
+                stats = json.loads(await admin.recv())
+            return told, reply, stats
+
+        told, reply, stats = asyncio.run(run())
+    assert told["code"] == wire.E_TOO_LARGE
+    assert reply["t"] == "ok" and reply["result"]["ok"] is True and reply["result"]["data"] is None
+    assert reply["result"]["refused"]["code"] == wire.E_TOO_LARGE
+    assert stats["t"] == "ok" and stats["id"] == "2"
