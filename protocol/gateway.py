@@ -13,6 +13,7 @@ from protocol.wire import (
     E_BAD_JSON,
     E_BINARY,
     E_IDENTITY,
+    E_NO_SUCH_COMMAND,
     E_RATE,
     E_TOO_LARGE,
     E_TOO_MANY_ERRORS,
@@ -47,6 +48,7 @@ MAX_STATUS_BYTES = 2048  # the kept fields, encoded as JSON
 MAX_RESULT_DEPTH = 8  # levels of a result's ``data``
 MAX_RESULT_VALUES = 1024
 MAX_RESULT_BYTES = 8192
+MAX_PENDING_COMMANDS = 64  # command ids remembered per connection until their result arrives
 
 
 def json_shape_error(value, max_depth, max_values):
@@ -163,6 +165,7 @@ class GatewaySession:
         self.bad_frames = 0
         self.throttled = 0
         self.duplicates = 0
+        self.commands = {}  # ids of commands sent on this connection whose result has not come
 
     # -- outgoing frames
     def frame(self, msg):
@@ -207,6 +210,12 @@ class GatewaySession:
         return self.dumps({"t": T_ACK, "seq": self.last_seq})
 
     def command_frame(self, command_id, name, args=None):
+        """The cmd frame; ``command_id`` is remembered so that only this connection's device can
+        answer it (the oldest of more than MAX_PENDING_COMMANDS is forgotten)."""
+        commands = self.commands
+        commands[command_id] = True
+        if len(commands) > MAX_PENDING_COMMANDS:
+            del commands[next(iter(commands))]
         return self.dumps({"t": T_CMD, "id": command_id, "name": name, "args": args or {}})
 
     # -- incoming frames
@@ -340,6 +349,10 @@ class GatewaySession:
         ok = msg.get("ok")
         if command_id is None or type(ok) is not bool:
             return self._bad(ProtocolError(E_BAD_FRAME, "result needs string 'id' and boolean 'ok'"))
+        if command_id not in self.commands:
+            return self._bad(ProtocolError(E_NO_SUCH_COMMAND, "no command '" + command_id
+                                           + "' is waiting for a result on this connection"))
+        del self.commands[command_id]
         self.strikes = 0
         text = msg.get("msg")
         data = msg.get("data")

@@ -21,6 +21,7 @@ MAX_STATUS_BYTES: int
 MAX_RESULT_DEPTH: int
 MAX_RESULT_VALUES: int
 MAX_RESULT_BYTES: int
+MAX_PENDING_COMMANDS: int
 
 def json_shape_error(value: object, max_depth: int, max_values: int) -> str | None: ...
 
@@ -56,6 +57,7 @@ class GatewaySession:
     bad_frames: int
     throttled: int
     duplicates: int
+    commands: dict[str, bool]
     def __init__(
         self,
         rate: float = ...,

@@ -45,6 +45,7 @@ E_REPLACED = "replaced"
 E_SHUTDOWN = "shutting_down"
 E_STORAGE = "storage_unavailable"
 E_TOO_MANY_ERRORS = "too_many_errors"
+E_NO_SUCH_COMMAND = "no_such_command"  # a result for no command pending on this connection
 
 # WebSocket close codes (RFC 6455 plus the 4000-4999 private range).
 CLOSE_NORMAL = 1000

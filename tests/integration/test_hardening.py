@@ -98,3 +98,41 @@ def test_deep_result_data_reaches_the_operator_refused_and_admin_goes_on(tmp_pat
     assert reply["t"] == "ok" and reply["result"]["ok"] is True and reply["result"]["data"] is None
     assert reply["result"]["refused"]["code"] == wire.E_TOO_LARGE
     assert stats["t"] == "ok" and stats["id"] == "2"
+
+
+def test_another_device_cannot_answer_a_command(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path) as gw:
+        tokens = gw.register_many(["relay-box", "intruder"])
+
+        async def run() -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
+            async with connect(gw.device_url, additional_headers=bearer(tokens["relay-box"])) as victim, \
+                    connect(gw.device_url, additional_headers=bearer(tokens["intruder"])) as intruder, \
+                    connect(gw.url + "/v1/admin", additional_headers=bearer(gw.admin_token)) as admin:
+                await victim.recv()
+                await intruder.recv()
+                ids = []
+
+                async def command(request_id: str) -> None:
+                    await admin.send(json.dumps({"t": "command", "id": request_id, "device_id": "relay-box",
+                                                 "name": "set_output", "args": {"output": "relay", "on": True},
+                                                 "timeout": 10}))
+                    ids.append(json.loads(await asyncio.wait_for(victim.recv(), 10))["id"])
+
+                await command("1")
+                told = []
+                # the old ids were c1, c2, ...: guessed; then the real id, as if it had leaked
+                for guess in ("c1", "c2", ids[0]):
+                    await intruder.send(json.dumps({"t": "result", "id": guess, "ok": True, "msg": "relay on"}))
+                    told.append(json.loads(await asyncio.wait_for(intruder.recv(), 10)))
+                await victim.send(json.dumps({"t": "result", "id": ids[0], "ok": False, "msg": "relay stuck"}))
+                first = json.loads(await asyncio.wait_for(admin.recv(), 10))
+                await command("2")
+                await victim.send(json.dumps({"t": "result", "id": ids[1], "ok": True}))
+                await asyncio.wait_for(admin.recv(), 10)
+            return ids, told, first
+
+        ids, told, first = asyncio.run(run())
+    assert len(set(ids)) == 2 and all(len(i) >= 16 for i in ids)
+    assert ids[0] not in ("c1", "c2") and not ids[1].endswith(ids[0][-4:])
+    assert [t["code"] for t in told] == [wire.E_NO_SUCH_COMMAND] * 3
+    assert first["t"] == "ok" and first["result"] == {"id": ids[0], "ok": False, "msg": "relay stuck", "data": None}

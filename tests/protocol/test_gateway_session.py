@@ -10,6 +10,7 @@ from protocol.gateway import (
     EV_REJECT,
     EV_RESULT,
     EV_STATUS,
+    MAX_PENDING_COMMANDS,
     MAX_RESULT_BYTES,
     MAX_STATUS_BYTES,
     MAX_STATUS_DEPTH,
@@ -82,14 +83,36 @@ def test_shape_check_is_iterative() -> None:
 
 def test_result_data_is_bounded_and_the_answer_still_arrives() -> None:
     session = active()
+    session.command_frame("c-1", "ping")
+    session.command_frame("c-2", "ping")
     good = session.receive(json.dumps({"t": "result", "id": "c-1", "ok": True, "msg": "done",
                                        "data": {"v": [1, 2]}}), 0)
     assert good.kind == EV_RESULT and good.reply is None
     assert good.payload == {"id": "c-1", "ok": True, "msg": "done", "data": {"v": [1, 2]}}
     for bad in ({"data": nested(300)}, {"data": {"x": "y" * (MAX_RESULT_BYTES + 1)}}, {"msg": {"a": 1}}):
+        session.command_frame("c-2", "ping")
         event = session.receive(json.dumps(dict({"t": "result", "id": "c-2", "ok": True}, **bad)), 0)
         assert event.kind == EV_RESULT
         assert event.payload["id"] == "c-2" and event.payload["ok"] is True
         assert event.payload["refused"]["code"] == wire.E_TOO_LARGE
         assert event.payload["data"] is None or "data" not in bad
         assert event.reply is not None and json.loads(event.reply)["code"] == wire.E_TOO_LARGE
+
+
+def test_a_result_is_accepted_only_for_a_command_sent_on_this_connection() -> None:
+    victim, other = active(), active()
+    victim.command_frame("c-secret", "set_output", {"output": "relay", "on": True})
+    forged = other.receive(json.dumps({"t": "result", "id": "c-secret", "ok": True}), 0)
+    assert forged.kind == EV_REJECT and forged.payload.code == wire.E_NO_SUCH_COMMAND
+    assert forged.reply is not None and json.loads(forged.reply)["code"] == wire.E_NO_SUCH_COMMAND
+    real = victim.receive(json.dumps({"t": "result", "id": "c-secret", "ok": False, "msg": "relay stuck"}), 0)
+    assert real.kind == EV_RESULT and real.payload["msg"] == "relay stuck"
+    again = victim.receive(json.dumps({"t": "result", "id": "c-secret", "ok": True}), 0)  # answered once
+    assert again.kind == EV_REJECT and again.payload.code == wire.E_NO_SUCH_COMMAND
+
+
+def test_pending_command_ids_are_bounded() -> None:
+    session = active()
+    for i in range(MAX_PENDING_COMMANDS + 5):
+        session.command_frame(f"c-{i}", "ping")
+    assert len(session.commands) == MAX_PENDING_COMMANDS and "c-0" not in session.commands
