@@ -55,7 +55,7 @@ class GatewayConfig:
     jwt_public_key_file: str = ""
     dashboard_interval_ms: float = 250.0
     dashboard_queue: int = 32
-    dashboard_auth: str = "auto"  # "on", "off", or "auto": on unless the gateway listens on loopback only
+    dashboard_auth: str = "auto"  # "on", "off", or "auto": see dashboard_token_needed
     alerts: list[AlertRule] = field(default_factory=lambda: [AlertRule()])
     tls_cert: str = ""
     tls_key: str = ""
@@ -71,6 +71,18 @@ class GatewayConfig:
             return not ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return self.host != "localhost"  # a host name: assume it is reachable from elsewhere
+
+    def dashboard_token_needed(self, client_address: str) -> bool:
+        """Whether a /v1/dashboard client at ``client_address`` (after the proxy rules) must show the token.
+
+        ``auto``: yes when the gateway listens beyond loopback, when a trusted proxy is configured
+        (the proxy's own clients may be anywhere), or when the client is not on loopback."""
+        if self.dashboard_auth != "auto" or self.dashboard_token_required or self.trusted_proxies:
+            return self.dashboard_auth != "off"
+        try:
+            return not ipaddress.ip_address(client_address).is_loopback
+        except ValueError:
+            return True
 
     @property
     def database(self) -> Path:

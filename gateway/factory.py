@@ -39,7 +39,7 @@ async def build_gateway(config: GatewayConfig) -> Gateway:
         trusted_proxies=config.trusted_proxies)
     admin_token = registry_mod.load_or_create_admin_token(config.data_dir)
     dashboard_token = None
-    if config.dashboard_token_required:
+    if config.dashboard_auth != "off":  # "auto" asks for it from clients beyond loopback
         dashboard_token = registry_mod.load_or_create_secret(config.data_dir, "dashboard.token", "ewd_",
                                                              "dashboard token")
     return Gateway(config, storage, authenticator, registry, admin_token, dashboard_token)

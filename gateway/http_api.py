@@ -17,6 +17,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from gateway.auth import bearer_credential
+from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, json_response
 from gateway.errors import AuthError
 from gateway.registry import verify_admin_token
@@ -49,8 +50,10 @@ def _query_token(path: str) -> str | None:
 
 
 class HttpApi:
-    def __init__(self, *, admin_token: str, dashboard_token: str | None,
-                 draining: Callable[[], bool]) -> None:
+    def __init__(self, config: GatewayConfig, *, admin_token: str, dashboard_token: str | None,
+                 client_address: Callable[[EdgeConnection, Headers], str], draining: Callable[[], bool]) -> None:
+        self.config = config
+        self.client_address = client_address
         self.admin_token = admin_token
         self.dashboard_token = dashboard_token
         self.draining = draining
@@ -101,7 +104,8 @@ class HttpApi:
             "X-Content-Type-Options": "nosniff"}), body)
 
     async def dashboard_upgrade(self, ws: EdgeConnection, request: Request) -> Response | None:
-        if self.dashboard_token is None:
+        ws.address = self.client_address(ws, request.headers)
+        if self.dashboard_token is None or not self.config.dashboard_token_needed(ws.address):
             return None
         try:
             token = bearer_credential(request.headers) or _query_token(request.path)

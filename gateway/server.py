@@ -54,8 +54,8 @@ class Gateway:
         self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.alerts, self.metrics,
                                        on_result=self.commands.result, clock=clock)
         self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics)
-        self.http = HttpApi(admin_token=admin_token, dashboard_token=dashboard_token,
-                            draining=lambda: self.draining)
+        self.http = HttpApi(config, admin_token=admin_token, dashboard_token=dashboard_token,
+                            client_address=self.sessions.client_address, draining=lambda: self.draining)
         self.http.route("/healthz", self.healthz)
         self.http.route("/metrics", self.metrics_page)
         self.http.websocket("/v1/device", self.sessions.check_upgrade, self.sessions.handle)

@@ -136,3 +136,31 @@ def test_another_device_cannot_answer_a_command(tmp_path: Path) -> None:
     assert ids[0] not in ("c1", "c2") and not ids[1].endswith(ids[0][-4:])
     assert [t["code"] for t in told] == [wire.E_NO_SUCH_COMMAND] * 3
     assert first["t"] == "ok" and first["result"] == {"id": ids[0], "ok": False, "msg": "relay stuck", "data": None}
+
+
+async def dashboard_attempt(url: str, headers: dict[str, str] | None = None) -> str:
+    from websockets.exceptions import InvalidStatus
+
+    try:
+        async with connect(url, additional_headers=headers) as ws:
+            return str(json.loads(await asyncio.wait_for(ws.recv(), 10))["t"])
+    except InvalidStatus as err:
+        return f"{err.response.status_code} {json.loads(err.response.body)['code']}"
+
+
+def test_behind_a_trusted_proxy_the_dashboard_needs_its_token(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path, trusted_proxies=["127.0.0.1/32"]) as gw:  # dashboard_auth = auto
+        token = (gw.data_dir / "dashboard.token").read_text().strip()
+        url = gw.url + "/v1/dashboard"
+        public = {"X-Forwarded-For": "203.0.113.9"}
+        assert asyncio.run(dashboard_attempt(url, public)) == "401 auth_failed"
+        assert asyncio.run(dashboard_attempt(url)) == "401 auth_failed"  # the proxy itself: still a proxy
+        assert asyncio.run(dashboard_attempt(url + "?token=" + token, public)) == "snapshot"
+
+
+def test_on_loopback_the_dashboard_needs_no_token_but_other_clients_do(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path) as gw:
+        url = gw.url + "/v1/dashboard"
+        assert asyncio.run(dashboard_attempt(url)) == "snapshot"
+        # X-Forwarded-For from an untrusted peer is ignored: the client is the loopback peer
+        assert asyncio.run(dashboard_attempt(url, {"X-Forwarded-For": "203.0.113.9"})) == "snapshot"
