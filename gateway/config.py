@@ -48,6 +48,8 @@ class GatewayConfig:
     ping_timeout_s: float = 20.0
     compression: bool = True
     uvloop: bool = True  # use uvloop's event loop when it is installed (the "fast" extra)
+    max_unauthenticated: int = 4096  # connections not yet authenticated, in all (at most half the open-files limit)
+    max_unauthenticated_per_address: int = 256  # ... from one TCP peer address (trusted proxies exempt)
     registry_recheck_s: float = 5.0  # how often live sessions are checked against the registry
     allow_cidrs: list[str] = field(default_factory=list)
     trusted_proxies: list[str] = field(default_factory=list)
@@ -102,7 +104,8 @@ class GatewayConfig:
                 raise ConfigError(f"{key}: must be greater than 0")
         if self.burst < 1:
             raise ConfigError("burst: must be at least 1")
-        for key in ("max_frame", "max_batch", "dashboard_queue"):
+        for key in ("max_frame", "max_batch", "dashboard_queue", "max_unauthenticated",
+                    "max_unauthenticated_per_address"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be at least 1")
         for key in ("allow_cidrs", "trusted_proxies"):

@@ -105,15 +105,15 @@ class HttpApi:
 
     async def dashboard_upgrade(self, ws: EdgeConnection, request: Request) -> Response | None:
         ws.address = self.client_address(ws, request.headers)
-        if self.dashboard_token is None or not self.config.dashboard_token_needed(ws.address):
-            return None
-        try:
-            token = bearer_credential(request.headers) or _query_token(request.path)
-        except AuthError:
-            token = None
-        if not verify_admin_token(self.dashboard_token, token):
-            return json_response(401, {"code": wire.E_AUTH_FAILED, "message": "dashboard authentication "
-                                       "failed: open the page as /#token=<contents of dashboard.token>"})
+        if self.dashboard_token is not None and self.config.dashboard_token_needed(ws.address):
+            try:
+                token = bearer_credential(request.headers) or _query_token(request.path)
+            except AuthError:
+                token = None
+            if not verify_admin_token(self.dashboard_token, token):
+                return json_response(401, {"code": wire.E_AUTH_FAILED, "message": "dashboard authentication "
+                                           "failed: open the page as /#token=<contents of dashboard.token>"})
+        ws.authenticated()
         return None
 
     async def admin_upgrade(self, ws: EdgeConnection, request: Request) -> Response | None:
@@ -123,4 +123,5 @@ class HttpApi:
             token = None
         if not verify_admin_token(self.admin_token, token):
             return json_response(401, {"code": wire.E_AUTH_FAILED, "message": "admin authentication failed"})
+        ws.authenticated()
         return None

@@ -22,11 +22,12 @@ from websockets.http11 import Request, Response
 
 from gateway import gctune
 from gateway.admin import AdminApi
+from gateway.admission import Admission, raise_open_files_limit
 from gateway.alerts import AlertEngine
 from gateway.auth import Authenticator
 from gateway.commands import Commands
 from gateway.config import GatewayConfig
-from gateway.conn import EdgeConnection, dumps, json_response
+from gateway.conn import EdgeConnection, connection_class, dumps, json_response
 from gateway.http_api import HttpApi
 from gateway.hub import Hub
 from gateway.logs import log
@@ -67,11 +68,18 @@ class Gateway:
         self.exit_code = 0
         self.started_at = time.time()
         self.supervisor = Supervisor(on_give_up=self._give_up)
+        self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address,
+                                   config.trusted_proxies)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         await self.storage.open()
         await self.alerts.restore()
+        before, soft, hard = raise_open_files_limit()
+        cap = min(self.config.max_unauthenticated, max(64, soft // 2))
+        self.admission = Admission(cap, self.config.max_unauthenticated_per_address, self.config.trusted_proxies)
+        log("open_files_limit", soft=soft, was=before, hard=hard, max_unauthenticated=cap,
+            max_unauthenticated_per_address=self.config.max_unauthenticated_per_address)
         gctune.tune()
         self.supervisor.start("hub", self.hub.run)
         self.supervisor.start("registry_sweep", self.sessions.sweep_forever)
@@ -87,7 +95,7 @@ class Gateway:
             ssl_context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
         self.server = await serve(
             self.http.handle, self.config.host, self.config.port,
-            process_request=self.http.process_request, create_connection=EdgeConnection,
+            process_request=self.http.process_request, create_connection=connection_class(self.admission),
             compression=None, extensions=extensions,
             max_size=self.config.max_frame, max_queue=16,
             open_timeout=self.config.auth_timeout_s,
@@ -131,6 +139,8 @@ class Gateway:
         await self._step("device sessions", self.sessions.close_all())
         await self._step("alerts", self.alerts.drain())
         await self._step("dashboards", _call(self.hub.flush))
+        for waiting in list(self.admission.waiting):  # still in the handshake or before auth: no data yet
+            waiting.transport.abort()
         if self.server is not None:
             for ws in list(self.server.connections):
                 with contextlib.suppress(Exception):
@@ -159,8 +169,10 @@ class Gateway:
 
     async def metrics_page(self, ws: EdgeConnection, request: Request) -> Response:
         body = self.metrics.render(
-            gauges=[("devices_online", len(self.sessions.devices)), ("dashboards", len(self.hub.clients))],
-            extra_counters=[("dashboard_resyncs", self.hub.resyncs)])
+            gauges=[("devices_online", len(self.sessions.devices)), ("dashboards", len(self.hub.clients)),
+                    ("unauthenticated_connections", self.admission.total)],
+            extra_counters=[("dashboard_resyncs", self.hub.resyncs),
+                            ("connections_refused", sum(self.admission.refused.values()))])
         return Response(200, "OK", Headers({"Content-Type": "text/plain; version=0.0.4",
                                             "Content-Length": str(len(body))}), body)
 

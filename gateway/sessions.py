@@ -104,6 +104,7 @@ class DeviceSessions:
             if token is None and jwt is None:
                 return None  # first-frame authentication
             ws.identity = await self.auth.authenticate(device_id=None, token=token, jwt=jwt, address=address)
+            ws.authenticated()
         except AuthError as err:
             self.auth_failed(err, address)
             return json_response(err.http_status, {"code": err.code, "message": err.message})
@@ -165,8 +166,10 @@ class DeviceSessions:
             return None
         creds = event.payload
         try:
-            return await self.auth.authenticate(device_id=creds["device_id"], token=creds["token"],
-                                                jwt=creds["jwt"], address=ws.address)
+            identity = await self.auth.authenticate(device_id=creds["device_id"], token=creds["token"],
+                                                    jwt=creds["jwt"], address=ws.address)
+            ws.authenticated()
+            return identity
         except AuthError as err:
             self.auth_failed(err, ws.address)
             await self._close_with(ws, session.refuse(err.code, err.message))

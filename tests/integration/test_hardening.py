@@ -164,3 +164,116 @@ def test_on_loopback_the_dashboard_needs_no_token_but_other_clients_do(tmp_path:
         assert asyncio.run(dashboard_attempt(url)) == "snapshot"
         # X-Forwarded-For from an untrusted peer is ignored: the client is the loopback peer
         assert asyncio.run(dashboard_attempt(url, {"X-Forwarded-For": "203.0.113.9"})) == "snapshot"
+
+
+def test_open_files_soft_limit_is_raised_to_the_hard_limit() -> None:
+    import subprocess
+    import sys
+
+    code = ("import resource; soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)); "
+            "from gateway.admission import raise_open_files_limit; "
+            "before, now, hard = raise_open_files_limit(); "
+            "print(before, now, hard, resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    before, now, hard, actual = (int(x) for x in out)
+    assert before == 256 and now == actual and now > 256
+    assert now == hard or hard == -1  # RLIM_INFINITY: raised to fs.nr_open
+
+
+def test_a_flood_of_unauthenticated_connections_is_capped_and_devices_stay_served(tmp_path: Path) -> None:
+    import socket
+
+    from tests.helpers.devices import GoodDevice
+    from tests.helpers.waiting import until_sync
+
+    settings = {"max_unauthenticated": 40, "max_unauthenticated_per_address": 20, "auth_timeout_s": 60.0}
+    with GatewayProcess(tmp_path, **settings) as gw:
+        tokens = gw.register_many(["steady", "newcomer"])
+        assert "open_files_limit" in gw.log_text()
+
+        def metrics() -> dict[str, float]:
+            """/metrics read from an address of its own (the flood's addresses are at their cap)."""
+            import http.client
+
+            conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5, source_address=("127.0.0.9", 0))
+            try:
+                conn.request("GET", "/metrics")
+                text = conn.getresponse().read().decode()
+            finally:
+                conn.close()
+            return {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+                    for line in text.splitlines() if line and not line.startswith("#")}
+
+        def refused_total() -> float:
+            return metrics().get("edgewire_connections_refused_total", 0.0)
+
+        def flood(source: str, count: int) -> list[socket.socket]:
+            socks = []
+            for _ in range(count):
+                sock = socket.socket()
+                sock.bind((source, 0))
+                sock.connect(("127.0.0.1", gw.port))
+                socks.append(sock)
+            return socks
+
+        def answered(socks: list[socket.socket]) -> list[bytes]:
+            """What the gateway sent on each socket so far (b"" for a silent, still open one)."""
+            out = []
+            for sock in socks:
+                try:
+                    out.append(sock.recv(4096, socket.MSG_DONTWAIT))
+                except BlockingIOError:
+                    out.append(b"")
+            return out
+
+        async def run() -> tuple[int, int]:
+            loop = asyncio.get_running_loop()
+            async with GoodDevice(gw.device_url, "steady", tokens["steady"]) as steady:
+                # one address: 20 held, the next 15 refused at once
+                same = await loop.run_in_executor(None, flood, "127.0.0.1", 35)
+                await loop.run_in_executor(None, until_sync, lambda: refused_total() >= 15, 15, "15 refusals")
+                replies = answered(same)
+                assert sum(r.startswith(b"HTTP/1.1 503") and b"too_many_connections" in r for r in replies) == 15
+                assert sum(r == b"" for r in replies) == 20
+                # other addresses: up to the total cap of 40, then refused too
+                others = []
+                for source in ("127.0.0.3", "127.0.0.4"):
+                    others += await loop.run_in_executor(None, flood, source, 15)
+                # (while the total cap is reached, /metrics is refused too: read the sockets instead)
+                seen = [b""] * len(others)
+
+                def refusals() -> int:
+                    for i, reply in enumerate(answered(others)):
+                        seen[i] += reply
+                    return sum(r.startswith(b"HTTP/1.1 503") for r in seen)
+
+                await loop.run_in_executor(None, until_sync, lambda: refusals() >= 10, 15, "10 more refusals")
+                assert refusals() == 10 and sum(r == b"" for r in seen) == 20
+                # the authenticated device goes on; a device from another address could get in once
+                # the flood leaves room, and authenticating frees its slot at once
+                acked = steady.acked
+                await steady.wait_acked(acked + 5)
+                for sock in others:
+                    sock.close()
+                await loop.run_in_executor(None, until_sync,
+                                           # 20 held by the flood, plus this very request
+                                           lambda: metrics()["edgewire_unauthenticated_connections"] == 21, 15,
+                                           "the closed sockets to be released")
+                assert refused_total() == 25
+                async with connect(gw.device_url, additional_headers=bearer(tokens["newcomer"]),
+                                   local_addr=("127.0.0.2", 0)) as newcomer:
+                    welcome = json.loads(await newcomer.recv())
+                    await newcomer.send(json.dumps({"t": "data", "seq": 1, "r": [{"m": {"temperature": 20}}]}))
+                    ack = json.loads(await newcomer.recv())
+                assert welcome["t"] == "welcome" and ack == {"t": "ack", "seq": 1}
+                held.extend(same)
+            return steady.acked, int(refused_total())
+
+        held: list[socket.socket] = []
+        acked, refused = asyncio.run(run())
+        # SIGTERM with 20 silent connections still open (auth_timeout_s = 60): stops at once
+        assert gw.stop(timeout=15) == 0
+    for sock in held:
+        sock.close()
+    assert acked > 5 and refused == 25
