@@ -9,6 +9,7 @@ import dataclasses
 import ipaddress
 import os
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ class GatewayConfig:
     dashboard_interval_ms: float = 250.0
     dashboard_queue: int = 32
     dashboard_auth: str = "auto"  # "on", "off", or "auto": see dashboard_token_needed
+    dashboard_origins: list[str] = field(default_factory=list)  # Origins allowed besides the gateway's own
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names served a token-less dashboard
     alerts: list[AlertRule] = field(default_factory=lambda: [AlertRule()])
     tls_cert: str = ""
     tls_key: str = ""
@@ -118,6 +121,10 @@ class GatewayConfig:
             raise ConfigError("tls_cert and tls_key: set both or neither")
         if self.dashboard_auth not in ("auto", "on", "off"):
             raise ConfigError("dashboard_auth: must be 'auto', 'on' or 'off'")
+        for origin in self.dashboard_origins:
+            parts = urllib.parse.urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+                raise ConfigError(f"dashboard_origins: {origin!r} is not an origin like https://fleet.example.com")
         if self.log_format not in ("json", "text"):
             raise ConfigError("log_format: must be 'json' or 'text'")
         for rule in self.alerts:

@@ -7,6 +7,7 @@ one line: ``http.route("/v1/thing", handler)`` or ``http.websocket("/v1/thing", 
 
 from __future__ import annotations
 
+import ipaddress
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ STATIC_FILES = {
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
+
+ORIGIN_NOT_ALLOWED = "origin_not_allowed"  # HTTP 403 on /v1/dashboard
+HOST_NOT_ALLOWED = "host_not_allowed"  # HTTP 403 on /v1/dashboard
 
 Handler = Callable[[EdgeConnection, Request], Awaitable[Response | None]]
 Serve = Callable[[EdgeConnection], Awaitable[None]]
@@ -53,6 +57,7 @@ class HttpApi:
     def __init__(self, config: GatewayConfig, *, admin_token: str, dashboard_token: str | None,
                  client_address: Callable[[EdgeConnection, Headers], str], draining: Callable[[], bool]) -> None:
         self.config = config
+        self._allowed_hosts = {h.lower() for h in (config.host, *config.allowed_hosts)}
         self.client_address = client_address
         self.admin_token = admin_token
         self.dashboard_token = dashboard_token
@@ -103,9 +108,63 @@ class HttpApi:
             "Content-Security-Policy": "default-src 'self'; connect-src 'self'",
             "X-Content-Type-Options": "nosniff"}), body)
 
+    def _own_hosts(self, ws: EdgeConnection, headers: Headers) -> set[str]:
+        """The host[:port] values naming this gateway for this request: its Host header and, from a
+        trusted proxy, X-Forwarded-Host."""
+        hosts = {h.strip().lower() for h in headers.get_all("Host")}
+        if self.config.trusted_proxies and ws.address != self._peer(ws):  # the request came through a proxy
+            for value in headers.get_all("X-Forwarded-Host"):
+                hosts.update(h.strip().lower() for h in value.split(",") if h.strip())
+        return hosts
+
+    @staticmethod
+    def _peer(ws: EdgeConnection) -> str:
+        return str(ws.remote_address[0]) if ws.remote_address else ""
+
+    def _origin_allowed(self, ws: EdgeConnection, headers: Headers) -> bool:
+        """A browser's Origin must be the gateway's own origin or listed in ``dashboard_origins``.
+        Clients that send no Origin (not browsers) pass: they cannot be driven by a web page."""
+        origins = headers.get_all("Origin")
+        if not origins:
+            return True
+        if len(origins) > 1:
+            return False
+        origin = origins[0].strip().lower().rstrip("/")
+        if origin in (o.lower().rstrip("/") for o in self.config.dashboard_origins):
+            return True
+        parts = urllib.parse.urlsplit(origin)
+        return parts.scheme in ("http", "https") and parts.netloc in self._own_hosts(ws, headers)
+
+    def _host_allowed(self, headers: Headers) -> bool:
+        """Without the token, serve a Host only if it is an IP address, a loopback name, the configured
+        ``host`` or in ``allowed_hosts``: a DNS-rebinding page reaches us under its own DNS name."""
+        values = headers.get_all("Host")
+        if len(values) != 1:
+            return False
+        try:
+            name = urllib.parse.urlsplit("//" + values[0].strip()).hostname or ""
+        except ValueError:
+            return False
+        if name == "localhost" or name.endswith(".localhost") or name in self._allowed_hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)  # an address is not a DNS name: nothing to rebind
+            return True
+        except ValueError:
+            return False
+
     async def dashboard_upgrade(self, ws: EdgeConnection, request: Request) -> Response | None:
         ws.address = self.client_address(ws, request.headers)
-        if self.dashboard_token is not None and self.config.dashboard_token_needed(ws.address):
+        headers = request.headers
+        if not self._origin_allowed(ws, headers):
+            return json_response(403, {"code": ORIGIN_NOT_ALLOWED, "message": "this page's origin may not open "
+                                       "the dashboard stream; add it to dashboard_origins"})
+        needs_token = self.dashboard_token is not None and self.config.dashboard_token_needed(ws.address)
+        if not needs_token and not self._host_allowed(headers):
+            return json_response(403, {"code": HOST_NOT_ALLOWED, "message": "unknown Host for a dashboard without "
+                                       "a token; add the name to allowed_hosts or turn dashboard_auth on"})
+        if needs_token:
+            assert self.dashboard_token is not None
             try:
                 token = bearer_credential(request.headers) or _query_token(request.path)
             except AuthError:

@@ -277,3 +277,52 @@ def test_a_flood_of_unauthenticated_connections_is_capped_and_devices_stay_serve
     for sock in held:
         sock.close()
     assert acked > 5 and refused == 25
+
+
+async def dashboard_as(gw: GatewayProcess, host: str | None = None, origin: str | None = None,
+                       query: str = "") -> str:
+    """Open /v1/dashboard with this Host and Origin (the TCP connection goes to the gateway)."""
+    import socket
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.typing import Origin
+
+    sock = socket.create_connection(("127.0.0.1", gw.port))
+    uri = f"ws://{host or f'127.0.0.1:{gw.port}'}/v1/dashboard{query}"
+    try:
+        async with connect(uri, sock=sock, origin=Origin(origin) if origin else None) as ws:
+            return str(json.loads(await asyncio.wait_for(ws.recv(), 10))["t"])
+    except InvalidStatus as err:
+        return f"{err.response.status_code} {json.loads(err.response.body)['code']}"
+
+
+def test_dashboard_checks_origin_and_refuses_unknown_hosts_without_a_token(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path, dashboard_origins=["https://fleet.example.com"],
+                        allowed_hosts=["fleet.example.com"]) as gw:
+        own = f"127.0.0.1:{gw.port}"
+        cases = {
+            "no origin (not a browser)": asyncio.run(dashboard_as(gw)),
+            "own origin": asyncio.run(dashboard_as(gw, origin=f"http://{own}")),
+            "localhost": asyncio.run(dashboard_as(gw, host=f"localhost:{gw.port}",
+                                                  origin=f"http://localhost:{gw.port}")),
+            "cross-site page": asyncio.run(dashboard_as(gw, origin="http://evil.example")),
+            "sandboxed page": asyncio.run(dashboard_as(gw, origin="null")),
+            "dns rebinding": asyncio.run(dashboard_as(gw, host=f"evil.example:{gw.port}",
+                                                      origin=f"http://evil.example:{gw.port}")),
+            "allowlisted": asyncio.run(dashboard_as(gw, host="fleet.example.com",
+                                                    origin="https://fleet.example.com")),
+        }
+    assert cases == {
+        "no origin (not a browser)": "snapshot", "own origin": "snapshot", "localhost": "snapshot",
+        "cross-site page": "403 origin_not_allowed", "sandboxed page": "403 origin_not_allowed",
+        "dns rebinding": "403 host_not_allowed", "allowlisted": "snapshot"}
+
+
+def test_with_the_token_any_host_name_works_but_not_a_foreign_origin(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path, dashboard_auth="on") as gw:
+        token = (gw.data_dir / "dashboard.token").read_text().strip()
+        named = f"gateway.lan:{gw.port}"
+        assert asyncio.run(dashboard_as(gw, host=named, origin=f"http://{named}", query="?token=" + token)) \
+            == "snapshot"
+        assert asyncio.run(dashboard_as(gw, host=named, origin="http://evil.example", query="?token=" + token)) \
+            == "403 origin_not_allowed"
