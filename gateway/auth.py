@@ -39,6 +39,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 FAILED_MESSAGE = "authentication failed"
 MAX_TOKEN = 512
 MAX_JWT = 4096
+MAX_EXP = 253402300799  # 9999-12-31T23:59:59Z: a JWT expiring later is refused (auth_failed)
 MIN_HS_SECRET = 32  # bytes; RFC 7518 3.2: at least the hash size
 SUPPORTED_ALGORITHMS = ("HS256", "ES256", "ES384", "ES512", "RS256")
 _EC_ALGORITHM = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
@@ -300,6 +301,8 @@ class Authenticator:
         exp: Any = claims.get("exp")
         nbf: Any = claims.get("nbf")
         if not _finite_number(exp) or (nbf is not None and not _finite_number(nbf)):
+            raise _failed()
+        if exp > MAX_EXP:  # 2**64 - 1, 1e30: no such date; it would not even serialise in the welcome
             raise _failed()
         if now >= exp:
             raise AuthError(wire.E_EXPIRED, "credential expired; fetch a new JWT", 401)

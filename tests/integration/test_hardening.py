@@ -326,3 +326,27 @@ def test_with_the_token_any_host_name_works_but_not_a_foreign_origin(tmp_path: P
             == "snapshot"
         assert asyncio.run(dashboard_as(gw, host=named, origin="http://evil.example", query="?token=" + token)) \
             == "403 origin_not_allowed"
+
+
+def test_jwt_with_exp_beyond_any_date_is_refused_at_the_upgrade(tmp_path: Path) -> None:
+    import jwt as pyjwt
+    from websockets.exceptions import InvalidStatus
+
+    secret_file = tmp_path / "jwt.secret"
+    secret = "k" * 40
+    secret_file.write_text(secret)
+    with GatewayProcess(tmp_path, jwt_secret_file=str(secret_file)) as gw:
+        gw.register("jwt-dev")
+
+        async def attempt(exp: float) -> str:
+            token = pyjwt.encode({"sub": "jwt-dev", "exp": exp}, secret, algorithm="HS256")
+            try:
+                async with connect(gw.device_url, additional_headers=bearer(token)) as ws:
+                    return str(json.loads(await asyncio.wait_for(ws.recv(), 10))["t"])
+            except InvalidStatus as err:
+                return f"{err.response.status_code} {json.loads(err.response.body)['code']}"
+
+        results = [asyncio.run(attempt(exp)) for exp in (2**64 - 1, 1e30, 4_000_000_000)]
+        log = gw.log_text()
+    assert results == ["401 auth_failed", "401 auth_failed", "welcome"]
+    assert "Traceback" not in log
