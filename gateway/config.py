@@ -44,6 +44,7 @@ class GatewayConfig:
     burst: float = 20.0
     max_frame: int = 16384
     max_batch: int = 100
+    max_clock_skew_s: float = 86400.0  # a reading's ts further ahead of the gateway's clock is refused
     auth_timeout_s: float = 5.0
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
@@ -102,7 +103,7 @@ class GatewayConfig:
         if self.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ConfigError("synchronous: must be FULL, NORMAL or EXTRA")
         for key in ("rate", "burst", "auth_timeout_s", "ping_interval_s", "ping_timeout_s",
-                    "dashboard_interval_ms", "registry_recheck_s"):
+                    "dashboard_interval_ms", "registry_recheck_s", "max_clock_skew_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")
         if self.burst < 1:

@@ -128,7 +128,8 @@ class DeviceSessions:
         cfg = self.config
         self.counters.connections += 1
         session = GatewaySession(rate=cfg.rate, burst=cfg.burst, now=loop.time(), max_batch=cfg.max_batch,
-                                 max_frame=cfg.max_frame, loads=orjson.loads, dumps=dumps)
+                                 max_frame=cfg.max_frame, loads=orjson.loads, dumps=dumps,
+                                 max_future_ms=int(cfg.max_clock_skew_s * 1000))
         identity = ws.identity
         try:
             if identity is None:
@@ -215,6 +216,7 @@ class DeviceSessions:
 
     async def _receive_loop(self, conn: DeviceConnection) -> None:
         loop = asyncio.get_running_loop()
+        clock = self.clock
         ws = conn.ws
         session = conn.session
         counters = self.counters
@@ -222,10 +224,11 @@ class DeviceSessions:
             if conn.closing:
                 break  # not stored, not acked: the device resends after reconnecting
             counters.frames += 1
-            event = session.receive(frame, loop.time())
+            received = int(clock() * 1000)
+            event = session.receive(frame, loop.time(), received)
             kind = event.kind
             if kind == EV_DATA:
-                self._on_data(conn, event.payload)
+                self._on_data(conn, event.payload, received)
             elif kind == EV_REJECT:
                 counters.bad_frames += 1
                 self.metrics.count_error(event.payload.code)
@@ -250,8 +253,7 @@ class DeviceSessions:
             elif kind == EV_STATUS:
                 self.hub.status(conn.device_id, event.payload)
 
-    def _on_data(self, conn: DeviceConnection, frame: wire.DataFrame) -> None:
-        received = self.now_ms()
+    def _on_data(self, conn: DeviceConnection, frame: wire.DataFrame, received: int) -> None:
         device_id = conn.device_id
         rows: list[ReadingRow] = []
         if frame.readings:

@@ -11,6 +11,7 @@ from protocol.wire import (
     E_AUTH_REQUIRED,
     E_BAD_FRAME,
     E_BAD_JSON,
+    E_BAD_VALUE,
     E_BINARY,
     E_IDENTITY,
     E_NO_SUCH_COMMAND,
@@ -48,6 +49,7 @@ MAX_STATUS_BYTES = 2048  # the kept fields, encoded as JSON
 MAX_RESULT_DEPTH = 8  # levels of a result's ``data``
 MAX_RESULT_VALUES = 1024
 MAX_RESULT_BYTES = 8192
+MAX_FUTURE_MS = 86400000  # default: a reading stamped more than 1 day ahead is refused (bad_value)
 MAX_PENDING_COMMANDS = 64  # command ids remembered per connection until their result arrives
 
 
@@ -145,7 +147,7 @@ class GatewaySession:
 
     def __init__(self, rate=DEFAULT_RATE, burst=DEFAULT_BURST, now=0.0,
                  max_batch=MAX_BATCH, max_frame=MAX_FRAME_BYTES, loads=None, dumps=None,
-                 max_strikes=10, rate_strikes=40):
+                 max_strikes=10, rate_strikes=40, max_future_ms=MAX_FUTURE_MS):
         self.state = ST_AWAIT_AUTH
         self.device_id = None
         self.last_seq = 0  # highest seq durably stored (acknowledged) for this device
@@ -166,6 +168,7 @@ class GatewaySession:
         self.throttled = 0
         self.duplicates = 0
         self.commands = {}  # ids of commands sent on this connection whose result has not come
+        self.max_future_ms = max_future_ms  # how far a reading's ts may be ahead of the gateway's clock
 
     # -- outgoing frames
     def frame(self, msg):
@@ -219,8 +222,11 @@ class GatewaySession:
         return self.dumps({"t": T_CMD, "id": command_id, "name": name, "args": args or {}})
 
     # -- incoming frames
-    def receive(self, frame, now):
-        """Interpret one received frame (str or bytes) at time ``now`` (s)."""
+    def receive(self, frame, now, wall_ms=None):
+        """Interpret one received frame (str or bytes) at time ``now`` (s, monotonic).
+
+        ``wall_ms`` is the gateway's clock (Unix ms); given, readings stamped more than
+        ``max_future_ms`` ahead of it are refused."""
         if self.state == ST_CLOSED:
             return Event(EV_REJECT, ProtocolError(E_BAD_FRAME, "session closed"))
         try:
@@ -239,7 +245,7 @@ class GatewaySession:
                 E_IDENTITY, "frame names device '" + str(claimed)[:64]
                 + "' but this connection is authenticated as another device")
         if kind == T_DATA:
-            return self._data(msg, now)
+            return self._data(msg, now, wall_ms)
         if kind == T_RESULT:
             return self._result(msg)
         if kind == T_STATUS:
@@ -275,9 +281,17 @@ class GatewaySession:
             return self._close_event(E_AUTH_FAILED, "auth frame with 'token' needs 'device_id'")
         return Event(EV_AUTH, {"device_id": device_id, "token": token, "jwt": jwt})
 
-    def _data(self, msg, now):
+    def _data(self, msg, now, wall_ms=None):
         try:
             frame = parse_data(msg, self.max_batch)
+            if wall_ms is not None:
+                latest = wall_ms + self.max_future_ms
+                for reading in frame.readings:
+                    if reading.ts is not None and reading.ts > latest:
+                        raise ProtocolError(
+                            E_BAD_VALUE, "reading ts " + str(reading.ts) + " is more than "
+                            + str(self.max_future_ms // 1000) + " s ahead of the gateway clock ("
+                            + str(wall_ms) + "); set the device clock (NTP) or send 'up' instead")
         except ProtocolError as err:
             seq = msg.get("seq")
             err_event = self._bad(err)

@@ -350,3 +350,28 @@ def test_jwt_with_exp_beyond_any_date_is_refused_at_the_upgrade(tmp_path: Path) 
         log = gw.log_text()
     assert results == ["401 auth_failed", "401 auth_failed", "welcome"]
     assert "Traceback" not in log
+
+
+def test_a_reading_from_the_year_3000_does_not_pin_latest(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path) as gw:
+        token = gw.register("clockless")
+
+        async def run() -> tuple[dict[str, Any], dict[str, Any]]:
+            import time
+
+            async with connect(gw.device_url, additional_headers=bearer(token)) as ws:
+                await ws.recv()
+                year_3000 = 32503680000000
+                await ws.send(json.dumps({"t": "data", "seq": 1, "r": [{"m": {"temperature": 99}, "ts": year_3000}]}))
+                refused = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                now = int(time.time() * 1000)
+                await ws.send(json.dumps({"t": "data", "seq": 1, "r": [{"m": {"temperature": 20}, "ts": now}]}))
+                ack = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            return refused, ack
+
+        refused, ack = asyncio.run(run())
+        latest = asyncio.run(gw.admin({"t": "latest", "device_id": "clockless"}))["latest"]
+    assert refused["code"] == wire.E_BAD_VALUE and refused["seq"] == 1
+    assert "ahead of the gateway clock" in refused["msg"]
+    assert ack == {"t": "ack", "seq": 1}
+    assert latest["temperature"][0] == 20

@@ -116,3 +116,21 @@ def test_pending_command_ids_are_bounded() -> None:
     for i in range(MAX_PENDING_COMMANDS + 5):
         session.command_frame(f"c-{i}", "ping")
     assert len(session.commands) == MAX_PENDING_COMMANDS and "c-0" not in session.commands
+
+
+def test_a_reading_stamped_too_far_ahead_is_refused_with_bad_value() -> None:
+    now_ms = 1_764_080_000_000
+    session = active()
+    year_3000 = 32_503_680_000_000
+    frame = json.dumps({"t": "data", "seq": 1, "r": [{"m": {"temperature": 20}, "ts": now_ms},
+                                                     {"m": {"temperature": 21}, "ts": year_3000}]})
+    event = session.receive(frame, 0, now_ms)
+    assert event.kind == EV_REJECT and event.payload.code == wire.E_BAD_VALUE
+    assert json.loads(event.reply)["seq"] == 1 and session.accepted_seq == 0  # nothing of it is stored
+    day = 86_400_000
+    ok = json.dumps({"t": "data", "seq": 1, "r": [{"m": {"temperature": 20}, "ts": now_ms + day}]})
+    assert session.receive(ok, 0, now_ms).kind == EV_DATA  # within the default skew
+    strict = GatewaySession(rate=1000, burst=1000, max_future_ms=1000)
+    strict.accept("S-1", 0, 0)
+    late = json.dumps({"t": "data", "seq": 1, "r": [{"m": {"temperature": 20}, "ts": now_ms + 1001}]})
+    assert strict.receive(late, 0, now_ms).kind == EV_REJECT
