@@ -18,12 +18,13 @@ from gateway.errors import RegistryError
 from gateway.hub import Hub
 from gateway.logs import log
 from gateway.metrics import Metrics
-from gateway.registry import Registry
+from gateway.registry import Registry, check_device_id
 from gateway.sessions import INTERNAL_ERROR, DeviceSessions
 from gateway.storage.base import Storage
 from protocol import wire
 
 Request = dict[str, Any]
+MAX_COMMAND_TIMEOUT_S = 300
 
 
 class AdminApi:
@@ -82,14 +83,19 @@ class AdminApi:
         return await handler(msg)
 
     async def register(self, msg: Request) -> dict[str, Any]:
-        token = await self.registry.add(str(msg["device_id"]), label=str(msg.get("label", "")))
-        log("device_registered", device=msg["device_id"])
-        return {"device_id": msg["device_id"], "token": token}
+        device_id = check_device_id(msg.get("device_id"))
+        label = msg.get("label", "")
+        if not isinstance(label, str):
+            raise ValueError("label: must be a string")
+        token = await self.registry.add(device_id, label=label)
+        log("device_registered", device=device_id)
+        return {"device_id": device_id, "token": token}
 
     async def rotate(self, msg: Request) -> dict[str, Any]:
-        token = await self.registry.rotate(str(msg["device_id"]))
-        log("device_token_rotated", device=msg["device_id"])
-        return {"device_id": msg["device_id"], "token": token}
+        device_id = check_device_id(msg.get("device_id"))
+        token = await self.registry.rotate(device_id)
+        log("device_token_rotated", device=device_id)
+        return {"device_id": device_id, "token": token}
 
     async def devices(self, msg: Request) -> dict[str, Any]:
         online = self.sessions.devices
@@ -99,21 +105,27 @@ class AdminApi:
                             for r in records]}
 
     async def command(self, msg: Request) -> dict[str, Any]:
-        device_id = str(msg["device_id"])
+        device_id = check_device_id(msg.get("device_id"))
+        name, args, timeout = msg.get("name"), msg.get("args") or {}, msg.get("timeout", 10)
+        if not isinstance(name, str) or not 0 < len(name) <= 64:
+            raise ValueError("name: the command's name, a string (set_interval, set_output, reboot, ping, ...)")
+        if not isinstance(args, dict):
+            raise ValueError("args: an object of the command's arguments")
+        if type(timeout) not in (int, float) or not 0 < timeout <= MAX_COMMAND_TIMEOUT_S:
+            raise ValueError(f"timeout: seconds, more than 0 and at most {MAX_COMMAND_TIMEOUT_S}")
         conn = self.sessions.devices.get(device_id)
         if conn is None:
             raise RegistryError(f"device {device_id!r} is not online")
-        result = await self.commands.send(conn, str(msg["name"]), msg.get("args") or {},
-                                          float(msg.get("timeout", 10)))
+        result = await self.commands.send(conn, name, args, float(timeout))
         return {"result": result}
 
     async def latest(self, msg: Request) -> dict[str, Any]:
-        device_id = str(msg["device_id"])
+        device_id = check_device_id(msg.get("device_id"))
         latest = await self.storage.latest(device_id)
         return {"device_id": device_id, "latest": {k: list(v) for k, v in latest.items()}}
 
     async def history(self, msg: Request) -> dict[str, Any]:
-        points = await self.storage.history(str(msg["device_id"]), str(msg["metric"]),
+        points = await self.storage.history(check_device_id(msg.get("device_id")), str(msg["metric"]),
                                             int(msg.get("start", 0)), int(msg.get("end", 2**62)),
                                             int(msg.get("limit", 10000)))
         return {"points": [list(p) for p in points]}

@@ -22,10 +22,9 @@ from typing import Any
 
 from gateway.config import load_config
 from gateway.errors import ConfigError, GatewayError, RegistryError
-from gateway.registry import Registry, load_or_create_key, normalize_cidrs
+from gateway.registry import Registry, check_device_id, load_or_create_key, normalize_cidrs
 from gateway.storage.base import DeviceRecord
 from gateway.storage.sqlite import SQLiteStorage
-from protocol import wire
 
 DEVICE_COMMANDS = ("devices", "jwt")
 
@@ -133,9 +132,7 @@ async def _devices(args: argparse.Namespace) -> int:
     action = args.devices_action
     data_dir, db = _paths(args)
     if action == "add":
-        if not wire.valid_device_id(args.device_id):
-            raise RegistryError(f"invalid device id {args.device_id[:80]!r}: use 1-64 characters "
-                                "from A-Z a-z 0-9 _ - . :")
+        check_device_id(args.device_id)  # refuse bad input before creating anything
         normalize_cidrs(args.cidr)  # refuse bad input before creating anything
         data_dir.mkdir(parents=True, exist_ok=True)
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -192,8 +189,7 @@ def _jwt(args: argparse.Namespace) -> int:
     from gateway.auth import MIN_HS_SECRET, mint_jwt
     from gateway.secret_files import read_secret
 
-    if not wire.valid_device_id(args.device_id):
-        raise RegistryError(f"invalid device id {args.device_id[:80]!r}")
+    check_device_id(args.device_id)
     if not args.ttl > 0:
         raise ConfigError("--ttl: must be greater than 0 seconds")
     secret = read_secret(args.secret_file, "--secret-file")

@@ -115,10 +115,15 @@ def normalize_cidrs(cidrs: Iterable[str]) -> list[str]:
     return result
 
 
-def _check_id(device_id: str) -> None:
+def check_device_id(device_id: object) -> str:
+    """``device_id`` if it is a valid device id (protocol.wire.valid_device_id, the one rule every
+    tool applies), else RegistryError saying what an id looks like. Non-strings are refused:
+    5, null, true and 5.5 are not ids."""
     if not wire.valid_device_id(device_id):
-        raise RegistryError(f"invalid device id {str(device_id)[:80]!r}: "
-                            "use 1-64 characters from A-Z a-z 0-9 _ - . :")
+        shown = repr(device_id)[:80] if isinstance(device_id, str) else f"{type(device_id).__name__} {device_id!r:.40}"
+        raise RegistryError(f"invalid device id {shown}: use a string of 1-64 characters from A-Z a-z 0-9 _ - . :")
+    assert isinstance(device_id, str)
+    return device_id
 
 
 class Registry:
@@ -134,7 +139,7 @@ class Registry:
 
     async def get(self, device_id: str) -> DeviceRecord:
         """The device's record; RegistryError if it is not registered."""
-        _check_id(device_id)
+        check_device_id(device_id)
         record = await self.storage.get_device(device_id)
         if record is None:
             raise RegistryError(f"unknown device {device_id!r}; `devices list` shows the registered ids")
@@ -142,7 +147,7 @@ class Registry:
 
     async def add(self, device_id: str, label: str = "", allow: Iterable[str] | None = None) -> str:
         """Register a new, enabled device; return its token (the only time it is shown)."""
-        _check_id(device_id)
+        check_device_id(device_id)
         if not isinstance(label, str) or len(label) > MAX_LABEL:
             raise RegistryError(f"label: a string of at most {MAX_LABEL} characters")
         cidrs = normalize_cidrs(allow or [])

@@ -375,3 +375,22 @@ def test_a_reading_from_the_year_3000_does_not_pin_latest(tmp_path: Path) -> Non
     assert "ahead of the gateway clock" in refused["msg"]
     assert ack == {"t": "ack", "seq": 1}
     assert latest["temperature"][0] == 20
+
+
+def test_admin_register_accepts_only_string_ids(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path) as gw:
+
+        async def run() -> list[dict[str, Any]]:
+            replies = []
+            async with connect(gw.url + "/v1/admin", additional_headers=bearer(gw.admin_token)) as admin:
+                for i, device_id in enumerate([5, None, True, 5.5, {"a": 1}, "", "a b", "5"]):
+                    await admin.send(json.dumps({"t": "register", "id": str(i), "device_id": device_id}))
+                    replies.append(json.loads(await asyncio.wait_for(admin.recv(), 10)))
+            return replies
+
+        replies = asyncio.run(run())
+        registered = [row[0] for row in gw.query("SELECT device_id FROM devices")]
+    assert [r["code"] for r in replies[:-1]] == ["bad_request"] * 7
+    assert all("invalid device id" in r["msg"] for r in replies[:-1])
+    assert replies[-1]["t"] == "ok" and replies[-1]["device_id"] == "5"
+    assert registered == ["5"]
