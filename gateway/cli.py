@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError
-from gateway.secret_files import read_secret
+from gateway.secret_files import private_umask, read_secret
 
 DEFAULTS = GatewayConfig()
 
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--admin-token", help="instead of <data-dir>/admin.token")
     p.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
+    private_umask()  # the data dir, database and secrets are the gateway user's alone
     try:
         if args.cmd == "serve":
             return _serve(args)

@@ -23,6 +23,7 @@ from typing import Any
 from gateway.config import load_config
 from gateway.errors import ConfigError, GatewayError, RegistryError
 from gateway.registry import Registry, check_device_id, load_or_create_key, normalize_cidrs
+from gateway.secret_files import private_dir, private_umask
 from gateway.storage.base import DeviceRecord
 from gateway.storage.sqlite import SQLiteStorage
 
@@ -134,8 +135,8 @@ async def _devices(args: argparse.Namespace) -> int:
     if action == "add":
         check_device_id(args.device_id)  # refuse bad input before creating anything
         normalize_cidrs(args.cidr)  # refuse bad input before creating anything
-        data_dir.mkdir(parents=True, exist_ok=True)
-        db.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
+        private_dir(db.parent)
     elif not db.exists():
         raise RegistryError(f"no database at {db}; check --data-dir/--db (it is created by the gateway's "
                             "first start or by `devices add`)")
@@ -204,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.devices_cli",
                                      description="Edgewire device registry")
     add_device_commands(parser.add_subparsers(dest="cmd", required=True))
-    return run_devices_command(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    private_umask()
+    return run_devices_command(args)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from gateway import registry as registry_mod
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
-from gateway.secret_files import read_secret
+from gateway.secret_files import private_dir, read_secret
 from gateway.server import Gateway
 from gateway.storage.base import Storage
 from gateway.storage.none import NoneStorage
@@ -19,8 +18,8 @@ JWT_SECRET_ENV = "EDGEWIRE_JWT_SECRET"
 
 def open_storage(config: GatewayConfig) -> Storage:
     """The configured backend (not yet opened)."""
-    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-    config.database.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(config.data_dir)
+    private_dir(config.database.parent)
     sqlite = SQLiteStorage(config.database, commit_interval_ms=config.commit_interval_ms,
                            synchronous=config.synchronous.upper())
     return NoneStorage(sqlite) if config.storage == "none" else sqlite

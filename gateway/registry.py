@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from gateway.errors import ConfigError, RegistryError
-from gateway.secret_files import read_secret, read_secret_bytes, write_secret_file
+from gateway.secret_files import private_dir, read_secret, read_secret_bytes, write_secret_file
 from gateway.storage.base import DeviceRecord, Storage
 from protocol import wire
 
@@ -54,9 +54,7 @@ def load_or_create_key(data_dir: str | Path) -> bytes:
         if len(key) < KEY_BYTES:
             raise ConfigError(f"{KEY_ENV}: must be at least {KEY_BYTES} bytes ({2 * KEY_BYTES} hex digits)")
         return key
-    directory = Path(data_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / KEY_FILE
+    path = private_dir(data_dir) / KEY_FILE
     if not path.exists():
         write_secret_file(path, secrets.token_bytes(KEY_BYTES))
     key = read_secret_bytes(path, "token key")
@@ -74,9 +72,7 @@ def load_or_create_admin_token(data_dir: str | Path) -> str:
 
 def load_or_create_secret(data_dir: str | Path, name: str, prefix: str, what: str) -> str:
     """A random token in DATA_DIR/name (mode 0600), created on first use."""
-    directory = Path(data_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
+    path = private_dir(data_dir) / name
     if not path.exists():
         token = prefix + secrets.token_urlsafe(32)
         write_secret_file(path, (token + "\n").encode())

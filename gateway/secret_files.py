@@ -1,7 +1,10 @@
-"""The one reader and writer of secret files (token key, admin and dashboard tokens, JWT keys).
+"""Private state: the one reader and writer of secret files (token key, admin and dashboard
+tokens, JWT keys) and the data directory.
 
 Secrets are files of mode 0600. Reading one that others can read logs a warning; an
-unreadable, empty or non-UTF-8 file is a ConfigError naming the setting to check.
+unreadable, empty or non-UTF-8 file is a ConfigError naming the setting to check. The data
+directory is 0700, and the gateway's processes run with umask 077 (``private_umask``), so the
+database and its -wal/-shm files are 0600 too.
 """
 
 from __future__ import annotations
@@ -15,6 +18,28 @@ from pathlib import Path
 
 from gateway.errors import ConfigError
 from gateway.logs import log
+
+PRIVATE_UMASK = 0o077
+
+
+def private_umask() -> None:
+    """Files and directories this process creates are readable by its user only."""
+    os.umask(PRIVATE_UMASK)
+
+
+def private_dir(path: str | Path) -> Path:
+    """Create ``path`` (and parents) mode 0700; tighten an existing one of ours that others can read."""
+    path = Path(path)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.stat()
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO) and info.st_uid == os.getuid():
+            os.chmod(path, 0o700)
+            log("data_dir_permissions", logging.WARNING, path=str(path), was=oct(stat.S_IMODE(info.st_mode)),
+                now="0o700", hint="it holds the database and secrets")
+    except OSError as err:
+        raise ConfigError(f"data_dir: cannot create {path} ({err.strerror}); check the path and its owner") from None
+    return path
 
 
 def read_secret_bytes(path: str | Path, what: str) -> bytes:

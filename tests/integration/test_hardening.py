@@ -394,3 +394,35 @@ def test_admin_register_accepts_only_string_ids(tmp_path: Path) -> None:
     assert all("invalid device id" in r["msg"] for r in replies[:-1])
     assert replies[-1]["t"] == "ok" and replies[-1]["device_id"] == "5"
     assert registered == ["5"]
+
+
+def test_state_files_are_private(tmp_path: Path) -> None:
+    import stat
+
+    from tests.helpers.gateway import run_cli
+
+    # a data dir that exists with the usual 0755 is tightened; the files are the user's alone
+    gw = GatewayProcess(tmp_path)
+    gw.data_dir.chmod(0o755)
+    with gw:
+        gw.register("private-1")
+        token = gw.register("private-2")
+
+        async def send() -> None:
+            async with connect(gw.device_url, additional_headers=bearer(token)) as ws:
+                await ws.recv()
+                await ws.send(json.dumps({"t": "data", "seq": 1, "r": [{"m": {"temperature": 20}}]}))
+                await ws.recv()
+
+        asyncio.run(send())
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in gw.data_dir.iterdir()
+                 if p.name not in ("gateway.log", "gateway.toml")}
+        dir_mode = stat.S_IMODE(gw.data_dir.stat().st_mode)
+    assert dir_mode == 0o700
+    assert {"edgewire.db", "edgewire.db-wal", "token.key", "admin.token"} <= set(modes)
+    assert all(mode & 0o077 == 0 for mode in modes.values()), modes
+    # a new data dir made by the registry CLI
+    fresh = tmp_path / "fresh" / "state"
+    run_cli("devices", "add", "private-3", "--data-dir", str(fresh))
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in fresh.iterdir())
