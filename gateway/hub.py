@@ -134,6 +134,12 @@ class Hub:
         self._dirty.add(device_id)
         self._events.append({"kind": "offline", "device": device_id, "at": self.now_ms()})
 
+    def replaced(self, device_id: str, old_address: str, new_address: str) -> None:
+        """A second connection authenticated as ``device_id`` and replaced the first (close 4005).
+        Unexpected, it means the credential is in use elsewhere: docs/protocol.md section 2."""
+        self._events.append({"kind": "replaced", "device": device_id, "at": self.now_ms(),
+                             "old_address": old_address, "address": new_address})
+
     def alert_raised(self, alert: dict[str, Any], at_ms: int | None = None) -> None:
         """An alert is active; the event is stamped ``at_ms`` (default: the reading's time)."""
         self.alerts[alert["id"]] = alert

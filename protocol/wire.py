@@ -250,9 +250,12 @@ def decode(text, loads=None, max_bytes=MAX_FRAME_BYTES):
     try:
         msg = (loads or _strict_loads)(text)
     except Exception as err:
-        if "infinity" in str(err):  # orjson: a number that overflows a double
+        detail = str(err)
+        if "infinity" in detail:  # orjson: a number that overflows a double
             raise ProtocolError(E_BAD_VALUE, "numbers must be finite")
-        raise ProtocolError(E_BAD_JSON, "frame is not valid JSON (NaN and Infinity are not JSON)")
+        if "NaN" in text or "Infinity" in text:
+            detail = "NaN and Infinity are not JSON; " + detail
+        raise ProtocolError(E_BAD_JSON, "frame is not valid JSON: " + detail[:120])
     if type(msg) is not dict:
         raise ProtocolError(E_BAD_FRAME, "frame must be a JSON object")
     kind = msg.get("t")

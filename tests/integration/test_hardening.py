@@ -426,3 +426,29 @@ def test_state_files_are_private(tmp_path: Path) -> None:
     run_cli("devices", "add", "private-3", "--data-dir", str(fresh))
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
     assert all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in fresh.iterdir())
+
+
+def test_no_compression_before_auth_and_replaced_events_on_the_dashboard(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path) as gw:
+        token = gw.register("twin")
+
+        async def run() -> tuple[str | None, str | None, DashboardWatcher]:
+            async with DashboardWatcher(gw.url) as dash:
+                await until(lambda: dash.snapshots >= 1, what="the snapshot")
+                async with connect(gw.device_url, compression="deflate") as first_frame:
+                    unauthenticated = first_frame.response.headers.get("Sec-WebSocket-Extensions")
+                    await first_frame.send(json.dumps({"t": "auth", "device_id": "twin", "token": token}))
+                    assert json.loads(await first_frame.recv())["t"] == "welcome"
+                    async with connect(gw.device_url, compression="deflate",
+                                       additional_headers=bearer(token)) as second:
+                        authenticated = second.response.headers.get("Sec-WebSocket-Extensions")
+                        assert json.loads(await second.recv())["t"] == "welcome"
+                        await until(lambda: any(e["kind"] == "replaced" for e in dash.events), 10,
+                                    "the replaced event")
+            return unauthenticated, authenticated, dash
+
+        unauthenticated, authenticated, dash = asyncio.run(run())
+    assert unauthenticated is None and authenticated is not None and "permessage-deflate" in authenticated
+    replaced = [e for e in dash.events if e["kind"] == "replaced"]
+    assert len(replaced) == 1 and replaced[0]["device"] == "twin"
+    assert replaced[0]["address"] == replaced[0]["old_address"] == "127.0.0.1"

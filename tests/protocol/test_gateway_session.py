@@ -134,3 +134,22 @@ def test_a_reading_stamped_too_far_ahead_is_refused_with_bad_value() -> None:
     strict.accept("S-1", 0, 0)
     late = json.dumps({"t": "data", "seq": 1, "r": [{"m": {"temperature": 20}, "ts": now_ms + 1001}]})
     assert strict.receive(late, 0, now_ms).kind == EV_REJECT
+
+
+def test_bad_json_says_what_is_wrong() -> None:
+    import orjson
+
+    for loads in (None, orjson.loads):
+        try:
+            wire.decode('{"t": "data", "seq": 1,}', loads)
+        except wire.ProtocolError as err:
+            assert err.code == wire.E_BAD_JSON and "NaN" not in err.message
+            assert err.message.startswith("frame is not valid JSON: ") and len(err.message) > 30
+        else:
+            raise AssertionError("decoded")
+        try:
+            wire.decode('{"t": "data", "v": NaN}', loads)
+        except wire.ProtocolError as err:
+            assert err.code == wire.E_BAD_JSON and "NaN and Infinity are not JSON" in err.message
+        else:
+            raise AssertionError("decoded")
