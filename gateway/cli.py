@@ -38,13 +38,17 @@ def _serve_parser(sub: Any) -> None:
                    help="use asyncio's own event loop even if uvloop is installed")
 
 
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from gateway.factory import run_gateway
     from gateway.logs import setup_logging
 
     keys = ("host", "port", "data_dir", "db_path", "storage", "rate", "burst", "dashboard_interval_ms",
             "auth_timeout_s", "compression", "log_format", "log_level", "uvloop")
-    config = load_config(args.config, overrides={k: getattr(args, k) for k in keys})
+    config = load_config(args.config, overrides={k: getattr(args, k) for k in keys}, warn=warn)
     setup_logging(config.log_level, config.log_format)
     if config.uvloop:
         try:
@@ -65,14 +69,43 @@ def _admin_token(data_dir: str, given: str | None) -> str:
     return read_secret(path, "admin token")
 
 
-async def admin_call(url: str, token: str, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    """Send one request to /v1/admin and return the reply (raises GatewayError on an error reply)."""
-    from websockets.asyncio.client import connect
+def gateway_url(config: GatewayConfig) -> str:
+    """The gateway's own URL from its configuration (a wildcard listen address is reached on loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.host, config.host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'wss' if config.tls_cert else 'ws'}://{host}:{config.port}"
 
-    async with connect(url.rstrip("/") + "/v1/admin", additional_headers={"Authorization": f"Bearer {token}"},
-                       open_timeout=timeout) as ws:
-        await ws.send(json.dumps(dict(request, id="1")))
-        reply: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+async def admin_call(url: str, token: str, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """Send one request to /v1/admin and return the reply.
+
+    Raises GatewayError with one line saying what to do: an error reply, a refused token, a
+    gateway that is not there or does not answer."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI, WebSocketException
+
+    endpoint = url.rstrip("/") + "/v1/admin"
+    try:
+        async with connect(endpoint, additional_headers={"Authorization": f"Bearer {token}"},
+                           open_timeout=timeout) as ws:
+            await ws.send(json.dumps(dict(request, id="1")))
+            reply: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    except InvalidURI:
+        raise GatewayError(f"{url!r} is not a gateway URL (ws://HOST:PORT or wss://HOST:PORT)") from None
+    except InvalidStatus as err:
+        status = err.response.status_code
+        if status == 401:
+            raise GatewayError("the gateway refused the admin token (401): pass the contents of "
+                               "<data-dir>/admin.token with --admin-token, or the right --data-dir") from None
+        raise GatewayError(f"the gateway at {url} answered HTTP {status}; is it an Edgewire gateway?") from None
+    except TimeoutError:
+        raise GatewayError(f"no answer from {url} within {timeout:g} s") from None
+    except ConnectionRefusedError:
+        raise GatewayError(f"cannot reach the gateway at {url} (connection refused): is it running? "
+                           "check --url, or --config/EDGEWIRE_PORT") from None
+    except (OSError, InvalidHandshake, WebSocketException) as err:
+        raise GatewayError(f"cannot talk to the gateway at {url}: {getattr(err, 'strerror', None) or err}") from None
     if reply.get("t") != "ok":
         raise GatewayError(f"{reply.get('code')}: {reply.get('msg')}")
     return reply
@@ -82,21 +115,23 @@ def _command(args: argparse.Namespace) -> int:
     command_args: dict[str, Any] = {}
     for item in args.args:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise GatewayError(f"argument {item!r} must be key=value")
+        if not sep or not key:
+            raise GatewayError(f"argument {item!r} must be key=value (for example seconds=30)")
         try:
             command_args[key] = json.loads(value)
         except ValueError:
             command_args[key] = value
-    token = _admin_token(args.data_dir, args.admin_token)
-    reply = asyncio.run(admin_call(args.url, token, {
+    config = load_config(args.config, overrides={"data_dir": args.data_dir}, warn=warn)
+    token = _admin_token(config.data_dir, args.admin_token)
+    url = args.url or gateway_url(config)
+    reply = asyncio.run(admin_call(url, token, {
         "t": "command", "device_id": args.device_id, "name": args.name, "args": command_args,
         "timeout": args.timeout}, args.timeout + 5))
     print(json.dumps(reply["result"]))
     return 0 if reply["result"].get("ok") else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgewire-gateway", description="Edgewire gateway")
     sub = parser.add_subparsers(dest="cmd", required=True)
     _serve_parser(sub)
@@ -106,13 +141,38 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("command", help="send a command to an online device and print its result")
     p.add_argument("device_id")
     p.add_argument("name", help="set_interval, set_thresholds, set_output, reboot, ping")
-    p.add_argument("args", nargs="*", help="key=value (values parsed as JSON when possible)")
-    p.add_argument("--url", default=f"ws://{DEFAULTS.host}:{DEFAULTS.port}")
-    p.add_argument("--data-dir", default=DEFAULTS.data_dir, help="where admin.token is")
+    p.add_argument("args", nargs="*", help="key=value (values parsed as JSON when possible), before or "
+                   "after the options")
+    p.add_argument("--config", help="gateway TOML config (its host, port, TLS and data_dir)")
+    p.add_argument("--url", help="gateway URL (default: from the config and EDGEWIRE_* variables, "
+                   f"else ws://{DEFAULTS.host}:{DEFAULTS.port})")
+    p.add_argument("--data-dir", default=None, help="where admin.token is (default: the config's data_dir)")
     p.add_argument("--admin-token", help="instead of <data-dir>/admin.token")
     p.add_argument("--timeout", type=float, default=10.0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``command``'s key=value arguments may also come after its options."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.cmd == "command" and all("=" in item and not item.startswith("-") for item in extra):
+            args.args = [*args.args, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     private_umask()  # the data dir, database and secrets are the gateway user's alone
+    from gateway import devices_cli
+    from gateway.logs import setup_logging
+
+    if args.cmd != "serve":
+        setup_logging("warning", "text")  # warnings (a readable secret file) as readable lines
+
     try:
         if args.cmd == "serve":
             return _serve(args)

@@ -6,10 +6,12 @@ Every setting is a field of GatewayConfig with its default; docs/configuration.m
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import tomllib
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,44 +139,99 @@ class GatewayConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(GatewayConfig)}
 
 
+
+# EDGEWIRE_* variables that are not gateway settings: secrets, the agent's, the tools'.
+OTHER_ENV = frozenset({"EDGEWIRE_TOKEN_KEY", "EDGEWIRE_JWT_SECRET", "EDGEWIRE_AGENT_CONFIG",
+                       "EDGEWIRE_SENSOR_BACKEND", "EDGEWIRE_CACHE", "EDGEWIRE_NODE"})
+_RULE_FIELDS = tuple(f.name for f in dataclasses.fields(AlertRule))
+_RULE_DEFAULTS = AlertRule()
+
+
+def _alert_rules(value: Any) -> list[AlertRule]:
+    if not isinstance(value, list):
+        raise ConfigError("alerts: expected a list of [[alerts]] tables with metric, above, hysteresis")
+    rules = []
+    for index, item in enumerate(value, start=1):
+        if not isinstance(item, dict):
+            raise ConfigError(f"alerts: rule {index} must be a table ([[alerts]] with metric, above, hysteresis)")
+        for key in item:
+            if key not in _RULE_FIELDS:
+                raise ConfigError(f"alerts: unknown key {str(key)[:32]!r} in rule {index} "
+                                  f"(use {', '.join(_RULE_FIELDS)})")
+        metric = item.get("metric", _RULE_DEFAULTS.metric)
+        if not isinstance(metric, str) or not metric:
+            raise ConfigError(f"alerts: metric of rule {index} must be a metric name such as \"temperature\"")
+        numbers = {}
+        for key in ("above", "hysteresis"):
+            number = item.get(key, getattr(_RULE_DEFAULTS, key))
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                raise ConfigError(f"alerts: {key} of rule {index} must be a number, not {number!r:.40}")
+            numbers[key] = float(number)
+        rules.append(AlertRule(metric, numbers["above"], numbers["hysteresis"]))
+    return rules
+
+
 def _coerce(key: str, value: Any) -> Any:
     """Convert a TOML or environment value to the field's type, or raise ConfigError."""
+    if key == "alerts":
+        return _alert_rules(value)
     default = getattr(GatewayConfig(), key)
-    try:
-        if key == "alerts":
-            if not isinstance(value, list):
-                raise TypeError("a list of tables")
-            return [AlertRule(**dict(item)) for item in value]
-        if isinstance(default, bool):
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                return value.lower() in ("1", "true", "yes", "on")
-            raise TypeError("true or false")
-        if isinstance(default, int):
-            if isinstance(value, bool):
-                raise TypeError("an integer")
+    if isinstance(default, bool):
+        expected = "true or false"
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+    elif isinstance(default, int):
+        expected = "an integer"
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
             return int(value)
-        if isinstance(default, float):
-            if isinstance(value, bool):
-                raise TypeError("a number")
+    elif isinstance(default, float):
+        expected = "a number"
+        if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-        if isinstance(default, list):
-            if isinstance(value, str):
-                return [item.strip() for item in value.split(",") if item.strip()]
-            if not isinstance(value, list):
-                raise TypeError("a list")
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(default, list):
+        expected = "a list"
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list) and all(isinstance(item, str | int | float) for item in value):
             return [str(item) for item in value]
-        if not isinstance(value, str):
-            raise TypeError("a string")
-        return value
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{key}: invalid value {value!r} (expected {err})") from None
+    else:
+        expected = "a string"
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: invalid value {value!r:.60} (expected {expected})")
+
+
+def unknown_env(env: dict[str, str] | os._Environ[str]) -> list[str]:
+    """One warning per EDGEWIRE_* variable that is not a setting (a misspelt one is otherwise silent)."""
+    warnings = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in OTHER_ENV:
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key == "alerts":
+            warnings.append(f"{name} is ignored: alert rules go in the config file ([[alerts]])")
+        elif key not in _FIELDS:
+            close = difflib.get_close_matches(key, list(_FIELDS), n=1)
+            hint = f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else ""
+            warnings.append(f"{name} is not a gateway setting and is ignored{hint}; see docs/configuration.md")
+    return warnings
 
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None,
-                overrides: dict[str, Any] | None = None) -> GatewayConfig:
-    """Build the configuration: defaults < TOML file < environment < overrides (flags)."""
+                overrides: dict[str, Any] | None = None,
+                warn: Callable[[str], None] | None = None) -> GatewayConfig:
+    """Build the configuration: defaults < TOML file < environment < overrides (flags).
+
+    ``warn`` receives one message per unknown EDGEWIRE_* variable."""
     values: dict[str, Any] = {}
     if path:
         try:
@@ -182,19 +239,27 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
                 data = tomllib.load(handle)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} not found") from None
+        except OSError as err:
+            raise ConfigError(f"config file {path}: cannot read it ({err.strerror})") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {path}: {err}") from None
         section = data.get("gateway", data)
+        if not isinstance(section, dict):
+            raise ConfigError(f"config file {path}: [gateway] must be a table")
         for key, value in section.items():
             if key not in _FIELDS:
                 raise ConfigError(f"{key}: unknown setting in {path} (see docs/configuration.md)")
             values[key] = _coerce(key, value)
-    for name, raw in (os.environ if env is None else env).items():
+    environ = os.environ if env is None else env
+    for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
         key = name[len(ENV_PREFIX):].lower()
         if key in _FIELDS and key != "alerts":
             values[key] = _coerce(key, raw)
+    if warn is not None:
+        for message in unknown_env(environ):
+            warn(message)
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = _coerce(key, value)

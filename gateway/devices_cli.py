@@ -93,7 +93,8 @@ def run_devices_command(args: argparse.Namespace) -> int:
 def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
     config = load_config(getattr(args, "config", None),
                          overrides={"data_dir": getattr(args, "data_dir", None),
-                                    "db_path": getattr(args, "db_path", None)})
+                                    "db_path": getattr(args, "db_path", None)},
+                         warn=lambda message: print(f"warning: {message}", file=sys.stderr))
     return Path(config.data_dir), config.database
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +30,7 @@ from gateway.auth import Authenticator
 from gateway.commands import Commands
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, connection_class, dumps, json_response
+from gateway.errors import ConfigError, GatewayError
 from gateway.http_api import HttpApi
 from gateway.hub import Hub
 from gateway.logs import log
@@ -73,37 +76,62 @@ class Gateway:
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        await self.storage.open()
-        await self.alerts.restore()
+        """Listen first (a busy port fails before anything else starts), then open storage, start
+        the background tasks and accept connections."""
+        cfg = self.config
         before, soft, hard = raise_open_files_limit()
-        cap = min(self.config.max_unauthenticated, max(64, soft // 2))
-        self.admission = Admission(cap, self.config.max_unauthenticated_per_address, self.config.trusted_proxies)
-        log("open_files_limit", soft=soft, was=before, hard=hard, max_unauthenticated=cap,
-            max_unauthenticated_per_address=self.config.max_unauthenticated_per_address)
-        gctune.tune()
-        self.supervisor.start("hub", self.hub.run)
-        self.supervisor.start("registry_sweep", self.sessions.sweep_forever)
-        self.supervisor.start("gc", gctune.maintenance)
+        cap = min(cfg.max_unauthenticated, max(64, soft // 2))
+        self.admission = Admission(cap, cfg.max_unauthenticated_per_address, cfg.trusted_proxies)
+        self.server = await self._listen()
+        try:
+            log("open_files_limit", soft=soft, was=before, hard=hard, max_unauthenticated=cap,
+                max_unauthenticated_per_address=cfg.max_unauthenticated_per_address)
+            await self.storage.open()
+            await self.alerts.restore()
+            gctune.tune()
+            self.supervisor.start("hub", self.hub.run)
+            self.supervisor.start("registry_sweep", self.sessions.sweep_forever)
+            self.supervisor.start("gc", gctune.maintenance)
+            await self.server.start_serving()
+        except BaseException:
+            self.server.close()
+            await self.supervisor.stop()
+            await self.storage.close()
+            raise
+        log("gateway_started", host=cfg.host, port=self.port, storage=cfg.storage,
+            database=str(cfg.database) if cfg.storage == "sqlite" else None)
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.config.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(f"tls_cert, tls_key: cannot load {self.config.tls_cert} and {self.config.tls_key} "
+                              f"({getattr(err, 'strerror', None) or err}); check the paths and that they "
+                              "are a PEM certificate and its key") from None
+        return context
+
+    async def _listen(self) -> Server:
+        cfg = self.config
         extensions = None
-        if self.config.compression:
+        if cfg.compression:
             extensions = [ServerPerMessageDeflateFactory(
                 server_max_window_bits=11, client_max_window_bits=11,
                 compress_settings={"memLevel": 4})]
-        ssl_context = None
-        if self.config.tls_cert:
-            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
-        self.server = await serve(
-            self.http.handle, self.config.host, self.config.port,
-            process_request=self.http.process_request, create_connection=connection_class(self.admission),
-            compression=None, extensions=extensions,
-            max_size=self.config.max_frame, max_queue=16,
-            open_timeout=self.config.auth_timeout_s,
-            ping_interval=self.config.ping_interval_s, ping_timeout=self.config.ping_timeout_s,
-            close_timeout=5, ssl=ssl_context, server_header="edgewire",
-        )
-        log("gateway_started", host=self.config.host, port=self.port, storage=self.config.storage,
-            database=str(self.config.database) if self.config.storage == "sqlite" else None)
+        try:
+            return await serve(
+                self.http.handle, cfg.host, cfg.port,
+                process_request=self.http.process_request, create_connection=connection_class(self.admission),
+                compression=None, extensions=extensions,
+                max_size=cfg.max_frame, max_queue=16,
+                open_timeout=cfg.auth_timeout_s,
+                ping_interval=cfg.ping_interval_s, ping_timeout=cfg.ping_timeout_s,
+                close_timeout=5, ssl=self._tls(), server_header="edgewire", start_serving=False,
+            )
+        except OSError as err:
+            raise GatewayError(listen_error(cfg.host, cfg.port, err)) from None
 
     @property
     def port(self) -> int:
@@ -179,3 +207,15 @@ class Gateway:
 
 async def _call(fn: Callable[[], None]) -> None:
     fn()
+
+
+def listen_error(host: str, port: int, err: OSError) -> str:
+    """What to do when the gateway cannot listen on host:port."""
+    where = f"cannot listen on {host}:{port}"
+    if err.errno == errno.EADDRINUSE:
+        return f"{where}: the port is in use (another gateway?); stop that process or choose another --port"
+    if err.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges); choose a port above 1023"
+    if err.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(err, socket.gaierror):
+        return f"{where}: no such address on this machine; check --host"
+    return f"{where}: {err.strerror or err}"

@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from websockets.asyncio.client import connect  # noqa: E402
-from websockets.exceptions import WebSocketException  # noqa: E402
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
-from tests.helpers.gateway import GatewayProcess  # noqa: E402
+from tests.helpers.gateway import GatewayProcess
 
 
 def rss_kib(pid: int) -> int:
