@@ -17,9 +17,9 @@ from gateway.conn import dumps
 from gateway.errors import RegistryError
 from gateway.hub import Hub
 from gateway.logs import log
-from gateway.metrics import Metrics
+from gateway.metrics import INTERNAL_ERROR, Metrics
 from gateway.registry import Registry, check_device_id
-from gateway.sessions import INTERNAL_ERROR, DeviceSessions
+from gateway.sessions import DeviceSessions
 from gateway.storage.base import Storage
 from protocol import wire
 

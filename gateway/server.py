@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from websockets.asyncio.server import Server, serve
 from websockets.datastructures import Headers
@@ -186,24 +187,40 @@ class Gateway:
 
     # ------------------------------------------------------------ HTTP endpoints of the process
     async def healthz(self, ws: EdgeConnection, request: Request) -> Response:
-        """200 while serving with every background task running; 503 while draining or degraded."""
-        tasks = self.supervisor.health()
-        healthy = self.supervisor.healthy
+        """200 while serving with storage and every background task well; 503 while draining or
+        degraded. ``checks`` holds each part with its state (storage, hub, registry_sweep, gc)."""
+        storage = {"backend": self.config.storage, **self.storage.health()}
+        checks: dict[str, dict[str, Any]] = {"storage": storage, **self.supervisor.health()}
+        healthy = storage["state"] == "ok" and self.supervisor.healthy
         status = "draining" if self.draining else "ok" if healthy else "degraded"
         return json_response(200 if status == "ok" else 503, {
-            "status": status, "devices_online": len(self.sessions.devices),
-            "dashboards": len(self.hub.clients), "storage": self.config.storage, "tasks": tasks,
-            "uptime_s": round(time.time() - self.started_at, 1)})
+            "status": status, "checks": checks, "devices_online": len(self.sessions.devices),
+            "dashboard_clients": len(self.hub.clients), "uptime_s": round(time.time() - self.started_at, 1)})
 
     async def metrics_page(self, ws: EdgeConnection, request: Request) -> Response:
+        admission = self.admission
         body = self.metrics.render(
-            gauges=[("devices_online", len(self.sessions.devices)), ("dashboards", len(self.hub.clients)),
-                    ("unauthenticated_connections", self.admission.total)],
-            extra_counters=[("dashboard_resyncs", self.hub.resyncs),
-                            ("connections_refused", sum(self.admission.refused.values()))])
-        return Response(200, "OK", Headers({"Content-Type": "text/plain; version=0.0.4",
+            gauges=[
+                ("devices_online", "Devices with an authenticated session.", len(self.sessions.devices)),
+                ("dashboard_clients", "Browsers (dashboard stream clients) connected to /v1/dashboard.",
+                 len(self.hub.clients)),
+                ("unauthenticated_connections", "Connections accepted that have not authenticated yet.",
+                 admission.total),
+                ("commands_pending", "Commands sent to devices and waiting for their result.",
+                 len(self.commands.pending)),
+                ("up", "1 while every background task runs and storage is ok, else 0.",
+                 int(self.supervisor.healthy and self.storage.health()["state"] == "ok")),
+            ],
+            counters=[("dashboard_resyncs", "Dashboard clients that fell behind and were resynced with a "
+                       "snapshot.", self.hub.resyncs),
+                      ("dashboard_updates", "Coalesced update frames built for dashboards.", self.hub.updates_sent)],
+            labelled=[("connections_refused", "Connections refused at accept, by the cap they hit.", "reason",
+                       dict(admission.refused)),
+                      ("task_restarts", "Restarts of background tasks after a failure.", "task",
+                       {name: state.restarts for name, state in self.supervisor.tasks.items()})],
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
+        return Response(200, "OK", Headers({"Content-Type": "text/plain; version=0.0.4; charset=utf-8",
                                             "Content-Length": str(len(body))}), body)
-
 
 async def _call(fn: Callable[[], None]) -> None:
     fn()

@@ -24,7 +24,7 @@ from gateway.conn import EdgeConnection, dumps, json_response, send_close
 from gateway.errors import AuthError, StorageError
 from gateway.hub import Hub
 from gateway.logs import log
-from gateway.metrics import Metrics
+from gateway.metrics import INTERNAL_ERROR, Metrics
 from gateway.storage.base import DeviceRecord, ReadingRow, Storage
 from protocol import wire
 from protocol.gateway import (
@@ -39,7 +39,6 @@ from protocol.gateway import (
 )
 
 ResultHandler = Callable[[str, dict[str, Any]], None]
-INTERNAL_ERROR = "internal_error"  # counted in edgewire_errors_total; the connection closes with 1011
 
 
 class DeviceConnection:
@@ -226,10 +225,12 @@ class DeviceSessions:
         ws = conn.ws
         session = conn.session
         counters = self.counters
+        frame_size = self.metrics.frame_size
         async for frame in ws:
             if conn.closing:
                 break  # not stored, not acked: the device resends after reconnecting
             counters.frames += 1
+            frame_size.observe(len(frame) if not isinstance(frame, str) or frame.isascii() else len(frame.encode()))
             received = int(clock() * 1000)
             event = session.receive(frame, loop.time(), received)
             kind = event.kind
@@ -279,15 +280,17 @@ class DeviceSessions:
             self.counters.duplicates += 1
         target = conn.session.accepted_seq
         previous = conn.tail
-        task = asyncio.ensure_future(self._store_and_ack(conn, previous, rows, target))
+        task = asyncio.ensure_future(self._store_and_ack(conn, previous, rows, target, time.perf_counter()))
         task.add_done_callback(_retrieve)
         conn.tail = task
 
     async def _store_and_ack(self, conn: DeviceConnection, previous: asyncio.Future[None] | None,
-                             rows: list[ReadingRow], target: int) -> None:
+                             rows: list[ReadingRow], target: int, received: float) -> None:
         try:
             if rows:
+                started = time.perf_counter()
                 await self.storage.store(rows)
+                self.metrics.commit_latency.observe(time.perf_counter() - started)
             if previous is not None:
                 await previous
         except (StorageError, OSError) as err:
@@ -299,6 +302,7 @@ class DeviceSessions:
         self.counters.readings_stored += len(rows)
         with contextlib.suppress(ConnectionClosed):
             await conn.ws.send(conn.session.ack(target))
+            self.metrics.ack_latency.observe(time.perf_counter() - received)
 
     # ------------------------------------------------------------ ending sessions
     async def sweep_forever(self) -> None:

@@ -7,6 +7,8 @@ mean "received", not "stored". The bench runs it as the system ``gateway-storage
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.storage.base import AlertRow, DeviceRecord, ReadingRow, Storage
 
 
@@ -21,6 +23,9 @@ class NoneStorage(Storage):
 
     async def close(self) -> None:
         await self.inner.close()
+
+    def health(self) -> dict[str, Any]:
+        return {**self.inner.health(), "readings": "not stored (storage = none)"}
 
     async def store(self, rows: list[ReadingRow]) -> None:
         last = self._last

@@ -170,7 +170,7 @@ def test_slow_dashboard_is_resynced_without_stalling_ingestion(tmp_path: Path) -
 def test_http_endpoints(gateway: GatewayProcess) -> None:
     with urllib.request.urlopen(gateway.http_url + "/healthz") as resp:
         health = json.load(resp)
-    assert health["status"] == "ok" and health["storage"] == "sqlite"
+    assert health["status"] == "ok" and health["checks"]["storage"]["backend"] == "sqlite"
     with urllib.request.urlopen(gateway.http_url + "/") as resp:
         page = resp.read().decode()
     assert "Edgewire fleet" in page and "/app.js" in page and "https://" not in page
