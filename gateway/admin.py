@@ -5,12 +5,14 @@ One request table: adding a request is one method plus one row in ``AdminApi.req
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
 
 from gateway.commands import Commands
 from gateway.conn import dumps
@@ -22,9 +24,11 @@ from gateway.registry import Registry, check_device_id
 from gateway.sessions import DeviceSessions
 from gateway.storage.base import Storage
 from protocol import wire
+from protocol.gateway import MAX_RESULT_DEPTH, MAX_RESULT_VALUES, json_shape_error
 
 Request = dict[str, Any]
 MAX_COMMAND_TIMEOUT_S = 300
+MAX_HISTORY_POINTS = 100_000
 
 
 class AdminApi:
@@ -48,6 +52,10 @@ class AdminApi:
 
     async def handle(self, ws: ServerConnection) -> None:
         """Serve one admin connection: one reply per request, in order."""
+        with contextlib.suppress(ConnectionClosed):  # the tool went away: nothing to report
+            await self._serve(ws)
+
+    async def _serve(self, ws: ServerConnection) -> None:
         async for frame in ws:
             try:
                 msg = orjson.loads(frame)
@@ -111,6 +119,9 @@ class AdminApi:
             raise ValueError("name: the command's name, a string (set_interval, set_output, reboot, ping, ...)")
         if not isinstance(args, dict):
             raise ValueError("args: an object of the command's arguments")
+        shape = json_shape_error(args, MAX_RESULT_DEPTH, MAX_RESULT_VALUES)
+        if shape is not None:
+            raise ValueError(f"args: {shape}")
         if type(timeout) not in (int, float) or not 0 < timeout <= MAX_COMMAND_TIMEOUT_S:
             raise ValueError(f"timeout: seconds, more than 0 and at most {MAX_COMMAND_TIMEOUT_S}")
         conn = self.sessions.devices.get(device_id)
@@ -125,9 +136,18 @@ class AdminApi:
         return {"device_id": device_id, "latest": {k: list(v) for k, v in latest.items()}}
 
     async def history(self, msg: Request) -> dict[str, Any]:
-        points = await self.storage.history(check_device_id(msg.get("device_id")), str(msg["metric"]),
-                                            int(msg.get("start", 0)), int(msg.get("end", 2**62)),
-                                            int(msg.get("limit", 10000)))
+        device_id = check_device_id(msg.get("device_id"))
+        metric = msg.get("metric")
+        if not isinstance(metric, str) or not wire.valid_metric_name(metric):
+            raise ValueError("metric: a metric name such as temperature")
+        bounds = {}
+        for key, default, low, high in (("start", 0, 0, 2**62), ("end", 2**62, 0, 2**62),
+                                        ("limit", 10000, 1, MAX_HISTORY_POINTS)):
+            value = msg.get(key, default)
+            if type(value) is not int or not low <= value <= high:
+                raise ValueError(f"{key}: an integer from {low} to {high}")
+            bounds[key] = value
+        points = await self.storage.history(device_id, metric, bounds["start"], bounds["end"], bounds["limit"])
         return {"points": [list(p) for p in points]}
 
     async def stats(self, msg: Request) -> dict[str, Any]:

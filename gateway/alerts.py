@@ -15,6 +15,7 @@ from gateway.config import AlertRule
 from gateway.hub import Hub
 from gateway.logs import log
 from gateway.storage.base import Storage
+from gateway.supervisor import spawn
 
 
 class AlertEngine:
@@ -71,7 +72,7 @@ class AlertEngine:
         self._spawn(self._store_clear(alert, raising, value, time_ms))
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        task: asyncio.Task[None] = spawn(coro, "alert write")  # a failed write is logged
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
         return task

@@ -12,6 +12,7 @@ import asyncio
 import secrets
 from typing import Any, Protocol
 
+from gateway.errors import RegistryError
 from gateway.logs import log
 from protocol.gateway import GatewaySession
 
@@ -57,3 +58,9 @@ class Commands:
             return
         if not future.done():
             future.set_result(result)
+
+    def fail(self, reason: str, device_id: str | None = None) -> None:
+        """End the waits of every pending command (of ``device_id``, or all) with ``reason``."""
+        for sent_to, future in list(self.pending.values()):
+            if (device_id is None or sent_to == device_id) and not future.done():
+                future.set_exception(RegistryError(reason))

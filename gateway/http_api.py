@@ -55,8 +55,10 @@ def _query_token(path: str) -> str | None:
 
 class HttpApi:
     def __init__(self, config: GatewayConfig, *, admin_token: str, dashboard_token: str | None,
-                 client_address: Callable[[EdgeConnection, Headers], str], draining: Callable[[], bool]) -> None:
+                 client_address: Callable[[EdgeConnection, Headers], str], draining: Callable[[], bool],
+                 count_error: Callable[[str], None] = lambda code: None) -> None:
         self.config = config
+        self.count_error = count_error
         self._allowed_hosts = {h.lower() for h in (config.host, *config.allowed_hosts)}
         self.client_address = client_address
         self.admin_token = admin_token
@@ -69,6 +71,11 @@ class HttpApi:
             if file.exists():
                 self._static[path] = (file.read_bytes(), ctype)
                 self.route(path, self.static)
+
+    def refuse(self, status: int, code: str, message: str) -> Response:
+        """A counted refusal: HTTP ``status`` with {"code", "message"}."""
+        self.count_error(code)
+        return json_response(status, {"code": code, "message": message})
 
     def route(self, path: str, handler: Handler) -> None:
         """Serve plain HTTP requests for ``path`` with ``handler`` (it returns the Response)."""
@@ -157,12 +164,12 @@ class HttpApi:
         ws.address = self.client_address(ws, request.headers)
         headers = request.headers
         if not self._origin_allowed(ws, headers):
-            return json_response(403, {"code": ORIGIN_NOT_ALLOWED, "message": "this page's origin may not open "
-                                       "the dashboard stream; add it to dashboard_origins"})
+            return self.refuse(403, ORIGIN_NOT_ALLOWED, "this page's origin may not open the dashboard stream; "
+                               "add it to dashboard_origins")
         needs_token = self.dashboard_token is not None and self.config.dashboard_token_needed(ws.address)
         if not needs_token and not self._host_allowed(headers):
-            return json_response(403, {"code": HOST_NOT_ALLOWED, "message": "unknown Host for a dashboard without "
-                                       "a token; add the name to allowed_hosts or turn dashboard_auth on"})
+            return self.refuse(403, HOST_NOT_ALLOWED, "unknown Host for a dashboard without a token; add the name "
+                               "to allowed_hosts or turn dashboard_auth on")
         if needs_token:
             assert self.dashboard_token is not None
             try:
@@ -170,8 +177,8 @@ class HttpApi:
             except AuthError:
                 token = None
             if not verify_admin_token(self.dashboard_token, token):
-                return json_response(401, {"code": wire.E_AUTH_FAILED, "message": "dashboard authentication "
-                                           "failed: open the page as /#token=<contents of dashboard.token>"})
+                return self.refuse(401, wire.E_AUTH_FAILED, "dashboard authentication failed: open the page as "
+                                   "/#token=<contents of dashboard.token>")
         ws.authenticated()
         return None
 
@@ -181,6 +188,6 @@ class HttpApi:
         except AuthError:
             token = None
         if not verify_admin_token(self.admin_token, token):
-            return json_response(401, {"code": wire.E_AUTH_FAILED, "message": "admin authentication failed"})
+            return self.refuse(401, wire.E_AUTH_FAILED, "admin authentication failed")
         ws.authenticated()
         return None

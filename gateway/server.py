@@ -25,7 +25,7 @@ from websockets.http11 import Request, Response
 
 from gateway import gctune
 from gateway.admin import AdminApi
-from gateway.admission import Admission, raise_open_files_limit
+from gateway.admission import TOO_MANY, Admission, raise_open_files_limit
 from gateway.alerts import AlertEngine
 from gateway.auth import Authenticator
 from gateway.commands import Commands
@@ -39,7 +39,7 @@ from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.sessions import DeviceSessions
 from gateway.storage.base import Storage
-from gateway.supervisor import Supervisor
+from gateway.supervisor import Supervisor, spawn
 from protocol import wire
 
 
@@ -57,10 +57,14 @@ class Gateway:
         self.alerts = AlertEngine(config.alerts, storage, self.hub, clock)
         self.commands = Commands()
         self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.alerts, self.metrics,
-                                       on_result=self.commands.result, clock=clock)
+                                       on_result=self.commands.result,
+                                       on_offline=lambda device_id: self.commands.fail(
+                                           f"device {device_id!r} went offline before answering", device_id),
+                                       clock=clock)
         self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics)
         self.http = HttpApi(config, admin_token=admin_token, dashboard_token=dashboard_token,
-                            client_address=self.sessions.client_address, draining=lambda: self.draining)
+                            client_address=self.sessions.client_address, draining=lambda: self.draining,
+                            count_error=self.metrics.count_error)
         self.http.route("/healthz", self.healthz)
         self.http.route("/metrics", self.metrics_page)
         self.http.websocket("/v1/device", self.sessions.check_upgrade, self.sessions.handle)
@@ -144,7 +148,7 @@ class Gateway:
     def _give_up(self, task: str, error: BaseException) -> None:
         """A background task keeps failing: stop with exit status 1 (systemd restarts the process)."""
         self.exit_code = 1
-        asyncio.get_running_loop().create_task(self.shutdown())
+        spawn(self.shutdown(), "shutdown")
 
     async def _step(self, name: str, action: Awaitable[object]) -> None:
         """One shutdown step: a failure is logged and the shutdown goes on with the next step."""
@@ -165,6 +169,7 @@ class Gateway:
         if self.server is not None:
             self.server.close(close_connections=False)
         await self._step("background tasks", self.supervisor.stop())
+        self.commands.fail("the gateway is stopping; send the command again once it is back")
         await self._step("device sessions", self.sessions.close_all())
         await self._step("alerts", self.alerts.drain())
         await self._step("dashboards", _call(self.hub.flush))
@@ -182,7 +187,7 @@ class Gateway:
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: loop.create_task(self.shutdown()))
+            loop.add_signal_handler(sig, lambda: spawn(self.shutdown(), "shutdown"))
         await self.stopped.wait()
 
     # ------------------------------------------------------------ HTTP endpoints of the process
@@ -199,6 +204,7 @@ class Gateway:
 
     async def metrics_page(self, ws: EdgeConnection, request: Request) -> Response:
         admission = self.admission
+        self.counters.by_error[TOO_MANY] = sum(admission.refused.values())
         body = self.metrics.render(
             gauges=[
                 ("devices_online", "Devices with an authenticated session.", len(self.sessions.devices)),

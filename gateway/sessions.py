@@ -26,6 +26,7 @@ from gateway.hub import Hub
 from gateway.logs import log
 from gateway.metrics import INTERNAL_ERROR, Metrics
 from gateway.storage.base import DeviceRecord, ReadingRow, Storage
+from gateway.supervisor import spawn
 from protocol import wire
 from protocol.gateway import (
     EV_AUTH,
@@ -74,6 +75,7 @@ class DeviceSessions:
 
     def __init__(self, config: GatewayConfig, storage: Storage, authenticator: Authenticator, hub: Hub,
                  alerts: AlertEngine, metrics: Metrics, on_result: ResultHandler,
+                 on_offline: Callable[[str], None] = lambda device_id: None,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.storage = storage
@@ -83,6 +85,7 @@ class DeviceSessions:
         self.metrics = metrics
         self.counters = metrics.counters
         self.on_result = on_result
+        self.on_offline = on_offline
         self.clock = clock
         self.devices: dict[str, DeviceConnection] = {}
 
@@ -206,7 +209,7 @@ class DeviceSessions:
             log("device_online", device=device_id, last_seq=last_seq, address=ws.address)
             if identity.expires_at:
                 delay = max(0.0, identity.expires_at - self.clock())
-                expiry = loop.call_later(delay, lambda: loop.create_task(self._expire(conn)))
+                expiry = loop.call_later(delay, lambda: spawn(self._expire(conn), "credential expiry"))
             await self._receive_loop(conn)
         finally:
             if expiry is not None:
@@ -215,6 +218,7 @@ class DeviceSessions:
             if self.devices.get(device_id) is conn:
                 del self.devices[device_id]
                 self.hub.offline(device_id)
+                self.on_offline(device_id)
             if not conn.done.done():
                 conn.done.set_result(None)
             log("device_offline", device=device_id, code=ws.close_code)
@@ -324,7 +328,7 @@ class DeviceSessions:
             if verdict is not None and not conn.closing:
                 conn.closing = True
                 log("device_cut_off", logging.WARNING, device=conn.device_id, code=verdict[0])
-                asyncio.get_running_loop().create_task(self._cut_off(conn, *verdict))
+                spawn(self._cut_off(conn, *verdict), "registry cut-off")
 
     def _still_allowed(self, conn: DeviceConnection, record: DeviceRecord | None) -> tuple[str, str] | None:
         """None if the session may go on, else (error code, message)."""

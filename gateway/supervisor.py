@@ -14,7 +14,7 @@ import logging
 import time
 import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,3 +106,25 @@ class Supervisor:
         for state in self.tasks.values():
             if state.state != GAVE_UP:
                 state.state = STOPPED
+
+
+_SPAWNED: set[asyncio.Task[Any]] = set()
+
+
+def spawn(coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
+    """Run ``coro`` as a one-off task, kept referenced until it is done (asyncio holds only weak
+    references) and whose failure is logged with its traceback instead of vanishing."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _SPAWNED.add(task)
+    task.add_done_callback(lambda done: _spawned_done(done, what))
+    return task
+
+
+def _spawned_done(task: asyncio.Task[Any], what: str) -> None:
+    _SPAWNED.discard(task)
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        log("task_failed", logging.ERROR, task=what, error=f"{type(error).__name__}: {error}"[:300],
+            traceback="".join(traceback.format_exception(error))[-4000:])

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
-from gateway.supervisor import FAILED, GAVE_UP, RUNNING, STOPPED, Supervisor
+import pytest
+
+from gateway.supervisor import FAILED, GAVE_UP, RUNNING, STOPPED, Supervisor, spawn
 from tests.helpers.waiting import until
 
 
@@ -56,3 +59,20 @@ def test_a_task_that_keeps_failing_stops_the_gateway() -> None:
         await sup.stop()  # never raises
 
     asyncio.run(run())
+
+
+def test_a_one_off_task_that_fails_is_logged_not_lost(caplog: pytest.LogCaptureFixture) -> None:
+    async def run() -> None:
+        async def broken() -> None:
+            await asyncio.sleep(0)
+            raise KeyError("lost")
+
+        task = spawn(broken(), "registry cut-off")
+        await asyncio.wait([task])
+
+    with caplog.at_level(logging.ERROR, logger="edgewire"):
+        asyncio.run(run())
+    failures = [r for r in caplog.records if r.getMessage() == "task_failed"]
+    assert len(failures) == 1
+    fields = failures[0].fields  # type: ignore[attr-defined]
+    assert fields["task"] == "registry cut-off" and "KeyError" in fields["error"] and "broken" in fields["traceback"]

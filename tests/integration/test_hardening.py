@@ -487,3 +487,64 @@ def test_metrics_and_healthz_of_a_live_gateway(tmp_path: Path) -> None:
         "backend": "sqlite", "state": "ok", "commits": body["checks"]["storage"]["commits"],
         "failed_commits": 0, "last_error": None}
     assert body["checks"]["hub"]["state"] == "running"
+
+
+def test_admin_bad_input_is_refused_and_the_connection_goes_on(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path) as gw:
+        token = gw.register("adm-dev")
+
+        async def run() -> list[dict[str, Any]]:
+            replies = []
+            deep: Any = 1
+            for _ in range(300):
+                deep = [deep]
+            requests = [
+                {"t": "command", "device_id": "adm-dev", "name": "ping", "args": {"x": deep}},
+                {"t": "command", "device_id": "adm-dev", "name": {"not": "a name"}},
+                {"t": "command", "device_id": "adm-dev", "name": "ping", "timeout": -1},
+                {"t": "history", "device_id": "adm-dev", "metric": "temperature", "limit": -1},
+                {"t": "history", "device_id": "adm-dev", "metric": ["temperature"]},
+                {"t": "register", "device_id": "x" * 10, "label": {"a": 1}},
+                {"t": "stats"},
+            ]
+            async with connect(gw.device_url, additional_headers=bearer(token)) as dev, \
+                    connect(gw.url + "/v1/admin", additional_headers=bearer(gw.admin_token)) as admin:
+                await dev.recv()
+                for i, request in enumerate(requests):
+                    await admin.send(json.dumps(dict(request, id=str(i))))
+                    replies.append(json.loads(await asyncio.wait_for(admin.recv(), 10)))
+                # a tool that goes away while its command waits: nothing is reported as a failure
+                await admin.send(json.dumps({"t": "command", "id": "9", "device_id": "adm-dev", "name": "ping"}))
+                await asyncio.wait_for(dev.recv(), 10)
+            return replies
+
+        replies = asyncio.run(run())
+        async def count_origin_refusal() -> str:
+            return await dashboard_as(gw, origin="http://evil.example")
+
+        assert asyncio.run(count_origin_refusal()) == "403 origin_not_allowed"
+        errors = {k: v for k, v in gw.metrics().items() if k.startswith("edgewire_errors_total")}
+        log = gw.log_text()
+    assert [r["code"] for r in replies[:-1]] == ["bad_request"] * 6, replies
+    assert "nested deeper" in replies[0]["msg"]
+    assert replies[-1]["t"] == "ok"
+    assert errors['edgewire_errors_total{code="origin_not_allowed"}'] == 1
+    assert "Traceback" not in log and "handler failed" not in log
+
+
+def test_a_command_to_a_device_that_goes_offline_fails_at_once(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path) as gw:
+        token = gw.register("leaver")
+
+        async def run() -> dict[str, Any]:
+            async with connect(gw.url + "/v1/admin", additional_headers=bearer(gw.admin_token)) as admin:
+                async with connect(gw.device_url, additional_headers=bearer(token)) as dev:
+                    await dev.recv()
+                    await admin.send(json.dumps({"t": "command", "id": "1", "device_id": "leaver", "name": "reboot",
+                                                 "timeout": 120}))
+                    await asyncio.wait_for(dev.recv(), 10)
+                # the device went away without answering: the operator hears it now, not in 120 s
+                return dict(json.loads(await asyncio.wait_for(admin.recv(), 10)))
+
+        reply = asyncio.run(run())
+    assert reply["t"] == "error" and "went offline before answering" in reply["msg"]
