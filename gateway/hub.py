@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from gateway.logs import log
 
 DASHBOARD_SNDBUF = 64 * 1024
+MAX_LATEST_METRICS = 64  # distinct metrics whose latest value the dashboard keeps per device
 
 
 class DeviceView:
@@ -111,7 +112,12 @@ class Hub:
         view = self.view(device_id)
         latest = view.latest
         for name, value in metrics.items():
-            latest[name] = [value, time_ms]
+            entry = latest.get(name)
+            if entry is not None:
+                entry[0] = value
+                entry[1] = time_ms
+            elif len(latest) < MAX_LATEST_METRICS:  # a device cycling through names cannot grow it
+                latest[name] = [value, time_ms]
         view.last_seen = self.now_ms()
         self._dirty.add(device_id)
 

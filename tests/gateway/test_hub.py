@@ -121,3 +121,15 @@ def test_a_status_that_cannot_be_encoded_is_dropped_not_the_stream() -> None:
     assert update["devices"]["S-good"]["latest"] == {"temperature": [21.0, 5]}
     assert update["devices"]["S-bad"]["status"] == {}
     assert json.loads(hub.snapshot_frame())["t"] == "snapshot"
+
+
+def test_latest_values_per_device_are_bounded() -> None:
+    from gateway.hub import MAX_LATEST_METRICS
+
+    hub, _ = make_hub()
+    for i in range(MAX_LATEST_METRICS + 20):
+        hub.reading("S-1", {f"m{i}": float(i)}, i)
+    latest = hub.devices["S-1"].latest
+    assert len(latest) == MAX_LATEST_METRICS and "m0" in latest and f"m{MAX_LATEST_METRICS}" not in latest
+    hub.reading("S-1", {"m0": 99.0}, 1000)  # known names keep updating
+    assert latest["m0"] == [99.0, 1000]
