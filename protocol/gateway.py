@@ -241,9 +241,9 @@ class GatewaySession:
             return self._auth(msg)
         claimed = msg.get("device_id")
         if claimed is not None and claimed != self.device_id:
+            named = "'" + claimed[:64] + "'" if type(claimed) is str else "a non-string device_id"
             return self._close_event(
-                E_IDENTITY, "frame names device '" + str(claimed)[:64]
-                + "' but this connection is authenticated as another device")
+                E_IDENTITY, "frame names " + named + " but this connection is authenticated as another device")
         if kind == T_DATA:
             return self._data(msg, now, wall_ms)
         if kind == T_RESULT:
@@ -359,7 +359,10 @@ class GatewaySession:
         return Event(EV_STATUS, fields)
 
     def _result(self, msg):
-        command_id = _text_field(msg, "id", False, 64)
+        try:
+            command_id = _text_field(msg, "id", False, 64)
+        except ProtocolError as err:
+            return self._bad(err)
         ok = msg.get("ok")
         if command_id is None or type(ok) is not bool:
             return self._bad(ProtocolError(E_BAD_FRAME, "result needs string 'id' and boolean 'ok'"))

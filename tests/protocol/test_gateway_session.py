@@ -153,3 +153,17 @@ def test_bad_json_says_what_is_wrong() -> None:
             assert err.code == wire.E_BAD_JSON and "NaN and Infinity are not JSON" in err.message
         else:
             raise AssertionError("decoded")
+
+
+def test_receive_never_raises_on_odd_result_ids_or_device_ids() -> None:
+    """Found by make fuzz: a result whose id is not a string escaped receive() as ProtocolError."""
+    session = active()
+    for frame in ({"t": "result", "id": 3, "ok": True}, {"t": "result", "id": "x" * 65, "ok": True},
+                  {"t": "result", "id": ["c1"], "ok": True}):
+        event = session.receive(json.dumps(frame), 0)
+        assert event.kind == EV_REJECT and event.payload.code in (wire.E_BAD_FRAME, wire.E_TOO_LARGE)
+    deep: object = "S-1"
+    for _ in range(900):
+        deep = {"a": deep}
+    event = active().receive(json.dumps({"t": "status", "device_id": deep}), 0)
+    assert event.close_code == wire.CLOSE_IDENTITY and "non-string device_id" in event.payload.message
