@@ -40,6 +40,7 @@ from protocol.gateway import (
 )
 
 ResultHandler = Callable[[str, dict[str, Any]], None]
+REPLACE_WAIT_S = 10.0  # how long a new session waits for the one it replaces to end
 
 
 class DeviceConnection:
@@ -182,24 +183,42 @@ class DeviceSessions:
             return None
 
     async def _serve(self, ws: EdgeConnection, session: GatewaySession, identity: Identity) -> None:
-        loop = asyncio.get_running_loop()
         device_id = identity.device_id
         conn = DeviceConnection(ws, session, identity, self.now_ms())
         old = self.devices.get(device_id)
         self.devices[device_id] = conn
-        if old is not None:
-            self.counters.replaced += 1
-            self.hub.replaced(device_id, old.ws.address, ws.address)
-            log("device_replaced", logging.WARNING, device=device_id, old_address=old.ws.address,
-                address=ws.address)
-            old.closing = True
-            await old.drain()
-            await old.close(wire.E_REPLACED, "a newer connection authenticated as this device")
-            with contextlib.suppress(Exception):
-                await old.done
-        if self.devices.get(device_id) is not conn:
-            await conn.close(wire.E_REPLACED, "a newer connection authenticated as this device")
-            return
+        try:
+            if old is not None:
+                self.counters.replaced += 1
+                self.hub.replaced(device_id, old.ws.address, ws.address)
+                log("device_replaced", logging.WARNING, device=device_id, old_address=old.ws.address,
+                    address=ws.address)
+                await self._replace(old)
+            if self.devices.get(device_id) is not conn:  # replaced in turn while the old one finished
+                await conn.close(wire.E_REPLACED, "a newer connection authenticated as this device")
+                return
+            await self._session(conn)
+        finally:
+            # Always: the connection that replaces this one waits for it (a chain of quick
+            # reconnects of one device must not wait for ever).
+            if not conn.done.done():
+                conn.done.set_result(None)
+
+    async def _replace(self, old: DeviceConnection) -> None:
+        """End the session ``old``: its accepted frames stored and acked, then close 4005."""
+        old.closing = True
+        await old.drain()
+        await old.close(wire.E_REPLACED, "a newer connection authenticated as this device")
+        try:
+            await asyncio.wait_for(asyncio.shield(old.done), REPLACE_WAIT_S)
+        except TimeoutError:
+            log("device_replace_slow", logging.WARNING, device=old.device_id,
+                hint=f"the replaced session did not end within {REPLACE_WAIT_S:g} s; going on")
+
+    async def _session(self, conn: DeviceConnection) -> None:
+        """Welcome, then frames until the connection ends."""
+        loop = asyncio.get_running_loop()
+        ws, session, identity, device_id = conn.ws, conn.session, conn.identity, conn.device_id
         expiry: asyncio.TimerHandle | None = None
         try:
             last_seq = await self.storage.last_seq(device_id)
@@ -219,8 +238,6 @@ class DeviceSessions:
                 del self.devices[device_id]
                 self.hub.offline(device_id)
                 self.on_offline(device_id)
-            if not conn.done.done():
-                conn.done.set_result(None)
             log("device_offline", device=device_id, code=ws.close_code)
 
     async def _receive_loop(self, conn: DeviceConnection) -> None:

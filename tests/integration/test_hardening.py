@@ -9,7 +9,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from protocol import wire
 from tests.helpers.dashboard import DashboardWatcher
@@ -548,3 +549,36 @@ def test_a_command_to_a_device_that_goes_offline_fails_at_once(tmp_path: Path) -
 
         reply = asyncio.run(run())
     assert reply["t"] == "error" and "went offline before answering" in reply["msg"]
+
+
+def test_a_burst_of_connections_of_one_device_never_locks_it_out(tmp_path: Path) -> None:
+    """Found by churn testing: with three or more quick connections of one device, a session
+    replaced before its welcome never signalled its end, and the device could not connect again
+    (nor the gateway stop) until a restart."""
+    with GatewayProcess(tmp_path) as gw:
+        token = gw.register("twin-burst")
+
+        async def first_frame(ws: ClientConnection) -> str:
+            try:
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 15))
+                return str(msg.get("code") or msg["t"])
+            except ConnectionClosed:
+                return "closed"
+
+        async def run() -> tuple[list[str], dict[str, Any], dict[str, Any]]:
+            burst = await asyncio.gather(*(connect(gw.device_url, additional_headers=bearer(token))
+                                           for _ in range(8)))
+            firsts = await asyncio.gather(*(first_frame(ws) for ws in burst))
+            for ws in burst:
+                await ws.close()
+            async with connect(gw.device_url, additional_headers=bearer(token)) as ws:
+                welcome = json.loads(await asyncio.wait_for(ws.recv(), 15))
+                await ws.send(json.dumps({"t": "data", "seq": 1, "r": [{"m": {"temperature": 20}}]}))
+                ack = json.loads(await asyncio.wait_for(ws.recv(), 15))
+            return firsts, welcome, ack
+
+        firsts, welcome, ack = asyncio.run(run())
+        code = gw.stop(timeout=20)
+    assert set(firsts) <= {"welcome", wire.E_REPLACED, "closed"} and wire.E_REPLACED in firsts
+    assert welcome["t"] == "welcome" and ack == {"t": "ack", "seq": 1}
+    assert code == 0
