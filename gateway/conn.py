@@ -14,6 +14,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 
+from gateway import gctune
 from gateway.admission import REFUSED_RESPONSE, Admission
 from gateway.auth import Identity
 from protocol import wire
@@ -72,6 +73,7 @@ class EdgeConnection(ServerConnection):
         if self._refused:
             return
         self.authenticated()
+        gctune.connection_closed()
         super().connection_lost(exc)
 
     def authenticated(self) -> None:
