@@ -10,7 +10,7 @@ DEVICES ?= 20
 DEMO_DIR ?= var/demo
 NODE_DIR := tests/firmware/node
 
-.PHONY: help venv demo test lint clean node-deps system-deps-demo system-deps-test system-deps-bench
+.PHONY: help venv demo test lint clean fuzz node-deps system-deps-demo system-deps-test system-deps-bench
 
 help:
 	@echo "make demo   - gateway on $(HOST):$(PORT) (SQLite) + $(DEVICES) simulated devices; Ctrl-C stops"
@@ -18,6 +18,7 @@ help:
 	@echo "make lint   - ruff and mypy --strict"
 	@echo "make flash  - flash an ESP32 node (see hardware.md)"
 	@echo "make bench  - gateway vs Mosquitto under load (docs/performance.md)"
+	@echo "make fuzz   - 10^6 generated frames against protocol/ and a live gateway (FUZZ_FRAMES=...)"
 
 # Debian packages each target needs (scripts/system-deps installs them as root, else prints the apt-get line).
 system-deps-demo:
@@ -54,6 +55,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest protocol.wire protocol.gateway protocol.device
+
+# make fuzz: structure-aware fuzzing (hypothesis corpus + mutator) of protocol/ and a live gateway;
+# FUZZ_FRAMES per target (CI: 10000). Fails on a crash, a task death, a 1011 or an unhealthy gateway.
+FUZZ_FRAMES ?= 1000000
+FUZZ_ARGS ?=
+fuzz: $(STAMP)
+	$(PY) -m fuzz --frames $(FUZZ_FRAMES) $(FUZZ_ARGS)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("protocol", "gateway", "edge", "simulator", "bench", "firmware")
+PACKAGES = ("protocol", "gateway", "edge", "simulator", "bench", "firmware", "fuzz")
 
 
 def module_name(path: Path) -> str:
