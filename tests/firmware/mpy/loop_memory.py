@@ -33,7 +33,7 @@ import ntptime  # noqa: F401
 await asyncio.sleep(0)
 gc.collect()
 start_alloc = gc.mem_alloc()
-import protocol.wire  # noqa: E402, F401 - board code, shared with the gateway below: counted
+import protocol.wire  # noqa: E402 - board code, shared with the gateway below: counted
 
 await asyncio.sleep(0)
 gc.collect()
