@@ -1,7 +1,8 @@
 """The simulated publishers of the load: an Edgewire device and an MQTT publisher, one connection each.
 
-Both send the same data-frame bytes (~115 bytes: seq, boot id, one reading of temperature,
-humidity and battery with ``ts`` and ``q``), so the gateway and Mosquitto get the same load.
+Both send the same data-frame bytes (~115 bytes of JSON, or ~60 of CBOR with encoding "cbor": seq,
+boot id, one reading of temperature, humidity and battery with ``ts`` and ``q``), so the gateway and
+Mosquitto get the same load.
 Each reading carries its creation time in ``ts`` (Unix ms): latency = receive time - ts.
 """
 
@@ -22,7 +23,8 @@ from bench import mqtt
 from bench.outbox import BenchOutbox
 from bench.session import BenchSession
 from bench.wsclient import WsClient
-from protocol import wire
+from protocol import cbor, wire
+from protocol.device import ENC_CBOR, ENC_JSON
 
 __all__ = ["ACK_LATENCIES", "DeviceConn", "MqttPublisher", "Payloads", "dumps", "now_ms"]
 
@@ -61,10 +63,12 @@ class DeviceConn(WsClient):
     __slots__ = ("generated", "outbox", "payloads", "session")
 
     def __init__(self, uri: WebSocketURI, device_id: str, token: str, payloads: Payloads, window: int = 4,
-                 max_batch: int = 20) -> None:
-        super().__init__(uri)
-        self.outbox = BenchOutbox(ACK_LATENCIES)
-        self.session = BenchSession(device_id, token, self.outbox, window, max_batch, orjson.loads, dumps)
+                 max_batch: int = 20, encoding: str = ENC_JSON) -> None:
+        session = BenchSession(device_id, token, BenchOutbox(ACK_LATENCIES), window, max_batch, orjson.loads, dumps,
+                               encoding)
+        super().__init__(uri, session.subprotocols())
+        self.outbox = session.outbox
+        self.session = session
         self.payloads = payloads
         self.generated = 0
 
@@ -89,6 +93,7 @@ class DeviceConn(WsClient):
         return self.session.sent
 
     def on_open(self) -> None:
+        self.session.negotiated(self.ws.subprotocol)
         frame = self.session.auth_frame()
         if frame is not None:
             self.send_text(frame)
@@ -120,16 +125,21 @@ class DeviceConn(WsClient):
             frame = session.next_frame()
             if frame is None:
                 return
-            self.send_text(frame)
+            if isinstance(frame, str):
+                self.send_text(frame)
+            else:
+                self.send_binary(frame)
 
 
 class MqttPublisher(WsClient):
     """One MQTT publisher sending the same data-frame bytes as a device, QoS 0."""
 
-    __slots__ = ("boot", "device_id", "generated", "next_seq", "payloads", "sent_count", "topic", "welcomed")
+    __slots__ = ("boot", "cbor", "device_id", "generated", "next_seq", "payloads", "sent_count", "topic",
+                 "welcomed")
 
-    def __init__(self, uri: WebSocketURI, device_id: str, payloads: Payloads) -> None:
+    def __init__(self, uri: WebSocketURI, device_id: str, payloads: Payloads, encoding: str = ENC_JSON) -> None:
         super().__init__(uri, "mqtt")
+        self.cbor = encoding == ENC_CBOR
         self.device_id = device_id
         self.topic = f"edgewire/{device_id}/data".encode()
         self.payloads = payloads
@@ -153,7 +163,8 @@ class MqttPublisher(WsClient):
 
     def tick(self, ts: int, index: int) -> None:
         reading = wire.Reading(self.next_seq, self.payloads.metrics(index), ts, None, "ok")
-        data = orjson.dumps(wire.data_message(self.next_seq, [reading], self.boot))
+        binary = cbor.encode_data(self.next_seq, [reading], self.boot) if self.cbor else None
+        data = orjson.dumps(wire.data_message(self.next_seq, [reading], self.boot)) if binary is None else bytes(binary)
         self.next_seq += 1
         self.generated += 1
         if self.welcomed and self.send_binary(mqtt.publish(self.topic, data)):

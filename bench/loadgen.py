@@ -33,8 +33,11 @@ from bench.metrics import latency_summary
 from bench.proc import process_cpu_seconds, raise_nofile_limit, rss_kib
 from bench.watchers import DashboardWatcher, MqttSubscriber
 from bench.wsclient import open_connection, parse_ws_url, wait_until
+from protocol.device import ENC_CBOR, ENC_JSON
 
-__all__ = ["LoadGen", "LoadgenError", "Watcher", "Worker", "main", "read_device_file"]
+ENCODINGS = (ENC_JSON, ENC_CBOR)  # --encoding: data frames as JSON text or binary CBOR
+
+__all__ = ["ENCODINGS", "LoadGen", "LoadgenError", "Watcher", "Worker", "main", "read_device_file"]
 
 
 class Worker:
@@ -52,10 +55,11 @@ class Worker:
         self.first_error = ""
 
     def _make(self, device_id: str, token: str) -> DeviceConn | MqttPublisher:
+        encoding = self.spec.get("encoding", ENC_JSON)
         if self.kind == "mqtt":
-            return MqttPublisher(self.uri, device_id, self.payloads)
+            return MqttPublisher(self.uri, device_id, self.payloads, encoding)
         return DeviceConn(self.uri, device_id, token, self.payloads, self.spec.get("window", 4),
-                          self.spec.get("max_batch", 20))
+                          self.spec.get("max_batch", 20), encoding)
 
     async def connect(self, concurrency: int, timeout: float) -> dict[str, Any]:
         """Open every connection (at most ``concurrency`` handshakes at once) and wait for welcomes."""
@@ -282,14 +286,16 @@ class LoadGen:
     """N worker processes each holding a share of ``devices`` [(device_id, token)]."""
 
     def __init__(self, kind: str, url: str, devices: Sequence[tuple[str, str]], workers: int = 1,
-                 sources: int = 1, window: int = 4, max_batch: int = 20) -> None:
+                 sources: int = 1, window: int = 4, max_batch: int = 20, encoding: str = ENC_JSON) -> None:
         if kind not in ("edgewire", "mqtt"):
             raise LoadgenError(f"kind {kind!r} must be 'edgewire' or 'mqtt'")
+        if encoding not in ENCODINGS:
+            raise LoadgenError(f"encoding {encoding!r} must be one of {', '.join(ENCODINGS)}")
         parse_ws_url(url)  # refuse a non-loopback target before any process starts
         workers = max(1, min(workers, len(devices) or 1))
         addrs = [f"127.0.0.{i + 1}" for i in range(max(1, sources))]
         self.procs = [Proc({"kind": kind, "url": url, "devices": list(devices[i::workers]), "sources": addrs,
-                            "window": window, "max_batch": max_batch, "seed": i + 1})
+                            "window": window, "max_batch": max_batch, "seed": i + 1, "encoding": encoding})
                       for i in range(workers)]
 
     def connect(self, concurrency: int = 256, timeout: float = 120.0) -> dict[str, Any]:
@@ -375,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sources", type=int, default=1, help="source addresses 127.0.0.1..N (default 1)")
     parser.add_argument("--concurrency", type=int, default=256, help="handshakes in flight (default 256)")
     parser.add_argument("--drain", type=float, default=10.0, help="seconds to wait for acks after sending")
+    parser.add_argument("--encoding", choices=ENCODINGS, default=ENC_JSON,
+                        help="data frames as JSON text (default) or binary CBOR (subprotocol edgewire.v1.cbor)")
     args = parser.parse_args(argv)
     if not 0 < args.duration <= 3600 or not 0 < args.rate <= 100:
         parser.error("--duration must be in (0, 3600] and --rate in (0, 100]")
@@ -394,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     if not devices:
         print(f"error: {args.devices_file} lists no devices (lines of device_id,token)", file=sys.stderr)
         return 2
-    gen = LoadGen("mqtt" if args.mqtt else "edgewire", args.url, devices, args.workers, args.sources)
+    gen = LoadGen("mqtt" if args.mqtt else "edgewire", args.url, devices, args.workers, args.sources,
+                  encoding=args.encoding)
     try:
         conn = gen.connect(args.concurrency)
         gen.start(time.time() + 0.5, args.duration, args.rate, args.drain)

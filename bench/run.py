@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.loadgen import LoadGen, Watcher
+from bench.loadgen import ENCODINGS, LoadGen, Watcher
 from bench.metrics import HostSample, ProcSample, cpu_per_1000, latency_summary, ratio, rss_per_connection_kib
 from bench.proc import raise_nofile_limit
 from bench.servers import GatewayServer, MosquittoServer, mosquitto_path, scratch_dir
@@ -142,10 +142,11 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
         idle = ProcSample.take(server.pid)
         if system == "mosquitto":
             watcher = Watcher("subscriber", server.url)
-            gen = LoadGen("mqtt", server.url, devices, opts.workers, opts.sources)
+            gen = LoadGen("mqtt", server.url, devices, opts.workers, opts.sources, encoding=opts.encoding)
         else:
             watcher = Watcher("dashboard", server.url + "/v1/dashboard")
-            gen = LoadGen("edgewire", server.url + "/v1/device", devices, opts.workers, opts.sources)
+            gen = LoadGen("edgewire", server.url + "/v1/device", devices, opts.workers, opts.sources,
+                          encoding=opts.encoding)
         before_connect = ProcSample.take(server.pid)
         conn = gen.connect(opts.concurrency, opts.connect_timeout)
         after_connect = ProcSample.take(server.pid)
@@ -422,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="", help="py-spy the hold phase of these systems (comma list)")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="EDGEWIRE_KEY=VALUE",
                         help="gateway setting through its environment, e.g. EDGEWIRE_PING_INTERVAL_S=60 (repeatable)")
+    parser.add_argument("--encoding", choices=ENCODINGS, default=ENCODINGS[0],
+                        help="devices' data frames: json (default) or cbor (edgewire.v1.cbor); MQTT publishers "
+                        "send the same bytes")
     parser.add_argument("--quick", action="store_true", help="1,000 devices for 10 s: the CI smoke test")
     parser.add_argument("--require-zero-loss", action="store_true",
                         help="exit 1 unless the gateway full path lost nothing and connected every device")
@@ -472,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"steps": steps, "hold_s": opts.hold, "rate_per_device": opts.rate, "systems": systems,
                    "workers": opts.workers, "sources": opts.sources, "concurrency": opts.concurrency,
                    "drain_s": opts.drain, "dashboard_interval_ms": opts.dashboard_interval_ms,
-                   "gateway_uvloop": opts.uvloop, "quick": opts.quick,
+                   "gateway_uvloop": opts.uvloop, "quick": opts.quick, "encoding": opts.encoding,
                    "gateway_root": str(opts.gateway_root) if opts.gateway_root else None,
                    "gateway_env": opts.gateway_env},
         "steps": [],

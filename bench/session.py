@@ -33,6 +33,7 @@ from protocol.device import (
     D_RESEND,
     D_SLOW,
     D_WELCOME,
+    ENC_JSON,
     LOADGEN,
     DeviceSession,
 )
@@ -51,10 +52,10 @@ class BenchSession:
 
     def __init__(self, device_id: str, token: str, outbox: BenchOutbox, window: int = 4, max_batch: int = 20,
                  loads: Callable[[str | bytes], Any] | None = None,
-                 dumps: Callable[[Any], str] | None = None) -> None:
+                 dumps: Callable[[Any], str] | None = None, encoding: str = ENC_JSON) -> None:
         self.core = DeviceSession(device_id, token=token, boot=f"{random.getrandbits(32):08x}",
                                   max_batch=max_batch, window=window, loads=loads, dumps=dumps, outbox=outbox,
-                                  policy=LOADGEN)
+                                  policy=LOADGEN, encoding=encoding)
         self.outbox = outbox
         self.welcomed = False
         self.base_seq = 0  # seq before this run's first reading
@@ -88,8 +89,16 @@ class BenchSession:
             self.rejected += 1
         return _NOTHING
 
-    def next_frame(self) -> str | None:
-        """The next data frame the window allows, or None."""
+    def subprotocols(self) -> list[str]:
+        """What to offer at the upgrade (edgewire.v1.cbor with encoding "cbor")."""
+        return self.core.subprotocols()
+
+    def negotiated(self, subprotocol: str | None) -> bool:
+        """The upgrade's subprotocol: True when data frames go as binary CBOR."""
+        return self.core.negotiated(subprotocol)
+
+    def next_frame(self) -> str | bytearray | None:
+        """The next data frame the window allows (text JSON, or binary CBOR), or None."""
         return self.core.next_frame()
 
     def closed(self, code: int | None) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 
 from websockets.client import ClientProtocol
@@ -71,8 +71,10 @@ class WsClient(asyncio.Protocol):
 
     __slots__ = ("_frag_op", "_frags", "closed", "error", "transport", "upgraded", "waiter", "ws")
 
-    def __init__(self, uri: WebSocketURI, subprotocol: str | None = None, max_size: int = MAX_MESSAGE) -> None:
-        self.ws = ClientProtocol(uri, subprotocols=[Subprotocol(subprotocol)] if subprotocol else None,
+    def __init__(self, uri: WebSocketURI, subprotocol: str | Sequence[str] | None = None,
+                 max_size: int = MAX_MESSAGE) -> None:
+        offered = [subprotocol] if isinstance(subprotocol, str) else list(subprotocol or ())
+        self.ws = ClientProtocol(uri, subprotocols=[Subprotocol(name) for name in offered] or None,
                                  max_size=max_size, logger=_LOG)
         self.transport: asyncio.Transport | None = None
         self.upgraded = False  # the server answered 101 (stays True after a close)
@@ -176,7 +178,7 @@ class WsClient(asyncio.Protocol):
                 transport.write(data)
         return True
 
-    def send_binary(self, data: bytes) -> bool:
+    def send_binary(self, data: BytesLike) -> bool:
         """Send one binary message; False when the connection is not open."""
         ws = self.ws
         if ws.state is not OPEN:

@@ -105,7 +105,8 @@ class Agent:
             outbox=self.queue, backoff=Backoff(cfg.backoff_min * 1000, cfg.backoff_max * 1000),
             handlers={"ping": self.cmd_ping, "set_interval": self.cmd_set_interval,
                       "set_thresholds": self.cmd_set_thresholds, "set_output": self.cmd_set_output,
-                      "reboot": self.cmd_reboot})
+                      "reboot": self.cmd_reboot},
+            encoding=cfg.encoding)
         self.uplink: Uplink | None = None
         self.credential_poll_s = Uplink.credential_poll_s
 

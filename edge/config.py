@@ -65,6 +65,7 @@ class AgentConfig:
     status_interval: float = 60.0
     ping_interval: float = 20.0
     compression: bool = True
+    encoding: str = "cbor"  # offer edgewire.v1.cbor (binary data frames); "json": never
     sensors: list[SensorSpec] = field(default_factory=list)
     outputs: dict[str, OutputSpec] = field(default_factory=dict)
     rules: list[RuleSpec] = field(default_factory=list)
@@ -193,13 +194,17 @@ def parse(raw: dict[str, Any]) -> AgentConfig:
 
     uplink = _table(raw, "uplink")
     _known(uplink, "uplink", {"backoff_min", "backoff_max", "connect_timeout", "status_interval",
-                              "ping_interval", "compression"})
+                              "ping_interval", "compression", "encoding"})
     for key in ("backoff_min", "backoff_max", "connect_timeout", "status_interval", "ping_interval"):
         value = _take(uplink, "uplink", key, (int, float), getattr(cfg, key))
         setattr(cfg, key, _positive(f"uplink.{key}", value))
     if cfg.backoff_max < cfg.backoff_min:
         raise ConfigError("uplink.backoff_max", "must be >= uplink.backoff_min")
     cfg.compression = _take(uplink, "uplink", "compression", (bool,), cfg.compression)
+    cfg.encoding = _take(uplink, "uplink", "encoding", (str,), cfg.encoding)
+    if cfg.encoding not in ("cbor", "json"):
+        raise ConfigError("uplink.encoding", f"must be \"cbor\" (binary data frames when the gateway offers "
+                          f"them) or \"json\", not {cfg.encoding!r}")
 
     sensors = raw.get("sensors", [])
     if not isinstance(sensors, list):

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
 
 from edge import __version__
 from edge.config import AgentConfig, load
@@ -167,10 +168,12 @@ class Uplink:
                 ping_interval=self.cfg.ping_interval,
                 ping_timeout=self.cfg.ping_interval,
                 compression="deflate" if self.cfg.compression else None,
+                subprotocols=[Subprotocol(name) for name in session.subprotocols()] or None,
                 max_size=1 << 20,
                 user_agent_header=f"edgewire-agent/{__version__}",
             ) as ws:
                 self.ws = ws
+                session.negotiated(ws.subprotocol)
                 await self.converse(ws)
             rcvd = ws.protocol.close_rcvd
             return session.closed(rcvd.code if rcvd else None, now_ms())

@@ -107,7 +107,7 @@ class App:
             self.outputs[name] = machine.Pin(cfg["output_pins"][name], machine.Pin.OUT, value=0)
         self.session = DeviceSession(cfg["device_id"], token=cfg["token"], jwt=cfg["jwt"], boot=self.boot_id,
                                      max_batch=cfg["max_batch"], outbox=self.ring, backoff=Backoff(1000, 60000),
-                                     handlers=commands.handlers(self))
+                                     handlers=commands.handlers(self), encoding=cfg["encoding"])
         self.wifi = WiFi(cfg["wifi_ssid"], cfg["wifi_password"], self.wait_ms)
         self.ca = config_module.read_ca(cfg)
         self.ws = None
@@ -185,7 +185,8 @@ class App:
         self.counts["connects"] += 1
         ws = WSClient(self.cfg["gateway_url"], self.ca, 5000)
         try:
-            ws.connect()
+            ws.connect(None, self.session.subprotocols())
+            self.session.negotiated(ws.subprotocol)
             self.ws = ws
             auth = self.session.auth_frame()
             if auth is not None:
@@ -204,7 +205,8 @@ class App:
         self.status_at_ms = now
         self.status_dropped = -1
         self.fatal = None
-        log("online: last_seq", self.session.acked, "buffered", self.ring.count)
+        log("online: last_seq", self.session.acked, "buffered", self.ring.count,
+            "encoding", "cbor" if self.session.cbor else "json")
         return True
 
     def offline(self, err):
@@ -289,7 +291,7 @@ class App:
         """
         frame = self.session.next_frame(None, clock.up_ms(), now)
         if frame is not None:
-            self.ws.send_text(frame)
+            self.ws.send(frame)  # binary CBOR on an edgewire.v1.cbor connection, else JSON text
 
     def online_step(self, now, wait):
         ws = self.ws

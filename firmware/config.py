@@ -36,6 +36,7 @@ DEFAULTS = {
     "deep_sleep": False,
     "watchdog_s": 60,
     "max_batch": 10,  # fits a stock ESP32 without PSRAM (docs/firmware.md, Memory)
+    "encoding": "cbor",  # binary CBOR data frames when the gateway selects edgewire.v1.cbor; "json": never
 }
 
 
@@ -146,6 +147,8 @@ def validate(raw):
     if 0 < cfg["watchdog_s"] < 10:
         _fail("watchdog_s", "must be 0 (off) or at least 10 s, longer than the longest blocking step")
     _int(cfg, "max_batch", 1, wire.MAX_BATCH)
+    if cfg["encoding"] not in ("cbor", "json"):
+        _fail("encoding", "must be \"cbor\" (binary data frames when the gateway offers them) or \"json\"")
     return cfg
 
 

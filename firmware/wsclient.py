@@ -1,6 +1,8 @@
 """Minimal WebSocket client (RFC 6455) over ``socket``/``ssl`` for ws:// and wss://.
 
-Text frames only (binary frames received are ignored), client frames masked,
+Sends text and binary frames (binary: CBOR data frames when the gateway selected the
+subprotocol edgewire.v1.cbor, offered with ``connect(subprotocols=...)``; the chosen one is
+``subprotocol``); receives text frames (binary frames received are ignored), client frames masked,
 pings answered with pongs, fragmented messages reassembled up to
 ``max_frame`` bytes, close frames answered. Errors raise NetError; a close by
 the peer sets NetError.close_code. Optional CA pinning: pass the CA
@@ -71,10 +73,11 @@ class WSClient:
         self._head = bytearray(14)
         self.close_code = 0
         self.last_rx_ms = 0  # ticks_ms of the last frame received (any opcode)
+        self.subprotocol = None  # what the gateway selected of the subprotocols offered
 
     # -- connection
-    def connect(self, headers=None):
-        """Open TCP (+TLS) and do the HTTP upgrade. Raises NetError."""
+    def connect(self, headers=None, subprotocols=None):
+        """Open TCP (+TLS) and do the HTTP upgrade, offering ``subprotocols`` (a list). Raises NetError."""
         tls, host, port, path = parse_url(self.url)
         try:
             addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
@@ -85,7 +88,7 @@ class WSClient:
             if tls:
                 sock = self._wrap(sock, host)
                 self.sock = sock
-            self._handshake(host, port, path, headers)
+            self._handshake(host, port, path, headers, subprotocols)
         except OSError as err:
             self.abort()
             if isinstance(err, NetError):
@@ -116,10 +119,13 @@ class WSClient:
             return ssl.wrap_socket(sock, server_hostname=host, cert_reqs=ssl.CERT_REQUIRED, cadata=ca)
         return ssl.wrap_socket(sock, server_hostname=host)
 
-    def _handshake(self, host, port, path, headers):
+    def _handshake(self, host, port, path, headers, subprotocols):
         key = _key()
         lines = ["GET " + path + " HTTP/1.1", "Host: " + host + ":" + str(port), "Upgrade: websocket",
                  "Connection: Upgrade", "Sec-WebSocket-Key: " + key.decode(), "Sec-WebSocket-Version: 13"]
+        if subprotocols:
+            lines.append("Sec-WebSocket-Protocol: " + ", ".join(subprotocols))
+        self.subprotocol = None
         if headers:
             for name in headers:
                 lines.append(name + ": " + headers[name])
@@ -137,6 +143,8 @@ class WSClient:
             name = name.strip().lower()
             if name == b"sec-websocket-accept":
                 accept = value.strip()
+            elif name == b"sec-websocket-protocol":
+                self.subprotocol = value.strip().decode()
             elif name == b"content-length" and value.strip().isdigit():
                 length = int(value.strip())
         if code != 101:
@@ -150,6 +158,8 @@ class WSClient:
             except (ValueError, AttributeError):
                 pass
             raise err
+        if self.subprotocol is not None and self.subprotocol not in (subprotocols or ()):
+            raise NetError("the gateway chose subprotocol " + self.subprotocol[:40] + ", which was not offered")
         try:
             import hashlib
 
@@ -252,6 +262,13 @@ class WSClient:
 
     def send_text(self, text):
         self.send_frame(OP_TEXT, text.encode() if type(text) is str else text)
+
+    def send(self, frame):
+        """A protocol frame: str as a text frame (JSON), bytes/bytearray as a binary frame (CBOR)."""
+        if type(frame) is str:
+            self.send_frame(OP_TEXT, frame.encode())
+        else:
+            self.send_frame(OP_BINARY, frame)
 
     def ping(self, payload=b""):
         self.send_frame(OP_PING, payload)

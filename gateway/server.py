@@ -15,13 +15,14 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from websockets.asyncio.server import Server, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from gateway import gctune, history_api
 from gateway.admin import AdminApi
@@ -38,10 +39,12 @@ from gateway.logs import log
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.retention import Retention
-from gateway.sessions import DeviceSessions
+from gateway.sessions import DeviceSessions, select_subprotocol
 from gateway.storage.base import Storage
 from gateway.supervisor import Supervisor, spawn
 from protocol import wire
+
+DEVICE_PATH = "/v1/device"
 
 
 class Gateway:
@@ -68,7 +71,7 @@ class Gateway:
                             count_error=self.metrics.count_error)
         self.http.route("/healthz", self.healthz)
         self.http.route("/metrics", self.metrics_page)
-        self.http.websocket("/v1/device", self.sessions.check_upgrade, self.sessions.handle)
+        self.http.websocket(DEVICE_PATH, self.sessions.check_upgrade, self.sessions.handle)
         self.http.websocket("/v1/dashboard", self.http.dashboard_upgrade, self.hub.serve)
         self.http.websocket("/v1/admin", self.http.admin_upgrade, self.admin.handle)
         self.history_api = history_api.HistoryApi(storage, config.readings_retention_days,
@@ -137,7 +140,7 @@ class Gateway:
             return await serve(
                 self.http.handle, cfg.host, cfg.port,
                 process_request=self.http.process_request, create_connection=connection_class(self.admission),
-                compression=None, extensions=extensions,
+                compression=None, extensions=extensions, select_subprotocol=_subprotocol,
                 max_size=cfg.max_frame, max_queue=16,
                 open_timeout=cfg.auth_timeout_s,
                 ping_interval=cfg.ping_interval_s, ping_timeout=cfg.ping_timeout_s,
@@ -239,6 +242,15 @@ class Gateway:
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
         return Response(200, "OK", Headers({"Content-Type": "text/plain; version=0.0.4; charset=utf-8",
                                             "Content-Length": str(len(body))}), body)
+
+
+def _subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """Only device connections have a subprotocol to choose (the encoding); others never get one."""
+    request = ws.request
+    if request is not None and request.path.split("?", 1)[0] == DEVICE_PATH:
+        return select_subprotocol(offered)
+    return None
+
 
 async def _call(fn: Callable[[], None]) -> None:
     fn()

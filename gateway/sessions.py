@@ -9,13 +9,14 @@ import contextlib
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from gateway.alerts import AlertEngine
 from gateway.auth import Authenticator, Identity, bearer
@@ -139,7 +140,8 @@ class DeviceSessions:
         self.counters.connections += 1
         session = GatewaySession(rate=cfg.rate, burst=cfg.burst, now=loop.time(), max_batch=cfg.max_batch,
                                  max_frame=cfg.max_frame, loads=orjson.loads, dumps=dumps,
-                                 max_future_ms=int(cfg.max_clock_skew_s * 1000))
+                                 max_future_ms=int(cfg.max_clock_skew_s * 1000),
+                                 cbor=ws.subprotocol == wire.SUBPROTOCOL_CBOR)
         identity = ws.identity
         try:
             if identity is None:
@@ -235,7 +237,8 @@ class DeviceSessions:
             extra = {"expires": int(identity.expires_at)} if identity.expires_at else None
             await ws.send(session.accept(device_id, last_seq, self.now_ms(), extra))
             self.hub.online(device_id)
-            log("device_online", device=device_id, last_seq=last_seq, address=ws.address)
+            log("device_online", device=device_id, last_seq=last_seq, address=ws.address,
+                encoding="cbor" if session.cbor else "json")
             if identity.expires_at:
                 delay = max(0.0, identity.expires_at - self.clock())
                 expiry = loop.call_later(delay, lambda: spawn(self._expire(conn), "credential expiry"))
@@ -391,6 +394,15 @@ class DeviceSessions:
         await asyncio.gather(*(conn.drain() for conn in conns), return_exceptions=True)
         await asyncio.gather(*(conn.close(wire.E_SHUTDOWN, "gateway restarting; reconnect later")
                                for conn in conns), return_exceptions=True)
+
+
+def select_subprotocol(offered: Sequence[str]) -> Subprotocol | None:
+    """The subprotocol of a device connection (docs/protocol.md section 1): edgewire.v1.cbor when the
+    device offers it, else edgewire.v1.json when offered, else none, which is JSON too."""
+    for name in (wire.SUBPROTOCOL_CBOR, wire.SUBPROTOCOL_JSON):
+        if name in offered:
+            return Subprotocol(name)
+    return None
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:

@@ -17,6 +17,7 @@ try:
 except ImportError:  # pragma: no cover - MicroPython builds that only have urandom
     import urandom as random  # type: ignore[no-redef]
 
+from protocol.cbor import encode_data
 from protocol.wire import (
     _CPYTHON,
     CLOSE_ADDRESS,
@@ -35,6 +36,8 @@ from protocol.wire import (
     E_STORAGE,
     E_UNKNOWN_TYPE,
     MAX_FRAME_BYTES,
+    SUBPROTOCOL_CBOR,
+    SUBPROTOCOL_JSON,
     T_ACK,
     T_AUTH,
     T_CMD,
@@ -70,6 +73,11 @@ R_STOP = "stop"  # no attempt until the credential changes (set_credential); kee
 R_REFRESH = "refresh"  # get a new credential from the driver's provider, then refreshed()
 
 HOURLY_MS = 3600000
+
+# Encodings a driver may ask for (DeviceSession(encoding=...)): JSON only, or CBOR data frames when
+# the gateway selects edgewire.v1.cbor at the upgrade (JSON otherwise).
+ENC_JSON = "json"
+ENC_CBOR = "cbor"
 
 _NO_STATUS = 1005  # close frame without a code (RFC 6455)
 _ABNORMAL = 1006  # no close frame at all: the connection dropped
@@ -219,8 +227,13 @@ class DeviceSession:
     """
 
     def __init__(self, device_id, token=None, jwt=None, boot=None, max_batch=20, window=4,
-                 loads=None, dumps=None, outbox=None, backoff=None, policy=None, handlers=None):
+                 loads=None, dumps=None, outbox=None, backoff=None, policy=None, handlers=None, encoding=ENC_JSON):
+        if encoding != ENC_JSON and encoding != ENC_CBOR:
+            raise ValueError("encoding must be '" + ENC_JSON + "' or '" + ENC_CBOR + "'")
         self.device_id = device_id
+        self.encoding = encoding  # what to offer at the upgrade (docs/protocol.md section 1)
+        self.cbor = False  # this connection negotiated edgewire.v1.cbor: data frames go binary
+        self.json_frames = 0  # data frames sent as JSON on a CBOR connection (a value not exact as an integer)
         self.token = token
         self.jwt = jwt
         self.boot = boot
@@ -272,6 +285,28 @@ class DeviceSession:
         self.stopped = False
         self.retry_at_ms = 0
         self.backoff.reset()
+
+    # ------------------------------------------------------------ encoding (docs/protocol.md section 1)
+    def subprotocols(self):
+        """The Sec-WebSocket-Protocol values to offer at the upgrade, most wanted first."""
+        if self.encoding == ENC_CBOR:
+            return [SUBPROTOCOL_CBOR, SUBPROTOCOL_JSON]
+        return []
+
+    def negotiated(self, subprotocol):
+        """The upgrade's answer (None: no subprotocol): data frames are binary CBOR on this connection
+        only if the gateway selected edgewire.v1.cbor; everything else stays JSON text."""
+        self.cbor = self.encoding == ENC_CBOR and subprotocol == SUBPROTOCOL_CBOR
+        return self.cbor
+
+    def _data_frame(self, batch, up):
+        seq = batch[0].seq
+        if self.cbor:
+            frame = encode_data(seq, batch, self.boot, up)
+            if frame is not None:
+                return frame
+            self.json_frames += 1  # allowed on a CBOR connection: the gateway reads text frames as JSON
+        return self.dumps(data_message(seq, batch, self.boot, up))
 
     # ------------------------------------------------------------ frames from the gateway
     def handle(self, text, now_ms=0):
@@ -476,10 +511,10 @@ class DeviceSession:
                     break
             if not batch:
                 return None
-            frame = self.dumps(data_message(batch[0].seq, batch, self.boot, up))
+            frame = self._data_frame(batch, up)
             while len(frame) > self.max_frame and len(batch) > 1:
                 batch = batch[:len(batch) // 2]
-                frame = self.dumps(data_message(batch[0].seq, batch, self.boot, up))
+                frame = self._data_frame(batch, up)
             if len(frame) <= self.max_frame:
                 break
             seq = batch[0].seq  # one reading larger than any frame the gateway accepts
@@ -512,6 +547,7 @@ class DeviceSession:
     def connection_lost(self):
         """Forget what was in flight: it is resent after the next welcome."""
         self.online = False
+        self.cbor = False
         self.sent = self.acked
         self.in_flight = []
 

@@ -4,11 +4,13 @@ Frames in, Events out: each Event carries the reply frame to send and, for a clo
 close code. The asyncio gateway (gateway/) is the driver. MicroPython-safe like wire.py.
 """
 
+from protocol.cbor import decode_frame, rows
 from protocol.wire import (
     DEFAULT_BURST,
     DEFAULT_RATE,
     E_AUTH_FAILED,
     E_AUTH_REQUIRED,
+    E_BAD_CBOR,
     E_BAD_FRAME,
     E_BAD_JSON,
     E_BAD_VALUE,
@@ -147,8 +149,9 @@ class GatewaySession:
 
     def __init__(self, rate=DEFAULT_RATE, burst=DEFAULT_BURST, now=0.0,
                  max_batch=MAX_BATCH, max_frame=MAX_FRAME_BYTES, loads=None, dumps=None,
-                 max_strikes=10, rate_strikes=40, max_future_ms=MAX_FUTURE_MS):
+                 max_strikes=10, rate_strikes=40, max_future_ms=MAX_FUTURE_MS, cbor=False):
         self.state = ST_AWAIT_AUTH
+        self.cbor = cbor  # edgewire.v1.cbor was negotiated: binary frames are CBOR data frames
         self.device_id = None
         self.last_seq = 0  # highest seq durably stored (acknowledged) for this device
         self.accepted_seq = 0  # highest seq handed to storage; >= last_seq
@@ -226,11 +229,13 @@ class GatewaySession:
         """Interpret one received frame (str or bytes) at time ``now`` (s, monotonic).
 
         ``wall_ms`` is the gateway's clock (Unix ms); given, readings stamped more than
-        ``max_future_ms`` ahead of it are refused."""
+        ``max_future_ms`` ahead of it are refused. On an edgewire.v1.cbor session a binary frame is
+        a columnar data frame (protocol/cbor.py); text frames are JSON on every session."""
         if self.state == ST_CLOSED:
             return Event(EV_REJECT, ProtocolError(E_BAD_FRAME, "session closed"))
+        binary = self.cbor and type(frame) in (bytes, bytearray, memoryview)
         try:
-            msg = decode(frame, self.loads, self.max_frame)
+            msg = decode_frame(frame, self.max_frame) if binary else decode(frame, self.loads, self.max_frame)
         except ProtocolError as err:
             return self._bad(err)
         kind = msg["t"]
@@ -245,7 +250,7 @@ class GatewaySession:
             return self._close_event(
                 E_IDENTITY, "frame names " + named + " but this connection is authenticated as another device")
         if kind == T_DATA:
-            return self._data(msg, now, wall_ms)
+            return self._data(msg, now, wall_ms, binary)
         if kind == T_RESULT:
             return self._result(msg)
         if kind == T_STATUS:
@@ -258,7 +263,7 @@ class GatewaySession:
         self.bad_frames += 1
         self.strikes += 1
         if self.state == ST_AWAIT_AUTH:
-            if err.code == E_BINARY or err.code == E_BAD_JSON or err.code == E_BAD_FRAME:
+            if err.code == E_BINARY or err.code == E_BAD_JSON or err.code == E_BAD_CBOR or err.code == E_BAD_FRAME:
                 return self._close_event(E_AUTH_REQUIRED, "authenticate first: " + err.message)
         if self.strikes >= self.max_strikes:
             return self._close_event(
@@ -281,8 +286,10 @@ class GatewaySession:
             return self._close_event(E_AUTH_FAILED, "auth frame with 'token' needs 'device_id'")
         return Event(EV_AUTH, {"device_id": device_id, "token": token, "jwt": jwt})
 
-    def _data(self, msg, now, wall_ms=None):
+    def _data(self, msg, now, wall_ms=None, binary=False):
         try:
+            if binary:
+                msg = rows(msg, self.max_batch)  # inside the try: its errors carry the frame's seq too
             frame = parse_data(msg, self.max_batch)
             if wall_ms is not None:
                 latest = wall_ms + self.max_future_ms

@@ -19,6 +19,11 @@ _CPYTHON = sys.implementation.name != "micropython"
 
 PROTOCOL_VERSION = 1
 
+# WebSocket subprotocols (docs/protocol.md section 1): JSON is the default; a device that offers
+# edgewire.v1.cbor and gets it sends its data frames as binary CBOR frames (protocol/cbor.py).
+SUBPROTOCOL_JSON = "edgewire.v1.json"
+SUBPROTOCOL_CBOR = "edgewire.v1.cbor"
+
 # Message types ("t" field).
 T_AUTH = "auth"
 T_WELCOME = "welcome"
@@ -32,6 +37,7 @@ T_STATUS = "status"
 
 # Stable error codes carried in error frames and HTTP rejection bodies.
 E_BAD_JSON = "bad_json"
+E_BAD_CBOR = "bad_cbor"  # a binary frame on an edgewire.v1.cbor connection that is not CBOR of the subset
 E_BAD_FRAME = "bad_frame"
 E_BAD_VALUE = "bad_value"
 E_TOO_LARGE = "too_large"
@@ -347,6 +353,11 @@ def _parse_metrics(raw):
     return raw
 
 
+def batch_too_large(count, max_batch):
+    """The error for a frame of ``count`` readings, above ``max_batch`` (either encoding)."""
+    return ProtocolError(E_TOO_LARGE, "batch of " + str(count) + " readings exceeds " + str(max_batch))
+
+
 def parse_data(msg, max_batch=MAX_BATCH):
     """Validate a decoded ``data`` message and return a DataFrame.
 
@@ -362,7 +373,7 @@ def parse_data(msg, max_batch=MAX_BATCH):
     if not batch:
         raise ProtocolError(E_BAD_FRAME, "field 'r' is empty")
     if len(batch) > max_batch:
-        raise ProtocolError(E_TOO_LARGE, "batch of " + str(len(batch)) + " readings exceeds " + str(max_batch))
+        raise batch_too_large(len(batch), max_batch)
     if seq + len(batch) - 1 > MAX_SEQ:
         raise ProtocolError(E_BAD_VALUE, "sequence numbers out of range")
     readings = []

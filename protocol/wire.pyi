@@ -4,6 +4,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeGuard
 
 PROTOCOL_VERSION: int
+SUBPROTOCOL_JSON: str
+SUBPROTOCOL_CBOR: str
 T_AUTH: str
 T_WELCOME: str
 T_DATA: str
@@ -14,6 +16,7 @@ T_CMD: str
 T_RESULT: str
 T_STATUS: str
 E_BAD_JSON: str
+E_BAD_CBOR: str
 E_BAD_FRAME: str
 E_BAD_VALUE: str
 E_TOO_LARGE: str
@@ -115,6 +118,7 @@ class DataFrame:
     @property
     def last_seq(self) -> int: ...
 
+def batch_too_large(count: int, max_batch: int) -> ProtocolError: ...
 def parse_data(msg: dict[str, Any], max_batch: int = ...) -> DataFrame: ...
 def data_message(
     seq: int, readings: Iterable[Reading], boot: str | None = None, up: int | None = None

@@ -72,6 +72,8 @@ def _fleet_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-rate", type=float, default=200.0, help="devices started per second")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compression", action="store_true", help="offer permessage-deflate")
+    p.add_argument("--encoding", choices=("json", "cbor"), default="json",
+                   help="data frames as JSON text (default) or binary CBOR when the gateway selects edgewire.v1.cbor")
     p.add_argument("--status-every", type=float, default=1.0, help="seconds between status lines")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
@@ -124,7 +126,8 @@ async def _run_fleet(args: argparse.Namespace, credentials: dict[str, str], faul
 
     fleet = Fleet(args.url, credentials, rate=args.rate, batch=args.batch, window=args.window,
                   outbox_max=args.outbox, auth=args.auth, faults=faults, connect_rate=args.connect_rate,
-                  seed=args.seed, sensor=sensor, sensor_faults=sensor_faults, compression=args.compression)
+                  seed=args.seed, sensor=sensor, sensor_faults=sensor_faults, compression=args.compression,
+                  encoding=args.encoding)
     try:
         await fleet.run(args.duration, drain_s=args.drain, on_tick=tick, tick_s=args.status_every,
                         stop_event=stop)

@@ -41,6 +41,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
 
 from protocol import wire
 from protocol.device import (
@@ -53,6 +54,8 @@ from protocol.device import (
     D_RESEND,
     D_SLOW,
     D_WELCOME,
+    ENC_CBOR,
+    ENC_JSON,
     R_REFRESH,
     R_STOP,
     Backoff,
@@ -144,6 +147,7 @@ class VirtualDevice:
         first_seq: int | None = None,
         clock_sync: bool = False,
         compression: bool = False,
+        encoding: str = ENC_JSON,
         open_timeout_s: float = 10.0,
         reboot_delay_s: float = 1.0,
         adaptive_batch: bool = True,
@@ -152,6 +156,8 @@ class VirtualDevice:
             raise SimConfigError("rate must be > 0 and batch, window, outbox_max >= 1")
         if auth not in ("header", "frame"):
             raise SimConfigError(f"auth must be 'header' or 'frame', not {auth!r}")
+        if encoding not in (ENC_JSON, ENC_CBOR):
+            raise SimConfigError(f"encoding must be {ENC_JSON!r} or {ENC_CBOR!r}, not {encoding!r}")
         self.url = url if url.rstrip("/").endswith("/v1/device") else url.rstrip("/") + "/v1/device"
         self.device_id = device_id
         self.rate = rate
@@ -185,7 +191,8 @@ class VirtualDevice:
             None, batch, window, outbox=self.outbox,
             backoff=Backoff(backoff_initial_s * 1000, backoff_max_s * 1000, rand=self.rng.random),
             handlers={"set_interval": self._cmd_set_interval, "set_thresholds": self._cmd_set_thresholds,
-                      "set_output": self._cmd_set_output, "reboot": self._cmd_reboot, "ping": self._cmd_ping})
+                      "set_output": self._cmd_set_output, "reboot": self._cmd_reboot, "ping": self._cmd_ping},
+            encoding=encoding)
         self.interval_s = 1.0 / rate
         self.thresholds: dict[str, tuple[float | None, float | None]] = {}  # metric -> (low, high)
         self.outputs: dict[str, bool] = dict.fromkeys(OUTPUTS, False)
@@ -290,10 +297,12 @@ class VirtualDevice:
         async with connect(
             self.url, additional_headers=headers, proxy=None,
             compression="deflate" if self.compression else None,
+            subprotocols=[Subprotocol(name) for name in self.session.subprotocols()] or None,
             open_timeout=self.open_timeout_s, ping_interval=None, close_timeout=2,
             max_size=1 << 20, user_agent_header="edgewire-simulator",
         ) as ws:
             self._ws = ws
+            self.session.negotiated(ws.subprotocol)
             if self._connected_once:
                 self.counters.reconnects += 1
             self._connected_once = True
@@ -339,7 +348,7 @@ class VirtualDevice:
                     await ws.close(wire.CLOSE_GOING_AWAY, "rebooting")
                     raise _Reboot()
 
-    async def _send(self, ws: ClientConnection, frame: str | bytes) -> None:
+    async def _send(self, ws: ClientConnection, frame: str | bytes | bytearray) -> None:
         if self.faults is not None:
             delay = self.faults.send_delay()
             if delay > 0:
