@@ -140,7 +140,7 @@ class Gateway:
             return await serve(
                 self.http.handle, cfg.host, cfg.port,
                 process_request=self.http.process_request, create_connection=connection_class(self.admission),
-                compression=None, extensions=extensions, select_subprotocol=_subprotocol,
+                compression=None, extensions=extensions, select_subprotocol=self._subprotocol,
                 max_size=cfg.max_frame, max_queue=16,
                 open_timeout=cfg.auth_timeout_s,
                 ping_interval=cfg.ping_interval_s, ping_timeout=cfg.ping_timeout_s,
@@ -148,6 +148,13 @@ class Gateway:
             )
         except OSError as err:
             raise GatewayError(listen_error(cfg.host, cfg.port, err)) from None
+
+    def _subprotocol(self, ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+        """Only device connections have a subprotocol to choose (the encoding); others never get one."""
+        request = ws.request
+        if request is not None and request.path.split("?", 1)[0] == DEVICE_PATH:
+            return select_subprotocol(offered, self.config.cbor)
+        return None
 
     @property
     def port(self) -> int:
@@ -242,14 +249,6 @@ class Gateway:
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
         return Response(200, "OK", Headers({"Content-Type": "text/plain; version=0.0.4; charset=utf-8",
                                             "Content-Length": str(len(body))}), body)
-
-
-def _subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    """Only device connections have a subprotocol to choose (the encoding); others never get one."""
-    request = ws.request
-    if request is not None and request.path.split("?", 1)[0] == DEVICE_PATH:
-        return select_subprotocol(offered)
-    return None
 
 
 async def _call(fn: Callable[[], None]) -> None:

@@ -396,11 +396,11 @@ class DeviceSessions:
                                for conn in conns), return_exceptions=True)
 
 
-def select_subprotocol(offered: Sequence[str]) -> Subprotocol | None:
+def select_subprotocol(offered: Sequence[str], cbor: bool = True) -> Subprotocol | None:
     """The subprotocol of a device connection (docs/protocol.md section 1): edgewire.v1.cbor when the
-    device offers it, else edgewire.v1.json when offered, else none, which is JSON too."""
+    device offers it (and ``cbor`` allows it), else edgewire.v1.json when offered, else none: JSON."""
     for name in (wire.SUBPROTOCOL_CBOR, wire.SUBPROTOCOL_JSON):
-        if name in offered:
+        if name in offered and (cbor or name != wire.SUBPROTOCOL_CBOR):
             return Subprotocol(name)
     return None
 

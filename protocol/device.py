@@ -17,7 +17,6 @@ try:
 except ImportError:  # pragma: no cover - MicroPython builds that only have urandom
     import urandom as random  # type: ignore[no-redef]
 
-from protocol.cbor import encode_data
 from protocol.wire import (
     _CPYTHON,
     CLOSE_ADDRESS,
@@ -229,11 +228,10 @@ class DeviceSession:
     def __init__(self, device_id, token=None, jwt=None, boot=None, max_batch=20, window=4,
                  loads=None, dumps=None, outbox=None, backoff=None, policy=None, handlers=None, encoding=ENC_JSON):
         if encoding != ENC_JSON and encoding != ENC_CBOR:
-            raise ValueError("encoding must be '" + ENC_JSON + "' or '" + ENC_CBOR + "'")
+            raise ValueError("encoding: json or cbor")
         self.device_id = device_id
         self.encoding = encoding  # what to offer at the upgrade (docs/protocol.md section 1)
         self.cbor = False  # this connection negotiated edgewire.v1.cbor: data frames go binary
-        self.json_frames = 0  # data frames sent as JSON on a CBOR connection (a value not exact as an integer)
         self.token = token
         self.jwt = jwt
         self.boot = boot
@@ -302,10 +300,11 @@ class DeviceSession:
     def _data_frame(self, batch, up):
         seq = batch[0].seq
         if self.cbor:
+            from protocol.cbor import encode_data  # imported at the first CBOR frame: JSON-only devices never load it
+
             frame = encode_data(seq, batch, self.boot, up)
             if frame is not None:
-                return frame
-            self.json_frames += 1  # allowed on a CBOR connection: the gateway reads text frames as JSON
+                return frame  # else JSON, which a CBOR connection accepts too (a value not exact as an integer)
         return self.dumps(data_message(seq, batch, self.boot, up))
 
     # ------------------------------------------------------------ frames from the gateway

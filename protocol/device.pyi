@@ -118,7 +118,6 @@ class DeviceSession:
     last_reconnect: Reconnect | None
     encoding: str
     cbor: bool
-    json_frames: int
     def __init__(
         self,
         device_id: str,

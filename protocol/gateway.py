@@ -4,7 +4,7 @@ Frames in, Events out: each Event carries the reply frame to send and, for a clo
 close code. The asyncio gateway (gateway/) is the driver. MicroPython-safe like wire.py.
 """
 
-from protocol.cbor import decode_frame, rows
+from protocol.cbor_decode import decode_frame, rows
 from protocol.wire import (
     DEFAULT_BURST,
     DEFAULT_RATE,

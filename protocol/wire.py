@@ -117,6 +117,10 @@ METRICS = {
     "analog": ("fraction", 0.0, 1.0, None, "Analog input"),
 }
 GENERIC_RANGE = (-1e9, 1e9)
+# Binary data frames (docs/protocol.md section 1.1) may name a metric by its index here, one byte
+# instead of its name. Append only: an id never changes meaning. A metric without one goes by name.
+METRIC_IDS = ("temperature", "humidity", "pressure", "co2", "light", "soil_moisture", "cpu_temperature",
+              "voltage", "battery", "rssi", "analog")
 
 # Default limits; the gateway announces its own in the welcome frame.
 MAX_FRAME_BYTES = 16384

@@ -60,6 +60,7 @@ QUALITY_STALE: str
 QUALITIES: tuple[str, ...]
 METRICS: dict[str, tuple[str, float, float, str | None, str]]
 GENERIC_RANGE: tuple[float, float]
+METRIC_IDS: tuple[str, ...]
 MAX_FRAME_BYTES: int
 MAX_BATCH: int
 MAX_METRICS: int

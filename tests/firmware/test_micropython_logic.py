@@ -83,7 +83,8 @@ STEP_BUDGET = 24 * 1024
 DEPLOYS = {
     "source-1.27": ("--deploy",),
     "mpy-1.24.1": ("--micropython", "1.24.1", "--deploy-mpy", "--put",
-                   f"{ROOT / 'protocol' / 'gateway.py'}:/protocol/gateway.py"),
+                   f"{ROOT / 'protocol' / 'gateway.py'}:/protocol/gateway.py", "--put",
+                   f"{ROOT / 'protocol' / 'cbor_decode.py'}:/protocol/cbor_decode.py"),
 }
 
 
@@ -99,5 +100,6 @@ def test_app_loop_under_micropython(deploy: str) -> None:
     assert line is not None, out
     stats = json.loads(line[len("MEMORY "):])
     assert stats["stored"] >= stats["backlog"] >= 45
+    assert stats["encoding"] == "cbor" and stats["frames"]["binary"] > 0 == stats["frames"]["text"], stats
     assert "command set_output -> True relay on" in out
     assert 0 < stats["step_alloc_max"] <= STEP_BUDGET, stats

@@ -4,8 +4,10 @@
 Runs firmware/app.py unmodified against stand-ins for machine/network/dht/
 ntptime and a loopback ``socket`` whose far end is protocol.gateway.GatewaySession
 (tests/firmware/mpy/board/). Phase 1: gateway down, readings pile up in the
-ring file. Phase 2: gateway back, the backlog drains in 20-reading frames, a
-command is answered. Every step runs with the GC disabled between a collect
+ring file. Phase 2: gateway back, the backlog drains in 20-reading frames (binary
+CBOR: the config's default encoding, which the stand-in gateway selects), a
+command is answered. /lib/loop_options.json, if present, overrides config keys.
+Every step runs with the GC disabled between a collect
 before and a reading after it, so ``after`` bounds the heap the step needed:
 live data at its start plus everything it allocated (garbage included). The
 in-memory gateway is not on a board: its code (``gateway_alloc``, measured when
@@ -30,10 +32,19 @@ import micropython
 import network  # noqa: F401
 import ntptime  # noqa: F401
 
+options = {}
+try:  # e.g. --put opts.json:/lib/loop_options.json with {"max_batch": 10, "encoding": "json"}
+    with open("/lib/loop_options.json") as handle:
+        options = json.loads(handle.read())
+except OSError:
+    pass
 await asyncio.sleep(0)
 gc.collect()
 start_alloc = gc.mem_alloc()
 import protocol.wire  # noqa: E402 - board code, shared with the gateway below: counted
+
+if options.get("encoding", "cbor") == "cbor":
+    import protocol.cbor  # board code when the device sends CBOR (else never imported): counted
 
 await asyncio.sleep(0)
 gc.collect()
@@ -55,13 +66,15 @@ dhtsensor.DHT22.RETRY_MS = 10  # the stand-in sensor has no 2 s limit; keep the 
 _sleep = time.sleep_ms
 clock.sleep_ms = lambda ms: _sleep(ms if ms < 5 else 5)
 
-cfg = config.validate({
+settings = {
     "wifi_ssid": "lab", "gateway_url": "ws://127.0.0.1:8080/v1/device", "device_id": "ESP-MEM",
     "token": "ewt_" + "m" * 32, "sensor": "dht22", "led_pin": 2, "output_pins": {"relay": 5},
     "interval_s": 0.05, "min_interval_s": 0.05, "max_interval_s": 0.2, "ring_path": "/ring.bin",
     "ring_records": 256, "max_batch": 20,
     "thresholds": {"temperature": {"high": 40.0}}, "deadband": {"temperature": 0.05},
-})
+}
+settings.update(options)
+cfg = config.validate(settings)
 node = app.App(cfg)
 await asyncio.sleep(0)
 gc.collect()
@@ -120,6 +133,7 @@ for _ in range(300):
 await asyncio.sleep(0)
 gc.collect()
 stats.update({"start_alloc": start_alloc, "code_alloc": code_alloc, "app_alloc": app_alloc, "backlog": backlog,
-              "gateway_alloc": gateway_alloc, "stored": len(fakenet.STORED), "final_live": gc.mem_alloc()})
+              "gateway_alloc": gateway_alloc, "stored": len(fakenet.STORED), "final_live": gc.mem_alloc(),
+              "max_batch": cfg["max_batch"], "encoding": cfg["encoding"], "frames": fakenet.FRAMES})
 print("MEMORY " + json.dumps(stats))
 micropython.mem_info()

@@ -2,7 +2,9 @@
 
 The "gateway" behind it is protocol.gateway.GatewaySession plus a minimal
 WebSocket server framing, so firmware/wsclient.py and firmware/app.py run
-unmodified. ``OUTAGE[0] = True`` makes connects fail (gateway down).
+unmodified. ``OUTAGE[0] = True`` makes connects fail (gateway down). Like the real gateway it
+selects the subprotocol edgewire.v1.cbor when the device offers it; ``FRAMES`` counts the data
+frames received by type.
 """
 
 import gc
@@ -17,6 +19,8 @@ STORED = []  # seqs stored, in order
 STATUS = []
 RESULTS = []
 GATEWAY_ALLOC = [0]  # bytes the in-memory gateway allocated (not the device's; measurement subtracts it)
+FRAMES = {"text": 0, "binary": 0}  # data frames stored, by WebSocket frame type
+_CBOR = b"edgewire.v1.cbor"
 _POLLIN = 1
 
 
@@ -86,9 +90,12 @@ class socket(io.IOBase):
             end = self.inbuf.find(b"\r\n\r\n")
             if end < 0:
                 return
+            cbor = _CBOR in self.inbuf[:end]  # offered in Sec-WebSocket-Protocol: selected
             self.inbuf = self.inbuf[end + 4:]
             self.upgraded = True
-            self.out += b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+            self.session.cbor = cbor
+            self.out += (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         + (b"Sec-WebSocket-Protocol: " + _CBOR + b"\r\n" if cbor else b"") + b"\r\n")
         while len(self.inbuf) >= 6:
             b1 = self.inbuf[1] & 0x7F
             pos = 2
@@ -105,6 +112,8 @@ class socket(io.IOBase):
                 payload[i] ^= key[i & 3]
             if opcode == 1:
                 self._frame(bytes(payload).decode())
+            elif opcode == 2:
+                self._frame(bytes(payload))
             elif opcode == 8:
                 self.closed = True
 
@@ -114,6 +123,7 @@ class socket(io.IOBase):
             last = STORED[-1] if STORED else 0
             self._send(1, self.session.accept(ev.payload["device_id"], last, 0).encode())
         elif ev.kind == core.EV_DATA:
+            FRAMES["text" if type(text) is str else "binary"] += 1
             for reading in ev.payload.readings:
                 STORED.append(reading.seq)
             self._send(1, self.session.ack(ev.payload.last_seq).encode())
