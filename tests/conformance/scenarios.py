@@ -30,6 +30,7 @@ stops after every close, resends a slowed-down frame at once, and answers every 
 """
 
 from protocol import wire
+from protocol.cbor_decode import decode_frame, rows
 from protocol.device import (
     D_ACK,
     D_CLOSING,
@@ -395,6 +396,30 @@ def sc_data_frames_are_valid(make):
         a.close()
 
 
+def sc_data_frames_follow_the_negotiated_encoding(make):
+    """A driver that offers edgewire.v1.cbor sends binary CBOR data frames once the gateway selects it,
+    and JSON text on a connection that selected nothing; one that does not offer it always sends JSON."""
+    a = make()
+    try:
+        a.sample(3)
+        offers = wire.SUBPROTOCOL_CBOR in a.session.subprotocols()
+        for subprotocol, binary in ((wire.SUBPROTOCOL_CBOR, offers), (None, False)):
+            check(a.session.negotiated(subprotocol) == binary, subprotocol, "negotiated ->", not binary)
+            online(a, 0)
+            got = []
+            while True:
+                frame = a.session.next_frame(up=5000)
+                if frame is None:
+                    break
+                check((type(frame) is not str) == binary, "binary" if binary else "text", "frame expected:", frame)
+                msg = rows(decode_frame(bytes(frame))) if binary else wire.decode(frame)
+                got += [r.seq for r in wire.parse_data(msg).readings]
+            check(got == [1, 2, 3], subprotocol, "sent", got)
+            a.session.connection_lost()
+    finally:
+        a.close()
+
+
 # ------------------------------------------------------------------ the end of a connection
 
 BACKOFF_CODES = (1000, 1001, 1006, 1009, 1011, 1012, 1013, 4002, 4008, 4009, 4999)
@@ -693,6 +718,7 @@ SCENARIOS = (
     ("slow_down_waits_then_paces", sc_slow_down_waits_then_paces, "pacing"),
     ("frames_fit_max_frame", sc_frames_fit_max_frame, None),
     ("data_frames_are_valid", sc_data_frames_are_valid, None),
+    ("data_frames_follow_the_negotiated_encoding", sc_data_frames_follow_the_negotiated_encoding, None),
     ("close_codes", sc_close_codes, "reconnect"),
     ("backoff_grows_and_resets_on_welcome", sc_backoff_grows_and_resets_on_welcome, "reconnect"),
     ("http_refusals", sc_http_refusals, "reconnect"),

@@ -76,6 +76,7 @@ def test_readings_arrive(gw: GatewayProcess, tmp_path: Path) -> None:
         assert row["device_ts"] is not None or row["uptime_ms"] is not None
     assert any(r["device_ts"] is not None for r in got), "NTP sync never stamped a reading"
     assert "online: last_seq 0" in board.log_text()
+    assert "encoding cbor" in board.log_text()  # the gateway selected edgewire.v1.cbor: binary data frames
 
 
 @pytest.mark.timeout(60)
