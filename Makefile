@@ -98,11 +98,13 @@ provision-test: $(STAMP) $(ANSIBLE_STAMP)
 	EDGEWIRE_PROVISION_TEST=1 ANSIBLE_BIN=$(abspath $(ANSIBLE_VENV))/bin ANSIBLE_TEST_ROOT=$(abspath $(ANSIBLE_TEST_ROOT)) \
 	  $(PY) -m pytest -q -s -x tests/provision
 
-# make bench: 1k/5k/10k devices, gateway (full path), gateway --storage none, Mosquitto; docs/performance.md.
+# make bench: bytes and decode CPU per reading, JSON vs CBOR (bench.encoding_bench: the 12 B per reading goal met or
+# missed); then 1k/5k/10k devices, gateway (full path), gateway --storage none, Mosquitto; docs/performance.md.
 # make bench-quick: 1k devices for 10 s (~60 s); fails if the gateway full path loses a reading (CI smoke).
 BENCH_ARGS ?=
 .PHONY: bench bench-quick
 bench: system-deps-bench $(STAMP)
+	$(PY) -m bench.encoding_bench
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 bench-quick: system-deps-bench $(STAMP)

@@ -30,6 +30,9 @@ QUALITY_CODES = (None, QUALITY_OK, QUALITY_RETRIED, QUALITY_SUSPECT, QUALITY_STA
 
 _NULL = 0xF6
 _HEX = "0123456789abcdef"
+_TS = 0  # time columns: "ts", "ru" (the readings' up) or "tu" (their ts - up)
+_UP = 1
+_OFFSET = 2
 _HIGH = 4e18  # |value| and |scaled value| below this, so that every delta fits CBOR's 64 bits (floats:
 _LOW = -4e18  # comparing with them allocates nothing on MicroPython, unlike a big int)
 _SCALE = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000)
@@ -110,12 +113,20 @@ def _column(readings, name):
     return places, values
 
 
-def _time_column(buf, readings, field):
+def _time(reading, kind):
+    if kind == _TS:
+        return reading.ts
+    if kind == _UP or reading.up is None:
+        return reading.up
+    return reading.ts - reading.up  # _OFFSET: the agent's ts and up move together
+
+
+def _time_column(buf, readings, kind):
     """[step, entries]: each present time is the previous present one + step + its entry."""
     first = prev = None
     step = 0
     for reading in readings:
-        value = getattr(reading, field)
+        value = _time(reading, kind)
         if value is not None:
             if first is None:
                 first = value
@@ -125,7 +136,7 @@ def _time_column(buf, readings, field):
     _head(buf, 0x80, len(readings) + 1)
     _int(buf, step)
     for reading in readings:
-        value = getattr(reading, field)
+        value = _time(reading, kind)
         if value is None:
             buf.append(_NULL)
         else:
@@ -188,6 +199,7 @@ def encode_data(seq, readings, boot=None, up=None):
             return None
         columns.append((name, column[0], column[1]))
     has_ts = has_up = False
+    offset = True  # every reading with an up has a ts: send ts - up ("tu"), near-constant, not up
     quality = -2  # the one quality code of every reading, or -1 when they differ
     for reading in readings:
         if not (_time_ok(reading.ts) and _time_ok(reading.up)) or reading.quality not in QUALITY_CODES:
@@ -196,6 +208,8 @@ def encode_data(seq, readings, boot=None, up=None):
             has_ts = True
         if reading.up is not None:
             has_up = True
+            if reading.ts is None:
+                offset = False
         code = QUALITY_CODES.index(reading.quality)
         if quality == -2:
             quality = code
@@ -213,10 +227,10 @@ def encode_data(seq, readings, boot=None, up=None):
         _int(buf, up)
     if has_ts:
         buf.extend(b"\x62ts")
-        _time_column(buf, readings, "ts")
+        _time_column(buf, readings, _TS)
     if has_up:
-        buf.extend(b"\x62ru")
-        _time_column(buf, readings, "up")
+        buf.extend(b"\x62tu" if offset else b"\x62ru")
+        _time_column(buf, readings, _OFFSET if offset else _UP)
     buf.extend(b"\x61m")
     _head(buf, 0xA0, len(names))
     for name, places, values in columns:

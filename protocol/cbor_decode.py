@@ -23,11 +23,11 @@ from protocol.wire import (
 )
 
 MAX_DEPTH = 8  # nesting of arrays and maps (a data frame needs 3)
-COLUMN_KEYS = ("m", "ts", "ru", "q")  # keys of a binary data frame that replace JSON's "r"
+COLUMN_KEYS = ("m", "ts", "ru", "tu", "q")  # keys of a binary data frame that replace JSON's "r"
 
 # Text keys a data frame uses, by their UTF-8 bytes: no decoding for them.
 _KEYS = {}
-for _names in (("t", "seq", "boot", "up", "ts", "ru", "m", "q", "device_id"), METRICS):
+for _names in (("t", "seq", "boot", "up", "ts", "ru", "tu", "m", "q", "device_id"), METRICS):
     for _name in _names:
         _KEYS[_name.encode()] = _name
 
@@ -277,6 +277,16 @@ def rows(msg, max_batch=MAX_BATCH):
     uptimes = msg.get("ru")
     if uptimes is not None:
         _column(uptimes, "ru", count, True)
+    offsets = msg.get("tu")
+    if offsets is not None:
+        if uptimes is not None:
+            raise ProtocolError(E_BAD_FRAME, "fields 'ru' and 'tu' both give the readings' up; send one")
+        uptimes = _column(offsets, "tu", count, True)
+        for index in range(1, count + 1):
+            if uptimes[index] is not None:
+                if stamps is None or stamps[index] is None:
+                    raise ProtocolError(E_BAD_FRAME, "field 'tu' (ts - up) needs the reading's ts")
+                uptimes[index] = stamps[index] - uptimes[index]
     quality = msg.get("q")
     if quality is not None:
         if type(quality) is int:

@@ -23,6 +23,7 @@ DOC_EXAMPLE = bytes.fromhex(
     "627275" "83" "00" "f6" "1a00057e40"
     "616d" "a2" "00" "83" "01" "18d7" "01" "01" "83" "01" "190192" "20"
     "6171" "82" "01" "02")
+T0_AGENT = 1_764_080_000_000
 DOC_READINGS = [
     wire.Reading(1042, {"temperature": 21.5, "humidity": 40.2}, ts=1764080000000, quality="ok"),
     wire.Reading(1043, {"temperature": 21.6, "humidity": 40.1}, up=360000, quality="retried"),
@@ -165,6 +166,23 @@ def test_the_documented_example_byte_for_byte() -> None:
         {"m": {"temperature": 21.6, "humidity": 40.1}, "up": 360000, "q": "retried"}]}
 
 
+def test_the_documented_firmware_batch() -> None:
+    temps = [21.5, 21.5, 21.6, 21.5, 21.5, 21.6, 21.7, 21.7, 21.6, 21.6]
+    hums = [45.2, 44.8, 45.0, 45.1, 45.1, 44.9, 44.6, 44.6, 44.7, 44.9]
+    readings = [wire.Reading(1042 + i, {"temperature": temps[i], "humidity": hums[i]},
+                             ts=1764080000000 + 60000 * i + (3 if i == 3 else 0),
+                             quality="retried" if i == 7 else "ok") for i in range(10)]
+    frame = cbor.encode_data(1042, readings, "7f3a9c01", 4200000)
+    assert frame is not None and len(frame) == 96
+    assert len(json.dumps(wire.data_message(1042, readings, "7f3a9c01", 4200000))) == 873
+    assert cbor2.loads(frame) == {
+        "seq": 1042, "boot": bytes.fromhex("7f3a9c01"), "up": 4200000,
+        "ts": [60000, 1764080000000, 0, 0, 3, -3, 0, 0, 0, 0, 0],
+        "m": {0: [1, 215, 0, 1, -1, 0, 1, 1, 0, -1, 0], 1: [1, 452, -4, 2, 1, 0, -2, -3, 0, 1, 2]},
+        "q": [1, 1, 1, 1, 1, 1, 1, 2, 1, 1]}
+    assert _via_cbor(1042, readings, "7f3a9c01", 4200000).readings == readings
+
+
 @settings(max_examples=300, deadline=None)
 @given(batches())
 def test_cbor_and_json_give_the_same_data_frame_or_error(
@@ -236,11 +254,25 @@ def test_names_ids_and_boot_spellings() -> None:
     ({"seq": 1, "boot": b"\x01" * 33, "m": {0: [-1, 1]}}, wire.E_TOO_LARGE, "field 'boot' longer than 64"),
     ({"seq": 1, "boot": 7, "m": {0: [-1, 1]}}, wire.E_BAD_FRAME, "field 'boot' must be a string"),
     ({"seq": 1, "m": {0: [-1, b"\x01"]}}, wire.E_BAD_FRAME, "integers or null"),
+    ({"seq": 1, "tu": [0, 5], "m": {0: [-1, 1]}}, wire.E_BAD_FRAME, "needs the reading's ts"),
+    ({"seq": 1, "ts": [0, 9], "ru": [0, 1], "tu": [0, 5], "m": {0: [-1, 1]}}, wire.E_BAD_FRAME, "send one"),
+    ({"seq": 1, "ts": [0, 4], "tu": [0, 5], "m": {0: [-1, 1]}}, wire.E_BAD_VALUE, "field 'up' out of range"),
 ])
 def test_bad_fields_get_the_json_codes(msg: dict[Any, Any], code: str, what: str) -> None:
     with pytest.raises(wire.ProtocolError) as info:
         wire.parse_data(cbor_decode.rows(cbor_decode.decode_frame(cbor2.dumps(msg))))
     assert info.value.code == code and what in info.value.message
+
+
+def test_agent_readings_send_ts_minus_up() -> None:
+    """ts and up of the agent's readings move together (seconds of jitter apart): "tu" = ts - up."""
+    readings = [wire.Reading(1 + i, {"cpu_temperature": 48.25}, ts=T0_AGENT + 60_000 * i + 1_700 * (i % 3),
+                             up=86_400_000 + 60_000 * i + 1_700 * (i % 3) - i % 2, quality="ok") for i in range(10)]
+    frame = cbor.encode_data(1, readings)
+    assert frame is not None
+    decoded = cbor2.loads(frame)
+    assert "ru" not in decoded and decoded["tu"] == [1, T0_AGENT - 86_400_000, 0, -2, 0, -2, 0, -2, 0, -2, 0]
+    assert wire.parse_data(cbor_decode.rows(cbor_decode.decode_frame(frame))).readings == readings
 
 
 def test_mixed_int_and_float_column_falls_back_to_json() -> None:
