@@ -1,9 +1,10 @@
 """`make fuzz`: structure-aware fuzzing of protocol/ and of a live gateway.
 
-    python -m fuzz [--frames 1000000] [--targets gateway,device,live] [--seed 1] [--json FILE]
+    python -m fuzz [--frames 1000000] [--targets gateway,cbor,device,live] [--seed 1] [--json FILE]
 
 hypothesis draws a corpus of frames of the protocol's shapes and boundaries (fuzz/frames.py);
-a seeded mutator (fuzz/mutate.py) turns it into --frames frames per target. Reports crashes
+a seeded mutator (fuzz/mutate.py) turns it into --frames frames per target (``cbor``: the same
+frames as binary edgewire.v1.cbor frames, columnar or any CBOR, damaged at byte level too). Reports crashes
 (exceptions the core must not raise, broken invariants), and for the live gateway task deaths,
 tracebacks, 1011 closes, /healthz after the run, SIGTERM's exit status and RSS growth.
 Exit status 1 if anything crashed. Loopback only; every loop is bounded by --frames.
@@ -19,9 +20,9 @@ from typing import Any
 
 from fuzz import frames as frame_strategies
 from fuzz.core import fuzz_device_session, fuzz_gateway_session
-from fuzz.mutate import Mutator
+from fuzz.mutate import CborMutator, Mutator
 
-TARGETS = ("gateway", "device", "live")
+TARGETS = ("gateway", "cbor", "device", "live")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,13 +44,17 @@ def main(argv: list[str] | None = None) -> int:
 
     reports: list[dict[str, Any]] = []
     corpus_n = min(args.corpus, max(100, args.frames // 5))
-    if "gateway" in targets or "live" in targets:
+    if "gateway" in targets or "cbor" in targets or "live" in targets:
         say(f"hypothesis: drawing {corpus_n} device frames (seed {args.seed})")
         device_frames = Mutator(frame_strategies.device_corpus(corpus_n, args.seed), args.seed)
     if "gateway" in targets:
         say(f"GatewaySession: {args.frames} frames")
         reports.append(fuzz_gateway_session(device_frames, args.frames,
                                             lambda n: say(f"  GatewaySession {n} frames")).as_dict())
+    if "cbor" in targets:
+        say(f"GatewaySession, edgewire.v1.cbor: {args.frames} binary frames")
+        reports.append(fuzz_gateway_session(CborMutator(Mutator(device_frames.corpus, args.seed + 2)), args.frames,
+                                            lambda n: say(f"  GatewaySession (CBOR) {n} frames")).as_dict())
     if "device" in targets:
         say(f"hypothesis: drawing {corpus_n} gateway frames")
         gateway_frames = Mutator(frame_strategies.gateway_corpus(corpus_n, args.seed), args.seed)

@@ -18,8 +18,9 @@ from typing import Any
 
 import orjson
 
-from fuzz.mutate import Mutator
+from fuzz.mutate import CborMutator, Mutator
 from protocol import wire
+from protocol.cbor import encode_data
 from protocol.device import DeviceSession
 from protocol.gateway import (
     EV_AUTH,
@@ -42,8 +43,9 @@ SESSION_FRAMES = 500  # frames per session before a fresh one (a reconnect)
 VALID_EVERY = 3
 
 
-def valid_data_frame(rng: random.Random, seq: int, wall_ms: int) -> str:
-    """A data frame the gateway accepts: 1-5 readings of known metrics within their ranges."""
+def valid_data_frame(rng: random.Random, seq: int, wall_ms: int, binary: bool = False) -> str | bytes:
+    """A data frame the gateway accepts: 1-5 readings of known metrics within their ranges (``binary``:
+    as the device's CBOR frame, or JSON when a value is not exact as a scaled integer)."""
     readings = []
     for _ in range(rng.randint(1, 5)):
         names = rng.sample(sorted(wire.METRICS), rng.randint(1, 3))
@@ -51,6 +53,10 @@ def valid_data_frame(rng: random.Random, seq: int, wall_ms: int) -> str:
         if rng.random() < 0.5:
             reading["ts"] = wall_ms - rng.randint(0, 10**7)
         readings.append(reading)
+    if binary:
+        frame = encode_data(seq, [wire.Reading(seq + i, r["m"], r.get("ts")) for i, r in enumerate(readings)])
+        if frame is not None:
+            return bytes(frame)
     return orjson.dumps({"t": "data", "seq": seq, "r": readings}).decode()
 
 
@@ -115,21 +121,25 @@ def _check_event(session: GatewaySession, event: Any, before: int, wall_ms: int)
     return None
 
 
-def fuzz_gateway_session(mutator: Mutator, frames: int, progress: Callable[[int], None] | None = None) -> Report:
-    report = Report("protocol.gateway.GatewaySession")
+def fuzz_gateway_session(mutator: Mutator | CborMutator, frames: int,
+                         progress: Callable[[int], None] | None = None) -> Report:
+    """GatewaySession on a JSON session, or with a CborMutator on an edgewire.v1.cbor session (binary frames)."""
+    binary = isinstance(mutator, CborMutator)
+    report = Report("protocol.gateway.GatewaySession" + (" (edgewire.v1.cbor)" if binary else ""))
     started = time.perf_counter()
     session: GatewaySession | None = None
     now = 0.0
     count = 0
     for count in range(1, frames + 1):
         if session is None or session.state == 2 or count % SESSION_FRAMES == 0:
-            session = GatewaySession(rate=1000.0, burst=50.0, now=now, loads=orjson.loads, dumps=_dumps)
+            session = GatewaySession(rate=1000.0, burst=50.0, now=now, loads=orjson.loads, dumps=_dumps,
+                                     cbor=binary)
             session.accept("FUZZ-0", 0, WALL_MS)
             report.sessions += 1
         now += 0.001
         frame: str | bytes
         if count % VALID_EVERY == 0:  # a valid frame now and then: keeps sessions going, drives the data path
-            frame = valid_data_frame(mutator.rng, session.accepted_seq + 1, WALL_MS)
+            frame = valid_data_frame(mutator.rng, session.accepted_seq + 1, WALL_MS, binary)
         else:
             frame = mutator.frame(session.accepted_seq + 1)
         if count % 7 == 0:

@@ -13,7 +13,9 @@ import json
 import random
 from typing import Any
 
-from protocol import wire
+import cbor2
+
+from protocol import cbor, wire
 
 BOUNDARIES: list[Any] = [
     None, True, False, 0, -1, 1, wire.MAX_SEQ, wire.MAX_SEQ + 1, 2**63, 2**64, -(2**63), 1e308, -1e308, 5e-324,
@@ -128,3 +130,86 @@ class Mutator:
             return frame[:position] + rng.choice(["NaN", "Infinity", "-", "\\u0000", '"', "]", "}", "1e999",
                                                   "\\ud800", ",,", "\x00"]) + frame[position:]
         return frame + frame[position:]
+
+
+class CborMutator:
+    """Binary frames for an edgewire.v1.cbor session, from the same corpus: a mutated data frame's
+    readings as the device's columnar CBOR frame (protocol/cbor.py), any other mutated JSON value
+    as CBOR (cbor2), and byte-level damage (flips, cuts, splices, CBOR's special bytes) on top."""
+
+    def __init__(self, mutator: Mutator) -> None:
+        self.mutator = mutator
+        self.rng = mutator.rng
+
+    def frame(self, seq: int) -> bytes:
+        rng = self.rng
+        value = self.mutator.frame(seq)
+        try:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError):
+            return _damage(rng, value.encode() if isinstance(value, str) else value)
+        data = _columnar(parsed) if rng.random() < 0.7 else None
+        if data is not None and rng.random() < 0.4:  # the columns themselves, mutated
+            columns = cbor2.loads(data)
+            for _ in range(rng.choice((1, 1, 2))):
+                columns = self.mutator._structural(columns)
+            try:
+                data = cbor2.dumps(_integers(columns) if rng.random() < 0.9 else columns)
+            except (ValueError, TypeError, RecursionError, cbor2.CBOREncodeError):
+                data = None
+        if data is None:
+            try:  # mostly without floats, which the subset refuses outright: deeper checks get their turn
+                data = cbor2.dumps(_integers(parsed) if rng.random() < 0.8 else parsed)
+            except (ValueError, TypeError, RecursionError, cbor2.CBOREncodeError):
+                return b"\xff"
+        return _damage(rng, data) if rng.random() < 0.3 else data
+
+
+def _columnar(parsed: Any) -> bytes | None:
+    """The device's binary frame for a data frame's readings, if they make Readings at all."""
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("r"), list) or type(parsed.get("seq")) is not int:
+        return None
+    seq = parsed["seq"]
+    readings = []
+    for index, item in enumerate(parsed["r"]):
+        if not isinstance(item, dict) or not isinstance(item.get("m"), dict) or not item["m"]:
+            return None
+        readings.append(wire.Reading(seq + index, item["m"], item.get("ts"), item.get("up"), item.get("q")))
+    if not readings:
+        return None
+    boot, up = parsed.get("boot"), parsed.get("up")
+    frame = cbor.encode_data(seq, readings, boot if isinstance(boot, str) else None,
+                             up if type(up) is int and up >= 0 else None)
+    return bytes(frame) if frame is not None else None
+
+
+def _integers(value: Any, depth: int = 0) -> Any:
+    """``value`` with its floats as integers (x 10), nested up to 300 levels like the corpus."""
+    if isinstance(value, float):
+        return int(value * 10) if abs(value) < 1e18 else 0
+    if depth > 300:
+        return value
+    if isinstance(value, list):
+        return [_integers(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        return {key: _integers(item, depth + 1) for key, item in value.items()}
+    return value
+
+
+_SPECIAL = (0x1B, 0x3B, 0x5F, 0x7F, 0x9F, 0xBF, 0xC2, 0xF7, 0xF9, 0xFB, 0xFF, 0x18, 0x98, 0xB8)
+
+
+def _damage(rng: random.Random, data: bytes) -> bytes:
+    if not data:
+        return bytes([rng.choice(_SPECIAL)])
+    position = rng.randrange(len(data))
+    action = rng.randrange(5)
+    if action == 0:
+        return data[:position]
+    if action == 1:
+        return data[:position] + bytes([data[position] ^ (1 << rng.randrange(8))]) + data[position + 1:]
+    if action == 2:
+        return data[:position] + bytes([rng.choice(_SPECIAL)]) + data[position + 1:]
+    if action == 3:
+        return data + data[position:]
+    return data[:position] + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9))) + data[position:]

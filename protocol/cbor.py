@@ -189,6 +189,8 @@ def _time_ok(value):
 def encode_data(seq, readings, boot=None, up=None):
     """The binary data frame (bytearray) for ``readings`` (consecutive seqs from ``seq``), or None when
     a value cannot be sent exactly as a scaled integer: the caller then sends the frame as JSON."""
+    if not (_time_ok(seq) and _time_ok(up)) or (boot is not None and type(boot) is not str):
+        return None  # out of the protocol's range: JSON carries it, the gateway refuses it the same way
     names = _column_order(readings)
     if names is None:
         return None

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fuzz import core
-from fuzz.mutate import BOUNDARIES, Mutator
+from fuzz.mutate import BOUNDARIES, CborMutator, Mutator
 
 CORPUS: list[str | bytes] = [
     json.dumps({"t": "data", "seq": 1, "r": [{"m": {"temperature": 20.5}}]}),
@@ -27,6 +27,15 @@ def test_the_mutator_is_deterministic_and_never_changes_its_vocabulary() -> None
     assert len(set(map(repr, frames_a))) > 1000  # varied
     assert json.dumps(BOUNDARIES) == before
     assert max(len(f) for f in frames_a) < 2_000_000
+
+
+def test_the_cbor_target_sends_binary_frames_to_a_cbor_session() -> None:
+    mutator = CborMutator(Mutator(CORPUS, 3))
+    assert all(isinstance(mutator.frame(i), bytes) for i in range(200))
+    report = core.fuzz_gateway_session(mutator, 3000)
+    assert report.target.endswith("(edgewire.v1.cbor)")
+    assert report.frames == 3000 and report.crashes == {} and report.events.get("data", 0) > 100
+    assert report.events.get("reject", 0) > 500  # and broken ones, refused
 
 
 def test_the_core_target_runs_clean_and_reports_what_it_finds(monkeypatch: pytest.MonkeyPatch) -> None:

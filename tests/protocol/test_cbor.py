@@ -279,6 +279,12 @@ def test_mixed_int_and_float_column_falls_back_to_json() -> None:
     assert cbor.encode_data(1, [wire.Reading(1, {"co2": 400}), wire.Reading(2, {"co2": 400.5})]) is None
 
 
+def test_invalid_frame_fields_fall_back_to_json() -> None:
+    reading = [wire.Reading(1, {"x": 1})]
+    for seq, boot, up in ((2**64, None, None), (-1, None, None), (1, None, 2**70), (1, None, -5), (1, 7, None)):
+        assert cbor.encode_data(seq, reading, boot, up) is None  # type: ignore[arg-type]
+
+
 def test_invalid_times_and_qualities_fall_back_to_json() -> None:
     for reading in (wire.Reading(1, {"x": 1}, ts=-5), wire.Reading(1, {"x": 1}, up=True),  # type: ignore[arg-type]
                     wire.Reading(1, {"x": 1}, ts=2**53), wire.Reading(1, {"x": 1}, quality="great")):

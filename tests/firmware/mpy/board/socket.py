@@ -56,16 +56,16 @@ class socket(io.IOBase):
         return 0
 
     def read(self, n):
-        data = self.out[:n]
+        data = self.out[:n]  # the bytes a real socket's read returns: the device's
         before = gc.mem_alloc()
         self.out = self.out[n:]
         GATEWAY_ALLOC[0] += gc.mem_alloc() - before
         return data
 
     def readinto(self, buf):
+        before = gc.mem_alloc()  # a real readinto fills the caller's buffer and allocates nothing
         n = min(len(buf), len(self.out))
         buf[:n] = self.out[:n]
-        before = gc.mem_alloc()
         self.out = self.out[n:]
         GATEWAY_ALLOC[0] += gc.mem_alloc() - before
         return n
