@@ -7,7 +7,17 @@ and ``store`` returns at once. Never use it where readings matter: acks then mea
 
 from __future__ import annotations
 
-from gateway.storage.base import RAW, AlertRow, Bucket, DeviceRecord, DeviceState, Expired, ReadingRow, Storage
+from gateway.storage.base import (
+    RAW,
+    AlertRow,
+    Bucket,
+    DashboardToken,
+    DeviceRecord,
+    DeviceState,
+    Expired,
+    ReadingRow,
+    Storage,
+)
 
 
 class ReadingsOff(Storage):
@@ -70,6 +80,18 @@ class ReadingsOff(Storage):
 
     async def put_device(self, record: DeviceRecord) -> None:
         await self.inner.put_device(record)
+
+    async def add_dashboard_token(self, token: DashboardToken) -> bool:
+        return await self.inner.add_dashboard_token(token)
+
+    async def dashboard_token_by_digest(self, digest: bytes) -> DashboardToken | None:
+        return await self.inner.dashboard_token_by_digest(digest)
+
+    async def list_dashboard_tokens(self) -> list[DashboardToken]:
+        return await self.inner.list_dashboard_tokens()
+
+    async def delete_dashboard_token(self, name: str) -> bool:
+        return await self.inner.delete_dashboard_token(name)
 
     async def raise_alert(self, device_id: str, metric: str, rule: str, at_ms: int, value: float) -> int:
         return await self.inner.raise_alert(device_id, metric, rule, at_ms, value)
