@@ -1,6 +1,5 @@
 // The dashboard's data: the token, GETs to the gateway, the /v1/dashboard stream and the store
 // the views render from. Frames and roles: docs/protocol.md section 9 and docs/dashboard.md.
-import { parseHash } from "./util.js";
 
 // What the page shell provides (app.js): auth panel, connection badge, role, alert announcer.
 export const ui = {
@@ -19,14 +18,12 @@ const TOKEN_KEY = "edgewire-token";
 // "Forget token" is pressed; it travels as Authorization: Bearer (HTTP) and ?token= (WebSocket).
 export function takeTokenFromUrl() {
   const raw = location.hash.replace(/^#/, "");
-  if (!raw.startsWith("token=") && !/[?&]token=/.test(raw)) return;
-  const { path, params } = raw.startsWith("token=")
-    ? { path: "/", params: new URLSearchParams(raw) } : parseHash(location.hash);
-  const token = params.get("token");
-  params.delete("token");
-  if (token) localStorage.setItem(TOKEN_KEY, token);
-  const rest = params.toString();
-  history.replaceState(null, "", `${location.pathname}#${path}${rest ? `?${rest}` : ""}`);
+  const m = raw.match(/(^|[?&])token=([^&]*)/);
+  if (!m) return;
+  if (m[2]) localStorage.setItem(TOKEN_KEY, decodeURIComponent(m[2]));
+  let rest = raw.slice(0, m.index) + raw.slice(m.index + m[0].length);
+  rest = rest.replace(/^([^?&]*)&/, "$1?"); // "#/x?token=T&a=b" leaves "/x&a=b": make it "/x?a=b"
+  history.replaceState(null, "", `${location.pathname}#${rest && rest !== "?" ? rest : "/"}`);
 }
 
 export const TOKEN = TOKEN_KEY;
