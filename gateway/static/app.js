@@ -48,10 +48,11 @@ function route() {
   const match = path.match(/^\/device\/(.+)$/);
   const next = match ? views.device : views.fleet;
   const switched = current !== next;
+  const moveFocus = current !== null; // not on the page's first load: a screen reader starts at the top
   if (current && switched) current.hide();
   current = next;
-  if (match) next.show(decodeURIComponent(match[1]), params, switched);
-  else next.show(params, switched);
+  if (match) next.show(decodeURIComponent(match[1]), params, switched, moveFocus);
+  else next.show(params, switched && moveFocus);
 }
 
 function init() {

@@ -2,7 +2,7 @@
 // history charts with time ranges and zoom, and (for operators) command forms.
 import { $, ago, buildHash, formatValue, h, metricLabel, when } from "./util.js";
 import { alertRow, bindAlertActions, keepFocus } from "./alerts.js";
-import { getJSON, request, store } from "./store.js";
+import { alertText, getJSON, request, store } from "./store.js";
 import { MetricChart } from "./charts.js";
 
 const RANGES = { "1h": 3_600_000, "24h": 86_400_000, "7d": 7 * 86_400_000 };
@@ -67,7 +67,7 @@ export class DeviceView {
     return [now - RANGES[this.range.kind], now];
   }
 
-  show(id, params, switched) {
+  show(id, params, switched, moveFocus) {
     const newDevice = switched || id !== this.id;
     this.id = id;
     const range = this.parseRange(params);
@@ -81,7 +81,7 @@ export class DeviceView {
     this.syncRangeControls();
     this.render();
     if (rangeChanged) this.loadHistory();
-    if (newDevice) {
+    if (newDevice && moveFocus) {
       $("#device-title", this.root).focus();
       window.scrollTo(0, 0);
     }
@@ -253,7 +253,7 @@ export class DeviceView {
       if (id !== this.id) return;
       list.replaceChildren(...reply.alerts.map((a) => h("li", {},
         h("span", { class: `sev sev-${a.severity || "warning"}` }, a.severity || "warning"), " ",
-        `${a.text || a.message || `${a.metric} ${a.rule}`} — raised ${when(a.raised)}`,
+        `${alertText(a)} — raised ${when(a.raised)}`,
         a.cleared ? `, cleared ${when(a.cleared)}` : a.state ? ` (${a.state})` : "")));
       if (!reply.alerts.length) list.replaceChildren(h("li", { class: "muted" }, "No alerts recorded."));
     } catch (err) {

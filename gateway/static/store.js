@@ -111,7 +111,7 @@ function setAlerts(alerts) {
 let initialAlertsSeen = false;
 
 export function alertText(alert) {
-  return alert.text || alert.message || `${alert.metric || ""} ${alert.rule || ""}`.trim();
+  return alert.text || alert.message || alert.rule || alert.metric || "alert";
 }
 
 function putDevice(device) {
