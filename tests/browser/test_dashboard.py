@@ -66,18 +66,18 @@ def test_device_page_draws_history_and_shows_a_live_reading_within_2_s(gw: Gatew
                                                                       devices: DeviceLoop) -> None:
     token = gw.register("SENSOR-01")
     now = int(time.time() * 1000)
-    history = [(now - 3_600_000 + i * 60_000, {"temperature": 20.0 + (i % 7) * 0.5, "humidity": 40.0 + i % 5})
+    history = [(now - 3_300_000 + i * 60_000, {"temperature": 20.0 + (i % 7) * 0.5, "humidity": 40.0 + i % 5})
                for i in range(55)]
     devices.run(send_history(gw.device_url, "SENSOR-01", token, history))
 
-    page, errors = open_page(browser, operator_url(gw, "/device/SENSOR-01?range=24h"))
+    page, errors = open_page(browser, operator_url(gw, "/device/SENSOR-01?range=1h"))
     expect(page.locator("#device-title")).to_have_text("SENSOR-01")
     chart = page.locator('figure.chart[data-metric="temperature"]')
     expect(chart).not_to_have_attribute("data-points", "0")
-    assert int(chart.get_attribute("data-points") or 0) >= 50  # one bucket per minute of history
+    assert int(chart.get_attribute("data-points") or 0) == 55  # 1 h in buckets of seconds: one per reading
     expect(chart.locator("canvas")).to_have_count(1)
     expect(page.locator('figure.chart[data-metric="humidity"]')).to_be_visible()
-    expect(page.locator('#ranges button[data-range="24h"]')).to_have_attribute("aria-pressed", "true")
+    expect(page.locator('#ranges button[data-range="1h"]')).to_have_attribute("aria-pressed", "true")
 
     sensor = SettableSensor(temperature=23.25, humidity=41.0)
     device = devices.device(gw.device_url, "SENSOR-01", token, sensor, rate=5.0)
