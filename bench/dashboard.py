@@ -100,12 +100,16 @@ def one_load(browser: Any, url: str, count: int) -> dict[str, float]:
         context.close()
 
 
-def run_size(browser: Any, count: int, runs: int, workdir: Path, log: Any) -> dict[str, Any]:
+def prepare(count: int, workdir: Path, log: Any) -> Path:
+    """A data dir with ``count`` registered devices that reported once (before the browser starts:
+    Playwright's sync API owns the event loop afterwards)."""
     template, _ = prepare_template(workdir / f"n{count}", count, log)
     ids = [f"bench-{i:05d}" for i in range(1, count + 1)]
     asyncio.run(_store_latest(template / "edgewire.db", ids))
-    data_dir = workdir / f"n{count}-run"
-    shutil.copytree(template, data_dir)
+    return template
+
+
+def run_size(browser: Any, count: int, runs: int, data_dir: Path, log: Any) -> dict[str, Any]:
     server = GatewayServer(data_dir, "sqlite", dashboard_interval_ms=250)
     server.start()
     try:
@@ -140,11 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir = scratch_dir("edgewire-dash-bench-")
     results = []
     try:
+        data_dirs = {count: prepare(count, workdir, log) for count in opts.devices}
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
                 for count in opts.devices:
-                    results.append(run_size(browser, count, opts.runs, workdir, log))
+                    results.append(run_size(browser, count, opts.runs, data_dirs[count], log))
             finally:
                 browser.close()
     except BenchError as err:
