@@ -12,7 +12,7 @@ const MIN_SPAN = 10_000;
 // Status fields with a name people know; the rest are listed as they come.
 const STATUS_FIELDS = [
   ["boot", "Boot"], ["fw", "Firmware"], ["buffered", "Queued readings"], ["dropped", "Dropped readings"],
-  ["rssi", "Signal (dBm)"], ["up", "Uptime"], ["interval", "Interval (s)"], ["interval_ms", "Interval (ms)"],
+  ["rssi", null], ["up", "Uptime"], ["interval", "Interval (s)"], ["interval_ms", "Interval (ms)"],
   ["heap_free", "Free heap (bytes)"],
 ];
 const KNOWN_STATUS = new Set(STATUS_FIELDS.map(([key]) => key));
@@ -313,7 +313,10 @@ export class DeviceView {
     const boot = status.boot ?? device.boot;
     if (boot !== undefined && boot !== null) add("Boot", String(boot), "boot");
     for (const [key, label] of STATUS_FIELDS) {
-      if (key !== "boot" && status[key] !== undefined) add(label, statusValue(key, status[key]), key);
+      if (key === "boot" || status[key] === undefined) continue;
+      // a status field named like a metric (rssi) is labelled from the metric table
+      const row = store.meta.metrics[key];
+      add(label || (row ? `${row.label} (${row.unit})` : key), statusValue(key, status[key]), key);
     }
     const err = device.last_error;
     add("Last error", err ? `${err.code}: ${err.msg} (${ago(err.at)})` : "none", "last_error");
