@@ -131,6 +131,7 @@ function apply(msg) {
     setAlerts(msg.alerts || []);
   } else if (msg.t === "update") {
     for (const device of Object.values(msg.devices || {})) putDevice(device);
+    for (const id of msg.removed || []) store.devices.delete(id); // deleted from the registry
     if (msg.alerts) setAlerts(msg.alerts);
     if (msg.events) for (const fn of eventListeners) fn(msg.events);
   } else if (msg.t === "ok" || msg.t === "error") {
