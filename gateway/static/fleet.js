@@ -76,10 +76,13 @@ export class FleetView {
     this.tbody = $("#devices tbody", this.root);
     this.alertBody = $("#alerts tbody", this.root);
     bindAlertActions($("#alerts", this.root), $("#alert-action-status", this.root));
-    let typing = null;
+    this.typing = null;
     $("#q", this.root).addEventListener("input", (e) => {
-      clearTimeout(typing);
-      typing = setTimeout(() => this.navigate({ q: e.target.value, page: 1 }, true), 120);
+      clearTimeout(this.typing);
+      this.typing = setTimeout(() => {
+        this.typing = null;
+        this.navigate({ q: e.target.value, page: 1 }, true);
+      }, 120);
     });
     $("#status-filter", this.root).addEventListener("click", (e) => {
       const button = e.target.closest("button[data-status]");
@@ -94,6 +97,11 @@ export class FleetView {
 
   /** Change the list's parameters: a new history entry, or (while typing) the current one replaced. */
   navigate(changes, replace = false) {
+    if (this.typing !== null) { // typing not applied yet: it belongs to the entry we leave
+      clearTimeout(this.typing);
+      this.typing = null;
+      if (!replace) this.navigate({ q: $("#q", this.root).value, page: 1 }, true);
+    }
     const p = { ...this.params, ...changes };
     const hash = buildHash("/", {
       q: p.q, status: p.status === "all" ? "" : p.status, label: p.label,

@@ -6,11 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Playwright, sync_playwright
+from playwright.sync_api import Browser, Playwright, expect, sync_playwright
 
 from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, DeviceLoop, device_loop
 from tests.helpers.gateway import GatewayProcess
 
+expect.set_options(timeout=15_000)  # a loaded 2-core machine; tests that bound a wait say so
 ALERT_RULES = [{"metric": "temperature", "above": 30.0, "hysteresis": 1.0}]
 
 
@@ -35,7 +36,7 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[GatewayProcess]:
     """A gateway on loopback with a temperature alert rule, dashboard updates every 100 ms."""
-    gateway = GatewayProcess(tmp_path, dashboard_interval_ms=100, alerts=ALERT_RULES)
+    gateway = GatewayProcess(tmp_path, dashboard_interval_ms=100, registry_recheck_s=0.5, alerts=ALERT_RULES)
     gateway.start()
     try:
         yield gateway
