@@ -250,21 +250,31 @@ export class FleetView {
         h("span", { class: "metric-name" }, metricLabel(store.meta, m)), " ",
         formatValue(store.meta, m, device.latest[m][0])));
     if (metrics.length > MAX_VALUES) values.push(h("span", { class: "muted" }, `+${metrics.length - MAX_VALUES}`));
-    const tr = h("tr", { dataset: { device: device.id, state }, class: alerts ? "alerting" : "" },
-      h("th", { scope: "row" }, h("a", {
-        href: deviceHref(device.id), dataset: { focusKey: `device-${device.id}` },
-        onclick: () => this.visited(device.id),
-      }, device.id)),
+    const cells = [
       h("td", { class: "label-cell" }, device.label || ""),
       h("td", {}, h("span", { class: `badge ${state}` }, state === "never" ? "never connected" : state),
         device.enabled === false ? h("span", { class: "badge disabled" }, "disabled") : null),
       h("td", {}, alerts ? h("span", { class: `sev sev-${worst.severity || "warning"}` },
         `${alerts.length} ${alerts.length === 1 ? "alert" : "alerts"}`) : ""),
       h("td", { class: "values" }, values),
-      h("td", { class: "muted seen", title: when(device.last_seen) }, seen));
-    entry = { tr, sig, seen };
-    this.rows.set(device.id, entry);
-    return tr;
+      h("td", { class: "muted seen", title: when(device.last_seen) }, seen)];
+    if (entry) {
+      // Same row element, same link (a focused link keeps its focus): only the other cells change.
+      entry.tr.replaceChildren(entry.tr.firstChild, ...cells);
+    } else {
+      const link = h("th", { scope: "row" }, h("a", {
+        href: deviceHref(device.id), dataset: { focusKey: `device-${device.id}` },
+        onclick: () => this.visited(device.id),
+      }, device.id));
+      entry = { tr: h("tr", {}, link, ...cells) };
+      this.rows.set(device.id, entry);
+    }
+    entry.tr.dataset.device = device.id;
+    entry.tr.dataset.state = state;
+    entry.tr.className = alerts ? "alerting" : "";
+    entry.sig = sig;
+    entry.seen = seen;
+    return entry.tr;
   }
 
   renderAlerts() {
