@@ -129,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     private_umask()  # the data dir, database and secrets are the gateway user's alone
-    from gateway import devices_cli, export_cli, ops_cli
+    from gateway import devices_cli, export_cli, ops_cli, tokens_cli
     from gateway.logs import setup_logging
 
     if args.cmd != "serve":

@@ -74,6 +74,7 @@ class DashboardAuth:
     def __init__(self, storage: Storage, token_key: bytes, file_token: str | None) -> None:
         self.storage = storage
         self.key = token_key
+        self.file_token = file_token
         self._file_digest = token_digest(token_key, file_token) if file_token else None
 
     async def identify(self, token: str) -> DashboardIdentity | None:

@@ -23,7 +23,7 @@ from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
 
-from gateway import gctune, history_api
+from gateway import dashboard_sync, gctune, history_api
 from gateway.admin import AdminApi
 from gateway.admission import TOO_MANY, Admission, raise_open_files_limit
 from gateway.alerts import AlertEngine
@@ -31,6 +31,8 @@ from gateway.auth import Authenticator
 from gateway.commands import Commands
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, connection_class, dumps, json_response
+from gateway.dashboard import Dashboard
+from gateway.dashboard_auth import DashboardAuth
 from gateway.errors import ConfigError, GatewayError
 from gateway.http_api import HttpApi
 from gateway.hub import Hub
@@ -63,13 +65,15 @@ class Gateway:
                                            f"device {device_id!r} went offline before answering", device_id),
                                        clock=clock)
         self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics)
-        self.http = HttpApi(config, admin_token=admin_token, dashboard_token=dashboard_token,
+        self.dashboard_auth = DashboardAuth(storage, registry.token_key, dashboard_token)
+        self.http = HttpApi(config, admin_token=admin_token, dashboard_auth=self.dashboard_auth,
                             client_address=self.sessions.client_address, draining=lambda: self.draining,
                             count_error=self.metrics.count_error)
         self.http.route("/healthz", self.healthz)
         self.http.route("/metrics", self.metrics_page)
         self.http.websocket("/v1/device", self.sessions.check_upgrade, self.sessions.handle)
-        self.http.websocket("/v1/dashboard", self.http.dashboard_upgrade, self.hub.serve)
+        self.dashboard = Dashboard(config, storage, self.hub, self.http, self.dashboard_auth, self.alerts,
+                                   self.admin.run_command, self.metrics.count_error)
         self.http.websocket("/v1/admin", self.http.admin_upgrade, self.admin.handle)
         self.history_api = history_api.HistoryApi(storage, config.readings_retention_days,
                                                   lambda device_id: device_id in self.sessions.devices)
@@ -98,10 +102,11 @@ class Gateway:
                 max_unauthenticated_per_address=cfg.max_unauthenticated_per_address)
             await self.storage.open()
             await self.alerts.restore()
-            await history_api.restore_hub(self.hub, self.storage)
+            await dashboard_sync.restore(self.hub, self.storage)
             gctune.tune()
             self.supervisor.start("hub", self.hub.run)
             self.supervisor.start("registry_sweep", self.sessions.sweep_forever)
+            self.supervisor.start("dashboard_sync", self.dashboard.sync.run)
             self.supervisor.start("gc", gctune.maintenance)
             self.supervisor.start("retention", Retention(self.storage, cfg.readings_retention_days,
                                                          cfg.rollup_retention_days).run_forever)
@@ -212,7 +217,8 @@ class Gateway:
 
     async def history(self, ws: EdgeConnection, request: Request) -> Response:
         """/v1/history, /v1/history.csv, /v1/devices: with the dashboard's checks (docs/http-api.md)."""
-        return self.http.dashboard_refused(ws, request) or await self.history_api.respond(request.path)
+        identity = await self.http.dashboard_identity(ws, request)
+        return identity if isinstance(identity, Response) else await self.history_api.respond(request.path)
 
     async def metrics_page(self, ws: EdgeConnection, request: Request) -> Response:
         admission = self.admission

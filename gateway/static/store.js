@@ -121,11 +121,10 @@ function putDevice(device) {
 }
 
 function apply(msg) {
-  if (msg.t === "hello") {
+  if (msg.t === "snapshot") {
     store.role = msg.role;
     store.tokenName = msg.token;
     ui.role();
-  } else if (msg.t === "snapshot") {
     store.devices = new Map();
     for (const device of msg.devices) putDevice(device);
     setAlerts(msg.alerts || []);

@@ -15,13 +15,15 @@ expect.set_options(timeout=15_000)  # a loaded 2-core machine; tests that bound 
 ALERT_RULES = [{"metric": "temperature", "above": 30.0, "hysteresis": 1.0}]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
+    """Module-scoped: Playwright's sync API runs an event loop in this thread while it is open, and
+    the other test modules call asyncio.run()."""
     with sync_playwright() as pw:
         yield pw
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     """Debian's Chromium (scripts/system-deps test installs it); missing it is an error, not a skip."""
     if not Path(CHROMIUM).exists():

@@ -109,7 +109,7 @@ def test_a_pi_agent_shows_every_metric(gw: GatewayProcess, browser: Browser, tmp
         agent.stop()
 
 
-def test_an_alert_appears_is_acknowledged_and_clears_and_survives_a_restart(gw: GatewayProcess, browser: Browser,
+def test_an_alert_appears_survives_a_restart_and_clears(gw: GatewayProcess, browser: Browser,
                                                                            devices: DeviceLoop) -> None:
     token = gw.register("HOT-1")
     gw.register("IDLE-1")
@@ -124,14 +124,11 @@ def test_an_alert_appears_is_acknowledged_and_clears_and_survives_a_restart(gw: 
     expect(alert).to_be_visible()
     expect(page.locator("#announcer")).to_contain_text("HOT-1")  # aria-live
     assert rows(page)[0] == "HOT-1"  # alerting devices first
-    alert.get_by_role("button", name=re.compile("Acknowledge")).click()
-    expect(alert).to_have_attribute("data-state", "acknowledged")
-    expect(alert).to_contain_text("dashboard:dashboard.token")
 
     gw.restart()  # alerts and devices are stored: the page shows them again after a restart
     page.reload()
     expect(page.locator("#devices tbody tr")).to_have_count(2)
-    expect(page.locator('#alerts tbody tr[data-device="HOT-1"]')).to_have_attribute("data-state", "acknowledged")
+    expect(page.locator('#alerts tbody tr[data-device="HOT-1"]')).to_be_visible()
 
     sensor.values["temperature"] = 20.0  # the device reconnects by itself and the alert clears
     expect(page.locator('#alerts tbody tr[data-device="HOT-1"]')).to_have_count(0, timeout=30_000)
@@ -149,7 +146,8 @@ def test_operator_sends_commands_viewer_cannot(gw: GatewayProcess, browser: Brow
 
     page, errors = open_page(browser, f"{gw.http_url}/#/device/ACT-1?token={viewer}")
     expect(page.locator("#role")).to_contain_text("viewer · wall-screen")
-    expect(page.locator('form[data-command="set_interval"] fieldset')).to_be_disabled()
+    expect(page.locator('form[data-command="set_interval"] button')).to_be_disabled()
+    expect(page.locator('form[data-command="set_interval"] input[name="seconds"]')).to_be_disabled()
     expect(page.locator("#commands-note")).to_contain_text("operator")
     page.close()
 
@@ -261,7 +259,8 @@ CONTRAST_JS = """() => {
     const ratio = (a + 0.05) / (b + 0.05);
     const size = parseFloat(style.fontSize);
     const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
-    if (ratio < (large ? 3 : 4.5)) bad.push(`${el.tagName}.${el.className} "${el.textContent.trim().slice(0, 30)}" ${ratio.toFixed(2)}`);
+    const what = `${el.tagName}.${el.className} "${el.textContent.trim().slice(0, 30)}"`;
+    if (ratio < (large ? 3 : 4.5)) bad.push(`${what} ${ratio.toFixed(2)}`);
   }
   return bad;
 }"""

@@ -1,5 +1,5 @@
 """The hub's dashboard side: every reading merged, the registry listed, alert events, errors,
-hello with the role, operator actions answered per client, revoked tokens closed."""
+the role in each client's snapshot, operator actions answered per client, revoked tokens closed."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ class FakeWs:
         raise StopAsyncIteration
 
 
-def test_serve_says_hello_then_answers_actions_by_role() -> None:
+def test_serve_sends_the_role_then_answers_actions_by_role() -> None:
     async def main() -> None:
         hub, _ = make_hub()
         calls: list[tuple[Any, ...]] = []
@@ -166,8 +166,8 @@ def test_serve_says_hello_then_answers_actions_by_role() -> None:
                 await asyncio.sleep(0.01)
             ws.done.set()
             await serving
-            assert ws.sent[0] == {"t": "hello", "time": 1_700_000_000_000, "role": identity.role,
-                                  "token": identity.name}
+            snapshot = ws.sent[0]
+            assert (snapshot["t"], snapshot["role"], snapshot["token"]) == ("snapshot", identity.role, identity.name)
             replies = {m.get("id"): m for m in ws.sent if m["t"] in ("ok", "error")}
             assert (replies["r1"]["t"] if expect == "ok" else replies["r1"]["code"]) == expect
             assert replies[None]["code"] == "bad_json"
