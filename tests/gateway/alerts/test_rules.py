@@ -53,7 +53,8 @@ def test_below_is_the_mirror_of_above(tmp_path: Path) -> None:
         async with Harness(tmp_path / "a.db", [rule]) as h:
             t = h.series("P-1", "soil_moisture", [30.0, 19.0, 22.0, 24.9, 25.1], T0, 60_000)
             await h.settle()
-            assert h.kinds() == [("raised", "P-1", "soil_moisture_below_20"), ("cleared", "P-1", "soil_moisture_below_20")]
+            rule_id = "soil_moisture_below_20"
+            assert h.kinds() == [("raised", "P-1", rule_id), ("cleared", "P-1", rule_id)]
             assert h.events[0].alert["text"] == "soil_moisture 19.0% below 20.0%"
             assert h.events[0].alert["severity"] == "critical"
             assert h.events[1].alert["clear_value"] == 25.1
