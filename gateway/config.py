@@ -13,23 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.alerts.localtime import zone
+from gateway.alerts.rules import DEFAULT_RULES, parse_rules
+from gateway.alerts.webhook import WebhookConfig, parse_webhooks
 from gateway.bus.url import check_name, parse_bus_url
 from gateway.errors import ConfigError
 from gateway.storage.dsn import redact, storage_kind
 
 ENV_PREFIX = "EDGEWIRE_"
-
-
-@dataclass(slots=True)
-class AlertRule:
-    """Raise when ``metric`` goes above ``above``; clear when it falls below above - hysteresis."""
-
-    metric: str = "temperature"
-    above: float = 30.0
-    hysteresis: float = 1.0
-
-    def describe(self) -> str:
-        return f"{self.metric} > {self.above:g}"
 
 
 @dataclass(slots=True)
@@ -60,7 +51,12 @@ class GatewayConfig:
     dashboard_interval_ms: float = 250.0
     dashboard_queue: int = 32
     dashboard_auth: str = "auto"  # "on", "off", or "auto": on unless the gateway listens on loopback only
-    alerts: list[AlertRule] = field(default_factory=lambda: [AlertRule()])
+    alerts: list[dict[str, Any]] = field(default_factory=lambda: parse_rules(DEFAULT_RULES))  # [[alerts]]
+    webhooks: list[WebhookConfig] = field(default_factory=list)  # [[webhooks]]: alert notifications
+    alert_timezone: str = ""  # IANA name for hour-of-day baselines and alert texts; "" = the system's
+    alert_max_open: int = 10000  # open alerts loaded at start (older open ones beyond this are cleared)
+    alert_suspended_expiry_s: float = 604800.0  # a suspended alert whose device stays away this long clears
+    alert_save_interval_s: float = 300.0  # how often learned baselines are stored (and at shutdown)
     tls_cert: str = ""
     tls_key: str = ""
     log_level: str = "info"
@@ -134,9 +130,12 @@ class GatewayConfig:
             raise ConfigError("dashboard_auth: must be 'auto', 'on' or 'off'")
         if self.log_format not in ("json", "text"):
             raise ConfigError("log_format: must be 'json' or 'text'")
-        for rule in self.alerts:
-            if rule.hysteresis < 0:
-                raise ConfigError(f"alerts: hysteresis of the {rule.metric} rule must be >= 0")
+        zone(self.alert_timezone)  # ConfigError naming the setting
+        for key in ("alert_suspended_expiry_s", "alert_save_interval_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be greater than 0")
+        if self.alert_max_open < 1:
+            raise ConfigError("alert_max_open: must be at least 1")
         return self
 
 
@@ -146,11 +145,11 @@ _FIELDS = {f.name: f for f in dataclasses.fields(GatewayConfig)}
 def _coerce(key: str, value: Any) -> Any:
     """Convert a TOML or environment value to the field's type, or raise ConfigError."""
     default = getattr(GatewayConfig(), key)
+    if key == "alerts":
+        return parse_rules(value)  # ConfigError naming the rule and the key
+    if key == "webhooks":
+        return parse_webhooks(value)
     try:
-        if key == "alerts":
-            if not isinstance(value, list):
-                raise TypeError("a list of tables")
-            return [AlertRule(**dict(item)) for item in value]
         if isinstance(default, bool):
             if isinstance(value, bool):
                 return value
@@ -199,7 +198,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         if not name.startswith(ENV_PREFIX):
             continue
         key = name[len(ENV_PREFIX):].lower()
-        if key in _FIELDS and key != "alerts":
+        if key in _FIELDS and key not in ("alerts", "webhooks"):
             values[key] = _coerce(key, raw)
     for key, value in (overrides or {}).items():
         if value is not None:

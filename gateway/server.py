@@ -30,7 +30,9 @@ from websockets.http11 import Request, Response
 
 from gateway import history_api
 from gateway import registry as registry_mod
-from gateway.alerts import AlertEngine
+from gateway.alerts.engine import AlertEngine
+from gateway.alerts.localtime import zone
+from gateway.alerts.model import CLEARED, AlertEvent
 from gateway.auth import Authenticator, Identity
 from gateway.config import GatewayConfig
 from gateway.errors import AuthError, RegistryError, StorageError
@@ -121,7 +123,11 @@ class Gateway:
         self._admin_digest = _digest(admin_token)
         self._dashboard_digest = _digest(dashboard_token) if dashboard_token else None
         self.hub = Hub(config.dashboard_interval_ms, config.dashboard_queue, dumps)
-        self.alerts = AlertEngine(config.alerts, storage, self.hub)
+        self.alerts = AlertEngine(storage, config.alerts, timezone=zone(config.alert_timezone),
+                                  max_open=config.alert_max_open, suspended_expiry_s=config.alert_suspended_expiry_s,
+                                  save_interval_s=config.alert_save_interval_s)
+        self.alerts.listen(self._alert_event)
+        self._alerts_task: asyncio.Task[None] | None = None
         self.devices: dict[str, DeviceConnection] = {}
         self.counters = Counters()
         self.commands: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -140,6 +146,13 @@ class Gateway:
             file = STATIC_DIR / name
             if file.exists():
                 self._static[path] = (file.read_bytes(), ctype)
+
+    def _alert_event(self, event: AlertEvent) -> None:
+        """Alert events to the dashboards: open alerts shown, cleared ones removed."""
+        if event.kind == CLEARED:
+            self.hub.alert_cleared(event.alert)
+        else:
+            self.hub.alert_raised(event.alert)
 
     # ------------------------------------------------------------ lifecycle
     async def _gc_maintenance(self) -> None:
@@ -164,7 +177,10 @@ class Gateway:
 
     async def start(self) -> None:
         await self.storage.open()
-        await self.alerts.restore()
+        await self.alerts.start()
+        for alert in self.alerts.open_alerts():  # the restored ones; changes follow as events
+            self.hub.alert_raised(alert)
+        self._alerts_task = asyncio.get_running_loop().create_task(self.alerts.run())
         await history_api.restore_hub(self.hub, self.storage)
         self.hub.start()
         gc.collect()
@@ -222,7 +238,9 @@ class Gateway:
         await asyncio.gather(*(conn.drain() for conn in conns), return_exceptions=True)
         await asyncio.gather(*(self._close(conn.ws, wire.E_SHUTDOWN, "gateway restarting; reconnect later")
                                for conn in conns), return_exceptions=True)
-        await self.alerts.drain()
+        await self.alerts.close()
+        if self._alerts_task is not None:
+            self._alerts_task.cancel()
         self.hub.flush()
         await self.hub.stop()
         if self.server is not None:
@@ -443,6 +461,7 @@ class Gateway:
             if self.devices.get(device_id) is conn:
                 del self.devices[device_id]
                 self.hub.offline(device_id)
+                self.alerts.device_offline(device_id)
             if not conn.done.done():
                 conn.done.set_result(None)
             log("device_offline", device=device_id, code=ws.close_code)
@@ -537,12 +556,12 @@ class Gateway:
                 self.counters.gaps += frame.seq - conn.expected_seq
             conn.expected_seq = frame.last_seq + 1
             hub_reading = self.hub.reading
-            check = self.alerts.check
+            check = self.alerts.reading
             for reading in frame.readings:
                 time_ms = wire.reading_time_ms(reading, frame, received)
                 rows.append(ReadingRow(device_id, reading.seq, time_ms, received, reading.metrics, frame.boot,
                                        reading.ts, reading.up, reading.quality))
-                check(device_id, reading.metrics, time_ms)
+                check(device_id, reading.metrics, time_ms, received, reading.quality)
             last = frame.readings[-1]
             hub_reading(device_id, last.metrics, rows[-1].time_ms)
         else:
