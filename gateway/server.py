@@ -14,6 +14,7 @@ import http
 import itertools
 import logging
 import signal
+import socket
 import ssl
 import time
 import urllib.parse
@@ -30,12 +31,15 @@ from websockets.http11 import Request, Response
 
 from gateway import history_api
 from gateway import registry as registry_mod
+from gateway.alerts.admin import AlertAdmin
 from gateway.alerts.engine import AlertEngine
 from gateway.alerts.localtime import zone
+from gateway.alerts.metrics import metric_lines as alert_metric_lines
 from gateway.alerts.model import CLEARED, AlertEvent
+from gateway.alerts.webhook import WebhookNotifier, load_secret
 from gateway.auth import Authenticator, Identity
 from gateway.config import GatewayConfig
-from gateway.errors import AuthError, RegistryError, StorageError
+from gateway.errors import AlertError, AuthError, RegistryError, StorageError
 from gateway.hub import Hub, now_ms
 from gateway.logs import log
 from gateway.retention import Retention
@@ -127,6 +131,11 @@ class Gateway:
                                   max_open=config.alert_max_open, suspended_expiry_s=config.alert_suspended_expiry_s,
                                   save_interval_s=config.alert_save_interval_s)
         self.alerts.listen(self._alert_event)
+        self.alert_admin = AlertAdmin(self.alerts)
+        self.notifier = WebhookNotifier(config.webhooks, {hook.name: load_secret(hook) for hook in config.webhooks},
+                                        source=socket.gethostname())
+        self.alerts.listen(self.notifier.on_event)
+        self._notifier_task: asyncio.Task[None] | None = None
         self._alerts_task: asyncio.Task[None] | None = None
         self.devices: dict[str, DeviceConnection] = {}
         self.counters = Counters()
@@ -181,6 +190,7 @@ class Gateway:
         for alert in self.alerts.open_alerts():  # the restored ones; changes follow as events
             self.hub.alert_raised(alert)
         self._alerts_task = asyncio.get_running_loop().create_task(self.alerts.run())
+        self._notifier_task = asyncio.get_running_loop().create_task(self.notifier.run())
         await history_api.restore_hub(self.hub, self.storage)
         self.hub.start()
         gc.collect()
@@ -241,6 +251,9 @@ class Gateway:
         await self.alerts.close()
         if self._alerts_task is not None:
             self._alerts_task.cancel()
+        await self.notifier.close()
+        if self._notifier_task is not None:
+            self._notifier_task.cancel()
         self.hub.flush()
         await self.hub.stop()
         if self.server is not None:
@@ -347,6 +360,7 @@ class Gateway:
                   f"edgewire_dashboard_resyncs_total {self.hub.resyncs}",
                   "# TYPE edgewire_errors_total counter"]
         lines += [f'edgewire_errors_total{{code="{code}"}} {n}' for code, n in sorted(c.by_error.items())]
+        lines += alert_metric_lines(self.alerts, self.notifier)
         body = ("\n".join(lines) + "\n").encode()
         return Response(200, "OK", Headers({"Content-Type": "text/plain; version=0.0.4",
                                             "Content-Length": str(len(body))}), body)
@@ -606,6 +620,8 @@ class Gateway:
                 reply.update({"t": "ok", "id": request_id})
             except (RegistryError, ValueError, KeyError, TimeoutError) as err:
                 code = "timeout" if isinstance(err, TimeoutError) else "bad_request"
+                if isinstance(err, AlertError):
+                    code = err.code
                 reply = {"t": "error", "id": request_id, "code": code, "msg": str(err) or code}
             await ws.send(dumps(reply))
 
@@ -640,6 +656,9 @@ class Gateway:
         if kind == "stats":
             return {"counters": {k: v for k, v in vars(self.counters).items()},
                     "stored": await self.storage.count_readings(), "resyncs": self.hub.resyncs}
+        handler = self.alert_admin.requests.get(kind) if isinstance(kind, str) else None
+        if handler is not None:
+            return await handler(msg, "admin")  # the admin token's holder
         raise ValueError(f"unknown admin request {kind!r}")
 
     async def send_command(self, device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -91,7 +91,8 @@ def test_rules_and_tombstones(backend: Backend) -> None:
         spec = {"id": "hot", "type": "above", "metric": "temperature", "above": 30.0, "devices": ["S-*"]}
         await s.put_alert_rule(StoredRule("hot", spec, 1000, "admin"))
         await s.put_alert_rule(StoredRule("cold", None, 1001, "admin"))
-        assert await s.alert_rules() == [StoredRule("cold", None, 1001, "admin"), StoredRule("hot", spec, 1000, "admin")]
+        assert await s.alert_rules() == [StoredRule("cold", None, 1001, "admin"),
+                                         StoredRule("hot", spec, 1000, "admin")]
         spec2 = dict(spec, above=35.0)
         await s.put_alert_rule(StoredRule("hot", spec2, 2000, "ops"))
         await s.put_alert_rule(StoredRule("cold", {"id": "cold", "type": "below"}, 2001, "ops"))

@@ -145,7 +145,8 @@ def test_restart_keeps_everything(backend: Backend) -> None:
     async def write(s: Storage) -> None:
         await s.store([row("A", i) for i in range(1, 101)])
         await s.put_device(DeviceRecord("A", True, b"\x01" * 32, ["10.0.0.0/8"], "lab", 5, 6))
-        await s.save_alerts([(AlertRow(0, "A", "temperature", "t_hot", 1000, 31.5), AlertHistoryRow(0, 1000, "raised"))])
+        await s.save_alerts([(AlertRow(0, "A", "temperature", "t_hot", 1000, 31.5),
+                              AlertHistoryRow(0, 1000, "raised"))])
 
     async def read(s: Storage) -> None:
         assert await s.seqs("A") == list(range(1, 101))
