@@ -129,7 +129,7 @@ class Gateway:
         self.hub = Hub(config.dashboard_interval_ms, config.dashboard_queue, dumps)
         self.alerts = AlertEngine(storage, config.alerts, timezone=zone(config.alert_timezone),
                                   max_open=config.alert_max_open, suspended_expiry_s=config.alert_suspended_expiry_s,
-                                  save_interval_s=config.alert_save_interval_s)
+                                  save_interval_s=config.alert_save_interval_s, registry_check_s=60.0)
         self.alerts.listen(self._alert_event)
         self.alert_admin = AlertAdmin(self.alerts)
         self.notifier = WebhookNotifier(config.webhooks, {hook.name: load_secret(hook) for hook in config.webhooks},

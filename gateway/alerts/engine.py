@@ -64,7 +64,7 @@ class AlertEngine:
                  clock: Callable[[], float] = time.time, timezone: datetime.tzinfo | None = None,
                  max_open: int = 10_000, suspended_expiry_s: float = 7 * 86400.0, save_interval_s: float = 300.0,
                  update_interval_s: float = 60.0, tick_s: float = 2.0, op_timeout_s: float = 10.0,
-                 max_queue: int = 100_000) -> None:
+                 max_queue: int = 100_000, registry_check_s: float = 0.0) -> None:
         self.storage = storage
         self.clock = clock
         self.hour_of = HourOfDay(timezone)
@@ -76,6 +76,7 @@ class AlertEngine:
         self.save_interval_s = save_interval_s
         self.update_ms = int(update_interval_s * 1000)
         self.tick_s = tick_s
+        self.registry_check_s = registry_check_s  # 0: never compare with the registry (tests without one)
         self.op_timeout_s = op_timeout_s
         self.devices: dict[str, Device] = {}
         self.open: dict[int, AlertRow] = {}  # stored open alerts by id
@@ -270,12 +271,12 @@ class AlertEngine:
                 track.since = -1
                 rule.reset(track)
 
-    async def device_deleted(self, device_id: str, by: str) -> int:
+    async def device_deleted(self, device_id: str, by: str, reason: str = "") -> int:
         """The device was removed from the registry: clear its alerts, forget its state. Returns how many cleared."""
         now = self.now_ms()
         alerts = list(self.by_device.get(device_id, {}).values())
         for alert in alerts:
-            self._clear(alert, self._track_of(alert), SYSTEM, now, None, f"device deleted by {by}")
+            self._clear(alert, self._track_of(alert), SYSTEM, now, None, reason or f"device deleted by {by}")
         for rule in self.book.rules.values():
             rule.tracks.pop(device_id, None)
         self.devices.pop(device_id, None)
@@ -284,6 +285,19 @@ class AlertEngine:
         except StorageError as err:
             log("alert_baselines_not_deleted", logging.WARNING, device=device_id, error=str(err)[:300])
         return len(alerts)
+
+    async def reconcile_registry(self) -> int:
+        """Treat devices that are no longer registered as deleted (removed by the CLI, or while the
+        gateway was down): every device that sends data is registered, JWT devices included."""
+        try:
+            registered = {record.device_id for record in await self.storage.list_devices()}
+        except StorageError as err:
+            log("alert_registry_check_failed", logging.WARNING, error=str(err)[:300])
+            return 0
+        gone = [device_id for device_id in set(self.by_device) | set(self.devices) if device_id not in registered]
+        for device_id in gone:
+            await self.device_deleted(device_id, SYSTEM, "device no longer in the registry")
+        return len(gone)
 
     # ------------------------------------------------------------------ operators
     def open_alerts(self, device_id: str | None = None) -> list[dict[str, Any]]:
@@ -436,6 +450,8 @@ class AlertEngine:
             rule.hour_of = self.hour_of
         await restore.load_baselines(self)
         await restore.restore_alerts(self)
+        if self.registry_check_s > 0:
+            await self.reconcile_registry()
 
     def tick(self, now_ms: int | None = None) -> None:
         """The timed rules' check (no_data): raise for silent devices, refresh open silences' texts."""
@@ -488,7 +504,7 @@ class AlertEngine:
             group.create_task(self._timers())
 
     async def _timers(self) -> None:
-        last_expiry = last_save = time.monotonic()
+        last_expiry = last_save = last_registry = time.monotonic()
         while True:
             await asyncio.sleep(self.tick_s)
             self.tick()
@@ -496,6 +512,9 @@ class AlertEngine:
             if mono - last_expiry >= 60:
                 last_expiry = mono
                 self.expire_suspended()
+            if self.registry_check_s > 0 and mono - last_registry >= self.registry_check_s:
+                last_registry = mono
+                await self.reconcile_registry()
             if mono - last_save >= self.save_interval_s:
                 last_save = mono
                 try:

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.alerts.model import AlertEvent
 from gateway.errors import AlertError, StorageError
-from gateway.storage.base import AlertHistoryRow, AlertRow
+from gateway.storage.base import AlertHistoryRow, AlertRow, DeviceRecord
 from gateway.storage.sqlite import SQLiteStorage
 from tests.gateway.alerts.harness import DAY, MIN, T0, Harness
 
@@ -136,6 +136,34 @@ def test_a_deleted_device_has_its_alerts_cleared(tmp_path: Path) -> None:
             assert all(b.device_id != "S-1" for b in await h.storage.load_baselines())
 
     asyncio.run(body())
+
+
+def test_devices_no_longer_registered_lose_their_alerts(tmp_path: Path) -> None:
+    """Deleted with the CLI while the gateway ran, or while it was down: the registry is the truth."""
+    db = tmp_path / "a.db"
+
+    async def body() -> None:
+        async with Harness(db, [HOT], registry_check_s=60, storage=SQLiteStorage(db)) as h:
+            assert isinstance(h.storage, SQLiteStorage)
+            await h.storage.put_device(DeviceRecord("S-1", True, None))
+            await h.storage.put_device(DeviceRecord("S-2", True, None))
+            h.feed("S-1", {"temperature": 35.0}, T0)
+            h.feed("S-2", {"temperature": 35.0}, T0)
+            await h.settle()
+            assert await h.engine.reconcile_registry() == 0
+            await h.storage.put_device(DeviceRecord("S-3", True, None))
+            # the CLI deletes S-2 behind the gateway's back (Storage.delete_device lands with another branch)
+            await h.storage._write(lambda conn: int(conn.execute("DELETE FROM devices WHERE device_id = 'S-2'").rowcount))
+
+    async def removed() -> None:
+        async with Harness(db, [HOT], registry_check_s=60) as h:
+            await h.settle()
+            assert [(a["device"], a["state"]) for a in h.open()] == [("S-1", "suspended")]
+            cleared = await h.storage.alerts(device_id="S-2")
+            assert (cleared[0].state, cleared[0].clear_reason) == ("cleared", "device no longer in the registry")
+
+    asyncio.run(body())
+    asyncio.run(removed())
 
 
 def test_rules_put_and_delete_survive_a_restart(tmp_path: Path) -> None:
