@@ -217,7 +217,7 @@ def test_restart_keeps_alerts_suspended_until_the_device_speaks(tmp_path: Path) 
             await h.settle()
             alert_id = next(a["id"] for a in h.open() if a["device"] == "S-2")
             await h.engine.ack(alert_id, "admin")
-            return alert_id
+            return int(alert_id)
 
     acked_id = asyncio.run(first())
 
