@@ -1,7 +1,7 @@
 """The alert engine's CPU per reading at fleet size (docs/performance.md), without network or storage.
 
 Readings of ``--devices`` devices (2 metrics each, temperature and humidity, one reading per
-device per round, ``--rounds`` rounds a minute apart) go through ``AlertEngine.reading`` as the
+device per round, ``--rounds`` rounds ``--interval-s`` apart, default 60 s) go through ``AlertEngine.reading`` as the
 gateway calls it, in three passes over the same pre-built readings:
 
 - ``loop``: the same loop calling a function that does nothing (the harness's own cost);
@@ -16,7 +16,8 @@ in-memory storage that answers at once: storage costs are not in the figures). A
 one ``tick`` (the no_data scan of every device), one ``save_baselines`` (JSON of every
 learned series) and the resident memory the engine's per-series state added.
 
-Usage: .venv/bin/python -m bench.alerts_bench [--devices 10000] [--rounds 30] [--json FILE]
+Usage: .venv/bin/python -m bench.alerts_bench [--devices 10000] [--rounds 30] [--interval-s 60] [--per-rule]
+       [--json FILE]
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ class MemoryStorage:
         return []
 
 
-def build_readings(devices: int, rounds: int, seed: int = 7) -> list[list[tuple[str, dict[str, float], int, str]]]:
+def build_readings(devices: int, rounds: int, interval_ms: int = 60_000,
+                   seed: int = 7) -> list[list[tuple[str, dict[str, float], int, str]]]:
     """Per round, one reading per device: (device, metrics, time, quality)."""
     rng = random.Random(seed)
     ids = [f"D-{i:05d}" for i in range(devices)]
@@ -92,7 +94,7 @@ def build_readings(devices: int, rounds: int, seed: int = 7) -> list[list[tuple[
     for r in range(rounds):
         batch = []
         for i, device in enumerate(ids):
-            t = T0 + r * 60_000 + (i * 37) % 60_000
+            t = T0 + r * interval_ms + (i * 37) % interval_ms
             base = 34.0 if i in hot else 21.0 + 3 * math.sin(i + r / 30)
             metrics = {"temperature": round(base + rng.gauss(0, 0.2), 2),
                        "humidity": round(55.0 + 10 * math.sin(i) + rng.gauss(0, 1.0), 1)}
@@ -115,8 +117,9 @@ def rss_kib() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-async def run(devices: int, rounds: int, with_rules: bool = False) -> dict[str, Any]:
-    readings = build_readings(devices, rounds)
+async def run(devices: int, rounds: int, with_rules: bool = False, interval_s: float = 60.0) -> dict[str, Any]:
+    interval_ms = int(interval_s * 1000)
+    readings = build_readings(devices, rounds, interval_ms)
     n = devices * rounds
 
     def nothing(device: str, metrics: dict[str, float], t: int, received: int, quality: str) -> None:
@@ -134,7 +137,7 @@ async def run(devices: int, rounds: int, with_rules: bool = False) -> dict[str, 
     after = rss_kib()
     await engine.writer.flush(60)
     start = time.process_time()
-    engine.tick(T0 + rounds * 60_000)
+    engine.tick(T0 + rounds * interval_ms)
     tick_ms = (time.process_time() - start) * 1000
     start = time.process_time()
     saved = await engine.save_baselines()
@@ -152,7 +155,8 @@ async def run(devices: int, rounds: int, with_rules: bool = False) -> dict[str, 
             await asyncio.gather(task, return_exceptions=True)
     per = 1e6 / n
     return {
-        "schema": "edgewire-alerts-bench/1", "devices": devices, "rounds": rounds, "readings": n,
+        "schema": "edgewire-alerts-bench/1", "devices": devices, "rounds": rounds, "interval_s": interval_s,
+        "readings": n,
         "rules": len(RULES), "python": platform.python_version(), "load_average": os.getloadavg()[0],
         "loop_us_per_reading": round(loop_s * per, 3),
         "no_rules_us_per_reading": round(bare_s * per, 3),
@@ -169,14 +173,15 @@ async def run(devices: int, rounds: int, with_rules: bool = False) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=30, help="readings per device (a minute apart)")
+    parser.add_argument("--rounds", type=int, default=30, help="readings per device")
+    parser.add_argument("--interval-s", type=float, default=60.0, help="time between a device's readings")
     parser.add_argument("--per-rule", action="store_true",
                         help="also time each rule alone (us per reading above the engine without rules)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    if not 1 <= args.devices <= MAX_DEVICES or not 1 <= args.rounds <= MAX_ROUNDS:
-        parser.error(f"--devices 1..{MAX_DEVICES}, --rounds 1..{MAX_ROUNDS}")
-    result = asyncio.run(run(args.devices, args.rounds, args.per_rule))
+    if not 1 <= args.devices <= MAX_DEVICES or not 1 <= args.rounds <= MAX_ROUNDS or not 1 <= args.interval_s <= 3600:
+        parser.error(f"--devices 1..{MAX_DEVICES}, --rounds 1..{MAX_ROUNDS}, --interval-s 1..3600")
+    result = asyncio.run(run(args.devices, args.rounds, args.per_rule, args.interval_s))
     for key, value in result.items():
         print(f"{key:28} {value}")
     if args.json:
