@@ -153,7 +153,8 @@ def test_devices_no_longer_registered_lose_their_alerts(tmp_path: Path) -> None:
             assert await h.engine.reconcile_registry() == 0
             await h.storage.put_device(DeviceRecord("S-3", True, None))
             # the CLI deletes S-2 behind the gateway's back (Storage.delete_device lands with another branch)
-            await h.storage._write(lambda conn: int(conn.execute("DELETE FROM devices WHERE device_id = 'S-2'").rowcount))
+            delete = "DELETE FROM devices WHERE device_id = 'S-2'"
+            await h.storage._write(lambda conn: int(conn.execute(delete).rowcount))
 
     async def removed() -> None:
         async with Harness(db, [HOT], registry_check_s=60) as h:
