@@ -22,6 +22,11 @@ The contract, beyond each method's docstring:
   twice.
 - **Retention** (``expire``) deletes readings and rollup buckets older than a cut-off; the
   device state and latest values stay, so ``last_seq`` never goes back.
+- **Alerts** are written only by the alert engine (gateway/alerts/): ``save_alerts`` stores a
+  batch of changes (rows and their history entries) in one transaction, all or nothing, and
+  assigns ids to new rows; the engine emits an alert's events only after that commit. Open
+  alerts are every state but ``cleared``. Stored rules (the admin API's, tombstones for deleted
+  ones) and learned baselines (JSON text per rule and device) are the engine's to interpret.
 - **Errors** are StorageError (a message saying what to check); a closed storage raises it too.
 """
 
