@@ -396,3 +396,34 @@ def test_a_failing_listener_disturbs_nobody(tmp_path: Path) -> None:
 
     asyncio.run(body())
 
+
+
+def test_the_engine_on_postgresql(postgres_dsn: str, tmp_path: Path) -> None:
+    """The same life cycle on the other backend: raise, acknowledge, restart (suspended), resume, clear."""
+    from gateway.storage.postgresql import PostgresStorage
+
+    def make() -> PostgresStorage:
+        return PostgresStorage(postgres_dsn, clock=lambda: T0 / 1000)
+
+    async def first() -> int:
+        async with Harness(tmp_path / "unused.db", [HOT], storage=make()) as h:
+            h.feed("S-1", {"temperature": 35.0}, T0)
+            await h.settle()
+            (alert,) = h.open()
+            await h.engine.ack(alert["id"], "admin")
+            return int(alert["id"])
+
+    alert_id = asyncio.run(first())
+
+    async def second() -> None:
+        async with Harness(tmp_path / "unused.db", [HOT], storage=make()) as h:
+            await h.settle()
+            assert [(a["id"], a["state"]) for a in h.open()] == [(alert_id, "suspended")]
+            h.feed("S-1", {"temperature": 34.0}, T0 + MIN)
+            h.feed("S-1", {"temperature": 20.0}, T0 + 2 * MIN)
+            await h.settle()
+            detail = await h.engine.alert(alert_id)
+            assert [e["event"] for e in detail["history"]] == ["raised", "acknowledged", "suspended", "resumed",
+                                                                "cleared"]
+
+    asyncio.run(second())
