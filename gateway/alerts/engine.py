@@ -44,6 +44,7 @@ from gateway.alerts.model import (
     AlertEvent,
     alert_dict,
     history_dict,
+    mark_cleared,
 )
 from gateway.alerts.rulebook import RuleBook
 from gateway.alerts.rules import DEFAULT_RULES, make_rule, parse_rule, parse_rules
@@ -229,12 +230,7 @@ class AlertEngine:
 
     def _clear(self, alert: AlertRow, track: Track | None, by: str, now_ms: int, value: float | None, reason: str,
                future: asyncio.Future[None] | None = None) -> None:
-        alert.state = ALERT_CLEARED
-        alert.cleared_ms = now_ms
-        alert.cleared_by = by
-        alert.clear_value = value
-        alert.clear_reason = reason
-        alert.updated_ms = now_ms
+        mark_cleared(alert, by, now_ms, value, reason)
         if track is not None and track.alert is alert:
             track.alert = None
         alerts = self.by_device.get(alert.device_id)

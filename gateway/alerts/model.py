@@ -33,7 +33,7 @@ SYSTEM = "system"  # cleared_by for the engine's own housekeeping (rule or devic
 
 __all__ = ["ACKNOWLEDGED", "ALERT_ACKNOWLEDGED", "ALERT_ACTIVE", "ALERT_CLEARED", "ALERT_STATES", "ALERT_SUSPENDED",
            "AUTO", "CLEARED", "EVENT_KINDS", "RAISED", "RESUMED", "SEVERITIES", "SUSPENDED", "SYSTEM", "UPDATED",
-           "AlertEvent", "alert_dict", "history_dict"]
+           "AlertEvent", "alert_dict", "history_dict", "mark_cleared"]
 
 
 def alert_dict(a: AlertRow) -> dict[str, Any]:
@@ -42,6 +42,16 @@ def alert_dict(a: AlertRow) -> dict[str, Any]:
             "raised": a.raised_ms, "updated": a.updated_ms, "acked": a.acked_ms, "acked_by": a.acked_by,
             "suspended": a.suspended_ms, "cleared": a.cleared_ms, "cleared_by": a.cleared_by,
             "clear_value": a.clear_value, "clear_reason": a.clear_reason}
+
+
+def mark_cleared(alert: AlertRow, by: str, now_ms: int, value: float | None, reason: str) -> None:
+    """Make ``alert`` cleared (in memory; the caller stores the change)."""
+    alert.state = ALERT_CLEARED
+    alert.cleared_ms = now_ms
+    alert.cleared_by = by
+    alert.clear_value = value
+    alert.clear_reason = reason
+    alert.updated_ms = now_ms
 
 
 def history_dict(h: AlertHistoryRow) -> dict[str, Any]:

@@ -4,7 +4,9 @@ Open alerts are loaded newest first, at most ``max_open`` (older open ones beyon
 cleared in pages, never all in memory). Each is checked against the rules in force:
 
 - its rule no longer exists, changed type or metric, or no longer applies to the device,
-  or a newer alert of the same rule and device is open: cleared (by "system", saying why);
+  or a newer alert of the same rule and device is open: cleared (by "system", saying why),
+  stored directly without events (no listener of this process ever saw it raised, so a
+  webhook is not flooded with clears of alerts from before an upgrade);
 - a value alert (above, below, rate, stuck, anomaly, predictive) is suspended: no device
   is online yet; the device's next readings resume it or clear it;
 - a no_data or health alert stays as it was.
@@ -19,9 +21,9 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from gateway.alerts.model import ALERT_ACKNOWLEDGED, ALERT_ACTIVE, ALERT_CLEARED, ALERT_SUSPENDED, CLEARED, SYSTEM
+from gateway.alerts.model import ALERT_ACKNOWLEDGED, ALERT_ACTIVE, ALERT_SUSPENDED, CLEARED, SYSTEM, mark_cleared
 from gateway.logs import log
-from gateway.storage.base import AlertHistoryRow
+from gateway.storage.base import AlertHistoryRow, AlertRow
 
 if TYPE_CHECKING:
     from gateway.alerts.engine import AlertEngine
@@ -61,6 +63,7 @@ async def restore_alerts(engine: AlertEngine) -> dict[str, int]:
     if len(rows) >= engine.max_open and rows:
         counts["over_limit"] = await _clear_beyond(engine, rows[-1].alert_id, now)
     seen: set[tuple[str, str]] = set()
+    stale: list[AlertRow] = []
     for row in rows:  # newest first: the newest of duplicates stays
         rule = engine.book.rules.get(row.rule)
         reason = None
@@ -73,8 +76,8 @@ async def restore_alerts(engine: AlertEngine) -> dict[str, int]:
         elif not rule.applies(row.device_id):
             reason = f"rule {row.rule} no longer applies to this device"
         if reason is not None or rule is None:
-            engine._clear(row, None, SYSTEM, now, None, f"{reason} (found at start)")
-            counts["cleared"] += 1
+            stale.append(row)
+            mark_cleared(row, SYSTEM, now, None, f"{reason} (found at start)")
             continue
         seen.add((row.rule, row.device_id))
         track = rule.tracks.get(row.device_id)
@@ -89,8 +92,15 @@ async def restore_alerts(engine: AlertEngine) -> dict[str, int]:
         if rule.SUSPENDS and row.state in (ALERT_ACTIVE, ALERT_ACKNOWLEDGED):
             engine._suspend(row, now, "gateway restarted; waiting for the device's next reading")
             counts["suspended"] += 1
+    counts["cleared"] = len(stale)
+    for start in range(0, len(stale), PAGE):  # stored directly: no listener ever saw these alerts
+        await engine.storage.save_alerts([(row, _cleared_entry(row)) for row in stale[start:start + PAGE]])
     log("alerts_restored", **counts)
     return counts
+
+
+def _cleared_entry(row: AlertRow) -> AlertHistoryRow:
+    return AlertHistoryRow(row.alert_id, row.cleared_ms or 0, CLEARED, row.cleared_by, None, row.clear_reason or "")
 
 
 async def _clear_beyond(engine: AlertEngine, before_id: int, now: int) -> int:
@@ -103,11 +113,8 @@ async def _clear_beyond(engine: AlertEngine, before_id: int, now: int) -> int:
             page += await engine.storage.alerts(limit=PAGE, before_id=before_id, state=state)
         if not page:
             return cleared
-        changes = []
         for row in page:
-            row.state, row.cleared_ms, row.cleared_by, row.clear_reason, row.updated_ms = (
-                ALERT_CLEARED, now, SYSTEM, reason, now)
-            changes.append((row, AlertHistoryRow(row.alert_id, now, CLEARED, SYSTEM, None, reason)))
-        await engine.storage.save_alerts(changes)
+            mark_cleared(row, SYSTEM, now, None, reason)
+        await engine.storage.save_alerts([(row, _cleared_entry(row)) for row in page])
         cleared += len(page)
         before_id = min(row.alert_id for row in page)
