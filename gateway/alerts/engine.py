@@ -520,12 +520,12 @@ class AlertEngine:
                     log("alert_baselines_not_saved", logging.WARNING, error=str(err)[:300])
 
     async def close(self, timeout_s: float = 10.0) -> None:
-        """Store what was learned and every queued change (shutdown). The writer must still run."""
+        """Store what was learned and every queued change (shutdown; ``run`` may be stopped already)."""
         try:
             await self.save_baselines()
         except StorageError as err:
             log("alert_baselines_not_saved", logging.WARNING, error=str(err)[:300])
-        if not await self.writer.flush(timeout_s):
+        if not await self.writer.drain(timeout_s):
             log("alert_changes_not_stored", logging.ERROR, queued=len(self.writer.queue),
                 hint="storage did not take them before shutdown")
 

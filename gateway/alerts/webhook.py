@@ -18,6 +18,7 @@ logged, and neither is the URL (it may hold a token): logs name the webhook.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import hashlib
 import hmac
@@ -190,6 +191,7 @@ class Target:
     secret: bytes | None
     queue: deque[Delivery] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     sent: int = 0
     failed_attempts: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
@@ -246,6 +248,13 @@ class WebhookNotifier:
                 target.wake.clear()
                 await target.wake.wait()
                 continue
+            await self._next(target)
+
+    async def _next(self, target: Target) -> None:
+        """Deliver the head of the queue (under the target's lock: the sender and ``close`` take turns)."""
+        async with target.lock:
+            if not target.queue:
+                return
             delivery = target.queue[0]
             await self._deliver(target, delivery)
             if target.queue and target.queue[0] is delivery:
@@ -285,11 +294,15 @@ class WebhookNotifier:
             await self.sleep(delay)
 
     async def close(self, timeout_s: float = 5.0) -> None:
-        """Give queued deliveries ``timeout_s`` to go out (the senders must still run); count the rest."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout_s
-        while any(t.queue for t in self.targets) and loop.time() < end:
-            await asyncio.sleep(0.05)
+        """Deliver what is queued within ``timeout_s`` (whether the senders still run or not), then
+        drop and count the rest (reason ``shutdown``)."""
+        async def deliver_all(target: Target) -> None:
+            while target.queue:
+                await self._next(target)
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*(deliver_all(t) for t in self.targets))
         for target in self.targets:
             while target.queue:
                 target.drop("shutdown", target.queue.popleft())

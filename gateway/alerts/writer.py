@@ -8,9 +8,10 @@ A batch stops before a second change of an alert that is still being inserted (i
 only known after the commit).
 
 If storage fails, the batch is retried after a backoff (0.5 s doubling to 30 s) and nothing
-is announced meanwhile: events never describe an alert that storage does not have. The
-queue is bounded (``max_queue``): beyond it a change is dropped, counted and logged, and the
-caller is told (a dropped raise is undone so the rule can raise again later).
+is announced meanwhile: events never describe an alert that storage does not have. At
+shutdown ``drain`` writes what is left, whether ``run`` still runs or not. The queue is
+bounded (``max_queue``): beyond it a change is dropped, counted and logged, and the caller
+is told (a dropped raise is undone so the rule can raise again later).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class AlertWriter:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._lock = asyncio.Lock()
         # counters (/metrics)
         self.written = 0
         self.failures = 0  # failed batch writes (each retried)
@@ -84,6 +86,28 @@ class AlertWriter:
             batch.append(change)
         return batch
 
+    async def _write_once(self) -> bool:
+        """Store the next batch; True if it was stored (or there was none), False if storage failed."""
+        async with self._lock:  # run() and drain() never write the same batch twice
+            if not self.queue:
+                return True
+            batch = self._take()
+            try:
+                await self.storage.save_alerts([(c.alert, c.entry) for c in batch])
+            except StorageError as err:
+                self.failures += 1
+                log("alert_write_failed", logging.WARNING, changes=len(batch), error=str(err)[:300])
+                return False
+            for _ in batch:
+                self.queue.popleft()
+            self.written += len(batch)
+        for change in batch:
+            change.snapshot["id"] = change.alert.alert_id
+            self.committed(change)
+            if change.future is not None and not change.future.done():
+                change.future.set_result(None)
+        return True
+
     async def run(self) -> None:
         """Write queued changes for the engine's life (a supervised task)."""
         delay = 0.0
@@ -93,27 +117,29 @@ class AlertWriter:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = self._take()
-            try:
-                await self.storage.save_alerts([(c.alert, c.entry) for c in batch])
-            except StorageError as err:
-                self.failures += 1
+            if await self._write_once():
+                delay = 0.0
+            else:
                 delay = min(30.0, delay * 2) if delay else 0.5
-                log("alert_write_failed", logging.WARNING, changes=len(batch), retry_in_s=delay, error=str(err)[:300])
                 await self.sleep(delay)
-                continue
-            delay = 0.0
-            for _ in batch:
-                self.queue.popleft()
-            self.written += len(batch)
-            for change in batch:
-                change.snapshot["id"] = change.alert.alert_id
-                self.committed(change)
-                if change.future is not None and not change.future.done():
-                    change.future.set_result(None)
+
+    async def drain(self, timeout: float) -> bool:
+        """Store every queued change now, whether ``run`` still runs or not (shutdown); False if some
+        were left after ``timeout`` seconds (storage kept failing)."""
+        try:
+            async with asyncio.timeout(timeout):
+                delay = 0.05
+                while self.queue:
+                    if not await self._write_once():
+                        await asyncio.sleep(delay)
+                        delay = min(1.0, delay * 2)
+        except TimeoutError:
+            return False
+        self._idle.set()
+        return True
 
     async def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every queued change is stored; False on timeout."""
+        """Wait until ``run`` has stored every queued change; False on timeout."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:

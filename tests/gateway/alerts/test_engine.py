@@ -429,3 +429,27 @@ def test_the_engine_on_postgresql(postgres_dsn: str, tmp_path: Path) -> None:
                                                                 "cleared"]
 
     asyncio.run(second())
+
+
+def test_shutdown_stores_what_is_queued_after_the_writer_stopped(tmp_path: Path) -> None:
+    """The gateway stops its background tasks before the alert engine closes: close() writes itself."""
+    db = tmp_path / "a.db"
+
+    async def body() -> None:
+        async with Harness(db, [HOT]) as h:
+            assert h._writer is not None
+            h._writer.cancel()
+            await asyncio.gather(h._writer, return_exceptions=True)
+            h.feed("S-1", {"temperature": 35.0}, T0)
+            h.feed("S-1", {"temperature": 20.0}, T0 + 1000)
+            h.feed("S-2", {"temperature": 35.0}, T0 + 2000)
+            await h.engine.close()
+            assert h.kinds() == [("raised", "S-1", "hot"), ("cleared", "S-1", "hot"), ("raised", "S-2", "hot")]
+
+    asyncio.run(body())
+
+    async def after() -> None:
+        async with Harness(db, [HOT]) as h:
+            assert [a["device"] for a in h.open()] == ["S-2"]
+
+    asyncio.run(after())

@@ -258,3 +258,16 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     (hook,) = parse_webhooks([{"name": "a", "url": "http://x", "secret_file": str(tmp_path / "missing")}])
     with pytest.raises(ConfigError, match="secret_file: cannot read"):
         load_secret(hook)
+
+
+def test_close_delivers_what_is_queued_even_with_the_senders_stopped(receiver: Receiver) -> None:
+    async def body() -> WebhookNotifier:
+        n = notifier(hooks(receiver.url))  # never run: as after the gateway stopped its tasks
+        n.on_event(event(alert_id=1))
+        n.on_event(event("cleared", alert_id=1))
+        await n.close(timeout_s=10)
+        return n
+
+    n = asyncio.run(body())
+    assert n.stats()["ops"]["sent"] == 2 and n.stats()["ops"]["dropped"]["shutdown"] == 0
+    assert [r["headers"]["X-Edgewire-Event"] for r in receiver.requests] == ["raised", "cleared"]
