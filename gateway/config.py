@@ -6,9 +6,12 @@ Every setting is a field of GatewayConfig with its default; docs/configuration.m
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import tomllib
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +41,14 @@ class GatewayConfig:
     burst: float = 20.0
     max_frame: int = 16384
     max_batch: int = 100
+    max_clock_skew_s: float = 86400.0  # a reading's ts further ahead of the gateway's clock is refused
     auth_timeout_s: float = 5.0
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
     compression: bool = True
     uvloop: bool = True  # use uvloop's event loop when it is installed (the "fast" extra)
+    max_unauthenticated: int = 4096  # connections not yet authenticated, in all (at most half the open-files limit)
+    max_unauthenticated_per_address: int = 256  # ... from one TCP peer address (trusted proxies exempt)
     registry_recheck_s: float = 5.0  # how often live sessions are checked against the registry
     allow_cidrs: list[str] = field(default_factory=list)
     trusted_proxies: list[str] = field(default_factory=list)
@@ -50,7 +56,9 @@ class GatewayConfig:
     jwt_public_key_file: str = ""
     dashboard_interval_ms: float = 250.0
     dashboard_queue: int = 32
-    dashboard_auth: str = "auto"  # "on", "off", or "auto": on unless the gateway listens on loopback only
+    dashboard_auth: str = "auto"  # "on", "off", or "auto": see dashboard_token_needed
+    dashboard_origins: list[str] = field(default_factory=list)  # Origins allowed besides the gateway's own
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names served a token-less dashboard
     alerts: list[dict[str, Any]] = field(default_factory=lambda: parse_rules(DEFAULT_RULES))  # [[alerts]]
     webhooks: list[WebhookConfig] = field(default_factory=list)  # [[webhooks]]: alert notifications
     alert_timezone: str = ""  # IANA name for hour-of-day baselines and alert texts; "" = the system's
@@ -74,6 +82,18 @@ class GatewayConfig:
             return not ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return self.host != "localhost"  # a host name: assume it is reachable from elsewhere
+
+    def dashboard_token_needed(self, client_address: str) -> bool:
+        """Whether a /v1/dashboard client at ``client_address`` (after the proxy rules) must show the token.
+
+        ``auto``: yes when the gateway listens beyond loopback, when a trusted proxy is configured
+        (the proxy's own clients may be anywhere), or when the client is not on loopback."""
+        if self.dashboard_auth != "auto" or self.dashboard_token_required or self.trusted_proxies:
+            return self.dashboard_auth != "off"
+        try:
+            return not ipaddress.ip_address(client_address).is_loopback
+        except ValueError:
+            return True
 
     @property
     def storage_kind(self) -> str:
@@ -110,12 +130,13 @@ class GatewayConfig:
         if self.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ConfigError("synchronous: must be FULL, NORMAL or EXTRA")
         for key in ("rate", "burst", "auth_timeout_s", "ping_interval_s", "ping_timeout_s",
-                    "dashboard_interval_ms", "registry_recheck_s"):
+                    "dashboard_interval_ms", "registry_recheck_s", "max_clock_skew_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")
         if self.burst < 1:
             raise ConfigError("burst: must be at least 1")
-        for key in ("max_frame", "max_batch", "dashboard_queue"):
+        for key in ("max_frame", "max_batch", "dashboard_queue", "max_unauthenticated",
+                    "max_unauthenticated_per_address"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be at least 1")
         for key in ("allow_cidrs", "trusted_proxies"):
@@ -128,6 +149,10 @@ class GatewayConfig:
             raise ConfigError("tls_cert and tls_key: set both or neither")
         if self.dashboard_auth not in ("auto", "on", "off"):
             raise ConfigError("dashboard_auth: must be 'auto', 'on' or 'off'")
+        for origin in self.dashboard_origins:
+            parts = urllib.parse.urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+                raise ConfigError(f"dashboard_origins: {origin!r} is not an origin like https://fleet.example.com")
         if self.log_format not in ("json", "text"):
             raise ConfigError("log_format: must be 'json' or 'text'")
         zone(self.alert_timezone)  # ConfigError naming the setting
@@ -140,46 +165,77 @@ class GatewayConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(GatewayConfig)}
+TABLES = ("alerts", "webhooks")  # lists of TOML tables: file only, never from the environment
+
+# EDGEWIRE_* variables that are not gateway settings: secrets, the agent's, the tools'.
+OTHER_ENV = frozenset({"EDGEWIRE_TOKEN_KEY", "EDGEWIRE_JWT_SECRET", "EDGEWIRE_AGENT_CONFIG",
+                       "EDGEWIRE_SENSOR_BACKEND", "EDGEWIRE_CACHE", "EDGEWIRE_NODE"})
 
 
 def _coerce(key: str, value: Any) -> Any:
     """Convert a TOML or environment value to the field's type, or raise ConfigError."""
-    default = getattr(GatewayConfig(), key)
     if key == "alerts":
         return parse_rules(value)  # ConfigError naming the rule and the key
     if key == "webhooks":
         return parse_webhooks(value)
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                return value.lower() in ("1", "true", "yes", "on")
-            raise TypeError("true or false")
-        if isinstance(default, int):
-            if isinstance(value, bool):
-                raise TypeError("an integer")
+    default = getattr(GatewayConfig(), key)
+    if isinstance(default, bool):
+        expected = "true or false"
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+    elif isinstance(default, int):
+        expected = "an integer"
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
             return int(value)
-        if isinstance(default, float):
-            if isinstance(value, bool):
-                raise TypeError("a number")
+    elif isinstance(default, float):
+        expected = "a number"
+        if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-        if isinstance(default, list):
-            if isinstance(value, str):
-                return [item.strip() for item in value.split(",") if item.strip()]
-            if not isinstance(value, list):
-                raise TypeError("a list")
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(default, list):
+        expected = "a list"
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list) and all(isinstance(item, str | int | float) for item in value):
             return [str(item) for item in value]
-        if not isinstance(value, str):
-            raise TypeError("a string")
-        return value
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{key}: invalid value {value!r} (expected {err})") from None
+    else:
+        expected = "a string"
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: invalid value {value!r:.60} (expected {expected})")
+
+
+def unknown_env(env: dict[str, str] | os._Environ[str]) -> list[str]:
+    """One warning per EDGEWIRE_* variable that is not a setting (a misspelt one is otherwise silent)."""
+    warnings = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in OTHER_ENV:
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key in TABLES:
+            what = "alert rules" if key == "alerts" else key
+            warnings.append(f"{name} is ignored: {what} go in the config file ([[{key}]])")
+        elif key not in _FIELDS:
+            close = difflib.get_close_matches(key, list(_FIELDS), n=1)
+            hint = f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else ""
+            warnings.append(f"{name} is not a gateway setting and is ignored{hint}; see docs/configuration.md")
+    return warnings
 
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None,
-                overrides: dict[str, Any] | None = None) -> GatewayConfig:
-    """Build the configuration: defaults < TOML file < environment < overrides (flags)."""
+                overrides: dict[str, Any] | None = None,
+                warn: Callable[[str], None] | None = None) -> GatewayConfig:
+    """Build the configuration: defaults < TOML file < environment < overrides (flags).
+
+    ``warn`` receives one message per unknown EDGEWIRE_* variable."""
     values: dict[str, Any] = {}
     if path:
         try:
@@ -187,19 +243,27 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
                 data = tomllib.load(handle)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} not found") from None
+        except OSError as err:
+            raise ConfigError(f"config file {path}: cannot read it ({err.strerror})") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {path}: {err}") from None
         section = data.get("gateway", data)
+        if not isinstance(section, dict):
+            raise ConfigError(f"config file {path}: [gateway] must be a table")
         for key, value in section.items():
             if key not in _FIELDS:
                 raise ConfigError(f"{key}: unknown setting in {path} (see docs/configuration.md)")
             values[key] = _coerce(key, value)
-    for name, raw in (os.environ if env is None else env).items():
+    environ = os.environ if env is None else env
+    for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
         key = name[len(ENV_PREFIX):].lower()
-        if key in _FIELDS and key not in ("alerts", "webhooks"):
+        if key in _FIELDS and key not in TABLES:
             values[key] = _coerce(key, raw)
+    if warn is not None:
+        for message in unknown_env(environ):
+            warn(message)
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = _coerce(key, value)

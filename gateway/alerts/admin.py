@@ -60,6 +60,14 @@ class AlertAdmin:
             "alert_rule_delete": self.rule_delete,
         }
 
+    def requests_as(self, who: str) -> dict[str, Callable[[Request], Awaitable[dict[str, Any]]]]:
+        """The request table with ``who`` bound: for a caller whose every request has one identity
+        (the admin token's holder)."""
+        def bind(handler: Handler) -> Callable[[Request], Awaitable[dict[str, Any]]]:
+            return lambda msg: handler(msg, who)
+
+        return {name: bind(handler) for name, handler in self.requests.items()}
+
     async def alerts(self, msg: Request, who: str) -> dict[str, Any]:
         """Alerts newest first: ``state`` "open" (from memory: active, acknowledged, suspended), one of
         the states, or none (every alert, from storage); ``device_id``, ``limit``, ``before`` (an id)."""

@@ -40,6 +40,7 @@ from gateway.alerts.model import CLEARED, EVENT_KINDS, RAISED, AlertEvent
 from gateway.alerts.rules.base import SEVERITIES, check_id
 from gateway.errors import ConfigError
 from gateway.logs import log
+from gateway.secret_files import read_secret_bytes
 
 SIGNATURE_HEADER = "X-Edgewire-Signature"
 TIMESTAMP_HEADER = "X-Edgewire-Timestamp"
@@ -160,11 +161,7 @@ def load_secret(hook: WebhookConfig, env: Mapping[str, str] | None = None,
             raise ConfigError(f"{what}: secret_env: the environment variable {hook.secret_env} is not set or empty")
         return value.encode()
     if hook.secret_file:
-        if read_file is None:
-            from gateway.registry import _read_secret_file
-
-            read_file = _read_secret_file
-        data = read_file(Path(hook.secret_file), f"{what}: secret_file").strip()
+        data = (read_file or read_secret_bytes)(Path(hook.secret_file), f"{what}: secret_file").strip()
         if not data:
             raise ConfigError(f"{what}: secret_file: {hook.secret_file} is empty")
         return data

@@ -50,7 +50,7 @@ class AlertWriter:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._lock = asyncio.Lock()
+        self._current: asyncio.Task[bool] | None = None  # the batch being written
         # counters (/metrics)
         self.written = 0
         self.failures = 0  # failed batch writes (each retried)
@@ -87,20 +87,28 @@ class AlertWriter:
         return batch
 
     async def _write_once(self) -> bool:
-        """Store the next batch; True if it was stored (or there was none), False if storage failed."""
-        async with self._lock:  # run() and drain() never write the same batch twice
+        """Store the next batch; True if it was stored (or there was none), False if storage failed.
+
+        The write runs in its own task, shielded: cancelling ``run`` (the gateway stops its tasks
+        before it closes the engine) never abandons a transaction that may commit, which ``drain``
+        would then write a second time (a duplicate alert or history entry)."""
+        if self._current is None or self._current.done():
             if not self.queue:
                 return True
-            batch = self._take()
-            try:
-                await self.storage.save_alerts([(c.alert, c.entry) for c in batch])
-            except StorageError as err:
-                self.failures += 1
-                log("alert_write_failed", logging.WARNING, changes=len(batch), error=str(err)[:300])
-                return False
-            for _ in batch:
-                self.queue.popleft()
-            self.written += len(batch)
+            self._current = asyncio.get_running_loop().create_task(self._write_batch())
+        return await asyncio.shield(self._current)
+
+    async def _write_batch(self) -> bool:
+        batch = self._take()
+        try:
+            await self.storage.save_alerts([(c.alert, c.entry) for c in batch])
+        except StorageError as err:
+            self.failures += 1
+            log("alert_write_failed", logging.WARNING, changes=len(batch), error=str(err)[:300])
+            return False
+        for _ in batch:
+            self.queue.popleft()
+        self.written += len(batch)
         for change in batch:
             change.snapshot["id"] = change.alert.alert_id
             self.committed(change)

@@ -217,6 +217,11 @@ class Storage(abc.ABC):
     async def close(self) -> None:
         """Commit everything queued, then release resources. Idempotent."""
 
+    def health(self) -> dict[str, Any]:
+        """The backend's state for /healthz, without I/O: ``{"state": "ok" | "failing" | "failed" |
+        "closed", ...details}``. Anything but "ok" makes /healthz answer 503. Backends override it."""
+        return {"state": "ok"}
+
     # -- readings
     @abc.abstractmethod
     async def store(self, rows: list[ReadingRow]) -> None:

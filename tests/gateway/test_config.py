@@ -86,6 +86,23 @@ def test_dashboard_auth_is_required_beyond_loopback(host: str, auth: str, requir
     assert config.dashboard_token_required is required
 
 
+@pytest.mark.parametrize(("host", "auth", "proxies", "client", "needed"), [
+    ("127.0.0.1", "auto", [], "127.0.0.1", False),
+    ("127.0.0.1", "auto", [], "::1", False),
+    ("127.0.0.1", "auto", [], "203.0.113.9", True),  # a client beyond loopback (after the proxy rules)
+    ("127.0.0.1", "auto", ["127.0.0.1/32"], "127.0.0.1", True),  # behind a proxy: always
+    ("127.0.0.1", "auto", ["127.0.0.1/32"], "203.0.113.9", True),
+    ("0.0.0.0", "auto", [], "127.0.0.1", True),
+    ("127.0.0.1", "auto", [], "not-an-address", True),
+    ("127.0.0.1", "on", [], "127.0.0.1", True),
+    ("0.0.0.0", "off", ["10.0.0.0/8"], "203.0.113.9", False),
+])
+def test_dashboard_token_needed_per_client(host: str, auth: str, proxies: list[str], client: str,
+                                           needed: bool) -> None:
+    config = load_config(env={}, overrides={"host": host, "dashboard_auth": auth, "trusted_proxies": proxies})
+    assert config.dashboard_token_needed(client) is needed
+
+
 def test_alert_rules_and_webhooks_from_toml(tmp_path: Path) -> None:
     path = tmp_path / "gw.toml"
     path.write_text('alert_timezone = "Europe/Paris"\n'

@@ -19,6 +19,7 @@ from simulator.device import VirtualDevice
 from simulator.sensors.base import SensorModel
 from tests.helpers.dashboard import DashboardWatcher
 from tests.helpers.gateway import GatewayProcess
+from tests.helpers.waiting import until
 from tests.helpers.webhook import Receiver
 
 SECRET = "flow-test-secret-0123"
@@ -32,14 +33,6 @@ class Dial(SensorModel):
 
     def sample(self, t_s: float) -> dict[str, float]:
         return {"temperature": self.value}
-
-
-async def until(predicate: Any, what: str, timeout: float = 20.0) -> None:
-    end = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def admin(gw: GatewayProcess, request: dict[str, Any]) -> dict[str, Any]:
@@ -71,15 +64,15 @@ def test_alert_raised_acknowledged_kept_over_a_restart_and_cleared(tmp_path: Pat
             device = VirtualDevice(gw.url, "GH-1", token, rate=5, sensor=dial, backoff_max_s=1.0)
             task = asyncio.get_running_loop().create_task(device.run())
             async with DashboardWatcher(gw.url) as dash:
-                await until(lambda: "GH-1" in dash.devices_seen, "the device's readings on the dashboard")
+                await until(lambda: "GH-1" in dash.devices_seen, what="the device's readings on the dashboard")
                 dial.value = 35.0
-                await until(lambda: dash_alert(dash, "hot") is not None, "the alert on the dashboard")
+                await until(lambda: dash_alert(dash, "hot") is not None, what="the alert on the dashboard")
                 alert = dash_alert(dash, "hot")
                 assert alert is not None and alert["state"] == "active" and alert["severity"] == "critical"
                 reply = await admin(gw, {"t": "alert_ack", "alert_id": alert["id"], "note": "fan replaced soon"})
                 assert reply["t"] == "ok" and reply["alert"]["state"] == "acknowledged", reply
                 await until(lambda: (dash_alert(dash, "hot") or {}).get("state") == "acknowledged",
-                            "the acknowledgement on the dashboard")
+                            what="the acknowledgement on the dashboard")
                 assert any(e["kind"] == "alert_raised" for e in dash.events)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -103,9 +96,10 @@ def test_alert_raised_acknowledged_kept_over_a_restart_and_cleared(tmp_path: Pat
             task = asyncio.get_running_loop().create_task(device.run())
             async with DashboardWatcher(gw.url) as dash:
                 # still hot: resumed, still acknowledged
-                await until(lambda: (dash_alert(dash, "hot") or {}).get("state") == "acknowledged", "the resumed alert")
+                await until(lambda: (dash_alert(dash, "hot") or {}).get("state") == "acknowledged",
+                            what="the resumed alert")
                 dial.value = 20.0
-                await until(lambda: any(e["kind"] == "alert_cleared" for e in dash.events), "the clear")
+                await until(lambda: any(e["kind"] == "alert_cleared" for e in dash.events), what="the clear")
                 assert dash.alerts == []
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -453,3 +453,39 @@ def test_shutdown_stores_what_is_queued_after_the_writer_stopped(tmp_path: Path)
             assert [a["device"] for a in h.open()] == ["S-2"]
 
     asyncio.run(after())
+
+
+class GatedStorage(SQLiteStorage):
+    """Its writes commit, then answer only once ``gate`` is set: the window in which a cancelled
+    caller does not know that its transaction committed."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = asyncio.Event()
+        self.calls = 0
+
+    async def _write(self, fn: Any) -> Any:
+        result = await super()._write(fn)
+        self.calls += 1
+        await self.gate.wait()
+        return result
+
+
+def test_a_write_in_flight_when_the_writer_is_cancelled_is_not_written_twice(tmp_path: Path) -> None:
+    storage = GatedStorage(tmp_path / "a.db")
+
+    async def body() -> None:
+        async with Harness(tmp_path / "a.db", [HOT], storage=storage) as h:
+            h.feed("S-1", {"temperature": 35.0}, T0)
+            while storage.calls == 0:
+                await asyncio.sleep(0.01)
+            assert h._writer is not None
+            h._writer.cancel()  # the gateway's shutdown stops its tasks first
+            await asyncio.gather(h._writer, return_exceptions=True)
+            storage.gate.set()
+            await h.engine.close()
+            rows = await storage.alerts()
+            assert len(rows) == 1 and [e.event for e in await storage.alert_history(rows[0].alert_id)] == ["raised"]
+            assert h.kinds() == [("raised", "S-1", "hot")]
+
+    asyncio.run(body())

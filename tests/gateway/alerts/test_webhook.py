@@ -19,6 +19,7 @@ import pytest
 from gateway.alerts.model import AlertEvent
 from gateway.alerts.webhook import WebhookNotifier, load_secret, parse_webhooks
 from gateway.errors import ConfigError
+from tests.helpers.waiting import until
 from tests.helpers.webhook import Receiver
 
 SECRET = b"whsec-test-4f1d2c"
@@ -55,13 +56,6 @@ class Sleeps:
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
         await asyncio.sleep(0)
-
-
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    end = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < end, "timed out"
-        await asyncio.sleep(0.01)
 
 
 def notifier(config: list[Any], sleeps: Sleeps | None = None) -> WebhookNotifier:
