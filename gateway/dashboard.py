@@ -13,7 +13,7 @@ from typing import Any
 
 from websockets.http11 import Request, Response
 
-from gateway.alerts import AlertEngine
+from gateway.alerts.engine import AlertEngine
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection
 from gateway.dashboard_actions import E_NOT_FOUND, ActionError, ActionHandlers, DashboardActions
@@ -25,7 +25,6 @@ from gateway.http_api import HttpApi
 from gateway.hub import Hub
 from gateway.storage.base import Storage
 
-E_UNSUPPORTED = "unsupported"
 RunCommand = Callable[[str, str, dict[str, Any], float], Awaitable[dict[str, Any]]]
 
 
@@ -53,10 +52,10 @@ class Dashboard:
 
     # ------------------------------------------------------------ what the browser's actions run
     async def ack(self, alert_id: int, by: str) -> dict[str, Any]:
-        raise ActionError(E_UNSUPPORTED, "this gateway's alert engine has no acknowledgement yet")
+        return await self.alerts.ack(alert_id, by)  # AlertError codes go to the browser as they are
 
     async def clear(self, alert_id: int, by: str) -> dict[str, Any]:
-        raise ActionError(E_UNSUPPORTED, "this gateway's alert engine cannot clear alerts by hand yet")
+        return await self.alerts.clear(alert_id, by)
 
     async def command(self, device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         try:
@@ -67,7 +66,4 @@ class Dashboard:
             raise
 
     async def list_alerts(self, device_id: str | None, limit: int) -> list[dict[str, Any]]:
-        rows = await self.storage.alerts(device_id, limit)
-        return [{"id": r.alert_id, "device": r.device_id, "metric": r.metric, "rule": r.rule, "raised": r.raised_ms,
-                 "value": r.value, "state": "cleared" if r.cleared_ms else "active", "cleared": r.cleared_ms,
-                 "clear_value": r.clear_value} for r in rows]
+        return await self.alerts.alerts(device_id, limit=limit)

@@ -27,6 +27,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from gateway.alerts.model import CLEARED, AlertEvent
 from gateway.dashboard_actions import E_BUSY, MAX_IN_FLIGHT, DashboardActions, error_reply
 from gateway.dashboard_auth import ANONYMOUS, DashboardIdentity
 from gateway.logs import log
@@ -201,11 +202,11 @@ class Hub:
         self._events.append({"kind": "replaced", "device": device_id, "at": self.now_ms(),
                              "old_address": old_address, "address": new_address})
 
-    def alert_event(self, event: Any) -> None:
+    def alert_event(self, event: AlertEvent) -> None:
         """The alert engine's listener (gateway/alerts, ``engine.listen``): open alerts by id, dropped
         when cleared; every change is also a dashboard event ``alert_<kind>``."""
         alert = event.alert
-        if event.kind == "cleared":
+        if event.kind == CLEARED:
             self.alerts.pop(alert["id"], None)
         else:
             self.alerts[alert["id"]] = alert

@@ -17,7 +17,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway.alerts import AlertEngine
+from gateway.alerts.engine import AlertEngine
 from gateway.auth import Authenticator, Identity, bearer
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, dumps, json_response, send_close
@@ -301,12 +301,12 @@ class DeviceSessions:
             if gap:
                 self.counters.gaps += gap
             hub_reading = self.hub.reading
-            check = self.alerts.check
+            check = self.alerts.reading
             for reading in frame.readings:
                 time_ms = wire.reading_time_ms(reading, frame, received)
                 rows.append(ReadingRow(device_id, reading.seq, time_ms, received, reading.metrics, frame.boot,
                                        reading.ts, reading.up, reading.quality))
-                check(device_id, reading.metrics, time_ms)
+                check(device_id, reading.metrics, time_ms, received, reading.quality)
                 hub_reading(device_id, reading.metrics, time_ms)  # every reading: one per sensor on a Pi
             if frame.boot is not None:
                 self.hub.boot(device_id, frame.boot)

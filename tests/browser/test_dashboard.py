@@ -109,7 +109,7 @@ def test_a_pi_agent_shows_every_metric(gw: GatewayProcess, browser: Browser, tmp
         agent.stop()
 
 
-def test_an_alert_appears_survives_a_restart_and_clears(gw: GatewayProcess, browser: Browser,
+def test_an_alert_appears_is_acknowledged_and_clears_and_survives_a_restart(gw: GatewayProcess, browser: Browser,
                                                                            devices: DeviceLoop) -> None:
     token = gw.register("HOT-1")
     gw.register("IDLE-1")
@@ -124,11 +124,15 @@ def test_an_alert_appears_survives_a_restart_and_clears(gw: GatewayProcess, brow
     expect(alert).to_be_visible()
     expect(page.locator("#announcer")).to_contain_text("HOT-1")  # aria-live
     assert rows(page)[0] == "HOT-1"  # alerting devices first
+    alert.get_by_role("button", name=re.compile("Acknowledge")).click()
+    expect(alert).to_have_attribute("data-state", "acknowledged")
+    expect(alert).to_contain_text("dashboard:dashboard.token")
+    expect(page.locator("#alert-action-status")).to_contain_text("acknowledged")
 
     gw.restart()  # alerts and devices are stored: the page shows them again after a restart
     page.reload()
     expect(page.locator("#devices tbody tr")).to_have_count(2)
-    expect(page.locator('#alerts tbody tr[data-device="HOT-1"]')).to_be_visible()
+    expect(page.locator('#alerts tbody tr[data-device="HOT-1"]')).to_have_attribute("data-state", "acknowledged")
 
     sensor.values["temperature"] = 20.0  # the device reconnects by itself and the alert clears
     expect(page.locator('#alerts tbody tr[data-device="HOT-1"]')).to_have_count(0, timeout=30_000)
