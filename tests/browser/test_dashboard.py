@@ -78,6 +78,14 @@ def test_device_page_draws_history_and_shows_a_live_reading_within_2_s(gw: Gatew
     expect(chart.locator("canvas")).to_have_count(1)
     expect(page.locator('figure.chart[data-metric="humidity"]')).to_be_visible()
     expect(page.locator('#ranges button[data-range="1h"]')).to_have_attribute("aria-pressed", "true")
+    page.click("#zoom-in")  # half the span around its middle, fetched again in finer buckets
+    expect(page).to_have_url(re.compile(r"from=\d+&to=\d+"))
+    expect(page.locator("#custom-range")).to_be_visible()
+    expect(chart).not_to_have_attribute("data-points", "0")
+    assert 20 <= int(chart.get_attribute("data-points") or 0) < 55
+    page.go_back()
+    expect(page.locator('#ranges button[data-range="1h"]')).to_have_attribute("aria-pressed", "true")
+    expect(chart).to_have_attribute("data-points", "55")
 
     sensor = SettableSensor(temperature=23.25, humidity=41.0)
     device = devices.device(gw.device_url, "SENSOR-01", token, sensor, rate=5.0)

@@ -137,6 +137,9 @@ def test_operator_actions_over_the_stream(tmp_path: Path) -> None:
             return out
 
         out = asyncio.run(run())
+    log = gw.log_text()
+    assert viewer not in log and operator not in log  # ?token= never reaches the log
+    assert '"actor": "dashboard:bob"' in log or "dashboard:bob" in log  # who sent the command
     assert out["viewer_role"] == ("snapshot", "viewer", "wall-screen")
     assert out["viewer"] == "forbidden"
     assert out["refused"] == ["bad_json", "bad_frame", "unknown_type", "bad_value", "not_found", "device_offline"]
