@@ -38,15 +38,8 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[GatewayProcess]:
     """A gateway on loopback with a temperature alert rule, dashboard updates every 100 ms."""
-    gateway = GatewayProcess(tmp_path, dashboard_interval_ms=100, registry_recheck_s=0.5, alerts=ALERT_RULES)
-    gateway.start()
-    try:
+    with GatewayProcess(tmp_path, dashboard_interval_ms=100, registry_recheck_s=0.5, alerts=ALERT_RULES) as gateway:
         yield gateway
-    finally:
-        try:
-            gateway.stop()
-        finally:
-            gateway.kill()
 
 
 @pytest.fixture

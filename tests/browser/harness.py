@@ -12,7 +12,6 @@ import concurrent.futures
 import contextlib
 import json
 import threading
-import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
@@ -126,13 +125,3 @@ async def send_history(url: str, device_id: str, token: str, points: list[tuple[
             assert msg["t"] in ("ack", "status", "cmd"), msg
         return acked
 
-
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)

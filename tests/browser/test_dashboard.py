@@ -12,9 +12,10 @@ from pathlib import Path
 
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.harness import DeviceLoop, SettableSensor, open_page, send_history, wait_until
+from tests.browser.harness import DeviceLoop, SettableSensor, open_page, send_history
 from tests.edge.agentproc import AgentProcess
 from tests.helpers.gateway import GatewayProcess
+from tests.helpers.waiting import until_sync
 
 
 def operator_url(gw: GatewayProcess, hash_path: str = "/") -> str:
@@ -169,7 +170,7 @@ def test_operator_sends_commands_viewer_cannot(gw: GatewayProcess, browser: Brow
     form.locator('input[name="seconds"]').fill("0.25")
     form.get_by_role("button").click()
     expect(page.locator('#command-log li[data-command="set_interval"]')).to_have_attribute("data-outcome", "ok")
-    wait_until(lambda: device.interval_s == 0.25, 5, "the device's interval set to 0.25 s")
+    until_sync(lambda: device.interval_s == 0.25, 5, "the device's interval set to 0.25 s")
     form.locator('input[name="seconds"]').fill("-3")  # the gateway refuses it with the table's usage
     form.get_by_role("button").click()
     refused = page.locator('#command-log li[data-command="set_interval"]').first
