@@ -82,8 +82,7 @@ def test_device_page_draws_history_and_shows_a_live_reading_within_2_s(gw: Gatew
     page.click("#zoom-in")  # half the span around its middle, fetched again in finer buckets
     expect(page).to_have_url(re.compile(r"from=\d+&to=\d+"))
     expect(page.locator("#custom-range")).to_be_visible()
-    expect(chart).not_to_have_attribute("data-points", "0")
-    assert 20 <= int(chart.get_attribute("data-points") or 0) < 55
+    expect(chart).to_have_attribute("data-points", re.compile(r"^[2-4][0-9]$"))  # about half of the 55
     page.go_back()
     expect(page.locator('#ranges button[data-range="1h"]')).to_have_attribute("aria-pressed", "true")
     expect(chart).to_have_attribute("data-points", "55")
