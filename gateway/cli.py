@@ -94,9 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgewire-gateway", description="Edgewire gateway")
     sub = parser.add_subparsers(dest="cmd", required=True)
     _serve_parser(sub)
-    from gateway import devices_cli, export_cli, ops_cli
+    from gateway import devices_cli, export_cli, ops_cli, tokens_cli
 
     devices_cli.add_device_commands(sub)
+    tokens_cli.add_token_commands(sub)
     export_cli.add_export_command(sub)
     ops_cli.add_ops_commands(sub)
     p = sub.add_parser("command", help="send a command to an online device and print its result")
@@ -128,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     private_umask()  # the data dir, database and secrets are the gateway user's alone
-    from gateway import devices_cli, export_cli, ops_cli
+    from gateway import devices_cli, export_cli, ops_cli, tokens_cli
     from gateway.logs import setup_logging
 
     if args.cmd != "serve":
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             return _command(args)
         if args.cmd == "export":
             return export_cli.run_export(args)
+        if args.cmd in tokens_cli.TOKEN_COMMANDS:
+            return tokens_cli.run_tokens_command(args)
         if args.cmd in ops_cli.COMMANDS:
             return ops_cli.run_ops_command(args)
         return devices_cli.run_devices_command(args)

@@ -23,19 +23,20 @@ from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
 
-from gateway import gctune, history_api
+from gateway import dashboard_sync, gctune, history_api
 from gateway.admin import AdminApi
 from gateway.admission import TOO_MANY, Admission, raise_open_files_limit
 from gateway.alerts.admin import AlertAdmin
 from gateway.alerts.engine import AlertEngine
 from gateway.alerts.localtime import zone
 from gateway.alerts.metrics import metric_lines as alert_metric_lines
-from gateway.alerts.model import CLEARED, AlertEvent
 from gateway.alerts.webhook import WebhookNotifier
 from gateway.auth import Authenticator
 from gateway.commands import Commands
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, connection_class, dumps, json_response
+from gateway.dashboard import Dashboard
+from gateway.dashboard_auth import DashboardAuth
 from gateway.errors import ConfigError, GatewayError
 from gateway.http_api import HttpApi
 from gateway.hub import Hub
@@ -66,7 +67,7 @@ class Gateway:
         self.alerts = AlertEngine(storage, config.alerts, clock=clock, timezone=zone(config.alert_timezone),
                                   max_open=config.alert_max_open, suspended_expiry_s=config.alert_suspended_expiry_s,
                                   save_interval_s=config.alert_save_interval_s, registry_check_s=60.0)
-        self.alerts.listen(self._alert_to_hub)
+        self.alerts.listen(self.hub.alert_event)  # open alerts by id on the dashboards
         self.notifier = WebhookNotifier(config.webhooks, webhook_secrets or {}, source=socket.gethostname(),
                                         clock=clock)
         self.alerts.listen(self.notifier.on_event)
@@ -75,13 +76,15 @@ class Gateway:
                                        on_result=self.commands.result, on_offline=self._device_offline, clock=clock)
         self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics)
         self.admin.requests.update(AlertAdmin(self.alerts).requests_as(ADMIN_IDENTITY))  # protocol.md section 10
-        self.http = HttpApi(config, admin_token=admin_token, dashboard_token=dashboard_token,
+        self.dashboard_auth = DashboardAuth(storage, registry.token_key, dashboard_token)
+        self.http = HttpApi(config, admin_token=admin_token, dashboard_auth=self.dashboard_auth,
                             client_address=self.sessions.client_address, draining=lambda: self.draining,
                             count_error=self.metrics.count_error)
         self.http.route("/healthz", self.healthz)
         self.http.route("/metrics", self.metrics_page)
         self.http.websocket("/v1/device", self.sessions.check_upgrade, self.sessions.handle)
-        self.http.websocket("/v1/dashboard", self.http.dashboard_upgrade, self.hub.serve)
+        self.dashboard = Dashboard(config, storage, self.hub, self.http, self.dashboard_auth, self.alerts,
+                                   self.admin.run_command, self.metrics.count_error)
         self.http.websocket("/v1/admin", self.http.admin_upgrade, self.admin.handle)
         self.history_api = history_api.HistoryApi(storage, config.readings_retention_days,
                                                   lambda device_id: device_id in self.sessions.devices)
@@ -95,13 +98,6 @@ class Gateway:
         self.supervisor = Supervisor(on_give_up=self._give_up)
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address,
                                    config.trusted_proxies)
-
-    def _alert_to_hub(self, event: AlertEvent) -> None:
-        """Alert events to the dashboards: open alerts shown (with their state), cleared ones removed."""
-        if event.kind == CLEARED:
-            self.hub.alert_cleared(event.alert, event.at)
-        else:
-            self.hub.alert_raised(event.alert, event.at)
 
     def _device_offline(self, device_id: str) -> None:
         self.commands.fail(f"device {device_id!r} went offline before answering", device_id)
@@ -123,10 +119,11 @@ class Gateway:
             await self.alerts.start()
             for alert in self.alerts.open_alerts():  # the restored ones; their changes follow as events
                 self.hub.alert_raised(alert, alert["updated"])
-            await history_api.restore_hub(self.hub, self.storage)
+            await dashboard_sync.restore(self.hub, self.storage)
             gctune.tune()
             self.supervisor.start("hub", self.hub.run)
             self.supervisor.start("registry_sweep", self.sessions.sweep_forever)
+            self.supervisor.start("dashboard_sync", self.dashboard.sync.run)
             self.supervisor.start("gc", gctune.maintenance)
             self.supervisor.start("alerts", self.alerts.run)
             self.supervisor.start("webhooks", self.notifier.run)
@@ -240,7 +237,8 @@ class Gateway:
 
     async def history(self, ws: EdgeConnection, request: Request) -> Response:
         """/v1/history, /v1/history.csv, /v1/devices: with the dashboard's checks (docs/http-api.md)."""
-        return self.http.dashboard_refused(ws, request) or await self.history_api.respond(request.path)
+        identity = await self.http.dashboard_identity(ws, request)
+        return identity if isinstance(identity, Response) else await self.history_api.respond(request.path)
 
     async def metrics_page(self, ws: EdgeConnection, request: Request) -> Response:
         admission = self.admission

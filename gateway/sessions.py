@@ -270,6 +270,7 @@ class DeviceSessions:
             elif kind == EV_REJECT:
                 counters.bad_frames += 1
                 self.metrics.count_error(event.payload.code)
+                self.hub.device_error(conn.device_id, event.payload.code, event.payload.message)
                 if event.reply:
                     await ws.send(event.reply)
             elif kind == EV_THROTTLE:
@@ -277,6 +278,7 @@ class DeviceSessions:
                 if event.reply:
                     await ws.send(event.reply)
             elif kind == EV_CLOSE:
+                self.hub.device_error(conn.device_id, event.payload.code, event.payload.message)
                 if event.payload.code != wire.E_RATE:
                     counters.bad_frames += 1
                 log("device_closed", logging.WARNING, device=conn.device_id, code=event.payload.code)
@@ -305,8 +307,9 @@ class DeviceSessions:
                 rows.append(ReadingRow(device_id, reading.seq, time_ms, received, reading.metrics, frame.boot,
                                        reading.ts, reading.up, reading.quality))
                 check(device_id, reading.metrics, time_ms, received, reading.quality)
-            last = frame.readings[-1]
-            hub_reading(device_id, last.metrics, rows[-1].time_ms)
+                hub_reading(device_id, reading.metrics, time_ms)  # every reading: one per sensor on a Pi
+            if frame.boot is not None:
+                self.hub.boot(device_id, frame.boot)
         else:
             self.counters.duplicates += 1
         target = conn.session.accepted_seq

@@ -109,6 +109,21 @@ class DeviceRecord:
     token_created_ms: int | None = None
 
 
+DASHBOARD_ROLES = ("viewer", "operator")  # an operator may also do everything a viewer may
+
+
+@dataclass(slots=True)
+class DashboardToken:
+    """A named dashboard token (``python -m gateway tokens add NAME --role ROLE``).
+
+    Only the digest is stored: HMAC-SHA256 under the gateway's token key, as for device tokens."""
+
+    name: str
+    role: str  # one of DASHBOARD_ROLES
+    digest: bytes
+    created_ms: int = 0
+
+
 # Alert states (gateway/alerts/model.py has the meaning); an alert is "open" unless cleared.
 ALERT_ACTIVE = "active"
 ALERT_ACKNOWLEDGED = "acknowledged"
@@ -318,6 +333,25 @@ class Storage(abc.ABC):
             return False
         await self.put_device(record)
         return True
+
+    # -- dashboard tokens (a table created idempotently at every open, not a numbered migration)
+    @abc.abstractmethod
+    async def add_dashboard_token(self, token: DashboardToken) -> bool:
+        """Insert the token unless its name exists (atomic); False if the name was taken.
+
+        A digest names one token only: StorageError if another row has the same digest."""
+
+    @abc.abstractmethod
+    async def dashboard_token_by_digest(self, digest: bytes) -> DashboardToken | None:
+        """The token whose digest this is, or None (revoked or never issued)."""
+
+    @abc.abstractmethod
+    async def list_dashboard_tokens(self) -> list[DashboardToken]:
+        """Every dashboard token, in name order."""
+
+    @abc.abstractmethod
+    async def delete_dashboard_token(self, name: str) -> bool:
+        """Revoke (delete) the named token; False if there was none."""
 
     # -- alerts (written only by the alert engine, gateway/alerts/)
     @abc.abstractmethod

@@ -58,6 +58,7 @@ from gateway.storage.base import (
     AlertRow,
     BaselineRow,
     Bucket,
+    DashboardToken,
     DeviceRecord,
     DeviceState,
     Expired,
@@ -248,6 +249,16 @@ def _apply_statement() -> str:
 
 
 _APPLY = _apply_statement()
+# Dashboard tokens (docs/configuration.md, "Dashboard roles and tokens"): created at every open,
+# idempotently, beside the numbered migrations.
+DASHBOARD_TOKENS_DDL = """
+    CREATE TABLE IF NOT EXISTS dashboard_tokens (
+        name text PRIMARY KEY,
+        role text NOT NULL CHECK (role IN ('viewer', 'operator')),
+        digest bytea NOT NULL UNIQUE,
+        created_ms bigint NOT NULL
+    );
+"""
 _DEVICE_COLUMNS = "device_id, enabled, token_digest, token_created_ms, allow_cidrs, label, created_ms"
 _ALERT_COLUMNS = ", ".join(ALERT_COLUMNS)
 _ALERT_INSERT = (f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS[1:])}) VALUES ("
@@ -397,6 +408,7 @@ class PostgresStorage(Storage):
                     version += 1
                 await conn.execute("DELETE FROM edgewire_schema")
                 await conn.execute("INSERT INTO edgewire_schema (version) VALUES ($1)", version)
+                await conn.execute(DASHBOARD_TOKENS_DDL)
         except asyncpg.PostgresError as err:
             raise StorageError(f"cannot set up the schema in {self.where}: {err} (does the user own the "
                                "database, and is it an Edgewire database?)") from None
@@ -816,6 +828,26 @@ class PostgresStorage(Storage):
         rows = await self._fetch(
             f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
             " ON CONFLICT (device_id) DO NOTHING RETURNING device_id", *self._device_params(record))
+        return bool(rows)
+
+    # ------------------------------------------------------------------ dashboard tokens
+    async def add_dashboard_token(self, token: DashboardToken) -> bool:
+        rows = await self._fetch(
+            "INSERT INTO dashboard_tokens (name, role, digest, created_ms) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (name) DO NOTHING RETURNING name", token.name, token.role, token.digest, token.created_ms)
+        return bool(rows)
+
+    async def dashboard_token_by_digest(self, digest: bytes) -> DashboardToken | None:
+        rows = await self._fetch("SELECT name, role, digest, created_ms FROM dashboard_tokens WHERE digest = $1",
+                                 digest)
+        return DashboardToken(*rows[0]) if rows else None
+
+    async def list_dashboard_tokens(self) -> list[DashboardToken]:
+        rows = await self._fetch("SELECT name, role, digest, created_ms FROM dashboard_tokens ORDER BY name")
+        return [DashboardToken(*r) for r in rows]
+
+    async def delete_dashboard_token(self, name: str) -> bool:
+        rows = await self._fetch("DELETE FROM dashboard_tokens WHERE name = $1 RETURNING name", name)
         return bool(rows)
 
     # ------------------------------------------------------------------ alerts

@@ -54,6 +54,7 @@ from gateway.storage.base import (
     AlertRow,
     BaselineRow,
     Bucket,
+    DashboardToken,
     DeviceRecord,
     DeviceState,
     Expired,
@@ -259,6 +260,17 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+# Dashboard tokens (docs/configuration.md, "Dashboard roles and tokens"): created at every open,
+# idempotently, beside the numbered migrations.
+DASHBOARD_TOKENS_DDL = """
+    CREATE TABLE IF NOT EXISTS dashboard_tokens (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL CHECK (role IN ('viewer', 'operator')),
+        digest BLOB NOT NULL UNIQUE,
+        created_ms INTEGER NOT NULL
+    );
+"""
+
 _INSERT_READING = (
     "INSERT INTO readings (device_id, seq, time_ms, received_ms, boot, device_ts, uptime_ms,"
     " quality, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING"
@@ -429,6 +441,8 @@ class SQLiteStorage(Storage):
                     conn.execute(statement)
                 version += 1
                 conn.execute(f"PRAGMA user_version = {version}")
+            for statement in _split_script(DASHBOARD_TOKENS_DDL):
+                conn.execute(statement)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -808,6 +822,31 @@ class SQLiteStorage(Storage):
                 f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (device_id) DO NOTHING", params)
             return cursor.rowcount == 1
+
+        return await self._write(op)
+
+    # ------------------------------------------------------------------ dashboard tokens
+    async def add_dashboard_token(self, token: DashboardToken) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT INTO dashboard_tokens (name, role, digest, created_ms) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (name) DO NOTHING", (token.name, token.role, token.digest, token.created_ms))
+            return cursor.rowcount == 1
+
+        return await self._write(op)
+
+    async def dashboard_token_by_digest(self, digest: bytes) -> DashboardToken | None:
+        rows = await self._query("SELECT name, role, digest, created_ms FROM dashboard_tokens WHERE digest = ?",
+                                 (digest,))
+        return DashboardToken(*rows[0]) if rows else None
+
+    async def list_dashboard_tokens(self) -> list[DashboardToken]:
+        rows = await self._query("SELECT name, role, digest, created_ms FROM dashboard_tokens ORDER BY name")
+        return [DashboardToken(*r) for r in rows]
+
+    async def delete_dashboard_token(self, name: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM dashboard_tokens WHERE name = ?", (name,)).rowcount == 1
 
         return await self._write(op)
 
