@@ -79,3 +79,32 @@ def check_subject_prefix(key: str, value: str) -> None:
 def check_client_id(key: str, value: str) -> None:
     if value and not CLIENT_ID_RE.match(value):
         raise ConfigError(f"{key}: {value!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """What the MQTT bridge needs, checked (``from_config`` reads the password file)."""
+
+    url: BrokerUrl
+    client_id: str
+    username: str = ""
+    password: str = ""
+    ca_file: str = ""
+    prefix: str = "edgewire"
+    discovery: bool = True
+    discovery_prefix: str = "homeassistant"
+    commands: bool = False
+
+
+def read_password_file(key: str, path: str) -> str:
+    """The first line of a password file; ConfigError naming ``key`` if it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.readline().strip()
+    except OSError as err:
+        raise ConfigError(f"{key}: cannot read {path} ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}: {path} is not UTF-8 text") from None
+    if not text:
+        raise ConfigError(f"{key}: {path} is empty")
+    return text
