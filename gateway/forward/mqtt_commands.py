@@ -1,6 +1,7 @@
 """Commands from MQTT (``mqtt_commands = true``): ``<prefix>/<device>/command/<name>`` -> the device.
 
-The payload is the command's JSON arguments (an object; empty means ``{}``). It is checked
+The payload is the command's JSON arguments, an object (``{}`` for none). An empty payload is
+refused, never taken for ``{}``: it is what clearing a retained message delivers. It is checked
 against the command table (``protocol.wire.COMMANDS``, ``parse_command``) before anything
 reaches the device, then handed to ``run_command``: the same path as the admin API's
 ``command`` (routing to the device's live session, waiting for its result). The answer goes
@@ -73,15 +74,12 @@ class CommandGate:
         if len(payload) > MAX_PAYLOAD:
             self._refuse(device_id, name, wire.E_TOO_LARGE, f"command arguments larger than {MAX_PAYLOAD} bytes")
             return None
-        if payload.strip():
-            try:
-                args = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                self._refuse(device_id, name, wire.E_BAD_JSON, "the payload must be the command's arguments as a "
-                             "JSON object, e.g. {\"seconds\": 30}, or empty")
-                return None
-        else:
-            args = {}
+        try:
+            args = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self._refuse(device_id, name, wire.E_BAD_JSON, "the payload must be the command's arguments as a "
+                         "JSON object, e.g. {\"seconds\": 30}, or {} for none")
+            return None
         try:
             checked: dict[str, Any] = wire.parse_command(name, args)
         except wire.ProtocolError as err:

@@ -225,3 +225,97 @@ def test_a_deleted_device_loses_its_entities(tmp_path: Path, broker: MosquittoSe
             assert not [t for t in left if t.startswith("homeassistant/sensor/") or t.startswith("edgewire/S-1/")]
 
     run(body)
+
+
+def test_commands_round_trip_and_bad_payloads_leave_the_device_alone(tmp_path: Path,
+                                                                      broker: MosquittoServer) -> None:
+    calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def run_command(device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        calls.append((device_id, name, args))
+        if device_id == "S-9":
+            from gateway.errors import RegistryError
+
+            raise RegistryError("device 'S-9' is not online")
+        return {"t": "result", "id": "c-1", "ok": True, "msg": f"interval {args.get('seconds')} s", "data": {}}
+
+    async def body() -> None:
+        watch = Observer(broker.port, topics=("edgewire/+/command/+/result",))
+        # Left retained on the broker: it would run at every reconnect of the bridge, so it never runs.
+        watch.publish("edgewire/S-1/command/reboot", b"{}", retain=True)
+        async with running(tmp_path, broker.url, run_command=run_command, commands=True) as (_s, bridge, _f):
+            result = "edgewire/S-1/command/{}/result"
+            await until(lambda: watch.of(result.format("reboot")), what="retained command refused")
+            assert orjson.loads(watch.of(result.format("reboot"))[0])["code"] == "retained_command"
+
+            async def ask(name: str, payload: bytes, retain: bool = False, device: str = "S-1") -> Any:
+                topic = f"edgewire/{device}/command/{name}/result"
+                before = len(watch.of(topic))
+                watch.publish(f"edgewire/{device}/command/{name}", payload, retain=retain)
+                await until(lambda: len(watch.of(topic)) > before, what=f"result of {name}")
+                return orjson.loads(watch.of(topic)[-1])
+
+            assert await ask("set_interval", b'{"seconds": 30}') == {"ok": True, "msg": "interval 30 s", "data": {}}
+            assert calls == [("S-1", "set_interval", {"seconds": 30})]
+            assert (await ask("ping", b"{}"))["ok"] is True
+            refusals = [("reboot", b"", "bad_json"),  # what clearing a retained command delivers: never run
+                        ("set_interval", b"{seconds: 30}", "bad_json"), ("set_interval", b"[30]", "bad_frame"),
+                        ("set_interval", b'{"seconds": 0}', "bad_value"), ("set_interval", b"{}", "bad_value"),
+                        ("launch", b"{}", "unknown_type"), ("set_output", b'{"output": "led", "on": "yes"}',
+                                                            "bad_value"),
+                        ("ping", b"x" * 5000, "too_large")]
+            for name, payload, code in refusals:
+                answer = await ask(name, payload)
+                assert answer["ok"] is False and answer["code"] == code, (name, payload, answer)
+                assert answer["msg"]
+            assert len(calls) == 2  # none of the refused ones reached the device
+            offline = await ask("ping", b"{}", device="S-9")
+            assert offline == {"ok": False, "code": "device_offline", "msg": "device 'S-9' is not online"}
+            assert bridge.gate is not None and bridge.gate.counts["ok"] == 2
+            assert result.format("ping") in {t for t, _, _ in watch.messages}
+            watch.publish("edgewire/S-1/command/reboot", b"", retain=True)  # clear the retained command
+            await until(lambda: len(watch.of(result.format("reboot"))) == 3, what="the clearing refused")
+            assert [name for _, name, _ in calls] == ["set_interval", "ping", "ping"]  # the last one to S-9
+            watch.close()
+
+    run(body)
+
+
+def test_commands_are_ignored_unless_switched_on(tmp_path: Path, broker: MosquittoServer) -> None:
+    called: list[str] = []
+
+    async def run_command(device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        called.append(name)
+        return {"ok": True}
+
+    async def body() -> None:
+        async with running(tmp_path, broker.url, run_command=run_command) as (_s, bridge, _f):
+            assert bridge.gate is None
+            watch = Observer(broker.port, topics=("edgewire/#",))
+            watch.publish("edgewire/S-1/command/ping", b"{}")
+            # The bridge's own status message, published after the command, comes back: the command was seen
+            # by the broker before it, and nothing answered it.
+            bridge.device_online("S-1")
+            await until(lambda: watch.last("edgewire/S-1/availability") == b"online", what="availability")
+            assert not [t for t, _, _ in watch.messages if t.endswith("/result")] and called == []
+            watch.close()
+
+    run(body)
+
+
+def test_acl_refusals_are_counted_not_lost_silently(tmp_path: Path) -> None:
+    """MQTT 5 PUBACK reason codes: a state message the broker's ACL refuses is counted as refused."""
+    acl = "user edgewire\ntopic readwrite edgewire/bridge/#\ntopic readwrite edgewire/+/availability\n" \
+          "topic readwrite homeassistant/#\n"
+
+    async def body() -> None:
+        with MosquittoServer(users={"edgewire": "pw-1"}, acl=acl) as broker:
+            async with running(tmp_path, broker.url, username="edgewire", password="pw-1") as (storage, bridge, fw):
+                await storage.store([reading("S-1", 1)])
+                fw.wake()
+                await until(lambda: fw.counters.refused == 1, what="refused")
+                assert fw.counters.acked == 0
+                await until(lambda: bridge.published["config"] >= 2, what="configs (allowed)")
+                assert bridge.refused == {}
+
+    run(body)
