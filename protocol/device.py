@@ -12,14 +12,13 @@ an outbox: ``next_seq``, ``first_seq``, ``confirmed``, ``pending(after, limit)``
 (protocol/outbox.py has an in-memory one). MicroPython-safe like wire.py.
 """
 
-import sys
-
 try:
     import random
 except ImportError:  # pragma: no cover - MicroPython builds that only have urandom
     import urandom as random  # type: ignore[no-redef]
 
 from protocol.wire import (
+    _CPYTHON,
     CLOSE_ADDRESS,
     CLOSE_AUTH_FAILED,
     CLOSE_DISABLED,
@@ -52,8 +51,6 @@ from protocol.wire import (
     parse_command,
 )
 
-_CPYTHON = sys.implementation.name != "micropython"
-
 # What one gateway frame means (Decision.kind).
 D_WELCOME = "welcome"  # online; outbox reconciled: renumbered by .renumber, or acked through .seq
 D_ACK = "ack"  # acked through .seq; .count readings removed
@@ -74,12 +71,6 @@ R_REFRESH = "refresh"  # get a new credential from the driver's provider, then r
 
 HOURLY_MS = 3600000
 
-# Kinds of the legacy receive() tuples (simulator/loadgen.py until bench/loadgen.py replaces it).
-DEV_WELCOME = "welcome"
-DEV_ACK = "ack"
-DEV_CMD = "cmd"
-DEV_SLOW = "slow"
-DEV_ERROR = "error"
 _NO_STATUS = 1005  # close frame without a code (RFC 6455)
 _ABNORMAL = 1006  # no close frame at all: the connection dropped
 
@@ -284,11 +275,6 @@ class DeviceSession:
         except ProtocolError as err:
             return Decision(D_INVALID, code=err.code, message="gateway frame ignored: " + err.message)
         kind = msg["t"]
-        if kind == T_CMD:
-            return self._on_cmd(msg)
-        return self._dispatch(kind, msg, now_ms)
-
-    def _dispatch(self, kind, msg, now_ms):
         if kind == T_ACK:
             return self._on_ack(msg)
         if kind == T_WELCOME:
@@ -297,6 +283,8 @@ class DeviceSession:
             return self._on_slow(msg, now_ms)
         if kind == T_ERROR:
             return self._on_error(msg)
+        if kind == T_CMD:
+            return self._on_cmd(msg)
         return Decision(D_INVALID, code=E_UNKNOWN_TYPE, message="gateway frame of unknown type '" + kind[:32]
                         + "' ignored")
 
@@ -594,9 +582,7 @@ class DeviceSession:
 
 
 # ---------------------------------------------------------------- CPython only
-# Debug reprs, and the (kind, payload) interface simulator/loadgen.py still uses (it goes when
-# bench/loadgen.py, built on handle(), replaces that file). Not defined on the board, where
-# their code would take heap for nothing.
+# Debug reprs; not defined on the board, where their code would take heap for nothing.
 if _CPYTHON:
 
     def _decision_repr(self):
@@ -606,21 +592,5 @@ if _CPYTHON:
     def _reconnect_repr(self):
         return "Reconnect(%s, delay_ms=%r, code=%r)" % (self.action, self.delay_ms, self.code)
 
-    def _receive(self, text):
-        """Legacy: (kind, payload) for a gateway frame; commands are returned unparsed, not run."""
-        msg = decode(text, self.loads, 1 << 20)
-        kind = msg["t"]
-        if kind == T_CMD:
-            return (DEV_CMD, {"id": msg.get("id"), "name": msg.get("name"), "args": msg.get("args") or {}})
-        decision = self._dispatch(kind, msg, 0)
-        if decision.kind == D_ACK:
-            return (DEV_ACK, self.acked)
-        if decision.kind == D_WELCOME or decision.kind == D_SLOW:
-            return (decision.kind, msg)
-        if kind == T_ERROR:
-            return (DEV_ERROR, {"code": msg.get("code"), "msg": msg.get("msg"), "seq": msg.get("seq")})
-        raise ProtocolError(E_UNKNOWN_TYPE, "unknown message type from gateway")
-
     Decision.__repr__ = _decision_repr
     Reconnect.__repr__ = _reconnect_repr
-    DeviceSession.receive = _receive

@@ -20,11 +20,6 @@ R_HOURLY: str
 R_STOP: str
 R_REFRESH: str
 HOURLY_MS: int
-DEV_WELCOME: str
-DEV_ACK: str
-DEV_CMD: str
-DEV_SLOW: str
-DEV_ERROR: str
 CLOSE_ACTIONS: dict[int, str]
 
 _CommandResult = tuple[bool, str, Any]
@@ -149,4 +144,3 @@ class DeviceSession:
     def failed(self, now_ms: int = 0) -> Reconnect: ...
     def refreshed(self, token: str | None = None, jwt: str | None = None, now_ms: int = 0) -> Reconnect: ...
     def connect_due(self, now_ms: int) -> bool: ...
-    def receive(self, text: str | bytes) -> tuple[str, Any]: ...

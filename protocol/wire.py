@@ -8,10 +8,14 @@ Shared by both sides: protocol/gateway.py (GatewaySession) and protocol/device.p
 docs/protocol.md is the contract; this module implements it.
 """
 
+import sys
+
 try:
     import json
 except ImportError:  # pragma: no cover - very small MicroPython builds
     import ujson as json  # type: ignore[no-redef]
+
+_CPYTHON = sys.implementation.name != "micropython"
 
 PROTOCOL_VERSION = 1
 
@@ -214,10 +218,11 @@ def _refuse_constant(name):
 
 def _strict_loads(text):
     """json.loads that refuses NaN and Infinity (CPython accepts them by default)."""
-    try:
-        return json.loads(text, parse_constant=_refuse_constant)
-    except TypeError:  # MicroPython: no keyword arguments, and already strict
-        return json.loads(text)
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+if not _CPYTHON:  # MicroPython's json.loads takes no keyword arguments and refuses NaN and Infinity already
+    _strict_loads = json.loads
 
 
 def encode(msg):
@@ -278,20 +283,6 @@ class Reading:
         if self.quality is not None:
             item["q"] = self.quality
         return item
-
-    def __eq__(self, other):
-        return (
-            isinstance(other, Reading)
-            and self.seq == other.seq
-            and self.metrics == other.metrics
-            and self.ts == other.ts
-            and self.up == other.up
-            and self.quality == other.quality
-        )
-
-    def __repr__(self):
-        return "Reading(%r, %r, ts=%r, up=%r, quality=%r)" % (
-            self.seq, self.metrics, self.ts, self.up, self.quality)
 
 
 class DataFrame:
@@ -499,3 +490,27 @@ def parse_command(name, args):
         if problem is not None:
             raise ProtocolError(E_BAD_VALUE, usage + ": " + problem)
     return out
+
+
+# ---------------------------------------------------------------- CPython only
+# Value equality and a repr for Readings, for tests and logs on the gateway and the PC. Not
+# defined on the board, where their code would take heap for nothing.
+if _CPYTHON:
+
+    def _reading_eq(self, other):
+        return (
+            isinstance(other, Reading)
+            and self.seq == other.seq
+            and self.metrics == other.metrics
+            and self.ts == other.ts
+            and self.up == other.up
+            and self.quality == other.quality
+        )
+
+    def _reading_repr(self):
+        return "Reading(%r, %r, ts=%r, up=%r, quality=%r)" % (
+            self.seq, self.metrics, self.ts, self.up, self.quality)
+
+    Reading.__eq__ = _reading_eq
+    Reading.__hash__ = None  # as when __eq__ is defined in the class body: unhashable
+    Reading.__repr__ = _reading_repr

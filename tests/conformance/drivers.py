@@ -2,7 +2,7 @@
 
 One adapter class per driver (the interface is documented in scenarios.py); adding a driver
 is one class here plus one line in IN_PROCESS. ``features`` says which scenarios apply
-(scenarios.DEVICE_FEATURES for a device; a load generator under LOADGEN has none). The firmware's adapter
+(scenarios.DEVICE_FEATURES for a device; the load generator, under LOADGEN, has none). The firmware's adapter
 (firmware_adapter.FirmwareAdapter) runs inside the firmware's interpreters, listed in
 INTERPRETERS: CPython with simulator/micropython_standins, and real MicroPython under Node.
 """
@@ -123,10 +123,51 @@ class SimulatorAdapter:
         return None
 
 
+class LoadgenAdapter:
+    """The load generator: bench.session.BenchSession (the core's LOADGEN policy) over a BenchOutbox.
+
+    A benchmark client has none of the features: it never reconnects, ignores slow-downs'
+    waits and pacing, and answers commands without running them; no settings, no reboot.
+    """
+
+    features: tuple[str, ...] = ()
+    output = "relay"  # it has no outputs: a set_output is answered "not run" like any other command
+
+    def __init__(self, workdir: Path, fresh: bool | None) -> None:
+        from bench.outbox import BenchOutbox
+        from bench.session import BenchSession
+
+        self.outbox = BenchOutbox(first_seq=None if fresh else 1)
+        self.bench = BenchSession("LG-CONF", "ewt_" + "l" * 32, self.outbox)
+        self.session = self.bench.core
+
+    def sample(self, n: int) -> list[int]:
+        return [self.outbox.add({"temperature": 20.0 + i / 10}, 1000 * (i + 1), None, "ok").seq for i in range(n)]
+
+    def held(self) -> list[int]:
+        return [r.seq for r in self.outbox.readings]
+
+    def rejected(self) -> int:
+        return self.outbox.rejected
+
+    def reopen(self) -> LoadgenAdapter:
+        raise NotImplementedError("the load generator's outbox lives in memory")
+
+    def state(self) -> Any:
+        return {}  # nothing a command could change
+
+    def reboots(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        return None
+
+
 # Drivers whose adapter runs in the test process: name -> adapter class.
 IN_PROCESS: dict[str, type[Any]] = {
     "agent": AgentAdapter,
     "simulator": SimulatorAdapter,
+    "loadgen": LoadgenAdapter,
 }
 
 

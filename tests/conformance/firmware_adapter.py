@@ -11,6 +11,7 @@ import sys
 
 import app
 import config as config_module
+import scenarios
 
 MICROPYTHON = sys.implementation.name == "micropython"
 _made = [0]
@@ -44,7 +45,7 @@ def _config(path):
 
 
 class FirmwareAdapter:
-    features = ("durable", "reconnect", "pacing", "commands")
+    features = scenarios.DEVICE_FEATURES
     output = "relay"
 
     def __init__(self, path, fresh):

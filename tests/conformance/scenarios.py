@@ -19,11 +19,14 @@ never confirmed by a gateway (state wiped, reflashed). An adapter has:
 
 This file runs unchanged under CPython and MicroPython (the firmware's interpreter), so it
 keeps to the subset protocol/ uses. SCENARIOS lists (name, function, needs): the feature a
-driver must have for the scenario to apply, or None. Features (an adapter's ``features``):
-"durable" (its outbox survives a restart), "reconnect" (it reconnects as docs/protocol.md section
-11 says), "pacing" (it obeys slow-downs and paces frames) and "commands" (it runs commands). A
-device driver has all four (the simulator is not durable); the load generator, under the core's
-LOADGEN policy, has none of the last three.
+driver must have for the scenario to apply ("reconnect"), the feature it must lack
+("!reconnect"), or None (every driver). Features (an adapter's ``features``): "durable" (its
+outbox survives a restart), "reconnect" (it reconnects as docs/protocol.md section 11 says),
+"pacing" (it obeys slow-downs and paces frames) and "commands" (it runs commands). A device
+driver has all four (the simulator is not durable); the load generator, under the core's
+LOADGEN policy, has none: the "!reconnect", "!pacing" and "!commands" scenarios check that it
+stops after every close, resends a slowed-down frame at once, and answers every command
+"not run (load generator)".
 """
 
 from protocol import wire
@@ -550,6 +553,15 @@ def _answer(a, name, args, command_id="c-1"):
     return d, reply
 
 
+def _no_answer_without_a_string_id(a):
+    for bad_id in (None, 7, ""):
+        msg = {"t": "cmd", "name": "ping", "args": {}}
+        if bad_id is not None:
+            msg["id"] = bad_id
+        d = a.session.handle(enc(msg), NOW)
+        check(d.kind == D_INVALID and d.reply is None, "no answer without a string id", d)
+
+
 def sc_commands_with_good_arguments(make):
     a = make()
     try:
@@ -591,16 +603,72 @@ def sc_malformed_commands(make):
     a = make()
     try:
         online(a, 0)
-        d, reply = _answer(a, "set_interval", [60])
+        _d, reply = _answer(a, "set_interval", [60])
         check(reply["ok"] is False and "object" in reply["msg"], reply)
-        d, reply = _answer(a, "ping", None)  # no args at all: {}
+        _d, reply = _answer(a, "ping", None)  # no args at all: {}
         check(reply["ok"] is True, reply)
-        for bad_id in (None, 7, ""):
-            msg = {"t": "cmd", "name": "ping", "args": {}}
-            if bad_id is not None:
-                msg["id"] = bad_id
-            d = a.session.handle(enc(msg), NOW)
-            check(d.kind == D_INVALID and d.reply is None, "no answer without a string id", d)
+        _no_answer_without_a_string_id(a)
+    finally:
+        a.close()
+
+
+# ------------------------------------------------------------------ a client without those features (LOADGEN)
+
+NOT_RUN = "not run (load generator)"
+
+
+def sc_never_reconnects(make):
+    for code in BACKOFF_CODES + STOP_CODES + (4000, 4003, 4004, None):
+        a = make()
+        try:
+            online(a, 0)
+            r = a.session.closed(code, NOW)
+            check(r.action == R_STOP and r.delay_ms == -1 and r.at_ms == -1, code, r)
+            check(not a.session.connect_due(NOW + 10 * HOURLY_MS), "stopped", code)
+        finally:
+            a.close()
+    a = make()
+    try:
+        for status, code in ((401, wire.E_EXPIRED), (403, wire.E_DISABLED), (503, wire.E_SHUTDOWN), (500, None)):
+            r = a.session.refused(status, code, NOW)
+            check(r.action == R_STOP, status, code, r)
+        check(a.session.failed(NOW).action == R_STOP, "gateway unreachable")
+        check(a.sample(2) == [1, 2] and a.held() == [1, 2], "readings kept while stopped", a.held())
+    finally:
+        a.close()
+
+
+def sc_slow_down_resends_at_once(make):
+    a = make()
+    try:
+        a.sample(3)
+        online(a, 0)
+        a.session.max_batch = 1
+        sent = frames(a.session, NOW)
+        check([f["seq"] for f in sent] == [1, 2, 3], "not paced", sent)
+        d = a.session.handle(slow(2, 500, 2.0), NOW)
+        check(d.kind == D_SLOW and d.seq == 2 and d.wait_ms == 0, d)
+        check(a.session.send_wait_ms(NOW) == 0, "no wait")
+        again = frames(a.session, NOW)
+        check([f["seq"] for f in again] == [2, 3], "the refused frame goes out again at once", again)
+        check(a.held() == [1, 2, 3], a.held())
+    finally:
+        a.close()
+
+
+def sc_commands_answered_not_run(make):
+    a = make()
+    try:
+        online(a, 0)
+        before = a.state()
+        cases = GOOD + tuple((name, args) for name, args, _expect in BAD) + (
+            ("reboot", {}), ("set_output", {"output": "relay", "on": True}), ("set_interval", [60]),
+            ("ping", None))
+        for name, args in cases:
+            d, reply = _answer(a, name, args)
+            check(reply["ok"] is True and d.ok and reply.get("msg") == NOT_RUN, name, args, reply)
+        check(a.state() == before and not a.reboots(), "a command was run")
+        _no_answer_without_a_string_id(a)
     finally:
         a.close()
 
@@ -634,6 +702,9 @@ SCENARIOS = (
     ("commands_with_good_arguments", sc_commands_with_good_arguments, "commands"),
     ("commands_with_bad_arguments_change_nothing", sc_commands_with_bad_arguments_change_nothing, "commands"),
     ("malformed_commands", sc_malformed_commands, "commands"),
+    ("never_reconnects", sc_never_reconnects, "!reconnect"),
+    ("slow_down_resends_at_once", sc_slow_down_resends_at_once, "!pacing"),
+    ("commands_answered_not_run", sc_commands_answered_not_run, "!commands"),
 )
 
 
@@ -641,7 +712,12 @@ DEVICE_FEATURES = ("durable", "reconnect", "pacing", "commands")
 
 
 def applicable(needs, features):
-    return needs is None or needs in features
+    """Whether a scenario needing ``needs`` ("feature", "!feature" or None) applies to ``features``."""
+    if needs is None:
+        return True
+    if needs[0] == "!":
+        return needs[1:] not in features
+    return needs in features
 
 
 def run_all(make, features, only=None):

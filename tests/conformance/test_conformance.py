@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 
 from tests.conformance.drivers import IN_PROCESS, INTERPRETERS
-from tests.conformance.scenarios import SCENARIOS, applicable
+from tests.conformance.scenarios import DEVICE_FEATURES, SCENARIOS, applicable
 
 CASES = [(driver, name) for driver, (name, _func, needs) in itertools.product(sorted(IN_PROCESS), SCENARIOS)
          if applicable(needs, IN_PROCESS[driver].features)]
 FUNCS = {name: func for name, func, _needs in SCENARIOS}
+# The firmware is a device: firmware_adapter.FirmwareAdapter.features is DEVICE_FEATURES.
+FIRMWARE_CASES = [name for name, _func, needs in SCENARIOS if applicable(needs, DEVICE_FEATURES)]
 
 
 @pytest.mark.parametrize(("driver", "scenario"), CASES, ids=[f"{d}-{s}" for d, s in CASES])
@@ -55,7 +57,7 @@ def firmware_results(interpreter: str, tmp: Path) -> dict[str, str]:
 
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("interpreter", sorted(INTERPRETERS))
-@pytest.mark.parametrize("scenario", [name for name, _f, _n in SCENARIOS])
+@pytest.mark.parametrize("scenario", FIRMWARE_CASES)
 def test_firmware(interpreter: str, scenario: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     results = firmware_results(interpreter, tmp_path_factory.mktemp(interpreter))
     line = results.get(scenario)

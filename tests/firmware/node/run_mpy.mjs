@@ -1,15 +1,20 @@
 // Run a Python script under real MicroPython (WebAssembly port) in Node.
 //
-//   node run_mpy.mjs [--heap BYTES] [--deploy] [--put LOCAL:REMOTE]... [--cwd DIR] SCRIPT.py
+//   node run_mpy.mjs [--micropython 1.27|1.24.1] [--heap BYTES] [--deploy | --deploy-mpy] [--put LOCAL:REMOTE]... SCRIPT.py
 //
-// --deploy copies firmware/*.py (except the PC-side flash.py) to / and protocol/*.py to /protocol/,
-// as flashing does.
-// --put copies one more local file (or every *.py / *.mpy of a local directory) to REMOTE.
+// --micropython picks the MicroPython release: 1.27 (default) or 1.24.1, the one `make flash`
+// writes to boards (both WebAssembly ports, from npm; see package.json).
+// --deploy copies the sources: firmware/*.py (except the PC-side flash.py) to / and protocol/*.py
+// to /protocol/.
+// --deploy-mpy copies what `make flash` copies (config.json aside): the board files compiled by
+// `firmware/flash.py --build` (.mpy, with boot.py and main.py as source), to / and /protocol/.
+// --put copies one more local file (or every *.py / *.mpy of a local directory tree) to REMOTE.
 // The script runs in __main__ via runPythonAsync (top-level `await` works); an uncaught exception
 // prints its traceback and exits 1. Note: in this port gc.collect() reclaims garbage only after
 // control returned to JS (e.g. `await asyncio.sleep(0)`), not garbage made earlier in the same run.
-import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -17,20 +22,42 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, "..", "..", "..");
 
 function usage(msg) {
-  process.stderr.write(`run_mpy: ${msg}\nusage: node run_mpy.mjs [--heap BYTES] [--deploy] [--put LOCAL:REMOTE]... SCRIPT.py\n`);
+  process.stderr.write(`run_mpy: ${msg}\nusage: node run_mpy.mjs [--micropython 1.27|1.24.1] [--heap BYTES] [--deploy | --deploy-mpy] [--put LOCAL:REMOTE]... SCRIPT.py\n`);
   process.exit(2);
 }
 
+// The board files as `make flash` builds them, in a temporary directory removed at exit.
+function buildBoardFiles() {
+  const venv = path.join(root, ".venv", "bin", "python");
+  const python = fs.existsSync(venv) ? venv : "python3";
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "run-mpy-build-"));
+  process.on("exit", () => fs.rmSync(dir, { recursive: true, force: true }));
+  const out = spawnSync(python, [path.join(root, "firmware", "flash.py"), "--build", dir], { encoding: "utf8" });
+  if (out.status !== 0) {
+    process.stderr.write(`run_mpy: firmware/flash.py --build failed:\n${out.stdout}${out.stderr}`);
+    process.exit(2);
+  }
+  return dir;
+}
+
+const RELEASES = { "1.27": "@micropython/micropython-webassembly-pyscript", "1.24.1": "micropython-1.24.1" };
 const args = process.argv.slice(2);
+let release = "1.27";
 let heap = 110 * 1024;
 let script = null;
 const puts = [];
 for (let i = 0; i < args.length; i++) {
   const a = args[i];
   if (a === "--heap") heap = parseInt(args[++i], 10);
+  else if (a === "--micropython") {
+    release = args[++i];
+    if (!(release in RELEASES)) usage(`--micropython must be one of ${Object.keys(RELEASES).join(", ")}`);
+  }
   else if (a === "--deploy") {
-    puts.push([path.join(root, "firmware"), "/", new Set(["flash.py"])]);
+    puts.push([path.join(root, "firmware"), "/", new Set(["flash.py", "tools"])]);
     puts.push([path.join(root, "protocol"), "/protocol"]);
+  } else if (a === "--deploy-mpy") {
+    puts.push([buildBoardFiles(), "/"]);
   } else if (a === "--put") {
     const spec = args[++i] || "";
     const cut = spec.lastIndexOf(":");
@@ -43,6 +70,7 @@ if (!script) usage("no script given");
 if (!Number.isFinite(heap) || heap < 16384) usage("--heap must be at least 16384 bytes");
 
 let failed = false;
+const { loadMicroPython } = await import(RELEASES[release]);
 const mp = await loadMicroPython({
   heapsize: heap,
   stdout: (line) => process.stdout.write(line + "\n"),
@@ -62,7 +90,13 @@ function put(local, remote, skip) {
   if (stat.isDirectory()) {
     mkdirs(remote);
     for (const name of fs.readdirSync(local).sort()) {
-      if ((name.endsWith(".py") || name.endsWith(".mpy")) && !(skip && skip.has(name))) mp.FS.writeFile(path.posix.join(remote, name), fs.readFileSync(path.join(local, name)));
+      if (skip && skip.has(name)) continue;
+      const full = path.join(local, name);
+      if (fs.statSync(full).isDirectory()) {
+        if (!name.startsWith(".") && !name.startsWith("__")) put(full, path.posix.join(remote, name));
+      } else if (name.endsWith(".py") || name.endsWith(".mpy")) {
+        mp.FS.writeFile(path.posix.join(remote, name), fs.readFileSync(full));
+      }
     }
   } else {
     mkdirs(path.posix.dirname(remote));
