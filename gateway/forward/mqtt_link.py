@@ -1,7 +1,7 @@
 """One paho-mqtt 2.x client on its own network thread, with a face for the event loop.
 
 paho (CallbackAPIVersion.VERSION2, MQTT 5, clean start) connects, reconnects with a capped
-backoff (1 s doubling to 30 s) and, after a reconnect, sends again the QoS 1 messages not yet
+backoff (1 s doubling to 10 s) and, after a reconnect, sends again the QoS 1 messages not yet
 acknowledged. Its session lives in memory only, so durability comes from the forwarders'
 stored cursors, not from paho; and ``max_queued_messages`` is set (paho's default is
 unlimited): ``publish`` returns False instead of queueing more, and the caller counts it.
@@ -37,7 +37,7 @@ from gateway.logs import log
 KEEPALIVE_S = 30
 MAX_INFLIGHT = 100  # QoS 1 messages on the wire at once; lowered to the broker's Receive Maximum
 RECONNECT_MIN_S = 1
-RECONNECT_MAX_S = 30
+RECONNECT_MAX_S = 10
 
 Message = tuple[str, bytes, bool]  # topic, payload, retained
 

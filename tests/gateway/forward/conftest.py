@@ -38,7 +38,7 @@ class Observer:
     """A paho MQTT client that records every message it receives (topic, payload, retained)."""
 
     def __init__(self, port: int, topics: tuple[str, ...] = ("#",), client_id: str = "",
-                 persistent: bool = False) -> None:
+                 persistent: bool = False, username: str = "", password: str = "") -> None:
         self.lock = threading.Lock()
         self.messages: list[tuple[str, bytes, bool]] = []
         self.subscribed = threading.Event()
@@ -50,6 +50,8 @@ class Observer:
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 2)
+        if username:
+            self.client.username_pw_set(username, password)
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
         assert self.subscribed.wait(15), "observer: no SUBACK"

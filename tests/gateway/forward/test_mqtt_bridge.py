@@ -16,7 +16,7 @@ from gateway.forward.mqtt import AlertNotice, MqttBridge
 from gateway.storage.base import DeviceRecord
 from gateway.storage.sqlite import SQLiteStorage
 from protocol import wire
-from services.mosquitto import MosquittoServer
+from services.mosquitto import MosquittoServer, make_test_certificates
 from tests.gateway.forward import ha_schema
 from tests.gateway.forward.conftest import Observer, make_bridge, reading, retained, until
 
@@ -317,5 +317,23 @@ def test_acl_refusals_are_counted_not_lost_silently(tmp_path: Path) -> None:
                 assert fw.counters.acked == 0
                 await until(lambda: bridge.published["config"] >= 2, what="configs (allowed)")
                 assert bridge.refused == {}
+
+    run(body)
+
+
+def test_tls_with_a_user_name_and_password(tmp_path: Path) -> None:
+    files = make_test_certificates(tmp_path / "tls")
+
+    async def body() -> None:
+        with MosquittoServer(users={"edgewire": "pw-2", "watcher": "pw-3"}, tls=files) as broker:
+            watch = Observer(broker.port, username="watcher", password="pw-3")
+            async with running(tmp_path, broker.tls_url, username="edgewire", password="pw-2",
+                               ca_file=str(files.ca)) as (storage, bridge, forwarder):
+                assert bridge.settings.url.tls and bridge.link.client_id == "edgewire-test"
+                await storage.store([reading("S-1", 1)])
+                forwarder.wake()
+                await until(lambda: watch.json("edgewire/S-1/state"), what="state over TLS")
+                assert watch.json("edgewire/S-1/state")["seq"] == 1
+            watch.close()
 
     run(body)
