@@ -86,6 +86,7 @@ class Forwarder:
         self.cursor: LogPosition | None = None  # the stored cursor, while holding the lease
         self.oldest_pending_ms = 0  # received_ms of the oldest reading handed over and not acked yet
         self.inflight = 0  # readings beyond the stored cursor
+        self.trimmed = 0  # readings of log rows trimmed by age before this sink passed them (from storage)
         self._event = asyncio.Event()
         self._stopping = False
         self._finished = asyncio.Event()
@@ -154,6 +155,7 @@ class Forwarder:
         while not self._stopping:
             position = await self.storage.claim_sink(self.name, self.owner, self._now_ms(), self.lease_ms)
             if position is not None:
+                await self._read_trimmed()
                 log("forward_lease_taken", sink=self.name, owner=self.owner, cursor=list(_tuple(position)))
                 self._backoff = 0.0
                 return position
@@ -163,6 +165,14 @@ class Forwarder:
             self.state = STANDBY
             await self._pause(self.renew_s)
         return None
+
+    async def _read_trimmed(self) -> None:
+        for cursor in await self.storage.sink_cursors():
+            if cursor.sink == self.name:
+                if cursor.expired > self.trimmed:
+                    log("forward_log_trimmed_before_forwarding", logging.WARNING, sink=self.name,
+                        readings=cursor.expired, note="the sink was behind longer than the readings retention")
+                self.trimmed = cursor.expired
 
     def _done(self, entry: list[Any], outcome: int) -> None:
         if entry[2] != self._gen or entry[1] != PENDING:
@@ -245,6 +255,7 @@ class Forwarder:
             if now - last_trim >= self.trim_s:
                 last_trim = now
                 await self.storage.trim_forward_log(0)
+                await self._read_trimmed()
             room = self.window - len(entries)
             if room > 0 and self.sink.ready:
                 self.state = FORWARDING
