@@ -91,6 +91,7 @@ class GatewayConfig:
     nats_stream: str = "EDGEWIRE_READINGS"  # the JetStream stream (created if missing)
     nats_subject_prefix: str = "edgewire.readings"  # subjects: <prefix>.<device>
     forward_window: int = 2000  # readings a sink may have beyond its stored cursor (a crash resends at most these)
+    forward_process: bool = True  # forward readings from a worker process of their own (else in the gateway's)
 
     @property
     def dashboard_token_required(self) -> bool:

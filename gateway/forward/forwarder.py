@@ -109,6 +109,14 @@ class Forwarder:
             return 0.0
         return max(0.0, (self.clock() if now is None else now) - self.oldest_pending_ms / 1000.0)
 
+    def stats(self, now: float | None = None) -> dict[str, Any]:
+        """What /metrics shows of this forwarder (also sent by the forwarding worker, as JSON)."""
+        c = self.counters
+        return {"sink": self.name, "state": self.state, "connected": self.sink.ready, "sent": c.sent,
+                "acked": c.acked, "resent": c.resent, "refused": c.refused, "expired": c.expired,
+                "trimmed": self.trimmed, "failures": c.failures, "inflight": self.inflight,
+                "lag_s": round(self.lag_s(now), 3), "lease_lost": c.lease_lost, "storage_errors": c.storage_errors}
+
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> None:
         """Forward until ``close``; standby while another instance holds the lease."""

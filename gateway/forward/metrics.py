@@ -34,36 +34,48 @@ def _metric(lines: list[str], name: str, kind: str, text: str,
 
 def render(forwarding: Forwarding, now: float | None = None) -> str:
     """The forwarding metrics as Prometheus text ("" when nothing is forwarded)."""
-    if not forwarding.forwarders:
+    stats = forwarding.stats(now)
+    if not stats and forwarding.bridge is None:
         return ""
     lines: list[str] = []
-    fws = forwarding.forwarders
+
+    def per_sink(key: str) -> list[tuple[dict[str, str], float]]:
+        return [({"sink": s["sink"]}, float(s[key])) for s in stats]
+
     _metric(lines, "forward_acked", "counter", "Readings a sink's broker confirmed (PUBACK, JetStream ack).",
-            [({"sink": f.name}, f.counters.acked) for f in fws])
+            per_sink("acked"))
     _metric(lines, "forward_resent", "counter", "Readings sent again after a failure (at-least-once duplicates).",
-            [({"sink": f.name}, f.counters.resent) for f in fws])
+            per_sink("resent"))
     dropped: list[tuple[dict[str, str], float]] = []
-    for f in fws:
-        dropped += [({"sink": f.name, "reason": "refused"}, f.counters.refused),
-                    ({"sink": f.name, "reason": "expired"}, f.counters.expired),
-                    ({"sink": f.name, "reason": "trimmed"}, f.trimmed)]
+    for s in stats:
+        dropped += [({"sink": s["sink"], "reason": reason}, float(s[key]))
+                    for reason, key in (("refused", "refused"), ("expired", "expired"), ("trimmed", "trimmed"))]
     _metric(lines, "forward_dropped", "counter", "Readings a sink will never get, by reason: refused by the "
             "broker, deleted by retention before forwarding, log trimmed before the sink passed it.", dropped)
     _metric(lines, "forward_inflight", "gauge", "Readings handed to a sink beyond its stored cursor.",
-            [({"sink": f.name}, f.inflight) for f in fws])
+            per_sink("inflight"))
     _metric(lines, "forward_lag_seconds", "gauge", "Age of the oldest reading waiting for its broker's ack.",
-            [({"sink": f.name}, round(f.lag_s(now), 3)) for f in fws])
+            per_sink("lag_s"))
     _metric(lines, "forward_connected", "gauge", "1 while the sink is connected to its broker.",
-            [({"sink": f.name}, int(f.sink.ready)) for f in fws])
-    _metric(lines, "forward_active", "gauge", "1 while this instance holds the sink's lease and forwards "
-            "(0: standing by, or not started).",
-            [({"sink": f.name}, int(f.state in (FORWARDING, WAITING))) for f in fws])
+            [({"sink": s["sink"]}, int(bool(s["connected"]))) for s in stats])
+    _metric(lines, "forward_active", "gauge", "1 while this instance holds the sink's lease and forwards.",
+            [({"sink": s["sink"]}, int(s["state"] in (FORWARDING, WAITING))) for s in stats])
     _metric(lines, "forward_standby", "gauge", "1 while another instance holds the sink's lease.",
-            [({"sink": f.name}, int(f.state == STANDBY)) for f in fws])
+            [({"sink": s["sink"]}, int(s["state"] == STANDBY)) for s in stats])
     _metric(lines, "forward_lease_lost", "counter", "Times another instance took a sink over from this one.",
-            [({"sink": f.name}, f.counters.lease_lost) for f in fws])
+            per_sink("lease_lost"))
     _metric(lines, "forward_storage_errors", "counter", "Storage calls of a forwarder that failed (retried).",
-            [({"sink": f.name}, f.counters.storage_errors) for f in fws])
+            per_sink("storage_errors"))
+    worker = forwarding.worker
+    if worker is not None:
+        _metric(lines, "forward_worker_up", "gauge", "1 while the forwarding worker process runs and reports.",
+                [({}, int(worker.up))])
+        _metric(lines, "forward_worker_restarts", "counter", "Restarts of the forwarding worker process.",
+                [({}, worker.restarts)])
+    queue_full = forwarding.queue_full()
+    if queue_full is not None:
+        _metric(lines, "mqtt_queue_full", "counter", "Publishes turned away by paho's bounded queue (sent again).",
+                [({}, queue_full)])
     bridge = forwarding.bridge
     if bridge is not None:
         _metric(lines, "mqtt_published", "counter", "Control messages the broker confirmed, by kind.",
@@ -73,8 +85,8 @@ def render(forwarding: Forwarding, now: float | None = None) -> str:
         _metric(lines, "mqtt_dropped", "counter", "Alert events and command results dropped because the broker "
                 "was unreachable and the queue was full, by kind.",
                 [({"kind": k}, v) for k, v in sorted(bridge.dropped.items())])
-        _metric(lines, "mqtt_queue_full", "counter", "Publishes turned away by paho's bounded queue (sent again).",
-                [({}, bridge.link.refused_publishes)])
+        _metric(lines, "mqtt_bridge_connected", "gauge", "1 while the bridge is connected to the broker.",
+                [({}, int(bridge.ready))])
         _metric(lines, "mqtt_ha_births", "counter", "Home Assistant birth messages seen (every config sent again).",
                 [({}, bridge.ha_births)])
         if bridge.gate is not None:

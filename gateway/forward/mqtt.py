@@ -1,15 +1,15 @@
-"""The MQTT bridge: readings, availability, alerts and Home Assistant discovery on one broker.
+"""The MQTT bridge: availability, alerts, commands and Home Assistant discovery on one broker.
 
-As a Sink (``name = "mqtt"``) it publishes each stored reading the Forwarder hands it to
-``<prefix>/<device>/state`` (QoS 1, retained: the latest reading) and reports the PUBACK.
-Beside the readings it keeps the broker in step with the gateway (docs/mqtt.md):
+The readings themselves go out through the MQTT sink (gateway/forward/mqtt_sink.py) and the
+Forwarder, from storage. The bridge keeps the broker in step with the gateway (docs/mqtt.md):
 
 - availability of each device, from the gateway's own view (``device_online`` /
   ``device_offline``, called by the gateway's session events), retained;
 - the bridge's status: ``online`` (retained) once connected, ``offline`` by the last will
   or at a clean stop;
 - Home Assistant discovery configs: one sensor per metric of a device, published when the
-  device or a new metric is first seen, when its label, kind or firmware changes, again after
+  device or a new metric is first seen (``saw_reading``, called for each reading the gateway
+  receives: a set lookup per metric), when its label, kind or firmware changes, again after
   every (re)connect (a broker restarted without persistence lost them) and whenever Home
   Assistant announces itself (``online`` on ``<discovery prefix>/status``); removed (empty
   retained payloads) when the device is deleted from the registry;
@@ -38,17 +38,14 @@ from gateway.forward import discovery
 from gateway.forward.discovery import OFFLINE, ONLINE, DeviceInfo, Topics
 from gateway.forward.mqtt_commands import CommandGate, RunCommand
 from gateway.forward.mqtt_link import Message, MqttLink
-from gateway.forward.payload import reading_json
 from gateway.forward.settings import MqttSettings
-from gateway.forward.sink import FAILED, REFUSED, Done, Sink
+from gateway.forward.sink import REFUSED
 from gateway.logs import log
-from gateway.storage.base import ReadingRow, Storage
+from gateway.storage.base import Storage
 
 CONTROL_WINDOW = 200  # control messages (configs, availability, events) published and not yet acked
 EVENT_QUEUE = 1000  # alert events and command results waiting for the broker
 REGISTRY_REFRESH_S = 60.0  # how often deleted devices and changed labels are looked for
-SINK_NAME = "mqtt"
-
 
 class AlertNotice:
     """An alert change for the bridge: the alert engine's event (``kind``, ``alert`` dict, ``at`` ms)."""
@@ -61,16 +58,14 @@ class AlertNotice:
         self.at = at
 
 
-class MqttBridge(Sink):
+class MqttBridge:
     """See the module docstring. ``authoritative``: this gateway alone knows which devices are online
-    (no bus), so devices not connected to it are published ``offline``."""
-
-    name = SINK_NAME
+    (no bus), so devices not connected to it are published ``offline``. ``changed`` is told when the
+    connection comes or goes."""
 
     def __init__(self, settings: MqttSettings, storage: Storage, *, instance: str, version: str,
                  window: int = 2000, run_command: RunCommand | None = None, authoritative: bool = True,
                  clock: Callable[[], float] = time.time, link_factory: Callable[..., MqttLink] = MqttLink) -> None:
-        super().__init__()
         self.settings = settings
         self.storage = storage
         self.instance = instance
@@ -103,7 +98,7 @@ class MqttBridge(Sink):
             max_queued=window + CONTROL_WINDOW + 100, on_connect=self._connected,
             on_disconnect=self._disconnected, on_message=self._messages)
 
-    # ------------------------------------------------------------ Sink
+    # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Load the registry and the devices with stored readings, then connect (returns at once)."""
         await self._refresh_registry()
@@ -122,21 +117,19 @@ class MqttBridge(Sink):
     def ready(self) -> bool:
         return self.link.connected
 
-    def send(self, reading: ReadingRow, done: Done) -> None:
-        device_id = reading.device_id
+    def saw_reading(self, device_id: str, metrics: dict[str, float]) -> None:
+        """A reading came in (on ingestion): a device or metric seen for the first time gets its config."""
         info = self.devices.get(device_id)
         if info is None:
             info = self._info(device_id)
             self._availability[device_id] = None
             self._schedule()
-        metrics = info.metrics
-        for name in reading.metrics:
-            if name not in metrics:
-                metrics.add(name)
+        known = info.metrics
+        for name in metrics:
+            if name not in known:
+                known.add(name)
                 self._configs[device_id] = None
                 self._schedule()
-        if not self.link.publish(self.topics.state(device_id), reading_json(reading), retain=True, done=done):
-            done(FAILED)  # paho's bounded queue is full: the forwarder sends it again later
 
     def health(self) -> dict[str, Any]:
         return {"state": "ok" if self.link.connected else "connecting", "broker": self.settings.url.display,
@@ -223,10 +216,9 @@ class MqttBridge(Sink):
         self._published.clear()
         self._mark_all()
         self._schedule()
-        self.changed()
 
     def _disconnected(self, _reason: str) -> None:
-        self.changed()
+        return None
 
     def _messages(self, batch: list[Message]) -> None:
         for topic, payload, retained in batch:

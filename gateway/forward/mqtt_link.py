@@ -69,6 +69,7 @@ class MqttLink:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.listeners: list[Callable[[], None]] = []  # told when ``connected`` changes (sinks waiting on it)
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
         client.max_inflight_messages_set(MAX_INFLIGHT)
         client.max_queued_messages_set(max_queued)
@@ -271,6 +272,11 @@ class MqttLink:
         session = bool(getattr(flags, "session_present", False))
         log("mqtt_connected", broker=self.url.display, client_id=self.client_id, session_present=session)
         self._on_loop(self._on_connect, session)
+        self._on_loop(self._tell)
+
+    def _tell(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     def _paho_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any,
                          _properties: Any) -> None:
@@ -285,6 +291,7 @@ class MqttLink:
             log("mqtt_disconnected", logging.WARNING, broker=self.url.display, reason=reason,
                 note="reconnecting; unacknowledged messages are sent again")
             self._on_disconnect(reason)
+            self._tell()
 
     def _paho_publish(self, _client: paho.Client, _userdata: Any, mid: int, reason: Any, _properties: Any) -> None:
         done = self._waiting.pop(mid, None)

@@ -248,6 +248,12 @@ class Storage(abc.ABC):
         """
         raise StorageError(f"{type(self).__name__} keeps no readings to forward; use sqlite or postgresql storage")
 
+    async def register_sink(self, sink: str, now_ms: int) -> None:
+        """Make sure ``sink`` has a cursor (new: at the end of the log, no lease) and write the forward
+        log from now on. Every gateway configured with the sink calls it at start, also when another
+        process (the forwarding worker, another instance) does the forwarding."""
+        raise StorageError(f"{type(self).__name__} keeps no readings to forward; use sqlite or postgresql storage")
+
     async def claim_sink(self, sink: str, owner: str, now_ms: int, lease_ms: int) -> LogPosition | None:
         """Take or renew ``sink``'s lease for ``owner`` until now_ms + lease_ms and return its cursor;
         None while another owner's lease runs (``lease_until_ms > now_ms``).

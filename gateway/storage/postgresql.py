@@ -765,12 +765,16 @@ class PostgresStorage(Storage):
 
         return await self._with_conn(run)
 
+    async def register_sink(self, sink: str, now_ms: int) -> None:
+        self._forwarding = True  # before the cursor exists: every commit after its start position is logged
+        await self._execute(fwd.REGISTER, sink, now_ms)
+
     async def claim_sink(self, sink: str, owner: str, now_ms: int, lease_ms: int) -> LogPosition | None:
         self._forwarding = True  # before the claim: every commit after its start position is logged
 
         async def run(conn: asyncpg.Connection) -> LogPosition | None:
             async with conn.transaction():
-                await conn.execute(fwd.CLAIM_INSERT, sink, owner, now_ms + lease_ms, now_ms)
+                await conn.execute(fwd.REGISTER, sink, now_ms)
                 row = await conn.fetchrow(fwd.CLAIM_UPDATE, sink, owner, now_ms + lease_ms, now_ms)
             return None if row is None else LogPosition(int(row[0]), int(row[1]), int(row[2]))
 

@@ -59,9 +59,9 @@ HAS_SINKS = "SELECT EXISTS (SELECT 1 FROM forward_cursors)"
 READ_LOG = (f"SELECT tx, id, devices, seqs, times FROM forward_log WHERE (tx, id) >= ($1, $2) AND tx < {XMIN}"
             " ORDER BY tx, id LIMIT $3")
 
-CLAIM_INSERT = (
+REGISTER = (
     "INSERT INTO forward_cursors (sink, tx, commit_id, idx, owner, lease_until_ms, updated_ms)"
-    f" VALUES ($1, {XMIN}, 0, 0, $2, $3, $4) ON CONFLICT (sink) DO NOTHING"
+    f" VALUES ($1, {XMIN}, 0, 0, '', 0, $2) ON CONFLICT (sink) DO NOTHING"
 )
 CLAIM_UPDATE = (
     "UPDATE forward_cursors SET owner = $2, lease_until_ms = $3, updated_ms = $4"

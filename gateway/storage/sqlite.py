@@ -710,6 +710,10 @@ class SQLiteStorage(Storage):
         return await self._read(lambda: fwd.read_after(self._reader_conn(), position, limit, _READING_COLUMNS,
                                                        _reading))
 
+    async def register_sink(self, sink: str, now_ms: int) -> None:
+        self._forwarding = True  # before the cursor exists: every commit after its start position is logged
+        await self._write(lambda conn: fwd.register(conn, sink, now_ms))
+
     async def claim_sink(self, sink: str, owner: str, now_ms: int, lease_ms: int) -> LogPosition | None:
         self._forwarding = True  # before the claim: every commit after its start position is logged
         return await self._write(lambda conn: fwd.claim(conn, sink, owner, now_ms, lease_ms))

@@ -56,15 +56,18 @@ def has_sinks(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT 1 FROM forward_cursors LIMIT 1").fetchone() is not None
 
 
+def register(conn: sqlite3.Connection, sink: str, now_ms: int) -> None:
+    """The sink's cursor, created at the end of the log (no lease) if missing."""
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'forward_log'").fetchone()
+    conn.execute("INSERT INTO forward_cursors (sink, commit_id, idx, owner, lease_until_ms, updated_ms)"
+                 " VALUES (?, ?, 0, '', 0, ?) ON CONFLICT (sink) DO NOTHING",
+                 (sink, (int(seq[0]) if seq else 0) + 1, now_ms))
+
+
 def claim(conn: sqlite3.Connection, sink: str, owner: str, now_ms: int, lease_ms: int) -> LogPosition | None:
+    register(conn, sink, now_ms)
     row = conn.execute("SELECT commit_id, idx, owner, lease_until_ms FROM forward_cursors WHERE sink = ?",
                        (sink,)).fetchone()
-    if row is None:
-        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'forward_log'").fetchone()
-        start = LogPosition(0, (int(seq[0]) if seq else 0) + 1, 0)
-        conn.execute("INSERT INTO forward_cursors (sink, commit_id, idx, owner, lease_until_ms, updated_ms)"
-                     " VALUES (?, ?, ?, ?, ?, ?)", (sink, start.commit, start.index, owner, now_ms + lease_ms, now_ms))
-        return start
     if row[2] != owner and row[3] > now_ms:
         return None
     conn.execute("UPDATE forward_cursors SET owner = ?, lease_until_ms = ?, updated_ms = ? WHERE sink = ?",

@@ -13,7 +13,8 @@ import orjson
 from gateway.forward.discovery import object_id
 from gateway.forward.forwarder import Forwarder
 from gateway.forward.mqtt import AlertNotice, MqttBridge
-from gateway.storage.base import DeviceRecord
+from gateway.forward.mqtt_sink import MqttSink
+from gateway.storage.base import DeviceRecord, ReadingRow
 from gateway.storage.sqlite import SQLiteStorage
 from protocol import wire
 from services.mosquitto import MosquittoServer, make_test_certificates
@@ -34,7 +35,7 @@ async def running(tmp_path: Path, url: str, devices: tuple[str, ...] = ("S-1",),
     for device_id in devices:
         await storage.put_device(DeviceRecord(device_id, True, None, [], f"Room {device_id}", 1, 1))
     bridge = make_bridge(url, storage, **kw)
-    forwarder = Forwarder(bridge, storage, "gw1", window=100, save_s=0.05)
+    forwarder = Forwarder(MqttSink(bridge.link, bridge.topics), storage, "gw1", window=100, save_s=0.05)
     await bridge.start()
     task = asyncio.create_task(forwarder.run())
     try:
@@ -45,6 +46,14 @@ async def running(tmp_path: Path, url: str, devices: tuple[str, ...] = ("S-1",),
         await task
         await bridge.stop()
         await storage.close()
+
+
+async def ingest(storage: SQLiteStorage, bridge: MqttBridge, forwarder: Forwarder, rows: list[ReadingRow]) -> None:
+    """What the gateway does with received readings: store them, show them to the bridge, wake the forwarder."""
+    await storage.store(rows)
+    for row in rows:
+        bridge.saw_reading(row.device_id, row.metrics)
+    forwarder.wake()
 
 
 def run(body: Callable[[], Awaitable[None]]) -> None:
@@ -87,8 +96,7 @@ def test_state_discovery_and_availability(tmp_path: Path, broker: MosquittoServe
         try:
             async with running(tmp_path, broker.url) as (storage, bridge, forwarder):
                 bridge.device_online("S-1")
-                await storage.store([reading("S-1", 1), reading("S-1", 2)])
-                forwarder.wake()
+                await ingest(storage, bridge, forwarder, [reading("S-1", 1), reading("S-1", 2)])
                 await until(lambda: len(observer.of("edgewire/S-1/state")) == 2, what="state")
                 states = [orjson.loads(p) for p in observer.of("edgewire/S-1/state")]
                 assert [(s["device"], s["seq"]) for s in states] == [("S-1", 1), ("S-1", 2)]
@@ -115,8 +123,7 @@ def test_state_discovery_and_availability(tmp_path: Path, broker: MosquittoServe
                             .get("device", {}).get("model") == "Edgewire ESP32 node", what="model")
                 assert observer.json(CONFIG_OF("S-1", "humidity"))["device"]["sw_version"] == "0.1.0"
                 # A new metric gets its entity when first seen.
-                await storage.store([reading("S-1", 3, temperature=20.0, rssi=-60.0)])
-                forwarder.wake()
+                await ingest(storage, bridge, forwarder, [reading("S-1", 3, temperature=20.0, rssi=-60.0)])
                 await until(lambda: observer.json(CONFIG_OF("S-1", "rssi")), what="rssi config")
                 check_sensor_config(observer.json(CONFIG_OF("S-1", "rssi")), "S-1", "rssi")
                 # The device goes away: its availability flips.
@@ -145,10 +152,10 @@ def test_home_assistant_restart_keeps_entities_available(tmp_path: Path, broker:
         async with running(tmp_path, broker.url, devices=("S-1", "S-2")) as (storage, bridge, forwarder):
             bridge.device_online("S-1")
             bridge.device_online("S-2")
-            await storage.store([reading("S-1", 1), reading("S-2", 1)])
-            forwarder.wake()
+            await ingest(storage, bridge, forwarder, [reading("S-1", 1), reading("S-2", 1)])
             first = Observer(broker.port)
-            await until(lambda: len(first.matching(lambda t: t.endswith("/config"))) >= 5, what="configs")
+            await until(lambda: len(first.matching(lambda t: t.endswith("/config"))) >= 5
+                        and first.of("edgewire/S-1/state") and first.of("edgewire/S-2/state"), what="configs, states")
             first.close()
             # A restarted Home Assistant subscribes afresh: what it needs is retained.
             ha = Observer(broker.port, topics=("homeassistant/#", "edgewire/#"))
@@ -179,8 +186,7 @@ def test_broker_restart_sends_availability_and_configs_again(tmp_path: Path) -> 
         with MosquittoServer() as broker:
             async with running(tmp_path, broker.url, devices=("S-1", "S-2")) as (storage, bridge, forwarder):
                 bridge.device_online("S-1")
-                await storage.store([reading("S-1", 1), reading("S-2", 1)])
-                forwarder.wake()
+                await ingest(storage, bridge, forwarder, [reading("S-1", 1), reading("S-2", 1)])
                 watch = Observer(broker.port)
                 await until(lambda: watch.last("edgewire/S-2/availability") == b"offline", what="S-2 offline")
                 watch.close()
@@ -201,8 +207,7 @@ def test_a_deleted_device_loses_its_entities(tmp_path: Path, broker: MosquittoSe
     async def body() -> None:
         async with running(tmp_path, broker.url, devices=("S-1", "dev.2")) as (storage, bridge, forwarder):
             bridge.device_online("dev.2")
-            await storage.store([reading("S-1", 1), reading("dev.2", 1)])
-            forwarder.wake()
+            await ingest(storage, bridge, forwarder, [reading("S-1", 1), reading("dev.2", 1)])
             watch = Observer(broker.port)
             topic = CONFIG_OF("dev.2", "temperature")
             await until(lambda: watch.json(topic), what="config of dev.2")
@@ -311,8 +316,7 @@ def test_acl_refusals_are_counted_not_lost_silently(tmp_path: Path) -> None:
     async def body() -> None:
         with MosquittoServer(users={"edgewire": "pw-1"}, acl=acl) as broker:
             async with running(tmp_path, broker.url, username="edgewire", password="pw-1") as (storage, bridge, fw):
-                await storage.store([reading("S-1", 1)])
-                fw.wake()
+                await ingest(storage, bridge, fw, [reading("S-1", 1)])
                 await until(lambda: fw.counters.refused == 1, what="refused")
                 assert fw.counters.acked == 0
                 await until(lambda: bridge.published["config"] >= 2, what="configs (allowed)")
@@ -330,8 +334,7 @@ def test_tls_with_a_user_name_and_password(tmp_path: Path) -> None:
             async with running(tmp_path, broker.tls_url, username="edgewire", password="pw-2",
                                ca_file=str(files.ca)) as (storage, bridge, forwarder):
                 assert bridge.settings.url.tls and bridge.link.client_id == "edgewire-test"
-                await storage.store([reading("S-1", 1)])
-                forwarder.wake()
+                await ingest(storage, bridge, forwarder, [reading("S-1", 1)])
                 await until(lambda: watch.json("edgewire/S-1/state"), what="state over TLS")
                 assert watch.json("edgewire/S-1/state")["seq"] == 1
             watch.close()

@@ -17,17 +17,25 @@ from pathlib import Path
 import orjson
 import pytest
 
+from gateway.forward.discovery import Topics
 from gateway.forward.forwarder import Forwarder
+from gateway.forward.mqtt_link import MqttLink
+from gateway.forward.mqtt_sink import MqttSink
+from gateway.forward.settings import MQTT_PORTS, parse_broker_url
 from gateway.forward.sink import Sink
 from gateway.storage.sqlite import SQLiteStorage
 from services.mosquitto import MosquittoServer
 from services.nats import NatsServer
-from tests.gateway.forward.conftest import Observer, make_bridge, reading, until
+from tests.gateway.forward.conftest import Observer, reading, until
 from tests.gateway.forward.test_nats_sink import make_sink, stream_messages
 
 OUTAGE_S = 30.0
 DEVICES = tuple(f"S-{i}" for i in range(5))
 WINDOW = 200
+
+
+def _nothing(*_args: object) -> None:
+    return None
 
 
 class Writer:
@@ -108,23 +116,24 @@ def test_mosquitto_down_for_30_s(tmp_path: Path) -> None:
         with MosquittoServer(persistence=True) as broker:
             # A consumer with a persistent session: what the broker accepts is kept for it across the restart.
             watch = Observer(broker.port, topics=("edgewire/+/state",), client_id="outage-watch", persistent=True)
-            storage_for_bridge = SQLiteStorage(tmp_path / "unused.db")  # the bridge reads no registry here
-            await storage_for_bridge.open()
-            bridge = make_bridge(broker.url, storage_for_bridge, window=WINDOW, discovery=False)
+            # The sink as the forwarding worker runs it: a connection of its own.
+            url = parse_broker_url("mqtt_url", broker.url, MQTT_PORTS)
+            link = MqttLink(url, client_id="edgewire-gw1-readings", max_queued=WINDOW + 100, on_connect=_nothing,
+                            on_disconnect=_nothing, on_message=_nothing)
+            sink = MqttSink(link, Topics("edgewire", "homeassistant", "gw1"), own_link=True)
 
             def received() -> list[tuple[str, int]]:
                 return [(m["device"], m["seq"]) for m in (orjson.loads(p) for _, p, _ in
                                                           watch.matching(lambda t: t.endswith("/state")))]
 
             try:
-                writer, forwarder = await outage(tmp_path, bridge, lambda: broker.stop("term"), broker.start, received)
+                writer, forwarder = await outage(tmp_path, sink, lambda: broker.stop("term"), broker.start, received)
                 counts = check_stream(received(), writer)
                 print("mosquitto outage:", counts, forwarder.counters)
                 assert counts["duplicates"] <= WINDOW, counts
                 assert forwarder.counters.refused == 0 and forwarder.counters.expired == 0
             finally:
                 watch.close()
-                await storage_for_bridge.close()
 
     asyncio.run(body())
 

@@ -75,14 +75,14 @@ def test_topics_and_ids() -> None:
 
 
 def test_forwarding_group_and_metrics(tmp_path: Path) -> None:
-    config = load_config(env={}, overrides={"mqtt_url": "mqtt://127.0.0.1:1", "nats_url": "nats://127.0.0.1:2",
-                                            "mqtt_commands": True})
     storage = SQLiteStorage(tmp_path / "m.db")
-    forwarding = Forwarding.from_config(config, storage, "gw1", "0.1.0", run_command=None)
-    assert [f.name for f in forwarding.forwarders] == ["mqtt", "nats"]
-    assert [name for name, _ in forwarding.tasks()] == ["forward_mqtt", "forward_nats", "mqtt_upkeep"]
-    forwarding.forwarders[0].counters.refused = 2
-    text = metrics.render(forwarding, now=0.0)
+    urls = {"mqtt_url": "mqtt://127.0.0.1:1", "nats_url": "nats://127.0.0.1:2", "mqtt_commands": True}
+    here = Forwarding.from_config(load_config(env={}, overrides={**urls, "forward_process": False}), storage,
+                                  "gw1", "0.1.0", run_command=None)
+    assert [f.name for f in here.forwarders] == ["mqtt", "nats"] and here.worker is None
+    assert [name for name, _ in here.tasks()] == ["forward_mqtt", "forward_nats", "mqtt_upkeep"]
+    here.forwarders[0].counters.refused = 2
+    text = metrics.render(here, now=0.0)
     names = set()
     for line in text.splitlines():
         if line.startswith("# TYPE "):
@@ -95,8 +95,17 @@ def test_forwarding_group_and_metrics(tmp_path: Path) -> None:
         assert re.fullmatch(r"[a-z_]+(\{[a-z_]+=\"[a-z_]+\"(,[a-z_]+=\"[a-z_]+\")*\})? -?[0-9.e+-]+", line), line
     assert 'edgewire_forward_dropped_total{sink="mqtt",reason="refused"} 2' in text
     assert 'edgewire_forward_connected{sink="nats"} 0' in text
-    assert "edgewire_mqtt_dropped_total" in text
+    assert "edgewire_mqtt_dropped_total" in text and "edgewire_forward_worker_up" not in text
+    # The default: readings forwarded by the worker process; the bridge stays in the gateway.
+    worker = Forwarding.from_config(load_config(env={}, overrides=urls), storage, "gw1", "0.1.0")
+    assert worker.forwarders == [] and worker.worker is not None and worker.bridge is not None
+    assert worker.sink_names == ["mqtt", "nats"]
+    assert [name for name, _ in worker.tasks()] == ["forward_worker", "mqtt_upkeep"]
+    worker.worker.stats = [dict(here.forwarders[1].stats(0.0), acked=7)]
+    assert 'edgewire_forward_acked_total{sink="nats"} 7' in metrics.render(worker)
+    assert "edgewire_forward_worker_up 0" in metrics.render(worker)
     assert metrics.render(Forwarding(storage, [])) == ""
     empty = Forwarding.from_config(load_config(env={}), storage, "gw1", "0.1.0")
     empty.device_online("x")  # no-ops without MQTT
-    assert empty.forwarders == [] and empty.tasks() == []
+    empty.saw_reading("x", {"temperature": 1.0})
+    assert empty.forwarders == [] and empty.tasks() == [] and empty.worker is None

@@ -198,3 +198,27 @@ def test_postgresql_late_commit_is_not_skipped(postgres_dsn: str) -> None:
     import asyncio
 
     asyncio.run(body())
+
+
+def test_register_then_another_process_forwards(backend: Backend) -> None:
+    """The gateway registers the sink (and logs from then on); a forwarding worker with its own storage
+    connection claims it and reads everything stored after the registration."""
+
+    async def body(s: Storage) -> None:
+        await s.store([row("A", 1)])  # before the registration: not forwarded
+        await s.register_sink("mqtt", T0)
+        await s.register_sink("mqtt", T0 + 5)  # idempotent: the cursor does not move
+        [cursor] = await s.sink_cursors()
+        assert (cursor.sink, cursor.owner, cursor.lease_until_ms) == ("mqtt", "", 0)
+        await s.store([row("A", 2), row("B", 1)])
+        worker = backend.make()
+        await worker.open()
+        try:
+            start = await worker.claim_sink("mqtt", "gw1-worker", T0, LEASE)
+            assert start == cursor.position
+            got, _ = await drain(worker, start)
+            assert keys(got) == [("A", 2), ("B", 1)]
+        finally:
+            await worker.close()
+
+    backend.run(body)
