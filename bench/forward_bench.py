@@ -1,24 +1,25 @@
 """Forwarding to Mosquitto: throughput at the 10k-device steady rate, and the CPU it adds per reading.
 
-One process plays the gateway's storage side and its MQTT bridge: a writer stores readings
-in group commits (``--devices`` devices at ``--rate`` readings/s each, in commits every 10 ms,
-SQLite as the gateway runs it: WAL, synchronous=FULL), and the Forwarder hands them to the
-MqttBridge (paho-mqtt on its thread, QoS 1, retained state, Home Assistant discovery on).
-Mosquitto (services.mosquitto) and a subscriber counting what it delivers run as separate
-processes.
+This process plays the gateway's storage side: a writer stores readings in group commits
+(``--devices`` devices at ``--rate`` readings/s each, one commit every 10 ms; SQLite as the
+gateway runs it: WAL, synchronous=FULL) and shows each reading to the MQTT bridge
+(``saw_reading``: Home Assistant discovery), as ingestion does. The readings are forwarded
+as the gateway forwards them by default (``forward_process = true``): by the forwarding
+worker process (gateway.forward.worker: the Forwarder and the MQTT sink, paho-mqtt, QoS 1,
+retained state). Mosquitto (services.mosquitto) and a subscriber counting what it delivers
+are separate processes.
 
-Phases, each ``--seconds`` long at the same write rate:
-1. ``baseline``: no sink (the forward log is not written): what storing alone costs.
-2. ``forwarding``: the sink claimed, after ``--warmup`` s (the first-seen burst of discovery
-   configs, one per device and metric, is not in the figures).
-3. ``drain`` (max throughput): the writer stops with ``--backlog`` readings stored while the
-   bridge was disconnected; they are then forwarded as fast as possible (discovery off: readings only).
+Phases, each ``--seconds`` long at the same write rate, after ``--warmup`` seconds:
+1. ``baseline``: no sink, no bridge (the forward log is not written): storing alone.
+2. ``worker``: the sink registered (the forward log is written), the bridge connected, the
+   worker forwarding. CPU per reading of this process (the gateway side: the log rows and the
+   bridge), of the worker and of Mosquitto.
+3. ``in_process`` (``forward_process = false``): the same Forwarder and sink in this process.
+4. ``drain``: ``--backlog`` readings stored while no forwarder ran, forwarded by the worker
+   as fast as it goes: its maximum rate.
 
-Reported: readings/s stored and acked (PUBACK), delivered to the subscriber, backlog at the
-end, the lag of the oldest reading waiting for its ack, this process's CPU (all its threads,
-``time.process_time``) per reading in each phase and their difference (the CPU forwarding adds
-per reading), Mosquitto's CPU per reading, and the machine's load average (the machine may be
-shared: the figures are only comparable on a quiet machine).
+CPU is utime+stime of each process (all its threads) per reading stored. The machine may be
+shared: the load average is reported, and the figures are only comparable on a quiet machine.
 
 Usage: .venv/bin/python -m bench.forward_bench [--devices 10000] [--rate 1] [--seconds 30] [--json FILE]
 """
@@ -34,13 +35,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.proc import process_cpu_seconds
+from gateway.config import load_config
+from gateway.forward.discovery import Topics
 from gateway.forward.forwarder import Forwarder
-from gateway.forward.mqtt import MqttBridge
-from gateway.forward.settings import MQTT_PORTS, MqttSettings, parse_broker_url
+from gateway.forward.mqtt_link import MqttLink
+from gateway.forward.mqtt_sink import MqttSink
+from gateway.forward.settings import MQTT_PORTS, parse_broker_url
+from gateway.forward.setup import Forwarding, ForwardWorker
 from gateway.storage.base import DeviceRecord, ReadingRow
 from gateway.storage.sqlite import SQLiteStorage
 from services.mosquitto import MosquittoServer
@@ -104,27 +110,32 @@ class Writer:
         self.stored = 0
         self.running = False
         self.late = 0  # commits that started behind schedule (the machine could not keep up)
+        self.on_rows: Callable[[list[ReadingRow]], object] | None = None  # ingestion's hook (the bridge)
+        self.on_commit: Callable[[], None] | None = None  # wakes an in-process forwarder
 
     def batch(self) -> list[ReadingRow]:
         rows = []
+        now = int(time.time() * 1000)  # receive times are real: the forwarders' lag is measured from them
         for _ in range(self.per_commit):
             device = self.devices[self.next]
             self.next = (self.next + 1) % len(self.devices)
             seq = self.seq[device] = self.seq[device] + 1
-            t = T0 + seq * 1000
-            rows.append(ReadingRow(device, seq, t, t + 5, {"temperature": 20.0 + (seq % 50) / 10,
+            rows.append(ReadingRow(device, seq, now, now, {"temperature": 20.0 + (seq % 50) / 10,
                                                           "humidity": 45.0 + seq % 7}, quality="ok"))
         return rows
 
-    async def run(self, on_commit: Any = None) -> None:
+    async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.running = True
         due = loop.time()
         while self.running:
-            await self.storage.store(self.batch())
+            rows = self.batch()
+            await self.storage.store(rows)
             self.stored += self.per_commit
-            if on_commit is not None:
-                on_commit()
+            if self.on_rows is not None:
+                self.on_rows(rows)
+            if self.on_commit is not None:
+                self.on_commit()
             due += COMMIT_S
             delay = due - loop.time()
             if delay > 0:
@@ -134,91 +145,152 @@ class Writer:
                 await asyncio.sleep(0)
 
 
-def mosquitto_cpu(broker: MosquittoServer) -> float:
-    pid = broker.pid
+def cpu_of(pid: int | None) -> float:
     return process_cpu_seconds(pid) if pid else 0.0
 
 
-async def measure(seconds: float, writer: Writer, forwarder: Forwarder | None, subscriber: Subscriber,
-                  broker: MosquittoServer, base: int = 0) -> dict[str, Any]:
-    stored0, acked0 = writer.stored, forwarder.counters.acked if forwarder else 0
-    delivered0, cpu0, mq0, t0 = subscriber.count(), time.process_time(), mosquitto_cpu(broker), time.monotonic()
+class Phase:
+    """CPU and counters at the start of a measurement window."""
+
+    def __init__(self, writer: Writer, subscriber: Subscriber, broker: MosquittoServer, worker_pid: int | None,
+                 acked: Callable[[], int]) -> None:
+        self.writer, self.subscriber, self.broker, self.worker_pid, self.acked = (
+            writer, subscriber, broker, worker_pid, acked)
+        self.t0 = time.monotonic()
+        self.stored0, self.acked0, self.delivered0 = writer.stored, acked(), subscriber.count()
+        self.cpu0, self.mq0, self.worker0 = time.process_time(), cpu_of(broker.pid), cpu_of(worker_pid)
+        self.late0 = writer.late
+
+    def end(self) -> dict[str, Any]:
+        elapsed = time.monotonic() - self.t0
+        stored = max(1, self.writer.stored - self.stored0)
+
+        def per(value: float) -> float:
+            return round(value / stored * 1e6, 1)
+
+        return {"seconds": round(elapsed, 2), "stored_per_s": round(stored / elapsed),
+                "acked_per_s": round((self.acked() - self.acked0) / elapsed),
+                "delivered_per_s": round((self.subscriber.count() - self.delivered0) / elapsed),
+                "gateway_cpu_us_per_reading": per(time.process_time() - self.cpu0),
+                "worker_cpu_us_per_reading": per(cpu_of(self.worker_pid) - self.worker0) if self.worker_pid else None,
+                "mosquitto_cpu_us_per_reading": per(cpu_of(self.broker.pid) - self.mq0),
+                "late_commits": self.writer.late - self.late0}
+
+
+async def measure(seconds: float, phase: Phase) -> dict[str, Any]:
     await asyncio.sleep(seconds)  # the measurement window
-    elapsed = time.monotonic() - t0
-    stored = writer.stored - stored0
-    acked = (forwarder.counters.acked if forwarder else 0) - acked0
-    delivered = subscriber.count() - delivered0
-    cpu = time.process_time() - cpu0
-    return {"seconds": round(elapsed, 2), "stored_per_s": round(stored / elapsed), "acked_per_s": round(acked / elapsed),
-            "delivered_per_s": round(delivered / elapsed), "cpu_s": round(cpu, 2),
-            "cpu_us_per_stored": round(cpu / max(1, stored) * 1e6, 1),
-            "mosquitto_cpu_us_per_reading": round((mosquitto_cpu(broker) - mq0) / max(1, stored) * 1e6, 1),
-            "backlog": (writer.stored - base - forwarder.counters.acked) if forwarder else None,
-            "lag_s": round(forwarder.lag_s(), 3) if forwarder else None, "late_commits": writer.late}
+    return phase.end()
+
+
+def worker_acked(worker: ForwardWorker) -> int:
+    return sum(int(s.get("acked", 0)) for s in worker.stats)
+
+
+async def until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     devices = [f"D-{i:05d}" for i in range(args.devices)]
+    result: dict[str, Any] = {"devices": args.devices, "rate_per_s": round(args.devices * args.rate),
+                              "window": args.window}
     with MosquittoServer(parent_dir=workdir, quiet=True) as broker:
         subscriber = Subscriber(broker.port)
-        storage = SQLiteStorage(workdir / "forward.db", commit_interval_ms=0)
+        config = load_config(env={}, overrides={"data_dir": str(workdir), "mqtt_url": broker.url,
+                                                "instance_id": "bench", "forward_window": args.window,
+                                                "log_level": "warning"})
+        storage = SQLiteStorage(config.database, commit_interval_ms=0)
         await storage.open()
+        writer = Writer(storage, devices, args.rate)
         try:
             for device in devices:
                 await storage.put_device(DeviceRecord(device, True, None, [], "", T0, T0))
-            writer = Writer(storage, devices, args.rate)
             writing = asyncio.create_task(writer.run())
-            await asyncio.sleep(args.warmup)  # the writer settles (SQLite caches, WAL)
-            baseline = await measure(args.seconds, writer, None, subscriber, broker)
-            settings = MqttSettings(parse_broker_url("mqtt_url", broker.url, MQTT_PORTS), client_id="edgewire-bench")
-            bridge = MqttBridge(settings, storage, instance="bench", version="bench", window=args.window)
-            forwarder = Forwarder(bridge, storage, "bench", window=args.window)
-            writer.running = False
-            await writing
-            await bridge.start()
-            task = asyncio.create_task(forwarder.run())
-            while forwarder.cursor is None or not bridge.ready:
-                await asyncio.sleep(0.05)
-            base = writer.stored  # the sink starts at the end of the log: what is stored from now on
-            writing = asyncio.create_task(writer.run(forwarder.wake))
+            await asyncio.sleep(args.warmup)  # SQLite caches and the WAL settle
+            result["baseline"] = await measure(args.seconds, Phase(writer, subscriber, broker, None, lambda: 0))
+            # 2. The default: the gateway side registers the sink and runs the bridge; the worker forwards.
+            forwarding = Forwarding.from_config(config, storage, "bench", "bench")
+            assert forwarding.worker is not None and forwarding.bridge is not None
+            await forwarding.start()
+            worker_task = asyncio.create_task(forwarding.worker.run())
+            bridge = forwarding.bridge
+            writer.on_rows = lambda rows: [bridge.saw_reading(r.device_id, r.metrics) for r in rows]
+            await until(lambda: forwarding.worker is not None and forwarding.worker.up, 60)
             await asyncio.sleep(args.warmup)  # discovery burst: one config per device and metric
-            steady = await measure(args.seconds, writer, forwarder, subscriber, broker, base)
+            pid = forwarding.worker.process.pid if forwarding.worker.process else None
+            worker = forwarding.worker
+            phase = Phase(writer, subscriber, broker, pid, lambda: worker_acked(worker))
+            result["worker"] = await measure(args.seconds, phase)
+            result["worker"]["lag_s_at_end"] = max((s.get("lag_s", 0.0) for s in worker.stats), default=None)
+            await forwarding.close()
+            await worker_task
+            writer.on_rows = None
+            # 3. forward_process = false: the forwarder and the sink in this process.
+            link = MqttLink(parse_broker_url("mqtt_url", broker.url, MQTT_PORTS), client_id="edgewire-bench-inproc",
+                            max_queued=args.window + 100, on_connect=_nothing, on_disconnect=_nothing,
+                            on_message=_nothing)
+            sink = MqttSink(link, Topics("edgewire", "homeassistant", "bench"), own_link=True)
+            forwarder = Forwarder(sink, storage, "bench", window=args.window)
+            await sink.start()
+            task = asyncio.create_task(forwarder.run())
+            writer.on_commit = forwarder.wake
+            await until(lambda: sink.ready and forwarder.cursor is not None, 60)
+            await asyncio.sleep(args.warmup)  # the backlog of phase 2's end is forwarded first
+            phase = Phase(writer, subscriber, broker, None, lambda: forwarder.counters.acked)
+            result["in_process"] = await measure(args.seconds, phase)
+            result["in_process"]["lag_s_at_end"] = forwarder.lag_s()
             writer.running = False
             await writing
-            # Max throughput: a backlog stored while the bridge was away, forwarded as fast as it goes.
             await forwarder.close()
             await task
-            await bridge.stop()
+            await sink.stop()
+            # 4. The worker's top rate on a backlog.
             for _ in range(max(1, args.backlog // writer.per_commit)):
                 await storage.store(writer.batch())
                 writer.stored += writer.per_commit
-            bare = MqttSettings(settings.url, client_id="edgewire-bench", discovery=False)  # readings only
-            bridge = MqttBridge(bare, storage, instance="bench", version="bench", window=args.window)
-            forwarder = Forwarder(bridge, storage, "bench", window=args.window)
-            await bridge.start()
-            cpu0, t0, acked0 = time.process_time(), time.monotonic(), 0
-            task = asyncio.create_task(forwarder.run())
-            backlog = writer.stored  # everything not yet acked by the first forwarder is resent or new
-            deadline = time.monotonic() + MAX_SECONDS
-            while forwarder.counters.acked < args.backlog and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            drain_s = time.monotonic() - t0
-            drain = {"readings": forwarder.counters.acked - acked0, "seconds": round(drain_s, 2),
-                     "acked_per_s": round((forwarder.counters.acked - acked0) / drain_s),
-                     "cpu_us_per_reading": round((time.process_time() - cpu0) / max(1, forwarder.counters.acked)
-                                                 * 1e6, 1), "stored_total": backlog}
-            await forwarder.close()
-            await task
-            await bridge.stop()
+            drain = Forwarding.from_config(config, storage, "bench", "bench")
+            assert drain.worker is not None
+            drain.bridge = None  # readings only: no control messages
+            await drain.start()
+            drain_task = asyncio.create_task(drain.worker.run())
+            await until(lambda: drain.worker is not None and drain.worker.up, 60)
+            t0, pid = time.monotonic(), drain.worker.process.pid if drain.worker.process else None
+            cpu0 = cpu_of(pid)
+            done = await until(lambda: drain.worker is not None and worker_acked(drain.worker) >= args.backlog,
+                               MAX_SECONDS)
+            elapsed = time.monotonic() - t0
+            acked = worker_acked(drain.worker)
+            result["drain"] = {"readings": acked, "seconds": round(elapsed, 2), "acked_per_s": round(acked / elapsed),
+                               "worker_cpu_us_per_reading": round((cpu_of(pid) - cpu0) / max(1, acked) * 1e6, 1),
+                               "complete": done}
+            await drain.close()
+            await drain_task
         finally:
+            writer.running = False
             await storage.close()
             subscriber.close()
-    added = steady["cpu_us_per_stored"] - baseline["cpu_us_per_stored"]
-    return {"devices": args.devices, "rate_per_s": round(args.devices * args.rate), "window": args.window,
-            "baseline": baseline, "forwarding": steady, "drain": drain,
-            "cpu_us_added_per_reading": round(added, 1),
-            "keeps_up": steady["acked_per_s"] >= 0.98 * steady["stored_per_s"],
-            "loadavg_at_end": os.getloadavg(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    worker_phase, baseline = result["worker"], result["baseline"]
+    result["gateway_cpu_us_added_per_reading"] = round(
+        worker_phase["gateway_cpu_us_per_reading"] - baseline["gateway_cpu_us_per_reading"], 1)
+    result["in_process_cpu_us_added_per_reading"] = round(
+        result["in_process"]["gateway_cpu_us_per_reading"] - baseline["gateway_cpu_us_per_reading"], 1)
+    result["keeps_up"] = worker_phase["acked_per_s"] >= 0.98 * worker_phase["stored_per_s"]
+    target = args.devices * args.rate
+    result["valid"] = all(result[k]["stored_per_s"] >= 0.95 * target for k in ("baseline", "worker", "in_process"))
+    if not result["valid"]:
+        result["invalid_reason"] = ("the writer could not store the target rate in every phase (the machine is "
+                                    "short of CPU): per-reading CPU figures stand, rates do not")
+    result.update(loadavg_at_end=os.getloadavg(), cpus=os.cpu_count(), python=platform.python_version())
+    return result
+
+
+def _nothing(*_args: Any) -> None:
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
