@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.proc import process_cpu_seconds
+from bench.proc import process_cpu_seconds, rss_kib
 from gateway.config import load_config
 from gateway.forward.discovery import Topics
 from gateway.forward.forwarder import Forwarder
@@ -227,6 +227,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             phase = Phase(writer, subscriber, broker, pid, lambda: worker_acked(worker))
             result["worker"] = await measure(args.seconds, phase)
             result["worker"]["lag_s_at_end"] = max((s.get("lag_s", 0.0) for s in worker.stats), default=None)
+            result["worker"]["worker_peak_rss_mib"] = round(rss_kib(pid)["hwm"] / 1024, 1) if pid else None
             await forwarding.close()
             await worker_task
             writer.on_rows = None

@@ -340,3 +340,56 @@ def test_tls_with_a_user_name_and_password(tmp_path: Path) -> None:
             watch.close()
 
     run(body)
+
+
+def documented_acl() -> str:
+    """The ACL file docs/mqtt.md tells operators to use, as written there."""
+    text = (Path(__file__).resolve().parents[3] / "docs" / "mqtt.md").read_text()
+    section = text[text.index("## Broker ACLs"):]
+    return section.split("```", 2)[1].strip("\n") + "\n"
+
+
+def test_the_documented_acls_are_enough_and_refuse_the_rest(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    async def run_command(device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        calls.append(name)
+        return {"ok": True, "msg": "pong", "data": {}}
+
+    async def body() -> None:
+        users = {"edgewire": "pw-g", "homeassistant": "pw-h", "operator": "pw-o", "stranger": "pw-s"}
+        with MosquittoServer(users=users, acl=documented_acl()) as broker:
+            ha = Observer(broker.port, topics=("edgewire/#", "homeassistant/#"), username="homeassistant",
+                          password="pw-h")
+            operator = Observer(broker.port, topics=("edgewire/+/command/+/result",), username="operator",
+                                password="pw-o")
+            async with running(tmp_path, broker.url, username="edgewire", password="pw-g", run_command=run_command,
+                               commands=True, devices=("S-1", "S-2")) as (storage, bridge, forwarder):
+                bridge.device_online("S-1")
+                await ingest(storage, bridge, forwarder, [reading("S-1", 1), reading("S-2", 1)])
+                bridge.alert_event(AlertNotice("raised", {"id": 1, "device": "S-1", "metric": "temperature"}, 5))
+                await until(lambda: ha.json("edgewire/S-1/state") and ha.json(CONFIG_OF("S-2", "humidity"))
+                            and ha.last("edgewire/S-1/availability") == b"online" and ha.json("edgewire/S-1/alert")
+                            and ha.last("edgewire/bridge/gw1/status") == b"online", what="seen by Home Assistant")
+                operator.publish("edgewire/S-1/command/ping", b"{}")
+                await until(lambda: operator.json("edgewire/S-1/command/ping/result"), what="command result")
+                assert operator.json("edgewire/S-1/command/ping/result")["ok"] is True and calls == ["ping"]
+                # Home Assistant cannot command devices; a stranger cannot either (both refused by the broker,
+                # which also disconnects a 3.1.1 client for it: separate clients, not the watching one).
+                for user, password in (("homeassistant", "pw-h"), ("stranger", "pw-s")):
+                    intruder = Observer(broker.port, topics=("edgewire/+/command/+/result",), username=user,
+                                        password=password)
+                    intruder.publish("edgewire/S-2/command/ping", b"{}")
+                    intruder.close()
+                await storage.delete_device("S-2")
+                await bridge._refresh_registry()
+                await until(lambda: ha.last(CONFIG_OF("S-2", "humidity")) == b"", what="removal allowed")
+                operator.publish("edgewire/S-1/command/ping", b"{}")  # after the refused ones: they were not run
+                await until(lambda: len(operator.of("edgewire/S-1/command/ping/result")) == 2, what="second")
+                assert calls == ["ping", "ping"]
+                assert bridge.refused == {} and forwarder.counters.refused == 0
+                assert ha.connects == 1
+            ha.close()
+            operator.close()
+
+    run(body)
