@@ -15,7 +15,7 @@ ANSIBLE_VENV ?= var/ansible-venv
 ANSIBLE_STAMP := $(ANSIBLE_VENV)/.installed
 ANSIBLE_TEST_ROOT ?= var/ansible-test
 
-.PHONY: help venv demo test lint clean node-deps system-deps-demo system-deps-test system-deps-bench ansible-venv provision-test
+.PHONY: help venv demo test lint clean node-deps system-deps-demo system-deps-test system-deps-bench ansible-venv provision-test fuzz
 
 help:
 	@echo "make demo   - gateway on $(HOST):$(PORT) (SQLite) + $(DEVICES) simulated devices; Ctrl-C stops"
@@ -26,6 +26,7 @@ help:
 	@echo "make flash  - flash an ESP32 node (see hardware.md)"
 	@echo "make bench  - gateway vs Mosquitto under load (docs/performance.md)"
 	@echo "make bench-forward - forwarding to Mosquitto at 10k readings/s (docs/performance.md)"
+	@echo "make fuzz   - 10^6 generated frames against protocol/ and a live gateway (FUZZ_FRAMES=...)"
 
 # Debian packages each target needs (scripts/system-deps installs them as root, else prints the apt-get line).
 system-deps-demo:
@@ -71,6 +72,13 @@ lint: $(STAMP) $(ANSIBLE_STAMP)
 	cd ansible && PATH=$(abspath $(ANSIBLE_VENV))/bin:$$PATH ansible-lint --offline --profile production
 	$(ANSIBLE_VENV)/bin/yamllint --strict -c ansible/.yamllint ansible
 	$(VENV)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $(K8S_MANIFESTS)
+
+# make fuzz: structure-aware fuzzing (hypothesis corpus + mutator) of protocol/ and a live gateway;
+# FUZZ_FRAMES per target (CI: 10000). Fails on a crash, a task death, a 1011 or an unhealthy gateway.
+FUZZ_FRAMES ?= 1000000
+FUZZ_ARGS ?=
+fuzz: $(STAMP)
+	$(PY) -m fuzz --frames $(FUZZ_FRAMES) $(FUZZ_ARGS)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

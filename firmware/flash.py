@@ -429,7 +429,7 @@ def build_config(s: Settings, token: str) -> dict[str, Any]:
         sensor=s.sensor,
         sensor_pin=s.sensor_pin,
     )
-    is_jwt = token.count(".") == 2 and not token.startswith("ewt_")
+    is_jwt = not wire.is_device_token(token)
     config["token"] = None if is_jwt else token
     config["jwt"] = token if is_jwt else None
     if s.led_pin is not None:

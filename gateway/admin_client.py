@@ -12,7 +12,8 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
+from gateway.secret_files import read_secret
 
 
 def admin_token(data_dir: str, given: str | None = None, token_file: str | None = None) -> str:
@@ -20,14 +21,14 @@ def admin_token(data_dir: str, given: str | None = None, token_file: str | None 
     if given:
         return given
     path = Path(token_file) if token_file else Path(data_dir) / "admin.token"
+    if not path.exists():
+        hint = ("check --admin-token-file" if token_file
+                else "pass --admin-token, --admin-token-file or the gateway's --data-dir, or run on the gateway host")
+        raise GatewayError(f"no admin token: {path} is missing; {hint}")
     try:
-        token = path.read_text().strip()
-    except OSError as err:
-        hint = "check --admin-token-file" if token_file else "pass --admin-token-file or run on the gateway host"
-        raise GatewayError(f"no admin token: cannot read {path} ({err.strerror}); {hint}") from None
-    if not token:
-        raise GatewayError(f"no admin token: {path} is empty")
-    return token
+        return read_secret(path, "admin token")
+    except ConfigError as err:
+        raise GatewayError(f"no admin token: {err}") from None
 
 
 def client_ssl(cafile: str | None) -> ssl.SSLContext | None:
@@ -44,7 +45,7 @@ async def admin_call(url: str, token: str, request: dict[str, Any], timeout: flo
                      ssl_context: ssl.SSLContext | None = None) -> dict[str, Any]:
     """Send one request to /v1/admin and return the reply (GatewayError on an error reply or failure)."""
     from websockets.asyncio.client import connect
-    from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+    from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI, WebSocketException
 
     endpoint = url.rstrip("/") + "/v1/admin"
     options: dict[str, Any] = {"ssl": ssl_context} if ssl_context is not None else {}
@@ -57,13 +58,19 @@ async def admin_call(url: str, token: str, request: dict[str, Any], timeout: flo
         raise GatewayError(f"--url {url!r}: not a ws:// or wss:// URL") from None
     except InvalidStatus as err:
         status = err.response.status_code
-        hint = "the admin token was refused: check it" if status == 401 else "is this an Edgewire gateway?"
+        hint = ("the admin token was refused: pass the contents of <data-dir>/admin.token with --admin-token, "
+                "or the right --data-dir" if status == 401 else "is this an Edgewire gateway?")
         raise GatewayError(f"{endpoint} answered HTTP {status}: {hint}") from None
     except ssl.SSLError as err:
         raise GatewayError(f"TLS with {endpoint} failed ({err.reason or err}); pass --cafile with the "
                            "gateway's certificate, or check the host name in --url") from None
-    except (OSError, InvalidHandshake, TimeoutError) as err:
-        raise GatewayError(f"cannot reach the admin API at {endpoint} ({str(err) or type(err).__name__}); "
+    except TimeoutError:
+        raise GatewayError(f"no answer from the admin API at {endpoint} within {timeout:g} s") from None
+    except ConnectionRefusedError:
+        raise GatewayError(f"cannot reach the admin API at {endpoint} (connection refused): is the gateway "
+                           "running? check --url, or --config/EDGEWIRE_PORT") from None
+    except (OSError, InvalidHandshake, WebSocketException) as err:
+        raise GatewayError(f"cannot reach the admin API at {endpoint} ({getattr(err, 'strerror', None) or err}); "
                            "is the gateway running, and is --url right?") from None
     if reply.get("t") != "ok":
         raise GatewayError(f"{reply.get('code')}: {reply.get('msg')}")

@@ -7,17 +7,25 @@ and published to dashboards as events.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 from gateway.config import AlertRule
 from gateway.hub import Hub
 from gateway.logs import log
 from gateway.storage.base import Storage
+from gateway.supervisor import spawn
 
 
 class AlertEngine:
-    def __init__(self, rules: list[AlertRule], storage: Storage, hub: Hub) -> None:
+    """``clock`` (Unix seconds) stamps the dashboard events: when the gateway raised or cleared
+    an alert, as opposed to the reading's own time that the alert records."""
+
+    def __init__(self, rules: list[AlertRule], storage: Storage, hub: Hub,
+                 clock: Callable[[], float] = time.time) -> None:
         self.rules = rules
+        self.clock = clock
         # metric -> [(rule, rule text)]: the text is the alert key, built once, not per reading
         self.by_metric: dict[str, list[tuple[AlertRule, str]]] = {}
         for rule in rules:
@@ -64,7 +72,7 @@ class AlertEngine:
         self._spawn(self._store_clear(alert, raising, value, time_ms))
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        task: asyncio.Task[None] = spawn(coro, "alert write")  # a failed write is logged
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
         return task
@@ -73,7 +81,7 @@ class AlertEngine:
         alert["id"] = await self.storage.raise_alert(alert["device"], alert["metric"], alert["rule"],
                                                      alert["raised"], alert["value"])
         log("alert_raised", device=alert["device"], rule=alert["rule"], value=alert["value"])
-        self.hub.alert_raised(alert)
+        self.hub.alert_raised(alert, int(self.clock() * 1000))
 
     async def _store_clear(self, alert: dict[str, Any], raising: asyncio.Task[None] | None,
                            value: float, time_ms: int) -> None:
@@ -82,7 +90,7 @@ class AlertEngine:
         cleared = dict(alert, cleared=time_ms, clear_value=value)
         await self.storage.clear_alert(cleared["id"], time_ms, value)
         log("alert_cleared", device=alert["device"], rule=alert["rule"], value=value)
-        self.hub.alert_cleared(cleared)
+        self.hub.alert_cleared(cleared, int(self.clock() * 1000))
 
     async def drain(self) -> None:
         """Wait for every alert write in flight (shutdown)."""

@@ -29,7 +29,7 @@ from typing import Any
 import jwt as pyjwt
 
 from gateway.errors import AuthError, ConfigError
-from gateway.registry import TOKEN_PREFIX, token_digest
+from gateway.registry import token_digest
 from gateway.storage.base import DeviceRecord, Storage
 from protocol import wire
 
@@ -39,6 +39,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 FAILED_MESSAGE = "authentication failed"
 MAX_TOKEN = 512
 MAX_JWT = 4096
+MAX_EXP = 253402300799  # 9999-12-31T23:59:59Z: a JWT expiring later is refused (auth_failed)
 MIN_HS_SECRET = 32  # bytes; RFC 7518 3.2: at least the hash size
 SUPPORTED_ALGORITHMS = ("HS256", "ES256", "ES384", "ES512", "RS256")
 _EC_ALGORITHM = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
@@ -114,22 +115,33 @@ def _header_values(headers: Mapping[str, str] | Any, name: str) -> list[str]:
     return [str(v) for k, v in headers.items() if str(k).lower() == lower]
 
 
-def bearer(headers: Mapping[str, str] | Any) -> tuple[str | None, str | None]:
-    """``Authorization: Bearer X`` -> (token, None) for ``ewt_...``, (None, jwt) otherwise.
+def bearer_credential(headers: Mapping[str, str] | Any) -> str | None:
+    """The credential of ``Authorization: Bearer X``; None when there is no Authorization header.
 
-    (None, None) when there is no Authorization header (first-frame auth follows).
-    Raises AuthError(auth_failed) for a malformed or non-Bearer header.
+    Raises AuthError(auth_failed) for a repeated, malformed or non-Bearer header.
     """
     values = _header_values(headers, "Authorization")
     if not values:
-        return (None, None)
+        return None
     if len(values) > 1:
         raise _failed()
     scheme, _, credential = values[0].strip().partition(" ")
     credential = credential.strip()
     if scheme.lower() != "bearer" or not credential or " " in credential:
         raise _failed()
-    if credential.startswith(TOKEN_PREFIX):
+    return credential
+
+
+def bearer(headers: Mapping[str, str] | Any) -> tuple[str | None, str | None]:
+    """A device's ``Authorization: Bearer X`` -> (token, None) for a device token, (None, jwt) otherwise.
+
+    (None, None) when there is no Authorization header (first-frame auth follows).
+    Raises AuthError(auth_failed) for a malformed or non-Bearer header, or an oversized credential.
+    """
+    credential = bearer_credential(headers)
+    if credential is None:
+        return (None, None)
+    if wire.is_device_token(credential):
         if len(credential) > MAX_TOKEN:
             raise _failed()
         return (credential, None)
@@ -290,12 +302,14 @@ class Authenticator:
         nbf: Any = claims.get("nbf")
         if not _finite_number(exp) or (nbf is not None and not _finite_number(nbf)):
             raise _failed()
+        if exp > MAX_EXP:  # 2**64 - 1, 1e30: no such date; it would not even serialise in the welcome
+            raise _failed()
         if now >= exp:
             raise AuthError(wire.E_EXPIRED, "credential expired; fetch a new JWT", 401)
         if nbf is not None and now < nbf:
             raise _failed()
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not wire.valid_device_id(sub):  # type: ignore[no-untyped-call]
+        if not isinstance(sub, str) or not wire.valid_device_id(sub):
             raise _failed()
         if device_id is not None and device_id != sub:
             raise _failed()
@@ -305,22 +319,9 @@ class Authenticator:
         return record, Identity(record.device_id, float(exp), "jwt")
 
 
-def read_secret_file(path: str, key: str) -> str:
-    """A secret from a file, trailing whitespace stripped; ConfigError naming ``key`` if unusable."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read().strip()
-    except OSError as err:
-        raise ConfigError(f"{key}: cannot read {path} ({err.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{key}: {path} is not UTF-8 text") from None
-    if not text:
-        raise ConfigError(f"{key}: {path} is empty")
-    return text
-
-
 def mint_jwt(secret: str, device_id: str, ttl_s: float, now: float | None = None) -> str:
-    """An HS256 JWT for ``device_id`` valid for ``ttl_s`` seconds (development and tests)."""
-    issued = time.time() if now is None else now
-    claims = {"sub": device_id, "iat": int(issued), "exp": int(issued + ttl_s)}
-    return pyjwt.encode(claims, secret, algorithm="HS256")
+    """An HS256 JWT for ``device_id`` valid for ``ttl_s`` seconds, rounded up to whole seconds
+    (development, tests and the simulator)."""
+    issued = int(time.time() if now is None else now)
+    claims = {"sub": device_id, "iat": issued, "exp": issued + max(1, math.ceil(ttl_s))}
+    return str(pyjwt.encode(claims, secret, algorithm="HS256"))

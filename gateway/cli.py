@@ -1,4 +1,5 @@
-"""Command line: ``edgewire-gateway serve|devices|export|command|backup|init|check-config|register``."""
+"""Command line: ``edgewire-gateway serve|devices|export|command|backup|init|check-config|register``
+(also ``python -m gateway``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from gateway.admin_client import admin_call, admin_token
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError
+from gateway.secret_files import private_umask
 
 DEFAULTS = GatewayConfig()
 
@@ -23,7 +25,7 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--data-dir", dest="data_dir", help=f"state directory (default {DEFAULTS.data_dir})")
     p.add_argument("--db", dest="db_path", help="SQLite file (default <data-dir>/edgewire.db)")
     p.add_argument("--storage", help="sqlite (default), postgresql://USER@HOST:PORT/DB, "
-                                     "or none (transport only: benchmarks)")
+                                     "or none: readings are not stored (benchmarks)")
     p.add_argument("--rate", type=float, help=f"frames/s per device (default {DEFAULTS.rate:g})")
     p.add_argument("--burst", type=float, help=f"rate-limit burst (default {DEFAULTS.burst:g})")
     p.add_argument("--dashboard-interval-ms", dest="dashboard_interval_ms", type=float,
@@ -38,13 +40,17 @@ def _serve_parser(sub: Any) -> None:
                    help="use asyncio's own event loop even if uvloop is installed")
 
 
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _serve(args: argparse.Namespace) -> int:
+    from gateway.factory import run_gateway
     from gateway.logs import setup_logging
-    from gateway.server import run_gateway
 
     keys = ("host", "port", "data_dir", "db_path", "storage", "rate", "burst", "dashboard_interval_ms",
             "auth_timeout_s", "compression", "log_format", "log_level", "uvloop")
-    config = load_config(args.config, overrides={k: getattr(args, k) for k in keys})
+    config = load_config(args.config, overrides={k: getattr(args, k) for k in keys}, warn=warn)
     setup_logging(config.log_level, config.log_format)
     if config.uvloop:
         try:
@@ -53,29 +59,38 @@ def _serve(args: argparse.Namespace) -> int:
             uvloop.install()
         except ImportError:
             pass  # asyncio's own loop; install the "fast" extra for uvloop
-    asyncio.run(run_gateway(config))
-    return 0
+    return asyncio.run(run_gateway(config))
+
+
+def gateway_url(config: GatewayConfig) -> str:
+    """The gateway's own URL from its configuration (a wildcard listen address is reached on loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.host, config.host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'wss' if config.tls_cert else 'ws'}://{host}:{config.port}"
 
 
 def _command(args: argparse.Namespace) -> int:
     command_args: dict[str, Any] = {}
     for item in args.args:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise GatewayError(f"argument {item!r} must be key=value")
+        if not sep or not key:
+            raise GatewayError(f"argument {item!r} must be key=value (for example seconds=30)")
         try:
             command_args[key] = json.loads(value)
         except ValueError:
             command_args[key] = value
-    token = admin_token(args.data_dir, args.admin_token)
-    reply = asyncio.run(admin_call(args.url, token, {
+    config = load_config(args.config, overrides={"data_dir": args.data_dir}, warn=warn)
+    token = admin_token(config.data_dir, args.admin_token)
+    url = args.url or gateway_url(config)
+    reply = asyncio.run(admin_call(url, token, {
         "t": "command", "device_id": args.device_id, "name": args.name, "args": command_args,
         "timeout": args.timeout}, args.timeout + 5))
     print(json.dumps(reply["result"]))
     return 0 if reply["result"].get("ok") else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgewire-gateway", description="Edgewire gateway")
     sub = parser.add_subparsers(dest="cmd", required=True)
     _serve_parser(sub)
@@ -87,12 +102,38 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("command", help="send a command to an online device and print its result")
     p.add_argument("device_id")
     p.add_argument("name", help="set_interval, set_thresholds, set_output, reboot, ping")
-    p.add_argument("args", nargs="*", help="key=value (values parsed as JSON when possible)")
-    p.add_argument("--url", default=f"ws://{DEFAULTS.host}:{DEFAULTS.port}")
-    p.add_argument("--data-dir", default=DEFAULTS.data_dir, help="where admin.token is")
+    p.add_argument("args", nargs="*", help="key=value (values parsed as JSON when possible), before or "
+                   "after the options")
+    p.add_argument("--config", help="gateway TOML config (its host, port, TLS and data_dir)")
+    p.add_argument("--url", help="gateway URL (default: from the config and EDGEWIRE_* variables, "
+                   f"else ws://{DEFAULTS.host}:{DEFAULTS.port})")
+    p.add_argument("--data-dir", default=None, help="where admin.token is (default: the config's data_dir)")
     p.add_argument("--admin-token", help="instead of <data-dir>/admin.token")
     p.add_argument("--timeout", type=float, default=10.0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``command``'s key=value arguments may also come after its options."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.cmd == "command" and all("=" in item and not item.startswith("-") for item in extra):
+            args.args = [*args.args, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    private_umask()  # the data dir, database and secrets are the gateway user's alone
+    from gateway import devices_cli, export_cli, ops_cli
+    from gateway.logs import setup_logging
+
+    if args.cmd != "serve":
+        setup_logging("warning", "text")  # warnings (a readable secret file) as readable lines
+
     try:
         if args.cmd == "serve":
             return _serve(args)

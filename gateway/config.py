@@ -6,9 +6,12 @@ Every setting is a field of GatewayConfig with its default; docs/configuration.m
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import tomllib
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,11 +58,14 @@ class GatewayConfig:
     burst: float = 20.0
     max_frame: int = 16384
     max_batch: int = 100
+    max_clock_skew_s: float = 86400.0  # a reading's ts further ahead of the gateway's clock is refused
     auth_timeout_s: float = 5.0
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
     compression: bool = True
     uvloop: bool = True  # use uvloop's event loop when it is installed (the "fast" extra)
+    max_unauthenticated: int = 4096  # connections not yet authenticated, in all (at most half the open-files limit)
+    max_unauthenticated_per_address: int = 256  # ... from one TCP peer address (trusted proxies exempt)
     registry_recheck_s: float = 5.0  # how often live sessions are checked against the registry
     allow_cidrs: list[str] = field(default_factory=list)
     trusted_proxies: list[str] = field(default_factory=list)
@@ -67,7 +73,9 @@ class GatewayConfig:
     jwt_public_key_file: str = ""
     dashboard_interval_ms: float = 250.0
     dashboard_queue: int = 32
-    dashboard_auth: str = "auto"  # "on", "off", or "auto": on unless the gateway listens on loopback only
+    dashboard_auth: str = "auto"  # "on", "off", or "auto": see dashboard_token_needed
+    dashboard_origins: list[str] = field(default_factory=list)  # Origins allowed besides the gateway's own
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names served a token-less dashboard
     alerts: list[AlertRule] = field(default_factory=lambda: [AlertRule()])
     tls_cert: str = ""
     tls_key: str = ""
@@ -102,6 +110,18 @@ class GatewayConfig:
             return not ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return self.host != "localhost"  # a host name: assume it is reachable from elsewhere
+
+    def dashboard_token_needed(self, client_address: str) -> bool:
+        """Whether a /v1/dashboard client at ``client_address`` (after the proxy rules) must show the token.
+
+        ``auto``: yes when the gateway listens beyond loopback, when a trusted proxy is configured
+        (the proxy's own clients may be anywhere), or when the client is not on loopback."""
+        if self.dashboard_auth != "auto" or self.dashboard_token_required or self.trusted_proxies:
+            return self.dashboard_auth != "off"
+        try:
+            return not ipaddress.ip_address(client_address).is_loopback
+        except ValueError:
+            return True
 
     @property
     def storage_kind(self) -> str:
@@ -138,12 +158,13 @@ class GatewayConfig:
         if self.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ConfigError("synchronous: must be FULL, NORMAL or EXTRA")
         for key in ("rate", "burst", "auth_timeout_s", "ping_interval_s", "ping_timeout_s",
-                    "dashboard_interval_ms", "registry_recheck_s"):
+                    "dashboard_interval_ms", "registry_recheck_s", "max_clock_skew_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")
         if self.burst < 1:
             raise ConfigError("burst: must be at least 1")
-        for key in ("max_frame", "max_batch", "dashboard_queue"):
+        for key in ("max_frame", "max_batch", "dashboard_queue", "max_unauthenticated",
+                    "max_unauthenticated_per_address"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be at least 1")
         for key in ("allow_cidrs", "trusted_proxies"):
@@ -156,6 +177,10 @@ class GatewayConfig:
             raise ConfigError("tls_cert and tls_key: set both or neither")
         if self.dashboard_auth not in ("auto", "on", "off"):
             raise ConfigError("dashboard_auth: must be 'auto', 'on' or 'off'")
+        for origin in self.dashboard_origins:
+            parts = urllib.parse.urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+                raise ConfigError(f"dashboard_origins: {origin!r} is not an origin like https://fleet.example.com")
         self._validate_forwarding()
         if self.log_format not in ("json", "text"):
             raise ConfigError("log_format: must be 'json' or 'text'")
@@ -186,44 +211,99 @@ class GatewayConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(GatewayConfig)}
 
 
+
+# EDGEWIRE_* variables that are not gateway settings: secrets, the agent's, the tools'.
+OTHER_ENV = frozenset({"EDGEWIRE_TOKEN_KEY", "EDGEWIRE_JWT_SECRET", "EDGEWIRE_AGENT_CONFIG",
+                       "EDGEWIRE_SENSOR_BACKEND", "EDGEWIRE_CACHE", "EDGEWIRE_NODE"})
+_RULE_FIELDS = tuple(f.name for f in dataclasses.fields(AlertRule))
+_RULE_DEFAULTS = AlertRule()
+
+
+def _alert_rules(value: Any) -> list[AlertRule]:
+    if not isinstance(value, list):
+        raise ConfigError("alerts: expected a list of [[alerts]] tables with metric, above, hysteresis")
+    rules = []
+    for index, item in enumerate(value, start=1):
+        if not isinstance(item, dict):
+            raise ConfigError(f"alerts: rule {index} must be a table ([[alerts]] with metric, above, hysteresis)")
+        for key in item:
+            if key not in _RULE_FIELDS:
+                raise ConfigError(f"alerts: unknown key {str(key)[:32]!r} in rule {index} "
+                                  f"(use {', '.join(_RULE_FIELDS)})")
+        metric = item.get("metric", _RULE_DEFAULTS.metric)
+        if not isinstance(metric, str) or not metric:
+            raise ConfigError(f"alerts: metric of rule {index} must be a metric name such as \"temperature\"")
+        numbers = {}
+        for key in ("above", "hysteresis"):
+            number = item.get(key, getattr(_RULE_DEFAULTS, key))
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                raise ConfigError(f"alerts: {key} of rule {index} must be a number, not {number!r:.40}")
+            numbers[key] = float(number)
+        rules.append(AlertRule(metric, numbers["above"], numbers["hysteresis"]))
+    return rules
+
+
 def _coerce(key: str, value: Any) -> Any:
     """Convert a TOML or environment value to the field's type, or raise ConfigError."""
+    if key == "alerts":
+        return _alert_rules(value)
     default = getattr(GatewayConfig(), key)
-    try:
-        if key == "alerts":
-            if not isinstance(value, list):
-                raise TypeError("a list of tables")
-            return [AlertRule(**dict(item)) for item in value]
-        if isinstance(default, bool):
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                return value.lower() in ("1", "true", "yes", "on")
-            raise TypeError("true or false")
-        if isinstance(default, int):
-            if isinstance(value, bool):
-                raise TypeError("an integer")
+    if isinstance(default, bool):
+        expected = "true or false"
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+    elif isinstance(default, int):
+        expected = "an integer"
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
             return int(value)
-        if isinstance(default, float):
-            if isinstance(value, bool):
-                raise TypeError("a number")
+    elif isinstance(default, float):
+        expected = "a number"
+        if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-        if isinstance(default, list):
-            if isinstance(value, str):
-                return [item.strip() for item in value.split(",") if item.strip()]
-            if not isinstance(value, list):
-                raise TypeError("a list")
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(default, list):
+        expected = "a list"
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list) and all(isinstance(item, str | int | float) for item in value):
             return [str(item) for item in value]
-        if not isinstance(value, str):
-            raise TypeError("a string")
-        return value
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{key}: invalid value {value!r} (expected {err})") from None
+    else:
+        expected = "a string"
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: invalid value {value!r:.60} (expected {expected})")
+
+
+def unknown_env(env: dict[str, str] | os._Environ[str]) -> list[str]:
+    """One warning per EDGEWIRE_* variable that is not a setting (a misspelt one is otherwise silent)."""
+    warnings = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in OTHER_ENV:
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key == "alerts":
+            warnings.append(f"{name} is ignored: alert rules go in the config file ([[alerts]])")
+        elif key not in _FIELDS:
+            close = difflib.get_close_matches(key, list(_FIELDS), n=1)
+            hint = f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else ""
+            warnings.append(f"{name} is not a gateway setting and is ignored{hint}; see docs/configuration.md")
+    return warnings
 
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None,
-                overrides: dict[str, Any] | None = None) -> GatewayConfig:
-    """Build the configuration: defaults < TOML file < environment < overrides (flags)."""
+                overrides: dict[str, Any] | None = None,
+                warn: Callable[[str], None] | None = None) -> GatewayConfig:
+    """Build the configuration: defaults < TOML file < environment < overrides (flags).
+
+    ``warn`` receives one message per unknown EDGEWIRE_* variable."""
     values: dict[str, Any] = {}
     if path:
         try:
@@ -231,19 +311,27 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
                 data = tomllib.load(handle)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} not found") from None
+        except OSError as err:
+            raise ConfigError(f"config file {path}: cannot read it ({err.strerror})") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {path}: {err}") from None
         section = data.get("gateway", data)
+        if not isinstance(section, dict):
+            raise ConfigError(f"config file {path}: [gateway] must be a table")
         for key, value in section.items():
             if key not in _FIELDS:
                 raise ConfigError(f"{key}: unknown setting in {path} (see docs/configuration.md)")
             values[key] = _coerce(key, value)
-    for name, raw in (os.environ if env is None else env).items():
+    environ = os.environ if env is None else env
+    for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
         key = name[len(ENV_PREFIX):].lower()
         if key in _FIELDS and key != "alerts":
             values[key] = _coerce(key, raw)
+    if warn is not None:
+        for message in unknown_env(environ):
+            warn(message)
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = _coerce(key, value)

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError, GatewayError, RegistryError
-from gateway.registry import Registry, load_or_create_key, normalize_cidrs
+from gateway.registry import Registry, check_device_id, load_or_create_key, normalize_cidrs
+from gateway.secret_files import private_dir, private_umask
 from gateway.storage.backends import cli_config, open_storage, storage_arguments
 from gateway.storage.base import DeviceRecord
-from protocol import wire
 
 DEVICE_COMMANDS = ("devices", "jwt")
 
@@ -123,11 +123,11 @@ async def _devices(args: argparse.Namespace) -> int:
     config = cli_config(args)
     data_dir, db = Path(config.data_dir), config.database
     if action == "add":
-        if not wire.valid_device_id(args.device_id):  # type: ignore[no-untyped-call]
-            raise RegistryError(f"invalid device id {args.device_id[:80]!r}: use 1-64 characters "
-                                "from A-Z a-z 0-9 _ - . :")
+        check_device_id(args.device_id)  # refuse bad input before creating anything
         normalize_cidrs(args.cidr)  # refuse bad input before creating anything
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
+        if config.storage_kind != "postgresql":
+            private_dir(db.parent)
     elif config.storage_kind != "postgresql" and not db.exists():
         raise RegistryError(f"no database at {db}; check --data-dir/--db (it is created by the gateway's "
                             "first start or by `devices add`)")
@@ -183,13 +183,13 @@ async def _devices(args: argparse.Namespace) -> int:
 
 
 def _jwt(args: argparse.Namespace) -> int:
-    from gateway.auth import MIN_HS_SECRET, mint_jwt, read_secret_file
+    from gateway.auth import MIN_HS_SECRET, mint_jwt
+    from gateway.secret_files import read_secret
 
-    if not wire.valid_device_id(args.device_id):  # type: ignore[no-untyped-call]
-        raise RegistryError(f"invalid device id {args.device_id[:80]!r}")
+    check_device_id(args.device_id)
     if not args.ttl > 0:
         raise ConfigError("--ttl: must be greater than 0 seconds")
-    secret = read_secret_file(args.secret_file, "--secret-file")
+    secret = read_secret(args.secret_file, "--secret-file")
     if len(secret.encode()) < MIN_HS_SECRET:
         raise ConfigError(f"--secret-file: the secret must be at least {MIN_HS_SECRET} bytes")
     print(mint_jwt(secret, args.device_id, args.ttl), flush=True)
@@ -201,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.devices_cli",
                                      description="Edgewire device registry")
     add_device_commands(parser.add_subparsers(dest="cmd", required=True))
-    return run_devices_command(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    private_umask()
+    return run_devices_command(args)
 
 
 if __name__ == "__main__":

@@ -1,41 +1,52 @@
-"""Assemble a Gateway from its configuration: storage, registry, authenticator, secrets."""
+"""Assemble a Gateway from its configuration (storage, registry, authenticator, secrets) and run it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-from pathlib import Path
 
 from gateway import registry as registry_mod
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
-from gateway.errors import ConfigError
+from gateway.secret_files import private_dir, read_secret
 from gateway.server import Gateway
+from gateway.service import ServiceNotifier
 from gateway.storage.backends import open_storage
 
-
-def _read_secret(path: str, key: str) -> str | None:
-    if not path:
-        return None
-    try:
-        return Path(path).read_text().strip()
-    except OSError as err:
-        raise ConfigError(f"{key}: cannot read {path} ({err.strerror})") from None
+JWT_SECRET_ENV = "EDGEWIRE_JWT_SECRET"
 
 
 async def build_gateway(config: GatewayConfig) -> Gateway:
-    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    private_dir(config.data_dir)
     storage = open_storage(config)
     token_key = registry_mod.load_or_create_key(config.data_dir)
     registry = registry_mod.Registry(storage, token_key)
-    jwt_secret = os.environ.get("EDGEWIRE_JWT_SECRET") or _read_secret(config.jwt_secret_file, "jwt_secret_file")
-    public_key = _read_secret(config.jwt_public_key_file, "jwt_public_key_file")
+    jwt_secret = os.environ.get(JWT_SECRET_ENV) or (
+        read_secret(config.jwt_secret_file, "jwt_secret_file") if config.jwt_secret_file else None)
+    public_key = read_secret(config.jwt_public_key_file, "jwt_public_key_file") if config.jwt_public_key_file else None
     authenticator = Authenticator(
         storage, token_key, jwt_secret=jwt_secret, jwt_public_key_pem=public_key,
         jwt_algorithms=["HS256", "ES256", "RS256"], global_allow=config.allow_cidrs,
         trusted_proxies=config.trusted_proxies)
     admin_token = registry_mod.load_or_create_admin_token(config.data_dir)
     dashboard_token = None
-    if config.dashboard_token_required:
+    if config.dashboard_auth != "off":  # "auto" asks for it from clients beyond loopback
         dashboard_token = registry_mod.load_or_create_secret(config.data_dir, "dashboard.token", "ewd_",
                                                              "dashboard token")
     return Gateway(config, storage, authenticator, registry, admin_token, dashboard_token)
+
+
+async def run_gateway(config: GatewayConfig) -> int:
+    """Build every part from ``config``, serve until SIGTERM/SIGINT, then shut down cleanly.
+
+    Returns the exit status: 0, or 1 if a background task kept failing or a shutdown step failed."""
+    gateway = await build_gateway(config)
+    await gateway.start()
+    print(f"edgewire gateway listening on http://{config.host}:{gateway.port} "
+          f"(dashboard http://{config.host}:{gateway.port}/)", flush=True)
+    notifier = ServiceNotifier()  # systemd: READY=1 now, WATCHDOG=1 while the loop is healthy
+    notifier.ready(f"listening on {config.host}:{gateway.port}")
+    watchdog = asyncio.get_running_loop().create_task(notifier.run(lambda: gateway.draining))
+    await gateway.run_forever()
+    watchdog.cancel()
+    return gateway.exit_code

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections import deque
@@ -20,11 +21,10 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from gateway.logs import log
+
 DASHBOARD_SNDBUF = 64 * 1024
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+MAX_LATEST_METRICS = 64  # distinct metrics whose latest value the dashboard keeps per device
 
 
 class DeviceView:
@@ -81,8 +81,12 @@ class DashboardClient:
 
 
 class Hub:
-    def __init__(self, interval_ms: float, queue_limit: int, dumps: Callable[[Any], str]) -> None:
+    """The dashboards' view of the fleet. ``clock`` (Unix seconds) stamps what the hub records."""
+
+    def __init__(self, interval_ms: float, queue_limit: int, dumps: Callable[[Any], str],
+                 clock: Callable[[], float] = time.time) -> None:
         self.interval = interval_ms / 1000.0
+        self.clock = clock
         self.queue_limit = queue_limit
         self.dumps = dumps
         self.devices: dict[str, DeviceView] = {}
@@ -93,7 +97,9 @@ class Hub:
         self._alerts_changed = False
         self.resyncs = 0
         self.updates_sent = 0
-        self._task: asyncio.Task[None] | None = None
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
 
     # -- ingestion side (no I/O)
     def view(self, device_id: str) -> DeviceView:
@@ -106,19 +112,25 @@ class Hub:
         view = self.view(device_id)
         latest = view.latest
         for name, value in metrics.items():
-            latest[name] = [value, time_ms]
-        view.last_seen = now_ms()
+            entry = latest.get(name)
+            if entry is not None:
+                entry[0] = value
+                entry[1] = time_ms
+            elif len(latest) < MAX_LATEST_METRICS:  # a device cycling through names cannot grow it
+                latest[name] = [value, time_ms]
+        view.last_seen = self.now_ms()
         self._dirty.add(device_id)
 
     def status(self, device_id: str, fields: dict[str, Any]) -> None:
+        """The device's latest status fields (bounded by the core: protocol.gateway.MAX_STATUS_*)."""
         view = self.view(device_id)
-        view.status = {k: v for k, v in fields.items() if k != "t"}
+        view.status = fields
         self._dirty.add(device_id)
 
     def online(self, device_id: str) -> None:
         view = self.view(device_id)
         view.online = True
-        view.last_seen = now_ms()
+        view.last_seen = self.now_ms()
         self._dirty.add(device_id)
         self._events.append({"kind": "online", "device": device_id, "at": view.last_seen})
 
@@ -126,24 +138,49 @@ class Hub:
         view = self.view(device_id)
         view.online = False
         self._dirty.add(device_id)
-        self._events.append({"kind": "offline", "device": device_id, "at": now_ms()})
+        self._events.append({"kind": "offline", "device": device_id, "at": self.now_ms()})
 
-    def alert_raised(self, alert: dict[str, Any]) -> None:
+    def replaced(self, device_id: str, old_address: str, new_address: str) -> None:
+        """A second connection authenticated as ``device_id`` and replaced the first (close 4005).
+        Unexpected, it means the credential is in use elsewhere: docs/protocol.md section 2."""
+        self._events.append({"kind": "replaced", "device": device_id, "at": self.now_ms(),
+                             "old_address": old_address, "address": new_address})
+
+    def alert_raised(self, alert: dict[str, Any], at_ms: int | None = None) -> None:
+        """An alert is active; the event is stamped ``at_ms`` (default: the reading's time)."""
         self.alerts[alert["id"]] = alert
         self._alerts_changed = True
-        self._events.append({"kind": "alert_raised", "device": alert["device"], "at": alert["raised"],
-                             "alert": alert})
+        self._events.append({"kind": "alert_raised", "device": alert["device"],
+                             "at": alert["raised"] if at_ms is None else at_ms, "alert": alert})
 
-    def alert_cleared(self, alert: dict[str, Any]) -> None:
+    def alert_cleared(self, alert: dict[str, Any], at_ms: int | None = None) -> None:
         self.alerts.pop(alert["id"], None)
         self._alerts_changed = True
-        self._events.append({"kind": "alert_cleared", "device": alert["device"], "at": alert["cleared"],
-                             "alert": alert})
+        self._events.append({"kind": "alert_cleared", "device": alert["device"],
+                             "at": alert["cleared"] if at_ms is None else at_ms, "alert": alert})
 
     # -- dashboard side
+    def _encode(self, msg: dict[str, Any]) -> str:
+        """Encode a dashboard frame. Should a device's status not encode (the core bounds it, so this
+        is a second line of defence), that status is dropped and logged: one device never stops
+        the stream for everyone."""
+        try:
+            return self.dumps(msg)
+        except Exception:
+            for view in self.devices.values():
+                try:
+                    self.dumps(view.status)
+                except Exception as err:
+                    log("dashboard_status_dropped", logging.WARNING, device=view.device_id, error=str(err)[:200])
+                    view.status = {}
+            devices = msg.get("devices")
+            for entry in devices.values() if isinstance(devices, dict) else devices or ():
+                entry["status"] = self.devices[entry["id"]].status
+            return self.dumps(msg)
+
     def snapshot_frame(self) -> str:
-        return self.dumps({
-            "t": "snapshot", "time": now_ms(),
+        return self._encode({
+            "t": "snapshot", "time": self.now_ms(),
             "devices": [view.as_dict() for view in self.devices.values()],
             "alerts": list(self.alerts.values()),
         })
@@ -153,7 +190,7 @@ class Hub:
         if not (self._dirty or self._events or self._alerts_changed):
             return
         update: dict[str, Any] = {
-            "t": "update", "time": now_ms(),
+            "t": "update", "time": self.now_ms(),
             "devices": {device_id: self.devices[device_id].as_dict() for device_id in self._dirty},
         }
         if self._events:
@@ -165,24 +202,16 @@ class Hub:
         self._alerts_changed = False
         if not self.clients:
             return
-        frame = self.dumps(update)
+        frame = self._encode(update)
         self.updates_sent += 1
         for client in self.clients:
             client.offer(frame)
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Flush every interval, for the gateway's life (a supervised task: gateway/supervisor.py)."""
         while True:
             await asyncio.sleep(self.interval)
             self.flush()
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def serve(self, ws: ServerConnection) -> None:
         """Handle one dashboard connection until it closes."""

@@ -44,6 +44,11 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # websockets' own reports (a handshake or handler failure) in the same format, warnings and up
+    library = logging.getLogger("websockets")
+    library.handlers[:] = [handler]
+    library.setLevel(max(logging.WARNING, root.level))
+    library.propagate = False
 
 
 def log(event: str, level: int = logging.INFO, **fields: Any) -> None:

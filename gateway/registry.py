@@ -9,23 +9,21 @@ which wins over the file. Changing the key invalidates every device token.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import ipaddress
-import logging
 import os
 import secrets
-import stat
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from gateway.errors import ConfigError, RegistryError
+from gateway.secret_files import private_dir, read_secret, read_secret_bytes, write_secret_file
 from gateway.storage.base import DeviceRecord, Storage
 from protocol import wire
 
-TOKEN_PREFIX = "ewt_"
+TOKEN_PREFIX = wire.DEVICE_TOKEN_PREFIX
 ADMIN_TOKEN_PREFIX = "ewa_"
 KEY_FILE = "token.key"
 ADMIN_TOKEN_FILE = "admin.token"
@@ -45,63 +43,6 @@ def token_digest(key: bytes, token: str) -> bytes:
     return hmac.new(key, token.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
 
 
-def _write_secret_file(path: Path, data: bytes) -> bool:
-    """Create ``path`` (mode 0600) holding ``data`` unless it exists; True if we created it.
-
-    Written to a temporary file, fsynced, then hard-linked into place, so a reader
-    never sees a partial file and two processes starting at once agree on one secret.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError:  # filesystem without hard links: exclusive create instead
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                return False
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    with contextlib.suppress(OSError):  # make the new directory entry durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    return True
-
-
-def _read_secret_file(path: Path, what: str) -> bytes:
-    try:
-        data = path.read_bytes()
-        mode = path.stat().st_mode
-    except OSError as err:
-        raise ConfigError(f"{what}: cannot read {path} ({err.strerror})") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        from gateway.logs import log
-
-        log("secret_file_permissions", logging.WARNING, path=str(path), mode=oct(stat.S_IMODE(mode)),
-            hint="chmod 600 it: other users can read it")
-    return data
-
-
 def load_or_create_key(data_dir: str | Path) -> bytes:
     """The token HMAC key: EDGEWIRE_TOKEN_KEY (hex) if set, else DATA_DIR/token.key (created if missing)."""
     env = os.environ.get(KEY_ENV)
@@ -113,12 +54,10 @@ def load_or_create_key(data_dir: str | Path) -> bytes:
         if len(key) < KEY_BYTES:
             raise ConfigError(f"{KEY_ENV}: must be at least {KEY_BYTES} bytes ({2 * KEY_BYTES} hex digits)")
         return key
-    directory = Path(data_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / KEY_FILE
+    path = private_dir(data_dir) / KEY_FILE
     if not path.exists():
-        _write_secret_file(path, secrets.token_bytes(KEY_BYTES))
-    key = _read_secret_file(path, "token key")
+        write_secret_file(path, secrets.token_bytes(KEY_BYTES))
+    key = read_secret_bytes(path, "token key")
     if len(key) != KEY_BYTES:
         raise ConfigError(
             f"token key {path} holds {len(key)} bytes, expected {KEY_BYTES}; restore it from a backup "
@@ -133,13 +72,11 @@ def load_or_create_admin_token(data_dir: str | Path) -> str:
 
 def load_or_create_secret(data_dir: str | Path, name: str, prefix: str, what: str) -> str:
     """A random token in DATA_DIR/name (mode 0600), created on first use."""
-    directory = Path(data_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
+    path = private_dir(data_dir) / name
     if not path.exists():
         token = prefix + secrets.token_urlsafe(32)
-        _write_secret_file(path, (token + "\n").encode())
-    text = _read_secret_file(path, what).decode("utf-8", "replace").strip()
+        write_secret_file(path, (token + "\n").encode())
+    text = read_secret(path, what)
     if len(text) < 16:
         raise ConfigError(f"{what} {path} is empty or shorter than 16 characters; "
                           "delete it to create a new one")
@@ -147,7 +84,7 @@ def load_or_create_secret(data_dir: str | Path, name: str, prefix: str, what: st
 
 
 def verify_admin_token(expected: str, presented: str | None) -> bool:
-    """Constant-time check of a presented admin token."""
+    """Constant-time check of a presented admin (or dashboard) token against the expected one."""
     if presented is None:
         return False
     return hmac.compare_digest(expected.encode("utf-8", "surrogatepass"),
@@ -174,10 +111,15 @@ def normalize_cidrs(cidrs: Iterable[str]) -> list[str]:
     return result
 
 
-def _check_id(device_id: str) -> None:
-    if not wire.valid_device_id(device_id):  # type: ignore[no-untyped-call]
-        raise RegistryError(f"invalid device id {str(device_id)[:80]!r}: "
-                            "use 1-64 characters from A-Z a-z 0-9 _ - . :")
+def check_device_id(device_id: object) -> str:
+    """``device_id`` if it is a valid device id (protocol.wire.valid_device_id, the one rule every
+    tool applies), else RegistryError saying what an id looks like. Non-strings are refused:
+    5, null, true and 5.5 are not ids."""
+    if not wire.valid_device_id(device_id):
+        shown = repr(device_id)[:80] if isinstance(device_id, str) else f"{type(device_id).__name__} {device_id!r:.40}"
+        raise RegistryError(f"invalid device id {shown}: use a string of 1-64 characters from A-Z a-z 0-9 _ - . :")
+    assert isinstance(device_id, str)
+    return device_id
 
 
 class Registry:
@@ -193,7 +135,7 @@ class Registry:
 
     async def get(self, device_id: str) -> DeviceRecord:
         """The device's record; RegistryError if it is not registered."""
-        _check_id(device_id)
+        check_device_id(device_id)
         record = await self.storage.get_device(device_id)
         if record is None:
             raise RegistryError(f"unknown device {device_id!r}; `devices list` shows the registered ids")
@@ -201,7 +143,7 @@ class Registry:
 
     async def add(self, device_id: str, label: str = "", allow: Iterable[str] | None = None) -> str:
         """Register a new, enabled device; return its token (the only time it is shown)."""
-        _check_id(device_id)
+        check_device_id(device_id)
         if not isinstance(label, str) or len(label) > MAX_LABEL:
             raise RegistryError(f"label: a string of at most {MAX_LABEL} characters")
         cidrs = normalize_cidrs(allow or [])
@@ -253,7 +195,7 @@ class Registry:
     async def delete(self, device_id: str) -> None:
         """Remove the device from the registry: its credentials stop working, and the gateway clears it
         from the MQTT broker (Home Assistant entities). Its readings stay until retention."""
-        _check_id(device_id)
+        check_device_id(device_id)
         if not await self.storage.delete_device(device_id):
             raise RegistryError(f"unknown device {device_id!r}; `devices list` shows the registered ids")
 

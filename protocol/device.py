@@ -113,6 +113,12 @@ def _rand():
     return random.getrandbits(16) / 65536
 
 
+# Bounds on what the gateway may ask for (welcome "rate", slow "rate" and "retry_ms").
+MIN_RATE = 0.001  # frames/s: one frame per 1,000 s at the slowest
+MAX_RATE = 1000.0
+MAX_RETRY_MS = 3600000  # a slow-down longer than an hour is taken as an hour
+
+
 class Backoff:
     """Exponential backoff: base, 2*base, 4*base ... cap, each delay drawn from [d/2, d].
 
@@ -340,15 +346,17 @@ class DeviceSession:
             self.max_batch = batch
         frame = msg.get("max_frame")
         self.max_frame = frame if type(frame) is int and frame > 256 else MAX_FRAME_BYTES
-        rate = msg.get("rate")
-        if is_number(rate) and rate > 0:
-            self.rate = rate
+        self._set_rate(msg.get("rate"))
         return Decision(D_WELCOME, seq=last, renumber=renumber, count=count)
 
-    def _on_slow(self, msg, now_ms):
-        rate = msg.get("rate")
+    def _set_rate(self, rate):
+        """Take the gateway's frame rate, within MIN_RATE..MAX_RATE (a hostile or broken value
+        such as 1e-300 must not stall the device for ever or overflow the pacing)."""
         if is_number(rate) and rate > 0:
-            self.rate = rate
+            self.rate = min(max(rate, MIN_RATE), MAX_RATE)
+
+    def _on_slow(self, msg, now_ms):
+        self._set_rate(msg.get("rate"))
         seq = _seq_or_zero(msg.get("seq"))
         self._rewind(seq)  # the refused frame was not stored: send it again
         wait = 0
@@ -356,6 +364,7 @@ class DeviceSession:
             wait = msg.get("retry_ms")
             if type(wait) is not int or wait <= 0:
                 wait = int(1000 / self.rate)
+            wait = min(wait, MAX_RETRY_MS)
             self.send_at_ms = now_ms + wait
         return Decision(D_SLOW, seq=seq, wait_ms=wait)
 

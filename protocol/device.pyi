@@ -25,6 +25,10 @@ CLOSE_ACTIONS: dict[int, str]
 _CommandResult = tuple[bool, str, Any]
 _Handler = Callable[[dict[str, Any]], _CommandResult]
 
+MIN_RATE: float
+MAX_RATE: float
+MAX_RETRY_MS: int
+
 class Backoff:
     base_ms: int
     cap_ms: int

@@ -11,13 +11,17 @@ from protocol.wire import (
     E_AUTH_REQUIRED,
     E_BAD_FRAME,
     E_BAD_JSON,
+    E_BAD_VALUE,
     E_BINARY,
     E_IDENTITY,
+    E_NO_SUCH_COMMAND,
     E_RATE,
+    E_TOO_LARGE,
     E_TOO_MANY_ERRORS,
     E_UNKNOWN_TYPE,
     MAX_BATCH,
     MAX_FRAME_BYTES,
+    MAX_TEXT,
     PROTOCOL_VERSION,
     T_ACK,
     T_AUTH,
@@ -35,6 +39,42 @@ from protocol.wire import (
     parse_data,
     valid_device_id,
 )
+
+# What the gateway keeps of a status frame (per device, shown on the dashboard) and forwards
+# of a command result (to the operator): bounded so that no device can make it large or deep.
+MAX_STATUS_FIELDS = 32  # top-level fields of a status frame
+MAX_STATUS_DEPTH = 4  # levels of objects/arrays, the status object itself being the first
+MAX_STATUS_VALUES = 128  # keys plus array items, at every level together
+MAX_STATUS_BYTES = 2048  # the kept fields, encoded as JSON
+MAX_RESULT_DEPTH = 8  # levels of a result's ``data``
+MAX_RESULT_VALUES = 1024
+MAX_RESULT_BYTES = 8192
+MAX_FUTURE_MS = 86400000  # default: a reading stamped more than 1 day ahead is refused (bad_value)
+MAX_PENDING_COMMANDS = 64  # command ids remembered per connection until their result arrives
+
+
+def json_shape_error(value, max_depth, max_values):
+    """None if ``value`` nests at most ``max_depth`` objects/arrays and holds at most
+    ``max_values`` keys and items in all; otherwise what is wrong. Iterative: no recursion
+    limit is reached whatever the input."""
+    count = 0
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        kind = type(node)
+        if kind is not dict and kind is not list:
+            continue
+        if depth > max_depth:
+            return "nested deeper than " + str(max_depth) + " levels"
+        count += len(node)
+        if count > max_values:
+            return "more than " + str(max_values) + " keys and items"
+        for child in (node.values() if kind is dict else node):
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+    return None
+
 
 # ---------------------------------------------------------------- rate limit
 
@@ -107,11 +147,13 @@ class GatewaySession:
 
     def __init__(self, rate=DEFAULT_RATE, burst=DEFAULT_BURST, now=0.0,
                  max_batch=MAX_BATCH, max_frame=MAX_FRAME_BYTES, loads=None, dumps=None,
-                 max_strikes=10, rate_strikes=40):
+                 max_strikes=10, rate_strikes=40, max_future_ms=MAX_FUTURE_MS):
         self.state = ST_AWAIT_AUTH
         self.device_id = None
         self.last_seq = 0  # highest seq durably stored (acknowledged) for this device
         self.accepted_seq = 0  # highest seq handed to storage; >= last_seq
+        self.gaps = 0  # readings skipped by the device (seq jumped past accepted_seq + 1)
+        self.last_gap = 0  # readings skipped just before the last EV_DATA frame
         self.hold_from = 0  # after a throttle: frames beyond this seq wait for its resend
         self.max_batch = max_batch
         self.max_frame = max_frame
@@ -125,6 +167,8 @@ class GatewaySession:
         self.bad_frames = 0
         self.throttled = 0
         self.duplicates = 0
+        self.commands = {}  # ids of commands sent on this connection whose result has not come
+        self.max_future_ms = max_future_ms  # how far a reading's ts may be ahead of the gateway's clock
 
     # -- outgoing frames
     def frame(self, msg):
@@ -169,11 +213,20 @@ class GatewaySession:
         return self.dumps({"t": T_ACK, "seq": self.last_seq})
 
     def command_frame(self, command_id, name, args=None):
+        """The cmd frame; ``command_id`` is remembered so that only this connection's device can
+        answer it (the oldest of more than MAX_PENDING_COMMANDS is forgotten)."""
+        commands = self.commands
+        commands[command_id] = True
+        if len(commands) > MAX_PENDING_COMMANDS:
+            del commands[next(iter(commands))]
         return self.dumps({"t": T_CMD, "id": command_id, "name": name, "args": args or {}})
 
     # -- incoming frames
-    def receive(self, frame, now):
-        """Interpret one received frame (str or bytes) at time ``now`` (s)."""
+    def receive(self, frame, now, wall_ms=None):
+        """Interpret one received frame (str or bytes) at time ``now`` (s, monotonic).
+
+        ``wall_ms`` is the gateway's clock (Unix ms); given, readings stamped more than
+        ``max_future_ms`` ahead of it are refused."""
         if self.state == ST_CLOSED:
             return Event(EV_REJECT, ProtocolError(E_BAD_FRAME, "session closed"))
         try:
@@ -188,15 +241,15 @@ class GatewaySession:
             return self._auth(msg)
         claimed = msg.get("device_id")
         if claimed is not None and claimed != self.device_id:
+            named = "'" + claimed[:64] + "'" if type(claimed) is str else "a non-string device_id"
             return self._close_event(
-                E_IDENTITY, "frame names device '" + str(claimed)[:64]
-                + "' but this connection is authenticated as another device")
+                E_IDENTITY, "frame names " + named + " but this connection is authenticated as another device")
         if kind == T_DATA:
-            return self._data(msg, now)
+            return self._data(msg, now, wall_ms)
         if kind == T_RESULT:
             return self._result(msg)
         if kind == T_STATUS:
-            return Event(EV_STATUS, msg)
+            return self._status(msg)
         if kind == T_AUTH:
             return self._bad(ProtocolError(E_BAD_FRAME, "already authenticated"))
         return self._bad(ProtocolError(E_UNKNOWN_TYPE, "unknown message type '" + kind[:32] + "'"))
@@ -228,9 +281,17 @@ class GatewaySession:
             return self._close_event(E_AUTH_FAILED, "auth frame with 'token' needs 'device_id'")
         return Event(EV_AUTH, {"device_id": device_id, "token": token, "jwt": jwt})
 
-    def _data(self, msg, now):
+    def _data(self, msg, now, wall_ms=None):
         try:
             frame = parse_data(msg, self.max_batch)
+            if wall_ms is not None:
+                latest = wall_ms + self.max_future_ms
+                for reading in frame.readings:
+                    if reading.ts is not None and reading.ts > latest:
+                        raise ProtocolError(
+                            E_BAD_VALUE, "reading ts " + str(reading.ts) + " is more than "
+                            + str(self.max_future_ms // 1000) + " s ahead of the gateway clock ("
+                            + str(wall_ms) + "); set the device clock (NTP) or send 'up' instead")
         except ProtocolError as err:
             seq = msg.get("seq")
             err_event = self._bad(err)
@@ -262,6 +323,7 @@ class GatewaySession:
                     "seq": frame.seq}
             return Event(EV_THROTTLE, err, self.dumps(slow))
         self.rate_strikes = 0
+        self.last_gap = 0
         if frame.last_seq <= self.accepted_seq:
             # Every reading is already stored or being stored: nothing new to store.
             self.duplicates += len(frame.readings)
@@ -273,13 +335,58 @@ class GatewaySession:
             self.duplicates += drop
             frame.readings = frame.readings[drop:]
             frame.seq = self.accepted_seq + 1
+        elif frame.seq > self.accepted_seq + 1:
+            # Readings the device never sent (dropped from a full buffer): a gap (protocol.md 3).
+            self.last_gap = frame.seq - self.accepted_seq - 1
+            self.gaps += self.last_gap
         self.accepted_seq = frame.last_seq
         return Event(EV_DATA, frame)
 
+    def _status(self, msg):
+        fields = {}
+        for key in msg:
+            if key != "t" and key != "device_id":
+                fields[key] = msg[key]
+        if len(fields) > MAX_STATUS_FIELDS:
+            return self._bad(ProtocolError(E_TOO_LARGE, "status has more than " + str(MAX_STATUS_FIELDS)
+                                           + " fields"))
+        problem = json_shape_error(fields, MAX_STATUS_DEPTH, MAX_STATUS_VALUES)
+        if problem is None and len(self.dumps(fields)) > MAX_STATUS_BYTES:
+            problem = "larger than " + str(MAX_STATUS_BYTES) + " bytes"
+        if problem is not None:
+            return self._bad(ProtocolError(E_TOO_LARGE, "status " + problem + "; send fewer, flatter fields"))
+        self.strikes = 0
+        return Event(EV_STATUS, fields)
+
     def _result(self, msg):
-        command_id = _text_field(msg, "id", False, 64)
+        try:
+            command_id = _text_field(msg, "id", False, 64)
+        except ProtocolError as err:
+            return self._bad(err)
         ok = msg.get("ok")
         if command_id is None or type(ok) is not bool:
             return self._bad(ProtocolError(E_BAD_FRAME, "result needs string 'id' and boolean 'ok'"))
+        if command_id not in self.commands:
+            return self._bad(ProtocolError(E_NO_SUCH_COMMAND, "no command '" + command_id
+                                           + "' is waiting for a result on this connection"))
+        del self.commands[command_id]
         self.strikes = 0
-        return Event(EV_RESULT, {"id": command_id, "ok": ok, "msg": msg.get("msg"), "data": msg.get("data")})
+        text = msg.get("msg")
+        data = msg.get("data")
+        result = {"id": command_id, "ok": ok, "msg": text, "data": data}
+        problem = None
+        if text is not None and (type(text) is not str or len(text) > MAX_TEXT):
+            problem = "'msg' must be a string of at most " + str(MAX_TEXT) + " characters"
+            result["msg"] = None
+        if data is not None:
+            shape = json_shape_error(data, MAX_RESULT_DEPTH, MAX_RESULT_VALUES)
+            if shape is None and len(self.dumps(data)) > MAX_RESULT_BYTES:
+                shape = "larger than " + str(MAX_RESULT_BYTES) + " bytes"
+            if shape is not None:
+                problem = "'data' " + shape
+                result["data"] = None
+        if problem is None:
+            return Event(EV_RESULT, result)
+        # The answer still reaches the operator, without the refused part; the device is told.
+        result["refused"] = {"code": E_TOO_LARGE, "msg": "result " + problem}
+        return Event(EV_RESULT, result, self.error_frame(E_TOO_LARGE, "result " + problem))

@@ -14,6 +14,18 @@ EV_REJECT: str
 EV_THROTTLE: str
 EV_CLOSE: str
 
+MAX_STATUS_FIELDS: int
+MAX_STATUS_DEPTH: int
+MAX_STATUS_VALUES: int
+MAX_STATUS_BYTES: int
+MAX_RESULT_DEPTH: int
+MAX_RESULT_VALUES: int
+MAX_RESULT_BYTES: int
+MAX_FUTURE_MS: int
+MAX_PENDING_COMMANDS: int
+
+def json_shape_error(value: object, max_depth: int, max_values: int) -> str | None: ...
+
 class TokenBucket:
     rate: float
     burst: float
@@ -35,6 +47,8 @@ class GatewaySession:
     device_id: str | None
     last_seq: int
     accepted_seq: int
+    gaps: int
+    last_gap: int
     hold_from: int
     max_batch: int
     max_frame: int
@@ -44,6 +58,8 @@ class GatewaySession:
     bad_frames: int
     throttled: int
     duplicates: int
+    commands: dict[str, bool]
+    max_future_ms: int
     def __init__(
         self,
         rate: float = ...,
@@ -55,6 +71,7 @@ class GatewaySession:
         dumps: _Dumps | None = None,
         max_strikes: int = 10,
         rate_strikes: int = 40,
+        max_future_ms: int = ...,
     ) -> None: ...
     def frame(self, msg: dict[str, Any]) -> str: ...
     def error_frame(self, code: str, message: str, seq: int | None = None) -> str: ...
@@ -63,4 +80,4 @@ class GatewaySession:
     def close(self, code: str, message: str) -> Event: ...
     def ack(self, seq: int) -> str: ...
     def command_frame(self, command_id: str, name: str, args: dict[str, Any] | None = None) -> str: ...
-    def receive(self, frame: str | bytes, now: float) -> Event: ...
+    def receive(self, frame: str | bytes, now: float, wall_ms: int | None = None) -> Event: ...

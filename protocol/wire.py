@@ -49,6 +49,7 @@ E_REPLACED = "replaced"
 E_SHUTDOWN = "shutting_down"
 E_STORAGE = "storage_unavailable"
 E_TOO_MANY_ERRORS = "too_many_errors"
+E_NO_SUCH_COMMAND = "no_such_command"  # a result for no command pending on this connection
 
 # WebSocket close codes (RFC 6455 plus the 4000-4999 private range).
 CLOSE_NORMAL = 1000
@@ -121,6 +122,8 @@ MAX_SEQ = 9007199254740991  # 2**53 - 1: exact in every JSON implementation
 DEFAULT_RATE = 10.0
 DEFAULT_BURST = 20.0
 
+DEVICE_TOKEN_PREFIX = "ewt_"  # device tokens; a credential without it is a JWT
+
 _INF = float("inf")
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:"
@@ -162,6 +165,14 @@ def valid_device_id(text):
         if ch not in _ID_CHARS:
             return False
     return True
+
+
+def is_device_token(credential):
+    """True for a device token (``ewt_`` + 32 characters); anything else is taken for a JWT.
+
+    The one test every side uses to tell the two credentials apart.
+    """
+    return type(credential) is str and credential.startswith(DEVICE_TOKEN_PREFIX)
 
 
 def valid_metric_name(text):
@@ -245,9 +256,12 @@ def decode(text, loads=None, max_bytes=MAX_FRAME_BYTES):
     try:
         msg = (loads or _strict_loads)(text)
     except Exception as err:
-        if "infinity" in str(err):  # orjson: a number that overflows a double
+        detail = str(err)
+        if "infinity" in detail:  # orjson: a number that overflows a double
             raise ProtocolError(E_BAD_VALUE, "numbers must be finite")
-        raise ProtocolError(E_BAD_JSON, "frame is not valid JSON (NaN and Infinity are not JSON)")
+        if "NaN" in text or "Infinity" in text:
+            detail = "NaN and Infinity are not JSON; " + detail
+        raise ProtocolError(E_BAD_JSON, "frame is not valid JSON: " + detail[:120])
     if type(msg) is not dict:
         raise ProtocolError(E_BAD_FRAME, "frame must be a JSON object")
     kind = msg.get("t")

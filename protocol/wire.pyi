@@ -31,6 +31,7 @@ E_REPLACED: str
 E_SHUTDOWN: str
 E_STORAGE: str
 E_TOO_MANY_ERRORS: str
+E_NO_SUCH_COMMAND: str
 CLOSE_NORMAL: int
 CLOSE_GOING_AWAY: int
 CLOSE_POLICY: int
@@ -64,6 +65,7 @@ MAX_TEXT: int
 MAX_SEQ: int
 DEFAULT_RATE: float
 DEFAULT_BURST: float
+DEVICE_TOKEN_PREFIX: str
 
 _Loads = Callable[[str | bytes], Any]
 _Dumps = Callable[[Any], str]
@@ -77,6 +79,7 @@ class ProtocolError(ValueError):
 def is_number(value: object) -> TypeGuard[int | float]: ...
 def is_finite(value: float) -> bool: ...
 def valid_device_id(text: object) -> bool: ...
+def is_device_token(credential: object) -> bool: ...
 def valid_metric_name(text: object) -> bool: ...
 def metric_range(name: str) -> tuple[float, float]: ...
 def encode(msg: dict[str, Any]) -> str: ...

@@ -73,7 +73,8 @@ CommandResult = tuple[bool, str, dict[str, Any] | None]
 
 
 def is_jwt(credential: str) -> bool:
-    return not credential.startswith("ewt_") and credential.count(".") == 2
+    """The one token-vs-JWT test (protocol.wire.is_device_token), as the simulator asks it."""
+    return not wire.is_device_token(credential)
 
 
 @dataclass(slots=True)

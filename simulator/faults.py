@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import time
 import zlib
 from dataclasses import dataclass
 
@@ -162,11 +161,9 @@ class FaultInjector:
 
 
 def mint_jwt(secret: str, device_id: str, ttl_s: float, now: float | None = None) -> str:
-    """An HS256 JWT for ``device_id`` expiring ``ttl_s`` from now (needs pyjwt)."""
+    """An HS256 JWT for ``device_id`` expiring ``ttl_s`` from now: gateway.auth.mint_jwt (needs pyjwt)."""
     try:
-        import jwt
+        from gateway.auth import mint_jwt as gateway_mint_jwt
     except ImportError:
         raise SimConfigError("JWT faults need pyjwt: pip install 'pyjwt[crypto]'") from None
-    issued = int(now if now is not None else time.time())
-    expires = issued + max(1, math.ceil(ttl_s))
-    return str(jwt.encode({"sub": device_id, "iat": issued, "exp": expires}, secret, algorithm="HS256"))
+    return gateway_mint_jwt(secret, device_id, ttl_s, now)

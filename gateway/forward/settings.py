@@ -95,16 +95,3 @@ class MqttSettings:
     discovery_prefix: str = "homeassistant"
     commands: bool = False
 
-
-def read_password_file(key: str, path: str) -> str:
-    """The first line of a password file; ConfigError naming ``key`` if it cannot be read."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.readline().strip()
-    except OSError as err:
-        raise ConfigError(f"{key}: cannot read {path} ({err.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{key}: {path} is not UTF-8 text") from None
-    if not text:
-        raise ConfigError(f"{key}: {path} is empty")
-    return text

@@ -34,9 +34,10 @@ from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.forward.forwarder import Forwarder
 from gateway.forward.mqtt_commands import RunCommand
-from gateway.forward.settings import MQTT_PORTS, NATS_PORTS, MqttSettings, parse_broker_url, read_password_file
+from gateway.forward.settings import MQTT_PORTS, NATS_PORTS, MqttSettings, parse_broker_url
 from gateway.forward.sink import Sink
 from gateway.logs import log
+from gateway.secret_files import read_secret
 from gateway.storage.base import Storage
 
 CLUSTER_EXTRA = "install the cluster extra: pip install 'edgewire[cluster]' (nats-py)"
@@ -45,7 +46,7 @@ WORKER_STOP_S = 20.0  # the worker drains (up to 5 s), stores its cursors and re
 
 def mqtt_settings(config: GatewayConfig, instance: str) -> MqttSettings:
     url = parse_broker_url("mqtt_url", config.mqtt_url, MQTT_PORTS)
-    password = read_password_file("mqtt_password_file", config.mqtt_password_file) \
+    password = read_secret(config.mqtt_password_file, "mqtt_password_file") \
         if config.mqtt_password_file else url.password
     if config.mqtt_ca_file and not url.tls:
         raise ConfigError("mqtt_ca_file: set, but mqtt_url is not mqtts://; use mqtts:// or drop mqtt_ca_file")

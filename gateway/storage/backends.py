@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
 
 from gateway.config import GatewayConfig, load_config
+from gateway.secret_files import private_dir
 from gateway.storage.base import Storage
 
 
 def open_storage(config: GatewayConfig, commit_interval_ms: float | None = None) -> Storage:
-    """SQLite (creating its directory), PostgreSQL, or readings-off over SQLite for ``storage = "none"``."""
+    """SQLite (in its private directory), PostgreSQL, or ``storage = "none"`` (readings not stored) over SQLite."""
     interval = config.commit_interval_ms if commit_interval_ms is None else commit_interval_ms
     if config.storage_kind == "postgresql":
         from gateway.storage.postgresql import PostgresStorage
 
         return PostgresStorage(config.storage, commit_interval_ms=interval)
+    from gateway.storage.none import NoneStorage
     from gateway.storage.sqlite import SQLiteStorage
-    from gateway.storage.transport_only import ReadingsOff
 
-    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-    config.database.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(config.data_dir)
+    private_dir(config.database.parent)
     sqlite = SQLiteStorage(config.database, commit_interval_ms=interval, synchronous=config.synchronous.upper())
-    return ReadingsOff(sqlite) if config.storage_kind == "none" else sqlite
+    return NoneStorage(sqlite) if config.storage_kind == "none" else sqlite
 
 
 def storage_arguments() -> argparse.ArgumentParser:
@@ -44,4 +45,5 @@ def cli_config(args: argparse.Namespace) -> GatewayConfig:
     return load_config(getattr(args, "config", None),
                        overrides={"data_dir": getattr(args, "data_dir", None),
                                   "db_path": getattr(args, "db_path", None),
-                                  "storage": getattr(args, "storage", None)})
+                                  "storage": getattr(args, "storage", None)},
+                       warn=lambda message: print(f"warning: {message}", file=sys.stderr))

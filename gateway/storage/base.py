@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.errors import StorageError
 
@@ -161,6 +162,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Commit everything queued, then release resources. Idempotent."""
+
+    def health(self) -> dict[str, Any]:
+        """The backend's state for /healthz, without I/O: ``{"state": "ok" | "failing" | "failed" |
+        "closed", ...details}``. Anything but "ok" makes /healthz answer 503. Backends override it."""
+        return {"state": "ok"}
 
     # -- readings
     @abc.abstractmethod

@@ -305,6 +305,7 @@ class SQLiteStorage(Storage):
         self.rows_inserted = 0  # new readings actually inserted
         self.largest_batch = 0
         self.failed_commits = 0
+        self.last_error: str | None = None  # of the last commit, None once a commit succeeds
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -405,6 +406,20 @@ class SQLiteStorage(Storage):
             self._wconn = None
         self._opened = False
 
+    def health(self) -> dict[str, Any]:
+        """closed; failed (the writer thread stopped: a bug); failing (the last commit failed, e.g.
+        disk full or I/O error; it recovers with the next good commit); or ok."""
+        if self._writer_failed is not None:
+            state = "failed"
+        elif not self._opened or self._closing:
+            state = "closed"
+        elif self.last_error is not None:
+            state = "failing"
+        else:
+            state = "ok"
+        return {"state": state, "commits": self.commits, "failed_commits": self.failed_commits,
+                "last_error": self.last_error}
+
     # ------------------------------------------------------------------ writer
     async def _submit(self, rows: list[ReadingRow] | None = None,
                       fn: Callable[[sqlite3.Connection], Any] | None = None) -> Any:
@@ -499,6 +514,7 @@ class SQLiteStorage(Storage):
                         except (sqlite3.Error, *_DATA_ERRORS) as one:
                             outcome.append((item, StorageError(f"readings not stored: {one}"), None))
             except sqlite3.Error as err:
+                self.last_error = f"{type(err).__name__}: {err}"[:200]
                 error = StorageError(f"commit to {self.path} failed: {err}; nothing of this batch was stored")
                 outcome.extend((item, error, None) for item, _ in prepared)
         self._resolve(outcome)
@@ -541,6 +557,7 @@ class SQLiteStorage(Storage):
                 conn.execute("ROLLBACK")
             raise
         self.commits += 1
+        self.last_error = None
         self.rows_written += len(rows)
         self.rows_inserted += inserted
         if len(rows) > self.largest_batch:

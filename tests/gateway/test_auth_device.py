@@ -21,6 +21,7 @@ from gateway import auth as auth_mod
 from gateway.auth import Authenticator, Identity, bearer
 from gateway.errors import AuthError, ConfigError
 from gateway.registry import Registry
+from gateway.secret_files import read_secret
 from gateway.storage.sqlite import SQLiteStorage
 from protocol import wire
 
@@ -312,9 +313,22 @@ def test_bearer_header_parsing() -> None:
 def test_read_secret_file_and_mint(tmp_path: Path) -> None:
     path = tmp_path / "jwt.secret"
     path.write_text(SECRET + "\n")
-    assert auth_mod.read_secret_file(str(path), "jwt_secret_file") == SECRET
+    assert read_secret(str(path), "jwt_secret_file") == SECRET
     with pytest.raises(ConfigError, match="jwt_secret_file"):
-        auth_mod.read_secret_file(str(tmp_path / "missing"), "jwt_secret_file")
+        read_secret(str(tmp_path / "missing"), "jwt_secret_file")
     token = auth_mod.mint_jwt(SECRET, "S-1", 30, now=NOW)
     claims = pyjwt.decode(token, SECRET, algorithms=["HS256"], options={"verify_exp": False})
     assert claims == {"sub": "S-1", "iat": int(NOW), "exp": int(NOW) + 30}
+
+
+def test_jwt_with_an_absurd_exp_is_refused_at_auth(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        auth = env.auth()
+        await env.registry.add("S-1")
+        for exp in (2**64 - 1, 1e30, auth_mod.MAX_EXP + 1):
+            await refused(auth, wire.E_AUTH_FAILED, 401, jwt=hs256({"sub": "S-1", "exp": exp}))
+        ident = await auth.authenticate(device_id=None, token=None, jwt=hs256({"sub": "S-1", "exp": auth_mod.MAX_EXP}),
+                                        address="127.0.0.1")
+        assert ident.expires_at == auth_mod.MAX_EXP
+
+    run(tmp_path, body)

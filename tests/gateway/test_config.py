@@ -83,3 +83,20 @@ def test_serve_with_bad_config_exits_2_with_message(tmp_path: Path) -> None:
 def test_dashboard_auth_is_required_beyond_loopback(host: str, auth: str, required: bool) -> None:
     config = load_config(env={}, overrides={"host": host, "dashboard_auth": auth})
     assert config.dashboard_token_required is required
+
+
+@pytest.mark.parametrize(("host", "auth", "proxies", "client", "needed"), [
+    ("127.0.0.1", "auto", [], "127.0.0.1", False),
+    ("127.0.0.1", "auto", [], "::1", False),
+    ("127.0.0.1", "auto", [], "203.0.113.9", True),  # a client beyond loopback (after the proxy rules)
+    ("127.0.0.1", "auto", ["127.0.0.1/32"], "127.0.0.1", True),  # behind a proxy: always
+    ("127.0.0.1", "auto", ["127.0.0.1/32"], "203.0.113.9", True),
+    ("0.0.0.0", "auto", [], "127.0.0.1", True),
+    ("127.0.0.1", "auto", [], "not-an-address", True),
+    ("127.0.0.1", "on", [], "127.0.0.1", True),
+    ("0.0.0.0", "off", ["10.0.0.0/8"], "203.0.113.9", False),
+])
+def test_dashboard_token_needed_per_client(host: str, auth: str, proxies: list[str], client: str,
+                                           needed: bool) -> None:
+    config = load_config(env={}, overrides={"host": host, "dashboard_auth": auth, "trusted_proxies": proxies})
+    assert config.dashboard_token_needed(client) is needed

@@ -24,7 +24,7 @@ T0 = 1_764_080_000_000
 
 def seed(data_dir: Path) -> None:
     async def run() -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # as the gateway makes it
         s = SQLiteStorage(data_dir / "edgewire.db")
         await s.open()
         await s.put_device(DeviceRecord("SENSOR-01", True, b"\x01" * 32))

@@ -75,9 +75,9 @@ def test_add_refuses_duplicates_and_bad_input(tmp_path: Path) -> None:
             await r.add("S-1")
         record = await s.get_device("S-1")
         assert record is not None and record.token_digest == reg.token_digest(KEY, first)  # unchanged
-        for bad in ("", "has space", "x" * 65, "semi;colon", "ünï"):
+        for bad in ("", "has space", "x" * 65, "semi;colon", "ünï", 5, None, True, 5.5, ["S-9"]):
             with pytest.raises(RegistryError, match="invalid device id"):
-                await r.add(bad)
+                await r.add(bad)  # type: ignore[arg-type]
         with pytest.raises(RegistryError, match="not an IP address or CIDR"):
             await r.add("S-2", allow=["10.0.0.0/33"])
         with pytest.raises(RegistryError, match="label"):

@@ -44,12 +44,20 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path: Path) -> None:
                 ok = await fleet.wait_until(lambda f: all(d.counters.acked >= 10 for d in f.devices), 30)
                 assert ok, "devices did not get going"
                 await loop.run_in_executor(None, gw.kill)
-                await asyncio.sleep(0.5)  # acks already on the wire are read; none can be new
+                # Every device sees its connection end: the acks that were on the wire have been
+                # read, and none can be new.
+                assert await fleet.wait_until(lambda f: not any(d.online for d in f.devices), 30), \
+                    "devices did not notice the kill"
                 acked_at_kill = {d.device_id: d.session.acked for d in fleet.devices}
                 on_disk = stored_seqs_in_copy(gw.db_path, tmp_path / "at-kill")
-                await asyncio.sleep(2.0)  # the devices buffer while the gateway is down
+                # The devices buffer while the gateway is down.
+                assert await fleet.wait_until(lambda f: all(
+                    d.counters.generated >= acked_at_kill[d.device_id] + 5 for d in f.devices), 30)
                 await loop.run_in_executor(None, gw.start)
-                await asyncio.sleep(5.0)
+                # Every device is back and has readings acknowledged beyond what it had at the kill.
+                assert await fleet.wait_until(lambda f: all(
+                    d.online and d.session.acked > acked_at_kill[d.device_id] for d in f.devices), 60), \
+                    "devices did not resume after the restart"
                 summary = await fleet.stop(drain_s=30.0)
                 generated = {d.device_id: d.counters.generated for d in fleet.devices}
             return acked_at_kill, on_disk, summary, generated

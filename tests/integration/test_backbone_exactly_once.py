@@ -10,6 +10,7 @@ from simulator.faults import FaultPlan
 from simulator.fleet import Fleet
 from tests.helpers.dashboard import DashboardWatcher
 from tests.helpers.gateway import GatewayProcess
+from tests.helpers.waiting import until
 
 DEVICES = 200
 DURATION_S = 20.0
@@ -26,7 +27,7 @@ def test_200_devices_20_seconds_every_reading_stored_exactly_once(tmp_path: Path
                                                                seed=1, backoff_initial_s=0.2) as fleet:
                 summary = await fleet.run(DURATION_S, drain_s=20.0)
                 generated = {d.device_id: d.counters.generated for d in fleet.devices}
-                await asyncio.sleep(0.6)  # one more dashboard interval
+                await until(lambda: dash.devices_seen == set(creds), 15, "every device on the dashboard")
             return summary, generated, dash
 
         summary, generated, dash = asyncio.run(run())

@@ -19,6 +19,9 @@ from protocol.device import (
     D_SLOW,
     D_WELCOME,
     LOADGEN,
+    MAX_RATE,
+    MAX_RETRY_MS,
+    MIN_RATE,
     R_BACKOFF,
     R_STOP,
     Backoff,
@@ -133,3 +136,20 @@ def test_handle_maps_each_gateway_frame_to_a_decision_without_raising() -> None:
         assert invalid.kind == D_INVALID and invalid.code, text
     assert session.handle(wire.encode({"t": "nope"}), 0).code == wire.E_UNKNOWN_TYPE
     assert session.acked == 4  # nothing above changed the session's ack state
+
+
+@pytest.mark.parametrize("rate", [5e-324, 1e-300, -95056932614790, 1e308])
+def test_hostile_rates_and_slow_downs_are_bounded(rate: float) -> None:
+    """Found by make fuzz: a slow frame with rate 5e-324 overflowed the pacing (1000 / rate)."""
+    outbox = MemoryOutbox(first_seq=1)
+    for _ in range(3):
+        outbox.add({"temperature": 20.0})
+    session = DeviceSession("D", token="t", outbox=outbox)
+    session.handle(wire.encode({"t": "welcome", "last_seq": 0, "rate": 1.0}), 0)
+    slow = session.handle(json.dumps({"t": "slow", "rate": rate, "seq": 1}), 0)
+    assert slow.kind == D_SLOW
+    assert 0 <= slow.wait_ms <= MAX_RETRY_MS
+    assert MIN_RATE <= session.rate <= MAX_RATE
+    assert session.next_frame(now_ms=slow.wait_ms) is not None  # it sends again, with finite pacing
+    huge = session.handle(wire.encode({"t": "slow", "rate": 1.0, "retry_ms": 10**18, "seq": 1}), 0)
+    assert huge.wait_ms == MAX_RETRY_MS

@@ -33,12 +33,12 @@ import ntptime  # noqa: F401
 await asyncio.sleep(0)
 gc.collect()
 start_alloc = gc.mem_alloc()
-import protocol.wire  # noqa: E402, F401 - board code, shared with the gateway below: counted
+import protocol.wire  # noqa: E402 - board code, shared with the gateway below: counted
 
 await asyncio.sleep(0)
 gc.collect()
 wire_alloc = gc.mem_alloc() - start_alloc
-from protocol.gateway import GatewaySession  # noqa: E402 - the far end, not on a board: subtracted
+import protocol.gateway  # noqa: E402, F401 - the far end, not on a board: subtracted
 
 await asyncio.sleep(0)
 gc.collect()
@@ -104,8 +104,8 @@ assert node.ws is not None, "never reconnected"
 stored = fakenet.STORED
 assert stored == list(range(1, len(stored) + 1)), "gap or duplicate in " + str(stored)
 assert len(stored) >= backlog
-node.ws.sock._send(1, GatewaySession().command_frame("c-1", "set_output", {"output": "relay", "on": True})
-                   .encode())
+node.ws.sock._send(1, node.ws.sock.session.command_frame("c-1", "set_output", {"output": "relay", "on": True})
+                   .encode())  # the connection's own session, which then accepts the result
 for _ in range(50):
     await step()
     if fakenet.RESULTS:

@@ -1,16 +1,18 @@
-"""Storage with readings switched off (``storage = "none"``): transport-only benchmarks.
+"""``storage = "none"``: readings are not stored (benchmarks of the transport alone).
 
-The registry and alerts still go to the wrapped backend; readings are counted, not kept,
-and ``store`` returns at once. Never use it where readings matter: acks then mean
-"received", not "stored".
+The registry and alerts still go to the wrapped backend (SQLite); readings are counted,
+not kept, and ``store`` returns at once. Never use it where readings matter: acks then
+mean "received", not "stored". The bench runs it as the system ``gateway-storage-none``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.storage.base import RAW, AlertRow, Bucket, DeviceRecord, DeviceState, Expired, ReadingRow, Storage
 
 
-class ReadingsOff(Storage):
+class NoneStorage(Storage):
     def __init__(self, inner: Storage) -> None:
         self.inner = inner
         self._last: dict[str, int] = {}
@@ -21,6 +23,9 @@ class ReadingsOff(Storage):
 
     async def close(self) -> None:
         await self.inner.close()
+
+    def health(self) -> dict[str, Any]:
+        return {**self.inner.health(), "readings": "not stored (storage = none)"}
 
     async def store(self, rows: list[ReadingRow]) -> None:
         last = self._last

@@ -1,0 +1,155 @@
+"""The admin API (/v1/admin, docs/protocol.md section 10): registry operations, commands, queries.
+
+One request table: adding a request is one method plus one row in ``AdminApi.requests``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from gateway.commands import Commands
+from gateway.conn import dumps
+from gateway.errors import RegistryError
+from gateway.hub import Hub
+from gateway.logs import log
+from gateway.metrics import INTERNAL_ERROR, Metrics
+from gateway.registry import Registry, check_device_id
+from gateway.sessions import DeviceSessions
+from gateway.storage.base import Storage
+from protocol import wire
+from protocol.gateway import MAX_RESULT_DEPTH, MAX_RESULT_VALUES, json_shape_error
+
+Request = dict[str, Any]
+MAX_COMMAND_TIMEOUT_S = 300
+MAX_HISTORY_POINTS = 100_000
+
+
+class AdminApi:
+    def __init__(self, registry: Registry, storage: Storage, sessions: DeviceSessions, commands: Commands,
+                 hub: Hub, metrics: Metrics) -> None:
+        self.registry = registry
+        self.storage = storage
+        self.sessions = sessions
+        self.commands = commands
+        self.hub = hub
+        self.metrics = metrics
+        self.requests: dict[str, Callable[[Request], Awaitable[dict[str, Any]]]] = {
+            "register": self.register,
+            "rotate": self.rotate,
+            "devices": self.devices,
+            "command": self.command,
+            "latest": self.latest,
+            "history": self.history,
+            "stats": self.stats,
+        }
+
+    async def handle(self, ws: ServerConnection) -> None:
+        """Serve one admin connection: one reply per request, in order."""
+        with contextlib.suppress(ConnectionClosed):  # the tool went away: nothing to report
+            await self._serve(ws)
+
+    async def _serve(self, ws: ServerConnection) -> None:
+        async for frame in ws:
+            try:
+                msg = orjson.loads(frame)
+                if not isinstance(msg, dict):
+                    raise ValueError("request must be an object")
+            except ValueError:
+                await ws.send(dumps({"t": "error", "id": None, "code": wire.E_BAD_JSON, "msg": "not a JSON object"}))
+                continue
+            request_id = msg.get("id")
+            if not ((isinstance(request_id, str) and len(request_id) <= 64)
+                    or (type(request_id) is int and abs(request_id) < 2**53)):
+                request_id = None  # echoed back as given only when it is a short string or an integer
+            try:
+                reply = await self.request(msg)
+                reply.update({"t": "ok", "id": request_id})
+                text = dumps(reply)
+            except (RegistryError, ValueError, KeyError, TypeError, TimeoutError) as err:
+                code = "timeout" if isinstance(err, TimeoutError) else "bad_request"
+                text = dumps({"t": "error", "id": request_id, "code": code, "msg": str(err)[:300] or code})
+            except Exception as err:  # a bug: this request fails, the connection and the gateway go on
+                self.metrics.count_error(INTERNAL_ERROR)
+                log("admin_request_failed", logging.ERROR, request=str(msg.get("t"))[:32],
+                    error=f"{type(err).__name__}: {err}"[:300])
+                text = dumps({"t": "error", "id": request_id, "code": INTERNAL_ERROR,
+                              "msg": "internal error; see the gateway log"})
+            await ws.send(text)
+
+    async def request(self, msg: Request) -> dict[str, Any]:
+        kind = msg.get("t")
+        handler = self.requests.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            raise ValueError(f"unknown admin request {kind!r}")
+        return await handler(msg)
+
+    async def register(self, msg: Request) -> dict[str, Any]:
+        device_id = check_device_id(msg.get("device_id"))
+        label = msg.get("label", "")
+        if not isinstance(label, str):
+            raise ValueError("label: must be a string")
+        token = await self.registry.add(device_id, label=label)
+        log("device_registered", device=device_id)
+        return {"device_id": device_id, "token": token}
+
+    async def rotate(self, msg: Request) -> dict[str, Any]:
+        device_id = check_device_id(msg.get("device_id"))
+        token = await self.registry.rotate(device_id)
+        log("device_token_rotated", device=device_id)
+        return {"device_id": device_id, "token": token}
+
+    async def devices(self, msg: Request) -> dict[str, Any]:
+        online = self.sessions.devices
+        records = await self.storage.list_devices()
+        return {"devices": [{"id": r.device_id, "enabled": r.enabled, "online": r.device_id in online,
+                             "has_token": r.token_digest is not None, "allow": r.allow_cidrs}
+                            for r in records]}
+
+    async def command(self, msg: Request) -> dict[str, Any]:
+        device_id = check_device_id(msg.get("device_id"))
+        name, args, timeout = msg.get("name"), msg.get("args") or {}, msg.get("timeout", 10)
+        if not isinstance(name, str) or not 0 < len(name) <= 64:
+            raise ValueError("name: the command's name, a string (set_interval, set_output, reboot, ping, ...)")
+        if not isinstance(args, dict):
+            raise ValueError("args: an object of the command's arguments")
+        shape = json_shape_error(args, MAX_RESULT_DEPTH, MAX_RESULT_VALUES)
+        if shape is not None:
+            raise ValueError(f"args: {shape}")
+        if type(timeout) not in (int, float) or not 0 < timeout <= MAX_COMMAND_TIMEOUT_S:
+            raise ValueError(f"timeout: seconds, more than 0 and at most {MAX_COMMAND_TIMEOUT_S}")
+        conn = self.sessions.devices.get(device_id)
+        if conn is None:
+            raise RegistryError(f"device {device_id!r} is not online")
+        result = await self.commands.send(conn, name, args, float(timeout))
+        return {"result": result}
+
+    async def latest(self, msg: Request) -> dict[str, Any]:
+        device_id = check_device_id(msg.get("device_id"))
+        latest = await self.storage.latest(device_id)
+        return {"device_id": device_id, "latest": {k: list(v) for k, v in latest.items()}}
+
+    async def history(self, msg: Request) -> dict[str, Any]:
+        device_id = check_device_id(msg.get("device_id"))
+        metric = msg.get("metric")
+        if not isinstance(metric, str) or not wire.valid_metric_name(metric):
+            raise ValueError("metric: a metric name such as temperature")
+        bounds = {}
+        for key, default, low, high in (("start", 0, 0, 2**62), ("end", 2**62, 0, 2**62),
+                                        ("limit", 10000, 1, MAX_HISTORY_POINTS)):
+            value = msg.get(key, default)
+            if type(value) is not int or not low <= value <= high:
+                raise ValueError(f"{key}: an integer from {low} to {high}")
+            bounds[key] = value
+        points = await self.storage.history(device_id, metric, bounds["start"], bounds["end"], bounds["limit"])
+        return {"points": [list(p) for p in points]}
+
+    async def stats(self, msg: Request) -> dict[str, Any]:
+        return {"counters": dict(vars(self.metrics.counters)),
+                "stored": await self.storage.count_readings(), "resyncs": self.hub.resyncs}
