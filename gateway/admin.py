@@ -124,11 +124,16 @@ class AdminApi:
             raise ValueError(f"args: {shape}")
         if type(timeout) not in (int, float) or not 0 < timeout <= MAX_COMMAND_TIMEOUT_S:
             raise ValueError(f"timeout: seconds, more than 0 and at most {MAX_COMMAND_TIMEOUT_S}")
+        return {"result": await self.run_command(device_id, name, args, float(timeout))}
+
+    async def run_command(self, device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send a command to the device's live session and return its result: the one path of the admin
+        API's ``command`` and of MQTT commands (gateway/forward/mqtt_commands.py). RegistryError if the
+        device is not online, TimeoutError without a result in time."""
         conn = self.sessions.devices.get(device_id)
         if conn is None:
             raise RegistryError(f"device {device_id!r} is not online")
-        result = await self.commands.send(conn, name, args, float(timeout))
-        return {"result": result}
+        return await self.commands.send(conn, name, args, timeout)
 
     async def latest(self, msg: Request) -> dict[str, Any]:
         device_id = check_device_id(msg.get("device_id"))

@@ -7,8 +7,10 @@ and published to dashboards as events.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import AlertRule
@@ -16,6 +18,15 @@ from gateway.hub import Hub
 from gateway.logs import log
 from gateway.storage.base import Storage
 from gateway.supervisor import spawn
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """One stored alert change: ``kind`` (raised, cleared), the alert dict after it, ``at`` (gateway ms)."""
+
+    kind: str
+    alert: dict[str, Any]
+    at: int
 
 
 class AlertEngine:
@@ -36,6 +47,7 @@ class AlertEngine:
         self.active: dict[tuple[str, str], dict[str, Any]] = {}
         self._writes: set[asyncio.Task[None]] = set()
         self._raises: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._listeners: list[Callable[[AlertEvent], None]] = []
 
     async def restore(self) -> None:
         """Load the alerts that were active when the gateway stopped."""
@@ -77,11 +89,28 @@ class AlertEngine:
         task.add_done_callback(self._writes.discard)
         return task
 
+    def listen(self, callback: Callable[[AlertEvent], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` after each stored change (``raised``, ``cleared``); returns the
+        unsubscribe function. Callbacks run on the event loop and must not block; one that raises is
+        logged and never disturbs the engine (the event stream of /work/coord/alerts-api.md)."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    def _emit(self, kind: str, alert: dict[str, Any], at: int) -> None:
+        event = AlertEvent(kind, alert, at)
+        for callback in list(self._listeners):
+            try:
+                callback(event)
+            except Exception as err:
+                log("alert_listener_failed", logging.ERROR, error=f"{type(err).__name__}: {err}"[:300])
+
     async def _store_raise(self, alert: dict[str, Any]) -> None:
         alert["id"] = await self.storage.raise_alert(alert["device"], alert["metric"], alert["rule"],
                                                      alert["raised"], alert["value"])
         log("alert_raised", device=alert["device"], rule=alert["rule"], value=alert["value"])
-        self.hub.alert_raised(alert, int(self.clock() * 1000))
+        now = int(self.clock() * 1000)
+        self.hub.alert_raised(alert, now)
+        self._emit("raised", dict(alert), now)
 
     async def _store_clear(self, alert: dict[str, Any], raising: asyncio.Task[None] | None,
                            value: float, time_ms: int) -> None:
@@ -90,7 +119,9 @@ class AlertEngine:
         cleared = dict(alert, cleared=time_ms, clear_value=value)
         await self.storage.clear_alert(cleared["id"], time_ms, value)
         log("alert_cleared", device=alert["device"], rule=alert["rule"], value=value)
-        self.hub.alert_cleared(cleared, int(self.clock() * 1000))
+        now = int(self.clock() * 1000)
+        self.hub.alert_cleared(cleared, now)
+        self._emit("cleared", cleared, now)
 
     async def drain(self) -> None:
         """Wait for every alert write in flight (shutdown)."""

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -42,6 +43,11 @@ from gateway.storage.base import Storage
 
 CLUSTER_EXTRA = "install the cluster extra: pip install 'edgewire[cluster]' (nats-py)"
 WORKER_STOP_S = 20.0  # the worker drains (up to 5 s), stores its cursors and releases its leases
+
+
+def lease_owner(instance: str) -> str:
+    """This process's name in the forwarding leases: ``<instance>/<pid>`` (storage.base.claim_sink)."""
+    return f"{instance}/{os.getpid()}"
 
 
 def mqtt_settings(config: GatewayConfig, instance: str) -> MqttSettings:
@@ -66,6 +72,18 @@ def nats_sink(config: GatewayConfig, instance: str) -> Sink:
                     window=config.forward_window, client_name=f"edgewire-{instance}")
 
 
+WORKER_KEYS = ("data_dir", "storage", "db_path", "commit_interval_ms", "synchronous", "readings_retention_days",
+               "rollup_retention_days", "log_level", "log_format", "instance_id", "bus", "mqtt_url", "mqtt_username",
+               "mqtt_password_file", "mqtt_ca_file", "mqtt_client_id", "mqtt_prefix", "mqtt_discovery",
+               "mqtt_discovery_prefix", "mqtt_commands", "nats_url", "nats_stream", "nats_subject_prefix",
+               "forward_window")
+
+
+def worker_settings(config: GatewayConfig, instance: str) -> dict[str, Any]:
+    """The JSON line the gateway sends the worker."""
+    return {"config": {key: getattr(config, key) for key in WORKER_KEYS}, "instance": instance}
+
+
 def sink_names(config: GatewayConfig) -> list[str]:
     return [name for name, url in (("mqtt", config.mqtt_url), ("nats", config.nats_url)) if url]
 
@@ -74,8 +92,6 @@ class ForwardWorker:
     """The forwarding worker process, seen from the gateway: started, restarted if it dies, stopped."""
 
     def __init__(self, config: GatewayConfig, instance: str) -> None:
-        from gateway.forward.worker import worker_settings
-
         self.spec = json.dumps(worker_settings(config, instance)) + "\n"
         self.stats: list[dict[str, Any]] = []
         self.queue_full = 0
@@ -160,12 +176,12 @@ class Forwarding:
             bridge = MqttBridge(mqtt_settings(config, instance), storage, instance=instance, version=version,
                                 window=config.forward_window, run_command=run_command, authoritative=not config.bus)
             if not config.forward_process:
-                forwarders.append(Forwarder(MqttSink(bridge.link, bridge.topics), storage, instance,
+                forwarders.append(Forwarder(MqttSink(bridge.link, bridge.topics), storage, lease_owner(instance),
                                             window=config.forward_window))
         if config.nats_url:
             sink = nats_sink(config, instance)  # checks nats-py is there, in both modes
             if not config.forward_process:
-                forwarders.append(Forwarder(sink, storage, instance, window=config.forward_window))
+                forwarders.append(Forwarder(sink, storage, lease_owner(instance), window=config.forward_window))
         names = sink_names(config)
         worker = ForwardWorker(config, instance) if config.forward_process and names else None
         return cls(storage, forwarders, bridge, worker, names)
@@ -204,6 +220,21 @@ class Forwarding:
             await forwarder.sink.stop()
         if self.bridge is not None:
             await self.bridge.stop()
+
+    def health(self) -> dict[str, Any]:
+        """For /healthz: each sink's connection and state, and the bridge's; {} without forwarding."""
+        if not self.sink_names and self.bridge is None:
+            return {}
+        sinks = {s["sink"]: {"connected": bool(s["connected"]), "state": s["state"], "lag_s": s["lag_s"]}
+                 for s in self.stats()}
+        out: dict[str, Any] = {"sinks": sinks}
+        if self.worker is not None:
+            out["worker"] = "running" if self.worker.up else "starting"
+        if self.bridge is not None:
+            out["mqtt_bridge"] = self.bridge.health()
+        connected = all(s["connected"] for s in sinks.values()) and (self.bridge is None or self.bridge.ready)
+        out["state"] = "ok" if connected and len(sinks) == len(self.sink_names) else "connecting"
+        return out
 
     def stats(self, now: float | None = None) -> list[dict[str, Any]]:
         if self.worker is not None:

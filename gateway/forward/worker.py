@@ -33,29 +33,17 @@ from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError
 from gateway.forward.forwarder import Forwarder
 from gateway.forward.mqtt_link import MqttLink
+from gateway.forward.setup import lease_owner, mqtt_settings, nats_sink
 from gateway.logs import log, setup_logging
 from gateway.storage.backends import open_storage
 from gateway.storage.base import Storage
 
 POLL_S = 0.05  # how often the worker looks for new readings (the gateway cannot wake it)
 STATS_S = 1.0
-WORKER_KEYS = ("data_dir", "storage", "db_path", "commit_interval_ms", "synchronous", "readings_retention_days",
-               "rollup_retention_days", "log_level", "log_format", "instance_id", "bus", "mqtt_url", "mqtt_username",
-               "mqtt_password_file", "mqtt_ca_file", "mqtt_client_id", "mqtt_prefix", "mqtt_discovery",
-               "mqtt_discovery_prefix", "mqtt_commands", "nats_url", "nats_stream", "nats_subject_prefix",
-               "forward_window")
-
-
-def worker_settings(config: GatewayConfig, instance: str) -> dict[str, Any]:
-    """The JSON line the gateway sends the worker."""
-    return {"config": {key: getattr(config, key) for key in WORKER_KEYS}, "instance": instance}
-
-
 def build_forwarders(config: GatewayConfig, storage: Storage, instance: str) -> list[Forwarder]:
     """The readings forwarders of the worker: each sink on a connection of its own."""
     from gateway.forward.discovery import Topics
     from gateway.forward.mqtt_sink import MqttSink
-    from gateway.forward.setup import mqtt_settings, nats_sink
 
     forwarders: list[Forwarder] = []
     if config.mqtt_url:
@@ -65,10 +53,10 @@ def build_forwarders(config: GatewayConfig, storage: Storage, instance: str) -> 
                         max_queued=config.forward_window + 100, on_connect=_nothing, on_disconnect=_nothing,
                         on_message=_nothing)
         sink = MqttSink(link, Topics(settings.prefix, settings.discovery_prefix, instance), own_link=True)
-        forwarders.append(Forwarder(sink, storage, instance, window=config.forward_window, poll_s=POLL_S))
+        forwarders.append(Forwarder(sink, storage, lease_owner(instance), window=config.forward_window, poll_s=POLL_S))
     if config.nats_url:
-        forwarders.append(Forwarder(nats_sink(config, instance), storage, instance, window=config.forward_window,
-                                    poll_s=POLL_S))
+        forwarders.append(Forwarder(nats_sink(config, instance), storage, lease_owner(instance),
+                                    window=config.forward_window, poll_s=POLL_S))
     return forwarders
 
 

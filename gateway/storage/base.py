@@ -264,6 +264,11 @@ class Storage(abc.ABC):
         """Take or renew ``sink``'s lease for ``owner`` until now_ms + lease_ms and return its cursor;
         None while another owner's lease runs (``lease_until_ms > now_ms``).
 
+        Owners are ``<instance>/<process>``: an owner takes over at once from one of the same
+        instance (a restarted or replacement process of the same gateway, whose lease would
+        otherwise hold for up to ``lease_ms``); the old one is fenced off from then on
+        (``advance_sink`` returns False to it).
+
         A sink seen for the first time starts at the end of the log (readings stored from now on).
         Also makes the storage write the forward log from now on.
         """

@@ -65,7 +65,8 @@ REGISTER = (
 )
 CLAIM_UPDATE = (
     "UPDATE forward_cursors SET owner = $2, lease_until_ms = $3, updated_ms = $4"
-    " WHERE sink = $1 AND (owner = $2 OR lease_until_ms <= $4) RETURNING tx, commit_id, idx"
+    " WHERE sink = $1 AND (owner = $2 OR lease_until_ms <= $4 OR split_part(owner, '/', 1) = split_part($2, '/', 1))"
+    " RETURNING tx, commit_id, idx"
 )
 _AHEAD = "(tx, commit_id, idx) < ($3, $4, $5)"
 ADVANCE = (

@@ -56,6 +56,11 @@ def has_sinks(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT 1 FROM forward_cursors LIMIT 1").fetchone() is not None
 
 
+def instance_of(owner: str) -> str:
+    """The gateway instance of a lease owner ``<instance>/<process>``."""
+    return owner.split("/", 1)[0]
+
+
 def register(conn: sqlite3.Connection, sink: str, now_ms: int) -> None:
     """The sink's cursor, created at the end of the log (no lease) if missing."""
     seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'forward_log'").fetchone()
@@ -68,7 +73,7 @@ def claim(conn: sqlite3.Connection, sink: str, owner: str, now_ms: int, lease_ms
     register(conn, sink, now_ms)
     row = conn.execute("SELECT commit_id, idx, owner, lease_until_ms FROM forward_cursors WHERE sink = ?",
                        (sink,)).fetchone()
-    if row[2] != owner and row[3] > now_ms:
+    if row[2] != owner and row[3] > now_ms and instance_of(row[2]) != instance_of(owner):
         return None
     conn.execute("UPDATE forward_cursors SET owner = ?, lease_until_ms = ?, updated_ms = ? WHERE sink = ?",
                  (owner, now_ms + lease_ms, now_ms, sink))

@@ -72,8 +72,13 @@ def test_lease_cursor_and_takeover(backend: Backend) -> None:
         assert await s.claim_sink("mqtt", "gw2", T0 + 4 + LEASE, LEASE) == mid
         assert await s.advance_sink("mqtt", "gw1", page[1][0], T0 + 5 + LEASE, LEASE) is False
         assert keys([r for _, r in await s.readings_after(mid)]) == [("A", 2)]
+        # Another process of the same instance (a restart after a crash) takes over at once; the old one is fenced.
+        assert await s.claim_sink("mqtt", "gw2/200", T0 + 5 + LEASE, LEASE) == mid
+        assert await s.claim_sink("mqtt", "gw2/300", T0 + 5 + LEASE, LEASE) == mid
+        assert await s.advance_sink("mqtt", "gw2/200", page[1][0], T0 + 6 + LEASE, LEASE) is False
+        assert await s.claim_sink("mqtt", "gw1", T0 + 6 + LEASE, LEASE) is None  # another instance waits
+        await s.release_sink("mqtt", "gw2/300")
         # A release hands it over at once; other sinks are separate.
-        await s.release_sink("mqtt", "gw2")
         assert await s.claim_sink("mqtt", "gw1", T0 + 6 + LEASE, LEASE) == mid
         assert await s.claim_sink("nats", "gw2", T0, LEASE) is not None
         assert [c.sink for c in await s.sink_cursors()] == ["mqtt", "nats"]
