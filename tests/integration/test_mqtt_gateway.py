@@ -122,7 +122,8 @@ def test_sigkill_while_forwarding_skips_nothing(tmp_path: Path, worker: bool) ->
             stored = gw.query("SELECT device_id, seq FROM readings")
             assert set(got) >= set(stored)
             duplicates = len(got) - len(set(got))
-            print(f"sigkill ({'worker' if worker else 'in process'}): stored {len(stored)}, published {len(got)}, duplicates {duplicates}")
+            mode = "worker" if worker else "in process"
+            print(f"sigkill ({mode}): stored {len(stored)}, published {len(got)}, duplicates {duplicates}")
             assert duplicates <= WINDOW, duplicates
             for device_id in {d for d, _ in stored}:
                 firsts: list[int] = []
