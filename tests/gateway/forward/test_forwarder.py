@@ -217,3 +217,50 @@ def test_one_instance_forwards_the_other_stands_by_and_takes_over(tmp_path: Path
         await task2
 
     run(tmp_path, body)
+
+
+def test_two_gateways_on_postgresql_forward_each_reading_once(postgres_dsn: str) -> None:
+    """Two gateways share a PostgreSQL and both store readings concurrently; one forwards, the other
+    stands by; when the first stops, the second goes on from the stored cursor. Nothing is skipped."""
+    from gateway.storage.postgresql import PostgresStorage
+
+    async def body() -> None:
+        one = PostgresStorage(postgres_dsn, commit_interval_ms=1)
+        two = PostgresStorage(postgres_dsn, commit_interval_ms=1)
+        await one.open()
+        await two.open()
+        sink_one, sink_two = ScriptedSink(), ScriptedSink()
+        first = Forwarder(sink_one, one, "gw1/1", window=50, save_s=0.0, lease_s=1.0, poll_s=0.05)
+        second = Forwarder(sink_two, two, "gw2/1", window=50, save_s=0.0, lease_s=1.0, poll_s=0.05)
+        await one.register_sink("test", 0)
+        await two.register_sink("test", 0)
+        task1 = asyncio.create_task(first.run())
+        await until(lambda: first.cursor is not None)
+        task2 = asyncio.create_task(second.run())
+        await until(lambda: second.state == STANDBY)
+
+        async def write(storage: PostgresStorage, device: str, count: int) -> None:
+            for seq in range(1, count + 1):
+                await storage.store([reading(device, seq)])
+
+        try:
+            await asyncio.gather(write(one, "A", 60), write(two, "B", 60))
+            await until(lambda: len(set(sink_one.delivered)) == 120)
+            await first.close()
+            await task1
+            await asyncio.gather(write(one, "A2", 30), write(two, "B2", 30))
+            await until(lambda: len(set(sink_two.delivered)) == 60)
+            delivered = sink_one.delivered + sink_two.delivered
+            assert set(delivered) == {(d, s) for d, n in (("A", 60), ("B", 60), ("A2", 30), ("B2", 30))
+                                      for s in range(1, n + 1)}
+            for device in ("A", "B"):  # each device's readings in seq order
+                seqs = [s for d, s in sink_one.delivered if d == device]
+                assert seqs == sorted(seqs)
+            assert not set(sink_two.delivered) & set(sink_one.delivered)  # handed over at the cursor
+        finally:
+            await second.close()
+            await task2
+            await one.close()
+            await two.close()
+
+    asyncio.run(body())
