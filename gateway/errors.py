@@ -71,3 +71,13 @@ class RemoteError(BusError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class AlertError(GatewayError, ValueError):
+    """An alert or alert-rule operation was refused. ``code`` is a stable error code for callers
+    (bad_rule, no_such_rule, no_such_alert, alert_cleared, bad_request, storage_unavailable)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -26,7 +26,12 @@ from websockets.http11 import Request, Response
 from gateway import gctune, history_api
 from gateway.admin import AdminApi
 from gateway.admission import TOO_MANY, Admission, raise_open_files_limit
-from gateway.alerts import AlertEngine
+from gateway.alerts.admin import AlertAdmin
+from gateway.alerts.engine import AlertEngine
+from gateway.alerts.localtime import zone
+from gateway.alerts.metrics import metric_lines as alert_metric_lines
+from gateway.alerts.model import CLEARED, AlertEvent
+from gateway.alerts.webhook import WebhookNotifier
 from gateway.auth import Authenticator
 from gateway.bus import default_instance_id
 from gateway.commands import Commands
@@ -46,11 +51,14 @@ from gateway.storage.base import Storage
 from gateway.supervisor import Supervisor, spawn
 from protocol import wire
 
+ADMIN_IDENTITY = "admin"  # who an admin-token holder is in alert histories (acked_by, cleared_by)
+
 
 class Gateway:
     def __init__(self, config: GatewayConfig, storage: Storage, authenticator: Authenticator,
                  registry: Registry, admin_token: str, dashboard_token: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 webhook_secrets: dict[str, bytes | None] | None = None) -> None:
         self.config = config
         self.storage = storage
         self.auth = authenticator
@@ -58,17 +66,22 @@ class Gateway:
         self.metrics = Metrics()
         self.counters = self.metrics.counters
         self.hub = Hub(config.dashboard_interval_ms, config.dashboard_queue, dumps, clock)
-        self.alerts = AlertEngine(config.alerts, storage, self.hub, clock)
+        self.alerts = AlertEngine(storage, config.alerts, clock=clock, timezone=zone(config.alert_timezone),
+                                  max_open=config.alert_max_open, suspended_expiry_s=config.alert_suspended_expiry_s,
+                                  save_interval_s=config.alert_save_interval_s, registry_check_s=60.0)
+        self.alerts.listen(self._alert_to_hub)
+        self.notifier = WebhookNotifier(config.webhooks, webhook_secrets or {}, source=socket.gethostname(),
+                                        clock=clock)
+        self.alerts.listen(self.notifier.on_event)
         self.commands = Commands()
         # MQTT bridge and NATS sink (docs/mqtt.md); MQTT commands take the admin API's command path.
         self.forwarding = Forwarding.from_config(config, storage, config.instance_id or default_instance_id(),
                                                  package_version(), run_command=self._run_command)
         self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.alerts, self.metrics,
-                                       on_result=self.commands.result,
-                                       on_offline=lambda device_id: self.commands.fail(
-                                           f"device {device_id!r} went offline before answering", device_id),
-                                       clock=clock, forwarding=self.forwarding)
+                                       on_result=self.commands.result, on_offline=self._device_offline, clock=clock,
+                                       forwarding=self.forwarding)
         self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics)
+        self.admin.requests.update(AlertAdmin(self.alerts).requests_as(ADMIN_IDENTITY))  # protocol.md section 10
         self.http = HttpApi(config, admin_token=admin_token, dashboard_token=dashboard_token,
                             client_address=self.sessions.client_address, draining=lambda: self.draining,
                             count_error=self.metrics.count_error)
@@ -90,6 +103,17 @@ class Gateway:
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address,
                                    config.trusted_proxies)
 
+    def _alert_to_hub(self, event: AlertEvent) -> None:
+        """Alert events to the dashboards: open alerts shown (with their state), cleared ones removed."""
+        if event.kind == CLEARED:
+            self.hub.alert_cleared(event.alert, event.at)
+        else:
+            self.hub.alert_raised(event.alert, event.at)
+
+    def _device_offline(self, device_id: str) -> None:
+        self.commands.fail(f"device {device_id!r} went offline before answering", device_id)
+        self.alerts.device_offline(device_id)
+
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Listen first (a busy port fails before anything else starts), then open storage, start
@@ -103,7 +127,9 @@ class Gateway:
             log("open_files_limit", soft=soft, was=before, hard=hard, max_unauthenticated=cap,
                 max_unauthenticated_per_address=cfg.max_unauthenticated_per_address)
             await self.storage.open()
-            await self.alerts.restore()
+            await self.alerts.start()
+            for alert in self.alerts.open_alerts():  # the restored ones; their changes follow as events
+                self.hub.alert_raised(alert, alert["updated"])
             await history_api.restore_hub(self.hub, self.storage)
             await self.forwarding.start()
             self.alerts.listen(self.forwarding.alert_event)
@@ -113,6 +139,8 @@ class Gateway:
             self.supervisor.start("hub", self.hub.run)
             self.supervisor.start("registry_sweep", self.sessions.sweep_forever)
             self.supervisor.start("gc", gctune.maintenance)
+            self.supervisor.start("alerts", self.alerts.run)
+            self.supervisor.start("webhooks", self.notifier.run)
             self.supervisor.start("retention", Retention(self.storage, cfg.readings_retention_days,
                                                          cfg.rollup_retention_days).run_forever)
             await self.server.start_serving()
@@ -193,7 +221,8 @@ class Gateway:
         await self._step("background tasks", self.supervisor.stop())
         self.commands.fail("the gateway is stopping; send the command again once it is back")
         await self._step("device sessions", self.sessions.close_all())
-        await self._step("alerts", self.alerts.drain())
+        await self._step("alerts", self.alerts.close())  # learned state and queued changes stored
+        await self._step("webhooks", self.notifier.close())  # what is queued goes out, or is counted
         await self._step("dashboards", _call(self.hub.flush))
         for waiting in list(self.admission.waiting):  # still in the handshake or before auth: no data yet
             waiting.transport.abort()
@@ -256,8 +285,8 @@ class Gateway:
                        dict(admission.refused)),
                       ("task_restarts", "Restarts of background tasks after a failure.", "task",
                        {name: state.restarts for name, state in self.supervisor.tasks.items()})],
-            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
-        body += forward_metrics.render(self.forwarding).encode()
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+            extra=[*alert_metric_lines(self.alerts, self.notifier), *forward_metrics.lines(self.forwarding)])
         return Response(200, "OK", Headers({"Content-Type": "text/plain; version=0.0.4; charset=utf-8",
                                             "Content-Length": str(len(body))}), body)
 

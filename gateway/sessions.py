@@ -17,7 +17,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway.alerts import AlertEngine
+from gateway.alerts.engine import AlertEngine
 from gateway.auth import Authenticator, Identity, bearer
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, dumps, json_response, send_close
@@ -304,13 +304,13 @@ class DeviceSessions:
             if gap:
                 self.counters.gaps += gap
             hub_reading = self.hub.reading
-            check = self.alerts.check
+            check = self.alerts.reading
             saw = self.forwarding.saw_reading  # MQTT discovery: a device or metric seen for the first time
             for reading in frame.readings:
                 time_ms = wire.reading_time_ms(reading, frame, received)
                 rows.append(ReadingRow(device_id, reading.seq, time_ms, received, reading.metrics, frame.boot,
                                        reading.ts, reading.up, reading.quality))
-                check(device_id, reading.metrics, time_ms)
+                check(device_id, reading.metrics, time_ms, received, reading.quality)
                 saw(device_id, reading.metrics)
             last = frame.readings[-1]
             hub_reading(device_id, last.metrics, rows[-1].time_ms)

@@ -34,9 +34,15 @@ def _metric(lines: list[str], name: str, kind: str, text: str,
 
 def render(forwarding: Forwarding, now: float | None = None) -> str:
     """The forwarding metrics as Prometheus text ("" when nothing is forwarded)."""
+    found = lines(forwarding, now)
+    return "\n".join(found) + "\n" if found else ""
+
+
+def lines(forwarding: Forwarding, now: float | None = None) -> list[str]:
+    """The forwarding metrics: complete lines (HELP, TYPE, samples) for the gateway's /metrics."""
     stats = forwarding.stats(now)
     if not stats and forwarding.bridge is None:
-        return ""
+        return []
     lines: list[str] = []
 
     def per_sink(key: str) -> list[tuple[dict[str, str], float]]:
@@ -92,4 +98,4 @@ def render(forwarding: Forwarding, now: float | None = None) -> str:
         if bridge.gate is not None:
             _metric(lines, "mqtt_commands", "counter", "Commands received over MQTT, by outcome.",
                     [({"outcome": k}, v) for k, v in sorted(bridge.gate.counts.items())])
-    return "\n".join(lines) + "\n"
+    return lines
