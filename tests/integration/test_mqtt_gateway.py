@@ -36,7 +36,8 @@ async def device(gw: GatewayProcess, token: str) -> ClientConnection:
 
 def test_home_assistant_view_and_commands(tmp_path: Path) -> None:
     with MosquittoServer() as broker:
-        gw = GatewayProcess(tmp_path, mqtt_url=broker.url, mqtt_commands=True, instance_id="gw1")
+        gw = GatewayProcess(tmp_path, mqtt_url=broker.url, mqtt_commands=True, instance_id="gw1",
+                            alerts=[{"id": "hot", "metric": "temperature", "above": 30, "hysteresis": 1}])
         token = gw.register("SENSOR-01", "--label", "Greenhouse")
         watch = Observer(broker.port)
         config_topic = "homeassistant/sensor/edgewire/temperature-SENSOR-01/config"
@@ -69,6 +70,13 @@ def test_home_assistant_view_and_commands(tmp_path: Path) -> None:
                 assert watch.json(result)["code"] == "bad_value"
                 await ws.send(json.dumps({"t": "data", "seq": 2, "r": [{"m": {"temperature": 21.6}}]}))
                 assert json.loads(await asyncio.wait_for(ws.recv(), 10))["t"] == "ack"  # not a cmd frame
+                # The alert engine's events reach MQTT.
+                await ws.send(json.dumps({"t": "data", "seq": 3, "r": [{"m": {"temperature": 31.0}}]}))
+                assert json.loads(await asyncio.wait_for(ws.recv(), 10))["t"] == "ack"
+                await until(lambda: watch.json("edgewire/SENSOR-01/alert"), what="alert event")
+                event = watch.json("edgewire/SENSOR-01/alert")
+                assert event["event"] == "raised" and event["alert"]["device"] == "SENSOR-01"
+                assert event["alert"]["metric"] == "temperature" and event["alert"]["value"] == 31.0
                 metrics = gw.metrics()
                 assert metrics['edgewire_mqtt_commands_total{outcome="ok"}'] == 1
                 assert metrics['edgewire_mqtt_commands_total{outcome="bad_value"}'] == 1
