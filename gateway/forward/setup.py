@@ -88,6 +88,14 @@ def sink_names(config: GatewayConfig) -> list[str]:
     return [name for name, url in (("mqtt", config.mqtt_url), ("nats", config.nats_url)) if url]
 
 
+def _parked(job: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        await job()
+        await asyncio.Event().wait()  # ended by close(): wait to be cancelled with the other tasks
+
+    return run
+
+
 class ForwardWorker:
     """The forwarding worker process, seen from the gateway: started, restarted if it dies, stopped."""
 
@@ -202,10 +210,12 @@ class Forwarding:
             await forwarder.sink.start()  # the in-process MQTT sink uses the bridge's connection: a no-op
 
     def tasks(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
-        jobs: list[tuple[str, Callable[[], Awaitable[None]]]] = [(f"forward_{f.name}", f.run)
+        """Jobs for the gateway's supervisor. They run until cancelled: a forwarder or the worker that
+        ``close`` ended waits there, so the supervisor never takes the end for a failure."""
+        jobs: list[tuple[str, Callable[[], Awaitable[None]]]] = [(f"forward_{f.name}", _parked(f.run))
                                                                   for f in self.forwarders]
         if self.worker is not None:
-            jobs.append(("forward_worker", self.worker.run))
+            jobs.append(("forward_worker", _parked(self.worker.run)))
         if self.bridge is not None:
             jobs.append(("mqtt_upkeep", self.bridge.run))
         return jobs

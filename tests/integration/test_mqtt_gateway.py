@@ -89,7 +89,9 @@ def test_home_assistant_view_and_commands(tmp_path: Path) -> None:
                 asyncio.run(run())
                 health = json.loads(gw.cli("forward", "status", "--json").stdout)
                 assert [c["sink"] for c in health] == ["mqtt"]
-            # A clean stop: the bridge says offline (no last will needed).
+                assert gw.stop() == 0  # a clean stop: the worker and the forwarders end without a failure
+            assert "task_failed" not in gw.log_text() and "forward_worker_exited" not in gw.log_text()
+            # ... and the bridge says offline (no last will needed).
             assert watch.last("edgewire/bridge/gw1/status") == b"offline"
         finally:
             watch.close()
