@@ -129,9 +129,9 @@ class AdminApi:
         return {"result": await self.run_command(device_id, name, args, float(timeout))}
 
     async def run_command(self, device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """The command path (admin API, dashboard): send to the device's live session and return its
-        result. DeviceOffline if it has none (or loses it before answering), TimeoutError after
-        ``timeout`` s. Arguments are the caller's to check."""
+        """The one command path (admin API, dashboard, MQTT commands in gateway/forward/mqtt_commands.py):
+        send to the device's live session and return its result. DeviceOffline if it has none (or
+        loses it before answering), TimeoutError after ``timeout`` s. Arguments are the caller's to check."""
         conn = self.sessions.devices.get(device_id)
         if conn is None:
             raise DeviceOffline(f"device {device_id!r} is not online; commands are refused until it reconnects")

@@ -32,16 +32,19 @@ from gateway.alerts.localtime import zone
 from gateway.alerts.metrics import metric_lines as alert_metric_lines
 from gateway.alerts.webhook import WebhookNotifier
 from gateway.auth import Authenticator
+from gateway.bus import default_instance_id
 from gateway.commands import Commands
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, connection_class, dumps, json_response
 from gateway.dashboard import Dashboard
 from gateway.dashboard_auth import DashboardAuth
 from gateway.errors import ConfigError, GatewayError
+from gateway.forward import metrics as forward_metrics
+from gateway.forward.setup import Forwarding
 from gateway.http_api import HttpApi
 from gateway.hub import Hub
 from gateway.logs import log
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, package_version
 from gateway.registry import Registry
 from gateway.retention import Retention
 from gateway.sessions import DeviceSessions
@@ -72,8 +75,12 @@ class Gateway:
                                         clock=clock)
         self.alerts.listen(self.notifier.on_event)
         self.commands = Commands()
+        # MQTT bridge and NATS sink (docs/mqtt.md); MQTT commands take the admin API's command path.
+        self.forwarding = Forwarding.from_config(config, storage, config.instance_id or default_instance_id(),
+                                                 package_version(), run_command=self._run_command)
         self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.alerts, self.metrics,
-                                       on_result=self.commands.result, on_offline=self._device_offline, clock=clock)
+                                       on_result=self.commands.result, on_offline=self._device_offline, clock=clock,
+                                       forwarding=self.forwarding)
         self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics)
         self.admin.requests.update(AlertAdmin(self.alerts).requests_as(ADMIN_IDENTITY))  # protocol.md section 10
         self.dashboard_auth = DashboardAuth(storage, registry.token_key, dashboard_token)
@@ -120,6 +127,10 @@ class Gateway:
             for alert in self.alerts.open_alerts():  # the restored ones; their changes follow as events
                 self.hub.alert_raised(alert, alert["updated"])
             await dashboard_sync.restore(self.hub, self.storage)
+            await self.forwarding.start()
+            self.alerts.listen(self.forwarding.alert_event)
+            for name, job in self.forwarding.tasks():
+                self.supervisor.start(name, job)
             gctune.tune()
             self.supervisor.start("hub", self.hub.run)
             self.supervisor.start("registry_sweep", self.sessions.sweep_forever)
@@ -132,6 +143,7 @@ class Gateway:
             await self.server.start_serving()
         except BaseException:
             self.server.close()
+            await self.forwarding.close()
             await self.supervisor.stop()
             await self.storage.close()
             raise
@@ -200,6 +212,9 @@ class Gateway:
         log("gateway_stopping", devices=len(self.sessions.devices))
         if self.server is not None:
             self.server.close(close_connections=False)
+        # Forwarding first: its tasks store their cursors and release their leases (bounded), which a
+        # cancellation by the supervisor would skip. Readings stored after this go out at the next start.
+        await self._step("forwarding", self.forwarding.close())
         await self._step("background tasks", self.supervisor.stop())
         self.commands.fail("the gateway is stopping; send the command again once it is back")
         await self._step("device sessions", self.sessions.close_all())
@@ -223,12 +238,18 @@ class Gateway:
             loop.add_signal_handler(sig, lambda: spawn(self.shutdown(), "shutdown"))
         await self.stopped.wait()
 
+    async def _run_command(self, device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return await self.admin.run_command(device_id, name, args, timeout)
+
     # ------------------------------------------------------------ HTTP endpoints of the process
     async def healthz(self, ws: EdgeConnection, request: Request) -> Response:
         """200 while serving with storage and every background task well; 503 while draining or
         degraded. ``checks`` holds each part with its state (storage, hub, registry_sweep, gc, retention)."""
         storage = {"backend": self.config.storage_kind, **self.storage.health()}
         checks: dict[str, dict[str, Any]] = {"storage": storage, **self.supervisor.health()}
+        forwarding = self.forwarding.health()  # shown, but a broker being away does not make the gateway unhealthy
+        if forwarding:
+            checks["forwarding"] = forwarding
         healthy = storage["state"] == "ok" and self.supervisor.healthy
         status = "draining" if self.draining else "ok" if healthy else "degraded"
         return json_response(200 if status == "ok" else 503, {
@@ -263,7 +284,7 @@ class Gateway:
                       ("task_restarts", "Restarts of background tasks after a failure.", "task",
                        {name: state.restarts for name, state in self.supervisor.tasks.items()})],
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
-            extra=alert_metric_lines(self.alerts, self.notifier))
+            extra=[*alert_metric_lines(self.alerts, self.notifier), *forward_metrics.lines(self.forwarding)])
         return Response(200, "OK", Headers({"Content-Type": "text/plain; version=0.0.4; charset=utf-8",
                                             "Content-Length": str(len(body))}), body)
 
