@@ -25,6 +25,7 @@ help:
 	@echo "make provision-test - ansible/site.yml against debootstrap'd Debian root filesystems (root)"
 	@echo "make flash  - flash an ESP32 node (see hardware.md)"
 	@echo "make bench  - gateway vs Mosquitto under load (docs/performance.md)"
+	@echo "make bench-forward - forwarding to Mosquitto at 10k readings/s (docs/performance.md)"
 	@echo "make fuzz   - 10^6 generated frames against protocol/ and a live gateway (FUZZ_FRAMES=...)"
 
 # Debian packages each target needs (scripts/system-deps installs them as root, else prints the apt-get line).
@@ -101,14 +102,25 @@ provision-test: $(STAMP) $(ANSIBLE_STAMP)
 # make bench: bytes and decode CPU per reading, JSON vs CBOR (bench.encoding_bench: the 12 B per reading goal met or
 # missed); then 1k/5k/10k devices, gateway (full path), gateway --storage none, Mosquitto; docs/performance.md.
 # make bench-quick: 1k devices for 10 s (~60 s); fails if the gateway full path loses a reading (CI smoke).
+# make bench-forward: forwarding to Mosquitto at 10k readings/s, CPU per reading (~3 min; docs/performance.md).
 BENCH_ARGS ?=
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-forward
 bench: system-deps-bench $(STAMP)
 	$(PY) -m bench.encoding_bench
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 bench-quick: system-deps-bench $(STAMP)
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
+
+# make bench-dashboard: the fleet page's render time at 1,000 and 5,000 devices in Chromium (docs/performance.md).
+.PHONY: bench-dashboard
+bench-dashboard: system-deps-test $(STAMP)
+	$(PY) -m bench.dashboard
+
+# make bench-forward: forwarding throughput to Mosquitto and its CPU per reading (docs/performance.md).
+.PHONY: bench-forward
+bench-forward: system-deps-bench $(STAMP)
+	$(PY) -m bench.forward_bench $(BENCH_ARGS)
 
 # make flash PORT=/dev/ttyUSB0 DEVICE_ID=SENSOR-01 WIFI_SSID=... WIFI_PASSWORD=... \
 #   GATEWAY_URL=ws://HOST:8080/v1/device (TOKEN=ewt_... | ADMIN_TOKEN_FILE=<data dir>/admin.token) \

@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.commands import Commands
 from gateway.conn import dumps
-from gateway.errors import RegistryError
+from gateway.errors import AlertError, DeviceOffline, RegistryError
 from gateway.hub import Hub
 from gateway.logs import log
 from gateway.metrics import INTERNAL_ERROR, Metrics
@@ -74,6 +74,8 @@ class AdminApi:
                 text = dumps(reply)
             except (RegistryError, ValueError, KeyError, TypeError, TimeoutError) as err:
                 code = "timeout" if isinstance(err, TimeoutError) else "bad_request"
+                if isinstance(err, AlertError):  # the alert requests' own codes (docs/alerts.md)
+                    code = err.code
                 text = dumps({"t": "error", "id": request_id, "code": code, "msg": str(err)[:300] or code})
             except Exception as err:  # a bug: this request fails, the connection and the gateway go on
                 self.metrics.count_error(INTERNAL_ERROR)
@@ -124,11 +126,16 @@ class AdminApi:
             raise ValueError(f"args: {shape}")
         if type(timeout) not in (int, float) or not 0 < timeout <= MAX_COMMAND_TIMEOUT_S:
             raise ValueError(f"timeout: seconds, more than 0 and at most {MAX_COMMAND_TIMEOUT_S}")
+        return {"result": await self.run_command(device_id, name, args, float(timeout))}
+
+    async def run_command(self, device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """The one command path (admin API, dashboard, MQTT commands in gateway/forward/mqtt_commands.py):
+        send to the device's live session and return its result. DeviceOffline if it has none (or
+        loses it before answering), TimeoutError after ``timeout`` s. Arguments are the caller's to check."""
         conn = self.sessions.devices.get(device_id)
         if conn is None:
-            raise RegistryError(f"device {device_id!r} is not online")
-        result = await self.commands.send(conn, name, args, float(timeout))
-        return {"result": result}
+            raise DeviceOffline(f"device {device_id!r} is not online; commands are refused until it reconnects")
+        return await self.commands.send(conn, name, args, timeout)
 
     async def latest(self, msg: Request) -> dict[str, Any]:
         device_id = check_device_id(msg.get("device_id"))

@@ -12,7 +12,7 @@ import asyncio
 import secrets
 from typing import Any, Protocol
 
-from gateway.errors import RegistryError
+from gateway.errors import DeviceOffline
 from gateway.logs import log
 from protocol.gateway import GatewaySession
 
@@ -63,4 +63,4 @@ class Commands:
         """End the waits of every pending command (of ``device_id``, or all) with ``reason``."""
         for sent_to, future in list(self.pending.values()):
             if (device_id is None or sent_to == device_id) and not future.done():
-                future.set_exception(RegistryError(reason))
+                future.set_exception(DeviceOffline(reason))

@@ -17,6 +17,12 @@ class RegistryError(GatewayError, LookupError):
     """A device registry operation failed (unknown device, duplicate id, ...)."""
 
 
+class DeviceOffline(RegistryError):
+    """A command for a device that has no session on this gateway."""
+
+    code = "device_offline"
+
+
 class AuthError(GatewayError, PermissionError):
     """A credential was refused. ``code`` is a protocol error code (E_*)."""
 
@@ -71,3 +77,13 @@ class RemoteError(BusError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class AlertError(GatewayError, ValueError):
+    """An alert or alert-rule operation was refused. ``code`` is a stable error code for callers
+    (bad_rule, no_such_rule, no_such_alert, alert_cleared, bad_request, storage_unavailable)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import sys
+from pathlib import Path
 
 from gateway import registry as registry_mod
+from gateway.alerts.webhook import load_secret
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.secret_files import private_dir, read_secret
@@ -33,7 +37,27 @@ async def build_gateway(config: GatewayConfig) -> Gateway:
     if config.dashboard_auth != "off":  # "auto" asks for it from clients beyond loopback
         dashboard_token = registry_mod.load_or_create_secret(config.data_dir, "dashboard.token", "ewd_",
                                                              "dashboard token")
-    return Gateway(config, storage, authenticator, registry, admin_token, dashboard_token)
+    webhook_secrets = {hook.name: load_secret(hook) for hook in config.webhooks}  # never logged
+    return Gateway(config, storage, authenticator, registry, admin_token, dashboard_token,
+                   webhook_secrets=webhook_secrets)
+
+
+def banner(config: GatewayConfig, port: int, dashboard_token: str | None, interactive: bool) -> str:
+    """The start-up line: where the gateway listens and the dashboard's address with its token in the
+    URL fragment (the browser never sends it). Only on a terminal: a service's stdout goes to its
+    log, where a token must not, so there the line says which file holds it."""
+    host = config.host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if config.tls_cert else "http"
+    base = f"{scheme}://{host}:{port}"
+    dashboard = f"{base}/"
+    if dashboard_token is not None:
+        secret = dashboard_token if interactive else f"<contents of {Path(config.data_dir) / 'dashboard.token'}>"
+        dashboard += f"#token={secret}"
+    return f"edgewire gateway listening on {base} (dashboard {dashboard})"
 
 
 async def run_gateway(config: GatewayConfig) -> int:
@@ -42,8 +66,7 @@ async def run_gateway(config: GatewayConfig) -> int:
     Returns the exit status: 0, or 1 if a background task kept failing or a shutdown step failed."""
     gateway = await build_gateway(config)
     await gateway.start()
-    print(f"edgewire gateway listening on http://{config.host}:{gateway.port} "
-          f"(dashboard http://{config.host}:{gateway.port}/)", flush=True)
+    print(banner(config, gateway.port, gateway.dashboard_auth.file_token, sys.stdout.isatty()), flush=True)
     notifier = ServiceNotifier()  # systemd: READY=1 now, WATCHDOG=1 while the loop is healthy
     notifier.ready(f"listening on {config.host}:{gateway.port}")
     watchdog = asyncio.get_running_loop().create_task(notifier.run(lambda: gateway.draining))

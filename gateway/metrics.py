@@ -87,17 +87,17 @@ LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 SIZE_BOUNDS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
 
 
+def package_version(name: str = "edgewire") -> str:
+    """The installed version of a package ("unknown" when it is not installed)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _build_labels(event_loop: str) -> str:
-    try:
-        version = metadata.version("edgewire")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    try:
-        websockets_version = metadata.version("websockets")
-    except metadata.PackageNotFoundError:
-        websockets_version = "unknown"
-    return (f'version="{version}",python="{platform.python_version()}",websockets="{websockets_version}",'
-            f'event_loop="{event_loop}"')
+    return (f'version="{package_version()}",python="{platform.python_version()}",'
+            f'websockets="{package_version("websockets")}",event_loop="{event_loop}"')
 
 
 def _process_start_time() -> float:
@@ -150,9 +150,11 @@ class Metrics:
         by_error[code] = by_error.get(code, 0) + 1
 
     def render(self, gauges: Iterable[tuple[str, str, float]], counters: Iterable[tuple[str, str, float]],
-               labelled: Iterable[tuple[str, str, str, dict[str, float]]], event_loop: str) -> bytes:
+               labelled: Iterable[tuple[str, str, str, dict[str, float]]], event_loop: str,
+               extra: Iterable[str] = ()) -> bytes:
         """``gauges`` and ``counters``: (name, help, value); ``labelled`` counters: (name, help, label,
-        {label value: count}). Names are given without the ``edgewire_`` prefix and ``_total``."""
+        {label value: count}). Names are given without the ``edgewire_`` prefix and ``_total``.
+        ``extra``: complete lines (HELP, TYPE, samples) of a room's own metrics (the alert engine's)."""
         lines: list[str] = []
 
         def num(value: float) -> str:
@@ -186,4 +188,5 @@ class Metrics:
                [f"edgewire_build_info{{{_build_labels(event_loop)}}} 1"])
         for name, kind, text, value in process_samples():
             metric(name, kind, text, [f"{name} {num(value)}"])
+        lines.extend(extra)
         return ("\n".join(lines) + "\n").encode()

@@ -24,19 +24,28 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from gateway import gctune, history_api
+from gateway import dashboard_sync, gctune, history_api
 from gateway.admin import AdminApi
 from gateway.admission import TOO_MANY, Admission, raise_open_files_limit
-from gateway.alerts import AlertEngine
+from gateway.alerts.admin import AlertAdmin
+from gateway.alerts.engine import AlertEngine
+from gateway.alerts.localtime import zone
+from gateway.alerts.metrics import metric_lines as alert_metric_lines
+from gateway.alerts.webhook import WebhookNotifier
 from gateway.auth import Authenticator
+from gateway.bus import default_instance_id
 from gateway.commands import Commands
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, connection_class, dumps, json_response
+from gateway.dashboard import Dashboard
+from gateway.dashboard_auth import DashboardAuth
 from gateway.errors import ConfigError, GatewayError
+from gateway.forward import metrics as forward_metrics
+from gateway.forward.setup import Forwarding
 from gateway.http_api import HttpApi
 from gateway.hub import Hub
 from gateway.logs import log
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, package_version
 from gateway.registry import Registry
 from gateway.retention import Retention
 from gateway.sessions import DeviceSessions, select_subprotocol
@@ -45,12 +54,14 @@ from gateway.supervisor import Supervisor, spawn
 from protocol import wire
 
 DEVICE_PATH = "/v1/device"
+ADMIN_IDENTITY = "admin"  # who an admin-token holder is in alert histories (acked_by, cleared_by)
 
 
 class Gateway:
     def __init__(self, config: GatewayConfig, storage: Storage, authenticator: Authenticator,
                  registry: Registry, admin_token: str, dashboard_token: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 webhook_secrets: dict[str, bytes | None] | None = None) -> None:
         self.config = config
         self.storage = storage
         self.auth = authenticator
@@ -58,21 +69,31 @@ class Gateway:
         self.metrics = Metrics()
         self.counters = self.metrics.counters
         self.hub = Hub(config.dashboard_interval_ms, config.dashboard_queue, dumps, clock)
-        self.alerts = AlertEngine(config.alerts, storage, self.hub, clock)
+        self.alerts = AlertEngine(storage, config.alerts, clock=clock, timezone=zone(config.alert_timezone),
+                                  max_open=config.alert_max_open, suspended_expiry_s=config.alert_suspended_expiry_s,
+                                  save_interval_s=config.alert_save_interval_s, registry_check_s=60.0)
+        self.alerts.listen(self.hub.alert_event)  # open alerts by id on the dashboards
+        self.notifier = WebhookNotifier(config.webhooks, webhook_secrets or {}, source=socket.gethostname(),
+                                        clock=clock)
+        self.alerts.listen(self.notifier.on_event)
         self.commands = Commands()
+        # MQTT bridge and NATS sink (docs/mqtt.md); MQTT commands take the admin API's command path.
+        self.forwarding = Forwarding.from_config(config, storage, config.instance_id or default_instance_id(),
+                                                 package_version(), run_command=self._run_command)
         self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.alerts, self.metrics,
-                                       on_result=self.commands.result,
-                                       on_offline=lambda device_id: self.commands.fail(
-                                           f"device {device_id!r} went offline before answering", device_id),
-                                       clock=clock)
+                                       on_result=self.commands.result, on_offline=self._device_offline, clock=clock,
+                                       forwarding=self.forwarding)
         self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics)
-        self.http = HttpApi(config, admin_token=admin_token, dashboard_token=dashboard_token,
+        self.admin.requests.update(AlertAdmin(self.alerts).requests_as(ADMIN_IDENTITY))  # protocol.md section 10
+        self.dashboard_auth = DashboardAuth(storage, registry.token_key, dashboard_token)
+        self.http = HttpApi(config, admin_token=admin_token, dashboard_auth=self.dashboard_auth,
                             client_address=self.sessions.client_address, draining=lambda: self.draining,
                             count_error=self.metrics.count_error)
         self.http.route("/healthz", self.healthz)
         self.http.route("/metrics", self.metrics_page)
         self.http.websocket(DEVICE_PATH, self.sessions.check_upgrade, self.sessions.handle)
-        self.http.websocket("/v1/dashboard", self.http.dashboard_upgrade, self.hub.serve)
+        self.dashboard = Dashboard(config, storage, self.hub, self.http, self.dashboard_auth, self.alerts,
+                                   self.admin.run_command, self.metrics.count_error)
         self.http.websocket("/v1/admin", self.http.admin_upgrade, self.admin.handle)
         self.history_api = history_api.HistoryApi(storage, config.readings_retention_days,
                                                   lambda device_id: device_id in self.sessions.devices)
@@ -87,6 +108,10 @@ class Gateway:
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address,
                                    config.trusted_proxies)
 
+    def _device_offline(self, device_id: str) -> None:
+        self.commands.fail(f"device {device_id!r} went offline before answering", device_id)
+        self.alerts.device_offline(device_id)
+
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Listen first (a busy port fails before anything else starts), then open storage, start
@@ -100,17 +125,27 @@ class Gateway:
             log("open_files_limit", soft=soft, was=before, hard=hard, max_unauthenticated=cap,
                 max_unauthenticated_per_address=cfg.max_unauthenticated_per_address)
             await self.storage.open()
-            await self.alerts.restore()
-            await history_api.restore_hub(self.hub, self.storage)
+            await self.alerts.start()
+            for alert in self.alerts.open_alerts():  # the restored ones; their changes follow as events
+                self.hub.alert_raised(alert, alert["updated"])
+            await dashboard_sync.restore(self.hub, self.storage)
+            await self.forwarding.start()
+            self.alerts.listen(self.forwarding.alert_event)
+            for name, job in self.forwarding.tasks():
+                self.supervisor.start(name, job)
             gctune.tune()
             self.supervisor.start("hub", self.hub.run)
             self.supervisor.start("registry_sweep", self.sessions.sweep_forever)
+            self.supervisor.start("dashboard_sync", self.dashboard.sync.run)
             self.supervisor.start("gc", gctune.maintenance)
+            self.supervisor.start("alerts", self.alerts.run)
+            self.supervisor.start("webhooks", self.notifier.run)
             self.supervisor.start("retention", Retention(self.storage, cfg.readings_retention_days,
                                                          cfg.rollup_retention_days).run_forever)
             await self.server.start_serving()
         except BaseException:
             self.server.close()
+            await self.forwarding.close()
             await self.supervisor.stop()
             await self.storage.close()
             raise
@@ -186,10 +221,14 @@ class Gateway:
         log("gateway_stopping", devices=len(self.sessions.devices))
         if self.server is not None:
             self.server.close(close_connections=False)
+        # Forwarding first: its tasks store their cursors and release their leases (bounded), which a
+        # cancellation by the supervisor would skip. Readings stored after this go out at the next start.
+        await self._step("forwarding", self.forwarding.close())
         await self._step("background tasks", self.supervisor.stop())
         self.commands.fail("the gateway is stopping; send the command again once it is back")
         await self._step("device sessions", self.sessions.close_all())
-        await self._step("alerts", self.alerts.drain())
+        await self._step("alerts", self.alerts.close())  # learned state and queued changes stored
+        await self._step("webhooks", self.notifier.close())  # what is queued goes out, or is counted
         await self._step("dashboards", _call(self.hub.flush))
         for waiting in list(self.admission.waiting):  # still in the handshake or before auth: no data yet
             waiting.transport.abort()
@@ -208,12 +247,18 @@ class Gateway:
             loop.add_signal_handler(sig, lambda: spawn(self.shutdown(), "shutdown"))
         await self.stopped.wait()
 
+    async def _run_command(self, device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return await self.admin.run_command(device_id, name, args, timeout)
+
     # ------------------------------------------------------------ HTTP endpoints of the process
     async def healthz(self, ws: EdgeConnection, request: Request) -> Response:
         """200 while serving with storage and every background task well; 503 while draining or
         degraded. ``checks`` holds each part with its state (storage, hub, registry_sweep, gc, retention)."""
         storage = {"backend": self.config.storage_kind, **self.storage.health()}
         checks: dict[str, dict[str, Any]] = {"storage": storage, **self.supervisor.health()}
+        forwarding = self.forwarding.health()  # shown, but a broker being away does not make the gateway unhealthy
+        if forwarding:
+            checks["forwarding"] = forwarding
         healthy = storage["state"] == "ok" and self.supervisor.healthy
         status = "draining" if self.draining else "ok" if healthy else "degraded"
         return json_response(200 if status == "ok" else 503, {
@@ -222,7 +267,8 @@ class Gateway:
 
     async def history(self, ws: EdgeConnection, request: Request) -> Response:
         """/v1/history, /v1/history.csv, /v1/devices: with the dashboard's checks (docs/http-api.md)."""
-        return self.http.dashboard_refused(ws, request) or await self.history_api.respond(request.path)
+        identity = await self.http.dashboard_identity(ws, request)
+        return identity if isinstance(identity, Response) else await self.history_api.respond(request.path)
 
     async def metrics_page(self, ws: EdgeConnection, request: Request) -> Response:
         admission = self.admission
@@ -246,7 +292,8 @@ class Gateway:
                        dict(admission.refused)),
                       ("task_restarts", "Restarts of background tasks after a failure.", "task",
                        {name: state.restarts for name, state in self.supervisor.tasks.items()})],
-            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+            extra=[*alert_metric_lines(self.alerts, self.notifier), *forward_metrics.lines(self.forwarding)])
         return Response(200, "OK", Headers({"Content-Type": "text/plain; version=0.0.4; charset=utf-8",
                                             "Content-Length": str(len(body))}), body)
 

@@ -24,6 +24,10 @@ acknowledged, the connection is dropped and a new one is opened for the next bat
 (retries spaced by a backoff of 0.2 s doubling up to 5 s). Reads and registry calls use a
 small pool that reconnects by itself; a read retries once on a broken connection.
 
+Forwarding. While some sink cursor exists, step 4 also appends the commit's keys to
+``forward_log`` (gateway/storage/postgresql_forward.py: how readers stay correct while
+several gateways commit concurrently).
+
 Partitions. ``readings_pYYYYMMDD`` holds the readings whose time_ms falls in that UTC day.
 ``prepare`` (at open and hourly from the gateway's retention task) creates them from
 yesterday to ``partitions_ahead_days`` ahead, moving any rows of that day out of the
@@ -49,17 +53,27 @@ import orjson
 
 from gateway.errors import ConfigError, StorageError
 from gateway.logs import log
+from gateway.storage import postgresql_forward as fwd
 from gateway.storage.base import (
+    ALERT_COLUMNS,
     DAY_MS,
     RAW,
     ROLLUP_TIERS,
+    AlertHistoryRow,
     AlertRow,
+    BaselineRow,
     Bucket,
+    DashboardToken,
     DeviceRecord,
     DeviceState,
     Expired,
+    LogPosition,
     ReadingRow,
+    SinkCursor,
     Storage,
+    StoredRule,
+    alert_from_tuple,
+    alert_tuple,
     check_tier,
 )
 from gateway.storage.dsn import check_dsn, redact
@@ -67,7 +81,7 @@ from gateway.storage.ingest import aggregate, check_rows, first_per_key, split_b
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_LOCK = 7_301_201  # advisory lock key: migrations
 DDL_LOCK = 7_301_202  # advisory lock key: partition DDL
 PARTITION_PREFIX = "readings_p"
@@ -141,6 +155,62 @@ MIGRATIONS: list[str] = [
     CREATE INDEX alerts_active ON alerts (id) WHERE cleared_ms IS NULL;
     CREATE INDEX alerts_device ON alerts (device_id, id);
     """,
+    # 1 -> 2: the alert engine's model (gateway/alerts/): states, severity, acknowledgement, text, a
+    # nullable value (no_data alerts have none), history, rules edited through the admin API and
+    # learned baselines. Version 1 alerts become 'above' alerts of severity 'major', their raise
+    # and clear copied into the history.
+    """
+    ALTER TABLE alerts
+        ALTER COLUMN value DROP NOT NULL,
+        ADD COLUMN kind         text   NOT NULL DEFAULT 'above',
+        ADD COLUMN severity     text   NOT NULL DEFAULT 'major',
+        ADD COLUMN state        text   NOT NULL DEFAULT 'active',
+        ADD COLUMN text         text   NOT NULL DEFAULT '',
+        ADD COLUMN last_value   double precision,
+        ADD COLUMN updated_ms   bigint NOT NULL DEFAULT 0,
+        ADD COLUMN acked_ms     bigint,
+        ADD COLUMN acked_by     text,
+        ADD COLUMN suspended_ms bigint,
+        ADD COLUMN cleared_by   text,
+        ADD COLUMN clear_reason text;
+    UPDATE alerts SET text = rule, last_value = value, updated_ms = coalesce(cleared_ms, raised_ms),
+        state = CASE WHEN cleared_ms IS NULL THEN 'active' ELSE 'cleared' END,
+        cleared_by = CASE WHEN cleared_ms IS NULL THEN NULL ELSE 'auto' END;
+    DROP INDEX alerts_active;
+    CREATE INDEX alerts_open ON alerts (id) WHERE state <> 'cleared';
+
+    CREATE TABLE alert_history (
+        seq      bigserial        PRIMARY KEY,
+        alert_id bigint           NOT NULL,
+        at_ms    bigint           NOT NULL,
+        event    text             NOT NULL,
+        actor    text,
+        value    double precision,
+        text     text             NOT NULL DEFAULT ''
+    );
+    CREATE INDEX alert_history_alert ON alert_history (alert_id, seq);
+    INSERT INTO alert_history (alert_id, at_ms, event, value, text)
+        SELECT id, raised_ms, 'raised', value, text FROM alerts ORDER BY id;
+    INSERT INTO alert_history (alert_id, at_ms, event, actor, value, text)
+        SELECT id, cleared_ms, 'cleared', 'auto', clear_value, text FROM alerts WHERE cleared_ms IS NOT NULL
+        ORDER BY id;
+
+    CREATE TABLE alert_rules (
+        rule_id    text   PRIMARY KEY,
+        spec       jsonb,
+        updated_ms bigint NOT NULL,
+        updated_by text   NOT NULL
+    );
+
+    CREATE TABLE alert_baselines (
+        rule_id    text   NOT NULL,
+        device_id  text   NOT NULL,
+        data       text   NOT NULL,
+        updated_ms bigint NOT NULL,
+        PRIMARY KEY (rule_id, device_id)
+    );
+    CREATE INDEX alert_baselines_device ON alert_baselines (device_id);
+    """,
 ]
 
 _COPY_COLUMNS = ("device_id", "seq", "time_ms", "received_ms", "boot", "device_ts", "uptime_ms", "quality",
@@ -163,8 +233,9 @@ _ROLLUP_UPSERT = (
 )
 
 
-def _apply_statement() -> str:
-    """One statement merging rollups of every tier, latest values and watermarks (sorted input: lock order)."""
+def _apply_statement(log: bool = False) -> str:
+    """One statement merging rollups of every tier, latest values and watermarks (sorted input: lock order),
+    and with ``log`` appending the forward log row."""
     parts = []
     n = 1
     for index, tier in enumerate(ROLLUP_TIERS):
@@ -178,6 +249,9 @@ def _apply_statement() -> str:
         " ON CONFLICT (device_id, metric) DO UPDATE SET value = excluded.value, time_ms = excluded.time_ms,"
         " seq = excluded.seq WHERE (excluded.time_ms, excluded.seq) > (l.time_ms, l.seq))")
     n += 5
+    if log:
+        parts.append(fwd.LOG_CTE.format(a=n, b=n + 1, c=n + 2, d=n + 3))
+        n += 4
     return ("WITH " + ", ".join(parts) +
             " UPDATE device_state d SET last_seq = greatest(d.last_seq, u.last_seq),"
             " last_seen_ms = greatest(d.last_seen_ms, u.seen)"
@@ -186,8 +260,24 @@ def _apply_statement() -> str:
 
 
 _APPLY = _apply_statement()
+# Dashboard tokens (docs/configuration.md, "Dashboard roles and tokens"): created at every open,
+# idempotently, beside the numbered migrations.
+DASHBOARD_TOKENS_DDL = """
+    CREATE TABLE IF NOT EXISTS dashboard_tokens (
+        name text PRIMARY KEY,
+        role text NOT NULL CHECK (role IN ('viewer', 'operator')),
+        digest bytea NOT NULL UNIQUE,
+        created_ms bigint NOT NULL
+    );
+"""
+
+_APPLY_LOGGED = _apply_statement(log=True)
 _DEVICE_COLUMNS = "device_id, enabled, token_digest, token_created_ms, allow_cidrs, label, created_ms"
-_ALERT_COLUMNS = "id, device_id, metric, rule, raised_ms, value, cleared_ms, clear_value"
+_ALERT_COLUMNS = ", ".join(ALERT_COLUMNS)
+_ALERT_INSERT = (f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS[1:])}) VALUES ("
+                 f"{', '.join(f'${i}' for i in range(1, len(ALERT_COLUMNS)))}) RETURNING id")
+_ALERT_UPDATE = (f"UPDATE alerts SET {', '.join(f'{c} = ${i}' for i, c in enumerate(ALERT_COLUMNS[1:], 1))}"
+                 f" WHERE id = ${len(ALERT_COLUMNS)}")
 # Errors caused by one caller's data, not by the server or the connection: retry callers one by one.
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError, TypeError,
                 OverflowError)
@@ -214,11 +304,6 @@ def _columns(rows: Sequence[tuple[Any, ...]], count: int) -> list[list[Any]]:
 def _device(row: asyncpg.Record) -> DeviceRecord:
     return DeviceRecord(device_id=row[0], enabled=bool(row[1]), token_digest=row[2], token_created_ms=row[3],
                         allow_cidrs=list(row[4] or []), label=row[5] or "", created_ms=row[6])
-
-
-def _alert(row: asyncpg.Record) -> AlertRow:
-    return AlertRow(alert_id=row[0], device_id=row[1], metric=row[2], rule=row[3], raised_ms=row[4],
-                    value=row[5], cleared_ms=row[6], clear_value=row[7])
 
 
 def _reading(row: asyncpg.Record) -> ReadingRow:
@@ -276,6 +361,7 @@ class PostgresStorage(Storage):
         self._retry_at = 0.0
         self._backoff = 0.0
         self._last_error = ""
+        self._forwarding = False  # write the forward log (some sink cursor exists)
         # counters (read by tests and benchmarks)
         self.commits = 0
         self.rows_written = 0
@@ -334,8 +420,11 @@ class PostgresStorage(Storage):
                 while version < SCHEMA_VERSION:
                     await conn.execute(MIGRATIONS[version])
                     version += 1
+                await conn.execute(fwd.FORWARD_DDL)
+                self._forwarding = bool(await conn.fetchval(fwd.HAS_SINKS))
                 await conn.execute("DELETE FROM edgewire_schema")
                 await conn.execute("INSERT INTO edgewire_schema (version) VALUES ($1)", version)
+                await conn.execute(DASHBOARD_TOKENS_DDL)
         except asyncpg.PostgresError as err:
             raise StorageError(f"cannot set up the schema in {self.where}: {err} (does the user own the "
                                "database, and is it an Edgewire database?)") from None
@@ -530,8 +619,10 @@ class PostgresStorage(Storage):
                     for tier in ROLLUP_TIERS:
                         args += _columns(agg.rollup_rows(tier), 7)
                     args += _columns(agg.latest_rows(), 5)
+                    if self._forwarding:
+                        args += fwd.log_args(new)
                     args += _columns(agg.state_rows(), 3)
-                    await conn.execute(_APPLY, *args)
+                    await conn.execute(_APPLY_LOGGED if self._forwarding else _APPLY, *args)
         except _DATA_ERRORS:
             self.failed_commits += 1
             raise
@@ -658,7 +749,10 @@ class PostgresStorage(Storage):
         return {name: day for name, day in found.items() if day is not None}
 
     async def prepare(self, now_ms: int) -> None:
-        """Create the daily partitions from yesterday to ``partitions_ahead_days`` ahead."""
+        """Create the daily partitions from yesterday to ``partitions_ahead_days`` ahead; start writing the
+        forward log if another gateway created a sink cursor."""
+        if not self._forwarding:
+            self._forwarding = bool((await self._fetch(fwd.HAS_SINKS))[0][0])
         have = set((await self.partitions()).values())
         today = day_of(now_ms)
         for day in range(today - 1, today + self.partitions_ahead_days + 1):
@@ -722,7 +816,75 @@ class PostgresStorage(Storage):
                 rollups += deleted
                 if deleted < EXPIRE_BATCH:
                     break
-        return Expired(readings=readings, rollups=rollups, partitions=dropped)
+        trimmed = await self.trim_forward_log(readings_before_ms)
+        return Expired(readings=readings, rollups=rollups, partitions=dropped, forward_log=trimmed)
+
+    # ------------------------------------------------------------------ forwarding
+    async def readings_after(self, position: LogPosition,
+                             limit: int = 1000) -> list[tuple[LogPosition, ReadingRow | None]]:
+        if limit < 1:
+            return []
+
+        async def run(conn: asyncpg.Connection) -> list[tuple[LogPosition, ReadingRow | None]]:
+            logs = await conn.fetch(fwd.READ_LOG, position.tx, position.commit, fwd.LOG_ROWS_PER_READ)
+            wanted = fwd.wanted_keys(logs, position, limit)
+            if not wanted:
+                return []
+            times = [t for _, _, _, t in wanted]
+            rows = await conn.fetch(fwd.READ_READINGS.format(columns=", ".join(f"r.{c}" for c in _COPY_COLUMNS)),
+                                    [d for _, d, _, _ in wanted], [s for _, _, s, _ in wanted], times,
+                                    min(times), max(times))
+            found = {(r[0], r[1]): _reading(r) for r in rows}
+            return [(pos, found.get((device, seq))) for pos, device, seq, _ in wanted]
+
+        return await self._with_conn(run)
+
+    async def register_sink(self, sink: str, now_ms: int) -> None:
+        self._forwarding = True  # before the cursor exists: every commit after its start position is logged
+        await self._execute(fwd.REGISTER, sink, now_ms)
+
+    async def claim_sink(self, sink: str, owner: str, now_ms: int, lease_ms: int) -> LogPosition | None:
+        self._forwarding = True  # before the claim: every commit after its start position is logged
+
+        async def run(conn: asyncpg.Connection) -> LogPosition | None:
+            async with conn.transaction():
+                await conn.execute(fwd.REGISTER, sink, now_ms)
+                row = await conn.fetchrow(fwd.CLAIM_UPDATE, sink, owner, now_ms + lease_ms, now_ms)
+            return None if row is None else LogPosition(int(row[0]), int(row[1]), int(row[2]))
+
+        return await self._with_conn(run)
+
+    async def advance_sink(self, sink: str, owner: str, position: LogPosition, now_ms: int, lease_ms: int) -> bool:
+        status = await self._execute(fwd.ADVANCE, sink, owner, position.tx, position.commit, position.index,
+                                     now_ms + lease_ms, now_ms)
+        return status.rsplit(" ", 1)[-1] == "1"
+
+    async def release_sink(self, sink: str, owner: str) -> None:
+        await self._execute(fwd.RELEASE, sink, owner)
+
+    async def sink_cursors(self) -> list[SinkCursor]:
+        return fwd.cursors(await self._fetch(fwd.CURSORS))
+
+    async def forget_sink(self, sink: str) -> bool:
+        status = await self._execute(fwd.FORGET, sink)
+        self._forwarding = bool((await self._fetch(fwd.HAS_SINKS))[0][0])
+        return status.rsplit(" ", 1)[-1] == "1"
+
+    async def trim_forward_log(self, older_than_ms: int) -> int:
+        async def step(conn: asyncpg.Connection) -> int:
+            async with conn.transaction():  # the cursors are locked: two gateways never count a row twice
+                marks = await conn.fetch(fwd.MARKS)
+                gone = await conn.fetch(fwd.TRIM, older_than_ms, fwd.TRIM_BATCH, timeout=UPKEEP_TIMEOUT_S)
+                for sink, lost in fwd.expired_counts(marks, gone).items():
+                    await conn.execute(fwd.ADD_EXPIRED, sink, lost)
+            return len(gone)
+
+        deleted = 0
+        while True:  # short transactions
+            done = await self._with_conn(step)
+            deleted += done
+            if done < fwd.TRIM_BATCH:
+                return deleted
 
     # ------------------------------------------------------------------ registry
     async def get_device(self, device_id: str) -> DeviceRecord | None:
@@ -757,26 +919,104 @@ class PostgresStorage(Storage):
             " ON CONFLICT (device_id) DO NOTHING RETURNING device_id", *self._device_params(record))
         return bool(rows)
 
-    # ------------------------------------------------------------------ alerts
-    async def raise_alert(self, device_id: str, metric: str, rule: str, at_ms: int, value: float) -> int:
+    # ------------------------------------------------------------------ dashboard tokens
+    async def add_dashboard_token(self, token: DashboardToken) -> bool:
         rows = await self._fetch(
-            "INSERT INTO alerts (device_id, metric, rule, raised_ms, value) VALUES ($1, $2, $3, $4, $5)"
-            " RETURNING id", device_id, metric, rule, at_ms, value)
-        return int(rows[0][0])
+            "INSERT INTO dashboard_tokens (name, role, digest, created_ms) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (name) DO NOTHING RETURNING name", token.name, token.role, token.digest, token.created_ms)
+        return bool(rows)
 
-    async def clear_alert(self, alert_id: int, at_ms: int, value: float) -> None:
-        """Mark an active alert cleared. Clearing a cleared or unknown alert changes nothing."""
-        await self._execute("UPDATE alerts SET cleared_ms = $1, clear_value = $2 WHERE id = $3"
-                            " AND cleared_ms IS NULL", at_ms, value, alert_id)
+    async def dashboard_token_by_digest(self, digest: bytes) -> DashboardToken | None:
+        rows = await self._fetch("SELECT name, role, digest, created_ms FROM dashboard_tokens WHERE digest = $1",
+                                 digest)
+        return DashboardToken(*rows[0]) if rows else None
 
-    async def active_alerts(self) -> list[AlertRow]:
-        rows = await self._fetch(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE cleared_ms IS NULL ORDER BY id")
-        return [_alert(r) for r in rows]
+    async def list_dashboard_tokens(self) -> list[DashboardToken]:
+        rows = await self._fetch("SELECT name, role, digest, created_ms FROM dashboard_tokens ORDER BY name")
+        return [DashboardToken(*r) for r in rows]
 
-    async def alerts(self, device_id: str | None = None, limit: int = 100) -> list[AlertRow]:
-        if device_id is None:
-            rows = await self._fetch(f"SELECT {_ALERT_COLUMNS} FROM alerts ORDER BY id DESC LIMIT $1", limit)
-        else:
-            rows = await self._fetch(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE device_id = $1"
-                                     " ORDER BY id DESC LIMIT $2", device_id, limit)
-        return [_alert(r) for r in rows]
+    async def delete_dashboard_token(self, name: str) -> bool:
+        rows = await self._fetch("DELETE FROM dashboard_tokens WHERE name = $1 RETURNING name", name)
+        return bool(rows)
+
+    async def delete_device(self, device_id: str) -> bool:
+        status = await self._execute("DELETE FROM devices WHERE device_id = $1", device_id)
+        return status.rsplit(" ", 1)[-1] == "1"
+
+    # ------------------------------------------------------------------ alerts
+    async def save_alerts(self, changes: list[tuple[AlertRow, AlertHistoryRow]]) -> list[int]:
+        params = [(row, alert_tuple(row), entry) for row, entry in changes]
+
+        async def run(conn: asyncpg.Connection) -> list[int]:
+            ids = []
+            async with conn.transaction():
+                for row, values, entry in params:
+                    if row.alert_id == 0:
+                        alert_id = int(await conn.fetchval(_ALERT_INSERT, *values[1:]))
+                    else:
+                        alert_id = row.alert_id
+                        await conn.execute(_ALERT_UPDATE, *values[1:], alert_id)
+                    await conn.execute("INSERT INTO alert_history (alert_id, at_ms, event, actor, value, text)"
+                                       " VALUES ($1, $2, $3, $4, $5, $6)",
+                                       alert_id, entry.at_ms, entry.event, entry.by, entry.value, entry.text)
+                    ids.append(alert_id)
+            return ids
+
+        ids = await self._with_conn(run)
+        for (row, _), alert_id in zip(changes, ids, strict=True):
+            row.alert_id = alert_id
+        return ids
+
+    async def active_alerts(self, limit: int | None = None) -> list[AlertRow]:
+        rows = await self._fetch(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE state <> 'cleared'"
+                                 " ORDER BY id DESC LIMIT $1", limit)
+        return [alert_from_tuple(r) for r in rows]
+
+    async def alerts(self, device_id: str | None = None, limit: int = 100, before_id: int | None = None,
+                     state: str | None = None) -> list[AlertRow]:
+        rows = await self._fetch(
+            f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE ($1::text IS NULL OR device_id = $1)"
+            " AND ($2::bigint IS NULL OR id < $2) AND ($3::text IS NULL OR state = $3) ORDER BY id DESC LIMIT $4",
+            device_id, before_id, state, limit)
+        return [alert_from_tuple(r) for r in rows]
+
+    async def alert(self, alert_id: int) -> AlertRow | None:
+        rows = await self._fetch(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = $1", alert_id)
+        return alert_from_tuple(rows[0]) if rows else None
+
+    async def alert_history(self, alert_id: int, limit: int = 1000) -> list[AlertHistoryRow]:
+        rows = await self._fetch("SELECT alert_id, at_ms, event, actor, value, text FROM alert_history"
+                                 " WHERE alert_id = $1 ORDER BY seq LIMIT $2", alert_id, limit)
+        return [AlertHistoryRow(*r) for r in rows]
+
+    async def alert_rules(self) -> list[StoredRule]:
+        rows = await self._fetch("SELECT rule_id, spec, updated_ms, updated_by FROM alert_rules ORDER BY rule_id")
+        return [StoredRule(r[0], None if r[1] is None else orjson.loads(r[1]), r[2], r[3]) for r in rows]
+
+    async def put_alert_rule(self, rule: StoredRule) -> None:
+        await self._execute(
+            "INSERT INTO alert_rules (rule_id, spec, updated_ms, updated_by) VALUES ($1, $2::jsonb, $3, $4)"
+            " ON CONFLICT (rule_id) DO UPDATE SET spec = excluded.spec, updated_ms = excluded.updated_ms,"
+            " updated_by = excluded.updated_by",
+            rule.rule_id, None if rule.spec is None else orjson.dumps(rule.spec).decode(), rule.updated_ms,
+            rule.updated_by)
+
+    async def save_baselines(self, rows: list[BaselineRow]) -> None:
+        if not rows:
+            return
+        await self._execute(
+            "INSERT INTO alert_baselines (rule_id, device_id, data, updated_ms)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])"
+            " ON CONFLICT (rule_id, device_id) DO UPDATE SET data = excluded.data, updated_ms = excluded.updated_ms",
+            *_columns([(r.rule_id, r.device_id, r.data, r.updated_ms) for r in rows], 4))
+
+    async def load_baselines(self) -> list[BaselineRow]:
+        rows = await self._fetch("SELECT rule_id, device_id, data, updated_ms FROM alert_baselines")
+        return [BaselineRow(*r) for r in rows]
+
+    async def delete_baselines(self, rule_id: str | None = None, device_id: str | None = None) -> int:
+        if rule_id is None and device_id is None:
+            raise ValueError("delete_baselines: give a rule_id, a device_id or both")
+        status = await self._execute("DELETE FROM alert_baselines WHERE ($1::text IS NULL OR rule_id = $1)"
+                                     " AND ($2::text IS NULL OR device_id = $2)", rule_id, device_id)
+        return int(status.split()[-1])
