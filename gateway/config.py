@@ -54,7 +54,7 @@ class GatewayConfig:
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
     compression: bool = True
-    cbor: bool = True  # select the subprotocol edgewire.v1.cbor for devices that offer it (binary data frames)
+    cbor: bool = False  # select the subprotocol edgewire.v1.cbor for devices that offer it (binary data frames)
     uvloop: bool = True  # use uvloop's event loop when it is installed (the "fast" extra)
     max_unauthenticated: int = 4096  # connections not yet authenticated, in all (at most half the open-files limit)
     max_unauthenticated_per_address: int = 256  # ... from one TCP peer address (trusted proxies exempt)

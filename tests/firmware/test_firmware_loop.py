@@ -25,7 +25,7 @@ DEVICE = "ESP-SIM-1"
 
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[GatewayProcess]:
-    gateway = GatewayProcess(tmp_path)
+    gateway = GatewayProcess(tmp_path, cbor=True)  # the firmware offers edgewire.v1.cbor: binary data frames
     gateway.start()
     try:
         yield gateway
@@ -77,6 +77,14 @@ def test_readings_arrive(gw: GatewayProcess, tmp_path: Path) -> None:
     assert any(r["device_ts"] is not None for r in got), "NTP sync never stamped a reading"
     assert "online: last_seq 0" in board.log_text()
     assert "encoding cbor" in board.log_text()  # the gateway selected edgewire.v1.cbor: binary data frames
+
+
+@pytest.mark.timeout(40)
+def test_readings_arrive_as_json_from_a_gateway_without_cbor(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path / "json") as gateway, board_for(gateway, tmp_path) as board:  # cbor off: the default
+        got = wait_for(lambda: len(rows(gateway)) >= 2 and rows(gateway), 20, "2 readings", board)
+        assert [r["seq"] for r in got][:2] == [1, 2]
+        assert "encoding json" in board.log_text()
 
 
 @pytest.mark.timeout(60)

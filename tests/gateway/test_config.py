@@ -26,11 +26,11 @@ def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
     path = tmp_path / "gw.toml"
     path.write_text('[gateway]\nport = 9000\nrate = 5\nallow_cidrs = ["10.0.0.0/8"]\n'
                     '[[gateway.alerts]]\nmetric = "humidity"\nabove = 80\nhysteresis = 5\n')
-    config = load_config(path, env={"EDGEWIRE_RATE": "7.5", "EDGEWIRE_COMPRESSION": "false", "OTHER": "x"},
-                         overrides={"port": 9100, "host": None})
+    config = load_config(path, env={"EDGEWIRE_RATE": "7.5", "EDGEWIRE_COMPRESSION": "false", "EDGEWIRE_CBOR": "true",
+                                    "OTHER": "x"}, overrides={"port": 9100, "host": None})
     assert config.port == 9100  # flag beats file
     assert config.rate == 7.5  # env beats file
-    assert config.compression is False
+    assert config.compression is False and config.cbor is True and load_config(env={}).cbor is False
     assert config.allow_cidrs == ["10.0.0.0/8"]
     assert [(r["metric"], r["above"], r["hysteresis"]) for r in config.alerts] == [("humidity", 80.0, 5.0)]
     assert config.host == "127.0.0.1"  # unset flag changes nothing

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import cbor2
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
 from protocol import cbor, wire
 from simulator.device import VirtualDevice
+from tests.edge.agentproc import AgentProcess, wait_for
 from tests.helpers.gateway import GatewayProcess
 from tests.helpers.waiting import until
 
@@ -39,6 +42,13 @@ async def _open(gw: GatewayProcess, token: str, offer: list[Subprotocol] | None)
     return ws
 
 
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
+    """A gateway that offers edgewire.v1.cbor (its setting cbor; off by default)."""
+    with GatewayProcess(tmp_path, cbor=True) as gw:
+        yield gw
+
+
 def test_negotiation(gateway: GatewayProcess) -> None:
     token = gateway.register("NEG-1")
 
@@ -57,8 +67,8 @@ def test_negotiation(gateway: GatewayProcess) -> None:
                                   "dashboard": None}
 
 
-def test_cbor_off_at_the_gateway_means_json(tmp_path: Path) -> None:
-    with GatewayProcess(tmp_path, cbor=False) as gw:
+def test_by_default_the_gateway_speaks_json(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path) as gw:  # cbor off
         token = gw.register("NEG-2")
 
         async def run() -> tuple[str | None, dict[str, Any]]:
@@ -157,3 +167,19 @@ def test_a_simulated_device_sends_cbor_end_to_end(gateway: GatewayProcess) -> No
     assert gateway.seqs("SIM-CBOR") == list(range(1, device.counters.generated + 1))
     online = [json.loads(line) for line in gateway.log_text().splitlines() if '"device_online"' in line]
     assert any(entry.get("device") == "SIM-CBOR" and entry.get("encoding") == "cbor" for entry in online), online
+
+
+def test_the_pi_agent_sends_cbor_end_to_end(gateway: GatewayProcess, tmp_path: Path) -> None:
+    agent = AgentProcess(tmp_path / "agent", gateway.device_url, gateway.register("PI-CBOR"), device_id="PI-CBOR")
+    try:
+        agent.start()
+        wait_for(lambda: len(gateway.seqs("PI-CBOR")) >= 8, 60, "8 readings at the gateway")
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+    seqs = gateway.seqs("PI-CBOR")
+    assert seqs == list(range(1, len(seqs) + 1))
+    rows = gateway.query("SELECT device_ts, uptime_ms, metrics FROM readings WHERE device_id='PI-CBOR'")
+    assert all(up is not None and json.loads(metrics) for _, up, metrics in rows)
+    online = [json.loads(line) for line in gateway.log_text().splitlines() if '"device_online"' in line]
+    assert online and all(entry["encoding"] == "cbor" for entry in online), online
