@@ -424,8 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway-env", action="append", default=[], metavar="EDGEWIRE_KEY=VALUE",
                         help="gateway setting through its environment, e.g. EDGEWIRE_PING_INTERVAL_S=60 (repeatable)")
     parser.add_argument("--encoding", choices=ENCODINGS, default=ENCODINGS[0],
-                        help="devices' data frames: json (default) or cbor (edgewire.v1.cbor); MQTT publishers "
-                        "send the same bytes")
+                        help="devices' data frames: json (default) or cbor (edgewire.v1.cbor, turned on in the "
+                        "gateway with EDGEWIRE_CBOR=true); MQTT publishers send the same bytes")
     parser.add_argument("--quick", action="store_true", help="1,000 devices for 10 s: the CI smoke test")
     parser.add_argument("--require-zero-loss", action="store_true",
                         help="exit 1 unless the gateway full path lost nothing and connected every device")
@@ -446,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not key.startswith("EDGEWIRE_"):
             parser.error(f"--gateway-env {item!r}: expected EDGEWIRE_KEY=VALUE")
         env[key] = value
+    if opts.encoding == "cbor":
+        env.setdefault("EDGEWIRE_CBOR", "true")  # the gateway selects edgewire.v1.cbor only when told to
     opts.gateway_env = env
     steps = [int(s) for s in opts.steps.split(",") if s.strip()]
     systems = [s.strip() for s in opts.systems.split(",") if s.strip()]

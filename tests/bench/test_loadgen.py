@@ -59,6 +59,25 @@ def test_second_run_continues_the_stored_sequence(gateway: GatewayProcess) -> No
     assert gateway.seqs("lg-seq") == [1, 2, 3, 4, 5, 6]
 
 
+def test_cbor_devices_are_acked_and_stored(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path, cbor=True) as gateway:
+        tokens = gateway.register_many(["lg-cbor-0", "lg-cbor-1"])
+        gen = lg.LoadGen("edgewire", gateway.device_url, list(tokens.items()), workers=1, encoding="cbor")
+        try:
+            assert gen.connect(timeout=30)["connected"] == 2
+            gen.start(time.time() + 0.1, 1.0, 3.0, 10.0)
+            (result,) = gen.results(60)
+        finally:
+            gen.close()
+            gen.stop()
+        assert result["acked"] == result["generated"] == 6 and result["rejected"] == 0
+        assert all(gateway.seqs(device) == [1, 2, 3] for device in tokens)
+        online = [json.loads(line) for line in gateway.log_text().splitlines() if '"device_online"' in line]
+        assert {entry["encoding"] for entry in online} == {"cbor"}
+    with pytest.raises(lg.LoadgenError):
+        lg.LoadGen("edgewire", gateway.device_url, [], encoding="xml")
+
+
 def test_wrong_token_is_reported_not_counted_as_connected(gateway: GatewayProcess) -> None:
     gateway.register_many(["lg-bad"])
     gen = lg.LoadGen("edgewire", gateway.device_url, [("lg-bad", "ewt_" + "A" * 32)], workers=1)
