@@ -15,6 +15,7 @@ import pytest
 
 from gateway.errors import ConfigError, StorageError
 from gateway.storage import sqlite as sqlite_mod
+from gateway.storage import sqlite_core, sqlite_schema
 from gateway.storage.base import DeviceRecord, ReadingRow
 from gateway.storage.sqlite import SQLiteStorage
 
@@ -76,7 +77,7 @@ def test_version_1_database_is_migrated_with_its_history(tmp_path: Path) -> None
     with sqlite3.connect(db) as conn:
         for statement in sqlite_mod._split_script(sqlite_mod.MIGRATIONS[0]):
             conn.execute(statement)
-        conn.executemany(sqlite_mod._INSERT_READING, sqlite_mod._reading_tuples(
+        conn.executemany(sqlite_core.INSERT_READING, sqlite_schema.reading_tuples(
             [row("A", i, time_ms=1_764_080_000_000 + i * 60_000) for i in range(1, 121)]
             + [row("B", 7, time_ms=5, co2=400.0)]))
         conn.execute("PRAGMA user_version = 1")
