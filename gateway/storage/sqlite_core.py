@@ -26,7 +26,7 @@ from gateway.errors import ConfigError, StorageError
 from gateway.storage import sqlite_forward as fwd
 from gateway.storage.base import ROLLUP_TIERS, ReadingRow, Storage
 from gateway.storage.ingest import aggregate, check_rows, first_per_key, split_by_watermark
-from gateway.storage.sqlite_schema import create_forward_tables, metrics_json, migrate, reading_tuples
+from gateway.storage.sqlite_schema import create_forward_tables, immediate, metrics_json, migrate, reading_tuples
 
 T = TypeVar("T")
 
@@ -349,14 +349,8 @@ class SQLiteCore(Storage):
     def _run_op(self, conn: sqlite3.Connection, item: _Item) -> None:
         assert item.fn is not None
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(conn):
                 value = item.fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as err:
             self._resolve([(item, StorageError(f"database {self.path}: {err}"), None)])
         except Exception as err:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -236,8 +236,7 @@ def reading_tuples(rows: Iterable[ReadingRow]) -> list[tuple[Any, ...]]:
 
 def migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Bring the database to SCHEMA_VERSION and create the dashboard tokens table (one transaction)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StorageError(
@@ -250,25 +249,28 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute(f"PRAGMA user_version = {version}")
         for statement in split_script(DASHBOARD_TOKENS_DDL):
             conn.execute(statement)
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
 
 
 def create_forward_tables(conn: sqlite3.Connection) -> bool:
     """FORWARD_DDL (idempotent, at every open); whether some sink cursor exists."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         for statement in split_script(fwd.FORWARD_DDL):
             conn.execute(statement)
+    return fwd.has_sinks(conn)
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One ``BEGIN IMMEDIATE`` transaction (the write lock at once): COMMIT at the end of the block;
+    on any exception, ROLLBACK (its own error ignored) and re-raise."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
         conn.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
-    return fwd.has_sinks(conn)
 
 
 def split_script(script: str) -> list[str]:
