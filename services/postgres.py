@@ -16,19 +16,17 @@ with ``trust`` authentication: this is a disposable server, never a production o
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 
+from services.daemon import serve_until_signal
 from services.errors import NotInstalledError, ServiceError
 from services.process import as_user, free_port, give_to, run_as_user
 
@@ -239,29 +237,9 @@ class PostgresServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.postgres",
-                                     description="Run a throwaway PostgreSQL 15 on loopback until Ctrl-C.")
-    parser.add_argument("--port", type=int, default=None, help="default: a free port")
-    parser.add_argument("--dsn-file", default=None, help="also write the DSN to this file")
-    args = parser.parse_args(argv)
-    stop = {"now": False}
-
-    def on_signal(_signum: int, _frame: object) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        with PostgresServer(port=args.port) as server:
-            if args.dsn_file:
-                Path(args.dsn_file).write_text(server.dsn + "\n")
-            print(server.dsn, flush=True)
-            while not stop["now"] and server.running:
-                time.sleep(0.2)
-    except ServiceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return serve_until_signal(lambda port: PostgresServer(port=port), lambda server: server.dsn, argv,
+                              prog="python -m services.postgres",
+                              description="Run a throwaway PostgreSQL 15 on loopback until Ctrl-C.", what="DSN")
 
 
 if __name__ == "__main__":
