@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +18,13 @@ from gateway.storage import sqlite as sqlite_mod
 from gateway.storage import sqlite_core, sqlite_schema
 from gateway.storage.base import DeviceRecord, ReadingRow
 from gateway.storage.sqlite import SQLiteStorage
+from tests.helpers.storage import with_sqlite as with_storage
 
 
 def row(device: str, seq: int, time_ms: int | None = None, **metrics: float) -> ReadingRow:
     t = 1_764_080_000_000 + seq * 1000 if time_ms is None else time_ms
     return ReadingRow(device, seq, t, t + 5, metrics or {"temperature": 20.0 + seq, "humidity": 40.0},
                       boot="b1", device_ts=t, uptime_ms=seq * 1000, quality="ok")
-
-
-def with_storage(path: Path, body: Callable[[SQLiteStorage], Awaitable[Any]], **kwargs: Any) -> Any:
-    async def main() -> Any:
-        storage = SQLiteStorage(path, **kwargs)
-        await storage.open()
-        try:
-            return await body(storage)
-        finally:
-            await storage.close()
-
-    return asyncio.run(main())
 
 
 def sample_count(path: Path, device: str) -> int:
