@@ -21,16 +21,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Protocol, Self, TypeVar
+from typing import IO, Self, TypeVar
 
 from services.errors import NotInstalledError, ServiceError
-from services.process import free_port, raise_nofile_limit
+from services.process import Throwaway, free_port, raise_nofile_limit
 
 STOP_MODES = ("term", "kill")
 
 
-class Daemon:
+class Daemon(Throwaway):
     """One disposable server process. Not thread-safe; one owner starts and stops it."""
 
     name = "server"
@@ -169,17 +168,6 @@ class Daemon:
             shutil.rmtree(self.base_dir, ignore_errors=True)
             self.base_dir = None
 
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.cleanup()
-
     # ------------------------------------------------------------------ clients
     @property
     def url(self) -> str:
@@ -196,19 +184,7 @@ class Daemon:
             return b""
 
 
-class Served(Protocol):
-    """What ``serve_until_signal`` runs: a server that starts when entered and stops when left."""
-
-    @property
-    def running(self) -> bool: ...
-
-    def __enter__(self) -> object: ...
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None: ...
-
-
-S = TypeVar("S", bound=Served)
+S = TypeVar("S", bound=Throwaway)
 
 
 def serve_until_signal(make: Callable[[int | None], S], address: Callable[[S], str], argv: list[str] | None, *,

@@ -24,11 +24,11 @@ import signal
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 from services.daemon import serve_until_signal
 from services.errors import NotInstalledError, ServiceError
-from services.process import as_user, free_port, give_to, run_as_user
+from services.process import Throwaway, as_user, free_port, give_to, run_as_user
 
 BIN_DIR = Path(os.environ.get("EDGEWIRE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 INSTALL_HINT = "install PostgreSQL 15: apt-get install -y postgresql (or set EDGEWIRE_PG_BIN)"
@@ -48,7 +48,7 @@ DEFAULT_SETTINGS = {
 }
 
 
-class PostgresServer:
+class PostgresServer(Throwaway):
     """One disposable PostgreSQL cluster. Not thread-safe; one owner starts and stops it."""
 
     def __init__(self, port: int | None = None, user: str = "edgewire", database: str = "edgewire",
@@ -116,7 +116,7 @@ class PostgresServer:
         conf.write_text("# written by services.postgres\n" + "\n".join(lines) + "\n")
         give_to(self.os_user, conf)
 
-    def start(self) -> PostgresServer:
+    def start(self) -> Self:
         """Create the cluster on first use, then start it and wait until it accepts connections."""
         first = self.base_dir is None
         if first:
@@ -190,17 +190,6 @@ class PostgresServer:
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.base_dir, ignore_errors=True)
         self.base_dir = None
-
-    def __enter__(self) -> PostgresServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.cleanup()
 
     # ------------------------------------------------------------------ clients
     def dsn_for(self, database: str) -> str:
