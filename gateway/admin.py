@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.commands import Commands
 from gateway.conn import dumps
-from gateway.errors import RegistryError
+from gateway.errors import BusError, CommandError, RegistryError, TooManyCommands
 from gateway.hub import Hub
 from gateway.logs import log
 from gateway.metrics import INTERNAL_ERROR, Metrics
@@ -33,16 +33,24 @@ MAX_HISTORY_POINTS = 100_000
 
 class AdminApi:
     def __init__(self, registry: Registry, storage: Storage, sessions: DeviceSessions, commands: Commands,
-                 hub: Hub, metrics: Metrics) -> None:
+                 hub: Hub, metrics: Metrics, online: Callable[[str], bool] | None = None,
+                 registry_changed: Callable[[str, str], None] = lambda device_id, change: None) -> None:
+        """``online(device_id)``: on any instance (default: a session here). ``registry_changed``: told
+        after each registry change made here (the cluster re-checks the session wherever it is)."""
         self.registry = registry
         self.storage = storage
         self.sessions = sessions
         self.commands = commands
         self.hub = hub
         self.metrics = metrics
+        self.online = online or (lambda device_id: device_id in sessions.devices)
+        self.registry_changed = registry_changed
         self.requests: dict[str, Callable[[Request], Awaitable[dict[str, Any]]]] = {
             "register": self.register,
             "rotate": self.rotate,
+            "disable": self.disable,
+            "enable": self.enable,
+            "revoke": self.revoke,
             "devices": self.devices,
             "command": self.command,
             "latest": self.latest,
@@ -72,6 +80,8 @@ class AdminApi:
                 reply = await self.request(msg)
                 reply.update({"t": "ok", "id": request_id})
                 text = dumps(reply)
+            except (CommandError, BusError, TooManyCommands) as err:  # a command's stable code
+                text = dumps({"t": "error", "id": request_id, "code": err.code, "msg": str(err)[:300] or err.code})
             except (RegistryError, ValueError, KeyError, TypeError, TimeoutError) as err:
                 code = "timeout" if isinstance(err, TimeoutError) else "bad_request"
                 text = dumps({"t": "error", "id": request_id, "code": code, "msg": str(err)[:300] or code})
@@ -103,12 +113,36 @@ class AdminApi:
         device_id = check_device_id(msg.get("device_id"))
         token = await self.registry.rotate(device_id)
         log("device_token_rotated", device=device_id)
+        self.registry_changed(device_id, "rotate")
         return {"device_id": device_id, "token": token}
 
+    async def disable(self, msg: Request) -> dict[str, Any]:
+        """Refuse the device from now on; its session (on any instance) is closed with 4003."""
+        device_id = check_device_id(msg.get("device_id"))
+        await self.registry.disable(device_id)
+        log("device_disabled", device=device_id)
+        self.registry_changed(device_id, "disable")
+        return {"device_id": device_id, "enabled": False}
+
+    async def enable(self, msg: Request) -> dict[str, Any]:
+        device_id = check_device_id(msg.get("device_id"))
+        await self.registry.enable(device_id)
+        log("device_enabled", device=device_id)
+        self.registry_changed(device_id, "enable")
+        return {"device_id": device_id, "enabled": True}
+
+    async def revoke(self, msg: Request) -> dict[str, Any]:
+        """Delete the device's token; its token session (on any instance) is closed with 4001."""
+        device_id = check_device_id(msg.get("device_id"))
+        await self.registry.revoke(device_id)
+        log("device_token_revoked", device=device_id)
+        self.registry_changed(device_id, "revoke")
+        return {"device_id": device_id, "has_token": False}
+
     async def devices(self, msg: Request) -> dict[str, Any]:
-        online = self.sessions.devices
+        online = self.online
         records = await self.storage.list_devices()
-        return {"devices": [{"id": r.device_id, "enabled": r.enabled, "online": r.device_id in online,
+        return {"devices": [{"id": r.device_id, "enabled": r.enabled, "online": online(r.device_id),
                              "has_token": r.token_digest is not None, "allow": r.allow_cidrs}
                             for r in records]}
 
@@ -124,10 +158,7 @@ class AdminApi:
             raise ValueError(f"args: {shape}")
         if type(timeout) not in (int, float) or not 0 < timeout <= MAX_COMMAND_TIMEOUT_S:
             raise ValueError(f"timeout: seconds, more than 0 and at most {MAX_COMMAND_TIMEOUT_S}")
-        conn = self.sessions.devices.get(device_id)
-        if conn is None:
-            raise RegistryError(f"device {device_id!r} is not online")
-        result = await self.commands.send(conn, name, args, float(timeout))
+        result = await self.commands.run(device_id, name, args, float(timeout))
         return {"result": result}
 
     async def latest(self, msg: Request) -> dict[str, Any]:

@@ -38,6 +38,10 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-uvloop", dest="uvloop", action="store_const", const=False,
                    help="use asyncio's own event loop even if uvloop is installed")
+    p.add_argument("--bus", help="join other instances: redis://HOST:PORT/DB or nats://HOST:PORT "
+                                 "(default: none, one process; docs/scaling.md)")
+    p.add_argument("--instance-id", dest="instance_id",
+                   help="this instance's name on the bus (default: the host name's first label)")
 
 
 def warn(message: str) -> None:
@@ -49,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.logs import setup_logging
 
     keys = ("host", "port", "data_dir", "db_path", "storage", "rate", "burst", "dashboard_interval_ms",
-            "auth_timeout_s", "compression", "log_format", "log_level", "uvloop")
+            "auth_timeout_s", "compression", "log_format", "log_level", "uvloop", "bus", "instance_id")
     config = load_config(args.config, overrides={k: getattr(args, k) for k in keys}, warn=warn)
     setup_logging(config.log_level, config.log_format)
     if config.uvloop:

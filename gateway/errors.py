@@ -71,3 +71,12 @@ class RemoteError(BusError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class CommandError(GatewayError, LookupError):
+    """A command to a device failed; ``code`` is stable (docs/protocol.md section 8): ``device_offline``,
+    ``command_expired``, ``command_lost``, ``not_found``, or the code another instance answered."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -2,7 +2,8 @@
 
 Rooms: ``http_api`` (routing table, HTTP endpoints, upgrade checks), ``sessions`` (device
 sessions around protocol.gateway.GatewaySession), ``admin`` and ``commands`` (the admin API),
-``hub`` (dashboard fan-out), ``alerts``, ``metrics``. Endpoints: docs/protocol.md.
+``hub`` (dashboard fan-out), ``alerts``, ``metrics``, ``cluster`` (the bus between instances,
+docs/scaling.md; in-process without one). Endpoints: docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from gateway.admin import AdminApi
 from gateway.admission import TOO_MANY, Admission, raise_open_files_limit
 from gateway.alerts import AlertEngine
 from gateway.auth import Authenticator
-from gateway.commands import Commands
+from gateway.bus import Bus, open_bus
+from gateway.cluster import Cluster
+from gateway.commands import Commands, CommandTarget
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, connection_class, dumps, json_response
 from gateway.errors import ConfigError, GatewayError
@@ -47,7 +50,7 @@ from protocol import wire
 class Gateway:
     def __init__(self, config: GatewayConfig, storage: Storage, authenticator: Authenticator,
                  registry: Registry, admin_token: str, dashboard_token: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, bus: Bus | None = None) -> None:
         self.config = config
         self.storage = storage
         self.auth = authenticator
@@ -56,13 +59,15 @@ class Gateway:
         self.counters = self.metrics.counters
         self.hub = Hub(config.dashboard_interval_ms, config.dashboard_queue, dumps, clock)
         self.alerts = AlertEngine(config.alerts, storage, self.hub, clock)
-        self.commands = Commands()
+        self.bus = bus if bus is not None else open_bus("", config.instance_id)  # "": in-process
+        self.commands = Commands(self.bus, self._command_target, registered=storage.get_device, clock=clock)
         self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.alerts, self.metrics,
-                                       on_result=self.commands.result,
-                                       on_offline=lambda device_id: self.commands.fail(
-                                           f"device {device_id!r} went offline before answering", device_id),
-                                       clock=clock)
-        self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics)
+                                       on_result=self.commands.result, clock=clock)
+        self.cluster = Cluster(self.bus, self.sessions, self.commands, self.hub, clustered=bool(config.bus),
+                               takeover_timeout_s=config.takeover_timeout_s)
+        self.sessions.hooks = self.cluster
+        self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics,
+                              online=self.cluster.online, registry_changed=self.cluster.registry_changed)
         self.http = HttpApi(config, admin_token=admin_token, dashboard_token=dashboard_token,
                             client_address=self.sessions.client_address, draining=lambda: self.draining,
                             count_error=self.metrics.count_error)
@@ -71,8 +76,7 @@ class Gateway:
         self.http.websocket("/v1/device", self.sessions.check_upgrade, self.sessions.handle)
         self.http.websocket("/v1/dashboard", self.http.dashboard_upgrade, self.hub.serve)
         self.http.websocket("/v1/admin", self.http.admin_upgrade, self.admin.handle)
-        self.history_api = history_api.HistoryApi(storage, config.readings_retention_days,
-                                                  lambda device_id: device_id in self.sessions.devices)
+        self.history_api = history_api.HistoryApi(storage, config.readings_retention_days, self.cluster.online)
         for path in history_api.PATHS:  # /v1/history, /v1/history.csv, /v1/devices (docs/http-api.md)
             self.http.route(path, self.history)
         self.server: Server | None = None
@@ -99,20 +103,30 @@ class Gateway:
             await self.storage.open()
             await self.alerts.restore()
             await history_api.restore_hub(self.hub, self.storage)
+            await self.cluster.start()
             gctune.tune()
             self.supervisor.start("hub", self.hub.run)
             self.supervisor.start("registry_sweep", self.sessions.sweep_forever)
             self.supervisor.start("gc", gctune.maintenance)
             self.supervisor.start("retention", Retention(self.storage, cfg.readings_retention_days,
                                                          cfg.rollup_retention_days).run_forever)
+            if self.cluster.clustered:
+                self.supervisor.start("cluster", self.cluster.watch)
             await self.server.start_serving()
         except BaseException:
             self.server.close()
             await self.supervisor.stop()
+            await self.cluster.close()
             await self.storage.close()
             raise
         log("gateway_started", host=cfg.host, port=self.port, storage=cfg.storage_kind,
-            database=str(cfg.database) if cfg.storage_kind == "sqlite" else cfg.storage_display)
+            database=str(cfg.database) if cfg.storage_kind == "sqlite" else cfg.storage_display,
+            bus=cfg.bus_display, instance=self.bus.instance_id)
+
+    def _command_target(self, device_id: str) -> CommandTarget | None:
+        """The device's session here, if it is welcomed and not ending."""
+        conn = self.sessions.devices.get(device_id)
+        return conn if conn is not None and conn.welcomed and not conn.closing else None
 
     def _tls(self) -> ssl.SSLContext | None:
         if not self.config.tls_cert:
@@ -177,10 +191,13 @@ class Gateway:
         if self.server is not None:
             self.server.close(close_connections=False)
         await self._step("background tasks", self.supervisor.stop())
-        self.commands.fail("the gateway is stopping; send the command again once it is back")
-        await self._step("device sessions", self.sessions.close_all())
+        self.commands.fail_waiting(wire.E_SHUTDOWN, "the gateway is stopping; send the command again once it is back")
+        # With peers, in batches of drain_rate per second: the devices spread over the other pods.
+        await self._step("device sessions", self.sessions.close_all(
+            self.config.drain_rate if self.cluster.clustered else 0.0))
         await self._step("alerts", self.alerts.drain())
         await self._step("dashboards", _call(self.hub.flush))
+        await self._step("bus", self.cluster.close())
         for waiting in list(self.admission.waiting):  # still in the handshake or before auth: no data yet
             waiting.transport.abort()
         if self.server is not None:
@@ -200,13 +217,20 @@ class Gateway:
 
     # ------------------------------------------------------------ HTTP endpoints of the process
     async def healthz(self, ws: EdgeConnection, request: Request) -> Response:
-        """200 while serving with storage and every background task well; 503 while draining or
-        degraded. ``checks`` holds each part with its state (storage, hub, registry_sweep, gc, retention)."""
+        """200 while serving with storage and every background task well; 503 while draining or when
+        storage or a task fails. ``checks`` holds each part with its state (storage, hub, registry_sweep,
+        gc, retention; with a bus also cluster and bus). A bus that is not ok makes the status
+        ``degraded`` with HTTP 200: the pod still stores readings, so readiness must not drop it (a
+        bus outage would otherwise empty the Service of every pod); docs/scaling.md section 9."""
         storage = {"backend": self.config.storage_kind, **self.storage.health()}
         checks: dict[str, dict[str, Any]] = {"storage": storage, **self.supervisor.health()}
         healthy = storage["state"] == "ok" and self.supervisor.healthy
-        status = "draining" if self.draining else "ok" if healthy else "degraded"
-        return json_response(200 if status == "ok" else 503, {
+        bus = self.cluster.health()
+        if bus is not None:
+            checks["bus"] = bus
+        status = "draining" if self.draining else "degraded" if not healthy or (
+            bus is not None and bus["state"] != "ok") else "ok"
+        return json_response(200 if status == "ok" or (status == "degraded" and healthy) else 503, {
             "status": status, "checks": checks, "devices_online": len(self.sessions.devices),
             "dashboard_clients": len(self.hub.clients), "uptime_s": round(time.time() - self.started_at, 1)})
 
@@ -217,8 +241,9 @@ class Gateway:
     async def metrics_page(self, ws: EdgeConnection, request: Request) -> Response:
         admission = self.admission
         self.counters.by_error[TOO_MANY] = sum(admission.refused.values())
+        cluster_gauges, cluster_counters, cluster_labelled = self.cluster.metric_rows()
         body = self.metrics.render(
-            gauges=[
+            gauges=[*cluster_gauges,
                 ("devices_online", "Devices with an authenticated session.", len(self.sessions.devices)),
                 ("dashboard_clients", "Browsers (dashboard stream clients) connected to /v1/dashboard.",
                  len(self.hub.clients)),
@@ -231,11 +256,13 @@ class Gateway:
             ],
             counters=[("dashboard_resyncs", "Dashboard clients that fell behind and were resynced with a "
                        "snapshot.", self.hub.resyncs),
-                      ("dashboard_updates", "Coalesced update frames built for dashboards.", self.hub.updates_sent)],
+                      ("dashboard_updates", "Coalesced update frames built for dashboards.", self.hub.updates_sent),
+                      *cluster_counters],
             labelled=[("connections_refused", "Connections refused at accept, by the cap they hit.", "reason",
                        dict(admission.refused)),
                       ("task_restarts", "Restarts of background tasks after a failure.", "task",
-                       {name: state.restarts for name, state in self.supervisor.tasks.items()})],
+                       {name: state.restarts for name, state in self.supervisor.tasks.items()}),
+                      *cluster_labelled],
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
         return Response(200, "OK", Headers({"Content-Type": "text/plain; version=0.0.4; charset=utf-8",
                                             "Content-Length": str(len(body))}), body)
