@@ -31,6 +31,7 @@ DASH = "dash"  # channel: one instance's dashboard changes of one interval {devi
 REGISTRY = "registry"  # channel: {device, change}
 SUPERSEDED = "superseded"  # a takeover from a claim older than the one held here
 RESYNC_WAIT_S = 30.0  # how long the rebuild after a reconnect waits for the bus to be ok
+ANNOUNCE_CHUNK = 500  # devices per "held" notice after a reconnect
 
 
 class Superseded(GatewayError):
@@ -186,16 +187,33 @@ class Cluster(SessionHooks):
                 self.fleet.rebuild(await bus.presence.snapshot())
                 self.peers = {name: boot for name, boot in (await bus.presence.instances()).items()
                               if name != bus.instance_id}
+                await self._announce()
                 self.hub.resync_all()
             await self.commands.resync(c for c in list(self.sessions.devices.values()) if c.welcomed)
         except BusError as err:
             log("bus_resync_failed", logging.WARNING, error=str(err)[:200], hint="retried at the next reconnect")
 
+    async def _announce(self) -> None:
+        """After a reconnect, tell the peers every device held here (their snapshot may have been
+        taken before this instance wrote its entries again): one "held" notice per chunk."""
+        bus = self.bus
+        held = [[device_id, h.version] for device_id, h in list(bus.presence.local.items()) if h.version]
+        for start in range(0, len(held), ANNOUNCE_CHUNK):
+            await bus.publish(PRESENCE, {"instance": bus.instance_id, "boot": bus.boot,
+                                         "held": held[start:start + ANNOUNCE_CHUNK]})
+
     async def _on_presence(self, message: dict[str, Any], sender: str) -> None:
-        device_id, version = message.get("device"), message.get("version")
         instance, boot = message.get("instance"), message.get("boot")
-        if not (isinstance(device_id, str) and type(version) is int and isinstance(instance, str)
-                and isinstance(boot, str)):
+        if not isinstance(instance, str) or not isinstance(boot, str):
+            raise ValueError("malformed presence notice")
+        held = message.get("held")
+        if isinstance(held, list):  # a peer's holdings after its reconnect
+            for entry in held:
+                if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and type(entry[1]) is int:
+                    self.fleet.notice(entry[0], Holder(instance, boot, entry[1]), True)
+            return
+        device_id, version = message.get("device"), message.get("version")
+        if not isinstance(device_id, str) or type(version) is not int:
             raise ValueError("malformed presence notice")
         self.fleet.notice(device_id, Holder(instance, boot, version), message.get("online") is True)
 

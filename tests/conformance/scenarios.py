@@ -41,13 +41,13 @@ from protocol.device import (
     D_SLOW,
     D_WELCOME,
     HOURLY_MS,
-    REPEATED,
-    REPEATS_KEPT,
     R_BACKOFF,
     R_HOURLY,
     R_REFRESH,
     R_SLOW,
     R_STOP,
+    REPEATED,
+    REPEATS_KEPT,
 )
 
 NOW = 1000000  # ms; any clock works, the session only compares what the caller passes in
