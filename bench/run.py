@@ -12,6 +12,7 @@ bench/results/ (timestamped file + latest.json).
 
     python -m bench.run                     # 1k, 5k, 10k devices, 30 s each
     python -m bench.run --quick             # 1k devices, 10 s: CI smoke test (fails on any loss)
+    python -m bench.run --cluster           # 3 instances with a bus against 3 without (bench/cluster.py)
 """
 
 from __future__ import annotations
@@ -401,7 +402,15 @@ def _versions() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if "--cluster" in args:  # its own options: python -m bench.run --cluster --help
+        from bench.cluster import main as cluster_main
+
+        return cluster_main(args)
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cluster", action="store_true",
+                        help="the cluster mode instead: 3 gateway instances with a bus against 3 without "
+                             "(bench/cluster.py; see python -m bench.run --cluster --help)")
     parser.add_argument("--steps", default="1000,5000,10000", help="device counts (default 1000,5000,10000)")
     parser.add_argument("--hold", type=float, default=30.0, help="seconds of traffic per step after ramp-up")
     parser.add_argument("--rate", type=float, default=1.0, help="readings/s per device (default 1)")

@@ -255,7 +255,7 @@ class Hub:
             return
         devices = {device_id: self.devices[device_id].as_dict() for device_id in self._dirty}
         if self.on_update is not None and (devices or self._events):
-            self.on_update({"devices": devices, "events": self._events})  # ours only, before the peers'
+            self.on_update({"devices": dict(devices), "events": self._events})  # ours only, not the peers'
         for device_id in self._remote_dirty - self._dirty:
             devices[device_id] = self.devices[device_id].as_dict()
         events = self._events + self._remote_events if self._remote_events else self._events

@@ -151,6 +151,7 @@ class Cluster(SessionHooks):
         holder = self._holders.pop(conn, None)
         self.commands.ended(conn, moved=conn.moved or not current)
         if current and holder is not None:
+            holder = self.bus.presence.local.get(conn.device_id, holder)  # rewritten after a reconnect?
             await self.bus.presence.release(conn.device_id)  # compare-and-delete: a newer claim stays
             self._notify(conn.device_id, holder, False)
 
