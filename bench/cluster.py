@@ -31,6 +31,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.admin import register_all
 from bench.errors import BenchError
 from bench.loadgen import LoadGen, Watcher
 from bench.metrics import HostSample, ProcSample, cpu_per_1000, latency_summary, ratio, rss_per_connection_kib
@@ -62,12 +63,6 @@ def _redis_commands(redis: RedisServer) -> int:
         client.close()
 
 
-def _register(url: str, admin_token: str, ids: list[str]) -> dict[str, str]:
-    from bench.run import _register_all  # the one registration helper of the bench
-
-    return asyncio.run(_register_all(url, admin_token, ids))
-
-
 def run_mode(mode: str, opts: argparse.Namespace, postgres: PostgresServer, redis: RedisServer | None,
              workdir: Path, log: Any) -> dict[str, Any]:
     n_per = opts.devices // INSTANCES
@@ -95,7 +90,7 @@ def run_mode(mode: str, opts: argparse.Namespace, postgres: PostgresServer, redi
                 time.sleep(0.1)
         admin = (gateways[0].data_dir / "admin.token").read_text().strip()
         shares = [[f"c{i}-{n:05d}" for n in range(n_per)] for i in range(INSTANCES)]
-        tokens = _register(gateways[0].url, admin, [d for share in shares for d in share])
+        tokens = asyncio.run(register_all(gateways[0].url, admin, [d for share in shares for d in share]))
         time.sleep(1.0)
         idle = [ProcSample.take(gw.pid) for gw in gateways]
         # bus: only the other instances' devices (cross-instance); no-bus: only gw-0's own (baseline)
