@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.commands import Commands
 from gateway.conn import dumps
-from gateway.errors import BusError, CommandError, RegistryError, TooManyCommands
+from gateway.errors import AlertError, BusError, CommandError, RegistryError, TooManyCommands
 from gateway.hub import Hub
 from gateway.logs import log
 from gateway.metrics import INTERNAL_ERROR, Metrics
@@ -84,6 +84,8 @@ class AdminApi:
                 text = dumps({"t": "error", "id": request_id, "code": err.code, "msg": str(err)[:300] or err.code})
             except (RegistryError, ValueError, KeyError, TypeError, TimeoutError) as err:
                 code = "timeout" if isinstance(err, TimeoutError) else "bad_request"
+                if isinstance(err, AlertError):  # the alert requests' own codes (docs/alerts.md)
+                    code = err.code
                 text = dumps({"t": "error", "id": request_id, "code": code, "msg": str(err)[:300] or code})
             except Exception as err:  # a bug: this request fails, the connection and the gateway go on
                 self.metrics.count_error(INTERNAL_ERROR)

@@ -16,23 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.alerts.localtime import zone
+from gateway.alerts.rules import DEFAULT_RULES, parse_rules
+from gateway.alerts.webhook import WebhookConfig, parse_webhooks
 from gateway.bus.url import check_name, parse_bus_url
 from gateway.errors import ConfigError
 from gateway.storage.dsn import redact, storage_kind
 
 ENV_PREFIX = "EDGEWIRE_"
-
-
-@dataclass(slots=True)
-class AlertRule:
-    """Raise when ``metric`` goes above ``above``; clear when it falls below above - hysteresis."""
-
-    metric: str = "temperature"
-    above: float = 30.0
-    hysteresis: float = 1.0
-
-    def describe(self) -> str:
-        return f"{self.metric} > {self.above:g}"
 
 
 @dataclass(slots=True)
@@ -68,7 +59,12 @@ class GatewayConfig:
     dashboard_auth: str = "auto"  # "on", "off", or "auto": see dashboard_token_needed
     dashboard_origins: list[str] = field(default_factory=list)  # Origins allowed besides the gateway's own
     allowed_hosts: list[str] = field(default_factory=list)  # Host names served a token-less dashboard
-    alerts: list[AlertRule] = field(default_factory=lambda: [AlertRule()])
+    alerts: list[dict[str, Any]] = field(default_factory=lambda: parse_rules(DEFAULT_RULES))  # [[alerts]]
+    webhooks: list[WebhookConfig] = field(default_factory=list)  # [[webhooks]]: alert notifications
+    alert_timezone: str = ""  # IANA name for hour-of-day baselines and alert texts; "" = the system's
+    alert_max_open: int = 10000  # open alerts loaded at start (older open ones beyond this are cleared)
+    alert_suspended_expiry_s: float = 604800.0  # a suspended alert whose device stays away this long clears
+    alert_save_interval_s: float = 300.0  # how often learned baselines are stored (and at shutdown)
     tls_cert: str = ""
     tls_key: str = ""
     log_level: str = "info"
@@ -170,51 +166,29 @@ class GatewayConfig:
                 raise ConfigError(f"dashboard_origins: {origin!r} is not an origin like https://fleet.example.com")
         if self.log_format not in ("json", "text"):
             raise ConfigError("log_format: must be 'json' or 'text'")
-        for rule in self.alerts:
-            if rule.hysteresis < 0:
-                raise ConfigError(f"alerts: hysteresis of the {rule.metric} rule must be >= 0")
+        zone(self.alert_timezone)  # ConfigError naming the setting
+        for key in ("alert_suspended_expiry_s", "alert_save_interval_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be greater than 0")
+        if self.alert_max_open < 1:
+            raise ConfigError("alert_max_open: must be at least 1")
         return self
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(GatewayConfig)}
-
-
+TABLES = ("alerts", "webhooks")  # lists of TOML tables: file only, never from the environment
 
 # EDGEWIRE_* variables that are not gateway settings: secrets, the agent's, the tools'.
 OTHER_ENV = frozenset({"EDGEWIRE_TOKEN_KEY", "EDGEWIRE_JWT_SECRET", "EDGEWIRE_AGENT_CONFIG",
                        "EDGEWIRE_SENSOR_BACKEND", "EDGEWIRE_CACHE", "EDGEWIRE_NODE"})
-_RULE_FIELDS = tuple(f.name for f in dataclasses.fields(AlertRule))
-_RULE_DEFAULTS = AlertRule()
-
-
-def _alert_rules(value: Any) -> list[AlertRule]:
-    if not isinstance(value, list):
-        raise ConfigError("alerts: expected a list of [[alerts]] tables with metric, above, hysteresis")
-    rules = []
-    for index, item in enumerate(value, start=1):
-        if not isinstance(item, dict):
-            raise ConfigError(f"alerts: rule {index} must be a table ([[alerts]] with metric, above, hysteresis)")
-        for key in item:
-            if key not in _RULE_FIELDS:
-                raise ConfigError(f"alerts: unknown key {str(key)[:32]!r} in rule {index} "
-                                  f"(use {', '.join(_RULE_FIELDS)})")
-        metric = item.get("metric", _RULE_DEFAULTS.metric)
-        if not isinstance(metric, str) or not metric:
-            raise ConfigError(f"alerts: metric of rule {index} must be a metric name such as \"temperature\"")
-        numbers = {}
-        for key in ("above", "hysteresis"):
-            number = item.get(key, getattr(_RULE_DEFAULTS, key))
-            if isinstance(number, bool) or not isinstance(number, int | float):
-                raise ConfigError(f"alerts: {key} of rule {index} must be a number, not {number!r:.40}")
-            numbers[key] = float(number)
-        rules.append(AlertRule(metric, numbers["above"], numbers["hysteresis"]))
-    return rules
 
 
 def _coerce(key: str, value: Any) -> Any:
     """Convert a TOML or environment value to the field's type, or raise ConfigError."""
     if key == "alerts":
-        return _alert_rules(value)
+        return parse_rules(value)  # ConfigError naming the rule and the key
+    if key == "webhooks":
+        return parse_webhooks(value)
     default = getattr(GatewayConfig(), key)
     if isinstance(default, bool):
         expected = "true or false"
@@ -257,8 +231,9 @@ def unknown_env(env: dict[str, str] | os._Environ[str]) -> list[str]:
         if not name.startswith(ENV_PREFIX) or name in OTHER_ENV:
             continue
         key = name[len(ENV_PREFIX):].lower()
-        if key == "alerts":
-            warnings.append(f"{name} is ignored: alert rules go in the config file ([[alerts]])")
+        if key in TABLES:
+            what = "alert rules" if key == "alerts" else key
+            warnings.append(f"{name} is ignored: {what} go in the config file ([[{key}]])")
         elif key not in _FIELDS:
             close = difflib.get_close_matches(key, list(_FIELDS), n=1)
             hint = f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else ""
@@ -295,7 +270,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         if not name.startswith(ENV_PREFIX):
             continue
         key = name[len(ENV_PREFIX):].lower()
-        if key in _FIELDS and key != "alerts":
+        if key in _FIELDS and key not in TABLES:
             values[key] = _coerce(key, raw)
     if warn is not None:
         for message in unknown_env(environ):

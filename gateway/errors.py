@@ -73,6 +73,16 @@ class RemoteError(BusError):
         self.code = code
 
 
+class AlertError(GatewayError, ValueError):
+    """An alert or alert-rule operation was refused. ``code`` is a stable error code for callers
+    (bad_rule, no_such_rule, no_such_alert, alert_cleared, bad_request, storage_unavailable)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 class CommandError(GatewayError, LookupError):
     """A command to a device failed; ``code`` is stable (docs/protocol.md section 8): ``device_offline``,
     ``command_expired``, ``command_lost``, ``not_found``, or the code another instance answered."""

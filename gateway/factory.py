@@ -7,6 +7,7 @@ import logging
 import os
 
 from gateway import registry as registry_mod
+from gateway.alerts.webhook import load_secret
 from gateway.auth import Authenticator
 from gateway.bus import open_bus
 from gateway.config import GatewayConfig
@@ -42,7 +43,9 @@ async def build_gateway(config: GatewayConfig) -> Gateway:
     if config.dashboard_auth != "off":  # "auto" asks for it from clients beyond loopback
         dashboard_token = registry_mod.load_or_create_secret(config.data_dir, "dashboard.token", "ewd_",
                                                              "dashboard token")
-    return Gateway(config, storage, authenticator, registry, admin_token, dashboard_token, bus=bus)
+    webhook_secrets = {hook.name: load_secret(hook) for hook in config.webhooks}  # never logged
+    return Gateway(config, storage, authenticator, registry, admin_token, dashboard_token,
+                   webhook_secrets=webhook_secrets, bus=bus)
 
 
 async def run_gateway(config: GatewayConfig) -> int:

@@ -150,9 +150,11 @@ class Metrics:
         by_error[code] = by_error.get(code, 0) + 1
 
     def render(self, gauges: Iterable[tuple[str, str, float]], counters: Iterable[tuple[str, str, float]],
-               labelled: Iterable[tuple[str, str, str, dict[str, float]]], event_loop: str) -> bytes:
+               labelled: Iterable[tuple[str, str, str, dict[str, float]]], event_loop: str,
+               extra: Iterable[str] = ()) -> bytes:
         """``gauges`` and ``counters``: (name, help, value); ``labelled`` counters: (name, help, label,
-        {label value: count}). Names are given without the ``edgewire_`` prefix and ``_total``."""
+        {label value: count}). Names are given without the ``edgewire_`` prefix and ``_total``.
+        ``extra``: complete lines (HELP, TYPE, samples) of a room's own metrics (the alert engine's)."""
         lines: list[str] = []
 
         def num(value: float) -> str:
@@ -186,4 +188,5 @@ class Metrics:
                [f"edgewire_build_info{{{_build_labels(event_loop)}}} 1"])
         for name, kind, text, value in process_samples():
             metric(name, kind, text, [f"{name} {num(value)}"])
+        lines.extend(extra)
         return ("\n".join(lines) + "\n").encode()

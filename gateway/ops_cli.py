@@ -73,7 +73,9 @@ def run_ops_command(args: argparse.Namespace) -> int:
         return _init(args)
     if args.cmd == "check-config":
         config = load_config(args.config)
-        print(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True))
+        settings = dataclasses.asdict(config)
+        settings["webhooks"] = [hook.as_dict() for hook in config.webhooks]  # URLs may hold tokens: host only
+        print(json.dumps(settings, indent=2, sort_keys=True))
         return 0
     return _register(args)
 

@@ -27,7 +27,12 @@ from websockets.http11 import Request, Response
 from gateway import gctune, history_api
 from gateway.admin import AdminApi
 from gateway.admission import TOO_MANY, Admission, raise_open_files_limit
-from gateway.alerts import AlertEngine
+from gateway.alerts.admin import AlertAdmin
+from gateway.alerts.engine import AlertEngine
+from gateway.alerts.localtime import zone
+from gateway.alerts.metrics import metric_lines as alert_metric_lines
+from gateway.alerts.model import CLEARED, AlertEvent
+from gateway.alerts.webhook import WebhookNotifier
 from gateway.auth import Authenticator
 from gateway.bus import Bus, open_bus
 from gateway.cluster import Cluster
@@ -46,11 +51,14 @@ from gateway.storage.base import Storage
 from gateway.supervisor import Supervisor, spawn
 from protocol import wire
 
+ADMIN_IDENTITY = "admin"  # who an admin-token holder is in alert histories (acked_by, cleared_by)
+
 
 class Gateway:
     def __init__(self, config: GatewayConfig, storage: Storage, authenticator: Authenticator,
                  registry: Registry, admin_token: str, dashboard_token: str | None = None,
-                 clock: Callable[[], float] = time.time, bus: Bus | None = None) -> None:
+                 clock: Callable[[], float] = time.time,
+                 webhook_secrets: dict[str, bytes | None] | None = None, bus: Bus | None = None) -> None:
         self.config = config
         self.storage = storage
         self.auth = authenticator
@@ -58,16 +66,24 @@ class Gateway:
         self.metrics = Metrics()
         self.counters = self.metrics.counters
         self.hub = Hub(config.dashboard_interval_ms, config.dashboard_queue, dumps, clock)
-        self.alerts = AlertEngine(config.alerts, storage, self.hub, clock)
+        self.alerts = AlertEngine(storage, config.alerts, clock=clock, timezone=zone(config.alert_timezone),
+                                  max_open=config.alert_max_open, suspended_expiry_s=config.alert_suspended_expiry_s,
+                                  save_interval_s=config.alert_save_interval_s, registry_check_s=60.0)
+        self.alerts.listen(self._alert_to_hub)
+        self.notifier = WebhookNotifier(config.webhooks, webhook_secrets or {}, source=socket.gethostname(),
+                                        clock=clock)
+        self.alerts.listen(self.notifier.on_event)
         self.bus = bus if bus is not None else open_bus("", config.instance_id)  # "": in-process
         self.commands = Commands(self.bus, self._command_target, registered=storage.get_device, clock=clock)
         self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.alerts, self.metrics,
-                                       on_result=self.commands.result, clock=clock)
+                                       on_result=self.commands.result, on_offline=self.alerts.device_offline,
+                                       clock=clock)
         self.cluster = Cluster(self.bus, self.sessions, self.commands, self.hub, clustered=bool(config.bus),
                                takeover_timeout_s=config.takeover_timeout_s)
         self.sessions.hooks = self.cluster
         self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics,
                               online=self.cluster.online, registry_changed=self.cluster.registry_changed)
+        self.admin.requests.update(AlertAdmin(self.alerts).requests_as(ADMIN_IDENTITY))  # protocol.md section 10
         self.http = HttpApi(config, admin_token=admin_token, dashboard_token=dashboard_token,
                             client_address=self.sessions.client_address, draining=lambda: self.draining,
                             count_error=self.metrics.count_error)
@@ -88,6 +104,13 @@ class Gateway:
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address,
                                    config.trusted_proxies)
 
+    def _alert_to_hub(self, event: AlertEvent) -> None:
+        """Alert events to the dashboards: open alerts shown (with their state), cleared ones removed."""
+        if event.kind == CLEARED:
+            self.hub.alert_cleared(event.alert, event.at)
+        else:
+            self.hub.alert_raised(event.alert, event.at)
+
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Listen first (a busy port fails before anything else starts), then open storage, start
@@ -101,13 +124,17 @@ class Gateway:
             log("open_files_limit", soft=soft, was=before, hard=hard, max_unauthenticated=cap,
                 max_unauthenticated_per_address=cfg.max_unauthenticated_per_address)
             await self.storage.open()
-            await self.alerts.restore()
+            await self.alerts.start()
+            for alert in self.alerts.open_alerts():  # the restored ones; their changes follow as events
+                self.hub.alert_raised(alert, alert["updated"])
             await history_api.restore_hub(self.hub, self.storage)
             await self.cluster.start()
             gctune.tune()
             self.supervisor.start("hub", self.hub.run)
             self.supervisor.start("registry_sweep", self.sessions.sweep_forever)
             self.supervisor.start("gc", gctune.maintenance)
+            self.supervisor.start("alerts", self.alerts.run)
+            self.supervisor.start("webhooks", self.notifier.run)
             self.supervisor.start("retention", Retention(self.storage, cfg.readings_retention_days,
                                                          cfg.rollup_retention_days).run_forever)
             if self.cluster.clustered:
@@ -193,9 +220,11 @@ class Gateway:
         await self._step("background tasks", self.supervisor.stop())
         self.commands.fail_waiting(wire.E_SHUTDOWN, "the gateway is stopping; send the command again once it is back")
         # With peers, in batches of drain_rate per second: the devices spread over the other pods.
-        await self._step("device sessions", self.sessions.close_all(
-            self.config.drain_rate if self.cluster.clustered else 0.0))
-        await self._step("alerts", self.alerts.drain())
+        clustered = self.cluster.clustered
+        await self._step("device sessions", self.sessions.close_all(self.config.drain_rate if clustered else 0.0,
+                                                                    moving=clustered))
+        await self._step("alerts", self.alerts.close())  # learned state and queued changes stored
+        await self._step("webhooks", self.notifier.close())  # what is queued goes out, or is counted
         await self._step("dashboards", _call(self.hub.flush))
         await self._step("bus", self.cluster.close())
         for waiting in list(self.admission.waiting):  # still in the handshake or before auth: no data yet
@@ -263,7 +292,8 @@ class Gateway:
                       ("task_restarts", "Restarts of background tasks after a failure.", "task",
                        {name: state.restarts for name, state in self.supervisor.tasks.items()}),
                       *cluster_labelled],
-            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+            extra=alert_metric_lines(self.alerts, self.notifier))
         return Response(200, "OK", Headers({"Content-Type": "text/plain; version=0.0.4; charset=utf-8",
                                             "Content-Length": str(len(body))}), body)
 

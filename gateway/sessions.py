@@ -17,7 +17,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway.alerts import AlertEngine
+from gateway.alerts.engine import AlertEngine
 from gateway.auth import Authenticator, Identity, bearer
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, dumps, json_response, send_close
@@ -95,7 +95,10 @@ class DeviceSessions:
 
     def __init__(self, config: GatewayConfig, storage: Storage, authenticator: Authenticator, hub: Hub,
                  alerts: AlertEngine, metrics: Metrics, on_result: ResultHandler,
+                 on_offline: Callable[[str], None] = lambda device_id: None,
                  clock: Callable[[], float] = time.time) -> None:
+        """``on_offline(device_id)``: the device went offline here (its session ended, and it was not
+        handed over to a newer session, here or at another instance)."""
         self.config = config
         self.storage = storage
         self.auth = authenticator
@@ -104,6 +107,7 @@ class DeviceSessions:
         self.metrics = metrics
         self.counters = metrics.counters
         self.on_result = on_result
+        self.on_offline = on_offline
         self.hooks = SessionHooks()
         self.clock = clock
         self.devices: dict[str, DeviceConnection] = {}
@@ -241,6 +245,8 @@ class DeviceSessions:
                 del self.devices[device_id]
                 if conn.welcomed:
                     self.hub.offline(device_id)
+                    if not conn.moved:
+                        self.on_offline(device_id)
             try:
                 await self.hooks.ended(conn, current)
             finally:
@@ -350,12 +356,12 @@ class DeviceSessions:
             if gap:
                 self.counters.gaps += gap
             hub_reading = self.hub.reading
-            check = self.alerts.check
+            check = self.alerts.reading
             for reading in frame.readings:
                 time_ms = wire.reading_time_ms(reading, frame, received)
                 rows.append(ReadingRow(device_id, reading.seq, time_ms, received, reading.metrics, frame.boot,
                                        reading.ts, reading.up, reading.quality))
-                check(device_id, reading.metrics, time_ms)
+                check(device_id, reading.metrics, time_ms, received, reading.quality)
             last = frame.readings[-1]
             hub_reading(device_id, last.metrics, rows[-1].time_ms)
         else:
@@ -450,27 +456,28 @@ class DeviceSessions:
         self.metrics.count_error(wire.E_EXPIRED)
         await conn.close(wire.E_EXPIRED, "credential expired; fetch a new token and reconnect")
 
-    async def close_all(self, per_second: float = 0.0) -> None:
+    async def close_all(self, per_second: float = 0.0, moving: bool = False) -> None:
         """Shutdown: store and ack what was received, then close the devices with 1012: all at once,
         or ``per_second`` at a time (each batch drained, then closed), so that the devices of a pod
         that several share reconnect over the others instead of all in the same second. Devices
-        not in the current batch go on streaming until their turn."""
+        not in the current batch go on streaming until their turn. ``moving``: the devices go on
+        at other instances (their queued commands follow them; they are not offline)."""
         conns = list(self.devices.values())
         if per_second <= 0:
-            await self._close_batch(conns)
+            await self._close_batch(conns, moving)
             return
         loop = asyncio.get_running_loop()
         size = max(1, int(per_second))
         for start in range(0, len(conns), size):
             began = loop.time()
-            await self._close_batch(conns[start:start + size])
+            await self._close_batch(conns[start:start + size], moving)
             if start + size < len(conns):
                 await asyncio.sleep(max(0.0, began + size / per_second - loop.time()))
 
-    async def _close_batch(self, conns: list[DeviceConnection]) -> None:
+    async def _close_batch(self, conns: list[DeviceConnection], moving: bool) -> None:
         for conn in conns:
             conn.closing = True
-            conn.moved = True  # the device reconnects (elsewhere): its queued commands follow it
+            conn.moved = moving
         await asyncio.gather(*(conn.drain() for conn in conns), return_exceptions=True)
         await asyncio.gather(*(conn.close(wire.E_SHUTDOWN, "gateway restarting; reconnect later")
                                for conn in conns), return_exceptions=True)

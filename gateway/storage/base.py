@@ -22,12 +22,18 @@ The contract, beyond each method's docstring:
   twice.
 - **Retention** (``expire``) deletes readings and rollup buckets older than a cut-off; the
   device state and latest values stay, so ``last_seq`` never goes back.
+- **Alerts** are written only by the alert engine (gateway/alerts/): ``save_alerts`` stores a
+  batch of changes (rows and their history entries) in one transaction, all or nothing, and
+  assigns ids to new rows; the engine emits an alert's events only after that commit. Open
+  alerts are every state but ``cleared``. Stored rules (the admin API's, tombstones for deleted
+  ones) and learned baselines (JSON text per rule and device) are the engine's to interpret.
 - **Errors** are StorageError (a message saying what to check); a closed storage raises it too.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,16 +109,101 @@ class DeviceRecord:
     token_created_ms: int | None = None
 
 
-@dataclass(slots=True)
+# Alert states (gateway/alerts/model.py has the meaning); an alert is "open" unless cleared.
+ALERT_ACTIVE = "active"
+ALERT_ACKNOWLEDGED = "acknowledged"
+ALERT_SUSPENDED = "suspended"
+ALERT_CLEARED = "cleared"
+ALERT_STATES = (ALERT_ACTIVE, ALERT_ACKNOWLEDGED, ALERT_SUSPENDED, ALERT_CLEARED)
+
+
+@dataclass(slots=True, eq=False)
 class AlertRow:
+    """One alert: a (rule, device) episode from raised to cleared. Times are gateway Unix ms.
+
+    ``alert_id`` is 0 until storage assigned one (``save_alerts``). The alert engine keeps
+    these objects in memory and changes them in place; storage writes all their columns.
+    """
+
     alert_id: int
     device_id: str
-    metric: str
-    rule: str  # e.g. "temperature > 30"
+    metric: str  # the metric name, or "*" for a device-level rule
+    rule: str  # the rule's id
     raised_ms: int
-    value: float
+    value: float | None  # the value that raised it (None when the rule has none, e.g. no_data)
     cleared_ms: int | None = None
     clear_value: float | None = None
+    kind: str = "above"  # the rule's type
+    severity: str = "major"
+    state: str = ALERT_ACTIVE
+    text: str = ""
+    last_value: float | None = None
+    updated_ms: int = 0
+    acked_ms: int | None = None
+    acked_by: str | None = None
+    suspended_ms: int | None = None
+    cleared_by: str | None = None
+    clear_reason: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.state != ALERT_CLEARED
+
+
+# Alert columns in both backends' order; the first is the id.
+ALERT_COLUMNS = ("id", "device_id", "metric", "rule", "kind", "severity", "state", "text", "raised_ms", "value",
+                 "last_value", "updated_ms", "acked_ms", "acked_by", "suspended_ms", "cleared_ms", "cleared_by",
+                 "clear_value", "clear_reason")
+
+
+def alert_tuple(row: AlertRow) -> tuple[Any, ...]:
+    """The row's values in ALERT_COLUMNS order."""
+    return (row.alert_id, row.device_id, row.metric, row.rule, row.kind, row.severity, row.state, row.text,
+            row.raised_ms, row.value, row.last_value, row.updated_ms, row.acked_ms, row.acked_by,
+            row.suspended_ms, row.cleared_ms, row.cleared_by, row.clear_value, row.clear_reason)
+
+
+def alert_from_tuple(values: Sequence[Any]) -> AlertRow:
+    """An AlertRow from values in ALERT_COLUMNS order (a database row)."""
+    (alert_id, device_id, metric, rule, kind, severity, state, text, raised_ms, value, last_value, updated_ms,
+     acked_ms, acked_by, suspended_ms, cleared_ms, cleared_by, clear_value, clear_reason) = values
+    return AlertRow(alert_id=int(alert_id), device_id=device_id, metric=metric, rule=rule, raised_ms=int(raised_ms),
+                    value=value, cleared_ms=cleared_ms, clear_value=clear_value, kind=kind, severity=severity,
+                    state=state, text=text, last_value=last_value, updated_ms=int(updated_ms), acked_ms=acked_ms,
+                    acked_by=acked_by, suspended_ms=suspended_ms, cleared_by=cleared_by, clear_reason=clear_reason)
+
+
+@dataclass(slots=True, frozen=True)
+class AlertHistoryRow:
+    """One entry of an alert's history: what happened (an alert event kind), when, by whom."""
+
+    alert_id: int
+    at_ms: int
+    event: str
+    by: str | None = None
+    value: float | None = None
+    text: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class StoredRule:
+    """An alert rule as the admin API left it: ``spec`` is the rule's canonical table (JSON
+    object), or None for a deleted rule (a tombstone that hides a rule of the config file)."""
+
+    rule_id: str
+    spec: dict[str, Any] | None
+    updated_ms: int
+    updated_by: str
+
+
+@dataclass(slots=True, frozen=True)
+class BaselineRow:
+    """Learned state of one (rule, device) series (JSON text, the rule type's own format)."""
+
+    rule_id: str
+    device_id: str
+    data: str
+    updated_ms: int
 
 
 class Storage(abc.ABC):
@@ -228,17 +319,53 @@ class Storage(abc.ABC):
         await self.put_device(record)
         return True
 
-    # -- alerts
+    # -- alerts (written only by the alert engine, gateway/alerts/)
     @abc.abstractmethod
-    async def raise_alert(self, device_id: str, metric: str, rule: str, at_ms: int, value: float) -> int:
-        """Store a raised alert; return its id."""
+    async def save_alerts(self, changes: list[tuple[AlertRow, AlertHistoryRow]]) -> list[int]:
+        """Write alert changes in ONE transaction, in order; return each change's alert id.
+
+        For each (row, entry): a row with ``alert_id == 0`` is inserted and gets a new id
+        (written back into ``row.alert_id``); any other row replaces every column of the
+        stored alert with that id. Then ``entry`` is appended to the alert's history (its own
+        ``alert_id`` is ignored: the row's is used). All or nothing: on StorageError no change
+        is stored and no ``alert_id`` is assigned.
+        """
 
     @abc.abstractmethod
-    async def clear_alert(self, alert_id: int, at_ms: int, value: float) -> None: ...
+    async def active_alerts(self, limit: int | None = None) -> list[AlertRow]:
+        """Open alerts (every state but cleared), newest first, at most ``limit`` (None: all)."""
 
     @abc.abstractmethod
-    async def active_alerts(self) -> list[AlertRow]: ...
+    async def alerts(self, device_id: str | None = None, limit: int = 100, before_id: int | None = None,
+                     state: str | None = None) -> list[AlertRow]:
+        """Alerts, newest (highest id) first: of one device or all, with ``alert_id < before_id``
+        (paging), in one state or all."""
 
     @abc.abstractmethod
-    async def alerts(self, device_id: str | None = None, limit: int = 100) -> list[AlertRow]:
-        """Most recent alerts first, active and cleared."""
+    async def alert(self, alert_id: int) -> AlertRow | None:
+        """One alert by id, None if unknown."""
+
+    @abc.abstractmethod
+    async def alert_history(self, alert_id: int, limit: int = 1000) -> list[AlertHistoryRow]:
+        """The alert's history entries, oldest first (insertion order), at most ``limit``."""
+
+    @abc.abstractmethod
+    async def alert_rules(self) -> list[StoredRule]:
+        """Every rule the admin API stored (tombstones included), by rule id."""
+
+    @abc.abstractmethod
+    async def put_alert_rule(self, rule: StoredRule) -> None:
+        """Insert or replace the stored rule ``rule.rule_id`` (``spec`` None: a tombstone)."""
+
+    @abc.abstractmethod
+    async def save_baselines(self, rows: list[BaselineRow]) -> None:
+        """Insert or replace learned series state, by (rule_id, device_id), in one transaction."""
+
+    @abc.abstractmethod
+    async def load_baselines(self) -> list[BaselineRow]:
+        """Every stored series state."""
+
+    @abc.abstractmethod
+    async def delete_baselines(self, rule_id: str | None = None, device_id: str | None = None) -> int:
+        """Delete the series state of one rule, of one device, or of one (rule, device); return how
+        many rows. At least one of the two must be given (ValueError otherwise)."""

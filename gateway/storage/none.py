@@ -9,7 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.storage.base import RAW, AlertRow, Bucket, DeviceRecord, DeviceState, Expired, ReadingRow, Storage
+from gateway.storage.base import (
+    RAW,
+    AlertHistoryRow,
+    AlertRow,
+    BaselineRow,
+    Bucket,
+    DeviceRecord,
+    DeviceState,
+    Expired,
+    ReadingRow,
+    Storage,
+    StoredRule,
+)
 
 
 class NoneStorage(Storage):
@@ -76,14 +88,33 @@ class NoneStorage(Storage):
     async def put_device(self, record: DeviceRecord) -> None:
         await self.inner.put_device(record)
 
-    async def raise_alert(self, device_id: str, metric: str, rule: str, at_ms: int, value: float) -> int:
-        return await self.inner.raise_alert(device_id, metric, rule, at_ms, value)
+    async def save_alerts(self, changes: list[tuple[AlertRow, AlertHistoryRow]]) -> list[int]:
+        return await self.inner.save_alerts(changes)
 
-    async def clear_alert(self, alert_id: int, at_ms: int, value: float) -> None:
-        await self.inner.clear_alert(alert_id, at_ms, value)
+    async def active_alerts(self, limit: int | None = None) -> list[AlertRow]:
+        return await self.inner.active_alerts(limit)
 
-    async def active_alerts(self) -> list[AlertRow]:
-        return await self.inner.active_alerts()
+    async def alerts(self, device_id: str | None = None, limit: int = 100, before_id: int | None = None,
+                     state: str | None = None) -> list[AlertRow]:
+        return await self.inner.alerts(device_id, limit, before_id, state)
 
-    async def alerts(self, device_id: str | None = None, limit: int = 100) -> list[AlertRow]:
-        return await self.inner.alerts(device_id, limit)
+    async def alert(self, alert_id: int) -> AlertRow | None:
+        return await self.inner.alert(alert_id)
+
+    async def alert_history(self, alert_id: int, limit: int = 1000) -> list[AlertHistoryRow]:
+        return await self.inner.alert_history(alert_id, limit)
+
+    async def alert_rules(self) -> list[StoredRule]:
+        return await self.inner.alert_rules()
+
+    async def put_alert_rule(self, rule: StoredRule) -> None:
+        await self.inner.put_alert_rule(rule)
+
+    async def save_baselines(self, rows: list[BaselineRow]) -> None:
+        await self.inner.save_baselines(rows)
+
+    async def load_baselines(self) -> list[BaselineRow]:
+        return await self.inner.load_baselines()
+
+    async def delete_baselines(self, rule_id: str | None = None, device_id: str | None = None) -> int:
+        return await self.inner.delete_baselines(rule_id, device_id)

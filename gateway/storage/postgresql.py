@@ -50,16 +50,22 @@ import orjson
 from gateway.errors import ConfigError, StorageError
 from gateway.logs import log
 from gateway.storage.base import (
+    ALERT_COLUMNS,
     DAY_MS,
     RAW,
     ROLLUP_TIERS,
+    AlertHistoryRow,
     AlertRow,
+    BaselineRow,
     Bucket,
     DeviceRecord,
     DeviceState,
     Expired,
     ReadingRow,
     Storage,
+    StoredRule,
+    alert_from_tuple,
+    alert_tuple,
     check_tier,
 )
 from gateway.storage.dsn import check_dsn, redact
@@ -67,7 +73,7 @@ from gateway.storage.ingest import aggregate, check_rows, first_per_key, split_b
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_LOCK = 7_301_201  # advisory lock key: migrations
 DDL_LOCK = 7_301_202  # advisory lock key: partition DDL
 PARTITION_PREFIX = "readings_p"
@@ -141,6 +147,62 @@ MIGRATIONS: list[str] = [
     CREATE INDEX alerts_active ON alerts (id) WHERE cleared_ms IS NULL;
     CREATE INDEX alerts_device ON alerts (device_id, id);
     """,
+    # 1 -> 2: the alert engine's model (gateway/alerts/): states, severity, acknowledgement, text, a
+    # nullable value (no_data alerts have none), history, rules edited through the admin API and
+    # learned baselines. Version 1 alerts become 'above' alerts of severity 'major', their raise
+    # and clear copied into the history.
+    """
+    ALTER TABLE alerts
+        ALTER COLUMN value DROP NOT NULL,
+        ADD COLUMN kind         text   NOT NULL DEFAULT 'above',
+        ADD COLUMN severity     text   NOT NULL DEFAULT 'major',
+        ADD COLUMN state        text   NOT NULL DEFAULT 'active',
+        ADD COLUMN text         text   NOT NULL DEFAULT '',
+        ADD COLUMN last_value   double precision,
+        ADD COLUMN updated_ms   bigint NOT NULL DEFAULT 0,
+        ADD COLUMN acked_ms     bigint,
+        ADD COLUMN acked_by     text,
+        ADD COLUMN suspended_ms bigint,
+        ADD COLUMN cleared_by   text,
+        ADD COLUMN clear_reason text;
+    UPDATE alerts SET text = rule, last_value = value, updated_ms = coalesce(cleared_ms, raised_ms),
+        state = CASE WHEN cleared_ms IS NULL THEN 'active' ELSE 'cleared' END,
+        cleared_by = CASE WHEN cleared_ms IS NULL THEN NULL ELSE 'auto' END;
+    DROP INDEX alerts_active;
+    CREATE INDEX alerts_open ON alerts (id) WHERE state <> 'cleared';
+
+    CREATE TABLE alert_history (
+        seq      bigserial        PRIMARY KEY,
+        alert_id bigint           NOT NULL,
+        at_ms    bigint           NOT NULL,
+        event    text             NOT NULL,
+        actor    text,
+        value    double precision,
+        text     text             NOT NULL DEFAULT ''
+    );
+    CREATE INDEX alert_history_alert ON alert_history (alert_id, seq);
+    INSERT INTO alert_history (alert_id, at_ms, event, value, text)
+        SELECT id, raised_ms, 'raised', value, text FROM alerts ORDER BY id;
+    INSERT INTO alert_history (alert_id, at_ms, event, actor, value, text)
+        SELECT id, cleared_ms, 'cleared', 'auto', clear_value, text FROM alerts WHERE cleared_ms IS NOT NULL
+        ORDER BY id;
+
+    CREATE TABLE alert_rules (
+        rule_id    text   PRIMARY KEY,
+        spec       jsonb,
+        updated_ms bigint NOT NULL,
+        updated_by text   NOT NULL
+    );
+
+    CREATE TABLE alert_baselines (
+        rule_id    text   NOT NULL,
+        device_id  text   NOT NULL,
+        data       text   NOT NULL,
+        updated_ms bigint NOT NULL,
+        PRIMARY KEY (rule_id, device_id)
+    );
+    CREATE INDEX alert_baselines_device ON alert_baselines (device_id);
+    """,
 ]
 
 _COPY_COLUMNS = ("device_id", "seq", "time_ms", "received_ms", "boot", "device_ts", "uptime_ms", "quality",
@@ -187,7 +249,11 @@ def _apply_statement() -> str:
 
 _APPLY = _apply_statement()
 _DEVICE_COLUMNS = "device_id, enabled, token_digest, token_created_ms, allow_cidrs, label, created_ms"
-_ALERT_COLUMNS = "id, device_id, metric, rule, raised_ms, value, cleared_ms, clear_value"
+_ALERT_COLUMNS = ", ".join(ALERT_COLUMNS)
+_ALERT_INSERT = (f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS[1:])}) VALUES ("
+                 f"{', '.join(f'${i}' for i in range(1, len(ALERT_COLUMNS)))}) RETURNING id")
+_ALERT_UPDATE = (f"UPDATE alerts SET {', '.join(f'{c} = ${i}' for i, c in enumerate(ALERT_COLUMNS[1:], 1))}"
+                 f" WHERE id = ${len(ALERT_COLUMNS)}")
 # Errors caused by one caller's data, not by the server or the connection: retry callers one by one.
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError, TypeError,
                 OverflowError)
@@ -214,11 +280,6 @@ def _columns(rows: Sequence[tuple[Any, ...]], count: int) -> list[list[Any]]:
 def _device(row: asyncpg.Record) -> DeviceRecord:
     return DeviceRecord(device_id=row[0], enabled=bool(row[1]), token_digest=row[2], token_created_ms=row[3],
                         allow_cidrs=list(row[4] or []), label=row[5] or "", created_ms=row[6])
-
-
-def _alert(row: asyncpg.Record) -> AlertRow:
-    return AlertRow(alert_id=row[0], device_id=row[1], metric=row[2], rule=row[3], raised_ms=row[4],
-                    value=row[5], cleared_ms=row[6], clear_value=row[7])
 
 
 def _reading(row: asyncpg.Record) -> ReadingRow:
@@ -758,25 +819,79 @@ class PostgresStorage(Storage):
         return bool(rows)
 
     # ------------------------------------------------------------------ alerts
-    async def raise_alert(self, device_id: str, metric: str, rule: str, at_ms: int, value: float) -> int:
+    async def save_alerts(self, changes: list[tuple[AlertRow, AlertHistoryRow]]) -> list[int]:
+        params = [(row, alert_tuple(row), entry) for row, entry in changes]
+
+        async def run(conn: asyncpg.Connection) -> list[int]:
+            ids = []
+            async with conn.transaction():
+                for row, values, entry in params:
+                    if row.alert_id == 0:
+                        alert_id = int(await conn.fetchval(_ALERT_INSERT, *values[1:]))
+                    else:
+                        alert_id = row.alert_id
+                        await conn.execute(_ALERT_UPDATE, *values[1:], alert_id)
+                    await conn.execute("INSERT INTO alert_history (alert_id, at_ms, event, actor, value, text)"
+                                       " VALUES ($1, $2, $3, $4, $5, $6)",
+                                       alert_id, entry.at_ms, entry.event, entry.by, entry.value, entry.text)
+                    ids.append(alert_id)
+            return ids
+
+        ids = await self._with_conn(run)
+        for (row, _), alert_id in zip(changes, ids, strict=True):
+            row.alert_id = alert_id
+        return ids
+
+    async def active_alerts(self, limit: int | None = None) -> list[AlertRow]:
+        rows = await self._fetch(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE state <> 'cleared'"
+                                 " ORDER BY id DESC LIMIT $1", limit)
+        return [alert_from_tuple(r) for r in rows]
+
+    async def alerts(self, device_id: str | None = None, limit: int = 100, before_id: int | None = None,
+                     state: str | None = None) -> list[AlertRow]:
         rows = await self._fetch(
-            "INSERT INTO alerts (device_id, metric, rule, raised_ms, value) VALUES ($1, $2, $3, $4, $5)"
-            " RETURNING id", device_id, metric, rule, at_ms, value)
-        return int(rows[0][0])
+            f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE ($1::text IS NULL OR device_id = $1)"
+            " AND ($2::bigint IS NULL OR id < $2) AND ($3::text IS NULL OR state = $3) ORDER BY id DESC LIMIT $4",
+            device_id, before_id, state, limit)
+        return [alert_from_tuple(r) for r in rows]
 
-    async def clear_alert(self, alert_id: int, at_ms: int, value: float) -> None:
-        """Mark an active alert cleared. Clearing a cleared or unknown alert changes nothing."""
-        await self._execute("UPDATE alerts SET cleared_ms = $1, clear_value = $2 WHERE id = $3"
-                            " AND cleared_ms IS NULL", at_ms, value, alert_id)
+    async def alert(self, alert_id: int) -> AlertRow | None:
+        rows = await self._fetch(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = $1", alert_id)
+        return alert_from_tuple(rows[0]) if rows else None
 
-    async def active_alerts(self) -> list[AlertRow]:
-        rows = await self._fetch(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE cleared_ms IS NULL ORDER BY id")
-        return [_alert(r) for r in rows]
+    async def alert_history(self, alert_id: int, limit: int = 1000) -> list[AlertHistoryRow]:
+        rows = await self._fetch("SELECT alert_id, at_ms, event, actor, value, text FROM alert_history"
+                                 " WHERE alert_id = $1 ORDER BY seq LIMIT $2", alert_id, limit)
+        return [AlertHistoryRow(*r) for r in rows]
 
-    async def alerts(self, device_id: str | None = None, limit: int = 100) -> list[AlertRow]:
-        if device_id is None:
-            rows = await self._fetch(f"SELECT {_ALERT_COLUMNS} FROM alerts ORDER BY id DESC LIMIT $1", limit)
-        else:
-            rows = await self._fetch(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE device_id = $1"
-                                     " ORDER BY id DESC LIMIT $2", device_id, limit)
-        return [_alert(r) for r in rows]
+    async def alert_rules(self) -> list[StoredRule]:
+        rows = await self._fetch("SELECT rule_id, spec, updated_ms, updated_by FROM alert_rules ORDER BY rule_id")
+        return [StoredRule(r[0], None if r[1] is None else orjson.loads(r[1]), r[2], r[3]) for r in rows]
+
+    async def put_alert_rule(self, rule: StoredRule) -> None:
+        await self._execute(
+            "INSERT INTO alert_rules (rule_id, spec, updated_ms, updated_by) VALUES ($1, $2::jsonb, $3, $4)"
+            " ON CONFLICT (rule_id) DO UPDATE SET spec = excluded.spec, updated_ms = excluded.updated_ms,"
+            " updated_by = excluded.updated_by",
+            rule.rule_id, None if rule.spec is None else orjson.dumps(rule.spec).decode(), rule.updated_ms,
+            rule.updated_by)
+
+    async def save_baselines(self, rows: list[BaselineRow]) -> None:
+        if not rows:
+            return
+        await self._execute(
+            "INSERT INTO alert_baselines (rule_id, device_id, data, updated_ms)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])"
+            " ON CONFLICT (rule_id, device_id) DO UPDATE SET data = excluded.data, updated_ms = excluded.updated_ms",
+            *_columns([(r.rule_id, r.device_id, r.data, r.updated_ms) for r in rows], 4))
+
+    async def load_baselines(self) -> list[BaselineRow]:
+        rows = await self._fetch("SELECT rule_id, device_id, data, updated_ms FROM alert_baselines")
+        return [BaselineRow(*r) for r in rows]
+
+    async def delete_baselines(self, rule_id: str | None = None, device_id: str | None = None) -> int:
+        if rule_id is None and device_id is None:
+            raise ValueError("delete_baselines: give a rule_id, a device_id or both")
+        status = await self._execute("DELETE FROM alert_baselines WHERE ($1::text IS NULL OR rule_id = $1)"
+                                     " AND ($2::text IS NULL OR device_id = $2)", rule_id, device_id)
+        return int(status.split()[-1])

@@ -47,15 +47,21 @@ from typing import Any, TypeVar
 
 from gateway.errors import ConfigError, StorageError
 from gateway.storage.base import (
+    ALERT_COLUMNS,
     RAW,
     ROLLUP_TIERS,
+    AlertHistoryRow,
     AlertRow,
+    BaselineRow,
     Bucket,
     DeviceRecord,
     DeviceState,
     Expired,
     ReadingRow,
     Storage,
+    StoredRule,
+    alert_from_tuple,
+    alert_tuple,
     check_tier,
 )
 from gateway.storage.ingest import aggregate, check_rows, first_per_key, split_by_watermark
@@ -72,7 +78,7 @@ except ImportError:  # pragma: no cover - orjson is a gateway dependency
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 EXPIRE_BATCH = 1000  # readings (or rollup buckets) deleted per retention transaction
 
 # MIGRATIONS[n] brings a database from user_version n to n + 1.
@@ -181,6 +187,76 @@ MIGRATIONS: list[str] = [
         SELECT device_id, metric, time_ms - ((time_ms % 3600000) + 3600000) % 3600000 AS b,
                count(*), sum(value), min(value), max(value) FROM samples GROUP BY device_id, metric, b;
     """,
+    # 2 -> 3: the alert engine's model (gateway/alerts/): states, severity, acknowledgement, text, a
+    # nullable value (no_data alerts have none), history, rules edited through the admin API and
+    # learned baselines. The alerts table is rebuilt (SQLite cannot drop a NOT NULL); version 2
+    # alerts become 'above' alerts of severity 'major', their raise and clear copied into the history.
+    """
+    CREATE TABLE alerts_v3 (
+        id           INTEGER PRIMARY KEY,
+        device_id    TEXT    NOT NULL,
+        metric       TEXT    NOT NULL,
+        rule         TEXT    NOT NULL,
+        kind         TEXT    NOT NULL,
+        severity     TEXT    NOT NULL,
+        state        TEXT    NOT NULL,
+        text         TEXT    NOT NULL,
+        raised_ms    INTEGER NOT NULL,
+        value        REAL,
+        last_value   REAL,
+        updated_ms   INTEGER NOT NULL,
+        acked_ms     INTEGER,
+        acked_by     TEXT,
+        suspended_ms INTEGER,
+        cleared_ms   INTEGER,
+        cleared_by   TEXT,
+        clear_value  REAL,
+        clear_reason TEXT
+    );
+    INSERT INTO alerts_v3 (id, device_id, metric, rule, kind, severity, state, text, raised_ms, value, last_value,
+                           updated_ms, cleared_ms, cleared_by, clear_value)
+        SELECT id, device_id, metric, rule, 'above', 'major',
+               CASE WHEN cleared_ms IS NULL THEN 'active' ELSE 'cleared' END, rule, raised_ms, value, value,
+               coalesce(cleared_ms, raised_ms), cleared_ms,
+               CASE WHEN cleared_ms IS NULL THEN NULL ELSE 'auto' END, clear_value
+        FROM alerts;
+    DROP TABLE alerts;
+    ALTER TABLE alerts_v3 RENAME TO alerts;
+    CREATE INDEX alerts_open ON alerts (id) WHERE state != 'cleared';
+    CREATE INDEX alerts_device ON alerts (device_id, id);
+
+    CREATE TABLE alert_history (
+        seq      INTEGER PRIMARY KEY,
+        alert_id INTEGER NOT NULL,
+        at_ms    INTEGER NOT NULL,
+        event    TEXT    NOT NULL,
+        actor    TEXT,
+        value    REAL,
+        text     TEXT    NOT NULL DEFAULT ''
+    );
+    CREATE INDEX alert_history_alert ON alert_history (alert_id, seq);
+    INSERT INTO alert_history (alert_id, at_ms, event, value, text)
+        SELECT id, raised_ms, 'raised', value, text FROM alerts ORDER BY id;
+    INSERT INTO alert_history (alert_id, at_ms, event, actor, value, text)
+        SELECT id, cleared_ms, 'cleared', 'auto', clear_value, text FROM alerts WHERE cleared_ms IS NOT NULL
+        ORDER BY id;
+
+    CREATE TABLE alert_rules (
+        rule_id    TEXT    PRIMARY KEY NOT NULL,
+        spec       TEXT,
+        updated_ms INTEGER NOT NULL,
+        updated_by TEXT    NOT NULL
+    );
+
+    CREATE TABLE alert_baselines (
+        rule_id    TEXT    NOT NULL,
+        device_id  TEXT    NOT NULL,
+        data       TEXT    NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (rule_id, device_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX alert_baselines_device ON alert_baselines (device_id);
+    """,
 ]
 
 _INSERT_READING = (
@@ -204,7 +280,9 @@ _UPSERT_STATE = (
 )
 _READING_COLUMNS = "device_id, seq, time_ms, received_ms, boot, device_ts, uptime_ms, quality, metrics"
 _DEVICE_COLUMNS = "device_id, enabled, token_digest, token_created_ms, allow_cidrs, label, created_ms"
-_ALERT_COLUMNS = "id, device_id, metric, rule, raised_ms, value, cleared_ms, clear_value"
+_ALERT_COLUMNS = ", ".join(ALERT_COLUMNS)
+_ALERT_VALUES = ", ".join("?" * len(ALERT_COLUMNS))
+_ALERT_UPDATE = ", ".join(f"{c} = ?" for c in ALERT_COLUMNS[1:])
 _SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 # Errors caused by one caller's data, not by the database: retry the batch's callers one by one.
 _DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
@@ -244,11 +322,6 @@ def _device(row: tuple[Any, ...]) -> DeviceRecord:
     return DeviceRecord(
         device_id=row[0], enabled=bool(row[1]), token_digest=row[2], token_created_ms=row[3],
         allow_cidrs=list(json.loads(row[4] or "[]")), label=row[5] or "", created_ms=row[6])
-
-
-def _alert(row: tuple[Any, ...]) -> AlertRow:
-    return AlertRow(alert_id=row[0], device_id=row[1], metric=row[2], rule=row[3], raised_ms=row[4],
-                    value=row[5], cleared_ms=row[6], clear_value=row[7])
 
 
 def _reading(row: tuple[Any, ...]) -> ReadingRow:
@@ -739,37 +812,90 @@ class SQLiteStorage(Storage):
         return await self._write(op)
 
     # ------------------------------------------------------------------ alerts
-    async def raise_alert(self, device_id: str, metric: str, rule: str, at_ms: int, value: float) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "INSERT INTO alerts (device_id, metric, rule, raised_ms, value) VALUES (?, ?, ?, ?, ?)",
-                (device_id, metric, rule, at_ms, value))
-            return int(cursor.lastrowid or 0)
+    async def save_alerts(self, changes: list[tuple[AlertRow, AlertHistoryRow]]) -> list[int]:
+        params = [(row, alert_tuple(row), entry) for row, entry in changes]
 
-        return await self._write(op)
+        def op(conn: sqlite3.Connection) -> list[int]:
+            ids = []
+            for row, values, entry in params:
+                if row.alert_id == 0:
+                    cursor = conn.execute(f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES ({_ALERT_VALUES})",
+                                          (None, *values[1:]))
+                    alert_id = int(cursor.lastrowid or 0)
+                else:
+                    alert_id = row.alert_id
+                    conn.execute(f"UPDATE alerts SET {_ALERT_UPDATE} WHERE id = ?", (*values[1:], alert_id))
+                conn.execute("INSERT INTO alert_history (alert_id, at_ms, event, actor, value, text)"
+                             " VALUES (?, ?, ?, ?, ?, ?)",
+                             (alert_id, entry.at_ms, entry.event, entry.by, entry.value, entry.text))
+                ids.append(alert_id)
+            return ids
 
-    async def clear_alert(self, alert_id: int, at_ms: int, value: float) -> None:
-        """Mark an active alert cleared. Clearing a cleared or unknown alert changes nothing."""
+        ids = await self._write(op)
+        for (row, _), alert_id in zip(changes, ids, strict=True):
+            row.alert_id = alert_id
+        return ids
+
+    async def active_alerts(self, limit: int | None = None) -> list[AlertRow]:
+        rows = await self._query(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE state != 'cleared'"
+                                 " ORDER BY id DESC LIMIT ?", (-1 if limit is None else limit,))
+        return [alert_from_tuple(r) for r in rows]
+
+    async def alerts(self, device_id: str | None = None, limit: int = 100, before_id: int | None = None,
+                     state: str | None = None) -> list[AlertRow]:
+        rows = await self._query(
+            f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE (?1 IS NULL OR device_id = ?1) AND (?2 IS NULL OR id < ?2)"
+            " AND (?3 IS NULL OR state = ?3) ORDER BY id DESC LIMIT ?4", (device_id, before_id, state, limit))
+        return [alert_from_tuple(r) for r in rows]
+
+    async def alert(self, alert_id: int) -> AlertRow | None:
+        rows = await self._query(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = ?", (alert_id,))
+        return alert_from_tuple(rows[0]) if rows else None
+
+    async def alert_history(self, alert_id: int, limit: int = 1000) -> list[AlertHistoryRow]:
+        rows = await self._query("SELECT alert_id, at_ms, event, actor, value, text FROM alert_history"
+                                 " WHERE alert_id = ? ORDER BY seq LIMIT ?", (alert_id, limit))
+        return [AlertHistoryRow(*r) for r in rows]
+
+    async def alert_rules(self) -> list[StoredRule]:
+        rows = await self._query("SELECT rule_id, spec, updated_ms, updated_by FROM alert_rules ORDER BY rule_id")
+        return [StoredRule(r[0], None if r[1] is None else json.loads(r[1]), r[2], r[3]) for r in rows]
+
+    async def put_alert_rule(self, rule: StoredRule) -> None:
+        params = (rule.rule_id, None if rule.spec is None else json.dumps(rule.spec), rule.updated_ms,
+                  rule.updated_by)
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE alerts SET cleared_ms = ?, clear_value = ?"
-                         " WHERE id = ? AND cleared_ms IS NULL", (at_ms, value, alert_id))
+            conn.execute("INSERT INTO alert_rules (rule_id, spec, updated_ms, updated_by) VALUES (?, ?, ?, ?)"
+                         " ON CONFLICT (rule_id) DO UPDATE SET spec = excluded.spec,"
+                         " updated_ms = excluded.updated_ms, updated_by = excluded.updated_by", params)
 
         await self._write(op)
 
-    async def active_alerts(self) -> list[AlertRow]:
-        rows = await self._query(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE cleared_ms IS NULL ORDER BY id")
-        return [_alert(r) for r in rows]
+    async def save_baselines(self, rows: list[BaselineRow]) -> None:
+        params = [(r.rule_id, r.device_id, r.data, r.updated_ms) for r in rows]
 
-    async def alerts(self, device_id: str | None = None, limit: int = 100) -> list[AlertRow]:
-        if device_id is None:
-            rows = await self._query(f"SELECT {_ALERT_COLUMNS} FROM alerts ORDER BY id DESC LIMIT ?",
-                                     (limit,))
-        else:
-            rows = await self._query(
-                f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE device_id = ? ORDER BY id DESC LIMIT ?",
-                (device_id, limit))
-        return [_alert(r) for r in rows]
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT INTO alert_baselines (rule_id, device_id, data, updated_ms) VALUES (?, ?, ?, ?)"
+                             " ON CONFLICT (rule_id, device_id) DO UPDATE SET data = excluded.data,"
+                             " updated_ms = excluded.updated_ms", params)
+
+        if params:
+            await self._write(op)
+
+    async def load_baselines(self) -> list[BaselineRow]:
+        rows = await self._query("SELECT rule_id, device_id, data, updated_ms FROM alert_baselines")
+        return [BaselineRow(*r) for r in rows]
+
+    async def delete_baselines(self, rule_id: str | None = None, device_id: str | None = None) -> int:
+        if rule_id is None and device_id is None:
+            raise ValueError("delete_baselines: give a rule_id, a device_id or both")
+
+        def op(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("DELETE FROM alert_baselines WHERE (?1 IS NULL OR rule_id = ?1)"
+                                    " AND (?2 IS NULL OR device_id = ?2)", (rule_id, device_id)).rowcount)
+
+        return await self._write(op)
 
 
 def _delete_batch(sql: str, params: tuple[Any, ...]) -> Callable[[sqlite3.Connection], int]:

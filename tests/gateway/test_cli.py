@@ -121,8 +121,9 @@ def test_key_value_arguments_may_follow_the_options() -> None:
 
 
 @pytest.mark.parametrize(("toml", "env", "needle"), [
-    ('[[alerts]]\nmetric = "temperature"\nbelow = 5\n', {}, "alerts: unknown key 'below' in rule 1"),
-    ('[[alerts]]\nmetric = "temperature"\nabove = "hot"\n', {}, "alerts: above of rule 1 must be a number"),
+    ('[[alerts]]\nmetric = "temperature"\nbelow = "cold"\n', {}, "alerts: rule 1: below: must be a number, not 'cold'"),
+    ('[[alerts]]\nmetric = "temperature"\nabove = "hot"\n', {}, "alerts: rule 1: above: must be a number, not 'hot'"),
+    ('[[alerts]]\nmetric = "temperature"\nabove = 30\nbelow = 5\n', {}, "alerts: rule 1: unknown key 'below'"),
     ("", {"EDGEWIRE_PORT": "eighty"}, "port: invalid value 'eighty' (expected an integer)"),
     ("", {"EDGEWIRE_RATE": "fast"}, "rate: invalid value 'fast' (expected a number)"),
     ("port = 8080.5\n", {}, "port: invalid value 8080.5 (expected an integer)"),

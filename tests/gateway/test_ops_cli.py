@@ -174,12 +174,17 @@ def test_init_refuses_a_damaged_key(tmp_path: Path) -> None:
 
 def test_check_config(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
-    good.write_text('port = 9001\nreadings_retention_days = 14\n[[alerts]]\nmetric = "humidity"\nabove = 90\n')
+    good.write_text('port = 9001\nreadings_retention_days = 14\n[[alerts]]\nmetric = "humidity"\nabove = 90\n'
+                    '[[webhooks]]\nname = "ops"\nurl = "https://hooks.example.com/T0KEN"\nsecret_env = "X"\n')
     proc = cli("check-config", "--config", str(good))
     assert proc.returncode == 0, proc.stderr
     settings = json.loads(proc.stdout)
     assert settings["port"] == 9001 and settings["readings_retention_days"] == 14
     assert settings["rollup_retention_days"] == 730 and settings["alerts"][0]["metric"] == "humidity"
+    assert settings["webhooks"][0]["url"] == "https://hooks.example.com/..." and "T0KEN" not in proc.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[alerts]]\nmetric = "humidity"\nbelow = "low"\n')
+    one_line_error(cli("check-config", "--config", str(bad)), "alerts: rule 1: below: must be a number")
     bad = tmp_path / "bad.toml"
     bad.write_text("port = 70000\n")
     one_line_error(cli("check-config", "--config", str(bad)), "port")

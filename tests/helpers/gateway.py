@@ -46,13 +46,14 @@ class GatewayProcess:
 
     def _write_config(self) -> None:
         lines = []
+        tables = ("alerts", "webhooks")  # lists of TOML tables: [[alerts]], [[webhooks]]
         for key, value in self.settings.items():
-            if key == "alerts":
-                continue
-            lines.append(f"{key} = {json.dumps(value)}")
-        for rule in self.settings.get("alerts", []):
-            lines.append("[[alerts]]")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in rule.items()]
+            if key not in tables:
+                lines.append(f"{key} = {json.dumps(value)}")
+        for key in tables:
+            for table in self.settings.get(key, []):
+                lines.append(f"[[{key}]]")
+                lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     @property

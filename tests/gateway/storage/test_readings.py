@@ -140,12 +140,13 @@ def test_close_commits_what_is_queued(backend: Backend) -> None:
 
 
 def test_restart_keeps_everything(backend: Backend) -> None:
-    from gateway.storage.base import DeviceRecord
+    from gateway.storage.base import AlertHistoryRow, AlertRow, DeviceRecord
 
     async def write(s: Storage) -> None:
         await s.store([row("A", i) for i in range(1, 101)])
         await s.put_device(DeviceRecord("A", True, b"\x01" * 32, ["10.0.0.0/8"], "lab", 5, 6))
-        await s.raise_alert("A", "temperature", "temperature > 30", 1000, 31.5)
+        await s.save_alerts([(AlertRow(0, "A", "temperature", "t_hot", 1000, 31.5),
+                              AlertHistoryRow(0, 1000, "raised"))])
 
     async def read(s: Storage) -> None:
         assert await s.seqs("A") == list(range(1, 101))

@@ -1,4 +1,4 @@
-"""Conformance: the device registry and the alerts."""
+"""Conformance: the device registry (alerts: test_alerts.py)."""
 
 from __future__ import annotations
 
@@ -33,21 +33,3 @@ def test_registry_rows(backend: Backend) -> None:
 
     backend.run(body)
 
-
-def test_alerts(backend: Backend) -> None:
-    async def body(s: Storage) -> None:
-        a1 = await s.raise_alert("A", "temperature", "temperature > 30", 1000, 31.0)
-        a2 = await s.raise_alert("B", "temperature", "temperature > 30", 2000, 35.0)
-        assert a1 != a2
-        assert [a.alert_id for a in await s.active_alerts()] == [a1, a2]
-        await s.clear_alert(a1, 3000, 28.5)
-        await s.clear_alert(a1, 4000, 10.0)  # already cleared: unchanged
-        active = await s.active_alerts()
-        assert [(a.alert_id, a.device_id, a.value) for a in active] == [(a2, "B", 35.0)]
-        history = await s.alerts()
-        assert [a.alert_id for a in history] == [a2, a1]
-        assert (history[1].cleared_ms, history[1].clear_value) == (3000, 28.5)
-        assert [a.alert_id for a in await s.alerts("A")] == [a1]
-        assert [a.alert_id for a in await s.alerts(limit=1)] == [a2]
-
-    backend.run(body)
