@@ -32,6 +32,7 @@ REGISTRY = "registry"  # channel: {device, change}
 SUPERSEDED = "superseded"  # a takeover from a claim older than the one held here
 RESYNC_WAIT_S = 30.0  # how long the rebuild after a reconnect waits for the bus to be ok
 ANNOUNCE_CHUNK = 500  # devices per "held" notice after a reconnect
+CLOSE_WAIT_S = 10.0  # the longest a stopping instance waits for the bus to close
 
 
 class Superseded(GatewayError):
@@ -71,8 +72,13 @@ class Cluster(SessionHooks):
             await bus.wait_ok(bus.op_timeout_s)  # in-process: ok at once
 
     async def close(self) -> None:
-        """After the drain: release what is left and the lease (peers see this instance gone at once)."""
-        await self.bus.close()
+        """After the drain: release what is left and the lease (peers see this instance gone at once).
+        Bounded: a bus that does not answer must not hold the shutdown (peers see the lease expire)."""
+        try:
+            await asyncio.wait_for(self.bus.close(), CLOSE_WAIT_S)
+        except TimeoutError:
+            log("bus_close_slow", logging.WARNING, hint=f"the bus did not close within {CLOSE_WAIT_S:g} s; "
+                "peers see this instance gone when its lease expires")
 
     async def watch(self) -> None:
         """Follow the peers' leases: a peer whose lease expired (it crashed) holds no device any more.
