@@ -120,26 +120,23 @@ class AdminApi:
 
     async def disable(self, msg: Request) -> dict[str, Any]:
         """Refuse the device from now on; its session (on any instance) is closed with 4003."""
-        device_id = check_device_id(msg.get("device_id"))
-        await self.registry.disable(device_id)
-        log("device_disabled", device=device_id)
-        self.registry_changed(device_id, "disable")
-        return {"device_id": device_id, "enabled": False}
+        return await self._change(msg, self.registry.disable, "disable", {"enabled": False})
 
     async def enable(self, msg: Request) -> dict[str, Any]:
-        device_id = check_device_id(msg.get("device_id"))
-        await self.registry.enable(device_id)
-        log("device_enabled", device=device_id)
-        self.registry_changed(device_id, "enable")
-        return {"device_id": device_id, "enabled": True}
+        return await self._change(msg, self.registry.enable, "enable", {"enabled": True})
 
     async def revoke(self, msg: Request) -> dict[str, Any]:
         """Delete the device's token; its token session (on any instance) is closed with 4001."""
+        return await self._change(msg, self.registry.revoke, "revoke", {"has_token": False})
+
+    async def _change(self, msg: Request, action: Callable[[str], Awaitable[None]], change: str,
+                      reply: dict[str, Any]) -> dict[str, Any]:
+        """A registry change: done, logged, and told to whichever instance holds the device."""
         device_id = check_device_id(msg.get("device_id"))
-        await self.registry.revoke(device_id)
-        log("device_token_revoked", device=device_id)
-        self.registry_changed(device_id, "revoke")
-        return {"device_id": device_id, "has_token": False}
+        await action(device_id)
+        log("device_registry_changed", device=device_id, change=change)
+        self.registry_changed(device_id, change)
+        return {"device_id": device_id, **reply}
 
     async def devices(self, msg: Request) -> dict[str, Any]:
         online = self.online

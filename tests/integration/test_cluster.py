@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from services.postgres import PostgresServer
 from services.redis import RedisServer
 from tests.helpers.cluster import GatewayCluster, admin, data_frame, device, health
+from tests.helpers.dashboard import DashboardWatcher
 from tests.helpers.devices import expect_close
 from tests.helpers.postgres import fresh_database, stored_seqs
 from tests.helpers.waiting import until, until_sync
@@ -30,9 +31,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresS
     name, dsn = fresh_database(postgres_server, "cl")
     # registry_recheck_s is long: a registry change must reach the holder by its notice, not the sweep.
     with RedisServer() as redis, GatewayCluster(tmp_path_factory.mktemp("cluster"), redis.url, dsn, rate=1000.0,
-                                                burst=1000.0, registry_recheck_s=120.0) as gateways:
+                                                burst=1000.0, registry_recheck_s=120.0, alerts=[HOT]) as gateways:
         yield gateways
     postgres_server.drop_database(name)
+
+
+HOT = {"id": "hot", "metric": "temperature", "above": 30, "hysteresis": 1, "severity": "major"}
 
 
 def register(cluster: GatewayCluster, *device_ids: str) -> dict[str, str]:
@@ -177,6 +181,29 @@ def test_registry_disable_on_one_instance_cuts_the_session_on_another(cluster: G
     assert reply["t"] == "ok" and reply["enabled"] is False
     assert code == 4003 and any(f.get("code") == "device_disabled" for f in frames)
     assert asyncio.run(admin(c, {"t": "enable", "device_id": "reg-off"}))["t"] == "ok"
+
+
+def test_an_alert_raised_on_one_instance_appears_on_the_others(cluster: GatewayCluster) -> None:
+    a, b, c = cluster.gateways
+    token = register(cluster, "alert-x")["alert-x"]
+
+    def shown(dash: DashboardWatcher) -> bool:
+        return any(alert["device"] == "alert-x" for alert in dash.alerts)
+
+    async def run() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+        async with DashboardWatcher(b.url) as dash_b, DashboardWatcher(c.url) as dash_c:
+            ws, _ = await device(a, token)  # the alert is evaluated on A, where the readings arrive
+            await ws.send(data_frame(1, 35.0))
+            await until(lambda: shown(dash_b) and shown(dash_c), 20, "the alert on B's and C's dashboards")
+            await ws.send(data_frame(2, 20.0))
+            await until(lambda: not shown(dash_b) and not shown(dash_c), 20, "the alert cleared on B and C")
+            await ws.close()
+            return dash_b.events, dash_c.events
+
+    events_b, events_c = asyncio.run(run())
+    for events in (events_b, events_c):
+        kinds = [e["kind"] for e in events if e.get("device") == "alert-x"]
+        assert "alert_raised" in kinds and "alert_cleared" in kinds, kinds
 
 
 def test_healthz_and_metrics_report_the_bus(cluster: GatewayCluster) -> None:
