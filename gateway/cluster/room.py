@@ -118,8 +118,9 @@ class Cluster(SessionHooks):
         device_id = conn.device_id
         claim = await bus.presence.claim(device_id)
         self._holders[conn] = claim.holder
-        self.fleet.mine(device_id, claim.holder)
-        self._notify(device_id, claim.holder, True)
+        if self.clustered:
+            self.fleet.mine(device_id, claim.holder)
+            self._notify(device_id, claim.holder, True)
         previous = claim.previous
         if previous is None or not claim.previous_alive or previous.instance == bus.instance_id:
             return None  # nobody else holds it (a session here is replaced by the sessions room)
