@@ -27,6 +27,7 @@ help:
 	@echo "make provision-test - ansible/site.yml against debootstrap'd Debian root filesystems (root)"
 	@echo "make flash  - flash an ESP32 node (see hardware.md)"
 	@echo "make bench  - gateway vs Mosquitto under load (docs/performance.md)"
+	@echo "make bench-forward - forwarding to Mosquitto at 10k readings/s (docs/performance.md)"
 	@echo "make fuzz   - 10^6 generated frames against protocol/ and a live gateway (FUZZ_FRAMES=...)"
 
 # Debian packages each target needs (scripts/system-deps installs them as root, else prints the apt-get line).
@@ -111,13 +112,24 @@ provision-test: $(STAMP) $(ANSIBLE_STAMP)
 
 # make bench: 1k/5k/10k devices, gateway (full path), gateway --storage none, Mosquitto; docs/performance.md.
 # make bench-quick: 1k devices for 10 s (~60 s); fails if the gateway full path loses a reading (CI smoke).
+# make bench-forward: forwarding to Mosquitto at 10k readings/s, CPU per reading (~3 min; docs/performance.md).
 BENCH_ARGS ?=
-.PHONY: bench bench-quick bench-cluster
+.PHONY: bench bench-quick bench-forward bench-cluster
 bench: system-deps-bench $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 bench-quick: system-deps-bench $(STAMP)
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
+
+# make bench-dashboard: the fleet page's render time at 1,000 and 5,000 devices in Chromium (docs/performance.md).
+.PHONY: bench-dashboard
+bench-dashboard: system-deps-test $(STAMP)
+	$(PY) -m bench.dashboard
+
+# make bench-forward: forwarding throughput to Mosquitto and its CPU per reading (docs/performance.md).
+.PHONY: bench-forward
+bench-forward: system-deps-bench $(STAMP)
+	$(PY) -m bench.forward_bench $(BENCH_ARGS)
 
 # make bench-cluster: 3 gateway instances joined by Redis against 3 without a bus, on a throwaway
 # PostgreSQL: CPU per reading (overhead ratio), Redis commands, cross-instance dashboard latency

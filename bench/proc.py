@@ -5,27 +5,12 @@ The parsers take the file's text, so tests check them without a live process.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import resource
+
+from services.process import raise_nofile_limit
 
 __all__ = ["cpu_seconds_from_stat", "parse_status_memory", "process_cpu_seconds", "raise_nofile_limit",
            "rss_kib"]
-
-
-def raise_nofile_limit() -> int:
-    """Raise RLIMIT_NOFILE's soft limit to the hard limit; return the new soft limit.
-
-    Also safe as a ``preexec_fn`` (it never raises): servers under test get the same limit.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    return soft
 
 
 def cpu_seconds_from_stat(text: str) -> float:

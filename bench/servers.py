@@ -1,17 +1,16 @@
 """Servers under test, started and stopped by the benchmark: the gateway and Mosquitto.
 
 Both run as child processes with RLIMIT_NOFILE raised to the hard limit, bound to
-loopback (Mosquitto's websockets listener ignores the bind address, so it gets a free,
-unusual port and is always stopped afterwards). Every wait here is bounded.
+loopback (Mosquitto, launched by services.mosquitto: its websockets listener ignores the
+bind address, so it gets a free, unusual port and is always stopped afterwards). Every
+wait here is bounded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,15 +21,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bench.errors import BenchError
-from bench.proc import raise_nofile_limit
-from services.process import free_port
+from services import mosquitto
+from services.errors import ServiceError
+from services.mosquitto import mosquitto_path
+from services.process import free_port, raise_nofile_limit
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def mosquitto_path() -> str | None:
-    return shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
 
 
 class ServerProcess:
@@ -85,64 +81,47 @@ class ServerProcess:
         return code
 
 
-class MosquittoServer(ServerProcess):
-    """Debian's mosquitto with one websockets listener, QoS 0, no persistence, anonymous."""
+class MosquittoServer:
+    """The benchmark's broker: services.mosquitto (the one launcher) with a websockets listener,
+    quiet logging, no persistence, anonymous; ``url`` is its websockets URL."""
 
     name = "mosquitto"
 
     def __init__(self, workdir: Path) -> None:
-        super().__init__()
-        self.workdir = workdir
-        self.sock_dir: Path | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.broker = mosquitto.MosquittoServer(parent_dir=workdir, websockets=True, quiet=True)
 
-    def start(self, timeout: float = 10.0) -> None:
-        exe = mosquitto_path()
-        if exe is None:
-            raise BenchError("mosquitto is not installed: apt-get install -y mosquitto")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        # Started as root, mosquitto drops to user "mosquitto": it must reach its socket directory.
-        sock_dir = Path(tempfile.mkdtemp(prefix="edgewire-mq-"))
-        sock_dir.chmod(0o777)
-        self.sock_dir = sock_dir
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text(
-            "# written by bench/servers.py\n"
-            f"listener {self.port}\n"
-            "protocol websockets\n"
-            "socket_domain ipv4\n"
-            # mosquitto 2.0.11 exits with "Unable to start any listening sockets" when its only
-            # listener is a websockets one; a unix-socket listener (no TCP port) satisfies it.
-            f"listener 0 {sock_dir / 'mosquitto.sock'}\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            "max_connections -1\n"
-            "set_tcp_nodelay true\n"
-            "connection_messages false\n"
-            "log_dest stderr\n"
-            "log_type error\n"
-            "log_type warning\n")
-        self._spawn([exe, "-c", str(conf)], self.workdir / "mosquitto.log")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise BenchError(f"mosquitto exited at start: {self.log_tail()}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise BenchError(f"mosquitto did not listen on port {self.port} within {timeout:g} s")
+    def start(self) -> None:
+        try:
+            self.broker.start()
+        except ServiceError as err:
+            raise BenchError(str(err)) from None
 
-    def stop(self, timeout: float = 20.0) -> int | None:
-        code = super().stop(timeout)
-        if self.sock_dir is not None:
-            shutil.rmtree(self.sock_dir, ignore_errors=True)
-            self.sock_dir = None
-        return code
+    @property
+    def pid(self) -> int:
+        pid = self.broker.pid
+        assert pid is not None, "mosquitto is not running"
+        return pid
+
+    @property
+    def port(self) -> int:
+        return self.broker.ws_port
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/mqtt"
+        return self.broker.ws_url
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.broker.log_path if self.broker.base_dir is not None else None
+
+    def log_tail(self, n: int = 2000) -> str:
+        return self.broker.log_text()[-n:]
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        process = self.broker.process
+        self.broker.cleanup()
+        return None if process is None else process.returncode
 
 
 class GatewayServer(ServerProcess):

@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.commands import Commands
 from gateway.conn import dumps
-from gateway.errors import AlertError, BusError, CommandError, RegistryError, TooManyCommands
+from gateway.errors import AlertError, BusError, CommandError, DeviceOffline, RegistryError, TooManyCommands
 from gateway.hub import Hub
 from gateway.logs import log
 from gateway.metrics import INTERNAL_ERROR, Metrics
@@ -80,7 +80,7 @@ class AdminApi:
                 reply = await self.request(msg)
                 reply.update({"t": "ok", "id": request_id})
                 text = dumps(reply)
-            except (CommandError, BusError, TooManyCommands) as err:  # a command's stable code
+            except (CommandError, DeviceOffline, BusError, TooManyCommands) as err:  # a command's stable code
                 text = dumps({"t": "error", "id": request_id, "code": err.code, "msg": str(err)[:300] or err.code})
             except (RegistryError, ValueError, KeyError, TypeError, TimeoutError) as err:
                 code = "timeout" if isinstance(err, TimeoutError) else "bad_request"
@@ -159,6 +159,14 @@ class AdminApi:
             raise ValueError(f"timeout: seconds, more than 0 and at most {MAX_COMMAND_TIMEOUT_S}")
         result = await self.commands.run(device_id, name, args, float(timeout))
         return {"result": result}
+
+    async def run_command(self, device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """The command path of the dashboard and the MQTT commands (gateway/forward/mqtt_commands.py):
+        for a device online now, on any instance; DeviceOffline at once if it is online nowhere (or
+        goes offline before answering), TimeoutError after ``timeout`` s. The admin ``command``
+        request also queues a command for an offline device until its timeout (docs/protocol.md
+        section 8). Arguments are the caller's to check."""
+        return await self.commands.run(device_id, name, args, timeout, queue=False)
 
     async def latest(self, msg: Request) -> dict[str, Any]:
         device_id = check_device_id(msg.get("device_id"))

@@ -38,6 +38,10 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-uvloop", dest="uvloop", action="store_const", const=False,
                    help="use asyncio's own event loop even if uvloop is installed")
+    p.add_argument("--mqtt", dest="mqtt_url", metavar="URL",
+                   help="forward to an MQTT broker with Home Assistant discovery: mqtt://HOST:PORT or "
+                        "mqtts://HOST:PORT (docs/mqtt.md)")
+    p.add_argument("--nats", dest="nats_url", metavar="URL", help="forward to NATS JetStream: nats://HOST:PORT")
     p.add_argument("--bus", help="join other instances: redis://HOST:PORT/DB or nats://HOST:PORT "
                                  "(default: none, one process; docs/scaling.md)")
     p.add_argument("--instance-id", dest="instance_id",
@@ -53,7 +57,8 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.logs import setup_logging
 
     keys = ("host", "port", "data_dir", "db_path", "storage", "rate", "burst", "dashboard_interval_ms",
-            "auth_timeout_s", "compression", "log_format", "log_level", "uvloop", "bus", "instance_id")
+            "auth_timeout_s", "compression", "log_format", "log_level", "uvloop", "mqtt_url", "nats_url", "bus",
+            "instance_id")
     config = load_config(args.config, overrides={k: getattr(args, k) for k in keys}, warn=warn)
     setup_logging(config.log_level, config.log_format)
     if config.uvloop:
@@ -98,11 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgewire-gateway", description="Edgewire gateway")
     sub = parser.add_subparsers(dest="cmd", required=True)
     _serve_parser(sub)
-    from gateway import devices_cli, export_cli, ops_cli
+    from gateway import devices_cli, export_cli, forward_cli, ops_cli, tokens_cli
 
     devices_cli.add_device_commands(sub)
+    tokens_cli.add_token_commands(sub)
     export_cli.add_export_command(sub)
     ops_cli.add_ops_commands(sub)
+    forward_cli.add_forward_command(sub)
     p = sub.add_parser("command", help="send a command to an online device and print its result")
     p.add_argument("device_id")
     p.add_argument("name", help="set_interval, set_thresholds, set_output, reboot, ping")
@@ -132,7 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     private_umask()  # the data dir, database and secrets are the gateway user's alone
-    from gateway import devices_cli, export_cli, ops_cli
+    from gateway import devices_cli, export_cli, forward_cli, ops_cli, tokens_cli
     from gateway.logs import setup_logging
 
     if args.cmd != "serve":
@@ -145,8 +152,12 @@ def main(argv: list[str] | None = None) -> int:
             return _command(args)
         if args.cmd == "export":
             return export_cli.run_export(args)
+        if args.cmd in tokens_cli.TOKEN_COMMANDS:
+            return tokens_cli.run_tokens_command(args)
         if args.cmd in ops_cli.COMMANDS:
             return ops_cli.run_ops_command(args)
+        if args.cmd == forward_cli.COMMAND:
+            return forward_cli.run_forward_command(args)
         return devices_cli.run_devices_command(args)
     except GatewayError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.exceptions import ConnectionClosed
 
-from gateway.errors import BusError, CommandError, TooManyCommands
+from gateway.errors import BusError, CommandError, DeviceOffline, TooManyCommands
 from gateway.logs import log
 from gateway.supervisor import spawn
 from protocol.gateway import GatewaySession
@@ -56,6 +56,11 @@ def new_command_id() -> str:
     return "c-" + secrets.token_urlsafe(12)
 
 
+def command_error(code: str, message: str) -> CommandError | DeviceOffline:
+    """The exception for a failed command's code (``device_offline`` is DeviceOffline, as callers expect)."""
+    return DeviceOffline(message) if code == DeviceOffline.code else CommandError(code, message)
+
+
 class Commands:
     """Commands this instance's callers wait for (``pending``), and the ones sent on its sessions."""
 
@@ -81,17 +86,24 @@ class Commands:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
 
     # ------------------------------------------------------------ the caller's side
-    async def run(self, device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send command ``name`` to ``device_id`` wherever it is and return its result.
+    async def run(self, device_id: str, name: str, args: dict[str, Any], timeout: float,
+                  queue: bool = True) -> dict[str, Any]:
+        """Send command ``name`` to ``device_id`` wherever it is and return its result. ``queue``: a
+        device offline now gets it if it connects within ``timeout`` (the admin API); without,
+        it is refused at once with DeviceOffline (the dashboard, MQTT commands).
 
-        Raises CommandError (``not_found``, ``device_offline``, ``command_expired``, ``command_lost``),
-        BusError (``bus_unavailable`` while the bus is down: fail fast), TooManyCommands, or
-        TimeoutError (delivered, no result within ``timeout`` seconds)."""
+        Raises CommandError (``not_found``, ``command_expired``, ``command_lost``), DeviceOffline
+        (``device_offline``), BusError (``bus_unavailable`` while the bus is down: fail fast),
+        TooManyCommands, or TimeoutError (delivered, no result within ``timeout`` seconds)."""
         bus = self.bus
         bus.require_ok()
-        if self.find(device_id) is None and self.registered is not None and await self.registered(device_id) is None:
-            self._count("not_found")
-            raise CommandError("not_found", f"device {device_id!r} is not registered")
+        if self.find(device_id) is None:
+            if self.registered is not None and await self.registered(device_id) is None:
+                self._count("not_found")
+                raise CommandError("not_found", f"device {device_id!r} is not registered")
+            if not queue and await bus.presence.locate(device_id) is None:
+                self._count("device_offline")
+                raise DeviceOffline(f"device {device_id!r} is not online; commands are refused until it reconnects")
         command_id = new_command_id()
         now = self.now_ms()
         envelope: Envelope = {"id": command_id, "device": device_id, "name": name, "args": args,
@@ -114,7 +126,7 @@ class Commands:
                 raise CommandError("command_expired", f"device {device_id!r} was offline when the command was sent "
                                    f"and no result came within {timeout:g} s; the command expired and will not be "
                                    "delivered") from None
-        except (CommandError, BusError, TooManyCommands) as err:
+        except (CommandError, DeviceOffline, BusError, TooManyCommands) as err:
             outcome = err.code
             raise
         finally:
@@ -154,7 +166,7 @@ class Commands:
         if not future.done():
             error = message.get("error")
             if isinstance(error, str):
-                future.set_exception(CommandError(error, str(message.get("msg", error))[:300]))
+                future.set_exception(command_error(error, str(message.get("msg", error))[:300]))
             elif isinstance(message.get("result"), dict):
                 future.set_result(message["result"])
         return {"accepted": True}
@@ -163,7 +175,7 @@ class Commands:
         """End every wait of this instance's callers with ``reason`` (the gateway stops)."""
         for _device, future in list(self.pending.values()):
             if not future.done():
-                future.set_exception(CommandError(code, reason))
+                future.set_exception(command_error(code, reason))
 
     # ------------------------------------------------------------ the holder's side
     async def deliver(self, conn: CommandTarget, envelope: Envelope) -> bool:
@@ -233,7 +245,7 @@ class Commands:
             entry = self.pending.get(command_id)
             if entry is not None and entry[0] == device_id and not entry[1].done():
                 if error is not None:
-                    entry[1].set_exception(CommandError(*error))
+                    entry[1].set_exception(command_error(*error))
                 elif result is not None:
                     entry[1].set_result(result)
             return

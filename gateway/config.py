@@ -21,6 +21,14 @@ from gateway.alerts.rules import DEFAULT_RULES, parse_rules
 from gateway.alerts.webhook import WebhookConfig, parse_webhooks
 from gateway.bus.url import check_name, parse_bus_url
 from gateway.errors import ConfigError
+from gateway.forward.settings import (
+    MQTT_PORTS,
+    NATS_PORTS,
+    check_client_id,
+    check_subject_prefix,
+    check_topic_prefix,
+    parse_broker_url,
+)
 from gateway.storage.dsn import redact, storage_kind
 
 ENV_PREFIX = "EDGEWIRE_"
@@ -76,6 +84,22 @@ class GatewayConfig:
     takeover_timeout_s: float = 5.0  # how long a new holder waits for the old one to release a device
     drain_rate: float = 200.0  # devices closed per second on SIGTERM when a bus is set (spread over the pods)
     command_max_pending: int = 32  # queued (unanswered, unexpired) commands per device
+    # Forwarding (docs/mqtt.md): stored readings to an MQTT broker (with Home Assistant discovery)
+    # and to NATS JetStream, each from a cursor kept in storage.
+    mqtt_url: str = ""  # mqtt://HOST[:PORT] or mqtts://HOST[:PORT]; "" = no MQTT bridge
+    mqtt_username: str = ""  # or the URL's user
+    mqtt_password_file: str = ""  # a file holding the broker password (kept out of the config)
+    mqtt_ca_file: str = ""  # PEM CA bundle for mqtts:// ("" = the system's CAs)
+    mqtt_client_id: str = ""  # "" = edgewire-<instance_id>
+    mqtt_prefix: str = "edgewire"  # topics: <prefix>/<device>/state, ...
+    mqtt_discovery: bool = True  # Home Assistant MQTT discovery
+    mqtt_discovery_prefix: str = "homeassistant"
+    mqtt_commands: bool = False  # accept commands on <prefix>/<device>/command/<name>
+    nats_url: str = ""  # nats://HOST[:PORT] or tls://HOST[:PORT]; "" = no NATS sink
+    nats_stream: str = "EDGEWIRE_READINGS"  # the JetStream stream (created if missing)
+    nats_subject_prefix: str = "edgewire.readings"  # subjects: <prefix>.<device>
+    forward_window: int = 2000  # readings a sink may have beyond its stored cursor (a crash resends at most these)
+    forward_process: bool = True  # forward readings from a worker process of their own (else in the gateway's)
 
     @property
     def dashboard_token_required(self) -> bool:
@@ -164,6 +188,7 @@ class GatewayConfig:
             parts = urllib.parse.urlsplit(origin)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
                 raise ConfigError(f"dashboard_origins: {origin!r} is not an origin like https://fleet.example.com")
+        self._validate_forwarding()
         if self.log_format not in ("json", "text"):
             raise ConfigError("log_format: must be 'json' or 'text'")
         zone(self.alert_timezone)  # ConfigError naming the setting
@@ -173,6 +198,24 @@ class GatewayConfig:
         if self.alert_max_open < 1:
             raise ConfigError("alert_max_open: must be at least 1")
         return self
+
+
+    def _validate_forwarding(self) -> None:
+        if self.mqtt_url:
+            parse_broker_url("mqtt_url", self.mqtt_url, MQTT_PORTS)
+        if self.nats_url:
+            parse_broker_url("nats_url", self.nats_url, NATS_PORTS)
+        check_topic_prefix("mqtt_prefix", self.mqtt_prefix)
+        check_topic_prefix("mqtt_discovery_prefix", self.mqtt_discovery_prefix)
+        check_subject_prefix("nats_subject_prefix", self.nats_subject_prefix)
+        check_client_id("mqtt_client_id", self.mqtt_client_id)
+        if self.nats_stream and not self.nats_stream.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"nats_stream: {self.nats_stream!r} must be letters, digits, _ and -")
+        if self.forward_window < 1:
+            raise ConfigError("forward_window: must be at least 1")
+        if (self.mqtt_url or self.nats_url) and self.storage_kind == "none":
+            raise ConfigError("mqtt_url, nats_url: forwarding reads stored readings, and storage = \"none\" "
+                              "stores none; use sqlite or postgresql storage")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(GatewayConfig)}

@@ -17,6 +17,7 @@ from websockets.http11 import Response
 from gateway import gctune
 from gateway.admission import REFUSED_RESPONSE, Admission
 from gateway.auth import Identity
+from gateway.dashboard_auth import DashboardIdentity
 from protocol import wire
 from protocol.gateway import Event
 
@@ -35,7 +36,8 @@ def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | N
 
 class EdgeConnection(ServerConnection):
     """A connection with what the HTTP side learned about it: the client address (after the proxy
-    rules) and, for a device that authenticated at the upgrade, its identity.
+    rules) and, for a device that authenticated at the upgrade, its identity (for a dashboard
+    client, its role).
 
     With ``admission`` set (see ``connection_class``), it counts as unauthenticated from accept
     until ``authenticated()``; one beyond the caps is answered 503 and closed at once."""
@@ -43,6 +45,7 @@ class EdgeConnection(ServerConnection):
     admission: Admission | None = None
     address: str = ""
     identity: Identity | None = None
+    dashboard: DashboardIdentity | None = None  # a dashboard client: its role and token name
     _pending: str | None = None  # the peer address while counted as unauthenticated
     _refused = False
 

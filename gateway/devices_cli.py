@@ -1,4 +1,4 @@
-"""``python -m gateway devices add|list|show|disable|enable|rotate|revoke|allow`` and ``jwt``.
+"""``python -m gateway devices add|list|show|disable|enable|rotate|revoke|allow|delete`` and ``jwt``.
 
 Works on the gateway's storage directly, also while the gateway runs (SQLite WAL, or the
 PostgreSQL database named by ``--storage``/``EDGEWIRE_STORAGE``/the config; the gateway reads
@@ -55,7 +55,9 @@ def add_device_commands(subparsers: Any) -> None:
     for name, text in (("disable", "refuse the device's credentials (history is kept)"),
                        ("enable", "accept the device's credentials again"),
                        ("rotate", "issue a new token and print it; the old one stops working"),
-                       ("revoke", "remove the device's token; it can no longer authenticate with one")):
+                       ("revoke", "remove the device's token; it can no longer authenticate with one"),
+                       ("delete", "remove the device from the registry (its readings stay until retention; "
+                                  "the MQTT bridge removes its Home Assistant entities)")):
         p = actions.add_parser(name, parents=[common], help=text)
         p.add_argument("device_id")
 
@@ -162,6 +164,11 @@ async def _devices(args: argparse.Namespace) -> int:
             await registry.revoke(args.device_id)
             print(f"device {args.device_id}: token revoked; its history stays. Issue a new token with "
                   f"devices rotate {args.device_id}", file=sys.stderr)
+        elif action == "delete":
+            await registry.delete(args.device_id)
+            print(f"device {args.device_id} deleted from the registry: its credentials no longer work, and a "
+                  "running gateway with MQTT removes its Home Assistant entities within a minute; its readings "
+                  "stay until retention", file=sys.stderr)
         elif action == "allow":
             if args.any or args.cidr:
                 cidrs = await registry.set_allow(args.device_id, [] if args.any else args.cidr)

@@ -17,6 +17,12 @@ class RegistryError(GatewayError, LookupError):
     """A device registry operation failed (unknown device, duplicate id, ...)."""
 
 
+class DeviceOffline(RegistryError):
+    """A command for a device that has no session on this gateway."""
+
+    code = "device_offline"
+
+
 class AuthError(GatewayError, PermissionError):
     """A credential was refused. ``code`` is a protocol error code (E_*)."""
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+import sys
+from pathlib import Path
 
 from gateway import registry as registry_mod
 from gateway.alerts.webhook import load_secret
@@ -48,14 +51,31 @@ async def build_gateway(config: GatewayConfig) -> Gateway:
                    webhook_secrets=webhook_secrets, bus=bus)
 
 
+def banner(config: GatewayConfig, port: int, dashboard_token: str | None, interactive: bool) -> str:
+    """The start-up line: where the gateway listens and the dashboard's address with its token in the
+    URL fragment (the browser never sends it). Only on a terminal: a service's stdout goes to its
+    log, where a token must not, so there the line says which file holds it."""
+    host = config.host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if config.tls_cert else "http"
+    base = f"{scheme}://{host}:{port}"
+    dashboard = f"{base}/"
+    if dashboard_token is not None:
+        secret = dashboard_token if interactive else f"<contents of {Path(config.data_dir) / 'dashboard.token'}>"
+        dashboard += f"#token={secret}"
+    return f"edgewire gateway listening on {base} (dashboard {dashboard})"
+
+
 async def run_gateway(config: GatewayConfig) -> int:
     """Build every part from ``config``, serve until SIGTERM/SIGINT, then shut down cleanly.
 
     Returns the exit status: 0, or 1 if a background task kept failing or a shutdown step failed."""
     gateway = await build_gateway(config)
     await gateway.start()
-    print(f"edgewire gateway listening on http://{config.host}:{gateway.port} "
-          f"(dashboard http://{config.host}:{gateway.port}/)", flush=True)
+    print(banner(config, gateway.port, gateway.dashboard_auth.file_token, sys.stdout.isatty()), flush=True)
     notifier = ServiceNotifier()  # systemd: READY=1 now, WATCHDOG=1 while the loop is healthy
     notifier.ready(f"listening on {config.host}:{gateway.port}")
     watchdog = asyncio.get_running_loop().create_task(notifier.run(lambda: gateway.draining))

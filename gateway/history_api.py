@@ -23,7 +23,6 @@ from websockets.http11 import Response
 from gateway import history
 from gateway.errors import RequestError, StorageError
 from gateway.export import buckets_csv
-from gateway.hub import Hub
 from gateway.storage.base import DAY_MS, Storage
 from protocol import wire
 
@@ -151,16 +150,3 @@ class HistoryApi:
                 "latest": {m: [v, t] for m, (v, t) in sorted(state.latest.items())} if state else {}})
         return json_reply(200, {"time": int(self.clock() * 1000), "devices": devices})
 
-
-async def restore_hub(hub: Hub, storage: Storage) -> None:
-    """Give the dashboard every registered device with its last known values, as storage has them.
-
-    Called at start, so a restarted gateway shows the fleet (offline) before devices reconnect.
-    """
-    states = await storage.device_states()
-    for record in await storage.list_devices():
-        view = hub.view(record.device_id)
-        state = states.get(record.device_id)
-        if state is not None:
-            view.last_seen = state.last_seen_ms
-            view.latest = {m: [v, t] for m, (v, t) in state.latest.items()}

@@ -11,7 +11,6 @@ import ipaddress
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
@@ -20,19 +19,18 @@ from websockets.http11 import Request, Response
 from gateway.auth import bearer_credential
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, json_response
-from gateway.errors import AuthError
+from gateway.dashboard_auth import ANONYMOUS, DashboardAuth, DashboardIdentity
+from gateway.dashboard_http import load_static, static_response
+from gateway.errors import AuthError, StorageError
 from gateway.registry import verify_admin_token
 from protocol import wire
 
-STATIC_DIR = Path(__file__).parent / "static"
-STATIC_FILES = {
-    "/": ("index.html", "text/html; charset=utf-8"),
-    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
-    "/style.css": ("style.css", "text/css; charset=utf-8"),
-}
-
 ORIGIN_NOT_ALLOWED = "origin_not_allowed"  # HTTP 403 on /v1/dashboard
 HOST_NOT_ALLOWED = "host_not_allowed"  # HTTP 403 on /v1/dashboard
+TOKEN_NEEDED = ("this dashboard needs a token: open the address the gateway printed at start (it ends in "
+                "#token=...), or ask its administrator for one (python -m gateway tokens add NAME --role viewer)")
+TOKEN_REFUSED = ("dashboard token not valid (wrong, revoked, or from another gateway): ask for a new one "
+                 "(python -m gateway tokens add NAME --role viewer) or use <data_dir>/dashboard.token")
 
 Handler = Callable[[EdgeConnection, Request], Awaitable[Response | None]]
 Serve = Callable[[EdgeConnection], Awaitable[None]]
@@ -54,7 +52,7 @@ def _query_token(path: str) -> str | None:
 
 
 class HttpApi:
-    def __init__(self, config: GatewayConfig, *, admin_token: str, dashboard_token: str | None,
+    def __init__(self, config: GatewayConfig, *, admin_token: str, dashboard_auth: DashboardAuth,
                  client_address: Callable[[EdgeConnection, Headers], str], draining: Callable[[], bool],
                  count_error: Callable[[str], None] = lambda code: None) -> None:
         self.config = config
@@ -62,15 +60,12 @@ class HttpApi:
         self._allowed_hosts = {h.lower() for h in (config.host, *config.allowed_hosts)}
         self.client_address = client_address
         self.admin_token = admin_token
-        self.dashboard_token = dashboard_token
+        self.dashboard_auth = dashboard_auth
         self.draining = draining
         self.routes: dict[str, Route] = {}
-        self._static: dict[str, tuple[bytes, str]] = {}
-        for path, (name, ctype) in STATIC_FILES.items():
-            file = STATIC_DIR / name
-            if file.exists():
-                self._static[path] = (file.read_bytes(), ctype)
-                self.route(path, self.static)
+        self._static = load_static()  # the dashboard page: gateway/static/, read once
+        for path in self._static:
+            self.route(path, self.static)
 
     def refuse(self, status: int, code: str, message: str) -> Response:
         """A counted refusal: HTTP ``status`` with {"code", "message"}."""
@@ -109,11 +104,7 @@ class HttpApi:
 
     # ------------------------------------------------------------ handlers
     async def static(self, ws: EdgeConnection, request: Request) -> Response:
-        body, ctype = self._static[request.path.split("?", 1)[0]]
-        return Response(200, "OK", Headers({
-            "Content-Type": ctype, "Content-Length": str(len(body)), "Cache-Control": "no-cache",
-            "Content-Security-Policy": "default-src 'self'; connect-src 'self'",
-            "X-Content-Type-Options": "nosniff"}), body)
+        return static_response(*self._static[request.path.split("?", 1)[0]])
 
     def _own_hosts(self, ws: EdgeConnection, headers: Headers) -> set[str]:
         """The host[:port] values naming this gateway for this request: its Host header and, from a
@@ -161,33 +152,40 @@ class HttpApi:
             return False
 
     async def dashboard_upgrade(self, ws: EdgeConnection, request: Request) -> Response | None:
-        refused = self.dashboard_refused(ws, request)
-        if refused is None:
-            ws.authenticated()
-        return refused
+        identity = await self.dashboard_identity(ws, request)
+        if isinstance(identity, Response):
+            return identity
+        ws.dashboard = identity
+        ws.authenticated()
+        return None
 
-    def dashboard_refused(self, ws: EdgeConnection, request: Request) -> Response | None:
-        """The dashboard's checks (Origin, Host, token), for its stream and its HTTP API
-        (/v1/history, /v1/devices): a refusal, or None if the request may go on."""
+    async def dashboard_identity(self, ws: EdgeConnection, request: Request) -> DashboardIdentity | Response:
+        """The dashboard's checks (Origin, token, Host), for its stream and its HTTP API: who the
+        client is (its role), or the refusal. A token that is shown is always checked; without one,
+        the client is a viewer where ``dashboard_auth`` lets it in (docs/configuration.md)."""
         ws.address = self.client_address(ws, request.headers)
         headers = request.headers
         if not self._origin_allowed(ws, headers):
             return self.refuse(403, ORIGIN_NOT_ALLOWED, "this page's origin may not open the dashboard stream; "
                                "add it to dashboard_origins")
-        needs_token = self.dashboard_token is not None and self.config.dashboard_token_needed(ws.address)
-        if not needs_token and not self._host_allowed(headers):
+        try:
+            token = bearer_credential(headers) or _query_token(request.path)
+        except AuthError:
+            token = ""  # a malformed Authorization header proves nothing
+        if token is not None:
+            try:
+                identity = await self.dashboard_auth.identify(token) if token else None
+            except StorageError:
+                self.count_error(wire.E_STORAGE)
+                return json_response(503, {"code": wire.E_STORAGE, "message": "storage unavailable; try again"},
+                                     {"Retry-After": "5"})
+            return identity if identity is not None else self.refuse(401, wire.E_AUTH_FAILED, TOKEN_REFUSED)
+        if self.config.dashboard_token_needed(ws.address):
+            return self.refuse(401, wire.E_AUTH_FAILED, TOKEN_NEEDED)
+        if not self._host_allowed(headers):
             return self.refuse(403, HOST_NOT_ALLOWED, "unknown Host for a dashboard without a token; add the name "
                                "to allowed_hosts or turn dashboard_auth on")
-        if needs_token:
-            assert self.dashboard_token is not None
-            try:
-                token = bearer_credential(request.headers) or _query_token(request.path)
-            except AuthError:
-                token = None
-            if not verify_admin_token(self.dashboard_token, token):
-                return self.refuse(401, wire.E_AUTH_FAILED, "dashboard authentication failed: open the page as "
-                                   "/#token=<contents of dashboard.token>")
-        return None
+        return ANONYMOUS
 
     async def admin_upgrade(self, ws: EdgeConnection, request: Request) -> Response | None:
         try:

@@ -1,13 +1,18 @@
 """Live fan-out to dashboard clients: coalesced updates, bounded queues, drop-and-resync.
 
-Ingestion calls ``reading``/``online``/``offline``/``alert`` (plain dict updates, no I/O).
+Ingestion calls ``reading``/``online``/``offline``/``status``/``alert_event`` (plain dict
+updates, no I/O); ``registry`` keeps the registered devices (also those that never connected)
+with their labels.
 A flusher task turns the changes of each interval into ONE update frame shared by all
 clients. With several instances (gateway/cluster), ``on_update`` receives this instance's own
 changes of each interval (published to its peers), and ``remote_update``/``remote_presence``
 apply the peers' ones: shown here, never passed on again. Each client has a bounded queue;
 when it is full the client's queue is dropped, the drop is counted, and the client gets a
-fresh snapshot when it catches up. A slow client therefore never stalls ingestion or the
-other clients.
+fresh snapshot when it catches up. A slow client therefore never stalls ingestion or the other clients.
+
+Each client has an identity (role and token name, gateway/dashboard_auth.py), which its snapshots
+carry; frames it sends are operator actions, answered by
+``actions`` (gateway/dashboard_actions.py) with at most MAX_IN_FLIGHT running per client.
 """
 
 from __future__ import annotations
@@ -24,16 +29,24 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from gateway.alerts.model import CLEARED, AlertEvent
+from gateway.dashboard_actions import E_BUSY, MAX_IN_FLIGHT, DashboardActions, error_reply
+from gateway.dashboard_auth import ANONYMOUS, DashboardIdentity
 from gateway.logs import log
+from gateway.storage.base import DeviceRecord
+from gateway.supervisor import spawn
+from protocol import wire
 
 DASHBOARD_SNDBUF = 64 * 1024
 MAX_LATEST_METRICS = 64  # distinct metrics whose latest value the dashboard keeps per device
+MAX_ERROR_CHARS = 300  # of a device's last refused frame's message
 
 
 class DeviceView:
     """What the dashboard knows about one device."""
 
-    __slots__ = ("device_id", "holder", "last_seen", "latest", "online", "status")
+    __slots__ = ("boot", "device_id", "enabled", "holder", "label", "last_error", "last_seen", "latest", "online",
+                 "registered", "status")
 
     def __init__(self, device_id: str) -> None:
         self.device_id = device_id
@@ -42,18 +55,26 @@ class DeviceView:
         self.last_seen = 0
         self.latest: dict[str, list[float]] = {}  # metric -> [value, time_ms]
         self.status: dict[str, Any] = {}
+        self.label = ""
+        self.enabled = True
+        self.registered = False  # in the registry (a JWT device need not be)
+        self.boot: str | None = None  # the boot id of its latest data frame
+        self.last_error: dict[str, Any] | None = None  # {"code", "msg", "at"} of its last refused frame
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.device_id, "online": self.online, "last_seen": self.last_seen,
-                "latest": self.latest, "status": self.status}
+        return {"id": self.device_id, "label": self.label, "enabled": self.enabled, "registered": self.registered,
+                "online": self.online, "last_seen": self.last_seen, "latest": self.latest, "status": self.status,
+                "boot": self.boot, "last_error": self.last_error}
 
 
 class DashboardClient:
     """One dashboard connection with its bounded queue of frames."""
 
-    def __init__(self, hub: Hub, ws: ServerConnection, limit: int) -> None:
+    def __init__(self, hub: Hub, ws: ServerConnection, limit: int, identity: DashboardIdentity = ANONYMOUS) -> None:
         self.hub = hub
         self.ws = ws
+        self.identity = identity
+        self.in_flight = 0  # operator actions running
         self.queue: deque[str] = deque()
         self.limit = limit
         self.needs_snapshot = True
@@ -79,7 +100,7 @@ class DashboardClient:
             if self.needs_snapshot:
                 self.needs_snapshot = False
                 self.queue.clear()
-                await self.ws.send(self.hub.snapshot_frame())
+                await self.ws.send(self.hub.snapshot_frame(self.identity))
             while self.queue and not self.needs_snapshot:
                 await self.ws.send(self.queue.popleft())
 
@@ -94,16 +115,18 @@ class Hub:
         self.queue_limit = queue_limit
         self.dumps = dumps
         self.devices: dict[str, DeviceView] = {}
-        self.alerts: dict[int, dict[str, Any]] = {}  # active alerts by id
+        self.alerts: dict[int, dict[str, Any]] = {}  # open alerts by id (active, acknowledged, suspended)
         self.clients: set[DashboardClient] = set()
         self._dirty: set[str] = set()
         self._events: list[dict[str, Any]] = []
         self._alerts_changed = False
+        self._removed: list[str] = []
         self._remote_dirty: set[str] = set()  # peers' devices changed since the last flush
         self._remote_events: list[dict[str, Any]] = []
         self.on_update: Callable[[dict[str, Any]], None] | None = None  # this instance's changes, per flush
         self.resyncs = 0
         self.updates_sent = 0
+        self.actions: DashboardActions | None = None  # set by the gateway: operator actions
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -116,13 +139,16 @@ class Hub:
         return view
 
     def reading(self, device_id: str, metrics: dict[str, float], time_ms: int) -> None:
+        """One reading: each of its metrics becomes the latest unless a newer reading of it was seen.
+        Called for every reading of a frame (a Pi agent sends one per sensor)."""
         view = self.view(device_id)
         latest = view.latest
         for name, value in metrics.items():
             entry = latest.get(name)
             if entry is not None:
-                entry[0] = value
-                entry[1] = time_ms
+                if time_ms >= entry[1]:
+                    entry[0] = value
+                    entry[1] = time_ms
             elif len(latest) < MAX_LATEST_METRICS:  # a device cycling through names cannot grow it
                 latest[name] = [value, time_ms]
         view.last_seen = self.now_ms()
@@ -133,6 +159,35 @@ class Hub:
         view = self.view(device_id)
         view.status = fields
         self._dirty.add(device_id)
+
+    def boot(self, device_id: str, boot: str) -> None:
+        """The boot id of the device's latest data frame."""
+        view = self.view(device_id)
+        if view.boot != boot:
+            view.boot = boot
+            self._dirty.add(device_id)
+
+    def device_error(self, device_id: str, code: str, message: str) -> None:
+        """The gateway refused a frame of the device (shown as its last error)."""
+        view = self.view(device_id)
+        view.last_error = {"code": code, "msg": message[:MAX_ERROR_CHARS], "at": self.now_ms()}
+        self._dirty.add(device_id)
+
+    def registry(self, records: list[DeviceRecord]) -> None:
+        """Make the registered devices, with their labels, what the dashboard lists: new ones appear
+        (never connected), changed labels update, deleted ones leave the list once offline."""
+        ids = set()
+        for record in records:
+            ids.add(record.device_id)
+            view = self.view(record.device_id)
+            if (view.label, view.enabled, view.registered) != (record.label, record.enabled, True):
+                view.label, view.enabled, view.registered = record.label, record.enabled, True
+                self._dirty.add(record.device_id)
+        for device_id, view in list(self.devices.items()):
+            if view.registered and device_id not in ids and not view.online:
+                del self.devices[device_id]
+                self._dirty.discard(device_id)
+                self._removed.append(device_id)
 
     def online(self, device_id: str) -> None:
         view = self.view(device_id)
@@ -155,6 +210,18 @@ class Hub:
         Unexpected, it means the credential is in use elsewhere: docs/protocol.md section 2."""
         self._events.append({"kind": "replaced", "device": device_id, "at": self.now_ms(),
                              "old_address": old_address, "address": new_address})
+
+    def alert_event(self, event: AlertEvent) -> None:
+        """The alert engine's listener (gateway/alerts, ``engine.listen``): open alerts by id, dropped
+        when cleared; every change is also a dashboard event ``alert_<kind>``."""
+        alert = event.alert
+        if event.kind == CLEARED:
+            self.alerts.pop(alert["id"], None)
+        else:
+            self.alerts[alert["id"]] = alert
+        self._alerts_changed = True
+        self._events.append({"kind": f"alert_{event.kind}", "device": alert["device"], "at": event.at,
+                             "alert": alert, "by": event.by})
 
     def alert_raised(self, alert: dict[str, Any], at_ms: int | None = None) -> None:
         """An alert is active; the event is stamped ``at_ms`` (default: the reading's time)."""
@@ -184,8 +251,9 @@ class Hub:
         self._remote_events.append({"kind": "online" if online else "offline", "device": device_id, "at": now})
 
     def remote_update(self, devices: dict[str, Any], events: list[Any]) -> None:
-        """A peer's changes of one interval (its own devices): latest values, status, events.
-        Online flags come from presence (``remote_presence``), not from here."""
+        """A peer's changes of one interval (its own devices): latest values, status, boot, last
+        error, events. Online flags come from presence (``remote_presence``), not from here; labels
+        and the registry from this instance's own registry sync."""
         for device_id, entry in devices.items():
             if not isinstance(device_id, str) or not isinstance(entry, dict):
                 continue
@@ -202,6 +270,10 @@ class Hub:
                         mine[name] = pair
             if isinstance(entry.get("status"), dict):
                 view.status = entry["status"]
+            if isinstance(entry.get("boot"), str):
+                view.boot = entry["boot"]
+            if isinstance(entry.get("last_error"), dict):
+                view.last_error = entry["last_error"]
             if type(entry.get("last_seen")) is int and entry["last_seen"] > view.last_seen:
                 view.last_seen = entry["last_seen"]
             self._remote_dirty.add(device_id)
@@ -242,26 +314,33 @@ class Hub:
                 entry["status"] = self.devices[entry["id"]].status
             return self.dumps(msg)
 
-    def snapshot_frame(self) -> str:
+    def snapshot_frame(self, identity: DashboardIdentity = ANONYMOUS) -> str:
+        """Everything, for one client: with its ``role`` and its token's name (``token``)."""
         return self._encode({
-            "t": "snapshot", "time": self.now_ms(),
+            "t": "snapshot", "time": self.now_ms(), "role": identity.role, "token": identity.name,
             "devices": [view.as_dict() for view in self.devices.values()],
             "alerts": list(self.alerts.values()),
         })
 
     def flush(self) -> None:
         """Build one update frame from the changes since the last flush and offer it to all."""
-        if not (self._dirty or self._events or self._alerts_changed or self._remote_dirty or self._remote_events):
+        if not (self._dirty or self._events or self._alerts_changed or self._removed or self._remote_dirty
+                or self._remote_events):
             return
         devices = {device_id: self.devices[device_id].as_dict() for device_id in self._dirty}
         if self.on_update is not None and (devices or self._events):
             self.on_update({"devices": dict(devices), "events": self._events})  # ours only, not the peers'
         for device_id in self._remote_dirty - self._dirty:
-            devices[device_id] = self.devices[device_id].as_dict()
+            view = self.devices.get(device_id)
+            if view is not None:  # (removed from the registry meanwhile)
+                devices[device_id] = view.as_dict()
         events = self._events + self._remote_events if self._remote_events else self._events
         update: dict[str, Any] = {"t": "update", "time": self.now_ms(), "devices": devices}
         if events:
             update["events"] = events
+        if self._removed:
+            update["removed"] = self._removed
+            self._removed = []
         if self._alerts_changed:
             update["alerts"] = list(self.alerts.values())
         self._dirty = set()
@@ -289,13 +368,13 @@ class Hub:
             # Bound what a stalled dashboard can hold in the kernel (Linux autotunes up to MiBs).
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, DASHBOARD_SNDBUF)
-        client = DashboardClient(self, ws, self.queue_limit)
+        identity = getattr(ws, "dashboard", None) or ANONYMOUS
+        client = DashboardClient(self, ws, self.queue_limit, identity)
         self.clients.add(client)
         pump = asyncio.get_running_loop().create_task(client.pump())
         try:
-            # The stream is read-only: wait for the client to go away, ignoring what it sends.
-            async for _ in ws:
-                pass
+            async for frame in ws:  # operator actions; anything else is refused with a code
+                self._act(client, frame)
         except ConnectionClosed:
             pass
         finally:
@@ -303,3 +382,37 @@ class Hub:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await pump
+
+    def _act(self, client: DashboardClient, frame: str | bytes) -> None:
+        """Answer one frame from a browser in its own task (a command may wait for its device)."""
+        if self.actions is None or client.in_flight >= MAX_IN_FLIGHT:
+            reply = error_reply(None, E_BUSY if self.actions else wire.E_UNKNOWN_TYPE,
+                                f"at most {MAX_IN_FLIGHT} actions at once; wait for their answers"
+                                if self.actions else "this stream takes no frames")
+            spawn(self._reply(client, reply), "dashboard reply")
+            return
+        client.in_flight += 1
+        spawn(self._run_action(client, self.actions, frame), "dashboard action")
+
+    async def _run_action(self, client: DashboardClient, actions: DashboardActions, frame: str | bytes) -> None:
+        try:
+            reply = await actions.handle(client.identity, frame)
+        finally:
+            client.in_flight -= 1
+        await self._reply(client, reply)
+
+    async def _reply(self, client: DashboardClient, reply: dict[str, Any]) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await client.ws.send(self.dumps(reply))
+
+    def close_revoked(self, valid: set[tuple[str, str, bytes]]) -> int:
+        """Close the streams of named tokens no longer valid (revoked, or their role changed); given
+        the valid (name, role, digest) triples. Returns how many were closed."""
+        closed = 0
+        for client in list(self.clients):
+            identity = client.identity
+            if identity.digest is not None and (identity.name, identity.role, identity.digest) not in valid:
+                closed += 1
+                self.clients.discard(client)
+                spawn(client.ws.close(wire.CLOSE_AUTH_FAILED, "dashboard token revoked"), "dashboard close")
+        return closed

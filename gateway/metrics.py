@@ -87,17 +87,17 @@ LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 SIZE_BOUNDS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
 
 
+def package_version(name: str = "edgewire") -> str:
+    """The installed version of a package ("unknown" when it is not installed)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _build_labels(event_loop: str) -> str:
-    try:
-        version = metadata.version("edgewire")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    try:
-        websockets_version = metadata.version("websockets")
-    except metadata.PackageNotFoundError:
-        websockets_version = "unknown"
-    return (f'version="{version}",python="{platform.python_version()}",websockets="{websockets_version}",'
-            f'event_loop="{event_loop}"')
+    return (f'version="{package_version()}",python="{platform.python_version()}",'
+            f'websockets="{package_version("websockets")}",event_loop="{event_loop}"')
 
 
 def _process_start_time() -> float:

@@ -192,6 +192,13 @@ class Registry:
         await self.storage.put_device(record)
         return normalized
 
+    async def delete(self, device_id: str) -> None:
+        """Remove the device from the registry: its credentials stop working, and the gateway clears it
+        from the MQTT broker (Home Assistant entities). Its readings stay until retention."""
+        check_device_id(device_id)
+        if not await self.storage.delete_device(device_id):
+            raise RegistryError(f"unknown device {device_id!r}; `devices list` shows the registered ids")
+
     async def list(self) -> list[DeviceRecord]:
         """Every registered device, by id."""
         return await self.storage.list_devices()

@@ -24,26 +24,29 @@ from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
 
-from gateway import gctune, history_api
+from gateway import dashboard_sync, gctune, history_api
 from gateway.admin import AdminApi
 from gateway.admission import TOO_MANY, Admission, raise_open_files_limit
 from gateway.alerts.admin import AlertAdmin
 from gateway.alerts.engine import AlertEngine
 from gateway.alerts.localtime import zone
 from gateway.alerts.metrics import metric_lines as alert_metric_lines
-from gateway.alerts.model import CLEARED, AlertEvent
 from gateway.alerts.webhook import WebhookNotifier
 from gateway.auth import Authenticator
-from gateway.bus import Bus, open_bus
+from gateway.bus import Bus, default_instance_id, open_bus
 from gateway.cluster import Cluster
 from gateway.commands import Commands, CommandTarget
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, connection_class, dumps, json_response
+from gateway.dashboard import Dashboard
+from gateway.dashboard_auth import DashboardAuth
 from gateway.errors import ConfigError, GatewayError
+from gateway.forward import metrics as forward_metrics
+from gateway.forward.setup import Forwarding
 from gateway.http_api import HttpApi
 from gateway.hub import Hub
 from gateway.logs import log
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, package_version
 from gateway.registry import Registry
 from gateway.retention import Retention
 from gateway.sessions import DeviceSessions
@@ -69,28 +72,33 @@ class Gateway:
         self.alerts = AlertEngine(storage, config.alerts, clock=clock, timezone=zone(config.alert_timezone),
                                   max_open=config.alert_max_open, suspended_expiry_s=config.alert_suspended_expiry_s,
                                   save_interval_s=config.alert_save_interval_s, registry_check_s=60.0)
-        self.alerts.listen(self._alert_to_hub)
+        self.alerts.listen(self.hub.alert_event)  # open alerts by id on the dashboards
         self.notifier = WebhookNotifier(config.webhooks, webhook_secrets or {}, source=socket.gethostname(),
                                         clock=clock)
         self.alerts.listen(self.notifier.on_event)
         self.bus = bus if bus is not None else open_bus("", config.instance_id)  # "": in-process
         self.commands = Commands(self.bus, self._command_target, registered=storage.get_device, clock=clock)
+        # MQTT bridge and NATS sink (docs/mqtt.md); MQTT commands take the admin API's command path.
+        self.forwarding = Forwarding.from_config(config, storage, config.instance_id or default_instance_id(),
+                                                 package_version(), run_command=self._run_command)
         self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.alerts, self.metrics,
                                        on_result=self.commands.result, on_offline=self.alerts.device_offline,
-                                       clock=clock)
+                                       clock=clock, forwarding=self.forwarding)
         self.cluster = Cluster(self.bus, self.sessions, self.commands, self.hub, clustered=bool(config.bus),
                                takeover_timeout_s=config.takeover_timeout_s)
         self.sessions.hooks = self.cluster
         self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics,
                               online=self.cluster.online, registry_changed=self.cluster.registry_changed)
         self.admin.requests.update(AlertAdmin(self.alerts).requests_as(ADMIN_IDENTITY))  # protocol.md section 10
-        self.http = HttpApi(config, admin_token=admin_token, dashboard_token=dashboard_token,
+        self.dashboard_auth = DashboardAuth(storage, registry.token_key, dashboard_token)
+        self.http = HttpApi(config, admin_token=admin_token, dashboard_auth=self.dashboard_auth,
                             client_address=self.sessions.client_address, draining=lambda: self.draining,
                             count_error=self.metrics.count_error)
         self.http.route("/healthz", self.healthz)
         self.http.route("/metrics", self.metrics_page)
         self.http.websocket("/v1/device", self.sessions.check_upgrade, self.sessions.handle)
-        self.http.websocket("/v1/dashboard", self.http.dashboard_upgrade, self.hub.serve)
+        self.dashboard = Dashboard(config, storage, self.hub, self.http, self.dashboard_auth, self.alerts,
+                                   self.admin.run_command, self.metrics.count_error)
         self.http.websocket("/v1/admin", self.http.admin_upgrade, self.admin.handle)
         self.history_api = history_api.HistoryApi(storage, config.readings_retention_days, self.cluster.online)
         for path in history_api.PATHS:  # /v1/history, /v1/history.csv, /v1/devices (docs/http-api.md)
@@ -104,12 +112,6 @@ class Gateway:
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address,
                                    config.trusted_proxies)
 
-    def _alert_to_hub(self, event: AlertEvent) -> None:
-        """Alert events to the dashboards: open alerts shown (with their state), cleared ones removed."""
-        if event.kind == CLEARED:
-            self.hub.alert_cleared(event.alert, event.at)
-        else:
-            self.hub.alert_raised(event.alert, event.at)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -127,11 +129,16 @@ class Gateway:
             await self.alerts.start()
             for alert in self.alerts.open_alerts():  # the restored ones; their changes follow as events
                 self.hub.alert_raised(alert, alert["updated"])
-            await history_api.restore_hub(self.hub, self.storage)
+            await dashboard_sync.restore(self.hub, self.storage)
             await self.cluster.start()
+            await self.forwarding.start()
+            self.alerts.listen(self.forwarding.alert_event)
+            for name, job in self.forwarding.tasks():
+                self.supervisor.start(name, job)
             gctune.tune()
             self.supervisor.start("hub", self.hub.run)
             self.supervisor.start("registry_sweep", self.sessions.sweep_forever)
+            self.supervisor.start("dashboard_sync", self.dashboard.sync.run)
             self.supervisor.start("gc", gctune.maintenance)
             self.supervisor.start("alerts", self.alerts.run)
             self.supervisor.start("webhooks", self.notifier.run)
@@ -142,6 +149,7 @@ class Gateway:
             await self.server.start_serving()
         except BaseException:
             self.server.close()
+            await self.forwarding.close()
             await self.supervisor.stop()
             await self.cluster.close()
             await self.storage.close()
@@ -217,6 +225,9 @@ class Gateway:
         log("gateway_stopping", devices=len(self.sessions.devices))
         if self.server is not None:
             self.server.close(close_connections=False)
+        # Forwarding first: its tasks store their cursors and release their leases (bounded), which a
+        # cancellation by the supervisor would skip. Readings stored after this go out at the next start.
+        await self._step("forwarding", self.forwarding.close())
         await self._step("background tasks", self.supervisor.stop())
         self.commands.fail_waiting(wire.E_SHUTDOWN, "the gateway is stopping; send the command again once it is back")
         # With peers, in batches of drain_rate per second: the devices spread over the other pods.
@@ -244,6 +255,9 @@ class Gateway:
             loop.add_signal_handler(sig, lambda: spawn(self.shutdown(), "shutdown"))
         await self.stopped.wait()
 
+    async def _run_command(self, device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return await self.admin.run_command(device_id, name, args, timeout)
+
     # ------------------------------------------------------------ HTTP endpoints of the process
     async def healthz(self, ws: EdgeConnection, request: Request) -> Response:
         """200 while serving with storage and every background task well; 503 while draining or when
@@ -253,6 +267,9 @@ class Gateway:
         bus outage would otherwise empty the Service of every pod); docs/scaling.md section 9."""
         storage = {"backend": self.config.storage_kind, **self.storage.health()}
         checks: dict[str, dict[str, Any]] = {"storage": storage, **self.supervisor.health()}
+        forwarding = self.forwarding.health()  # shown, but a broker being away does not make the gateway unhealthy
+        if forwarding:
+            checks["forwarding"] = forwarding
         healthy = storage["state"] == "ok" and self.supervisor.healthy
         bus = self.cluster.health()
         if bus is not None:
@@ -265,7 +282,8 @@ class Gateway:
 
     async def history(self, ws: EdgeConnection, request: Request) -> Response:
         """/v1/history, /v1/history.csv, /v1/devices: with the dashboard's checks (docs/http-api.md)."""
-        return self.http.dashboard_refused(ws, request) or await self.history_api.respond(request.path)
+        identity = await self.http.dashboard_identity(ws, request)
+        return identity if isinstance(identity, Response) else await self.history_api.respond(request.path)
 
     async def metrics_page(self, ws: EdgeConnection, request: Request) -> Response:
         admission = self.admission
@@ -293,7 +311,7 @@ class Gateway:
                        {name: state.restarts for name, state in self.supervisor.tasks.items()}),
                       *cluster_labelled],
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
-            extra=alert_metric_lines(self.alerts, self.notifier))
+            extra=[*alert_metric_lines(self.alerts, self.notifier), *forward_metrics.lines(self.forwarding)])
         return Response(200, "OK", Headers({"Content-Type": "text/plain; version=0.0.4; charset=utf-8",
                                             "Content-Length": str(len(body))}), body)
 

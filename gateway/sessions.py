@@ -22,6 +22,7 @@ from gateway.auth import Authenticator, Identity, bearer
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, dumps, json_response, send_close
 from gateway.errors import AuthError, StorageError
+from gateway.forward.setup import Forwarding
 from gateway.hub import Hub
 from gateway.logs import log
 from gateway.metrics import INTERNAL_ERROR, Metrics
@@ -96,7 +97,7 @@ class DeviceSessions:
     def __init__(self, config: GatewayConfig, storage: Storage, authenticator: Authenticator, hub: Hub,
                  alerts: AlertEngine, metrics: Metrics, on_result: ResultHandler,
                  on_offline: Callable[[str], None] = lambda device_id: None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, forwarding: Forwarding | None = None) -> None:
         """``on_offline(device_id)``: the device went offline here (its session ended, and it was not
         handed over to a newer session, here or at another instance)."""
         self.config = config
@@ -110,6 +111,7 @@ class DeviceSessions:
         self.on_offline = on_offline
         self.hooks = SessionHooks()
         self.clock = clock
+        self.forwarding = forwarding if forwarding is not None else Forwarding(storage, [])  # MQTT/NATS hooks
         self.devices: dict[str, DeviceConnection] = {}
 
     def now_ms(self) -> int:
@@ -245,7 +247,8 @@ class DeviceSessions:
                 del self.devices[device_id]
                 if conn.welcomed:
                     self.hub.offline(device_id)
-                    if not conn.moved:
+                    if not conn.moved:  # (a device handed over goes on elsewhere: not offline)
+                        self.forwarding.device_offline(device_id)
                         self.on_offline(device_id)
             try:
                 await self.hooks.ended(conn, current)
@@ -295,6 +298,7 @@ class DeviceSessions:
             await ws.send(session.accept(device_id, last_seq, self.now_ms(), extra))
             conn.welcomed = True
             self.hub.online(device_id)
+            self.forwarding.device_online(device_id)
             self.hooks.welcomed(conn)
             log("device_online", device=device_id, last_seq=last_seq, address=ws.address)
             if identity.expires_at:
@@ -327,6 +331,7 @@ class DeviceSessions:
             elif kind == EV_REJECT:
                 counters.bad_frames += 1
                 self.metrics.count_error(event.payload.code)
+                self.hub.device_error(conn.device_id, event.payload.code, event.payload.message)
                 if event.reply:
                     await ws.send(event.reply)
             elif kind == EV_THROTTLE:
@@ -334,6 +339,7 @@ class DeviceSessions:
                 if event.reply:
                     await ws.send(event.reply)
             elif kind == EV_CLOSE:
+                self.hub.device_error(conn.device_id, event.payload.code, event.payload.message)
                 if event.payload.code != wire.E_RATE:
                     counters.bad_frames += 1
                 log("device_closed", logging.WARNING, device=conn.device_id, code=event.payload.code)
@@ -347,6 +353,7 @@ class DeviceSessions:
                     await ws.send(event.reply)
             elif kind == EV_STATUS:
                 self.hub.status(conn.device_id, event.payload)
+                self.forwarding.device_status(conn.device_id, event.payload)
 
     def _on_data(self, conn: DeviceConnection, frame: wire.DataFrame, received: int) -> None:
         device_id = conn.device_id
@@ -357,13 +364,16 @@ class DeviceSessions:
                 self.counters.gaps += gap
             hub_reading = self.hub.reading
             check = self.alerts.reading
+            saw = self.forwarding.saw_reading  # MQTT discovery: a device or metric seen for the first time
             for reading in frame.readings:
                 time_ms = wire.reading_time_ms(reading, frame, received)
                 rows.append(ReadingRow(device_id, reading.seq, time_ms, received, reading.metrics, frame.boot,
                                        reading.ts, reading.up, reading.quality))
                 check(device_id, reading.metrics, time_ms, received, reading.quality)
-            last = frame.readings[-1]
-            hub_reading(device_id, last.metrics, rows[-1].time_ms)
+                hub_reading(device_id, reading.metrics, time_ms)  # every reading: one per sensor on a Pi
+                saw(device_id, reading.metrics)
+            if frame.boot is not None:
+                self.hub.boot(device_id, frame.boot)
         else:
             self.counters.duplicates += 1
         target = conn.session.accepted_seq
@@ -379,6 +389,7 @@ class DeviceSessions:
                 started = time.perf_counter()
                 await self.storage.store(rows)
                 self.metrics.commit_latency.observe(time.perf_counter() - started)
+                self.forwarding.wake()
             if previous is not None:
                 await previous
         except (StorageError, OSError) as err:

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from services.errors import NotInstalledError, ServiceError
-from services.process import free_port
+from services.process import free_port, raise_nofile_limit
 
 STOP_MODES = ("term", "kill")
 
@@ -35,6 +35,7 @@ class Daemon:
     name = "server"
     binary = ""
     install_hint = ""
+    raise_open_files = False  # start the server with RLIMIT_NOFILE raised to the hard limit (load tests)
 
     def __init__(self, port: int | None = None, parent_dir: str | Path | None = None,
                  binary: str | None = None, start_timeout_s: float = 30.0) -> None:
@@ -108,7 +109,8 @@ class Daemon:
     def _spawn(self, binary: str, base_dir: Path) -> None:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap()
         self.process = subprocess.Popen(self.argv(binary, base_dir), stdin=subprocess.DEVNULL, stdout=self._log,
-                                        stderr=subprocess.STDOUT, cwd=base_dir, start_new_session=True)
+                                        stderr=subprocess.STDOUT, cwd=base_dir, start_new_session=True,
+                                        preexec_fn=raise_nofile_limit if self.raise_open_files else None)
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -1,102 +1,86 @@
-// Edgewire dashboard: snapshot + coalesced updates over /v1/dashboard (docs/protocol.md §9).
-"use strict";
-const UNITS = { temperature: "°C", humidity: "%RH", pressure: "hPa", co2: "ppm", light: "lx",
-  soil_moisture: "%", cpu_temperature: "°C", voltage: "V", battery: "%", rssi: "dBm" };
-const state = { devices: new Map(), alerts: [] };
-const $ = (sel) => document.querySelector(sel);
+// Edgewire dashboard: the page shell (auth panel, connection badge, role, alert announcements)
+// and the router. #/ is the fleet, #/device/<id> a device; back and forward work on both.
+import { $, parseHash } from "./util.js";
+import { TOKEN, alertText, start, store, takeTokenFromUrl, token, ui } from "./store.js";
+import { FleetView } from "./fleet.js";
+import { DeviceView } from "./device.js";
 
-function text(tag, value, cls) {
-  const el = document.createElement(tag);
-  el.textContent = value;
-  if (cls) el.className = cls;
-  return el;
-}
-
-function ago(ms) {
-  if (!ms) return "never";
-  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
-  return s < 60 ? `${s} s ago` : s < 3600 ? `${Math.round(s / 60)} min ago` : new Date(ms).toLocaleString();
-}
-
-function renderDevices() {
-  const body = $("#devices tbody");
-  const alerting = new Set(state.alerts.map((a) => a.device));
-  const rows = [...state.devices.values()].sort((a, b) => a.id.localeCompare(b.id));
-  body.replaceChildren(...rows.map((d) => {
-    const tr = document.createElement("tr");
-    tr.dataset.device = d.id;
-    if (alerting.has(d.id)) tr.className = "alerting";
-    tr.append(text("td", d.id));
-    const status = document.createElement("td");
-    status.append(text("span", d.online ? "online" : "offline", "badge " + (d.online ? "online" : "offline")));
-    tr.append(status);
-    const values = document.createElement("td");
-    for (const [name, [value]] of Object.entries(d.latest || {}).sort()) {
-      const v = text("span", `${name} ${Number(value).toFixed(1)} ${UNITS[name] || ""}`.trim(), "metric");
-      v.dataset.metric = name;
-      values.append(v);
-    }
-    tr.append(values, text("td", ago(d.last_seen), "muted"));
-    return tr;
-  }));
-  const online = rows.filter((d) => d.online).length;
-  $("#summary").textContent = `${online} of ${rows.length} devices online`;
-}
-
-function renderAlerts() {
-  $("#alert-count").textContent = String(state.alerts.length);
-  $("#no-alerts").hidden = state.alerts.length > 0;
-  $("#alerts tbody").replaceChildren(...state.alerts.map((a) => {
-    const tr = document.createElement("tr");
-    tr.dataset.alert = a.id;
-    tr.append(text("td", a.device), text("td", a.rule), text("td", Number(a.value).toFixed(1)),
-      text("td", ago(a.raised), "muted"));
-    return tr;
-  }));
-}
-
-function addEvents(events) {
-  const list = $("#events");
-  for (const ev of events) {
-    const what = ev.kind.startsWith("alert") ? `${ev.kind.replace("_", " ")}: ${ev.alert.rule}` : ev.kind;
-    list.prepend(text("li", `${new Date(ev.at).toLocaleTimeString()} ${ev.device} ${what}`));
-  }
-  while (list.children.length > 200) list.lastChild.remove();
-}
-
-function apply(msg) {
-  if (msg.t === "snapshot") {
-    state.devices = new Map(msg.devices.map((d) => [d.id, d]));
-    state.alerts = msg.alerts;
-  } else if (msg.t === "update") {
-    for (const [id, d] of Object.entries(msg.devices)) state.devices.set(id, d);
-    if (msg.alerts) state.alerts = msg.alerts;
-    if (msg.events) addEvents(msg.events);
-  }
-  renderDevices();
-  renderAlerts();
-}
-
-// The dashboard token (when the gateway asks for one) comes in the URL fragment, which the browser
-// never sends to the server: open /#token=<contents of dashboard.token>. It is kept for this tab only.
-const fragment = new URLSearchParams(location.hash.slice(1));
-if (fragment.has("token")) {
-  sessionStorage.setItem("edgewire-token", fragment.get("token"));
-  history.replaceState(null, "", location.pathname);
-}
-const token = sessionStorage.getItem("edgewire-token");
-
-function connect(delay = 500) {
-  const query = token ? `?token=${encodeURIComponent(token)}` : "";
-  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/dashboard${query}`);
+ui.connection = (state, text) => {
   const badge = $("#conn");
-  ws.onopen = () => { badge.textContent = "live"; badge.className = "badge online"; badge.dataset.state = "live"; delay = 500; };
-  ws.onmessage = (e) => apply(JSON.parse(e.data));
-  ws.onclose = () => {
-    badge.textContent = "reconnecting…"; badge.className = "badge offline"; badge.dataset.state = "reconnecting";
-    setTimeout(() => connect(Math.min(delay * 2, 10000)), delay);
-  };
+  badge.dataset.state = state;
+  badge.textContent = text;
+};
+
+ui.authFailed = (message) => {
+  ui.connection("auth", "no access");
+  $("#auth").hidden = false;
+  $("#auth-reason").textContent = token()
+    ? "The gateway refused the token this browser holds (wrong, revoked, or from another gateway)."
+    : "This gateway asks for a dashboard token, and this browser has none.";
+  $("#auth-detail").textContent = message || "";
+  $("#views").hidden = true;
+  $("#token-input").focus();
+};
+
+ui.authOk = () => {
+  $("#auth").hidden = true;
+  $("#views").hidden = false;
+};
+
+ui.role = () => {
+  const role = $("#role");
+  role.textContent = store.role ? `${store.role}${store.tokenName ? ` · ${store.tokenName}` : ""}` : "";
+  $("#forget").hidden = !token();
+  document.body.dataset.role = store.role || "";
+};
+
+ui.announce = (alerts) => {
+  const first = alerts.slice(0, 3).map((a) => `${a.severity || "alert"} on ${a.device}: ${alertText(a)}`);
+  const more = alerts.length > 3 ? ` and ${alerts.length - 3} more` : "";
+  $("#announcer").textContent = `New alert: ${first.join("; ")}${more}.`;
+};
+
+const views = {};
+let current = null;
+
+function route() {
+  const { path, params } = parseHash(location.hash);
+  const match = path.match(/^\/device\/(.+)$/);
+  const next = match ? views.device : views.fleet;
+  const switched = current !== next;
+  const moveFocus = current !== null; // not on the page's first load: a screen reader starts at the top
+  if (current && switched) current.hide();
+  current = next;
+  if (match) next.show(decodeURIComponent(match[1]), params, switched, moveFocus);
+  else next.show(params, switched && moveFocus);
 }
 
-setInterval(renderDevices, 5000); // keep "last seen" fresh
-connect();
+function init() {
+  takeTokenFromUrl();
+  $("#skip").addEventListener("click", (e) => {
+    e.preventDefault();
+    $("#main").focus();
+  });
+  $("#forget").addEventListener("click", () => {
+    localStorage.removeItem(TOKEN);
+    location.reload();
+  });
+  $("#token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const value = $("#token-input").value.trim();
+    if (!value) return;
+    localStorage.setItem(TOKEN, value);
+    $("#token-input").value = "";
+    start();
+  });
+  $("#auth-url").textContent = `${location.origin}/#token=<token>`;
+  views.fleet = new FleetView($("#fleet-view"));
+  views.device = new DeviceView($("#device-view"));
+  store.listeners.add((tick) => current && current.render(tick));
+  window.addEventListener("hashchange", route);
+  route();
+  setInterval(() => { for (const fn of store.listeners) fn(true); }, 5000); // keep "… ago" fresh
+  start();
+}
+
+init();

@@ -22,6 +22,14 @@ The contract, beyond each method's docstring:
   twice.
 - **Retention** (``expire``) deletes readings and rollup buckets older than a cut-off; the
   device state and latest values stay, so ``last_seq`` never goes back.
+- **Storage order for forwarders.** Every group commit that inserts readings also appends, in
+  the same transaction, one row to the forward log holding the keys of exactly those readings.
+  ``readings_after`` walks that log, so a sink (gateway/forward/) reads every stored reading
+  once, in commit order, after its cursor (a ``LogPosition``), and a reading committed late by
+  a concurrent transaction is never skipped. Each sink's cursor and its lease (only one owner
+  forwards at a time, also across gateways sharing a database) are kept by ``claim_sink``,
+  ``advance_sink`` and ``release_sink``. ``trim_forward_log`` (and ``expire``) delete the log
+  rows every cursor has passed. The log is written only while some sink cursor exists.
 - **Alerts** are written only by the alert engine (gateway/alerts/): ``save_alerts`` stores a
   batch of changes (rows and their history entries) in one transaction, all or nothing, and
   assigns ids to new rows; the engine emits an alert's events only after that commit. Open
@@ -36,6 +44,8 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from gateway.errors import StorageError
 
 
 @dataclass(slots=True)
@@ -96,6 +106,33 @@ class Expired:
     readings: int  # readings deleted
     rollups: int  # rollup buckets deleted, both tiers
     partitions: int = 0  # daily partitions dropped (PostgreSQL)
+    forward_log: int = 0  # forward log rows deleted (trim_forward_log)
+
+
+@dataclass(slots=True, frozen=True, order=True)
+class LogPosition:
+    """A place in the storage order of readings: everything before the commit (tx, commit), plus
+    the first ``index`` readings of that commit, lies behind it.
+
+    ``tx`` is the writing transaction's id on PostgreSQL (0 on SQLite), ``commit`` the forward
+    log row of the group commit. Positions compare in storage order.
+    """
+
+    tx: int = 0
+    commit: int = 0
+    index: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class SinkCursor:
+    """A forwarding sink's cursor and lease, as stored."""
+
+    sink: str
+    position: LogPosition
+    owner: str  # the gateway instance holding (or last holding) the lease
+    lease_until_ms: int  # the owner's lease ends then unless renewed; 0 after a release
+    updated_ms: int  # when the cursor last moved or the lease was last renewed
+    expired: int = 0  # readings whose log rows were trimmed by age before this sink passed them (forced drops)
 
 
 @dataclass(slots=True)
@@ -107,6 +144,21 @@ class DeviceRecord:
     label: str = ""
     created_ms: int = 0
     token_created_ms: int | None = None
+
+
+DASHBOARD_ROLES = ("viewer", "operator")  # an operator may also do everything a viewer may
+
+
+@dataclass(slots=True)
+class DashboardToken:
+    """A named dashboard token (``python -m gateway tokens add NAME --role ROLE``).
+
+    Only the digest is stored: HMAC-SHA256 under the gateway's token key, as for device tokens."""
+
+    name: str
+    role: str  # one of DASHBOARD_ROLES
+    digest: bytes
+    created_ms: int = 0
 
 
 # Alert states (gateway/alerts/model.py has the meaning); an alert is "open" unless cleared.
@@ -295,6 +347,63 @@ class Storage(abc.ABC):
         Device state and latest values are kept.
         """
 
+    # -- forwarding (gateway/forward/): the forward log, sink cursors and leases
+    async def readings_after(self, position: LogPosition,
+                             limit: int = 1000) -> list[tuple[LogPosition, ReadingRow | None]]:
+        """Up to ``limit`` readings stored after ``position``, in storage order (commit by commit;
+        within a commit by (device_id, seq)), each with the position just after it.
+
+        A reading whose log entry outlived the reading itself (deleted by retention before it
+        was forwarded) comes as ``None`` with its position, so the caller can count it.
+        On PostgreSQL only commits of transactions older than every running one are returned,
+        so nothing committed later can land before a returned position.
+        """
+        raise StorageError(f"{type(self).__name__} keeps no readings to forward; use sqlite or postgresql storage")
+
+    async def register_sink(self, sink: str, now_ms: int) -> None:
+        """Make sure ``sink`` has a cursor (new: at the end of the log, no lease) and write the forward
+        log from now on. Every gateway configured with the sink calls it at start, also when another
+        process (the forwarding worker, another instance) does the forwarding."""
+        raise StorageError(f"{type(self).__name__} keeps no readings to forward; use sqlite or postgresql storage")
+
+    async def claim_sink(self, sink: str, owner: str, now_ms: int, lease_ms: int) -> LogPosition | None:
+        """Take or renew ``sink``'s lease for ``owner`` until now_ms + lease_ms and return its cursor;
+        None while another owner's lease runs (``lease_until_ms > now_ms``).
+
+        Owners are ``<instance>/<process>``: an owner takes over at once from one of the same
+        instance (a restarted or replacement process of the same gateway, whose lease would
+        otherwise hold for up to ``lease_ms``); the old one is fenced off from then on
+        (``advance_sink`` returns False to it).
+
+        A sink seen for the first time starts at the end of the log (readings stored from now on).
+        Also makes the storage write the forward log from now on.
+        """
+        raise StorageError(f"{type(self).__name__} keeps no readings to forward; use sqlite or postgresql storage")
+
+    async def advance_sink(self, sink: str, owner: str, position: LogPosition, now_ms: int, lease_ms: int) -> bool:
+        """Store ``position`` as ``sink``'s cursor and renew the lease, if ``owner`` still holds it;
+        False (nothing changed) if another owner took the sink over. A cursor never moves back."""
+        raise StorageError(f"{type(self).__name__} keeps no readings to forward")
+
+    async def release_sink(self, sink: str, owner: str) -> None:
+        """End ``owner``'s lease of ``sink`` now (another owner may claim it at once); keeps the cursor."""
+        raise StorageError(f"{type(self).__name__} keeps no readings to forward")
+
+    async def sink_cursors(self) -> list[SinkCursor]:
+        """Every sink's cursor, by sink name."""
+        return []
+
+    async def forget_sink(self, sink: str) -> bool:
+        """Delete ``sink``'s cursor (a sink no longer configured stops holding the log back);
+        False if there was none. The sink starts at the end of the log if it comes back."""
+        return False
+
+    async def trim_forward_log(self, older_than_ms: int) -> int:
+        """Delete forward log rows every sink cursor has passed (all rows when there is no sink),
+        and rows written before ``older_than_ms`` whatever the cursors: their readings a sink had
+        not passed are added to its cursor's ``expired`` count. Returns the log rows deleted."""
+        return 0
+
     # -- registry
     @abc.abstractmethod
     async def get_device(self, device_id: str) -> DeviceRecord | None: ...
@@ -318,6 +427,29 @@ class Storage(abc.ABC):
             return False
         await self.put_device(record)
         return True
+
+    # -- dashboard tokens (a table created idempotently at every open, not a numbered migration)
+    @abc.abstractmethod
+    async def add_dashboard_token(self, token: DashboardToken) -> bool:
+        """Insert the token unless its name exists (atomic); False if the name was taken.
+
+        A digest names one token only: StorageError if another row has the same digest."""
+
+    @abc.abstractmethod
+    async def dashboard_token_by_digest(self, digest: bytes) -> DashboardToken | None:
+        """The token whose digest this is, or None (revoked or never issued)."""
+
+    @abc.abstractmethod
+    async def list_dashboard_tokens(self) -> list[DashboardToken]:
+        """Every dashboard token, in name order."""
+
+    @abc.abstractmethod
+    async def delete_dashboard_token(self, name: str) -> bool:
+        """Revoke (delete) the named token; False if there was none."""
+
+    async def delete_device(self, device_id: str) -> bool:
+        """Delete the device's registry row (its readings stay until retention); False if none."""
+        raise StorageError(f"{type(self).__name__} cannot delete devices")
 
     # -- alerts (written only by the alert engine, gateway/alerts/)
     @abc.abstractmethod

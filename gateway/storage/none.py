@@ -15,6 +15,7 @@ from gateway.storage.base import (
     AlertRow,
     BaselineRow,
     Bucket,
+    DashboardToken,
     DeviceRecord,
     DeviceState,
     Expired,
@@ -87,6 +88,18 @@ class NoneStorage(Storage):
 
     async def put_device(self, record: DeviceRecord) -> None:
         await self.inner.put_device(record)
+
+    async def add_dashboard_token(self, token: DashboardToken) -> bool:
+        return await self.inner.add_dashboard_token(token)
+
+    async def dashboard_token_by_digest(self, digest: bytes) -> DashboardToken | None:
+        return await self.inner.dashboard_token_by_digest(digest)
+
+    async def list_dashboard_tokens(self) -> list[DashboardToken]:
+        return await self.inner.list_dashboard_tokens()
+
+    async def delete_dashboard_token(self, name: str) -> bool:
+        return await self.inner.delete_dashboard_token(name)
 
     async def save_alerts(self, changes: list[tuple[AlertRow, AlertHistoryRow]]) -> list[int]:
         return await self.inner.save_alerts(changes)

@@ -24,6 +24,10 @@ acknowledged, the connection is dropped and a new one is opened for the next bat
 (retries spaced by a backoff of 0.2 s doubling up to 5 s). Reads and registry calls use a
 small pool that reconnects by itself; a read retries once on a broken connection.
 
+Forwarding. While some sink cursor exists, step 4 also appends the commit's keys to
+``forward_log`` (gateway/storage/postgresql_forward.py: how readers stay correct while
+several gateways commit concurrently).
+
 Partitions. ``readings_pYYYYMMDD`` holds the readings whose time_ms falls in that UTC day.
 ``prepare`` (at open and hourly from the gateway's retention task) creates them from
 yesterday to ``partitions_ahead_days`` ahead, moving any rows of that day out of the
@@ -49,6 +53,7 @@ import orjson
 
 from gateway.errors import ConfigError, StorageError
 from gateway.logs import log
+from gateway.storage import postgresql_forward as fwd
 from gateway.storage.base import (
     ALERT_COLUMNS,
     DAY_MS,
@@ -58,10 +63,13 @@ from gateway.storage.base import (
     AlertRow,
     BaselineRow,
     Bucket,
+    DashboardToken,
     DeviceRecord,
     DeviceState,
     Expired,
+    LogPosition,
     ReadingRow,
+    SinkCursor,
     Storage,
     StoredRule,
     alert_from_tuple,
@@ -225,8 +233,9 @@ _ROLLUP_UPSERT = (
 )
 
 
-def _apply_statement() -> str:
-    """One statement merging rollups of every tier, latest values and watermarks (sorted input: lock order)."""
+def _apply_statement(log: bool = False) -> str:
+    """One statement merging rollups of every tier, latest values and watermarks (sorted input: lock order),
+    and with ``log`` appending the forward log row."""
     parts = []
     n = 1
     for index, tier in enumerate(ROLLUP_TIERS):
@@ -240,6 +249,9 @@ def _apply_statement() -> str:
         " ON CONFLICT (device_id, metric) DO UPDATE SET value = excluded.value, time_ms = excluded.time_ms,"
         " seq = excluded.seq WHERE (excluded.time_ms, excluded.seq) > (l.time_ms, l.seq))")
     n += 5
+    if log:
+        parts.append(fwd.LOG_CTE.format(a=n, b=n + 1, c=n + 2, d=n + 3))
+        n += 4
     return ("WITH " + ", ".join(parts) +
             " UPDATE device_state d SET last_seq = greatest(d.last_seq, u.last_seq),"
             " last_seen_ms = greatest(d.last_seen_ms, u.seen)"
@@ -248,6 +260,18 @@ def _apply_statement() -> str:
 
 
 _APPLY = _apply_statement()
+# Dashboard tokens (docs/configuration.md, "Dashboard roles and tokens"): created at every open,
+# idempotently, beside the numbered migrations.
+DASHBOARD_TOKENS_DDL = """
+    CREATE TABLE IF NOT EXISTS dashboard_tokens (
+        name text PRIMARY KEY,
+        role text NOT NULL CHECK (role IN ('viewer', 'operator')),
+        digest bytea NOT NULL UNIQUE,
+        created_ms bigint NOT NULL
+    );
+"""
+
+_APPLY_LOGGED = _apply_statement(log=True)
 _DEVICE_COLUMNS = "device_id, enabled, token_digest, token_created_ms, allow_cidrs, label, created_ms"
 _ALERT_COLUMNS = ", ".join(ALERT_COLUMNS)
 _ALERT_INSERT = (f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS[1:])}) VALUES ("
@@ -337,6 +361,7 @@ class PostgresStorage(Storage):
         self._retry_at = 0.0
         self._backoff = 0.0
         self._last_error = ""
+        self._forwarding = False  # write the forward log (some sink cursor exists)
         # counters (read by tests and benchmarks)
         self.commits = 0
         self.rows_written = 0
@@ -395,8 +420,11 @@ class PostgresStorage(Storage):
                 while version < SCHEMA_VERSION:
                     await conn.execute(MIGRATIONS[version])
                     version += 1
+                await conn.execute(fwd.FORWARD_DDL)
+                self._forwarding = bool(await conn.fetchval(fwd.HAS_SINKS))
                 await conn.execute("DELETE FROM edgewire_schema")
                 await conn.execute("INSERT INTO edgewire_schema (version) VALUES ($1)", version)
+                await conn.execute(DASHBOARD_TOKENS_DDL)
         except asyncpg.PostgresError as err:
             raise StorageError(f"cannot set up the schema in {self.where}: {err} (does the user own the "
                                "database, and is it an Edgewire database?)") from None
@@ -591,8 +619,10 @@ class PostgresStorage(Storage):
                     for tier in ROLLUP_TIERS:
                         args += _columns(agg.rollup_rows(tier), 7)
                     args += _columns(agg.latest_rows(), 5)
+                    if self._forwarding:
+                        args += fwd.log_args(new)
                     args += _columns(agg.state_rows(), 3)
-                    await conn.execute(_APPLY, *args)
+                    await conn.execute(_APPLY_LOGGED if self._forwarding else _APPLY, *args)
         except _DATA_ERRORS:
             self.failed_commits += 1
             raise
@@ -719,7 +749,10 @@ class PostgresStorage(Storage):
         return {name: day for name, day in found.items() if day is not None}
 
     async def prepare(self, now_ms: int) -> None:
-        """Create the daily partitions from yesterday to ``partitions_ahead_days`` ahead."""
+        """Create the daily partitions from yesterday to ``partitions_ahead_days`` ahead; start writing the
+        forward log if another gateway created a sink cursor."""
+        if not self._forwarding:
+            self._forwarding = bool((await self._fetch(fwd.HAS_SINKS))[0][0])
         have = set((await self.partitions()).values())
         today = day_of(now_ms)
         for day in range(today - 1, today + self.partitions_ahead_days + 1):
@@ -783,7 +816,75 @@ class PostgresStorage(Storage):
                 rollups += deleted
                 if deleted < EXPIRE_BATCH:
                     break
-        return Expired(readings=readings, rollups=rollups, partitions=dropped)
+        trimmed = await self.trim_forward_log(readings_before_ms)
+        return Expired(readings=readings, rollups=rollups, partitions=dropped, forward_log=trimmed)
+
+    # ------------------------------------------------------------------ forwarding
+    async def readings_after(self, position: LogPosition,
+                             limit: int = 1000) -> list[tuple[LogPosition, ReadingRow | None]]:
+        if limit < 1:
+            return []
+
+        async def run(conn: asyncpg.Connection) -> list[tuple[LogPosition, ReadingRow | None]]:
+            logs = await conn.fetch(fwd.READ_LOG, position.tx, position.commit, fwd.LOG_ROWS_PER_READ)
+            wanted = fwd.wanted_keys(logs, position, limit)
+            if not wanted:
+                return []
+            times = [t for _, _, _, t in wanted]
+            rows = await conn.fetch(fwd.READ_READINGS.format(columns=", ".join(f"r.{c}" for c in _COPY_COLUMNS)),
+                                    [d for _, d, _, _ in wanted], [s for _, _, s, _ in wanted], times,
+                                    min(times), max(times))
+            found = {(r[0], r[1]): _reading(r) for r in rows}
+            return [(pos, found.get((device, seq))) for pos, device, seq, _ in wanted]
+
+        return await self._with_conn(run)
+
+    async def register_sink(self, sink: str, now_ms: int) -> None:
+        self._forwarding = True  # before the cursor exists: every commit after its start position is logged
+        await self._execute(fwd.REGISTER, sink, now_ms)
+
+    async def claim_sink(self, sink: str, owner: str, now_ms: int, lease_ms: int) -> LogPosition | None:
+        self._forwarding = True  # before the claim: every commit after its start position is logged
+
+        async def run(conn: asyncpg.Connection) -> LogPosition | None:
+            async with conn.transaction():
+                await conn.execute(fwd.REGISTER, sink, now_ms)
+                row = await conn.fetchrow(fwd.CLAIM_UPDATE, sink, owner, now_ms + lease_ms, now_ms)
+            return None if row is None else LogPosition(int(row[0]), int(row[1]), int(row[2]))
+
+        return await self._with_conn(run)
+
+    async def advance_sink(self, sink: str, owner: str, position: LogPosition, now_ms: int, lease_ms: int) -> bool:
+        status = await self._execute(fwd.ADVANCE, sink, owner, position.tx, position.commit, position.index,
+                                     now_ms + lease_ms, now_ms)
+        return status.rsplit(" ", 1)[-1] == "1"
+
+    async def release_sink(self, sink: str, owner: str) -> None:
+        await self._execute(fwd.RELEASE, sink, owner)
+
+    async def sink_cursors(self) -> list[SinkCursor]:
+        return fwd.cursors(await self._fetch(fwd.CURSORS))
+
+    async def forget_sink(self, sink: str) -> bool:
+        status = await self._execute(fwd.FORGET, sink)
+        self._forwarding = bool((await self._fetch(fwd.HAS_SINKS))[0][0])
+        return status.rsplit(" ", 1)[-1] == "1"
+
+    async def trim_forward_log(self, older_than_ms: int) -> int:
+        async def step(conn: asyncpg.Connection) -> int:
+            async with conn.transaction():  # the cursors are locked: two gateways never count a row twice
+                marks = await conn.fetch(fwd.MARKS)
+                gone = await conn.fetch(fwd.TRIM, older_than_ms, fwd.TRIM_BATCH, timeout=UPKEEP_TIMEOUT_S)
+                for sink, lost in fwd.expired_counts(marks, gone).items():
+                    await conn.execute(fwd.ADD_EXPIRED, sink, lost)
+            return len(gone)
+
+        deleted = 0
+        while True:  # short transactions
+            done = await self._with_conn(step)
+            deleted += done
+            if done < fwd.TRIM_BATCH:
+                return deleted
 
     # ------------------------------------------------------------------ registry
     async def get_device(self, device_id: str) -> DeviceRecord | None:
@@ -817,6 +918,30 @@ class PostgresStorage(Storage):
             f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
             " ON CONFLICT (device_id) DO NOTHING RETURNING device_id", *self._device_params(record))
         return bool(rows)
+
+    # ------------------------------------------------------------------ dashboard tokens
+    async def add_dashboard_token(self, token: DashboardToken) -> bool:
+        rows = await self._fetch(
+            "INSERT INTO dashboard_tokens (name, role, digest, created_ms) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (name) DO NOTHING RETURNING name", token.name, token.role, token.digest, token.created_ms)
+        return bool(rows)
+
+    async def dashboard_token_by_digest(self, digest: bytes) -> DashboardToken | None:
+        rows = await self._fetch("SELECT name, role, digest, created_ms FROM dashboard_tokens WHERE digest = $1",
+                                 digest)
+        return DashboardToken(*rows[0]) if rows else None
+
+    async def list_dashboard_tokens(self) -> list[DashboardToken]:
+        rows = await self._fetch("SELECT name, role, digest, created_ms FROM dashboard_tokens ORDER BY name")
+        return [DashboardToken(*r) for r in rows]
+
+    async def delete_dashboard_token(self, name: str) -> bool:
+        rows = await self._fetch("DELETE FROM dashboard_tokens WHERE name = $1 RETURNING name", name)
+        return bool(rows)
+
+    async def delete_device(self, device_id: str) -> bool:
+        status = await self._execute("DELETE FROM devices WHERE device_id = $1", device_id)
+        return status.rsplit(" ", 1)[-1] == "1"
 
     # ------------------------------------------------------------------ alerts
     async def save_alerts(self, changes: list[tuple[AlertRow, AlertHistoryRow]]) -> list[int]:

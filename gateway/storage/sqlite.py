@@ -25,6 +25,9 @@ Schema (``PRAGMA user_version`` = SCHEMA_VERSION):
   from exactly the readings it inserted (gateway/storage/ingest.py), so they never count
   a duplicate and an ack covers them.
 - ``devices`` (the registry) and ``alerts``.
+- ``forward_log`` and ``forward_cursors`` (gateway/storage/sqlite_forward.py, created at every
+  open): the storage order forwarders read, written in the group commit's transaction while
+  some sink cursor exists.
 
 Retention (``expire``) deletes old readings device by device in transactions of at most
 ``EXPIRE_BATCH`` readings, queued on the writer thread between group commits, so ingestion
@@ -46,6 +49,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import ConfigError, StorageError
+from gateway.storage import sqlite_forward as fwd
 from gateway.storage.base import (
     ALERT_COLUMNS,
     RAW,
@@ -54,10 +58,13 @@ from gateway.storage.base import (
     AlertRow,
     BaselineRow,
     Bucket,
+    DashboardToken,
     DeviceRecord,
     DeviceState,
     Expired,
+    LogPosition,
     ReadingRow,
+    SinkCursor,
     Storage,
     StoredRule,
     alert_from_tuple,
@@ -69,10 +76,10 @@ from gateway.storage.ingest import aggregate, check_rows, first_per_key, split_b
 try:
     import orjson
 
-    def _metrics_json(metrics: dict[str, float]) -> str:
+    def _metrics_json(metrics: Any) -> str:
         return orjson.dumps(metrics).decode()
 except ImportError:  # pragma: no cover - orjson is a gateway dependency
-    def _metrics_json(metrics: dict[str, float]) -> str:
+    def _metrics_json(metrics: Any) -> str:
         return json.dumps(metrics, allow_nan=False, separators=(",", ":"))
 
 
@@ -259,6 +266,17 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+# Dashboard tokens (docs/configuration.md, "Dashboard roles and tokens"): created at every open,
+# idempotently, beside the numbered migrations.
+DASHBOARD_TOKENS_DDL = """
+    CREATE TABLE IF NOT EXISTS dashboard_tokens (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL CHECK (role IN ('viewer', 'operator')),
+        digest BLOB NOT NULL UNIQUE,
+        created_ms INTEGER NOT NULL
+    );
+"""
+
 _INSERT_READING = (
     "INSERT INTO readings (device_id, seq, time_ms, received_ms, boot, device_ts, uptime_ms,"
     " quality, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING"
@@ -365,6 +383,7 @@ class SQLiteStorage(Storage):
         self._opened = False
         self._closing = False
         self._writer_failed: BaseException | None = None
+        self._forwarding = False  # write the forward log (some sink cursor exists)
         # counters (read by /metrics; written by the writer thread only)
         self.commits = 0
         self.rows_written = 0  # rows offered to the database, duplicates included
@@ -407,6 +426,7 @@ class SQLiteStorage(Storage):
             conn.execute("PRAGMA temp_store = MEMORY")
             conn.execute("PRAGMA journal_size_limit = 67108864")
             self._migrate(conn)
+            self._forwarding = self._create_forward_tables(conn)
         except sqlite3.DatabaseError as err:
             conn.close()
             raise StorageError(f"cannot open database {self.path}: {err} (is it an Edgewire database, "
@@ -429,11 +449,27 @@ class SQLiteStorage(Storage):
                     conn.execute(statement)
                 version += 1
                 conn.execute(f"PRAGMA user_version = {version}")
+            for statement in _split_script(DASHBOARD_TOKENS_DDL):
+                conn.execute(statement)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _create_forward_tables(conn: sqlite3.Connection) -> bool:
+        """FORWARD_DDL (idempotent, at every open); whether some sink cursor exists."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split_script(fwd.FORWARD_DDL):
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return fwd.has_sinks(conn)
 
     async def close(self) -> None:
         """Commit everything queued, stop the threads, close the connections. Idempotent."""
@@ -599,6 +635,8 @@ class SQLiteStorage(Storage):
                     conn.executemany(_UPSERT_ROLLUP.format(table=f"rollup_{tier}"), agg.rollup_rows(tier))
                 conn.executemany(_UPSERT_LATEST, agg.latest_rows())
                 conn.executemany(_UPSERT_STATE, agg.state_rows())
+                if self._forwarding:
+                    conn.execute(fwd.INSERT_LOG, fwd.log_params(new, _metrics_json))
             conn.execute("COMMIT")
         except BaseException:
             self.failed_commits += 1
@@ -765,7 +803,49 @@ class SQLiteStorage(Storage):
                 rollups += deleted
                 if deleted < EXPIRE_BATCH:
                     break
-        return Expired(readings=readings, rollups=rollups)
+        trimmed = await self.trim_forward_log(readings_before_ms)
+        return Expired(readings=readings, rollups=rollups, forward_log=trimmed)
+
+    # ------------------------------------------------------------------ forwarding
+    async def readings_after(self, position: LogPosition,
+                             limit: int = 1000) -> list[tuple[LogPosition, ReadingRow | None]]:
+        if limit < 1:
+            return []
+        return await self._read(lambda: fwd.read_after(self._reader_conn(), position, limit, _READING_COLUMNS,
+                                                       _reading))
+
+    async def register_sink(self, sink: str, now_ms: int) -> None:
+        self._forwarding = True  # before the cursor exists: every commit after its start position is logged
+        await self._write(lambda conn: fwd.register(conn, sink, now_ms))
+
+    async def claim_sink(self, sink: str, owner: str, now_ms: int, lease_ms: int) -> LogPosition | None:
+        self._forwarding = True  # before the claim: every commit after its start position is logged
+        return await self._write(lambda conn: fwd.claim(conn, sink, owner, now_ms, lease_ms))
+
+    async def advance_sink(self, sink: str, owner: str, position: LogPosition, now_ms: int, lease_ms: int) -> bool:
+        return await self._write(lambda conn: fwd.advance(conn, sink, owner, position, now_ms, lease_ms))
+
+    async def release_sink(self, sink: str, owner: str) -> None:
+        await self._write(lambda conn: fwd.release(conn, sink, owner))
+
+    async def sink_cursors(self) -> list[SinkCursor]:
+        return fwd.cursors(await self._query(fwd.CURSORS_SQL))
+
+    async def forget_sink(self, sink: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            gone = fwd.forget(conn, sink)
+            self._forwarding = fwd.has_sinks(conn)
+            return gone
+
+        return await self._write(op)
+
+    async def trim_forward_log(self, older_than_ms: int) -> int:
+        deleted = 0
+        while True:  # small transactions, queued between group commits
+            step = await self._write(fwd.trim_step(older_than_ms))
+            deleted += step
+            if step < fwd.TRIM_BATCH:
+                return deleted
 
     # ------------------------------------------------------------------ registry
     async def get_device(self, device_id: str) -> DeviceRecord | None:
@@ -810,6 +890,35 @@ class SQLiteStorage(Storage):
             return cursor.rowcount == 1
 
         return await self._write(op)
+
+    # ------------------------------------------------------------------ dashboard tokens
+    async def add_dashboard_token(self, token: DashboardToken) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT INTO dashboard_tokens (name, role, digest, created_ms) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (name) DO NOTHING", (token.name, token.role, token.digest, token.created_ms))
+            return cursor.rowcount == 1
+
+        return await self._write(op)
+
+    async def dashboard_token_by_digest(self, digest: bytes) -> DashboardToken | None:
+        rows = await self._query("SELECT name, role, digest, created_ms FROM dashboard_tokens WHERE digest = ?",
+                                 (digest,))
+        return DashboardToken(*rows[0]) if rows else None
+
+    async def list_dashboard_tokens(self) -> list[DashboardToken]:
+        rows = await self._query("SELECT name, role, digest, created_ms FROM dashboard_tokens ORDER BY name")
+        return [DashboardToken(*r) for r in rows]
+
+    async def delete_dashboard_token(self, name: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM dashboard_tokens WHERE name = ?", (name,)).rowcount == 1
+
+        return await self._write(op)
+
+    async def delete_device(self, device_id: str) -> bool:
+        return await self._write(
+            lambda conn: conn.execute("DELETE FROM devices WHERE device_id = ?", (device_id,)).rowcount == 1)
 
     # ------------------------------------------------------------------ alerts
     async def save_alerts(self, changes: list[tuple[AlertRow, AlertHistoryRow]]) -> list[int]:

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from gateway.history_api import HistoryApi, Reply, restore_hub
+from gateway.dashboard_sync import restore
+from gateway.history_api import HistoryApi, Reply
 from gateway.hub import Hub
 from gateway.storage.base import DeviceRecord, ReadingRow
 from gateway.storage.sqlite import SQLiteStorage
@@ -148,7 +149,7 @@ def test_storage_failure_is_503(tmp_path: Path) -> None:
 def test_restore_hub_shows_the_fleet_before_it_reconnects(tmp_path: Path) -> None:
     async def body(api: HistoryApi, storage: SQLiteStorage) -> Hub:
         hub = Hub(250, 8, str)
-        await restore_hub(hub, storage)
+        await restore(hub, storage)
         return hub
 
     hub = call(tmp_path, body)

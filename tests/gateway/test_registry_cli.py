@@ -89,9 +89,14 @@ def test_devices_lifecycle(tmp_path: Path) -> None:
     shown = json.loads(cli("devices", "show", "S-1", "--data-dir", d).stdout)
     assert shown["token"] == "revoked" and "digest" not in json.dumps(shown)
 
-    for action in ("disable", "enable", "rotate", "revoke", "show"):
+    for action in ("disable", "enable", "rotate", "revoke", "show", "delete"):
         missing = cli("devices", action, "S-9", "--data-dir", d)
         assert missing.returncode == 2 and "unknown device 'S-9'" in missing.stderr
+
+    deleted = cli("devices", "delete", "S-2", "--data-dir", d)
+    assert deleted.returncode == 0 and "deleted from the registry" in deleted.stderr
+    assert [x["device_id"] for x in json.loads(cli("devices", "list", "--json", "--data-dir", d).stdout)] == ["S-1"]
+    assert cli("devices", "delete", "S-2", "--data-dir", d).returncode == 2
 
 
 def test_allow_command(tmp_path: Path) -> None:

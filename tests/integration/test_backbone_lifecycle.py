@@ -174,7 +174,7 @@ def test_http_endpoints(gateway: GatewayProcess) -> None:
     with urllib.request.urlopen(gateway.http_url + "/") as resp:
         page = resp.read().decode()
     assert "Edgewire fleet" in page and "/app.js" in page and "https://" not in page
-    with urllib.request.urlopen(gateway.http_url + "/app.js") as resp:
+    with urllib.request.urlopen(gateway.http_url + "/store.js") as resp:  # the module that opens the stream
         assert b"/v1/dashboard" in resp.read()
     assert "edgewire_readings_stored_total" in gateway.metrics()
     try:

@@ -65,8 +65,8 @@ def test_deep_status_is_refused_and_the_dashboard_and_shutdown_go_on(tmp_path: P
         status, body = health(gw)
         assert status == 200 and body["status"] == "ok"
         assert {name: check["state"] for name, check in body["checks"].items()} == {
-            "storage": "ok", "hub": "running", "registry_sweep": "running", "gc": "running", "retention": "running",
-            "alerts": "running", "webhooks": "running"}
+            "storage": "ok", "hub": "running", "registry_sweep": "running", "dashboard_sync": "running",
+            "gc": "running", "retention": "running", "alerts": "running", "webhooks": "running"}
     finally:
         code = gw.stop(timeout=20)  # SIGTERM finishes
         gw.kill()

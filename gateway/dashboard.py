@@ -1,0 +1,69 @@
+"""The dashboard room: the page, its GET endpoints, its stream and what operators do from it.
+
+Parts: ``dashboard_auth`` (tokens and roles), ``dashboard_http`` (static files, /v1/session,
+/v1/meta, /v1/alerts), ``hub`` (the stream), ``dashboard_actions`` (ack, clear, command from the
+browser), ``dashboard_sync`` (registry and token changes). This module puts them together on the
+gateway's routing table; docs/dashboard.md describes the whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from websockets.http11 import Request, Response
+
+from gateway.alerts.engine import AlertEngine
+from gateway.config import GatewayConfig
+from gateway.conn import EdgeConnection
+from gateway.dashboard_actions import E_NOT_FOUND, ActionError, ActionHandlers, DashboardActions
+from gateway.dashboard_auth import DashboardAuth
+from gateway.dashboard_http import PATHS, DashboardHttp
+from gateway.dashboard_sync import DashboardSync
+from gateway.errors import DeviceOffline
+from gateway.http_api import HttpApi
+from gateway.hub import Hub
+from gateway.storage.base import Storage
+
+RunCommand = Callable[[str, str, dict[str, Any], float], Awaitable[dict[str, Any]]]
+
+
+class Dashboard:
+    def __init__(self, config: GatewayConfig, storage: Storage, hub: Hub, http: HttpApi, auth: DashboardAuth,
+                 alerts: AlertEngine, run_command: RunCommand,
+                 count_error: Callable[[str], None] = lambda code: None) -> None:
+        self.storage = storage
+        self.http = http
+        self.alerts = alerts
+        self.run_command = run_command
+        hub.actions = DashboardActions(ActionHandlers(self.ack, self.clear, self.command), auth, count_error)
+        self.endpoints = DashboardHttp(self.list_alerts)
+        self.sync = DashboardSync(hub, storage, config.registry_recheck_s)
+        http.websocket("/v1/dashboard", http.dashboard_upgrade, hub.serve)
+        for path in PATHS:
+            http.route(path, self.get)
+
+    async def get(self, ws: EdgeConnection, request: Request) -> Response:
+        """/v1/session, /v1/meta, /v1/alerts, for a client that passes the dashboard's checks."""
+        identity = await self.http.dashboard_identity(ws, request)
+        if isinstance(identity, Response):
+            return identity
+        return await self.endpoints.respond(identity, request.path)
+
+    # ------------------------------------------------------------ what the browser's actions run
+    async def ack(self, alert_id: int, by: str) -> dict[str, Any]:
+        return await self.alerts.ack(alert_id, by)  # AlertError codes go to the browser as they are
+
+    async def clear(self, alert_id: int, by: str) -> dict[str, Any]:
+        return await self.alerts.clear(alert_id, by)
+
+    async def command(self, device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        try:
+            return await self.run_command(device_id, name, args, timeout)
+        except DeviceOffline:
+            if await self.storage.get_device(device_id) is None:
+                raise ActionError(E_NOT_FOUND, f"no device {device_id} is registered") from None
+            raise
+
+    async def list_alerts(self, device_id: str | None, limit: int) -> list[dict[str, Any]]:
+        return await self.alerts.alerts(device_id, limit=limit)

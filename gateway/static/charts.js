@@ -1,0 +1,110 @@
+// One uPlot chart per metric: the bucket average as a line inside its min–max band.
+// uPlot (MIT) is vendored in /vendor (scripts/vendor-uplot) and loaded as the global `uPlot`.
+import { formatValue, h, metricLabel } from "./util.js";
+
+const LINE = "#1a5fb4"; // 6.4:1 on white
+const BAND_EDGE = "rgba(26, 95, 180, 0.45)";
+const BAND_FILL = "rgba(26, 95, 180, 0.14)";
+const HEIGHT = 180;
+
+export class MetricChart {
+  /** ``onZoom(fromMs, toMs)`` is called when the user drags across the chart. */
+  constructor(parent, meta, metric, onZoom) {
+    this.meta = meta;
+    this.metric = metric;
+    this.onZoom = onZoom;
+    const unit = (meta.metrics[metric] || {}).unit || "";
+    this.summary = h("p", { class: "chart-summary muted" }, "loading…");
+    this.plotBox = h("div", { class: "plot" });
+    this.el = h("figure", { class: "chart", dataset: { metric, points: "0" } },
+      h("figcaption", {}, h("h3", {}, metricLabel(meta, metric), unit && unit !== "fraction" ? ` (${unit})` : "")),
+      this.plotBox, this.summary);
+    parent.append(this.el);
+    this.data = [[], [], [], []]; // seconds, avg, min, max
+    const value = (u, v) => (v === null || v === undefined ? "–" : formatValue(meta, metric, v));
+    this.plot = new uPlot({
+      width: this.width(), height: HEIGHT,
+      scales: { x: { time: true } },
+      legend: { live: true },
+      cursor: { drag: { x: true, y: false, setScale: false } },
+      series: [
+        {},
+        { label: "average", stroke: LINE, width: 2, value },
+        { label: "min", stroke: BAND_EDGE, width: 1, value },
+        { label: "max", stroke: BAND_EDGE, width: 1, value },
+      ],
+      bands: [{ series: [3, 2], fill: BAND_FILL }],
+      axes: [{ stroke: "#333" }, { stroke: "#333", size: 56 }],
+      hooks: { setSelect: [(u) => this.selected(u)] },
+    }, this.data, this.plotBox);
+    this.plotBox.querySelector("canvas")?.setAttribute("aria-hidden", "true");
+  }
+
+  width() {
+    return Math.max(260, Math.floor(this.el.clientWidth || this.el.parentElement.clientWidth || 600) - 4);
+  }
+
+  selected(u) {
+    const { left, width } = u.select;
+    if (width < 4) return;
+    const from = Math.round(u.posToVal(left, "x") * 1000);
+    const to = Math.round(u.posToVal(left + width, "x") * 1000);
+    u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+    if (to - from >= 1000) this.onZoom(from, to);
+  }
+
+  /** Buckets from GET /v1/history: [t, min, avg, max, count]; the x scale spans [fromMs, toMs]. */
+  setHistory(points, fromMs, toMs, source) {
+    this.data = [points.map((p) => p[0] / 1000), points.map((p) => p[2]), points.map((p) => p[1]),
+      points.map((p) => p[3])];
+    this.range = [fromMs, toMs];
+    this.source = source;
+    this.loaded = true;
+    this.redraw();
+  }
+
+  /** A live reading: appended (with the window slid to end at ``nowMs``) if newer than the last point. */
+  append(tMs, value, nowMs) {
+    const xs = this.data[0];
+    const t = tMs / 1000;
+    if (xs.length && t <= xs[xs.length - 1]) return;
+    const span = this.range[1] - this.range[0];
+    this.range = [nowMs - span, nowMs];
+    for (const series of this.data.slice(1)) series.push(value);
+    xs.push(t);
+    const cut = xs.findIndex((x) => x >= this.range[0] / 1000);
+    if (cut > 0) this.data = this.data.map((s) => s.slice(cut));
+    this.redraw();
+  }
+
+  redraw() {
+    const [from, to] = this.range;
+    this.plot.batch(() => {
+      this.plot.setData(this.data, false);
+      this.plot.setScale("x", { min: from / 1000, max: to / 1000 });
+    });
+    const n = this.data[0].length;
+    this.el.dataset.points = String(n);
+    if (!n) {
+      this.summary.textContent = "No readings in this range.";
+      return;
+    }
+    const finite = (s) => s.filter((v) => v !== null && Number.isFinite(v));
+    const mins = finite(this.data[2]);
+    const maxs = finite(this.data[3]);
+    const avgs = finite(this.data[1]);
+    const fmt = (v) => formatValue(this.meta, this.metric, v);
+    const mean = avgs.reduce((a, b) => a + b, 0) / (avgs.length || 1);
+    this.summary.textContent = `${n} points${this.source ? ` (${this.source})` : ""}: `
+      + `min ${fmt(Math.min(...mins))}, mean of averages ${fmt(mean)}, max ${fmt(Math.max(...maxs))}.`;
+  }
+
+  resize() {
+    this.plot.setSize({ width: this.width(), height: HEIGHT });
+  }
+
+  destroy() {
+    this.plot.destroy();
+    this.el.remove();
+  }
+}
