@@ -20,6 +20,9 @@ R_HOURLY: str
 R_STOP: str
 R_REFRESH: str
 HOURLY_MS: int
+REPEATS_KEPT: int
+REPEAT_MAX_BYTES: int
+REPEATED: str
 CLOSE_ACTIONS: dict[int, str]
 
 _CommandResult = tuple[bool, str, Any]
@@ -114,6 +117,7 @@ class DeviceSession:
     stopped: bool
     retry_at_ms: int
     last_reconnect: Reconnect | None
+    answered: list[tuple[str, str]]
     def __init__(
         self,
         device_id: str,
@@ -135,6 +139,7 @@ class DeviceSession:
     def set_credential(self, token: str | None = None, jwt: str | None = None) -> None: ...
     def handle(self, text: str | bytes, now_ms: int = 0) -> Decision: ...
     def run_command(self, name: object, args: object) -> _CommandResult: ...
+    def _remember(self, command_id: str, ok: bool, text: str | None, reply: str) -> None: ...
     def can_send(self) -> bool: ...
     def send_wait_ms(self, now_ms: int) -> int: ...
     def next_frame(

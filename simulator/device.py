@@ -37,7 +37,7 @@ import math
 import random
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -75,6 +75,10 @@ _ERROR_FOR_CLOSE = {code: error for error, code in wire.CLOSE_FOR_ERROR.items()}
 CredentialRefresh = Callable[[str], Awaitable[str | None]]
 
 
+def _device_url(url: str) -> str:
+    return url if url.rstrip("/").endswith("/v1/device") else url.rstrip("/") + "/v1/device"
+
+
 def is_jwt(credential: str) -> bool:
     """The one token-vs-JWT test (protocol.wire.is_device_token), as the simulator asks it."""
     return not wire.is_device_token(credential)
@@ -101,7 +105,7 @@ class VirtualDevice(Sending, Sampling, Commands):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         device_id: str,
         credential: str,
         *,
@@ -130,7 +134,11 @@ class VirtualDevice(Sending, Sampling, Commands):
             raise SimConfigError("rate must be > 0 and batch, window, outbox_max >= 1")
         if auth not in ("header", "frame"):
             raise SimConfigError(f"auth must be 'header' or 'frame', not {auth!r}")
-        self.url = url if url.rstrip("/").endswith("/v1/device") else url.rstrip("/") + "/v1/device"
+        # Several gateway instances (docs/scaling.md): one is picked at random at each connection.
+        self.urls = [_device_url(u) for u in ([url] if isinstance(url, str) else url)]
+        if not self.urls:
+            raise SimConfigError("give at least one gateway URL")
+        self.url = self.urls[0]
         self.device_id = device_id
         self.rate = rate
         self.batch = batch
@@ -264,6 +272,8 @@ class VirtualDevice(Sending, Sampling, Commands):
         self.state = "connecting"
         self._stop_reason = None
         headers = {"Authorization": "Bearer " + self.credential} if self.auth == "header" else None
+        if len(self.urls) > 1:
+            self.url = self.rng.choice(self.urls)
         async with connect(
             self.url, additional_headers=headers, proxy=None,
             compression="deflate" if self.compression else None,
