@@ -15,11 +15,13 @@ ANSIBLE_VENV ?= var/ansible-venv
 ANSIBLE_STAMP := $(ANSIBLE_VENV)/.installed
 ANSIBLE_TEST_ROOT ?= var/ansible-test
 
-.PHONY: help venv demo test lint clean node-deps system-deps-demo system-deps-test system-deps-bench ansible-venv provision-test fuzz
+.PHONY: help venv demo cluster-demo test lint clean node-deps system-deps-demo system-deps-test system-deps-bench ansible-venv provision-test fuzz
 
 help:
 	@echo "make demo   - gateway on $(HOST):$(PORT) (SQLite) + $(DEVICES) simulated devices; Ctrl-C stops"
 	@echo "              make demo DEMO_STORAGE=postgresql: on a throwaway PostgreSQL 15 instead"
+	@echo "make cluster-demo - 3 gateways joined by Redis on a throwaway PostgreSQL + a fleet moving between"
+	@echo "              them ($(CLUSTER_DEVICES) devices, ports $(PORT)-...); one dashboard shows the whole fleet; Ctrl-C stops"
 	@echo "make test   - install what the suite needs and run it"
 	@echo "make lint   - ruff, mypy --strict, ansible-lint (production profile), yamllint, Kubernetes manifests"
 	@echo "make provision-test - ansible/site.yml against debootstrap'd Debian root filesystems (root)"
@@ -50,6 +52,15 @@ demo: system-deps-demo $(STAMP)
 	@if [ "$(DEMO_STORAGE)" = postgresql ]; then scripts/system-deps postgresql; fi
 	@$(PY) -m simulator.demo --host $(HOST) --port $(PORT) --devices $(DEVICES) --data-dir $(DEMO_DIR) \
 		--storage $(DEMO_STORAGE)
+
+# make cluster-demo: redis-server, a throwaway PostgreSQL 15 and 3 gateway instances on $(PORT)..$(PORT)+2,
+# and a simulated fleet whose devices connect to a random instance (docs/scaling.md).
+CLUSTER_DEVICES ?= 60
+CLUSTER_DIR ?= var/cluster-demo
+cluster-demo: $(STAMP)
+	@scripts/system-deps cluster
+	@$(PY) -m simulator.cluster_demo --host $(HOST) --port $(PORT) --devices $(CLUSTER_DEVICES) \
+		--data-dir $(CLUSTER_DIR)
 
 # MicroPython's WebAssembly port (npm) runs the firmware tests and the emulated ESP32 board.
 $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package-lock.json
@@ -104,7 +115,7 @@ provision-test: $(STAMP) $(ANSIBLE_STAMP)
 # make bench-quick: 1k devices for 10 s (~60 s); fails if the gateway full path loses a reading (CI smoke).
 # make bench-forward: forwarding to Mosquitto at 10k readings/s, CPU per reading (~3 min; docs/performance.md).
 BENCH_ARGS ?=
-.PHONY: bench bench-quick bench-forward
+.PHONY: bench bench-quick bench-forward bench-cluster
 bench: system-deps-bench $(STAMP)
 	$(PY) -m bench.encoding_bench
 	$(PY) -m bench.run $(BENCH_ARGS)
@@ -121,6 +132,14 @@ bench-dashboard: system-deps-test $(STAMP)
 .PHONY: bench-forward
 bench-forward: system-deps-bench $(STAMP)
 	$(PY) -m bench.forward_bench $(BENCH_ARGS)
+
+# make bench-cluster: 3 gateway instances joined by Redis against 3 without a bus, on a throwaway
+# PostgreSQL: CPU per reading (overhead ratio), Redis commands, cross-instance dashboard latency
+# (docs/scaling.md section 11). CLUSTER_BENCH_ARGS: --devices N --hold S ...
+CLUSTER_BENCH_ARGS ?=
+bench-cluster: $(STAMP)
+	@scripts/system-deps cluster
+	$(PY) -m bench.run --cluster $(CLUSTER_BENCH_ARGS)
 
 # make flash PORT=/dev/ttyUSB0 DEVICE_ID=SENSOR-01 WIFI_SSID=... WIFI_PASSWORD=... \
 #   GATEWAY_URL=ws://HOST:8080/v1/device (TOKEN=ewt_... | ADMIN_TOKEN_FILE=<data dir>/admin.token) \

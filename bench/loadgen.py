@@ -231,7 +231,8 @@ async def _worker_loop(pipe: multiprocessing.connection.Connection, spec: dict[s
 async def _open_watcher(spec: dict[str, Any]) -> DashboardWatcher | MqttSubscriber:
     uri = parse_ws_url(spec["url"])
     if spec["kind"] == "dashboard":
-        dash = await open_connection(lambda: DashboardWatcher(uri), uri.host, uri.port)
+        dash = await open_connection(lambda: DashboardWatcher(uri, spec.get("only", ""), spec.get("skip", "")),
+                                     uri.host, uri.port)
         assert isinstance(dash, DashboardWatcher)
         if not await wait_until(dash, lambda: dash.snapshots > 0, 10):
             raise LoadgenError("dashboard stream sent no snapshot within 10 s")
@@ -329,8 +330,10 @@ class LoadGen:
 class Watcher:
     """A dashboard-stream client ("dashboard") or MQTT subscriber ("subscriber") in its own process."""
 
-    def __init__(self, kind: str, url: str) -> None:
-        self.proc = Proc({"kind": "dashboard" if kind == "dashboard" else "subscriber", "url": url})
+    def __init__(self, kind: str, url: str, only: str = "", skip: str = "") -> None:
+        """``only`` / ``skip``: a dashboard watcher records only devices whose id has / lacks that prefix."""
+        self.proc = Proc({"kind": "dashboard" if kind == "dashboard" else "subscriber", "url": url,
+                          "only": only, "skip": skip})
         self.proc.call({"cmd": "watch"}, 30)
 
     def mark(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ bench/results/ (timestamped file + latest.json).
 
     python -m bench.run                     # 1k, 5k, 10k devices, 30 s each
     python -m bench.run --quick             # 1k devices, 10 s: CI smoke test (fails on any loss)
+    python -m bench.run --cluster           # 3 instances with a bus against 3 without (bench/cluster.py)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.admin import register_all
 from bench.errors import BenchError
 from bench.loadgen import ENCODINGS, LoadGen, Watcher
 from bench.metrics import HostSample, ProcSample, cpu_per_1000, latency_summary, ratio, rss_per_connection_kib
@@ -44,34 +46,6 @@ SCHEMA = "edgewire-bench/1"
 SATURATED = 0.90  # a generator process at >= 90 % of one core invalidates the step
 
 
-# ---------------------------------------------------------------- registration
-
-async def _register_all(url: str, admin_token: str, ids: list[str], connections: int = 4,
-                        window: int = 200) -> dict[str, str]:
-    """Register ``ids`` through /v1/admin (docs/protocol.md section 10); return id -> token."""
-    from websockets.asyncio.client import connect
-
-    tokens: dict[str, str] = {}
-
-    async def worker(share: list[str]) -> None:
-        async with connect(url + "/v1/admin", additional_headers={"Authorization": f"Bearer {admin_token}"},
-                           max_size=1 << 22, open_timeout=30) as ws:
-            for start in range(0, len(share), window):
-                chunk = share[start:start + window]
-                for device_id in chunk:
-                    await ws.send(json.dumps({"t": "register", "id": device_id, "device_id": device_id,
-                                              "label": "bench"}))
-                for _ in chunk:
-                    reply = json.loads(await asyncio.wait_for(ws.recv(), 60))
-                    if reply.get("t") != "ok":
-                        raise BenchError(f"registering {reply.get('id')}: {reply.get('code')}: "
-                                         f"{reply.get('msg')}")
-                    tokens[reply["device_id"]] = reply["token"]
-
-    await asyncio.gather(*(worker(ids[i::connections]) for i in range(connections)))
-    return tokens
-
-
 def prepare_template(workdir: Path, count: int, log: Any) -> tuple[Path, list[tuple[str, str]]]:
     """A gateway data dir with ``count`` registered devices, copied fresh for every gateway step."""
     template = workdir / "gateway-template"
@@ -81,7 +55,7 @@ def prepare_template(workdir: Path, count: int, log: Any) -> tuple[Path, list[tu
         admin = (template / "admin.token").read_text().strip()
         ids = [f"bench-{i:05d}" for i in range(1, count + 1)]
         started = time.monotonic()
-        tokens = asyncio.run(_register_all(server.url, admin, ids))
+        tokens = asyncio.run(register_all(server.url, admin, ids))
         log(f"registered {len(tokens)} devices in {time.monotonic() - started:.1f} s")
     finally:
         server.stop()
@@ -402,7 +376,15 @@ def _versions() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if "--cluster" in args:  # its own options: python -m bench.run --cluster --help
+        from bench.cluster import main as cluster_main
+
+        return cluster_main(args)
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cluster", action="store_true",
+                        help="the cluster mode instead: 3 gateway instances with a bus against 3 without "
+                             "(bench/cluster.py; see python -m bench.run --cluster --help)")
     parser.add_argument("--steps", default="1000,5000,10000", help="device counts (default 1000,5000,10000)")
     parser.add_argument("--hold", type=float, default=30.0, help="seconds of traffic per step after ramp-up")
     parser.add_argument("--rate", type=float, default=1.0, help="readings/s per device (default 1)")

@@ -26,13 +26,17 @@ class DashboardWatcher(WsClient):
     """Dashboard-stream client: one latency sample per device update carrying a newer reading time.
 
     The hub coalesces per device (latest values only), so a device that sent twice within
-    one interval yields one sample; ``delivered`` counts updates, not readings.
+    one interval yields one sample; ``delivered`` counts updates, not readings. ``only`` /
+    ``skip``: record only devices whose id starts with / does not start with that prefix (the
+    cluster bench keeps the devices of other instances: cross-instance latency).
     """
 
-    __slots__ = ("delivered", "last_time", "latencies", "recording", "snapshots", "updates")
+    __slots__ = ("delivered", "last_time", "latencies", "only", "recording", "skip", "snapshots", "updates")
 
-    def __init__(self, uri: WebSocketURI) -> None:
+    def __init__(self, uri: WebSocketURI, only: str = "", skip: str = "") -> None:
         super().__init__(uri)
+        self.only = only
+        self.skip = skip
         self.last_time: dict[str, int] = {}
         self.latencies: array[float] = array("d")
         self.delivered = 0
@@ -74,7 +78,7 @@ class DashboardWatcher(WsClient):
             return
         if newest > self.last_time.get(device_id, 0):
             self.last_time[device_id] = newest
-            if record:
+            if record and device_id.startswith(self.only) and not (self.skip and device_id.startswith(self.skip)):
                 self.delivered += 1
                 self.latencies.append(received - newest)
 

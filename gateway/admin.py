@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.commands import Commands
 from gateway.conn import dumps
-from gateway.errors import AlertError, DeviceOffline, RegistryError
+from gateway.errors import AlertError, BusError, CommandError, DeviceOffline, RegistryError, TooManyCommands
 from gateway.hub import Hub
 from gateway.logs import log
 from gateway.metrics import INTERNAL_ERROR, Metrics
@@ -33,16 +33,24 @@ MAX_HISTORY_POINTS = 100_000
 
 class AdminApi:
     def __init__(self, registry: Registry, storage: Storage, sessions: DeviceSessions, commands: Commands,
-                 hub: Hub, metrics: Metrics) -> None:
+                 hub: Hub, metrics: Metrics, online: Callable[[str], bool] | None = None,
+                 registry_changed: Callable[[str, str], None] = lambda device_id, change: None) -> None:
+        """``online(device_id)``: on any instance (default: a session here). ``registry_changed``: told
+        after each registry change made here (the cluster re-checks the session wherever it is)."""
         self.registry = registry
         self.storage = storage
         self.sessions = sessions
         self.commands = commands
         self.hub = hub
         self.metrics = metrics
+        self.online = online or (lambda device_id: device_id in sessions.devices)
+        self.registry_changed = registry_changed
         self.requests: dict[str, Callable[[Request], Awaitable[dict[str, Any]]]] = {
             "register": self.register,
             "rotate": self.rotate,
+            "disable": self.disable,
+            "enable": self.enable,
+            "revoke": self.revoke,
             "devices": self.devices,
             "command": self.command,
             "latest": self.latest,
@@ -72,6 +80,8 @@ class AdminApi:
                 reply = await self.request(msg)
                 reply.update({"t": "ok", "id": request_id})
                 text = dumps(reply)
+            except (CommandError, DeviceOffline, BusError, TooManyCommands) as err:  # a command's stable code
+                text = dumps({"t": "error", "id": request_id, "code": err.code, "msg": str(err)[:300] or err.code})
             except (RegistryError, ValueError, KeyError, TypeError, TimeoutError) as err:
                 code = "timeout" if isinstance(err, TimeoutError) else "bad_request"
                 if isinstance(err, AlertError):  # the alert requests' own codes (docs/alerts.md)
@@ -105,12 +115,33 @@ class AdminApi:
         device_id = check_device_id(msg.get("device_id"))
         token = await self.registry.rotate(device_id)
         log("device_token_rotated", device=device_id)
+        self.registry_changed(device_id, "rotate")
         return {"device_id": device_id, "token": token}
 
+    async def disable(self, msg: Request) -> dict[str, Any]:
+        """Refuse the device from now on; its session (on any instance) is closed with 4003."""
+        return await self._change(msg, self.registry.disable, "disable", {"enabled": False})
+
+    async def enable(self, msg: Request) -> dict[str, Any]:
+        return await self._change(msg, self.registry.enable, "enable", {"enabled": True})
+
+    async def revoke(self, msg: Request) -> dict[str, Any]:
+        """Delete the device's token; its token session (on any instance) is closed with 4001."""
+        return await self._change(msg, self.registry.revoke, "revoke", {"has_token": False})
+
+    async def _change(self, msg: Request, action: Callable[[str], Awaitable[None]], change: str,
+                      reply: dict[str, Any]) -> dict[str, Any]:
+        """A registry change: done, logged, and told to whichever instance holds the device."""
+        device_id = check_device_id(msg.get("device_id"))
+        await action(device_id)
+        log("device_registry_changed", device=device_id, change=change)
+        self.registry_changed(device_id, change)
+        return {"device_id": device_id, **reply}
+
     async def devices(self, msg: Request) -> dict[str, Any]:
-        online = self.sessions.devices
+        online = self.online
         records = await self.storage.list_devices()
-        return {"devices": [{"id": r.device_id, "enabled": r.enabled, "online": r.device_id in online,
+        return {"devices": [{"id": r.device_id, "enabled": r.enabled, "online": online(r.device_id),
                              "has_token": r.token_digest is not None, "allow": r.allow_cidrs}
                             for r in records]}
 
@@ -126,16 +157,16 @@ class AdminApi:
             raise ValueError(f"args: {shape}")
         if type(timeout) not in (int, float) or not 0 < timeout <= MAX_COMMAND_TIMEOUT_S:
             raise ValueError(f"timeout: seconds, more than 0 and at most {MAX_COMMAND_TIMEOUT_S}")
-        return {"result": await self.run_command(device_id, name, args, float(timeout))}
+        result = await self.commands.run(device_id, name, args, float(timeout))
+        return {"result": result}
 
     async def run_command(self, device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """The one command path (admin API, dashboard, MQTT commands in gateway/forward/mqtt_commands.py):
-        send to the device's live session and return its result. DeviceOffline if it has none (or
-        loses it before answering), TimeoutError after ``timeout`` s. Arguments are the caller's to check."""
-        conn = self.sessions.devices.get(device_id)
-        if conn is None:
-            raise DeviceOffline(f"device {device_id!r} is not online; commands are refused until it reconnects")
-        return await self.commands.send(conn, name, args, timeout)
+        """The command path of the dashboard and the MQTT commands (gateway/forward/mqtt_commands.py):
+        for a device online now, on any instance; DeviceOffline at once if it is online nowhere (or
+        goes offline before answering), TimeoutError after ``timeout`` s. The admin ``command``
+        request also queues a command for an offline device until its timeout (docs/protocol.md
+        section 8). Arguments are the caller's to check."""
+        return await self.commands.run(device_id, name, args, timeout, queue=False)
 
     async def latest(self, msg: Request) -> dict[str, Any]:
         device_id = check_device_id(msg.get("device_id"))

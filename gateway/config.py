@@ -78,9 +78,13 @@ class GatewayConfig:
     tls_key: str = ""
     log_level: str = "info"
     log_format: str = "json"  # "json" or "text"
-    # Scale-out (docs/scaling.md): accepted and checked; the gateway does not use them yet.
+    # Scale-out (docs/scaling.md): several instances joined by a bus.
     bus: str = ""  # "" (embedded: no bus), redis://HOST:PORT/DB or nats://HOST:PORT
     instance_id: str = ""  # this instance's name on the bus; "" = the host name's first label
+    lease_ttl_s: float = 10.0  # an instance that stops renewing its lease this long is dead to its peers
+    takeover_timeout_s: float = 5.0  # how long a new holder waits for the old one to release a device
+    drain_rate: float = 200.0  # devices closed per second on SIGTERM when a bus is set (spread over the pods)
+    command_max_pending: int = 32  # queued (unanswered, unexpired) commands per device
     # Forwarding (docs/mqtt.md): stored readings to an MQTT broker (with Home Assistant discovery)
     # and to NATS JetStream, each from a cursor kept in storage.
     mqtt_url: str = ""  # mqtt://HOST[:PORT] or mqtts://HOST[:PORT]; "" = no MQTT bridge
@@ -147,6 +151,13 @@ class GatewayConfig:
         parse_bus_url(self.bus)  # ConfigError naming the setting
         if self.instance_id:
             check_name("instance_id", self.instance_id)
+        for key in ("lease_ttl_s", "takeover_timeout_s", "drain_rate"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be greater than 0")
+        if self.lease_ttl_s < 1:
+            raise ConfigError("lease_ttl_s: must be at least 1 (the lease is renewed every third of it)")
+        if self.command_max_pending < 1:
+            raise ConfigError("command_max_pending: must be at least 1")
         if self.readings_retention_days < 1:
             raise ConfigError("readings_retention_days: must be at least 1")
         if self.rollup_retention_days < self.readings_retention_days:

@@ -17,11 +17,11 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import ConfigError, GatewayError, RegistryError
+from gateway.cli_common import iso_seconds, one_line_errors
+from gateway.errors import ConfigError, RegistryError
 from gateway.registry import Registry, check_device_id, load_or_create_key, normalize_cidrs
 from gateway.secret_files import private_dir, private_umask
 from gateway.storage.backends import cli_config, open_storage, storage_arguments
@@ -77,19 +77,9 @@ def add_device_commands(subparsers: Any) -> None:
 
 def run_devices_command(args: argparse.Namespace) -> int:
     """Run a parsed ``devices``/``jwt`` command; 0 on success, 2 (message on stderr) on error."""
-    try:
-        if getattr(args, "devices_command", None) == "jwt":
-            return _jwt(args)
-        return asyncio.run(_devices(args))
-    except GatewayError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-def _iso(ms: int | None) -> str:
-    if not ms:
-        return "-"
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+    if getattr(args, "devices_command", None) == "jwt":
+        return one_line_errors(lambda: _jwt(args))
+    return one_line_errors(lambda: asyncio.run(_devices(args)))
 
 
 def _public(record: DeviceRecord) -> dict[str, Any]:
@@ -104,7 +94,7 @@ def _table(records: list[DeviceRecord]) -> str:
     rows = [("DEVICE", "ENABLED", "TOKEN", "ALLOW", "CREATED", "LABEL")]
     for r in records:
         rows.append((r.device_id, "yes" if r.enabled else "NO", "active" if r.token_digest else "revoked",
-                     ",".join(r.allow_cidrs) or "any", _iso(r.created_ms), r.label.replace("\n", " ")))
+                     ",".join(r.allow_cidrs) or "any", iso_seconds(r.created_ms), r.label.replace("\n", " ")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
                      for row in rows).rstrip() + "\n"

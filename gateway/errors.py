@@ -87,3 +87,12 @@ class AlertError(GatewayError, ValueError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class CommandError(GatewayError, LookupError):
+    """A command to a device failed; ``code`` is stable (docs/protocol.md section 8): ``device_offline``,
+    ``command_expired``, ``command_lost``, ``not_found``, or the code another instance answered."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

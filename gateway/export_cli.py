@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TextIO
 
 from gateway import history
-from gateway.errors import GatewayError, RequestError
+from gateway.cli_common import one_line_errors
+from gateway.errors import RequestError
 from gateway.export import FORMATS, write_buckets, write_readings
 from gateway.storage.backends import cli_config, open_storage, storage_arguments
 from gateway.storage.base import DAY_MS
@@ -65,11 +66,7 @@ def parse_time(value: str, option: str) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Run a parsed ``export`` command: 0 on success, 2 with one ``error:`` line on stderr otherwise."""
-    try:
-        return asyncio.run(_export(args))
-    except GatewayError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return one_line_errors(lambda: asyncio.run(_export(args)))
 
 
 async def _export(args: argparse.Namespace) -> int:

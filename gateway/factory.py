@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import sys
@@ -11,7 +12,9 @@ from pathlib import Path
 from gateway import registry as registry_mod
 from gateway.alerts.webhook import load_secret
 from gateway.auth import Authenticator
+from gateway.bus import open_bus
 from gateway.config import GatewayConfig
+from gateway.logs import log
 from gateway.secret_files import private_dir, read_secret
 from gateway.server import Gateway
 from gateway.service import ServiceNotifier
@@ -23,6 +26,12 @@ JWT_SECRET_ENV = "EDGEWIRE_JWT_SECRET"
 async def build_gateway(config: GatewayConfig) -> Gateway:
     private_dir(config.data_dir)
     storage = open_storage(config)
+    bus = open_bus(config.bus, config.instance_id, lease_ttl_s=config.lease_ttl_s,
+                   max_pending_commands=config.command_max_pending)
+    if config.bus and not os.environ.get(registry_mod.KEY_ENV):
+        log("token_key_not_shared", logging.WARNING, hint=f"with a bus, every instance must share the token key: "
+            f"set {registry_mod.KEY_ENV} (hex) on all of them, or devices are refused where their "
+            "token was not issued")
     token_key = registry_mod.load_or_create_key(config.data_dir)
     registry = registry_mod.Registry(storage, token_key)
     jwt_secret = os.environ.get(JWT_SECRET_ENV) or (
@@ -39,7 +48,7 @@ async def build_gateway(config: GatewayConfig) -> Gateway:
                                                              "dashboard token")
     webhook_secrets = {hook.name: load_secret(hook) for hook in config.webhooks}  # never logged
     return Gateway(config, storage, authenticator, registry, admin_token, dashboard_token,
-                   webhook_secrets=webhook_secrets)
+                   webhook_secrets=webhook_secrets, bus=bus)
 
 
 def banner(config: GatewayConfig, port: int, dashboard_token: str | None, interactive: bool) -> str:

@@ -20,7 +20,8 @@ import sys
 import time
 from typing import Any
 
-from gateway.errors import GatewayError, RegistryError
+from gateway.cli_common import iso_seconds, one_line_errors
+from gateway.errors import RegistryError
 from gateway.storage.backends import cli_config, open_storage, storage_arguments
 from gateway.storage.base import SinkCursor
 
@@ -38,10 +39,6 @@ def add_forward_command(subparsers: Any) -> None:
     p.add_argument("sink", help="mqtt or nats")
 
 
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000)) if ms else "-"
-
-
 def _public(cursor: SinkCursor, now_ms: int) -> dict[str, Any]:
     return {"sink": cursor.sink, "position": [cursor.position.tx, cursor.position.commit, cursor.position.index],
             "owner": cursor.owner, "lease_held": cursor.lease_until_ms > now_ms,
@@ -49,11 +46,7 @@ def _public(cursor: SinkCursor, now_ms: int) -> dict[str, Any]:
 
 
 def run_forward_command(args: argparse.Namespace) -> int:
-    try:
-        return asyncio.run(_forward(args))
-    except GatewayError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return one_line_errors(lambda: asyncio.run(_forward(args)))
 
 
 async def _forward(args: argparse.Namespace) -> int:
@@ -78,8 +71,8 @@ async def _forward(args: argparse.Namespace) -> int:
         else:
             print("SINK  OWNER  LEASE  UPDATED  TRIMMED  POSITION")
             for c in cursors:
-                lease = f"held until {_iso(c['lease_until_ms'])}" if c["lease_held"] else "free"
-                print(f"{c['sink']}  {c['owner'] or '-'}  {lease}  {_iso(c['updated_ms'])}  {c['trimmed']}  "
+                lease = f"held until {iso_seconds(c['lease_until_ms'])}" if c["lease_held"] else "free"
+                print(f"{c['sink']}  {c['owner'] or '-'}  {lease}  {iso_seconds(c['updated_ms'])}  {c['trimmed']}  "
                       f"{c['position']}")
     finally:
         await storage.close()

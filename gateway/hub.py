@@ -4,9 +4,11 @@ Ingestion calls ``reading``/``online``/``offline``/``status``/``alert_event`` (p
 updates, no I/O); ``registry`` keeps the registered devices (also those that never connected)
 with their labels.
 A flusher task turns the changes of each interval into ONE update frame shared by all
-clients. Each client has a bounded queue; when it is full the client's queue is dropped,
-the drop is counted, and the client gets a fresh snapshot when it catches up. A slow client
-therefore never stalls ingestion or the other clients.
+clients. With several instances (gateway/cluster), ``on_update`` receives this instance's own
+changes of each interval (published to its peers), and ``remote_update``/``remote_presence``
+apply the peers' ones: shown here, never passed on again. Each client has a bounded queue;
+when it is full the client's queue is dropped, the drop is counted, and the client gets a
+fresh snapshot when it catches up. A slow client therefore never stalls ingestion or the other clients.
 
 Each client has an identity (role and token name, gateway/dashboard_auth.py), which its snapshots
 carry; frames it sends are operator actions, answered by
@@ -43,12 +45,13 @@ MAX_ERROR_CHARS = 300  # of a device's last refused frame's message
 class DeviceView:
     """What the dashboard knows about one device."""
 
-    __slots__ = ("boot", "device_id", "enabled", "label", "last_error", "last_seen", "latest", "online",
+    __slots__ = ("boot", "device_id", "enabled", "holder", "label", "last_error", "last_seen", "latest", "online",
                  "registered", "status")
 
     def __init__(self, device_id: str) -> None:
         self.device_id = device_id
         self.online = False
+        self.holder: str | None = None  # the peer instance holding it, None when here (or nowhere)
         self.last_seen = 0
         self.latest: dict[str, list[float]] = {}  # metric -> [value, time_ms]
         self.status: dict[str, Any] = {}
@@ -118,6 +121,9 @@ class Hub:
         self._events: list[dict[str, Any]] = []
         self._alerts_changed = False
         self._removed: list[str] = []
+        self._remote_dirty: set[str] = set()  # peers' devices changed since the last flush
+        self._remote_events: list[dict[str, Any]] = []
+        self.on_update: Callable[[dict[str, Any]], None] | None = None  # this instance's changes, per flush
         self.resyncs = 0
         self.updates_sent = 0
         self.actions: DashboardActions | None = None  # set by the gateway: operator actions
@@ -186,12 +192,15 @@ class Hub:
     def online(self, device_id: str) -> None:
         view = self.view(device_id)
         view.online = True
+        view.holder = None
         view.last_seen = self.now_ms()
         self._dirty.add(device_id)
         self._events.append({"kind": "online", "device": device_id, "at": view.last_seen})
 
     def offline(self, device_id: str) -> None:
         view = self.view(device_id)
+        if view.holder is not None:
+            return  # it went on at another instance, which says when it goes offline
         view.online = False
         self._dirty.add(device_id)
         self._events.append({"kind": "offline", "device": device_id, "at": self.now_ms()})
@@ -227,6 +236,65 @@ class Hub:
         self._events.append({"kind": "alert_cleared", "device": alert["device"],
                              "at": alert["cleared"] if at_ms is None else at_ms, "alert": alert})
 
+    # -- peers' changes (cluster mode)
+    def remote_presence(self, device_id: str, instance: str, online: bool) -> None:
+        """Instance ``instance`` took the device (online) or no longer holds it (offline)."""
+        view = self.view(device_id)
+        if not online and view.holder != instance:
+            return  # held here, or by another peer since
+        view.online = online
+        view.holder = instance if online else None
+        now = self.now_ms()
+        if online:
+            view.last_seen = now
+        self._remote_dirty.add(device_id)
+        self._remote_events.append({"kind": "online" if online else "offline", "device": device_id, "at": now})
+
+    def remote_update(self, devices: dict[str, Any], events: list[Any]) -> None:
+        """A peer's changes of one interval (its own devices): latest values, status, boot, last
+        error, events. Online flags come from presence (``remote_presence``), not from here; labels
+        and the registry from this instance's own registry sync."""
+        for device_id, entry in devices.items():
+            if not isinstance(device_id, str) or not isinstance(entry, dict):
+                continue
+            view = self.view(device_id)
+            if view.online and view.holder is None:
+                continue  # held here now: a late delta of its previous holder is older than ours
+            latest = entry.get("latest")
+            if isinstance(latest, dict):
+                mine = view.latest
+                for name, pair in latest.items():
+                    old = mine.get(name)
+                    if (isinstance(pair, list) and len(pair) == 2 and (old is None or pair[1] >= old[1])
+                            and (old is not None or len(mine) < MAX_LATEST_METRICS)):
+                        mine[name] = pair
+            if isinstance(entry.get("status"), dict):
+                view.status = entry["status"]
+            if isinstance(entry.get("boot"), str):
+                view.boot = entry["boot"]
+            if isinstance(entry.get("last_error"), dict):
+                view.last_error = entry["last_error"]
+            if type(entry.get("last_seen")) is int and entry["last_seen"] > view.last_seen:
+                view.last_seen = entry["last_seen"]
+            self._remote_dirty.add(device_id)
+        for event in events:
+            if not isinstance(event, dict) or event.get("kind") in ("online", "offline"):
+                continue
+            alert = event.get("alert")
+            if isinstance(alert, dict) and isinstance(alert.get("id"), int):
+                if str(event.get("kind")).endswith("cleared"):
+                    self.alerts.pop(alert["id"], None)
+                else:
+                    self.alerts[alert["id"]] = alert
+                self._alerts_changed = True
+            self._remote_events.append(event)
+
+    def resync_all(self) -> None:
+        """Every dashboard gets a fresh snapshot (after the bus came back and the fleet was rebuilt)."""
+        for client in self.clients:
+            client.needs_snapshot = True
+            client.wake.set()
+
     # -- dashboard side
     def _encode(self, msg: dict[str, Any]) -> str:
         """Encode a dashboard frame. Should a device's status not encode (the core bounds it, so this
@@ -256,14 +324,20 @@ class Hub:
 
     def flush(self) -> None:
         """Build one update frame from the changes since the last flush and offer it to all."""
-        if not (self._dirty or self._events or self._alerts_changed or self._removed):
+        if not (self._dirty or self._events or self._alerts_changed or self._removed or self._remote_dirty
+                or self._remote_events):
             return
-        update: dict[str, Any] = {
-            "t": "update", "time": self.now_ms(),
-            "devices": {device_id: self.devices[device_id].as_dict() for device_id in self._dirty},
-        }
-        if self._events:
-            update["events"] = self._events
+        devices = {device_id: self.devices[device_id].as_dict() for device_id in self._dirty}
+        if self.on_update is not None and (devices or self._events):
+            self.on_update({"devices": dict(devices), "events": self._events})  # ours only, not the peers'
+        for device_id in self._remote_dirty - self._dirty:
+            view = self.devices.get(device_id)
+            if view is not None:  # (removed from the registry meanwhile)
+                devices[device_id] = view.as_dict()
+        events = self._events + self._remote_events if self._remote_events else self._events
+        update: dict[str, Any] = {"t": "update", "time": self.now_ms(), "devices": devices}
+        if events:
+            update["events"] = events
         if self._removed:
             update["removed"] = self._removed
             self._removed = []
@@ -271,6 +345,8 @@ class Hub:
             update["alerts"] = list(self.alerts.values())
         self._dirty = set()
         self._events = []
+        self._remote_dirty = set()
+        self._remote_events = []
         self._alerts_changed = False
         if not self.clients:
             return

@@ -2,7 +2,8 @@
 
 Rooms: ``http_api`` (routing table, HTTP endpoints, upgrade checks), ``sessions`` (device
 sessions around protocol.gateway.GatewaySession), ``admin`` and ``commands`` (the admin API),
-``hub`` (dashboard fan-out), ``alerts``, ``metrics``. Endpoints: docs/protocol.md.
+``hub`` (dashboard fan-out), ``alerts``, ``metrics``, ``cluster`` (the bus between instances,
+docs/scaling.md; in-process without one). Endpoints: docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from gateway.alerts.localtime import zone
 from gateway.alerts.metrics import metric_lines as alert_metric_lines
 from gateway.alerts.webhook import WebhookNotifier
 from gateway.auth import Authenticator
-from gateway.bus import default_instance_id
-from gateway.commands import Commands
+from gateway.bus import Bus, default_instance_id, open_bus
+from gateway.cluster import Cluster
+from gateway.commands import Commands, CommandTarget
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, connection_class, dumps, json_response
 from gateway.dashboard import Dashboard
@@ -61,7 +63,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig, storage: Storage, authenticator: Authenticator,
                  registry: Registry, admin_token: str, dashboard_token: str | None = None,
                  clock: Callable[[], float] = time.time,
-                 webhook_secrets: dict[str, bytes | None] | None = None) -> None:
+                 webhook_secrets: dict[str, bytes | None] | None = None, bus: Bus | None = None) -> None:
         self.config = config
         self.storage = storage
         self.auth = authenticator
@@ -76,14 +78,19 @@ class Gateway:
         self.notifier = WebhookNotifier(config.webhooks, webhook_secrets or {}, source=socket.gethostname(),
                                         clock=clock)
         self.alerts.listen(self.notifier.on_event)
-        self.commands = Commands()
+        self.bus = bus if bus is not None else open_bus("", config.instance_id)  # "": in-process
+        self.commands = Commands(self.bus, self._command_target, registered=storage.get_device, clock=clock)
         # MQTT bridge and NATS sink (docs/mqtt.md); MQTT commands take the admin API's command path.
         self.forwarding = Forwarding.from_config(config, storage, config.instance_id or default_instance_id(),
                                                  package_version(), run_command=self._run_command)
         self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.alerts, self.metrics,
-                                       on_result=self.commands.result, on_offline=self._device_offline, clock=clock,
-                                       forwarding=self.forwarding)
-        self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics)
+                                       on_result=self.commands.result, on_offline=self.alerts.device_offline,
+                                       clock=clock, forwarding=self.forwarding)
+        self.cluster = Cluster(self.bus, self.sessions, self.commands, self.hub, clustered=bool(config.bus),
+                               takeover_timeout_s=config.takeover_timeout_s)
+        self.sessions.hooks = self.cluster
+        self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics,
+                              online=self.cluster.online, registry_changed=self.cluster.registry_changed)
         self.admin.requests.update(AlertAdmin(self.alerts).requests_as(ADMIN_IDENTITY))  # protocol.md section 10
         self.dashboard_auth = DashboardAuth(storage, registry.token_key, dashboard_token)
         self.http = HttpApi(config, admin_token=admin_token, dashboard_auth=self.dashboard_auth,
@@ -95,8 +102,7 @@ class Gateway:
         self.dashboard = Dashboard(config, storage, self.hub, self.http, self.dashboard_auth, self.alerts,
                                    self.admin.run_command, self.metrics.count_error)
         self.http.websocket("/v1/admin", self.http.admin_upgrade, self.admin.handle)
-        self.history_api = history_api.HistoryApi(storage, config.readings_retention_days,
-                                                  lambda device_id: device_id in self.sessions.devices)
+        self.history_api = history_api.HistoryApi(storage, config.readings_retention_days, self.cluster.online)
         for path in history_api.PATHS:  # /v1/history, /v1/history.csv, /v1/devices (docs/http-api.md)
             self.http.route(path, self.history)
         self.server: Server | None = None
@@ -108,9 +114,6 @@ class Gateway:
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address,
                                    config.trusted_proxies)
 
-    def _device_offline(self, device_id: str) -> None:
-        self.commands.fail(f"device {device_id!r} went offline before answering", device_id)
-        self.alerts.device_offline(device_id)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -129,6 +132,7 @@ class Gateway:
             for alert in self.alerts.open_alerts():  # the restored ones; their changes follow as events
                 self.hub.alert_raised(alert, alert["updated"])
             await dashboard_sync.restore(self.hub, self.storage)
+            await self.cluster.start()
             await self.forwarding.start()
             self.alerts.listen(self.forwarding.alert_event)
             for name, job in self.forwarding.tasks():
@@ -142,15 +146,24 @@ class Gateway:
             self.supervisor.start("webhooks", self.notifier.run)
             self.supervisor.start("retention", Retention(self.storage, cfg.readings_retention_days,
                                                          cfg.rollup_retention_days).run_forever)
+            if self.cluster.clustered:
+                self.supervisor.start("cluster", self.cluster.watch)
             await self.server.start_serving()
         except BaseException:
             self.server.close()
             await self.forwarding.close()
             await self.supervisor.stop()
+            await self.cluster.close()
             await self.storage.close()
             raise
         log("gateway_started", host=cfg.host, port=self.port, storage=cfg.storage_kind,
-            database=str(cfg.database) if cfg.storage_kind == "sqlite" else cfg.storage_display)
+            database=str(cfg.database) if cfg.storage_kind == "sqlite" else cfg.storage_display,
+            bus=cfg.bus_display, instance=self.bus.instance_id)
+
+    def _command_target(self, device_id: str) -> CommandTarget | None:
+        """The device's session here, if it is welcomed and not ending."""
+        conn = self.sessions.devices.get(device_id)
+        return conn if conn is not None and conn.welcomed and not conn.closing else None
 
     def _tls(self) -> ssl.SSLContext | None:
         if not self.config.tls_cert:
@@ -225,11 +238,15 @@ class Gateway:
         # cancellation by the supervisor would skip. Readings stored after this go out at the next start.
         await self._step("forwarding", self.forwarding.close())
         await self._step("background tasks", self.supervisor.stop())
-        self.commands.fail("the gateway is stopping; send the command again once it is back")
-        await self._step("device sessions", self.sessions.close_all())
+        self.commands.fail_waiting(wire.E_SHUTDOWN, "the gateway is stopping; send the command again once it is back")
+        # With peers, in batches of drain_rate per second: the devices spread over the other pods.
+        clustered = self.cluster.clustered
+        await self._step("device sessions", self.sessions.close_all(self.config.drain_rate if clustered else 0.0,
+                                                                    moving=clustered))
         await self._step("alerts", self.alerts.close())  # learned state and queued changes stored
         await self._step("webhooks", self.notifier.close())  # what is queued goes out, or is counted
         await self._step("dashboards", _call(self.hub.flush))
+        await self._step("bus", self.cluster.close())
         for waiting in list(self.admission.waiting):  # still in the handshake or before auth: no data yet
             waiting.transport.abort()
         if self.server is not None:
@@ -252,16 +269,23 @@ class Gateway:
 
     # ------------------------------------------------------------ HTTP endpoints of the process
     async def healthz(self, ws: EdgeConnection, request: Request) -> Response:
-        """200 while serving with storage and every background task well; 503 while draining or
-        degraded. ``checks`` holds each part with its state (storage, hub, registry_sweep, gc, retention)."""
+        """200 while serving with storage and every background task well; 503 while draining or when
+        storage or a task fails. ``checks`` holds each part with its state (storage, hub, registry_sweep,
+        gc, retention; with a bus also cluster and bus). A bus that is not ok makes the status
+        ``degraded`` with HTTP 200: the pod still stores readings, so readiness must not drop it (a
+        bus outage would otherwise empty the Service of every pod); docs/scaling.md section 9."""
         storage = {"backend": self.config.storage_kind, **self.storage.health()}
         checks: dict[str, dict[str, Any]] = {"storage": storage, **self.supervisor.health()}
         forwarding = self.forwarding.health()  # shown, but a broker being away does not make the gateway unhealthy
         if forwarding:
             checks["forwarding"] = forwarding
         healthy = storage["state"] == "ok" and self.supervisor.healthy
-        status = "draining" if self.draining else "ok" if healthy else "degraded"
-        return json_response(200 if status == "ok" else 503, {
+        bus = self.cluster.health()
+        if bus is not None:
+            checks["bus"] = bus
+        status = "draining" if self.draining else "degraded" if not healthy or (
+            bus is not None and bus["state"] != "ok") else "ok"
+        return json_response(200 if status == "ok" or (status == "degraded" and healthy) else 503, {
             "status": status, "checks": checks, "devices_online": len(self.sessions.devices),
             "dashboard_clients": len(self.hub.clients), "uptime_s": round(time.time() - self.started_at, 1)})
 
@@ -273,8 +297,9 @@ class Gateway:
     async def metrics_page(self, ws: EdgeConnection, request: Request) -> Response:
         admission = self.admission
         self.counters.by_error[TOO_MANY] = sum(admission.refused.values())
+        cluster_gauges, cluster_counters, cluster_labelled = self.cluster.metric_rows()
         body = self.metrics.render(
-            gauges=[
+            gauges=[*cluster_gauges,
                 ("devices_online", "Devices with an authenticated session.", len(self.sessions.devices)),
                 ("dashboard_clients", "Browsers (dashboard stream clients) connected to /v1/dashboard.",
                  len(self.hub.clients)),
@@ -287,11 +312,13 @@ class Gateway:
             ],
             counters=[("dashboard_resyncs", "Dashboard clients that fell behind and were resynced with a "
                        "snapshot.", self.hub.resyncs),
-                      ("dashboard_updates", "Coalesced update frames built for dashboards.", self.hub.updates_sent)],
+                      ("dashboard_updates", "Coalesced update frames built for dashboards.", self.hub.updates_sent),
+                      *cluster_counters],
             labelled=[("connections_refused", "Connections refused at accept, by the cap they hit.", "reason",
                        dict(admission.refused)),
                       ("task_restarts", "Restarts of background tasks after a failure.", "task",
-                       {name: state.restarts for name, state in self.supervisor.tasks.items()})],
+                       {name: state.restarts for name, state in self.supervisor.tasks.items()}),
+                      *cluster_labelled],
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
             extra=[*alert_metric_lines(self.alerts, self.notifier), *forward_metrics.lines(self.forwarding)])
         return Response(200, "OK", Headers({"Content-Type": "text/plain; version=0.0.4; charset=utf-8",

@@ -43,6 +43,7 @@ from protocol.gateway import (
 
 ResultHandler = Callable[[str, dict[str, Any]], None]
 REPLACE_WAIT_S = 10.0  # how long a new session waits for the one it replaces to end
+REPLACED_MESSAGE = "a newer connection authenticated as this device"
 
 
 class DeviceConnection:
@@ -55,6 +56,8 @@ class DeviceConnection:
         self.identity = identity
         self.tail: asyncio.Future[None] | None = None  # last store-and-ack task, acks go in order
         self.closing = False
+        self.welcomed = False  # the welcome went out: frames are being stored
+        self.moved = False  # ended by a takeover or a drain: the device goes on elsewhere
         self.connected_ms = connected_ms
         self.done = asyncio.get_running_loop().create_future()
 
@@ -73,6 +76,22 @@ class DeviceConnection:
             await send_close(self.ws, self.session.close(code, message))
 
 
+class SessionHooks:
+    """Where a session meets the rest of the fleet (presence, queued commands): the cluster room
+    (gateway/cluster) implements them; these defaults keep a session to itself."""
+
+    async def claim(self, conn: DeviceConnection) -> tuple[str, str] | None:
+        """Before the welcome: make this instance the device's holder. None to go on, or the
+        (error code, message) to close the new connection with."""
+        return None
+
+    def welcomed(self, conn: DeviceConnection) -> None:
+        """The welcome went out (no I/O here: start a task for it)."""
+
+    async def ended(self, conn: DeviceConnection, current: bool) -> None:
+        """The session ended; ``current``: no newer session of the device started here meanwhile."""
+
+
 class DeviceSessions:
     """Every live device session; at most one per device id."""
 
@@ -80,6 +99,8 @@ class DeviceSessions:
                  alerts: AlertEngine, metrics: Metrics, on_result: ResultHandler,
                  on_offline: Callable[[str], None] = lambda device_id: None,
                  clock: Callable[[], float] = time.time, forwarding: Forwarding | None = None) -> None:
+        """``on_offline(device_id)``: the device went offline here (its session ended, and it was not
+        handed over to a newer session, here or at another instance)."""
         self.config = config
         self.storage = storage
         self.auth = authenticator
@@ -89,6 +110,7 @@ class DeviceSessions:
         self.counters = metrics.counters
         self.on_result = on_result
         self.on_offline = on_offline
+        self.hooks = SessionHooks()
         self.clock = clock
         self.forwarding = forwarding if forwarding is not None else Forwarding(storage, [])  # MQTT/NATS hooks
         self.devices: dict[str, DeviceConnection] = {}
@@ -207,22 +229,60 @@ class DeviceSessions:
                 self.hub.replaced(device_id, old.ws.address, ws.address)
                 log("device_replaced", logging.WARNING, device=device_id, old_address=old.ws.address,
                     address=ws.address)
+                old.moved = True
                 await self._replace(old)
+            if self.devices.get(device_id) is conn and not conn.closing:
+                refusal = await self.hooks.claim(conn)  # held by another instance: its takeover first
+                if refusal is not None:
+                    self.metrics.count_error(refusal[0])
+                    await conn.close(*refusal)
+                    return
+            if conn.closing:
+                return  # handed over meanwhile (already closed with 4005)
             if self.devices.get(device_id) is not conn:  # replaced in turn while the old one finished
-                await conn.close(wire.E_REPLACED, "a newer connection authenticated as this device")
+                await conn.close(wire.E_REPLACED, REPLACED_MESSAGE)
                 return
             await self._session(conn)
         finally:
-            # Always: the connection that replaces this one waits for it (a chain of quick
-            # reconnects of one device must not wait for ever).
-            if not conn.done.done():
-                conn.done.set_result(None)
+            current = self.devices.get(device_id) is conn
+            if current:
+                del self.devices[device_id]
+                if conn.welcomed:
+                    self.hub.offline(device_id)
+                    if not conn.moved:  # (a device handed over goes on elsewhere: not offline)
+                        self.forwarding.device_offline(device_id)
+                        self.on_offline(device_id)
+            try:
+                await self.hooks.ended(conn, current)
+            finally:
+                # Always: the connection that replaces this one waits for it (a chain of quick
+                # reconnects of one device must not wait for ever).
+                if not conn.done.done():
+                    conn.done.set_result(None)
+
+    async def hand_over(self, device_id: str, why: str = "taken over") -> bool:
+        """Another instance holds the device now: store what this session accepted, then close it
+        with 4005. Returns once its frames are stored (the close handshake goes on by itself), so
+        the new holder's welcome carries an exact last_seq. False if no session was here."""
+        conn = self.devices.get(device_id)
+        if conn is None:
+            return False
+        conn.moved = True
+        if conn.closing:
+            await conn.drain()
+            return True
+        conn.closing = True  # no frame after this one is stored: the device resends it to its new holder
+        self.counters.replaced += 1
+        log("device_handed_over", logging.WARNING, device=device_id, why=why)
+        await conn.drain()
+        spawn(conn.close(wire.E_REPLACED, REPLACED_MESSAGE), "hand-over close")
+        return True
 
     async def _replace(self, old: DeviceConnection) -> None:
         """End the session ``old``: its accepted frames stored and acked, then close 4005."""
         old.closing = True
         await old.drain()
-        await old.close(wire.E_REPLACED, "a newer connection authenticated as this device")
+        await old.close(wire.E_REPLACED, REPLACED_MESSAGE)
         try:
             await asyncio.wait_for(asyncio.shield(old.done), REPLACE_WAIT_S)
         except TimeoutError:
@@ -238,8 +298,10 @@ class DeviceSessions:
             last_seq = await self.storage.last_seq(device_id)
             extra = {"expires": int(identity.expires_at)} if identity.expires_at else None
             await ws.send(session.accept(device_id, last_seq, self.now_ms(), extra))
+            conn.welcomed = True
             self.hub.online(device_id)
             self.forwarding.device_online(device_id)
+            self.hooks.welcomed(conn)
             log("device_online", device=device_id, last_seq=last_seq, address=ws.address,
                 encoding="cbor" if session.cbor else "json")
             if identity.expires_at:
@@ -250,11 +312,6 @@ class DeviceSessions:
             if expiry is not None:
                 expiry.cancel()
             await conn.drain()
-            if self.devices.get(device_id) is conn:
-                del self.devices[device_id]
-                self.hub.offline(device_id)
-                self.forwarding.device_offline(device_id)
-                self.on_offline(device_id)
             log("device_offline", device=device_id, code=ws.close_code)
 
     async def _receive_loop(self, conn: DeviceConnection) -> None:
@@ -365,11 +422,27 @@ class DeviceSessions:
             log("registry_sweep_failed", logging.WARNING, error=str(err))
             return
         for conn in list(self.devices.values()):
-            verdict = self._still_allowed(conn, records.get(conn.device_id))
-            if verdict is not None and not conn.closing:
-                conn.closing = True
-                log("device_cut_off", logging.WARNING, device=conn.device_id, code=verdict[0])
-                spawn(self._cut_off(conn, *verdict), "registry cut-off")
+            self._apply_registry(conn, records.get(conn.device_id))
+
+    async def recheck(self, device_id: str) -> None:
+        """Check one device's session against the registry now (a registry notice from the bus)."""
+        conn = self.devices.get(device_id)
+        if conn is None or conn.closing:
+            return
+        try:
+            record = await self.storage.get_device(device_id)
+        except (StorageError, OSError) as err:  # the sweep tries again within registry_recheck_s
+            log("registry_recheck_failed", logging.WARNING, device=device_id, error=str(err))
+            return
+        if self.devices.get(device_id) is conn:
+            self._apply_registry(conn, record)
+
+    def _apply_registry(self, conn: DeviceConnection, record: DeviceRecord | None) -> None:
+        verdict = self._still_allowed(conn, record)
+        if verdict is not None and not conn.closing:
+            conn.closing = True
+            log("device_cut_off", logging.WARNING, device=conn.device_id, code=verdict[0])
+            spawn(self._cut_off(conn, *verdict), "registry cut-off")
 
     def _still_allowed(self, conn: DeviceConnection, record: DeviceRecord | None) -> tuple[str, str] | None:
         """None if the session may go on, else (error code, message)."""
@@ -397,11 +470,28 @@ class DeviceSessions:
         self.metrics.count_error(wire.E_EXPIRED)
         await conn.close(wire.E_EXPIRED, "credential expired; fetch a new token and reconnect")
 
-    async def close_all(self) -> None:
-        """Shutdown: store and ack what was received, then close every device with 1012."""
+    async def close_all(self, per_second: float = 0.0, moving: bool = False) -> None:
+        """Shutdown: store and ack what was received, then close the devices with 1012: all at once,
+        or ``per_second`` at a time (each batch drained, then closed), so that the devices of a pod
+        that several share reconnect over the others instead of all in the same second. Devices
+        not in the current batch go on streaming until their turn. ``moving``: the devices go on
+        at other instances (their queued commands follow them; they are not offline)."""
         conns = list(self.devices.values())
+        if per_second <= 0:
+            await self._close_batch(conns, moving)
+            return
+        loop = asyncio.get_running_loop()
+        size = max(1, int(per_second))
+        for start in range(0, len(conns), size):
+            began = loop.time()
+            await self._close_batch(conns[start:start + size], moving)
+            if start + size < len(conns):
+                await asyncio.sleep(max(0.0, began + size / per_second - loop.time()))
+
+    async def _close_batch(self, conns: list[DeviceConnection], moving: bool) -> None:
         for conn in conns:
             conn.closing = True
+            conn.moved = moving
         await asyncio.gather(*(conn.drain() for conn in conns), return_exceptions=True)
         await asyncio.gather(*(conn.close(wire.E_SHUTDOWN, "gateway restarting; reconnect later")
                                for conn in conns), return_exceptions=True)

@@ -12,12 +12,12 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from gateway.cli_common import iso_seconds, one_line_errors
 from gateway.dashboard_auth import FILE_TOKEN_NAME, add_token, check_name
-from gateway.errors import GatewayError, RegistryError
+from gateway.errors import RegistryError
 from gateway.registry import load_or_create_key
 from gateway.storage.backends import cli_config, open_storage, storage_arguments
 from gateway.storage.base import DASHBOARD_ROLES
@@ -43,15 +43,7 @@ def add_token_commands(subparsers: Any) -> None:
 
 
 def run_tokens_command(args: argparse.Namespace) -> int:
-    try:
-        return asyncio.run(_tokens(args))
-    except GatewayError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000)) if ms else "-"
+    return one_line_errors(lambda: asyncio.run(_tokens(args)))
 
 
 async def _tokens(args: argparse.Namespace) -> int:
@@ -83,7 +75,7 @@ async def _tokens(args: argparse.Namespace) -> int:
                 width = max(len(t.name) for t in rows)
                 print(f"{'NAME'.ljust(width)}  ROLE      CREATED")
                 for t in rows:
-                    print(f"{t.name.ljust(width)}  {t.role.ljust(8)}  {_iso(t.created_ms)}")
+                    print(f"{t.name.ljust(width)}  {t.role.ljust(8)}  {iso_seconds(t.created_ms)}")
             else:
                 print(f"no named dashboard tokens (the {FILE_TOKEN_NAME} file is an operator token); "
                       "add one with: tokens add NAME --role viewer", file=sys.stderr)

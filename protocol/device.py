@@ -60,6 +60,7 @@ D_DROP = "drop"  # a frame in flight was refused as invalid: .seq..last dropped 
 D_RESEND = "resend"  # a frame was not stored (rate_limited / storage_unavailable): resent from .seq
 D_SLOW = "slow"  # slow-down: resent from .seq after .wait_ms, then paced at session.rate
 D_COMMAND = "command"  # a command: send .reply; reboot after sending when .name == "reboot" and .ok
+# (.ok is False for a repeated command id: .code REPEATED, .reply the first answer again, nothing run)
 D_CLOSING = "closing"  # an error frame that ends the connection; close .close_code follows
 D_NOTE = "note"  # an error frame about no frame in flight: log .code / .message
 D_INVALID = "invalid"  # a gateway frame the session could not read (bad JSON, unknown type): log
@@ -77,6 +78,14 @@ HOURLY_MS = 3600000
 # the gateway selects edgewire.v1.cbor at the upgrade (JSON otherwise).
 ENC_JSON = "json"
 ENC_CBOR = "cbor"
+
+# Commands are delivered at least once (a gateway may send one again after the device moved to
+# another instance): the answers to the last REPEATS_KEPT command ids are kept, and a repeated id
+# gets its first answer again without running the command twice. An answer longer than
+# REPEAT_MAX_BYTES is kept without its data (the ESP32's heap is small).
+REPEATS_KEPT = 8
+REPEAT_MAX_BYTES = 512
+REPEATED = "repeated"
 
 _NO_STATUS = 1005  # close frame without a code (RFC 6455)
 _ABNORMAL = 1006  # no close frame at all: the connection dropped
@@ -258,6 +267,7 @@ class DeviceSession:
         self.stopped = False  # R_STOP: no attempt until set_credential()
         self.retry_at_ms = 0  # when the next connection attempt is due
         self.last_reconnect = None
+        self.answered = []  # (command id, result frame) of the last REPEATS_KEPT commands, oldest first
 
     # ------------------------------------------------------------ credential
     @property
@@ -441,12 +451,25 @@ class DeviceSession:
         label = name[:32] if type(name) is str else None
         if type(command_id) is not str or not command_id:
             return Decision(D_INVALID, code=E_BAD_FRAME, message="command without a string id ignored", name=label)
+        for entry in self.answered:
+            if entry[0] == command_id:
+                return Decision(D_COMMAND, reply=entry[1], name=label, ok=False, code=REPEATED,
+                                message="command " + command_id[:24] + " answered before: answer sent again, not run")
         if not self.policy.run_commands:
-            text = "not run (load generator)"
-            return Decision(D_COMMAND, reply=self.result_frame(command_id, True, text), name=label, message=text)
-        ok, text, data = self.run_command(name, msg.get("args"))
-        return Decision(D_COMMAND, reply=self.result_frame(command_id, ok, text, data), name=label, ok=ok,
-                        message=text)
+            ok, text, data = True, "not run (load generator)", None
+        else:
+            ok, text, data = self.run_command(name, msg.get("args"))
+        reply = self.result_frame(command_id, ok, text, data)
+        self._remember(command_id, ok, text, reply)
+        return Decision(D_COMMAND, reply=reply, name=label, ok=ok, message=text)
+
+    def _remember(self, command_id, ok, text, reply):
+        if len(reply) > REPEAT_MAX_BYTES:
+            reply = self.result_frame(command_id, ok, text)
+        answered = self.answered
+        answered.append((command_id, reply))
+        if len(answered) > REPEATS_KEPT:
+            answered.pop(0)
 
     def run_command(self, name, args):
         """Validate ``args`` for command ``name`` and run the driver's handler: (ok, message, data)."""

@@ -22,6 +22,9 @@ R_REFRESH: str
 HOURLY_MS: int
 ENC_JSON: str
 ENC_CBOR: str
+REPEATS_KEPT: int
+REPEAT_MAX_BYTES: int
+REPEATED: str
 CLOSE_ACTIONS: dict[int, str]
 
 _CommandResult = tuple[bool, str, Any]
@@ -118,6 +121,7 @@ class DeviceSession:
     last_reconnect: Reconnect | None
     encoding: str
     cbor: bool
+    answered: list[tuple[str, str]]
     def __init__(
         self,
         device_id: str,
@@ -142,6 +146,7 @@ class DeviceSession:
     def negotiated(self, subprotocol: str | None) -> bool: ...
     def handle(self, text: str | bytes, now_ms: int = 0) -> Decision: ...
     def run_command(self, name: object, args: object) -> _CommandResult: ...
+    def _remember(self, command_id: str, ok: bool, text: str | None, reply: str) -> None: ...
     def can_send(self) -> bool: ...
     def send_wait_ms(self, now_ms: int) -> int: ...
     def next_frame(

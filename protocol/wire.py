@@ -54,6 +54,7 @@ E_RATE = "rate_limited"
 E_REPLACED = "replaced"
 E_SHUTDOWN = "shutting_down"
 E_STORAGE = "storage_unavailable"
+E_TAKEOVER = "takeover_pending"  # another gateway instance still holds the device: try again later
 E_TOO_MANY_ERRORS = "too_many_errors"
 E_NO_SUCH_COMMAND = "no_such_command"  # a result for no command pending on this connection
 
@@ -88,6 +89,7 @@ CLOSE_FOR_ERROR = {
     E_REPLACED: CLOSE_REPLACED,
     E_SHUTDOWN: CLOSE_SERVICE_RESTART,
     E_STORAGE: CLOSE_TRY_AGAIN_LATER,
+    E_TAKEOVER: CLOSE_TRY_AGAIN_LATER,
     E_TOO_MANY_ERRORS: CLOSE_TOO_MANY_ERRORS,
     E_RATE: CLOSE_RATE_LIMITED,  # only when the limit is persistently ignored
 }

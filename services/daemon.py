@@ -19,17 +19,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO, Self, TypeVar
 
 from services.errors import NotInstalledError, ServiceError
-from services.process import free_port, raise_nofile_limit
+from services.process import Throwaway, free_port, raise_nofile_limit
 
 STOP_MODES = ("term", "kill")
 
 
-class Daemon:
+class Daemon(Throwaway):
     """One disposable server process. Not thread-safe; one owner starts and stops it."""
 
     name = "server"
@@ -168,17 +168,6 @@ class Daemon:
             shutil.rmtree(self.base_dir, ignore_errors=True)
             self.base_dir = None
 
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.cleanup()
-
     # ------------------------------------------------------------------ clients
     @property
     def url(self) -> str:
@@ -195,11 +184,17 @@ class Daemon:
             return b""
 
 
-def run_until_signal(make: type[Daemon], argv: list[str] | None, description: str) -> int:
-    """``python -m services.X``: run one server until Ctrl-C or SIGTERM, printing its URL."""
-    parser = argparse.ArgumentParser(prog=f"python -m {make.__module__}", description=description)
+S = TypeVar("S", bound=Throwaway)
+
+
+def serve_until_signal(make: Callable[[int | None], S], address: Callable[[S], str], argv: list[str] | None, *,
+                       prog: str, description: str, what: str = "URL") -> int:
+    """``python -m services.X``: run one server (``make(port)``) until Ctrl-C or SIGTERM, printing its
+    ``address`` (a URL, or a DSN: ``what`` names it and the ``--url-file``/``--dsn-file`` option)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--port", type=int, default=None, help="default: a free port")
-    parser.add_argument("--url-file", default=None, help="also write the URL to this file")
+    parser.add_argument(f"--{what.lower()}-file", dest="address_file", metavar=f"{what}_FILE", default=None,
+                        help=f"also write the {what} to this file")
     args = parser.parse_args(argv)
     stop = {"now": False}
 
@@ -209,13 +204,21 @@ def run_until_signal(make: type[Daemon], argv: list[str] | None, description: st
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        with make(port=args.port) as server:
-            if args.url_file:
-                Path(args.url_file).write_text(server.url + "\n")
-            print(server.url, flush=True)
+        server = make(args.port)
+        with server:
+            text = address(server)
+            if args.address_file:
+                Path(args.address_file).write_text(text + "\n")
+            print(text, flush=True)
             while not stop["now"] and server.running:
                 time.sleep(0.2)
     except ServiceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def run_until_signal(make: type[Daemon], argv: list[str] | None, description: str) -> int:
+    """``python -m services.X`` for a Daemon: run it until Ctrl-C or SIGTERM, printing its URL."""
+    return serve_until_signal(lambda port: make(port=port), lambda server: server.url, argv,
+                              prog=f"python -m {make.__module__}", description=description)

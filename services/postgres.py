@@ -16,21 +16,19 @@ with ``trust`` authentication: this is a disposable server, never a production o
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
+from services.daemon import serve_until_signal
 from services.errors import NotInstalledError, ServiceError
-from services.process import as_user, free_port, give_to, run_as_user
+from services.process import Throwaway, as_user, free_port, give_to, run_as_user
 
 BIN_DIR = Path(os.environ.get("EDGEWIRE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 INSTALL_HINT = "install PostgreSQL 15: apt-get install -y postgresql (or set EDGEWIRE_PG_BIN)"
@@ -50,7 +48,7 @@ DEFAULT_SETTINGS = {
 }
 
 
-class PostgresServer:
+class PostgresServer(Throwaway):
     """One disposable PostgreSQL cluster. Not thread-safe; one owner starts and stops it."""
 
     def __init__(self, port: int | None = None, user: str = "edgewire", database: str = "edgewire",
@@ -118,7 +116,7 @@ class PostgresServer:
         conf.write_text("# written by services.postgres\n" + "\n".join(lines) + "\n")
         give_to(self.os_user, conf)
 
-    def start(self) -> PostgresServer:
+    def start(self) -> Self:
         """Create the cluster on first use, then start it and wait until it accepts connections."""
         first = self.base_dir is None
         if first:
@@ -193,17 +191,6 @@ class PostgresServer:
         shutil.rmtree(self.base_dir, ignore_errors=True)
         self.base_dir = None
 
-    def __enter__(self) -> PostgresServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.cleanup()
-
     # ------------------------------------------------------------------ clients
     def dsn_for(self, database: str) -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
@@ -239,29 +226,9 @@ class PostgresServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.postgres",
-                                     description="Run a throwaway PostgreSQL 15 on loopback until Ctrl-C.")
-    parser.add_argument("--port", type=int, default=None, help="default: a free port")
-    parser.add_argument("--dsn-file", default=None, help="also write the DSN to this file")
-    args = parser.parse_args(argv)
-    stop = {"now": False}
-
-    def on_signal(_signum: int, _frame: object) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        with PostgresServer(port=args.port) as server:
-            if args.dsn_file:
-                Path(args.dsn_file).write_text(server.dsn + "\n")
-            print(server.dsn, flush=True)
-            while not stop["now"] and server.running:
-                time.sleep(0.2)
-    except ServiceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return serve_until_signal(lambda port: PostgresServer(port=port), lambda server: server.dsn, argv,
+                              prog="python -m services.postgres",
+                              description="Run a throwaway PostgreSQL 15 on loopback until Ctrl-C.", what="DSN")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Helpers shared by the launchers: free loopback ports and running a command as a non-root user."""
+"""Helpers shared by the launchers: the server lifecycle as a context manager, free loopback ports and
+running a command as a non-root user."""
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import pwd
@@ -9,10 +11,42 @@ import resource
 import shutil
 import socket
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 from services.errors import ServiceError
 
 UNPRIVILEGED_USER = "nobody"
+
+
+class Throwaway(abc.ABC):
+    """A disposable server as a context manager: started when entered (cleaned up if it fails to
+    start), stopped and deleted (``cleanup``) when left."""
+
+    @abc.abstractmethod
+    def start(self) -> Self:
+        """Start the server and wait until it accepts clients."""
+
+    @abc.abstractmethod
+    def cleanup(self) -> None:
+        """Stop the server and delete its files."""
+
+    @property
+    @abc.abstractmethod
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.cleanup()
+
 
 
 def free_port() -> int:

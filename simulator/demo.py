@@ -31,7 +31,7 @@ from simulator.fleet import Fleet
 from simulator.sensors import make_sensor
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
         try:
             sock.bind((host, port))
@@ -40,7 +40,7 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -53,7 +53,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: f
     raise SystemExit(f"the gateway did not become healthy within {timeout:g} s; see {log}")
 
 
-async def _credentials(ws_url: str, data_dir: Path, device_ids: list[str]) -> dict[str, str]:
+async def provision_credentials(ws_url: str, data_dir: Path, device_ids: list[str]) -> dict[str, str]:
     """Tokens for ``device_ids``: reuse the saved ones, register or rotate the rest."""
     path = data_dir / "demo-credentials.json"
     saved: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.devices < 1:
         parser.error("--devices must be at least 1")
-    if not _port_free(args.host, args.port):
+    if not port_free(args.host, args.port):
         print(f"port {args.port} on {args.host} is in use: stop what uses it or run `make demo PORT=8090`",
               file=sys.stderr)
         return 2
@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
              "--data-dir", str(data_dir), "--log-format", "text", *storage_flags],
             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_healthy(http_url, gateway, log)
-        creds = asyncio.run(_credentials(ws_url, data_dir, [f"demo-{i:03d}" for i in range(args.devices)]))
+        wait_healthy(http_url, gateway, log)
+        creds = asyncio.run(provision_credentials(ws_url, data_dir, [f"demo-{i:03d}" for i in range(args.devices)]))
         print(f"\nEdgewire demo: gateway on {where}, {args.devices} simulated devices")
         print(f"  Dashboard: {http_url}/")
         print(f"  Gateway log: {log}")

@@ -7,7 +7,9 @@ only when the gateway acknowledges them. protocol.device.DeviceSession makes eve
 protocol decision: what to resend after a welcome, what a refused frame drops, slow-downs
 and pacing, command arguments, and what to do after each close code (docs/protocol.md
 section 11): back off, reconnect slowly, retry hourly, refresh the credential, or stop
-(sampling goes on; ``set_credential()`` ends the stop). This module does the I/O.
+(sampling goes on; ``set_credential()`` ends the stop). This module does the I/O: the
+connection loop and what arrives on it; simulator/sending.py sends, simulator/sampling.py
+samples and keeps the device clock, simulator/device_commands.py answers commands.
 
 Counters (``DeviceCounters``), all in readings unless named otherwise:
 
@@ -35,9 +37,7 @@ import math
 import random
 import time
 import zlib
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -63,16 +63,23 @@ from protocol.device import (
     Reconnect,
 )
 from protocol.outbox import MemoryOutbox
-from simulator.errors import SensorReadError, SimConfigError
-from simulator.faults import FaultInjector, FaultPlan, mint_jwt
+from simulator.device_base import DeviceCounters
+from simulator.device_commands import OUTPUTS, Commands
+from simulator.errors import SimConfigError
+from simulator.faults import FaultPlan, mint_jwt
+from simulator.sampling import Sampling
+from simulator.sending import Sending
 from simulator.sensors import SensorModel, make_sensor
 
-FIRMWARE = "sim-0.1.0"
-OUTPUTS = ("led", "relay", "buzzer")
+__all__ = ["CredentialRefresh", "DeviceCounters", "VirtualDevice", "is_jwt"]
+
 _ERROR_FOR_CLOSE = {code: error for error, code in wire.CLOSE_FOR_ERROR.items()}
 
 CredentialRefresh = Callable[[str], Awaitable[str | None]]
-CommandResult = tuple[bool, str, dict[str, Any] | None]
+
+
+def _device_url(url: str) -> str:
+    return url if url.rstrip("/").endswith("/v1/device") else url.rstrip("/") + "/v1/device"
 
 
 def is_jwt(credential: str) -> bool:
@@ -80,37 +87,12 @@ def is_jwt(credential: str) -> bool:
     return not wire.is_device_token(credential)
 
 
-@dataclass(slots=True)
-class DeviceCounters:
-    """What one device did; see the module docstring for each field's meaning."""
-
-    generated: int = 0
-    sent_frames: int = 0
-    sent_readings: int = 0
-    acked: int = 0
-    resent: int = 0
-    rejected: int = 0
-    dropped: int = 0
-    reconnects: int = 0
-    slowed: int = 0
-    commands: int = 0
-    malformed: int = 0
-    sensor_errors: int = 0
-    status_sent: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-
-    def count_error(self, code: str) -> None:
-        self.errors[code] = self.errors.get(code, 0) + 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 class _Reboot(Exception):
     """Internal: the device was told to reboot; the connection is closed, then reopened."""
 
 
-class VirtualDevice:
+
+class VirtualDevice(Sending, Sampling, Commands):
     """A simulated device (see the module docstring).
 
     ``credential`` is a device token (``ewt_...``) or a JWT; ``auth`` is ``"header"``
@@ -126,7 +108,7 @@ class VirtualDevice:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         device_id: str,
         credential: str,
         *,
@@ -158,7 +140,11 @@ class VirtualDevice:
             raise SimConfigError(f"auth must be 'header' or 'frame', not {auth!r}")
         if encoding not in (ENC_JSON, ENC_CBOR):
             raise SimConfigError(f"encoding must be {ENC_JSON!r} or {ENC_CBOR!r}, not {encoding!r}")
-        self.url = url if url.rstrip("/").endswith("/v1/device") else url.rstrip("/") + "/v1/device"
+        # Several gateway instances (docs/scaling.md): one is picked at random at each connection.
+        self.urls = [_device_url(u) for u in ([url] if isinstance(url, str) else url)]
+        if not self.urls:
+            raise SimConfigError("give at least one gateway URL")
+        self.url = self.urls[0]
         self.device_id = device_id
         self.rate = rate
         self.batch = batch
@@ -176,7 +162,7 @@ class VirtualDevice:
         self.adaptive_batch = adaptive_batch
         self.rng = random.Random(seed if seed is not None else zlib.crc32(device_id.encode()))
         self.sensor = sensor if sensor is not None else make_sensor("climate", self.rng)
-        self.faults: FaultInjector | None = None
+        self.faults = None
         if faults is not None and faults.applies_to(fault_index):
             self.faults = faults.injector(fault_index)
             if faults.jwt_secret and faults.jwt_ttl_s > 0:
@@ -190,12 +176,10 @@ class VirtualDevice:
             device_id, None if is_jwt(credential) else credential, credential if is_jwt(credential) else None,
             None, batch, window, outbox=self.outbox,
             backoff=Backoff(backoff_initial_s * 1000, backoff_max_s * 1000, rand=self.rng.random),
-            handlers={"set_interval": self._cmd_set_interval, "set_thresholds": self._cmd_set_thresholds,
-                      "set_output": self._cmd_set_output, "reboot": self._cmd_reboot, "ping": self._cmd_ping},
-            encoding=encoding)
+            handlers=self.command_handlers(), encoding=encoding)
         self.interval_s = 1.0 / rate
-        self.thresholds: dict[str, tuple[float | None, float | None]] = {}  # metric -> (low, high)
-        self.outputs: dict[str, bool] = dict.fromkeys(OUTPUTS, False)
+        self.thresholds = {}  # metric -> (low, high)
+        self.outputs = dict.fromkeys(OUTPUTS, False)
         self.state = "idle"  # idle, connecting, online, backoff, slow, hourly, stopped
         self.stopped_reason: str | None = None
         self.reboot_pending = False
@@ -294,6 +278,8 @@ class VirtualDevice:
         self.state = "connecting"
         self._stop_reason = None
         headers = {"Authorization": "Bearer " + self.credential} if self.auth == "header" else None
+        if len(self.urls) > 1:
+            self.url = self.rng.choice(self.urls)
         async with connect(
             self.url, additional_headers=headers, proxy=None,
             compression="deflate" if self.compression else None,
@@ -348,91 +334,6 @@ class VirtualDevice:
                     await ws.close(wire.CLOSE_GOING_AWAY, "rebooting")
                     raise _Reboot()
 
-    async def _send(self, ws: ClientConnection, frame: str | bytes | bytearray) -> None:
-        if self.faults is not None:
-            delay = self.faults.send_delay()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        await ws.send(frame)
-
-    def _unsent_index(self) -> int:
-        """Index in the outbox of the first reading not sent on this connection."""
-        sent = self.session.sent
-        index = 0
-        for item in self.outbox.readings:
-            if item.seq > sent:
-                break
-            index += 1
-        return index
-
-    async def _send_ready(self, ws: ClientConnection, now: float) -> None:
-        """Send data frames while the window, pacing and batching allow."""
-        session = self.session
-        readings = self.outbox.readings
-        while session.can_send():
-            index = self._unsent_index()
-            unsent = len(readings) - index
-            if unsent == 0:
-                return
-            if unsent < self.batch and self._generating and now < self._linger_deadline(index):
-                return
-            session.max_batch = self._batch_limit()
-            first = readings[index].seq
-            frame = session.next_frame(up=self._uptime_ms(now), now_ms=self._ms(now))
-            self._sync_counts()
-            if frame is None:
-                return
-            last = session.sent
-            count = last - first + 1
-            self.counters.sent_frames += 1
-            self.counters.sent_readings += count
-            if first <= self._max_sent_seq:
-                self.counters.resent += min(count, self._max_sent_seq - first + 1)
-            self._max_sent_seq = max(self._max_sent_seq, last)
-            await self._send(ws, frame)
-            if self.faults is not None and self.faults.want_malformed():
-                max_frame = (session.welcome or {}).get("max_frame", wire.MAX_FRAME_BYTES)
-                _kind, bad = self.faults.malformed_frame(max_frame if type(max_frame) is int else 16384)
-                self.counters.malformed += 1
-                await self._send(ws, bad)
-            readings = self.outbox.readings
-
-    def _batch_limit(self) -> int:
-        """``batch``, or after a slow-down (adaptive_batch) the gateway's max_batch, so a paced
-        device still moves its backlog: fewer, fuller frames at the allowed frame rate."""
-        limit = self.batch
-        welcome = self.session.welcome or {}
-        announced = welcome.get("max_batch")
-        gateway_max = announced if type(announced) is int and announced > 0 else wire.MAX_BATCH
-        if self.adaptive_batch and self._slowed:
-            limit = max(limit, gateway_max)
-        if self.session.batch_limit < self.batch:  # halved after a message-too-big close
-            limit = self.session.batch_limit
-        return min(limit, gateway_max)
-
-    def _linger_deadline(self, index: int) -> float:
-        """When a partial batch starting at ``outbox[index]`` is due (its oldest reading aged linger_s)."""
-        up = self.outbox.readings[index].up
-        if up is None:
-            return 0.0
-        taken_at: float = self._boot_at + up / 1000.0
-        if taken_at > asyncio.get_running_loop().time():
-            return 0.0  # read before a reboot (uptime from the previous boot): long overdue
-        return taken_at + self.linger_s
-
-    def _deadline(self, now: float, gen_until: float) -> float:
-        """The next moment the loop has something to do without a frame arriving."""
-        deadline = self._next_sample_at if self._generating and self._next_sample_at < gen_until else math.inf
-        if self.session.can_send():
-            index = self._unsent_index()
-            unsent = self.outbox.count - index
-            if unsent:
-                due = now + self.session.send_wait_ms(self._ms(now)) / 1000.0
-                if unsent < self.batch and self._generating:
-                    due = max(due, self._linger_deadline(index))
-                deadline = min(deadline, max(due, now))
-        return deadline
-
     # ------------------------------------------------------------ incoming
     async def _handle(self, ws: ClientConnection, text: str | bytes, now: float) -> None:
         d = self.session.handle(text, self._ms(now))
@@ -453,10 +354,6 @@ class VirtualDevice:
         if kind in (D_ACK, D_WELCOME, D_DROP):
             self._sync_counts()
 
-    def _sync_counts(self) -> None:
-        counters, outbox = self.counters, self.outbox
-        counters.acked, counters.rejected, counters.dropped = outbox.acked, outbox.rejected, outbox.dropped
-
     def _on_welcome(self, last_seq: int, renumber: int, now: float) -> None:
         self.state = "online"
         if renumber:
@@ -466,33 +363,6 @@ class VirtualDevice:
             gw_time = welcome.get("time")
             if type(gw_time) is int:  # set the device clock to the gateway's (skew cancelled)
                 self._clock_extra_s += gw_time / 1000.0 - self.device_time(now)
-
-    # ------------------------------------------------------------ commands (arguments checked by the session)
-    def _cmd_set_interval(self, args: dict[str, Any]) -> CommandResult:
-        seconds = float(args["seconds"])
-        self.interval_s = seconds
-        self.rate = 1.0 / seconds
-        self._next_sample_at = self._time() + seconds
-        return True, f"interval {seconds:g} s", None
-
-    def _cmd_set_thresholds(self, args: dict[str, Any]) -> CommandResult:
-        metric, high, low = args["metric"], args.get("high"), args.get("low")
-        self.thresholds[metric] = (None if low is None else float(low), None if high is None else float(high))
-        return True, f"{metric} thresholds low {low}, high {high}", None
-
-    def _cmd_set_output(self, args: dict[str, Any]) -> CommandResult:
-        output, on = args["output"], args["on"]
-        if output not in self.outputs:
-            return False, f"no output {output!r}; configured: {', '.join(OUTPUTS)}", None
-        self.outputs[output] = on
-        return True, f"{output} {'on' if on else 'off'}", None
-
-    def _cmd_reboot(self, args: dict[str, Any]) -> CommandResult:
-        self.reboot_pending = True
-        return True, "rebooting", None
-
-    def _cmd_ping(self, args: dict[str, Any]) -> CommandResult:
-        return True, "pong", None
 
     # ------------------------------------------------------------ closes and refusals
     def _on_closed(self, exc: ConnectionClosed) -> Reconnect:
@@ -541,16 +411,6 @@ class VirtualDevice:
     def _finished(self) -> bool:
         return not self._generating and (not self.outbox.count or self.session.stopped)
 
-    def _time(self) -> float:
-        try:
-            return asyncio.get_running_loop().time()
-        except RuntimeError:  # called outside the device's loop (tests, CLIs)
-            return time.monotonic()
-
-    @staticmethod
-    def _ms(now: float) -> int:
-        return int(now * 1000)
-
     async def _idle_until(self, until: float, gen_until: float) -> None:
         """Wait (sampling on schedule) until ``until`` or an early wake-up (set_credential, stop)."""
         loop = asyncio.get_running_loop()
@@ -574,61 +434,3 @@ class VirtualDevice:
         waiter = self._waiter
         if waiter is not None and not waiter.expired():
             waiter.reschedule(asyncio.get_running_loop().time())
-
-    def _new_boot(self, now: float) -> None:
-        self._boot_at = now
-        self.boot = f"{self.rng.getrandbits(32):08x}"
-        self.session.boot = self.boot
-
-    def _uptime_ms(self, now: float) -> int:
-        return max(0, int((now - self._boot_at) * 1000))
-
-    def _true_time(self, now: float) -> float:
-        """Wall-clock Unix time corresponding to loop time ``now``."""
-        return time.time() - (asyncio.get_running_loop().time() - now)
-
-    def device_time(self, now: float) -> float:
-        """The device's own clock (Unix s) at loop time ``now``: true time + skew/drift + sync."""
-        offset = self.faults.clock_offset_s(now - self._loop_t0) if self.faults is not None else 0.0
-        return self._true_time(now) + offset + self._clock_extra_s
-
-    def _generate_due(self, now: float, gen_until: float) -> None:
-        """Take every sample that is due; the outbox drops its oldest reading when full."""
-        if not self._generating:
-            return
-        interval = 1.0 / self.rate
-        taken = 0
-        while self._next_sample_at <= now and self._next_sample_at < gen_until:
-            at = self._next_sample_at
-            self._next_sample_at += interval
-            self._sample(at)
-            taken += 1
-            if taken >= 1000:  # the loop stalled for long: skip ahead rather than burst
-                self._next_sample_at = now + interval
-                break
-        if now >= gen_until:
-            self._generating = False
-
-    def _sample(self, at: float) -> None:
-        t_device = self.device_time(at)
-        quality = None
-        try:
-            metrics = self.sensor.sample(t_device)
-        except SensorReadError:
-            self.counters.sensor_errors += 1
-            try:
-                metrics = self.sensor.sample(t_device)
-                quality = wire.QUALITY_RETRIED
-            except SensorReadError:
-                self.counters.sensor_errors += 1
-                return
-        self.outbox.add(metrics, max(0, int(t_device * 1000)), self._uptime_ms(at), quality)
-        self.counters.generated += 1
-        self.counters.dropped = self.outbox.dropped
-
-    def _status_fields(self, now: float) -> dict[str, Any]:
-        return {
-            "dropped": self.outbox.dropped, "buffered": self.outbox.count, "fw": FIRMWARE,
-            "rssi": -45 - self.rng.randrange(40), "up": self._uptime_ms(now),
-            "sensor_errors": self.counters.sensor_errors,
-        }

@@ -4,6 +4,8 @@
         summary = await fleet.run(duration_s=30)      # sample 30 s, then drain, then stop
     fleet.devices[0].counters.acked, fleet.summary(), print(fleet.format_summary())
 
+``url`` may be a list: the URLs of several gateway instances joined by a bus (docs/scaling.md);
+each device picks one at random at every (re)connect, so faults move devices between them.
 ``credentials`` maps device id -> token or JWT (tests: ``GatewayProcess.register``; CLI: a
 JSON file written by ``python -m simulator provision``). Counters mean what
 ``simulator.device`` says; in particular **acked** counts readings the devices removed from
@@ -18,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -37,7 +39,7 @@ class Fleet:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         credentials: Mapping[str, str],
         *,
         rate: float = 1.0,

@@ -102,6 +102,10 @@ return redis.call('XLEN', KEYS[1])
 """
 
 
+POOL_SIZE = 32  # connections to Redis per instance (plus the subscriber's)
+POOL_WAIT_S = 10.0  # longer than the engine's operation timeout, which fires first (BusTimeout)
+
+
 class RedisTransport(Transport):
     kind = "redis"
     errors = (RedisError, OSError)
@@ -139,9 +143,13 @@ class RedisTransport(Transport):
     # ------------------------------------------------------------ link
     async def connect(self, instance: str, channels: set[str]) -> None:
         self.instance = instance
-        client = aioredis.Redis.from_url(self.url.url, socket_connect_timeout=3, socket_timeout=10,
-                                         retry=Retry(NoBackoff(), 0), health_check_interval=0,
-                                         decode_responses=False)
+        # A bounded pool that makes a burst of operations (hundreds of devices reconnecting at once)
+        # wait for a free connection: redis-py's default pool (100) raises MaxConnectionsError
+        # instead, which would look like a broken link and turn the bus degraded.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url.url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S, socket_connect_timeout=3,
+            socket_timeout=10, retry=Retry(NoBackoff(), 0), health_check_interval=0, decode_responses=False)
+        client = aioredis.Redis(connection_pool=pool)
         self.client = client
         await client.ping()
         self._scripts = {name: client.register_script(text) for name, text in (
@@ -177,7 +185,7 @@ class RedisTransport(Transport):
         client, self.client = self.client, None
         if client is not None:
             with contextlib.suppress(Exception):
-                await client.aclose()
+                await client.aclose(close_connection_pool=True)
 
     async def _read(self, pubsub: Any) -> None:
         inbox = self._inbox(self.instance).encode()

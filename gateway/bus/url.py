@@ -6,10 +6,10 @@ Parsed without importing a client library, so the configuration can be checked a
 from __future__ import annotations
 
 import re
-import urllib.parse
 from dataclasses import dataclass
 
 from gateway.errors import ConfigError
+from gateway.urls import hide_password, split_server_url
 
 KINDS = ("memory", "redis", "nats")
 DEFAULT_PORTS = {"redis": 6379, "nats": 4222}
@@ -38,16 +38,7 @@ def parse_bus_url(text: str) -> BusUrl:
     if not text:
         return BusUrl("memory", "")
     expected = "expected redis://HOST:PORT/DB or nats://HOST:PORT, or empty for no bus"
-    try:
-        parts = urllib.parse.urlsplit(text)
-        port = parts.port
-    except ValueError as err:
-        raise ConfigError(f"bus: {_safe(text)} is not a URL ({err}); {expected}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise ConfigError(f"bus: scheme {scheme or '(none)'!r} is not supported; {expected}")
-    if not parts.hostname:
-        raise ConfigError(f"bus: {_safe(text)} names no host; {expected}")
+    parts, scheme, port = split_server_url("bus", text, DEFAULT_PORTS, expected, _safe(text))
     if parts.query or parts.fragment:
         raise ConfigError(f"bus: {_safe(text)} has a query or fragment; {expected}")
     db = 0
@@ -59,7 +50,7 @@ def parse_bus_url(text: str) -> BusUrl:
             db = int(path)
     elif path:
         raise ConfigError(f"bus: a NATS URL has no path ({path!r}); {expected}")
-    return BusUrl(scheme, text, parts.hostname, port or DEFAULT_PORTS[scheme], db)
+    return BusUrl(scheme, text, parts.hostname or "", port or DEFAULT_PORTS[scheme], db)
 
 
 def check_name(what: str, name: str) -> str:
@@ -72,4 +63,4 @@ def check_name(what: str, name: str) -> str:
 
 def _safe(text: str) -> str:
     """``text`` without a password, for error messages."""
-    return re.sub(r"//[^@/]*@", "//***@", text)[:120]
+    return hide_password(text)[:120]

@@ -14,6 +14,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from gateway.errors import ConfigError
+from gateway.urls import hide_password, split_server_url
 
 MQTT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 NATS_PORTS = {"nats": 4222, "tls": 4222}
@@ -40,27 +41,13 @@ class BrokerUrl:
         return f"{self.scheme}://{self.host}:{self.port}"
 
 
-def _redact(text: str) -> str:
-    """``text`` without any ``user:password@`` part, for error messages."""
-    return re.sub(r"//[^/@]*@", "//***@", text)
-
-
 def parse_broker_url(key: str, text: str, ports: dict[str, int]) -> BrokerUrl:
     """Check a broker URL setting; ConfigError naming ``key`` and what is expected."""
     expected = "expected " + " or ".join(f"{scheme}://HOST[:PORT]" for scheme in ports)
-    try:
-        parts = urllib.parse.urlsplit(text.strip())
-        port = parts.port
-    except ValueError as err:
-        raise ConfigError(f"{key}: {_redact(text)} is not a URL ({err}); {expected}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ports:
-        raise ConfigError(f"{key}: scheme {scheme or '(none)'!r} is not supported; {expected}")
-    if not parts.hostname:
-        raise ConfigError(f"{key}: {_redact(text)} names no host; {expected}")
+    parts, scheme, port = split_server_url(key, text.strip(), ports, expected, hide_password(text))
     if parts.path.strip("/") or parts.query or parts.fragment:
-        raise ConfigError(f"{key}: {_redact(text)} has a path, query or fragment; {expected}")
-    return BrokerUrl(scheme, parts.hostname, port or ports[scheme],
+        raise ConfigError(f"{key}: {hide_password(text)} has a path, query or fragment; {expected}")
+    return BrokerUrl(scheme, parts.hostname or "", port or ports[scheme],
                      urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or ""))
 
 

@@ -47,6 +47,8 @@ from protocol.device import (
     R_REFRESH,
     R_SLOW,
     R_STOP,
+    REPEATED,
+    REPEATS_KEPT,
 )
 
 NOW = 1000000  # ms; any clock works, the session only compares what the caller passes in
@@ -570,7 +572,17 @@ BAD = (  # (name, args, a piece of the answer)
 )
 
 
-def _answer(a, name, args, command_id="c-1"):
+_IDS = [0]
+
+
+def _new_id():
+    _IDS[0] += 1
+    return "c-" + str(_IDS[0])
+
+
+def _answer(a, name, args, command_id=None):
+    if command_id is None:
+        command_id = _new_id()  # every command a gateway sends has its own id
     d = a.session.handle(cmd(command_id, name, args), NOW)
     check(d.kind == D_COMMAND and d.reply is not None, name, d)
     reply = wire.decode(d.reply)
@@ -633,6 +645,34 @@ def sc_malformed_commands(make):
         _d, reply = _answer(a, "ping", None)  # no args at all: {}
         check(reply["ok"] is True, reply)
         _no_answer_without_a_string_id(a)
+    finally:
+        a.close()
+
+
+def sc_repeated_command_id_is_answered_not_run(make):
+    """Commands are delivered at least once: a gateway sends a command again (same id) when the
+    device moved to another instance before its answer was acknowledged. The device answers the
+    repeated id with its first answer and does not run the command twice."""
+    a = make()
+    try:
+        online(a, 0)
+        _d, first = _answer(a, "set_output", {"output": a.output, "on": True}, "c-once")
+        check(first["ok"] is True, first)
+        _d, reply = _answer(a, "set_output", {"output": a.output, "on": False})
+        check(reply["ok"] is True, reply)
+        switched_off = a.state()
+        d, again = _answer(a, "set_output", {"output": a.output, "on": True}, "c-once")
+        check(again == first, "the first answer again", again, first)
+        check(not d.ok and d.code == REPEATED, "not run", d)
+        check(a.state() == switched_off, "a repeated command ran again")
+        a.session.connection_lost()  # the answers survive a reconnect (to another instance)
+        online(a, 0)
+        d, again = _answer(a, "set_output", {"output": a.output, "on": True}, "c-once")
+        check(again == first and not d.ok and a.state() == switched_off, "repeated after a reconnect", again)
+        for _ in range(REPEATS_KEPT):
+            _answer(a, "ping", {})
+        _d, late = _answer(a, "set_output", {"output": a.output, "on": True}, "c-once")
+        check(late["ok"] is True and a.state() != switched_off, "an id older than the kept answers runs", late)
     finally:
         a.close()
 
@@ -728,6 +768,7 @@ SCENARIOS = (
     ("commands_with_good_arguments", sc_commands_with_good_arguments, "commands"),
     ("commands_with_bad_arguments_change_nothing", sc_commands_with_bad_arguments_change_nothing, "commands"),
     ("malformed_commands", sc_malformed_commands, "commands"),
+    ("repeated_command_id_is_answered_not_run", sc_repeated_command_id_is_answered_not_run, "commands"),
     ("never_reconnects", sc_never_reconnects, "!reconnect"),
     ("slow_down_resends_at_once", sc_slow_down_resends_at_once, "!pacing"),
     ("commands_answered_not_run", sc_commands_answered_not_run, "!commands"),

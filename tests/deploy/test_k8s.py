@@ -75,14 +75,15 @@ def test_selectors_match_the_pod_labels() -> None:
         assert selector.items() <= pod_labels.items()
 
 
-def test_probes_and_the_grace_period_cover_the_drain() -> None:
+def test_probes_and_the_grace_period_cover_the_drain(tmp_path: Path) -> None:
     pod = DOCS[("Deployment", "edgewire-gateway")]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     target = int(DOCS[("HorizontalPodAutoscaler", "edgewire-gateway")]["spec"]["metrics"][0]["pods"]["target"]
                  ["averageValue"])
-    drain_rate = 200  # devices closed per second on SIGTERM (docs/scaling.md section 4)
+    # devices closed per second on SIGTERM (docs/scaling.md section 4), as the pods are configured
+    drain_rate = load_config(_gateway_toml(tmp_path), env={}).drain_rate
     assert pod["terminationGracePeriodSeconds"] > pre_stop + target / drain_rate + 30
     env = {item["name"]: item for item in container["env"]}
     assert env["EDGEWIRE_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"

@@ -15,20 +15,13 @@ from gateway.dashboard_actions import ActionError, ActionHandlers, DashboardActi
 from gateway.dashboard_auth import ANONYMOUS, OPERATOR, VIEWER, DashboardAuth, DashboardIdentity, add_token
 from gateway.errors import GatewayError, RegistryError, StorageError
 from gateway.storage.sqlite import SQLiteStorage
+from tests.helpers.storage import with_sqlite
 
 KEY = b"k" * 32
 
 
 def with_storage(tmp_path: Path, body: Callable[[SQLiteStorage], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        storage = SQLiteStorage(tmp_path / "e.db")
-        await storage.open()
-        try:
-            return await body(storage)
-        finally:
-            await storage.close()
-
-    return asyncio.run(main())
+    return with_sqlite(tmp_path / "e.db", body)
 
 
 def test_tokens_identify_roles_and_revocation(tmp_path: Path) -> None:

@@ -18,20 +18,14 @@ from gateway import registry as reg
 from gateway.errors import ConfigError, RegistryError
 from gateway.registry import Registry
 from gateway.storage.sqlite import SQLiteStorage
+from tests.helpers.storage import with_sqlite
 
 KEY = b"k" * 32
 
 
 def with_registry(tmp_path: Path, body: Callable[[Registry, SQLiteStorage], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        storage = SQLiteStorage(tmp_path / "e.db")
-        await storage.open()
-        try:
-            return await body(Registry(storage, KEY, clock=lambda: 1_764_080_000.5), storage)
-        finally:
-            await storage.close()
-
-    return asyncio.run(main())
+    return with_sqlite(tmp_path / "e.db",
+                       lambda storage: body(Registry(storage, KEY, clock=lambda: 1_764_080_000.5), storage))
 
 
 def test_token_format_and_digest() -> None:

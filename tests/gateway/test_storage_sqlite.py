@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +15,16 @@ import pytest
 
 from gateway.errors import ConfigError, StorageError
 from gateway.storage import sqlite as sqlite_mod
+from gateway.storage import sqlite_core, sqlite_schema
 from gateway.storage.base import DeviceRecord, ReadingRow
 from gateway.storage.sqlite import SQLiteStorage
+from tests.helpers.storage import with_sqlite as with_storage
 
 
 def row(device: str, seq: int, time_ms: int | None = None, **metrics: float) -> ReadingRow:
     t = 1_764_080_000_000 + seq * 1000 if time_ms is None else time_ms
     return ReadingRow(device, seq, t, t + 5, metrics or {"temperature": 20.0 + seq, "humidity": 40.0},
                       boot="b1", device_ts=t, uptime_ms=seq * 1000, quality="ok")
-
-
-def with_storage(path: Path, body: Callable[[SQLiteStorage], Awaitable[Any]], **kwargs: Any) -> Any:
-    async def main() -> Any:
-        storage = SQLiteStorage(path, **kwargs)
-        await storage.open()
-        try:
-            return await body(storage)
-        finally:
-            await storage.close()
-
-    return asyncio.run(main())
 
 
 def sample_count(path: Path, device: str) -> int:
@@ -76,7 +66,7 @@ def test_version_1_database_is_migrated_with_its_history(tmp_path: Path) -> None
     with sqlite3.connect(db) as conn:
         for statement in sqlite_mod._split_script(sqlite_mod.MIGRATIONS[0]):
             conn.execute(statement)
-        conn.executemany(sqlite_mod._INSERT_READING, sqlite_mod._reading_tuples(
+        conn.executemany(sqlite_core.INSERT_READING, sqlite_schema.reading_tuples(
             [row("A", i, time_ms=1_764_080_000_000 + i * 60_000) for i in range(1, 121)]
             + [row("B", 7, time_ms=5, co2=400.0)]))
         conn.execute("PRAGMA user_version = 1")

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,12 @@ class GatewayProcess:
     ``settings`` become lines of its TOML config (e.g. rate=100, alerts=[...]).
     """
 
-    def __init__(self, tmp_path: Path, port: int | None = None, **settings: Any) -> None:
-        self.data_dir = Path(tmp_path) / "gateway"
+    def __init__(self, tmp_path: Path, port: int | None = None, env: dict[str, str] | None = None,
+                 name: str = "gateway", **settings: Any) -> None:
+        self.data_dir = Path(tmp_path) / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.env = env or {}
         self.settings = settings
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / "gateway.log"
@@ -74,7 +77,7 @@ class GatewayProcess:
         return (self.data_dir / "admin.token").read_text().strip()
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [PYTHON, "-m", "gateway", "serve", "--config", str(self.config_path), "--host", "127.0.0.1",
@@ -91,6 +94,14 @@ class GatewayProcess:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"gateway not healthy within {timeout}s:\n{self.log_text()[-3000:]}")
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """/healthz: (HTTP status, body)."""
+        try:
+            with urllib.request.urlopen(self.http_url + "/healthz", timeout=5) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as err:
+            return err.code, json.load(err)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -13,24 +13,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import asyncpg
-
 from services.postgres import PostgresServer
 from simulator.fleet import Fleet
 from tests.helpers.gateway import GatewayProcess
+from tests.helpers.postgres import stored_seqs
 
 DEVICES = 20
-
-
-async def stored_seqs(dsn: str) -> dict[str, list[int]]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        seqs: dict[str, list[int]] = {}
-        for device_id, seq in await conn.fetch("SELECT device_id, seq FROM readings ORDER BY device_id, seq"):
-            seqs.setdefault(device_id, []).append(seq)
-        return seqs
-    finally:
-        await conn.close()
 
 
 def storage_refusals(fleet: Fleet, device_id: str | None = None) -> int:

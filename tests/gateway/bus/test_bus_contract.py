@@ -256,3 +256,24 @@ def test_a_subscription_lost_silently_is_detected_and_restored(backend: Backend)
         await until(lambda: got == [1], what="delivery on the restored subscription")
 
     run(backend, scenario())
+
+
+def test_a_burst_of_operations_waits_for_the_link_instead_of_breaking_it(backend: Backend) -> None:
+    """Hundreds of devices reconnecting at once claim, publish and read their queues together;
+    the client's connection pool must make them wait, not fail (and turn the bus degraded)."""
+
+    async def scenario() -> None:
+        a = backend.bus("a")
+        await started(a)
+        burst = 400
+
+        async def one(i: int) -> None:
+            await a.presence.claim(f"burst-{i}")
+            await a.publish("dash", {"n": i})
+            await a.commands.pending(f"burst-{i}")
+
+        await asyncio.gather(*(one(i) for i in range(burst)))
+        assert a.state == OK and a.reconnects == 0
+        assert len([d for d in await a.presence.snapshot() if d.startswith("burst-")]) == burst
+
+    run(backend, scenario())

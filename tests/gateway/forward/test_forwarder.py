@@ -11,6 +11,7 @@ from gateway.forward.forwarder import STANDBY, Forwarder
 from gateway.forward.sink import ACKED, FAILED, REFUSED, Done, Sink
 from gateway.storage.base import ReadingRow
 from gateway.storage.sqlite import SQLiteStorage
+from tests.helpers.storage import with_sqlite
 
 T0 = 1_764_080_000_000
 
@@ -77,15 +78,7 @@ async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
 
 
 def run(tmp_path: Path, body: Callable[[SQLiteStorage], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        storage = SQLiteStorage(tmp_path / "f.db", commit_interval_ms=0)
-        await storage.open()
-        try:
-            return await body(storage)
-        finally:
-            await storage.close()
-
-    return asyncio.run(main())
+    return with_sqlite(tmp_path / "f.db", body, commit_interval_ms=0)
 
 
 def test_forwards_in_storage_order_and_resumes_after_a_restart(tmp_path: Path) -> None:
