@@ -15,7 +15,7 @@ from gateway.bus.memory import MemoryTransport
 from gateway.cluster import FleetMap
 from gateway.commands import Commands
 from gateway.conn import dumps
-from gateway.errors import CommandError
+from gateway.errors import CommandError, DeviceOffline
 from gateway.hub import Hub
 from protocol.gateway import GatewaySession
 
@@ -165,7 +165,7 @@ def test_a_moved_device_keeps_its_command_and_a_leaving_one_fails_it() -> None:
             await commands.welcomed(new)
             assert new.sent[0]["id"] == old.sent[0]["id"]
             commands.ended(new, moved=False)  # then it went offline without answering
-            with pytest.raises(CommandError) as offline:
+            with pytest.raises(DeviceOffline) as offline:  # what every caller catches for an offline device
                 await call
             assert offline.value.code == "device_offline"
             assert await bus.commands.pending("dev-3") == []
