@@ -112,7 +112,7 @@ def app_files(tmp: Path) -> dict[str, bytes]:
             files[src.name] = src.read_bytes()
         elif src.name != "flash.py":
             files[src.stem + ".mpy"] = compiled(src, src.name, tmp)
-    for name in ("__init__", "wire", "device"):
+    for name in ("__init__", "wire", "cbor", "device"):  # the device side of the protocol, with its CBOR encoder
         files[f"protocol/{name}.mpy"] = compiled(ROOT / "protocol" / f"{name}.py", f"protocol/{name}.py", tmp)
     return files
 
