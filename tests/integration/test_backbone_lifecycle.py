@@ -17,7 +17,7 @@ from protocol import wire
 from tests.helpers.dashboard import DashboardWatcher
 from tests.helpers.devices import expect_close
 from tests.helpers.gateway import GatewayProcess
-from tests.helpers.waiting import until
+from tests.helpers.waiting import until, until_sync
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -118,7 +118,9 @@ def test_active_alert_survives_restart(tmp_path: Path) -> None:
         snap = asyncio.run(snapshot())
         assert [a["device"] for a in snap["alerts"]] == ["dev-warm"]  # type: ignore[attr-defined]
         asyncio.run(send(2, 20.0))
-        assert gw.query("SELECT count(*) FROM alerts WHERE cleared_ms IS NULL")[0][0] == 0
+        # the engine records the clear after the reading is acked: wait for its row
+        until_sync(lambda: gw.query("SELECT count(*) FROM alerts WHERE cleared_ms IS NULL")[0][0] == 0,
+                   what="the alert cleared in storage")
     finally:
         gw.stop()
 
