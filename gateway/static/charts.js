@@ -13,6 +13,7 @@ export class MetricChart {
     this.meta = meta;
     this.metric = metric;
     this.onZoom = onZoom;
+    this.coveredTo = 0; // end of the loaded history range (ms): live readings before it are not appended
     const unit = (meta.metrics[metric] || {}).unit || "";
     this.summary = h("p", { class: "chart-summary muted" }, "loading…");
     this.plotBox = h("div", { class: "plot" });
@@ -58,16 +59,18 @@ export class MetricChart {
     this.data = [points.map((p) => p[0] / 1000), points.map((p) => p[2]), points.map((p) => p[1]),
       points.map((p) => p[3])];
     this.range = [fromMs, toMs];
+    this.coveredTo = toMs; // readings before this are in the buckets already (the last bucket starts earlier)
     this.source = source;
     this.loaded = true;
     this.redraw();
   }
 
-  /** A live reading: appended (with the window slid to end at ``nowMs``) if newer than the last point. */
+  /** A live reading: appended (with the window slid to end at ``nowMs``) if newer than the loaded
+   * history's range and the last point. */
   append(tMs, value, nowMs) {
     const xs = this.data[0];
     const t = tMs / 1000;
-    if (xs.length && t <= xs[xs.length - 1]) return;
+    if (tMs < this.coveredTo || (xs.length && t <= xs[xs.length - 1])) return;
     const span = this.range[1] - this.range[0];
     this.range = [nowMs - span, nowMs];
     for (const series of this.data.slice(1)) series.push(value);
