@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any, cast
 
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from gateway.auth import Identity
 from gateway.errors import StorageError
@@ -258,3 +260,31 @@ def test_drain_waits_for_the_flush_and_the_connections_own_sender() -> None:
         await asyncio.wait_for(drained, 5)
 
     asyncio.run(main())
+
+
+class FakeTransport:
+    def __init__(self, buffered: int = 0, closing: bool = False) -> None:
+        self.buffered = buffered
+        self.closing = closing
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def test_a_connection_is_writable_only_open_with_an_empty_write_buffer() -> None:
+    async def main() -> list[bool]:
+        ws = SimpleNamespace(state=State.OPEN, transport=FakeTransport())
+        conn = DeviceConnection(cast(Any, ws), GatewaySession(), Identity("d"), 0)
+        seen = [conn.writable()]
+        ws.transport = FakeTransport(buffered=20)  # a device that does not read its acks
+        seen.append(conn.writable())
+        ws.transport = FakeTransport(closing=True)
+        seen.append(conn.writable())
+        ws.transport, ws.state = FakeTransport(), State.CLOSING
+        seen.append(conn.writable())
+        return seen
+
+    assert asyncio.run(main()) == [True, False, False, False]
