@@ -49,7 +49,7 @@ COUNTER_HELP = {
     "duplicates": "Data frames whose readings were all stored already (acknowledged again).",
     "bad_frames": "Device frames refused as invalid.",
     "throttled": "Device frames refused by the rate limit.",
-    "storage_errors": "Store-and-ack batches that failed to commit (the device was closed with 1013).",
+    "storage_errors": "Device connections closed with 1013 because a store of their readings failed.",
     "replaced": "Device sessions replaced by a newer connection of the same device.",
     "gaps": "Readings devices never sent (their seq jumped).",
 }

@@ -16,6 +16,7 @@ import orjson
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from gateway.alerts.engine import AlertEngine
@@ -23,6 +24,7 @@ from gateway.auth import Authenticator, Identity, bearer
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, dumps, json_response, send_close
 from gateway.errors import AuthError, StorageError
+from gateway.flusher import Flusher
 from gateway.forward.setup import Forwarding
 from gateway.hub import Hub
 from gateway.logs import log
@@ -54,21 +56,31 @@ class DeviceConnection:
         self.session = session
         self.device_id: str = identity.device_id
         self.identity = identity
-        self.tail: asyncio.Future[None] | None = None  # last store-and-ack task, acks go in order
+        self.tail: asyncio.Future[None] | None = None  # the flush holding its newest frame (gateway/flusher.py)
+        self.acking: asyncio.Future[None] | None = None  # its own ack sender or storage close, while one runs
+        self.failed = False  # a store of its rows failed: no ack again, closed with 1013
         self.closing = False
         self.welcomed = False  # the welcome went out: frames are being stored
         self.moved = False  # ended by a takeover or a drain: the device goes on elsewhere
         self.connected_ms = connected_ms
         self.done = asyncio.get_running_loop().create_future()
 
+    def writable(self) -> bool:
+        """True when a small frame goes out without waiting: the connection is open and nothing
+        waits in its write buffer (see Flusher._ack)."""
+        transport = self.ws.transport
+        return self.ws.state is State.OPEN and not transport.is_closing() and not transport.get_write_buffer_size()
+
     async def send(self, frame: str) -> None:
         await self.ws.send(frame)
 
     async def drain(self) -> None:
         """Wait until every accepted frame is stored and acknowledged (or failed)."""
-        while self.tail is not None and not self.tail.done():
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.tail)
+        while True:
+            busy = [f for f in (self.tail, self.acking) if f is not None and not f.done()]
+            if not busy:
+                return
+            await asyncio.wait(busy)
 
     async def close(self, code: str, message: str) -> None:
         """End the session with ``code`` (through the core: error frame, then its close code)."""
@@ -114,6 +126,7 @@ class DeviceSessions:
         self.clock = clock
         self.forwarding = forwarding if forwarding is not None else Forwarding(storage, [])  # MQTT/NATS hooks
         self.devices: dict[str, DeviceConnection] = {}
+        self.flusher = Flusher(storage, metrics, self.forwarding.wake)  # the store-and-ack path
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -379,32 +392,7 @@ class DeviceSessions:
                 self.hub.boot(device_id, frame.boot)
         else:
             self.counters.duplicates += 1
-        target = conn.session.accepted_seq
-        previous = conn.tail
-        task = asyncio.ensure_future(self._store_and_ack(conn, previous, rows, target, time.perf_counter()))
-        task.add_done_callback(_retrieve)
-        conn.tail = task
-
-    async def _store_and_ack(self, conn: DeviceConnection, previous: asyncio.Future[None] | None,
-                             rows: list[ReadingRow], target: int, received: float) -> None:
-        try:
-            if rows:
-                started = time.perf_counter()
-                await self.storage.store(rows)
-                self.metrics.commit_latency.observe(time.perf_counter() - started)
-                self.forwarding.wake()
-            if previous is not None:
-                await previous
-        except (StorageError, OSError) as err:
-            self.counters.storage_errors += 1
-            log("storage_failed", logging.ERROR, device=conn.device_id, error=str(err))
-            conn.closing = True
-            await conn.close(wire.E_STORAGE, "storage unavailable; reconnect later")
-            raise
-        self.counters.readings_stored += len(rows)
-        with contextlib.suppress(ConnectionClosed):
-            await conn.ws.send(conn.session.ack(target))
-            self.metrics.ack_latency.observe(time.perf_counter() - received)
+        self.flusher.add(conn, rows, conn.session.accepted_seq)
 
     # ------------------------------------------------------------ ending sessions
     async def sweep_forever(self) -> None:
@@ -504,10 +492,3 @@ def select_subprotocol(offered: Sequence[str], cbor: bool = True) -> Subprotocol
         if name in offered and (cbor or name != wire.SUBPROTOCOL_CBOR):
             return Subprotocol(name)
     return None
-
-
-def _retrieve(task: asyncio.Future[None]) -> None:
-    """Mark a store-and-ack failure as seen: it was logged, and the next frame's task re-raises it
-    so that no later ack can claim the failed rows were stored."""
-    if not task.cancelled():
-        task.exception()

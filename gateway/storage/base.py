@@ -279,7 +279,9 @@ class Storage(abc.ABC):
     async def store(self, rows: list[ReadingRow]) -> None:
         """Durably store ``rows`` (group-committed with other callers' rows).
 
-        Idempotent per (device_id, seq): a row already stored is ignored.
+        ``rows`` may hold rows of several devices, interleaved (the gateway stores every frame of
+        one event-loop iteration in one call, gateway/flusher.py); each device keeps its own
+        watermark. Idempotent per (device_id, seq): a row already stored is ignored.
         Raises StorageError if the commit failed; then nothing of ``rows`` is stored.
         """
 

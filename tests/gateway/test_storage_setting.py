@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
+from gateway.storage.base import ReadingRow
 from gateway.storage.dsn import redact
+from gateway.storage.none import NoneStorage
+from gateway.storage.sqlite import SQLiteStorage
 
 
 @pytest.mark.parametrize(("value", "kind"), [
@@ -44,3 +50,17 @@ def test_retention_settings() -> None:
         load_config(env={"EDGEWIRE_READINGS_RETENTION_DAYS": "0"})
     with pytest.raises(ConfigError, match=r"^rollup_retention_days"):
         load_config(env={"EDGEWIRE_READINGS_RETENTION_DAYS": "60", "EDGEWIRE_ROLLUP_RETENTION_DAYS": "30"})
+
+
+def test_none_storage_counts_rows_of_several_devices_in_one_call(tmp_path: Path) -> None:
+    async def main() -> tuple[list[int], int]:
+        storage = NoneStorage(SQLiteStorage(tmp_path / "edgewire.db"))
+        await storage.open()
+        try:
+            await storage.store([ReadingRow("A", 1, 1, 1, {"t": 1.0}), ReadingRow("B", 5, 1, 1, {"t": 1.0}),
+                                 ReadingRow("A", 2, 1, 1, {"t": 1.0}), ReadingRow("B", 5, 1, 1, {"t": 1.0})])
+            return [await storage.last_seq(d) for d in ("A", "B", "C")], await storage.count_readings()
+        finally:
+            await storage.close()
+
+    assert asyncio.run(main()) == ([2, 5, 0], 3)

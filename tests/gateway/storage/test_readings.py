@@ -53,6 +53,23 @@ def test_duplicates_ignored_across_and_within_batches(backend: Backend) -> None:
     backend.run(body)
 
 
+def test_one_call_holds_rows_of_several_devices(backend: Backend) -> None:
+    """The gateway stores the frames of one event-loop iteration in one call (gateway/flusher.py):
+    rows of several devices, interleaved, resends among them; each device keeps its own watermark."""
+
+    async def body(s: Any) -> None:
+        await s.store([row("B", 1), row("B", 2)])
+        await s.store([row("A", 1), row("B", 2, temperature=99.0), row("C", 7), row("A", 2), row("B", 3),
+                       row("C", 8), row("A", 3)])
+        assert (await s.seqs("A"), await s.seqs("B"), await s.seqs("C")) == ([1, 2, 3], [1, 2, 3], [7, 8])
+        assert [await s.last_seq(d) for d in "ABC"] == [3, 3, 8]
+        assert 99.0 not in [v for _, v in await s.history("B", "temperature", 0, 2**62)]
+        assert await rollup_count(s, "B", "temperature", "5m") == 3
+        assert s.rows_inserted == 8  # 2 + 6: the resend of B 2 is not inserted
+
+    backend.run(body)
+
+
 def test_concurrent_stores_are_group_committed(backend: Backend) -> None:
     callers, per_call = 40, 25
 

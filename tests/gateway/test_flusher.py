@@ -1,0 +1,290 @@
+"""The batched store-and-ack path (gateway/flusher.py) without sockets: a storage whose commits the
+test completes by hand, connections that record what they were sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any, cast
+
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from gateway.auth import Identity
+from gateway.errors import StorageError
+from gateway.flusher import Flusher
+from gateway.metrics import Metrics
+from gateway.sessions import DeviceConnection
+from gateway.storage.base import ReadingRow, Storage
+from protocol import wire
+from protocol.gateway import GatewaySession
+from tests.helpers.waiting import until
+
+
+class FakeStorage:
+    """Each ``store`` call waits until the test settles its future."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[ReadingRow], asyncio.Future[None]]] = []
+        self.refuse: set[str] = set()  # devices whose rows fail even when stored on their own
+
+    async def store(self, rows: list[ReadingRow]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.calls.append((list(rows), future))
+        if self.refuse & {row.device_id for row in rows}:
+            raise StorageError("readings not stored: refused (injected)")
+        await future
+
+    def commit(self, index: int) -> None:
+        self.calls[index][1].set_result(None)
+
+    def fail(self, index: int) -> None:
+        self.calls[index][1].set_exception(StorageError("disk I/O error (injected)"))
+
+
+class FakeConn:
+    """A device connection as the flusher sees it (gateway.flusher.AckTarget)."""
+
+    def __init__(self, device_id: str) -> None:
+        self.device_id = device_id
+        self.session = GatewaySession()
+        self.session.accept(device_id, 0, 0)
+        self.closing = False
+        self.failed = False
+        self.tail: asyncio.Future[None] | None = None
+        self.acking: asyncio.Future[None] | None = None
+        self.sent: list[int] = []  # ack seqs, in the order they went out
+        self.closed: list[str] = []
+        self.buffered = False  # bytes wait in its write buffer: not writable
+        self.gate: asyncio.Event | None = None  # set: each send waits for it (a device that does not read)
+        self.broken = False  # send raises ConnectionClosed
+
+    def writable(self) -> bool:
+        return not self.buffered
+
+    async def send(self, frame: str) -> None:
+        if self.broken:
+            raise ConnectionClosed(None, None)
+        if self.gate is not None:
+            await self.gate.wait()
+            self.gate.clear()
+        msg = json.loads(frame)
+        assert msg["t"] == "ack"
+        self.sent.append(msg["seq"])
+
+    async def close(self, code: str, message: str) -> None:
+        self.closed.append(code)
+
+
+def rows(conn: FakeConn, first: int, last: int) -> list[ReadingRow]:
+    return [ReadingRow(conn.device_id, seq, 1000 + seq, 2000 + seq, {"temperature": 20.0})
+            for seq in range(first, last + 1)]
+
+
+def add(flusher: Flusher, conn: FakeConn, first: int, last: int) -> None:
+    """A data frame with seqs first..last (last < first: a duplicate frame acking ``first - 1``)."""
+    flusher.add(conn, rows(conn, first, last), max(last, first - 1))
+
+
+async def settle() -> None:
+    """Let every ready task run (no timers are involved)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def run(body: Callable[[Flusher, FakeStorage, Metrics, list[int]], Awaitable[None]]) -> None:
+    async def main() -> None:
+        storage = FakeStorage()
+        metrics = Metrics()
+        wakes: list[int] = []
+        flusher = Flusher(cast(Storage, storage), metrics, lambda: wakes.append(1))
+        await body(flusher, storage, metrics, wakes)
+
+    asyncio.run(main())
+
+
+def test_one_store_per_iteration_and_acks_only_after_the_commit() -> None:
+    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, wakes: list[int]) -> None:
+        a, b, c = FakeConn("a"), FakeConn("b"), FakeConn("c")
+        add(flusher, a, 1, 2)
+        add(flusher, b, 1, 1)
+        add(flusher, a, 3, 3)  # a second frame of a in the same iteration
+        add(flusher, c, 1, 0)  # a duplicate frame: no rows, still acked (seq 0 here)
+        await settle()
+        assert len(storage.calls) == 1
+        assert [(r.device_id, r.seq) for r in storage.calls[0][0]] == [("a", 1), ("a", 2), ("b", 1), ("a", 3)]
+        assert a.sent == b.sent == c.sent == []  # nothing before the commit
+        storage.commit(0)
+        await settle()
+        assert (a.sent, b.sent, c.sent) == ([3], [1], [0])  # one ack per connection: its highest seq
+        assert metrics.counters.readings_stored == 4
+        assert metrics.commit_latency.count == 1 and metrics.ack_latency.count == 4  # one per frame
+        assert wakes == [1]
+        assert a.tail is not None and a.tail.done()
+
+    run(body)
+
+
+def test_acks_go_out_in_flush_order_when_commits_finish_out_of_order() -> None:
+    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, wakes: list[int]) -> None:
+        a, b = FakeConn("a"), FakeConn("b")
+        add(flusher, a, 1, 1)
+        await settle()
+        add(flusher, a, 2, 2)
+        add(flusher, b, 1, 1)
+        await settle()
+        add(flusher, a, 3, 2)  # a duplicate of seq 2: its ack must wait for both commits
+        await settle()
+        assert len(storage.calls) == 2  # two flushes overlap in storage; the third has no rows
+        storage.commit(1)
+        await settle()
+        assert a.sent == [] and b.sent == []  # the second flush waits for the first
+        storage.commit(0)
+        await settle()
+        assert a.sent == [1, 2, 2] and b.sent == [1]
+
+    run(body)
+
+
+def test_a_failed_store_closes_exactly_its_connections_and_acks_them_no_more() -> None:
+    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, wakes: list[int]) -> None:
+        a, b, c = FakeConn("a"), FakeConn("b"), FakeConn("c")
+        add(flusher, a, 1, 1)
+        add(flusher, b, 1, 1)
+        await settle()
+        add(flusher, a, 2, 2)  # already received when the first store fails: never acked
+        add(flusher, c, 1, 1)
+        await settle()
+        storage.fail(0)
+        await until(lambda: len(storage.calls) == 4, what="a and b stored apart")
+        storage.fail(2)
+        storage.fail(3)  # the database is down: both fail on their own too
+        storage.commit(1)
+        await settle()
+        assert a.closed == [wire.E_STORAGE] and b.closed == [wire.E_STORAGE] and c.closed == []
+        assert a.sent == [] and b.sent == [] and c.sent == [1]
+        assert a.failed and a.closing and not c.failed
+        assert metrics.counters.storage_errors == 2
+        assert metrics.counters.readings_stored == 1
+        add(flusher, a, 3, 2)  # a duplicate frame after the failure: still no ack
+        await settle()
+        assert a.sent == [] and a.closed == [wire.E_STORAGE]
+
+    run(body)
+
+
+def test_rows_the_storage_refuses_fail_only_their_connection() -> None:
+    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, wakes: list[int]) -> None:
+        good, bad = FakeConn("good"), FakeConn("bad")
+        storage.refuse = {"bad"}
+        add(flusher, good, 1, 2)
+        add(flusher, bad, 1, 1)
+        await until(lambda: len(storage.calls) == 3, what="the rows stored apart")
+        assert [r.device_id for r in storage.calls[1][0]] == ["good", "good"]
+        storage.commit(1)
+        await settle()
+        assert good.sent == [2] and good.closed == []
+        assert bad.sent == [] and bad.closed == [wire.E_STORAGE]
+        assert metrics.counters.readings_stored == 2 and metrics.counters.storage_errors == 1
+        assert wakes == [1]
+
+    run(body)
+
+
+def test_a_slow_device_does_not_hold_up_the_others_and_gets_its_newest_ack() -> None:
+    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, wakes: list[int]) -> None:
+        slow, fast = FakeConn("slow"), FakeConn("fast")
+        slow.buffered = True
+        slow.gate = asyncio.Event()
+        add(flusher, slow, 1, 1)
+        add(flusher, fast, 1, 1)
+        await settle()
+        storage.commit(0)
+        await settle()
+        assert fast.sent == [1] and slow.sent == []  # slow's ack waits in its own sender
+        for seq in (2, 3):
+            add(flusher, slow, seq, seq)
+            add(flusher, fast, seq, seq)
+            await settle()
+            storage.commit(len(storage.calls) - 1)
+            await settle()
+        assert fast.sent == [1, 2, 3] and slow.sent == []
+        assert slow.tail is not None and slow.tail.done()
+        assert slow.acking is not None and not slow.acking.done()  # a drain still waits for it
+        slow.gate.set()
+        await until(lambda: slow.sent == [1], what="the first ack")
+        slow.gate.set()
+        await until(lambda: slow.acking is not None and slow.acking.done(), what="the sender to finish")
+        assert slow.sent == [1, 3]  # cumulative: the newest target replaced seq 2
+        assert metrics.ack_latency.count == 6
+        slow.buffered, slow.gate = False, None  # it reads again
+        add(flusher, slow, 4, 4)
+        await settle()
+        storage.commit(len(storage.calls) - 1)
+        await settle()
+        assert slow.sent == [1, 3, 4]  # sent inline again
+
+    run(body)
+
+
+def test_a_closed_connection_does_not_affect_the_others_acks() -> None:
+    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, wakes: list[int]) -> None:
+        gone, a = FakeConn("gone"), FakeConn("a")
+        gone.broken = True
+        add(flusher, gone, 1, 1)
+        add(flusher, a, 1, 1)
+        await settle()
+        storage.commit(0)
+        await settle()
+        assert a.sent == [1] and gone.sent == [] and gone.closed == []
+        assert metrics.ack_latency.count == 1  # only acks that went out
+
+    run(body)
+
+
+def test_drain_waits_for_the_flush_and_the_connections_own_sender() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        conn = DeviceConnection(cast(Any, None), GatewaySession(), Identity("d"), 0)
+        flush: asyncio.Future[None] = loop.create_future()
+        sender: asyncio.Future[None] = loop.create_future()
+        conn.tail, conn.acking = flush, sender
+        drained = asyncio.ensure_future(conn.drain())
+        await settle()
+        flush.set_result(None)
+        await settle()
+        assert not drained.done()
+        sender.set_result(None)
+        await asyncio.wait_for(drained, 5)
+
+    asyncio.run(main())
+
+
+class FakeTransport:
+    def __init__(self, buffered: int = 0, closing: bool = False) -> None:
+        self.buffered = buffered
+        self.closing = closing
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def test_a_connection_is_writable_only_open_with_an_empty_write_buffer() -> None:
+    async def main() -> list[bool]:
+        ws = SimpleNamespace(state=State.OPEN, transport=FakeTransport())
+        conn = DeviceConnection(cast(Any, ws), GatewaySession(), Identity("d"), 0)
+        seen = [conn.writable()]
+        ws.transport = FakeTransport(buffered=20)  # a device that does not read its acks
+        seen.append(conn.writable())
+        ws.transport = FakeTransport(closing=True)
+        seen.append(conn.writable())
+        ws.transport, ws.state = FakeTransport(), State.CLOSING
+        seen.append(conn.writable())
+        return seen
+
+    assert asyncio.run(main()) == [True, False, False, False]
