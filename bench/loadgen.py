@@ -59,7 +59,7 @@ class Worker:
         if self.kind == "mqtt":
             return MqttPublisher(self.uri, device_id, self.payloads, encoding)
         return DeviceConn(self.uri, device_id, token, self.payloads, self.spec.get("window", 4),
-                          self.spec.get("max_batch", 20), encoding)
+                          self.spec.get("max_batch", 20), encoding, self.spec.get("batch", 1))
 
     async def connect(self, concurrency: int, timeout: float) -> dict[str, Any]:
         """Open every connection (at most ``concurrency`` handshakes at once) and wait for welcomes."""
@@ -123,6 +123,11 @@ class Worker:
                     conns[done % n].tick(ts, done)
                     done += 1
             await asyncio.sleep(0.005)
+        if self.spec.get("batch", 1) > 1:  # each device's last, incomplete batch goes out now
+            ts = clients.now_ms()
+            for conn in conns:
+                if isinstance(conn, DeviceConn):
+                    conn.send_rest(ts)
         cpu1 = process_cpu_seconds()
         wall1 = time.time()
         # drain: wait (bounded) for every reading to be acknowledged
@@ -287,16 +292,22 @@ class LoadGen:
     """N worker processes each holding a share of ``devices`` [(device_id, token)]."""
 
     def __init__(self, kind: str, url: str, devices: Sequence[tuple[str, str]], workers: int = 1,
-                 sources: int = 1, window: int = 4, max_batch: int = 20, encoding: str = ENC_JSON) -> None:
+                 sources: int = 1, window: int = 4, max_batch: int = 20, encoding: str = ENC_JSON,
+                 batch: int = 1) -> None:
+        """``batch`` > 1 (Edgewire devices only): each device sends its readings ``batch`` per frame,
+        once it has taken that many (see DeviceConn); ``rate`` stays readings/s per device."""
         if kind not in ("edgewire", "mqtt"):
             raise LoadgenError(f"kind {kind!r} must be 'edgewire' or 'mqtt'")
+        if not 1 <= batch <= 100 or (batch > 1 and kind != "edgewire"):
+            raise LoadgenError(f"batch {batch}: must be within 1..100, and 1 for MQTT publishers")
         if encoding not in ENCODINGS:
             raise LoadgenError(f"encoding {encoding!r} must be one of {', '.join(ENCODINGS)}")
         parse_ws_url(url)  # refuse a non-loopback target before any process starts
         workers = max(1, min(workers, len(devices) or 1))
         addrs = [f"127.0.0.{i + 1}" for i in range(max(1, sources))]
         self.procs = [Proc({"kind": kind, "url": url, "devices": list(devices[i::workers]), "sources": addrs,
-                            "window": window, "max_batch": max_batch, "seed": i + 1, "encoding": encoding})
+                            "window": window, "max_batch": max_batch, "seed": i + 1, "encoding": encoding,
+                            "batch": batch})
                       for i in range(workers)]
 
     def connect(self, concurrency: int = 256, timeout: float = 120.0) -> dict[str, Any]:
@@ -386,11 +397,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=float, default=10.0, help="seconds to wait for acks after sending")
     parser.add_argument("--encoding", choices=ENCODINGS, default=ENC_JSON,
                         help="data frames as JSON text (default) or binary CBOR (subprotocol edgewire.v1.cbor)")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="readings per data frame: each device sends once it has taken this many (default 1)")
     args = parser.parse_args(argv)
     if not 0 < args.duration <= 3600 or not 0 < args.rate <= 100:
         parser.error("--duration must be in (0, 3600] and --rate in (0, 100]")
     if not 1 <= args.workers <= 64 or not 1 <= args.sources <= 254 or args.concurrency < 1:
         parser.error("--workers must be in 1..64, --sources in 1..254 and --concurrency at least 1")
+    if not 1 <= args.batch <= 100 or (args.mqtt and args.batch != 1):
+        parser.error("--batch must be in 1..100 (and 1 with --mqtt)")
     try:
         parse_ws_url(args.url)
         devices = read_device_file(args.devices_file)
@@ -406,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.devices_file} lists no devices (lines of device_id,token)", file=sys.stderr)
         return 2
     gen = LoadGen("mqtt" if args.mqtt else "edgewire", args.url, devices, args.workers, args.sources,
-                  encoding=args.encoding)
+                  encoding=args.encoding, batch=args.batch)
     try:
         conn = gen.connect(args.concurrency)
         gen.start(time.time() + 0.5, args.duration, args.rate, args.drain)
