@@ -99,8 +99,9 @@ class Worker:
     async def run(self, start_at: float, hold_s: float, rate: float, drain_s: float) -> dict[str, Any]:
         """Send ``rate`` readings/s per device from wall time ``start_at`` for ``hold_s``; drain acks."""
         loop = asyncio.get_running_loop()
-        conns = [c for c in self.conns if c.welcomed]
+        conns = [c for c in self.conns if c.welcomed and not c.closed]
         n = len(conns)
+        before = self._counts(conns)  # a LoadGen may run several times (the capacity step's ramp)
         await asyncio.sleep(max(0.0, start_at - time.time()))
         del clients.ACK_LATENCIES[:]
         cpu0 = process_cpu_seconds()
@@ -137,13 +138,9 @@ class Worker:
                 if all(c.acked >= c.generated or c.closed for c in conns):
                     break
                 await asyncio.sleep(0.05)
-        generated = sum(c.generated for c in conns)
-        sent = sum(min(c.sent, c.generated) for c in conns)
+        counts = self._counts(conns)
         return {
-            "devices": n, "generated": generated, "sent": sent,
-            "acked": sum(min(c.acked, c.generated) for c in conns) if self.kind == "edgewire" else 0,
-            "rejected": sum(c.rejected for c in conns),
-            "slowed": sum(c.slowed for c in conns),
+            "devices": n, **{key: value - before[key] for key, value in counts.items()},
             "closed_during_run": sum(1 for c in conns if c.closed),
             "close_codes": sorted({c.close_code for c in conns if c.closed}),
             "cpu_s": cpu1 - cpu0, "wall_s": wall1 - wall0, "late_max_s": late_max,
@@ -151,6 +148,13 @@ class Worker:
             "rss_kib": rss_kib("self"),
             "ack_latencies": array("d", clients.ACK_LATENCIES),
         }
+
+    def _counts(self, conns: list[DeviceConn | MqttPublisher]) -> dict[str, int]:
+        """Readings generated, sent, acked, and frames rejected and slowed, so far (since connecting)."""
+        return {"generated": sum(c.generated for c in conns),
+                "sent": sum(min(c.sent, c.generated) for c in conns),
+                "acked": sum(min(c.acked, c.generated) for c in conns) if self.kind == "edgewire" else 0,
+                "rejected": sum(c.rejected for c in conns), "slowed": sum(c.slowed for c in conns)}
 
     async def close_all(self) -> None:
         for conn in self.conns:

@@ -51,7 +51,7 @@ class BenchOutbox(MemoryOutbox):
             for reading in readings:
                 if reading.seq > seq:
                     break
-                origin = reading.ts
+                origin: float | None = reading.ts
                 if batches:
                     while index < len(batches) and batches[index][0] < reading.seq:
                         index += 1
