@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -107,10 +108,15 @@ class Worker:
         cpu0 = process_cpu_seconds()
         wall0 = time.time()
         t0 = loop.time()
-        end = t0 + hold_s
         done = 0
         # Device i sends at t0 + (i + k*n) / (n*rate): evenly spread phases, bounded by hold_s.
         total = int(n * rate * hold_s)
+        batch = self.spec.get("batch", 1)
+        if batch > 1:
+            # Whole batches per device (the hold rounded up): no incomplete batch left at the end,
+            # which every device would otherwise send at the same instant.
+            total = n * batch * max(1, math.ceil(rate * hold_s / batch - 1e-9))
+        end = t0 + (total / (n * rate) if n else hold_s)
         late_max = 0.0
         while done < total:
             now = loop.time()
@@ -124,7 +130,7 @@ class Worker:
                     conns[done % n].tick(ts, done)
                     done += 1
             await asyncio.sleep(0.005)
-        if self.spec.get("batch", 1) > 1:  # each device's last, incomplete batch goes out now
+        if batch > 1:  # a run cut short (generator far behind) leaves incomplete batches: send them now
             ts = clients.now_ms()
             for conn in conns:
                 if isinstance(conn, DeviceConn):
