@@ -427,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     if opts.show:
         shown = json.loads(Path(opts.show).read_text())
-        print(table(shown))
+        if shown.get("steps"):
+            print(table(shown))
         if "capacity" in shown:
             print("\n".join(["", *capacity.summary_lines(shown["capacity"])]))
         return 0

@@ -10,7 +10,8 @@ import pytest
 
 from bench import capacity
 from bench import run as bench_run
-from bench.errors import BenchError
+from bench.errors import BenchError, LoadgenError
+from bench.loadgen import LoadGen
 
 
 def _step(rate: int, **changes: Any) -> dict[str, Any]:
@@ -112,8 +113,15 @@ def test_bench_cli_refuses_bad_capacity_options(capsys: pytest.CaptureFixture[st
     assert "frames/s" in capsys.readouterr().err
 
 
+def test_loadgen_batch_is_checked() -> None:
+    with pytest.raises(LoadgenError, match="batch 0"):
+        LoadGen("edgewire", "ws://127.0.0.1:9/v1/device", [("d", "t")], batch=0)
+    with pytest.raises(LoadgenError, match="1 for MQTT"):
+        LoadGen("mqtt", "ws://127.0.0.1:9/mqtt", [("d", "")], batch=10)
+
+
 @pytest.mark.timeout(180)
-def test_capacity_only_tiny_real_ramp(tmp_path: Path) -> None:
+def test_capacity_only_tiny_real_ramp(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = bench_run.main(["--capacity-only", "--capacity-devices", "20", "--capacity-rates", "100,200",
                            "--capacity-hold", "2", "--capacity-backends", "sqlite", "--workers", "1",
                            "--drain", "10", "--out", str(tmp_path)])
@@ -131,3 +139,6 @@ def test_capacity_only_tiny_real_ramp(tmp_path: Path) -> None:
     summary = result["summary"]
     assert summary["capacity_per_s"] == 200 and summary["bound"] == "ramp"
     assert report["targets"]["capacity"]["sqlite"] == {"value": 200, "goal": 50_000, "met": None, "bound": "ramp"}
+    assert "- sqlite: at least 200 readings/s (every rate of the ramp passed)" in capsys.readouterr().out
+    assert bench_run.main(["--show", str(tmp_path / "latest.json")]) == 0  # an earlier result, printed again
+    assert "- sqlite: at least 200 readings/s" in capsys.readouterr().out
