@@ -227,6 +227,7 @@ def run_step(gen: LoadGen, server: GatewayServer, rate: int, devices: int, opts:
     for w in workers:
         acks.extend(w["ack_latencies"])
     cpus = os.cpu_count() or 1
+    busy = h0.busy_cores(h1, cpus)
     step.update(
         generated=generated, acked=acked, lost=generated - acked,
         offered_per_s=round(generated / wall, 1),
@@ -239,13 +240,9 @@ def run_step(gen: LoadGen, server: GatewayServer, rate: int, devices: int, opts:
                    "drain_s": round(max(w["drain_s"] for w in workers), 2)},
         gateway=gateway,
         readings_per_frame=round(gateway["readings_stored"] / gateway["frames"], 2) if gateway["frames"] else None,
-        host={"cpus": cpus, "busy_cores_hold": _round(h0.busy_cores(h1, cpus), 2)},
+        host={"cpus": cpus, "busy_cores_hold": None if busy is None else round(busy, 2)},
     )
     return step
-
-
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 def run_backend(backend: str, opts: CapacityOptions, workdir: Path, log: Log,
