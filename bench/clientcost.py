@@ -63,10 +63,11 @@ def _server_frame(text: str) -> bytes:
     return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
 
 
-def welcomed_device(transport: StandInTransport, payloads: Payloads | None = None) -> DeviceConn:
-    """A DeviceConn past the handshake and the welcome, writing to ``transport``."""
+def welcomed_device(transport: StandInTransport, payloads: Payloads | None = None, batch: int = 1) -> DeviceConn:
+    """A DeviceConn (sending ``batch`` readings per frame) past the handshake and the welcome, writing to
+    ``transport``."""
     conn = DeviceConn(parse_ws_url("ws://127.0.0.1:9/v1/device"), "cost-1", "ewt_" + "A" * 32,
-                      payloads or Payloads())
+                      payloads or Payloads(), batch=batch)
     conn.connection_made(transport)  # type: ignore[arg-type]  # the stand-in has what WsClient uses
     response = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 f"Sec-WebSocket-Accept: {accept_key(conn.ws.key)}\r\n\r\n").encode()

@@ -60,10 +60,14 @@ ACK_LATENCIES: array[float] = array("d")
 class DeviceConn(WsClient):
     """One Edgewire device: a BenchSession over a WsClient; readings in a BenchOutbox until acked."""
 
-    __slots__ = ("generated", "outbox", "payloads", "session")
+    __slots__ = ("batch", "generated", "outbox", "payloads", "ready_through", "session", "unbatched")
 
     def __init__(self, uri: WebSocketURI, device_id: str, token: str, payloads: Payloads, window: int = 4,
-                 max_batch: int = 20, encoding: str = ENC_JSON) -> None:
+                 max_batch: int = 20, encoding: str = ENC_JSON, batch: int = 1) -> None:
+        """``batch`` > 1: the device keeps readings until it has ``batch`` of them, then sends them
+        in one frame (``max_batch`` becomes ``batch``); 1 sends each reading as it is taken."""
+        if batch > 1:
+            max_batch = batch
         session = BenchSession(device_id, token, BenchOutbox(ACK_LATENCIES), window, max_batch, orjson.loads, dumps,
                                encoding)
         super().__init__(uri, session.subprotocols())
@@ -71,6 +75,9 @@ class DeviceConn(WsClient):
         self.session = session
         self.payloads = payloads
         self.generated = 0
+        self.batch = max(1, batch)
+        self.unbatched = 0  # readings taken since the last complete batch
+        self.ready_through = 0  # batching: highest seq the device may send (its batch is complete)
 
     @property
     def welcomed(self) -> bool:
@@ -113,15 +120,36 @@ class DeviceConn(WsClient):
 
     def tick(self, ts: int, index: int) -> None:
         """Take one reading (timestamped ``ts``) and send what the window allows."""
-        self.outbox.add(self.payloads.metrics(index), ts, None, wire.QUALITY_OK)
+        reading = self.outbox.add(self.payloads.metrics(index), ts, None, wire.QUALITY_OK)
         self.generated += 1
+        if self.batch > 1:
+            self.unbatched += 1
+            if self.unbatched < self.batch:
+                return
+            self.unbatched = 0
+            self.ready_through = reading.seq
+            self.outbox.batch_ready(reading.seq, ts)
         self.flush()
 
+    def send_rest(self, ts: int) -> None:
+        """Batching: the run is over, so the last, incomplete batch is due now (``ts``); send it."""
+        readings = self.outbox.readings
+        if self.batch > 1 and self.unbatched and readings:
+            self.unbatched = 0
+            self.ready_through = readings[-1].seq
+            self.outbox.batch_ready(self.ready_through, ts)
+            self.flush()
+
     def flush(self) -> None:
-        """Send what the window allows (nothing when every kept reading is already in flight)."""
+        """Send what the window allows (nothing when every kept reading is already in flight).
+
+        Batching: only readings of complete batches (up to ``ready_through``) go out."""
         session = self.session
         readings = self.outbox.readings
-        while readings and readings[-1].seq > session.sent_through and self.ws.state is OPEN:
+        while readings and self.ws.state is OPEN:
+            last = readings[-1].seq if self.batch == 1 else min(readings[-1].seq, self.ready_through)
+            if last <= session.sent_through:
+                return
             frame = session.next_frame()
             if frame is None:
                 return

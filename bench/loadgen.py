@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -59,7 +60,7 @@ class Worker:
         if self.kind == "mqtt":
             return MqttPublisher(self.uri, device_id, self.payloads, encoding)
         return DeviceConn(self.uri, device_id, token, self.payloads, self.spec.get("window", 4),
-                          self.spec.get("max_batch", 20), encoding)
+                          self.spec.get("max_batch", 20), encoding, self.spec.get("batch", 1))
 
     async def connect(self, concurrency: int, timeout: float) -> dict[str, Any]:
         """Open every connection (at most ``concurrency`` handshakes at once) and wait for welcomes."""
@@ -99,17 +100,23 @@ class Worker:
     async def run(self, start_at: float, hold_s: float, rate: float, drain_s: float) -> dict[str, Any]:
         """Send ``rate`` readings/s per device from wall time ``start_at`` for ``hold_s``; drain acks."""
         loop = asyncio.get_running_loop()
-        conns = [c for c in self.conns if c.welcomed]
+        conns = [c for c in self.conns if c.welcomed and not c.closed]
         n = len(conns)
+        before = self._counts(conns)  # a LoadGen may run several times (the capacity step's ramp)
         await asyncio.sleep(max(0.0, start_at - time.time()))
         del clients.ACK_LATENCIES[:]
         cpu0 = process_cpu_seconds()
         wall0 = time.time()
         t0 = loop.time()
-        end = t0 + hold_s
         done = 0
         # Device i sends at t0 + (i + k*n) / (n*rate): evenly spread phases, bounded by hold_s.
         total = int(n * rate * hold_s)
+        batch = self.spec.get("batch", 1)
+        if batch > 1:
+            # Whole batches per device (the hold rounded up): no incomplete batch left at the end,
+            # which every device would otherwise send at the same instant.
+            total = n * batch * max(1, math.ceil(rate * hold_s / batch - 1e-9))
+        end = t0 + (total / (n * rate) if n else hold_s)
         late_max = 0.0
         while done < total:
             now = loop.time()
@@ -123,6 +130,11 @@ class Worker:
                     conns[done % n].tick(ts, done)
                     done += 1
             await asyncio.sleep(0.005)
+        if batch > 1:  # a run cut short (generator far behind) leaves incomplete batches: send them now
+            ts = clients.now_ms()
+            for conn in conns:
+                if isinstance(conn, DeviceConn):
+                    conn.send_rest(ts)
         cpu1 = process_cpu_seconds()
         wall1 = time.time()
         # drain: wait (bounded) for every reading to be acknowledged
@@ -132,13 +144,9 @@ class Worker:
                 if all(c.acked >= c.generated or c.closed for c in conns):
                     break
                 await asyncio.sleep(0.05)
-        generated = sum(c.generated for c in conns)
-        sent = sum(min(c.sent, c.generated) for c in conns)
+        counts = self._counts(conns)
         return {
-            "devices": n, "generated": generated, "sent": sent,
-            "acked": sum(min(c.acked, c.generated) for c in conns) if self.kind == "edgewire" else 0,
-            "rejected": sum(c.rejected for c in conns),
-            "slowed": sum(c.slowed for c in conns),
+            "devices": n, **{key: value - before[key] for key, value in counts.items()},
             "closed_during_run": sum(1 for c in conns if c.closed),
             "close_codes": sorted({c.close_code for c in conns if c.closed}),
             "cpu_s": cpu1 - cpu0, "wall_s": wall1 - wall0, "late_max_s": late_max,
@@ -146,6 +154,13 @@ class Worker:
             "rss_kib": rss_kib("self"),
             "ack_latencies": array("d", clients.ACK_LATENCIES),
         }
+
+    def _counts(self, conns: list[DeviceConn | MqttPublisher]) -> dict[str, int]:
+        """Readings generated, sent, acked, and frames rejected and slowed, so far (since connecting)."""
+        return {"generated": sum(c.generated for c in conns),
+                "sent": sum(min(c.sent, c.generated) for c in conns),
+                "acked": sum(min(c.acked, c.generated) for c in conns) if self.kind == "edgewire" else 0,
+                "rejected": sum(c.rejected for c in conns), "slowed": sum(c.slowed for c in conns)}
 
     async def close_all(self) -> None:
         for conn in self.conns:
@@ -287,16 +302,22 @@ class LoadGen:
     """N worker processes each holding a share of ``devices`` [(device_id, token)]."""
 
     def __init__(self, kind: str, url: str, devices: Sequence[tuple[str, str]], workers: int = 1,
-                 sources: int = 1, window: int = 4, max_batch: int = 20, encoding: str = ENC_JSON) -> None:
+                 sources: int = 1, window: int = 4, max_batch: int = 20, encoding: str = ENC_JSON,
+                 batch: int = 1) -> None:
+        """``batch`` > 1 (Edgewire devices only): each device sends its readings ``batch`` per frame,
+        once it has taken that many (see DeviceConn); ``rate`` stays readings/s per device."""
         if kind not in ("edgewire", "mqtt"):
             raise LoadgenError(f"kind {kind!r} must be 'edgewire' or 'mqtt'")
+        if not 1 <= batch <= 100 or (batch > 1 and kind != "edgewire"):
+            raise LoadgenError(f"batch {batch}: must be within 1..100, and 1 for MQTT publishers")
         if encoding not in ENCODINGS:
             raise LoadgenError(f"encoding {encoding!r} must be one of {', '.join(ENCODINGS)}")
         parse_ws_url(url)  # refuse a non-loopback target before any process starts
         workers = max(1, min(workers, len(devices) or 1))
         addrs = [f"127.0.0.{i + 1}" for i in range(max(1, sources))]
         self.procs = [Proc({"kind": kind, "url": url, "devices": list(devices[i::workers]), "sources": addrs,
-                            "window": window, "max_batch": max_batch, "seed": i + 1, "encoding": encoding})
+                            "window": window, "max_batch": max_batch, "seed": i + 1, "encoding": encoding,
+                            "batch": batch})
                       for i in range(workers)]
 
     def connect(self, concurrency: int = 256, timeout: float = 120.0) -> dict[str, Any]:
@@ -386,11 +407,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=float, default=10.0, help="seconds to wait for acks after sending")
     parser.add_argument("--encoding", choices=ENCODINGS, default=ENC_JSON,
                         help="data frames as JSON text (default) or binary CBOR (subprotocol edgewire.v1.cbor)")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="readings per data frame: each device sends once it has taken this many (default 1)")
     args = parser.parse_args(argv)
     if not 0 < args.duration <= 3600 or not 0 < args.rate <= 100:
         parser.error("--duration must be in (0, 3600] and --rate in (0, 100]")
     if not 1 <= args.workers <= 64 or not 1 <= args.sources <= 254 or args.concurrency < 1:
         parser.error("--workers must be in 1..64, --sources in 1..254 and --concurrency at least 1")
+    if not 1 <= args.batch <= 100 or (args.mqtt and args.batch != 1):
+        parser.error("--batch must be in 1..100 (and 1 with --mqtt)")
     try:
         parse_ws_url(args.url)
         devices = read_device_file(args.devices_file)
@@ -406,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.devices_file} lists no devices (lines of device_id,token)", file=sys.stderr)
         return 2
     gen = LoadGen("mqtt" if args.mqtt else "edgewire", args.url, devices, args.workers, args.sources,
-                  encoding=args.encoding)
+                  encoding=args.encoding, batch=args.batch)
     try:
         conn = gen.connect(args.concurrency)
         gen.start(time.time() + 0.5, args.duration, args.rate, args.drain)

@@ -10,8 +10,13 @@ For each step (device count) and system: a fresh server process, the connection 
 (docs/performance.md documents every field). Results: a table on stdout and JSON in
 bench/results/ (timestamped file + latest.json).
 
+Then the capacity step (bench/capacity.py; on by default, off with --quick or --no-capacity): per
+storage backend, the highest rate in readings/s, devices batching 10 readings per frame, before a
+reading is lost or ack p99 passes 1 s.
+
     python -m bench.run                     # 1k, 5k, 10k devices, 30 s each
     python -m bench.run --quick             # 1k devices, 10 s: CI smoke test (fails on any loss)
+    python -m bench.run --capacity-only     # only the capacity step (bench/capacity.py)
     python -m bench.run --cluster           # 3 instances with a bus against 3 without (bench/cluster.py)
 """
 
@@ -25,20 +30,19 @@ import json
 import os
 import platform
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench import capacity
 from bench.admin import register_all
 from bench.errors import BenchError
 from bench.loadgen import ENCODINGS, LoadGen, Watcher
 from bench.metrics import HostSample, ProcSample, cpu_per_1000, latency_summary, ratio, rss_per_connection_kib
 from bench.proc import raise_nofile_limit
-from bench.servers import GatewayServer, MosquittoServer, mosquitto_path, scratch_dir
+from bench.servers import GatewayServer, MosquittoServer, count_sqlite_readings, mosquitto_path, scratch_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SYSTEMS = ("gateway", "gateway-storage-none", "mosquitto")
@@ -64,27 +68,6 @@ def prepare_template(workdir: Path, count: int, log: Any) -> tuple[Path, list[tu
 
 
 # ---------------------------------------------------------------- one step of one system
-
-def _count_readings(db: Path) -> int | None:
-    if not db.exists():
-        return None
-    uri = f"file:{db}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
-
-
-def _gateway_metrics(port: int) -> dict[str, float]:
-    """Counters from the gateway's /metrics (Prometheus text), without labels."""
-    out: dict[str, float] = {}
-    url = f"http://127.0.0.1:{port}/metrics"
-    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as resp:
-        for line in resp.read().decode().splitlines():
-            if line and not line.startswith("#") and "{" not in line:
-                name, _, value = line.partition(" ")
-                with contextlib.suppress(ValueError):
-                    out[name.removeprefix("edgewire_")] = float(value)
-    return out
-
 
 def _sleep_until(wall: float) -> None:
     delay = wall - time.time()
@@ -179,7 +162,7 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
             result["ack_latency"] = latency_summary(acks)
         if system == "gateway":
             db = data_dir / "edgewire.db"
-            result["stored"] = _count_readings(db)
+            result["stored"] = count_sqlite_readings(db)
             result["lost"] = generated - acked
         elif system == "gateway-storage-none":
             result["stored"] = None
@@ -188,7 +171,8 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
             result["stored"] = None
             result["lost"] = generated - delivered
         if system != "mosquitto":
-            result["gateway_metrics"] = _gateway_metrics(server.port)
+            assert isinstance(server, GatewayServer)
+            result["gateway_metrics"] = server.metrics()
         result["server"] = {
             "pid_cpu_s": round(window_s, 3),
             "cpu_per_1000": _round(cpu_per_1000(window_s, generated), 4),
@@ -313,6 +297,17 @@ def targets(step: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def capacity_targets(report: dict[str, Any]) -> dict[str, Any]:
+    """The capacity goals (issue 14), per backend that ran: the value, the goal, met or not."""
+    out: dict[str, Any] = {}
+    for backend, result in report.get("backends", {}).items():
+        summary = result.get("summary")
+        if summary is not None:
+            out[backend] = {"value": summary["capacity_per_s"], "goal": summary["goal_per_s"],
+                            "met": summary["goal_met"], "bound": summary["bound"]}
+    return out
+
+
 def _fmt(value: Any, spec: str = "") -> str:
     if value is None:
         return "n/a"
@@ -408,7 +403,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoding", choices=ENCODINGS, default=ENCODINGS[0],
                         help="devices' data frames: json (default) or cbor (edgewire.v1.cbor, turned on in the "
                         "gateway with EDGEWIRE_CBOR=true); MQTT publishers send the same bytes")
-    parser.add_argument("--quick", action="store_true", help="1,000 devices for 10 s: the CI smoke test")
+    parser.add_argument("--quick", action="store_true",
+                        help="1,000 devices for 10 s, no capacity step: the CI smoke test")
+    parser.add_argument("--capacity", action=argparse.BooleanOptionalAction, default=None,
+                        help="run the capacity step after the device-count steps (default: on, off with --quick)")
+    parser.add_argument("--capacity-only", action="store_true",
+                        help="run only the capacity step (no device-count steps, no Mosquitto)")
+    parser.add_argument("--capacity-devices", type=int, default=capacity.CapacityOptions.devices,
+                        help=f"capacity step: devices (default {capacity.CapacityOptions.devices:,})")
+    parser.add_argument("--capacity-rates", default=",".join(str(r) for r in capacity.RAMP),
+                        help="capacity step: ascending readings/s for the whole fleet (default "
+                        + ",".join(str(r) for r in capacity.RAMP) + ")")
+    parser.add_argument("--capacity-hold", type=float, default=capacity.CapacityOptions.hold_s,
+                        help=f"capacity step: seconds per rate (default {capacity.CapacityOptions.hold_s:g})")
+    parser.add_argument("--capacity-backends", default=",".join(capacity.BACKENDS),
+                        help="capacity step: storage backends (default sqlite,postgresql; PostgreSQL is "
+                        "skipped, with the reason, when its binaries are missing)")
     parser.add_argument("--require-zero-loss", action="store_true",
                         help="exit 1 unless the gateway full path lost nothing and connected every device")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="directory for the JSON results")
@@ -416,12 +426,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show", metavar="JSON", help="print the table of an earlier result file and exit")
     opts = parser.parse_args(argv)
     if opts.show:
-        print(table(json.loads(Path(opts.show).read_text())))
+        shown = json.loads(Path(opts.show).read_text())
+        if shown.get("steps"):
+            print(table(shown))
+        if "capacity" in shown:
+            print("\n".join(["", *capacity.summary_lines(shown["capacity"])]))
         return 0
     if opts.quick:
         opts.steps = "1000"
         opts.hold = 10.0
         opts.require_zero_loss = True
+    if opts.capacity_only:
+        opts.capacity = True
+    elif opts.capacity is None:
+        opts.capacity = not opts.quick
+    cap_opts: capacity.CapacityOptions | None = None
+    cap_backends: list[str] = []
+    if opts.capacity:
+        cap_backends = [b.strip() for b in opts.capacity_backends.split(",") if b.strip()]
+        if not cap_backends or any(b not in capacity.BACKENDS for b in cap_backends):
+            parser.error(f"--capacity-backends: a subset of {','.join(capacity.BACKENDS)}")
+        try:
+            rates = [int(r) for r in opts.capacity_rates.split(",") if r.strip()]
+        except ValueError:
+            parser.error("--capacity-rates: whole readings/s, comma-separated (e.g. 10000,20000,50000)")
+        cap_opts = capacity.CapacityOptions(devices=opts.capacity_devices, rates=rates, hold_s=opts.capacity_hold,
+                                            drain_s=opts.drain, workers=opts.workers, concurrency=opts.concurrency,
+                                            encoding=opts.encoding, uvloop=opts.uvloop)
+        try:
+            cap_opts.check()
+        except BenchError as err:
+            parser.error(f"capacity step: {err}")
     env: dict[str, str] = {}
     for item in opts.gateway_env:
         key, sep, value = item.partition("=")
@@ -431,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     if opts.encoding == "cbor":
         env.setdefault("EDGEWIRE_CBOR", "true")  # the gateway selects edgewire.v1.cbor only when told to
     opts.gateway_env = env
-    steps = [int(s) for s in opts.steps.split(",") if s.strip()]
+    if cap_opts is not None:
+        cap_opts.gateway_env = env
+    steps = [] if opts.capacity_only else [int(s) for s in opts.steps.split(",") if s.strip()]
     systems = [s.strip() for s in opts.systems.split(",") if s.strip()]
     opts.profile = [s.strip() for s in opts.profile.split(",") if s.strip()]
     for system in systems:
@@ -439,17 +476,19 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--systems: gateway-transport is now called gateway-storage-none")
         if system not in SYSTEMS:
             parser.error(f"--systems: unknown system {system!r}")
-    if not steps or min(steps) < 1 or max(steps) > 60000:
+    if not opts.capacity_only and (not steps or min(steps) < 1 or max(steps) > 60000):
         parser.error("--steps: device counts must be within 1..60000")
     if not 1 <= opts.hold <= 600 or not 0 < opts.rate <= 50:
         parser.error("--hold must be within 1..600 s and --rate within (0, 50]")
     if opts.sources <= 0:
-        opts.sources = max(1, -(-max(steps) // 20000))
+        opts.sources = max(1, -(-max(steps, default=1) // 20000))
     raise_nofile_limit()
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    if opts.capacity_only:
+        systems = []
     if "mosquitto" in systems and mosquitto_path() is None:
         log("mosquitto is not installed (apt-get install -y mosquitto); it is required for the comparison")
         return 2
@@ -462,13 +501,16 @@ def main(argv: list[str] | None = None) -> int:
                    "drain_s": opts.drain, "dashboard_interval_ms": opts.dashboard_interval_ms,
                    "gateway_uvloop": opts.uvloop, "quick": opts.quick, "encoding": opts.encoding,
                    "gateway_root": str(opts.gateway_root) if opts.gateway_root else None,
-                   "gateway_env": opts.gateway_env},
+                   "gateway_env": opts.gateway_env, "capacity": bool(opts.capacity),
+                   "capacity_only": opts.capacity_only},
         "steps": [],
     }
     try:
         template = None
         devices: list[tuple[str, str]] = []
-        if any(s != "mosquitto" for s in systems):
+        if not steps:
+            pass
+        elif any(s != "mosquitto" for s in systems):
             template, devices = prepare_template(workdir, max(steps), log)
         else:
             devices = [(f"bench-{i:05d}", "") for i in range(1, max(steps) + 1)]
@@ -480,11 +522,15 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(2.0)
             step["ratios"] = ratios(step["systems"])
             report["steps"].append(step)
+        if cap_opts is not None:
+            report["capacity"] = capacity.run_capacity(cap_opts, cap_backends, workdir, log)
     finally:
         if not opts.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     report["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     report["targets"] = targets(report["steps"][-1]) if report["steps"] else {}
+    if "capacity" in report:
+        report["targets"]["capacity"] = capacity_targets(report["capacity"])
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
@@ -492,7 +538,10 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     (out / name).write_text(text)
     (out / "latest.json").write_text(text)
-    print(table(report))
+    if report["steps"]:
+        print(table(report))
+    if "capacity" in report:
+        print("\n".join(["", *capacity.summary_lines(report["capacity"])]))
     print(f"\nJSON: {out / name} (and latest.json)")
     if opts.require_zero_loss:
         bad = []

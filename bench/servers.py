@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -173,9 +174,29 @@ class GatewayServer(ServerProcess):
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
+    def metrics(self) -> dict[str, float]:
+        """Counters from the gateway's /metrics (Prometheus text), without labels; empty if unreachable."""
+        out: dict[str, float] = {}
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line and not line.startswith("#") and "{" not in line:
+                    name, _, value = line.partition(" ")
+                    with contextlib.suppress(ValueError):
+                        out[name.removeprefix("edgewire_")] = float(value)
+        return out
+
+
+def count_sqlite_readings(db: Path) -> int | None:
+    """Rows in a gateway's SQLite ``readings`` table (read-only), or None when there is no database."""
+    if not db.exists():
+        return None
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+
 
 def scratch_dir(prefix: str = "edgewire-bench-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
-__all__ = ["GatewayServer", "MosquittoServer", "free_port", "mosquitto_path", "scratch_dir"]
+__all__ = ["GatewayServer", "MosquittoServer", "count_sqlite_readings", "free_port", "mosquitto_path", "scratch_dir"]

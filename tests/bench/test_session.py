@@ -151,3 +151,45 @@ def test_clientcost_measures_the_path() -> None:
     assert 100 <= result["bytes_per_round"] <= 200  # one masked data frame of ~115 bytes per round
     assert result["cpu_us"] > 0
     assert clientcost.main(["--rounds", "200", "--runs", "1", "--devices", "10"]) == 0
+
+
+def test_outbox_batch_latency_runs_from_the_batch_completion() -> None:
+    clock = [2000.0]
+    latencies: array[float] = array("d")
+    box = BenchOutbox(latencies, clock_ms=lambda: clock[0])
+    for ts in (1000, 1100, 1200):
+        box.add({"x": 1.0}, ts)
+    box.batch_ready(2, 1500.0)  # readings 1-2 form a batch, due at 1500
+    box.batch_ready(3, 1800.0)
+    assert box.ack(1) == 1 and list(latencies) == [500.0]
+    clock[0] = 2100.0
+    assert box.ack(3) == 2 and list(latencies) == [500.0, 600.0, 300.0]
+    assert not box.batches
+    box.add({"x": 1.0}, 2000)  # a reading outside any batch: latency from its own ts
+    assert box.ack(4) == 1 and latencies[-1] == 100.0
+
+
+def test_device_conn_batches_readings_per_frame() -> None:
+    transport = StandInTransport()
+    conn = welcomed_device(transport, batch=10)
+    writes = transport.writes
+    del clients.ACK_LATENCIES[:]
+    now = clients.now_ms()
+    for i in range(9):
+        conn.tick(now, i)
+    assert transport.writes == writes and conn.sent == 0  # the batch is not complete yet
+    conn.tick(now, 9)
+    assert transport.writes - writes == 1 and conn.sent == 10  # one frame of 10 readings
+    for i in range(10, 25):
+        conn.tick(now, i)
+    assert transport.writes - writes == 2 and conn.sent == 20  # 21-25 wait for their batch
+    conn.data_received(_ack(20))
+    assert conn.sent == 20 and [r.seq for r in conn.outbox.readings] == [21, 22, 23, 24, 25]
+    assert len(clients.ACK_LATENCIES) == 20
+    conn.send_rest(clients.now_ms())  # the run is over: the incomplete batch goes out
+    assert transport.writes - writes == 3 and conn.sent == 25
+    conn.send_rest(clients.now_ms())  # nothing left: no frame
+    assert transport.writes - writes == 3
+    conn.data_received(_ack(25))
+    assert conn.acked == conn.generated == 25 and len(clients.ACK_LATENCIES) == 25
+    del clients.ACK_LATENCIES[:]
