@@ -120,6 +120,8 @@ def test_sigkill_while_forwarding_skips_nothing(tmp_path: Path, worker: bool) ->
                 await until(lambda: all(d.online for d in fleet.devices), what="devices back")
                 before = len(received())
                 await until(lambda: len(received()) >= before + 200, what="forwarding again")
+            # A session ends after its last frames are stored: once none is left, the rows are final.
+            await until(lambda: gw.metrics()["edgewire_devices_online"] == 0, what="every session ended")
             # Every reading stored, from before the kill to the end, has been published.
             stored = set(gw.query("SELECT device_id, seq FROM readings"))
             await until(lambda: stored <= set(received()), timeout=60, what="every stored reading published")
