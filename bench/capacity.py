@@ -34,8 +34,8 @@ from bench.servers import GatewayServer, count_sqlite_readings
 from services.errors import ServiceError
 from services.postgres import PostgresServer
 
-__all__ = ["ACK_P99_LIMIT_MS", "BACKENDS", "BATCH", "GOALS", "RAMP", "CapacityOptions", "judge", "run_backend",
-           "run_capacity", "summarize", "summary_lines"]
+__all__ = ["ACK_P99_LIMIT_MS", "BACKENDS", "BATCH", "GOALS", "RAMP", "CapacityOptions", "histogram_mean_ms", "judge",
+           "run_backend", "run_capacity", "summarize", "summary_lines"]
 
 RAMP = (10_000, 20_000, 35_000, 50_000, 75_000, 100_000, 150_000)  # readings/s, the whole fleet
 BATCH = 10  # readings per data frame
@@ -184,11 +184,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             ack = step.get("ack_latency") or {}
             srv = step.get("server") or {}
             gen = step.get("generator") or {}
+            gw = step.get("gateway") or {}
             offered = _num(step.get("offered_per_s"))
             lines.append(f"    {step['rate']:>7,}/s  {step['verdict']:<15} offered {offered}/s, "
                          f"{_num(step.get('readings_per_frame'))} per frame, "
                          f"lost {_num(step.get('lost'))}, ack p50/p99 {_num(ack.get('p50_ms'))}/"
-                         f"{_num(ack.get('p99_ms'))} ms, gateway cpu {_num(srv.get('cpu_pct_hold'))} %, "
+                         f"{_num(ack.get('p99_ms'))} ms (gateway's means: ack {_num(gw.get('ack_mean_ms'))}, "
+                         f"commit {_num(gw.get('commit_mean_ms'))} ms), gateway cpu {_num(srv.get('cpu_pct_hold'))} %, "
                          f"generator cpu {'/'.join(_num(c) for c in gen.get('cpu_pct', [])) or 'n/a'} %"
                          f"{'' if step['verdict'] == PASS else ': ' + step.get('reason', '')}")
         if result.get("stored") is not None:
@@ -218,8 +220,12 @@ def run_step(gen: LoadGen, server: GatewayServer, rate: int, devices: int, opts:
     s1, h1 = ProcSample.take(server.pid), HostSample.take()
     workers = gen.results(opts.hold_s + opts.drain_s + 120)
     m1 = server.metrics()
-    gateway = {key: m1.get(f"{key}_total", 0.0) - m0.get(f"{key}_total", 0.0)
-               for key in ("frames", "readings_stored", "throttled")}
+    counts = {key: m1.get(f"{key}_total", 0.0) - m0.get(f"{key}_total", 0.0)
+              for key in ("frames", "readings_stored", "throttled")}
+    # the gateway's own view: frame received -> ack sent, and its storage.store() calls
+    gateway: dict[str, float | None] = dict(counts)
+    for key in ("ack", "commit"):
+        gateway[f"{key}_mean_ms"] = histogram_mean_ms(m0, m1, f"{key}_latency_seconds")
     generated = sum(w["generated"] for w in workers)
     acked = sum(w["acked"] for w in workers)
     wall = max(w["wall_s"] for w in workers) or opts.hold_s
@@ -239,10 +245,18 @@ def run_step(gen: LoadGen, server: GatewayServer, rate: int, devices: int, opts:
                    "late_max_s": round(max(w["late_max_s"] for w in workers), 3),
                    "drain_s": round(max(w["drain_s"] for w in workers), 2)},
         gateway=gateway,
-        readings_per_frame=round(gateway["readings_stored"] / gateway["frames"], 2) if gateway["frames"] else None,
+        readings_per_frame=round(counts["readings_stored"] / counts["frames"], 2) if counts["frames"] else None,
         host={"cpus": cpus, "busy_cores_hold": None if busy is None else round(busy, 2)},
     )
     return step
+
+
+def histogram_mean_ms(m0: dict[str, float], m1: dict[str, float], histogram: str) -> float | None:
+    """Mean of a /metrics histogram (seconds) between two samples, in ms; None without samples."""
+    count = m1.get(f"{histogram}_count", 0.0) - m0.get(f"{histogram}_count", 0.0)
+    if count <= 0:
+        return None
+    return round(1000.0 * (m1.get(f"{histogram}_sum", 0.0) - m0.get(f"{histogram}_sum", 0.0)) / count, 2)
 
 
 def run_backend(backend: str, opts: CapacityOptions, workdir: Path, log: Log,

@@ -38,7 +38,27 @@ from protocol.device import ENC_CBOR, ENC_JSON
 
 ENCODINGS = (ENC_JSON, ENC_CBOR)  # --encoding: data frames as JSON text or binary CBOR
 
-__all__ = ["ENCODINGS", "LoadGen", "LoadgenError", "Watcher", "Worker", "main", "read_device_file"]
+__all__ = ["ENCODINGS", "LoadGen", "LoadgenError", "Watcher", "Worker", "main", "read_device_file", "reading_slot"]
+
+
+def reading_slot(index: int, devices: int, batch: int, rate: float) -> tuple[int, int]:
+    """Which device takes the fleet's reading number ``index``, and how many ms before it is
+    generated that device sampled it (``rate``: readings/s per device).
+
+    ``batch`` 1: round robin, device i's readings at t0 + (i + k*n)/(n*rate), evenly spread.
+
+    ``batch`` > 1: the devices take turns ``batch`` readings at a time, so device i completes
+    its k-th batch at t0 + (i + k*n + 1)*batch/(n*rate): one frame every batch/(n*rate) s
+    across the fleet, the phases of devices that booted at different times. A device samples
+    at its own rate, so each reading of a batch is dated back from the batch's completion by
+    1/rate s per reading still to come. (Round robin would complete every device's batch in
+    the same n/(n*rate) s: bursts of n*batch readings at ``batch`` times the offered rate, every
+    batch/rate s, and an ack latency that grows with the number of devices; docs/performance.md.)
+    """
+    if batch <= 1:
+        return index % devices, 0
+    position = index % batch
+    return (index // batch) % devices, round((batch - 1 - position) * 1000.0 / rate)
 
 
 class Worker:
@@ -109,7 +129,7 @@ class Worker:
         wall0 = time.time()
         t0 = loop.time()
         done = 0
-        # Device i sends at t0 + (i + k*n) / (n*rate): evenly spread phases, bounded by hold_s.
+        # Evenly spread phases (see reading_slot), bounded by hold_s.
         total = int(n * rate * hold_s)
         batch = self.spec.get("batch", 1)
         if batch > 1:
@@ -127,7 +147,8 @@ class Worker:
                 ts = clients.now_ms()
                 late_max = max(late_max, now - (t0 + done / (n * rate)))
                 while done < target:
-                    conns[done % n].tick(ts, done)
+                    device, sampled_ms_ago = reading_slot(done, n, batch, rate)
+                    conns[device].tick(ts - sampled_ms_ago, done)
                     done += 1
             await asyncio.sleep(0.005)
         if batch > 1:  # a run cut short (generator far behind) leaves incomplete batches: send them now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from bench import capacity
 from bench import run as bench_run
 from bench.errors import BenchError, LoadgenError
-from bench.loadgen import LoadGen
+from bench.loadgen import LoadGen, reading_slot
 
 
 def _step(rate: int, **changes: Any) -> dict[str, Any]:
@@ -135,6 +136,7 @@ def test_capacity_only_tiny_real_ramp(tmp_path: Path, capsys: pytest.CaptureFixt
         assert step["lost"] == 0 and step["acked"] == step["generated"] == step["rate"] * 2
         assert step["readings_per_frame"] == 10.0  # the devices batched 10 readings per frame
         assert step["ack_latency"]["count"] == step["generated"]
+        assert step["gateway"]["ack_mean_ms"] > 0 and step["gateway"]["commit_mean_ms"] > 0  # the gateway's view
     assert result["stored"] == result["acked"] == 600
     summary = result["summary"]
     assert summary["capacity_per_s"] == 200 and summary["bound"] == "ramp"
@@ -142,3 +144,32 @@ def test_capacity_only_tiny_real_ramp(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "- sqlite: at least 200 readings/s (every rate of the ramp passed)" in capsys.readouterr().out
     assert bench_run.main(["--show", str(tmp_path / "latest.json")]) == 0  # an earlier result, printed again
     assert "- sqlite: at least 200 readings/s" in capsys.readouterr().out
+
+
+def test_batching_devices_complete_their_batches_in_turn() -> None:
+    # 4 devices, 3 readings per frame, 2 readings/s each: every device gets whole batches, and
+    # the fleet completes one batch every 3 readings, not all 4 batches within the same 4 readings.
+    devices, batch, rate = 4, 3, 2.0
+    total = devices * batch * 2
+    slots = [reading_slot(i, devices, batch, rate) for i in range(total)]
+    per_device: dict[int, list[int]] = {}
+    for index, (device, _) in enumerate(slots):
+        per_device.setdefault(device, []).append(index)
+    assert sorted(per_device) == list(range(devices))
+    assert all(len(indexes) == 2 * batch for indexes in per_device.values())
+    completed = sorted(indexes[k * batch + batch - 1] for indexes in per_device.values() for k in range(2))
+    assert [b - a for a, b in itertools.pairwise(completed)] == [batch] * (len(completed) - 1)
+    # each reading dated back as if sampled at the device's own rate; the batch's last one is now
+    assert [ago for _, ago in slots[:batch]] == [1000, 500, 0]
+
+
+def test_unbatched_devices_take_readings_round_robin() -> None:
+    assert [reading_slot(i, 3, 1, 5.0) for i in range(6)] == [(0, 0), (1, 0), (2, 0), (0, 0), (1, 0), (2, 0)]
+
+
+def test_gateway_histogram_means_between_two_samples() -> None:
+    m0 = {"ack_latency_seconds_sum": 1.0, "ack_latency_seconds_count": 10.0}
+    m1 = {"ack_latency_seconds_sum": 1.5, "ack_latency_seconds_count": 20.0}
+    assert capacity.histogram_mean_ms(m0, m1, "ack_latency_seconds") == 50.0
+    assert capacity.histogram_mean_ms(m1, m1, "ack_latency_seconds") is None  # no samples in between
+    assert capacity.histogram_mean_ms({}, {}, "commit_latency_seconds") is None
