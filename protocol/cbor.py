@@ -186,16 +186,26 @@ def _time_ok(value):
     return value is None or (type(value) is int and 0 <= value <= MAX_SEQ)
 
 
+def _utf8_ok(text):
+    try:
+        text.encode()
+    except UnicodeError:  # a lone surrogate (CPython only): JSON escapes it and the gateway refuses it
+        return False
+    return True
+
+
 def encode_data(seq, readings, boot=None, up=None):
     """The binary data frame (bytearray) for ``readings`` (consecutive seqs from ``seq``), or None when
     a value cannot be sent exactly as a scaled integer: the caller then sends the frame as JSON."""
-    if not (_time_ok(seq) and _time_ok(up)) or (boot is not None and type(boot) is not str):
+    if not (_time_ok(seq) and _time_ok(up)) or (boot is not None and (type(boot) is not str or not _utf8_ok(boot))):
         return None  # out of the protocol's range: JSON carries it, the gateway refuses it the same way
     names = _column_order(readings)
     if names is None:
         return None
     columns = []
     for name in names:
+        if name not in METRIC_IDS and not _utf8_ok(name):
+            return None
         column = _column(readings, name)
         if column is None:
             return None

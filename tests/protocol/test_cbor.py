@@ -285,6 +285,14 @@ def test_invalid_frame_fields_fall_back_to_json() -> None:
         assert cbor.encode_data(seq, reading, boot, up) is None  # type: ignore[arg-type]
 
 
+def test_text_that_is_not_utf8_falls_back_to_json() -> None:
+    # A lone surrogate (found by make fuzz) cannot be encoded as CBOR text: JSON escapes it and the
+    # gateway answers it with its code, as for any JSON device; the encoder never raises.
+    assert cbor.encode_data(1, [wire.Reading(1, {"te\ud800mp": 1})]) is None
+    assert cbor.encode_data(1, [wire.Reading(1, {"x": 1})], boot="b\udfff") is None
+    assert cbor.encode_data(1, [wire.Reading(1, {"x\u00e9": 1})]) is not None  # any other text is fine
+
+
 def test_invalid_times_and_qualities_fall_back_to_json() -> None:
     for reading in (wire.Reading(1, {"x": 1}, ts=-5), wire.Reading(1, {"x": 1}, up=True),  # type: ignore[arg-type]
                     wire.Reading(1, {"x": 1}, ts=2**53), wire.Reading(1, {"x": 1}, quality="great")):
