@@ -53,6 +53,8 @@ MAX_RESULT_VALUES = 1024
 MAX_RESULT_BYTES = 8192
 MAX_FUTURE_MS = 86400000  # default: a reading stamped more than 1 day ahead is refused (bad_value)
 MAX_PENDING_COMMANDS = 64  # command ids remembered per connection until their result arrives
+_INT64_MIN = -(1 << 63)  # the integers orjson (the gateway's JSON encoder) can write: -2**63 .. 2**64 - 1
+_INT64_MAX = (1 << 64) - 1
 
 
 def json_shape_error(value, max_depth, max_values):
@@ -302,7 +304,9 @@ class GatewaySession:
         except ProtocolError as err:
             seq = msg.get("seq")
             err_event = self._bad(err)
-            if err_event.kind == EV_REJECT and type(seq) is int:
+            # The frame's seq goes back with the error, if any JSON encoder can write it (a binary
+            # frame can carry integers beyond 64 bits; then the error frame has no seq).
+            if err_event.kind == EV_REJECT and type(seq) is int and _INT64_MIN <= seq <= _INT64_MAX:
                 err_event.reply = self.error_frame(err.code, err.message, seq)
             return err_event
         self.strikes = 0

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import cbor2
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -462,3 +463,15 @@ def test_binary_frame_naming_another_device_is_an_identity_mismatch() -> None:
     event = gw.receive(frame, 0.1)
     assert event.kind == EV_CLOSE and event.close_code == wire.CLOSE_IDENTITY
 
+
+
+@pytest.mark.parametrize("seq", [2**64, -(2**63) - 1, 2**100])
+def test_a_seq_beyond_64_bits_is_refused_without_being_echoed(seq: int) -> None:
+    # Found by make fuzz's cbor target: a binary frame can carry integers JSON encoders refuse;
+    # the error frame (encoded by the gateway's orjson) must still be written, without the seq.
+    gw = GatewaySession(cbor=True, loads=orjson.loads, dumps=lambda msg: orjson.dumps(msg).decode())
+    gw.accept("S-1", 0, 1_700_000_000_000)
+    event = gw.receive(cbor2.dumps({"seq": seq, "m": {"temperature": "not a column"}}), 0.1)
+    assert event.kind == EV_REJECT and event.reply is not None
+    reply = json.loads(event.reply)
+    assert reply["t"] == "error" and "seq" not in reply and reply["code"] == event.payload.code
