@@ -131,6 +131,8 @@ class AlertLifecycle:
                                        and not track.latched):
                     continue
                 self._judge(rule, track, verdict, value, time_ms, received_ms)
+        # The same steps as above for the rules on the device as a whole (no value), written out on
+        # purpose: a shared method cost 0.75 us per reading with the 9-rule set (bench.alerts_bench).
         for rule in self.book.device_rules:
             track = rule.tracks.get(device_id, _MISSING)
             if track is _MISSING:
