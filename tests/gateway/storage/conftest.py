@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 from gateway.storage.base import ReadingRow, Storage
 from gateway.storage.postgresql import PostgresStorage
 from gateway.storage.sqlite import SQLiteStorage
+from tests.helpers.storage import with_storage
 
 T0 = 1_764_080_000_000  # 2025-11-25T14:13:20Z
 DAY = 86_400_000
@@ -43,16 +43,7 @@ class Backend:
 
     def run(self, body: Callable[[Any], Awaitable[Any]], **kwargs: Any) -> Any:
         """Open a storage, run ``body(storage)`` in a fresh event loop, close it."""
-
-        async def main() -> Any:
-            storage = self.make(**kwargs)
-            await storage.open()
-            try:
-                return await body(storage)
-            finally:
-                await storage.close()
-
-        return asyncio.run(main())
+        return with_storage(lambda: self.make(**kwargs), body)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
