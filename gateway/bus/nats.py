@@ -40,6 +40,13 @@ PRESENCE = "edgewire_presence"
 COMMANDS = "EDGEWIRE_COMMANDS"
 COMMAND_MAX_AGE_S = 7 * 86400.0  # a queued command older than this is dropped by the server
 CLAIM_ATTEMPTS = 20
+CLOSE_WAIT_S = 5.0  # nats-py's close() can hang (flushing to a server that is gone): bounded
+
+
+async def close_client(nc: Client) -> None:
+    """Close a nats-py client, within CLOSE_WAIT_S; never raises (the link is being dropped anyway)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.close(), CLOSE_WAIT_S)
 
 
 def escape(device_id: str) -> str:
@@ -111,8 +118,7 @@ class NatsTransport(Transport):
         nc, self.nc, self.js = self.nc, None, None
         self._kv.clear()
         if nc is not None:
-            with contextlib.suppress(Exception):
-                await nc.close()
+            await close_client(nc)
 
     async def _on_request(self, msg: Msg) -> None:
         kind = msg.subject.rsplit(".", 1)[-1]

@@ -35,6 +35,7 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType
 from nats.js.errors import NotFoundError
 
+from gateway.bus.nats import close_client
 from gateway.forward.payload import reading_json
 from gateway.forward.settings import BrokerUrl
 from gateway.forward.sink import ACKED, FAILED, Done, Sink
@@ -168,8 +169,7 @@ class NatsSink(Sink):
         nc, self.nc, self.js = self.nc, None, None
         self._fail_all()
         if nc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 5)
+            await close_client(nc)
         if was:
             log("nats_sink_disconnected", logging.WARNING, broker=self.url.display, reason=reason[:200],
                 note="readings in flight are sent again after the reconnect")
