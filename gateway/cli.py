@@ -42,6 +42,8 @@ def _serve_parser(sub: Any) -> None:
                    help="forward to an MQTT broker with Home Assistant discovery: mqtt://HOST:PORT or "
                         "mqtts://HOST:PORT (docs/mqtt.md)")
     p.add_argument("--nats", dest="nats_url", metavar="URL", help="forward to NATS JetStream: nats://HOST:PORT")
+    p.add_argument("--workers", type=int, help="worker processes, all on the one port (default: one per core; "
+                   "1 = a single process; docs/performance.md)")
     p.add_argument("--bus", help="join other instances: redis://HOST:PORT/DB or nats://HOST:PORT "
                                  "(default: none, one process; docs/scaling.md)")
     p.add_argument("--instance-id", dest="instance_id",
@@ -58,7 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     keys = ("host", "port", "data_dir", "db_path", "storage", "rate", "burst", "dashboard_interval_ms",
             "auth_timeout_s", "compression", "log_format", "log_level", "uvloop", "mqtt_url", "nats_url", "bus",
-            "instance_id")
+            "instance_id", "workers")
     config = load_config(args.config, overrides={k: getattr(args, k) for k in keys}, warn=warn)
     setup_logging(config.log_level, config.log_format)
     if config.uvloop:

@@ -32,6 +32,7 @@ from gateway.forward.settings import (
 from gateway.storage.dsn import redact, storage_kind
 
 ENV_PREFIX = "EDGEWIRE_"
+MAX_WORKERS = 64
 
 
 @dataclass(slots=True)
@@ -56,6 +57,7 @@ class GatewayConfig:
     compression: bool = True
     cbor: bool = False  # select the subprotocol edgewire.v1.cbor for devices that offer it (binary data frames)
     uvloop: bool = True  # use uvloop's event loop when it is installed (the "fast" extra)
+    workers: int = 0  # worker processes (gateway/workers.py); 0 = one per core; 1 = one process, no host
     max_unauthenticated: int = 4096  # connections not yet authenticated, in all (at most half the open-files limit)
     max_unauthenticated_per_address: int = 256  # ... from one TCP peer address (trusted proxies exempt)
     registry_recheck_s: float = 5.0  # how often live sessions are checked against the registry
@@ -212,6 +214,9 @@ class GatewayConfig:
         check_client_id("mqtt_client_id", self.mqtt_client_id)
         if self.nats_stream and not self.nats_stream.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"nats_stream: {self.nats_stream!r} must be letters, digits, _ and -")
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"workers: {self.workers} must be from 0 (one per core) to {MAX_WORKERS}; "
+                              "1 runs the gateway in one process")
         if self.forward_window < 1:
             raise ConfigError("forward_window: must be at least 1")
         if (self.mqtt_url or self.nats_url) and self.storage_kind == "none":

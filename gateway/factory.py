@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -12,22 +13,27 @@ from pathlib import Path
 from gateway import registry as registry_mod
 from gateway.alerts.webhook import load_secret
 from gateway.auth import Authenticator
-from gateway.bus import open_bus
+from gateway.bus import Bus, open_bus
 from gateway.config import GatewayConfig
 from gateway.logs import log
 from gateway.secret_files import private_dir, read_secret
 from gateway.server import Gateway
 from gateway.service import ServiceNotifier
 from gateway.storage.backends import open_storage
+from gateway.workers import Host, check_workers
 
 JWT_SECRET_ENV = "EDGEWIRE_JWT_SECRET"
 
 
-async def build_gateway(config: GatewayConfig) -> Gateway:
+async def build_gateway(config: GatewayConfig, bus: Bus | None = None, sock: socket.socket | None = None,
+                        worker: tuple[int, int] | None = None, siblings: list[str] | None = None) -> Gateway:
+    """The gateway of ``config``; a worker process (gateway/worker.py) passes its bus, its listening
+    socket, (index, count) and its siblings' instance ids."""
     private_dir(config.data_dir)
     storage = open_storage(config)
-    bus = open_bus(config.bus, config.instance_id, lease_ttl_s=config.lease_ttl_s,
-                   max_pending_commands=config.command_max_pending)
+    if bus is None:
+        bus = open_bus(config.bus, config.instance_id, lease_ttl_s=config.lease_ttl_s,
+                       max_pending_commands=config.command_max_pending)
     if config.bus and not os.environ.get(registry_mod.KEY_ENV):
         log("token_key_not_shared", logging.WARNING, hint=f"with a bus, every instance must share the token key: "
             f"set {registry_mod.KEY_ENV} (hex) on all of them, or devices are refused where their "
@@ -48,7 +54,7 @@ async def build_gateway(config: GatewayConfig) -> Gateway:
                                                              "dashboard token")
     webhook_secrets = {hook.name: load_secret(hook) for hook in config.webhooks}  # never logged
     return Gateway(config, storage, authenticator, registry, admin_token, dashboard_token,
-                   webhook_secrets=webhook_secrets, bus=bus)
+                   webhook_secrets=webhook_secrets, bus=bus, sock=sock, worker=worker, siblings=siblings)
 
 
 def banner(config: GatewayConfig, port: int, dashboard_token: str | None, interactive: bool) -> str:
@@ -72,7 +78,11 @@ def banner(config: GatewayConfig, port: int, dashboard_token: str | None, intera
 async def run_gateway(config: GatewayConfig) -> int:
     """Build every part from ``config``, serve until SIGTERM/SIGINT, then shut down cleanly.
 
-    Returns the exit status: 0, or 1 if a background task kept failing or a shutdown step failed."""
+    Returns the exit status: 0, or 1 if a background task kept failing or a shutdown step failed.
+    With ``workers`` > 1 this process is the host of that many worker processes (gateway/workers.py)."""
+    count = check_workers(config)
+    if count:
+        return await run_host(config, count)
     gateway = await build_gateway(config)
     await gateway.start()
     print(banner(config, gateway.port, gateway.dashboard_auth.file_token, sys.stdout.isatty()), flush=True)
@@ -82,3 +92,28 @@ async def run_gateway(config: GatewayConfig) -> int:
     await gateway.run_forever()
     watchdog.cancel()
     return gateway.exit_code
+
+
+async def run_host(config: GatewayConfig, count: int) -> int:
+    """The host process of ``count`` workers: start them, notify systemd, restart a dead one, drain
+    them all on SIGTERM/SIGINT (gateway/workers.py)."""
+    host = Host(config, count)
+    loop = asyncio.get_running_loop()
+    try:
+        port = await host.start()
+    except BaseException:
+        await host.shutdown()
+        raise
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: loop.create_task(host.shutdown()))
+    token = registry_mod.load_or_create_secret(config.data_dir, "dashboard.token", "ewd_", "dashboard token") \
+        if config.dashboard_auth != "off" else None
+    print(banner(config, port, token, sys.stdout.isatty()), flush=True)
+    notifier = ServiceNotifier()
+    notifier.ready(f"listening on {config.host}:{port} with {count} workers")
+    watchdog = loop.create_task(notifier.run(lambda: host.stopping))
+    supervisor = loop.create_task(host.supervise())
+    await host.stopped.wait()
+    supervisor.cancel()
+    watchdog.cancel()
+    return host.exit_code

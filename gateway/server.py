@@ -44,6 +44,7 @@ from gateway.dashboard_auth import DashboardAuth
 from gateway.errors import ConfigError, GatewayError
 from gateway.forward import metrics as forward_metrics
 from gateway.forward.setup import Forwarding
+from gateway.host_metrics import HostView
 from gateway.http_api import HttpApi
 from gateway.hub import Hub
 from gateway.logs import log
@@ -63,8 +64,14 @@ class Gateway:
     def __init__(self, config: GatewayConfig, storage: Storage, authenticator: Authenticator,
                  registry: Registry, admin_token: str, dashboard_token: str | None = None,
                  clock: Callable[[], float] = time.time,
-                 webhook_secrets: dict[str, bytes | None] | None = None, bus: Bus | None = None) -> None:
+                 webhook_secrets: dict[str, bytes | None] | None = None, bus: Bus | None = None,
+                 sock: socket.socket | None = None, worker: tuple[int, int] | None = None,
+                 siblings: list[str] | None = None) -> None:
+        """``sock``, ``worker`` (index, count) and ``siblings`` (the other workers' instance ids): a
+        worker process of a gateway host (gateway/workers.py) serves on its inherited socket."""
         self.config = config
+        self.sock = sock
+        self.worker = worker
         self.storage = storage
         self.auth = authenticator
         self.registry = registry
@@ -86,7 +93,8 @@ class Gateway:
         self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.alerts, self.metrics,
                                        on_result=self.commands.result, on_offline=self.alerts.device_offline,
                                        clock=clock, forwarding=self.forwarding)
-        self.cluster = Cluster(self.bus, self.sessions, self.commands, self.hub, clustered=bool(config.bus),
+        self.cluster = Cluster(self.bus, self.sessions, self.commands, self.hub,
+                               clustered=bool(config.bus) or worker is not None,
                                takeover_timeout_s=config.takeover_timeout_s)
         self.sessions.hooks = self.cluster
         self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics,
@@ -113,7 +121,7 @@ class Gateway:
         self.supervisor = Supervisor(on_give_up=self._give_up)
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address,
                                    config.trusted_proxies)
-
+        self.host_view = HostView(self.bus, siblings, self._own_metrics, self._own_health) if siblings else None
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -144,8 +152,9 @@ class Gateway:
             self.supervisor.start("gc", gctune.maintenance)
             self.supervisor.start("alerts", self.alerts.run)
             self.supervisor.start("webhooks", self.notifier.run)
-            self.supervisor.start("retention", Retention(self.storage, cfg.readings_retention_days,
-                                                         cfg.rollup_retention_days).run_forever)
+            if self.worker is None or self.worker[0] == 1:  # once per gateway, also with workers
+                self.supervisor.start("retention", Retention(self.storage, cfg.readings_retention_days,
+                                                             cfg.rollup_retention_days).run_forever)
             if self.cluster.clustered:
                 self.supervisor.start("cluster", self.cluster.watch)
             await self.server.start_serving()
@@ -184,9 +193,10 @@ class Gateway:
             extensions = [ServerPerMessageDeflateFactory(
                 server_max_window_bits=11, client_max_window_bits=11,
                 compress_settings={"memLevel": 4})]
+        where: dict[str, Any] = {"sock": self.sock} if self.sock is not None else {"host": cfg.host, "port": cfg.port}
         try:
             return await serve(
-                self.http.handle, cfg.host, cfg.port,
+                self.http.handle, **where,
                 process_request=self.http.process_request, create_connection=connection_class(self.admission),
                 compression=None, extensions=extensions, select_subprotocol=self._subprotocol,
                 max_size=cfg.max_frame, max_queue=16,
@@ -239,8 +249,9 @@ class Gateway:
         await self._step("forwarding", self.forwarding.close())
         await self._step("background tasks", self.supervisor.stop())
         self.commands.fail_waiting(wire.E_SHUTDOWN, "the gateway is stopping; send the command again once it is back")
-        # With peers, in batches of drain_rate per second: the devices spread over the other pods.
-        clustered = self.cluster.clustered
+        # With peers on a bus, in batches of drain_rate per second: the devices spread over the other
+        # pods. The workers of one host stop together: their devices have nowhere to move to.
+        clustered = bool(self.config.bus)
         await self._step("device sessions", self.sessions.close_all(self.config.drain_rate if clustered else 0.0,
                                                                     moving=clustered))
         await self._step("alerts", self.alerts.close())  # learned state and queued changes stored
@@ -268,12 +279,8 @@ class Gateway:
         return await self.admin.run_command(device_id, name, args, timeout)
 
     # ------------------------------------------------------------ HTTP endpoints of the process
-    async def healthz(self, ws: EdgeConnection, request: Request) -> Response:
-        """200 while serving with storage and every background task well; 503 while draining or when
-        storage or a task fails. ``checks`` holds each part with its state (storage, hub, registry_sweep,
-        gc, retention; with a bus also cluster and bus). A bus that is not ok makes the status
-        ``degraded`` with HTTP 200: the pod still stores readings, so readiness must not drop it (a
-        bus outage would otherwise empty the Service of every pod); docs/scaling.md section 9."""
+    def _own_health(self) -> dict[str, Any]:
+        """This process's health report (see ``healthz``) with its HTTP status under ``http``."""
         storage = {"backend": self.config.storage_kind, **self.storage.health()}
         checks: dict[str, dict[str, Any]] = {"storage": storage, **self.supervisor.health()}
         forwarding = self.forwarding.health()  # shown, but a broker being away does not make the gateway unhealthy
@@ -285,16 +292,41 @@ class Gateway:
             checks["bus"] = bus
         status = "draining" if self.draining else "degraded" if not healthy or (
             bus is not None and bus["state"] != "ok") else "ok"
-        return json_response(200 if status == "ok" or (status == "degraded" and healthy) else 503, {
-            "status": status, "checks": checks, "devices_online": len(self.sessions.devices),
-            "dashboard_clients": len(self.hub.clients), "uptime_s": round(time.time() - self.started_at, 1)})
+        return {"status": status, "http": 200 if status == "ok" or (status == "degraded" and healthy) else 503,
+                "checks": checks, "devices_online": len(self.sessions.devices),
+                "dashboard_clients": len(self.hub.clients), "uptime_s": round(time.time() - self.started_at, 1)}
+
+    async def healthz(self, ws: EdgeConnection, request: Request) -> Response:
+        """200 while serving with storage and every background task well; 503 while draining or when
+        storage or a task fails. ``checks`` holds each part with its state (storage, hub, registry_sweep,
+        gc, retention; with a bus also cluster and bus). A bus that is not ok makes the status
+        ``degraded`` with HTTP 200: the pod still stores readings, so readiness must not drop it (a
+        bus outage would otherwise empty the Service of every pod); docs/scaling.md section 9.
+
+        With workers (gateway/workers.py), ``workers`` holds each worker's own report, and the
+        gateway's status is the worst of them (a worker that does not answer is ``unreachable``:
+        503); ``devices_online`` and ``dashboard_clients`` are the sums."""
+        own = self._own_health()
+        if self.host_view is None:
+            return json_response(own.pop("http"), own)
+        workers = await self.host_view.workers_health(self.bus.instance_id, dict(own))
+        codes = [int(report.get("http", 503)) for report in workers.values()]
+        rank = {"ok": 0, "degraded": 1, "draining": 2, "unreachable": 3}
+        worst = max((str(r.get("status", "unreachable")) for r in workers.values()), key=lambda s: rank.get(s, 3))
+        for report in workers.values():
+            report.pop("http", None)
+        body = {**{k: v for k, v in own.items() if k != "http"}, "status": worst,
+                "devices_online": sum(int(r.get("devices_online", 0)) for r in workers.values()),
+                "dashboard_clients": sum(int(r.get("dashboard_clients", 0)) for r in workers.values()),
+                "workers": workers}
+        return json_response(max(codes), body)
 
     async def history(self, ws: EdgeConnection, request: Request) -> Response:
         """/v1/history, /v1/history.csv, /v1/devices: with the dashboard's checks (docs/http-api.md)."""
         identity = await self.http.dashboard_identity(ws, request)
         return identity if isinstance(identity, Response) else await self.history_api.respond(request.path)
 
-    async def metrics_page(self, ws: EdgeConnection, request: Request) -> Response:
+    async def _own_metrics(self) -> str:
         admission = self.admission
         self.counters.by_error[TOO_MANY] = sum(admission.refused.values())
         cluster_gauges, cluster_counters, cluster_labelled = self.cluster.metric_rows()
@@ -321,6 +353,19 @@ class Gateway:
                       *cluster_labelled],
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
             extra=[*alert_metric_lines(self.alerts, self.notifier), *forward_metrics.lines(self.forwarding)])
+        if self.worker is not None:  # each worker's own devices, under its label (gateway/host_metrics.py)
+            body += ("# HELP edgewire_worker_devices_online Devices with a session on each worker process.\n"
+                     "# TYPE edgewire_worker_devices_online gauge\n"
+                     f'edgewire_worker_devices_online{{worker="{self.bus.instance_id}"}} '
+                     f"{len(self.sessions.devices)}\n").encode()
+        return body.decode()
+
+    async def metrics_page(self, ws: EdgeConnection, request: Request) -> Response:
+        """Prometheus text; with workers, the whole gateway's (gateway/host_metrics.py)."""
+        page = await self._own_metrics()
+        if self.host_view is not None:
+            page = await self.host_view.merged_metrics(page)
+        body = page.encode()
         return Response(200, "OK", Headers({"Content-Type": "text/plain; version=0.0.4; charset=utf-8",
                                             "Content-Length": str(len(body))}), body)
 

@@ -234,6 +234,12 @@ async def _drop_subscription(backend: Backend, bus: Bus, channel: str) -> None:
     transport: Any = bus.transport
     if backend.kind == "memory":
         transport._link.channels.discard(channel)
+    elif backend.kind == "host":  # the broker's side of the worker's link
+        assert backend.host is not None
+        for client in backend.host.clients:
+            link = client.transport._link
+            if link is not None and link.instance == bus.instance_id:
+                link.channels.discard(channel)
     elif backend.kind == "redis":
         await transport.pubsub.unsubscribe(f"edgewire:ch:{channel}")
     else:

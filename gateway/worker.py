@@ -1,0 +1,85 @@
+"""``python -m gateway.worker``: one worker process of a gateway host (gateway/workers.py).
+
+It reads its ``WorkerSpec`` (a pickle) from stdin, builds a whole gateway (gateway/factory.py) on
+its inherited listening socket and the host bus, prints ``ready PORT`` on stdout once it serves,
+and runs until SIGTERM/SIGINT or until its stdin ends (the host process is gone): then it
+drains as a single gateway does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import socket
+import sys
+
+from gateway.bus import Bus, open_bus
+from gateway.bus.local import LocalTransport
+from gateway.errors import GatewayError
+from gateway.factory import build_gateway
+from gateway.logs import setup_logging
+from gateway.secret_files import private_umask
+from gateway.supervisor import spawn
+from gateway.workers import WorkerSpec
+
+
+def _bus(spec: WorkerSpec) -> Bus:
+    config = spec.config
+    if spec.bus_path:
+        return Bus(LocalTransport(spec.bus_path), spec.instance_id, display="host", lease_ttl_s=config.lease_ttl_s,
+                   max_pending_commands=config.command_max_pending)
+    return open_bus(config.bus, spec.instance_id, lease_ttl_s=config.lease_ttl_s,
+                    max_pending_commands=config.command_max_pending)
+
+
+async def _watch_stdin(stopping: asyncio.Event) -> None:
+    """End of stdin: the host process is gone (killed): stop as on SIGTERM."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    with contextlib.suppress(Exception):
+        await reader.read()
+    stopping.set()
+
+
+async def run_worker(spec: WorkerSpec) -> int:
+    sock = socket.socket(fileno=spec.fd)
+    gateway = await build_gateway(spec.config, bus=_bus(spec), sock=sock, worker=(spec.index, spec.count),
+                                  siblings=list(spec.siblings))
+    await gateway.start()
+    print(f"ready {gateway.port}", flush=True)
+    gone = asyncio.Event()
+    watcher = asyncio.get_running_loop().create_task(_watch_stdin(gone))
+    gone_wait = asyncio.get_running_loop().create_task(gone.wait())
+    gone_wait.add_done_callback(lambda _: spawn(gateway.shutdown(), "shutdown"))
+    await gateway.run_forever()
+    watcher.cancel()
+    gone_wait.cancel()
+    return gateway.exit_code
+
+
+def main() -> int:
+    private_umask()
+    spec = pickle.load(sys.stdin.buffer)
+    if not isinstance(spec, WorkerSpec):
+        print("error: gateway.worker is started by `gateway serve` (workers > 1), not by hand", file=sys.stderr)
+        return 2
+    config = spec.config
+    setup_logging(config.log_level, config.log_format)
+    os.environ.pop("NOTIFY_SOCKET", None)  # only the host process notifies systemd
+    if config.uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            uvloop.install()
+    try:
+        return asyncio.run(run_worker(spec))
+    except GatewayError as err:
+        print(f"error: worker {spec.index}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
