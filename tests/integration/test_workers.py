@@ -203,7 +203,7 @@ def test_a_failed_commit_closes_only_the_affected_connections(gw: GatewayProcess
         for ws in good.values():
             await ws.send(data_frame(1))
         frames, code = await expect_close(bad, timeout=20)
-        acks = {}
+        acks: dict[str, int] = {}
         for device_id, ws in good.items():
             for seq in range(2, 4):
                 await ws.send(data_frame(seq))
