@@ -58,6 +58,7 @@ class GatewayConfig:
     cbor: bool = False  # select the subprotocol edgewire.v1.cbor for devices that offer it (binary data frames)
     uvloop: bool = True  # use uvloop's event loop when it is installed (the "fast" extra)
     workers: int = 0  # worker processes (gateway/workers.py); 0 = one per core; 1 = one process, no host
+    commit_process: bool = False  # with workers: readings committed by one commit process (else each worker)
     max_unauthenticated: int = 4096  # connections not yet authenticated, in all (at most half the open-files limit)
     max_unauthenticated_per_address: int = 256  # ... from one TCP peer address (trusted proxies exempt)
     registry_recheck_s: float = 5.0  # how often live sessions are checked against the registry

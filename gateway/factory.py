@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gateway import registry as registry_mod
@@ -20,13 +21,15 @@ from gateway.secret_files import private_dir, read_secret
 from gateway.server import Gateway
 from gateway.service import ServiceNotifier
 from gateway.storage.backends import open_storage
+from gateway.storage.base import ReadingRow
 from gateway.workers import Host, check_workers
 
 JWT_SECRET_ENV = "EDGEWIRE_JWT_SECRET"
 
 
 async def build_gateway(config: GatewayConfig, bus: Bus | None = None, sock: socket.socket | None = None,
-                        worker: tuple[int, int] | None = None, siblings: list[str] | None = None) -> Gateway:
+                        worker: tuple[int, int] | None = None, siblings: list[str] | None = None,
+                        store: Callable[[list[ReadingRow]], Awaitable[object]] | None = None) -> Gateway:
     """The gateway of ``config``; a worker process (gateway/worker.py) passes its bus, its listening
     socket, (index, count) and its siblings' instance ids."""
     private_dir(config.data_dir)
@@ -54,7 +57,8 @@ async def build_gateway(config: GatewayConfig, bus: Bus | None = None, sock: soc
                                                              "dashboard token")
     webhook_secrets = {hook.name: load_secret(hook) for hook in config.webhooks}  # never logged
     return Gateway(config, storage, authenticator, registry, admin_token, dashboard_token,
-                   webhook_secrets=webhook_secrets, bus=bus, sock=sock, worker=worker, siblings=siblings)
+                   webhook_secrets=webhook_secrets, bus=bus, sock=sock, worker=worker, siblings=siblings,
+                   store=store)
 
 
 def banner(config: GatewayConfig, port: int, dashboard_token: str | None, interactive: bool) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from websockets.exceptions import ConnectionClosed
@@ -82,10 +82,13 @@ class Flusher:
     """Batches the store-and-ack path of every device connection (see the module docstring)."""
 
     def __init__(self, storage: Storage, metrics: Metrics, wake: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 store: Callable[[list[ReadingRow]], Awaitable[object]] | None = None) -> None:
         """``wake()``: rows were committed (the forwarders read them); ``clock``: seconds, for
-        the commit and ack latency histograms."""
+        the commit and ack latency histograms; ``store``: instead of ``storage.store`` (a worker
+        whose commits are made by the commit process: gateway/commit_link.py)."""
         self.storage = storage
+        self.store = store or storage.store
         self.metrics = metrics
         self.counters = metrics.counters
         self.wake = wake
@@ -123,7 +126,7 @@ class Flusher:
             return {}
         started = self.clock()
         try:
-            await self.storage.store(rows)
+            await self.store(rows)
         except Exception as err:  # StorageError, OSError, or a bug: never ack these rows
             return await self._store_apart(frames, err)
         self.metrics.commit_latency.observe(self.clock() - started)
@@ -141,7 +144,7 @@ class Flusher:
         if len(own) == 1:
             return dict.fromkeys(own, _describe(err))
         conns = list(own)
-        results = await asyncio.gather(*(self.storage.store(own[conn]) for conn in conns), return_exceptions=True)
+        results = await asyncio.gather(*(self.store(own[conn]) for conn in conns), return_exceptions=True)
         failed = {conn: _describe(result) for conn, result in zip(conns, results, strict=True)
                   if isinstance(result, BaseException)}
         if len(failed) < len(conns):

@@ -52,7 +52,7 @@ from gateway.metrics import Metrics, package_version
 from gateway.registry import Registry
 from gateway.retention import Retention
 from gateway.sessions import DeviceSessions, select_subprotocol
-from gateway.storage.base import Storage
+from gateway.storage.base import ReadingRow, Storage
 from gateway.supervisor import Supervisor, spawn
 from protocol import wire
 
@@ -66,9 +66,11 @@ class Gateway:
                  clock: Callable[[], float] = time.time,
                  webhook_secrets: dict[str, bytes | None] | None = None, bus: Bus | None = None,
                  sock: socket.socket | None = None, worker: tuple[int, int] | None = None,
-                 siblings: list[str] | None = None) -> None:
+                 siblings: list[str] | None = None,
+                 store: Callable[[list[ReadingRow]], Awaitable[object]] | None = None) -> None:
         """``sock``, ``worker`` (index, count) and ``siblings`` (the other workers' instance ids): a
-        worker process of a gateway host (gateway/workers.py) serves on its inherited socket."""
+        worker process of a gateway host (gateway/workers.py) serves on its inherited socket; ``store``:
+        its readings' commits go to the host's commit process (gateway/commit_link.py)."""
         self.config = config
         self.sock = sock
         self.worker = worker
@@ -92,7 +94,7 @@ class Gateway:
                                                  package_version(), run_command=self._run_command)
         self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.alerts, self.metrics,
                                        on_result=self.commands.result, on_offline=self.alerts.device_offline,
-                                       clock=clock, forwarding=self.forwarding)
+                                       clock=clock, forwarding=self.forwarding, store=store)
         self.cluster = Cluster(self.bus, self.sessions, self.commands, self.hub,
                                clustered=bool(config.bus) or worker is not None,
                                takeover_timeout_s=config.takeover_timeout_s)

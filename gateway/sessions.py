@@ -9,7 +9,7 @@ import contextlib
 import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -110,7 +110,8 @@ class DeviceSessions:
     def __init__(self, config: GatewayConfig, storage: Storage, authenticator: Authenticator, hub: Hub,
                  alerts: AlertEngine, metrics: Metrics, on_result: ResultHandler,
                  on_offline: Callable[[str], None] = lambda device_id: None,
-                 clock: Callable[[], float] = time.time, forwarding: Forwarding | None = None) -> None:
+                 clock: Callable[[], float] = time.time, forwarding: Forwarding | None = None,
+                 store: Callable[[list[ReadingRow]], Awaitable[object]] | None = None) -> None:
         """``on_offline(device_id)``: the device went offline here (its session ended, and it was not
         handed over to a newer session, here or at another instance)."""
         self.config = config
@@ -126,7 +127,7 @@ class DeviceSessions:
         self.clock = clock
         self.forwarding = forwarding if forwarding is not None else Forwarding(storage, [])  # MQTT/NATS hooks
         self.devices: dict[str, DeviceConnection] = {}
-        self.flusher = Flusher(storage, metrics, self.forwarding.wake)  # the store-and-ack path
+        self.flusher = Flusher(storage, metrics, self.forwarding.wake, store=store)  # the store-and-ack path
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

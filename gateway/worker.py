@@ -17,6 +17,7 @@ import sys
 
 from gateway.bus import Bus, open_bus
 from gateway.bus.local import LocalTransport
+from gateway.commit_link import CommitClient
 from gateway.errors import GatewayError
 from gateway.factory import build_gateway
 from gateway.logs import setup_logging
@@ -46,8 +47,9 @@ async def _watch_stdin(stopping: asyncio.Event) -> None:
 
 async def run_worker(spec: WorkerSpec) -> int:
     sock = socket.socket(fileno=spec.fd)
+    committer = CommitClient(spec.commit_path) if spec.commit_path else None
     gateway = await build_gateway(spec.config, bus=_bus(spec), sock=sock, worker=(spec.index, spec.count),
-                                  siblings=list(spec.siblings))
+                                  siblings=list(spec.siblings), store=committer.store if committer else None)
     await gateway.start()
     print(f"ready {gateway.port}", flush=True)
     gone = asyncio.Event()
@@ -57,6 +59,8 @@ async def run_worker(spec: WorkerSpec) -> int:
     await gateway.run_forever()
     watcher.cancel()
     gone_wait.cancel()
+    if committer is not None:
+        await committer.close()
     return gateway.exit_code
 
 

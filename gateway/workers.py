@@ -73,6 +73,7 @@ class WorkerSpec:
     bus_path: str  # the host bus's socket ("" when the workers join config.bus)
     instance_id: str
     siblings: tuple[str, ...]  # the other workers' instance ids
+    commit_path: str = ""  # the commit process's socket ("" when the worker writes its readings itself)
 
 
 def default_workers() -> int:
@@ -116,10 +117,15 @@ def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
 
 
 class Worker:
-    """One worker process as the host sees it."""
+    """One child process as the host sees it: a worker (``gateway.worker``, its WorkerSpec) or the
+    commit process (``gateway.committer``, its config and socket path)."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, module: str = "gateway.worker", payload: object = None,
+                 name: str = "") -> None:
         self.spec = spec
+        self.module = module
+        self.payload = spec if payload is None else payload
+        self.name = name or f"worker {spec.index}"
         self.process: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
         self.started_at = 0.0
@@ -132,10 +138,10 @@ class Worker:
         self.ready.clear()
         self.started_at = time.monotonic()
         process = self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.worker", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=None, pass_fds=(self.spec.fd,))
+            sys.executable, "-m", self.module, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=None, pass_fds=(self.spec.fd,) if self.spec.fd >= 0 else ())
         assert process.stdin is not None and process.stdout is not None
-        process.stdin.write(pickle.dumps(self.spec))
+        process.stdin.write(pickle.dumps(self.payload))
         with contextlib.suppress(ConnectionError):
             await process.stdin.drain()
         asyncio.get_running_loop().create_task(self._read_stdout(process.stdout))
@@ -155,11 +161,33 @@ class Host:
         self.config = config
         self.count = count
         self.workers: list[Worker] = []
+        self.committer: Worker | None = None
         self.sockets: list[socket.socket] = []
         self.broker: HostBroker | None = None
         self.stopping = False
         self.exit_code = 0
         self.stopped = asyncio.Event()
+
+    async def _wait_stopped(self, child: Worker) -> None:
+        process = child.process
+        if process is None:
+            return
+        try:
+            code = await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            code = await process.wait()
+            log("worker_stop_slow", logging.ERROR, worker=child.name,
+                hint=f"did not drain within {STOP_TIMEOUT_S:g} s; killed")
+        if code not in (0, -signal.SIGTERM):
+            self.exit_code = 1
+
+    async def _stop_child(self, child: Worker) -> None:
+        if child.process is not None and child.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(signal.SIGTERM)
+        await self._wait_stopped(child)
 
     def prepare(self) -> None:
         """Once, before any worker: the data directory, the schema and the shared secrets."""
@@ -189,16 +217,22 @@ class Host:
                 if err.errno != errno.EADDRINUSE or time.monotonic() > deadline:
                     raise GatewayError(listen_error(config.host, config.port, err)) from None
                 await asyncio.sleep(0.1)
-        bus_path = ""
+        run_dir = private_dir(Path(config.data_dir) / "run")
+        bus_path = commit_path = ""
         if not config.bus:
-            run_dir = private_dir(Path(config.data_dir) / "run")
             self.broker = HostBroker(run_dir / "bus.sock")
             await self.broker.start()
             bus_path = str(self.broker.path)
         ids = worker_ids(config, self.count)
+        if config.commit_process and config.storage_kind != "none":
+            commit_path = str(run_dir / "commit.sock")
+            spec = WorkerSpec(config, 0, self.count, -1, "", "committer", ())
+            self.committer = Worker(spec, "gateway.committer", (config, commit_path), "commit process")
+            await self.committer.start()
+            await self._wait_ready(self.committer)
         for index, sock in enumerate(self.sockets, start=1):
             spec = WorkerSpec(config, index, self.count, sock.fileno(), bus_path, ids[index - 1],
-                              tuple(i for i in ids if i != ids[index - 1]))
+                              tuple(i for i in ids if i != ids[index - 1]), commit_path)
             self.workers.append(Worker(spec))
         for worker in self.workers:
             await worker.start()
@@ -221,12 +255,13 @@ class Host:
         died.cancel()
         with contextlib.suppress(ProcessLookupError):
             process.kill()
-        raise GatewayError(f"worker {worker.spec.index} did not start (exit status {process.returncode}); "
+        raise GatewayError(f"{worker.name} did not start (exit status {process.returncode}); "
                            "its log above says why")
 
     async def supervise(self) -> None:
         """Restart any worker that dies until the host stops."""
-        await asyncio.gather(*(self._watch(worker) for worker in self.workers))
+        children = [*self.workers, *([self.committer] if self.committer else [])]
+        await asyncio.gather(*(self._watch(child) for child in children))
 
     async def _watch(self, worker: Worker) -> None:
         while True:
@@ -242,7 +277,7 @@ class Host:
             worker.deaths += 1
             delay = 0.0 if worker.deaths == 1 else worker.backoff.next_ms() / 1000
             worker.restarts += 1
-            log("worker_died", logging.ERROR, worker=worker.spec.index, exit_status=code, ran_s=round(ran, 1),
+            log("worker_died", logging.ERROR, worker=worker.name, exit_status=code, ran_s=round(ran, 1),
                 restart_in_s=round(delay, 2), restarts=worker.restarts)
             await asyncio.sleep(delay)
             if self.stopping:
@@ -261,19 +296,9 @@ class Host:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(signal.SIGTERM)
         for worker in self.workers:
-            process = worker.process
-            if process is None:
-                continue
-            try:
-                code = await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                code = await process.wait()
-                log("worker_stop_slow", logging.ERROR, worker=worker.spec.index,
-                    hint=f"did not drain within {STOP_TIMEOUT_S:g} s; killed")
-            if code not in (0, -signal.SIGTERM):
-                self.exit_code = 1
+            await self._wait_stopped(worker)
+        if self.committer is not None:  # after the workers: their last stores go through it
+            await self._stop_child(self.committer)
         if self.broker is not None:
             await self.broker.close()
         for sock in self.sockets:

@@ -8,9 +8,7 @@ semantics are exactly the in-process bus's, which the bus contract suite holds e
 to. ``LocalTransport`` is a worker's end: every Transport call is one message to the broker and
 its reply; deliveries and requests addressed to the worker come back on the same socket.
 
-Framing: a 4-byte big-endian length, then a pickle. Only the gateway's own processes connect:
-the socket lives in the data directory's private ``run/`` folder (mode 0700, same user), so
-pickle carries no foreign input.
+Framing: gateway/ipc.py (a length, then a pickle; only the gateway's own processes connect).
 
 Messages, worker -> broker: ``("call", id, method, args)``, ``("ans", id, ok, payload)``.
 Broker -> worker: ``("ret", id, ok, payload)``, ``("deliver", channel, data)``,
@@ -23,16 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
-import struct
 from pathlib import Path
 from typing import Any
 
 from gateway.bus.base import Holder, Transport
 from gateway.bus.memory import BrokerDown, MemoryBroker, MemoryTransport
 from gateway.errors import NoResponder, TooManyCommands
+from gateway.ipc import READ_ERRORS, frame, read_frame
 
-_HEADER = struct.Struct(">I")
-MAX_MESSAGE = 64 * 1024 * 1024  # a presence snapshot of a very large fleet still fits
 # Exceptions that cross the socket as themselves; anything else arrives as a ConnectionError.
 _PASSED: dict[str, type[BaseException]] = {cls.__name__: cls for cls in (
     NoResponder, TooManyCommands, TimeoutError, BrokerDown, ConnectionResetError, ValueError)}
@@ -42,21 +38,6 @@ _METHODS = frozenset({
     "presence_release", "presence_get", "presence_all", "presence_restore", "command_put", "command_list",
     "command_delete"})
 _SLOW = frozenset({"request", "probe"})  # may wait on another worker: run as tasks, the others inline (in order)
-
-
-def _frame(message: tuple[Any, ...]) -> bytes:
-    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(body)) + body
-
-
-async def _read(reader: asyncio.StreamReader) -> tuple[Any, ...]:
-    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    if size > MAX_MESSAGE:
-        raise ConnectionResetError(f"host bus message of {size} bytes is over the {MAX_MESSAGE} limit")
-    message = pickle.loads(await reader.readexactly(size))
-    if not isinstance(message, tuple) or not message:
-        raise ConnectionResetError("malformed host bus message")
-    return message
 
 
 def _error(err: BaseException) -> tuple[str, str]:
@@ -82,7 +63,7 @@ class _Client:
 
     def send(self, message: tuple[Any, ...]) -> None:
         if not self.writer.is_closing():
-            self.writer.write(_frame(message))
+            self.writer.write(frame(message))
 
     async def _deliver(self, channel: str, data: bytes) -> None:
         self.send(("deliver", channel, data))
@@ -103,7 +84,7 @@ class _Client:
     async def serve(self) -> None:
         try:
             while True:
-                message = await _read(self.reader)
+                message = await read_frame(self.reader)
                 if message[0] == "ans":
                     _, ident, ok, payload = message
                     future = self.answers.get(ident)
@@ -122,7 +103,7 @@ class _Client:
                         task.add_done_callback(self.tasks.discard)
                     else:
                         await self._run(ident, method, args)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, pickle.PickleError, EOFError):
+        except READ_ERRORS:
             pass
         finally:
             await self.close()
@@ -248,7 +229,7 @@ class LocalTransport(Transport):
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls[ident] = future
         try:
-            writer.write(_frame(("call", ident, method, args)))
+            writer.write(frame(("call", ident, method, args)))
             return await future
         finally:
             self._calls.pop(ident, None)
@@ -257,7 +238,7 @@ class LocalTransport(Transport):
         error: BaseException
         try:
             while True:
-                message = await _read(reader)
+                message = await read_frame(reader)
                 kind = message[0]
                 if kind == "ret":
                     _, ident, ok, payload = message
@@ -293,7 +274,7 @@ class LocalTransport(Transport):
         else:
             message = ("ans", ident, True, reply)
         if not writer.is_closing():
-            writer.write(_frame(message))
+            writer.write(frame(message))
 
     async def _deliver_loop(self) -> None:
         while True:
