@@ -29,7 +29,8 @@ JWT_SECRET_ENV = "EDGEWIRE_JWT_SECRET"
 
 async def build_gateway(config: GatewayConfig, bus: Bus | None = None, sock: socket.socket | None = None,
                         worker: tuple[int, int] | None = None, siblings: list[str] | None = None,
-                        store: Callable[[list[ReadingRow]], Awaitable[object]] | None = None) -> Gateway:
+                        store: Callable[[list[ReadingRow]], Awaitable[object]] | None = None,
+                        alert_owner: str | None = None) -> Gateway:
     """The gateway of ``config``; a worker process (gateway/worker.py) passes its bus, its listening
     socket, (index, count) and its siblings' instance ids."""
     private_dir(config.data_dir)
@@ -58,7 +59,7 @@ async def build_gateway(config: GatewayConfig, bus: Bus | None = None, sock: soc
     webhook_secrets = {hook.name: load_secret(hook) for hook in config.webhooks}  # never logged
     return Gateway(config, storage, authenticator, registry, admin_token, dashboard_token,
                    webhook_secrets=webhook_secrets, bus=bus, sock=sock, worker=worker, siblings=siblings,
-                   store=store)
+                   store=store, alert_owner=alert_owner)
 
 
 def banner(config: GatewayConfig, port: int, dashboard_token: str | None, interactive: bool) -> str:

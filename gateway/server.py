@@ -32,6 +32,7 @@ from gateway.alerts.admin import AlertAdmin
 from gateway.alerts.engine import AlertEngine
 from gateway.alerts.localtime import zone
 from gateway.alerts.metrics import metric_lines as alert_metric_lines
+from gateway.alerts.relay import AlertOwner, AlertRelay
 from gateway.alerts.webhook import WebhookNotifier
 from gateway.auth import Authenticator
 from gateway.bus import Bus, default_instance_id, open_bus
@@ -67,10 +68,12 @@ class Gateway:
                  webhook_secrets: dict[str, bytes | None] | None = None, bus: Bus | None = None,
                  sock: socket.socket | None = None, worker: tuple[int, int] | None = None,
                  siblings: list[str] | None = None,
-                 store: Callable[[list[ReadingRow]], Awaitable[object]] | None = None) -> None:
+                 store: Callable[[list[ReadingRow]], Awaitable[object]] | None = None,
+                 alert_owner: str | None = None) -> None:
         """``sock``, ``worker`` (index, count) and ``siblings`` (the other workers' instance ids): a
         worker process of a gateway host (gateway/workers.py) serves on its inherited socket; ``store``:
-        its readings' commits go to the host's commit process (gateway/commit_link.py)."""
+        its readings' commits go to the host's commit process (gateway/commit_link.py);
+        ``alert_owner``: the worker whose engine judges every reading (gateway/alerts/relay.py)."""
         self.config = config
         self.sock = sock
         self.worker = worker
@@ -80,14 +83,20 @@ class Gateway:
         self.metrics = Metrics()
         self.counters = self.metrics.counters
         self.hub = Hub(config.dashboard_interval_ms, config.dashboard_queue, dumps, clock)
-        self.alerts = AlertEngine(storage, config.alerts, clock=clock, timezone=zone(config.alert_timezone),
-                                  max_open=config.alert_max_open, suspended_expiry_s=config.alert_suspended_expiry_s,
-                                  save_interval_s=config.alert_save_interval_s, registry_check_s=60.0)
+        self.bus = bus if bus is not None else open_bus("", config.instance_id)  # "": in-process
+        self.relay: AlertRelay | None = None
+        self.alerts: AlertEngine
+        if alert_owner is not None and alert_owner != self.bus.instance_id:  # another worker judges readings
+            self.alerts = self.relay = AlertRelay(storage, self.bus, alert_owner, config.alerts, clock=clock)
+        else:
+            self.alerts = AlertEngine(storage, config.alerts, clock=clock, timezone=zone(config.alert_timezone),
+                                      max_open=config.alert_max_open,
+                                      suspended_expiry_s=config.alert_suspended_expiry_s,
+                                      save_interval_s=config.alert_save_interval_s, registry_check_s=60.0)
         self.alerts.listen(self.hub.alert_event)  # open alerts by id on the dashboards
         self.notifier = WebhookNotifier(config.webhooks, webhook_secrets or {}, source=socket.gethostname(),
                                         clock=clock)
         self.alerts.listen(self.notifier.on_event)
-        self.bus = bus if bus is not None else open_bus("", config.instance_id)  # "": in-process
         self.commands = Commands(self.bus, self._command_target, registered=storage.get_device, clock=clock)
         # MQTT bridge and NATS sink (docs/mqtt.md); MQTT commands take the admin API's command path.
         self.forwarding = Forwarding.from_config(config, storage, config.instance_id or default_instance_id(),
@@ -101,7 +110,11 @@ class Gateway:
         self.sessions.hooks = self.cluster
         self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics,
                               online=self.cluster.online, registry_changed=self.cluster.registry_changed)
-        self.admin.requests.update(AlertAdmin(self.alerts).requests_as(ADMIN_IDENTITY))  # protocol.md section 10
+        alert_admin = AlertAdmin(self.alerts)
+        self.admin.requests.update(self.relay.admin_requests(ADMIN_IDENTITY) if self.relay is not None
+                                   else alert_admin.requests_as(ADMIN_IDENTITY))  # protocol.md section 10
+        self.alert_owner = AlertOwner(self.bus, self.alerts, alert_admin) if (
+            alert_owner is not None and self.relay is None) else None
         self.dashboard_auth = DashboardAuth(storage, registry.token_key, dashboard_token)
         self.http = HttpApi(config, admin_token=admin_token, dashboard_auth=self.dashboard_auth,
                             client_address=self.sessions.client_address, draining=lambda: self.draining,
@@ -142,6 +155,8 @@ class Gateway:
             for alert in self.alerts.open_alerts():  # the restored ones; their changes follow as events
                 self.hub.alert_raised(alert, alert["updated"])
             await dashboard_sync.restore(self.hub, self.storage)
+            if self.alert_owner is not None:
+                await self.alert_owner.start()
             await self.cluster.start()
             await self.forwarding.start()
             self.alerts.listen(self.forwarding.alert_event)

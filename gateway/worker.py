@@ -49,7 +49,8 @@ async def run_worker(spec: WorkerSpec) -> int:
     sock = socket.socket(fileno=spec.fd)
     committer = CommitClient(spec.commit_path) if spec.commit_path else None
     gateway = await build_gateway(spec.config, bus=_bus(spec), sock=sock, worker=(spec.index, spec.count),
-                                  siblings=list(spec.siblings), store=committer.store if committer else None)
+                                  siblings=list(spec.siblings), store=committer.store if committer else None,
+                                  alert_owner=spec.alert_owner or None)
     await gateway.start()
     print(f"ready {gateway.port}", flush=True)
     gone = asyncio.Event()

@@ -74,6 +74,7 @@ class WorkerSpec:
     instance_id: str
     siblings: tuple[str, ...]  # the other workers' instance ids
     commit_path: str = ""  # the commit process's socket ("" when the worker writes its readings itself)
+    alert_owner: str = ""  # the worker whose alert engine judges every reading (gateway/alerts/relay.py)
 
 
 def default_workers() -> int:
@@ -232,7 +233,7 @@ class Host:
             await self._wait_ready(self.committer)
         for index, sock in enumerate(self.sockets, start=1):
             spec = WorkerSpec(config, index, self.count, sock.fileno(), bus_path, ids[index - 1],
-                              tuple(i for i in ids if i != ids[index - 1]), commit_path)
+                              tuple(i for i in ids if i != ids[index - 1]), commit_path, ids[0])
             self.workers.append(Worker(spec))
         for worker in self.workers:
             await worker.start()

@@ -31,6 +31,10 @@ def metric_lines(engine: AlertEngine, notifier: WebhookNotifier | None = None) -
         metric(f"edgewire_{name}_total", "counter", text, [f"edgewire_{name}_total {stats[key]}"])
     metric("edgewire_alert_changes_queued", "gauge", "Alert changes waiting to be stored.",
            [f"edgewire_alert_changes_queued {stats['queued']}"])
+    if "relay_dropped" in stats:  # a worker that is not the alert owner (gateway/alerts/relay.py)
+        metric("edgewire_alert_relay_dropped_total", "counter", "Readings a worker could not hand to the alert "
+               "owner (worker 1) over the host bus: stored, but not judged by the alert rules.",
+               [f"edgewire_alert_relay_dropped_total {stats['relay_dropped']}"])
     if notifier is None or not notifier.targets:
         return lines
     hooks = notifier.stats()
