@@ -129,7 +129,14 @@ def test_command_to_an_offline_device_expires_with_a_clear_error(cluster: Gatewa
     _a, b, c = cluster.gateways
     token = register(cluster, "cmd-never")["cmd-never"]
 
-    async def run() -> tuple[dict[str, object], list[dict[str, object]], dict[str, object]]:
+    async def run() -> tuple[dict[str, object], dict[str, object], list[dict[str, object]], dict[str, object]]:
+        # never connected: refused at once, however long the caller would wait (issue 20.7)
+        never = await admin(c, {"t": "command", "device_id": "cmd-never", "name": "ping", "timeout": 300})
+        ws, _ = await device(b, token)  # connects once and sends a reading: from now on commands wait for it
+        await ws.send(data_frame(1))
+        while json.loads(await asyncio.wait_for(ws.recv(), 15)).get("t") != "ack":
+            pass
+        await ws.close()
         expired = await admin(c, {"t": "command", "device_id": "cmd-never", "name": "ping", "timeout": 1})
         ws, _ = await device(b, token)  # connects after the expiry: the command is not delivered
         pong = asyncio.ensure_future(admin(c, {"t": "command", "device_id": "cmd-never", "name": "ping",
@@ -138,9 +145,11 @@ def test_command_to_an_offline_device_expires_with_a_clear_error(cluster: Gatewa
         await ws.send(json.dumps({"t": "result", "id": seen[0]["id"], "ok": True, "msg": "pong"}))
         answered = await asyncio.wait_for(pong, 20)
         await ws.close()
-        return expired, seen, answered
+        return never, expired, seen, answered
 
-    expired, seen, answered = asyncio.run(run())
+    never, expired, seen, answered = asyncio.run(run())
+    assert never["t"] == "error" and never["code"] == "device_offline", never
+    assert "never connected" in str(never["msg"])
     assert expired["t"] == "error" and expired["code"] == "command_expired", expired
     assert "offline" in str(expired["msg"])
     assert len(seen) == 1 and answered["t"] == "ok", "only the second command reached the device"
