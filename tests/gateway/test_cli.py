@@ -179,7 +179,7 @@ def test_a_running_gateway_leaves_its_address_and_storage_in_its_data_directory(
         assert (gw.data_dir / name).stat().st_mode & 0o077 == 0
     # `command` finds the gateway's port from its data directory alone (issue 20.6: make demo PORT=18080)
     token = gw.register("addr-dev")
-    cmd, proc = asyncio.run(answering_device(gw, token, ("command", "addr-dev", "ping", "--data-dir",
+    _cmd, proc = asyncio.run(answering_device(gw, token, ("command", "addr-dev", "ping", "--data-dir",
                                                          str(gw.data_dir)), env={}))
     assert proc.returncode == 0 and json.loads(proc.stdout)["msg"] == "done", proc.stderr
     assert gw.stop() == 0
