@@ -96,7 +96,8 @@ async def admin_call(url: str, token: str, request: dict[str, Any], timeout: flo
         raise GatewayError(f"no answer from the admin API at {endpoint} within {timeout:g} s") from None
     except ConnectionRefusedError:
         raise GatewayError(f"cannot reach the admin API at {endpoint} (connection refused): is the gateway "
-                           "running? check --url, or --config/EDGEWIRE_PORT") from None
+                           "running? check --url, or --data-dir (a running gateway leaves its address there), "
+                           "or --config/EDGEWIRE_PORT") from None
     except (OSError, InvalidHandshake, WebSocketException) as err:
         raise GatewayError(f"cannot reach the admin API at {endpoint} ({getattr(err, 'strerror', None) or err}); "
                            "is the gateway running, and is --url right?") from None
