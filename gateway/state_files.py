@@ -148,6 +148,10 @@ def running_address(data_dir: str | Path) -> Address:
 def gateway_started(config: GatewayConfig, port: int) -> None:
     """The gateway serves on ``port``: record its storage and leave its address (a failure is a warning)."""
     try:
+        before = recorded_storage(config.data_dir)
+        if before is not None and not same_storage(before, config.storage):
+            log("data_dir_storage_changed", logging.WARNING, data_dir=str(config.data_dir), was=before,
+                now=without_password(config.storage), hint="the commands given this --data-dir now use the new storage")
         record_storage(config.data_dir, config.storage)
         write_address(config.data_dir, config.host, port, bool(config.tls_cert))
     except OSError as err:
