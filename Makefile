@@ -7,15 +7,17 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8080
 DEVICES ?= 20
-DEMO_DIR ?= var/demo
 DEMO_STORAGE ?= sqlite
+# a data directory belongs to one storage (it records which: <dir>/storage), so each demo has its own
+DEMO_DIR ?= $(if $(filter postgresql,$(DEMO_STORAGE)),var/demo-pg,var/demo)
 NODE_DIR := tests/firmware/node
 # the Ansible controller's own venv (ansible, ansible-lint, yamllint): see the ansible section
 ANSIBLE_VENV ?= var/ansible-venv
 ANSIBLE_STAMP := $(ANSIBLE_VENV)/.installed
 ANSIBLE_TEST_ROOT ?= var/ansible-test
 
-.PHONY: help venv demo cluster-demo test lint clean node-deps system-deps-demo system-deps-test system-deps-bench ansible-venv provision-test fuzz
+.PHONY: help venv demo cluster-demo test lint clean node-deps system-deps-demo system-deps-test system-deps-bench \
+	system-deps-cluster system-deps-provision system-deps-node ansible-venv provision-test fuzz
 
 help:
 	@echo "make demo   - gateway on $(HOST):$(PORT) (SQLite) + $(DEVICES) simulated devices; Ctrl-C stops"
@@ -31,6 +33,7 @@ help:
 	@echo "make fuzz   - 10^6 generated frames against protocol/ and a live gateway (FUZZ_FRAMES=...)"
 
 # Debian packages each target needs (scripts/system-deps installs them as root, else prints the apt-get line).
+# Every target the README or docs name lists one of these first, before the venv (python3-venv) is made.
 system-deps-demo:
 	@scripts/system-deps demo
 
@@ -40,13 +43,22 @@ system-deps-test:
 system-deps-bench:
 	@scripts/system-deps bench
 
+system-deps-cluster:
+	@scripts/system-deps cluster
+
+system-deps-provision:
+	@scripts/system-deps provision
+
+system-deps-node:
+	@scripts/system-deps node
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[gateway,fast,edge,firmware,bench,cluster,dev]"
 	touch $(STAMP)
 
-venv: $(STAMP)
+venv: system-deps-demo $(STAMP)
 
 demo: system-deps-demo $(STAMP)
 	@if [ "$(DEMO_STORAGE)" = postgresql ]; then scripts/system-deps postgresql; fi
@@ -57,8 +69,7 @@ demo: system-deps-demo $(STAMP)
 # and a simulated fleet whose devices connect to a random instance (docs/scaling.md).
 CLUSTER_DEVICES ?= 60
 CLUSTER_DIR ?= var/cluster-demo
-cluster-demo: $(STAMP)
-	@scripts/system-deps cluster
+cluster-demo: system-deps-cluster $(STAMP)
 	@$(PY) -m simulator.cluster_demo --host $(HOST) --port $(PORT) --devices $(CLUSTER_DEVICES) \
 		--data-dir $(CLUSTER_DIR)
 
@@ -76,7 +87,7 @@ test: system-deps-test $(STAMP) node-deps
 K8S_VERSION ?= 1.35.0
 K8S_MANIFESTS := $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
 
-lint: $(STAMP) $(ANSIBLE_STAMP)
+lint: system-deps-demo $(STAMP) $(ANSIBLE_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest protocol.wire protocol.gateway protocol.device protocol.outbox protocol.cbor protocol.cbor_decode
@@ -88,7 +99,7 @@ lint: $(STAMP) $(ANSIBLE_STAMP)
 # FUZZ_FRAMES per target (CI: 10000). Fails on a crash, a task death, a 1011 or an unhealthy gateway.
 FUZZ_FRAMES ?= 1000000
 FUZZ_ARGS ?=
-fuzz: $(STAMP)
+fuzz: system-deps-demo $(STAMP)
 	$(PY) -m fuzz --frames $(FUZZ_FRAMES) $(FUZZ_ARGS)
 
 clean:
@@ -104,9 +115,9 @@ $(ANSIBLE_STAMP): ansible/requirements.txt
 	$(ANSIBLE_VENV)/bin/pip install --quiet -r ansible/requirements.txt
 	touch $@
 
-ansible-venv: $(ANSIBLE_STAMP)
+ansible-venv: system-deps-demo $(ANSIBLE_STAMP)
 
-provision-test: $(STAMP) $(ANSIBLE_STAMP)
+provision-test: system-deps-provision $(STAMP) $(ANSIBLE_STAMP)
 	EDGEWIRE_PROVISION_TEST=1 ANSIBLE_BIN=$(abspath $(ANSIBLE_VENV))/bin ANSIBLE_TEST_ROOT=$(abspath $(ANSIBLE_TEST_ROOT)) \
 	  $(PY) -m pytest -q -s -x tests/provision
 
@@ -139,8 +150,7 @@ bench-forward: system-deps-bench $(STAMP)
 # PostgreSQL: CPU per reading (overhead ratio), Redis commands, cross-instance dashboard latency
 # (docs/scaling.md section 11). CLUSTER_BENCH_ARGS: --devices N --hold S ...
 CLUSTER_BENCH_ARGS ?=
-bench-cluster: $(STAMP)
-	@scripts/system-deps cluster
+bench-cluster: system-deps-cluster $(STAMP)
 	$(PY) -m bench.run --cluster $(CLUSTER_BENCH_ARGS)
 
 # make flash PORT=/dev/ttyUSB0 DEVICE_ID=SENSOR-01 WIFI_SSID=... WIFI_PASSWORD=... \
@@ -151,12 +161,11 @@ bench-cluster: $(STAMP)
 ESP32_NODE_DIR := simulator/esp32/node
 
 .PHONY: flash esp32-sim-deps
-flash:
-	@test -x $(PY) || { echo "make flash: $(PY) is missing: run 'make venv' first" >&2; exit 2; }
+flash: system-deps-demo $(STAMP)
 	@$(PY) firmware/flash.py
 
 # The emulated ESP32 board (python -m simulator esp32) runs MicroPython's WebAssembly port.
-esp32-sim-deps: $(ESP32_NODE_DIR)/node_modules/.installed
+esp32-sim-deps: system-deps-node $(ESP32_NODE_DIR)/node_modules/.installed
 $(ESP32_NODE_DIR)/node_modules/.installed: $(ESP32_NODE_DIR)/package-lock.json
 	cd $(ESP32_NODE_DIR) && npm ci --no-audit --no-fund --silent
 	@touch $@

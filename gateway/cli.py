@@ -9,7 +9,8 @@ import json
 import sys
 from typing import Any
 
-from gateway.admin_client import admin_call, admin_token
+from gateway.admin_client import admin_call, admin_token, gateway_address
+from gateway.cli_common import run_cli
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError
 from gateway.secret_files import private_umask
@@ -73,14 +74,6 @@ def _serve(args: argparse.Namespace) -> int:
     return asyncio.run(run_gateway(config))
 
 
-def gateway_url(config: GatewayConfig) -> str:
-    """The gateway's own URL from its configuration (a wildcard listen address is reached on loopback)."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.host, config.host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{'wss' if config.tls_cert else 'ws'}://{host}:{config.port}"
-
-
 def _command(args: argparse.Namespace) -> int:
     command_args: dict[str, Any] = {}
     for item in args.args:
@@ -91,14 +84,19 @@ def _command(args: argparse.Namespace) -> int:
             command_args[key] = json.loads(value)
         except ValueError:
             command_args[key] = value
-    config = load_config(args.config, overrides={"data_dir": args.data_dir}, warn=warn)
+    given: dict[str, str] = {}
+    config = load_config(args.config, overrides={"data_dir": args.data_dir}, warn=warn, given=given)
     token = admin_token(config.data_dir, args.admin_token)
-    url = args.url or gateway_url(config)
+    url = gateway_address(args.url, config, given)
     reply = asyncio.run(admin_call(url, token, {
         "t": "command", "device_id": args.device_id, "name": args.name, "args": command_args,
         "timeout": args.timeout}, args.timeout + 5))
-    print(json.dumps(reply["result"]))
-    return 0 if reply["result"].get("ok") else 1
+    result = reply["result"]
+    if not result.get("ok"):  # the device refused it: one error line, as every CLI failure
+        reason = str(result.get("msg") or result.get("code") or "no reason given")
+        raise GatewayError(f"device {args.device_id} refused {args.name}: {reason}")
+    print(json.dumps(result))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", help="key=value (values parsed as JSON when possible), before or "
                    "after the options")
     p.add_argument("--config", help="gateway TOML config (its host, port, TLS and data_dir)")
-    p.add_argument("--url", help="gateway URL (default: from the config and EDGEWIRE_* variables, "
+    p.add_argument("--url", help="gateway URL, ws(s):// or http(s):// (default: EDGEWIRE_HOST/EDGEWIRE_PORT, "
+                   "else the address the running gateway left in its data directory, else the config's, "
                    f"else ws://{DEFAULTS.host}:{DEFAULTS.port})")
     p.add_argument("--data-dir", default=None, help="where admin.token is (default: the config's data_dir)")
     p.add_argument("--admin-token", help="instead of <data-dir>/admin.token")
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd != "serve":
         setup_logging("warning", "text")  # warnings (a readable secret file) as readable lines
 
-    try:
+    def run() -> int:
         if args.cmd == "serve":
             return _serve(args)
         if args.cmd == "command":
@@ -161,11 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == forward_cli.COMMAND:
             return forward_cli.run_forward_command(args)
         return devices_cli.run_devices_command(args)
-    except GatewayError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""What the gateway's storage CLI commands share (``export``, ``tokens``, ``forward``, ``devices``):
-expected failures as one ``error:`` line, and times shown to the second."""
+"""What the gateway's CLI commands share: expected failures as one ``error:`` line (exit status 2),
+a reader that stops early (``export ... | head``) as a quiet end, and times shown to the second."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +18,26 @@ def one_line_errors(run: Callable[[], int]) -> int:
     except GatewayError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def quiet_broken_pipe() -> int:
+    """stdout's reader went away (``... | head -3``): end quietly, with the status of a SIGPIPE death
+    (128 + 13) as other Unix tools do. Later writes and the flush at exit go to /dev/null."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
+
+
+def run_cli(run: Callable[[], int]) -> int:
+    """A CLI's exit status from ``run()``: a GatewayError is one ``error:`` line and 2, a reader that
+    closed stdout early is a quiet 141, Ctrl-C is 130; never a traceback for any of them."""
+    try:
+        return one_line_errors(run)
+    except BrokenPipeError:
+        return quiet_broken_pipe()
+    except KeyboardInterrupt:
+        return 130
 
 
 def iso_seconds(ms: int | None) -> str:

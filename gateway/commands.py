@@ -5,7 +5,8 @@ path of the admin API, the dashboard and the MQTT bridge, on one instance or acr
 bus's durable queue (``Bus.commands``; in process memory for the embedded bus) before anything
 is sent, then sends it on the device's session: here, or on the instance presence names (a
 ``command`` request over the bus). A device that is offline gets it when it connects, on any
-instance, while it has not expired (``timeout``); one that moves to another instance before
+instance, while it has not expired (``timeout``); one that never connected (no reading stored)
+is refused at once with ``device_offline``; one that moves to another instance before
 answering gets it again there (same id: the device core answers a repeated id from its cache).
 The result deletes the queued entry (the acknowledgement of the id) and goes back to the
 instance of the caller (a ``result`` request). A device that goes offline with the command
@@ -66,12 +67,16 @@ class Commands:
 
     def __init__(self, bus: Bus, find: Callable[[str], CommandTarget | None],
                  registered: Callable[[str], Awaitable[object | None]] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 stored_seq: Callable[[str], Awaitable[int]] | None = None) -> None:
         """``find(device_id)``: the device's welcomed session on this instance, or None.
-        ``registered(device_id)``: its registry record (None: unknown device, refused at once)."""
+        ``registered(device_id)``: its registry record (None: unknown device, refused at once).
+        ``stored_seq(device_id)``: the highest seq stored for it (0: it never connected and sent a
+        reading, so a command for it while it is offline is refused at once, never queued)."""
         self.bus = bus
         self.find = find
         self.registered = registered
+        self.stored_seq = stored_seq
         self.clock = clock
         self.pending: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         self.sent: dict[str, dict[str, Envelope]] = {}  # device -> {id: envelope} sent on its session here
@@ -101,9 +106,15 @@ class Commands:
             if self.registered is not None and await self.registered(device_id) is None:
                 self._count("not_found")
                 raise CommandError("not_found", f"device {device_id!r} is not registered")
-            if not queue and await bus.presence.locate(device_id) is None:
-                self._count("device_offline")
-                raise DeviceOffline(f"device {device_id!r} is not online; commands are refused until it reconnects")
+            if (not queue or self.stored_seq is not None) and await bus.presence.locate(device_id) is None:
+                if not queue:
+                    self._count("device_offline")
+                    raise DeviceOffline(f"device {device_id!r} is not online; commands are refused until it "
+                                        "reconnects")
+                if self.stored_seq is not None and not await self.stored_seq(device_id):
+                    self._count("device_offline")
+                    raise DeviceOffline(f"device {device_id!r} has never connected (it has sent no reading), so "
+                                        "the command is not queued for it: start the device, then send it again")
         command_id = new_command_id()
         now = self.now_ms()
         envelope: Envelope = {"id": command_id, "device": device_id, "name": name, "args": args,

@@ -293,11 +293,15 @@ def unknown_env(env: dict[str, str] | os._Environ[str]) -> list[str]:
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None,
                 overrides: dict[str, Any] | None = None,
-                warn: Callable[[str], None] | None = None) -> GatewayConfig:
+                warn: Callable[[str], None] | None = None,
+                given: dict[str, str] | None = None) -> GatewayConfig:
     """Build the configuration: defaults < TOML file < environment < overrides (flags).
 
-    ``warn`` receives one message per unknown EDGEWIRE_* variable."""
+    ``warn`` receives one message per unknown EDGEWIRE_* variable. ``given``, if passed, is filled
+    with each setting that did not keep its default and where it came from: ``file``, ``env``
+    or ``flag`` (the overrides)."""
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {} if given is None else given
     if path:
         try:
             with open(path, "rb") as handle:
@@ -315,6 +319,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
             if key not in _FIELDS:
                 raise ConfigError(f"{key}: unknown setting in {path} (see docs/configuration.md)")
             values[key] = _coerce(key, value)
+            sources[key] = "file"
     environ = os.environ if env is None else env
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
@@ -322,10 +327,12 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         key = name[len(ENV_PREFIX):].lower()
         if key in _FIELDS and key not in TABLES:
             values[key] = _coerce(key, raw)
+            sources[key] = "env"
     if warn is not None:
         for message in unknown_env(environ):
             warn(message)
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = _coerce(key, value)
+            sources[key] = "flag"
     return GatewayConfig(**values).validate()

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli_common import iso_seconds, one_line_errors
+from gateway.cli_common import iso_seconds, one_line_errors, run_cli
 from gateway.errors import ConfigError, RegistryError
 from gateway.registry import Registry, check_device_id, load_or_create_key, normalize_cidrs
 from gateway.secret_files import private_dir, private_umask
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     add_device_commands(parser.add_subparsers(dest="cmd", required=True))
     args = parser.parse_args(argv)
     private_umask()
-    return run_devices_command(args)
+    return run_cli(lambda: run_devices_command(args))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,17 @@ class RequestError(GatewayError, ValueError):
         self.status = status
 
 
+class UnknownMetric(RequestError):
+    """The device has stored no reading of the metric asked for; ``metrics`` are the ones it has."""
+
+    code = "unknown_metric"
+
+    def __init__(self, param: str, device_id: str, metric: str, metrics: list[str]) -> None:
+        has = f"its metrics: {', '.join(metrics)}" if metrics else "it has stored no readings yet"
+        super().__init__(param, f"device {device_id} has no metric {metric!r}; {has}", 404)
+        self.metrics = metrics
+
+
 class BusError(GatewayError, ConnectionError):
     """The bus (Redis or NATS) failed an operation. ``code`` is a stable error code for callers."""
 

@@ -91,6 +91,8 @@ async def _export(args: argparse.Namespace) -> int:
     try:
         if await storage.get_device(args.device_id) is None and not await storage.last_seq(args.device_id):
             raise RequestError("DEVICE", f"no device {args.device_id} in {config.storage_display} storage")
+        if args.metric is not None:
+            await history.check_metric(storage, args.device_id, args.metric, "--metric")
         with _output(args.output) as out:
             if args.points is not None:
                 plan = history.plan(start, end, args.points, int(time.time() * 1000),

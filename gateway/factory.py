@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gateway import registry as registry_mod
+from gateway import state_files
 from gateway.alerts.webhook import load_secret
 from gateway.auth import Authenticator
 from gateway.bus import Bus, open_bus
@@ -113,12 +114,14 @@ async def run_host(config: GatewayConfig, count: int) -> int:
         loop.add_signal_handler(sig, lambda: loop.create_task(host.shutdown()))
     token = registry_mod.load_or_create_secret(config.data_dir, "dashboard.token", "ewd_", "dashboard token") \
         if config.dashboard_auth != "off" else None
+    state_files.gateway_started(config, port)  # <data_dir>/storage and gateway.addr, for the CLIs
     print(banner(config, port, token, sys.stdout.isatty()), flush=True)
     notifier = ServiceNotifier()
     notifier.ready(f"listening on {config.host}:{port} with {count} workers")
     watchdog = loop.create_task(notifier.run(lambda: host.stopping))
     supervisor = loop.create_task(host.supervise())
     await host.stopped.wait()
+    state_files.gateway_stopped(config)
     supervisor.cancel()
     watchdog.cancel()
     return host.exit_code

@@ -2,7 +2,8 @@
 
 Query parameters are parsed and checked here, the answer comes from storage (never from the
 gateway's memory, except ``online``), and every failure is a JSON error with a stable code:
-400 ``bad_request`` naming the parameter, 404 ``not_found`` for an unregistered device, 503
+400 ``bad_request`` naming the parameter, 404 ``not_found`` for an unregistered device, 404
+``unknown_metric`` (with the device's ``metrics``) for a metric it has never sent, 503
 ``storage_unavailable``. The gateway checks the dashboard token before calling ``respond``.
 """
 
@@ -21,7 +22,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Response
 
 from gateway import history
-from gateway.errors import RequestError, StorageError
+from gateway.errors import RequestError, StorageError, UnknownMetric
 from gateway.export import buckets_csv
 from gateway.storage.base import DAY_MS, Storage
 from protocol import wire
@@ -102,6 +103,9 @@ class HistoryApi:
             if path in ("/v1/history", "/v1/history.csv"):
                 return await self._history(params, csv=path.endswith(".csv"))
             return json_reply(404, {"code": "not_found", "message": f"no such path {path[:64]}"})
+        except UnknownMetric as err:
+            return json_reply(err.status, {"code": err.code, "param": err.param, "message": err.message,
+                                           "metrics": err.metrics})
         except RequestError as err:
             code = "not_found" if err.status == 404 else "bad_request"
             return json_reply(err.status, {"code": code, "param": err.param, "message": err.message})
@@ -124,6 +128,7 @@ class HistoryApi:
         points = int_param(params, "points", history.DEFAULT_POINTS, 1, history.MAX_POINTS)
         if await self.storage.get_device(device) is None:
             raise RequestError("device", f"no device {device} is registered", 404)
+        await history.check_metric(self.storage, device, metric, "metric")
         plan = history.plan(start, end, points, now, self.readings_retention_ms)
         buckets = await history.buckets(self.storage, device, metric, plan)
         if csv:

@@ -27,6 +27,7 @@ from protocol import wire
 
 ORIGIN_NOT_ALLOWED = "origin_not_allowed"  # HTTP 403 on /v1/dashboard
 HOST_NOT_ALLOWED = "host_not_allowed"  # HTTP 403 on /v1/dashboard
+METHOD_NOT_ALLOWED = "method_not_allowed"  # HTTP 405: every route answers GET only
 TOKEN_NEEDED = ("this dashboard needs a token: open the address the gateway printed at start (it ends in "
                 "#token=...), or ask its administrator for one (python -m gateway tokens add NAME --role viewer)")
 TOKEN_REFUSED = ("dashboard token not valid (wrong, revoked, or from another gateway): ask for a new one "
@@ -67,10 +68,10 @@ class HttpApi:
         for path in self._static:
             self.route(path, self.static)
 
-    def refuse(self, status: int, code: str, message: str) -> Response:
+    def refuse(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
         """A counted refusal: HTTP ``status`` with {"code", "message"}."""
         self.count_error(code)
-        return json_response(status, {"code": code, "message": message})
+        return json_response(status, {"code": code, "message": message}, headers)
 
     def route(self, path: str, handler: Handler) -> None:
         """Serve plain HTTP requests for ``path`` with ``handler`` (it returns the Response)."""
@@ -85,6 +86,8 @@ class HttpApi:
         assert isinstance(ws, EdgeConnection)
         path = request.path.split("?", 1)[0]
         route = self.routes.get(path)
+        if route is not None and request.method != "GET":  # every route here only reads (or upgrades)
+            return self.refuse(405, METHOD_NOT_ALLOWED, f"{path[:64]} answers GET only", {"Allow": "GET"})
         upgrade = "upgrade" in request.headers.get("Connection", "").lower()
         if route is not None and route.serve is None and not (upgrade and path in self._static):
             return await route.check(ws, request)

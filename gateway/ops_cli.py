@@ -5,7 +5,7 @@
   dashboard token when the dashboard asks for one) if missing; never overwrites. Prints one
   ``created PATH`` line per file it created.
 - ``check-config --config F``: validate a config file and print the effective settings as JSON.
-- ``register DEVICE_ID --url URL``: make sure a device is registered, through the admin API
+- ``register DEVICE_ID [--url URL]``: make sure a device is registered, through the admin API
   of a running gateway, and print ``{"device_id", "action", "token"}`` as one JSON line. A new
   device is registered; an existing one keeps its token (action ``unchanged``) unless
   ``--rotate``, or unless ``--missing-token`` says its holder lost it, which rotates it.
@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway import registry as registry_mod
-from gateway.admin_client import admin_call, admin_token, client_ssl
+from gateway.admin_client import admin_call, admin_token, client_ssl, gateway_address
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
+from gateway.storage.backends import cli_config
 
 COMMANDS = ("backup", "init", "check-config", "register")
 
@@ -51,7 +52,8 @@ def add_ops_commands(subparsers: Any) -> None:
 
     p = subparsers.add_parser("register", help="make sure a device is registered, through the admin API")
     p.add_argument("device_id")
-    p.add_argument("--url", required=True, help="the gateway, e.g. ws://127.0.0.1:8080 or wss://gw.example:8443")
+    p.add_argument("--url", help="the gateway, e.g. ws://127.0.0.1:8080 or wss://gw.example:8443 (http(s):// "
+                   "works too; default: as for command, the address the running gateway left in --data-dir)")
     _config_options(p)
     p.add_argument("--admin-token-file", dest="admin_token_file",
                    help="file holding the admin token (default <data-dir>/admin.token)")
@@ -72,7 +74,7 @@ def run_ops_command(args: argparse.Namespace) -> int:
     if args.cmd == "init":
         return _init(args)
     if args.cmd == "check-config":
-        config = load_config(args.config)
+        config = load_config(args.config, warn=lambda message: print(f"warning: {message}", file=sys.stderr))
         settings = dataclasses.asdict(config)
         settings["webhooks"] = [hook.as_dict() for hook in config.webhooks]  # URLs may hold tokens: host only
         print(json.dumps(settings, indent=2, sort_keys=True))
@@ -80,14 +82,14 @@ def run_ops_command(args: argparse.Namespace) -> int:
     return _register(args)
 
 
-def _config(args: argparse.Namespace, **overrides: Any) -> GatewayConfig:
-    return load_config(args.config, overrides=dict(overrides, data_dir=args.data_dir))
+def _config(args: argparse.Namespace) -> GatewayConfig:
+    return load_config(args.config, overrides={"data_dir": args.data_dir})
 
 
 def _backup(args: argparse.Namespace) -> int:
     from gateway.backup import backup_sqlite, database_to_back_up
 
-    config = _config(args, db_path=args.db_path)
+    config = cli_config(args)  # the data directory's recorded storage: PostgreSQL is refused below
     database = database_to_back_up(config)
     result = backup_sqlite(database, Path(args.to), args.keep, key=Path(config.data_dir) / registry_mod.KEY_FILE)
     removed = f", removed {len(result.removed)} older" if result.removed else ""
@@ -118,14 +120,14 @@ def _init(args: argparse.Namespace) -> int:
 def _register(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise ConfigError("--timeout: must be greater than 0 seconds")
-    if args.admin_token_file:
-        token = admin_token("", token_file=args.admin_token_file)
-    else:
-        token = admin_token(_config(args).data_dir)
+    given: dict[str, str] = {}
+    config = load_config(args.config, overrides={"data_dir": args.data_dir}, given=given)
+    token = admin_token(config.data_dir, token_file=args.admin_token_file)
+    url = gateway_address(args.url, config, given)
     context = client_ssl(args.cafile)
 
     async def call(request: dict[str, Any]) -> dict[str, Any]:
-        return await admin_call(args.url, token, request, args.timeout, context)
+        return await admin_call(url, token, request, args.timeout, context)
 
     async def ensure() -> dict[str, Any]:
         known = {d["id"] for d in (await call({"t": "devices"}))["devices"]}

@@ -25,7 +25,7 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from gateway import dashboard_sync, gctune, history_api
+from gateway import dashboard_sync, gctune, history_api, state_files
 from gateway.admin import AdminApi
 from gateway.admission import TOO_MANY, Admission, raise_open_files_limit
 from gateway.alerts.admin import AlertAdmin
@@ -97,7 +97,8 @@ class Gateway:
         self.notifier = WebhookNotifier(config.webhooks, webhook_secrets or {}, source=socket.gethostname(),
                                         clock=clock)
         self.alerts.listen(self.notifier.on_event)
-        self.commands = Commands(self.bus, self._command_target, registered=storage.get_device, clock=clock)
+        self.commands = Commands(self.bus, self._command_target, registered=storage.get_device, clock=clock,
+                                 stored_seq=storage.last_seq)
         # MQTT bridge and NATS sink (docs/mqtt.md); MQTT commands take the admin API's command path.
         self.forwarding = Forwarding.from_config(config, storage, config.instance_id or default_instance_id(),
                                                  package_version(), run_command=self._run_command)
@@ -185,6 +186,8 @@ class Gateway:
         log("gateway_started", host=cfg.host, port=self.port, storage=cfg.storage_kind,
             database=str(cfg.database) if cfg.storage_kind == "sqlite" else cfg.storage_display,
             bus=cfg.bus_display, instance=self.bus.instance_id)
+        if self.worker is None:  # (with workers, the host process writes them: gateway/factory.py)
+            state_files.gateway_started(cfg, self.port)  # <data_dir>/storage and gateway.addr, for the CLIs
 
     def _command_target(self, device_id: str) -> CommandTarget | None:
         """The device's session here, if it is welcomed and not ending."""
@@ -261,6 +264,8 @@ class Gateway:
         log("gateway_stopping", devices=len(self.sessions.devices))
         if self.server is not None:
             self.server.close(close_connections=False)
+            if self.worker is None:
+                state_files.gateway_stopped(self.config)
         # Forwarding first: its tasks store their cursors and release their leases (bounded), which a
         # cancellation by the supervisor would skip. Readings stored after this go out at the next start.
         await self._step("forwarding", self.forwarding.close())

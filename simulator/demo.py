@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--rate", type=float, default=1.0, help="readings per second per device")
-    parser.add_argument("--data-dir", default="var/demo")
+    parser.add_argument("--data-dir", default=None,
+                        help="the gateway's data directory (default var/demo, or var/demo-pg with postgresql: "
+                             "a data directory belongs to one storage)")
     parser.add_argument("--storage", choices=["sqlite", "postgresql"], default="sqlite",
                         help="sqlite (default), or postgresql: a throwaway PostgreSQL 15 for this demo")
     args = parser.parse_args(argv)
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"port {args.port} on {args.host} is in use: stop what uses it or run `make demo PORT=8090`",
               file=sys.stderr)
         return 2
-    data_dir = Path(args.data_dir)
+    data_dir = Path(args.data_dir or ("var/demo-pg" if args.storage == "postgresql" else "var/demo"))
     data_dir.mkdir(parents=True, exist_ok=True)
     postgres: PostgresServer | None = None
     storage_flags: list[str] = []
@@ -150,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         creds = asyncio.run(provision_credentials(ws_url, data_dir, [f"demo-{i:03d}" for i in range(args.devices)]))
         print(f"\nEdgewire demo: gateway on {where}, {args.devices} simulated devices")
         print(f"  Dashboard: {http_url}/")
+        print(f"  Data directory: {data_dir} (the CLIs find this gateway and its storage from it: "
+              f"python -m gateway devices list --data-dir {data_dir})")
         print(f"  Gateway log: {log}")
         print("  Ctrl-C stops everything.\n", flush=True)
         summary = asyncio.run(_run_fleet(ws_url, creds, args.rate))

@@ -240,7 +240,10 @@ export class DeviceView {
         if (seq !== this.loadSeq || this.charts.get(metric) !== chart) return;
         chart.setHistory(reply.points, from, to, reply.source);
       } catch (err) {
-        if (seq === this.loadSeq) chart.summary.textContent = `History not loaded: ${err.message}`;
+        if (seq !== this.loadSeq || this.charts.get(metric) !== chart) return;
+        // a metric seen live before its first reading is committed: nothing stored yet, the stream adds it
+        if (err.code === "unknown_metric") chart.setHistory([], from, to, "raw");
+        else chart.summary.textContent = `History not loaded: ${err.message}`;
       }
     }));
   }

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from pathlib import Path
 
 from gateway.config import GatewayConfig, load_config
+from gateway.errors import ConfigError
 from gateway.secret_files import private_dir
+from gateway.state_files import STORAGE_FILE, recorded_storage, same_storage
 from gateway.storage.base import Storage
 
 
@@ -41,9 +45,34 @@ def storage_arguments() -> argparse.ArgumentParser:
 
 
 def cli_config(args: argparse.Namespace) -> GatewayConfig:
-    """The configuration a CLI command runs with: config file < EDGEWIRE_* < the options above."""
-    return load_config(getattr(args, "config", None),
-                       overrides={"data_dir": getattr(args, "data_dir", None),
-                                  "db_path": getattr(args, "db_path", None),
-                                  "storage": getattr(args, "storage", None)},
-                       warn=lambda message: print(f"warning: {message}", file=sys.stderr))
+    """The configuration a CLI command runs with: config file < EDGEWIRE_* < the options above.
+
+    Given no storage, the command uses the one its data directory records (``<data_dir>/storage``,
+    written by the gateway: gateway/state_files.py); given another, it stops with a ConfigError."""
+    given: dict[str, str] = {}
+    config = load_config(getattr(args, "config", None),
+                         overrides={"data_dir": getattr(args, "data_dir", None),
+                                    "db_path": getattr(args, "db_path", None),
+                                    "storage": getattr(args, "storage", None)},
+                         warn=lambda message: print(f"warning: {message}", file=sys.stderr), given=given)
+    return with_recorded_storage(config, given.get("storage"), getattr(args, "config", None))
+
+
+def with_recorded_storage(config: GatewayConfig, source: str | None, config_file: str | None = None) -> GatewayConfig:
+    """``config`` with the storage its data directory records when ``source`` (where the storage
+    setting came from: ``file``, ``env``, ``flag``, or None) is None; ConfigError when the
+    setting names another storage than the one recorded."""
+    recorded = recorded_storage(config.data_dir)
+    if recorded is None:
+        return config
+    if source is None:
+        try:
+            return dataclasses.replace(config, storage=recorded).validate()
+        except ConfigError as err:
+            raise ConfigError(f"{Path(config.data_dir) / STORAGE_FILE}: {err}") from None
+    if same_storage(config.storage, recorded):
+        return config
+    where = {"flag": "--storage", "env": "EDGEWIRE_STORAGE"}.get(source, f"storage in {config_file}")
+    raise ConfigError(f"{where} names {config.storage_display} but {config.data_dir} belongs to {recorded} "
+                      f"(its gateway's storage, recorded in {Path(config.data_dir) / STORAGE_FILE}): drop {where}, "
+                      "or pass the data directory of that storage's gateway with --data-dir")

@@ -9,6 +9,8 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,88 @@ def test_unknown_edgewire_variables_are_warned_about(tmp_path: Path) -> None:
     proc = gateway_cli("command", "x", "ping", "--data-dir", str(tmp_path), env={"EDGEWIRE_PROT": "1"})
     assert proc.stderr.startswith("warning: EDGEWIRE_PROT is not a gateway setting")
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no admin token")
+
+
+# ---------------------------------------------------------------- issue 20: a new user's first hour, round two
+async def answering_device(gw: GatewayProcess, token: str, command: tuple[str, ...], env: dict[str, str],
+                           ok: bool = True) -> tuple[dict[str, object], subprocess.CompletedProcess[str]]:
+    """Run ``gateway command ...`` while a device is online and answers its command (ok or refused)."""
+    async with connect(gw.device_url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        await ws.recv()
+        loop = asyncio.get_running_loop()
+        pending = loop.run_in_executor(None, lambda: gateway_cli(*command, env=env))
+        cmd = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        await ws.send(json.dumps({"t": "result", "id": cmd["id"], "ok": ok,
+                                  "msg": "done" if ok else "set_output: no output 'fan' (outputs: led)"}))
+        return cmd, await pending
+
+
+def test_a_running_gateway_leaves_its_address_and_storage_in_its_data_directory(gw: GatewayProcess,
+                                                                                tmp_path: Path) -> None:
+    address = json.loads((gw.data_dir / "gateway.addr").read_text())
+    assert address["url"] == f"ws://127.0.0.1:{gw.port}" and address["port"] == gw.port
+    assert address["pid"] == gw.proc.pid  # type: ignore[union-attr]
+    assert (gw.data_dir / "storage").read_text() == "sqlite\n"
+    for name in ("gateway.addr", "storage"):
+        assert (gw.data_dir / name).stat().st_mode & 0o077 == 0
+    # `command` finds the gateway's port from its data directory alone (issue 20.6: make demo PORT=18080)
+    token = gw.register("addr-dev")
+    _cmd, proc = asyncio.run(answering_device(gw, token, ("command", "addr-dev", "ping", "--data-dir",
+                                                         str(gw.data_dir)), env={}))
+    assert proc.returncode == 0 and json.loads(proc.stdout)["msg"] == "done", proc.stderr
+    assert gw.stop() == 0
+    assert not (gw.data_dir / "gateway.addr").exists()  # a clean stop removes it; the storage stays
+    assert (gw.data_dir / "storage").exists()
+
+
+def test_a_stale_address_file_is_ignored_with_a_note(tmp_path: Path) -> None:
+    admin_token_file(tmp_path)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True, timeout=30)
+    port = free_port()
+    (tmp_path / "gateway.addr").write_text(json.dumps({"url": f"ws://127.0.0.1:{free_port()}",
+                                                       "pid": int(gone.stdout)}))
+    config = tmp_path / "gw.toml"
+    config.write_text(f'port = {port}\ndata_dir = "{tmp_path}"\n')
+    proc = gateway_cli("command", "x", "ping", "--config", str(config))
+    note, error = proc.stderr.strip().splitlines()
+    assert note.startswith("note: ignoring ") and f"(pid {gone.stdout.strip()}) is not running" in note
+    assert error.startswith("error: ") and f"127.0.0.1:{port}" in error  # the config's address instead
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_refused_command_is_one_error_line_and_an_http_url_is_accepted(gw: GatewayProcess) -> None:
+    token = gw.register("refuser")
+    cmd, proc = asyncio.run(answering_device(
+        gw, token, ("command", "refuser", "set_output", "output=fan", "on=true", "--url", gw.http_url,
+                    "--data-dir", str(gw.data_dir)), env={}, ok=False))
+    assert cmd["name"] == "set_output"
+    line = one_line_error(proc, "refuser refused set_output", "no output 'fan'")
+    assert proc.returncode == 2 and proc.stdout == "", line
+    one_line_error(gateway_cli("command", "refuser", "ping", "--url", "ftp://127.0.0.1:1",
+                               "--data-dir", str(gw.data_dir)), "ws://", "http://")
+
+
+def test_a_command_to_a_device_that_never_connected_is_refused_at_once(gw: GatewayProcess) -> None:
+    gw.register("never-here")
+    proc = gateway_cli("command", "never-here", "ping", "--timeout", "300", "--data-dir", str(gw.data_dir))
+    one_line_error(proc, "device_offline", "never connected")
+
+
+def test_only_get_requests_are_answered(gw: GatewayProcess) -> None:
+    for path in ("/v1/history?device=x&metric=temperature", "/v1/devices", "/healthz", "/metrics", "/",
+                 "/v1/admin", "/v1/device"):
+        request = urllib.request.Request(gw.http_url + path, method="POST", data=b"")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET", path
+        assert json.load(refused.value)["code"] == "method_not_allowed"
+
+
+def test_check_config_warns_about_unknown_edgewire_variables(tmp_path: Path) -> None:
+    config = tmp_path / "gw.toml"
+    config.write_text("port = 9000\n")
+    proc = gateway_cli("check-config", "--config", str(config), env={"EDGEWIRE_PROT": "1"})
+    assert proc.returncode == 0
+    assert proc.stderr.startswith("warning: EDGEWIRE_PROT is not a gateway setting"), proc.stderr
+    assert json.loads(proc.stdout)["port"] == 9000

@@ -153,6 +153,34 @@ def test_embedded_commands_wait_for_an_offline_device_and_expire_with_a_clear_er
     asyncio.run(run())
 
 
+def test_a_device_that_never_connected_is_refused_at_once_and_one_that_did_is_waited_for() -> None:
+    """The admin API's command to a device with no reading stored answers device_offline at once,
+    not command_expired after its timeout (issue 20.7); a device seen before still gets it queued."""
+    async def run() -> None:
+        bus, _, live = await embedded()
+        seqs = {"dev-seen": 42}
+
+        async def stored_seq(device_id: str) -> int:
+            return seqs.get(device_id, 0)
+
+        async def registered(device_id: str) -> object | None:
+            return object()
+
+        commands = Commands(bus, live.get, registered, stored_seq=stored_seq)
+        try:
+            with pytest.raises(DeviceOffline) as never:
+                await asyncio.wait_for(commands.run("dev-new", "ping", {}, 300), 5)
+            assert "never connected" in str(never.value)
+            assert await bus.commands.pending("dev-new") == []  # nothing queued
+            with pytest.raises(CommandError) as expired:
+                await commands.run("dev-seen", "ping", {}, 0.2)
+            assert expired.value.code == "command_expired"
+        finally:
+            await bus.close()
+
+    asyncio.run(run())
+
+
 def test_a_moved_device_keeps_its_command_and_a_leaving_one_fails_it() -> None:
     async def run() -> None:
         bus, commands, live = await embedded()

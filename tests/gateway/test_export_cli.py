@@ -91,6 +91,9 @@ def test_export_points_is_the_same_as_history_csv(tmp_path: Path, capsys: pytest
     (["SENSOR-01", "--points", "10"], "error: --points: needs --metric"),
     (["SENSOR-01", "--metric", "humidity", "--points", "0"], "error: --points: must be 1..5000"),
     (["SENSOR-01", "--metric", "Bad"], "error: --metric: 'Bad' is not a metric name"),
+    (["SENSOR-01", "--metric", "temprature"],  # issue 20.7: not "exported 0 readings" and status 0
+     "error: --metric: device SENSOR-01 has no metric 'temprature'; its metrics: humidity, temperature"),
+    (["SENSOR-01", "--metric", "temprature", "--points", "10"], "error: --metric: device SENSOR-01 has no metric"),
     (["GHOST"], "error: DEVICE: no device GHOST in sqlite storage"),
     (["bad id"], "error: DEVICE: 'bad id' is not a device id"),
     (["SENSOR-01", "-o", "/nonexistent/dir/x.csv"], "error: --output: cannot write /nonexistent/dir/x.csv"),
@@ -131,3 +134,67 @@ def test_registry_and_export_on_postgresql(tmp_path: Path, postgres_dsn: str) ->
     down = cli("devices", "list", "--storage", "postgresql://edgewire@127.0.0.1:1/nothing")
     assert down.returncode == 2 and down.stderr.startswith("error: cannot connect to PostgreSQL at")
     assert "Traceback" not in down.stderr
+
+
+def test_export_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    """``export ... | head -3``: no BrokenPipeError traceback (issue 20.7)."""
+    seed(tmp_path / "gw")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "export", "SENSOR-01", "--from", str(T0), "--to",
+                             str(T0 + 12_001_000), "--data-dir", str(tmp_path / "gw")], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    head = [proc.stdout.readline() for _ in range(3)]
+    proc.stdout.close()  # as head does after its lines
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(60) == 141, err  # 128 + SIGPIPE, as other Unix tools end
+    assert head[0].startswith(b"device_id,seq,") and err == ""
+
+
+def test_a_data_directory_records_its_storage_without_a_password(tmp_path: Path) -> None:
+    from argparse import Namespace
+
+    from gateway.errors import ConfigError
+    from gateway.state_files import record_storage
+    from gateway.storage.backends import cli_config
+
+    data = tmp_path / "gw"
+    data.mkdir(mode=0o700)
+    record_storage(data, "postgresql://edgewire:s3cret@127.0.0.1:5433/edgewire?password=s3cret&sslmode=disable")
+    assert (data / "storage").read_text() == "postgresql://edgewire@127.0.0.1:5433/edgewire?sslmode=disable\n"
+    assert (data / "storage").stat().st_mode & 0o077 == 0
+    config = cli_config(Namespace(data_dir=str(data)))  # no storage given: the recorded one
+    assert config.storage == "postgresql://edgewire@127.0.0.1:5433/edgewire?sslmode=disable"
+    # the same storage, with its password, is no mismatch
+    assert cli_config(Namespace(data_dir=str(data), storage="postgresql://edgewire:pw@127.0.0.1:5433/edgewire"
+                                "?sslmode=disable")).storage_kind == "postgresql"
+    with pytest.raises(ConfigError) as mismatch:
+        cli_config(Namespace(data_dir=str(data), storage="sqlite"))
+    assert str(mismatch.value).startswith(f"--storage names sqlite but {data} belongs to postgresql://edgewire@")
+
+
+def test_registry_commands_follow_the_storage_a_data_directory_records(tmp_path: Path, postgres_dsn: str) -> None:
+    """After ``make demo DEMO_STORAGE=postgresql`` in a data directory, ``devices add --data-dir`` writes to
+    PostgreSQL, never to an SQLite file there (issue 20.5)."""
+    from gateway.state_files import record_storage
+
+    def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("EDGEWIRE_")}
+        return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60, env={**base, **(env or {})})
+
+    data = tmp_path / "demo"
+    seed(data)  # an SQLite database from an earlier demo in the same directory
+    record_storage(data, postgres_dsn)  # as the PostgreSQL gateway's start does
+    added = cli("devices", "add", "PG-01", "--data-dir", str(data))
+    assert added.returncode == 0, added.stderr
+    listed = cli("devices", "list", "--json", "--storage", postgres_dsn)
+    assert [d["device_id"] for d in json.loads(listed.stdout)] == ["PG-01"]
+    tokens = cli("tokens", "add", "wall", "--role", "viewer", "--data-dir", str(data))
+    assert tokens.returncode == 0, tokens.stderr
+    for command in (("devices", "list", "--storage", "sqlite"), ("export", "SENSOR-01")):
+        refused = cli(*command, "--data-dir", str(data), env={"EDGEWIRE_STORAGE": "sqlite"}
+                      if command[0] == "export" else None)
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+        assert "sqlite but" in lines[0] and "belongs to postgresql://" in lines[0]

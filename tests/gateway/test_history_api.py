@@ -73,10 +73,28 @@ def test_history_defaults_and_long_ranges(tmp_path: Path) -> None:
     week = get(tmp_path, f"/v1/history?device=SENSOR-01&metric=humidity&from={NOW - 7 * 86_400_000}&to={NOW}").json()
     assert week["source"] == "5m" and week["step_ms"] % 300_000 == 0 and len(week["points"]) <= 500
     assert sum(p[4] for p in week["points"]) == 1800
-    unknown = get(tmp_path, f"/v1/history?device=SENSOR-01&metric=co2&from={T0}&to={NOW}").json()
-    assert (unknown["unit"], unknown["points"]) == ("ppm", [])
-    custom = get(tmp_path, f"/v1/history?device=SENSOR-01&metric=wind_speed&from={T0}&to={NOW}").json()
-    assert custom["unit"] is None
+
+    async def other_metrics(api: HistoryApi, storage: SQLiteStorage) -> list[Any]:
+        await storage.store([ReadingRow("SENSOR-01", 1801, NOW - 1000, NOW - 990, {"co2": 612.0, "wind_speed": 3.5})])
+        return [(await api.handle(f"/v1/history?device=SENSOR-01&metric={metric}&from={T0}&to={NOW}")).json()
+                for metric in ("co2", "wind_speed")]
+
+    co2, custom = call(tmp_path, other_metrics)
+    assert (co2["unit"], co2["points"][0][1]) == ("ppm", 612.0)
+    assert custom["unit"] is None  # a metric the table does not know
+
+
+def test_a_metric_the_device_never_sent_is_404_listing_its_metrics(tmp_path: Path) -> None:
+    """Not 200 with no points: a misspelt metric says so (issue 20.7)."""
+    for path in ("/v1/history", "/v1/history.csv"):
+        reply = get(tmp_path, f"{path}?device=SENSOR-01&metric=temprature")
+        assert reply.status == 404 and reply.content_type == "application/json"
+        assert reply.json() == {"code": "unknown_metric", "param": "metric", "metrics": ["humidity", "temperature"],
+                                "message": "device SENSOR-01 has no metric 'temprature'; its metrics: humidity, "
+                                           "temperature"}
+    never = get(tmp_path, "/v1/history?device=NEVER-02&metric=temperature").json()
+    assert (never["code"], never["metrics"]) == ("unknown_metric", [])
+    assert never["message"].endswith("it has stored no readings yet")
 
 
 def test_history_csv_is_the_same_buckets(tmp_path: Path) -> None:

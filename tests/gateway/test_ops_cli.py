@@ -227,14 +227,15 @@ def test_register_with_a_token_file_elsewhere(gateway: GatewayProcess, tmp_path:
 def test_register_failures_are_one_line(gateway: GatewayProcess, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong"
     wrong.write_text("ewa_not-the-admin-token-at-all\n")
+    wrong.chmod(0o600)  # else a warning line about its mode comes first (under umask 022)
     one_line_error(cli("register", "PI-1", "--url", gateway.url, "--admin-token-file", str(wrong)),
                    "HTTP 401", "admin token was refused")
     one_line_error(cli("register", "PI-1", "--url", f"ws://127.0.0.1:{free_port()}", "--data-dir",
                        str(gateway.data_dir)), "cannot reach the admin API", "is the gateway running")
     one_line_error(cli("register", "bad id!", "--url", gateway.url, "--data-dir", str(gateway.data_dir)),
                    "bad_request")
-    one_line_error(cli("register", "PI-1", "--url", "http://x", "--data-dir", str(gateway.data_dir)),
-                   "not a ws:// or wss:// URL")
+    one_line_error(cli("register", "PI-1", "--url", "ftp://x", "--data-dir", str(gateway.data_dir)),
+                   "not a gateway URL", "http://HOST:PORT")
     one_line_error(cli("register", "PI-1", "--url", gateway.url, "--data-dir", str(tmp_path / "elsewhere")),
                    "no admin token", "admin.token")
 

@@ -22,6 +22,7 @@ from services.redis import RedisServer
 from tests.helpers.cluster import GatewayCluster, admin, data_frame, device, health
 from tests.helpers.dashboard import DashboardWatcher
 from tests.helpers.devices import expect_close
+from tests.helpers.gateway import GatewayProcess
 from tests.helpers.postgres import fresh_database, stored_seqs
 from tests.helpers.waiting import until, until_sync
 
@@ -105,11 +106,22 @@ def test_command_follows_a_device_that_moves_before_answering(cluster: GatewayCl
                                                       "data": None}
 
 
+async def seen_once(gw: GatewayProcess, token: str) -> None:
+    """The device connects, sends a reading and leaves: from then on commands for it wait while it is offline
+    (one that never connected is refused at once)."""
+    ws, _ = await device(gw, token)
+    await ws.send(data_frame(1))
+    while json.loads(await asyncio.wait_for(ws.recv(), 15)).get("t") != "ack":
+        pass
+    await ws.close()
+
+
 def test_command_to_an_offline_device_is_delivered_when_it_connects(cluster: GatewayCluster) -> None:
-    _a, b, c = cluster.gateways
+    a, b, c = cluster.gateways
     token = register(cluster, "cmd-late")["cmd-late"]
 
     async def run() -> tuple[dict[str, object], dict[str, object]]:
+        await seen_once(a, token)
         call = asyncio.ensure_future(admin(c, {"t": "command", "device_id": "cmd-late", "name": "ping",
                                                "timeout": 30}))
         await until(lambda: c.metrics().get("edgewire_commands_pending", 0) >= 1, 15, "the command queued")
@@ -129,7 +141,10 @@ def test_command_to_an_offline_device_expires_with_a_clear_error(cluster: Gatewa
     _a, b, c = cluster.gateways
     token = register(cluster, "cmd-never")["cmd-never"]
 
-    async def run() -> tuple[dict[str, object], list[dict[str, object]], dict[str, object]]:
+    async def run() -> tuple[dict[str, object], dict[str, object], list[dict[str, object]], dict[str, object]]:
+        # never connected: refused at once, however long the caller would wait (issue 20.7)
+        never = await admin(c, {"t": "command", "device_id": "cmd-never", "name": "ping", "timeout": 300})
+        await seen_once(b, token)
         expired = await admin(c, {"t": "command", "device_id": "cmd-never", "name": "ping", "timeout": 1})
         ws, _ = await device(b, token)  # connects after the expiry: the command is not delivered
         pong = asyncio.ensure_future(admin(c, {"t": "command", "device_id": "cmd-never", "name": "ping",
@@ -138,9 +153,11 @@ def test_command_to_an_offline_device_expires_with_a_clear_error(cluster: Gatewa
         await ws.send(json.dumps({"t": "result", "id": seen[0]["id"], "ok": True, "msg": "pong"}))
         answered = await asyncio.wait_for(pong, 20)
         await ws.close()
-        return expired, seen, answered
+        return never, expired, seen, answered
 
-    expired, seen, answered = asyncio.run(run())
+    never, expired, seen, answered = asyncio.run(run())
+    assert never["t"] == "error" and never["code"] == "device_offline", never
+    assert "never connected" in str(never["msg"])
     assert expired["t"] == "error" and expired["code"] == "command_expired", expired
     assert "offline" in str(expired["msg"])
     assert len(seen) == 1 and answered["t"] == "ok", "only the second command reached the device"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -40,10 +41,20 @@ def test_demo_streams_and_stops_cleanly(tmp_path: Path, storage: str) -> None:
         assert banner and banner[-1].startswith("Edgewire demo:"), "".join(banner)
         expected = "PostgreSQL (postgresql://" if storage == "postgresql" else "SQLite ("
         assert expected in banner[-1]
+        details = [proc.stdout.readline(), proc.stdout.readline()]
+        assert details[1].startswith(f"  Data directory: {tmp_path / 'demo'} "), details
         deadline = time.monotonic() + 60
         while not all(int(str(d["last_seq"])) >= 5 for d in _devices(f"http://127.0.0.1:{port}")):
             assert time.monotonic() < deadline, "the demo fleet is not being stored"
             time.sleep(0.2)
+        # the CLIs need only the data directory: its gateway's storage and port (issue 20.5, 20.6)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEWIRE_")}
+        listed = subprocess.run([sys.executable, "-m", "gateway", "devices", "list", "--json", "--data-dir",
+                                 str(tmp_path / "demo")], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+        assert [d["device_id"] for d in json.loads(listed.stdout)] == ["demo-000", "demo-001", "demo-002"], listed
+        ping = subprocess.run([sys.executable, "-m", "gateway", "command", "demo-001", "ping", "--data-dir",
+                               str(tmp_path / "demo")], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+        assert ping.returncode == 0 and json.loads(ping.stdout)["ok"] is True, ping.stderr
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:
