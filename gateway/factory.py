@@ -108,7 +108,7 @@ async def run_host(config: GatewayConfig, count: int) -> int:
     try:
         port = await host.start()
     except BaseException:
-        await host.shutdown()
+        await host.abort()
         raise
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: loop.create_task(host.shutdown()))

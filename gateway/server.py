@@ -195,16 +195,7 @@ class Gateway:
         return conn if conn is not None and conn.welcomed and not conn.closing else None
 
     def _tls(self) -> ssl.SSLContext | None:
-        if not self.config.tls_cert:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
-        except (OSError, ssl.SSLError) as err:
-            raise ConfigError(f"tls_cert, tls_key: cannot load {self.config.tls_cert} and {self.config.tls_key} "
-                              f"({getattr(err, 'strerror', None) or err}); check the paths and that they "
-                              "are a PEM certificate and its key") from None
-        return context
+        return tls_context(self.config)
 
     async def _listen(self) -> Server:
         cfg = self.config
@@ -394,6 +385,20 @@ class Gateway:
 
 async def _call(fn: Callable[[], None]) -> None:
     fn()
+
+
+def tls_context(config: GatewayConfig) -> ssl.SSLContext | None:
+    """The server's TLS context (None without ``tls_cert``); ConfigError saying what to check."""
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(f"tls_cert, tls_key: cannot load {config.tls_cert} and {config.tls_key} "
+                          f"({getattr(err, 'strerror', None) or err}); check the paths and that they "
+                          "are a PEM certificate and its key") from None
+    return context
 
 
 def listen_error(host: str, port: int, err: OSError) -> str:

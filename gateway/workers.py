@@ -201,9 +201,10 @@ class Host:
 
     async def start(self) -> int:
         """Prepare, bind, start the bus and the workers; return the port once every worker serves."""
-        from gateway.server import listen_error
+        from gateway.server import listen_error, tls_context
 
         config = self.config
+        tls_context(config)  # a certificate that does not load fails here, once
         self.prepare()
         storage = open_storage(config)
         await storage.open()  # migrations, once
@@ -284,6 +285,19 @@ class Host:
             if self.stopping:
                 return
             await worker.start()
+
+    async def abort(self) -> None:
+        """``start`` failed: stop whatever it started, without the shutdown's log lines."""
+        self.stopping = True
+        for child in [*self.workers, *([self.committer] if self.committer else [])]:
+            if child.process is not None and child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
+                await child.process.wait()
+        if self.broker is not None:
+            await self.broker.close()
+        for sock in self.sockets:
+            sock.close()
 
     async def shutdown(self) -> None:
         """SIGTERM every worker (each drains: stores and acks what it received, closes its devices with
