@@ -91,7 +91,7 @@ def test_wrong_token_is_reported_not_counted_as_connected(gateway: GatewayProces
 
 
 def test_bench_run_end_to_end_tiny(tmp_path: Path) -> None:
-    code = bench_run.main(["--steps", "20", "--hold", "2", "--workers", "1", "--drain", "10",
+    code = bench_run.main(["--steps", "20", "--hold", "2", "--gen-workers", "1", "--drain", "10",
                            "--out", str(tmp_path), "--require-zero-loss"])
     assert code == 0
     report = json.loads((tmp_path / "latest.json").read_text())
