@@ -235,7 +235,10 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
             late = result["generator"]["late_max_s"]
             result["invalid_reasons"].append(f"generator fell {late:.1f} s behind schedule")
         if conn["connected"] < n:
-            result["invalid_reasons"].append(f"only {conn['connected']} of {n} devices connected")
+            short = f"only {conn['connected']} of {n} devices connected"
+            if opts.nofile and opts.nofile < n + NOFILE_SLACK:
+                short += f" (the open-file limit, {opts.nofile}, is below {n + NOFILE_SLACK})"
+            result["invalid_reasons"].append(short)
     except (BenchError, OSError) as err:
         result["valid"] = False
         result["error"] = str(err)
@@ -496,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.encoding == "cbor":
         env.setdefault("EDGEWIRE_CBOR", "true")  # the gateway selects edgewire.v1.cbor only when told to
     opts.gateway_env = env
+    opts.nofile = 0  # set below, before the first step
     if cap_opts is not None:
         cap_opts.gateway_env = env
     steps = [] if opts.capacity_only else [int(s) for s in opts.steps.split(",") if s.strip()]
@@ -530,10 +534,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sources must be within 1..254")
     # The gateway (or Mosquitto) holds every connection, the generator a share: both inherit this limit.
     nofile_need = largest + NOFILE_SLACK
-    nofile = ensure_nofile(nofile_need)
+    nofile = opts.nofile = ensure_nofile(nofile_need)
     if nofile < nofile_need:
-        log(f"warning: the open-file limit is {nofile}, below the {nofile_need} a {largest:,}-device step needs "
-            "(raise the hard limit: ulimit -Hn, or run as root); connections beyond it will fail")
+        log(f"warning: the open-file limit is {nofile}, below the {nofile_need} a {largest:,}-device step needs; "
+            "connections beyond it will fail (raise the hard limit first, e.g. ulimit -Hn 65536 in a shell with "
+            "CAP_SYS_RESOURCE, LimitNOFILE= for a service, --ulimit nofile= for a container)")
 
     if opts.capacity_only:
         systems = []
