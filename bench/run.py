@@ -223,7 +223,7 @@ def run_system(system: str, devices: list[tuple[str, str]], opts: argparse.Names
                           "other_load_cores": _round(None if busy is None else max(0.0, busy - ours), 2)}
         if busy is not None and busy >= MACHINE_BUSY * cpus:
             result["notes"].append(f"the machine was saturated during the hold ({busy:.2f} of {cpus} cores busy; "
-                                   f"gateway {result['server']['machine_share_pct']} %, generator "
+                                   f"server {result['server']['machine_share_pct']} %, generator "
                                    f"{result['generator']['machine_share_pct']} % of the machine)")
         with contextlib.suppress(OSError), open("/proc/loadavg") as handle:
             result["host"]["loadavg"] = handle.read().split()[:3]

@@ -25,14 +25,16 @@ def _by_key(rows: list[dict[str, Any]], devices: int) -> dict[str, dict[str, Any
 
 
 def test_each_10k_target_is_met_or_missed_with_its_margin() -> None:
-    rows = _by_key(targets.evaluate([_step(1000), _step(10_000, dash=120.0, storm=2.5, share=70.0)]), 10_000)
+    rows = _by_key(targets.evaluate([_step(1000), _step(10_000, dash=120.0, storm=2.5, share=70.0, cpu=0.2856)]),
+                   10_000)
     assert set(rows) == {"lost", "ack_p99", "dashboard_p99", "cpu_per_reading_vs_mosquitto", "rss_per_conn",
                          "connection_storm", "machine_share"}
     assert all(row["measured_at"] == 10_000 for row in rows.values())
     assert rows["lost"]["met"] is True and rows["lost"]["margin"] == 0
     assert rows["ack_p99"]["met"] is True and rows["ack_p99"]["margin"] == 60
     assert rows["dashboard_p99"]["met"] is False and rows["dashboard_p99"]["margin"] == -20
-    assert rows["cpu_per_reading_vs_mosquitto"]["value"] == 0.9 and rows["cpu_per_reading_vs_mosquitto"]["met"]
+    cpu = rows["cpu_per_reading_vs_mosquitto"]  # 2.856x, as printed: 2.86x, missed by 1.86
+    assert cpu["value"] == 2.86 and cpu["met"] is False and cpu["margin"] == -1.86
     assert rows["rss_per_conn"]["met"] is True and rows["rss_per_conn"]["margin"] == 1
     assert rows["connection_storm"]["met"] is False and rows["connection_storm"]["margin"] == -0.5
     assert rows["machine_share"]["met"] is False  # "below 70 %": exactly 70 % misses
@@ -53,8 +55,8 @@ def test_a_quick_run_is_judged_indicatively_and_without_the_20k_targets() -> Non
     assert {row["devices"] for row in rows} == {10_000}
     assert all(row["measured_at"] == 1000 for row in rows)
     text = "\n".join(targets.lines(rows))
-    assert "1,000 devices (indicative: the target is for 10,000)" in text
-    assert "| ack p99 | 150 ms | ≤ 100 ms | MISSED by 50 ms (1.5x the limit) |" in text
+    assert "| 1,000 devices* | ack p99 | 150 ms | ≤ 100 ms | MISSED by 50 ms (1.5x the limit) |" in text
+    assert "\\* indicative: the targets are for 10,000 devices; this run's largest step below 20,000 had 1,000" in text
     assert targets.evaluate([]) == [] and targets.lines([]) == []
 
 
