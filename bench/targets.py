@@ -104,7 +104,9 @@ def verdict(value: float | None, op: str, limit: float) -> tuple[bool | None, fl
 
 def pick_step(steps: Sequence[dict[str, Any]], devices: int) -> dict[str, Any] | None:
     """The step a target at ``devices`` is checked on: that device count; for the 10,000-device
-    targets, failing that, the largest step below 20,000 (marked indicative by ``evaluate``)."""
+    targets, failing that, the largest step below 20,000 (marked indicative by ``evaluate``). Only
+    steps that ran the gateway count."""
+    steps = [s for s in steps if "gateway" in (s.get("systems") or {})]
     for step in steps:
         if step.get("devices") == devices:
             return step
@@ -178,7 +180,8 @@ def _cell(row: dict[str, Any]) -> tuple[str, str, str]:
         if row["limit"] and value is not None and unit != "x":
             said += f" ({value / row['limit']:.1f}x the limit)"
     if not row.get("valid", True):
-        said += " (step invalid: " + "; ".join(row.get("invalid_reasons") or []) + ")"
+        reasons = "; ".join(row.get("invalid_reasons") or [])
+        said += f" (step invalid: {reasons})" if reasons else " (step invalid)"
     return shown, limit, said
 
 

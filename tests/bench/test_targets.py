@@ -58,6 +58,8 @@ def test_a_quick_run_is_judged_indicatively_and_without_the_20k_targets() -> Non
     assert "| 1,000 devices* | ack p99 | 150 ms | ≤ 100 ms | MISSED by 50 ms (1.5x the limit) |" in text
     assert "\\* indicative: the targets are for 10,000 devices; this run's largest step below 20,000 had 1,000" in text
     assert targets.evaluate([]) == [] and targets.lines([]) == []
+    mosquitto_only = {"devices": 20_000, "systems": {"mosquitto": {"valid": True}}}
+    assert targets.evaluate([mosquitto_only]) == []  # no gateway in that step: nothing to judge
 
 
 def test_missing_figures_and_invalid_steps_are_said() -> None:
