@@ -93,19 +93,22 @@ def role_of(cmdline: Sequence[str]) -> str | None:
 
 def label_roles(root: Key, procs: Mapping[Key, tuple[str, ...]]) -> dict[Key, str]:
     """Roles for every process {key: cmdline}: the root is the parent; a child named by its command
-    line gets that role; the others are "child 1", "child 2"... in the order they started. Two
-    children with the same role (a restarted worker) are told apart by a "#2", "#3" suffix."""
+    line gets that role; a worker whose command line has no number (``python -m gateway.worker``)
+    is numbered in the order the workers started ("worker 1", "worker 2": a restarted one takes the
+    next number); the others are "child 1", "child 2"... in start order. Two children with the same
+    role (a restarted "worker 2" that says its number) are told apart by a "#2", "#3" suffix."""
     roles: dict[Key, str] = {}
-    unnamed = 0
+    counters: dict[str, int] = {}
     used: dict[str, int] = {}
     for key in sorted(procs, key=lambda k: (k != root, k[1], k[0])):
         if key == root:
             role = ROOT_ROLE
         else:
             named = role_of(procs[key])
-            if named is None:
-                unnamed += 1
-                named = f"child {unnamed}"
+            if named is None or named == "worker":
+                base = "child" if named is None else "worker"
+                counters[base] = counters.get(base, 0) + 1
+                named = f"{base} {counters[base]}"
             role = named
         used[role] = used.get(role, 0) + 1
         roles[key] = role if used[role] == 1 else f"{role} #{used[role]}"

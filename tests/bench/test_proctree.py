@@ -149,6 +149,11 @@ def test_roles_come_from_the_command_line() -> None:
                                (4, 400): ("edgewire: worker 1",), (5, 500): ("edgewire: worker 1",)})
     assert roles == {root: "parent", (2, 200): "child 1", (3, 300): "child 2", (4, 400): "worker 1",
                      (5, 500): "worker 1 #2"}
+    worker, committer = ("python", "-m", "gateway.worker"), ("python", "-m", "gateway.committer")
+    roles = label_roles(root, {root: ("gateway",), (7, 700): worker, (6, 600): worker, (8, 800): committer,
+                               (9, 900): worker})  # 9: a worker started after the others (a restart)
+    assert roles == {root: "parent", (6, 600): "worker 1", (7, 700): "worker 2", (8, 800): "commit",
+                     (9, 900): "worker 3"}
 
 
 def test_ports_sources_and_open_files() -> None:
