@@ -23,7 +23,8 @@ from typing import Any
 
 from bench.proc import cpu_seconds_from_stat, parse_status_memory
 
-__all__ = ["ProcInfo", "TreeMeter", "TreeSnapshot", "descendants", "label_roles", "read_proc", "role_of"]
+__all__ = ["ProcInfo", "TreeMeter", "TreeSnapshot", "descendants", "label_roles", "read_proc", "role_of",
+           "sample_tree"]
 
 Key = tuple[int, int]  # (pid, start time in clock ticks since boot): one process, even if its pid is reused
 ROOT_ROLE = "parent"
@@ -257,3 +258,9 @@ class TreeMeter:
             root = self._root_key or (self.root, 0)
             roles = label_roles(root, self._cmd)
             return TreeSnapshot(time.monotonic(), dict(self._cpu), live, roles)
+
+
+def sample_tree(root: int) -> TreeSnapshot:
+    """One scan of ``root``'s tree, without a background thread: for windows in which no process of
+    the tree exits (a child that exits between two such samples takes its CPU with it)."""
+    return TreeMeter(root).snapshot()
