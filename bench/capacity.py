@@ -29,7 +29,8 @@ from websockets.exceptions import WebSocketException
 from bench.admin import register_all
 from bench.errors import BenchError
 from bench.loadgen import ENCODINGS, LoadGen
-from bench.metrics import HostSample, ProcSample, latency_summary
+from bench.metrics import HostSample, latency_summary, machine_share_pct
+from bench.proctree import TreeMeter
 from bench.servers import GatewayServer, count_sqlite_readings
 from services.errors import ServiceError
 from services.postgres import PostgresServer
@@ -64,6 +65,7 @@ class CapacityOptions:
     encoding: str = ENCODINGS[0]
     uvloop: bool = True
     gateway_env: dict[str, str] = field(default_factory=dict)
+    gateway_workers: int | None = None  # the gateway's --workers; None: left out (its default)
 
     def check(self) -> None:
         """Raise BenchError naming the option to change when the configuration cannot be run."""
@@ -175,8 +177,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         summary = result.get("summary") or {}
         goal = summary.get("goal_per_s")
         decided = summary.get("goal_met")
-        met = "" if goal is None else f"; goal {goal:,}: " + (
-            "not shown" if decided is None else "met" if decided else "MISSED")
+        value = summary.get("capacity_per_s") or 0
+        met = "" if goal is None else f"; target >= {goal:,} readings/s: " + (
+            "not shown" if decided is None else f"met (margin {value - goal:,})" if decided
+            else f"MISSED by {goal - value:,}")
         stop = (f"; stopped at {summary['stopped_at_per_s']:,}: {summary['stop_reason']}"
                 if summary.get("stopped_at_per_s") else "")
         lines.append(f"- {backend}: {summary.get('text', 'n/a')}{met}{stop}")
@@ -190,7 +194,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                          f"{_num(step.get('readings_per_frame'))} per frame, "
                          f"lost {_num(step.get('lost'))}, ack p50/p99 {_num(ack.get('p50_ms'))}/"
                          f"{_num(ack.get('p99_ms'))} ms (gateway's means: ack {_num(gw.get('ack_mean_ms'))}, "
-                         f"commit {_num(gw.get('commit_mean_ms'))} ms), gateway cpu {_num(srv.get('cpu_pct_hold'))} %, "
+                         f"commit {_num(gw.get('commit_mean_ms'))} ms), gateway cpu {_num(srv.get('cpu_pct_hold'))} % "
+                         f"of a core ({_num(srv.get('machine_share_pct'))} % of the machine), "
                          f"generator cpu {'/'.join(_num(c) for c in gen.get('cpu_pct', [])) or 'n/a'} %"
                          f"{'' if step['verdict'] == PASS else ': ' + step.get('reason', '')}")
         if result.get("stored") is not None:
@@ -208,16 +213,17 @@ def _num(value: Any) -> str:
 
 # ---------------------------------------------------------------- measuring
 
-def run_step(gen: LoadGen, server: GatewayServer, rate: int, devices: int, opts: CapacityOptions) -> dict[str, Any]:
-    """One rate of the ramp on connected devices: hold, drain, figures."""
+def run_step(gen: LoadGen, server: GatewayServer, meter: TreeMeter, rate: int, devices: int,
+             opts: CapacityOptions) -> dict[str, Any]:
+    """One rate of the ramp on connected devices: hold, drain, figures (``meter``: the gateway's process tree)."""
     step: dict[str, Any] = {"rate": rate, "per_device_per_s": round(rate / devices, 3)}
     m0 = server.metrics()
     start_at = time.time() + 0.5
     gen.start(start_at, opts.hold_s, rate / devices, opts.drain_s)
     time.sleep(max(0.0, start_at - time.time()))
-    s0, h0 = ProcSample.take(server.pid), HostSample.take()
+    s0, h0 = meter.snapshot(), HostSample.take()
     time.sleep(max(0.0, start_at + opts.hold_s - time.time()))
-    s1, h1 = ProcSample.take(server.pid), HostSample.take()
+    s1, h1 = meter.snapshot(), HostSample.take()
     workers = gen.results(opts.hold_s + opts.drain_s + 120)
     m1 = server.metrics()
     counts = {key: m1.get(f"{key}_total", 0.0) - m0.get(f"{key}_total", 0.0)
@@ -240,7 +246,9 @@ def run_step(gen: LoadGen, server: GatewayServer, rate: int, devices: int, opts:
         rejected=sum(w["rejected"] for w in workers), slowed=sum(w["slowed"] for w in workers),
         closed_during_run=sum(w["closed_during_run"] for w in workers),
         ack_latency=latency_summary(acks),
-        server={"cpu_pct_hold": round(100 * (s1.cpu_s - s0.cpu_s) / opts.hold_s, 1), "rss_kib": s1.rss_kib},
+        server={"cpu_pct_hold": round(100 * s1.cpu_since(s0) / max(1e-6, s1.at - s0.at), 1),
+                "machine_share_pct": _share(machine_share_pct(s1.cpu_since(s0), s1.at - s0.at, cpus)),
+                "processes": s1.processes, "rss_kib": s1.rss_kib},
         generator={"cpu_pct": [round(100 * w["cpu_s"] / w["wall_s"], 1) if w["wall_s"] else 0.0 for w in workers],
                    "late_max_s": round(max(w["late_max_s"] for w in workers), 3),
                    "drain_s": round(max(w["drain_s"] for w in workers), 2)},
@@ -249,6 +257,10 @@ def run_step(gen: LoadGen, server: GatewayServer, rate: int, devices: int, opts:
         host={"cpus": cpus, "busy_cores_hold": None if busy is None else round(busy, 2)},
     )
     return step
+
+
+def _share(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def histogram_mean_ms(m0: dict[str, float], m1: dict[str, float], histogram: str) -> float | None:
@@ -269,10 +281,12 @@ def run_backend(backend: str, opts: CapacityOptions, workdir: Path, log: Log,
         if postgres is None:
             raise BenchError("the PostgreSQL capacity step needs a running server")
         storage = postgres.create_database("capacity")
-    server = GatewayServer(data_dir, storage, uvloop=opts.uvloop, env=opts.gateway_env)
+    server = GatewayServer(data_dir, storage, uvloop=opts.uvloop, env=opts.gateway_env, workers=opts.gateway_workers)
     gen: LoadGen | None = None
+    meter: TreeMeter | None = None
     try:
         server.start()
+        meter = TreeMeter(server.pid).start()
         admin = (data_dir / "admin.token").read_text().strip()
         ids = [f"cap-{i:05d}" for i in range(1, opts.devices + 1)]
         tokens = asyncio.run(register_all(server.url, admin, ids))
@@ -285,7 +299,7 @@ def run_backend(backend: str, opts: CapacityOptions, workdir: Path, log: Log,
                              + (f" (first error: {conn['first_error']})" if conn["first_error"] else ""))
         time.sleep(1.0)  # online events flushed before the first step
         for rate in opts.rates:
-            step = run_step(gen, server, rate, opts.devices, opts)
+            step = run_step(gen, server, meter, rate, opts.devices, opts)
             step["verdict"], step["reason"] = judge(step)
             result["steps"].append(step)
             ack = step["ack_latency"]
@@ -303,6 +317,8 @@ def run_backend(backend: str, opts: CapacityOptions, workdir: Path, log: Log,
         if server.log_path is not None:
             log(f"  gateway log tail: {server.log_tail(600)}")
     finally:
+        if meter is not None:
+            meter.stop()
         if gen is not None:
             gen.close()
             gen.stop()
@@ -332,6 +348,7 @@ def run_capacity(opts: CapacityOptions, backends: Sequence[str], workdir: Path, 
     report: dict[str, Any] = {
         "config": {"devices": opts.devices, "rates": list(opts.rates), "hold_s": opts.hold_s,
                    "drain_s": opts.drain_s, "batch": opts.batch, "workers": opts.workers,
+                   "gateway_workers": opts.gateway_workers,
                    "encoding": opts.encoding, "ack_p99_limit_ms": ACK_P99_LIMIT_MS, "backends": list(backends)},
         "backends": {},
     }

@@ -37,7 +37,8 @@ from typing import Any
 from bench.admin import register_all
 from bench.errors import BenchError
 from bench.loadgen import LoadGen, Watcher
-from bench.metrics import HostSample, ProcSample, cpu_per_1000, latency_summary, ratio, rss_per_connection_kib
+from bench.metrics import HostSample, cpu_per_1000, latency_summary, ratio, rss_per_connection_kib
+from bench.proctree import sample_tree
 from bench.servers import GatewayServer, scratch_dir
 from services.errors import ServiceError
 from services.postgres import PostgresServer
@@ -95,12 +96,12 @@ def run_mode(mode: str, opts: argparse.Namespace, postgres: PostgresServer, redi
                 if time.monotonic() > deadline:
                     raise BenchError("the gateways' bus did not become ok within 30 s")
                 time.sleep(0.1)
-        observer_empty = ProcSample.take(observer.pid) if observer is not None else None
+        observer_empty = sample_tree(observer.pid) if observer is not None else None
         admin = (gateways[0].data_dir / "admin.token").read_text().strip()
         shares = [[f"c{i}-{n:05d}" for n in range(n_per)] for i in range(INSTANCES)]
         tokens = asyncio.run(register_all(gateways[0].url, admin, [d for share in shares for d in share]))
         time.sleep(1.0)
-        idle = [ProcSample.take(gw.pid) for gw in gateways]
+        idle = [sample_tree(gw.pid) for gw in gateways]
         # bus: on the observer, every device is another instance's; no-bus: gw-0's own only (baseline)
         watched = observer if observer is not None else gateways[0]
         watcher = Watcher("dashboard", watched.url + "/v1/dashboard", only="" if observer else "c0-")
@@ -117,11 +118,11 @@ def run_mode(mode: str, opts: argparse.Namespace, postgres: PostgresServer, redi
         # all (heartbeats, flushes, pings), subtracted to get the marginal cost per reading.
         everyone = [gw.pid for gw in gateways] + ([observer.pid] if observer else []) + (
             [redis.process.pid] if mode == "bus" and redis and redis.process else [])
-        quiet_all = [ProcSample.take(pid) for pid in everyone]
+        quiet_all = [sample_tree(pid) for pid in everyone]
         idle_commands = _redis_commands(redis) if mode == "bus" and redis else 0
         time.sleep(IDLE_S)
         idle_commands = (_redis_commands(redis) - idle_commands) if mode == "bus" and redis else 0
-        idle_rate = [(ProcSample.take(pid).cpu_s - q.cpu_s) / IDLE_S for pid, q in zip(everyone, quiet_all,
+        idle_rate = [(sample_tree(pid).cpu_s - q.cpu_s) / IDLE_S for pid, q in zip(everyone, quiet_all,
                                                                                          strict=True)]
         quiet = quiet_all[:INSTANCES]
         mark = watcher.mark()
@@ -129,15 +130,15 @@ def run_mode(mode: str, opts: argparse.Namespace, postgres: PostgresServer, redi
         for gen in gens:
             gen.start(start_at, opts.hold, opts.rate, opts.drain)
         time.sleep(max(0.0, start_at - time.time()))
-        s0 = [ProcSample.take(gw.pid) for gw in gateways]
-        o0 = ProcSample.take(observer.pid) if observer is not None else None
-        r0 = ProcSample.take(redis.process.pid) if mode == "bus" and redis and redis.process else None
+        s0 = [sample_tree(gw.pid) for gw in gateways]
+        o0 = sample_tree(observer.pid) if observer is not None else None
+        r0 = sample_tree(redis.process.pid) if mode == "bus" and redis and redis.process else None
         c0 = _redis_commands(redis) if mode == "bus" and redis else 0
         h0 = HostSample.take()
         time.sleep(max(0.0, start_at + opts.hold - time.time()))
-        s1 = [ProcSample.take(gw.pid) for gw in gateways]
-        o1 = ProcSample.take(observer.pid) if observer is not None else None
-        r1 = ProcSample.take(redis.process.pid) if r0 is not None and redis and redis.process else None
+        s1 = [sample_tree(gw.pid) for gw in gateways]
+        o1 = sample_tree(observer.pid) if observer is not None else None
+        r1 = sample_tree(redis.process.pid) if r0 is not None and redis and redis.process else None
         c1 = _redis_commands(redis) if mode == "bus" and redis else 0
         h1 = HostSample.take()
         workers = [w for gen in gens for w in gen.results(opts.hold + opts.drain + 120)]

@@ -13,7 +13,8 @@ from typing import Any
 from bench.proc import cpu_seconds_from_stat, parse_status_memory
 
 __all__ = ["HostSample", "ProcSample", "cpu_per_1000", "cpu_seconds_from_stat", "latency_summary",
-           "parse_proc_stat_cpu", "parse_status_memory", "percentile", "ratio", "rss_per_connection_kib"]
+           "machine_share_pct", "parse_proc_stat_cpu", "parse_status_memory", "percentile", "ratio",
+           "rss_per_connection_kib"]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -73,6 +74,13 @@ def cpu_per_1000(cpu_s: float, messages: int) -> float | None:
     if messages <= 0:
         return None
     return cpu_s / messages * 1000.0
+
+
+def machine_share_pct(cpu_s: float, wall_s: float, cpus: int) -> float | None:
+    """CPU seconds as % of the whole machine over ``wall_s``: cpu_s / (wall_s * cpus) * 100."""
+    if wall_s <= 0 or cpus <= 0:
+        return None
+    return 100.0 * cpu_s / (wall_s * cpus)
 
 
 def rss_per_connection_kib(rss_loaded_kib: int, rss_idle_kib: int, connections: int) -> float | None:

@@ -132,8 +132,11 @@ class GatewayServer(ServerProcess):
 
     def __init__(self, data_dir: Path, storage: str = "sqlite", dashboard_interval_ms: float = 50.0,
                  extra_args: list[str] | None = None, uvloop: bool = True, root: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, workers: int | None = None) -> None:
+        """``workers``: passed as ``--workers N`` (gateway processes); None leaves it out, so the gateway's
+        own default applies (and a gateway without the option still starts)."""
         super().__init__()
+        self.workers = workers
         self.env = dict(env or {})  # EDGEWIRE_* settings for A/B runs (bench --gateway-env)
         self.root = root or ROOT  # a patched copy of the repository for A/B runs (bench --gateway-root)
         self.data_dir = data_dir
@@ -142,14 +145,21 @@ class GatewayServer(ServerProcess):
         self.extra_args = list(extra_args or [])
         self.uvloop = uvloop
 
-    def start(self, timeout: float = 30.0) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+    def argv(self) -> list[str]:
+        """The gateway's command line on ``self.port``."""
         argv = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--data-dir", str(self.data_dir), "--storage", self.storage,
                 "--dashboard-interval-ms", f"{self.dashboard_interval_ms:g}", *self.extra_args]
         if not self.uvloop:
             argv.append("--no-uvloop")
+        if self.workers is not None:
+            argv += ["--workers", str(self.workers)]
+        return argv
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        argv = self.argv()
         env = dict(os.environ)
         env.setdefault("EDGEWIRE_LOG_LEVEL", "warning")
         env["PYTHONPATH"] = str(self.root)
@@ -159,7 +169,10 @@ class GatewayServer(ServerProcess):
         while time.monotonic() < deadline:
             if not self.alive():
                 code = self.proc.returncode if self.proc else "?"
-                raise BenchError(f"gateway exited at start (code {code}): {self.log_tail()}")
+                tail = self.log_tail()
+                if self.workers is not None and "unrecognized arguments" in tail and "--workers" in tail:
+                    raise BenchError("this gateway does not know --workers: leave the bench's --workers out")
+                raise BenchError(f"gateway exited at start (code {code}): {tail}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as resp:
                     if resp.status == 200:

@@ -100,7 +100,8 @@ def test_summary_lines_show_each_backend() -> None:
                                       "stored": 150_000, "acked": 150_000},
                            "postgresql": {"skipped": "install PostgreSQL 15"}}}
     text = "\n".join(capacity.summary_lines(report))
-    assert "- sqlite: 10,000 readings/s; goal 50,000: MISSED; stopped at 20,000: 2 readings" in text
+    assert ("- sqlite: 10,000 readings/s; target >= 50,000 readings/s: MISSED by 40,000; stopped at 20,000: 2 readings"
+            in text)
     assert "- postgresql: skipped (install PostgreSQL 15)" in text
     assert "stored 150,000 rows for 150,000 readings acknowledged" in text
 
@@ -124,7 +125,7 @@ def test_loadgen_batch_is_checked() -> None:
 @pytest.mark.timeout(180)
 def test_capacity_only_tiny_real_ramp(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = bench_run.main(["--capacity-only", "--capacity-devices", "20", "--capacity-rates", "100,200",
-                           "--capacity-hold", "2", "--capacity-backends", "sqlite", "--workers", "1",
+                           "--capacity-hold", "2", "--capacity-backends", "sqlite", "--gen-workers", "1",
                            "--drain", "10", "--out", str(tmp_path)])
     assert code == 0
     report = json.loads((tmp_path / "latest.json").read_text())

@@ -91,7 +91,7 @@ def test_wrong_token_is_reported_not_counted_as_connected(gateway: GatewayProces
 
 
 def test_bench_run_end_to_end_tiny(tmp_path: Path) -> None:
-    code = bench_run.main(["--steps", "20", "--hold", "2", "--workers", "1", "--drain", "10",
+    code = bench_run.main(["--steps", "20", "--hold", "2", "--gen-workers", "1", "--drain", "10", "--no-capacity",
                            "--out", str(tmp_path), "--require-zero-loss"])
     assert code == 0
     report = json.loads((tmp_path / "latest.json").read_text())
@@ -105,7 +105,14 @@ def test_bench_run_end_to_end_tiny(tmp_path: Path) -> None:
     for system in step["systems"].values():
         assert system["server"]["cpu_per_1000"] is not None
         assert system["latency"]["count"] > 0
+        server = system["server"]  # the server's process tree: today one process, the parent
+        assert server["processes"] >= 1 and server["per_process"][0]["role"] == "parent"
+        assert server["machine_share_pct"] is not None and system["generator"]["machine_share_pct"] is not None
     assert "gateway/mosquitto" in step["ratios"]
+    assert report["config"]["gateway_workers"] is None  # not given: left out of the gateway's command line
+    rows = report["targets"]["rows"]
+    assert {row["target"] for row in rows} >= {"lost", "ack_p99", "machine_share"}
+    assert all(row["measured_at"] == 20 for row in rows)
     assert any(p.name.startswith("bench-") for p in tmp_path.iterdir())
 
 
