@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from gateway.secret_files import private_dir, read_secret
 from gateway.server import Gateway
 from gateway.service import ServiceNotifier
 from gateway.storage.backends import open_storage
+from gateway.urls import dashboard_url, gateway_base_url
 
 JWT_SECRET_ENV = "EDGEWIRE_JWT_SECRET"
 
@@ -54,18 +54,18 @@ async def build_gateway(config: GatewayConfig) -> Gateway:
 def banner(config: GatewayConfig, port: int, dashboard_token: str | None, interactive: bool) -> str:
     """The start-up line: where the gateway listens and the dashboard's address with its token in the
     URL fragment (the browser never sends it). Only on a terminal: a service's stdout goes to its
-    log, where a token must not, so there the line says which file holds it."""
-    host = config.host
-    if host in ("0.0.0.0", "::", ""):
-        host = socket.gethostname()
-    elif ":" in host:
-        host = f"[{host}]"
-    scheme = "https" if config.tls_cert else "http"
-    base = f"{scheme}://{host}:{port}"
-    dashboard = f"{base}/"
-    if dashboard_token is not None:
-        secret = dashboard_token if interactive else f"<contents of {Path(config.data_dir) / 'dashboard.token'}>"
-        dashboard += f"#token={secret}"
+    log or the journal, where a token must not, so there the line says which file holds the token
+    and which command prints the address with it."""
+    base = gateway_base_url(config.host, port, bool(config.tls_cert))
+    if dashboard_token is None:
+        dashboard = dashboard_url(base, None)
+    elif interactive:
+        dashboard = dashboard_url(base, dashboard_token)
+    else:
+        token_file = Path(config.data_dir) / "dashboard.token"
+        dashboard = (f"{dashboard_url(base, None)}; its operator token is in {token_file}: "
+                     f"`python -m gateway tokens url --data-dir {config.data_dir} --base-url {base}` prints "
+                     "the address with it")
     return f"edgewire gateway listening on {base} (dashboard {dashboard})"
 
 

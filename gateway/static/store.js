@@ -16,14 +16,24 @@ const TOKEN_KEY = "edgewire-token";
 // The token arrives in the URL fragment (/#token=…), which the browser never sends to a server.
 // It is kept in this browser's localStorage (so a link opened in a new tab works) until
 // "Forget token" is pressed; it travels as Authorization: Bearer (HTTP) and ?token= (WebSocket).
+// Taken at start-up and on every hashchange (an address pasted into an open page); returns true
+// when the browser now holds a different token, so the caller starts again with it.
 export function takeTokenFromUrl() {
   const raw = location.hash.replace(/^#/, "");
   const m = raw.match(/(^|[?&])token=([^&]*)/);
-  if (!m) return;
-  if (m[2]) localStorage.setItem(TOKEN_KEY, decodeURIComponent(m[2]));
+  if (!m) return false;
+  let taken = null;
+  try {
+    taken = m[2] ? decodeURIComponent(m[2]).trim() : null;
+  } catch {
+    taken = null; // a malformed %-escape: not a token
+  }
+  const changed = Boolean(taken) && taken !== localStorage.getItem(TOKEN_KEY);
+  if (changed) localStorage.setItem(TOKEN_KEY, taken);
   let rest = raw.slice(0, m.index) + raw.slice(m.index + m[0].length);
   rest = rest.replace(/^([^?&]*)&/, "$1?"); // "#/x?token=T&a=b" leaves "/x&a=b": make it "/x?a=b"
   history.replaceState(null, "", `${location.pathname}#${rest && rest !== "?" ? rest : "/"}`);
+  return changed;
 }
 
 export const TOKEN = TOKEN_KEY;
