@@ -85,6 +85,7 @@ function init() {
   });
   route();
   setInterval(() => { for (const fn of store.listeners) fn(true); }, 5000); // keep "… ago" fresh
+  setInterval(() => current && current.clock(), 1000); // alerts' "Since", to the second
   start();
 }
 

@@ -1,35 +1,22 @@
-// A device page (#/device/<id>?range=24h or ?from=MS&to=MS): live values, status, alerts,
-// history charts with time ranges and zoom, and (for operators) command forms.
+// A device page (#/device/<id>?range=fit|1h|24h|7d or ?from=MS&to=MS): live values, status, alerts,
+// history charts with time ranges, zoom, alert thresholds and episodes, CSV downloads, and (for
+// operators) command forms.
 import { $, ago, buildHash, formatValue, h, metricLabel, when } from "./util.js";
-import { alertRow, bindAlertActions, keepFocus } from "./alerts.js";
-import { alertText, getJSON, request, store } from "./store.js";
+import { alertRow, bindAlertActions, keepFocus, refreshSince } from "./alerts.js";
+import { alertText, download, getJSON, request, store } from "./store.js";
 import { MetricChart } from "./charts.js";
+import { reportedOutputs, statusRows } from "./status.js";
 
-const RANGES = { "1h": 3_600_000, "24h": 86_400_000, "7d": 7 * 86_400_000 };
-const DEFAULT_RANGE = "24h";
-const MAX_SPAN = 400 * 86_400_000;
+const HOUR = 3_600_000;
+const RANGES = { "1h": HOUR, "24h": 24 * HOUR, "7d": 7 * 24 * HOUR };
+const RANGE_LABELS = { fit: "Fit to data", "1h": "1 h", "24h": "24 h", "7d": "7 d", custom: "Custom…" };
+// The page opens on "fit": from the device's first reading (at most 7 d ago) to now, so ten
+// minutes of data fill the chart instead of being a sliver of 24 h.
+const DEFAULT_RANGE = "fit";
+const MIN_FIT = 120_000;
+const MAX_SPAN = 400 * 24 * HOUR;
 const MIN_SPAN = 10_000;
-// Status fields with a name people know; the rest are listed as they come.
-const STATUS_FIELDS = [
-  ["boot", "Boot"], ["fw", "Firmware"], ["buffered", "Queued readings"], ["dropped", "Dropped readings"],
-  ["rssi", null], ["up", "Uptime"], ["interval", "Interval (s)"], ["interval_ms", "Interval (ms)"],
-  ["heap_free", "Free heap (bytes)"],
-];
-const KNOWN_STATUS = new Set(STATUS_FIELDS.map(([key]) => key));
-
-function duration(ms) {
-  const s = Math.floor(ms / 1000);
-  const d = Math.floor(s / 86400);
-  const hours = Math.floor((s % 86400) / 3600);
-  const m = Math.floor((s % 3600) / 60);
-  return d ? `${d} d ${hours} h` : hours ? `${hours} h ${m} min` : `${m} min ${s % 60} s`;
-}
-
-function statusValue(key, value) {
-  if (key === "up" && typeof value === "number") return duration(value);
-  if (value !== null && typeof value === "object") return JSON.stringify(value);
-  return String(value);
-}
+const ALERT_HISTORY = 50; // recent alerts listed, and shaded on the charts
 
 /** "2025-11-25T14:13" in local time, for <input type="datetime-local">. */
 function localInput(ms) {
@@ -44,6 +31,8 @@ export class DeviceView {
     this.charts = new Map();
     this.loadSeq = 0;
     this.builtFor = null;
+    this.rules = [];
+    this.recentAlerts = [];
     window.addEventListener("resize", () => {
       clearTimeout(this.resizing);
       this.resizing = setTimeout(() => { for (const c of this.charts.values()) c.resize(); }, 150);
@@ -56,15 +45,48 @@ export class DeviceView {
     if (Number.isInteger(from) && Number.isInteger(to) && from > 0 && to > from) {
       return { kind: "custom", from, to };
     }
-    const kind = RANGES[params.get("range")] ? params.get("range") : DEFAULT_RANGE;
+    const kind = RANGES[params.get("range")] || params.get("range") === "fit" ? params.get("range") : DEFAULT_RANGE;
     return { kind };
   }
 
-  /** [from, to] in ms for the current range (presets end now). */
+  /** [from, to] in ms for the current range (presets end now; "fit" once fitToData has run). */
   window() {
     if (this.range.kind === "custom") return [this.range.from, this.range.to];
     const now = Date.now();
-    return [now - RANGES[this.range.kind], now];
+    return [now - (this.range.kind === "fit" ? this.fitSpan || HOUR : RANGES[this.range.kind]), now];
+  }
+
+  /** "fit": the span from the earliest reading of ``metrics`` in the last 7 d to now, found with two
+   * small queries (hourly buckets over 7 d, then 10 s buckets over the first hour with data). */
+  fitToData(metrics) {
+    if (!this.fitting) {
+      const id = this.id;
+      const earliest = async (from, to, points) => {
+        const firsts = await Promise.all(metrics.map(async (metric) => {
+          const query = new URLSearchParams({ device: id, metric, from, to, points });
+          const reply = await getJSON(`/v1/history?${query}`);
+          return reply.points.length ? reply.points[0][0] : null;
+        }));
+        const found = firsts.filter((t) => t !== null);
+        return found.length ? Math.min(...found) : null;
+      };
+      this.fitting = (async () => {
+        const now = Date.now();
+        const week = RANGES["7d"];
+        const hour = await earliest(now - week, now, 7 * 24);
+        if (hour === null) return RANGES["24h"]; // nothing in a week: the usual day
+        if (hour <= now - week + HOUR) return week; // older than the week: all of it
+        const first = (await earliest(Math.max(hour, now - week), Math.min(now, hour + HOUR), 360)) ?? hour;
+        return Math.min(week, Math.max(MIN_FIT, Math.ceil((now - first) * 1.05)));
+      })().then((span) => {
+        if (id === this.id) this.fitSpan = span;
+        return span;
+      }, () => {
+        if (id === this.id) this.fitSpan = RANGES["24h"];
+        return this.fitSpan;
+      });
+    }
+    return this.fitting;
   }
 
   show(id, params, switched, moveFocus) {
@@ -73,6 +95,10 @@ export class DeviceView {
     const range = this.parseRange(params);
     const rangeChanged = !this.range || newDevice || JSON.stringify(range) !== JSON.stringify(this.range);
     this.range = range;
+    if (rangeChanged) {
+      this.fitting = null; // "fit" is chosen again from the data each time it is picked
+      this.fitSpan = undefined;
+    }
     this.root.hidden = false;
     if (newDevice) {
       document.title = `${id} · Edgewire`;
@@ -94,6 +120,11 @@ export class DeviceView {
     this.builtFor = null;
   }
 
+  /** Every second: the alerts' "Since" times. */
+  clock() {
+    if (!this.root.hidden && this.id) refreshSince($("#device-alerts", this.root));
+  }
+
   destroyCharts() {
     for (const chart of this.charts.values()) chart.destroy();
     this.charts.clear();
@@ -104,9 +135,10 @@ export class DeviceView {
     this.builtFor = this.id;
     this.commandsRole = null;
     this.alertsVersion = null;
-    const rangeButtons = [...Object.keys(RANGES), "custom"].map((kind) =>
-      h("button", { type: "button", dataset: { range: kind }, "aria-pressed": "false" },
-        kind === "custom" ? "Custom…" : kind.replace("h", " h").replace("d", " d")));
+    this.rules = [];
+    this.recentAlerts = [];
+    const rangeButtons = Object.entries(RANGE_LABELS).map(([kind, label]) =>
+      h("button", { type: "button", dataset: { range: kind }, "aria-pressed": "false" }, label));
     this.root.replaceChildren(
       h("nav", { class: "crumbs", "aria-label": "Breadcrumb" },
         h("a", { href: store.fleetHash || "#/", id: "back" }, "← All devices")),
@@ -115,7 +147,8 @@ export class DeviceView {
         h("span", { id: "device-state", class: "badge" }),
         h("span", { id: "device-label", class: "muted" }),
         h("span", { id: "device-seen", class: "muted" })),
-      h("p", { id: "device-missing", class: "notice", hidden: true }),
+      h("p", { id: "device-missing", class: "notice", role: "status", hidden: true }),
+      h("div", { id: "device-body", hidden: true },
       h("section", { class: "panel", "aria-labelledby": "live-title" },
         h("h2", { id: "live-title" }, "Live values"),
         h("div", { id: "live-values", class: "cards" }),
@@ -155,7 +188,7 @@ export class DeviceView {
         h("p", { id: "commands-note", class: "notice", hidden: true }),
         h("div", { id: "commands", class: "commands" }),
         h("h3", {}, "Results"),
-        h("ol", { id: "command-log", class: "history-list", "aria-live": "polite" })));
+        h("ol", { id: "command-log", class: "history-list", "aria-live": "polite" }))));
 
     bindAlertActions($("#device-alerts", this.root), $("#device-alert-status", this.root));
     $("#ranges", this.root).addEventListener("click", (e) => {
@@ -187,6 +220,7 @@ export class DeviceView {
     $("#zoom-out", this.root).addEventListener("click", () => this.zoom(2));
     $("#zoom-reset", this.root).addEventListener("click", () => this.navigate({ range: this.preset || DEFAULT_RANGE }));
     this.loadAlertHistory();
+    this.loadRules();
   }
 
   navigate(range) {
@@ -219,9 +253,11 @@ export class DeviceView {
     if (!chart) {
       const container = $("#charts", this.root);
       const [from, to] = this.window();
-      chart = new MetricChart(container, store.meta, metric, (f, t) => this.navigate({ from: f, to: t }));
+      chart = new MetricChart(container, store.meta, metric, (f, t) => this.navigate({ from: f, to: t }),
+        (c) => this.downloadCsv(c));
       chart.range = [from, to];
       this.charts.set(metric, chart);
+      this.markChart(chart);
     }
     return chart;
   }
@@ -230,11 +266,18 @@ export class DeviceView {
     const device = store.devices.get(this.id);
     const names = metrics || Object.keys((device && device.latest) || {}).sort();
     const seq = metrics ? this.loadSeq : ++this.loadSeq;
+    if (!names.length) return;
+    const charts = names.map((metric) => this.chart(metric)); // "loading…" while the range is fitted
+    if (this.range.kind === "fit" && this.fitSpan === undefined) {
+      await this.fitToData(names);
+      if (seq !== this.loadSeq) return;
+    }
     const [from, to] = this.window();
-    await Promise.all(names.map(async (metric) => {
-      const chart = this.chart(metric);
-      const points = Math.min(1000, Math.max(60, chart.width()));
-      const query = new URLSearchParams({ device: this.id, metric, from, to, points });
+    await Promise.all(names.map(async (metric, i) => {
+      const chart = charts[i];
+      if (this.charts.get(metric) !== chart) return;
+      chart.range = [from, to];
+      const query = new URLSearchParams({ device: this.id, metric, from, to, points: this.points(chart) });
       try {
         const reply = await getJSON(`/v1/history?${query}`);
         if (seq !== this.loadSeq || this.charts.get(metric) !== chart) return;
@@ -245,12 +288,61 @@ export class DeviceView {
     }));
   }
 
+  points(chart) {
+    return Math.min(1000, Math.max(60, chart.width()));
+  }
+
+  /** Download what ``chart`` shows as CSV: the same buckets over its current range (/v1/history.csv). */
+  async downloadCsv(chart) {
+    const [from, to] = chart.range;
+    const query = new URLSearchParams({ device: this.id, metric: chart.metric, from: Math.round(from),
+      to: Math.round(to), points: this.points(chart) });
+    chart.csvStatus.textContent = "";
+    try {
+      await download(`/v1/history.csv?${query}`, `${this.id}-${chart.metric}.csv`.replaceAll(":", "_"));
+    } catch (err) {
+      chart.csvStatus.textContent = `CSV not downloaded: ${err.message}`;
+    }
+  }
+
+  async loadRules() {
+    const id = this.id;
+    try {
+      const reply = await getJSON(`/v1/rules?${new URLSearchParams({ device: id })}`);
+      if (id !== this.id) return;
+      this.rules = reply.rules;
+      for (const chart of this.charts.values()) this.markChart(chart);
+    } catch {
+      // no threshold lines: the charts work without them
+    }
+  }
+
+  /** The thresholds of the rules on ``chart``'s metric and its alert episodes (recent and open). */
+  markChart(chart) {
+    const metric = chart.metric;
+    const thresholds = [];
+    for (const rule of this.rules) {
+      if (rule.metric !== metric) continue;
+      for (const kind of ["above", "below"]) {
+        if (typeof rule[kind] === "number") thresholds.push({ value: rule[kind], kind, rule: rule.id });
+      }
+    }
+    const alerts = new Map(this.recentAlerts.map((a) => [a.id, a]));
+    for (const a of store.alertsByDevice.get(this.id) || []) alerts.set(a.id, a);
+    const episodes = [...alerts.values()].filter((a) => a.metric === metric && a.raised)
+      .map((a) => ({ from: a.raised, to: a.cleared || null, severity: a.severity }))
+      .sort((x, y) => x.from - y.from);
+    chart.setMarks(thresholds, episodes);
+  }
+
   async loadAlertHistory() {
     const id = this.id;
     const list = $("#alert-history-list", this.root);
     try {
-      const reply = await getJSON(`/v1/alerts?${new URLSearchParams({ device: id, limit: 20 })}`);
+      const reply = await getJSON(`/v1/alerts?${new URLSearchParams({ device: id, limit: ALERT_HISTORY })}`);
       if (id !== this.id) return;
+      this.recentAlerts = reply.alerts;
+      for (const chart of this.charts.values()) this.markChart(chart);
       list.replaceChildren(...reply.alerts.map((a) => h("li", {},
         h("span", { class: `sev sev-${a.severity || "warning"}` }, a.severity || "warning"), " ",
         `${alertText(a)} — raised ${when(a.raised)}`,
@@ -265,12 +357,17 @@ export class DeviceView {
     if (this.root.hidden || !this.id) return;
     const device = store.devices.get(this.id);
     const missing = $("#device-missing", this.root);
+    // Nothing but the notice for a device the registry does not have (no empty panels, no forms).
+    $("#device-body", this.root).hidden = !device;
     if (!device) {
-      missing.hidden = !store.live;
-      missing.textContent = `No device “${this.id}” is registered on this gateway.`;
+      missing.hidden = !store.synced;
+      missing.replaceChildren(`No device “${this.id}” exists on this gateway: it is not registered (or was `
+        + "deleted). Check the address, or ", h("a", { href: store.fleetHash || "#/" }, "see all devices"), ".");
+      $("#device-state", this.root).hidden = true;
       return;
     }
     missing.hidden = true;
+    $("#device-state", this.root).hidden = false;
     const state = device.online ? "online" : device.last_seen ? "offline" : "never";
     const badge = $("#device-state", this.root);
     badge.className = `badge ${state}`;
@@ -307,24 +404,7 @@ export class DeviceView {
   }
 
   renderStatus(device) {
-    const status = device.status || {};
-    const rows = [];
-    const add = (label, value, key) => rows.push(h("div", { dataset: { field: key } }, h("dt", {}, label), h("dd", {}, value)));
-    const boot = status.boot ?? device.boot;
-    if (boot !== undefined && boot !== null) add("Boot", String(boot), "boot");
-    for (const [key, label] of STATUS_FIELDS) {
-      if (key === "boot" || status[key] === undefined) continue;
-      // a status field named like a metric (rssi) is labelled from the metric table
-      const row = store.meta.metrics[key];
-      add(label || (row ? `${row.label} (${row.unit})` : key), statusValue(key, status[key]), key);
-    }
-    const err = device.last_error;
-    add("Last error", err ? `${err.code}: ${err.msg} (${ago(err.at)})` : "none", "last_error");
-    for (const [key, value] of Object.entries(status)) {
-      if (!KNOWN_STATUS.has(key)) add(key.replaceAll("_", " "), statusValue(key, value), key);
-    }
-    if (!Object.keys(status).length) add("Status report", "none received since the gateway started", "none");
-    $("#device-status", this.root).replaceChildren(...rows);
+    $("#device-status", this.root).replaceChildren(...statusRows(device));
   }
 
   renderAlerts() {
@@ -337,6 +417,7 @@ export class DeviceView {
     $("#device-alerts", this.root).hidden = alerts.length === 0;
     const body = $("#device-alerts tbody", this.root);
     keepFocus(body, () => body.replaceChildren(...alerts.map((a) => alertRow(a, { showDevice: false }))));
+    for (const chart of this.charts.values()) this.markChart(chart); // an episode opened or ended
     if (refresh) this.loadAlertHistory();
   }
 
@@ -348,7 +429,8 @@ export class DeviceView {
       ? "Sending commands needs the operator role. Ask the gateway's administrator for an operator token "
         + "(python -m gateway tokens add NAME --role operator), then open the dashboard with it."
       : "The device is offline: commands are refused until it reconnects.";
-    const key = `${store.role}|${Object.keys(store.meta.commands).join(",")}`;
+    const outputs = reportedOutputs(device);
+    const key = `${store.role}|${Object.keys(store.meta.commands).join(",")}|${Object.keys(outputs || {}).join(",")}`;
     if (key === this.commandsRole) return;
     this.commandsRole = key;
     const forms = Object.entries(store.meta.commands).map(([name, spec]) => this.commandForm(name, spec, operator));
@@ -358,10 +440,14 @@ export class DeviceView {
   commandForm(name, spec, operator) {
     const device = store.devices.get(this.id);
     const metrics = [...new Set([...Object.keys((device && device.latest) || {}), ...Object.keys(store.meta.metrics)])];
+    const outputs = reportedOutputs(device);
     const fields = spec.args.map((arg) => {
       const id = `cmd-${name}-${arg.name}`;
       let input;
-      if (arg.kind === "number") {
+      if (arg.name === "output" && outputs) { // the outputs the device reports in its status
+        input = h("select", { id, name: arg.name, required: arg.required },
+          Object.keys(outputs).sort().map((o) => h("option", { value: o }, o)));
+      } else if (arg.kind === "number") {
         input = h("input", { type: "number", step: "any", id, name: arg.name, required: arg.required, inputmode: "decimal" });
       } else if (arg.kind === "metric") {
         input = h("select", { id, name: arg.name, required: arg.required },

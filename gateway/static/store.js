@@ -55,19 +55,41 @@ export class HttpError extends Error {
   }
 }
 
-/** GET a JSON document from the gateway with the token; HttpError on a refusal. */
-export async function getJSON(path) {
+/** GET ``path`` from the gateway with the token; HttpError (with the JSON error's code) on a refusal. */
+async function getOk(path) {
   const resp = await fetch(path, { headers: authHeaders(), cache: "no-store" });
+  if (resp.ok) return resp;
   let body = null;
   try {
     body = await resp.json();
   } catch {
     body = null;
   }
-  if (!resp.ok) {
-    throw new HttpError(resp.status, body && body.code, (body && body.message) || resp.statusText);
+  throw new HttpError(resp.status, body && body.code, (body && body.message) || resp.statusText);
+}
+
+/** GET a JSON document from the gateway with the token; HttpError on a refusal. */
+export async function getJSON(path) {
+  const resp = await getOk(path);
+  try {
+    return await resp.json();
+  } catch {
+    return null;
   }
-  return body;
+}
+
+/** GET a file (a CSV export) with the token and hand it to the browser as a download named ``name``. */
+export async function download(path, name) {
+  const blob = await (await getOk(path)).blob();
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = name;
+  link.hidden = true;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 // ------------------------------------------------------------------ store
@@ -81,6 +103,7 @@ export const store = {
   alertsVersion: 0,
   fleetHash: "#/",
   live: false,
+  synced: false, // a snapshot of the registry arrived: a device not in it does not exist
   version: 0,
   listeners: new Set(),
 };
@@ -137,6 +160,7 @@ function apply(msg) {
     ui.role();
     store.devices = new Map();
     for (const device of msg.devices) putDevice(device);
+    store.synced = true;
     setAlerts(msg.alerts || []);
   } else if (msg.t === "update") {
     for (const device of Object.values(msg.devices || {})) putDevice(device);
