@@ -57,26 +57,31 @@ export class DeviceView {
   }
 
   /** "fit": the span from the earliest reading of ``metrics`` in the last 7 d to now, found with two
-   * small queries (hourly buckets over 7 d, then 10 s buckets over the first hour with data). */
+   * small queries: about hourly buckets over 7 d, then 10 s buckets over the first one with data. */
   fitToData(metrics) {
     if (!this.fitting) {
       const id = this.id;
+      // [start of the earliest bucket with data, the buckets' width], or null if there is none
       const earliest = async (from, to, points) => {
         const firsts = await Promise.all(metrics.map(async (metric) => {
           const query = new URLSearchParams({ device: id, metric, from, to, points });
           const reply = await getJSON(`/v1/history?${query}`);
-          return reply.points.length ? reply.points[0][0] : null;
+          return reply.points.length ? [reply.points[0][0], reply.step_ms] : null;
         }));
-        const found = firsts.filter((t) => t !== null);
-        return found.length ? Math.min(...found) : null;
+        const found = firsts.filter((f) => f !== null).sort((a, b) => a[0] - b[0]);
+        return found.length ? found[0] : null;
       };
       this.fitting = (async () => {
         const now = Date.now();
         const week = RANGES["7d"];
-        const hour = await earliest(now - week, now, 7 * 24);
-        if (hour === null) return RANGES["24h"]; // nothing in a week: the usual day
-        if (hour <= now - week + HOUR) return week; // older than the week: all of it
-        const first = (await earliest(Math.max(hour, now - week), Math.min(now, hour + HOUR), 360)) ?? hour;
+        const coarse = await earliest(now - week, now, 7 * 24);
+        if (coarse === null) return RANGES["24h"]; // nothing in a week: the usual day
+        const [bucket, step] = coarse;
+        if (bucket <= now - week) return week; // as old as the week: all of it
+        const from = Math.max(bucket, now - week);
+        const to = Math.min(now, bucket + step);
+        const fine = to > from ? await earliest(from, to, Math.min(5000, Math.ceil((to - from) / 10_000))) : null;
+        const first = fine === null ? bucket : fine[0];
         return Math.min(week, Math.max(MIN_FIT, Math.ceil((now - first) * 1.05)));
       })().then((span) => {
         if (id === this.id) this.fitSpan = span;
