@@ -21,8 +21,7 @@ from tests.browser.harness import DeviceLoop, SettableSensor, open_page, operato
 from tests.helpers.gateway import GatewayProcess
 from tests.helpers.waiting import until_sync
 
-
-re_ago = re.compile(r"^\d+ s ago$")
+RE_AGO = re.compile(r"^\d+ s ago$")
 
 
 def file_token(gw: GatewayProcess) -> str:
@@ -87,12 +86,12 @@ def test_an_alert_just_past_its_threshold_says_so_and_its_since_time_ticks(gw: G
     row = page.locator('#alerts tbody tr[data-device="EDGE-1"]')
     expect(row.locator(".alert-text")).to_have_text("temperature 30.04 °C above 30.00 °C")
     since = row.locator("td").nth(5)  # Severity, Device, Alert, Value, State, Since
-    expect(since).to_have_text(re_ago)
+    expect(since).to_have_text(RE_AGO)
     shown = since.text_content()
     expect(since).not_to_have_text(shown or "", timeout=3000)  # refreshed every second, not every 30 s
     page.click('#alerts a[href="#/device/EDGE-1"]')
     cell = page.locator("#device-alerts tbody tr td").nth(4)  # Severity, Alert, Value, State, Since
-    expect(cell).to_have_text(re_ago)
+    expect(cell).to_have_text(RE_AGO)
     shown = cell.text_content()
     expect(cell).not_to_have_text(shown or "", timeout=3000)
     assert errors.messages == []
