@@ -1,7 +1,7 @@
 """The dashboard room: the page, its GET endpoints, its stream and what operators do from it.
 
 Parts: ``dashboard_auth`` (tokens and roles), ``dashboard_http`` (static files, /v1/session,
-/v1/meta, /v1/alerts), ``hub`` (the stream), ``dashboard_actions`` (ack, clear, command from the
+/v1/meta, /v1/alerts, /v1/rules), ``hub`` (the stream), ``dashboard_actions`` (ack, clear, command from the
 browser), ``dashboard_sync`` (registry and token changes). This module puts them together on the
 gateway's routing table; docs/dashboard.md describes the whole.
 """
@@ -37,14 +37,14 @@ class Dashboard:
         self.alerts = alerts
         self.run_command = run_command
         hub.actions = DashboardActions(ActionHandlers(self.ack, self.clear, self.command), auth, count_error)
-        self.endpoints = DashboardHttp(self.list_alerts)
+        self.endpoints = DashboardHttp(self.list_alerts, alerts.rules_for)
         self.sync = DashboardSync(hub, storage, config.registry_recheck_s)
         http.websocket("/v1/dashboard", http.dashboard_upgrade, hub.serve)
         for path in PATHS:
             http.route(path, self.get)
 
     async def get(self, ws: EdgeConnection, request: Request) -> Response:
-        """/v1/session, /v1/meta, /v1/alerts, for a client that passes the dashboard's checks."""
+        """/v1/session, /v1/meta, /v1/alerts, /v1/rules, for a client that passes the dashboard's checks."""
         identity = await self.http.dashboard_identity(ws, request)
         if isinstance(identity, Response):
             return identity

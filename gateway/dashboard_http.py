@@ -5,6 +5,7 @@
 - ``GET /v1/meta``: the metric table (``protocol.wire.METRICS``) and the command table
   (``protocol.wire.COMMANDS``), so the page never carries a copy of either.
 - ``GET /v1/alerts?device=ID&limit=N``: recent alerts, newest first (open and closed).
+- ``GET /v1/rules?device=ID``: the alert rules in force for a device (its charts draw their thresholds).
 - The page itself: every file under gateway/static/ (vendored uPlot included), read once at start.
 
 docs/dashboard.md describes the page; docs/http-api.md these endpoints.
@@ -38,10 +39,11 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
-PATHS = frozenset({"/v1/session", "/v1/meta", "/v1/alerts"})
+PATHS = frozenset({"/v1/session", "/v1/meta", "/v1/alerts", "/v1/rules"})
 MAX_ALERTS = 500
 
 AlertLister = Callable[[str | None, int], Awaitable[list[dict[str, Any]]]]
+RuleLister = Callable[[str], list[dict[str, Any]]]
 
 
 def load_static(root: Path = STATIC_DIR) -> dict[str, tuple[bytes, str]]:
@@ -77,8 +79,10 @@ def meta_document() -> dict[str, Any]:
 class DashboardHttp:
     """Answers the GET endpoints above for a caller the gateway has identified."""
 
-    def __init__(self, list_alerts: AlertLister, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, list_alerts: AlertLister, list_rules: RuleLister,
+                 clock: Callable[[], float] = time.time) -> None:
         self.list_alerts = list_alerts
+        self.list_rules = list_rules
         self.clock = clock
         self._meta = json_reply(200, meta_document())
 
@@ -100,6 +104,11 @@ class DashboardHttp:
                     raise RequestError("device", "a device id (1-64 of A-Z a-z 0-9 _ - . :)")
                 limit = int_param(params, "limit", 100, 1, MAX_ALERTS)
                 return json_reply(200, {"alerts": await self.list_alerts(device, limit)})
+            if path == "/v1/rules":
+                device = params.get("device", "")
+                if not wire.valid_device_id(device):
+                    raise RequestError("device", "required: a device id (1-64 of A-Z a-z 0-9 _ - . :)")
+                return json_reply(200, {"device": device, "rules": self.list_rules(device)})
             return json_reply(404, {"code": "not_found", "message": f"no such path {path[:64]}"})
         except RequestError as err:
             return json_reply(err.status, {"code": "bad_request", "param": err.param, "message": err.message})

@@ -23,6 +23,7 @@ from gateway.server import Gateway
 from gateway.service import ServiceNotifier
 from gateway.storage.backends import open_storage
 from gateway.storage.base import ReadingRow
+from gateway.urls import dashboard_url, gateway_base_url
 from gateway.workers import Host, check_workers
 
 JWT_SECRET_ENV = "EDGEWIRE_JWT_SECRET"
@@ -66,18 +67,18 @@ async def build_gateway(config: GatewayConfig, bus: Bus | None = None, sock: soc
 def banner(config: GatewayConfig, port: int, dashboard_token: str | None, interactive: bool) -> str:
     """The start-up line: where the gateway listens and the dashboard's address with its token in the
     URL fragment (the browser never sends it). Only on a terminal: a service's stdout goes to its
-    log, where a token must not, so there the line says which file holds it."""
-    host = config.host
-    if host in ("0.0.0.0", "::", ""):
-        host = socket.gethostname()
-    elif ":" in host:
-        host = f"[{host}]"
-    scheme = "https" if config.tls_cert else "http"
-    base = f"{scheme}://{host}:{port}"
-    dashboard = f"{base}/"
-    if dashboard_token is not None:
-        secret = dashboard_token if interactive else f"<contents of {Path(config.data_dir) / 'dashboard.token'}>"
-        dashboard += f"#token={secret}"
+    log or the journal, where a token must not, so there the line says which file holds the token
+    and which command prints the address with it."""
+    base = gateway_base_url(config.host, port, bool(config.tls_cert))
+    if dashboard_token is None:
+        dashboard = dashboard_url(base, None)
+    elif interactive:
+        dashboard = dashboard_url(base, dashboard_token)
+    else:
+        token_file = Path(config.data_dir) / "dashboard.token"
+        dashboard = (f"{dashboard_url(base, None)}; its operator token is in {token_file}: "
+                     f"`python -m gateway tokens url --data-dir {config.data_dir} --base-url {base}` prints "
+                     "the address with it")
     return f"edgewire gateway listening on {base} (dashboard {dashboard})"
 
 

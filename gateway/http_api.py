@@ -29,7 +29,8 @@ ORIGIN_NOT_ALLOWED = "origin_not_allowed"  # HTTP 403 on /v1/dashboard
 HOST_NOT_ALLOWED = "host_not_allowed"  # HTTP 403 on /v1/dashboard
 METHOD_NOT_ALLOWED = "method_not_allowed"  # HTTP 405: every route answers GET only
 TOKEN_NEEDED = ("this dashboard needs a token: open the address the gateway printed at start (it ends in "
-                "#token=...), or ask its administrator for one (python -m gateway tokens add NAME --role viewer)")
+                "#token=...; python -m gateway tokens url --data-dir DIR prints it again), or ask its "
+                "administrator for one (python -m gateway tokens add NAME --role viewer)")
 TOKEN_REFUSED = ("dashboard token not valid (wrong, revoked, or from another gateway): ask for a new one "
                  "(python -m gateway tokens add NAME --role viewer) or use <data_dir>/dashboard.token")
 

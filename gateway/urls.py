@@ -1,4 +1,5 @@
-"""Server URLs in settings (``bus``, ``mqtt_url``, ``nats_url``): split and checked without a client library.
+"""Server URLs in settings (``bus``, ``mqtt_url``, ``nats_url``): split and checked without a client library;
+and the gateway's own address and its dashboard's, as the banner and the CLIs print them.
 
 Errors are ConfigError naming the setting and saying what is expected, never showing a password.
 """
@@ -6,6 +7,7 @@ Errors are ConfigError naming the setting and saying what is expected, never sho
 from __future__ import annotations
 
 import re
+import socket
 import urllib.parse
 from collections.abc import Container
 
@@ -33,3 +35,20 @@ def split_server_url(key: str, text: str, schemes: Container[str], expected: str
     if not parts.hostname:
         raise ConfigError(f"{key}: {shown} names no host; {expected}")
     return parts, scheme, port
+
+
+def gateway_base_url(host: str, port: int, tls: bool) -> str:
+    """The address a browser on another machine uses for a gateway listening on ``host:port``: a
+    wildcard host becomes this machine's name, an IPv6 address is bracketed."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
+
+
+def dashboard_url(base: str, token: str | None) -> str:
+    """The dashboard's address under ``base``; with ``token`` in the URL fragment (``/#token=…``),
+    which browsers never send to a server. Print it on a terminal only, never into a log."""
+    url = base.rstrip("/") + "/"
+    return f"{url}#token={urllib.parse.quote(token, safe='')}" if token else url

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from gateway.secret_files import read_secret
+from gateway.urls import dashboard_url
 from services.errors import ServiceError
 from services.postgres import PostgresServer
 from simulator.fleet import Fleet
@@ -51,6 +53,16 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: fl
                 return
         time.sleep(0.1)
     raise SystemExit(f"the gateway did not become healthy within {timeout:g} s; see {log}")
+
+
+def dashboard_line(http_url: str, data_dir: Path, terminal: bool) -> str:
+    """The operator's dashboard address, token included, for a terminal; where stdout is kept (a pipe,
+    a file), the file that holds the token and the command that prints the address instead."""
+    token_file = data_dir / "dashboard.token"
+    if terminal and token_file.exists():
+        return dashboard_url(http_url, read_secret(token_file, "dashboard.token"))
+    return (f"{http_url}/ (operator token in {token_file}; `python -m gateway tokens url --data-dir {data_dir} "
+            f"--base-url {http_url}` prints the address with it)")
 
 
 async def provision_credentials(ws_url: str, data_dir: Path, device_ids: list[str]) -> dict[str, str]:
@@ -151,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_healthy(http_url, gateway, log)
         creds = asyncio.run(provision_credentials(ws_url, data_dir, [f"demo-{i:03d}" for i in range(args.devices)]))
         print(f"\nEdgewire demo: gateway on {where}, {args.devices} simulated devices")
-        print(f"  Dashboard: {http_url}/")
+        print(f"  Dashboard: {dashboard_line(http_url, data_dir, sys.stdout.isatty())}")
         print(f"  Data directory: {data_dir} (the CLIs find this gateway and its storage from it: "
               f"python -m gateway devices list --data-dir {data_dir})")
         print(f"  Gateway log: {log}")

@@ -73,4 +73,5 @@ class Sampling(DeviceBase):
             "dropped": self.outbox.dropped, "buffered": self.outbox.count, "fw": FIRMWARE,
             "rssi": -45 - self.rng.randrange(40), "up": self._uptime_ms(now),
             "sensor_errors": self.counters.sensor_errors,
+            "outputs": dict(self.outputs),  # as the Pi agent reports them: the dashboard offers these to set_output
         }

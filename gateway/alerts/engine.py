@@ -144,6 +144,10 @@ class AlertEngine(AlertLifecycle):
     def rules(self) -> list[dict[str, Any]]:
         return self.book.describe_all()
 
+    def rules_for(self, device_id: str) -> list[dict[str, Any]]:
+        """The canonical tables of the rules in force that apply to ``device_id``, by id."""
+        return [dict(rule.spec) for _, rule in sorted(self.book.rules.items()) if rule.applies(device_id)]
+
     async def put_rule(self, spec: Any, by: str) -> dict[str, Any]:
         """Add or replace a rule (stored: it survives a restart). Open alerts of a replaced rule of
         the same type and metric stay (its learned state is carried over); otherwise they clear."""

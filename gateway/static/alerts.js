@@ -44,8 +44,17 @@ export function alertRow(alert, { showDevice }) {
     h("td", { class: "alert-text" }, alertText(alert)),
     h("td", { class: "num" }, alert.value === undefined ? "–" : formatValue(store.meta, alert.metric, alert.value)),
     h("td", { class: "alert-state" }, stateText(alert)),
-    h("td", { class: "muted", title: when(alert.raised) }, ago(alert.raised)),
+    h("td", { class: "muted since", title: when(alert.raised), dataset: { raised: alert.raised || 0 } },
+      ago(alert.raised)),
     actions);
+}
+
+/** Bring the "Since" cells of the alert rows under ``container`` up to ``now`` (called every second). */
+export function refreshSince(container, now = Date.now()) {
+  for (const cell of container.querySelectorAll("td.since[data-raised]")) {
+    const text = ago(Number(cell.dataset.raised), now);
+    if (cell.textContent !== text) cell.textContent = text;
+  }
 }
 
 /** Delegate clicks on Acknowledge / Clear inside ``container``; results go to ``status``. */

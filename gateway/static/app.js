@@ -49,7 +49,9 @@ function route() {
   const next = match ? views.device : views.fleet;
   const switched = current !== next;
   const moveFocus = current !== null; // not on the page's first load: a screen reader starts at the top
-  if (current && switched) current.hide();
+  // Hide every other view: on the first load ``current`` is null, and the fleet's section is
+  // visible in the page's HTML, so a deep link to a device would show it above the device.
+  if (switched) for (const view of Object.values(views)) if (view !== next) view.hide();
   current = next;
   if (match) next.show(decodeURIComponent(match[1]), params, switched, moveFocus);
   else next.show(params, switched && moveFocus);
@@ -77,9 +79,13 @@ function init() {
   views.fleet = new FleetView($("#fleet-view"));
   views.device = new DeviceView($("#device-view"));
   store.listeners.add((tick) => current && current.render(tick));
-  window.addEventListener("hashchange", route);
+  window.addEventListener("hashchange", () => {
+    if (takeTokenFromUrl()) start(); // an address with a token pasted into this open page: use it now
+    route();
+  });
   route();
   setInterval(() => { for (const fn of store.listeners) fn(true); }, 5000); // keep "… ago" fresh
+  setInterval(() => current && current.clock(), 1000); // alerts' "Since", to the second
   start();
 }
 

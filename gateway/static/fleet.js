@@ -2,7 +2,7 @@
 // Built for thousands of devices: only one page of rows is in the DOM, rows are reused and
 // updated in place, and the list is recomputed at most once per animation frame.
 import { $, ago, buildHash, count, deviceHref, formatValue, h, metricLabel, when } from "./util.js";
-import { alertRow, bindAlertActions, keepFocus } from "./alerts.js";
+import { alertRow, bindAlertActions, keepFocus, refreshSince } from "./alerts.js";
 import { severityRank, store } from "./store.js";
 
 const STATUSES = [
@@ -150,6 +150,11 @@ export class FleetView {
     this.root.hidden = true;
   }
 
+  /** Every second: the alerts' "Since" times. */
+  clock() {
+    if (!this.root.hidden) refreshSince(this.alertBody);
+  }
+
   /** Remember the device a link was followed to, so "back" returns the focus to it. */
   visited(id) {
     this.lastDevice = id;
@@ -278,7 +283,7 @@ export class FleetView {
   }
 
   renderAlerts() {
-    const version = `${store.alertsVersion}|${store.role}|${Math.floor(Date.now() / 30000)}`;
+    const version = `${store.alertsVersion}|${store.role}`; // "Since" is kept fresh by clock()
     if (this.alertsVersion === version) return;
     this.alertsVersion = version;
     const alerts = store.alerts;

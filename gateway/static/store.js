@@ -16,14 +16,24 @@ const TOKEN_KEY = "edgewire-token";
 // The token arrives in the URL fragment (/#token=…), which the browser never sends to a server.
 // It is kept in this browser's localStorage (so a link opened in a new tab works) until
 // "Forget token" is pressed; it travels as Authorization: Bearer (HTTP) and ?token= (WebSocket).
+// Taken at start-up and on every hashchange (an address pasted into an open page); returns true
+// when the browser now holds a different token, so the caller starts again with it.
 export function takeTokenFromUrl() {
   const raw = location.hash.replace(/^#/, "");
   const m = raw.match(/(^|[?&])token=([^&]*)/);
-  if (!m) return;
-  if (m[2]) localStorage.setItem(TOKEN_KEY, decodeURIComponent(m[2]));
+  if (!m) return false;
+  let taken = null;
+  try {
+    taken = m[2] ? decodeURIComponent(m[2]).trim() : null;
+  } catch {
+    taken = null; // a malformed %-escape: not a token
+  }
+  const changed = Boolean(taken) && taken !== localStorage.getItem(TOKEN_KEY);
+  if (changed) localStorage.setItem(TOKEN_KEY, taken);
   let rest = raw.slice(0, m.index) + raw.slice(m.index + m[0].length);
   rest = rest.replace(/^([^?&]*)&/, "$1?"); // "#/x?token=T&a=b" leaves "/x&a=b": make it "/x?a=b"
   history.replaceState(null, "", `${location.pathname}#${rest && rest !== "?" ? rest : "/"}`);
+  return changed;
 }
 
 export const TOKEN = TOKEN_KEY;
@@ -45,19 +55,41 @@ export class HttpError extends Error {
   }
 }
 
-/** GET a JSON document from the gateway with the token; HttpError on a refusal. */
-export async function getJSON(path) {
+/** GET ``path`` from the gateway with the token; HttpError (with the JSON error's code) on a refusal. */
+async function getOk(path) {
   const resp = await fetch(path, { headers: authHeaders(), cache: "no-store" });
+  if (resp.ok) return resp;
   let body = null;
   try {
     body = await resp.json();
   } catch {
     body = null;
   }
-  if (!resp.ok) {
-    throw new HttpError(resp.status, body && body.code, (body && body.message) || resp.statusText);
+  throw new HttpError(resp.status, body && body.code, (body && body.message) || resp.statusText);
+}
+
+/** GET a JSON document from the gateway with the token; HttpError on a refusal. */
+export async function getJSON(path) {
+  const resp = await getOk(path);
+  try {
+    return await resp.json();
+  } catch {
+    return null;
   }
-  return body;
+}
+
+/** GET a file (a CSV export) with the token and hand it to the browser as a download named ``name``. */
+export async function download(path, name) {
+  const blob = await (await getOk(path)).blob();
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = name;
+  link.hidden = true;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 // ------------------------------------------------------------------ store
@@ -71,6 +103,7 @@ export const store = {
   alertsVersion: 0,
   fleetHash: "#/",
   live: false,
+  synced: false, // a snapshot of the registry arrived: a device not in it does not exist
   version: 0,
   listeners: new Set(),
 };
@@ -127,6 +160,7 @@ function apply(msg) {
     ui.role();
     store.devices = new Map();
     for (const device of msg.devices) putDevice(device);
+    store.synced = true;
     setAlerts(msg.alerts || []);
   } else if (msg.t === "update") {
     for (const device of Object.values(msg.devices || {})) putDevice(device);

@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from simulator.device import VirtualDevice
 from simulator.sensors.base import SensorModel
+from tests.helpers.gateway import GatewayProcess
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -40,6 +41,14 @@ class ConsoleErrors:
 
     def clear(self) -> None:
         self.messages.clear()
+
+
+def operator_url(gw: GatewayProcess, hash_path: str = "/") -> str:
+    """The page's address holding the gateway's own (operator) token, at ``hash_path``."""
+    token = (gw.data_dir / "dashboard.token").read_text().strip()
+    if hash_path == "/":
+        return f"{gw.http_url}/#token={token}"
+    return f"{gw.http_url}/#{hash_path}{'&' if '?' in hash_path else '?'}token={token}"
 
 
 def open_page(browser: Browser, url: str, width: int = 1280, height: int = 900) -> tuple[Page, ConsoleErrors]:

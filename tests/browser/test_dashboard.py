@@ -12,17 +12,10 @@ from pathlib import Path
 
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.harness import DeviceLoop, SettableSensor, open_page, send_history
+from tests.browser.harness import DeviceLoop, SettableSensor, open_page, operator_url, send_history
 from tests.edge.agentproc import AgentProcess
 from tests.helpers.gateway import GatewayProcess
 from tests.helpers.waiting import until_sync
-
-
-def operator_url(gw: GatewayProcess, hash_path: str = "/") -> str:
-    token = (gw.data_dir / "dashboard.token").read_text().strip()
-    if hash_path == "/":
-        return f"{gw.http_url}/#token={token}"
-    return f"{gw.http_url}/#{hash_path}{'&' if '?' in hash_path else '?'}token={token}"
 
 
 def add_token(gw: GatewayProcess, name: str, role: str) -> str:
@@ -30,7 +23,7 @@ def add_token(gw: GatewayProcess, name: str, role: str) -> str:
 
 
 def rows(page: Page) -> list[str]:
-    return page.eval_on_selector_all("#devices tbody tr", "trs => trs.map(tr => tr.dataset.device)")
+    return list(page.eval_on_selector_all("#devices tbody tr", "trs => trs.map(tr => tr.dataset.device)"))
 
 
 def test_fleet_lists_registered_devices_that_never_connected_and_search_filters(gw: GatewayProcess,
@@ -222,8 +215,8 @@ def test_keyboard_alone_reaches_a_device_page_and_back(gw: GatewayProcess, brows
         raise AssertionError("Tab never reached the 7 d range button")
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"range=7d"))
-    page.go_back()
-    expect(page.locator('#ranges button[data-range="24h"]')).to_have_attribute("aria-pressed", "true")
+    page.go_back()  # no range in the address: the range fitted to the data
+    expect(page.locator('#ranges button[data-range="fit"]')).to_have_attribute("aria-pressed", "true")
     page.go_back()
     expect(page.locator('#devices tbody a[href="#/device/KB-1"]')).to_be_focused()
     page.go_forward()

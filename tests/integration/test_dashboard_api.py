@@ -48,7 +48,7 @@ def test_roles_come_from_tokens_on_every_dashboard_endpoint(tmp_path: Path) -> N
         assert get(gw, "/v1/session", operator)[1]["token"] == "alice"
         status, body = get(gw, "/v1/session", "ewd_wrong")  # a token shown is checked, never downgraded
         assert status == 401 and body["code"] == "auth_failed" and "tokens add" in body["message"]
-        for path in ("/v1/meta", "/v1/alerts", "/v1/devices"):
+        for path in ("/v1/meta", "/v1/alerts", "/v1/devices", "/v1/rules?device=X"):
             assert get(gw, path, "ewd_wrong")[0] == 401
         # without a token, a DNS name that is not ours is refused (DNS rebinding), on the GETs too
         for path in ("/v1/session", "/v1/meta", "/v1/devices", "/v1/history?device=X&metric=temperature"):
@@ -66,6 +66,21 @@ def test_roles_come_from_tokens_on_every_dashboard_endpoint(tmp_path: Path) -> N
     log = gw.log_text()
     for secret in (file_token, viewer, operator):
         assert secret not in log  # tokens never logged
+
+
+def test_rules_lists_the_alert_rules_that_apply_to_a_device(tmp_path: Path) -> None:
+    rules = [{"id": "hot", "metric": "temperature", "above": 30.0},
+             {"id": "greenhouse-dry", "metric": "soil_moisture", "below": 20.0, "devices": ["GH-*"]}]
+    with GatewayProcess(tmp_path, alerts=rules) as gw:
+        status, body = get(gw, "/v1/rules?device=GH-1")
+        assert status == 200 and body["device"] == "GH-1"
+        assert [(r["id"], r["type"], r["metric"]) for r in body["rules"]] == [
+            ("greenhouse-dry", "below", "soil_moisture"), ("hot", "above", "temperature")]
+        assert body["rules"][1]["above"] == 30.0 and body["rules"][0]["below"] == 20.0
+        assert [r["id"] for r in get(gw, "/v1/rules?device=SHED-1")[1]["rules"]] == ["hot"]
+        for query in ("", "?device=", "?device=a%20b"):
+            status, body = get(gw, "/v1/rules" + query)
+            assert (status, body["code"], body["param"]) == (400, "bad_request", "device"), query
 
 
 def test_a_dashboard_needs_a_token_beyond_loopback_and_says_how_to_get_one(tmp_path: Path) -> None:
@@ -152,6 +167,9 @@ def test_banner_prints_the_dashboard_url_with_its_token_only_on_a_terminal() -> 
     config = GatewayConfig(host="127.0.0.1", data_dir="/srv/gw")
     assert banner(config, 8080, "ewd_secret", True) == (
         "edgewire gateway listening on http://127.0.0.1:8080 (dashboard http://127.0.0.1:8080/#token=ewd_secret)")
-    logged = banner(config, 8080, "ewd_secret", False)
-    assert "ewd_secret" not in logged and "#token=<contents of /srv/gw/dashboard.token>" in logged
+    logged = banner(config, 8080, "ewd_secret", False)  # stdout is a log or the journal: no token, no placeholder
+    assert logged == (
+        "edgewire gateway listening on http://127.0.0.1:8080 (dashboard http://127.0.0.1:8080/; its operator token "
+        "is in /srv/gw/dashboard.token: `python -m gateway tokens url --data-dir /srv/gw --base-url "
+        "http://127.0.0.1:8080` prints the address with it)")
     assert banner(config, 8080, None, True).endswith("(dashboard http://127.0.0.1:8080/)")

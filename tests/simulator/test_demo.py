@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from simulator.demo import dashboard_line
 from tests.helpers.gateway import ROOT, free_port
 
 
@@ -41,8 +42,12 @@ def test_demo_streams_and_stops_cleanly(tmp_path: Path, storage: str) -> None:
         assert banner and banner[-1].startswith("Edgewire demo:"), "".join(banner)
         expected = "PostgreSQL (postgresql://" if storage == "postgresql" else "SQLite ("
         assert expected in banner[-1]
-        details = [proc.stdout.readline(), proc.stdout.readline()]
-        assert details[1].startswith(f"  Data directory: {tmp_path / 'demo'} "), details
+        rest: list[str] = []
+        for line in proc.stdout:  # the banner's other lines, up to "Ctrl-C stops everything."
+            rest.append(line)
+            if "Ctrl-C" in line:
+                break
+        assert any(line.startswith(f"  Data directory: {tmp_path / 'demo'} ") for line in rest), rest
         deadline = time.monotonic() + 60
         while not all(int(str(d["last_seq"])) >= 5 for d in _devices(f"http://127.0.0.1:{port}")):
             assert time.monotonic() < deadline, "the demo fleet is not being stored"
@@ -62,6 +67,13 @@ def test_demo_streams_and_stops_cleanly(tmp_path: Path, storage: str) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, out
+    # stdout is a pipe here, not a terminal: the address names the token's file, and no token is
+    # printed or logged (the gateway's banner goes to its log file)
+    data_dir = tmp_path / "demo"
+    token = (data_dir / "dashboard.token").read_text().strip()
+    shown = "".join(rest)
+    assert f"  Dashboard: http://127.0.0.1:{port}/ (operator token in {data_dir / 'dashboard.token'}; " in shown
+    assert token not in shown + out and token not in (data_dir / "gateway.log").read_text()
     stopped = re.search(r"stopped: (\d+) readings generated, (\d+) stored and acknowledged, (\d+) unsent", out)
     assert stopped and int(stopped.group(2)) >= 15, out
     if storage == "postgresql":
@@ -69,3 +81,11 @@ def test_demo_streams_and_stops_cleanly(tmp_path: Path, storage: str) -> None:
         assert dsn is not None
         with pytest.raises(ConnectionRefusedError):  # the throwaway server is gone
             socket.create_connection(("127.0.0.1", int(dsn.group(1))), timeout=5).close()
+
+
+def test_on_a_terminal_the_demo_prints_the_operators_address(tmp_path: Path) -> None:
+    (tmp_path / "dashboard.token").write_text("ewd_operator-token-0123456789\n")
+    assert dashboard_line("http://127.0.0.1:8080", tmp_path, terminal=True) == (
+        "http://127.0.0.1:8080/#token=ewd_operator-token-0123456789")
+    kept = dashboard_line("http://127.0.0.1:8080", tmp_path, terminal=False)
+    assert "ewd_operator" not in kept and str(tmp_path / "dashboard.token") in kept and "tokens url" in kept

@@ -187,6 +187,14 @@ class Rule:
     def fmt(self, value: float | None) -> str:
         return fmt_value(value, self.unit)
 
+    def fmt_against(self, value: float | None, limit: float) -> tuple[str, str]:
+        """``value`` and the ``limit`` it is compared with, with their unit and enough decimals to
+        differ when they do (fmt_apart)."""
+        if value is None or value != value:
+            return "-", self.fmt(limit)
+        shown, bound = fmt_apart(value, limit)
+        return with_unit(shown, self.unit), with_unit(bound, self.unit)
+
     @property
     def subject(self) -> str:
         return "device" if self.metric == ANY_METRIC else self.metric
@@ -206,14 +214,31 @@ def fmt_number(value: float) -> str:
     return f"{value:.3g}"
 
 
+def fmt_apart(value: float, other: float) -> tuple[str, str]:
+    """``value`` and ``other`` as fmt_number writes them, but with as many decimals (the same for
+    both) as it takes to tell two different numbers apart: 30.04 against a threshold of 30 is
+    "30.04" and "30.00", never "30.0" above "30.0"."""
+    first, second = fmt_number(value), fmt_number(other)
+    if first != second or value == other or not math.isfinite(value) or not math.isfinite(other):
+        return first, second
+    for decimals in range(1, 16):
+        first, second = f"{value:.{decimals}f}", f"{other:.{decimals}f}"
+        if first != second:
+            return first, second
+    return repr(value), repr(other)
+
+
+def with_unit(text: str, unit: str) -> str:
+    if not unit:
+        return text
+    return text + unit if unit == "%" else f"{text} {unit}"
+
+
 def fmt_value(value: float | None, unit: str) -> str:
     """A value with its unit: "31.2 °C", "45.0%", "0.05"."""
     if value is None or value != value:
         return "-"
-    text = fmt_number(value)
-    if not unit:
-        return text
-    return text + unit if unit == "%" else f"{text} {unit}"
+    return with_unit(fmt_number(value), unit)
 
 
 def fmt_duration(ms: float) -> str:

@@ -81,8 +81,9 @@ class Predictive(Rule):
     def text(self, track: PredictiveTrack, value: float | None, time_ms: int) -> str:
         verb = "exceed" if self.rising else "fall below"
         way = "rising" if track.trend.slope >= 0 else "falling"
-        return (f"{self.metric} will {verb} {self.fmt(self.limit)} in about {fmt_duration(track.eta_ms)} "
-                f"(now {self.fmt(track.trend.level)}, {way} {self.fmt(abs(track.trend.slope))}/min)")
+        now, limit = self.fmt_against(track.trend.level, self.limit)
+        return (f"{self.metric} will {verb} {limit} in about {fmt_duration(track.eta_ms)} "
+                f"(now {now}, {way} {self.fmt(abs(track.trend.slope))}/min)")
 
     def reset(self, track: PredictiveTrack) -> None:
         track.trend.reset()

@@ -57,8 +57,8 @@ class Rate(Rule):
     def text(self, track: RateTrack, value: float | None, time_ms: int) -> str:
         slope = track.trend.slope
         way = "rising" if slope >= 0 else "falling"
-        return (f"{self.metric} {way} {self.fmt(abs(slope))}/min (limit {self.fmt(self.limit)}/min), "
-                f"now {self.fmt(value)}")
+        speed, limit = self.fmt_against(abs(slope), self.limit)
+        return f"{self.metric} {way} {speed}/min (limit {limit}/min), now {self.fmt(value)}"
 
     def reset(self, track: RateTrack) -> None:
         track.trend.reset()

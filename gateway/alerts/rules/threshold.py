@@ -26,7 +26,8 @@ class Above(Rule):
 
     def text(self, track: Track, value: float | None, time_ms: int) -> str:
         held = f" for {fmt_duration(self.for_ms)}" if self.for_ms else ""
-        return f"{self.metric} {self.fmt(value)} above {self.fmt(self.limit)}{held}"
+        shown, limit = self.fmt_against(value, self.limit)
+        return f"{self.metric} {shown} above {limit}{held}"
 
     def clear_reason(self, track: Track) -> str:
         return f"{self.metric} back below {self.fmt(self.clear_at)}"
@@ -48,7 +49,8 @@ class Below(Rule):
 
     def text(self, track: Track, value: float | None, time_ms: int) -> str:
         held = f" for {fmt_duration(self.for_ms)}" if self.for_ms else ""
-        return f"{self.metric} {self.fmt(value)} below {self.fmt(self.limit)}{held}"
+        shown, limit = self.fmt_against(value, self.limit)
+        return f"{self.metric} {shown} below {limit}{held}"
 
     def clear_reason(self, track: Track) -> str:
         return f"{self.metric} back above {self.fmt(self.clear_at)}"

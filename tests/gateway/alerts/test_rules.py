@@ -7,6 +7,7 @@ import math
 import re
 from pathlib import Path
 
+from gateway.alerts.rules.base import fmt_apart
 from tests.gateway.alerts.harness import HOUR, MIN, T0, Harness
 
 
@@ -255,3 +256,28 @@ def test_updated_events_at_most_once_a_minute(tmp_path: Path) -> None:
             assert HOUR and MIN
 
     run(body())
+
+
+def test_a_value_just_past_its_threshold_is_written_with_the_digits_that_tell_them_apart(tmp_path: Path) -> None:
+    rules = [{"id": "hot", "metric": "temperature", "above": 30},
+             {"id": "dry", "metric": "soil_moisture", "below": 20}]
+
+    async def body() -> None:
+        async with Harness(tmp_path / "a.db", rules) as h:
+            h.feed("S-1", {"temperature": 30.04, "soil_moisture": 19.9996}, T0)
+            await h.settle()
+            texts = sorted(e.alert["text"] for e in h.events)
+            assert texts == ["soil_moisture 19.9996% below 20.0000%", "temperature 30.04 °C above 30.00 °C"]
+
+    run(body())
+
+
+def test_fmt_apart_adds_decimals_only_where_two_numbers_would_read_alike() -> None:
+    assert fmt_apart(31.0, 30.0) == ("31.0", "30.0")  # already different: as fmt_number writes them
+    assert fmt_apart(30.04, 30.0) == ("30.04", "30.00")
+    assert fmt_apart(1000.4, 1000.0) == ("1000.4", "1000.0")
+    assert fmt_apart(0.5, 0.25) == ("0.5", "0.25")
+    assert fmt_apart(30.0, 30.0) == ("30.0", "30.0")  # equal: nothing to tell apart
+    for value, other in ((30.000000001, 30.0), (0.0012341, 0.0012345), (-5.004, -5.0)):
+        first, second = fmt_apart(value, other)
+        assert first != second and (float(first) > float(second)) == (value > other), (value, other)
