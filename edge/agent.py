@@ -27,7 +27,7 @@ from edge.config import AgentConfig
 from edge.errors import ConfigError, EdgeError, OutputError, SensorError
 from edge.outputs import Outputs
 from edge.rules import Rules
-from edge.sensors.base import Sensor, SensorContext, build_sensor
+from edge.sensors.base import Sensor, SensorContext, backend_class, build_sensor
 from edge.store import ReadingQueue
 from edge.uplink import CredentialSource, Uplink
 from protocol import wire
@@ -66,13 +66,11 @@ def clock_synced() -> bool:
 
 
 def apply_pin_factory(cfg: AgentConfig) -> None:
-    """Pick gpiozero's pin factory: config pin_factory, else $GPIOZERO_PIN_FACTORY, else mock for sim."""
+    """Pick gpiozero's pin factory: config pin_factory, else $GPIOZERO_PIN_FACTORY, else the backend's
+    (mock pins for sim: edge/hardware.py's prepare())."""
     if cfg.pin_factory:
         os.environ["GPIOZERO_PIN_FACTORY"] = cfg.pin_factory
-    if cfg.backend == "sim" and os.environ.get("GPIOZERO_PIN_FACTORY", "mock") == "mock":
-        from edge.sim import use_mock_pins
-
-        use_mock_pins()
+    backend_class(cfg.backend).prepare()
 
 
 class Agent:

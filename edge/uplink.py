@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.http11 import Response
 from websockets.typing import Subprotocol
 
 from edge import __version__
@@ -178,7 +178,7 @@ class Uplink:
             rcvd = ws.protocol.close_rcvd
             return session.closed(rcvd.code if rcvd else None, now_ms())
         except InvalidStatus as err:
-            return session.refused(err.response.status_code, _refusal_code(err.response.body), now_ms())
+            return self.refused(err.response)
         except ConnectionClosed as err:
             return session.closed(err.rcvd.code if err.rcvd else None, now_ms())
         except QueueError:
@@ -192,6 +192,10 @@ class Uplink:
                 LOG.info("offline; readings are kept in %s", self.cfg.queue_path)
             self.state = "connecting"
             self.host.went_offline()
+
+    def refused(self, response: Response) -> Reconnect:
+        """The gateway refused the upgrade: the session reads the status and the body."""
+        return self.session.refused(response.status_code, response.body, now_ms())
 
     async def converse(self, ws: ClientConnection) -> None:
         """Frames until the connection closes (ConnectionClosed, or a clean end of iteration)."""
@@ -284,10 +288,3 @@ class Uplink:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.ws.close(wire.CLOSE_GOING_AWAY, "agent stopping"), 2)
 
-
-def _refusal_code(body: bytes | bytearray | None) -> str | None:
-    """The error code of an HTTP refusal's JSON body, if it has one."""
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        code = json.loads(body or b"{}").get("code")
-        return code if isinstance(code, str) else None
-    return None

@@ -13,7 +13,6 @@ this module does the I/O. Readings leave the ring only when acknowledged.
 import gc
 import json
 import random
-from binascii import crc32
 
 import clock
 import commands
@@ -59,10 +58,6 @@ def log(*parts):
 
 def heap_free():
     return gc.mem_free() if hasattr(gc, "mem_free") else None
-
-
-def _credential_crc(cfg):
-    return crc32((cfg["jwt"] or cfg["token"] or "").encode())
 
 
 def _rtc_state():
@@ -219,18 +214,22 @@ class App:
         if ws is not None:
             ws.abort()
         now = clock.up_ms()
-        session = self.session
-        if err.http_status:
-            decision = session.refused(err.http_status, err.http_code, now)
-        elif ws is not None:
-            decision = session.closed(err.close_code or None, now)
-        else:
-            decision = session.failed(now)
+        decision = self.ended(err, ws is not None, now)
         if decision.action == R_REFRESH:
             decision = self.refresh_credential(now)
         if decision.action == R_STOP:
             self.fatal = decision.reason
         log("offline:", err, "->", decision.action, decision.delay_ms, "ms;", decision.reason)
+
+    def ended(self, err, connected, now):
+        """The session's answer to how the attempt ended: refused (HTTP status and body), closed
+        (``connected``: the close code) or the gateway unreachable."""
+        session = self.session
+        if err.http_status:
+            return session.refused(err.http_status, err.http_body, now)
+        if connected:
+            return session.closed(err.close_code or None, now)
+        return session.failed(now)
 
     def refresh_credential(self, now):
         """The credential provider: config.json, re-read (a new token or JWT may have been uploaded)."""
@@ -244,12 +243,9 @@ class App:
         return self.session.refreshed(token, jwt, now)
 
     def _restore_connection(self, state):
-        """After a deep sleep: the reconnect schedule, and a stop on this same credential."""
-        retry = state.get("r")
-        if type(retry) is int:
-            self.session.retry_at_ms = retry
-        if state.get("x") == _credential_crc(self.cfg):
-            self.session.stopped = True
+        """After a deep sleep: the session's backoff, reconnect schedule and batch size, and a stop
+        if it was for this same credential (the session's state(), saved by sleep_state())."""
+        if self.session.restore(state.get("s")) and self.session.stopped:
             self.fatal = "stopped by the gateway; waiting for a new credential"
 
     # -- online work
@@ -403,18 +399,22 @@ class App:
                 self.ws = None
         sleep_ms = self.adaptive.interval_ms
         now = clock.up_ms()
-        state = {"b": self.boot, "u": now + sleep_ms, "a": self.adaptive.state(now + sleep_ms),
-                 "r": self.session.retry_at_ms}
-        if self.session.stopped:
-            state["x"] = _credential_crc(self.cfg)
-        try:
-            machine.RTC().memory(json.dumps(state).encode())
-        except (AttributeError, OSError, ValueError):
-            log("rtc memory unavailable; deep sleep loses adaptive state")
+        self.save_sleep_state(now + sleep_ms)
         self.ring.close()
         self.led.set("off", now)
         log("deep sleep", sleep_ms, "ms; buffered", self.ring.count)
         machine.deepsleep(sleep_ms)
+
+    def sleep_state(self, wake_ms):
+        """What RTC memory keeps across a deep sleep that ends at uptime ``wake_ms``: the boot id,
+        the uptime, the adaptive interval's state and the session's (protocol.device state())."""
+        return {"b": self.boot, "u": wake_ms, "a": self.adaptive.state(wake_ms), "s": self.session.state()}
+
+    def save_sleep_state(self, wake_ms):
+        try:
+            machine.RTC().memory(json.dumps(self.sleep_state(wake_ms)).encode())
+        except (AttributeError, OSError, ValueError):
+            log("rtc memory unavailable; deep sleep loses adaptive state and the backoff")
 
 
 def main(path=config_module.PATH):

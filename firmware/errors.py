@@ -12,11 +12,11 @@ class ConfigError(ValueError):
 
 class NetError(OSError):
     """Wi-Fi or WebSocket failure. ``close_code`` if the peer closed; ``http_status`` and
-    ``http_code`` (the JSON body's error code) if the gateway refused the upgrade."""
+    ``http_body`` (the response body, bytes) if the gateway refused the upgrade."""
 
     close_code = 0
     http_status = 0
-    http_code = None
+    http_body = None
 
 
 class RingError(OSError):

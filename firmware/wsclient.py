@@ -11,7 +11,6 @@ encrypted but the server is not verified.
 """
 
 import binascii
-import json
 import random
 import select
 import socket
@@ -148,15 +147,14 @@ class WSClient:
             elif name == b"content-length" and value.strip().isdigit():
                 length = int(value.strip())
         if code != 101:
-            body = self._read_body(length).decode()
-            err = NetError("gateway refused the upgrade: HTTP " + str(code) + " " + body[:200])
-            err.http_status = code
+            body = self._read_body(length)
             try:
-                found = json.loads(body).get("code")
-                if type(found) is str:
-                    err.http_code = found
-            except (ValueError, AttributeError):
-                pass
+                text = body[:200].decode()
+            except UnicodeError:
+                text = ""
+            err = NetError("gateway refused the upgrade: HTTP " + str(code) + " " + text)
+            err.http_status = code
+            err.http_body = body  # read by the session (protocol.device.refusal_code)
             raise err
         if self.subprotocol is not None and self.subprotocol not in (subprotocols or ()):
             raise NetError("the gateway chose subprotocol " + self.subprotocol[:40] + ", which was not offered")

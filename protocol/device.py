@@ -4,12 +4,31 @@ DeviceSession owns the device half of docs/protocol.md. It decides what to send,
 each gateway frame means (a Decision, already applied to the driver's outbox: ack
 through N, renumber by N, drop a refused range), what to do when a connection ends (a
 Reconnect: back off, reconnect slowly, retry hourly, stop, refresh the credential) and
-which commands and arguments are valid (wire.COMMANDS; the driver registers handlers).
-Backoff is the one reconnect backoff every driver uses. Drivers (the Pi agent, the
+which commands and arguments are valid (wire.COMMANDS; the driver registers handlers),
+how many readings a frame holds (one rule, _fit_batch), what an HTTP refusal's body says
+(refusal_code) and what must outlive the session object across a deep sleep (state() and
+restore()). Backoff is the one reconnect backoff every driver uses. Drivers (the Pi agent, the
 ESP32 firmware, the simulator, the load generator) do the I/O and keep the readings in
 an outbox: ``next_seq``, ``first_seq``, ``confirmed``, ``pending(after, limit)``,
 ``ack(seq)``, ``drop(first, last)``, ``renumber(delta)``, ``confirm()``
 (protocol/outbox.py has an in-memory one). MicroPython-safe like wire.py.
+
+Why the command handlers run inside ``handle()`` rather than coming back as actions for
+the driver to run: a handler here is a short, synchronous, local change (an interval, a
+threshold, an output pin, a flag that asks for a reboot); nothing in it talks to the
+gateway. Running it in the same call lets the core own the whole command contract of
+docs/protocol.md section 8 in one step that no driver can split: the arguments are
+checked before any handler sees them, a handler that raises is answered ``ok: false``
+instead of taking the device down, the answer is built and remembered under the command
+id before handle() returns (so a repeated id can never run twice, even if the driver
+handled another frame before sending the answer), and the LOADGEN policy's "not run"
+replaces the handler. Returned as actions, each of the four drivers would have to run
+the handler, catch its exceptions and hand the result back in a second call, and a
+driver that forgot the second call would break at-least-once delivery. What a command
+needs after its answer is sent (``reboot``) is already an action: the Decision's
+``name`` and ``ok`` tell the driver to reboot once the reply is out. A handler that would
+need I/O or time (an over-the-air update, say) answers at once and leaves the work to
+the driver the same way.
 """
 
 try:
@@ -34,6 +53,7 @@ from protocol.wire import (
     E_RATE,
     E_STORAGE,
     E_UNKNOWN_TYPE,
+    MAX_BATCH,
     MAX_FRAME_BYTES,
     SUBPROTOCOL_CBOR,
     SUBPROTOCOL_JSON,
@@ -46,6 +66,7 @@ from protocol.wire import (
     T_STATUS,
     T_WELCOME,
     ProtocolError,
+    _strict_loads,
     data_message,
     decode,
     encode,
@@ -102,6 +123,12 @@ CLOSE_ACTIONS = {
     CLOSE_IDENTITY: R_STOP,
 }
 
+# An HTTP refusal's body is read only up to this size (the gateway's is a small JSON object).
+REFUSAL_MAX_BYTES = 1024
+
+# state() / restore(): the snapshot's format version.
+STATE_VERSION = 1
+
 _ACTION_TEXT = {
     R_BACKOFF: "reconnect in %d ms",
     R_SLOW: "reconnect slowly, in %d ms; the device sent invalid frames: check its firmware",
@@ -109,8 +136,6 @@ _ACTION_TEXT = {
     R_STOP: "stopped: no reconnect until the credential changes%s",
     R_REFRESH: "the credential expired: getting a new one%s",
 }
-
-
 
 
 def _close_name(code):
@@ -123,6 +148,29 @@ def _close_name(code):
     if code == _ABNORMAL:
         return "connection lost"
     return "close"
+
+
+def refusal_code(body, loads=None):
+    """The error code of an HTTP refusal's JSON body (``{"code": ..., "message": ...}``,
+    docs/protocol.md section 2), or None: no body, longer than REFUSAL_MAX_BYTES, not UTF-8,
+    not JSON, not an object, or no code of 1-64 characters. Never raises: the body comes from
+    the network. ``body`` is bytes, bytearray or str; ``loads`` as DeviceSession's."""
+    if body is None or len(body) > REFUSAL_MAX_BYTES:
+        return None
+    try:
+        text = body if type(body) is str else bytes(body).decode()
+        msg = (loads or _strict_loads)(text)
+    except Exception:  # ValueError, UnicodeError, a decoder's own error, nesting too deep
+        return None
+    code = msg.get("code") if type(msg) is dict else None
+    return code if type(code) is str and 0 < len(code) <= 64 else None
+
+
+def _fingerprint(credential):
+    """A CRC-32 of the credential: state() records which credential a stop was for without the secret."""
+    from binascii import crc32
+
+    return crc32((credential or "").encode()) & 0xFFFFFFFF
 
 
 def _rand():
@@ -206,36 +254,228 @@ class Decision:
         self.close_code = close_code
 
 
-
 class Reconnect:
     """What to do after a connection ended (see the R_* actions). ``at_ms`` = -1 when stopped."""
 
-    __slots__ = ("action", "at_ms", "code", "delay_ms", "reason")
+    __slots__ = ("action", "at_ms", "code", "delay_ms", "error", "reason")
 
-    def __init__(self, action, delay_ms, at_ms, code, reason):
+    def __init__(self, action, delay_ms, at_ms, code, reason, error=None):
         self.action = action
         self.delay_ms = delay_ms
         self.at_ms = at_ms
-        self.code = code
+        self.code = code  # the close code, or the HTTP status of a refusal (0: unreachable)
         self.reason = reason
-
+        self.error = error  # the error code an HTTP refusal's body named (None: none readable)
 
 
 def _seq_or_zero(value):
     return value if type(value) is int and value >= 0 else 0
 
 
-class DeviceSession:
+class _Commands:
+    """DeviceSession's commands (docs/protocol.md section 8): arguments checked against
+    wire.COMMANDS, the driver's handler run, the answer built and kept for a repeated id."""
+
+    def _on_cmd(self, msg):
+        command_id = msg.get("id")
+        name = msg.get("name")
+        label = name[:32] if type(name) is str else None
+        if type(command_id) is not str or not command_id:
+            return Decision(D_INVALID, code=E_BAD_FRAME, message="command without a string id ignored", name=label)
+        for entry in self.answered:
+            if entry[0] == command_id:
+                return Decision(D_COMMAND, reply=entry[1], name=label, ok=False, code=REPEATED,
+                                message="command " + command_id[:24] + " answered before: answer sent again, not run")
+        if not self.policy.run_commands:
+            ok, text, data = True, "not run (load generator)", None
+        else:
+            ok, text, data = self.run_command(name, msg.get("args"))
+        reply = self.result_frame(command_id, ok, text, data)
+        self._remember(command_id, ok, text, reply)
+        return Decision(D_COMMAND, reply=reply, name=label, ok=ok, message=text)
+
+    def _remember(self, command_id, ok, text, reply):
+        if len(reply) > REPEAT_MAX_BYTES:
+            reply = self.result_frame(command_id, ok, text)
+        answered = self.answered
+        answered.append((command_id, reply))
+        if len(answered) > REPEATS_KEPT:
+            answered.pop(0)
+
+    def run_command(self, name, args):
+        """Validate ``args`` for command ``name`` and run the driver's handler: (ok, message, data)."""
+        handlers = self.handlers
+        known = ", ".join(sorted(handlers))
+        if type(name) is not str or name not in COMMANDS:
+            return False, "unknown command '" + str(name)[:32] + "'; known: " + known, None
+        handler = handlers.get(name)
+        if handler is None:
+            return False, name + " is not supported by this device; known: " + known, None
+        try:
+            parsed = parse_command(name, args)
+        except ProtocolError as err:
+            return False, err.message, None
+        try:
+            ok, text, data = handler(parsed)
+        except Exception as err:  # a handler bug must not take the device down
+            return False, name + " failed: " + str(err)[:80], None
+        return ok, text, data
+
+    def result_frame(self, command_id, ok, message=None, data=None):
+        msg = {"t": T_RESULT, "id": command_id, "ok": ok}
+        if message is not None:
+            msg["msg"] = message
+        if data is not None:
+            msg["data"] = data
+        return self.dumps(msg)
+
+
+class _Endings:
+    """DeviceSession's end of a connection (docs/protocol.md section 11): what to do next (a
+    Reconnect), and what must outlive the session object (state() and restore())."""
+
+    def connection_lost(self):
+        """Forget what was in flight: it is resent after the next welcome."""
+        self.online = False
+        self.cbor = False
+        self.sent = self.acked
+        self.in_flight = []
+
+    def closed(self, code=None, now_ms=0):
+        """The connection ended with close ``code`` (None: no close frame). Call at the END of the
+        attempt: the delay counts from ``now_ms``."""
+        self.connection_lost()
+        if not code or code == _NO_STATUS or code == _ABNORMAL:
+            code = self.closing or code or _ABNORMAL
+        if code == CLOSE_TOO_BIG:  # a frame was too large for the gateway: halve the size in effect
+            self.batch_limit = self.max_batch // 2 if self.max_batch > 1 else 1
+            self.batch_cap = self.batch_limit  # and never grow back to a size the gateway refused
+            self.max_batch = self.batch_limit
+        name = _close_name(code)
+        return self._decide(CLOSE_ACTIONS.get(code, R_BACKOFF), code, now_ms,
+                            "closed " + str(code) + " (" + name + ")")
+
+    def refused(self, status, body=None, now_ms=0):
+        """The gateway refused the upgrade with HTTP ``status``; ``body`` is the response body as
+        received (bytes or str; None if there was none), read by refusal_code(). The Reconnect's
+        ``error`` is the code it named."""
+        self.connection_lost()
+        code = refusal_code(body, self.loads)
+        close = CLOSE_FOR_ERROR.get(code, 0) if code is not None else 0
+        if not close:
+            if status == 401:
+                close = CLOSE_AUTH_FAILED
+            elif status == 403:
+                close = CLOSE_DISABLED
+        action = CLOSE_ACTIONS.get(close, R_BACKOFF) if close else R_BACKOFF
+        label = code if code is not None else _close_name(close)
+        decision = self._decide(action, status, now_ms, "HTTP " + str(status) + " (" + label[:64] + ")")
+        decision.error = code
+        return decision
+
+    def failed(self, now_ms=0):
+        """Could not reach the gateway at all (DNS, TCP, TLS, timeout, no welcome)."""
+        self.connection_lost()
+        return self._decide(R_BACKOFF, 0, now_ms, "gateway unreachable")
+
+    def refreshed(self, token=None, jwt=None, now_ms=0):
+        """After R_REFRESH: the provider's credential (None: nothing new) -> R_BACKOFF or R_STOP."""
+        fresh = jwt if jwt is not None else token
+        last = self.last_reconnect
+        code = last.code if last is not None else 0
+        if fresh is None or fresh == self.credential:
+            return self._decide(R_STOP, code, now_ms, "no new credential", "; the provider had none")
+        if jwt is not None:
+            self.jwt = jwt
+            self.token = None
+        else:
+            self.token = token
+            self.jwt = None
+        return self._decide(R_BACKOFF, code, now_ms, "new credential")
+
+    def connect_due(self, now_ms):
+        """True when a connection attempt may start (not stopped, delay over)."""
+        return not self.stopped and now_ms >= self.retry_at_ms
+
+    # ------------------------------------------------------------ across a deep sleep
+    def state(self):
+        """A small JSON-able snapshot of what must outlive this object (a deep sleep, a restart):
+        the backoff's attempt count, when the next attempt is due, the batch size after 1009
+        halvings, and a stop with a fingerprint (CRC-32) of the credential it was for."""
+        snapshot = {"v": STATE_VERSION, "attempt": self.backoff.attempt, "retry_at_ms": self.retry_at_ms,
+                    "batch_limit": self.batch_limit}
+        if self.stopped:
+            snapshot["stopped_for"] = _fingerprint(self.credential)
+        return snapshot
+
+    def restore(self, snapshot):
+        """Take back a state() snapshot; False (nothing changed) when it is not one. A stop comes
+        back only for the same credential: a new one ends it, as set_credential() does."""
+        if type(snapshot) is not dict or snapshot.get("v") != STATE_VERSION:
+            return False
+        attempt = snapshot.get("attempt")
+        retry = snapshot.get("retry_at_ms")
+        batch = snapshot.get("batch_limit")
+        stopped_for = snapshot.get("stopped_for")
+        if type(attempt) is not int or not 0 <= attempt <= 24 or type(retry) is not int or retry < -1 \
+                or type(batch) is not int or batch < 1 or (stopped_for is not None and type(stopped_for) is not int):
+            return False
+        if batch < self.batch_limit:
+            self.batch_limit = batch
+            self.batch_cap = batch
+            self.max_batch = self._fit_batch()
+        if stopped_for is not None and stopped_for == _fingerprint(self.credential):
+            self.stopped = True
+            self.retry_at_ms = -1
+            self.backoff.attempt = attempt
+        elif stopped_for is not None:  # stopped for another credential: this one starts afresh
+            self.stopped = False
+            self.retry_at_ms = 0
+            self.backoff.reset()
+        else:
+            self.stopped = False
+            self.retry_at_ms = retry if retry >= 0 else 0
+            self.backoff.attempt = attempt
+        return True
+
+    def _decide(self, action, code, now_ms, what, extra=""):
+        self.closing = 0
+        if not self.policy.reconnect:
+            action = R_STOP
+            extra = "; policy: this client never reconnects"
+        if action == R_STOP:
+            delay = -1
+        elif action == R_REFRESH:
+            delay = 0
+        elif action == R_HOURLY:
+            delay = HOURLY_MS - int(self.backoff.rand() * (HOURLY_MS // 10))  # 54-60 min: fleets spread out
+        elif action == R_SLOW:
+            delay = self.backoff.at_cap_ms()
+        else:
+            delay = self.backoff.next_ms()
+        self.stopped = action == R_STOP
+        self.retry_at_ms = now_ms + delay if delay >= 0 else -1
+        text = _ACTION_TEXT[action]
+        reason = what + ": " + (text % extra if action == R_STOP or action == R_REFRESH else text % delay)
+        decision = Reconnect(action, delay, self.retry_at_ms, code, reason)
+        self.last_reconnect = decision
+        return decision
+
+
+class DeviceSession(_Commands, _Endings):
     """The device side of one device's conversation with the gateway, across connections.
 
     The driver calls ``handle(text, now_ms)`` for every frame received and acts on the
     Decision, sends ``next_frame(...)`` while it returns a frame, and asks ``closed()``,
     ``refused()`` or ``failed()`` what to do when a connection ends. ``handlers`` maps
     command names to ``fn(args) -> (ok, message, data)``; arguments are validated here.
+    Its commands are in _Commands and its end of a connection (state() and restore()
+    included) in _Endings, above: one object, three rooms of under 300 lines.
     """
 
     def __init__(self, device_id, token=None, jwt=None, boot=None, max_batch=20, window=4,
-                 loads=None, dumps=None, outbox=None, backoff=None, policy=None, handlers=None, encoding=ENC_JSON):
+                 loads=None, dumps=None, outbox=None, backoff=None, policy=None, handlers=None, encoding=ENC_JSON,
+                 batch_cap=None):
         if encoding != ENC_JSON and encoding != ENC_CBOR:
             raise ValueError("encoding: json or cbor")
         self.device_id = device_id
@@ -244,8 +484,11 @@ class DeviceSession:
         self.token = token
         self.jwt = jwt
         self.boot = boot
+        max_batch = max_batch if max_batch >= 1 else 1
         self.batch_limit = max_batch  # configured batch size (halved after a 1009 close)
-        self.max_batch = max_batch  # in effect: batch_limit capped by the welcome's max_batch
+        self.batch_cap = batch_cap if batch_cap is not None and batch_cap > max_batch else max_batch
+        self.max_batch = max_batch  # in effect (_fit_batch): see docs/protocol.md section 4
+        self.slowed = False  # a slow-down came: frames may grow to batch_cap
         self.window = window  # frames in flight before waiting for an ack
         self.loads = loads
         self.dumps = dumps or encode
@@ -382,16 +625,25 @@ class DeviceSession:
         self.in_flight = []
         self.closing = 0
         self.stopped = False
+        self.retry_at_ms = 0  # online: no attempt pending
         self.send_at_ms = None
         self.backoff.reset()
-        self.max_batch = self.batch_limit
-        batch = msg.get("max_batch")
-        if type(batch) is int and 0 < batch < self.max_batch:
-            self.max_batch = batch
+        self.max_batch = self._fit_batch()
         frame = msg.get("max_frame")
         self.max_frame = frame if type(frame) is int and frame > 256 else MAX_FRAME_BYTES
         self._set_rate(msg.get("rate"))
         return Decision(D_WELCOME, seq=last, renumber=renumber, count=count)
+
+    def _fit_batch(self):
+        """The batch size to use now, by the one batch-size rule for every driver (docs/protocol.md
+        section 4): the configured size (``batch_limit``, halved by each 1009 close), or after a
+        slow-down ``batch_cap`` (a paced device moves its backlog in fewer, fuller frames), never
+        above the welcome's max_batch (wire.MAX_BATCH when it announced none)."""
+        limit = self.batch_cap if self.slowed else self.batch_limit
+        welcome = self.welcome
+        announced = welcome.get("max_batch") if welcome is not None else None
+        gateway = announced if type(announced) is int and announced > 0 else MAX_BATCH
+        return limit if limit < gateway else gateway
 
     def _set_rate(self, rate):
         """Take the gateway's frame rate, within MIN_RATE..MAX_RATE (a hostile or broken value
@@ -403,6 +655,11 @@ class DeviceSession:
         self._set_rate(msg.get("rate"))
         seq = _seq_or_zero(msg.get("seq"))
         self._rewind(seq)  # the refused frame was not stored: send it again
+        if not self.slowed:
+            self.slowed = True
+            size = self._fit_batch()
+            if size > self.max_batch:  # a slow-down only ever grows frames
+                self.max_batch = size
         wait = 0
         if self.policy.obey_slow:
             wait = msg.get("retry_ms")
@@ -443,52 +700,6 @@ class DeviceSession:
             flight = self.in_flight
             while flight and flight[-1][0] >= seq:
                 flight.pop()
-
-    # ------------------------------------------------------------ commands
-    def _on_cmd(self, msg):
-        command_id = msg.get("id")
-        name = msg.get("name")
-        label = name[:32] if type(name) is str else None
-        if type(command_id) is not str or not command_id:
-            return Decision(D_INVALID, code=E_BAD_FRAME, message="command without a string id ignored", name=label)
-        for entry in self.answered:
-            if entry[0] == command_id:
-                return Decision(D_COMMAND, reply=entry[1], name=label, ok=False, code=REPEATED,
-                                message="command " + command_id[:24] + " answered before: answer sent again, not run")
-        if not self.policy.run_commands:
-            ok, text, data = True, "not run (load generator)", None
-        else:
-            ok, text, data = self.run_command(name, msg.get("args"))
-        reply = self.result_frame(command_id, ok, text, data)
-        self._remember(command_id, ok, text, reply)
-        return Decision(D_COMMAND, reply=reply, name=label, ok=ok, message=text)
-
-    def _remember(self, command_id, ok, text, reply):
-        if len(reply) > REPEAT_MAX_BYTES:
-            reply = self.result_frame(command_id, ok, text)
-        answered = self.answered
-        answered.append((command_id, reply))
-        if len(answered) > REPEATS_KEPT:
-            answered.pop(0)
-
-    def run_command(self, name, args):
-        """Validate ``args`` for command ``name`` and run the driver's handler: (ok, message, data)."""
-        handlers = self.handlers
-        known = ", ".join(sorted(handlers))
-        if type(name) is not str or name not in COMMANDS:
-            return False, "unknown command '" + str(name)[:32] + "'; known: " + known, None
-        handler = handlers.get(name)
-        if handler is None:
-            return False, name + " is not supported by this device; known: " + known, None
-        try:
-            parsed = parse_command(name, args)
-        except ProtocolError as err:
-            return False, err.message, None
-        try:
-            ok, text, data = handler(parsed)
-        except Exception as err:  # a handler bug must not take the device down
-            return False, name + " failed: " + str(err)[:80], None
-        return ok, text, data
 
     # ------------------------------------------------------------ frames to the gateway
     def can_send(self):
@@ -551,101 +762,11 @@ class DeviceSession:
             self.send_at_ms = now_ms + int(1000 / self.rate)
         return frame
 
-    def result_frame(self, command_id, ok, message=None, data=None):
-        msg = {"t": T_RESULT, "id": command_id, "ok": ok}
-        if message is not None:
-            msg["msg"] = message
-        if data is not None:
-            msg["data"] = data
-        return self.dumps(msg)
-
     def status_frame(self, fields):
         msg = {"t": T_STATUS}
         for key in fields:
             msg[key] = fields[key]
         return self.dumps(msg)
-
-    # ------------------------------------------------------------ the end of a connection
-    def connection_lost(self):
-        """Forget what was in flight: it is resent after the next welcome."""
-        self.online = False
-        self.cbor = False
-        self.sent = self.acked
-        self.in_flight = []
-
-    def closed(self, code=None, now_ms=0):
-        """The connection ended with close ``code`` (None: no close frame). Call at the END of the
-        attempt: the delay counts from ``now_ms``."""
-        self.connection_lost()
-        if not code or code == _NO_STATUS or code == _ABNORMAL:
-            code = self.closing or code or _ABNORMAL
-        if code == CLOSE_TOO_BIG and self.batch_limit > 1:
-            self.batch_limit //= 2  # a frame was too large for the gateway: send smaller ones
-            if self.max_batch > self.batch_limit:
-                self.max_batch = self.batch_limit
-        name = _close_name(code)
-        return self._decide(CLOSE_ACTIONS.get(code, R_BACKOFF), code, now_ms,
-                            "closed " + str(code) + " (" + name + ")")
-
-    def refused(self, status, code=None, now_ms=0):
-        """The gateway refused the upgrade with HTTP ``status`` (``code``: the JSON body's code)."""
-        self.connection_lost()
-        close = CLOSE_FOR_ERROR.get(code, 0) if type(code) is str else 0
-        if not close:
-            if status == 401:
-                close = CLOSE_AUTH_FAILED
-            elif status == 403:
-                close = CLOSE_DISABLED
-        action = CLOSE_ACTIONS.get(close, R_BACKOFF) if close else R_BACKOFF
-        label = code if type(code) is str else _close_name(close)
-        return self._decide(action, status, now_ms, "HTTP " + str(status) + " (" + label + ")")
-
-    def failed(self, now_ms=0):
-        """Could not reach the gateway at all (DNS, TCP, TLS, timeout, no welcome)."""
-        self.connection_lost()
-        return self._decide(R_BACKOFF, 0, now_ms, "gateway unreachable")
-
-    def refreshed(self, token=None, jwt=None, now_ms=0):
-        """After R_REFRESH: the provider's credential (None: nothing new) -> R_BACKOFF or R_STOP."""
-        fresh = jwt if jwt is not None else token
-        last = self.last_reconnect
-        code = last.code if last is not None else 0
-        if fresh is None or fresh == self.credential:
-            return self._decide(R_STOP, code, now_ms, "no new credential", "; the provider had none")
-        if jwt is not None:
-            self.jwt = jwt
-            self.token = None
-        else:
-            self.token = token
-            self.jwt = None
-        return self._decide(R_BACKOFF, code, now_ms, "new credential")
-
-    def connect_due(self, now_ms):
-        """True when a connection attempt may start (not stopped, delay over)."""
-        return not self.stopped and now_ms >= self.retry_at_ms
-
-    def _decide(self, action, code, now_ms, what, extra=""):
-        self.closing = 0
-        if not self.policy.reconnect:
-            action = R_STOP
-            extra = "; policy: this client never reconnects"
-        if action == R_STOP:
-            delay = -1
-        elif action == R_REFRESH:
-            delay = 0
-        elif action == R_HOURLY:
-            delay = HOURLY_MS - int(self.backoff.rand() * (HOURLY_MS // 10))  # 54-60 min: fleets spread out
-        elif action == R_SLOW:
-            delay = self.backoff.at_cap_ms()
-        else:
-            delay = self.backoff.next_ms()
-        self.stopped = action == R_STOP
-        self.retry_at_ms = now_ms + delay if delay >= 0 else -1
-        text = _ACTION_TEXT[action]
-        reason = what + ": " + (text % extra if action == R_STOP or action == R_REFRESH else text % delay)
-        decision = Reconnect(action, delay, self.retry_at_ms, code, reason)
-        self.last_reconnect = decision
-        return decision
 
 
 # ---------------------------------------------------------------- CPython only

@@ -26,6 +26,10 @@ REPEATS_KEPT: int
 REPEAT_MAX_BYTES: int
 REPEATED: str
 CLOSE_ACTIONS: dict[int, str]
+REFUSAL_MAX_BYTES: int
+STATE_VERSION: int
+
+def refusal_code(body: bytes | bytearray | str | None, loads: _Loads | None = None) -> str | None: ...
 
 _CommandResult = tuple[bool, str, Any]
 _Handler = Callable[[dict[str, Any]], _CommandResult]
@@ -91,7 +95,10 @@ class Reconnect:
     at_ms: int
     code: int
     reason: str
-    def __init__(self, action: str, delay_ms: int, at_ms: int, code: int, reason: str) -> None: ...
+    error: str | None
+    def __init__(
+        self, action: str, delay_ms: int, at_ms: int, code: int, reason: str, error: str | None = None
+    ) -> None: ...
 
 class DeviceSession:
     device_id: str
@@ -99,7 +106,9 @@ class DeviceSession:
     jwt: str | None
     boot: str | None
     batch_limit: int
+    batch_cap: int
     max_batch: int
+    slowed: bool
     window: int
     outbox: Outbox | None
     backoff: Backoff
@@ -137,6 +146,7 @@ class DeviceSession:
         policy: Policy | None = None,
         handlers: dict[str, _Handler] | None = None,
         encoding: str = ...,
+        batch_cap: int | None = None,
     ) -> None: ...
     @property
     def credential(self) -> str | None: ...
@@ -156,7 +166,9 @@ class DeviceSession:
     def status_frame(self, fields: dict[str, Any]) -> str: ...
     def connection_lost(self) -> None: ...
     def closed(self, code: int | None = None, now_ms: int = 0) -> Reconnect: ...
-    def refused(self, status: int, code: str | None = None, now_ms: int = 0) -> Reconnect: ...
+    def refused(self, status: int, body: bytes | bytearray | str | None = None, now_ms: int = 0) -> Reconnect: ...
     def failed(self, now_ms: int = 0) -> Reconnect: ...
     def refreshed(self, token: str | None = None, jwt: str | None = None, now_ms: int = 0) -> Reconnect: ...
     def connect_due(self, now_ms: int) -> bool: ...
+    def state(self) -> dict[str, int]: ...
+    def restore(self, snapshot: object) -> bool: ...

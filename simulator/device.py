@@ -31,8 +31,6 @@ Counters (``DeviceCounters``), all in readings unless named otherwise:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import math
 import random
 import time
@@ -103,7 +101,10 @@ class VirtualDevice(Sending, Sampling, Commands):
     ``last_seq + 1`` (docs/protocol.md section 3). A device the gateway stopped (see
     ``stopped_reason``) keeps sampling and reconnects after ``set_credential()``. ``run()``
     returns after ``stop_generating()`` (or ``duration_s``) once the outbox is empty, or at
-    once if the device is stopped; cancel the task for a hard stop.
+    once if the device is stopped; cancel the task for a hard stop. ``batch`` is how many
+    readings a frame gathers (a partial one goes after ``linger_s``); with ``adaptive_batch``
+    the session's batch cap is the protocol's max_batch, so after a slow-down frames grow
+    (protocol.device's batch-size rule, docs/protocol.md section 4).
     """
 
     def __init__(
@@ -159,7 +160,6 @@ class VirtualDevice(Sending, Sampling, Commands):
         self.compression = compression
         self.open_timeout_s = open_timeout_s
         self.reboot_delay_s = reboot_delay_s
-        self.adaptive_batch = adaptive_batch
         self.rng = random.Random(seed if seed is not None else zlib.crc32(device_id.encode()))
         self.sensor = sensor if sensor is not None else make_sensor("climate", self.rng)
         self.faults = None
@@ -176,7 +176,8 @@ class VirtualDevice(Sending, Sampling, Commands):
             device_id, None if is_jwt(credential) else credential, credential if is_jwt(credential) else None,
             None, batch, window, outbox=self.outbox,
             backoff=Backoff(backoff_initial_s * 1000, backoff_max_s * 1000, rand=self.rng.random),
-            handlers=self.command_handlers(), encoding=encoding)
+            handlers=self.command_handlers(), encoding=encoding,
+            batch_cap=max(batch, wire.MAX_BATCH) if adaptive_batch else batch)
         self.interval_s = 1.0 / rate
         self.thresholds = {}  # metric -> (low, high)
         self.outputs = dict.fromkeys(OUTPUTS, False)
@@ -186,7 +187,6 @@ class VirtualDevice(Sending, Sampling, Commands):
         self._stop_reason: str | None = None
         self.boot = ""
         self._max_sent_seq = self.outbox.next_seq - 1
-        self._slowed = False
         self._generating = True
         self._loop_t0 = 0.0
         self._boot_at = 0.0
@@ -342,7 +342,6 @@ class VirtualDevice(Sending, Sampling, Commands):
             self._on_welcome(d.seq, d.renumber, now)
         elif kind == D_SLOW:
             self.counters.slowed += 1
-            self._slowed = True
         elif kind == D_COMMAND:
             self.counters.commands += 1
             if d.reply is not None:
@@ -374,14 +373,11 @@ class VirtualDevice(Sending, Sampling, Commands):
         return decision
 
     def _on_refused(self, exc: InvalidStatus) -> Reconnect:
-        code = ""
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            body = json.loads(exc.response.body or b"{}")
-            code = str(body.get("code", ""))
         status = exc.response.status_code
-        self.counters.count_error(code or f"http_{status}")
-        self._stop_reason = code or f"http_{status}"
-        return self.session.refused(status, code or None, self._ms(asyncio.get_running_loop().time()))
+        decision = self.session.refused(status, exc.response.body, self._ms(self._time()))
+        self.counters.count_error(decision.error or f"http_{status}")
+        self._stop_reason = decision.error or f"http_{status}"
+        return decision
 
     async def _refresh_credential(self) -> Reconnect:
         """The credential expired: ask the hook for a new one; the session decides what follows."""

@@ -52,7 +52,6 @@ class DeviceBase:
     rate: float
     batch: int
     linger_s: float
-    adaptive_batch: bool
     interval_s: float
     # parts
     rng: random.Random
@@ -74,7 +73,6 @@ class DeviceBase:
     _clock_extra_s: float  # correction from the welcome's time (clock_sync)
     # sending
     _max_sent_seq: int
-    _slowed: bool
 
     def _time(self) -> float:
         try:

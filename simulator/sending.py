@@ -1,7 +1,8 @@
 """A simulated device's sending: data frames as the window, pacing, batching and linger allow.
 
-protocol.device.DeviceSession decides what a frame holds and when one may go; this part counts
-what was sent and resent, and sends malformed frames and slow sends when the fault plan says so.
+protocol.device.DeviceSession decides what a frame holds (its batch-size rule included) and when
+one may go; this part holds a partial batch back for linger_s, counts what was sent and resent,
+and sends malformed frames and slow sends when the fault plan says so.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ class Sending(DeviceBase):
                 return
             if unsent < self.batch and self._generating and now < self._linger_deadline(index):
                 return
-            session.max_batch = self._batch_limit()
             first = readings[index].seq
             frame = session.next_frame(up=self._uptime_ms(now), now_ms=self._ms(now))
             self._sync_counts()
@@ -66,19 +66,6 @@ class Sending(DeviceBase):
                 self.counters.malformed += 1
                 await self._send(ws, bad)
             readings = self.outbox.readings
-
-    def _batch_limit(self) -> int:
-        """``batch``, or after a slow-down (adaptive_batch) the gateway's max_batch, so a paced
-        device still moves its backlog: fewer, fuller frames at the allowed frame rate."""
-        limit = self.batch
-        welcome = self.session.welcome or {}
-        announced = welcome.get("max_batch")
-        gateway_max = announced if type(announced) is int and announced > 0 else wire.MAX_BATCH
-        if self.adaptive_batch and self._slowed:
-            limit = max(limit, gateway_max)
-        if self.session.batch_limit < self.batch:  # halved after a message-too-big close
-            limit = self.session.batch_limit
-        return min(limit, gateway_max)
 
     def _linger_deadline(self, index: int) -> float:
         """When a partial batch starting at ``outbox[index]`` is due (its oldest reading aged linger_s)."""

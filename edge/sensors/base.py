@@ -3,7 +3,9 @@
 A sensor is built from its config table (``[[sensors]]``) and read with ``read()``,
 which blocks (DHT reads take seconds) and returns a Sample or raises SensorError.
 Adding a sensor type = one module with a class like the ones below + one row in
-``SENSOR_TYPES``.
+``SENSOR_TYPES``. A sensor gets its pins, devices and files from ``hardware``, the backend
+``agent.backend`` names (edge/hardware.py, like gpiozero's pin factories); it never tests
+which backend that is.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ SENSOR_TYPES: dict[str, str] = {
     "ds18b20": "edge.sensors.ds18b20:DS18B20Sensor",
 }
 
-BACKENDS = ("hardware", "sim")
+# backend name (agent.backend) -> "module:Class", a subclass of edge.hardware.Hardware.
+BACKENDS: dict[str, str] = {
+    "hardware": "edge.hardware:Hardware",
+    "sim": "edge.sim:SimHardware",
+}
 
 
 @dataclass(slots=True)
@@ -44,7 +50,8 @@ class Sample:
 
 @dataclass(slots=True)
 class SensorContext:
-    """What a sensor gets besides its options: the backend, and the sleep and clock it must use."""
+    """What a sensor gets besides its options and its hardware: the sleep and clock it must use,
+    and the backend (its name) build_sensor asks for the hardware."""
 
     backend: str = "hardware"
     sleep: Callable[[float], None] = time.sleep
@@ -111,10 +118,27 @@ COMMON_OPTIONS: dict[str, Opt] = {
 }
 
 
+def _load(path: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
 def sensor_class(type_name: str) -> Any:
     """The class for a sensor type (imported on first use)."""
-    module_name, _, attr = SENSOR_TYPES[type_name].partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    return _load(SENSOR_TYPES[type_name])
+
+
+def backend_class(name: str) -> Any:
+    """The Hardware class of a backend (imported on first use)."""
+    return _load(BACKENDS[name])
+
+
+def backend_options(type_name: str) -> dict[str, Opt]:
+    """Every backend's own options for a sensor type (the sim backend's ``sim_*``)."""
+    options: dict[str, Opt] = {}
+    for name in BACKENDS:
+        options.update(backend_class(name).OPTIONS.get(type_name, {}))
+    return options
 
 
 @dataclass(slots=True)
@@ -125,6 +149,7 @@ class SensorSpec:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=list)
+    backend_options: dict[str, Any] = field(default_factory=dict)  # for the backend (edge/hardware.py)
 
 
 def validate_sensor(index: int, raw: Any) -> SensorSpec:
@@ -137,7 +162,8 @@ def validate_sensor(index: int, raw: Any) -> SensorSpec:
         raise ConfigError(f"{where}.type", f"{kind!r} is not a sensor type; use one of "
                                            + ", ".join(SENSOR_TYPES))
     cls = sensor_class(kind)
-    schema: dict[str, Opt] = {**COMMON_OPTIONS, **cls.OPTIONS}
+    extra = backend_options(kind)
+    schema: dict[str, Opt] = {**COMMON_OPTIONS, **cls.OPTIONS, **extra}
     for key in raw:
         if key not in schema:
             raise ConfigError(f"{where}.{key}", f"unknown option for {kind}; known: "
@@ -162,13 +188,15 @@ def validate_sensor(index: int, raw: Any) -> SensorSpec:
     name = raw.get("name") or kind
     if not isinstance(name, str):
         raise ConfigError(f"{where}.name", "must be a string")
-    metrics: list[str] = cls.metric_names(options)
-    return SensorSpec(kind, name, options, metrics)
+    own = {key: value for key, value in options.items() if key not in extra}
+    metrics: list[str] = cls.metric_names(own)
+    return SensorSpec(kind, name, own, metrics, {key: options[key] for key in extra})
 
 
 def build_sensor(spec: SensorSpec, ctx: SensorContext) -> Sensor:
-    """Construct the sensor object for a validated spec."""
-    sensor: Sensor = sensor_class(spec.type)(spec.name, spec.options, ctx)
+    """Construct the sensor object for a validated spec, with its hardware from ctx's backend."""
+    hardware = backend_class(ctx.backend)(spec.type, spec.backend_options)
+    sensor: Sensor = sensor_class(spec.type)(spec.name, spec.options, ctx, hardware)
     return sensor
 
 
@@ -177,10 +205,11 @@ class SensorBase:
 
     OPTIONS: ClassVar[dict[str, Opt]] = {}
 
-    def __init__(self, name: str, options: dict[str, Any], ctx: SensorContext) -> None:
+    def __init__(self, name: str, options: dict[str, Any], ctx: SensorContext, hardware: Any) -> None:
         self.name = name
         self.options = options
         self.ctx = ctx
+        self.hardware = hardware  # an edge.hardware.Hardware: pins, devices, files
 
     @classmethod
     def metric_names(cls, options: dict[str, Any]) -> list[str]:

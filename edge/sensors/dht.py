@@ -9,16 +9,17 @@ sensor's rated range or jumped more than ``max_step`` since the last good value,
 ``stale`` when every read failed and the last good value (younger than
 ``stale_after`` s) is repeated. After ``recreate_after`` failures in a row the
 device object is closed (``exit()``) and created again, which frees a stuck
-pulse reader.
+pulse reader. The device object comes from the hardware (edge/hardware.py): adafruit_dht's,
+or with backend "sim" the simulator's stand-in with the library's surface and failure modes.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any, ClassVar
 
 from edge.errors import SensorError
+from edge.hardware import Hardware
 from edge.sensors.base import (
     QUALITY_OK,
     QUALITY_RETRIED,
@@ -29,7 +30,6 @@ from edge.sensors.base import (
     SensorBase,
     SensorContext,
     bcm_pin,
-    fraction,
     median,
     metric_name,
     non_negative,
@@ -37,33 +37,6 @@ from edge.sensors.base import (
 )
 
 LOG = logging.getLogger("edgewire.edge.dht")
-
-
-SIM_MODULE = "simulator.hardware.dht"
-SIM_CLASS = "AdafruitDHTStandIn"
-
-
-def hardware_device(model: str, pin: int) -> Any:
-    """The real adafruit_dht object on BCM ``pin``."""
-    try:
-        board = importlib.import_module("board")
-        adafruit_dht = importlib.import_module("adafruit_dht")
-        board_pin = getattr(board, f"D{pin}")
-    except (ImportError, AttributeError, NotImplementedError) as err:
-        raise SensorError(
-            f"cannot open {model.upper()} on GPIO{pin}: {err}; install adafruit-circuitpython-dht "
-            "(pip install '.[edge]') and run on a Raspberry Pi, or set backend = \"sim\"") from err
-    cls = adafruit_dht.DHT22 if model == "dht22" else adafruit_dht.DHT11
-    return cls(board_pin)
-
-
-def sim_device(model: str, pin: int, failure_rate: float, seed: int) -> Any:
-    """The simulator's stand-in with the library's surface, failure modes and timing."""
-    try:
-        cls = getattr(importlib.import_module(SIM_MODULE), SIM_CLASS)
-    except (ImportError, AttributeError) as err:
-        raise SensorError(f"backend \"sim\" needs {SIM_MODULE}.{SIM_CLASS} ({err})") from err
-    return cls(pin, dht11=model == "dht11", failure_rate=failure_rate, seed=seed)
 
 
 class DHTSensor(SensorBase):
@@ -80,12 +53,11 @@ class DHTSensor(SensorBase):
         "max_step": Opt((int, float), 10.0, positive, "change since last good value that marks suspect"),
         "temperature_metric": Opt((str,), "temperature", metric_name, "metric name for temperature"),
         "humidity_metric": Opt((str,), "humidity", metric_name, "metric name for humidity"),
-        "sim_failure_rate": Opt((int, float), 0.3, fraction, "sim backend: share of reads that fail"),
-        "sim_seed": Opt((int,), 0, doc="sim backend: random seed of the stand-in"),
     }
+    hardware: Hardware
 
-    def __init__(self, name: str, options: dict[str, Any], ctx: SensorContext) -> None:
-        super().__init__(name, options, ctx)
+    def __init__(self, name: str, options: dict[str, Any], ctx: SensorContext, hardware: Hardware) -> None:
+        super().__init__(name, options, ctx, hardware)
         self.pin: int = options["pin"]
         self.device: Any = None
         self.failures_in_row = 0
@@ -99,10 +71,7 @@ class DHTSensor(SensorBase):
         return [options["temperature_metric"], options["humidity_metric"]]
 
     def _open(self) -> Any:
-        if self.ctx.backend == "sim":
-            return sim_device(self.MODEL, self.pin, float(self.options["sim_failure_rate"]),
-                              self.options["sim_seed"] + self.recreated)
-        return hardware_device(self.MODEL, self.pin)
+        return self.hardware.dht(self.MODEL, self.pin, self.recreated)
 
     def _close_device(self) -> None:
         if self.device is not None:

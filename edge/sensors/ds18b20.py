@@ -4,19 +4,18 @@
 and the value (``... t=21437`` millidegrees). A ``NO`` CRC is retried; 85000
 (the power-on value, seen when the probe lost power mid-conversion) is retried
 and reported ``suspect`` if it persists. ``devices_dir`` is configurable so a
-fake tree in a temp dir stands in for /sys/bus/w1/devices. With backend "sim"
-and ``devices_dir`` left at its default, the simulator's stand-in
-(simulator.hardware.w1: the w1_slave text, CRC failures included) is read.
+fake tree in a temp dir stands in for /sys/bus/w1/devices. The files are listed and read
+through the hardware (edge/hardware.py): with backend "sim" the default directory holds the
+simulator's stand-in probe (simulator.hardware.w1: the w1_slave text, CRC failures included).
 """
 
 from __future__ import annotations
 
-import glob
-import importlib
 import os
 from typing import Any, ClassVar
 
 from edge.errors import SensorError
+from edge.hardware import Hardware
 from edge.sensors.base import (
     QUALITY_OK,
     QUALITY_RETRIED,
@@ -25,7 +24,6 @@ from edge.sensors.base import (
     Sample,
     SensorBase,
     SensorContext,
-    fraction,
     metric_name,
     non_negative,
     positive,
@@ -33,8 +31,6 @@ from edge.sensors.base import (
 
 DEFAULT_DIR = "/sys/bus/w1/devices"
 POWER_ON_VALUE = 85.0
-SIM_MODULE = "simulator.hardware.w1"
-SIM_CLASS = "W1ThermStandIn"
 
 
 class DS18B20Sensor(SensorBase):
@@ -44,35 +40,18 @@ class DS18B20Sensor(SensorBase):
         "metric": Opt((str,), "temperature", metric_name, "metric name"),
         "attempts": Opt((int,), 3, positive, "reads tried per reading"),
         "spacing": Opt((int, float), 0.2, non_negative, "seconds between retries"),
-        "sim_temperature": Opt((int, float), 18.0, doc="sim backend: mean temperature of the stand-in probe (°C)"),
-        "sim_failure_rate": Opt((int, float), 0.05, fraction, "sim backend: share of reads with a CRC error"),
-        "sim_seed": Opt((int,), 0, doc="sim backend: random seed of the stand-in"),
     }
+    hardware: Hardware
 
-    def __init__(self, name: str, options: dict[str, Any], ctx: SensorContext) -> None:
-        super().__init__(name, options, ctx)
-        self.stand_in: Any = None
-        if ctx.backend == "sim" and options["devices_dir"] == DEFAULT_DIR:
-            try:
-                cls = getattr(importlib.import_module(SIM_MODULE), SIM_CLASS)
-            except (ImportError, AttributeError) as err:
-                raise SensorError(f"backend \"sim\" needs {SIM_MODULE}.{SIM_CLASS} ({err})") from err
-            self.stand_in = cls(options["device"] or "28-00000000a1b2", float(options["sim_temperature"]),
-                                options["sim_seed"], float(options["sim_failure_rate"]))
-
-    def _lines(self) -> list[str]:
-        """The two lines of the probe's w1_slave file (OSError if it cannot be read)."""
-        if self.stand_in is not None:
-            return str(self.stand_in.w1_slave()).splitlines()
-        with open(self._path(), encoding="ascii", errors="replace") as handle:
-            return handle.read().splitlines()
+    def __init__(self, name: str, options: dict[str, Any], ctx: SensorContext, hardware: Hardware) -> None:
+        super().__init__(name, options, ctx, hardware)
 
     def _path(self) -> str:
         base = self.options["devices_dir"]
         device = self.options["device"]
         if device:
             return os.path.join(base, device, "w1_slave")
-        found = sorted(glob.glob(os.path.join(base, "28-*", "w1_slave")))
+        found = self.hardware.w1_probes(base)
         if len(found) == 1:
             return found[0]
         if not found:
@@ -90,11 +69,11 @@ class DS18B20Sensor(SensorBase):
         for attempt in range(attempts):
             if attempt:
                 self.ctx.sleep(float(self.options["spacing"]))
-            path = "the sim stand-in" if self.stand_in is not None else self._path()
+            path = self._path()
             try:
-                lines = self._lines()
+                lines = self.hardware.w1_read(path).splitlines()
             except OSError as err:
-                problem = f"cannot read {path} ({err.strerror or err})"
+                problem = f"cannot read {self.hardware.describe(path)} ({err.strerror or err})"
                 continue
             if len(lines) < 2 or not lines[0].strip().endswith("YES"):
                 problem = "CRC check failed (NO)"
@@ -103,10 +82,10 @@ class DS18B20Sensor(SensorBase):
             try:
                 value = int(raw.strip()) / 1000.0
             except ValueError:
-                problem = f"no temperature in {path}"
+                problem = f"no temperature in {self.hardware.describe(path)}"
                 continue
             if not sep:
-                problem = f"no temperature in {path}"
+                problem = f"no temperature in {self.hardware.describe(path)}"
                 continue
             if value == POWER_ON_VALUE:
                 suspect_value = value

@@ -5,8 +5,9 @@ linearly (and clamped) to the metric, e.g. a capacitive soil probe that reads 0.
 dry and 0.35 in water: raw_range = [0.82, 0.35], out_range = [0, 100]. ``samples``
 reads are taken and the median kept.
 
-The ``sim`` backend attaches a mock MCP3008 (the chip's SPI bit protocol on
-gpiozero MockFactory pins) so the real gpiozero driver is exercised.
+The chip comes from the hardware (edge/hardware.py): with backend "sim" a mock MCP3008
+(the chip's SPI bit protocol on gpiozero MockFactory pins) is attached first, so the real
+gpiozero driver is exercised.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from edge.errors import SensorError
-from edge.sensors.base import Opt, Sample, SensorBase, SensorContext, fraction, median, metric_name, positive
+from edge.hardware import Hardware
+from edge.sensors.base import Opt, Sample, SensorBase, SensorContext, median, metric_name, positive
 
 
 def _channel(value: Any) -> str | None:
@@ -40,22 +42,15 @@ class MCP3008Sensor(SensorBase):
         "raw_range": Opt((list,), [0.0, 1.0], _pair, "raw fraction at the two ends of out_range"),
         "out_range": Opt((list,), [0.0, 1.0], _pair, "metric values for the two ends of raw_range"),
         "samples": Opt((int,), 5, positive, "reads per reading (median)"),
-        "sim_value": Opt((int, float), 0.5, fraction, "sim backend: voltage fraction the mock chip reports"),
     }
+    hardware: Hardware
 
-    def __init__(self, name: str, options: dict[str, Any], ctx: SensorContext) -> None:
-        super().__init__(name, options, ctx)
+    def __init__(self, name: str, options: dict[str, Any], ctx: SensorContext, hardware: Hardware) -> None:
+        super().__init__(name, options, ctx, hardware)
         self.device: Any = None
 
     def _open(self) -> Any:
-        from gpiozero import MCP3008
-
-        if self.ctx.backend == "sim":
-            from edge.sim import attach_mock_mcp3008
-
-            attach_mock_mcp3008(self.options["chip_select"], self.options["channel"],
-                                float(self.options["sim_value"]))
-        return MCP3008(channel=self.options["channel"], device=self.options["chip_select"])
+        return self.hardware.mcp3008(self.options["channel"], self.options["chip_select"])
 
     def scale(self, raw: float) -> float:
         r0, r1 = (float(v) for v in self.options["raw_range"])

@@ -1,4 +1,4 @@
-"""The alert's public shape and the events the engine emits (docs/alerts.md, /work/coord/alerts-api.md).
+"""The alert's public shape and the events the engine emits (docs/alerts.md).
 
 An alert is a ``storage.base.AlertRow`` (one class for memory and storage); ``alert_dict`` is
 its JSON form, the same for the event stream, the admin API, dashboards, MQTT and webhooks.

@@ -97,10 +97,16 @@ class DeviceLoop:
         return device
 
     def close(self) -> None:
-        for future in self.tasks:
-            future.cancel()
+        """Cancel every task on the loop and wait until they have ended, then stop the loop."""
+
+        async def cancel_all() -> None:
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
         with contextlib.suppress(Exception):
-            self.run(asyncio.sleep(0.05), 5)
+            self.run(cancel_all(), 10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 

@@ -27,10 +27,18 @@ def _copy(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def _response(status: int, body: bytes | None) -> Any:
+    """The HTTP refusal as the websockets client hands it over (InvalidStatus.response)."""
+    from websockets.datastructures import Headers
+    from websockets.http11 import Response
+
+    return Response(status, "Refused", Headers(), body or b"")
+
+
 class AgentAdapter:
     """The Pi agent: edge.agent.Agent (sim backend, mock pins) and its SQLite queue."""
 
-    features = DEVICE_FEATURES
+    features = tuple(f for f in DEVICE_FEATURES if f != "sleeps")
     output = "relay"
 
     def __init__(self, workdir: Path, fresh: bool | None) -> None:
@@ -82,6 +90,15 @@ pin = 22
     def reboots(self) -> bool:
         return self.agent.reboot_requested
 
+    def refuse(self, status: int, body: bytes | None) -> Any:
+        from edge.uplink import Uplink, now_ms
+
+        agent = self.agent
+        return Uplink(agent.cfg, agent.session, agent.credentials, agent, now_ms).refused(_response(status, body))
+
+    def sleep(self) -> AgentAdapter:
+        raise NotImplementedError("the agent does not deep-sleep")
+
     def close(self) -> None:
         self.agent.close()
 
@@ -89,7 +106,7 @@ pin = 22
 class SimulatorAdapter:
     """The simulator: simulator.device.VirtualDevice and its in-memory outbox (not durable)."""
 
-    features = tuple(f for f in DEVICE_FEATURES if f != "durable")
+    features = tuple(f for f in DEVICE_FEATURES if f not in ("durable", "sleeps"))
     output = "relay"
 
     def __init__(self, workdir: Path, fresh: bool | None) -> None:
@@ -118,6 +135,14 @@ class SimulatorAdapter:
 
     def reboots(self) -> bool:
         return self.dev.reboot_pending
+
+    def refuse(self, status: int, body: bytes | None) -> Any:
+        from websockets.exceptions import InvalidStatus
+
+        return self.dev._on_refused(InvalidStatus(_response(status, body)))
+
+    def sleep(self) -> SimulatorAdapter:
+        raise NotImplementedError("the simulator does not deep-sleep")
 
     def close(self) -> None:
         return None
@@ -158,6 +183,12 @@ class LoadgenAdapter:
 
     def reboots(self) -> bool:
         return False
+
+    def refuse(self, status: int, body: bytes | None) -> Any:
+        return self.session.refused(status, body, 0)  # it has no HTTP client of its own: the session is its path
+
+    def sleep(self) -> LoadgenAdapter:
+        raise NotImplementedError("the load generator does not deep-sleep")
 
     def close(self) -> None:
         return None

@@ -10,8 +10,11 @@ import os
 import sys
 
 import app
+import clock
 import config as config_module
+import machine
 import scenarios
+from errors import NetError
 
 MICROPYTHON = sys.implementation.name == "micropython"
 _made = [0]
@@ -36,23 +39,27 @@ def _remove(path):
         pass
 
 
-def _config(path):
+def _config(path, deep_sleep=False):
     return config_module.validate({
         "wifi_ssid": "lab", "gateway_url": "ws://127.0.0.1:9/v1/device", "device_id": "ESP-CONF",
         "token": "ewt_" + "f" * 32, "sensor": "dht22", "output_pins": {"relay": 5}, "interval_s": 30,
-        "ring_path": path, "ring_records": 64, "watchdog_s": 0, "max_batch": 20,
+        "ring_path": path, "ring_records": 64, "watchdog_s": 0, "max_batch": 20, "deep_sleep": deep_sleep,
     })
+
+
+def _deep_sleep_reset():
+    return machine.DEEPSLEEP_RESET
 
 
 class FirmwareAdapter:
     features = scenarios.DEVICE_FEATURES
     output = "relay"
 
-    def __init__(self, path, fresh):
+    def __init__(self, path, fresh, deep_sleep=False):
         if fresh is not None:
             _remove(path)  # a new ring file: a reflashed board
         self.path = path
-        self.app = app.App(_config(path))
+        self.app = app.App(_config(path, deep_sleep))
         self.session = self.app.session
         if fresh is False:
             self.app.ring.confirm()
@@ -82,6 +89,29 @@ class FirmwareAdapter:
 
     def reboots(self):
         return self.app.reboot_requested
+
+    def refuse(self, status, body):
+        err = NetError("gateway refused the upgrade: HTTP " + str(status))
+        err.http_status = status
+        err.http_body = body  # as wsclient.WSClient hands it over
+        return self.app.ended(err, False, clock.up_ms())
+
+    def sleep(self):
+        """What wake_once() does before machine.deepsleep(), then the boot after it: RTC memory
+        kept, RAM lost (a new App), reset_cause() DEEPSLEEP_RESET."""
+        self.app.save_sleep_state(clock.up_ms() + 1000)
+        self.app.ring.close()
+        cause = machine.reset_cause
+        saved = getattr(machine, "_RESET_CAUSE", None)  # the CPython stand-in's RTC reads it
+        machine.reset_cause = _deep_sleep_reset
+        if saved is not None:
+            machine._RESET_CAUSE = machine.DEEPSLEEP_RESET
+        try:
+            return FirmwareAdapter(self.path, None, True)
+        finally:
+            machine.reset_cause = cause
+            if saved is not None:
+                machine._RESET_CAUSE = saved
 
     def close(self):
         self.app.ring.close()

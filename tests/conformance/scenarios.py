@@ -15,6 +15,10 @@ never confirmed by a gateway (state wiped, reflashed). An adapter has:
     a.state()        the settings commands change (interval, thresholds, outputs)
     a.output         the name of an output the driver has configured
     a.reboots()      True once a reboot command was accepted
+    a.refuse(s, b)   the driver's own path for an HTTP refusal: status s, raw body b (bytes or
+                     None) as the driver's HTTP client hands it over; the session's Reconnect
+    a.sleep()        deep sleep and wake: the driver saves what it keeps (the session's state()),
+                     loses RAM, and is built again from it; a new adapter (only with "sleeps")
     a.close()
 
 This file runs unchanged under CPython and MicroPython (the firmware's interpreter), so it
@@ -22,12 +26,15 @@ keeps to the subset protocol/ uses. SCENARIOS lists (name, function, needs): the
 driver must have for the scenario to apply ("reconnect"), the feature it must lack
 ("!reconnect"), or None (every driver). Features (an adapter's ``features``): "durable" (its
 outbox survives a restart), "reconnect" (it reconnects as docs/protocol.md section 11 says),
-"pacing" (it obeys slow-downs and paces frames) and "commands" (it runs commands). A device
-driver has all four (the simulator is not durable); the load generator, under the core's
+"pacing" (it obeys slow-downs and paces frames), "commands" (it runs commands) and "sleeps"
+(it deep-sleeps, keeping the session's state() across: the firmware). A device driver has the
+first four (the simulator is not durable); the load generator, under the core's
 LOADGEN policy, has none: the "!reconnect", "!pacing" and "!commands" scenarios check that it
 stops after every close, resends a slowed-down frame at once, and answers every command
 "not run (load generator)".
 """
+
+import json
 
 from protocol import wire
 from protocol.cbor_decode import decode_frame, rows
@@ -92,6 +99,12 @@ def cmd(command_id, name, args=None):
     if args is not None:
         msg["args"] = args
     return enc(msg)
+
+
+def set_batch(session, n):
+    """The session as a driver configured for ``n`` readings per frame would have it (the welcome's
+    max_batch of 100 is above every n used here)."""
+    session.batch_limit = session.batch_cap = session.max_batch = n
 
 
 def frames(session, now=None):
@@ -234,7 +247,7 @@ def sc_cumulative_ack(make):
     try:
         a.sample(6)
         online(a, 0)
-        a.session.max_batch = 2
+        set_batch(a.session, 2)
         sent = frames(a.session)
         check([f["seq"] for f in sent] == [1, 3, 5], sent)
         d = a.session.handle(ack(4), NOW)
@@ -251,7 +264,7 @@ def sc_window_limits_frames_in_flight(make):
     try:
         a.sample(10)
         online(a, 0)
-        a.session.max_batch = 1
+        set_batch(a.session, 1)
         a.session.window = 4
         check(len(frames(a.session)) == 4, "window of 4")
         a.session.handle(ack(1), NOW)
@@ -266,14 +279,14 @@ def sc_refused_frame_is_dropped_not_resent(make):
     try:
         a.sample(6)
         online(a, 0)
-        a.session.max_batch = 2
+        set_batch(a.session, 2)
         frames(a.session)  # 1-2, 3-4, 5-6
         d = a.session.handle(error(wire.E_BAD_VALUE, 3), NOW)
         check(d.kind == D_DROP and d.seq == 3 and d.last == 4 and d.count == 2, d)
         check(a.held() == [1, 2, 5, 6] and a.rejected() == 2, a.held(), a.rejected())
         a.session.connection_lost()  # the acks were lost with the connection
         online(a, 0)
-        a.session.max_batch = 2
+        set_batch(a.session, 2)
         resent = [seqs_of(f) for f in frames(a.session)]
         check(resent == [[1, 2], [5, 6]], resent)
     finally:
@@ -285,7 +298,7 @@ def sc_refused_frame_frees_its_window_slot(make):
     try:
         a.sample(2)
         online(a, 0)
-        a.session.max_batch = 1
+        set_batch(a.session, 1)
         a.session.window = 1
         check(len(frames(a.session)) == 1 and not a.session.can_send(), "window full")
         a.session.handle(error(wire.E_TOO_LARGE, 1), NOW)
@@ -301,7 +314,7 @@ def sc_not_stored_errors_are_resent(make):
         try:
             a.sample(4)
             online(a, 0)
-            a.session.max_batch = 1
+            set_batch(a.session, 1)
             frames(a.session)
             d = a.session.handle(error(code, 3), NOW)
             check(d.kind == D_RESEND and d.seq == 3, code, d)
@@ -346,7 +359,7 @@ def sc_slow_down_waits_then_paces(make):
     try:
         a.sample(3)
         online(a, 0)
-        a.session.max_batch = 1
+        set_batch(a.session, 1)
         sent = frames(a.session, NOW)
         check(len(sent) == 1, "paced from the first frame at the welcome's rate", sent)
         sent = frames(a.session, NOW + 1) + frames(a.session, NOW + 2)
@@ -368,7 +381,7 @@ def sc_frames_fit_max_frame(make):
     try:
         a.sample(12)
         a.session.handle(welcome(0, max_frame=400), NOW)
-        a.session.max_batch = 12
+        set_batch(a.session, 12)
         a.session.window = 20
         sent = []
         while True:
@@ -486,17 +499,50 @@ def sc_backoff_grows_and_resets_on_welcome(make):
         a.close()
 
 
+def body(code, text="refused by the scripted gateway"):
+    """An HTTP refusal's body as the gateway sends it (docs/protocol.md section 2)."""
+    return enc({"code": code, "message": text}).encode()
+
+
+# (status, body, action, the code the session read from the body)
+REFUSALS = (
+    (401, body(wire.E_AUTH_FAILED), R_STOP, wire.E_AUTH_FAILED),
+    (401, None, R_STOP, None),
+    (401, body(wire.E_EXPIRED), R_REFRESH, wire.E_EXPIRED),
+    (403, body(wire.E_DISABLED), R_HOURLY, wire.E_DISABLED),
+    (403, b"", R_HOURLY, None),
+    (403, body(wire.E_ADDRESS), R_STOP, wire.E_ADDRESS),
+    (503, body(wire.E_SHUTDOWN), R_BACKOFF, wire.E_SHUTDOWN),
+    (503, body(wire.E_STORAGE), R_BACKOFF, wire.E_STORAGE),
+    (404, None, R_BACKOFF, None),
+    (500, b"<html><body>Internal Server Error</body></html>", R_BACKOFF, None),
+    # bodies the session cannot read fall back to the status: 401 stops, 403 retries hourly
+    (401, b'{"code": "auth_fa', R_STOP, None),  # cut short
+    (401, b'["credential_expired"]', R_STOP, None),  # not an object
+    (401, b'{"code": 4004}', R_STOP, None),  # a number, not a code
+    (403, b'{"message": "no code"}', R_HOURLY, None),
+    (403, b'{"code": "credential_expired", "x": "\xff\xfe"}', R_HOURLY, None),  # not UTF-8
+    (401, b'{"code": "credential_expired", "pad": "' + b"x" * 1100 + b'"}', R_STOP, None),  # too long
+    (403, b'{"code": "no_such_code"}', R_HOURLY, "no_such_code"),  # a code without a close: by status
+)
+
+
 def sc_http_refusals(make):
-    cases = ((401, wire.E_AUTH_FAILED, R_STOP), (401, None, R_STOP), (401, wire.E_EXPIRED, R_REFRESH),
-             (403, wire.E_DISABLED, R_HOURLY), (403, None, R_HOURLY), (403, wire.E_ADDRESS, R_STOP),
-             (503, wire.E_SHUTDOWN, R_BACKOFF), (404, None, R_BACKOFF), (500, None, R_BACKOFF))
-    for status, code, action in cases:
+    for status, raw, action, code in REFUSALS:
         a = make()
         try:
-            r = a.session.refused(status, code, NOW)
-            check(r.action == action, status, code, r)
+            r = a.refuse(status, raw)
+            check(r.action == action and r.error == code and r.code == status, status, raw, r, r.error)
+            if action == R_STOP:
+                check(not a.session.connect_due(NOW + 10 * HOURLY_MS), "stopped after", status, raw)
         finally:
             a.close()
+    a = make()
+    try:
+        r = a.session.refused(401, body(wire.E_EXPIRED).decode(), NOW)  # a str body reads the same
+        check(r.action == R_REFRESH and r.error == wire.E_EXPIRED, r)
+    finally:
+        a.close()
 
 
 def sc_stop_lasts_until_the_credential_changes(make):
@@ -535,9 +581,128 @@ def sc_too_big_close_halves_the_batch(make):
     a = make()
     try:
         online(a, 0)
-        before = a.session.batch_limit
+        before = a.session.max_batch
         r = a.session.closed(wire.CLOSE_TOO_BIG, NOW)
-        check(r.action == R_BACKOFF and a.session.batch_limit == max(1, before // 2), r, a.session.batch_limit)
+        half = max(1, before // 2)
+        check(r.action == R_BACKOFF and a.session.batch_limit == half, r, a.session.batch_limit)
+        online(a, 0)  # the next connection keeps the halved size, whatever the welcome allows
+        check(a.session.max_batch == half, "after the welcome", a.session.max_batch)
+        a.session.handle(slow(1, 10, 100.0), NOW)
+        check(a.session.max_batch == half, "a slow-down does not grow it back", a.session.max_batch)
+    finally:
+        a.close()
+
+
+def sc_batch_follows_the_welcome(make):
+    """The one batch-size rule: the driver's size, never above the welcome's max_batch."""
+    a = make()
+    try:
+        own = a.session.batch_limit
+        a.sample(own + 2)
+        a.session.handle(welcome(0, max_batch=3), NOW)
+        check(a.session.max_batch == min(own, 3), "capped by the welcome", a.session.max_batch)
+        sent = frames(a.session)
+        check(sent and max(len(f["r"]) for f in sent) <= 3, [len(f["r"]) for f in sent])
+        a.session.connection_lost()
+        a.session.handle(welcome(0, max_batch=1000), NOW)
+        check(a.session.max_batch == own, "the driver's own size again", a.session.max_batch)
+    finally:
+        a.close()
+
+
+# ------------------------------------------------------------------ what outlives the session (state, restore)
+
+
+def _snapshot(session):
+    """state() through JSON, as RTC memory or a file would keep it."""
+    return json.loads(json.dumps(session.state()))
+
+
+def _next_delay_ok(session, r, attempt):
+    """r (a backoff after ``attempt`` failed attempts) drew from [d/2, d], d = base * 2**attempt capped."""
+    full = min(session.backoff.base_ms << attempt, session.backoff.cap_ms)
+    return full // 2 <= r.delay_ms <= full
+
+
+def sc_state_keeps_the_backoff(make):
+    a = make()
+    try:
+        for _ in range(3):
+            last = a.session.failed(NOW)
+        snap = _snapshot(a.session)
+    finally:
+        a.close()
+    b = make()  # a new session object (one driver at a time: the agent's pins are its own)
+    try:
+        check(b.session.restore(snap), "restore", snap)
+        check(b.session.backoff.attempt == 3 and b.session.retry_at_ms == last.at_ms, snap)
+        check(not b.session.connect_due(last.at_ms - 1) and b.session.connect_due(last.at_ms), "due as before")
+        r = b.session.failed(NOW)
+        check(_next_delay_ok(b.session, r, 3), "the fourth delay", r)
+    finally:
+        b.close()
+
+
+def sc_state_keeps_a_stop_for_the_same_credential_only(make):
+    a = make()
+    try:
+        online(a, 0)
+        a.session.closed(wire.CLOSE_TOO_BIG, NOW)
+        halved = a.session.batch_limit
+        a.session.closed(4005, NOW)
+        snap = _snapshot(a.session)
+    finally:
+        a.close()
+    b = make()
+    try:
+        check(b.session.restore(snap) and b.session.stopped, "the stop comes back", snap)
+        check(not b.session.connect_due(NOW + 10 * HOURLY_MS) and b.session.batch_limit == halved, snap)
+    finally:
+        b.close()
+    c = make()
+    try:
+        c.session.set_credential(token="ewt_" + "r" * 32)  # the operator installed a new token
+        check(c.session.restore(snap) and not c.session.stopped and c.session.connect_due(NOW), "a new credential")
+        check(c.session.backoff.attempt == 0, "and a fresh backoff")
+    finally:
+        c.close()
+
+
+def sc_unreadable_state_changes_nothing(make):
+    a = make()
+    try:
+        a.session.failed(NOW)
+        good = _snapshot(a.session)
+        before = (a.session.backoff.attempt, a.session.retry_at_ms, a.session.stopped, a.session.batch_limit)
+        bad = [None, 7, "state", [], {}, {"v": 99}]
+        for key, value in (("attempt", -1), ("attempt", 25), ("attempt", "3"), ("retry_at_ms", -2),
+                           ("retry_at_ms", 1.5), ("batch_limit", 0), ("stopped_for", "crc")):
+            broken = dict(good)
+            broken[key] = value
+            bad.append(broken)
+        for snap in bad:
+            check(not a.session.restore(snap), "accepted", snap)
+            now = (a.session.backoff.attempt, a.session.retry_at_ms, a.session.stopped, a.session.batch_limit)
+            check(now == before, snap, "changed", now)
+    finally:
+        a.close()
+
+
+def sc_deep_sleep_keeps_the_backoff(make):
+    a = make()
+    try:
+        a.sample(2)
+        for _ in range(2):
+            last = a.session.failed(NOW)
+        a = a.sleep()
+        s = a.session
+        check(s.backoff.attempt == 2 and s.retry_at_ms == last.at_ms and not s.stopped, s.state())
+        check(a.held() == [1, 2], "readings kept", a.held())
+        check(_next_delay_ok(s, s.failed(NOW), 2), "the third delay")
+        online(a, 0)
+        s.closed(4001, NOW)
+        a = a.sleep()
+        check(a.session.stopped and not a.session.connect_due(NOW + 10 * HOURLY_MS), "the stop survives the sleep")
     finally:
         a.close()
 
@@ -694,9 +859,9 @@ def sc_never_reconnects(make):
             a.close()
     a = make()
     try:
-        for status, code in ((401, wire.E_EXPIRED), (403, wire.E_DISABLED), (503, wire.E_SHUTDOWN), (500, None)):
-            r = a.session.refused(status, code, NOW)
-            check(r.action == R_STOP, status, code, r)
+        for status, raw, _action, code in REFUSALS:
+            r = a.refuse(status, raw)
+            check(r.action == R_STOP and r.error == code, status, raw, r)
         check(a.session.failed(NOW).action == R_STOP, "gateway unreachable")
         check(a.sample(2) == [1, 2] and a.held() == [1, 2], "readings kept while stopped", a.held())
     finally:
@@ -708,7 +873,7 @@ def sc_slow_down_resends_at_once(make):
     try:
         a.sample(3)
         online(a, 0)
-        a.session.max_batch = 1
+        set_batch(a.session, 1)
         sent = frames(a.session, NOW)
         check([f["seq"] for f in sent] == [1, 2, 3], "not paced", sent)
         d = a.session.handle(slow(2, 500, 2.0), NOW)
@@ -765,6 +930,12 @@ SCENARIOS = (
     ("stop_lasts_until_the_credential_changes", sc_stop_lasts_until_the_credential_changes, "reconnect"),
     ("expired_credential_is_refreshed", sc_expired_credential_is_refreshed, "reconnect"),
     ("too_big_close_halves_the_batch", sc_too_big_close_halves_the_batch, "reconnect"),
+    ("batch_follows_the_welcome", sc_batch_follows_the_welcome, None),
+    ("state_keeps_the_backoff", sc_state_keeps_the_backoff, "reconnect"),
+    ("state_keeps_a_stop_for_the_same_credential_only", sc_state_keeps_a_stop_for_the_same_credential_only,
+     "reconnect"),
+    ("unreadable_state_changes_nothing", sc_unreadable_state_changes_nothing, None),
+    ("deep_sleep_keeps_the_backoff", sc_deep_sleep_keeps_the_backoff, "sleeps"),
     ("commands_with_good_arguments", sc_commands_with_good_arguments, "commands"),
     ("commands_with_bad_arguments_change_nothing", sc_commands_with_bad_arguments_change_nothing, "commands"),
     ("malformed_commands", sc_malformed_commands, "commands"),
@@ -775,7 +946,7 @@ SCENARIOS = (
 )
 
 
-DEVICE_FEATURES = ("durable", "reconnect", "pacing", "commands")
+DEVICE_FEATURES = ("durable", "reconnect", "pacing", "commands", "sleeps")
 
 
 def applicable(needs, features):

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from edge.errors import SensorError
-from edge.sensors import dht
 from edge.sensors.base import SENSOR_TYPES, SensorContext, build_sensor, validate_sensor
+from edge.sim import SimHardware
 from simulator.hardware.dht import AdafruitDHTStandIn, DHTModel
 from tests.edge.conftest import W1_BAD_CRC, write_probe
 
@@ -45,12 +45,12 @@ def make_dht(monkeypatch: pytest.MonkeyPatch, clock: Clock, env: Env | None = No
                      connected=options.pop("connected", True))
     created: list[AdafruitDHTStandIn] = []
 
-    def factory(model_name: str, pin: int, failure_rate: float, seed: int) -> AdafruitDHTStandIn:
+    def factory(_hardware: SimHardware, model_name: str, pin: int, attempt: int) -> AdafruitDHTStandIn:
         device = AdafruitDHTStandIn(pin, dht11=model_name == "dht11", model=model, sleep=clock.sleep)
         created.append(device)
         return device
 
-    monkeypatch.setattr(dht, "sim_device", factory)
+    monkeypatch.setattr(SimHardware, "dht", factory)
     spec = validate_sensor(0, {"type": kind, "pin": 4, **options})
     return build_sensor(spec, SensorContext("sim", clock.sleep, clock)), created, model
 

@@ -85,7 +85,8 @@ def test_command_finds_the_gateway_from_edgewire_port_and_the_config(gw: Gateway
     assert json.loads(proc.stdout)["msg"] == "done"
     # the config file: port and data_dir (so the admin token is found)
     cmd, proc = asyncio.run(device("command", "cli-dev", "ping", "--config", str(config), env={}))
-    assert proc.returncode == 0, proc.stderr and cmd["name"] == "ping"
+    assert proc.returncode == 0, proc.stderr
+    assert cmd["name"] == "ping", cmd
 
 
 def test_command_with_a_wrong_admin_token_is_one_line(gw: GatewayProcess) -> None:

@@ -18,6 +18,7 @@ from gateway.conn import dumps
 from gateway.errors import CommandError, DeviceOffline
 from gateway.hub import Hub
 from protocol.gateway import GatewaySession
+from tests.helpers.waiting import until
 
 
 def hub() -> Hub:
@@ -133,7 +134,11 @@ def test_embedded_commands_wait_for_an_offline_device_and_expire_with_a_clear_er
         bus, commands, live = await embedded()
         try:
             call = asyncio.ensure_future(commands.run("dev-1", "ping", {}, 10))
-            await asyncio.sleep(0.05)
+
+            async def queued() -> bool:
+                return bool(await bus.commands.pending("dev-1"))
+
+            await until(queued, 5, "the command queued for the offline device")
             target = live["dev-1"] = Target("dev-1")
             await commands.welcomed(target)  # connects: the queued command goes out
             (cmd,) = target.sent
@@ -187,7 +192,7 @@ def test_a_moved_device_keeps_its_command_and_a_leaving_one_fails_it() -> None:
         try:
             old = live["dev-3"] = Target("dev-3")
             call = asyncio.ensure_future(commands.run("dev-3", "ping", {}, 10))
-            await asyncio.sleep(0.05)
+            await until(lambda: bool(old.sent), 5, "the command sent to the online device")
             commands.ended(old, moved=True)  # handed over: stays queued
             new = live["dev-3"] = Target("dev-3")
             await commands.welcomed(new)

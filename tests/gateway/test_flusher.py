@@ -88,9 +88,17 @@ def add(flusher: Flusher, conn: FakeConn, first: int, last: int) -> None:
     flusher.add(conn, rows(conn, first, last), max(last, first - 1))
 
 
-async def settle() -> None:
-    """Let every ready task run (no timers are involved)."""
-    for _ in range(20):
+async def settle(timeout: float = 5.0) -> None:
+    """Return once the event loop is idle: every other task waits on something only the test can
+    complete (a commit, a gate), so nothing further happens by itself. No timers are involved;
+    the loop's ready queue is the event (asyncio has no public idle hook)."""
+    loop = asyncio.get_running_loop()
+    ready = loop._ready  # type: ignore[attr-defined]
+    end = loop.time() + timeout
+    await asyncio.sleep(0)
+    while ready:  # something else can still run: let it, then look again
+        if loop.time() >= end:
+            raise AssertionError(f"the event loop was still busy after {timeout:g} s")
         await asyncio.sleep(0)
 
 

@@ -26,3 +26,26 @@ def test_readme_latency_figures_say_which_coalescing_interval_they_were_measured
     performance = (ROOT / "README.md").read_text().split("## Performance", 1)[1].split("\n## ", 1)[0]
     stated = {float(ms) for ms in re.findall(r"(\d+) ms (?:dashboard )?coalescing", performance)}
     assert stated == {interval}, f"README's Performance section must say the bench used {interval:g} ms coalescing"
+
+
+def test_no_file_points_to_a_path_of_a_development_machine() -> None:
+    """gateway/alerts/__init__.py and model.py sent readers to a coordination file of the machine
+    they were written on, never in the repository. Code, docs and comments name files by their path
+    in the tree. (The pattern is assembled so that this file does not match itself.)"""
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=30)
+    found = []
+    for name in listed.stdout.decode().split("\0"):
+        path = ROOT / name
+        if not name or not path.is_file() or path.suffix not in (".py", ".pyi", ".md", ".toml", ".json", ".yml",
+                                                                 ".yaml", ".j2", ".cfg", ".txt", ".sh", ""):
+            continue
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            if re.search(r"(?<![\w.~])/" + "work" + "/", line):
+                found.append(f"{name}:{number}: {line.strip()[:120]}")
+    assert not found, "absolute paths of a development machine:\n" + "\n".join(found)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol import wire
 from protocol.device import (
@@ -23,10 +25,15 @@ from protocol.device import (
     MAX_RETRY_MS,
     MIN_RATE,
     R_BACKOFF,
+    R_HOURLY,
+    R_REFRESH,
     R_STOP,
+    REFUSAL_MAX_BYTES,
+    STATE_VERSION,
     Backoff,
     DeviceSession,
     Policy,
+    refusal_code,
 )
 from protocol.outbox import MemoryOutbox
 
@@ -153,3 +160,156 @@ def test_hostile_rates_and_slow_downs_are_bounded(rate: float) -> None:
     assert session.next_frame(now_ms=slow.wait_ms) is not None  # it sends again, with finite pacing
     huge = session.handle(wire.encode({"t": "slow", "rate": 1.0, "retry_ms": 10**18, "seq": 1}), 0)
     assert huge.wait_ms == MAX_RETRY_MS
+
+
+# ---------------------------------------------------------------- refusal bodies (refusal_code, refused)
+
+
+@given(st.binary(max_size=2000) | st.text(max_size=2000))
+def test_refusal_code_never_raises_on_any_body(body: bytes | str) -> None:
+    code = refusal_code(body)
+    assert code is None or (isinstance(code, str) and 0 < len(code) <= 64)
+
+
+@given(code=st.text(min_size=1, max_size=64), status=st.sampled_from([401, 403, 503]),
+       message=st.text(max_size=200))
+def test_refusal_code_reads_the_gateways_body(code: str, status: int, message: str) -> None:
+    body = json.dumps({"code": code, "message": message}).encode()
+    assert refusal_code(body) == code and refusal_code(body.decode()) == code
+    assert DeviceSession("D", token="t").refused(status, body, 0).error == code
+
+
+@pytest.mark.parametrize("body", [None, b"", b"null", b"[]", b'{"code": null}', b'{"code": ""}',
+                                  b'{"code": "' + b"x" * 65 + b'"}', b"\xff\xfe{", b"<html>busy</html>",
+                                  b'{"code": "auth_failed", "p": "' + b"x" * REFUSAL_MAX_BYTES + b'"}'])
+def test_unreadable_refusal_bodies_fall_back_to_the_status(body: bytes | None) -> None:
+    assert refusal_code(body) is None
+    assert DeviceSession("D", token="t").refused(401, body, 0).action == R_STOP
+    assert DeviceSession("D", token="t").refused(403, body, 0).action == R_HOURLY
+    assert DeviceSession("D", token="t").refused(503, body, 0).action == R_BACKOFF
+
+
+def test_refused_uses_the_sessions_loads() -> None:
+    seen: list[object] = []
+
+    def loads(text: str | bytes) -> object:
+        seen.append(text)
+        return json.loads(text)
+
+    session = DeviceSession("D", token="t", loads=loads)
+    assert session.refused(401, b'{"code": "credential_expired"}', 0).action == R_REFRESH and seen
+
+
+# ---------------------------------------------------------------- the batch-size rule
+
+
+def _welcome(**extra: object) -> str:
+    return wire.encode({"t": "welcome", "last_seq": 0, **extra})
+
+
+def test_batch_is_the_configured_size_capped_by_the_welcome() -> None:
+    session = DeviceSession("D", token="t", max_batch=20)
+    session.handle(_welcome(max_batch=10), 0)
+    assert session.max_batch == 10
+    session.connection_lost()
+    session.handle(_welcome(max_batch=500), 0)
+    assert session.max_batch == 20
+    session.connection_lost()
+    big = DeviceSession("D", token="t", max_batch=300)
+    big.handle(_welcome(), 0)  # no max_batch announced: the protocol's
+    assert big.max_batch == wire.MAX_BATCH
+
+
+def test_a_slow_down_grows_frames_to_the_cap_within_the_welcome() -> None:
+    slow = wire.encode({"t": "slow", "rate": 1.0, "retry_ms": 10, "seq": 1})
+    fixed = DeviceSession("D", token="t", max_batch=5)
+    fixed.handle(_welcome(max_batch=100), 0)
+    fixed.handle(slow, 0)
+    assert fixed.slowed and fixed.max_batch == 5  # the default cap is the configured size
+    grows = DeviceSession("D", token="t", max_batch=5, batch_cap=100)
+    grows.handle(_welcome(max_batch=40), 0)
+    assert grows.max_batch == 5
+    grows.handle(slow, 0)
+    assert grows.max_batch == 40  # fewer, fuller frames, never above the welcome's max_batch
+    grows.connection_lost()
+    grows.handle(_welcome(max_batch=60), 0)
+    assert grows.max_batch == 60  # still slowed on the next connection
+
+
+def test_a_too_big_close_halves_the_size_in_effect() -> None:
+    """Before: a 1009 halved the configured 20 to 10 while the welcome already capped frames at 10,
+    so the next frames were exactly as large as the refused one."""
+    session = DeviceSession("D", token="t", max_batch=20, batch_cap=100)
+    session.handle(_welcome(max_batch=10), 0)
+    session.closed(wire.CLOSE_TOO_BIG, 0)
+    assert session.batch_limit == 5 and session.max_batch == 5
+    session.handle(_welcome(max_batch=10), 0)
+    session.handle(wire.encode({"t": "slow", "rate": 1.0, "seq": 1}), 0)
+    assert session.max_batch == 5  # a slow-down does not grow back to a size the gateway refused
+    for _ in range(5):
+        session.closed(wire.CLOSE_TOO_BIG, 0)
+    assert session.batch_limit == 1
+
+
+# ---------------------------------------------------------------- state() and restore()
+
+_events = st.lists(st.sampled_from(["failed", "1011", "4000", "4003", "4005", "1009", "welcome", "refused401",
+                                    "credential"]), max_size=12)
+
+
+def _play(session: DeviceSession, events: list[str]) -> None:
+    for now, event in enumerate(events):
+        if event == "failed":
+            session.failed(now)
+        elif event == "welcome":
+            session.handle(_welcome(max_batch=50), now)
+        elif event == "refused401":
+            session.refused(401, None, now)
+        elif event == "credential":
+            session.set_credential(token="ewt_" + "n" * 32)
+        else:
+            session.closed(int(event), now)
+
+
+def _kept(session: DeviceSession) -> tuple[int, int, bool, int]:
+    return session.backoff.attempt, session.retry_at_ms, session.stopped, session.batch_limit
+
+
+@given(events=_events)
+def test_state_round_trips_through_json_into_a_new_session(events: list[str]) -> None:
+    before = DeviceSession("D", token="ewt_" + "a" * 32, max_batch=20)
+    _play(before, events)
+    snapshot = json.loads(json.dumps(before.state()))
+    after = DeviceSession("D", token=before.token, max_batch=20)
+    assert after.restore(snapshot)
+    assert _kept(after) == _kept(before)
+    assert after.connect_due(before.retry_at_ms) == before.connect_due(before.retry_at_ms)
+
+
+@given(events=_events)
+def test_a_restored_stop_needs_the_same_credential(events: list[str]) -> None:
+    before = DeviceSession("D", token="ewt_" + "a" * 32)
+    _play(before, [*events, "4005"])
+    other = DeviceSession("D", token="ewt_" + "b" * 32)
+    assert other.restore(before.state())
+    assert not other.stopped and other.connect_due(0) and other.backoff.attempt == 0
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                               max_size=6), max_leaves=12))
+def test_restore_of_anything_never_raises_and_refusal_changes_nothing(snapshot: object) -> None:
+    session = DeviceSession("D", token="t", max_batch=20)
+    session.failed(5)
+    before = _kept(session)
+    if not session.restore(snapshot):
+        assert _kept(session) == before
+
+
+@settings(max_examples=50)
+@given(attempt=st.integers(0, 24), retry=st.integers(-1, 2**40), batch=st.integers(1, 500))
+def test_restore_takes_a_valid_snapshot(attempt: int, retry: int, batch: int) -> None:
+    session = DeviceSession("D", token="t", max_batch=20)
+    assert session.restore({"v": STATE_VERSION, "attempt": attempt, "retry_at_ms": retry, "batch_limit": batch})
+    assert session.backoff.attempt == attempt and session.retry_at_ms == max(retry, 0) and not session.stopped
+    assert session.batch_limit == min(batch, 20)  # never above what this session is configured for

@@ -22,11 +22,15 @@ def test_fleet_survives_drops_and_a_gateway_restart_without_loss(gateway: Gatewa
         async with Fleet(gateway.url, creds, rate=20, batch=4, faults=plan, backoff_initial_s=0.1,
                          backoff_max_s=1.0) as fleet:
             fleet.start()
-            await fleet.wait_until(lambda f: f.online == 4, timeout_s=10)
-            await asyncio.sleep(1.0)
+            assert await fleet.wait_until(lambda f: f.online == 4, timeout_s=10), "every device online"
+            assert await fleet.wait_until(lambda f: all(d.counters.acked >= 8 for d in f.devices), timeout_s=10), \
+                "readings acked before the restart"
             await asyncio.to_thread(gateway.restart)
-            await fleet.wait_until(lambda f: f.online == 4, timeout_s=15)
-            await asyncio.sleep(0.5)
+            before = {dev.device_id: dev.counters.acked for dev in fleet.devices}
+            assert await fleet.wait_until(lambda f: f.online == 4, timeout_s=15), "every device back online"
+            assert await fleet.wait_until(
+                lambda f: all(d.counters.acked > before[d.device_id] for d in f.devices), timeout_s=15), \
+                "readings acked after the restart"
             summary = await fleet.stop(drain_s=15)
             for dev in fleet.devices:
                 assert gateway.seqs(dev.device_id) == list(range(1, dev.counters.generated + 1))
