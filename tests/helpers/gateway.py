@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -82,7 +83,8 @@ class GatewayProcess:
             self.proc = subprocess.Popen(
                 [PYTHON, "-m", "gateway", "serve", "--config", str(self.config_path), "--host", "127.0.0.1",
                  "--port", str(self.port), "--data-dir", str(self.data_dir)],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True)  # its own process group: ``kill`` takes the workers too
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -119,9 +121,11 @@ class GatewayProcess:
             raise RuntimeError("gateway did not stop within timeout after SIGTERM") from None
 
     def kill(self) -> None:
-        """SIGKILL: no flush, no goodbye."""
+        """SIGKILL of the gateway's every process (the host and its workers, as a crash of the machine or
+        systemd's KillMode=control-group would): no flush, no goodbye."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
     def restart(self) -> GatewayProcess:
