@@ -45,6 +45,10 @@ def test_fleet_summary_and_exactly_once_with_drops() -> None:
                 table = fleet.format_summary()
                 assert "acked" in table and "reconnects" in table
                 assert "online=" in fleet.status_line()
+                # The injected drops are named as such, counted once each, and are not errors.
+                drops = summary["errors"].get("fault_drop", 0)
+                assert drops >= 1 and summary["errors"] == {"fault_drop": drops}
+                assert f"errors=0 (+{drops} simulated network drops)" in fleet.status_line()
         finally:
             await stub.stop()
 
