@@ -327,7 +327,8 @@ class Agent:
 
     def status_fields(self) -> dict[str, Any]:
         return {"dropped": self.queue.dropped, "buffered": self.queue.count(), "rejected": self.queue.rejected,
-                "fw": __version__, "kind": "pi", "interval": self.interval, "sensor_errors": self.sensor_errors,
+                "fw": __version__, "kind": "pi", "up": uptime_ms(), "interval": self.interval,
+                "sensor_errors": self.sensor_errors,
                 "alert": self.rules.alerting, "outputs": self.outputs.states()}
 
     def reboot(self) -> None:
