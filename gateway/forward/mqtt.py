@@ -178,7 +178,10 @@ class MqttBridge:
         """Alerts as they are now (the engine's open ones at start, then each change): the problem entities."""
         for alert in alerts:
             device_id = alert.get("device")
-            if isinstance(device_id, str) and ha_entities.apply_alert(self._info(device_id), alert):
+            if not isinstance(device_id, str) or (device_id not in self.devices and (  # e.g. cleared as deleted
+                    alert.get("state") == "cleared" or self.registered is None or device_id not in self.registered)):
+                continue
+            if ha_entities.apply_alert(self._info(device_id), alert):
                 self._statuses[device_id] = None
         self._schedule()
 
@@ -226,7 +229,9 @@ class MqttBridge:
         finally:
             self._lookups.pop(device_id, None)
         info = self.devices.get(device_id)
-        if info is not None and record is not None:
+        if info is not None and record is None:
+            self.device_deleted(device_id)  # not registered (any more): nothing of it on the broker
+        elif info is not None and record is not None:
             info.label = self.labels[device_id] = record.label
             if self.registered is not None:
                 self.registered.add(device_id)
@@ -267,16 +272,12 @@ class MqttBridge:
                 if self.gate is not None:
                     self.gate.received(command[0], command[1], payload, retained)
                 continue
-            self._config_seen(topic, payload)
-
-    def _config_seen(self, topic: str, payload: bytes) -> None:
-        """A retained config of ours (at subscribe time): remove it if its device is no longer registered."""
-        known = self.registered
-        device_id = discovery.device_of_config(payload) if known is not None else None
-        if device_id is not None and known is not None and device_id not in known | self.devices.keys():
-            for stale in [topic, *self.topics.of_device(device_id)]:
-                self._removals[stale] = None
-            self._schedule()
+            # A retained config of ours (at subscribe time): cleared if its device is no longer registered.
+            device_id = discovery.device_of_config(payload) if self.registered is not None else None
+            if device_id is not None and device_id not in (self.registered or ()) and device_id not in self.devices:
+                for stale in [topic, *self.topics.of_device(device_id)]:
+                    self._removals[stale] = None
+                self._schedule()
 
     # ------------------------------------------------------------ publishing control messages
     def _info(self, device_id: str) -> DeviceInfo:

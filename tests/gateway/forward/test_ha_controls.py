@@ -186,6 +186,9 @@ def test_controls_and_diagnostics_round_trip(tmp_path: Path, broker: MosquittoSe
             await bridge._refresh_registry()
             await until(lambda: all(watch.last(topic(c, k)) == b"" for c, k in wanted)
                         and watch.last("edgewire/S-1/status") == b"", what="entities removed")
+            # The engine then clears the deleted device's alerts: that does not bring the device back.
+            bridge.alert_event(AlertNotice("cleared", {"id": 6, "device": "S-1", "state": "cleared"}, 10))
+            assert "S-1" not in bridge.devices and not bridge._configs
         watch.close()
 
     run(body)
