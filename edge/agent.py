@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +66,34 @@ def clock_synced() -> bool:
     return time.time() > 1_704_067_200  # 2024-01-01
 
 
-def apply_pin_factory(cfg: AgentConfig) -> None:
+def apply_pin_factory(cfg: AgentConfig) -> str | None:
     """Pick gpiozero's pin factory: config pin_factory, else $GPIOZERO_PIN_FACTORY, else the backend's
-    (mock pins for sim: edge/hardware.py's prepare())."""
+    (mock pins for sim: edge/hardware.py's prepare()).
+
+    Loads it once, here. Off a Raspberry Pi none loads: the one plain note returned says so (callers print
+    or log it once), and gpiozero's "Falling back from lgpio / rpigpio / pigpio / native" warnings, which
+    every GPIO sensor and output would repeat, are silenced. None when a factory loaded.
+    """
     if cfg.pin_factory:
         os.environ["GPIOZERO_PIN_FACTORY"] = cfg.pin_factory
     backend_class(cfg.backend).prepare()
+    if cfg.backend == "sim" and os.environ.get("GPIOZERO_PIN_FACTORY", "mock") == "mock":
+        return None
+    try:
+        from gpiozero import Device
+        from gpiozero.exc import GPIOZeroError, PinFactoryFallback
+    except ImportError:
+        return None  # each GPIO sensor says gpiozero is missing and how to install it
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PinFactoryFallback)
+            Device.ensure_pin_factory()
+    except GPIOZeroError as err:
+        warnings.filterwarnings("ignore", category=PinFactoryFallback)
+        return (f"no GPIO here (gpiozero: {err}): this is not a Raspberry Pi, or its GPIO library is missing, "
+                "so sensors and outputs on GPIO pins cannot work; on a Pi install python3-lgpio "
+                "(docs/edge-agent.md), elsewhere set backend = \"sim\" (simulated sensors and pins)")
+    return None
 
 
 class Agent:
@@ -81,7 +104,9 @@ class Agent:
         self.boot = boot_id()
         self.queue.forget_uptime(self.boot)
         self.buffered = self.queue.count()
-        apply_pin_factory(cfg)
+        note = apply_pin_factory(cfg)
+        if note:
+            LOG.warning("%s", note)
         ctx = SensorContext(cfg.backend, self.interruptible_sleep)
         self.sensors: list[Sensor] = [build_sensor(spec, ctx) for spec in cfg.sensors]
         self.outputs = Outputs(cfg.outputs)
@@ -229,7 +254,8 @@ class Agent:
             return
         for name, on in self.rules.wanted_outputs().items():
             with contextlib.suppress(OutputError):
-                if self.outputs.local.get(name) != on:
+                now = self.outputs.local.get(name, self.outputs.commanded.get(name, False))
+                if now != on:  # an output already as the rule wants it is left alone (and not logged)
                     LOG.info("gateway unreachable: local rule switches %s %s", name, "on" if on else "off")
                     self.outputs.set(name, on, "rule")
 
@@ -292,14 +318,16 @@ class Agent:
 
     def went_offline(self) -> None:
         self.buffered = self.queue.count()
-        self.apply_rules()
+        if not self.stop_flag.is_set():  # a clean stop closes the connection: the gateway is not unreachable
+            self.apply_rules()
 
     def outbox_changed(self) -> None:
         self.buffered = self.queue.count()
 
     def status_fields(self) -> dict[str, Any]:
         return {"dropped": self.queue.dropped, "buffered": self.queue.count(), "rejected": self.queue.rejected,
-                "fw": __version__, "kind": "pi", "interval": self.interval, "sensor_errors": self.sensor_errors,
+                "fw": __version__, "kind": "pi", "up": uptime_ms(), "interval": self.interval,
+                "sensor_errors": self.sensor_errors,
                 "alert": self.rules.alerting, "outputs": self.outputs.states()}
 
     def reboot(self) -> None:

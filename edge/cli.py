@@ -24,7 +24,9 @@ def check(cfg: AgentConfig) -> int:
     from edge.agent import apply_pin_factory
     from edge.sensors.base import SensorContext, build_sensor
 
-    apply_pin_factory(cfg)
+    note = apply_pin_factory(cfg)
+    if note:
+        print(f"note: {note}")
     if not cfg.sensors:
         print("no sensors configured ([[sensors]] in the config)")
         return 1

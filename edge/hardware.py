@@ -20,14 +20,19 @@ Adding a backend = a subclass of Hardware + one row in BACKENDS.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib
+import io
+import logging
 import os
 import warnings
 from typing import Any, ClassVar
 
 from edge.errors import SensorError
 from edge.sensors.base import Opt
+
+LOG = logging.getLogger(__name__)
 
 
 class Hardware:
@@ -51,8 +56,14 @@ class Hardware:
     def dht(self, model: str, pin: int, attempt: int) -> Any:
         """An adafruit_dht DHT22/DHT11 object on BCM ``pin`` (``attempt``: times it was re-created)."""
         try:
-            board = importlib.import_module("board")
-            adafruit_dht = importlib.import_module("adafruit_dht")
+            printed = io.StringIO()
+            # Off a Pi, Blinka prints "WARNING: GENERIC_X86 is not fully supported" twice on import; the
+            # agent's own note (edge.agent.apply_pin_factory) says it once.
+            with contextlib.redirect_stdout(printed):
+                board = importlib.import_module("board")
+                adafruit_dht = importlib.import_module("adafruit_dht")
+            if printed.getvalue().strip():
+                LOG.debug("Blinka: %s", " ".join(printed.getvalue().split()))
             board_pin = getattr(board, f"D{pin}")
         except (ImportError, AttributeError, NotImplementedError) as err:
             raise SensorError(

@@ -266,7 +266,7 @@ class App:
     def send_status(self, now):
         fields = {"dropped": self.ring.dropped, "buffered": self.ring.count, "fw": FW_VERSION, "kind": "esp32",
                   "boot": self.boot_id, "corrupt": self.ring.corrupt, "rejected": self.ring.rejected,
-                  "sensor_failures": self.sensor.failures, "interval_ms": self.adaptive.interval_ms}
+                  "sensor_failures": self.sensor.failures, "interval_ms": self.adaptive.interval_ms, "up": now}
         for key in ("sensor_errors", "invalid", "ring_errors", "loop_errors"):
             fields[key] = self.counts[key]
         free = heap_free()

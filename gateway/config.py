@@ -29,6 +29,7 @@ from gateway.forward.settings import (
     check_topic_prefix,
     parse_broker_url,
 )
+from gateway.metric_table import MetricSpec, MetricTable, parse_metrics
 from gateway.storage.dsn import redact, storage_kind
 
 ENV_PREFIX = "EDGEWIRE_"
@@ -73,6 +74,7 @@ class GatewayConfig:
     allowed_hosts: list[str] = field(default_factory=list)  # Host names served a token-less dashboard
     alerts: list[dict[str, Any]] = field(default_factory=lambda: parse_rules(DEFAULT_RULES))  # [[alerts]]
     webhooks: list[WebhookConfig] = field(default_factory=list)  # [[webhooks]]: alert notifications
+    metrics: list[MetricSpec] = field(default_factory=list)  # [[metrics]]: metrics beyond protocol.wire.METRICS
     alert_timezone: str = ""  # IANA name for hour-of-day baselines and alert texts; "" = the system's
     alert_max_open: int = 10000  # open alerts loaded at start (older open ones beyond this are cleared)
     alert_suspended_expiry_s: float = 604800.0  # a suspended alert whose device stays away this long clears
@@ -126,6 +128,10 @@ class GatewayConfig:
             return not ipaddress.ip_address(client_address).is_loopback
         except ValueError:
             return True
+
+    def metric_table(self) -> MetricTable:
+        """protocol.wire.METRICS plus the [[metrics]] declared here (gateway/metric_table.py)."""
+        return MetricTable(self.metrics)
 
     @property
     def storage_kind(self) -> str:
@@ -226,7 +232,7 @@ class GatewayConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(GatewayConfig)}
-TABLES = ("alerts", "webhooks")  # lists of TOML tables: file only, never from the environment
+TABLES = ("alerts", "webhooks", "metrics")  # lists of TOML tables: file only, never from the environment
 
 # EDGEWIRE_* variables that are not gateway settings: secrets, the agent's, the tools'.
 OTHER_ENV = frozenset({"EDGEWIRE_TOKEN_KEY", "EDGEWIRE_JWT_SECRET", "EDGEWIRE_AGENT_CONFIG",
@@ -239,6 +245,8 @@ def _coerce(key: str, value: Any) -> Any:
         return parse_rules(value)  # ConfigError naming the rule and the key
     if key == "webhooks":
         return parse_webhooks(value)
+    if key == "metrics":
+        return parse_metrics(value)
     default = getattr(GatewayConfig(), key)
     if isinstance(default, bool):
         expected = "true or false"

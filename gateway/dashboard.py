@@ -37,7 +37,7 @@ class Dashboard:
         self.alerts = alerts
         self.run_command = run_command
         hub.actions = DashboardActions(ActionHandlers(self.ack, self.clear, self.command), auth, count_error)
-        self.endpoints = DashboardHttp(self.list_alerts, alerts.rules_for)
+        self.endpoints = DashboardHttp(self.list_alerts, alerts.rules_for, config.metric_table())
         self.sync = DashboardSync(hub, storage, config.registry_recheck_s)
         http.websocket("/v1/dashboard", http.dashboard_upgrade, hub.serve)
         for path in PATHS:

@@ -2,8 +2,9 @@
 
 - ``GET /v1/session``: who this browser is (role, token name), or 401 with how to get a token;
   the page asks before it opens the stream, so a missing token is explained, not retried.
-- ``GET /v1/meta``: the metric table (``protocol.wire.METRICS``) and the command table
-  (``protocol.wire.COMMANDS``), so the page never carries a copy of either.
+- ``GET /v1/meta``: the metric table (``protocol.wire.METRICS`` and the configuration's ``[[metrics]]``,
+  gateway/metric_table.py) and the command table (``protocol.wire.COMMANDS``), so the page never
+  carries a copy of either.
 - ``GET /v1/alerts?device=ID&limit=N``: recent alerts, newest first (open and closed).
 - ``GET /v1/rules?device=ID``: the alert rules in force for a device (its charts draw their thresholds).
 - The page itself: every file under gateway/static/ (vendored uPlot included), read once at start.
@@ -24,6 +25,7 @@ from websockets.http11 import Response
 from gateway.dashboard_auth import DashboardIdentity
 from gateway.errors import RequestError, StorageError
 from gateway.history_api import Reply, int_param, json_reply, parse_query, to_response
+from gateway.metric_table import BUILT_IN, MetricTable
 from protocol import wire
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -66,10 +68,11 @@ def static_response(body: bytes, ctype: str) -> Response:
     return Response(200, "OK", headers, body)
 
 
-def meta_document() -> dict[str, Any]:
-    """The metric and command tables as the page uses them."""
+def meta_document(table: MetricTable = BUILT_IN) -> dict[str, Any]:
+    """The metric table (this gateway's: wire.METRICS and its [[metrics]]) and the command table as the page
+    uses them."""
     metrics = {name: {"unit": unit, "low": low, "high": high, "device_class": device_class, "label": label}
-               for name, (unit, low, high, device_class, label) in wire.METRICS.items()}
+               for name, (unit, low, high, device_class, label) in table.rows.items()}
     commands = {name: {"usage": usage, "args": [{"name": arg, "kind": kind, "required": required}
                                                 for arg, kind, required in spec]}
                 for name, (usage, spec, _check) in wire.COMMANDS.items()}
@@ -79,12 +82,12 @@ def meta_document() -> dict[str, Any]:
 class DashboardHttp:
     """Answers the GET endpoints above for a caller the gateway has identified."""
 
-    def __init__(self, list_alerts: AlertLister, list_rules: RuleLister,
+    def __init__(self, list_alerts: AlertLister, list_rules: RuleLister, table: MetricTable = BUILT_IN,
                  clock: Callable[[], float] = time.time) -> None:
         self.list_alerts = list_alerts
         self.list_rules = list_rules
         self.clock = clock
-        self._meta = json_reply(200, meta_document())
+        self._meta = json_reply(200, meta_document(table))
 
     async def respond(self, identity: DashboardIdentity, target: str) -> Response:
         return to_response(await self.handle(identity, target))

@@ -24,6 +24,7 @@ from websockets.http11 import Response
 from gateway import history
 from gateway.errors import RequestError, StorageError, UnknownMetric
 from gateway.export import buckets_csv
+from gateway.metric_table import BUILT_IN, MetricTable
 from gateway.storage.base import DAY_MS, Storage
 from protocol import wire
 
@@ -84,8 +85,9 @@ class HistoryApi:
     """The three read-only endpoints over one storage."""
 
     def __init__(self, storage: Storage, readings_retention_days: int, is_online: Callable[[str], bool],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, table: MetricTable = BUILT_IN) -> None:
         self.storage = storage
+        self.table = table  # units
         self.readings_retention_ms = readings_retention_days * DAY_MS
         self.is_online = is_online
         self.clock = clock
@@ -135,7 +137,7 @@ class HistoryApi:
             name = f"{device}-{metric}.csv".replace(":", "_")
             return Reply(200, buckets_csv(buckets), "text/csv; charset=utf-8",
                          {"Content-Disposition": f'attachment; filename="{name}"'})
-        unit = wire.METRICS.get(metric, (None,))[0]
+        unit = self.table.unit(metric)
         return json_reply(200, {
             "device": device, "metric": metric, "unit": unit, "from": plan.start_ms, "to": plan.end_ms,
             "step_ms": plan.step_ms, "source": plan.source,

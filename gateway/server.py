@@ -126,7 +126,8 @@ class Gateway:
         self.dashboard = Dashboard(config, storage, self.hub, self.http, self.dashboard_auth, self.alerts,
                                    self.admin.run_command, self.metrics.count_error)
         self.http.websocket("/v1/admin", self.http.admin_upgrade, self.admin.handle)
-        self.history_api = history_api.HistoryApi(storage, config.readings_retention_days, self.cluster.online)
+        self.history_api = history_api.HistoryApi(storage, config.readings_retention_days, self.cluster.online,
+                                                  table=config.metric_table())
         for path in history_api.PATHS:  # /v1/history, /v1/history.csv, /v1/devices (docs/http-api.md)
             self.http.route(path, self.history)
         self.server: Server | None = None
@@ -160,6 +161,7 @@ class Gateway:
                 await self.alert_owner.start()
             await self.cluster.start()
             await self.forwarding.start()
+            self.forwarding.alerts_open(self.alerts.open_alerts())
             self.alerts.listen(self.forwarding.alert_event)
             for name, job in self.forwarding.tasks():
                 self.supervisor.start(name, job)

@@ -115,6 +115,7 @@ class DeviceSessions:
         """``on_offline(device_id)``: the device went offline here (its session ended, and it was not
         handed over to a newer session, here or at another instance)."""
         self.config = config
+        self.metric_table = config.metric_table().rows  # the ranges readings are checked against
         self.storage = storage
         self.auth = authenticator
         self.hub = hub
@@ -179,7 +180,7 @@ class DeviceSessions:
         session = GatewaySession(rate=cfg.rate, burst=cfg.burst, now=loop.time(), max_batch=cfg.max_batch,
                                  max_frame=cfg.max_frame, loads=orjson.loads, dumps=dumps,
                                  max_future_ms=int(cfg.max_clock_skew_s * 1000),
-                                 cbor=ws.subprotocol == wire.SUBPROTOCOL_CBOR)
+                                 cbor=ws.subprotocol == wire.SUBPROTOCOL_CBOR, table=self.metric_table)
         identity = ws.identity
         try:
             if identity is None:

@@ -151,8 +151,9 @@ class GatewaySession:
 
     def __init__(self, rate=DEFAULT_RATE, burst=DEFAULT_BURST, now=0.0,
                  max_batch=MAX_BATCH, max_frame=MAX_FRAME_BYTES, loads=None, dumps=None,
-                 max_strikes=10, rate_strikes=40, max_future_ms=MAX_FUTURE_MS, cbor=False):
+                 max_strikes=10, rate_strikes=40, max_future_ms=MAX_FUTURE_MS, cbor=False, table=None):
         self.state = ST_AWAIT_AUTH
+        self.table = table  # the metric table whose ranges apply (wire.parse_data); None: wire.METRICS
         self.cbor = cbor  # edgewire.v1.cbor was negotiated: binary frames are CBOR data frames
         self.device_id = None
         self.last_seq = 0  # highest seq durably stored (acknowledged) for this device
@@ -292,7 +293,7 @@ class GatewaySession:
         try:
             if binary:
                 msg = rows(msg, self.max_batch)  # inside the try: its errors carry the frame's seq too
-            frame = parse_data(msg, self.max_batch)
+            frame = parse_data(msg, self.max_batch, self.table)
             if wall_ms is not None:
                 latest = wall_ms + self.max_future_ms
                 for reading in frame.readings:

@@ -61,6 +61,7 @@ class GatewaySession:
     commands: dict[str, bool]
     max_future_ms: int
     cbor: bool
+    table: dict[str, tuple[str, float, float, str | None, str]] | None
     def __init__(
         self,
         rate: float = ...,
@@ -74,6 +75,7 @@ class GatewaySession:
         rate_strikes: int = 40,
         max_future_ms: int = ...,
         cbor: bool = False,
+        table: dict[str, tuple[str, float, float, str | None, str]] | None = None,
     ) -> None: ...
     def frame(self, msg: dict[str, Any]) -> str: ...
     def error_frame(self, code: str, message: str, seq: int | None = None) -> str: ...

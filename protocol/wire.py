@@ -104,7 +104,9 @@ QUALITIES = (QUALITY_OK, QUALITY_RETRIED, QUALITY_SUSPECT, QUALITY_STALE)
 # Metrics the gateway knows, one row each, shared by validation, the dashboard and the MQTT
 # bridge: name -> (unit, lowest plausible, highest plausible, Home Assistant device_class or
 # None, label). Adding a metric is one row here. Metrics not listed are accepted within
-# GENERIC_RANGE (no unit, no device_class) so new sensors work before their row lands.
+# GENERIC_RANGE (no unit, no device_class) so new sensors work before their row lands; an
+# operator declares more in the gateway's configuration ([[metrics]]), and the gateway passes
+# the merged table (same row shape) to parse_data / GatewaySession as ``table``.
 METRICS = {
     "temperature": ("°C", -60.0, 150.0, "temperature", "Temperature"),
     "humidity": ("%", 0.0, 100.0, "humidity", "Humidity"),
@@ -112,6 +114,7 @@ METRICS = {
     "co2": ("ppm", 0.0, 40000.0, "carbon_dioxide", "CO2"),
     "light": ("lx", 0.0, 200000.0, "illuminance", "Light"),
     "soil_moisture": ("%", 0.0, 100.0, "moisture", "Soil moisture"),
+    "soil_temperature": ("°C", -55.0, 125.0, "temperature", "Soil temperature"),  # DS18B20 probe's range
     "cpu_temperature": ("°C", -40.0, 125.0, "temperature", "CPU temperature"),
     "voltage": ("V", 0.0, 60.0, "voltage", "Voltage"),
     "battery": ("%", 0.0, 100.0, "battery", "Battery"),
@@ -199,9 +202,9 @@ def valid_metric_name(text):
     return True
 
 
-def metric_range(name):
-    """(low, high) plausible range for a metric name."""
-    row = METRICS.get(name)
+def metric_range(name, table=None):
+    """(low, high) plausible range for a metric name, from ``table`` (default METRICS)."""
+    row = (METRICS if table is None else table).get(name)
     if row is None:
         return GENERIC_RANGE
     return (row[1], row[2])
@@ -332,7 +335,7 @@ class DataFrame:
 _CHECKED_NAMES = {}  # valid metric names seen (the check loops per character, per reading)
 
 
-def _parse_metrics(raw):
+def _parse_metrics(raw, table):
     if type(raw) is not dict:
         raise ProtocolError(E_BAD_FRAME, "reading field 'm' must be an object of metric: number")
     if not raw:
@@ -350,7 +353,7 @@ def _parse_metrics(raw):
             raise ProtocolError(E_BAD_FRAME, "metric '" + name + "' must be a number")
         if not is_finite(value):
             raise ProtocolError(E_BAD_VALUE, "metric '" + name + "' must be finite")
-        low, high = metric_range(name)
+        low, high = metric_range(name, table)
         if value < low or value > high:
             raise ProtocolError(
                 E_BAD_VALUE,
@@ -364,11 +367,12 @@ def batch_too_large(count, max_batch):
     return ProtocolError(E_TOO_LARGE, "batch of " + str(count) + " readings exceeds " + str(max_batch))
 
 
-def parse_data(msg, max_batch=MAX_BATCH):
+def parse_data(msg, max_batch=MAX_BATCH, table=None):
     """Validate a decoded ``data`` message and return a DataFrame.
 
     The whole frame is rejected (ProtocolError) if any part is invalid, so a
-    device never gets a partial ack for a frame it will resend.
+    device never gets a partial ack for a frame it will resend. ``table`` is the
+    metric table whose ranges apply (default METRICS).
     """
     seq = _int_field(msg, "seq", 1, MAX_SEQ, True)
     boot = _text_field(msg, "boot", False, 64)
@@ -387,7 +391,7 @@ def parse_data(msg, max_batch=MAX_BATCH):
     for item in batch:
         if type(item) is not dict:
             raise ProtocolError(E_BAD_FRAME, "each reading must be an object")
-        metrics = _parse_metrics(item.get("m"))
+        metrics = _parse_metrics(item.get("m"), table)
         ts = _int_field(item, "ts", 0, MAX_SEQ, False)
         rup = _int_field(item, "up", 0, MAX_SEQ, False)
         quality = item.get("q")

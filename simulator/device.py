@@ -185,6 +185,7 @@ class VirtualDevice(Sending, Sampling, Commands):
         self.stopped_reason: str | None = None
         self.reboot_pending = False
         self._stop_reason: str | None = None
+        self._fault_dropped = False  # this connection was aborted by the fault plan: its 1006 is no error
         self.boot = ""
         self._max_sent_seq = self.outbox.next_seq - 1
         self._generating = True
@@ -277,6 +278,7 @@ class VirtualDevice(Sending, Sampling, Commands):
         loop = asyncio.get_running_loop()
         self.state = "connecting"
         self._stop_reason = None
+        self._fault_dropped = False
         headers = {"Authorization": "Bearer " + self.credential} if self.auth == "header" else None
         if len(self.urls) > 1:
             self.url = self.rng.choice(self.urls)
@@ -305,6 +307,7 @@ class VirtualDevice(Sending, Sampling, Commands):
                 if self.faults is not None and now >= self.faults.next_drop_at:
                     self.counters.count_error("fault_drop")
                     self.faults.next_drop_at = math.inf
+                    self._fault_dropped = True
                     self.abort_connection()
                 if not self._generating and not self.outbox.count:
                     await ws.close(wire.CLOSE_NORMAL, "done")
@@ -366,7 +369,7 @@ class VirtualDevice(Sending, Sampling, Commands):
     # ------------------------------------------------------------ closes and refusals
     def _on_closed(self, exc: ConnectionClosed) -> Reconnect:
         code = exc.rcvd.code if exc.rcvd is not None else None
-        if code != wire.CLOSE_NORMAL:
+        if code != wire.CLOSE_NORMAL and not (code is None and self._fault_dropped):  # a drop counts once
             self.counters.count_error(f"close_{code or 1006}")
         decision = self.session.closed(code, self._ms(asyncio.get_running_loop().time()))
         self._stop_reason = _ERROR_FOR_CLOSE.get(decision.code, f"close_{decision.code}")

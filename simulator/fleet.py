@@ -189,11 +189,15 @@ class Fleet:
         return totals
 
     def status_line(self) -> str:
+        """One line of totals. The network drops the fault plan injects (``fault_drop``) are named apart
+        from the errors: they are the demo's doing, not the gateway's."""
         s = self.summary()
+        drops = s["errors"].get("fault_drop", 0)
         return (f"t={s['elapsed_s']:.0f}s online={s['online']}/{s['devices']} gen={s['generated']} "
                 f"sent={s['sent_readings']} acked={s['acked']} buffered={s['buffered']} "
                 f"resent={s['resent']} rejected={s['rejected']} dropped={s['dropped']} "
-                f"reconnects={s['reconnects']} errors={s['error_total']}")
+                f"reconnects={s['reconnects']} errors={s['error_total'] - drops}"
+                + (f" (+{drops} simulated network drops)" if drops else ""))
 
     def format_summary(self) -> str:
         """The summary as a two-column table (errors by code below it)."""

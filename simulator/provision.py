@@ -43,6 +43,12 @@ def save_credentials(path: str | Path, credentials: dict[str, str]) -> None:
     os.chmod(target, 0o600)
 
 
+def label_of(device_id: str) -> str:
+    """A simulated device's registry label: its own, so that Home Assistant (which names a device by its
+    label) and the dashboard tell the devices apart."""
+    return f"Simulated {device_id}"
+
+
 def device_ids(count: int, prefix: str = "sim-", start: int = 1) -> list[str]:
     width = max(4, len(str(start + count - 1)))
     return [f"{prefix}{i:0{width}d}" for i in range(start, start + count)]
@@ -63,7 +69,7 @@ async def _provision_in_process(data_dir: Path, ids: list[str], db: Path | None,
         out: dict[str, str] = {}
         for device_id in ids:
             try:
-                out[device_id] = await registry.add(device_id, label="simulator")
+                out[device_id] = await registry.add(device_id, label=label_of(device_id))
             except RegistryError as err:
                 if not rotate:
                     raise ProvisionError(f"{device_id}: {err} (use --rotate to issue new tokens)") from None
@@ -78,10 +84,10 @@ def _provision_subprocess(data_dir: Path, ids: list[str], db: Path | None, rotat
     extra = ["--db", str(db)] if db is not None else []
     for device_id in ids:
         cmd = [sys.executable, "-m", "gateway", "devices", "add", device_id,
-               "--data-dir", str(data_dir), *extra]
+               "--data-dir", str(data_dir), "--label", label_of(device_id), *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
         if proc.returncode != 0 and rotate:
-            cmd[4] = "rotate"
+            cmd = [*cmd[:4], "rotate", device_id, "--data-dir", str(data_dir), *extra]  # rotate keeps the label
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
         lines = proc.stdout.strip().splitlines()
         if proc.returncode != 0 or not lines or not lines[-1].startswith("ewt_"):

@@ -23,9 +23,9 @@ import itertools
 from typing import Any, ClassVar, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from gateway.bus.base import Holder, Transport
 from gateway.bus.url import BusUrl

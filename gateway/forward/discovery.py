@@ -6,18 +6,21 @@ Topics (``P`` = ``mqtt_prefix``, ``D`` = ``mqtt_discovery_prefix``, docs/mqtt.md
 |---|---|
 | ``P/<device>/state`` | the latest reading (gateway/forward/payload.py), retained |
 | ``P/<device>/availability`` | ``online`` / ``offline``, retained |
+| ``P/<device>/status`` | the device's open alerts and health (gateway/forward/ha_entities.py), retained |
 | ``P/<device>/alert`` | an alert event (JSON), not retained |
 | ``P/<device>/command/<name>`` | JSON arguments of a command (only with ``mqtt_commands``) |
 | ``P/<device>/command/<name>/result`` | the command's result (JSON), not retained |
 | ``P/bridge/<instance>/status`` | ``online``, or ``offline`` (last will), retained |
 | ``D/sensor/edgewire/<metric>-<device>/config`` | one sensor entity per metric of a device, retained |
+| ``D/<component>/edgewire/<key>-<device>/config`` | its other entities (ha_entities.py): keys hold a ``-``, retained |
 | ``D/binary_sensor/edgewire/gateway_<instance>/config`` | the gateway itself (connectivity), retained |
 | ``D/status`` | Home Assistant's ``online`` (its birth message): every config is published again |
 
-Everything an entity says about its metric (unit, device_class, name) comes from the one
-metric table, ``protocol.wire.METRICS``. One Home Assistant device per Edgewire device
-(identifiers ``edgewire:<device>``), linked ``via_device`` to the gateway's device
-(``edgewire-gateway:<instance>``). An entity is available only while both its device's
+Everything an entity says about its metric (unit, device_class, state_class, name) comes from
+the gateway's metric table (gateway/metric_table.py: ``protocol.wire.METRICS`` and the
+configuration's ``[[metrics]]``). One Home Assistant device per Edgewire device (identifiers
+``edgewire:<device>``), named "<label> (<id>)" (``device_name``), linked ``via_device`` to the
+gateway's device (``edgewire-gateway:<instance>``). An entity is available only while both its device's
 availability and the bridge's status say ``online`` (``availability_mode: all``).
 """
 
@@ -30,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from gateway.metric_table import BUILT_IN, MetricTable
 from protocol import wire
 
 NODE_ID = "edgewire"
@@ -48,18 +52,30 @@ class DeviceInfo:
     """What the bridge knows of a device for its Home Assistant device and entities."""
 
     device_id: str
-    label: str = ""  # the registry label: the Home Assistant device name when set
+    label: str = ""  # the registry label: part of the Home Assistant device name when set
     kind: str = ""  # status field "kind": "esp32" or "pi"
     fw: str = ""  # status field "fw": the software version
     metrics: set[str] = field(default_factory=set)
+    health: dict[str, Any] = field(default_factory=dict)  # from status frames (ha_entities.health_fields)
+    outputs: dict[str, bool] = field(default_factory=dict)  # status field "outputs": name -> on
+    alerts: dict[int, dict[str, Any]] = field(default_factory=dict)  # open alerts by id
 
     @property
     def model(self) -> str:
         return MODELS.get(self.kind, UNKNOWN_MODEL)
 
-    def signature(self) -> tuple[str, str, str, frozenset[str]]:
-        """Changes whenever the device's configs would change."""
-        return (self.label, self.kind, self.fw, frozenset(self.metrics))
+    @property
+    def name(self) -> str:
+        """The Home Assistant device name: "Greenhouse (SENSOR-01)"; the id alone without a label."""
+        label = self.label.strip()
+        if not label or self.device_id in label:
+            return label or self.device_id
+        return f"{label} ({self.device_id})"
+
+    def signature(self) -> tuple[Any, ...]:
+        """Changes whenever the device's configs would change (values shown by entities do not count)."""
+        return (self.label, self.kind, self.fw, frozenset(self.metrics), frozenset(self.health),
+                frozenset(self.outputs))
 
 
 def object_id(device_id: str) -> str:
@@ -87,7 +103,7 @@ class Topics:
         self.instance = instance
         self.status = f"{prefix}/bridge/{instance}/status"
         self.ha_status = f"{discovery_prefix}/status"
-        self.configs = f"{discovery_prefix}/sensor/{NODE_ID}/+/config"  # every sensor config of ours
+        self.configs = f"{discovery_prefix}/+/{NODE_ID}/+/config"  # every config of ours
         self.commands = f"{prefix}/+/command/+"
         self.bridge_config = f"{discovery_prefix}/binary_sensor/{NODE_ID}/gateway_{instance}/config"
 
@@ -100,11 +116,22 @@ class Topics:
     def alert(self, device_id: str) -> str:
         return f"{self.prefix}/{device_id}/alert"
 
+    def status_of(self, device_id: str) -> str:
+        return f"{self.prefix}/{device_id}/status"
+
+    def of_device(self, device_id: str) -> list[str]:
+        """The retained topics of a device besides its configs: cleared when it is deleted."""
+        return [self.state(device_id), self.availability(device_id), self.status_of(device_id)]
+
+    def command(self, device_id: str, name: str) -> str:
+        return f"{self.prefix}/{device_id}/command/{name}"
+
     def result(self, device_id: str, name: str) -> str:
         return f"{self.prefix}/{device_id}/command/{name}/result"
 
-    def config(self, device_id: str, metric: str) -> str:
-        return f"{self.discovery_prefix}/sensor/{NODE_ID}/{metric}-{object_id(device_id)}/config"
+    def config(self, device_id: str, metric: str, component: str = "sensor") -> str:
+        """A config topic: ``metric`` is a metric name, or the key of another entity (with a ``-``)."""
+        return f"{self.discovery_prefix}/{component}/{NODE_ID}/{metric}-{object_id(device_id)}/config"
 
     def command_of(self, topic: str) -> tuple[str, str] | None:
         """(device, command name) of a command topic; None if it is not one."""
@@ -137,40 +164,64 @@ def device_of_unique_id(text: Any) -> str | None:
     return device_id if wire.valid_device_id(device_id) else None
 
 
+def device_of_config(payload: bytes) -> str | None:
+    """The device of a retained discovery config of ours (its unique id); None for anything else."""
+    if not payload:
+        return None
+    try:
+        config = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return device_of_unique_id(config.get("unique_id") if isinstance(config, dict) else None)
+
+
 def origin(version: str) -> dict[str, str]:
     return {"name": "Edgewire", "sw_version": version}
 
 
-def sensor_config(info: DeviceInfo, metric: str, topics: Topics, version: str) -> dict[str, Any]:
-    """The discovery payload of one metric of one device."""
-    unit, _low, _high, device_class, label = wire.METRICS.get(metric, (None, 0.0, 0.0, None, None))
+def device_block(info: DeviceInfo, topics: Topics) -> dict[str, Any]:
+    """The ``device`` of every entity of a device."""
     device: dict[str, Any] = {
         "identifiers": [device_identifier(info.device_id)],
-        "name": info.label or info.device_id,
+        "name": info.name,
         "manufacturer": MANUFACTURER,
         "model": info.model,
         "via_device": gateway_identifier(topics.instance),
     }
     if info.fw:
         device["sw_version"] = info.fw
-    config: dict[str, Any] = {
-        "name": label or metric.replace("_", " ").capitalize(),
-        "unique_id": unique_id(info.device_id, metric),
-        "state_topic": topics.state(info.device_id),
-        # A reading without this metric renders '', which Home Assistant ignores for numeric sensors.
-        "value_template": f"{{{{ value_json.metrics['{metric}'] if '{metric}' in value_json.metrics else '' }}}}",
-        "state_class": "measurement",
+    return device
+
+
+def entity_base(info: DeviceInfo, key: str, name: str, topics: Topics, version: str) -> dict[str, Any]:
+    """What every entity of a device has: name, unique id, availability, device, origin."""
+    return {
+        "name": name,
+        "unique_id": unique_id(info.device_id, key),
         "availability": [{"topic": topics.availability(info.device_id)}, {"topic": topics.status}],
         "availability_mode": "all",
         "payload_available": "online",
         "payload_not_available": "offline",
         "qos": 1,
-        "device": device,
+        "device": device_block(info, topics),
         "origin": origin(version),
     }
+
+
+def sensor_config(info: DeviceInfo, metric: str, topics: Topics, version: str,
+                  table: MetricTable = BUILT_IN) -> dict[str, Any]:
+    """The discovery payload of one metric of one device."""
+    unit, _low, _high, device_class, label = table.row(metric) or ("", 0.0, 0.0, None, "")
+    config = entity_base(info, metric, label or metric.replace("_", " ").capitalize(), topics, version)
+    config.update({
+        "state_topic": topics.state(info.device_id),
+        # A reading without this metric renders '', which Home Assistant ignores for numeric sensors.
+        "value_template": f"{{{{ value_json.metrics['{metric}'] if '{metric}' in value_json.metrics else '' }}}}",
+        "state_class": table.state_class(metric),
+    })
     if device_class is not None:
         config["device_class"] = device_class
-    if unit is not None:
+    if unit:
         config["unit_of_measurement"] = unit
     return config
 

@@ -85,12 +85,12 @@ def lines(forwarding: Forwarding, now: float | None = None) -> list[str]:
     bridge = forwarding.bridge
     if bridge is not None:
         _metric(lines, "mqtt_published", "counter", "Control messages the broker confirmed, by kind.",
-                [({"kind": k}, v) for k, v in sorted(bridge.published.items())])
+                [({"kind": k}, v) for k, v in sorted(bridge.control.published.items())])
         _metric(lines, "mqtt_refused", "counter", "Control messages the broker refused (check its ACLs), by kind.",
-                [({"kind": k}, v) for k, v in sorted(bridge.refused.items())])
+                [({"kind": k}, v) for k, v in sorted(bridge.control.refused.items())])
         _metric(lines, "mqtt_dropped", "counter", "Alert events and command results dropped because the broker "
                 "was unreachable and the queue was full, by kind.",
-                [({"kind": k}, v) for k, v in sorted(bridge.dropped.items())])
+                [({"kind": k}, v) for k, v in sorted(bridge.control.dropped.items())])
         _metric(lines, "mqtt_bridge_connected", "gauge", "1 while the bridge is connected to the broker.",
                 [({}, int(bridge.ready))])
         _metric(lines, "mqtt_ha_births", "counter", "Home Assistant birth messages seen (every config sent again).",

@@ -37,12 +37,15 @@ TIMEOUT_S = 10.0
 
 
 class CommandGate:
-    """Checks MQTT commands and runs them; ``answer(device, name, result)`` publishes a result."""
+    """Checks MQTT commands and runs them; ``answer(device, name, result)`` publishes a result, and
+    ``done(device, name, args)`` hears of each command the device carried out (``ok: true``)."""
 
     def __init__(self, run_command: RunCommand, answer: Callable[[str, str, dict[str, Any]], None],
-                 timeout_s: float = TIMEOUT_S) -> None:
+                 timeout_s: float = TIMEOUT_S,
+                 done: Callable[[str, str, dict[str, Any]], None] = lambda device_id, name, args: None) -> None:
         self.run_command = run_command
         self.answer = answer
+        self.done = done
         self.timeout_s = timeout_s
         self.tasks: set[asyncio.Task[None]] = set()
         self.counts: dict[str, int] = {}  # outcome code ("ok", "device_error", or a refusal) -> count
@@ -104,6 +107,8 @@ class CommandGate:
         code = "ok" if outcome["ok"] else str(outcome.get("code", "device_error"))
         self.counts[code] = self.counts.get(code, 0) + 1
         log("mqtt_command", device=device_id, command=name, outcome=code)
+        if outcome["ok"]:
+            self.done(device_id, name, args)
         self.answer(device_id, name, outcome)
 
     async def stop(self) -> None:

@@ -7,6 +7,7 @@
     forwarding.saw_reading(device_id, metrics)  # per reading received (cheap): first-seen discovery
     forwarding.wake()                         # after each group commit (cheap)
     forwarding.device_online(device_id) ...   # session events, status frames, deletions, alert events
+    forwarding.alerts_open(alerts)            # the open alerts at start (Home Assistant's problem entities)
     await forwarding.close()                  # before storage.close(): cursors stored, leases released
 
 Where the readings are forwarded (``forward_process``):
@@ -182,7 +183,8 @@ class Forwarding:
             from gateway.forward.mqtt_sink import MqttSink
 
             bridge = MqttBridge(mqtt_settings(config, instance), storage, instance=instance, version=version,
-                                window=config.forward_window, run_command=run_command, authoritative=not config.bus)
+                                window=config.forward_window, run_command=run_command, authoritative=not config.bus,
+                                table=config.metric_table())
             if not config.forward_process:
                 forwarders.append(Forwarder(MqttSink(bridge.link, bridge.topics), storage, lease_owner(instance),
                                             window=config.forward_window))
@@ -284,3 +286,8 @@ class Forwarding:
     def alert_event(self, event: Any) -> None:
         if self.bridge is not None:
             self.bridge.alert_event(event)
+
+    def alerts_open(self, alerts: list[dict[str, Any]]) -> None:
+        """The alert engine's open alerts at start (their changes follow as events)."""
+        if self.bridge is not None:
+            self.bridge.alerts_open(alerts)

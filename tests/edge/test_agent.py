@@ -243,3 +243,22 @@ def test_ready_and_watchdog_only_while_healthy(tmp_path: Path, mock_pins: Any,
         logging.getLogger("edgewire.edge.agent").removeHandler(handler)
         assert runner.stop() == 0
         server.close()
+
+
+def test_a_clean_stop_is_not_an_unreachable_gateway(tmp_path: Path, mock_pins: Any,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 20 item 9: stopping the agent closed its connection, and the local rules ran as if the gateway
+    were unreachable ("gateway unreachable: local rule switches buzzer off")."""
+    gw = CoreGateway().start()
+    rules = '[outputs.buzzer]\npin = 27\n[[rules]]\nmetric = "cpu_temperature"\nhigh = 90.0\noutputs = ["buzzer"]\n'
+    agent = make_agent(tmp_path, f"ws://127.0.0.1:{gw.port}/v1/device", extra=rules)
+    caplog.set_level(logging.INFO, logger="edgewire.edge")
+    runner = AgentThread(agent).start()
+    try:
+        wait_for(lambda: len(gw.stored) >= 3, 30, "readings stored")
+    finally:
+        assert runner.stop() == 0
+        gw.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("agent stopped") for m in messages), messages
+    assert not [m for m in messages if "unreachable" in m or "local rule" in m], messages

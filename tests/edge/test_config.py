@@ -32,6 +32,17 @@ def test_example_config_is_valid() -> None:
     assert cfg.rules[0].outputs == ["buzzer", "relay"]
 
 
+def test_every_metric_of_the_example_has_a_row_in_the_metric_table() -> None:
+    """Issue 20 item 8: the example's DS18B20 sent soil_temperature, which the table lacked: the dashboard
+    showed it without a unit and Home Assistant got no unit or device class."""
+    from protocol import wire
+
+    cfg = config.load(str(EXAMPLE))
+    used = [metric for spec in cfg.sensors for metric in spec.metrics]
+    assert "soil_temperature" in used and set(used) <= set(wire.METRICS), set(used) - set(wire.METRICS)
+    assert wire.METRICS["soil_temperature"][0] == "°C"
+
+
 def test_defaults_and_env_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     text = agent_toml(tmp_path).replace('backend = "sim"', "")
     assert load_text(tmp_path, text).backend == "hardware"

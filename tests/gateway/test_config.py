@@ -8,6 +8,7 @@ import pytest
 
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
+from protocol import wire
 
 
 def test_defaults_are_documented_values() -> None:
@@ -139,3 +140,41 @@ def test_alert_config_errors_name_the_key(tmp_path: Path, toml: str, message: st
         load_config(path, env={})
     assert message in str(err.value)
     assert "keyword argument" not in str(err.value)
+
+
+def test_extra_metrics_from_toml_join_the_metric_table(tmp_path: Path) -> None:
+    """Issue 20 item 8: an operator's [[metrics]] make a custom sensor first-class."""
+    path = tmp_path / "gw.toml"
+    path.write_text('[gateway]\n[[gateway.metrics]]\nname = "rain"\nunit = "mm"\nlow = 0\nhigh = 500\n'
+                    'device_class = "precipitation"\nstate_class = "total_increasing"\nlabel = "Rain"\n'
+                    '[[gateway.metrics]]\nname = "leaf_wetness"\n')
+    config = load_config(path, env={"EDGEWIRE_METRICS": "rain"}, warn=lambda message: None)
+    table = config.metric_table()
+    assert table.rows["rain"] == ("mm", 0.0, 500.0, "precipitation", "Rain")
+    assert table.state_class("rain") == "total_increasing" and table.state_class("temperature") == "measurement"
+    assert table.rows["leaf_wetness"] == ("", *wire.GENERIC_RANGE, None, "Leaf wetness")
+    assert table.unit("leaf_wetness") is None and table.unit("rain") == "mm"
+    assert {k: v for k, v in table.rows.items() if k in wire.METRICS} == wire.METRICS  # built-ins unchanged
+    assert load_config(env={}).metric_table().rows == wire.METRICS
+    warnings: list[str] = []
+    load_config(env={"EDGEWIRE_METRICS": "rain"}, warn=warnings.append)
+    assert warnings and "[[metrics]]" in warnings[0]
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ('[[metrics]]\nname = "temperature"\nunit = "K"\n', "metrics[0].name: 'temperature' is built in"),
+    ('[[metrics]]\nname = "Rain"\n', "metrics[0].name: must be 1-32 characters of a-z 0-9 _"),
+    ('[[metrics]]\nname = "rain"\nlow = 10\nhigh = 5\n', "metrics[0]: low (10) must be below high (5)"),
+    ('[[metrics]]\nname = "rain"\nhigh = "lots"\n', "metrics[0].high: must be a finite number"),
+    ('[[metrics]]\nname = "rain"\nunits = "mm"\n', "metrics[0]: unknown key 'units'"),
+    ('[[metrics]]\nname = "rain"\nstate_class = "sum"\n', "metrics[0].state_class: must be one of measurement"),
+    ('[[metrics]]\nname = "rain"\ndevice_class = "Rain Fall"\n', "metrics[0].device_class: must be a Home Assistant"),
+    ('[[metrics]]\nname = "rain"\n[[metrics]]\nname = "rain"\n', "metrics[1].name: 'rain' is declared twice"),
+    ('metrics = 5\n', "metrics: must be a list of tables"),
+])
+def test_metric_config_errors_name_the_key(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert message in str(err.value)

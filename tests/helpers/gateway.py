@@ -47,7 +47,7 @@ class GatewayProcess:
 
     def _write_config(self) -> None:
         lines = []
-        tables = ("alerts", "webhooks")  # lists of TOML tables: [[alerts]], [[webhooks]]
+        tables = ("alerts", "webhooks", "metrics")  # lists of TOML tables: [[alerts]], [[webhooks]], [[metrics]]
         for key, value in self.settings.items():
             if key not in tables:
                 lines.append(f"{key} = {json.dumps(value)}")

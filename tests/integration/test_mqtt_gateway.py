@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -36,8 +37,11 @@ async def device(gw: GatewayProcess, token: str) -> ClientConnection:
 
 def test_home_assistant_view_and_commands(tmp_path: Path) -> None:
     with MosquittoServer() as broker:
+        rain = {"name": "rain", "unit": "mm", "low": 0, "high": 500, "device_class": "precipitation",
+                "state_class": "total_increasing", "label": "Rain"}
         gw = GatewayProcess(tmp_path, mqtt_url=broker.url, mqtt_commands=True, instance_id="gw1",
-                            alerts=[{"id": "hot", "metric": "temperature", "above": 30, "hysteresis": 1}])
+                            alerts=[{"id": "hot", "metric": "temperature", "above": 30, "hysteresis": 1}],
+                            metrics=[rain])
         token = gw.register("SENSOR-01", "--label", "Greenhouse")
         watch = Observer(broker.port)
         config_topic = "homeassistant/sensor/edgewire/temperature-SENSOR-01/config"
@@ -54,7 +58,22 @@ def test_home_assistant_view_and_commands(tmp_path: Path) -> None:
                 await until(lambda: (watch.json(config_topic) or {}).get("device", {}).get("model")
                             == "Edgewire Pi agent", what="config with the model")
                 config = watch.json(config_topic)
-                assert config["device"]["name"] == "Greenhouse" and config["device"]["sw_version"] == "0.1.0"
+                assert config["device"]["name"] == "Greenhouse (SENSOR-01)"  # the label and the id
+                assert config["device"]["sw_version"] == "0.1.0"
+                # A metric declared in the configuration ([[metrics]]) is first-class: checked against its range,
+                # with its unit on the dashboard's /v1/meta and in Home Assistant.
+                await ws.send(json.dumps({"t": "data", "seq": 2, "r": [{"m": {"rain": 900}}]}))
+                refused = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert (refused["t"], refused["code"]) == ("error", "bad_value") and "0.0..500.0" in refused["msg"]
+                await ws.send(json.dumps({"t": "data", "seq": 2, "r": [{"m": {"rain": 12.5}}]}))
+                assert json.loads(await asyncio.wait_for(ws.recv(), 10))["t"] == "ack"
+                rain_topic = "homeassistant/sensor/edgewire/rain-SENSOR-01/config"
+                await until(lambda: watch.json(rain_topic), what="the rain sensor")
+                rain_config = watch.json(rain_topic)
+                assert (rain_config["unit_of_measurement"], rain_config["device_class"], rain_config["state_class"],
+                        rain_config["name"]) == ("mm", "precipitation", "total_increasing", "Rain")
+                with urllib.request.urlopen(gw.http_url + "/v1/meta", timeout=10) as resp:
+                    assert json.load(resp)["metrics"]["rain"]["unit"] == "mm"
                 assert watch.last("edgewire/bridge/gw1/status") == b"online"
                 # A command over MQTT reaches the device through the admin path; its answer comes back.
                 watch.publish("edgewire/SENSOR-01/command/set_interval", b'{"seconds": 30}')
@@ -68,10 +87,10 @@ def test_home_assistant_view_and_commands(tmp_path: Path) -> None:
                 watch.publish("edgewire/SENSOR-01/command/set_interval", b'{"seconds": -1}')
                 await until(lambda: len(watch.of(result)) == 2, what="error result")
                 assert watch.json(result)["code"] == "bad_value"
-                await ws.send(json.dumps({"t": "data", "seq": 2, "r": [{"m": {"temperature": 21.6}}]}))
+                await ws.send(json.dumps({"t": "data", "seq": 3, "r": [{"m": {"temperature": 21.6}}]}))
                 assert json.loads(await asyncio.wait_for(ws.recv(), 10))["t"] == "ack"  # not a cmd frame
                 # The alert engine's events reach MQTT.
-                await ws.send(json.dumps({"t": "data", "seq": 3, "r": [{"m": {"temperature": 31.0}}]}))
+                await ws.send(json.dumps({"t": "data", "seq": 4, "r": [{"m": {"temperature": 31.0}}]}))
                 assert json.loads(await asyncio.wait_for(ws.recv(), 10))["t"] == "ack"
                 await until(lambda: watch.json("edgewire/SENSOR-01/alert"), what="alert event")
                 event = watch.json("edgewire/SENSOR-01/alert")

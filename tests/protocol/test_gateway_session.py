@@ -167,3 +167,21 @@ def test_receive_never_raises_on_odd_result_ids_or_device_ids() -> None:
         deep = {"a": deep}
     event = active().receive(json.dumps({"t": "status", "device_id": deep}), 0)
     assert event.close_code == wire.CLOSE_IDENTITY and "non-string device_id" in event.payload.message
+
+
+def test_a_session_checks_readings_against_the_table_it_is_given() -> None:
+    """Issue 20 item 8: the gateway hands its merged metric table (wire.METRICS plus the operator's
+    [[metrics]]) to the session; protocol/ never reads configuration."""
+    table = dict(wire.METRICS, rain=("mm", 0.0, 500.0, "precipitation", "Rain"))
+    session = GatewaySession(rate=1000, burst=1000, table=table)
+    session.receive(json.dumps({"t": "auth", "device_id": "d1", "token": "x"}), 0.0)
+    session.accept("d1", 0, 0)
+    frame = {"t": "data", "seq": 1, "r": [{"m": {"rain": 12.5, "temperature": 20.0}}]}
+    assert session.receive(json.dumps(frame), 0.0).kind == EV_DATA
+    frame = {"t": "data", "seq": 2, "r": [{"m": {"rain": 600.0}}]}
+    event = session.receive(json.dumps(frame), 0.0)
+    assert event.kind == EV_REJECT and event.payload.code == wire.E_BAD_VALUE
+    assert "0.0..500.0" in event.payload.message
+    # Without the table, rain is a metric without a row: accepted within the generic range.
+    assert wire.parse_data(frame).readings[0].metrics == {"rain": 600.0}
+    assert wire.metric_range("rain", table) == (0.0, 500.0) and wire.metric_range("rain") == wire.GENERIC_RANGE

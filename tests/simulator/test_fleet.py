@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,10 @@ def test_fleet_summary_and_exactly_once_with_drops() -> None:
                 table = fleet.format_summary()
                 assert "acked" in table and "reconnects" in table
                 assert "online=" in fleet.status_line()
+                # The injected drops are named as such, counted once each, and are not errors.
+                drops = summary["errors"].get("fault_drop", 0)
+                assert drops >= 1 and summary["errors"] == {"fault_drop": drops}
+                assert f"errors=0 (+{drops} simulated network drops)" in fleet.status_line()
         finally:
             await stub.stop()
 
@@ -147,11 +153,23 @@ def test_provision_registers_devices_in_the_gateway_registry(tmp_path: Path) -> 
         provision(tmp_path / "data", ["p-1"])
     rotated = provision(tmp_path / "data", ["p-1"], rotate=True)
     assert rotated["p-1"] != creds["p-1"]
+    assert registry_labels(tmp_path / "data") == {"p-1": "Simulated p-1", "p-2": "Simulated p-2"}
+
+
+def registry_labels(data_dir: Path) -> dict[str, str]:
+    """Issue 20 item 12: every simulated device was labelled "simulator", so Home Assistant showed
+    several devices of one name. Each has its own label now."""
+    listing = subprocess.run([sys.executable, "-m", "gateway", "devices", "list", "--json", "--data-dir",
+                              str(data_dir)], capture_output=True, text=True, timeout=60, check=True,
+                             cwd=Path(__file__).resolve().parents[2])
+    return {d["device_id"]: d["label"] for d in json.loads(listing.stdout)}
 
 
 def test_provision_through_the_gateway_cli(tmp_path: Path) -> None:
     pytest.importorskip("gateway.devices_cli")
     creds = provision(tmp_path / "data", ["cli-1"], in_process=False)
     assert creds["cli-1"].startswith("ewt_")
+    assert registry_labels(tmp_path / "data") == {"cli-1": "Simulated cli-1"}
+    assert provision(tmp_path / "data", ["cli-1"], in_process=False, rotate=True)["cli-1"] != creds["cli-1"]
     with pytest.raises(ProvisionError, match="cli-1"):
         provision(tmp_path / "data", ["cli-1"], in_process=False)

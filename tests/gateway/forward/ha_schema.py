@@ -3,11 +3,13 @@
 Sources (read 2026-11; the lists below copy the names only):
 - https://www.home-assistant.io/integrations/sensor.mqtt/ ("Configuration Variables")
 - https://www.home-assistant.io/integrations/binary_sensor.mqtt/ ("Configuration Variables")
+- https://www.home-assistant.io/integrations/button.mqtt/, number.mqtt/, switch.mqtt/ (the same)
 - https://www.home-assistant.io/integrations/mqtt/ ("Discovery messages": device and origin options)
 - https://www.home-assistant.io/integrations/sensor/#device-class (device classes and their units)
 - cross-checked with home-assistant/core homeassistant/components/mqtt/sensor.py
   (_PLATFORM_SCHEMA_BASE), schemas.py (MQTT_ENTITY_COMMON_SCHEMA, MQTT_AVAILABILITY_SCHEMA,
-  MQTT_ENTITY_DEVICE_INFO_SCHEMA, MQTT_ORIGIN_INFO_SCHEMA) and config.py (MQTT_RO_SCHEMA).
+  MQTT_ENTITY_DEVICE_INFO_SCHEMA, MQTT_ORIGIN_INFO_SCHEMA), config.py (MQTT_RO_SCHEMA, MQTT_RW_SCHEMA),
+  button.py, number.py and switch.py (their PLATFORM_SCHEMA); a button has no state topic.
 """
 
 from __future__ import annotations
@@ -27,6 +29,24 @@ SENSOR_KEYS = COMMON_KEYS | {
 BINARY_SENSOR_KEYS = COMMON_KEYS | {
     "device_class", "expire_after", "force_update", "off_delay", "payload_off", "payload_on",
 }
+
+_RW_KEYS = frozenset({"command_topic", "command_template", "optimistic", "retain"})
+
+BUTTON_KEYS = (COMMON_KEYS - {"state_topic", "value_template"}) | {
+    "command_template", "command_topic", "device_class", "payload_press", "retain",
+}
+
+NUMBER_KEYS = COMMON_KEYS | _RW_KEYS | {
+    "device_class", "max", "min", "mode", "payload_reset", "step", "unit_of_measurement",
+}
+
+SWITCH_KEYS = COMMON_KEYS | _RW_KEYS | {"device_class", "payload_off", "payload_on", "state_off", "state_on"}
+
+BUTTON_DEVICE_CLASSES = frozenset({"identify", "restart", "update"})
+
+NUMBER_MODES = frozenset({"auto", "box", "slider"})
+
+NUMBER_DEVICE_CLASS_UNITS = {"duration": {"d", "h", "min", "s", "ms"}}
 
 AVAILABILITY_KEYS = frozenset({"payload_available", "payload_not_available", "topic", "value_template"})
 
@@ -56,4 +76,5 @@ SENSOR_DEVICE_CLASS_UNITS = {
     "voltage": {"V", "mV", "µV", "kV", "MV"},
     "battery": {"%"},
     "signal_strength": {"dB", "dBm"},
+    "duration": {"d", "h", "min", "s", "ms"},
 }

@@ -225,7 +225,7 @@ def test_a_deleted_device_loses_its_entities(tmp_path: Path, broker: MosquittoSe
         assert CONFIG_OF("S-1", "humidity") in await asyncio.to_thread(retained, broker.port)
         async with running(tmp_path, broker.url, devices=()) as (_storage, bridge, _forwarder):
             # 2 configs, state, availability
-            await until(lambda: bridge.published["removal"] >= 4, what="removals acked")
+            await until(lambda: bridge.control.published["removal"] >= 4, what="removals acked")
             left = await asyncio.to_thread(retained, broker.port)
             assert not [t for t in left if t.startswith("homeassistant/sensor/") or t.startswith("edgewire/S-1/")]
 
@@ -319,8 +319,8 @@ def test_acl_refusals_are_counted_not_lost_silently(tmp_path: Path) -> None:
                 await ingest(storage, bridge, fw, [reading("S-1", 1)])
                 await until(lambda: fw.counters.refused == 1, what="refused")
                 assert fw.counters.acked == 0
-                await until(lambda: bridge.published["config"] >= 2, what="configs (allowed)")
-                assert bridge.refused == {}
+                await until(lambda: bridge.control.published["config"] >= 2, what="configs (allowed)")
+                assert bridge.control.refused == {}
 
     run(body)
 
@@ -374,20 +374,22 @@ def test_the_documented_acls_are_enough_and_refuse_the_rest(tmp_path: Path) -> N
                 operator.publish("edgewire/S-1/command/ping", b"{}")
                 await until(lambda: operator.json("edgewire/S-1/command/ping/result"), what="command result")
                 assert operator.json("edgewire/S-1/command/ping/result")["ok"] is True and calls == ["ping"]
-                # Home Assistant cannot command devices; a stranger cannot either (both refused by the broker,
-                # which also disconnects a 3.1.1 client for it: separate clients, not the watching one).
-                for user, password in (("homeassistant", "pw-h"), ("stranger", "pw-s")):
-                    intruder = Observer(broker.port, topics=("edgewire/+/command/+/result",), username=user,
-                                        password=password)
-                    intruder.publish("edgewire/S-2/command/ping", b"{}")
-                    intruder.close()
+                # Home Assistant's controls publish commands too (its ping button, here).
+                ha.publish("edgewire/S-1/command/ping", b"{}")
+                await until(lambda: len(operator.of("edgewire/S-1/command/ping/result")) == 2, what="HA's ping")
+                # A stranger cannot command devices (refused by the broker, which also disconnects a 3.1.1
+                # client for it: a separate client, not the watching one).
+                intruder = Observer(broker.port, topics=("edgewire/+/command/+/result",), username="stranger",
+                                    password="pw-s")
+                intruder.publish("edgewire/S-2/command/ping", b"{}")
+                intruder.close()
                 await storage.delete_device("S-2")
                 await bridge._refresh_registry()
                 await until(lambda: ha.last(CONFIG_OF("S-2", "humidity")) == b"", what="removal allowed")
-                operator.publish("edgewire/S-1/command/ping", b"{}")  # after the refused ones: they were not run
-                await until(lambda: len(operator.of("edgewire/S-1/command/ping/result")) == 2, what="second")
-                assert calls == ["ping", "ping"]
-                assert bridge.refused == {} and forwarder.counters.refused == 0
+                operator.publish("edgewire/S-1/command/ping", b"{}")  # after the refused one: it was not run
+                await until(lambda: len(operator.of("edgewire/S-1/command/ping/result")) == 3, what="third")
+                assert calls == ["ping", "ping", "ping"]
+                assert bridge.control.refused == {} and forwarder.counters.refused == 0
                 assert ha.connects == 1
             ha.close()
             operator.close()
