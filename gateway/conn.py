@@ -40,8 +40,8 @@ class EdgeConnection(ServerConnection):
     client, its role).
 
     With ``admission`` set (see ``connection_class``), it waits (is counted) from accept until
-    ``authenticated()``, going from silent to partial at its first bytes and to requested when its
-    HTTP request is complete (``request_received()``); a newer connection may evict it meanwhile
+    ``authenticated()``: silent, partial at its first bytes, requested once its HTTP request is
+    parsed (in the same ``data_received`` call); a newer connection may evict it meanwhile
     (gateway/admission.py)."""
 
     admission: Admission | None = None
@@ -51,33 +51,35 @@ class EdgeConnection(ServerConnection):
     waiting_address: str | None = None  # the peer address while it waits (Admission's fields)
     waiting_stage = SILENT
     waiting_since = 0.0
-    _silent = False  # waits and has sent nothing yet: its first bytes advance it
+    _watch = False  # waits and its request is not parsed yet: received bytes advance it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         admission = self.admission
         if admission is not None:
             peer = transport.get_extra_info("peername")
             admission.admit(self, str(peer[0]) if peer else "")
-            self._silent = True
+            self._watch = True
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._silent:
-            self._silent = False
-            if self.admission is not None:
-                self.admission.advance(self, PARTIAL)
         super().data_received(data)
+        if self._watch:
+            self._advance()
+
+    def _advance(self) -> None:
+        admission = self.admission
+        assert admission is not None
+        if self.request is not None:  # (set by websockets' parser within data_received)
+            self._watch = False
+            admission.advance(self, REQUESTED)
+        elif self.waiting_stage == SILENT:
+            admission.advance(self, PARTIAL)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.admission is not None:
             self.admission.closed(self)
         gctune.connection_closed()
         super().connection_lost(exc)
-
-    def request_received(self) -> None:
-        """Its HTTP request is complete (the handshake's or a plain request)."""
-        if self.waiting_address is not None and self.admission is not None:
-            self.admission.advance(self, REQUESTED)
 
     def authenticated(self) -> None:
         """The connection is authenticated (or let through): it no longer waits."""

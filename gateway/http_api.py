@@ -83,7 +83,6 @@ class HttpApi:
     # ------------------------------------------------------------ websockets hooks
     async def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         assert isinstance(ws, EdgeConnection)
-        ws.request_received()  # (admission: it now outranks silent and partial connections)
         path = request.path.split("?", 1)[0]
         route = self.routes.get(path)
         upgrade = "upgrade" in request.headers.get("Connection", "").lower()
