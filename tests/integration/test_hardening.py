@@ -275,7 +275,7 @@ def test_a_flood_of_unauthenticated_connections_is_capped_and_devices_stay_serve
         assert evictions['edgewire_connections_evicted_total{cap="per_address",stage="silent"}'] == 15
         assert evictions['edgewire_connections_evicted_total{cap="total",stage="silent"}'] >= 11  # 10, + the newcomer's
         assert values['edgewire_errors_total{code="too_many_connections"}'] == sum(evictions.values())
-        # SIGTERM with 40 silent connections still open (auth_timeout_s = 60): stops at once
+        # SIGTERM with the flood's connections still waiting (auth_timeout_s = 60): stops at once
         assert gw.stop(timeout=15) == 0
     for sock in held:
         sock.close()
