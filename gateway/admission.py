@@ -16,10 +16,10 @@ event-loop step that accepted the new one. The one closed is the oldest of the l
   by the time its request completed.
 
 So a flood from one address, even the devices' own (a site behind one NAT router), cannot lock
-anyone out: a device that authenticates promptly outlives ``max_unauthenticated_per_address``
-newer connections from its address (``max_unauthenticated`` from anywhere), and only handshakes,
-which cost the attacker a full request and the gateway its parsing, ever displace one that has
-sent its request. Every waiting connection also has one deadline, ``auth_timeout_s`` from accept,
+anyone out: once a device's request is in, it outlives any number of silent or slow connections
+and ``max_unauthenticated_per_address`` newer complete requests from its address
+(``max_unauthenticated`` from anywhere), which cost the attacker a full request each and the
+gateway its parsing. Every waiting connection also has one deadline, ``auth_timeout_s`` from accept,
 for its handshake and its first-frame authentication together. docs/protocol.md section 1.2 has
 the reasoning.
 
