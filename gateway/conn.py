@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 
 from gateway import gctune
-from gateway.admission import REFUSED_RESPONSE, Admission
+from gateway.admission import PARTIAL, REFUSED_RESPONSE, REQUESTED, SILENT, Admission
 from gateway.auth import Identity
 from gateway.dashboard_auth import DashboardIdentity
 from protocol import wire
@@ -39,52 +39,65 @@ class EdgeConnection(ServerConnection):
     rules) and, for a device that authenticated at the upgrade, its identity (for a dashboard
     client, its role).
 
-    With ``admission`` set (see ``connection_class``), it counts as unauthenticated from accept
-    until ``authenticated()``; one beyond the caps is answered 503 and closed at once."""
+    With ``admission`` set (see ``connection_class``), it waits (is counted) from accept until
+    ``authenticated()``: silent, partial at its first bytes, requested once its HTTP request is
+    parsed (in the same ``data_received`` call); a newer connection may evict it meanwhile
+    (gateway/admission.py)."""
 
     admission: Admission | None = None
     address: str = ""
     identity: Identity | None = None
     dashboard: DashboardIdentity | None = None  # a dashboard client: its role and token name
-    _pending: str | None = None  # the peer address while counted as unauthenticated
-    _refused = False
+    waiting_address: str | None = None  # the peer address while it waits (Admission's fields)
+    waiting_stage = SILENT
+    waiting_since = 0.0
+    _watch = False  # waits and its request is not parsed yet: received bytes advance it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         admission = self.admission
         if admission is not None:
             peer = transport.get_extra_info("peername")
-            ip = str(peer[0]) if peer else ""
-            if admission.admit(ip) is not None:
-                self._refused = True  # never handed to websockets: no parser, no task
-                writer = cast(asyncio.WriteTransport, transport)
-                writer.write(REFUSED_RESPONSE)
-                writer.close()
-                return
-            self._pending = ip
-            admission.waiting.add(self)
+            admission.admit(self, str(peer[0]) if peer else "")
+            self._watch = True
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self._refused:
-            super().data_received(data)
+        super().data_received(data)
+        if self._watch:
+            self._advance()
 
-    def eof_received(self) -> None:
-        if not self._refused:
-            super().eof_received()
+    def _advance(self) -> None:
+        admission = self.admission
+        assert admission is not None
+        if self.request is not None:  # (set by websockets' parser within data_received)
+            self._watch = False
+            admission.advance(self, REQUESTED)
+        elif self.waiting_stage == SILENT:
+            admission.advance(self, PARTIAL)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._refused:
-            return
-        self.authenticated()
+        if self.admission is not None:
+            self.admission.closed(self)
         gctune.connection_closed()
         super().connection_lost(exc)
 
     def authenticated(self) -> None:
-        """The connection is authenticated (or closed): it no longer counts against the caps."""
-        if self._pending is not None and self.admission is not None:
-            self.admission.release(self._pending)
-            self.admission.waiting.discard(self)
-            self._pending = None
+        """The connection is authenticated (or let through): it no longer waits."""
+        if self.waiting_address is not None and self.admission is not None:
+            self.admission.release(self)
+
+    def auth_time_left(self, default: float) -> float:
+        """Seconds left for authenticating (``default`` without admission)."""
+        return default if self.admission is None else self.admission.time_left(self)
+
+    def evict(self, stage: int) -> None:
+        """Closed to make room (Admission no longer counts it): nothing parsed yet, a 503; else a reset."""
+        transport = cast(asyncio.WriteTransport, self.transport)
+        if stage < REQUESTED:
+            transport.write(REFUSED_RESPONSE)
+            transport.close()
+        else:
+            transport.abort()
 
 
 def connection_class(admission: Admission) -> type[EdgeConnection]:

@@ -147,7 +147,8 @@ class Gateway:
         cfg = self.config
         before, soft, hard = raise_open_files_limit()
         cap = min(cfg.max_unauthenticated, max(64, soft // 2))
-        self.admission = Admission(cap, cfg.max_unauthenticated_per_address, cfg.trusted_proxies)
+        self.admission = Admission(cap, cfg.max_unauthenticated_per_address, cfg.trusted_proxies,
+                                   cfg.auth_timeout_s, asyncio.get_running_loop().time)
         self.server = await self._listen()
         try:
             log("open_files_limit", soft=soft, was=before, hard=hard, max_unauthenticated=cap,
@@ -343,7 +344,7 @@ class Gateway:
 
     async def _own_metrics(self) -> str:
         admission = self.admission
-        self.counters.by_error[TOO_MANY] = sum(admission.refused.values())
+        self.counters.by_error[TOO_MANY] = admission.answered
         cluster_gauges, cluster_counters, cluster_labelled = self.cluster.metric_rows()
         body = self.metrics.render(
             gauges=[*cluster_gauges,
@@ -361,13 +362,12 @@ class Gateway:
                        "snapshot.", self.hub.resyncs),
                       ("dashboard_updates", "Coalesced update frames built for dashboards.", self.hub.updates_sent),
                       *cluster_counters],
-            labelled=[("connections_refused", "Connections refused at accept, by the cap they hit.", "reason",
-                       dict(admission.refused)),
-                      ("task_restarts", "Restarts of background tasks after a failure.", "task",
+            labelled=[("task_restarts", "Restarts of background tasks after a failure.", "task",
                        {name: state.restarts for name, state in self.supervisor.tasks.items()}),
                       *cluster_labelled],
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
-            extra=[*alert_metric_lines(self.alerts, self.notifier), *forward_metrics.lines(self.forwarding)])
+            extra=[*alert_metric_lines(self.alerts, self.notifier), *forward_metrics.lines(self.forwarding),
+                   *admission.metric_lines()])
         if self.worker is not None:  # each worker's own devices, under its label (gateway/host_metrics.py)
             body += ("# HELP edgewire_worker_devices_online Devices with a session on each worker process.\n"
                      "# TYPE edgewire_worker_devices_online gauge\n"

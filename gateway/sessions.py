@@ -209,11 +209,12 @@ class DeviceSessions:
 
     async def _first_frame_auth(self, ws: EdgeConnection, session: GatewaySession) -> Identity | None:
         loop = asyncio.get_running_loop()
-        timeout = self.config.auth_timeout_s
+        timeout = self.config.auth_timeout_s  # handshake and auth frame together, from accept
         try:
-            frame = await asyncio.wait_for(ws.recv(), timeout)
+            frame = await asyncio.wait_for(ws.recv(), ws.auth_time_left(timeout))
         except TimeoutError:
-            await self._close_with(ws, session.refuse(wire.E_AUTH_TIMEOUT, f"no auth frame within {timeout:g} s"))
+            await self._close_with(ws, session.refuse(wire.E_AUTH_TIMEOUT,
+                                                      f"no auth frame within {timeout:g} s of connecting"))
             return None
         event = session.receive(frame, loop.time())
         if event.kind == EV_CLOSE:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -30,16 +31,18 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 class GatewayProcess:
     """A gateway subprocess with its own data dir and port.
 
-    ``settings`` become lines of its TOML config (e.g. rate=100, alerts=[...]).
+    ``settings`` become lines of its TOML config (e.g. rate=100, alerts=[...]). ``open_files``:
+    run it with that hard (and soft) RLIMIT_NOFILE, which it cannot raise (Debian's 1024).
     """
 
     def __init__(self, tmp_path: Path, port: int | None = None, env: dict[str, str] | None = None,
-                 name: str = "gateway", **settings: Any) -> None:
+                 name: str = "gateway", open_files: int | None = None, **settings: Any) -> None:
         self.data_dir = Path(tmp_path) / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.env = env or {}
         self.settings = settings
+        self.open_files = open_files
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / "gateway.log"
         self.config_path = self.data_dir / "gateway.toml"
@@ -84,7 +87,8 @@ class GatewayProcess:
                 [PYTHON, "-m", "gateway", "serve", "--config", str(self.config_path), "--host", "127.0.0.1",
                  "--port", str(self.port), "--data-dir", str(self.data_dir)],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True)  # its own process group: ``kill`` takes the workers too
+                start_new_session=True,  # its own process group: ``kill`` takes the workers too
+                preexec_fn=None if self.open_files is None else self._limit_open_files)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -96,6 +100,11 @@ class GatewayProcess:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"gateway not healthy within {timeout}s:\n{self.log_text()[-3000:]}")
+
+    def _limit_open_files(self) -> None:
+        """In the child, before exec: lower RLIMIT_NOFILE (soft and hard) to ``open_files``."""
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """/healthz: (HTTP status, body)."""

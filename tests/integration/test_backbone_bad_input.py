@@ -15,6 +15,7 @@ from websockets.asyncio.client import connect
 from protocol import wire
 from tests.helpers.devices import GoodDevice, expect_close
 from tests.helpers.gateway import GatewayProcess
+from tests.helpers.waiting import until_sync
 
 
 @pytest.fixture
@@ -115,12 +116,23 @@ def test_data_before_auth_closes_4009(gw: GatewayProcess) -> None:
 
 
 def test_auth_frame_never_sent_times_out(gw: GatewayProcess) -> None:
+    silent = socket.create_connection(("127.0.0.1", gw.port), timeout=10)  # not even a request
+
     async def run() -> tuple[list[dict[str, object]], int | None]:
         async with connect(gw.device_url) as ws:
             return await expect_close(ws, timeout=10)
 
     frames, code = asyncio.run(run())
     assert code == wire.CLOSE_AUTH_TIMEOUT and frames[-1]["code"] == wire.E_AUTH_TIMEOUT
+    assert silent.recv(100) == b""  # closed at its deadline, without an answer
+    silent.close()
+
+    def timed_out() -> dict[str, float]:
+        return {key: value for key, value in gw.metrics().items() if "timed_out" in key}
+
+    until_sync(lambda: sum(timed_out().values()) >= 2, 10, "both to be counted")
+    assert timed_out() == {f'edgewire_connections_timed_out_total{{stage="{stage}"}}': n
+                           for stage, n in (("silent", 1), ("partial", 0), ("requested", 1))}
 
 
 def test_slowloris_handshake_is_dropped_while_others_flow(gw: GatewayProcess) -> None:
