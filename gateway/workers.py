@@ -323,6 +323,12 @@ class Host:
 
 
 def check_workers(config: GatewayConfig) -> int:
-    """The number of worker processes for ``config`` (0 = one process: no host, no workers)."""
+    """The number of worker processes for ``config`` (0 = one process: no host, no workers).
+
+    ``workers = 0`` (the default) is one per core on the embedded defaults, and one process when a
+    bus is set: a cluster scales out with instances (pods of one core, docs/scaling.md); several
+    workers per instance there are asked for by number."""
+    if config.workers == 0 and config.bus:
+        return 0
     count = config.workers if config.workers > 0 else default_workers()
     return count if count > 1 else 0
