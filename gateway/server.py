@@ -44,7 +44,7 @@ from gateway.dashboard import Dashboard
 from gateway.dashboard_auth import DashboardAuth
 from gateway.errors import ConfigError, GatewayError
 from gateway.forward import metrics as forward_metrics
-from gateway.forward.setup import Forwarding
+from gateway.forward.setup import Forwarding, RelayedForwarding
 from gateway.host_metrics import HostView
 from gateway.http_api import HttpApi
 from gateway.hub import Hub
@@ -100,8 +100,10 @@ class Gateway:
         self.commands = Commands(self.bus, self._command_target, registered=storage.get_device, clock=clock,
                                  stored_seq=storage.last_seq)
         # MQTT bridge and NATS sink (docs/mqtt.md); MQTT commands take the admin API's command path.
-        self.forwarding = Forwarding.from_config(config, storage, config.instance_id or default_instance_id(),
-                                                 package_version(), run_command=self._run_command)
+        # With workers, worker 1 (the owner) forwards for the gateway; the others relay to it.
+        self.forwarding = RelayedForwarding(storage, self.relay.forward) if self.relay is not None else \
+            Forwarding.from_config(config, storage, config.instance_id or default_instance_id(), package_version(),
+                                   run_command=self._run_command)
         self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.alerts, self.metrics,
                                        on_result=self.commands.result, on_offline=self.alerts.device_offline,
                                        clock=clock, forwarding=self.forwarding, store=store)
@@ -114,7 +116,7 @@ class Gateway:
         alert_admin = AlertAdmin(self.alerts)
         self.admin.requests.update(self.relay.admin_requests(ADMIN_IDENTITY) if self.relay is not None
                                    else alert_admin.requests_as(ADMIN_IDENTITY))  # protocol.md section 10
-        self.alert_owner = AlertOwner(self.bus, self.alerts, alert_admin) if (
+        self.alert_owner = AlertOwner(self.bus, self.alerts, alert_admin, self.forwarding) if (
             alert_owner is not None and self.relay is None) else None
         self.dashboard_auth = DashboardAuth(storage, registry.token_key, dashboard_token)
         self.http = HttpApi(config, admin_token=admin_token, dashboard_auth=self.dashboard_auth,

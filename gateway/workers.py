@@ -49,6 +49,7 @@ from gateway.bus import default_instance_id
 from gateway.bus.local import HostBroker
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
+from gateway.forward.setup import sink_names
 from gateway.logs import log
 from gateway.secret_files import private_dir
 from gateway.storage.backends import open_storage
@@ -208,7 +209,11 @@ class Host:
         self.prepare()
         storage = open_storage(config)
         await storage.open()  # migrations, once
-        await storage.close()
+        try:  # the sinks' cursors before any worker commits: every worker writes the forward log from the start
+            for name in sink_names(config):
+                await storage.register_sink(name, int(time.time() * 1000))
+        finally:
+            await storage.close()
         deadline = time.monotonic() + PORT_WAIT_S
         while True:
             try:

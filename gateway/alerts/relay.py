@@ -1,4 +1,4 @@
-"""One alert engine for all the workers of a gateway host (gateway/workers.py).
+"""One alert engine and one forwarding bridge for all the workers of a gateway host (gateway/workers.py).
 
 Alert rules keep state per device (a ``for`` duration, a stuck sensor, a learned baseline), and
 an open alert has one life cycle, one webhook per change. With several worker processes a device
@@ -7,8 +7,11 @@ place: the *alert owner*, worker 1, whose AlertEngine is the gateway's. The othe
 ``AlertRelay`` in its stead:
 
 - each reading the relay is given, and each device that went offline there, goes to the owner
-  on the host bus channel ``alert_in``, batched every ``FLUSH_S``; the owner's ``AlertOwner``
-  feeds them to its engine. A batch the bus could not carry (the owner restarting) is counted
+  on the host bus channel ``alert_in``, batched every ``FLUSH_S`` and in order; the owner's
+  ``AlertOwner`` feeds them to its engine. The forwarding bridge's hooks (MQTT discovery,
+  availability, status: gateway/forward/setup.py ``RelayedForwarding``) ride in the same
+  batches, so worker 1's bridge and readings forwarders speak for the whole gateway, with one
+  MQTT client and one cursor per sink. A batch the bus could not carry (the owner restarting) is counted
   in ``relay_dropped`` and logged: the readings are stored all the same; only their judging is lost;
 - operator calls (acknowledge, clear, list, the admin API's alert requests) are requests to the
   owner (``alert_call``), answered by its engine, with the same error codes;
@@ -33,7 +36,8 @@ from gateway.logs import log
 from gateway.storage.base import Storage
 from gateway.supervisor import spawn
 
-ALERT_IN = "alert_in"  # channel, relays -> owner: {"r": [[device, metrics, time_ms, received_ms, quality]], "off"}
+ALERT_IN = "alert_in"  # channel, relays -> owner: {"ops": [["r", reading...] | ["off", device] | ["f", hook, args]]}
+HOOKS = frozenset({"saw_reading", "device_online", "device_offline", "device_status", "device_deleted"})
 ALERT_CALL = "alert_call"  # request to the owner: {"op", ...} -> the engine's answer
 FLUSH_S = 0.02
 CALL_TIMEOUT_S = 15.0
@@ -43,9 +47,11 @@ RULES_REFRESH_S = 30.0
 class AlertOwner:
     """Worker 1: answers the relays with the gateway's alert engine."""
 
-    def __init__(self, bus: Bus, engine: AlertEngine, admin: AlertAdmin) -> None:
+    def __init__(self, bus: Bus, engine: AlertEngine, admin: AlertAdmin, forwarding: object) -> None:
+        """``forwarding``: the gateway's Forwarding, whose bridge hooks (``HOOKS``) the relays call."""
         self.engine = engine
         self.admin = admin
+        self.forwarding = forwarding
         self.bus = bus
         bus.serve(ALERT_CALL, self._call)
 
@@ -54,10 +60,14 @@ class AlertOwner:
 
     def _feed(self, message: dict[str, Any], sender: str) -> None:
         reading = self.engine.reading
-        for device_id, metrics, time_ms, received_ms, quality in message.get("r", ()):
-            reading(device_id, metrics, time_ms, received_ms, quality)
-        for device_id in message.get("off", ()):
-            self.engine.device_offline(device_id)
+        for op in message.get("ops", ()):
+            kind = op[0]
+            if kind == "r":
+                reading(op[1], op[2], op[3], op[4], op[5])
+            elif kind == "off":
+                self.engine.device_offline(op[1])
+            elif kind == "f" and op[1] in HOOKS:
+                getattr(self.forwarding, op[1])(*op[2])
 
     async def _call(self, message: dict[str, Any], sender: str) -> dict[str, Any]:
         op = message.get("op")
@@ -84,8 +94,7 @@ class AlertRelay(AlertEngine):
         super().__init__(storage, rules, clock=clock)
         self.bus = bus
         self.owner = owner
-        self._readings: list[list[Any]] = []
-        self._offline: list[str] = []
+        self._ops: list[list[Any]] = []
         self._flush: asyncio.TimerHandle | None = None
         self._restored: list[dict[str, Any]] = []
         self.relayed = 0
@@ -94,11 +103,16 @@ class AlertRelay(AlertEngine):
     # ------------------------------------------------------------------ to the owner
     def reading(self, device_id: str, metrics: dict[str, float], time_ms: int, received_ms: int,
                 quality: str | None = None) -> None:
-        self._readings.append([device_id, metrics, time_ms, received_ms, quality])
+        self._ops.append(["r", device_id, metrics, time_ms, received_ms, quality])
         self._schedule()
 
     def device_offline(self, device_id: str, now_ms: int | None = None) -> None:
-        self._offline.append(device_id)
+        self._ops.append(["off", device_id])
+        self._schedule()
+
+    def forward(self, hook: str, args: list[Any]) -> None:
+        """A forwarding bridge hook for the owner's bridge (gateway/forward/setup.py RelayedForwarding)."""
+        self._ops.append(["f", hook, args])
         self._schedule()
 
     def _schedule(self) -> None:
@@ -107,19 +121,19 @@ class AlertRelay(AlertEngine):
 
     def _send(self) -> None:
         self._flush = None
-        readings, self._readings = self._readings, []
-        offline, self._offline = self._offline, []
-        spawn(self._publish({"r": readings, "off": offline}), "alert relay")
+        ops, self._ops = self._ops, []
+        spawn(self._publish({"ops": ops}), "alert relay")
 
     async def _publish(self, message: dict[str, Any]) -> None:
-        count = len(message["r"])
+        count = sum(1 for op in message["ops"] if op[0] == "r")
         try:
             await self.bus.publish(ALERT_IN, message)
             self.relayed += count
         except BusError as err:
             self.relay_dropped += count
-            log("alert_relay_dropped", logging.WARNING, readings=count, offline=len(message["off"]),
-                error=str(err)[:200], hint="the readings are stored; the alert owner (worker 1) did not judge them")
+            log("alert_relay_dropped", logging.WARNING, readings=count, events=len(message["ops"]) - count,
+                error=str(err)[:200], hint="the readings are stored; the owner (worker 1) did not judge them "
+                "for alerts nor see them for MQTT discovery")
 
     async def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
         try:

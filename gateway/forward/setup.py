@@ -291,3 +291,31 @@ class Forwarding:
         """The alert engine's open alerts at start (their changes follow as events)."""
         if self.bridge is not None:
             self.bridge.alerts_open(alerts)
+
+
+class RelayedForwarding(Forwarding):
+    """A worker that is not the owner (gateway/alerts/relay.py): the bridge's hooks go to worker 1,
+    whose bridge and forwarders are the gateway's (one MQTT client, one cursor per sink)."""
+
+    def __init__(self, storage: Storage, relay: Callable[[str, list[Any]], None]) -> None:
+        super().__init__(storage, [])
+        self.relay = relay
+
+    async def start(self) -> None:
+        """Nothing to start: the owner registered the sinks (the host did, before any worker)."""
+
+    def saw_reading(self, device_id: str, metrics: dict[str, float]) -> None:
+        self.relay("saw_reading", [device_id, metrics])
+
+    def device_online(self, device_id: str) -> None:
+        self.relay("device_online", [device_id])
+
+    def device_offline(self, device_id: str) -> None:
+        self.relay("device_offline", [device_id])
+
+    def device_status(self, device_id: str, status: dict[str, Any]) -> None:
+        self.relay("device_status", [device_id, status])
+
+    def device_deleted(self, device_id: str) -> None:
+        self.relay("device_deleted", [device_id])
+
