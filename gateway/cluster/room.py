@@ -125,9 +125,11 @@ class Cluster(SessionHooks):
         if previous is None or not claim.previous_alive or previous.instance == bus.instance_id:
             return None  # nobody else holds it (a session here is replaced by the sessions room)
         try:
-            await bus.request(previous.instance, TAKEOVER, {"device": device_id, "version": claim.holder.version},
-                              self.takeover_timeout_s)
+            reply = await bus.request(previous.instance, TAKEOVER, {"device": device_id,
+                                      "version": claim.holder.version}, self.takeover_timeout_s)
             self._took_over("released")
+            if reply.get("held"):  # two live connections of one device: shown as in one process
+                self.hub.replaced(device_id, str(reply.get("address", "")), conn.ws.address)
             return None
         except NoResponder:
             # Its process is gone (or cut off: it closes its stale session when it is back). What it
@@ -175,8 +177,10 @@ class Cluster(SessionHooks):
         mine = self.bus.presence.local.get(device_id)
         if mine is not None and mine.version > version:
             raise Superseded(f"this instance holds a newer claim of {device_id!r}")
+        conn = self.sessions.devices.get(device_id)
+        address = conn.ws.address if conn is not None else ""
         held = await self.sessions.hand_over(device_id, f"taken over by {sender}")
-        return {"released": True, "held": held}
+        return {"released": True, "held": held, "address": address}
 
     async def _lost(self, device_id: str, holder: Holder) -> None:
         """A device of ours was claimed by another instance while we were cut off from the bus."""
