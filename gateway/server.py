@@ -42,6 +42,7 @@ from gateway.conn import EdgeConnection, connection_class, dumps, json_response
 from gateway.dashboard import Dashboard
 from gateway.dashboard_auth import DashboardAuth
 from gateway.errors import ConfigError, GatewayError
+from gateway.fanout import Listeners
 from gateway.forward import metrics as forward_metrics
 from gateway.forward.setup import Forwarding
 from gateway.http_api import HttpApi
@@ -83,9 +84,14 @@ class Gateway:
         # MQTT bridge and NATS sink (docs/mqtt.md); MQTT commands take the admin API's command path.
         self.forwarding = Forwarding.from_config(config, storage, config.instance_id or default_instance_id(),
                                                  package_version(), run_command=self._run_command)
-        self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.alerts, self.metrics,
+        # Who gets each committed batch of readings (gateway/fanout.py): one registration per consumer.
+        self.listeners = Listeners(self.metrics)
+        self.listeners.add("dashboard", self.hub.committed)
+        self.listeners.add("alerts", self.alerts.committed)
+        self.listeners.add("forwarding", self.forwarding.committed)
+        self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.metrics,
                                        on_result=self.commands.result, on_offline=self.alerts.device_offline,
-                                       clock=clock, forwarding=self.forwarding)
+                                       clock=clock, forwarding=self.forwarding, listeners=self.listeners)
         self.cluster = Cluster(self.bus, self.sessions, self.commands, self.hub, clustered=bool(config.bus),
                                takeover_timeout_s=config.takeover_timeout_s)
         self.sessions.hooks = self.cluster

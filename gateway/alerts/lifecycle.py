@@ -42,7 +42,7 @@ from gateway.alerts.rules.base import CALM, FIRE, SAME, Device, Rule, Track
 from gateway.alerts.writer import AlertWriter, Change
 from gateway.errors import StorageError
 from gateway.logs import log
-from gateway.storage.base import AlertHistoryRow, AlertRow, Storage
+from gateway.storage.base import AlertHistoryRow, AlertRow, ReadingRow, Storage
 
 NAN = float("nan")
 _MISSING: Any = object()
@@ -105,6 +105,13 @@ class AlertLifecycle:
         return self.writer.add(alert, entry, alert_dict(alert), future)
 
     # ------------------------------------------------------------------ hot path
+    def committed(self, rows: list[ReadingRow]) -> None:
+        """The commit listener (gateway/fanout.py): each newly stored reading through ``reading``.
+        Only rows the storage inserted get here, so a resend never counts twice."""
+        reading = self.reading
+        for row in rows:
+            reading(row.device_id, row.metrics, row.time_ms, row.received_ms, row.quality)
+
     def reading(self, device_id: str, metrics: dict[str, float], time_ms: int, received_ms: int,
                 quality: str | None = None) -> None:
         """Evaluate the rules against one reading (``time_ms``: when it was read; ``received_ms``:

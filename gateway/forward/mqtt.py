@@ -9,10 +9,11 @@ Forwarder, from storage. The bridge keeps the broker in step with the gateway (d
   or at a clean stop;
 - Home Assistant discovery configs: one sensor per metric of a device, published when the
   device or a new metric is first seen (``saw_reading``, called for each reading the gateway
-  receives: a set lookup per metric), when its label, kind or firmware changes, again after
-  every (re)connect (a broker restarted without persistence lost them) and whenever Home
-  Assistant announces itself (``online`` on ``<discovery prefix>/status``); removed (empty
-  retained payloads) when the device is deleted from the registry;
+  stores, after its commit (gateway/fanout.py): a set lookup per metric), when its label,
+  kind or firmware changes, again after every (re)connect (a broker restarted without
+  persistence lost them) and whenever Home Assistant announces itself (``online`` on
+  ``<discovery prefix>/status``); removed (empty retained payloads) when the device is
+  deleted from the registry;
 - alert events (``alert_event``) and command results.
 
 These control messages never queue without bound: configs and availability are "dirty" sets
@@ -118,7 +119,7 @@ class MqttBridge:
         return self.link.connected
 
     def saw_reading(self, device_id: str, metrics: dict[str, float]) -> None:
-        """A reading came in (on ingestion): a device or metric seen for the first time gets its config."""
+        """A reading was stored: a device or metric seen for the first time gets its config."""
         info = self.devices.get(device_id)
         if info is None:
             info = self._info(device_id)

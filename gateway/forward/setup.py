@@ -4,8 +4,8 @@
     await forwarding.start()                  # after storage.open(); connects in the background
     for name, job in forwarding.tasks():      # supervised tasks (forwarders or the worker, the bridge's upkeep)
         supervisor.start(name, job)
-    forwarding.saw_reading(device_id, metrics)  # per reading received (cheap): first-seen discovery
-    forwarding.wake()                         # after each group commit (cheap)
+    forwarding.committed(rows)                # commit listener (gateway/fanout.py): wakes the
+                                              # forwarders, first-seen discovery (cheap)
     forwarding.device_online(device_id) ...   # session events, status frames, deletions, alert events
     await forwarding.close()                  # before storage.close(): cursors stored, leases released
 
@@ -39,7 +39,7 @@ from gateway.forward.settings import MQTT_PORTS, NATS_PORTS, MqttSettings, parse
 from gateway.forward.sink import Sink
 from gateway.logs import log
 from gateway.secret_files import read_secret
-from gateway.storage.base import Storage
+from gateway.storage.base import ReadingRow, Storage
 
 CLUSTER_EXTRA = "install the cluster extra: pip install 'edgewire[cluster]' (nats-py)"
 WORKER_STOP_S = 20.0  # the worker drains (up to 5 s), stores its cursors and releases its leases
@@ -260,10 +260,16 @@ class Forwarding:
         for forwarder in self.forwarders:
             forwarder.wake()
 
-    # -- the bridge's hooks (no-ops without MQTT)
-    def saw_reading(self, device_id: str, metrics: dict[str, float]) -> None:
+    def committed(self, rows: list[ReadingRow]) -> None:
+        """The commit listener (gateway/fanout.py): rows were stored. The forwarders read them from
+        the forward log; the bridge's discovery sees every device and metric (first seen: config)."""
+        self.wake()
         if self.bridge is not None:
-            self.bridge.saw_reading(device_id, metrics)
+            saw = self.bridge.saw_reading
+            for row in rows:
+                saw(row.device_id, row.metrics)
+
+    # -- the bridge's hooks (no-ops without MQTT)
 
     def device_online(self, device_id: str) -> None:
         if self.bridge is not None:
