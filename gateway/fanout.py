@@ -4,8 +4,8 @@ The flusher (gateway/flusher.py) hands every committed batch to ``Listeners.comm
 ``storage.store`` really inserted (gateway/storage/base.py), so never a row whose commit failed
 and never a reading twice (a resend after a failed commit, or of a seq already stored, is not in
 it). Batches come in commit order (the flusher's order, which keeps each device's seq order),
-right after the flush sent the batch's acks (or handed them to a slow connection's sender). Each row carries its device, seq, times, metrics, quality and
-the boot id of its frame.
+right after the flush sent the batch's acks (or handed them to a slow connection's sender).
+Each row carries its device, seq, times, metrics, quality and the boot id of its frame.
 
 A listener is a function ``listener(rows)``, called once per batch: it must not change ``rows``,
 must not block and does no I/O (it records, or wakes a task of its own, and returns). A listener
