@@ -1,8 +1,9 @@
 """The alerts' life cycle: every reading through the rules of its metric, each verdict into an alert's change.
 
-Hot path (``reading``, once per stored reading): one dict lookup per metric, then per rule
-of that metric one dict lookup for the device's track and the rule's ``update`` (a few
-comparisons, no allocation). Alert changes are made in memory at once and queued to the
+Hot path (``committed``, the commit listener of gateway/fanout.py: ``reading`` once per stored
+reading, after its commit, so a resend is never judged twice): one dict lookup per metric,
+then per rule of that metric one dict lookup for the device's track and the rule's ``update``
+(a few comparisons, no allocation). Alert changes are made in memory at once and queued to the
 writer (gateway/alerts/writer.py), which stores them in order and then emits the events.
 
 ``AlertLifecycle`` holds the engine's alerts and rules and makes every transition (raise,

@@ -270,7 +270,6 @@ class Forwarding:
                 saw(row.device_id, row.metrics)
 
     # -- the bridge's hooks (no-ops without MQTT)
-
     def device_online(self, device_id: str) -> None:
         if self.bridge is not None:
             self.bridge.device_online(device_id)
