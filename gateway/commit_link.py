@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +56,8 @@ class CommitServer:
             writer.close()
 
     async def _store(self, writer: asyncio.StreamWriter, ident: int, rows: list[ReadingRow]) -> None:
-        store: Callable[[list[ReadingRow]], Awaitable[Any]] = self.storage.store  # its result goes back as is
         try:
-            result = await store(rows)
+            result = await self.storage.store(rows)  # the rows it inserted (the storage contract)
         except Exception as err:  # StorageError, OSError, a refused row: the worker closes those devices
             reply: tuple[Any, ...] = ("err", ident, str(err) or type(err).__name__)
         else:
@@ -122,14 +120,16 @@ class CommitClient:
                 if not future.done():
                     future.set_exception(StorageError(GONE))
 
-    async def store(self, rows: list[ReadingRow]) -> Any:
+    async def store(self, rows: list[ReadingRow]) -> list[ReadingRow]:
+        """``storage.store(rows)`` in the commit process: the rows it inserted (copies, by value)."""
         writer = await self._link()
         self._next += 1
         ident = self._next
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[ident] = future
         writer.write(frame(("store", ident, rows)))
-        return await future
+        inserted: list[ReadingRow] = await future
+        return inserted
 
     async def close(self) -> None:
         writer, self._writer = self._writer, None

@@ -31,7 +31,7 @@ JWT_SECRET_ENV = "EDGEWIRE_JWT_SECRET"
 
 async def build_gateway(config: GatewayConfig, bus: Bus | None = None, sock: socket.socket | None = None,
                         worker: tuple[int, int] | None = None, siblings: list[str] | None = None,
-                        store: Callable[[list[ReadingRow]], Awaitable[object]] | None = None,
+                        store: Callable[[list[ReadingRow]], Awaitable[list[ReadingRow]]] | None = None,
                         alert_owner: str | None = None) -> Gateway:
     """The gateway of ``config``; a worker process (gateway/worker.py) passes its bus, its listening
     socket, (index, count) and its siblings' instance ids."""

@@ -17,6 +17,11 @@ The rules it keeps (docs/protocol.md section 5):
   own (``store`` is idempotent), so rows the storage refuses close only their own connection.
 - A frame whose readings were all stored already (no rows) is acknowledged in its turn.
 - One slow device never holds up the acks of the others (see ``_ack``).
+
+After its acks, a flush hands the rows its store really inserted (what ``store`` returns: no
+duplicate, nothing of a failed store) to the commit listeners (gateway/fanout.py): the
+dashboard, the alert rules, the forwarders. One call per flush, in flush order, so every
+listener sees each stored reading once, after its commit, and each device's readings in order.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Protocol
 
 from websockets.exceptions import ConnectionClosed
 
+from gateway.fanout import Listeners
 from gateway.logs import log
 from gateway.metrics import Metrics
 from gateway.storage.base import ReadingRow, Storage
@@ -81,17 +87,17 @@ class _Later:
 class Flusher:
     """Batches the store-and-ack path of every device connection (see the module docstring)."""
 
-    def __init__(self, storage: Storage, metrics: Metrics, wake: Callable[[], None] = lambda: None,
+    def __init__(self, storage: Storage, metrics: Metrics, listeners: Listeners | None = None,
                  clock: Callable[[], float] = time.perf_counter,
-                 store: Callable[[list[ReadingRow]], Awaitable[object]] | None = None) -> None:
-        """``wake()``: rows were committed (the forwarders read them); ``clock``: seconds, for
+                 store: Callable[[list[ReadingRow]], Awaitable[list[ReadingRow]]] | None = None) -> None:
+        """``listeners``: who gets the committed rows (gateway/fanout.py); ``clock``: seconds, for
         the commit and ack latency histograms; ``store``: instead of ``storage.store`` (a worker
         whose commits are made by the commit process: gateway/commit_link.py)."""
         self.storage = storage
         self.store = store or storage.store
         self.metrics = metrics
         self.counters = metrics.counters
-        self.wake = wake
+        self.listeners = listeners if listeners is not None else Listeners(metrics)
         self.clock = clock
         self._pending: _Batch | None = None  # the batch frames join until its flush starts
         self._last: asyncio.Future[None] | None = None  # ``done`` of the newest flush
@@ -112,29 +118,34 @@ class Flusher:
         if self._pending is batch:
             self._pending = None  # frames from now on go to the next flush
         try:
-            failed = await self._store(batch.frames)
+            failed, inserted = await self._store(batch.frames)
             if previous is not None and not previous.done():
-                await asyncio.wait((previous,))  # acks in flush order (wait: never cancels it)
-            await self._acks(batch.frames, failed)
+                await asyncio.wait((previous,))  # acks and listeners in flush order (wait: never cancels it)
+            try:
+                await self._acks(batch.frames, failed)
+            finally:
+                if inserted:
+                    self.listeners.committed(inserted)  # never raises (gateway/fanout.py)
         finally:
             batch.done.set_result(None)
 
-    async def _store(self, frames: list[tuple[AckTarget, list[ReadingRow], int, float]]) -> dict[AckTarget, str]:
-        """Store the rows of every frame; return the connections whose rows failed, with why."""
+    async def _store(self, frames: list[tuple[AckTarget, list[ReadingRow], int, float]]
+                     ) -> tuple[dict[AckTarget, str], list[ReadingRow]]:
+        """Store the rows of every frame; return the connections whose rows failed, with why, and
+        the rows newly inserted."""
         rows = [row for frame in frames for row in frame[1]]
         if not rows:
-            return {}
+            return {}, []
         started = self.clock()
         try:
-            await self.store(rows)
+            inserted = await self.store(rows)
         except Exception as err:  # StorageError, OSError, or a bug: never ack these rows
             return await self._store_apart(frames, err)
         self.metrics.commit_latency.observe(self.clock() - started)
-        self.wake()
-        return {}
+        return {}, inserted
 
     async def _store_apart(self, frames: list[tuple[AckTarget, list[ReadingRow], int, float]],
-                           err: Exception) -> dict[AckTarget, str]:
+                           err: Exception) -> tuple[dict[AckTarget, str], list[ReadingRow]]:
         """The batch failed: store each connection's rows on its own (idempotent), so that rows the
         storage refuses fail only their connection. A database that is down fails them all."""
         own: dict[AckTarget, list[ReadingRow]] = {}
@@ -142,14 +153,17 @@ class Flusher:
             if rows:
                 own.setdefault(conn, []).extend(rows)
         if len(own) == 1:
-            return dict.fromkeys(own, _describe(err))
+            return dict.fromkeys(own, _describe(err)), []
         conns = list(own)
         results = await asyncio.gather(*(self.store(own[conn]) for conn in conns), return_exceptions=True)
-        failed = {conn: _describe(result) for conn, result in zip(conns, results, strict=True)
-                  if isinstance(result, BaseException)}
-        if len(failed) < len(conns):
-            self.wake()
-        return failed
+        failed: dict[AckTarget, str] = {}
+        inserted: list[ReadingRow] = []
+        for conn, result in zip(conns, results, strict=True):
+            if isinstance(result, BaseException):
+                failed[conn] = _describe(result)
+            else:
+                inserted += result
+        return failed, inserted
 
     async def _acks(self, frames: list[tuple[AckTarget, list[ReadingRow], int, float]],
                     failed: dict[AckTarget, str]) -> None:

@@ -1,8 +1,9 @@
 """Live fan-out to dashboard clients: coalesced updates, bounded queues, drop-and-resync.
 
-Ingestion calls ``reading``/``online``/``offline``/``status``/``alert_event`` (plain dict
-updates, no I/O); ``registry`` keeps the registered devices (also those that never connected)
-with their labels.
+Ingestion calls ``online``/``offline``/``status``/``device_error``/``alert_event``, and, for
+the stored readings, the commit listener ``committed`` (gateway/fanout.py), which calls
+``reading`` and ``boot`` (plain dict updates, no I/O); ``registry`` keeps the registered
+devices (also those that never connected) with their labels.
 A flusher task turns the changes of each interval into ONE update frame shared by all
 clients. With several instances (gateway/cluster), ``on_update`` receives this instance's own
 changes of each interval (published to its peers), and ``remote_update``/``remote_presence``
@@ -33,7 +34,7 @@ from gateway.alerts.model import CLEARED, AlertEvent
 from gateway.dashboard_actions import E_BUSY, MAX_IN_FLIGHT, DashboardActions, error_reply
 from gateway.dashboard_auth import ANONYMOUS, DashboardIdentity
 from gateway.logs import log
-from gateway.storage.base import DeviceRecord
+from gateway.storage.base import DeviceRecord, ReadingRow
 from gateway.supervisor import spawn
 from protocol import wire
 
@@ -153,6 +154,20 @@ class Hub:
                 latest[name] = [value, time_ms]
         view.last_seen = self.now_ms()
         self._dirty.add(device_id)
+
+    def committed(self, rows: list[ReadingRow]) -> None:
+        """The commit listener (gateway/fanout.py): every stored reading through ``reading``, and
+        its frame's boot id through ``boot``. A reading whose commit failed never gets here."""
+        reading = self.reading
+        last_device: str | None = None
+        last_boot: str | None = None
+        for row in rows:
+            device = row.device_id
+            reading(device, row.metrics, row.time_ms)
+            boot = row.boot  # the same object for every reading of a frame: one call per frame
+            if boot is not None and (boot is not last_boot or device is not last_device):
+                self.boot(device, boot)
+                last_device, last_boot = device, boot
 
     def status(self, device_id: str, fields: dict[str, Any]) -> None:
         """The device's latest status fields (bounded by the core: protocol.gateway.MAX_STATUS_*)."""

@@ -144,6 +144,7 @@ class Metrics:
         self.commit_latency = Histogram(LATENCY_BOUNDS)
         self.ack_latency = Histogram(LATENCY_BOUNDS)
         self.frame_size = Histogram(SIZE_BOUNDS)
+        self.listener_errors: dict[str, int] = {}  # commit listener -> batches it failed on (gateway/fanout.py)
 
     def count_error(self, code: str) -> None:
         by_error = self.counters.by_error
@@ -176,6 +177,10 @@ class Metrics:
         for name, text, label, values in labelled:
             metric(f"edgewire_{name}_total", "counter", text,
                    [f'edgewire_{name}_total{{{label}="{key}"}} {num(n)}' for key, n in sorted(values.items())])
+        metric("edgewire_commit_listener_errors_total", "counter",
+               "Committed batches a commit listener (gateway/fanout.py) raised on, by listener.",
+               [f'edgewire_commit_listener_errors_total{{listener="{name}"}} {n}'
+                for name, n in sorted(self.listener_errors.items())])
         metric("edgewire_commit_latency_seconds", "histogram",
                "Time for a batch of readings to be durably committed (the storage's store call).",
                self.commit_latency.lines("edgewire_commit_latency_seconds"))

@@ -43,6 +43,7 @@ from gateway.conn import EdgeConnection, connection_class, dumps, json_response
 from gateway.dashboard import Dashboard
 from gateway.dashboard_auth import DashboardAuth
 from gateway.errors import ConfigError, GatewayError
+from gateway.fanout import Listeners
 from gateway.forward import metrics as forward_metrics
 from gateway.forward.setup import Forwarding, RelayedForwarding
 from gateway.host_metrics import HostView
@@ -68,7 +69,7 @@ class Gateway:
                  webhook_secrets: dict[str, bytes | None] | None = None, bus: Bus | None = None,
                  sock: socket.socket | None = None, worker: tuple[int, int] | None = None,
                  siblings: list[str] | None = None,
-                 store: Callable[[list[ReadingRow]], Awaitable[object]] | None = None,
+                 store: Callable[[list[ReadingRow]], Awaitable[list[ReadingRow]]] | None = None,
                  alert_owner: str | None = None) -> None:
         """``sock``, ``worker`` (index, count) and ``siblings`` (the other workers' instance ids): a
         worker process of a gateway host (gateway/workers.py) serves on its inherited socket; ``store``:
@@ -104,9 +105,14 @@ class Gateway:
         self.forwarding = RelayedForwarding(storage, self.relay.forward) if self.relay is not None else \
             Forwarding.from_config(config, storage, config.instance_id or default_instance_id(), package_version(),
                                    run_command=self._run_command)
-        self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.alerts, self.metrics,
+        # Who gets each committed batch of readings (gateway/fanout.py): one registration per consumer.
+        self.listeners = Listeners(self.metrics)
+        self.listeners.add("dashboard", self.hub.committed)
+        self.listeners.add("alerts", self.alerts.committed)
+        self.listeners.add("forwarding", self.forwarding.committed)
+        self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.metrics,
                                        on_result=self.commands.result, on_offline=self.alerts.device_offline,
-                                       clock=clock, forwarding=self.forwarding, store=store)
+                                       clock=clock, forwarding=self.forwarding, listeners=self.listeners, store=store)
         self.cluster = Cluster(self.bus, self.sessions, self.commands, self.hub,
                                clustered=bool(config.bus) or worker is not None,
                                takeover_timeout_s=config.takeover_timeout_s)

@@ -1,6 +1,7 @@
 """Device sessions (/v1/device): authentication, the store-and-ack path, replacement, expiry and
 the registry sweep. Protocol decisions come from protocol.gateway.GatewaySession; this module
-does the I/O around it."""
+does the I/O around it. Readings go to the flusher (gateway/flusher.py), which hands them to
+their consumers (dashboard, alerts, forwarding) once committed (gateway/fanout.py)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
-from gateway.alerts.engine import AlertEngine
 from gateway.auth import Authenticator, Identity, bearer
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, dumps, json_response, send_close
 from gateway.errors import AuthError, StorageError
+from gateway.fanout import Listeners
 from gateway.flusher import Flusher
 from gateway.forward.setup import Forwarding
 from gateway.hub import Hub
@@ -108,18 +109,20 @@ class DeviceSessions:
     """Every live device session; at most one per device id."""
 
     def __init__(self, config: GatewayConfig, storage: Storage, authenticator: Authenticator, hub: Hub,
-                 alerts: AlertEngine, metrics: Metrics, on_result: ResultHandler,
+                 metrics: Metrics, on_result: ResultHandler,
                  on_offline: Callable[[str], None] = lambda device_id: None,
                  clock: Callable[[], float] = time.time, forwarding: Forwarding | None = None,
-                 store: Callable[[list[ReadingRow]], Awaitable[object]] | None = None) -> None:
+                 listeners: Listeners | None = None,
+                 store: Callable[[list[ReadingRow]], Awaitable[list[ReadingRow]]] | None = None) -> None:
         """``on_offline(device_id)``: the device went offline here (its session ended, and it was not
-        handed over to a newer session, here or at another instance)."""
+        handed over to a newer session, here or at another instance). ``listeners``: who gets the
+        readings once committed (gateway/fanout.py). ``hub`` and ``forwarding`` hear of the
+        sessions' own events (online, offline, status, refused frames)."""
         self.config = config
         self.metric_table = config.metric_table().rows  # the ranges readings are checked against
         self.storage = storage
         self.auth = authenticator
         self.hub = hub
-        self.alerts = alerts
         self.metrics = metrics
         self.counters = metrics.counters
         self.on_result = on_result
@@ -128,7 +131,7 @@ class DeviceSessions:
         self.clock = clock
         self.forwarding = forwarding if forwarding is not None else Forwarding(storage, [])  # MQTT/NATS hooks
         self.devices: dict[str, DeviceConnection] = {}
-        self.flusher = Flusher(storage, metrics, self.forwarding.wake, store=store)  # the store-and-ack path
+        self.flusher = Flusher(storage, metrics, listeners, store=store)  # store and ack, then the listeners
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -375,24 +378,18 @@ class DeviceSessions:
                 self.forwarding.device_status(conn.device_id, event.payload)
 
     def _on_data(self, conn: DeviceConnection, frame: wire.DataFrame, received: int) -> None:
+        """Hand the frame's readings to the flusher. Nothing else sees them before their commit:
+        the dashboard, the alert rules and forwarding get the rows the commit inserted."""
         device_id = conn.device_id
         rows: list[ReadingRow] = []
         if frame.readings:
             gap = conn.session.last_gap
             if gap:
                 self.counters.gaps += gap
-            hub_reading = self.hub.reading
-            check = self.alerts.reading
-            saw = self.forwarding.saw_reading  # MQTT discovery: a device or metric seen for the first time
-            for reading in frame.readings:
-                time_ms = wire.reading_time_ms(reading, frame, received)
-                rows.append(ReadingRow(device_id, reading.seq, time_ms, received, reading.metrics, frame.boot,
-                                       reading.ts, reading.up, reading.quality))
-                check(device_id, reading.metrics, time_ms, received, reading.quality)
-                hub_reading(device_id, reading.metrics, time_ms)  # every reading: one per sensor on a Pi
-                saw(device_id, reading.metrics)
-            if frame.boot is not None:
-                self.hub.boot(device_id, frame.boot)
+            boot = frame.boot
+            time_of = wire.reading_time_ms
+            rows = [ReadingRow(device_id, reading.seq, time_of(reading, frame, received), received, reading.metrics,
+                               boot, reading.ts, reading.up, reading.quality) for reading in frame.readings]
         else:
             self.counters.duplicates += 1
         self.flusher.add(conn, rows, conn.session.accepted_seq)

@@ -1,8 +1,9 @@
 """The alerts' life cycle: every reading through the rules of its metric, each verdict into an alert's change.
 
-Hot path (``reading``, once per stored reading): one dict lookup per metric, then per rule
-of that metric one dict lookup for the device's track and the rule's ``update`` (a few
-comparisons, no allocation). Alert changes are made in memory at once and queued to the
+Hot path (``committed``, the commit listener of gateway/fanout.py: ``reading`` once per stored
+reading, after its commit, so a resend is never judged twice): one dict lookup per metric,
+then per rule of that metric one dict lookup for the device's track and the rule's ``update``
+(a few comparisons, no allocation). Alert changes are made in memory at once and queued to the
 writer (gateway/alerts/writer.py), which stores them in order and then emits the events.
 
 ``AlertLifecycle`` holds the engine's alerts and rules and makes every transition (raise,
@@ -42,7 +43,7 @@ from gateway.alerts.rules.base import CALM, FIRE, SAME, Device, Rule, Track
 from gateway.alerts.writer import AlertWriter, Change
 from gateway.errors import StorageError
 from gateway.logs import log
-from gateway.storage.base import AlertHistoryRow, AlertRow, Storage
+from gateway.storage.base import AlertHistoryRow, AlertRow, ReadingRow, Storage
 
 NAN = float("nan")
 _MISSING: Any = object()
@@ -105,6 +106,13 @@ class AlertLifecycle:
         return self.writer.add(alert, entry, alert_dict(alert), future)
 
     # ------------------------------------------------------------------ hot path
+    def committed(self, rows: list[ReadingRow]) -> None:
+        """The commit listener (gateway/fanout.py): each newly stored reading through ``reading``.
+        Only rows the storage inserted get here, so a resend never counts twice."""
+        reading = self.reading
+        for row in rows:
+            reading(row.device_id, row.metrics, row.time_ms, row.received_ms, row.quality)
+
     def reading(self, device_id: str, metrics: dict[str, float], time_ms: int, received_ms: int,
                 quality: str | None = None) -> None:
         """Evaluate the rules against one reading (``time_ms``: when it was read; ``received_ms``:

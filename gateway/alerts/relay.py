@@ -37,7 +37,7 @@ from gateway.storage.base import Storage
 from gateway.supervisor import spawn
 
 ALERT_IN = "alert_in"  # channel, relays -> owner: {"ops": [["r", reading...] | ["off", device] | ["f", hook, args]]}
-HOOKS = frozenset({"saw_reading", "device_online", "device_offline", "device_status", "device_deleted"})
+HOOKS = frozenset({"device_online", "device_offline", "device_status", "device_deleted"})
 ALERT_CALL = "alert_call"  # request to the owner: {"op", ...} -> the engine's answer
 FLUSH_S = 0.02
 CALL_TIMEOUT_S = 15.0
@@ -60,14 +60,20 @@ class AlertOwner:
 
     def _feed(self, message: dict[str, Any], sender: str) -> None:
         reading = self.engine.reading
+        saw: Any = getattr(self.forwarding, "saw_reading", None)  # the bridge's discovery
+        wake: Any = getattr(self.forwarding, "wake", None)
         for op in message.get("ops", ()):
             kind = op[0]
             if kind == "r":
                 reading(op[1], op[2], op[3], op[4], op[5])
+                if saw is not None:
+                    saw(op[1], op[2])
             elif kind == "off":
                 self.engine.device_offline(op[1])
             elif kind == "f" and op[1] in HOOKS:
                 getattr(self.forwarding, op[1])(*op[2])
+        if wake is not None:
+            wake()  # the other worker's rows are in the forward log: the forwarders read them now
 
     async def _call(self, message: dict[str, Any], sender: str) -> dict[str, Any]:
         op = message.get("op")

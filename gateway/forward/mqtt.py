@@ -11,7 +11,8 @@ Forwarder, from storage. The bridge keeps the broker in step with the gateway (d
   a device, a problem sensor for its open alerts, diagnostics from its status frames and, with
   ``mqtt_commands``, buttons, a number and switches; published when the device or a new
   metric, health field or output is first seen (``saw_reading``, called for each reading the
-  gateway receives: a set lookup per metric; ``device_status``), when its label, kind or
+  gateway stores, after its commit (gateway/fanout.py): a set lookup per metric; ``device_status``),
+  when its label, kind or
   firmware changes, again after every (re)connect (a broker restarted without persistence
   lost them) and whenever Home Assistant announces itself (``online`` on
   ``<discovery prefix>/status``); removed (empty retained payloads) when the device is deleted
@@ -125,7 +126,7 @@ class MqttBridge:
         return self.link.connected
 
     def saw_reading(self, device_id: str, metrics: dict[str, float]) -> None:
-        """A reading came in (on ingestion): a device or metric seen for the first time gets its config."""
+        """A reading was stored: a device or metric seen for the first time gets its config."""
         info = self.devices.get(device_id)
         if info is None:
             info = self._info(device_id)

@@ -4,8 +4,8 @@
     await forwarding.start()                  # after storage.open(); connects in the background
     for name, job in forwarding.tasks():      # supervised tasks (forwarders or the worker, the bridge's upkeep)
         supervisor.start(name, job)
-    forwarding.saw_reading(device_id, metrics)  # per reading received (cheap): first-seen discovery
-    forwarding.wake()                         # after each group commit (cheap)
+    forwarding.committed(rows)                # commit listener (gateway/fanout.py): wakes the
+                                              # forwarders, first-seen discovery (cheap)
     forwarding.device_online(device_id) ...   # session events, status frames, deletions, alert events
     forwarding.alerts_open(alerts)            # the open alerts at start (Home Assistant's problem entities)
     await forwarding.close()                  # before storage.close(): cursors stored, leases released
@@ -40,7 +40,7 @@ from gateway.forward.settings import MQTT_PORTS, NATS_PORTS, MqttSettings, parse
 from gateway.forward.sink import Sink
 from gateway.logs import log
 from gateway.secret_files import read_secret
-from gateway.storage.base import Storage
+from gateway.storage.base import ReadingRow, Storage
 
 CLUSTER_EXTRA = "install the cluster extra: pip install 'edgewire[cluster]' (nats-py)"
 WORKER_STOP_S = 20.0  # the worker drains (up to 5 s), stores its cursors and releases its leases
@@ -262,11 +262,21 @@ class Forwarding:
         for forwarder in self.forwarders:
             forwarder.wake()
 
-    # -- the bridge's hooks (no-ops without MQTT)
+    def committed(self, rows: list[ReadingRow]) -> None:
+        """The commit listener (gateway/fanout.py): rows were stored. The forwarders read them from
+        the forward log; the bridge's discovery sees every device and metric (first seen: config)."""
+        self.wake()
+        if self.bridge is not None:
+            saw = self.bridge.saw_reading
+            for row in rows:
+                saw(row.device_id, row.metrics)
+
     def saw_reading(self, device_id: str, metrics: dict[str, float]) -> None:
+        """One stored reading of another worker (gateway/alerts/relay.py), for the bridge's discovery."""
         if self.bridge is not None:
             self.bridge.saw_reading(device_id, metrics)
 
+    # -- the bridge's hooks (no-ops without MQTT)
     def device_online(self, device_id: str) -> None:
         if self.bridge is not None:
             self.bridge.device_online(device_id)
@@ -304,8 +314,9 @@ class RelayedForwarding(Forwarding):
     async def start(self) -> None:
         """Nothing to start: the owner registered the sinks (the host did, before any worker)."""
 
-    def saw_reading(self, device_id: str, metrics: dict[str, float]) -> None:
-        self.relay("saw_reading", [device_id, metrics])
+    def committed(self, rows: list[ReadingRow]) -> None:
+        """Nothing here: the rows reach the owner with the alert relay's readings (its bridge sees them
+        there), and its readings forwarders poll the forward log."""
 
     def device_online(self, device_id: str) -> None:
         self.relay("device_online", [device_id])

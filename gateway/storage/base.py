@@ -14,6 +14,8 @@ The contract, beyond each method's docstring:
 - **Exactly once per (device_id, seq).** A row whose (device_id, seq) is already stored is
   ignored, whatever its time or values, also when several callers, connections or gateways
   store the same rows concurrently; within one call or one group commit the first wins.
+  ``store`` returns the rows it really inserted, so whatever follows a commit (the dashboard,
+  alert rules, gateway/fanout.py) sees each reading once, however often it was sent.
 - **Derived data follows the readings exactly.** In the same transaction as the readings it
   derives from, a backend keeps, for the readings actually inserted (never for ignored
   duplicates): the per-device state (highest seq, last receive time), the latest value of
@@ -276,12 +278,20 @@ class Storage(abc.ABC):
 
     # -- readings
     @abc.abstractmethod
-    async def store(self, rows: list[ReadingRow]) -> None:
-        """Durably store ``rows`` (group-committed with other callers' rows).
+    async def store(self, rows: list[ReadingRow]) -> list[ReadingRow]:
+        """Durably store ``rows`` (group-committed with other callers' rows); return the rows this
+        call newly stored.
 
         ``rows`` may hold rows of several devices, interleaved (the gateway stores every frame of
         one event-loop iteration in one call, gateway/flusher.py); each device keeps its own
         watermark. Idempotent per (device_id, seq): a row already stored is ignored.
+
+        The return value is what the commit really inserted for this caller: the row objects of
+        ``rows`` that are new, in their order, a plain list (picklable). It leaves out a row whose
+        (device_id, seq) was stored before, by any caller or gateway, a second row of one key
+        within ``rows``, and a row of a key that another caller of the same group commit offered
+        first (that caller gets it). So across all callers each stored reading is returned
+        exactly once: the gateway hands these rows to its listeners (gateway/fanout.py).
         Raises StorageError if the commit failed; then nothing of ``rows`` is stored.
         """
 

@@ -13,6 +13,8 @@ The write path, the same on SQLite and PostgreSQL, inside ONE transaction:
    concurrent callers, connections and gateways.
 4. Insert exactly the new rows; ``aggregate`` them into rollup deltas, latest values and
    the new watermarks, and merge those in the same transaction.
+5. After the commit, ``shares`` tells each caller which of its rows were inserted: what its
+   ``store`` call returns (gateway/storage/base.py).
 
 Rollups therefore count each reading once, and only after it is committed with them: an
 ack covers the reading, its rollups and its device state together.
@@ -52,6 +54,25 @@ def first_per_key(rows: Iterable[ReadingRow]) -> list[ReadingRow]:
         if key not in seen:
             seen.add(key)
             out.append(row)
+    return out
+
+
+def shares(callers: list[list[ReadingRow]], new: list[ReadingRow]) -> list[list[ReadingRow]]:
+    """Each caller's share of ``new``, the rows one transaction inserted out of ``first_per_key``
+    over all the callers' rows in order: the caller's rows that are in ``new``, in its order. A
+    row object offered twice belongs to its first occurrence only (as ``first_per_key`` chose)."""
+    if len(new) == sum(len(rows) for rows in callers):  # all new, no key twice: every row as given
+        return [list(rows) for rows in callers]
+    left = {id(row) for row in new}  # ReadingRow is not hashable; the objects live meanwhile
+    out: list[list[ReadingRow]] = []
+    for rows in callers:
+        mine: list[ReadingRow] = []
+        for row in rows:
+            key = id(row)
+            if key in left:
+                left.discard(key)
+                mine.append(row)
+        out.append(mine)
     return out
 
 

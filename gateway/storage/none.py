@@ -1,8 +1,9 @@
 """``storage = "none"``: readings are not stored (benchmarks of the transport alone).
 
 The registry and alerts still go to the wrapped backend (SQLite); readings are counted,
-not kept, and ``store`` returns at once. Never use it where readings matter: acks then
-mean "received", not "stored". The bench runs it as the system ``gateway-storage-none``.
+not kept, and ``store`` returns at once, with the rows it accepted (``NoneStorage.store``).
+Never use it where readings matter: acks then mean "received", not "stored". The bench runs
+it as the system ``gateway-storage-none``.
 """
 
 from __future__ import annotations
@@ -40,12 +41,19 @@ class NoneStorage(Storage):
     def health(self) -> dict[str, Any]:
         return {**self.inner.health(), "readings": "not stored (storage = none)"}
 
-    async def store(self, rows: list[ReadingRow]) -> None:
+    async def store(self, rows: list[ReadingRow]) -> list[ReadingRow]:
+        """Count ``rows``; return the ones "accepted": each device's rows above its highest seq so
+        far (it keeps no index of seqs), in order. So within a call the first row of a key wins,
+        and a resend is never handed on twice (the dashboard and the alert rules still see every
+        reading once, gateway/fanout.py)."""
         last = self._last
+        accepted: list[ReadingRow] = []
         for row in rows:
             if row.seq > last.get(row.device_id, 0):
                 last[row.device_id] = row.seq
-                self._count += 1
+                accepted.append(row)
+        self._count += len(accepted)
+        return accepted
 
     async def last_seq(self, device_id: str) -> int:
         return self._last.get(device_id, 0)

@@ -25,7 +25,7 @@ from gateway.logs import log
 from gateway.storage import postgresql_forward as fwd
 from gateway.storage.base import ROLLUP_TIERS, ReadingRow, Storage
 from gateway.storage.dsn import check_dsn, redact
-from gateway.storage.ingest import aggregate, check_rows, first_per_key, split_by_watermark
+from gateway.storage.ingest import aggregate, check_rows, first_per_key, shares, split_by_watermark
 from gateway.storage.postgresql_schema import COPY_COLUMNS, migrate
 
 T = TypeVar("T")
@@ -88,7 +88,7 @@ _STOP = object()
 class _Item:
     __slots__ = ("future", "rows")
 
-    def __init__(self, future: asyncio.Future[None], rows: list[ReadingRow]) -> None:
+    def __init__(self, future: asyncio.Future[list[ReadingRow]], rows: list[ReadingRow]) -> None:
         self.future = future
         self.rows = rows
 
@@ -215,17 +215,18 @@ class PostgresCore(Storage):
         if self._wake is not None:
             self._wake.set()
 
-    async def store(self, rows: list[ReadingRow]) -> None:
-        """Durably store ``rows``; returns after the group commit that contains them."""
+    async def store(self, rows: list[ReadingRow]) -> list[ReadingRow]:
+        """Durably store ``rows``; returns, after the group commit that contains them, the rows it
+        newly inserted (gateway/storage/base.py)."""
         if not rows:
-            return
+            return []
         if not self._opened or self._closing:
             raise StorageError("storage is closed")
         if self._writer is None or self._writer.done():
             raise StorageError("storage writer stopped; restart the gateway (see its log)")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[ReadingRow]] = asyncio.get_running_loop().create_future()
         self._enqueue(_Item(future, rows))
-        await future
+        return await future
 
     async def _next(self, timeout: float | None) -> Any:
         """The next queued item, waiting up to ``timeout`` s (None: forever); None on timeout."""
@@ -306,36 +307,36 @@ class PostgresCore(Storage):
                 was_open=was_open)
 
     async def _commit_batch(self, batch: list[_Item]) -> None:
-        outcome: list[tuple[_Item, BaseException | None]] = []
+        outcome: list[tuple[_Item, BaseException | None, list[ReadingRow]]] = []
         prepared: list[_Item] = []
         for item in batch:
             try:
                 check_rows(item.rows)
                 prepared.append(item)
             except Exception as err:  # not numbers, not finite: only this caller fails
-                outcome.append((item, StorageError(f"readings not stored: invalid row ({err})")))
+                outcome.append((item, StorageError(f"readings not stored: invalid row ({err})"), []))
         if prepared:
             try:
-                await self._insert([row for item in prepared for row in item.rows])
-                outcome.extend((item, None) for item in prepared)
+                new = await self._insert([row for item in prepared for row in item.rows])
+                mine = shares([item.rows for item in prepared], new)
+                outcome.extend((item, None, share) for item, share in zip(prepared, mine, strict=True))
             except _DATA_ERRORS as err:
                 if len(prepared) == 1:
-                    outcome.append((prepared[0], StorageError(f"readings not stored: {err}")))
+                    outcome.append((prepared[0], StorageError(f"readings not stored: {err}"), []))
                 else:  # isolate the caller whose rows the database refused
                     for item in prepared:
                         try:
-                            await self._insert(item.rows)
-                            outcome.append((item, None))
+                            outcome.append((item, None, shares([item.rows], await self._insert(item.rows))[0]))
                         except Exception as one:
-                            outcome.append((item, self._write_error(one)))
+                            outcome.append((item, self._write_error(one), []))
             except Exception as err:
                 failed = self._write_error(err)
-                outcome.extend((item, failed) for item in prepared)
-        for item, error in outcome:
+                outcome.extend((item, failed, []) for item in prepared)
+        for item, error, inserted in outcome:
             if item.future.done():
                 continue  # the caller was cancelled; its rows are stored anyway (idempotent)
             if error is None:
-                item.future.set_result(None)
+                item.future.set_result(inserted)
             else:
                 item.future.set_exception(error)
 
@@ -347,8 +348,9 @@ class PostgresCore(Storage):
         return StorageError(f"commit to PostgreSQL at {self.where} failed: {err or type(err).__name__}; "
                             "nothing of this batch was acknowledged")
 
-    async def _insert(self, rows: list[ReadingRow]) -> None:
-        """Store ``rows`` and their derived data in one transaction (module docstring, steps 1-4)."""
+    async def _insert(self, rows: list[ReadingRow]) -> list[ReadingRow]:
+        """Store ``rows`` and their derived data in one transaction (module docstring, steps 1-4);
+        return the rows inserted (the new ones, one per key)."""
         conn = await self._writer_conn()
         unique = first_per_key(rows)
         try:
@@ -393,6 +395,7 @@ class PostgresCore(Storage):
         self.rows_inserted += len(new)
         if len(rows) > self.largest_batch:
             self.largest_batch = len(rows)
+        return new
 
     # ------------------------------------------------------------------ reads and small writes
     async def _with_conn(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:

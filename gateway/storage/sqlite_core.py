@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from gateway.errors import ConfigError, StorageError
 from gateway.storage import sqlite_forward as fwd
 from gateway.storage.base import ROLLUP_TIERS, ReadingRow, Storage
-from gateway.storage.ingest import aggregate, check_rows, first_per_key, split_by_watermark
+from gateway.storage.ingest import aggregate, check_rows, first_per_key, shares, split_by_watermark
 from gateway.storage.sqlite_schema import create_forward_tables, immediate, metrics_json, migrate, reading_tuples
 
 T = TypeVar("T")
@@ -215,11 +215,13 @@ class SQLiteCore(Storage):
             future.set_exception(StorageError(f"storage writer stopped: {self._writer_failed}"))
         return await future
 
-    async def store(self, rows: list[ReadingRow]) -> None:
-        """Durably store ``rows``; returns after the group commit that contains them."""
+    async def store(self, rows: list[ReadingRow]) -> list[ReadingRow]:
+        """Durably store ``rows``; returns, after the group commit that contains them, the rows it
+        newly inserted (gateway/storage/base.py)."""
         if not rows:
-            return
-        await self._submit(rows=rows)
+            return []
+        inserted: list[ReadingRow] = await self._submit(rows=rows)
+        return inserted
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on the writer thread in its own transaction; return its result."""
@@ -284,16 +286,16 @@ class SQLiteCore(Storage):
                 outcome.append((item, StorageError(f"readings not stored: invalid row ({err})"), None))
         if prepared:
             try:
-                self._insert(conn, [row for _, rows in prepared for row in rows])
-                outcome.extend((item, None, None) for item, _ in prepared)
+                new = self._insert(conn, [row for _, rows in prepared for row in rows])
+                mine = shares([rows for _, rows in prepared], new)
+                outcome.extend((item, None, share) for (item, _), share in zip(prepared, mine, strict=True))
             except _DATA_ERRORS as err:
                 if len(prepared) == 1:
                     outcome.append((prepared[0][0], StorageError(f"readings not stored: {err}"), None))
                 else:  # isolate the caller whose rows the database refused
                     for item, rows in prepared:
                         try:
-                            self._insert(conn, rows)
-                            outcome.append((item, None, None))
+                            outcome.append((item, None, shares([rows], self._insert(conn, rows))[0]))
                         except (sqlite3.Error, *_DATA_ERRORS) as one:
                             outcome.append((item, StorageError(f"readings not stored: {one}"), None))
             except sqlite3.Error as err:
@@ -302,8 +304,9 @@ class SQLiteCore(Storage):
                 outcome.extend((item, error, None) for item, _ in prepared)
         self._resolve(outcome)
 
-    def _insert(self, conn: sqlite3.Connection, rows: list[ReadingRow]) -> None:
-        """Store ``rows`` and their derived data in one transaction (gateway/storage/ingest.py).
+    def _insert(self, conn: sqlite3.Connection, rows: list[ReadingRow]) -> list[ReadingRow]:
+        """Store ``rows`` and their derived data in one transaction (gateway/storage/ingest.py);
+        return the rows inserted (the new ones, one per key).
 
         BEGIN IMMEDIATE takes the database's write lock before the watermarks are read, so
         no other writer (another gateway process, the CLI) can insert between the check and
@@ -345,6 +348,7 @@ class SQLiteCore(Storage):
         self.rows_inserted += inserted
         if len(rows) > self.largest_batch:
             self.largest_batch = len(rows)
+        return new
 
     def _run_op(self, conn: sqlite3.Connection, item: _Item) -> None:
         assert item.fn is not None

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from gateway.auth import Identity
 from gateway.errors import StorageError
+from gateway.fanout import Listeners
 from gateway.flusher import Flusher
 from gateway.metrics import Metrics
 from gateway.sessions import DeviceConnection
@@ -24,21 +27,28 @@ from tests.helpers.waiting import until
 
 
 class FakeStorage:
-    """Each ``store`` call waits until the test settles its future."""
+    """Each ``store`` call waits until the test settles its future; a commit returns the rows new
+    to it, as the storage contract says (the first row of a key, never one committed before)."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[list[ReadingRow], asyncio.Future[None]]] = []
+        self.calls: list[tuple[list[ReadingRow], asyncio.Future[list[ReadingRow]]]] = []
         self.refuse: set[str] = set()  # devices whose rows fail even when stored on their own
+        self.stored: set[tuple[str, int]] = set()
 
-    async def store(self, rows: list[ReadingRow]) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def store(self, rows: list[ReadingRow]) -> list[ReadingRow]:
+        future: asyncio.Future[list[ReadingRow]] = asyncio.get_running_loop().create_future()
         self.calls.append((list(rows), future))
         if self.refuse & {row.device_id for row in rows}:
             raise StorageError("readings not stored: refused (injected)")
-        await future
+        return await future
 
     def commit(self, index: int) -> None:
-        self.calls[index][1].set_result(None)
+        new = []
+        for row in self.calls[index][0]:
+            if (row.device_id, row.seq) not in self.stored:
+                self.stored.add((row.device_id, row.seq))
+                new.append(row)
+        self.calls[index][1].set_result(new)
 
     def fail(self, index: int) -> None:
         self.calls[index][1].set_exception(StorageError("disk I/O error (injected)"))
@@ -102,19 +112,24 @@ async def settle(timeout: float = 5.0) -> None:
         await asyncio.sleep(0)
 
 
-def run(body: Callable[[Flusher, FakeStorage, Metrics, list[int]], Awaitable[None]]) -> None:
+Seen = list[list[tuple[str, int]]]  # the batches the commit listener got: (device, seq) of each row
+
+
+def run(body: Callable[[Flusher, FakeStorage, Metrics, Seen], Awaitable[None]]) -> None:
     async def main() -> None:
         storage = FakeStorage()
         metrics = Metrics()
-        wakes: list[int] = []
-        flusher = Flusher(cast(Storage, storage), metrics, lambda: wakes.append(1))
-        await body(flusher, storage, metrics, wakes)
+        seen: Seen = []
+        listeners = Listeners(metrics)
+        listeners.add("test", lambda batch: seen.append([(r.device_id, r.seq) for r in batch]))
+        flusher = Flusher(cast(Storage, storage), metrics, listeners)
+        await body(flusher, storage, metrics, seen)
 
     asyncio.run(main())
 
 
 def test_one_store_per_iteration_and_acks_only_after_the_commit() -> None:
-    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, wakes: list[int]) -> None:
+    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, seen: Seen) -> None:
         a, b, c = FakeConn("a"), FakeConn("b"), FakeConn("c")
         add(flusher, a, 1, 2)
         add(flusher, b, 1, 1)
@@ -129,14 +144,14 @@ def test_one_store_per_iteration_and_acks_only_after_the_commit() -> None:
         assert (a.sent, b.sent, c.sent) == ([3], [1], [0])  # one ack per connection: its highest seq
         assert metrics.counters.readings_stored == 4
         assert metrics.commit_latency.count == 1 and metrics.ack_latency.count == 4  # one per frame
-        assert wakes == [1]
+        assert seen == [[("a", 1), ("a", 2), ("b", 1), ("a", 3)]]  # the committed rows, once
         assert a.tail is not None and a.tail.done()
 
     run(body)
 
 
 def test_acks_go_out_in_flush_order_when_commits_finish_out_of_order() -> None:
-    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, wakes: list[int]) -> None:
+    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, seen: Seen) -> None:
         a, b = FakeConn("a"), FakeConn("b")
         add(flusher, a, 1, 1)
         await settle()
@@ -149,15 +164,17 @@ def test_acks_go_out_in_flush_order_when_commits_finish_out_of_order() -> None:
         storage.commit(1)
         await settle()
         assert a.sent == [] and b.sent == []  # the second flush waits for the first
+        assert seen == []  # and so do its listeners
         storage.commit(0)
         await settle()
         assert a.sent == [1, 2, 2] and b.sent == [1]
+        assert seen == [[("a", 1)], [("a", 2), ("b", 1)]]  # in flush order; the duplicate frame adds nothing
 
     run(body)
 
 
 def test_a_failed_store_closes_exactly_its_connections_and_acks_them_no_more() -> None:
-    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, wakes: list[int]) -> None:
+    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, seen: Seen) -> None:
         a, b, c = FakeConn("a"), FakeConn("b"), FakeConn("c")
         add(flusher, a, 1, 1)
         add(flusher, b, 1, 1)
@@ -176,6 +193,7 @@ def test_a_failed_store_closes_exactly_its_connections_and_acks_them_no_more() -
         assert a.failed and a.closing and not c.failed
         assert metrics.counters.storage_errors == 2
         assert metrics.counters.readings_stored == 1
+        assert seen == [[("a", 2), ("c", 1)]]  # what the second flush committed; nothing of the failed stores
         add(flusher, a, 3, 2)  # a duplicate frame after the failure: still no ack
         await settle()
         assert a.sent == [] and a.closed == [wire.E_STORAGE]
@@ -184,7 +202,7 @@ def test_a_failed_store_closes_exactly_its_connections_and_acks_them_no_more() -
 
 
 def test_rows_the_storage_refuses_fail_only_their_connection() -> None:
-    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, wakes: list[int]) -> None:
+    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, seen: Seen) -> None:
         good, bad = FakeConn("good"), FakeConn("bad")
         storage.refuse = {"bad"}
         add(flusher, good, 1, 2)
@@ -196,13 +214,13 @@ def test_rows_the_storage_refuses_fail_only_their_connection() -> None:
         assert good.sent == [2] and good.closed == []
         assert bad.sent == [] and bad.closed == [wire.E_STORAGE]
         assert metrics.counters.readings_stored == 2 and metrics.counters.storage_errors == 1
-        assert wakes == [1]
+        assert seen == [[("good", 1), ("good", 2)]]  # never the refused rows
 
     run(body)
 
 
 def test_a_slow_device_does_not_hold_up_the_others_and_gets_its_newest_ack() -> None:
-    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, wakes: list[int]) -> None:
+    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, seen: Seen) -> None:
         slow, fast = FakeConn("slow"), FakeConn("fast")
         slow.buffered = True
         slow.gate = asyncio.Event()
@@ -238,7 +256,7 @@ def test_a_slow_device_does_not_hold_up_the_others_and_gets_its_newest_ack() -> 
 
 
 def test_a_closed_connection_does_not_affect_the_others_acks() -> None:
-    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, wakes: list[int]) -> None:
+    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, seen: Seen) -> None:
         gone, a = FakeConn("gone"), FakeConn("a")
         gone.broken = True
         add(flusher, gone, 1, 1)
@@ -296,3 +314,94 @@ def test_a_connection_is_writable_only_open_with_an_empty_write_buffer() -> None
         return seen
 
     assert asyncio.run(main()) == [True, False, False, False]
+
+
+def test_listeners_get_a_resend_after_a_failed_commit_once() -> None:
+    """A store fails: its rows reach no listener; the device resends them on a new connection and
+    they are handed on once, when that commit succeeds."""
+
+    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, seen: Seen) -> None:
+        first = FakeConn("a")
+        add(flusher, first, 1, 3)
+        await settle()
+        storage.fail(0)
+        await settle()
+        assert first.closed == [wire.E_STORAGE] and seen == []
+        again = FakeConn("a")  # the device reconnects and resends everything not acked
+        add(flusher, again, 1, 4)
+        await settle()
+        storage.commit(1)
+        await settle()
+        assert again.sent == [4]
+        assert seen == [[("a", 1), ("a", 2), ("a", 3), ("a", 4)]]
+
+    run(body)
+
+
+def test_a_resend_of_stored_readings_is_acked_but_not_handed_on_again() -> None:
+    """The commit succeeded but the ack was lost: the device resends seqs already stored (here on a
+    connection whose welcome did not know them yet). They are acked; no listener sees them twice."""
+
+    async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, seen: Seen) -> None:
+        first = FakeConn("a")
+        add(flusher, first, 1, 3)
+        await settle()
+        storage.commit(0)
+        await settle()
+        again = FakeConn("a")
+        add(flusher, again, 2, 5)
+        await settle()
+        storage.commit(1)
+        await settle()
+        assert again.sent == [5]
+        assert seen == [[("a", 1), ("a", 2), ("a", 3)], [("a", 4), ("a", 5)]]
+        add(flusher, again, 1, 3)  # all stored already: acked in its turn, no listener call
+        await settle()
+        storage.commit(2)
+        await settle()
+        assert again.sent == [5, 5] and len(seen) == 2  # (acks never go back)
+
+    run(body)
+
+
+def test_a_listener_that_raises_stops_neither_the_others_nor_the_acks(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        storage = FakeStorage()
+        metrics = Metrics()
+        now = [0.0]
+        listeners = Listeners(metrics, clock=lambda: now[0])
+        seen: Seen = []
+
+        def broken(rows: list[ReadingRow]) -> None:
+            raise RuntimeError("a bug in a consumer")
+
+        listeners.add("broken", broken)
+        listeners.add("after", lambda rows: seen.append([(r.device_id, r.seq) for r in rows]))
+        flusher = Flusher(cast(Storage, storage), metrics, listeners)
+        a = FakeConn("a")
+        for seq in (1, 2, 3):
+            add(flusher, a, seq, seq)
+            await settle()
+            storage.commit(seq - 1)
+            await settle()
+        assert a.sent == [1, 2, 3] and a.closed == []
+        assert seen == [[("a", 1)], [("a", 2)], [("a", 3)]]
+        assert metrics.listener_errors == {"broken": 3, "after": 0}
+        page = metrics.render([], [], [], "asyncio").decode()
+        assert 'edgewire_commit_listener_errors_total{listener="broken"} 3' in page
+        assert 'edgewire_commit_listener_errors_total{listener="after"} 0' in page
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())
+    failures = [r for r in caplog.records if "commit_listener_failed" in r.getMessage()]
+    assert len(failures) == 1  # logged once a minute, counted every time
+    fields = failures[0].fields  # type: ignore[attr-defined]
+    assert fields["listener"] == "broken" and "a bug in a consumer" in fields["error"]
+
+
+def test_a_listener_name_is_registered_once() -> None:
+    listeners = Listeners(Metrics())
+    listeners.add("dashboard", lambda rows: None)
+    with pytest.raises(ValueError, match="dashboard"):
+        listeners.add("dashboard", lambda rows: None)
+    assert listeners.names == ["dashboard"]

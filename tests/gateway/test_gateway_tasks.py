@@ -96,10 +96,10 @@ def test_failing_storage_makes_healthz_degraded_until_a_commit_succeeds(tmp_path
         real_insert = storage._insert
         fail = {"on": True}
 
-        def broken(conn: sqlite3.Connection, tuples: list[tuple[object, ...]]) -> None:
+        def broken(conn: sqlite3.Connection, rows: list[ReadingRow]) -> list[ReadingRow]:
             if fail["on"]:
                 raise sqlite3.OperationalError("database or disk is full")
-            real_insert(conn, tuples)
+            return real_insert(conn, rows)
 
         storage._insert = broken  # type: ignore[method-assign]
         try:

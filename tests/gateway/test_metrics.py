@@ -80,10 +80,10 @@ def test_sqlite_health_states(tmp_path: Path) -> None:
         real_insert = storage._insert
         fail = {"on": True}
 
-        def broken(conn: sqlite3.Connection, tuples: list[tuple[object, ...]]) -> None:
+        def broken(conn: sqlite3.Connection, rows: list[ReadingRow]) -> list[ReadingRow]:
             if fail["on"]:
                 raise sqlite3.OperationalError("disk I/O error")
-            real_insert(conn, tuples)
+            return real_insert(conn, rows)
 
         storage._insert = broken  # type: ignore[method-assign]
         row = ReadingRow("S-1", 1, 1, 1, {"temperature": 20.0})

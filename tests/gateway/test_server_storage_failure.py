@@ -24,10 +24,10 @@ def test_failed_commit_closes_1013_without_ack(tmp_path: Path) -> None:
         real_store = storage.store
         fail = {"on": False}
 
-        async def flaky_store(rows: list[ReadingRow]) -> None:
+        async def flaky_store(rows: list[ReadingRow]) -> list[ReadingRow]:
             if fail["on"]:
                 raise StorageError("disk I/O error (injected)")
-            await real_store(rows)
+            return await real_store(rows)
 
         storage.store = flaky_store  # type: ignore[method-assign]
         await gateway.start()

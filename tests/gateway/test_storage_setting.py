@@ -64,3 +64,22 @@ def test_none_storage_counts_rows_of_several_devices_in_one_call(tmp_path: Path)
             await storage.close()
 
     assert asyncio.run(main()) == ([2, 5, 0], 3)
+
+
+def test_none_storage_returns_the_rows_it_accepted_once(tmp_path: Path) -> None:
+    """What follows a commit (gateway/fanout.py) sees each reading once with storage = none too:
+    each device's rows above its highest seq so far, the first of a key within a call."""
+
+    async def main() -> list[list[tuple[str, int]]]:
+        storage = NoneStorage(SQLiteStorage(tmp_path / "edgewire.db"))
+        await storage.open()
+        try:
+            out = []
+            for seqs in ([("A", 1), ("B", 5), ("A", 2), ("B", 5)], [("A", 1), ("A", 2), ("A", 3)], [("B", 4)]):
+                inserted = await storage.store([ReadingRow(d, s, 1, 1, {"t": 1.0}) for d, s in seqs])
+                out.append([(r.device_id, r.seq) for r in inserted])
+            return out
+        finally:
+            await storage.close()
+
+    assert asyncio.run(main()) == [[("A", 1), ("B", 5), ("A", 2)], [("A", 3)], []]

@@ -12,6 +12,7 @@ from gateway.errors import ConfigError
 from gateway.forward import metrics
 from gateway.forward.discovery import Topics, device_of_unique_id, object_id, unique_id
 from gateway.forward.setup import Forwarding, mqtt_settings
+from gateway.storage.base import ReadingRow
 from gateway.storage.sqlite import SQLiteStorage
 
 
@@ -107,5 +108,28 @@ def test_forwarding_group_and_metrics(tmp_path: Path) -> None:
     assert metrics.render(Forwarding(storage, [])) == ""
     empty = Forwarding.from_config(load_config(env={}), storage, "gw1", "0.1.0")
     empty.device_online("x")  # no-ops without MQTT
-    empty.saw_reading("x", {"temperature": 1.0})
+    empty.committed([ReadingRow("x", 1, 1, 1, {"temperature": 1.0})])
     assert empty.forwarders == [] and empty.tasks() == [] and empty.worker is None
+
+
+def test_committed_rows_wake_the_forwarders_and_reach_discovery(tmp_path: Path) -> None:
+    """Forwarding's commit listener (gateway/fanout.py): one wake per committed batch, and the
+    bridge's discovery sees every stored reading's device and metrics."""
+    woken: list[str] = []
+    seen: list[tuple[str, list[str]]] = []
+
+    class Forwarder:
+        name = "mqtt"
+
+        def wake(self) -> None:
+            woken.append(self.name)
+
+    class Bridge:
+        def saw_reading(self, device_id: str, metrics: dict[str, float]) -> None:
+            seen.append((device_id, sorted(metrics)))
+
+    forwarding = Forwarding(SQLiteStorage(tmp_path / "e.db"), [Forwarder()], bridge=Bridge())  # type: ignore[list-item]
+    forwarding.committed([ReadingRow("a", 1, 1, 1, {"temperature": 1.0, "humidity": 2.0}),
+                          ReadingRow("b", 7, 1, 1, {"co2": 400.0})])
+    assert woken == ["mqtt"]
+    assert seen == [("a", ["humidity", "temperature"]), ("b", ["co2"])]

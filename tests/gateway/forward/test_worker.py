@@ -40,7 +40,7 @@ def test_the_worker_forwards_restarts_and_stops(tmp_path: Path, broker: Mosquitt
                 seq += 1
                 row = reading("S-1", seq)
                 await storage.store([row])
-                forwarding.saw_reading(row.device_id, row.metrics)
+                forwarding.committed([row])
 
         def states() -> list[int]:
             return [orjson.loads(p)["seq"] for p in watch.of("edgewire/S-1/state")]
