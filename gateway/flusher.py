@@ -8,11 +8,15 @@ each connection one ack, for its highest seq in the batch.
 
 The rules it keeps (docs/protocol.md section 5):
 
-- An ack goes out only after the rows it covers are committed. Flushes may overlap in storage,
-  but each sends its acks only after the previous flush has sent its own, so a connection's
-  acks go out in increasing order, and an ack never runs ahead of an earlier, unfinished store.
+- An ack goes out only after the rows it covers are committed. One flush stores at a time: the
+  next batch goes on collecting frames while the previous store runs (a group commit), and each
+  flush sends its acks only after the previous flush has sent its own, so a connection's acks
+  go out in increasing order, and an ack never runs ahead of an earlier, unfinished store.
 - A failed store closes exactly the connections whose rows it held, with storage_unavailable
   (1013), and no later ack goes to them: an ack is cumulative and would claim the failed rows.
+  Nothing those connections sent after the failed rows is stored either: had a later flush
+  committed seq 2 of a device whose seq 1 failed, its next welcome would say last_seq 2 and the
+  device would drop seq 1, never stored. (That is why stores do not overlap.)
   When a batch of several connections fails, each connection's rows are stored again on their
   own (``store`` is idempotent), so rows the storage refuses close only their own connection.
 - A frame whose readings were all stored already (no rows) is acknowledged in its turn.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -67,10 +72,11 @@ class AckTarget(Protocol):
 class _Batch:
     """The frames of one flush: (connection, rows, ack target, received time) each."""
 
-    __slots__ = ("done", "frames")
+    __slots__ = ("done", "frames", "stored")
 
-    def __init__(self, done: asyncio.Future[None]) -> None:
+    def __init__(self, done: asyncio.Future[None], stored: asyncio.Future[None]) -> None:
         self.done = done  # set once the flush's acks are sent (or handed to a sender)
+        self.stored = stored  # set once its store returned (the next flush's store may start)
         self.frames: list[tuple[AckTarget, list[ReadingRow], int, float]] = []
 
 
@@ -100,27 +106,34 @@ class Flusher:
         self.listeners = listeners if listeners is not None else Listeners(metrics)
         self.clock = clock
         self._pending: _Batch | None = None  # the batch frames join until its flush starts
-        self._last: asyncio.Future[None] | None = None  # ``done`` of the newest flush
+        self._last: _Batch | None = None  # the newest flush
         self._later: dict[AckTarget, _Later] = {}
+        self._refused: weakref.WeakSet[AckTarget] = weakref.WeakSet()  # a store of their rows failed
 
     def add(self, conn: AckTarget, rows: list[ReadingRow], target: int) -> None:
         """Store ``rows`` (empty for a duplicate frame), then ack ``target`` on ``conn``."""
         batch = self._pending
         if batch is None:
             loop = asyncio.get_running_loop()
-            batch = self._pending = _Batch(loop.create_future())
+            batch = self._pending = _Batch(loop.create_future(), loop.create_future())
             spawn(self._flush(batch, self._last), "store and ack")
-            self._last = batch.done
+            self._last = batch
         batch.frames.append((conn, rows, target, self.clock()))
         conn.tail = batch.done
 
-    async def _flush(self, batch: _Batch, previous: asyncio.Future[None] | None) -> None:
-        if self._pending is batch:
-            self._pending = None  # frames from now on go to the next flush
+    async def _flush(self, batch: _Batch, previous: _Batch | None) -> None:
         try:
-            failed, inserted = await self._store(batch.frames)
-            if previous is not None and not previous.done():
-                await asyncio.wait((previous,))  # acks and listeners in flush order (wait: never cancels it)
+            if previous is not None and not previous.stored.done():
+                await asyncio.wait((previous.stored,))  # one store at a time; frames join this batch meanwhile
+            if self._pending is batch:
+                self._pending = None  # frames from now on go to the next flush
+            refused = self._refused
+            try:
+                failed, inserted = await self._store([f for f in batch.frames if f[0] not in refused])
+            finally:
+                batch.stored.set_result(None)
+            if previous is not None and not previous.done.done():
+                await asyncio.wait((previous.done,))  # acks and listeners in flush order (wait: never cancels it)
             try:
                 await self._acks(batch.frames, failed)
             finally:
@@ -140,7 +153,9 @@ class Flusher:
         try:
             inserted = await self.store(rows)
         except Exception as err:  # StorageError, OSError, or a bug: never ack these rows
-            return await self._store_apart(frames, err)
+            failed, inserted = await self._store_apart(frames, err)
+            self._refused.update(failed)  # before the next store starts: nothing more of theirs is stored
+            return failed, inserted
         self.metrics.commit_latency.observe(self.clock() - started)
         return {}, inserted
 

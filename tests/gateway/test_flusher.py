@@ -150,7 +150,7 @@ def test_one_store_per_iteration_and_acks_only_after_the_commit() -> None:
     run(body)
 
 
-def test_acks_go_out_in_flush_order_when_commits_finish_out_of_order() -> None:
+def test_one_store_at_a_time_and_the_next_batch_collects_meanwhile() -> None:
     async def body(flusher: Flusher, storage: FakeStorage, metrics: Metrics, seen: Seen) -> None:
         a, b = FakeConn("a"), FakeConn("b")
         add(flusher, a, 1, 1)
@@ -158,16 +158,16 @@ def test_acks_go_out_in_flush_order_when_commits_finish_out_of_order() -> None:
         add(flusher, a, 2, 2)
         add(flusher, b, 1, 1)
         await settle()
-        add(flusher, a, 3, 2)  # a duplicate of seq 2: its ack must wait for both commits
+        add(flusher, a, 3, 2)  # a duplicate of seq 2: no rows, acked with its batch
         await settle()
-        assert len(storage.calls) == 2  # two flushes overlap in storage; the third has no rows
-        storage.commit(1)
-        await settle()
-        assert a.sent == [] and b.sent == []  # the second flush waits for the first
-        assert seen == []  # and so do its listeners
+        assert len(storage.calls) == 1  # the next flush waits for the store in progress, collecting frames
         storage.commit(0)
         await settle()
-        assert a.sent == [1, 2, 2] and b.sent == [1]
+        assert a.sent == [1] and b.sent == []
+        assert [(r.device_id, r.seq) for r in storage.calls[1][0]] == [("a", 2), ("b", 1)]  # one group commit
+        storage.commit(1)
+        await settle()
+        assert a.sent == [1, 2] and b.sent == [1]  # one ack per connection and batch, its highest target
         assert seen == [[("a", 1)], [("a", 2), ("b", 1)]]  # in flush order; the duplicate frame adds nothing
 
     run(body)
@@ -179,21 +179,25 @@ def test_a_failed_store_closes_exactly_its_connections_and_acks_them_no_more() -
         add(flusher, a, 1, 1)
         add(flusher, b, 1, 1)
         await settle()
-        add(flusher, a, 2, 2)  # already received when the first store fails: never acked
+        add(flusher, a, 2, 2)  # already received when the first store fails: never stored, never acked
         add(flusher, c, 1, 1)
         await settle()
         storage.fail(0)
-        await until(lambda: len(storage.calls) == 4, what="a and b stored apart")
-        storage.fail(2)
-        storage.fail(3)  # the database is down: both fail on their own too
-        storage.commit(1)
+        await until(lambda: len(storage.calls) == 3, what="a and b stored apart")
+        storage.fail(1)
+        storage.fail(2)  # the database is down: both fail on their own too
+        await until(lambda: len(storage.calls) == 4, what="the next batch's store")
+        # Nothing more of a is stored: had seq 2 been committed without seq 1, a's next welcome would
+        # say last_seq 2 and the device would drop seq 1, never stored.
+        assert [(r.device_id, r.seq) for r in storage.calls[3][0]] == [("c", 1)]
+        storage.commit(3)
         await settle()
         assert a.closed == [wire.E_STORAGE] and b.closed == [wire.E_STORAGE] and c.closed == []
         assert a.sent == [] and b.sent == [] and c.sent == [1]
         assert a.failed and a.closing and not c.failed
         assert metrics.counters.storage_errors == 2
         assert metrics.counters.readings_stored == 1
-        assert seen == [[("a", 2), ("c", 1)]]  # what the second flush committed; nothing of the failed stores
+        assert seen == [[("c", 1)]]  # what the second flush committed; nothing of the failed stores
         add(flusher, a, 3, 2)  # a duplicate frame after the failure: still no ack
         await settle()
         assert a.sent == [] and a.closed == [wire.E_STORAGE]
