@@ -196,7 +196,7 @@ class Gateway:
             raise
         log("gateway_started", host=cfg.host, port=self.port, storage=cfg.storage_kind,
             database=str(cfg.database) if cfg.storage_kind == "sqlite" else cfg.storage_display,
-            bus=cfg.bus_display, instance=self.bus.instance_id)
+            bus=self.bus.display if self.worker else cfg.bus_display, instance=self.bus.instance_id)
         if self.worker is None:  # (with workers, the host process writes them: gateway/factory.py)
             state_files.gateway_started(cfg, self.port)  # <data_dir>/storage and gateway.addr, for the CLIs
 

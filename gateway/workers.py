@@ -40,6 +40,7 @@ import pickle
 import signal
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ STOP_TIMEOUT_S = 90.0  # SIGTERM drains; past this a worker is killed
 RESTART_BASE_S = 0.5  # the first restart is at once, the next ones back off from this ...
 RESTART_CAP_S = 10.0  # ... to this while the worker keeps dying
 STABLE_S = 30.0  # a worker that ran this long starts the backoff over
+MAX_SOCKET_PATH = 100  # bytes of a Unix socket's path we use (the kernel's limit is 108)
 PORT_WAIT_S = 5.0  # how long the host waits for a port held by the workers of a host just killed
 
 
@@ -169,6 +171,7 @@ class Host:
         self.stopping = False
         self.exit_code = 0
         self.stopped = asyncio.Event()
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     async def _wait_stopped(self, child: Worker) -> None:
         process = child.process
@@ -224,7 +227,7 @@ class Host:
                 if err.errno != errno.EADDRINUSE or time.monotonic() > deadline:
                     raise GatewayError(listen_error(config.host, config.port, err)) from None
                 await asyncio.sleep(0.1)
-        run_dir = private_dir(Path(config.data_dir) / "run")
+        run_dir = self.run_dir()
         bus_path = commit_path = ""
         if not config.bus:
             self.broker = HostBroker(run_dir / "bus.sock")
@@ -248,6 +251,15 @@ class Host:
         log("gateway_workers_started", workers=self.count, port=self.workers[0].port,
             bus="host" if self.broker else config.bus_display)
         return self.workers[0].port
+
+    def run_dir(self) -> Path:
+        """Where the host's Unix sockets go: ``<data_dir>/run`` (mode 0700), or a private temporary
+        folder when that path is too long for a Unix socket's address (about 108 bytes)."""
+        run_dir = private_dir(Path(self.config.data_dir) / "run")
+        if len(str(run_dir.resolve() / "commit.sock")) < MAX_SOCKET_PATH:
+            return run_dir
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgewire-")  # 0700, removed when the host ends
+        return Path(self._tmp.name)
 
     async def _wait_ready(self, worker: Worker) -> None:
         process = worker.process
