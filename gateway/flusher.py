@@ -100,7 +100,7 @@ class Flusher:
         the commit and ack latency histograms; ``store``: instead of ``storage.store`` (a worker
         whose commits are made by the commit process: gateway/commit_link.py)."""
         self.storage = storage
-        self.store = store or storage.store
+        self._store_in = store  # None: storage.store, looked up at each call
         self.metrics = metrics
         self.counters = metrics.counters
         self.listeners = listeners if listeners is not None else Listeners(metrics)
@@ -109,6 +109,9 @@ class Flusher:
         self._last: _Batch | None = None  # the newest flush
         self._later: dict[AckTarget, _Later] = {}
         self._refused: weakref.WeakSet[AckTarget] = weakref.WeakSet()  # a store of their rows failed
+
+    def _commit(self, rows: list[ReadingRow]) -> Awaitable[list[ReadingRow]]:
+        return (self._store_in or self.storage.store)(rows)
 
     def add(self, conn: AckTarget, rows: list[ReadingRow], target: int) -> None:
         """Store ``rows`` (empty for a duplicate frame), then ack ``target`` on ``conn``."""
@@ -151,7 +154,7 @@ class Flusher:
             return {}, []
         started = self.clock()
         try:
-            inserted = await self.store(rows)
+            inserted = await self._commit(rows)
         except Exception as err:  # StorageError, OSError, or a bug: never ack these rows
             failed, inserted = await self._store_apart(frames, err)
             self._refused.update(failed)  # before the next store starts: nothing more of theirs is stored
@@ -170,7 +173,7 @@ class Flusher:
         if len(own) == 1:
             return dict.fromkeys(own, _describe(err)), []
         conns = list(own)
-        results = await asyncio.gather(*(self.store(own[conn]) for conn in conns), return_exceptions=True)
+        results = await asyncio.gather(*(self._commit(own[conn]) for conn in conns), return_exceptions=True)
         failed: dict[AckTarget, str] = {}
         inserted: list[ReadingRow] = []
         for conn, result in zip(conns, results, strict=True):
