@@ -49,6 +49,15 @@ def _rebuild(payload: Any) -> BaseException:
     return _PASSED.get(name, ConnectionResetError)(text)
 
 
+def _settle(future: asyncio.Future[Any] | None, ok: bool, payload: Any) -> None:
+    """Resolve a waiting call with a reply's payload, or its error rebuilt."""
+    if future is not None and not future.done():
+        if ok:
+            future.set_result(payload)
+        else:
+            future.set_exception(_rebuild(payload))
+
+
 class _Client:
     """The broker's side of one worker's link."""
 
@@ -86,13 +95,7 @@ class _Client:
             while True:
                 message = await read_frame(self.reader)
                 if message[0] == "ans":
-                    _, ident, ok, payload = message
-                    future = self.answers.get(ident)
-                    if future is not None and not future.done():
-                        if ok:
-                            future.set_result(payload)
-                        else:
-                            future.set_exception(_rebuild(payload))
+                    _settle(self.answers.get(message[1]), message[2], message[3])
                 elif message[0] == "call":
                     _, ident, method, args = message
                     if method == "connect":
@@ -241,13 +244,7 @@ class LocalTransport(Transport):
                 message = await read_frame(reader)
                 kind = message[0]
                 if kind == "ret":
-                    _, ident, ok, payload = message
-                    future = self._calls.get(ident)
-                    if future is not None and not future.done():
-                        if ok:
-                            future.set_result(payload)
-                        else:
-                            future.set_exception(_rebuild(payload))
+                    _settle(self._calls.get(message[1]), message[2], message[3])
                 elif kind == "deliver":
                     self._inbox.put_nowait((message[1], message[2]))
                 elif kind == "req":
