@@ -115,7 +115,7 @@ class Gateway:
                                        clock=clock, forwarding=self.forwarding, listeners=self.listeners, store=store)
         self.cluster = Cluster(self.bus, self.sessions, self.commands, self.hub,
                                clustered=bool(config.bus) or worker is not None,
-                               takeover_timeout_s=config.takeover_timeout_s)
+                               takeover_timeout_s=config.takeover_timeout_s, siblings=tuple(siblings or ()))
         self.sessions.hooks = self.cluster
         self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics,
                               online=self.cluster.online, registry_changed=self.cluster.registry_changed)

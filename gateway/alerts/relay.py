@@ -7,7 +7,8 @@ place: the *alert owner*, worker 1, whose AlertEngine is the gateway's. The othe
 ``AlertRelay`` in its stead:
 
 - each reading the relay is given, and each device that went offline there, goes to the owner
-  on the host bus channel ``alert_in``, batched every ``FLUSH_S`` and in order; the owner's
+  in an ``alert_in`` request on the host bus, batched every ``FLUSH_S`` and in order (one
+  request at a time: a batch the owner did not take is counted and logged, never silent); the owner's
   ``AlertOwner`` feeds them to its engine. The forwarding bridge's hooks (MQTT discovery,
   availability, status: gateway/forward/setup.py ``RelayedForwarding``) ride in the same
   batches, so worker 1's bridge and readings forwarders speak for the whole gateway, with one
@@ -36,7 +37,7 @@ from gateway.logs import log
 from gateway.storage.base import Storage
 from gateway.supervisor import spawn
 
-ALERT_IN = "alert_in"  # channel, relays -> owner: {"ops": [["r", reading...] | ["off", device] | ["f", hook, args]]}
+ALERT_IN = "alert_in"  # request to the owner, answered once fed: {"ops": [["r", ...], ["off", id], ["f", hook, args]]}
 HOOKS = frozenset({"device_online", "device_offline", "device_status", "device_deleted"})
 ALERT_CALL = "alert_call"  # request to the owner: {"op", ...} -> the engine's answer
 FLUSH_S = 0.02
@@ -54,9 +55,14 @@ class AlertOwner:
         self.forwarding = forwarding
         self.bus = bus
         bus.serve(ALERT_CALL, self._call)
+        bus.serve(ALERT_IN, self._feed_request)
 
     async def start(self) -> None:
-        await self.bus.subscribe(ALERT_IN, self._feed)
+        """Nothing to subscribe: the relays' batches are requests (answered once fed)."""
+
+    async def _feed_request(self, message: dict[str, Any], sender: str) -> dict[str, Any]:
+        self._feed(message, sender)
+        return {}
 
     def _feed(self, message: dict[str, Any], sender: str) -> None:
         reading = self.engine.reading
@@ -105,6 +111,7 @@ class AlertRelay(AlertEngine):
         self._restored: list[dict[str, Any]] = []
         self.relayed = 0
         self.relay_dropped = 0
+        self._order = asyncio.Lock()  # batches go to the owner one at a time, in order
 
     # ------------------------------------------------------------------ to the owner
     def reading(self, device_id: str, metrics: dict[str, float], time_ms: int, received_ms: int,
@@ -133,7 +140,8 @@ class AlertRelay(AlertEngine):
     async def _publish(self, message: dict[str, Any]) -> None:
         count = sum(1 for op in message["ops"] if op[0] == "r")
         try:
-            await self.bus.publish(ALERT_IN, message)
+            async with self._order:  # (asyncio's lock is fair: first come, first sent)
+                await self.bus.request(self.owner, ALERT_IN, message, CALL_TIMEOUT_S)
             self.relayed += count
         except BusError as err:
             self.relay_dropped += count

@@ -41,8 +41,11 @@ class Superseded(GatewayError):
 
 class Cluster(SessionHooks):
     def __init__(self, bus: Bus, sessions: DeviceSessions, commands: Commands, hub: Hub, *,
-                 clustered: bool, takeover_timeout_s: float = 5.0) -> None:
-        """``clustered``: a real bus with peers (publish presence, dashboard deltas, registry notices)."""
+                 clustered: bool, takeover_timeout_s: float = 5.0, siblings: tuple[str, ...] = ()) -> None:
+        """``clustered``: a real bus with peers (publish presence, dashboard deltas, registry notices);
+        ``siblings``: the other workers of this host (gateway/workers.py), peers from the start, before
+        their leases are seen."""
+        self.siblings = siblings
         self.bus = bus
         self.sessions = sessions
         self.commands = commands
@@ -245,7 +248,7 @@ class Cluster(SessionHooks):
     # ------------------------------------------------------------ publishing
     def _publish_update(self, update: dict[str, Any]) -> None:
         """The hub's changes of one interval, for the peers (skipped while alone or the bus is down)."""
-        if self.peers:
+        if self.peers or self.siblings:
             spawn(self._publish(DASH, update), "dashboard delta")
 
     async def _publish(self, channel: str, message: dict[str, Any]) -> None:
