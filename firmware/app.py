@@ -169,7 +169,7 @@ class App:
         self.led.set("connecting", now)
         if not self.wifi.isconnected() and not self.wifi.connect():
             self.next_connect_ms = clock.up_ms() + self.wifi.backoff.next_ms()
-            log("wifi: not connected; retry in", self.next_connect_ms - now, "ms")
+            log("wifi: not connected (" + str(self.wifi.reason) + "); retry in", self.next_connect_ms - now, "ms")
             return False
         if not self.clock.synced() and now - self.next_ntp_ms >= 0:
             if self.clock.sync():

@@ -24,7 +24,8 @@ Model (a USB dev board such as ESP32-DevKitC, seen through a TCP "serial cable")
 * One client at a time, like a serial port: a second connection waits for the first to close.
 * State: DIR/flash.bin (4 MiB NOR image), DIR/board.json (MAC), DIR/fs/ (the MicroPython
   filesystem, i.e. the vfs partition at 0x200000: erasing that region wipes it), DIR/world.json
-  (the access point and the sensor; see peripherals.py).
+  (the access point and the sensor; see peripherals.py), DIR/uart.log (everything UART0 sent,
+  also while no terminal was connected: a serial capture).
 * Heap: MicroPython's heap starts at HEAP_BYTES, what the ESP32 port gets without PSRAM.
 """
 
@@ -39,7 +40,7 @@ import socket
 import struct
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from simulator.esp32 import slip
 from simulator.esp32.chip import VFS_OFFSET, VFS_SIZE, Chip, valid_boot_image, wipe_fs
@@ -126,6 +127,7 @@ class Board:
         self._app_tasks: list[asyncio.Task[None]] = []
         self._reboot_task: asyncio.Task[None] | None = None
         self.boots = 0
+        self._uart_log: BinaryIO | None = None
 
     def log(self, msg: str) -> None:
         if self._log_stream is not None:
@@ -135,6 +137,7 @@ class Board:
 
     async def start(self) -> int:
         """Power on and listen; returns the bound port."""
+        self._uart_log = open(self.state_dir / "uart.log", "ab", buffering=0)  # noqa: SIM115 - open while the board runs
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         await self._boot(PWRON_RESET)
@@ -153,6 +156,8 @@ class Board:
         await self._stop_app()
         self.chip.flash.flush()
         self.chip.flash.close()
+        if self._uart_log is not None:
+            self._uart_log.close()
 
     # ---- boot ----------------------------------------------------------------------------
 
@@ -289,6 +294,8 @@ class Board:
             await self._boot(SOFT_RESET)
 
     async def _to_client(self, data: bytes) -> None:
+        if self._uart_log is not None:
+            self._uart_log.write(data)
         client = self._client
         if client is None or client.is_closing():
             return  # UART bytes with nobody listening are lost

@@ -9,9 +9,10 @@ The world around the board is ``world.json`` in its state directory, re-read whe
 
 * ``ap``: the access point, ``{"ssid": ..., "password": ...}``, or null (none in range);
 * ``link``: false drops a connected station (beacon timeout); ``rssi``;
-* ``dht``: ``{"kind": "DHT22", "failure_rate": 0.0, "hang_ms": 0, "seed": 1}``, the sensor on
-  every pin, with simulator.hardware.dht's physics (read interval, warm-up, lost and flipped bits);
-  ``hang_ms`` makes each read block that long (a wedged bus).
+* ``dht``: ``{"kind": "DHT22", "failure_rate": 0.0, "heat_c": 0.0, "hang_ms": 0, "seed": 1}``, the
+  sensor on every pin, with simulator.hardware.dht's physics (read interval, warm-up, lost and
+  flipped bits); ``heat_c`` is added to the climate's temperature; ``hang_ms`` makes each read
+  block that long (a wedged bus).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from simulator.esp32.sockets import ETIMEDOUT, SocketError, SocketTable, resolve
-from simulator.hardware.dht import DHTModel, DHTNoResponse
+from simulator.hardware.dht import DHTModel, DHTNoResponse, HeatedEnv
 from simulator.sensors import make_sensor
 
 # machine.reset_cause() values of the ESP32 port
@@ -246,8 +247,8 @@ class Peripherals:
         model = self.sensors.get(pin)
         if model is None:
             seed = int(cfg.get("seed", 1))
-            model = DHTModel(str(cfg.get("kind", "DHT22")), env=make_sensor("climate", seed), seed=seed,
-                             failure_rate=0.0)
+            model = DHTModel(str(cfg.get("kind", "DHT22")), seed=seed, failure_rate=0.0,
+                             env=HeatedEnv(make_sensor("climate", seed), self._heat))
             self.sensors[pin] = model
         model.failure_rate = float(cfg.get("failure_rate", 0.0))
         await asyncio.sleep(0.005)  # the bus transaction
@@ -255,6 +256,9 @@ class Peripherals:
             return list(model.read())
         except DHTNoResponse:
             raise SocketError(ETIMEDOUT) from None
+
+    def _heat(self) -> float:
+        return float((self.world.get().get("dht") or {}).get("heat_c", 0.0))
 
     def wdt_expired(self) -> bool:
         return self.wdt_ms is not None and (time.monotonic() - self.wdt_fed) * 1000 > self.wdt_ms

@@ -1,0 +1,166 @@
+"""The emulated ESP32 runs what was flashed: boot.py, main.py, Wi-Fi, then a real gateway.
+
+The board (simulator/esp32) runs MicroPython 1.27 (WebAssembly) with its modules bridged to the
+board process (socket on loopback, network against world.json, machine, dht on the simulator's
+DHT physics). The gateway is a real process on loopback (tests/helpers/gateway.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulator.esp32.chip import Chip
+from tests.firmware.test_flash import (  # noqa: F401 - fixtures
+    ROOT,
+    SECRET_PASSWORD,
+    EmulatedBoard,
+    _ensure_node_modules,
+    board,
+    image,
+    make_flash,
+)
+from tests.helpers.gateway import GatewayProcess
+
+SSID = "edgewire-lab"
+HOT = {"heat_c": 20.0}  # above the example config's 30 C threshold: every sample is reported
+
+
+def wait_for(predicate: Any, timeout: float, what: str, log: Path | None = None) -> Any:
+    """Poll ``predicate`` until truthy; on timeout fail with ``what`` and the board's console."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
+        time.sleep(0.2)
+
+
+class Console:
+    """A terminal on UART0 (one connection at a time, like a serial port). What the board sent is
+    read from its capture, DIR/uart.log, which also holds what it sent before anyone connected."""
+
+    def __init__(self, target: EmulatedBoard) -> None:
+        self.log = target.state / "uart.log"
+        self.sock = socket.create_connection(("127.0.0.1", target.port), timeout=10)
+        self.sock.sendall(b"\r")  # a console's first byte: not esptool's SLIP frame start
+
+    def text(self) -> str:
+        return uart(self.log.parent)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def uart(state: Path) -> str:
+    path = state / "uart.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def write_world(state: Path, **world: Any) -> None:
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / "world.json"
+    tmp = state / "world.json.tmp"
+    tmp.write_text(json.dumps(world))
+    tmp.replace(path)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The board files as `make flash` copies them (compiled .mpy, boot.py and main.py)."""
+    out = tmp_path_factory.mktemp("built")
+    subprocess.run([sys.executable, str(ROOT / "firmware" / "flash.py"), "--build", str(out)],
+                   check=True, capture_output=True, timeout=120, cwd=ROOT)
+    return out
+
+
+def preflashed(state: Path, image_path: Path, built_dir: Path, config: dict[str, Any]) -> None:
+    """A state directory as `make flash` leaves it: image at 0x1000, board files and config.json."""
+    chip = Chip(state)
+    chip.flash.program(0x1000, image_path.read_bytes())
+    chip.flash.flush()
+    chip.flash.close()
+    fs = state / "fs"
+    for src in built_dir.rglob("*"):
+        if src.is_file():
+            dst = fs / src.relative_to(built_dir)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(src.read_bytes())
+    example = json.loads((ROOT / "firmware" / "config.example.json").read_text())
+    (fs / "config.json").write_text(json.dumps({**example, **config}))
+
+
+@pytest.fixture
+def console_board(tmp_path: Path) -> Iterator[list[EmulatedBoard]]:
+    """Boards started by a test (stopped at the end)."""
+    _ensure_node_modules()
+    boards: list[EmulatedBoard] = []
+    yield boards
+    for b in boards:
+        b.stop()
+
+
+def test_flash_reset_online_stores_readings_once_and_answers_a_command(
+        board: EmulatedBoard, image: Path, gateway: GatewayProcess, tmp_path: Path) -> None:  # noqa: F811
+    """make flash -> reset -> boot.py, main.py -> Wi-Fi -> the gateway: readings stored exactly once."""
+    write_world(board.state, ap={"ssid": SSID, "password": SECRET_PASSWORD}, dht=HOT)
+    token = gateway.register("BOARD-01")
+    result = make_flash(PORT=board.url, MICROPYTHON_BIN=str(image), DEVICE_ID="BOARD-01", WIFI_SSID=SSID,
+                        WIFI_PASSWORD=SECRET_PASSWORD, GATEWAY_URL=gateway.device_url, TOKEN=token,
+                        SENSOR="dht22", SENSOR_PIN="27", INTERVAL_S="2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    console = Console(board)
+    try:
+        seqs = wait_for(lambda: (s := gateway.seqs("BOARD-01")) and len(s) >= 3 and s, 90,
+                        "three readings stored", console.log)
+        assert seqs == list(range(1, len(seqs) + 1)), seqs  # no gap, no reading stored twice
+        result_cmd = gateway.send_command("BOARD-01", "set_interval", {"seconds": 4})
+        assert result_cmd["ok"] is True, result_cmd
+        wait_for(lambda: "command set_interval -> True" in console.text(), 20, "the command in the log", console.log)
+        text = console.text()
+        assert "online: last_seq" in text, text[-2000:]
+        # Ctrl-C stops main.py into the REPL, as on the board, and the board then answers mpremote
+        console.send(b"\x03")
+        wait_for(lambda: "KeyboardInterrupt" in console.text() and ">>> " in console.text(), 20,
+                 "main.py interrupted into the REPL", console.log)
+    finally:
+        console.close()
+    run = subprocess.run([sys.executable, "-m", "mpremote", "connect", board.url, "exec",
+                          "import machine, os\nprint('RAN', machine.reset_cause(), 'ring.bin' in os.listdir())"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert re.search(r"^RAN 1 True", run.stdout, re.M), run.stdout + run.stderr
+    stored = gateway.seqs("BOARD-01")
+    assert stored == list(range(1, len(stored) + 1)), stored
+
+
+def test_wrong_wifi_password_is_logged_without_a_crash_loop(
+        console_board: list[EmulatedBoard], image: Path, built: Path, tmp_path: Path) -> None:  # noqa: F811
+    state = tmp_path / "board"
+    write_world(state, ap={"ssid": SSID, "password": SECRET_PASSWORD})
+    preflashed(state, image, built, {"wifi_ssid": SSID, "wifi_password": "not-the-password",
+                                     "gateway_url": "ws://127.0.0.1:9/v1/device", "device_id": "BOARD-02",
+                                     "token": "ewt_" + "x" * 32, "interval_s": 2})
+    b = EmulatedBoard(state)
+    console_board.append(b)
+    wait_for(lambda: uart(state).count("wifi: not connected (wrong password)") >= 2, 30,
+             "two failed attempts, each logged with its reason", state / "uart.log")
+    text = uart(state)
+    assert "Traceback" not in text, text[-2000:]
+    assert text.count("rst:") == 1 and text.count("] boot ") == 1, text[-2000:]  # no reset: no crash loop
+    assert b.log.read_text().count("booted:") == 1, b.log.read_text()
+    assert SECRET_PASSWORD not in text and "not-the-password" not in text
