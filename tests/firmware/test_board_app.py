@@ -7,8 +7,11 @@ DHT physics). The gateway is a real process on loopback (tests/helpers/gateway.p
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -164,3 +167,36 @@ def test_wrong_wifi_password_is_logged_without_a_crash_loop(
     assert text.count("rst:") == 1 and text.count("] boot ") == 1, text[-2000:]  # no reset: no crash loop
     assert b.log.read_text().count("booted:") == 1, b.log.read_text()
     assert SECRET_PASSWORD not in text and "not-the-password" not in text
+
+
+def power_cut(target: EmulatedBoard) -> None:
+    """Pull the plug: SIGKILL the interpreter (node) and the board process at once."""
+    children = subprocess.run(["pgrep", "-P", str(target.proc.pid)], capture_output=True, text=True).stdout.split()
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    target.proc.kill()
+    target.proc.wait(10)
+
+
+def test_power_cut_mid_stream_loses_no_acknowledged_reading_and_stores_none_twice(
+        console_board: list[EmulatedBoard], image: Path, built: Path, gateway: GatewayProcess,  # noqa: F811
+        tmp_path: Path) -> None:
+    state = tmp_path / "board"
+    write_world(state, ap={"ssid": SSID, "password": SECRET_PASSWORD}, dht=HOT)
+    token = gateway.register("BOARD-03")
+    preflashed(state, image, built, {"wifi_ssid": SSID, "wifi_password": SECRET_PASSWORD, "interval_s": 2,
+                                     "gateway_url": gateway.device_url, "device_id": "BOARD-03", "token": token})
+    first = EmulatedBoard(state)
+    console_board.append(first)
+    before = wait_for(lambda: (s := gateway.seqs("BOARD-03")) and len(s) >= 3 and s, 60, "readings before the cut",
+                      state / "uart.log")
+    power_cut(first)
+    cut_at = len(gateway.seqs("BOARD-03"))
+    again = EmulatedBoard(state)
+    console_board.append(again)
+    after = wait_for(lambda: (s := gateway.seqs("BOARD-03")) and len(s) >= cut_at + 3 and s, 60,
+                     "readings after the power cut", state / "uart.log")
+    assert after[:len(before)] == before
+    assert after == list(range(1, len(after) + 1)), after  # nothing lost, nothing stored twice
+    assert uart(state).count("rst:0x1 (POWERON_RESET)") == 2
