@@ -200,3 +200,36 @@ def test_power_cut_mid_stream_loses_no_acknowledged_reading_and_stores_none_twic
     assert after[:len(before)] == before
     assert after == list(range(1, len(after) + 1)), after  # nothing lost, nothing stored twice
     assert uart(state).count("rst:0x1 (POWERON_RESET)") == 2
+
+
+def device_status(gateway: GatewayProcess, device_id: str) -> dict[str, Any]:
+    """The device's latest status frame, as the dashboard's snapshot shows it."""
+    from websockets.sync.client import connect
+
+    with connect(gateway.url + "/v1/dashboard", max_size=None, open_timeout=10) as ws:
+        while True:
+            msg = json.loads(ws.recv(timeout=10))
+            if msg["t"] == "snapshot":
+                for device in msg["devices"]:
+                    if device["id"] == device_id:
+                        return dict(device.get("status") or {})
+                return {}
+
+
+def test_a_hung_sensor_read_resets_the_board_and_the_next_status_says_watchdog(
+        console_board: list[EmulatedBoard], image: Path, built: Path, gateway: GatewayProcess,  # noqa: F811
+        tmp_path: Path) -> None:
+    state = tmp_path / "board"
+    write_world(state, ap={"ssid": SSID, "password": SECRET_PASSWORD}, dht={"hang_ms": 600000})
+    token = gateway.register("BOARD-04")
+    preflashed(state, image, built, {"wifi_ssid": SSID, "wifi_password": SECRET_PASSWORD, "interval_s": 2,
+                                     "watchdog_s": 10, "gateway_url": gateway.device_url, "device_id": "BOARD-04",
+                                     "token": token})
+    b = EmulatedBoard(state)
+    console_board.append(b)
+    wait_for(lambda: "rst:0x7 (TG0WDT_SYS_RESET)" in uart(state), 30, "a watchdog reset", state / "uart.log")
+    write_world(state, ap={"ssid": SSID, "password": SECRET_PASSWORD}, dht=HOT)  # the bus recovers
+    wait_for(lambda: device_status(gateway, "BOARD-04").get("reset") == "watchdog", 30,
+             "a status frame with the reset cause", state / "uart.log")
+    assert "reset watchdog" in uart(state)
+    wait_for(lambda: gateway.seqs("BOARD-04"), 30, "readings after the reset", state / "uart.log")
