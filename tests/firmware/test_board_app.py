@@ -233,3 +233,26 @@ def test_a_hung_sensor_read_resets_the_board_and_the_next_status_says_watchdog(
              "a status frame with the reset cause", state / "uart.log")
     assert "reset watchdog" in uart(state)
     wait_for(lambda: gateway.seqs("BOARD-04"), 30, "readings after the reset", state / "uart.log")
+
+
+def test_deep_sleep_mode_buffers_across_sleeps_and_delivers_once_wifi_is_back(
+        console_board: list[EmulatedBoard], image: Path, built: Path, gateway: GatewayProcess,  # noqa: F811
+        tmp_path: Path) -> None:
+    state = tmp_path / "board"
+    write_world(state, ap=None, dht=HOT)  # no access point in range yet
+    token = gateway.register("BOARD-05")
+    preflashed(state, image, built, {"wifi_ssid": SSID, "wifi_password": SECRET_PASSWORD, "interval_s": 2,
+                                     "deep_sleep": True, "gateway_url": gateway.device_url, "device_id": "BOARD-05",
+                                     "token": token})
+    b = EmulatedBoard(state)
+    console_board.append(b)
+    wait_for(lambda: uart(state).count("rst:0x5 (DEEPSLEEP_RESET)") >= 3, 60, "three wakes from deep sleep",
+             state / "uart.log")
+    boots = set(re.findall(r"\] boot ([0-9a-f]{8}) ", uart(state)))
+    assert len(boots) == 1, boots  # one boot id across deep sleeps (RTC memory)
+    assert not gateway.seqs("BOARD-05")
+    write_world(state, ap={"ssid": SSID, "password": SECRET_PASSWORD}, dht=HOT)
+    seqs = wait_for(lambda: (s := gateway.seqs("BOARD-05")) and len(s) >= 4 and s, 90,
+                    "the readings buffered across the sleeps", state / "uart.log")
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
+    assert "reset deep_sleep" in uart(state)
