@@ -137,6 +137,18 @@ def test_flash_reset_online_stores_readings_once_and_answers_a_command(
         wait_for(lambda: "command set_interval -> True" in console.text(), 20, "the command in the log", console.log)
         text = console.text()
         assert "online: last_seq" in text, text[-2000:]
+        # the gateway goes away: the board buffers, retries with backoff, and delivers when it is back
+        gateway.stop()
+        offline_before = text.count("offline:")
+        wait_for(lambda: console.text().count("offline:") >= offline_before + 3, 60,
+                 "reconnect attempts while the gateway is down", console.log)
+        backoffs = [int(ms) for ms in re.findall(r"offline: .*-> backoff (\d+) ms", console.text())]
+        assert len(backoffs) >= 2 and max(backoffs[-2:]) > min(backoffs[-3:]), backoffs  # it backs off
+        stored_before = len(gateway.seqs("BOARD-01"))
+        gateway.start()
+        seqs = wait_for(lambda: (s := gateway.seqs("BOARD-01")) and len(s) >= stored_before + 3 and s, 90,
+                        "the readings buffered during the outage", console.log)
+        assert seqs == list(range(1, len(seqs) + 1)), seqs
         # Ctrl-C stops main.py into the REPL, as on the board, and the board then answers mpremote
         console.send(b"\x03")
         wait_for(lambda: "KeyboardInterrupt" in console.text() and ">>> " in console.text(), 20,
