@@ -52,9 +52,9 @@ from simulator.hardware.dht import DHTModel
 NODE_DIR = Path(__file__).resolve().parent / "node"
 ROM_BANNER = "ets Jul 29 2019 12:21:46\r\n\r\n"
 BOOT_LOOP_PERIOD_S = 1.0
-# MicroPython's heap on an ESP32 without PSRAM: the port takes the largest free block of the
-# IDF heap at start-up; `micropython.mem_info()` on a WROOM-32 with 1.2x shows "GC: total:"
-# of about 110 KiB (111,168 bytes), the figure tests/firmware uses too.
+# MicroPython's heap on an ESP32 without PSRAM ("GC: total" in micropython.mem_info() on a stock
+# module), the figure tests/firmware and docs/firmware.md's measurements use. The WebAssembly port
+# grows its heap past it instead of failing: see docs/firmware.md, "Heap".
 HEAP_BYTES = 110 * 1024
 # ROM reset lines by machine.reset_cause()
 RESET_LINES = {
