@@ -13,12 +13,16 @@ The world around the board is ``world.json`` in its state directory, re-read whe
   sensor on every pin, with simulator.hardware.dht's physics (read interval, warm-up, lost and
   flipped bits); ``heat_c`` is added to the climate's temperature; ``hang_ms`` makes each read
   block that long (a wedged bus).
+* ``ds18b20``: ``{"present": true, "crc_rate": 0.0, "seed": 1}``, a DS18B20 on every 1-Wire bus,
+  on simulator.sensors' temperature model plus ``dht.heat_c``: 85.0 before the first conversion,
+  CRC errors at ``crc_rate``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,7 +30,7 @@ from typing import Any
 
 from simulator.esp32.sockets import ETIMEDOUT, SocketError, SocketTable, resolve
 from simulator.hardware.dht import DHTModel, DHTNoResponse, HeatedEnv
-from simulator.sensors import make_sensor
+from simulator.sensors import SensorModel, make_sensor
 
 # machine.reset_cause() values of the ESP32 port
 PWRON_RESET = 1
@@ -44,6 +48,8 @@ STAT_WRONG_PASSWORD = 202
 ASSOCIATE_S = 0.3  # association + DHCP
 IFCONFIG = ["192.168.4.23", "255.255.255.0", "192.168.4.1", "192.168.4.1"]
 NO_IP = ["0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0"]
+DS18B20_ROM = [0x28, 0xFF, 0x64, 0x1E, 0x0F, 0x00, 0x00, 0x5A]
+DS18B20_POWER_ON_C = 85.0
 
 
 class World:
@@ -136,6 +142,9 @@ class Peripherals:
         self.sockets = SocketTable()
         self.station = Station(world)
         self.pins: dict[int, int] = {}
+        self.converted: set[int] = set()  # buses whose DS18B20 converted since power-on
+        self.thermometers: dict[int, SensorModel] = {}
+        self.rng = random.Random(1)
         self.wdt_ms: int | None = None
         self.wdt_fed = 0.0
         self.app_running = True
@@ -212,6 +221,8 @@ class Peripherals:
             return self.station.call(str(req["fn"]), req)
         if op == "dht":
             return await self._dht(int(req["pin"]))
+        if op == "onewire":
+            return await self._onewire(int(req["pin"]), str(req["fn"]))
         if op == "pin":
             pin = int(req["pin"])
             if "level" in req:
@@ -256,6 +267,26 @@ class Peripherals:
             return list(model.read())
         except DHTNoResponse:
             raise SocketError(ETIMEDOUT) from None
+
+    async def _onewire(self, pin: int, fn: str) -> Any:
+        cfg = self.world.get().get("ds18b20") or {}
+        present = cfg.get("present", True) is not False
+        if fn == "scan":
+            return [DS18B20_ROM] if present else []
+        if not present:
+            raise SocketError(ETIMEDOUT)  # nobody pulls the bus low: the driver's reads fail
+        if fn == "convert":
+            self.converted.add(pin)
+            return None
+        if pin not in self.converted:
+            return DS18B20_POWER_ON_C
+        model = self.thermometers.get(pin)
+        if model is None:
+            model = self.thermometers[pin] = make_sensor("temperature", int(cfg.get("seed", 1)))
+        if self.rng.random() < float(cfg.get("crc_rate", 0.0)):
+            return None  # a corrupted scratchpad: the driver raises "CRC error"
+        value = model.sample(time.time())["temperature"] + self._heat()
+        return round(value * 16) / 16  # 12-bit resolution
 
     def _heat(self) -> float:
         return float((self.world.get().get("dht") or {}).get("heat_c", 0.0))

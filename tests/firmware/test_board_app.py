@@ -268,3 +268,22 @@ def test_deep_sleep_mode_buffers_across_sleeps_and_delivers_once_wifi_is_back(
                     "the readings buffered across the sleeps", state / "uart.log")
     assert seqs == list(range(1, len(seqs) + 1)), seqs
     assert "reset deep_sleep" in uart(state)
+
+
+def test_a_ds18b20_node_reads_the_one_wire_bus_and_delivers(
+        console_board: list[EmulatedBoard], image: Path, built: Path, gateway: GatewayProcess,  # noqa: F811
+        tmp_path: Path) -> None:
+    state = tmp_path / "board"
+    write_world(state, ap={"ssid": SSID, "password": SECRET_PASSWORD}, dht=HOT, ds18b20={"crc_rate": 0.3})
+    token = gateway.register("BOARD-06")
+    preflashed(state, image, built, {"wifi_ssid": SSID, "wifi_password": SECRET_PASSWORD, "interval_s": 2,
+                                     "sensor": "ds18b20", "deadband": {}, "gateway_url": gateway.device_url,
+                                     "device_id": "BOARD-06", "token": token})
+    console_board.append(EmulatedBoard(state))
+    seqs = wait_for(lambda: (s := gateway.seqs("BOARD-06")) and len(s) >= 3 and s, 60, "DS18B20 readings stored",
+                    state / "uart.log")
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
+    temps = [json.loads(row[0])["temperature"]
+             for row in gateway.query("SELECT metrics FROM readings WHERE device_id=?", ("BOARD-06",))]
+    assert all(25.0 < t < 60.0 and t != 85.0 for t in temps), temps  # the climate + 20 C, never power-on 85
+    assert "Traceback" not in uart(state)
