@@ -168,6 +168,8 @@ class Peripherals:
             return {"err": exc.errno}
         except _Interrupted:
             return {"intr": 1}
+        except (KeyError, ValueError, TypeError):  # a malformed request: EINVAL on the board
+            return {"err": 22}
 
     async def _interruptible(self, work: Awaitable[Any]) -> Any:
         """Run ``work``; while the app runs, a Ctrl-C on UART0 ends it with _Interrupted."""

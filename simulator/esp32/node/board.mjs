@@ -252,6 +252,15 @@ function hookCommits() {
     if (dirty) persist(stream.path);
     return ret;
   };
+  // a rename, a removal or a new directory is durable at once on LittleFS: mirror it now
+  for (const name of ["rename", "unlink", "rmdir", "mkdir"]) {
+    const op = mp.FS[name];
+    mp.FS[name] = (...a) => {
+      const ret = op(...a);
+      if (!SYSTEM_DIRS.has(String(a[0]).split("/")[1])) syncFs();
+      return ret;
+    };
+  }
 }
 
 function installRom() {
