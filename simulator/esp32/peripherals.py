@@ -158,8 +158,10 @@ class Peripherals:
             op = req.pop("op")
         except (ValueError, KeyError, TypeError, AttributeError):
             return {"err": 22}
-        if op == "repl":
-            self.app_running = False
+        if op in ("boot", "repl"):  # the interpreter (re)started, with or without the app; the app ended
+            if op == "boot":
+                self.sockets.close_all()
+            self.app_running = op == "boot" and bool(req.get("app"))
             self.interrupted.clear()
             return {"v": None}
         try:

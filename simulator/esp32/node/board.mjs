@@ -298,12 +298,11 @@ function rpcCall(request) {
   }
 }
 
-// boot.py, then main.py (if boot.py did not fail), as the ESP32 port does after a reset.
+// boot.py, then main.py if boot.py did not fail, as the ESP32 port's main.c does after a reset.
 function runApp() {
   cooked = true;
   try {
-    mp.runPython("__import__('_boot').run('boot.py') and None");
-    mp.runPython("__import__('_boot').run('main.py') and None");
+    if (mp.runPython("__import__('_boot').run('boot.py')")) mp.runPython("__import__('_boot').run('main.py')");
   } finally {
     flushOut();
     cooked = false;
@@ -327,6 +326,7 @@ async function boot(runScripts = true) {
   if (args.rpcIn !== null) {
     installRom();
     mp.registerJsModule("_board", { call: rpcCall, sync: () => syncFs() });
+    rpcCall(JSON.stringify({ op: "boot", app: runScripts })); // a soft reset closes the sockets
     mp.runPython("import sys\nsys.path.insert(2, '/rom')\n__import__('_boot')\ndel sys");
     if (runScripts) runApp();
   }
