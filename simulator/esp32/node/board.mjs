@@ -302,7 +302,10 @@ function rpcCall(request) {
 function runApp() {
   cooked = true;
   try {
-    if (mp.runPython("__import__('_boot').run('boot.py')")) mp.runPython("__import__('_boot').run('main.py')");
+    mp.runPython("_boot_ok = __import__('_boot').run('boot.py')"); // runPython returns no value
+    const ok = mp.globals.get("_boot_ok");
+    mp.globals.delete("_boot_ok");
+    if (ok) mp.runPython("__import__('_boot').run('main.py')");
   } finally {
     flushOut();
     cooked = false;
