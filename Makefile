@@ -8,6 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 DEVICES ?= 20
 DEMO_STORAGE ?= sqlite
+DEMO_BOARDS ?= 0
 # a data directory belongs to one storage (it records which: <dir>/storage), so each demo has its own
 DEMO_DIR ?= $(if $(filter postgresql,$(DEMO_STORAGE)),var/demo-pg,var/demo)
 NODE_DIR := tests/firmware/node
@@ -62,8 +63,9 @@ venv: system-deps-demo $(STAMP)
 
 demo: system-deps-demo $(STAMP)
 	@if [ "$(DEMO_STORAGE)" = postgresql ]; then scripts/system-deps postgresql; fi
+	@if [ "$(DEMO_BOARDS)" != 0 ]; then $(MAKE) -s esp32-sim-deps; fi
 	@$(PY) -m simulator.demo --host $(HOST) --port $(PORT) --devices $(DEVICES) --data-dir $(DEMO_DIR) \
-		--storage $(DEMO_STORAGE)
+		--storage $(DEMO_STORAGE) --boards $(DEMO_BOARDS)
 
 # make cluster-demo: redis-server, a throwaway PostgreSQL 15 and 3 gateway instances on $(PORT)..$(PORT)+2,
 # and a simulated fleet whose devices connect to a random instance (docs/scaling.md).

@@ -60,6 +60,17 @@ def heap_free():
     return gc.mem_free() if hasattr(gc, "mem_free") else None
 
 
+_RESET_NAMES = {1: "power_on", 2: "hard", 3: "watchdog", 4: "deep_sleep", 5: "soft"}
+
+
+def reset_name():
+    """Why this boot happened (machine.reset_cause()), for the status frame."""
+    try:
+        return _RESET_NAMES.get(machine.reset_cause(), "unknown")
+    except AttributeError:
+        return "unknown"
+
+
 def _rtc_state():
     """State saved before a deep sleep, or None after any other reset."""
     try:
@@ -85,6 +96,7 @@ class App:
         else:
             self.boot = random.getrandbits(32) or 1
         self.boot_id = "%08x" % self.boot
+        self.reset = reset_name()
         self.watchdog = Watchdog(cfg["watchdog_s"])
         self.led = Led(cfg["led_pin"])
         self.clock = clock.Clock()
@@ -120,7 +132,7 @@ class App:
                        "loop_errors": 0, "connects": 0}
         if hasattr(gc, "threshold"):
             gc.threshold(gc.mem_free() // 4 + gc.mem_alloc())
-        log("boot", self.boot_id, "fw", FW_VERSION, "buffered", self.ring.count,
+        log("boot", self.boot_id, "fw", FW_VERSION, "reset", self.reset, "buffered", self.ring.count,
             "next_seq", self.ring.next_seq)
 
     # -- waiting
@@ -169,7 +181,7 @@ class App:
         self.led.set("connecting", now)
         if not self.wifi.isconnected() and not self.wifi.connect():
             self.next_connect_ms = clock.up_ms() + self.wifi.backoff.next_ms()
-            log("wifi: not connected; retry in", self.next_connect_ms - now, "ms")
+            log("wifi: not connected (" + str(self.wifi.reason) + "); retry in", self.next_connect_ms - now, "ms")
             return False
         if not self.clock.synced() and now - self.next_ntp_ms >= 0:
             if self.clock.sync():
@@ -266,7 +278,8 @@ class App:
     def send_status(self, now):
         fields = {"dropped": self.ring.dropped, "buffered": self.ring.count, "fw": FW_VERSION, "kind": "esp32",
                   "boot": self.boot_id, "corrupt": self.ring.corrupt, "rejected": self.ring.rejected,
-                  "sensor_failures": self.sensor.failures, "interval_ms": self.adaptive.interval_ms, "up": now}
+                  "sensor_failures": self.sensor.failures, "interval_ms": self.adaptive.interval_ms, "up": now,
+                  "reset": self.reset}
         for key in ("sensor_errors", "invalid", "ring_errors", "loop_errors"):
             fields[key] = self.counts[key]
         free = heap_free()

@@ -4,6 +4,11 @@
 PostgreSQL 15 instead, started on a free loopback port by services.postgres (as the tests do)
 and deleted when the demo stops.
 
+``make demo DEMO_BOARDS=1`` (``--boards 1``) adds emulated ESP32 boards (simulator/esp32), each
+flashed with ``make flash``'s procedure and then running the real firmware on MicroPython: they
+appear on the dashboard as esp32-001...; their state (and console capture, uart.log) is kept in
+``<data-dir>/esp32-NNN/``.
+
 Device credentials are kept in ``<data-dir>/demo-credentials.json`` (mode 0600) and rotated
 through the admin endpoint when missing, so repeated demos reuse the same device ids.
 """
@@ -29,6 +34,8 @@ from gateway.secret_files import read_secret
 from gateway.urls import dashboard_url
 from services.errors import ServiceError
 from services.postgres import PostgresServer
+from simulator.esp32.demo_board import DemoBoard
+from simulator.esp32.errors import BoardError
 from simulator.fleet import Fleet
 from simulator.sensors import make_sensor
 
@@ -117,6 +124,19 @@ async def _run_fleet(ws_url: str, creds: dict[str, str], rate: float) -> dict[st
         return await fleet.run(float("inf"), drain_s=5.0, on_tick=tick, stop_event=stop)
 
 
+def start_board(state: Path, device_id: str, token: str, ws_url: str) -> DemoBoard:
+    """An emulated ESP32, flashed with ``make flash``'s procedure; a failure is printed, the demo goes on."""
+    board = DemoBoard(state)
+    print(f"starting and flashing the emulated ESP32 {device_id} (about 15 s) ...", flush=True)
+    try:
+        board.start()
+        print("  " + board.flash(device_id, token, ws_url + "/v1/device"), flush=True)
+        print(f"  its console: {state / 'uart.log'}", flush=True)
+    except (BoardError, OSError, subprocess.SubprocessError) as err:
+        print(f"  {device_id}: {err}", file=sys.stderr, flush=True)
+    return board
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulator.demo", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -128,9 +148,13 @@ def main(argv: list[str] | None = None) -> int:
                              "a data directory belongs to one storage)")
     parser.add_argument("--storage", choices=["sqlite", "postgresql"], default="sqlite",
                         help="sqlite (default), or postgresql: a throwaway PostgreSQL 15 for this demo")
+    parser.add_argument("--boards", type=int, default=0,
+                        help="emulated ESP32 boards, flashed and running the firmware (default 0)")
     args = parser.parse_args(argv)
     if args.devices < 1:
         parser.error("--devices must be at least 1")
+    if not 0 <= args.boards <= 20:
+        parser.error("--boards must be within 0..20")
     if not port_free(args.host, args.port):
         print(f"port {args.port} on {args.host} is in use: stop what uses it or run `make demo PORT=8090`",
               file=sys.stderr)
@@ -159,10 +183,16 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, "-m", "gateway", "serve", "--host", args.host, "--port", str(args.port),
              "--data-dir", str(data_dir), "--log-format", "text", *storage_flags],
             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    boards: list[DemoBoard] = []
     try:
         wait_healthy(http_url, gateway, log)
-        creds = asyncio.run(provision_credentials(ws_url, data_dir, [f"demo-{i:03d}" for i in range(args.devices)]))
-        print(f"\nEdgewire demo: gateway on {where}, {args.devices} simulated devices")
+        board_ids = [f"esp32-{i + 1:03d}" for i in range(args.boards)]
+        creds = asyncio.run(provision_credentials(ws_url, data_dir,
+                                                  [f"demo-{i:03d}" for i in range(args.devices)] + board_ids))
+        for device_id in board_ids:
+            boards.append(start_board(data_dir / device_id, device_id, creds.pop(device_id), ws_url))
+        print(f"\nEdgewire demo: gateway on {where}, {args.devices} simulated devices"
+              + (f", {args.boards} emulated ESP32 boards" if args.boards else ""))
         print(f"  Dashboard: {dashboard_line(http_url, data_dir, sys.stdout.isatty())}")
         print(f"  Data directory: {data_dir} (the CLIs find this gateway and its storage from it: "
               f"python -m gateway devices list --data-dir {data_dir})")
@@ -170,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  Ctrl-C stops everything.\n", flush=True)
         summary = asyncio.run(_run_fleet(ws_url, creds, args.rate))
     finally:
+        for board in boards:
+            board.stop()
         if gateway.poll() is None:
             gateway.send_signal(signal.SIGTERM)
             try:

@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from simulator.esp32.board import Board
+from simulator.esp32.board import HEAP_BYTES, Board
 from simulator.esp32.errors import BoardError
 
 
@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--state", required=True, type=Path, help="state directory: flash.bin, board.json, fs/")
     p.add_argument("--node", default=None, help="node binary (default: $EDGEWIRE_NODE or node on PATH)")
-    p.add_argument("--heap", type=int, default=128 * 1024, help="MicroPython heap size in bytes")
+    p.add_argument("--heap", type=int, default=HEAP_BYTES,
+                   help=f"MicroPython heap in bytes (default {HEAP_BYTES}: an ESP32 without PSRAM)")
     p.add_argument("--quiet", action="store_true", help="no event log on stderr")
     return p
 

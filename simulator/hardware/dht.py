@@ -58,6 +58,21 @@ class DHTNoResponse(SimulatorError, TimeoutError):
         self.partial = partial  # True: some bits arrived; False: nothing at all
 
 
+class HeatedEnv(SensorModel):
+    """An environment model plus ``heat()`` degrees on its temperature (a heat spike near the sensor)."""
+
+    metrics = ("temperature", "humidity")
+
+    def __init__(self, inner: SensorModel, heat: Callable[[], float]) -> None:
+        self.inner = inner
+        self.heat = heat
+
+    def sample(self, t_s: float) -> dict[str, float]:
+        values = dict(self.inner.sample(t_s))
+        values["temperature"] = values.get("temperature", 20.0) + self.heat()
+        return values
+
+
 class DHTModel:
     """The physical sensor: environment values, timing limits and wire errors. Not a driver."""
 

@@ -12,23 +12,9 @@ from __future__ import annotations
 
 import time as _time
 
-from simulator.hardware.dht import DHTModel, MicroPythonDHTStandIn
+from simulator.hardware.dht import DHTModel, HeatedEnv, MicroPythonDHTStandIn
 from simulator.micropython_standins import _simstate, utime
-from simulator.sensors import SensorModel, make_sensor
-
-
-class _Heated(SensorModel):
-    """The climate model plus ``heat_c`` from sim.json."""
-
-    metrics = ("temperature", "humidity")
-
-    def __init__(self, inner: SensorModel) -> None:
-        self.inner = inner
-
-    def sample(self, t_s: float) -> dict[str, float]:
-        values = dict(self.inner.sample(t_s))
-        values["temperature"] = values.get("temperature", 20.0) + float(_simstate.setting("heat_c", 0.0))
-        return values
+from simulator.sensors import make_sensor
 
 
 class _LiveModel(DHTModel):
@@ -49,8 +35,8 @@ class _HangingDHT(MicroPythonDHTStandIn):
 
 def _make(kind: str, pin: object) -> MicroPythonDHTStandIn:
     seed = int(_simstate.setting("seed", 1))
-    model = _LiveModel(kind, env=_Heated(make_sensor("climate", seed)), seed=seed, failure_rate=0.0,
-                       clock=utime.sim_seconds, env_time=_time.time)
+    env = HeatedEnv(make_sensor("climate", seed), lambda: float(_simstate.setting("heat_c", 0.0)))
+    model = _LiveModel(kind, env=env, seed=seed, failure_rate=0.0, clock=utime.sim_seconds, env_time=_time.time)
     return _HangingDHT(pin, dht11=kind == "DHT11", model=model, sleep=utime.sleep)
 
 

@@ -5,7 +5,7 @@
 // owns the TCP port and pipes bytes to and from this process while the application runs.
 //
 // Contract:
-//   node board.mjs --fs DIR [--heap BYTES]
+//   node board.mjs --fs DIR [--heap BYTES] [--rpc-in FD --rpc-out FD]
 //   - DIR mirrors the device filesystem (the "vfs" flash partition). It is loaded at boot and
 //     written back (changed files written, removed files deleted) after every command the
 //     REPL executes (Ctrl-D) and at every soft reset, before the command's output is sent.
@@ -14,13 +14,22 @@
 //     REPL hangs in raw-paste, so mpremote falls back to the plain raw REPL.
 //   - Ctrl-D on an empty raw-REPL line is a soft reset: a fresh interpreter (empty heap) with
 //     the same files, back in the same REPL mode.
-//   - boot.py and main.py are NOT executed (this port has no machine/network modules).
+//   - With --rpc-in/--rpc-out (pipes to the board process, simulator/esp32/board.py), the board
+//     runs boot.py then main.py at power-on, after a reset and after a soft reset from the
+//     friendly REPL, with the board's modules from rom/ (time, select, socket, network, machine,
+//     dht, esp, esp32, ntptime): each blocking call is one synchronous JSON request on those
+//     pipes (rom/_bridge.py). The board process answers when the operation is done, owns the
+//     TCP sockets, the watchdog and the resets, and answers Ctrl-C on UART0 to the pending call
+//     (KeyboardInterrupt), so main.py stops into the REPL. Files the app writes reach DIR when
+//     it flushes or closes them (a power cut keeps what LittleFS would have committed).
+//     The app's output is "cooked" (\n sent as \r\n), as the ESP32 port's UART0 does.
 //   - Diagnostics go to stderr, never stdout.
 import fs from "node:fs";
 import path from "node:path";
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
 
-const SYSTEM_DIRS = new Set(["tmp", "home", "dev", "proc"]);
+const SYSTEM_DIRS = new Set(["tmp", "home", "dev", "proc", "rom"]);
+const ROM_DIR = path.join(path.dirname(new URL(import.meta.url).pathname), "rom");
 // The WebAssembly port raises OSError with Emscripten errno numbers (ENOENT is 44) while its
 // errno module and every real MicroPython port use the POSIX numbers (ENOENT is 2); tools such
 // as mpremote and code such as `e.errno == errno.ENOENT` depend on the latter. This shim,
@@ -43,7 +52,7 @@ def _edgewire_errno_shim():
                 raise
         return call
     ilistdir = os.ilistdir
-    hidden = ("tmp", "home", "dev", "proc")  # Emscripten's own directories, not on a device
+    hidden = ("tmp", "home", "dev", "proc", "rom")  # Emscripten's own directories, not on a device
     def ilistdir_sized(path="."):
         root = path in ("/", "") or (path == "." and os.getcwd() == "/")
         base = path if path.endswith("/") else path + "/"
@@ -74,10 +83,12 @@ const BOOT_PY =
   "#import esp\n#esp.osdebug(None)\n#import webrepl\n#webrepl.start()\n";
 
 function parseArgs(argv) {
-  const args = { fs: null, heap: 128 * 1024 };
+  const args = { fs: null, heap: 110 * 1024, rpcIn: null, rpcOut: null };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--fs") args.fs = argv[++i];
     else if (argv[i] === "--heap") args.heap = parseInt(argv[++i], 10);
+    else if (argv[i] === "--rpc-in") args.rpcIn = parseInt(argv[++i], 10);
+    else if (argv[i] === "--rpc-out") args.rpcOut = parseInt(argv[++i], 10);
   }
   if (!args.fs) {
     process.stderr.write("board.mjs: --fs DIR is required\n");
@@ -95,8 +106,25 @@ let muted = false;
 let rawMode = false;
 let snapshot = new Map(); // device path -> Buffer (files) or null (directories)
 
+let cooked = false; // while the app runs: \n goes out as \r\n, as the ESP32 port's UART0 does
+
+function writeAll(fd, buf) {
+  let off = 0;
+  while (off < buf.length) {
+    try {
+      off += fs.writeSync(fd, buf, off, buf.length - off);
+    } catch (e) {
+      if (e.code !== "EAGAIN") throw e;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
+    }
+  }
+}
+
 function emit(bytes) {
-  if (bytes.length) process.stdout.write(Buffer.from(bytes));
+  if (!bytes.length) return;
+  let buf = Buffer.from(bytes);
+  if (cooked) buf = Buffer.from(buf.toString("latin1").replace(/(?<!\r)\n/g, "\r\n"), "latin1");
+  writeAll(1, buf);
 }
 
 function flushOut() {
@@ -181,7 +209,112 @@ function syncFs() {
 
 // ---- interpreter lifecycle ---------------------------------------------------------------
 
-async function boot() {
+// Files the app writes are committed to DIR when flushed (fsync) or closed, one file at a time
+// (written to a temporary name, then renamed): a power cut keeps each file as of its last commit.
+function persist(devPath) {
+  if (!devPath || SYSTEM_DIRS.has(devPath.split("/")[1])) return;
+  let data;
+  try {
+    data = Buffer.from(mp.FS.readFile(devPath));
+  } catch (e) {
+    return; // removed meanwhile: the next full sync mirrors that
+  }
+  const target = path.join(fsDir, devPath);
+  fs.mkdirSync(path.dirname(target), { recursive: true });
+  const tmp = path.join(path.dirname(target), ".edgewire-tmp-" + path.basename(target));
+  fs.writeFileSync(tmp, data, { mode: 0o600 });
+  fs.renameSync(tmp, target);
+  snapshot.set(devPath, data);
+}
+
+function hookCommits() {
+  const probe = mp.FS.open("/tmp/.probe", "w");
+  const ops = probe.stream_ops; // shared by every file of the in-memory filesystem
+  mp.FS.close(probe);
+  mp.FS.unlink("/tmp/.probe");
+  ops.fsync = (stream) => {
+    if (stream.ewDirty) {
+      stream.ewDirty = false;
+      persist(stream.path);
+    }
+    return 0;
+  };
+  const write = mp.FS.write;
+  mp.FS.write = (stream, ...rest) => {
+    const n = write(stream, ...rest);
+    stream.ewDirty = true;
+    return n;
+  };
+  const close = mp.FS.close;
+  mp.FS.close = (stream) => {
+    const dirty = stream.ewDirty;
+    const ret = close(stream);
+    if (dirty) persist(stream.path);
+    return ret;
+  };
+  // a rename, a removal or a new directory is durable at once on LittleFS: mirror it now
+  for (const name of ["rename", "unlink", "rmdir", "mkdir"]) {
+    const op = mp.FS[name];
+    mp.FS[name] = (...a) => {
+      const ret = op(...a);
+      if (!SYSTEM_DIRS.has(String(a[0]).split("/")[1])) syncFs();
+      return ret;
+    };
+  }
+}
+
+function installRom() {
+  mp.FS.mkdir("/rom");
+  for (const name of fs.readdirSync(ROM_DIR)) {
+    if (name.endsWith(".py")) mp.FS.writeFile("/rom/" + name, fs.readFileSync(path.join(ROM_DIR, name)));
+  }
+}
+
+// ---- the link to the board process (rom/_bridge.py) ------------------------------------------
+
+let rpcBuf = Buffer.alloc(0);
+const rpcChunk = Buffer.alloc(65536);
+
+function rpcCall(request) {
+  flushOut();
+  writeAll(args.rpcOut, Buffer.from(request + "\n"));
+  for (;;) {
+    const nl = rpcBuf.indexOf(10);
+    if (nl >= 0) {
+      const line = rpcBuf.subarray(0, nl).toString();
+      rpcBuf = rpcBuf.subarray(nl + 1);
+      return line;
+    }
+    let n;
+    try {
+      n = fs.readSync(args.rpcIn, rpcChunk, 0, rpcChunk.length, null);
+    } catch (e) {
+      if (e.code !== "EAGAIN") throw e;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
+      continue;
+    }
+    if (n === 0) process.exit(0); // the board process is gone: power off
+    rpcBuf = Buffer.concat([rpcBuf, rpcChunk.subarray(0, n)]);
+  }
+}
+
+// boot.py, then main.py if boot.py did not fail, as the ESP32 port's main.c does after a reset.
+function runApp() {
+  cooked = true;
+  try {
+    mp.runPython("_boot_ok = __import__('_boot').run('boot.py')"); // runPython returns no value
+    const ok = mp.globals.get("_boot_ok");
+    mp.globals.delete("_boot_ok");
+    if (ok) mp.runPython("__import__('_boot').run('main.py')");
+  } finally {
+    flushOut();
+    cooked = false;
+    syncFs();
+    rpcCall('{"op": "repl"}');
+  }
+}
+
+async function boot(runScripts = true) {
   ensureHostFs();
   mp = await loadMicroPython({
     stdout: (b) => {
@@ -191,7 +324,15 @@ async function boot() {
     heapsize: args.heap,
   });
   loadFs();
+  hookCommits();
   mp.runPython(ERRNO_SHIM);
+  if (args.rpcIn !== null) {
+    installRom();
+    mp.registerJsModule("_board", { call: rpcCall, sync: () => syncFs() });
+    rpcCall(JSON.stringify({ op: "boot", app: runScripts })); // a soft reset closes the sockets
+    mp.runPython("import sys\nsys.path.insert(2, '/rom')\n__import__('_boot')\ndel sys");
+    if (runScripts) runApp();
+  }
   mp.replInit();
 }
 
@@ -199,8 +340,8 @@ async function softReset() {
   flushOut();
   syncFs();
   emit(Buffer.from("MPY: soft reboot\r\n"));
-  muted = true;
-  await boot();
+  muted = rawMode;
+  await boot(!rawMode); // the raw REPL's soft reset skips main.py, as on the board
   if (rawMode) {
     out = [];
     await mp.replProcessCharWithAsyncify(0x01);
