@@ -307,7 +307,8 @@ class Gateway:
         """This process's health report (see ``healthz``) with its HTTP status under ``http``."""
         storage = {"backend": self.config.storage_kind, **self.storage.health()}
         checks: dict[str, dict[str, Any]] = {"storage": storage, **self.supervisor.health()}
-        forwarding = self.forwarding.health()  # shown, but a broker being away does not make the gateway unhealthy
+        # shown; a broker being away never makes the gateway unhealthy (503), a sink far behind makes it degraded
+        forwarding = self.forwarding.health()
         if forwarding:
             checks["forwarding"] = forwarding
         healthy = storage["state"] == "ok" and self.supervisor.healthy
@@ -315,7 +316,7 @@ class Gateway:
         if bus is not None:
             checks["bus"] = bus
         status = "draining" if self.draining else "degraded" if not healthy or (
-            bus is not None and bus["state"] != "ok") else "ok"
+            bus is not None and bus["state"] != "ok") or forwarding.get("state") == "degraded" else "ok"
         return {"status": status, "http": 200 if status == "ok" or (status == "degraded" and healthy) else 503,
                 "checks": checks, "devices_online": len(self.sessions.devices),
                 "dashboard_clients": len(self.hub.clients), "uptime_s": round(time.time() - self.started_at, 1)}
@@ -325,7 +326,8 @@ class Gateway:
         storage or a task fails. ``checks`` holds each part with its state (storage, hub, registry_sweep,
         gc, retention; with a bus also cluster and bus). A bus that is not ok makes the status
         ``degraded`` with HTTP 200: the pod still stores readings, so readiness must not drop it (a
-        bus outage would otherwise empty the Service of every pod); docs/scaling.md section 9.
+        bus outage would otherwise empty the Service of every pod); docs/scaling.md section 9. So does
+        forwarding past ``forward_lag_degraded_s`` (a sink's broker away too long: docs/mqtt.md).
 
         With workers (gateway/workers.py), ``workers`` holds each worker's own report, and the
         gateway's status is the worst of them (a worker that does not answer is ``unreachable``:
