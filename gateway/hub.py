@@ -11,6 +11,12 @@ apply the peers' ones: shown here, never passed on again. Each client has a boun
 when it is full the client's queue is dropped, the drop is counted, and the client gets a
 fresh snapshot when it catches up. A slow client therefore never stalls ingestion or the other clients.
 
+``latency`` (the gateway's ``edgewire_dashboard_latency_seconds``): for every reading committed
+while a dashboard is connected, the time from its ``received_ms`` (the gateway received its
+frame) to the flush that builds the update frame carrying it and offers it to the clients
+(the client's own queue and network come after). Observed on the instance that stores the
+reading; a dashboard on a peer instance or worker sees it one interval later (the deltas).
+
 Each client has an identity (role and token name, gateway/dashboard_auth.py), which its snapshots
 carry; frames it sends are operator actions, answered by
 ``actions`` (gateway/dashboard_actions.py) with at most MAX_IN_FLIGHT running per client.
@@ -34,6 +40,7 @@ from gateway.alerts.model import CLEARED, AlertEvent
 from gateway.dashboard_actions import E_BUSY, MAX_IN_FLIGHT, DashboardActions, error_reply
 from gateway.dashboard_auth import ANONYMOUS, DashboardIdentity
 from gateway.logs import log
+from gateway.metrics import Histogram
 from gateway.storage.base import DeviceRecord, ReadingRow
 from gateway.supervisor import spawn
 from protocol import wire
@@ -110,9 +117,11 @@ class Hub:
     """The dashboards' view of the fleet. ``clock`` (Unix seconds) stamps what the hub records."""
 
     def __init__(self, interval_ms: float, queue_limit: int, dumps: Callable[[Any], str],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, latency: Histogram | None = None) -> None:
         self.interval = interval_ms / 1000.0
         self.clock = clock
+        self.latency = latency  # device -> dashboard latency (see the module docstring)
+        self._received: list[int] = []  # received_ms of the readings committed since the last flush
         self.queue_limit = queue_limit
         self.dumps = dumps
         self.devices: dict[str, DeviceView] = {}
@@ -159,6 +168,8 @@ class Hub:
         """The commit listener (gateway/fanout.py): every stored reading through ``reading``, and
         its frame's boot id through ``boot``. A reading whose commit failed never gets here."""
         reading = self.reading
+        if self.clients and self.latency is not None:
+            self._received += [row.received_ms for row in rows]
         last_device: str | None = None
         last_boot: str | None = None
         for row in rows:
@@ -363,12 +374,18 @@ class Hub:
         self._remote_dirty = set()
         self._remote_events = []
         self._alerts_changed = False
+        received, self._received = self._received, []
         if not self.clients:
             return
         frame = self._encode(update)
         self.updates_sent += 1
         for client in self.clients:
             client.offer(frame)
+        if received and self.latency is not None:
+            now_ms = self.clock() * 1000.0
+            observe = self.latency.observe
+            for received_ms in received:
+                observe((now_ms - received_ms) / 1000.0)
 
     async def run(self) -> None:
         """Flush every interval, for the gateway's life (a supervised task: gateway/supervisor.py)."""

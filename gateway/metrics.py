@@ -143,6 +143,7 @@ class Metrics:
         self.counters = Counters()
         self.commit_latency = Histogram(LATENCY_BOUNDS)
         self.ack_latency = Histogram(LATENCY_BOUNDS)
+        self.dashboard_latency = Histogram(LATENCY_BOUNDS)  # observed by the hub (gateway/hub.py)
         self.frame_size = Histogram(SIZE_BOUNDS)
         self.listener_errors: dict[str, int] = {}  # commit listener -> batches it failed on (gateway/fanout.py)
 
@@ -187,6 +188,9 @@ class Metrics:
         metric("edgewire_ack_latency_seconds", "histogram",
                "Time from receiving a data frame to sending its ack (stored and acknowledged).",
                self.ack_latency.lines("edgewire_ack_latency_seconds"))
+        metric("edgewire_dashboard_latency_seconds", "histogram",
+               "Time from receiving a reading to the dashboard update frame that carries it (readings stored "
+               "while a dashboard is connected).", self.dashboard_latency.lines("edgewire_dashboard_latency_seconds"))
         metric("edgewire_frame_size_bytes", "histogram", "Size of the frames received from devices.",
                self.frame_size.lines("edgewire_frame_size_bytes"))
         metric("edgewire_build_info", "gauge", "The gateway's version and runtime; the value is always 1.",

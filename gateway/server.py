@@ -83,7 +83,7 @@ class Gateway:
         self.registry = registry
         self.metrics = Metrics()
         self.counters = self.metrics.counters
-        self.hub = Hub(config.dashboard_interval_ms, config.dashboard_queue, dumps, clock)
+        self.hub = Hub(config.dashboard_interval_ms, config.dashboard_queue, dumps, clock, self.metrics.dashboard_latency)
         self.bus = bus if bus is not None else open_bus("", config.instance_id)  # "": in-process
         self.relay: AlertRelay | None = None
         self.alerts: AlertEngine
