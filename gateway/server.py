@@ -83,7 +83,8 @@ class Gateway:
         self.registry = registry
         self.metrics = Metrics()
         self.counters = self.metrics.counters
-        self.hub = Hub(config.dashboard_interval_ms, config.dashboard_queue, dumps, clock, self.metrics.dashboard_latency)
+        self.hub = Hub(config.dashboard_interval_ms, config.dashboard_queue, dumps, clock,
+                       latency=self.metrics.dashboard_latency)
         self.bus = bus if bus is not None else open_bus("", config.instance_id)  # "": in-process
         self.relay: AlertRelay | None = None
         self.alerts: AlertEngine
@@ -359,6 +360,8 @@ class Gateway:
         body = self.metrics.render(
             gauges=[*cluster_gauges,
                 ("devices_online", "Devices with an authenticated session.", len(self.sessions.devices)),
+                ("fleet_registered", "Enabled devices in the registry (the fleet that should be online).",
+                 sum(1 for view in self.hub.devices.values() if view.registered and view.enabled)),
                 ("dashboard_clients", "Browsers (dashboard stream clients) connected to /v1/dashboard.",
                  len(self.hub.clients)),
                 ("unauthenticated_connections", "Connections accepted that have not authenticated yet.",
@@ -367,6 +370,8 @@ class Gateway:
                  len(self.commands.pending)),
                 ("up", "1 while every background task runs and storage is ok, else 0.",
                  int(self.supervisor.healthy and self.storage.health()["state"] == "ok")),
+                ("storage_ok", "1 while storage is ok, 0 while it fails (/healthz checks.storage says how).",
+                 int(self.storage.health()["state"] == "ok")),
             ],
             counters=[("dashboard_resyncs", "Dashboard clients that fell behind and were resynced with a "
                        "snapshot.", self.hub.resyncs),
