@@ -12,10 +12,11 @@ when it is full the client's queue is dropped, the drop is counted, and the clie
 fresh snapshot when it catches up. A slow client therefore never stalls ingestion or the other clients.
 
 ``latency`` (the gateway's ``edgewire_dashboard_latency_seconds``): for every reading committed
-while a dashboard is connected, the time from its ``received_ms`` (the gateway received its
-frame) to the flush that builds the update frame carrying it and offers it to the clients
-(the client's own queue and network come after). Observed on the instance that stores the
-reading; a dashboard on a peer instance or worker sees it one interval later (the deltas).
+while a dashboard can see it (a client is connected here, or peers get this instance's
+changes: ``on_update``), the time from its ``received_ms`` (the gateway received its frame) to
+the flush that builds the update carrying it, offered to the clients here and published to
+the peers (the clients' queues and network come after; a peer's dashboard shows it at that
+peer's next flush, up to one interval later).
 
 Each client has an identity (role and token name, gateway/dashboard_auth.py), which its snapshots
 carry; frames it sends are operator actions, answered by
@@ -168,7 +169,7 @@ class Hub:
         """The commit listener (gateway/fanout.py): every stored reading through ``reading``, and
         its frame's boot id through ``boot``. A reading whose commit failed never gets here."""
         reading = self.reading
-        if self.clients and self.latency is not None:
+        if self.latency is not None and (self.clients or self.on_update is not None):
             self._received += [row.received_ms for row in rows]
         last_device: str | None = None
         last_boot: str | None = None
@@ -374,14 +375,18 @@ class Hub:
         self._remote_dirty = set()
         self._remote_events = []
         self._alerts_changed = False
-        received, self._received = self._received, []
+        if self._received:
+            self._observe_latency()
         if not self.clients:
             return
         frame = self._encode(update)
         self.updates_sent += 1
         for client in self.clients:
             client.offer(frame)
-        if received and self.latency is not None:
+
+    def _observe_latency(self) -> None:
+        received, self._received = self._received, []
+        if self.latency is not None:
             now_ms = self.clock() * 1000.0
             observe = self.latency.observe
             for received_ms in received:

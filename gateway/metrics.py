@@ -189,8 +189,9 @@ class Metrics:
                "Time from receiving a data frame to sending its ack (stored and acknowledged).",
                self.ack_latency.lines("edgewire_ack_latency_seconds"))
         metric("edgewire_dashboard_latency_seconds", "histogram",
-               "Time from receiving a reading to the dashboard update frame that carries it (readings stored "
-               "while a dashboard is connected).", self.dashboard_latency.lines("edgewire_dashboard_latency_seconds"))
+               "Time from receiving a reading to the dashboard update that carries it (readings stored while a "
+               "dashboard or a peer sees this instance's changes).",
+               self.dashboard_latency.lines("edgewire_dashboard_latency_seconds"))
         metric("edgewire_frame_size_bytes", "histogram", "Size of the frames received from devices.",
                self.frame_size.lines("edgewire_frame_size_bytes"))
         metric("edgewire_build_info", "gauge", "The gateway's version and runtime; the value is always 1.",

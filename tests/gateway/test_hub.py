@@ -160,3 +160,9 @@ def test_device_to_dashboard_latency_is_observed_per_reading_at_the_frame_that_c
     assert (lines['x_bucket{le="0.25"}'], lines['x_bucket{le="0.5"}']) == ("0", "2")
     hub.flush()  # nothing new: nothing observed twice
     assert latency.count == 2
+    hub.clients.clear()  # no dashboard here, but peers get this instance's changes (workers, a bus)
+    published: list[dict[str, Any]] = []
+    hub.on_update = published.append
+    hub.committed([row(4, int(clock.now * 1000) - 50)])
+    hub.flush()
+    assert len(published) == 1 and latency.count == 3
