@@ -16,7 +16,7 @@ ANSIBLE_VENV ?= var/ansible-venv
 ANSIBLE_STAMP := $(ANSIBLE_VENV)/.installed
 ANSIBLE_TEST_ROOT ?= var/ansible-test
 
-.PHONY: help venv demo cluster-demo test lint clean node-deps system-deps-demo system-deps-test system-deps-bench \
+.PHONY: help venv demo cluster-demo test lint clean node-deps system-deps-demo system-deps-lint system-deps-test system-deps-bench \
 	system-deps-cluster system-deps-provision system-deps-node ansible-venv provision-test fuzz
 
 help:
@@ -25,7 +25,8 @@ help:
 	@echo "make cluster-demo - 3 gateways joined by Redis on a throwaway PostgreSQL + a fleet moving between"
 	@echo "              them ($(CLUSTER_DEVICES) devices, ports $(PORT)-...); one dashboard shows the whole fleet; Ctrl-C stops"
 	@echo "make test   - install what the suite needs and run it"
-	@echo "make lint   - ruff, mypy --strict, ansible-lint (production profile), yamllint, Kubernetes manifests"
+	@echo "make lint   - ruff, mypy --strict, ansible-lint (production profile), yamllint, Kubernetes manifests,"
+	@echo "              Prometheus rules (promtool check rules, promtool test rules)"
 	@echo "make provision-test - ansible/site.yml against debootstrap'd Debian root filesystems (root)"
 	@echo "make flash  - flash an ESP32 node (see hardware.md)"
 	@echo "make bench  - gateway vs Mosquitto under load (docs/performance.md)"
@@ -36,6 +37,9 @@ help:
 # Every target the README or docs name lists one of these first, before the venv (python3-venv) is made.
 system-deps-demo:
 	@scripts/system-deps demo
+
+system-deps-lint:
+	@scripts/system-deps lint
 
 system-deps-test:
 	@scripts/system-deps test
@@ -87,13 +91,15 @@ test: system-deps-test $(STAMP) node-deps
 K8S_VERSION ?= 1.35.0
 K8S_MANIFESTS := $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
 
-lint: system-deps-demo $(STAMP) $(ANSIBLE_STAMP)
+lint: system-deps-lint $(STAMP) $(ANSIBLE_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest protocol.wire protocol.gateway protocol.device protocol.outbox protocol.cbor protocol.cbor_decode
 	cd ansible && PATH=$(abspath $(ANSIBLE_VENV))/bin:$$PATH ansible-lint --offline --profile production
 	$(ANSIBLE_VENV)/bin/yamllint --strict -c ansible/.yamllint ansible
 	$(VENV)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $(K8S_MANIFESTS)
+	promtool check rules deploy/prometheus/rules.yml
+	promtool test rules deploy/prometheus/rules_test.yml
 
 # make fuzz: structure-aware fuzzing (hypothesis corpus + mutator) of protocol/ and a live gateway;
 # FUZZ_FRAMES per target (CI: 10000). Fails on a crash, a task death, a 1011 or an unhealthy gateway.
