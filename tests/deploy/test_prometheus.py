@@ -2,8 +2,9 @@
 
 The live test runs Prometheus (Debian's package) on loopback, scraping a gateway (workers,
 forwarding to a real Mosquitto) every second with the shipped rules: the target is up, every
-recording rule returns a number, and stopping the broker brings EdgewireForwardLagGrowing to
-firing (its lag must pass 30 s and keep growing for 30 s: about a minute of outage).
+recording rule and every query of the Grafana dashboard (deploy/grafana) returns a number, and
+stopping the broker brings EdgewireForwardLagGrowing to firing (its lag must pass 30 s and keep
+growing for 30 s: about a minute of outage).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 
 from services.mosquitto import MosquittoServer
 from services.prometheus import PrometheusServer
+from tests.deploy.grafana_dashboard import queries as grafana_queries
 from tests.helpers.dashboard import DashboardWatcher
 from tests.helpers.devices import GoodDevice
 from tests.helpers.gateway import GatewayProcess
@@ -110,6 +112,10 @@ async def scrape_and_fire(gw: GatewayProcess, broker: MosquittoServer, prom: Pro
                         what="a number from every recording rule")
         except AssertionError as err:
             raise AssertionError(f"{err}: {missing}") from None
+        answers = {name: prom.query(expr) for name, expr in grafana_queries()}  # deploy/grafana's panels
+        empty = {name: got for name, got in answers.items()
+                 if not got or not all(math.isfinite(number(s)) for s in got)}
+        assert not empty, f"Grafana panel queries without a number: {empty}"
         (offline,) = prom.query("job:edgewire_fleet_offline:ratio")
         assert number(offline) == 0.5  # four registered, two online
         (stored,) = prom.query("job:edgewire_readings_stored:rate1m")
