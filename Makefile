@@ -32,6 +32,8 @@ help:
 	@echo "make bench  - gateway vs Mosquitto under load (docs/performance.md)"
 	@echo "make bench-forward - forwarding to Mosquitto at 10k readings/s (docs/performance.md)"
 	@echo "make fuzz   - 10^6 generated frames against protocol/ and a live gateway (FUZZ_FRAMES=...)"
+	@echo "make image  - the gateway's container image with podman (BASE_IMAGE=..., IMAGE=...; docs/deploy.md)"
+	@echo "make image-test - build it on a debootstrap'd base and test it with podman (root)"
 
 # Debian packages each target needs (scripts/system-deps installs them as root, else prints the apt-get line).
 # Every target the README or docs name lists one of these first, before the venv (python3-venv) is made.
@@ -55,6 +57,12 @@ system-deps-provision:
 
 system-deps-node:
 	@scripts/system-deps node
+
+system-deps-image:
+	@scripts/system-deps image
+
+system-deps-image-test:
+	@scripts/system-deps image-test
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -176,3 +184,39 @@ esp32-sim-deps: system-deps-node $(ESP32_NODE_DIR)/node_modules/.installed
 $(ESP32_NODE_DIR)/node_modules/.installed: $(ESP32_NODE_DIR)/package-lock.json
 	cd $(ESP32_NODE_DIR) && npm ci --no-audit --no-fund --silent
 	@touch $@
+
+# make image: the gateway's container image (deploy/container/Containerfile, docs/deploy.md). The
+# edgewire wheel (ansible/build_wheel.py) and its dependencies' wheels, resolved by the system's
+# python3 (Debian 12: 3.11, as the base), go in the build context: the build itself needs no
+# index and no compiler. BASE_IMAGE defaults to the upstream Python slim image (podman pulls it);
+# scripts/image-base makes one offline from debootstrap (make image-test, CI). PODMAN_ENV: settings
+# for podman (make image-test passes this machine's, deploy/container/ci/).
+IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= edgewire-gateway:$(IMAGE_VERSION)
+BASE_IMAGE ?= docker.io/library/python:3.11-slim-bookworm
+IMAGE_DIR ?= var/image
+PODMAN_ENV ?=
+.PHONY: image image-test system-deps-image system-deps-image-test
+image: system-deps-image $(STAMP)
+	@rm -rf $(IMAGE_DIR)/context $(IMAGE_DIR)/dist && mkdir -p $(IMAGE_DIR)/context
+	@$(PY) ansible/build_wheel.py . $(IMAGE_DIR)/dist >/dev/null
+	@test -x $(IMAGE_DIR)/pip-venv/bin/pip || $(PYTHON) -m venv $(IMAGE_DIR)/pip-venv
+	$(IMAGE_DIR)/pip-venv/bin/pip download --quiet --only-binary=:all: --dest $(IMAGE_DIR)/context/wheels \
+		"$$(ls $(IMAGE_DIR)/dist/edgewire-*.whl)[gateway,fast,cluster]"
+	@cp deploy/container/Containerfile $(IMAGE_DIR)/context/
+	@start=$$(date +%s); \
+	$(PODMAN_ENV) podman build --quiet --format docker --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		--build-arg VERSION=$(IMAGE_VERSION) -t $(IMAGE) $(IMAGE_DIR)/context >/dev/null && \
+	echo "make image: $(IMAGE) built in $$(( $$(date +%s) - start )) s, \
+	$$($(PODMAN_ENV) podman image inspect $(IMAGE) --format '{{.Size}}' | numfmt --to=si)B"
+
+# make image-test: a base image from debootstrap (scripts/image-base), make image on it, then
+# tests/image (run it, a device's readings stored on the volume, podman stop drains, two containers
+# on a host Redis and PostgreSQL). Root; about N min on the 2-core development machine.
+IMAGE_TEST_BASE ?= localhost/edgewire-base:bookworm
+IMAGE_TEST_ENV := CONTAINERS_CONF=$(abspath deploy/container/ci/containers.conf) \
+	CONTAINERS_STORAGE_CONF=$(abspath deploy/container/ci/storage.conf)
+image-test: system-deps-image-test $(STAMP)
+	$(IMAGE_TEST_ENV) scripts/image-base $(IMAGE_TEST_BASE)
+	$(MAKE) --no-print-directory image BASE_IMAGE=$(IMAGE_TEST_BASE) PODMAN_ENV="$(IMAGE_TEST_ENV)"
+	$(IMAGE_TEST_ENV) EDGEWIRE_IMAGE_TEST=1 EDGEWIRE_IMAGE=$(IMAGE) $(PY) -m pytest -q -s -x tests/image
