@@ -186,21 +186,25 @@ $(ESP32_NODE_DIR)/node_modules/.installed: $(ESP32_NODE_DIR)/package-lock.json
 	@touch $@
 
 # make image: the gateway's container image (deploy/container/Containerfile, docs/deploy.md). The
-# edgewire wheel (ansible/build_wheel.py) and its dependencies' wheels, resolved by the system's
-# python3 (Debian 12: 3.11, as the base), go in the build context: the build itself needs no
-# index and no compiler. BASE_IMAGE defaults to the upstream Python slim image (podman pulls it);
+# edgewire wheel (ansible/build_wheel.py) and its dependencies' wheels go in the build context, so
+# the build itself needs no index and no compiler. IMAGE_PYTHON resolves the wheels: a Python 3.11
+# as the base's (Debian 12's /usr/bin/python3 is 3.11.2, the oldest 3.11 a base has: its wheel set
+# also covers the later 3.11 of the upstream image, e.g. redis's async-timeout below 3.11.3). BASE_IMAGE defaults to the upstream Python slim image (podman pulls it);
 # scripts/image-base makes one offline from debootstrap (make image-test, CI). PODMAN_ENV: settings
 # for podman (make image-test passes this machine's, deploy/container/ci/).
 IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= edgewire-gateway:$(IMAGE_VERSION)
 BASE_IMAGE ?= docker.io/library/python:3.11-slim-bookworm
 IMAGE_DIR ?= var/image
+IMAGE_PYTHON ?= /usr/bin/python3
 PODMAN_ENV ?=
 .PHONY: image image-test system-deps-image system-deps-image-test
 image: system-deps-image $(STAMP)
 	@rm -rf $(IMAGE_DIR)/context $(IMAGE_DIR)/dist && mkdir -p $(IMAGE_DIR)/context
 	@$(PY) ansible/build_wheel.py . $(IMAGE_DIR)/dist >/dev/null
-	@test -x $(IMAGE_DIR)/pip-venv/bin/pip || $(PYTHON) -m venv $(IMAGE_DIR)/pip-venv
+	@$(IMAGE_PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
+		{ echo "error: IMAGE_PYTHON=$(IMAGE_PYTHON) is not a Python 3.11 (the base's)" >&2; exit 1; }
+	@test -x $(IMAGE_DIR)/pip-venv/bin/pip || $(IMAGE_PYTHON) -m venv $(IMAGE_DIR)/pip-venv
 	$(IMAGE_DIR)/pip-venv/bin/pip download --quiet --only-binary=:all: --dest $(IMAGE_DIR)/context/wheels \
 		"$$(ls $(IMAGE_DIR)/dist/edgewire-*.whl)[gateway,fast,cluster]"
 	@cp deploy/container/Containerfile $(IMAGE_DIR)/context/
