@@ -122,7 +122,7 @@ class Hub:
         self.interval = interval_ms / 1000.0
         self.clock = clock
         self.latency = latency  # device -> dashboard latency (see the module docstring)
-        self._received: list[int] = []  # received_ms of the readings committed since the last flush
+        self._received: list[list[ReadingRow]] = []  # the batches committed since the last flush (latency)
         self.queue_limit = queue_limit
         self.dumps = dumps
         self.devices: dict[str, DeviceView] = {}
@@ -170,7 +170,7 @@ class Hub:
         its frame's boot id through ``boot``. A reading whose commit failed never gets here."""
         reading = self.reading
         if self.latency is not None and (self.clients or self.on_update is not None):
-            self._received += [row.received_ms for row in rows]
+            self._received.append(rows)  # read at the flush (listeners never change a batch)
         last_device: str | None = None
         last_boot: str | None = None
         for row in rows:
@@ -385,12 +385,26 @@ class Hub:
             client.offer(frame)
 
     def _observe_latency(self) -> None:
-        received, self._received = self._received, []
-        if self.latency is not None:
-            now_ms = self.clock() * 1000.0
-            observe = self.latency.observe
-            for received_ms in received:
-                observe((now_ms - received_ms) / 1000.0)
+        """Each reading of the batches since the last flush into ``latency``: the readings of a frame
+        share their receive time, so each run of equal ``received_ms`` is one call."""
+        batches, self._received = self._received, []
+        if self.latency is None:
+            return
+        now_ms = self.clock() * 1000.0
+        observe_n = self.latency.observe_n
+        for rows in batches:
+            last = -1
+            run = 0
+            for row in rows:
+                received_ms = row.received_ms
+                if received_ms == last:
+                    run += 1
+                    continue
+                if run:
+                    observe_n((now_ms - last) / 1000.0, run)
+                last, run = received_ms, 1
+            if run:
+                observe_n((now_ms - last) / 1000.0, run)
 
     async def run(self) -> None:
         """Flush every interval, for the gateway's life (a supervised task: gateway/supervisor.py)."""

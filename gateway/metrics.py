@@ -71,6 +71,12 @@ class Histogram:
         self.sum += value
         self.count += 1
 
+    def observe_n(self, value: float, n: int) -> None:
+        """``n`` observations of the same ``value``."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += n
+        self.sum += value * n
+        self.count += n
+
     def lines(self, name: str) -> list[str]:
         out = []
         running = 0

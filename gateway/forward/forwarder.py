@@ -246,8 +246,7 @@ class Forwarder:
                 self.oldest_pending_ms = entries[prefix][3]
             elif not self.sink.ready:  # nothing handed over, nothing read: the oldest one stored after read_pos
                 self.oldest_pending_ms = await self._peek(read_pos)
-            else:
-                self.oldest_pending_ms = 0  # ready: the reads below find what is after read_pos
+            # else: ready with nothing in flight: the read below tells (0 when it finds nothing)
             if self._stopping and drain_until is None:
                 drain_until = now + self.drain_s
             if prefix and (drain_until is not None or now - last_save >= self.save_s or prefix >= self.window // 2):
@@ -280,9 +279,9 @@ class Forwarder:
             if room > 0 and self.sink.ready:
                 self.state = FORWARDING
                 page = await self.storage.readings_after(read_pos, min(room, self.batch))
+                if prefix == len(entries):  # nothing in flight: the page's first reading is the oldest waiting
+                    self.oldest_pending_ms = _received_ms(page)
                 if page:
-                    if not self.oldest_pending_ms:
-                        self.oldest_pending_ms = _received_ms(page)
                     self._hand_over(page, entries)
                     read_pos = page[-1][0]
                     await asyncio.sleep(0)  # let acks and other tasks in between pages
