@@ -5,8 +5,8 @@ The worker that a scrape reaches asks its siblings for their own pages over the 
 docs/configuration.md says. Samples with the same name and labels are added up (counters,
 histogram buckets, connection gauges), except the few whose sum means nothing: ``edgewire_up``
 and ``edgewire_storage_ok`` take the minimum (down if any worker is down), process start times
-the minimum, build info and the bus's own view (peers, fleet) the first worker's. Each worker's devices and health
-also appear under a ``worker`` label. A sibling that does not answer within the deadline is
+the minimum, build info and the bus's own view (peers, fleet) the first worker's. Each worker's
+devices and health also appear under a ``worker`` label. A sibling that does not answer within the deadline is
 reported in the merged page (``edgewire_workers_unreachable``) and in /healthz.
 """
 

@@ -21,8 +21,8 @@ releases the lease, so another instance can take over at once.
 
 The lag (``lag_s``) is the age of the oldest reading stored but not yet forwarded: the oldest
 one handed to the sink and not acked, or, when none is, the first one after ``read_pos``
-(looked up while the sink is away or after a failure, ``_peek``). So it keeps growing while
-a broker is down, and is 0 once the sink has caught up.
+(looked up at most every ``PEEK_S`` while the sink is away, ``_peek``). So it keeps growing
+while a broker is down, and is 0 once the sink has caught up.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ WAITING = "waiting_for_broker"  # the sink is not connected
 STORAGE_ERROR = "storage_error"
 STOPPED = "stopped"
 STARTING = "starting"
+PEEK_S = 1.0  # while the sink is away, look up the oldest reading waiting (for the lag) at most this often
 
 
 @dataclass(slots=True)
@@ -221,6 +222,7 @@ class Forwarder:
         self.cursor = start
         loop = asyncio.get_running_loop()
         last_save = last_trim = loop.time()
+        last_peek = last_save - PEEK_S
         drain_until: float | None = None
         self._gen += 1
         self._failed = False
@@ -244,7 +246,8 @@ class Forwarder:
             self.inflight = len(entries)
             if prefix < len(entries):
                 self.oldest_pending_ms = entries[prefix][3]
-            elif not self.sink.ready:  # nothing handed over, nothing read: the oldest one stored after read_pos
+            elif not self.sink.ready and now - last_peek >= PEEK_S:  # the oldest one stored after read_pos
+                last_peek = now
                 self.oldest_pending_ms = await self._peek(read_pos)
             # else: ready with nothing in flight: the read below tells (0 when it finds nothing)
             if self._stopping and drain_until is None:
