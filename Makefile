@@ -17,7 +17,7 @@ ANSIBLE_VENV ?= var/ansible-venv
 ANSIBLE_STAMP := $(ANSIBLE_VENV)/.installed
 ANSIBLE_TEST_ROOT ?= var/ansible-test
 
-.PHONY: help venv demo cluster-demo test lint clean node-deps system-deps-demo system-deps-test system-deps-bench \
+.PHONY: help venv demo cluster-demo test lint clean node-deps system-deps-demo system-deps-lint system-deps-test system-deps-bench \
 	system-deps-cluster system-deps-provision system-deps-node ansible-venv provision-test fuzz
 
 help:
@@ -26,17 +26,23 @@ help:
 	@echo "make cluster-demo - 3 gateways joined by Redis on a throwaway PostgreSQL + a fleet moving between"
 	@echo "              them ($(CLUSTER_DEVICES) devices, ports $(PORT)-...); one dashboard shows the whole fleet; Ctrl-C stops"
 	@echo "make test   - install what the suite needs and run it"
-	@echo "make lint   - ruff, mypy --strict, ansible-lint (production profile), yamllint, Kubernetes manifests"
+	@echo "make lint   - ruff, mypy --strict, ansible-lint (production profile), yamllint, Kubernetes manifests,"
+	@echo "              Prometheus rules (promtool check rules, promtool test rules)"
 	@echo "make provision-test - ansible/site.yml against debootstrap'd Debian root filesystems (root)"
 	@echo "make flash  - flash an ESP32 node (see hardware.md)"
 	@echo "make bench  - gateway vs Mosquitto under load (docs/performance.md)"
 	@echo "make bench-forward - forwarding to Mosquitto at 10k readings/s (docs/performance.md)"
 	@echo "make fuzz   - 10^6 generated frames against protocol/ and a live gateway (FUZZ_FRAMES=...)"
+	@echo "make image  - the gateway's container image with podman (BASE_IMAGE=..., IMAGE=...; docs/deploy.md)"
+	@echo "make image-test - build it on a debootstrap'd base and test it with podman (root)"
 
 # Debian packages each target needs (scripts/system-deps installs them as root, else prints the apt-get line).
 # Every target the README or docs name lists one of these first, before the venv (python3-venv) is made.
 system-deps-demo:
 	@scripts/system-deps demo
+
+system-deps-lint:
+	@scripts/system-deps lint
 
 system-deps-test:
 	@scripts/system-deps test
@@ -52,6 +58,12 @@ system-deps-provision:
 
 system-deps-node:
 	@scripts/system-deps node
+
+system-deps-image:
+	@scripts/system-deps image
+
+system-deps-image-test:
+	@scripts/system-deps image-test
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -89,13 +101,15 @@ test: system-deps-test $(STAMP) node-deps
 K8S_VERSION ?= 1.35.0
 K8S_MANIFESTS := $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
 
-lint: system-deps-demo $(STAMP) $(ANSIBLE_STAMP)
+lint: system-deps-lint $(STAMP) $(ANSIBLE_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest protocol.wire protocol.gateway protocol.device protocol.outbox protocol.cbor protocol.cbor_decode
 	cd ansible && PATH=$(abspath $(ANSIBLE_VENV))/bin:$$PATH ansible-lint --offline --profile production
 	$(ANSIBLE_VENV)/bin/yamllint --strict -c ansible/.yamllint ansible
 	$(VENV)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $(K8S_MANIFESTS)
+	promtool check rules deploy/prometheus/rules.yml
+	promtool test rules deploy/prometheus/rules_test.yml
 
 # make fuzz: structure-aware fuzzing (hypothesis corpus + mutator) of protocol/ and a live gateway;
 # FUZZ_FRAMES per target (CI: 10000). Fails on a crash, a task death, a 1011 or an unhealthy gateway.
@@ -172,3 +186,43 @@ esp32-sim-deps: system-deps-node $(ESP32_NODE_DIR)/node_modules/.installed
 $(ESP32_NODE_DIR)/node_modules/.installed: $(ESP32_NODE_DIR)/package-lock.json
 	cd $(ESP32_NODE_DIR) && npm ci --no-audit --no-fund --silent
 	@touch $@
+
+# make image: the gateway's container image (deploy/container/Containerfile, docs/deploy.md). The
+# edgewire wheel (ansible/build_wheel.py) and its dependencies' wheels go in the build context, so
+# the build itself needs no index and no compiler. IMAGE_PYTHON resolves the wheels: a Python 3.11
+# as the base's (Debian 12's /usr/bin/python3 is 3.11.2, the oldest 3.11 a base has: its wheel set
+# also covers the later 3.11 of the upstream image, e.g. redis's async-timeout below 3.11.3). BASE_IMAGE defaults to the upstream Python slim image (podman pulls it);
+# scripts/image-base makes one offline from debootstrap (make image-test, CI). PODMAN_ENV: settings
+# for podman (make image-test passes this machine's, deploy/container/ci/).
+IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= edgewire-gateway:$(IMAGE_VERSION)
+BASE_IMAGE ?= docker.io/library/python:3.11-slim-bookworm
+IMAGE_DIR ?= var/image
+IMAGE_PYTHON ?= /usr/bin/python3
+PODMAN_ENV ?=
+.PHONY: image image-test system-deps-image system-deps-image-test
+image: system-deps-image $(STAMP)
+	@rm -rf $(IMAGE_DIR)/context $(IMAGE_DIR)/dist && mkdir -p $(IMAGE_DIR)/context
+	@$(PY) ansible/build_wheel.py . $(IMAGE_DIR)/dist >/dev/null
+	@$(IMAGE_PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
+		{ echo "error: IMAGE_PYTHON=$(IMAGE_PYTHON) is not a Python 3.11 (the base's)" >&2; exit 1; }
+	@test -x $(IMAGE_DIR)/pip-venv/bin/pip || $(IMAGE_PYTHON) -m venv $(IMAGE_DIR)/pip-venv
+	$(IMAGE_DIR)/pip-venv/bin/pip download --quiet --only-binary=:all: --dest $(IMAGE_DIR)/context/wheels \
+		"$$(ls $(IMAGE_DIR)/dist/edgewire-*.whl)[gateway,fast,cluster]"
+	@cp deploy/container/Containerfile $(IMAGE_DIR)/context/
+	@start=$$(date +%s); \
+	$(PODMAN_ENV) podman build --quiet --format docker --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		--build-arg VERSION=$(IMAGE_VERSION) -t $(IMAGE) $(IMAGE_DIR)/context >/dev/null && \
+	echo "make image: $(IMAGE) built in $$(( $$(date +%s) - start )) s, \
+	$$($(PODMAN_ENV) podman image inspect $(IMAGE) --format '{{.Size}}' | numfmt --to=si)B"
+
+# make image-test: a base image from debootstrap (scripts/image-base), make image on it, then
+# tests/image (run it, a device's readings stored on the volume, podman stop drains, two containers
+# on a host Redis and PostgreSQL). Root; about N min on the 2-core development machine.
+IMAGE_TEST_BASE ?= localhost/edgewire-base:bookworm
+IMAGE_TEST_ENV := CONTAINERS_CONF=$(abspath deploy/container/ci/containers.conf) \
+	CONTAINERS_STORAGE_CONF=$(abspath deploy/container/ci/storage.conf)
+image-test: system-deps-image-test $(STAMP)
+	$(IMAGE_TEST_ENV) scripts/image-base $(IMAGE_TEST_BASE)
+	$(MAKE) --no-print-directory image BASE_IMAGE=$(IMAGE_TEST_BASE) PODMAN_ENV="$(IMAGE_TEST_ENV)"
+	$(IMAGE_TEST_ENV) EDGEWIRE_IMAGE_TEST=1 EDGEWIRE_IMAGE=$(IMAGE) $(PY) -m pytest -q -s -x tests/image

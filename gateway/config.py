@@ -106,6 +106,7 @@ class GatewayConfig:
     nats_subject_prefix: str = "edgewire.readings"  # subjects: <prefix>.<device>
     forward_window: int = 2000  # readings a sink may have beyond its stored cursor (a crash resends at most these)
     forward_process: bool = True  # forward readings from a worker process of their own (else in the gateway's)
+    forward_lag_degraded_s: float = 60.0  # /healthz: forwarding "degraded" once a sink's lag passes this (0 = never)
 
     @property
     def dashboard_token_required(self) -> bool:
@@ -226,6 +227,8 @@ class GatewayConfig:
                               "1 runs the gateway in one process")
         if self.forward_window < 1:
             raise ConfigError("forward_window: must be at least 1")
+        if not 0 <= self.forward_lag_degraded_s < 10 ** 9:
+            raise ConfigError("forward_lag_degraded_s: must be 0 (never) or a number of seconds")
         if (self.mqtt_url or self.nats_url) and self.storage_kind == "none":
             raise ConfigError("mqtt_url, nats_url: forwarding reads stored readings, and storage = \"none\" "
                               "stores none; use sqlite or postgresql storage")

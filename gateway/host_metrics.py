@@ -4,9 +4,9 @@ The worker that a scrape reaches asks its siblings for their own pages over the 
 (request kinds ``metrics`` and ``health``) and merges them with its own: one gateway, as
 docs/configuration.md says. Samples with the same name and labels are added up (counters,
 histogram buckets, connection gauges), except the few whose sum means nothing: ``edgewire_up``
-takes the minimum (down if any worker is down), process start times the minimum, build info
-and the bus's own view (peers, fleet) the first worker's. Each worker's devices and health
-also appear under a ``worker`` label. A sibling that does not answer within the deadline is
+and ``edgewire_storage_ok`` take the minimum (down if any worker is down), process start times
+the minimum, build info and the bus's own view (peers, fleet) the first worker's. Each worker's
+devices and health also appear under a ``worker`` label. A sibling that does not answer within the deadline is
 reported in the merged page (``edgewire_workers_unreachable``) and in /healthz.
 """
 
@@ -22,7 +22,7 @@ from gateway.errors import BusError
 METRICS = "metrics"
 HEALTH = "health"
 ASK_TIMEOUT_S = 2.0
-_MIN = ("edgewire_up", "process_start_time_seconds")
+_MIN = ("edgewire_up", "edgewire_storage_ok", "process_start_time_seconds")
 _FIRST = ("edgewire_build_info", "edgewire_bus_", "edgewire_cluster_", "edgewire_fleet_", "edgewire_peer")
 
 

@@ -11,6 +11,13 @@ apply the peers' ones: shown here, never passed on again. Each client has a boun
 when it is full the client's queue is dropped, the drop is counted, and the client gets a
 fresh snapshot when it catches up. A slow client therefore never stalls ingestion or the other clients.
 
+``latency`` (the gateway's ``edgewire_dashboard_latency_seconds``): for every reading committed
+while a dashboard can see it (a client is connected here, or peers get this instance's
+changes: ``on_update``), the time from its ``received_ms`` (the gateway received its frame) to
+the flush that builds the update carrying it, offered to the clients here and published to
+the peers (the clients' queues and network come after; a peer's dashboard shows it at that
+peer's next flush, up to one interval later).
+
 Each client has an identity (role and token name, gateway/dashboard_auth.py), which its snapshots
 carry; frames it sends are operator actions, answered by
 ``actions`` (gateway/dashboard_actions.py) with at most MAX_IN_FLIGHT running per client.
@@ -34,6 +41,7 @@ from gateway.alerts.model import CLEARED, AlertEvent
 from gateway.dashboard_actions import E_BUSY, MAX_IN_FLIGHT, DashboardActions, error_reply
 from gateway.dashboard_auth import ANONYMOUS, DashboardIdentity
 from gateway.logs import log
+from gateway.metrics import Histogram
 from gateway.storage.base import DeviceRecord, ReadingRow
 from gateway.supervisor import spawn
 from protocol import wire
@@ -110,9 +118,11 @@ class Hub:
     """The dashboards' view of the fleet. ``clock`` (Unix seconds) stamps what the hub records."""
 
     def __init__(self, interval_ms: float, queue_limit: int, dumps: Callable[[Any], str],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, latency: Histogram | None = None) -> None:
         self.interval = interval_ms / 1000.0
         self.clock = clock
+        self.latency = latency  # device -> dashboard latency (see the module docstring)
+        self._received: list[list[ReadingRow]] = []  # the batches committed since the last flush (latency)
         self.queue_limit = queue_limit
         self.dumps = dumps
         self.devices: dict[str, DeviceView] = {}
@@ -159,6 +169,8 @@ class Hub:
         """The commit listener (gateway/fanout.py): every stored reading through ``reading``, and
         its frame's boot id through ``boot``. A reading whose commit failed never gets here."""
         reading = self.reading
+        if self.latency is not None and (self.clients or self.on_update is not None):
+            self._received.append(rows)  # read at the flush (listeners never change a batch)
         last_device: str | None = None
         last_boot: str | None = None
         for row in rows:
@@ -363,12 +375,36 @@ class Hub:
         self._remote_dirty = set()
         self._remote_events = []
         self._alerts_changed = False
+        if self._received:
+            self._observe_latency()
         if not self.clients:
             return
         frame = self._encode(update)
         self.updates_sent += 1
         for client in self.clients:
             client.offer(frame)
+
+    def _observe_latency(self) -> None:
+        """Each reading of the batches since the last flush into ``latency``: the readings of a frame
+        share their receive time, so each run of equal ``received_ms`` is one call."""
+        batches, self._received = self._received, []
+        if self.latency is None:
+            return
+        now_ms = self.clock() * 1000.0
+        observe_n = self.latency.observe_n
+        for rows in batches:
+            last = -1
+            run = 0
+            for row in rows:
+                received_ms = row.received_ms
+                if received_ms == last:
+                    run += 1
+                    continue
+                if run:
+                    observe_n((now_ms - last) / 1000.0, run)
+                last, run = received_ms, 1
+            if run:
+                observe_n((now_ms - last) / 1000.0, run)
 
     async def run(self) -> None:
         """Flush every interval, for the gateway's life (a supervised task: gateway/supervisor.py)."""

@@ -71,6 +71,12 @@ class Histogram:
         self.sum += value
         self.count += 1
 
+    def observe_n(self, value: float, n: int) -> None:
+        """``n`` observations of the same ``value``."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += n
+        self.sum += value * n
+        self.count += n
+
     def lines(self, name: str) -> list[str]:
         out = []
         running = 0
@@ -143,6 +149,7 @@ class Metrics:
         self.counters = Counters()
         self.commit_latency = Histogram(LATENCY_BOUNDS)
         self.ack_latency = Histogram(LATENCY_BOUNDS)
+        self.dashboard_latency = Histogram(LATENCY_BOUNDS)  # observed by the hub (gateway/hub.py)
         self.frame_size = Histogram(SIZE_BOUNDS)
         self.listener_errors: dict[str, int] = {}  # commit listener -> batches it failed on (gateway/fanout.py)
 
@@ -187,6 +194,10 @@ class Metrics:
         metric("edgewire_ack_latency_seconds", "histogram",
                "Time from receiving a data frame to sending its ack (stored and acknowledged).",
                self.ack_latency.lines("edgewire_ack_latency_seconds"))
+        metric("edgewire_dashboard_latency_seconds", "histogram",
+               "Time from receiving a reading to the dashboard update that carries it (readings stored while a "
+               "dashboard or a peer sees this instance's changes).",
+               self.dashboard_latency.lines("edgewire_dashboard_latency_seconds"))
         metric("edgewire_frame_size_bytes", "histogram", "Size of the frames received from devices.",
                self.frame_size.lines("edgewire_frame_size_bytes"))
         metric("edgewire_build_info", "gauge", "The gateway's version and runtime; the value is always 1.",

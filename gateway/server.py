@@ -83,7 +83,8 @@ class Gateway:
         self.registry = registry
         self.metrics = Metrics()
         self.counters = self.metrics.counters
-        self.hub = Hub(config.dashboard_interval_ms, config.dashboard_queue, dumps, clock)
+        self.hub = Hub(config.dashboard_interval_ms, config.dashboard_queue, dumps, clock,
+                       latency=self.metrics.dashboard_latency)
         self.bus = bus if bus is not None else open_bus("", config.instance_id)  # "": in-process
         self.relay: AlertRelay | None = None
         self.alerts: AlertEngine
@@ -307,7 +308,8 @@ class Gateway:
         """This process's health report (see ``healthz``) with its HTTP status under ``http``."""
         storage = {"backend": self.config.storage_kind, **self.storage.health()}
         checks: dict[str, dict[str, Any]] = {"storage": storage, **self.supervisor.health()}
-        forwarding = self.forwarding.health()  # shown, but a broker being away does not make the gateway unhealthy
+        # shown; a broker being away never makes the gateway unhealthy (503), a sink far behind makes it degraded
+        forwarding = self.forwarding.health()
         if forwarding:
             checks["forwarding"] = forwarding
         healthy = storage["state"] == "ok" and self.supervisor.healthy
@@ -315,7 +317,7 @@ class Gateway:
         if bus is not None:
             checks["bus"] = bus
         status = "draining" if self.draining else "degraded" if not healthy or (
-            bus is not None and bus["state"] != "ok") else "ok"
+            bus is not None and bus["state"] != "ok") or forwarding.get("state") == "degraded" else "ok"
         return {"status": status, "http": 200 if status == "ok" or (status == "degraded" and healthy) else 503,
                 "checks": checks, "devices_online": len(self.sessions.devices),
                 "dashboard_clients": len(self.hub.clients), "uptime_s": round(time.time() - self.started_at, 1)}
@@ -325,7 +327,8 @@ class Gateway:
         storage or a task fails. ``checks`` holds each part with its state (storage, hub, registry_sweep,
         gc, retention; with a bus also cluster and bus). A bus that is not ok makes the status
         ``degraded`` with HTTP 200: the pod still stores readings, so readiness must not drop it (a
-        bus outage would otherwise empty the Service of every pod); docs/scaling.md section 9.
+        bus outage would otherwise empty the Service of every pod); docs/scaling.md section 9. So does
+        forwarding past ``forward_lag_degraded_s`` (a sink's broker away too long: docs/mqtt.md).
 
         With workers (gateway/workers.py), ``workers`` holds each worker's own report, and the
         gateway's status is the worst of them (a worker that does not answer is ``unreachable``:
@@ -357,6 +360,8 @@ class Gateway:
         body = self.metrics.render(
             gauges=[*cluster_gauges,
                 ("devices_online", "Devices with an authenticated session.", len(self.sessions.devices)),
+                ("fleet_registered", "Enabled devices in the registry (the fleet that should be online).",
+                 sum(1 for view in self.hub.devices.values() if view.registered and view.enabled)),
                 ("dashboard_clients", "Browsers (dashboard stream clients) connected to /v1/dashboard.",
                  len(self.hub.clients)),
                 ("unauthenticated_connections", "Connections accepted that have not authenticated yet.",
@@ -365,6 +370,8 @@ class Gateway:
                  len(self.commands.pending)),
                 ("up", "1 while every background task runs and storage is ok, else 0.",
                  int(self.supervisor.healthy and self.storage.health()["state"] == "ok")),
+                ("storage_ok", "1 while storage is ok, 0 while it fails (/healthz checks.storage says how).",
+                 int(self.storage.health()["state"] == "ok")),
             ],
             counters=[("dashboard_resyncs", "Dashboard clients that fell behind and were resynced with a "
                        "snapshot.", self.hub.resyncs),

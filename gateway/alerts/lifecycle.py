@@ -5,6 +5,8 @@ reading, after its commit, so a resend is never judged twice): one dict lookup p
 then per rule of that metric one dict lookup for the device's track and the rule's ``update``
 (a few comparisons, no allocation). Alert changes are made in memory at once and queued to the
 writer (gateway/alerts/writer.py), which stores them in order and then emits the events.
+Once stored, a raise is logged (``alert_raised``, warning) and a clear too (``alert_cleared``),
+each with the alert's id, device, rule, metric and value (the clearing value, who, and why).
 
 ``AlertLifecycle`` holds the engine's alerts and rules and makes every transition (raise,
 update, suspend, resume, clear) and the devices' events (offline, deleted). ``AlertEngine``
@@ -92,7 +94,14 @@ class AlertLifecycle:
         else:
             self.open.pop(alert.alert_id, None)
         entry = change.entry
-        event = AlertEvent(entry.event, change.snapshot, entry.at_ms, entry.by)
+        snapshot = change.snapshot
+        if entry.event == RAISED:
+            log("alert_raised", logging.WARNING, alert=alert.alert_id, device=alert.device_id, rule=alert.rule,
+                metric=alert.metric, severity=alert.severity, value=snapshot["value"])
+        elif entry.event == CLEARED:
+            log("alert_cleared", alert=alert.alert_id, device=alert.device_id, rule=alert.rule, metric=alert.metric,
+                value=snapshot["clear_value"], by=entry.by, reason=snapshot["clear_reason"])
+        event = AlertEvent(entry.event, snapshot, entry.at_ms, entry.by)
         for listener in list(self.listeners):
             try:
                 listener(event)

@@ -18,6 +18,11 @@ a message the broker refuses for good, are forced drops: counted (``counters``) 
 
 Stopping (``close``) waits up to ``drain_s`` for the readings in flight, stores the cursor and
 releases the lease, so another instance can take over at once.
+
+The lag (``lag_s``) is the age of the oldest reading stored but not yet forwarded: the oldest
+one handed to the sink and not acked, or, when none is, the first one after ``read_pos``
+(looked up at most every ``PEEK_S`` while the sink is away, ``_peek``). So it keeps growing
+while a broker is down, and is 0 once the sink has caught up.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ WAITING = "waiting_for_broker"  # the sink is not connected
 STORAGE_ERROR = "storage_error"
 STOPPED = "stopped"
 STARTING = "starting"
+PEEK_S = 1.0  # while the sink is away, look up the oldest reading waiting (for the lag) at most this often
 
 
 @dataclass(slots=True)
@@ -84,7 +90,7 @@ class Forwarder:
         self.counters = ForwardCounters()
         self.state = STARTING
         self.cursor: LogPosition | None = None  # the stored cursor, while holding the lease
-        self.oldest_pending_ms = 0  # received_ms of the oldest reading handed over and not acked yet
+        self.oldest_pending_ms = 0  # received_ms of the oldest reading stored and not forwarded yet (0: none)
         self.inflight = 0  # readings beyond the stored cursor
         self.trimmed = 0  # readings of log rows trimmed by age before this sink passed them (from storage)
         self._event = asyncio.Event()
@@ -104,7 +110,8 @@ class Forwarder:
         self._event.set()
 
     def lag_s(self, now: float | None = None) -> float:
-        """Seconds since the oldest reading still waiting for its ack was received (0 when none waits)."""
+        """Seconds since the oldest reading stored but not yet forwarded (acked or dropped for good) was
+        received: it grows while the sink is away; 0 when the sink has caught up."""
         if not self.oldest_pending_ms:
             return 0.0
         return max(0.0, (self.clock() if now is None else now) - self.oldest_pending_ms / 1000.0)
@@ -171,6 +178,7 @@ class Forwarder:
                 log("forward_standby", sink=self.name, owner=self.owner)
                 announced = True
             self.state = STANDBY
+            self.oldest_pending_ms = 0  # the holder of the lease reports the lag
             await self._pause(self.renew_s)
         return None
 
@@ -214,6 +222,7 @@ class Forwarder:
         self.cursor = start
         loop = asyncio.get_running_loop()
         last_save = last_trim = loop.time()
+        last_peek = last_save - PEEK_S
         drain_until: float | None = None
         self._gen += 1
         self._failed = False
@@ -235,7 +244,12 @@ class Forwarder:
             while prefix < len(entries) and entries[prefix][1] == DONE:
                 prefix += 1
             self.inflight = len(entries)
-            self.oldest_pending_ms = entries[prefix][3] if prefix < len(entries) else 0
+            if prefix < len(entries):
+                self.oldest_pending_ms = entries[prefix][3]
+            elif not self.sink.ready and now - last_peek >= PEEK_S:  # the oldest one stored after read_pos
+                last_peek = now
+                self.oldest_pending_ms = await self._peek(read_pos)
+            # else: ready with nothing in flight: the read below tells (0 when it finds nothing)
             if self._stopping and drain_until is None:
                 drain_until = now + self.drain_s
             if prefix and (drain_until is not None or now - last_save >= self.save_s or prefix >= self.window // 2):
@@ -268,6 +282,8 @@ class Forwarder:
             if room > 0 and self.sink.ready:
                 self.state = FORWARDING
                 page = await self.storage.readings_after(read_pos, min(room, self.batch))
+                if prefix == len(entries):  # nothing in flight: the page's first reading is the oldest waiting
+                    self.oldest_pending_ms = _received_ms(page)
                 if page:
                     self._hand_over(page, entries)
                     read_pos = page[-1][0]
@@ -276,6 +292,10 @@ class Forwarder:
             elif not self.sink.ready:
                 self.state = WAITING
             await self._wait(self.poll_s if room > 0 else self.save_s)
+
+    async def _peek(self, read_pos: LogPosition) -> int:
+        """received_ms of the first reading stored after ``read_pos`` (0 when there is none)."""
+        return _received_ms(await self.storage.readings_after(read_pos, 1))
 
     def _hand_over(self, page: list[tuple[LogPosition, Any]], entries: deque[list[Any]]) -> None:
         gen = self._gen
@@ -306,3 +326,11 @@ class Forwarder:
 
 def _tuple(position: LogPosition) -> tuple[int, int, int]:
     return (position.tx, position.commit, position.index)
+
+
+def _received_ms(page: list[tuple[LogPosition, Any]]) -> int:
+    """received_ms of a page's first reading that still exists (0 when none does)."""
+    for _position, reading in page:
+        if reading is not None:
+            return int(reading.received_ms)
+    return 0

@@ -166,8 +166,10 @@ class Forwarding:
     """This gateway's forwarding: the bridge's hooks, and the forwarders (here or in the worker)."""
 
     def __init__(self, storage: Storage, forwarders: list[Forwarder], bridge: Any = None,
-                 worker: ForwardWorker | None = None, sinks: list[str] | None = None) -> None:
+                 worker: ForwardWorker | None = None, sinks: list[str] | None = None,
+                 lag_degraded_s: float = 0.0) -> None:
         self.storage = storage
+        self.lag_degraded_s = lag_degraded_s  # /healthz: "degraded" past this lag (0 = never)
         self.forwarders = forwarders
         self.bridge = bridge  # MqttBridge or None
         self.worker = worker
@@ -194,7 +196,7 @@ class Forwarding:
                 forwarders.append(Forwarder(sink, storage, lease_owner(instance), window=config.forward_window))
         names = sink_names(config)
         worker = ForwardWorker(config, instance) if config.forward_process and names else None
-        return cls(storage, forwarders, bridge, worker, names)
+        return cls(storage, forwarders, bridge, worker, names, config.forward_lag_degraded_s)
 
     async def start(self) -> None:
         """Register the sinks (the forward log is written from now on), start connecting (returns at once)."""
@@ -234,7 +236,10 @@ class Forwarding:
             await self.bridge.stop()
 
     def health(self) -> dict[str, Any]:
-        """For /healthz: each sink's connection and state, and the bridge's; {} without forwarding."""
+        """For /healthz: each sink's connection, state and lag, and the bridge's; {} without forwarding.
+        ``state``: ``degraded`` while a sink's lag (the oldest reading stored and not yet forwarded)
+        is above ``lag_degraded_s``, else ``connecting`` until every sink and the bridge are
+        connected, else ``ok``."""
         if not self.sink_names and self.bridge is None:
             return {}
         sinks = {s["sink"]: {"connected": bool(s["connected"]), "state": s["state"], "lag_s": s["lag_s"]}
@@ -245,7 +250,14 @@ class Forwarding:
         if self.bridge is not None:
             out["mqtt_bridge"] = self.bridge.health()
         connected = all(s["connected"] for s in sinks.values()) and (self.bridge is None or self.bridge.ready)
-        out["state"] = "ok" if connected and len(sinks) == len(self.sink_names) else "connecting"
+        behind = sorted(name for name, s in sinks.items()
+                        if self.lag_degraded_s and float(s["lag_s"]) > self.lag_degraded_s)
+        if behind:
+            out["state"] = "degraded"
+            out["behind"] = behind
+            out["lag_degraded_s"] = self.lag_degraded_s
+        else:
+            out["state"] = "ok" if connected and len(sinks) == len(self.sink_names) else "connecting"
         return out
 
     def stats(self, now: float | None = None) -> list[dict[str, Any]]:

@@ -94,3 +94,22 @@ def test_probes_and_the_grace_period_cover_the_drain(tmp_path: Path) -> None:
 def test_the_secret_holds_placeholders_only(key: str) -> None:
     value = DOCS[("Secret", "edgewire-gateway")]["stringData"][key]
     assert value.startswith("REPLACE-ME")
+
+
+def test_the_deployment_runs_the_image_make_image_builds_as_its_user() -> None:
+    """The image name and tag are `make image`'s (IMAGE in the Makefile, the version in pyproject.toml), and
+    the pod runs as the image's user (deploy/container/Containerfile: USER 10001:10001, the data volume)."""
+    import re
+
+    makefile = (ROOT / "Makefile").read_text()
+    version = re.search(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M)
+    name = re.search(r"^IMAGE \?= (\S+):\$\(IMAGE_VERSION\)$", makefile, re.M)
+    assert version and name
+    pod = DOCS[("Deployment", "edgewire-gateway")]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == f"{name.group(1)}:{version.group(1)}"
+    containerfile = (ROOT / "deploy/container/Containerfile").read_text()
+    assert "USER 10001:10001" in containerfile and 'VOLUME ["/var/lib/edgewire"]' in containerfile
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (10001, 10001)
+    assert {"mountPath": "/var/lib/edgewire", "name": "data"} in container["volumeMounts"]
+    assert container["command"] == ["edgewire-gateway"] and 'ENTRYPOINT ["edgewire-gateway"]' in containerfile

@@ -45,6 +45,7 @@ def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
     ({"EDGEWIRE_ALLOW_CIDRS": "10.0.0.0/8,not-an-address"}, "allow_cidrs"),
     ({"EDGEWIRE_COMPRESSION": "maybe"}, "compression"),
     ({"EDGEWIRE_TLS_CERT": "/etc/cert.pem"}, "tls_cert"),
+    ({"EDGEWIRE_FORWARD_LAG_DEGRADED_S": "-1"}, "forward_lag_degraded_s"),
 ])
 def test_bad_values_name_the_key(env: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError, match=key):

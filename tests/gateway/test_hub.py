@@ -133,3 +133,37 @@ def test_latest_values_per_device_are_bounded() -> None:
     assert len(latest) == MAX_LATEST_METRICS and "m0" in latest and f"m{MAX_LATEST_METRICS}" not in latest
     hub.reading("S-1", {"m0": 99.0}, 1000)  # known names keep updating
     assert latest["m0"] == [99.0, 1000]
+
+
+def test_device_to_dashboard_latency_is_observed_per_reading_at_the_frame_that_carries_it() -> None:
+    from gateway.metrics import LATENCY_BOUNDS, Histogram
+    from gateway.storage.base import ReadingRow
+
+    latency = Histogram(LATENCY_BOUNDS)
+    clock = FakeClock()
+    hub = Hub(250.0, 4, json.dumps, clock, latency)
+    now_ms = int(clock.now * 1000)
+
+    def row(seq: int, received_ms: int) -> ReadingRow:
+        return ReadingRow("S-1", seq, received_ms, received_ms, {"temperature": 20.0 + seq})
+
+    hub.committed([row(1, now_ms - 5000)])  # no dashboard connected: not observed
+    hub.flush()
+    assert latency.count == 0
+    c = client(hub)
+    hub.committed([row(2, now_ms - 300), row(3, now_ms - 100)])
+    clock.now += 0.2  # the flush comes 200 ms later
+    hub.flush()
+    assert [f["t"] for f in frames(c)] == ["update"]
+    assert latency.count == 2 and round(latency.sum, 3) == 0.8  # 0.5 s and 0.3 s
+    lines = dict(line.rsplit(" ", 1) for line in latency.lines("x"))
+    assert (lines['x_bucket{le="0.25"}'], lines['x_bucket{le="0.5"}']) == ("0", "2")
+    hub.flush()  # nothing new: nothing observed twice
+    assert latency.count == 2
+    hub.clients.clear()  # no dashboard here, but peers get this instance's changes (workers, a bus)
+    published: list[dict[str, Any]] = []
+    hub.on_update = published.append
+    frame_ms = int(clock.now * 1000) - 50
+    hub.committed([row(4, frame_ms), row(5, frame_ms)])  # two readings of one frame: one receive time
+    hub.flush()
+    assert len(published) == 1 and latency.count == 4 and round(latency.sum, 3) == 0.9

@@ -489,3 +489,30 @@ def test_a_write_in_flight_when_the_writer_is_cancelled_is_not_written_twice(tmp
             assert h.kinds() == [("raised", "S-1", "hot")]
 
     asyncio.run(body())
+
+
+def test_raise_and_clear_are_logged_with_device_rule_and_value(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="edgewire")
+
+    async def body() -> None:
+        async with Harness(tmp_path / "a.db", [HOT]) as h:
+            h.feed("S-1", {"temperature": 31.5}, T0)
+            await h.settle()
+            (alert,) = h.open()
+            h.feed("S-1", {"temperature": 28.25}, T0 + 9000)
+            await h.settle()
+            logged = [(r.getMessage(), r.levelname, getattr(r, "fields", {})) for r in caplog.records
+                      if r.getMessage() in ("alert_raised", "alert_cleared")]
+            assert logged == [
+                ("alert_raised", "WARNING", {"alert": alert["id"], "device": "S-1", "rule": "hot",
+                                             "metric": "temperature", "severity": alert["severity"], "value": 31.5}),
+                ("alert_cleared", "INFO", {"alert": alert["id"], "device": "S-1", "rule": "hot",
+                                           "metric": "temperature", "value": 28.25, "by": "auto",
+                                           "reason": logged[1][2].get("reason")}),
+            ]
+            assert logged[1][2]["reason"]
+
+    asyncio.run(body())

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.forward.forwarder import STANDBY, Forwarder
 from gateway.forward.sink import ACKED, FAILED, REFUSED, Done, Sink
 from gateway.storage.base import ReadingRow
@@ -257,3 +259,29 @@ def test_two_gateways_on_postgresql_forward_each_reading_once(postgres_dsn: str)
             await two.close()
 
     asyncio.run(body())
+
+
+def test_the_lag_counts_readings_stored_while_the_sink_is_away(tmp_path: Path) -> None:
+    """The lag is the age of the oldest reading stored and not yet forwarded: it grows while the
+    sink is away (nothing handed over), and is 0 again once the sink has caught up."""
+    now = [T0 / 1000 + 100.0]
+
+    async def body(storage: SQLiteStorage) -> None:
+        sink = ScriptedSink()
+        fw = Forwarder(sink, storage, "gw1", window=10, batch=4, save_s=0.0, poll_s=0.01, clock=lambda: now[0])
+        task = asyncio.create_task(fw.run())
+        await until(lambda: fw.cursor is not None)
+        sink.set_connected(False)
+        await storage.store([reading("A", 1), reading("A", 2)])  # received at T0 + 1, T0 + 2 (ms)
+        fw.wake()
+        await until(lambda: fw.lag_s() > 0)
+        assert sink.handed == [] and fw.lag_s() == pytest.approx(99.999)  # the oldest stored, none handed over
+        now[0] += 30.0
+        assert fw.lag_s() == pytest.approx(129.999) and fw.stats()["lag_s"] == 129.999  # grows while away
+        sink.set_connected(True)
+        await until(lambda: len(sink.delivered) == 2 and fw.lag_s() == 0.0)
+        assert fw.stats()["lag_s"] == 0
+        await fw.close()
+        await task
+
+    run(tmp_path, body)
