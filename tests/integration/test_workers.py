@@ -334,3 +334,24 @@ def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
     assert log.count('"gateway_stopped"') == WORKERS + 1 or log.count("gateway_stopped") == WORKERS + 1
     for device_id, n in acked.items():
         assert gw.seqs(device_id)[:n] == list(range(1, n + 1))
+
+
+def test_workers_of_a_killed_host_drain_and_exit(tmp_path: Path) -> None:
+    """SIGKILL of the host process alone: each worker sees its stdin close, drains and exits, so
+    none is left holding the port; a new host starts on it."""
+    gw = GatewayProcess(tmp_path, workers=WORKERS)
+    gw.start()
+    try:
+        assert gw.proc is not None
+        workers = children(gw.proc.pid)
+        assert len(workers) == WORKERS
+        os.kill(gw.proc.pid, signal.SIGKILL)
+        gw.proc.wait()
+        until_sync(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers), 20,
+                   "the workers of the killed host to exit")
+        assert gw.log_text().count("gateway_stopped") >= WORKERS  # each drained (not killed)
+        gw.start()  # the port is free again
+        assert gw.health()[0] == 200
+    finally:
+        gw.stop()
+        gw.kill()
