@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from gateway.admin_client import admin_call, admin_token, gateway_address
-from gateway.cli_common import run_cli
+from gateway.cli_common import run_cli, use_uvloop
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError
 from gateway.secret_files import private_umask
@@ -64,13 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
             "instance_id", "workers")
     config = load_config(args.config, overrides={k: getattr(args, k) for k in keys}, warn=warn)
     setup_logging(config.log_level, config.log_format)
-    if config.uvloop:
-        try:
-            import uvloop
-
-            uvloop.install()
-        except ImportError:
-            pass  # asyncio's own loop; install the "fast" extra for uvloop
+    use_uvloop(config.uvloop)
     return asyncio.run(run_gateway(config))
 
 

@@ -43,3 +43,14 @@ def run_cli(run: Callable[[], int]) -> int:
 def iso_seconds(ms: int | None) -> str:
     """``2025-11-25T14:13:20Z`` (UTC), or ``-`` for 0 or None (never set)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000)) if ms else "-"
+
+
+def use_uvloop(enabled: bool) -> None:
+    """Run on uvloop's event loop when ``enabled`` (the ``uvloop`` setting) and it is installed."""
+    if enabled:
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass  # asyncio's own loop; install the "fast" extra for uvloop

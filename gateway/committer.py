@@ -10,7 +10,6 @@ flight and closes the storage.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import pickle
 import signal
 import sys
@@ -18,6 +17,7 @@ import sys
 from gateway.commit_link import CommitServer
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
+from gateway.ipc import stdin_closed
 from gateway.logs import log, setup_logging
 from gateway.secret_files import private_umask
 from gateway.storage.backends import open_storage
@@ -32,12 +32,9 @@ async def run(config: GatewayConfig, path: str) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
 
     async def host_gone() -> None:
-        with contextlib.suppress(Exception):
-            await reader.read()
+        await stdin_closed()
         stop.set()
 
     watcher = loop.create_task(host_gone())

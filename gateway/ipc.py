@@ -5,8 +5,10 @@ directory's private ``run/`` folder (mode 0700, same user), so a pickle carries 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 import struct
+import sys
 from typing import Any
 
 HEADER = struct.Struct(">I")
@@ -28,3 +30,13 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[Any, ...]:
     if not isinstance(message, tuple) or not message:
         raise ConnectionResetError("malformed message")
     return message
+
+
+async def stdin_closed() -> None:
+    """Return once this process's stdin ends: the host process that started it is gone (however it
+    ended), so a worker or the commit process stops as on SIGTERM."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    with contextlib.suppress(Exception):
+        await reader.read()

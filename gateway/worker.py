@@ -9,7 +9,6 @@ drains as a single gateway does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import pickle
 import socket
@@ -17,12 +16,13 @@ import sys
 
 from gateway.bus import Bus, open_bus
 from gateway.bus.local import LocalTransport
+from gateway.cli_common import use_uvloop
 from gateway.commit_link import CommitClient
 from gateway.errors import GatewayError
 from gateway.factory import build_gateway
+from gateway.ipc import stdin_closed
 from gateway.logs import setup_logging
 from gateway.secret_files import private_umask
-from gateway.supervisor import spawn
 from gateway.workers import WorkerSpec
 
 
@@ -35,16 +35,6 @@ def _bus(spec: WorkerSpec) -> Bus:
                     max_pending_commands=config.command_max_pending)
 
 
-async def _watch_stdin(stopping: asyncio.Event) -> None:
-    """End of stdin: the host process is gone (killed): stop as on SIGTERM."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    with contextlib.suppress(Exception):
-        await reader.read()
-    stopping.set()
-
-
 async def run_worker(spec: WorkerSpec) -> int:
     sock = socket.socket(fileno=spec.fd)
     committer = CommitClient(spec.commit_path) if spec.commit_path else None
@@ -53,13 +43,13 @@ async def run_worker(spec: WorkerSpec) -> int:
                                   alert_owner=spec.alert_owner or None)
     await gateway.start()
     print(f"ready {gateway.port}", flush=True)
-    gone = asyncio.Event()
-    watcher = asyncio.get_running_loop().create_task(_watch_stdin(gone))
-    gone_wait = asyncio.get_running_loop().create_task(gone.wait())
-    gone_wait.add_done_callback(lambda _: spawn(gateway.shutdown(), "shutdown"))
+    async def host_gone() -> None:
+        await stdin_closed()
+        await gateway.shutdown()
+
+    watcher = asyncio.get_running_loop().create_task(host_gone())
     await gateway.run_forever()
     watcher.cancel()
-    gone_wait.cancel()
     if committer is not None:
         await committer.close()
     return gateway.exit_code
@@ -74,11 +64,7 @@ def main() -> int:
     config = spec.config
     setup_logging(config.log_level, config.log_format)
     os.environ.pop("NOTIFY_SOCKET", None)  # only the host process notifies systemd
-    if config.uvloop:
-        with contextlib.suppress(ImportError):
-            import uvloop
-
-            uvloop.install()
+    use_uvloop(config.uvloop)
     try:
         return asyncio.run(run_worker(spec))
     except GatewayError as err:
