@@ -4,7 +4,7 @@ For each fleet size: a gateway data dir with N devices registered through /v1/ad
 three latest values (stored through the SQLite storage as if every device had reported once),
 a fresh gateway process, and Chromium (Playwright driving /usr/bin/chromium) opening the fleet
 page with the operator token. The page marks each render of the device list (filter, sort, one
-page of rows) as the performance measure ``fleet-render`` (gateway/static/fleet.js).
+page of rows) as the performance measure ``fleet-render`` (gateway/dashboard/static/fleet.js).
 
 Figures per size, in ms, the median of ``--runs`` page loads:
 

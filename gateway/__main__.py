@@ -1,5 +1,5 @@
-"""``python -m gateway``: see gateway.cli."""
+"""``python -m gateway``: see gateway.cli.main."""
 
-from gateway.cli import main
+from gateway.cli.main import main
 
 raise SystemExit(main())

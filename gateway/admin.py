@@ -14,10 +14,10 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from gateway.commands import Commands
 from gateway.conn import dumps
+from gateway.dashboard.stream import Hub
+from gateway.device_commands import Commands
 from gateway.errors import AlertError, BusError, CommandError, DeviceOffline, RegistryError, TooManyCommands
-from gateway.hub import Hub
 from gateway.logs import log
 from gateway.metrics import INTERNAL_ERROR, Metrics
 from gateway.registry import Registry, check_device_id

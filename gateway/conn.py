@@ -17,7 +17,7 @@ from websockets.http11 import Response
 from gateway import gctune
 from gateway.admission import PARTIAL, REFUSED_RESPONSE, REQUESTED, SILENT, Admission
 from gateway.auth import Identity
-from gateway.dashboard_auth import DashboardIdentity
+from gateway.dashboard.roles import DashboardIdentity
 from protocol import wire
 from protocol.gateway import Event
 

@@ -18,9 +18,9 @@ from gateway.auth import Authenticator
 from gateway.bus import Bus, open_bus
 from gateway.config import GatewayConfig
 from gateway.logs import log
+from gateway.sd_notify import ServiceNotifier
 from gateway.secret_files import private_dir, read_secret
 from gateway.server import Gateway
-from gateway.service import ServiceNotifier
 from gateway.storage.backends import open_storage
 from gateway.storage.base import ReadingRow
 from gateway.urls import dashboard_url, gateway_base_url

@@ -20,7 +20,7 @@ The listeners, registered where the gateway is put together (gateway/server.py):
   (``Forwarding.committed``).
 
 The cluster's deltas need no listener of their own: they are the hub's changes of each interval
-(``Hub.on_update``, gateway/cluster/room.py). A new consumer of readings is one module with its
+(``Hub.on_update``, gateway/cluster/cluster.py). A new consumer of readings is one module with its
 listener and one ``listeners.add(name, listener)``.
 """
 

@@ -19,8 +19,8 @@ from websockets.http11 import Request, Response
 from gateway.auth import bearer_credential
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, json_response
-from gateway.dashboard_auth import ANONYMOUS, DashboardAuth, DashboardIdentity
-from gateway.dashboard_http import load_static, static_response
+from gateway.dashboard.http import load_static, static_response
+from gateway.dashboard.roles import ANONYMOUS, DashboardAuth, DashboardIdentity
 from gateway.errors import AuthError, StorageError
 from gateway.registry import verify_admin_token
 from protocol import wire
@@ -65,7 +65,7 @@ class HttpApi:
         self.dashboard_auth = dashboard_auth
         self.draining = draining
         self.routes: dict[str, Route] = {}
-        self._static = load_static()  # the dashboard page: gateway/static/, read once
+        self._static = load_static()  # the dashboard page: gateway/dashboard/static/, read once
         for path in self._static:
             self.route(path, self.static)
 

@@ -149,7 +149,7 @@ class Metrics:
         self.counters = Counters()
         self.commit_latency = Histogram(LATENCY_BOUNDS)
         self.ack_latency = Histogram(LATENCY_BOUNDS)
-        self.dashboard_latency = Histogram(LATENCY_BOUNDS)  # observed by the hub (gateway/hub.py)
+        self.dashboard_latency = Histogram(LATENCY_BOUNDS)  # observed by the hub (gateway/dashboard/stream.py)
         self.frame_size = Histogram(SIZE_BOUNDS)
         self.listener_errors: dict[str, int] = {}  # commit listener -> batches it failed on (gateway/fanout.py)
 

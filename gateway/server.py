@@ -25,7 +25,7 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from gateway import dashboard_sync, gctune, history_api, state_files
+from gateway import gctune, history_api, state_files
 from gateway.admin import AdminApi
 from gateway.admission import TOO_MANY, Admission, raise_open_files_limit
 from gateway.alerts.admin import AlertAdmin
@@ -37,18 +37,19 @@ from gateway.alerts.webhook import WebhookNotifier
 from gateway.auth import Authenticator
 from gateway.bus import Bus, default_instance_id, open_bus
 from gateway.cluster import Cluster
-from gateway.commands import Commands, CommandTarget
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, connection_class, dumps, json_response
-from gateway.dashboard import Dashboard
-from gateway.dashboard_auth import DashboardAuth
+from gateway.dashboard import sync as dashboard_sync
+from gateway.dashboard.roles import DashboardAuth
+from gateway.dashboard.room import Dashboard
+from gateway.dashboard.stream import Hub
+from gateway.device_commands import Commands, CommandTarget
 from gateway.errors import ConfigError, GatewayError
 from gateway.fanout import Listeners
 from gateway.forward import metrics as forward_metrics
 from gateway.forward.setup import Forwarding, RelayedForwarding
 from gateway.host_metrics import HostView
 from gateway.http_api import HttpApi
-from gateway.hub import Hub
 from gateway.logs import log
 from gateway.metrics import Metrics, package_version
 from gateway.registry import Registry

@@ -23,11 +23,11 @@ from websockets.typing import Subprotocol
 from gateway.auth import Authenticator, Identity, bearer
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, dumps, json_response, send_close
+from gateway.dashboard.stream import Hub
 from gateway.errors import AuthError, StorageError
 from gateway.fanout import Listeners
 from gateway.flusher import Flusher
 from gateway.forward.setup import Forwarding
-from gateway.hub import Hub
 from gateway.logs import log
 from gateway.metrics import INTERNAL_ERROR, Metrics
 from gateway.storage.base import DeviceRecord, ReadingRow, Storage

@@ -16,7 +16,7 @@ import sys
 
 from gateway.bus import Bus, open_bus
 from gateway.bus.local import LocalTransport
-from gateway.cli_common import use_uvloop
+from gateway.cli.common import use_uvloop
 from gateway.commit_link import CommitClient
 from gateway.errors import GatewayError
 from gateway.factory import build_gateway

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import orjson
 
 from gateway.bus.base import Holder, Transport
-from gateway.bus.commands import CommandQueue
+from gateway.bus.command_queue import CommandQueue
 from gateway.bus.presence import Presence
 from gateway.bus.url import check_name
 from gateway.errors import BusError, BusTimeout, BusUnavailable, GatewayError, RemoteError

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from gateway.dashboard_sync import restore
+from gateway.dashboard.stream import Hub
+from gateway.dashboard.sync import restore
 from gateway.history_api import HistoryApi, Reply
-from gateway.hub import Hub
 from gateway.storage.base import DeviceRecord, ReadingRow
 from gateway.storage.sqlite import SQLiteStorage
 

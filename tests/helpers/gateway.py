@@ -194,7 +194,7 @@ class GatewayProcess:
         return values
 
     async def admin(self, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-        from gateway.admin_client import admin_call
+        from gateway.cli.admin_client import admin_call
 
         return await admin_call(self.url, self.admin_token, request, timeout)
 

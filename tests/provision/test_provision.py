@@ -261,7 +261,7 @@ def test_a_pi_gets_the_edge_extra_only(fleet: Fleet) -> None:
 
 
 def test_pi_1_readings_are_stored_by_the_provisioned_gateway(fleet: Fleet) -> None:
-    from gateway.admin_client import admin_call
+    from gateway.cli.admin_client import admin_call
 
     assert fleet.services["gateway"].alive(), "the gateway stopped"
     logs = fleet.root / "logs"

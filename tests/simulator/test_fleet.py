@@ -166,7 +166,7 @@ def registry_labels(data_dir: Path) -> dict[str, str]:
 
 
 def test_provision_through_the_gateway_cli(tmp_path: Path) -> None:
-    pytest.importorskip("gateway.devices_cli")
+    pytest.importorskip("gateway.cli.devices")
     creds = provision(tmp_path / "data", ["cli-1"], in_process=False)
     assert creds["cli-1"].startswith("ewt_")
     assert registry_labels(tmp_path / "data") == {"cli-1": "Simulated cli-1"}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.forward_cli import add_forward_command, run_forward_command
+from gateway.cli.forward import add_forward_command, run_forward_command
 from gateway.storage.sqlite import SQLiteStorage
 
 

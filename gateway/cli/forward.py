@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from gateway.cli_common import iso_seconds, one_line_errors
+from gateway.cli.common import iso_seconds, one_line_errors
 from gateway.errors import RegistryError
 from gateway.storage.backends import cli_config, open_storage, storage_arguments
 from gateway.storage.base import SinkCursor

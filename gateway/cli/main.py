@@ -9,8 +9,8 @@ import json
 import sys
 from typing import Any
 
-from gateway.admin_client import admin_call, admin_token, gateway_address
-from gateway.cli_common import run_cli, use_uvloop
+from gateway.cli.admin_client import admin_call, admin_token, gateway_address
+from gateway.cli.common import run_cli, use_uvloop
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError
 from gateway.secret_files import private_umask
@@ -97,7 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgewire-gateway", description="Edgewire gateway")
     sub = parser.add_subparsers(dest="cmd", required=True)
     _serve_parser(sub)
-    from gateway import devices_cli, export_cli, forward_cli, ops_cli, tokens_cli
+    from gateway.cli import devices as devices_cli
+    from gateway.cli import export as export_cli
+    from gateway.cli import forward as forward_cli
+    from gateway.cli import ops as ops_cli
+    from gateway.cli import tokens as tokens_cli
 
     devices_cli.add_device_commands(sub)
     tokens_cli.add_token_commands(sub)
@@ -134,7 +138,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     private_umask()  # the data dir, database and secrets are the gateway user's alone
-    from gateway import devices_cli, export_cli, forward_cli, ops_cli, tokens_cli
+    from gateway.cli import devices as devices_cli
+    from gateway.cli import export as export_cli
+    from gateway.cli import forward as forward_cli
+    from gateway.cli import ops as ops_cli
+    from gateway.cli import tokens as tokens_cli
     from gateway.logs import setup_logging
 
     if args.cmd != "serve":

@@ -17,9 +17,9 @@ from typing import Any
 
 from gateway.bus import Bus, Holder
 from gateway.cluster.fleet import FleetMap
-from gateway.commands import Commands
+from gateway.dashboard.stream import Hub
+from gateway.device_commands import Commands
 from gateway.errors import BusError, BusUnavailable, GatewayError, NoResponder, RemoteError
-from gateway.hub import Hub
 from gateway.logs import log
 from gateway.sessions import DeviceConnection, DeviceSessions, SessionHooks
 from gateway.supervisor import spawn

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.history_api import HistoryApi
 from gateway.storage.base import DeviceRecord, ReadingRow
 from gateway.storage.sqlite import SQLiteStorage

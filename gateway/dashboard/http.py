@@ -7,7 +7,7 @@
   carries a copy of either.
 - ``GET /v1/alerts?device=ID&limit=N``: recent alerts, newest first (open and closed).
 - ``GET /v1/rules?device=ID``: the alert rules in force for a device (its charts draw their thresholds).
-- The page itself: every file under gateway/static/ (vendored uPlot included), read once at start.
+- The page itself: every file under gateway/dashboard/static/ (vendored uPlot included), read once at start.
 
 docs/dashboard.md describes the page; docs/http-api.md these endpoints.
 """
@@ -22,7 +22,7 @@ from typing import Any
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-from gateway.dashboard_auth import DashboardIdentity
+from gateway.dashboard.roles import DashboardIdentity
 from gateway.errors import RequestError, StorageError
 from gateway.history_api import Reply, int_param, json_reply, parse_query, to_response
 from gateway.metric_table import BUILT_IN, MetricTable

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from gateway.dashboard.stream import Hub
 from gateway.errors import StorageError
-from gateway.hub import Hub
 from gateway.logs import log
 from gateway.storage.base import Storage
 

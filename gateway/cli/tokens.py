@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli_common import iso_seconds, one_line_errors
+from gateway.cli.common import iso_seconds, one_line_errors
 from gateway.config import GatewayConfig
-from gateway.dashboard_auth import FILE_TOKEN_NAME, add_token, check_name
+from gateway.dashboard.roles import FILE_TOKEN_NAME, add_token, check_name
 from gateway.errors import ConfigError, RegistryError
 from gateway.registry import load_or_create_key
 from gateway.secret_files import read_secret

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from gateway.dashboard_auth import DashboardAuth, DashboardIdentity
+from gateway.dashboard.roles import DashboardAuth, DashboardIdentity
 from gateway.errors import GatewayError, StorageError
 from gateway.logs import log
 from protocol import wire

@@ -13,10 +13,10 @@ from gateway.bus import Holder, MemoryBroker, open_bus
 from gateway.bus.engine import Bus
 from gateway.bus.memory import MemoryTransport
 from gateway.cluster import FleetMap
-from gateway.commands import Commands
 from gateway.conn import dumps
+from gateway.dashboard.stream import Hub
+from gateway.device_commands import Commands
 from gateway.errors import CommandError, DeviceOffline
-from gateway.hub import Hub
 from protocol.gateway import GatewaySession
 from tests.helpers.waiting import until
 

@@ -10,9 +10,9 @@ from typing import Any, cast
 
 from websockets.asyncio.server import ServerConnection
 
-from gateway.dashboard_actions import ActionHandlers, DashboardActions
-from gateway.dashboard_auth import OPERATOR, VIEWER, DashboardIdentity
-from gateway.hub import DashboardClient, Hub
+from gateway.dashboard.actions import ActionHandlers, DashboardActions
+from gateway.dashboard.roles import OPERATOR, VIEWER, DashboardIdentity
+from gateway.dashboard.stream import DashboardClient, Hub
 from gateway.storage.base import DeviceRecord
 
 

@@ -1,4 +1,4 @@
-"""Dashboard roles and tokens (gateway/dashboard_auth.py) and browser actions (gateway/dashboard_actions.py):
+"""Dashboard roles and tokens (gateway/dashboard/roles.py) and browser actions (gateway/dashboard/actions.py):
 every frame a browser may send is checked, refused with a stable code, and changes nothing."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from gateway.dashboard_actions import ActionError, ActionHandlers, DashboardActions
-from gateway.dashboard_auth import ANONYMOUS, OPERATOR, VIEWER, DashboardAuth, DashboardIdentity, add_token
+from gateway.dashboard.actions import ActionError, ActionHandlers, DashboardActions
+from gateway.dashboard.roles import ANONYMOUS, OPERATOR, VIEWER, DashboardAuth, DashboardIdentity, add_token
 from gateway.errors import GatewayError, RegistryError, StorageError
 from gateway.storage.sqlite import SQLiteStorage
 from tests.helpers.storage import with_sqlite

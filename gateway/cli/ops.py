@@ -10,7 +10,7 @@
   device is registered; an existing one keeps its token (action ``unchanged``) unless
   ``--rotate``, or unless ``--missing-token`` says its holder lost it, which rotates it.
 
-Errors print ``error: ...`` (one line) on stderr and exit with status 2 (gateway/cli.py).
+Errors print ``error: ...`` (one line) on stderr and exit with status 2 (gateway/cli/main.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import registry as registry_mod
-from gateway.admin_client import admin_call, admin_token, client_ssl, gateway_address
+from gateway.cli.admin_client import admin_call, admin_token, client_ssl, gateway_address
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
 from gateway.storage.backends import cli_config

@@ -18,9 +18,9 @@ the flush that builds the update carrying it, offered to the clients here and pu
 the peers (the clients' queues and network come after; a peer's dashboard shows it at that
 peer's next flush, up to one interval later).
 
-Each client has an identity (role and token name, gateway/dashboard_auth.py), which its snapshots
+Each client has an identity (role and token name, gateway/dashboard/roles.py), which its snapshots
 carry; frames it sends are operator actions, answered by
-``actions`` (gateway/dashboard_actions.py) with at most MAX_IN_FLIGHT running per client.
+``actions`` (gateway/dashboard/actions.py) with at most MAX_IN_FLIGHT running per client.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway.alerts.model import CLEARED, AlertEvent
-from gateway.dashboard_actions import E_BUSY, MAX_IN_FLIGHT, DashboardActions, error_reply
-from gateway.dashboard_auth import ANONYMOUS, DashboardIdentity
+from gateway.dashboard.actions import E_BUSY, MAX_IN_FLIGHT, DashboardActions, error_reply
+from gateway.dashboard.roles import ANONYMOUS, DashboardIdentity
 from gateway.logs import log
 from gateway.metrics import Histogram
 from gateway.storage.base import DeviceRecord, ReadingRow

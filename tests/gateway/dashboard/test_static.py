@@ -8,11 +8,11 @@ import re
 import subprocess
 from pathlib import Path
 
-from gateway import dashboard_http
+from gateway.dashboard import http as dashboard_http
 from protocol import wire
 
-ROOT = Path(__file__).resolve().parents[2]
-STATIC = ROOT / "gateway" / "static"
+ROOT = Path(__file__).resolve().parents[3]
+STATIC = ROOT / "gateway" / "dashboard" / "static"
 
 
 def test_vendored_uplot_matches_sha256sums() -> None:

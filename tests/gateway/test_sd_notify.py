@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.service import ServiceNotifier
+from gateway.sd_notify import ServiceNotifier
 from tests.helpers.gateway import GatewayProcess
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -160,6 +160,6 @@ def test_jwt_command(tmp_path: Path) -> None:
 def test_standalone_entry_point(tmp_path: Path) -> None:
     assert cli("devices", "add", "S-1", "--data-dir", str(tmp_path)).returncode == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEWIRE_")}
-    result = subprocess.run([sys.executable, "-m", "gateway.devices_cli", "devices", "list", "--data-dir",
+    result = subprocess.run([sys.executable, "-m", "gateway.cli.devices", "devices", "list", "--data-dir",
                              str(tmp_path)], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0 and "S-1" in result.stdout

@@ -6,9 +6,9 @@ the registry on every authentication, so changes apply to the next connection). 
 ``rotate`` print the token as the last stdout line; it is shown only then. Errors print
 ``error: ...`` on stderr and exit with status 2.
 
-Wiring (gateway/cli.py): ``add_device_commands(subparsers)``, then for a parsed
+Wiring (gateway/cli/main.py): ``add_device_commands(subparsers)``, then for a parsed
 ``args`` whose ``devices_command`` attribute is set, ``return run_devices_command(args)``.
-Standalone: ``python -m gateway.devices_cli devices list --data-dir DIR``.
+Standalone: ``python -m gateway.cli.devices devices list --data-dir DIR``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli_common import iso_seconds, one_line_errors, run_cli
+from gateway.cli.common import iso_seconds, one_line_errors, run_cli
 from gateway.errors import ConfigError, RegistryError
 from gateway.registry import Registry, check_device_id, load_or_create_key, normalize_cidrs
 from gateway.secret_files import private_dir, private_umask
@@ -187,8 +187,8 @@ def _jwt(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point: ``python -m gateway.devices_cli devices ...`` / ``jwt ...``."""
-    parser = argparse.ArgumentParser(prog="python -m gateway.devices_cli",
+    """Standalone entry point: ``python -m gateway.cli.devices devices ...`` / ``jwt ...``."""
+    parser = argparse.ArgumentParser(prog="python -m gateway.cli.devices",
                                      description="Edgewire device registry")
     add_device_commands(parser.add_subparsers(dest="cmd", required=True))
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from gateway.cli import parse_args
+from gateway.cli.main import parse_args
 from gateway.config import load_config
 from tests.helpers.gateway import ROOT, GatewayProcess, free_port
 

@@ -16,10 +16,10 @@ import pytest
 from gateway.backup import backup_sqlite, backups, database_to_back_up
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, GatewayError, StorageError
-from tests.gateway.test_registry_cli import authenticate
+from tests.gateway.cli.test_devices import authenticate
 from tests.helpers.gateway import GatewayProcess, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -293,7 +293,7 @@ def test_register_over_tls_trusts_the_given_certificate(tmp_path: Path) -> None:
 
 
 def test_admin_token_helper(tmp_path: Path) -> None:
-    from gateway.admin_client import admin_token
+    from gateway.cli.admin_client import admin_token
 
     with pytest.raises(GatewayError, match="empty"):
         (tmp_path / "admin.token").write_text("\n")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from gateway import history
-from gateway.cli_common import one_line_errors
+from gateway.cli.common import one_line_errors
 from gateway.errors import RequestError
 from gateway.export import FORMATS, write_buckets, write_readings
 from gateway.storage.backends import cli_config, open_storage, storage_arguments

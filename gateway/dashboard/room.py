@@ -16,13 +16,13 @@ from websockets.http11 import Request, Response
 from gateway.alerts.engine import AlertEngine
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection
-from gateway.dashboard_actions import E_NOT_FOUND, ActionError, ActionHandlers, DashboardActions
-from gateway.dashboard_auth import DashboardAuth
-from gateway.dashboard_http import PATHS, DashboardHttp
-from gateway.dashboard_sync import DashboardSync
+from gateway.dashboard.actions import E_NOT_FOUND, ActionError, ActionHandlers, DashboardActions
+from gateway.dashboard.http import PATHS, DashboardHttp
+from gateway.dashboard.roles import DashboardAuth
+from gateway.dashboard.stream import Hub
+from gateway.dashboard.sync import DashboardSync
 from gateway.errors import DeviceOffline
 from gateway.http_api import HttpApi
-from gateway.hub import Hub
 from gateway.storage.base import Storage
 
 RunCommand = Callable[[str, str, dict[str, Any], float], Awaitable[dict[str, Any]]]
