@@ -51,6 +51,8 @@ class AdminApi:
             "disable": self.disable,
             "enable": self.enable,
             "revoke": self.revoke,
+            "label": self.label,
+            "delete": self.delete,
             "devices": self.devices,
             "command": self.command,
             "latest": self.latest,
@@ -129,6 +131,18 @@ class AdminApi:
         """Delete the device's token; its token session (on any instance) is closed with 4001."""
         return await self._change(msg, self.registry.revoke, "revoke", {"has_token": False})
 
+    async def label(self, msg: Request) -> dict[str, Any]:
+        label = msg.get("label")
+        if not isinstance(label, str):
+            raise ValueError("label: must be a string")
+        return await self._change(msg, lambda device_id: self.registry.set_label(device_id, label), "label",
+                                  {"label": label})
+
+    async def delete(self, msg: Request) -> dict[str, Any]:
+        """Remove the device from the registry (as ``devices delete``): its session (on any instance)
+        is closed, its readings stay until retention, its open alerts clear within a minute."""
+        return await self._change(msg, self.registry.delete, "delete", {"deleted": True})
+
     async def _change(self, msg: Request, action: Callable[[str], Awaitable[None]], change: str,
                       reply: dict[str, Any]) -> dict[str, Any]:
         """A registry change: done, logged, and told to whichever instance holds the device."""
@@ -142,7 +156,7 @@ class AdminApi:
         online = self.online
         records = await self.storage.list_devices()
         return {"devices": [{"id": r.device_id, "enabled": r.enabled, "online": online(r.device_id),
-                             "has_token": r.token_digest is not None, "allow": r.allow_cidrs}
+                             "has_token": r.token_digest is not None, "allow": r.allow_cidrs, "label": r.label}
                             for r in records]}
 
     async def command(self, msg: Request) -> dict[str, Any]:

@@ -184,6 +184,14 @@ class Registry:
         record.token_created_ms = None
         await self.storage.put_device(record)
 
+    async def set_label(self, device_id: str, label: str) -> None:
+        """Replace the device's label (free text shown in listings and on the dashboard)."""
+        if not isinstance(label, str) or len(label) > MAX_LABEL:
+            raise RegistryError(f"label: a string of at most {MAX_LABEL} characters")
+        record = await self.get(device_id)
+        record.label = label
+        await self.storage.put_device(record)
+
     async def set_allow(self, device_id: str, cidrs: Iterable[str]) -> list[str]:
         """Replace the device's address allowlist (empty = any address); return it normalized."""
         normalized = normalize_cidrs(cidrs)

@@ -122,8 +122,9 @@ class Gateway:
         self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics,
                               online=self.cluster.online, registry_changed=self.cluster.registry_changed)
         alert_admin = AlertAdmin(self.alerts)
-        self.admin.requests.update(self.relay.admin_requests(ADMIN_IDENTITY) if self.relay is not None
-                                   else alert_admin.requests_as(ADMIN_IDENTITY))  # protocol.md section 10
+        relay = self.relay
+        alert_requests = relay.admin_requests if relay is not None else alert_admin.requests_as  # as a given who
+        self.admin.requests.update(alert_requests(ADMIN_IDENTITY))  # protocol.md section 10
         self.alert_owner = AlertOwner(self.bus, self.alerts, alert_admin, self.forwarding) if (
             alert_owner is not None and self.relay is None) else None
         self.dashboard_auth = DashboardAuth(storage, registry.token_key, dashboard_token)
@@ -134,7 +135,8 @@ class Gateway:
         self.http.route("/metrics", self.metrics_page)
         self.http.websocket(DEVICE_PATH, self.sessions.check_upgrade, self.sessions.handle)
         self.dashboard = Dashboard(config, storage, self.hub, self.http, self.dashboard_auth, self.alerts,
-                                   self.admin.run_command, self.metrics.count_error)
+                                   self.admin.run_command, self.metrics.count_error, self.admin.requests,
+                                   alert_requests)
         self.http.websocket("/v1/admin", self.http.admin_upgrade, self.admin.handle)
         self.history_api = history_api.HistoryApi(storage, config.readings_retention_days, self.cluster.online,
                                                   table=config.metric_table())

@@ -1,8 +1,10 @@
 """Operator actions sent by dashboard browsers over /v1/dashboard (docs/protocol.md section 9).
 
 ``{"t": "ack"|"clear", "id": ..., "alert": 42}`` and ``{"t": "command", "id": ..., "device": ...,
-"name": ..., "args": {...}, "timeout": 10}``. Every frame is untrusted input: it is parsed and
-checked here, then run by the handlers the gateway injects (the alert engine, the command path).
+"name": ..., "args": {...}, "timeout": 10}``, and the console's actions (``extra``: devices,
+gateway/dashboard/devices_actions.py; alert rules, gateway/dashboard/rules_actions.py). Every
+frame is untrusted input: it is parsed and checked here, then run by the handlers the gateway
+injects (the alert engine, the command path).
 The answer is ``{"t": "ok", "id", ...}`` or ``{"t": "error", "id", "code", "msg"}`` with a stable
 code; a refusal changes nothing, and the stream stays open whatever a browser sends.
 """
@@ -35,6 +37,8 @@ E_TIMEOUT = "timeout"
 E_BUSY = "busy"
 E_INTERNAL = "internal_error"
 ACTIONS = ("ack", "clear", "command")
+# A console action: (the frame, who) -> the reply's fields. It checks its frame itself (ActionError).
+ExtraAction = Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]]
 
 
 class ActionError(GatewayError, ValueError):
@@ -78,10 +82,13 @@ def _alert_id(msg: dict[str, Any]) -> int:
 
 class DashboardActions:
     def __init__(self, handlers: ActionHandlers, auth: DashboardAuth | None,
-                 count_error: Callable[[str], None] = lambda code: None) -> None:
+                 count_error: Callable[[str], None] = lambda code: None,
+                 extra: dict[str, ExtraAction] | None = None) -> None:
         self.handlers = handlers
         self.auth = auth
         self.count_error = count_error
+        self.extra = dict(extra or {})
+        self.known = ACTIONS + tuple(self.extra)
 
     async def handle(self, identity: DashboardIdentity, frame: str | bytes) -> dict[str, Any]:
         """The reply to one frame from a browser (never raises)."""
@@ -99,9 +106,9 @@ class DashboardActions:
             if request_id is None:
                 raise ActionError(wire.E_BAD_FRAME, f"id: a string of 1-{MAX_ID_CHARS} characters or an integer")
             kind = msg.get("t")
-            if kind not in ACTIONS:
+            if kind not in self.known:
                 raise ActionError(wire.E_UNKNOWN_TYPE,
-                                  f"unknown action {str(kind)[:32]!r}; known: {', '.join(ACTIONS)}")
+                                  f"unknown action {str(kind)[:32]!r}; known: {', '.join(self.known)}")
             return {"t": "ok", "id": request_id, **await self._run(identity, kind, msg)}
         except ActionError as err:
             reply = error_reply(request_id, err.code, err.message)
@@ -123,13 +130,16 @@ class DashboardActions:
         if not identity.operator:
             raise ActionError(E_FORBIDDEN, f"{kind} needs the operator role and this dashboard is a viewer; ask for "
                               "an operator token (python -m gateway tokens add NAME --role operator)")
+        extra = self.extra.get(kind)
         if kind == "command":
             device, name, args, timeout = self._command(msg)  # check the frame before asking storage
-        else:
+        elif extra is None:
             alert_id = _alert_id(msg)
         if self.auth is not None and not await self.auth.still_valid(identity):
             raise ActionError(wire.E_AUTH_FAILED, "this dashboard's token was revoked; reload the page with a "
                               "valid token")
+        if extra is not None:
+            return await extra(msg, identity.actor)
         if kind == "command":
             log("dashboard_command", actor=identity.actor, device=device, command=name)
             return {"result": await self.handlers.command(device, name, args, timeout)}

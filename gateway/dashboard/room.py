@@ -2,7 +2,8 @@
 
 Parts: ``dashboard_auth`` (tokens and roles), ``dashboard_http`` (static files, /v1/session,
 /v1/meta, /v1/alerts, /v1/rules), ``hub`` (the stream), ``dashboard_actions`` (ack, clear, command from the
-browser), ``dashboard_sync`` (registry and token changes). This module puts them together on the
+browser; the console's device and rule actions: devices_actions, rules_actions), ``dashboard_sync``
+(registry and token changes). This module puts them together on the
 gateway's routing table; docs/dashboard.md describes the whole.
 """
 
@@ -16,9 +17,11 @@ from websockets.http11 import Request, Response
 from gateway.alerts.engine import AlertEngine
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection
-from gateway.dashboard.actions import E_NOT_FOUND, ActionError, ActionHandlers, DashboardActions
+from gateway.dashboard.actions import E_NOT_FOUND, ActionError, ActionHandlers, DashboardActions, ExtraAction
+from gateway.dashboard.devices_actions import DeviceActions
 from gateway.dashboard.http import PATHS, DashboardHttp
 from gateway.dashboard.roles import DashboardAuth
+from gateway.dashboard.rules_actions import AdminRequest, RuleActions
 from gateway.dashboard.stream import Hub
 from gateway.dashboard.sync import DashboardSync
 from gateway.errors import DeviceOffline
@@ -31,14 +34,24 @@ RunCommand = Callable[[str, str, dict[str, Any], float], Awaitable[dict[str, Any
 class Dashboard:
     def __init__(self, config: GatewayConfig, storage: Storage, hub: Hub, http: HttpApi, auth: DashboardAuth,
                  alerts: AlertEngine, run_command: RunCommand,
-                 count_error: Callable[[str], None] = lambda code: None) -> None:
+                 count_error: Callable[[str], None] = lambda code: None,
+                 admin_requests: dict[str, AdminRequest] | None = None,
+                 alert_requests: Callable[[str], dict[str, AdminRequest]] | None = None) -> None:
+        """``admin_requests``: the admin API's request table (the console's device actions run its
+        registry requests); ``alert_requests(who)``: its alert requests acting as ``who`` (rules)."""
         self.storage = storage
         self.http = http
         self.alerts = alerts
         self.run_command = run_command
-        hub.actions = DashboardActions(ActionHandlers(self.ack, self.clear, self.command), auth, count_error)
-        self.endpoints = DashboardHttp(self.list_alerts, alerts.rules_for, config.metric_table())
         self.sync = DashboardSync(hub, storage, config.registry_recheck_s)
+        console: dict[str, ExtraAction] = {}
+        if admin_requests is not None:
+            console.update(DeviceActions(admin_requests, storage.get_device, self.sync.sync).table())
+        if alert_requests is not None:
+            console.update(RuleActions(alert_requests, storage, alerts.hour_of, alerts.clock).table())
+        hub.actions = DashboardActions(ActionHandlers(self.ack, self.clear, self.command), auth, count_error,
+                                       console)
+        self.endpoints = DashboardHttp(self.list_alerts, alerts.rules_for, config.metric_table())
         http.websocket("/v1/dashboard", http.dashboard_upgrade, hub.serve)
         for path in PATHS:
             http.route(path, self.get)
