@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.alerts import preview
+from gateway.alerts.rules import RULE_TYPES, rule_keys
+from gateway.alerts.rules.base import COMMON, FOR, SEVERITIES
 from gateway.dashboard.actions import ActionError, ExtraAction
 from gateway.logs import log
 from gateway.storage.base import Storage
@@ -50,8 +52,20 @@ class RuleActions:
         self.clock = clock
 
     def table(self) -> dict[str, ExtraAction]:
-        return {"rule_list": self.list, "rule_put": self.put, "rule_delete": self.delete,
+        return {"rule_list": self.list, "rule_types": self.types, "rule_put": self.put, "rule_delete": self.delete,
                 "rule_preview": self.preview}
+
+    async def types(self, msg: dict[str, Any], actor: str) -> dict[str, Any]:
+        """The rule table (gateway/alerts/rules): each type's parameters, so the page's form holds no copy."""
+        common = {p.name for p in COMMON}
+        types = {}
+        for kind, cls in RULE_TYPES.items():
+            params = {p.name: p for p in [*cls.PARAMS, FOR]}
+            types[kind] = {"metric": cls.METRIC, "severity": cls.DEFAULT_SEVERITY, "params": [
+                {"name": name, "kind": params[name].kind, "default": params[name].default, "doc": params[name].doc,
+                 "required": params[name].required, "choices": list(params[name].choices)}
+                for name in rule_keys(cls) if name not in common]}
+        return {"types": types, "severities": list(SEVERITIES)}
 
     async def list(self, msg: dict[str, Any], actor: str) -> dict[str, Any]:
         return await self.alert_requests(actor)["alert_rules"]({})

@@ -1,9 +1,11 @@
 // Edgewire dashboard: the page shell (auth panel, connection badge, role, alert announcements)
-// and the router. #/ is the fleet, #/device/<id> a device; back and forward work on both.
+// and the router. #/ is the fleet, #/device/<id> a device, #/console the operator's console
+// (devices and alert rules); back and forward work on all.
 import { $, parseHash } from "./util.js";
 import { TOKEN, alertText, start, store, takeTokenFromUrl, token, ui } from "./store.js";
 import { FleetView } from "./fleet.js";
 import { DeviceView } from "./device.js";
+import { ConsoleView } from "./console.js";
 
 ui.connection = (state, text) => {
   const badge = $("#conn");
@@ -31,6 +33,7 @@ ui.role = () => {
   const role = $("#role");
   role.textContent = store.role ? `${store.role}${store.tokenName ? ` · ${store.tokenName}` : ""}` : "";
   $("#forget").hidden = !token();
+  $("#console-link").hidden = store.role !== "operator"; // a viewer sees none of the operator forms
   document.body.dataset.role = store.role || "";
 };
 
@@ -46,7 +49,7 @@ let current = null;
 function route() {
   const { path, params } = parseHash(location.hash);
   const match = path.match(/^\/device\/(.+)$/);
-  const next = match ? views.device : views.fleet;
+  const next = match ? views.device : path === "/console" ? views.console : views.fleet;
   const switched = current !== next;
   const moveFocus = current !== null; // not on the page's first load: a screen reader starts at the top
   // Hide every other view: on the first load ``current`` is null, and the fleet's section is
@@ -78,6 +81,7 @@ function init() {
   $("#auth-url").textContent = `${location.origin}/#token=<token>`;
   views.fleet = new FleetView($("#fleet-view"));
   views.device = new DeviceView($("#device-view"));
+  views.console = new ConsoleView($("#console-view"));
   store.listeners.add((tick) => current && current.render(tick));
   window.addEventListener("hashchange", () => {
     if (takeTokenFromUrl()) start(); // an address with a token pasted into this open page: use it now

@@ -17,15 +17,30 @@ STATIC = ROOT / "gateway" / "dashboard" / "static"
 
 def test_vendored_uplot_matches_sha256sums() -> None:
     lines = (STATIC / "vendor" / "SHA256SUMS").read_text().splitlines()
-    assert {line.split()[1] for line in lines} == {"uPlot.iife.min.js", "uPlot.min.css", "uPlot.LICENSE"}
+    assert {line.split()[1] for line in lines} == {"uPlot.iife.min.js", "uPlot.min.css", "uPlot.LICENSE",
+                                                   "qrcode.mjs", "qrcode.LICENSE"}
     for line in lines:
         digest, name = line.split()
         assert hashlib.sha256((STATIC / "vendor" / name).read_bytes()).hexdigest() == digest, name
     assert "MIT" in (STATIC / "vendor" / "uPlot.LICENSE").read_text()
-    version = (STATIC / "vendor" / "VERSION").read_text().split()
+    versions = {line.split()[0]: line.split() for line in (STATIC / "vendor" / "VERSION").read_text().splitlines()}
     script = (ROOT / "scripts" / "vendor-uplot").read_text()
-    assert f"VERSION={version[1]}" in script and f'INTEGRITY="{version[2]}"' in script
+    assert f"VERSION={versions['uplot'][1]}" in script and f'INTEGRITY="{versions["uplot"][2]}"' in script
     check = subprocess.run([str(ROOT / "scripts" / "vendor-uplot"), "--check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_vendored_qr_libraries_match_their_pins() -> None:
+    """The console's QR encoder (MIT) and the tests' independent decoder (jsQR, Apache-2.0)."""
+    assert "MIT" in (STATIC / "vendor" / "qrcode.LICENSE").read_text()
+    assert "Apache License" in (ROOT / "tests" / "browser" / "vendor" / "jsQR.LICENSE").read_text()
+    script = (ROOT / "scripts" / "vendor-qr").read_text()
+    versions = {line.split()[0]: line.split() for line in (STATIC / "vendor" / "VERSION").read_text().splitlines()}
+    assert f"QR_VERSION={versions['qrcode-generator'][1]}" in script
+    assert f'QR_INTEGRITY="{versions["qrcode-generator"][2]}"' in script
+    jsqr = (ROOT / "tests" / "browser" / "vendor" / "VERSION").read_text().split()
+    assert f"JSQR_VERSION={jsqr[1]}" in script and f'JSQR_INTEGRITY="{jsqr[2]}"' in script
+    check = subprocess.run([str(ROOT / "scripts" / "vendor-qr"), "--check"], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
 
 
@@ -33,7 +48,8 @@ def test_every_page_file_is_served_and_nothing_from_elsewhere() -> None:
     files = dashboard_http.load_static()
     assert files["/"] == files["/index.html"]
     for path in ("/app.js", "/store.js", "/fleet.js", "/device.js", "/charts.js", "/alerts.js", "/util.js",
-                 "/status.js", "/history.js", "/commands.js", "/style.css", "/favicon.svg",
+                 "/status.js", "/history.js", "/commands.js", "/console.js", "/rules.js", "/style.css", "/favicon.svg",
+                 "/vendor/qrcode.mjs",
                  "/vendor/uPlot.iife.min.js", "/vendor/uPlot.min.css"):
         assert path in files, path
     assert files["/app.js"][1].startswith("text/javascript")
