@@ -234,8 +234,12 @@ LABELS_JS = """() => [...document.querySelectorAll('#console-forms :is(input, se
   .map((el) => el.id || el.name || el.outerHTML.slice(0, 60))"""
 
 
-def test_the_console_is_labelled_reachable_by_keyboard_and_fits_390_px(gw: GatewayProcess, browser: Browser) -> None:
-    gw.register("KB-1")
+def test_the_console_is_labelled_reachable_by_keyboard_and_fits_390_px(gw: GatewayProcess, browser: Browser,
+                                                                       devices: DeviceLoop) -> None:
+    token = gw.register("KB-1")
+    now = int(time.time() * 1000)
+    devices.run(send_history(gw.device_url, "KB-1", token,
+                             [(now - (10 - i) * MIN, {"temperature": 20.0 + i}) for i in range(10)]))
     page, errors = open_page(browser, operator_url(gw), width=390, height=844)
     expect(page.locator("#console-link")).to_be_visible()
     page.focus("#console-link")
@@ -261,5 +265,11 @@ def test_the_console_is_labelled_reachable_by_keyboard_and_fits_390_px(gw: Gatew
         if page.evaluate("document.activeElement.id") == "rule-preview":
             break
     assert page.evaluate("document.activeElement.id") == "rule-preview"
+    page.fill("#rule-metric", "temperature")
+    page.fill("#rule-p-above", "25")
+    page.focus("#rule-preview")
+    page.keyboard.press("Enter")
+    expect(page.locator("#preview-summary")).to_contain_text("1 alert in the last 7 days")
+    expect(page.locator("#preview-chart figure.chart")).not_to_have_attribute("data-points", "0")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     assert errors.messages == []
