@@ -13,6 +13,21 @@ EV_STATUS: str
 EV_REJECT: str
 EV_THROTTLE: str
 EV_CLOSE: str
+EV_OTA_GET: str
+EV_OTA_STATE: str
+T_OTA_GET: str
+T_OTA_CHUNK: str
+T_OTA: str
+E_OTA_UNKNOWN: str
+E_BAD_REQUEST: str
+OTA_MAX_CHUNK: int
+OTA_STATES: tuple[str, ...]
+OTA_REASONS: tuple[str, ...]
+MAX_OTA_OFFSET: int
+
+def valid_release_id(text: object) -> bool: ...
+def parse_ota_get(msg: dict[str, Any]) -> dict[str, Any]: ...
+def parse_ota_state(msg: dict[str, Any]) -> dict[str, Any]: ...
 
 MAX_STATUS_FIELDS: int
 MAX_STATUS_DEPTH: int
@@ -85,3 +100,4 @@ class GatewaySession:
     def ack(self, seq: int) -> str: ...
     def command_frame(self, command_id: str, name: str, args: dict[str, Any] | None = None) -> str: ...
     def receive(self, frame: str | bytes | bytearray | memoryview, now: float, wall_ms: int | None = None) -> Event: ...
+    def ota_chunk(self, release: str, name: str, off: int, data: bytes, size: int) -> str: ...
