@@ -15,6 +15,7 @@ from protocol.wire import (
     E_BAD_CBOR,
     E_BAD_FRAME,
     E_BAD_JSON,
+    E_BAD_REQUEST,
     E_BAD_VALUE,
     E_BINARY,
     E_IDENTITY,
@@ -31,6 +32,9 @@ from protocol.wire import (
     T_AUTH,
     T_CMD,
     T_DATA,
+    T_OTA,
+    T_OTA_CHUNK,
+    T_OTA_GET,
     T_RESULT,
     T_SLOW,
     T_STATUS,
@@ -133,12 +137,7 @@ EV_CLOSE = "close"  # payload: ProtocolError (send .reply, then close with .clos
 EV_OTA_GET = "ota_get"  # payload: dict release, file, off, len (the driver answers with a chunk or an error)
 EV_OTA_STATE = "ota_state"  # payload: dict release, state, reason, done, total (no reply)
 
-# OTA frames (docs/ota.md). The device side's constants live with its verifier (protocol/ota.py).
-T_OTA_GET = "ota_get"  # device -> gateway: a chunk request, at most one outstanding
-T_OTA_CHUNK = "ota_chunk"  # gateway -> device: the chunk
-T_OTA = "ota"  # device -> gateway: its update state
-E_OTA_UNKNOWN = "ota_unknown"  # no such release or file, or the release was not offered to this device
-E_BAD_REQUEST = "bad_request"  # an ota_get or ota frame that does not follow the contract
+# OTA frames (docs/ota.md): what the gateway accepts of ota_get and ota frames.
 OTA_MAX_CHUNK = 4096
 OTA_STATES = ("downloading", "verifying", "trial", "good", "rolled_back", "failed")
 OTA_REASONS = ("bad_hash", "bad_signature", "no_space", "crashed", "no_gateway", "health_check", "install",

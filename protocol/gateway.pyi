@@ -15,11 +15,6 @@ EV_THROTTLE: str
 EV_CLOSE: str
 EV_OTA_GET: str
 EV_OTA_STATE: str
-T_OTA_GET: str
-T_OTA_CHUNK: str
-T_OTA: str
-E_OTA_UNKNOWN: str
-E_BAD_REQUEST: str
 OTA_MAX_CHUNK: int
 OTA_STATES: tuple[str, ...]
 OTA_REASONS: tuple[str, ...]

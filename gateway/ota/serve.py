@@ -19,7 +19,7 @@ from gateway.errors import StorageError
 from gateway.logs import log
 from gateway.storage.ota_base import DeviceReport, OtaStore
 from protocol import wire
-from protocol.gateway import E_OTA_UNKNOWN, EV_OTA_GET, Event, GatewaySession
+from protocol.gateway import EV_OTA_GET, Event, GatewaySession
 
 ALLOW_TTL_S = 5.0
 MAX_ALLOWED = 4096  # remembered (device, release) answers; the oldest are forgotten
@@ -56,19 +56,19 @@ class OtaFrames:
     async def answer(self, device_id: str, session: GatewaySession, get: dict[str, Any]) -> str:
         release, name, off, length = get["release"], get["file"], get["off"], get["len"]
         if self.store is None:
-            return self._refuse(session, E_OTA_UNKNOWN, "this gateway keeps no releases (storage = none)")
+            return self._refuse(session, wire.E_OTA_UNKNOWN, "this gateway keeps no releases (storage = none)")
         try:
             if not await self._allowed(device_id, release):
-                return self._refuse(session, E_OTA_UNKNOWN, f"release {release} is not offered to this device")
+                return self._refuse(session, wire.E_OTA_UNKNOWN, f"release {release} is not offered to this device")
             chunk = await self.store.chunk(release, name, off, length)
         except StorageError as err:
             log("ota_chunk_failed", logging.WARNING, device=device_id, release=release, error=str(err)[:200])
             return self._refuse(session, wire.E_STORAGE, "storage unavailable; ask again later")
         if chunk is None:
-            return self._refuse(session, E_OTA_UNKNOWN, f"release {release} has no file {name}")
+            return self._refuse(session, wire.E_OTA_UNKNOWN, f"release {release} has no file {name}")
         data, size = chunk
         if off > size:
-            return self._refuse(session, E_OTA_UNKNOWN, f"{name} has {size} bytes; off {off} is beyond its end")
+            return self._refuse(session, wire.E_OTA_UNKNOWN, f"{name} has {size} bytes; off {off} is beyond its end")
         frame = session.ota_chunk(release, name, off, data, size)
         self.chunks += 1
         self.chunk_bytes += len(frame)

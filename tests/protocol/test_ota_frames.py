@@ -11,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.gateway import (
-    E_BAD_REQUEST,
     EV_OTA_GET,
     EV_OTA_STATE,
     EV_REJECT,
@@ -21,6 +20,7 @@ from protocol.gateway import (
     GatewaySession,
     valid_release_id,
 )
+from protocol.wire import E_BAD_REQUEST
 
 versions = st.text(alphabet="0123456789abcXYZ.+-", min_size=1, max_size=32)
 releases = st.builds(lambda kind, version: f"{kind}-{version}", st.sampled_from(["esp32", "pi"]), versions)
