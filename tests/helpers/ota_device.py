@@ -47,6 +47,8 @@ class OtaDevice:
         self.sent_bytes = 0  # OTA frames device -> gateway (ota_get, result of the offer, ota)
         self.received_bytes = 0  # OTA frames gateway -> device (the offer, ota_chunk)
         self.offered = asyncio.Event()
+        self.offered_at: float | None = None  # loop time of the first offer
+        self.finished_at: float | None = None  # loop time its last state went out
         self.finished = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -80,6 +82,8 @@ class OtaDevice:
             if msg.get("t") == "cmd" and msg.get("name") == "ota":
                 self.received_bytes += len(text)
                 self.offers.append(msg)
+                if self.offered_at is None:
+                    self.offered_at = asyncio.get_running_loop().time()
                 asyncio.get_running_loop().create_task(self._update(msg))
             elif msg.get("t") == "cmd":
                 await self.ws.send(json.dumps({"t": "result", "id": msg["id"], "ok": True}))
@@ -131,6 +135,7 @@ class OtaDevice:
             await self.report(release, "trial")
             await self.report(release, "rolled_back" if self.outcome == "rolled_back" else "good",
                               "crashed" if self.outcome == "rolled_back" else "")
+        self.finished_at = asyncio.get_running_loop().time()
         self.finished.set()
 
     async def download(self, release: str, manifest: dict[str, Any]) -> bool:
