@@ -1,0 +1,205 @@
+"""The rollout engine (gateway/ota/rollout.py) on a real SQLite store, with a fake clock and fake offers:
+canary first, the failure limit, one alert, offline members, lost offers, a restart resuming."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.errors import DeviceOffline
+from gateway.ota.admin import OtaAdmin
+from gateway.ota.manifest import public_key_hex
+from gateway.ota.release import build_release
+from gateway.ota.rollout import RolloutEngine
+from gateway.storage.base import DeviceRecord
+from gateway.storage.ota_base import OtaStore, Rollout, ota_store
+from gateway.storage.sqlite import SQLiteStorage
+from tests.helpers.storage import with_sqlite
+
+KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Fleet:
+    """Fake devices: who is online, how each answers an offer."""
+
+    def __init__(self, answers: dict[str, dict[str, Any]]) -> None:
+        self.answers = answers
+        self.online: set[str] = set(answers)
+        self.offered: list[str] = []
+        self.alerts: list[tuple[str, str]] = []
+
+    async def offer(self, device: str, args: dict[str, Any]) -> dict[str, Any]:
+        assert set(args) == {"manifest", "sig"}
+        self.offered.append(device)
+        if device not in self.online:
+            raise DeviceOffline(f"{device} offline")
+        return self.answers[device]
+
+    def alert(self, rollout: Rollout, reason: str) -> None:
+        self.alerts.append((rollout.rollout_id, reason))
+
+
+OK = {"ok": True, "msg": "downloading"}
+
+
+def engine(store: OtaStore, fleet: Fleet, clock: Clock) -> RolloutEngine:
+    return RolloutEngine(store, fleet.offer, fleet.online.__contains__, fleet.alert, lambda: public_key_hex(KEY),
+                         clock=clock, tick_s=1.0, offer_timeout_s=5.0, retry_s=10.0)
+
+
+async def setup(s: SQLiteStorage, tmp: Path, devices: list[str], **options: Any) -> tuple[OtaStore, str]:
+    store = ota_store(s)
+    (tmp / "app.mpy").write_bytes(b"x" * 3000)
+    release, files = build_release("esp32", "1.0.0", [str(tmp / "app.mpy")], KEY, 1000)
+    await store.put_release(release, files)
+
+    async def registry() -> list[DeviceRecord]:
+        return [DeviceRecord(d, True, None) for d in devices]
+
+    admin = OtaAdmin(store, registry)
+    reply = await admin.create({"release": release.release_id, "devices": devices, **options})
+    return store, str(reply["rollout"]["rollout"])
+
+
+async def settle(e: RolloutEngine) -> None:
+    """One tick, and the offers it started."""
+    await e.tick()
+    while e.inflight:
+        await asyncio.gather(*e.inflight.values())
+
+
+async def states(store: OtaStore, rid: str) -> dict[str, str]:
+    return {m.device_id: m.state for m in await store.members(rid)}
+
+
+def test_canary_first_then_the_rest_then_done(tmp_path: Path) -> None:
+    async def body(s: SQLiteStorage) -> None:
+        devices = [f"d{i}" for i in range(10)]
+        store, rid = await setup(s, tmp_path, devices, canary="20%", max_failures=1)
+        fleet, clock = Fleet(dict.fromkeys(devices, OK)), Clock()
+        e = engine(store, fleet, clock)
+        await settle(e)
+        assert fleet.offered == ["d0", "d1"]  # the canary share (20 % of 10), sorted ids
+        assert set((await states(store, rid)).values()) == {"downloading", "pending"}
+        await settle(e)
+        assert fleet.offered == ["d0", "d1"]  # the rest waits for every canary device to be good
+        await store.set_member(rid, "d0", "good", "", 1, ("downloading",))
+        await settle(e)
+        assert fleet.offered == ["d0", "d1"]
+        await store.set_member(rid, "d1", "good", "", 1, ("downloading",))
+        await settle(e)
+        assert sorted(fleet.offered) == sorted(devices)
+        for d in devices[2:]:
+            await store.set_member(rid, d, "good", "", 1, ("downloading",))
+        await settle(e)
+        rollout = await store.rollout(rid)
+        assert rollout is not None and rollout.state == "done" and rollout.reason == "10 good, 0 failed"
+        assert fleet.alerts == []
+
+    with_sqlite(tmp_path / "e.db", body)
+
+
+def test_failure_limit_stops_once_with_one_alert(tmp_path: Path) -> None:
+    async def body(s: SQLiteStorage) -> None:
+        devices = [f"d{i}" for i in range(10)]
+        refuse = {"ok": False, "msg": "runtime too old", "data": {"code": "runtime_too_old"}}
+        answers = {d: (refuse if d in ("d3", "d4", "d5") else OK) for d in devices}
+        store, rid = await setup(s, tmp_path, devices, max_failures="20%")  # 2 of 10
+        fleet, clock = Fleet(answers), Clock()
+        e = engine(store, fleet, clock)
+        await settle(e)
+        assert (await states(store, rid))["d3"] == "failed"
+        await settle(e)
+        rollout = await store.rollout(rid)
+        assert rollout is not None and rollout.state == "stopped"
+        assert "3 of 10 devices failed" in rollout.reason
+        await settle(e)
+        second = engine(store, fleet, clock)  # another gateway on the same database: no second alert
+        await settle(second)
+        assert len(fleet.alerts) == 1 and fleet.alerts[0][0] == rid
+
+    with_sqlite(tmp_path / "e.db", body)
+
+
+def test_offline_members_are_offered_when_they_connect(tmp_path: Path) -> None:
+    async def body(s: SQLiteStorage) -> None:
+        store, rid = await setup(s, tmp_path, ["a", "b"])
+        fleet, clock = Fleet({"a": OK, "b": OK}), Clock()
+        fleet.online = {"a"}
+        e = engine(store, fleet, clock)
+        await settle(e)
+        assert fleet.offered == ["a"] and (await states(store, rid))["b"] == "pending"
+        fleet.online.add("b")
+        await settle(e)
+        assert fleet.offered == ["a", "b"]
+
+    with_sqlite(tmp_path / "e.db", body)
+
+
+def test_failed_offer_waits_then_retries_and_busy_is_not_a_failure(tmp_path: Path) -> None:
+    async def body(s: SQLiteStorage) -> None:
+        store, rid = await setup(s, tmp_path, ["a", "b"])
+        busy = {"ok": False, "data": {"code": "busy"}}
+        fleet, clock = Fleet({"a": OK, "b": busy}), Clock()
+        e = engine(store, fleet, clock)
+        fleet.online = {"b"}
+        e.online = lambda device: True  # presence says online; the offer finds it gone
+        await settle(e)
+        assert await states(store, rid) == {"a": "pending", "b": "pending"}
+        assert sorted(fleet.offered) == ["a", "b"]
+        await settle(e)
+        assert len(fleet.offered) == 2  # both wait retry_s
+        fleet.online.add("a")
+        clock.now += 11
+        await settle(e)
+        assert sorted(fleet.offered) == ["a", "a", "b", "b"]
+        assert (await states(store, rid))["a"] == "downloading"
+
+    with_sqlite(tmp_path / "e.db", body)
+
+
+def test_restart_resumes_from_storage_and_retries_lost_offers(tmp_path: Path) -> None:
+    async def first(s: SQLiteStorage) -> str:
+        store, rid = await setup(s, tmp_path, ["a", "b", "c"])
+        # The engine of the stopped gateway had marked "a" offered and died before its answer came.
+        await store.set_member(rid, "a", "offered", "", int(Clock()() * 1000), ("pending",))
+        await store.set_member(rid, "b", "good", "", 1, ("pending",))
+        return rid
+
+    rid = with_sqlite(tmp_path / "e.db", first)
+
+    async def second(s: SQLiteStorage) -> None:
+        store = ota_store(s)
+        fleet, clock = Fleet({"a": OK, "b": OK, "c": OK}), Clock()
+        e = engine(store, fleet, clock)
+        await settle(e)
+        assert fleet.offered == ["c"]  # b is good; a's offer is recent: its answer may still come
+        clock.now += 11  # twice the offer timeout: a is offered again
+        await settle(e)
+        await settle(e)
+        assert fleet.offered == ["c", "a"]
+        assert await states(store, rid) == {"a": "downloading", "b": "good", "c": "downloading"}
+
+    with_sqlite(tmp_path / "e.db", second)
+
+
+def test_paused_rollout_offers_nothing(tmp_path: Path) -> None:
+    async def body(s: SQLiteStorage) -> None:
+        store, rid = await setup(s, tmp_path, ["a"])
+        await store.set_rollout_state(rid, "paused", "", 1, ("running",))
+        fleet = Fleet({"a": OK})
+        await settle(engine(store, fleet, Clock()))
+        assert fleet.offered == []
+
+    with_sqlite(tmp_path / "e.db", body)
