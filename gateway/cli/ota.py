@@ -24,7 +24,7 @@ from gateway.ota.admin import OtaAdmin
 from gateway.ota.manifest import load_or_create_signing_key, public_key_hex
 from gateway.ota.release import build_release
 from gateway.storage.backends import cli_config, open_storage, storage_arguments
-from gateway.storage.ota_base import ota_store
+from gateway.storage.ota_backends import ota_store
 
 COMMAND = "ota"
 

@@ -24,7 +24,8 @@ from gateway.ota.manifest import KEY_FILE, public_key_hex
 from gateway.ota.rollout import Offer, RolloutEngine
 from gateway.ota.serve import OtaFrames
 from gateway.storage.base import DeviceRecord, Storage
-from gateway.storage.ota_base import LIVE_ROLLOUTS, OtaStore, Rollout, ota_store
+from gateway.storage.ota_backends import ota_store
+from gateway.storage.ota_base import LIVE_ROLLOUTS, OtaStore, Rollout
 
 ALERT_RULE = "ota_rollout"
 ALERT_SOURCE = "gateway"  # where a device id goes in the stopped rollout's alert

@@ -2,7 +2,7 @@
 and each device's latest update state. A narrow protocol of its own, beside ``Storage``.
 
 Backends: ``sqlite_ota.SQLiteOta`` and ``postgresql_ota.PostgresOta``, each on its storage's
-connections; ``ota_store(storage)`` picks the one for a storage (the ``none`` backend has none:
+connections; ``ota_backends.ota_store(storage)`` picks the one for a storage (the ``none`` backend has none:
 OtaError ``ota_unavailable``). tests/gateway/storage/test_ota.py is the conformance suite.
 
 The contract, beyond each method's docstring:
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
-
-from gateway.errors import OtaError
 
 # Rollout states.
 RUNNING = "running"
@@ -142,19 +140,3 @@ class OtaStore(Protocol):
     async def reports(self) -> list[DeviceReport]:
         """Every device's latest report, by device id."""
 
-
-def ota_store(storage: object) -> OtaStore:
-    """The OTA store of a storage backend (the same connections); OtaError for the ``none`` backend."""
-    from gateway.storage.postgresql import PostgresStorage
-    from gateway.storage.sqlite import SQLiteStorage
-
-    if isinstance(storage, SQLiteStorage):
-        from gateway.storage.sqlite_ota import SQLiteOta
-
-        return SQLiteOta(storage)
-    if isinstance(storage, PostgresStorage):
-        from gateway.storage.postgresql_ota import PostgresOta
-
-        return PostgresOta(storage)
-    raise OtaError("ota_unavailable", "OTA needs storage (sqlite or postgresql); this gateway runs with "
-                   "storage = none, which keeps no releases or rollouts")

@@ -15,7 +15,8 @@ from gateway.ota.manifest import public_key_hex
 from gateway.ota.release import build_release
 from gateway.ota.rollout import RolloutEngine
 from gateway.storage.base import DeviceRecord
-from gateway.storage.ota_base import OtaStore, Rollout, ota_store
+from gateway.storage.ota_backends import ota_store
+from gateway.storage.ota_base import OtaStore, Rollout
 from gateway.storage.sqlite import SQLiteStorage
 from tests.helpers.storage import with_sqlite
 

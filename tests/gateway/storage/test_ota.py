@@ -9,6 +9,7 @@ import pytest
 from gateway.errors import OtaError
 from gateway.storage.base import Storage
 from gateway.storage.none import NoneStorage
+from gateway.storage.ota_backends import ota_store
 from gateway.storage.ota_base import (
     ABORTED,
     DONE,
@@ -25,7 +26,6 @@ from gateway.storage.ota_base import (
     Member,
     Release,
     Rollout,
-    ota_store,
 )
 from gateway.storage.sqlite import SQLiteStorage
 from tests.gateway.storage.conftest import Backend
