@@ -262,3 +262,33 @@ def test_cli_failures_are_one_error_line(tmp_path: Path) -> None:
         gw.cli("ota", "rollout", "abort", created["rollout"]["rollout"])
         gw.cli("ota", "delete", release)
         assert release not in gw.cli("ota", "list").stdout
+
+
+def test_with_workers_one_engine_drives_and_every_worker_serves(tmp_path: Path) -> None:
+    """Two worker processes: one of them (the alert owner) runs the rollout engine; devices on either
+    worker get exactly one offer and their chunks, and the rollout completes."""
+    with GatewayProcess(tmp_path, workers=2, **FAST) as gw:
+        ids = [f"w{i}" for i in range(6)]
+        tokens = gw.register_many(ids)
+        release = upload(gw, tmp_path, "9.0.0", {"app.mpy": 9000})
+        key = pubkey(gw)
+        status, health = gw.health()
+        assert status == 200
+        drivers = [name for name, report in health["workers"].items() if "ota_rollouts" in report["checks"]]
+        assert len(drivers) == 1, health["workers"]
+
+        async def main() -> None:
+            devices = [OtaDevice(gw.device_url, d, tokens[d], key) for d in ids]
+            for device in devices:
+                await device.connect()
+            try:
+                rid = await rollout(gw, release, ids, canary="50%")
+                for device in devices:
+                    await asyncio.wait_for(device.finished.wait(), 30)
+                await wait_state(gw, rid, "done")
+                assert all(len(device.offers) == 1 and device.errors == [] for device in devices)
+            finally:
+                for device in devices:
+                    await device.close()
+
+        asyncio.run(main())
