@@ -395,6 +395,13 @@ class Gateway:
             counters=[("dashboard_resyncs", "Dashboard clients that fell behind and were resynced with a "
                        "snapshot.", self.hub.resyncs),
                       ("dashboard_updates", "Coalesced update frames built for dashboards.", self.hub.updates_sent),
+                      ("ota_chunks", "ota_chunk frames sent to devices (docs/ota.md).", self.ota.frames.chunks),
+                      ("ota_chunk_bytes", "Bytes of the ota_chunk frames sent to devices.",
+                       self.ota.frames.chunk_bytes),
+                      ("ota_refused", "ota_get requests answered with an error (ota_unknown, storage).",
+                       self.ota.frames.refused),
+                      ("ota_offers", "OTA offers made by this process's rollout engine.",
+                       self.ota.engine.offers if self.ota.engine is not None else 0),
                       *cluster_counters],
             labelled=[("task_restarts", "Restarts of background tasks after a failure.", "task",
                        {name: state.restarts for name, state in self.supervisor.tasks.items()}),

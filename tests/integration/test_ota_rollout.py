@@ -81,6 +81,9 @@ def test_update_end_to_end_and_bytes_per_update(tmp_path: Path) -> None:
         print(f"\nOTA bytes for a 60 KiB release: to the device {device.received_bytes}, "
               f"from it {device.sent_bytes}, payload {60 * 1024}")
         assert 60 * 1024 < device.received_bytes < 60 * 1024 * 1.5  # base64 (4/3) plus small frame headers
+        metrics = gw.metrics()
+        assert metrics["edgewire_ota_chunks_total"] == 30  # 2048-byte chunks of 40 and 20 KiB
+        assert metrics["edgewire_ota_offers_total"] == 1
 
 
 def test_canary_rollout_to_20_devices_stops_at_its_failure_limit(tmp_path: Path) -> None:
