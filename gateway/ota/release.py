@@ -76,14 +76,25 @@ def release_files(kind: str, paths: list[str]) -> dict[str, bytes]:
     return files
 
 
-def build_release(kind: str, version: str, paths: list[str], key: ec.EllipticCurvePrivateKey, now_ms: int,
-                  min_runtime: str | None = None) -> tuple[Release, dict[str, bytes]]:
-    """The signed release and its files, ready for ``OtaStore.put_release``."""
+def prepare_release(kind: str, version: str, paths: list[str], now_ms: int,
+                    min_runtime: str | None = None) -> tuple[str, dict[str, bytes]]:
+    """The manifest text and the files of a release, every check done (nothing signed yet)."""
     if kind not in DEFAULT_MIN_RUNTIME:
         raise OtaError("bad_release", f"--kind {kind!r}: esp32 or pi")
     check_version(version)
     files = release_files(kind, paths)
-    manifest = build_manifest(kind, version, min_runtime or DEFAULT_MIN_RUNTIME[kind], files, now_ms)
-    release = Release(release_id(kind, version), kind, version, manifest, sign(key, manifest), now_ms,
-                      sum(len(data) for data in files.values()))
-    return release, files
+    return build_manifest(kind, version, min_runtime or DEFAULT_MIN_RUNTIME[kind], files, now_ms), files
+
+
+def signed_release(kind: str, version: str, manifest: str, files: dict[str, bytes],
+                   key: ec.EllipticCurvePrivateKey, now_ms: int) -> Release:
+    """The release of ``prepare_release``'s manifest, signed with ``key``, ready for ``OtaStore.put_release``."""
+    return Release(release_id(kind, version), kind, version, manifest, sign(key, manifest), now_ms,
+                   sum(len(data) for data in files.values()))
+
+
+def build_release(kind: str, version: str, paths: list[str], key: ec.EllipticCurvePrivateKey, now_ms: int,
+                  min_runtime: str | None = None) -> tuple[Release, dict[str, bytes]]:
+    """The signed release and its files."""
+    manifest, files = prepare_release(kind, version, paths, now_ms, min_runtime)
+    return signed_release(kind, version, manifest, files, key, now_ms), files
