@@ -24,7 +24,7 @@ from gateway.ota.admin import OtaAdmin
 from gateway.ota.manifest import load_or_create_signing_key, public_key_hex
 from gateway.ota.release import prepare_release, signed_release
 from gateway.storage.backends import cli_config, open_storage, storage_arguments
-from gateway.storage.ota_backends import ota_store
+from gateway.storage.ota_backends import UNAVAILABLE, ota_store
 
 COMMAND = "ota"
 
@@ -103,17 +103,18 @@ def _pubkey(args: argparse.Namespace) -> int:
 async def _releases(args: argparse.Namespace) -> int:
     config = cli_config(args)
     action = args.ota_action
-    if action == "upload":  # the files checked first: bad input changes nothing
+    if config.storage_kind == "none":
+        raise OtaError("ota_unavailable", UNAVAILABLE)
+    if action == "upload":  # the files, then the key, then storage: bad input changes nothing
         now = int(time.time() * 1000)
         manifest, files = prepare_release(args.kind, args.version, args.files, now, args.min_runtime)
+        key = load_or_create_signing_key(config.data_dir, args.key)
+        built = signed_release(args.kind, args.version, manifest, files, key, now), files
     elif config.storage_kind == "sqlite" and not config.database.exists():
         raise OtaError("ota_unavailable", f"no database at {config.database}; check --data-dir/--db (it is created "
                        "by the gateway's first start or by `ota upload`)")
     storage = open_storage(config, commit_interval_ms=0)
-    store = ota_store(storage)  # OtaError for storage = none, before opening anything
-    if action == "upload":
-        key = load_or_create_signing_key(config.data_dir, args.key)
-        built = signed_release(args.kind, args.version, manifest, files, key, now), files
+    store = ota_store(storage)
     await storage.open()
     try:
         admin = OtaAdmin(store, storage.list_devices)

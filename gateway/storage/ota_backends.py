@@ -9,6 +9,9 @@ from gateway.storage.postgresql_ota import PostgresOta
 from gateway.storage.sqlite import SQLiteStorage
 from gateway.storage.sqlite_ota import SQLiteOta
 
+UNAVAILABLE = ("OTA needs storage (sqlite or postgresql); this gateway runs with storage = none, which keeps no "
+               "releases or rollouts")
+
 
 def ota_store(storage: object) -> OtaStore:
     """The OTA store of a storage backend (the same connections); OtaError for the ``none`` backend."""
@@ -16,5 +19,4 @@ def ota_store(storage: object) -> OtaStore:
         return SQLiteOta(storage)
     if isinstance(storage, PostgresStorage):
         return PostgresOta(storage)
-    raise OtaError("ota_unavailable", "OTA needs storage (sqlite or postgresql); this gateway runs with "
-                   "storage = none, which keeps no releases or rollouts")
+    raise OtaError("ota_unavailable", UNAVAILABLE)
