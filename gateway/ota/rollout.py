@@ -189,8 +189,10 @@ class RolloutEngine:
             self.offers += 1
             try:
                 result = await self.offer(device, {"manifest": release.manifest, "sig": release.sig})
-            except (DeviceOffline, CommandError, BusError, TooManyCommands, TimeoutError) as err:
-                code = getattr(err, "code", "timeout")
+            except TimeoutError:  # delivered, unanswered: it may be downloading; its reports move it on,
+                return  # else it is offered again once the offer is older than twice the timeout
+            except (DeviceOffline, CommandError, BusError, TooManyCommands) as err:
+                code = getattr(err, "code", "not_sent")
                 self.next_try[device] = self.now_ms() + self.retry_ms
                 await store.set_member(rid, device, PENDING, str(code), self.now_ms(), (OFFERED,))
                 return

@@ -16,7 +16,7 @@ from gateway.ota.release import build_release
 from gateway.ota.rollout import RolloutEngine
 from gateway.storage.base import DeviceRecord
 from gateway.storage.ota_backends import ota_store
-from gateway.storage.ota_base import OtaStore, Rollout
+from gateway.storage.ota_base import DeviceReport, OtaStore, Rollout
 from gateway.storage.sqlite import SQLiteStorage
 from tests.helpers.storage import with_sqlite
 
@@ -202,5 +202,29 @@ def test_paused_rollout_offers_nothing(tmp_path: Path) -> None:
         fleet = Fleet({"a": OK})
         await settle(engine(store, fleet, Clock()))
         assert fleet.offered == []
+
+    with_sqlite(tmp_path / "e.db", body)
+
+
+def test_an_unanswered_offer_stays_offered_until_the_device_reports_or_it_is_old(tmp_path: Path) -> None:
+    async def body(s: SQLiteStorage) -> None:
+        store, rid = await setup(s, tmp_path, ["a", "b"])
+        fleet, clock = Fleet({"a": OK, "b": OK}), Clock()
+
+        async def silent(device: str, args: dict[str, Any]) -> dict[str, Any]:
+            fleet.offered.append(device)
+            raise TimeoutError("no result")
+
+        e = engine(store, fleet, clock)
+        e.offer = silent
+        await settle(e)
+        assert await states(store, rid) == {"a": "offered", "b": "offered"}  # it may be downloading
+        assert await store.offered("a", "esp32-1.0.0")  # so its chunks are served
+        await store.record_report(DeviceReport("a", "esp32-1.0.0", "downloading", "", 0, 3000, int(clock() * 1000)))
+        clock.now += 11  # twice the offer timeout: b (silent) is offered again, a (downloading) is not
+        await settle(e)
+        await settle(e)
+        assert fleet.offered == ["a", "b", "b"]
+        assert (await states(store, rid))["a"] == "downloading"
 
     with_sqlite(tmp_path / "e.db", body)

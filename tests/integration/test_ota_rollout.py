@@ -295,3 +295,27 @@ def test_with_workers_one_engine_drives_and_every_worker_serves(tmp_path: Path) 
                     await device.close()
 
         asyncio.run(main())
+
+
+def test_on_postgresql_a_rollout_goes_on_after_a_restart(tmp_path: Path, postgres_dsn: str) -> None:
+    """Releases as blobs and rollouts in PostgreSQL: a rollout created before a restart offers the
+    device that connects after it, and completes."""
+    gw = GatewayProcess(tmp_path, storage=postgres_dsn, **FAST).start()
+    try:
+        token = gw.register("pg1")
+        release = upload(gw, tmp_path, "10.0.0", {"app.mpy": 20000})
+        key = pubkey(gw)
+        rid = asyncio.run(rollout(gw, release, ["pg1"]))  # pg1 is offline: nothing offered yet
+        gw.restart()
+
+        async def main() -> OtaDevice:
+            async with OtaDevice(gw.device_url, "pg1", token, key) as device:
+                await asyncio.wait_for(device.finished.wait(), 30)
+                await wait_state(gw, rid, "done")
+                return device
+
+        device = asyncio.run(main())
+        assert device.states[-1] == "good" and len(device.files["app.mpy"]) == 20000
+    finally:
+        gw.stop()
+        gw.kill()
