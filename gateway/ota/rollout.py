@@ -12,8 +12,9 @@ gateway/alerts/relay.py). Every ``tick_s`` (``tick``), for each running or pause
    that does not verify stops the rollout: it is never offered), then pending members that are
    online get the offer, the ``ota`` command on the one command path (gateway/device_commands.py):
    the canary members first, the others only once every canary member is ``good``. An offline
-   member is offered after it connects, at the next tick; a member whose offer failed (offline,
-   timeout, ``busy``) waits ``retry_s`` before the next one.
+   member is offered after it connects, at the next tick; a member whose offer was not delivered
+   or was answered ``busy`` waits ``retry_s`` before the next one; one delivered but unanswered
+   stays ``offered`` (its device may be downloading) until twice ``offer_timeout_s`` have passed.
 
 The offer's result moves the member to ``downloading`` (or ``good``: already running it) or to
 ``failed`` with the device's code; the device's own ``ota`` frames move it on (gateway/ota/serve.py).
