@@ -46,6 +46,7 @@ class OtaDevice:
         self.files: dict[str, bytes] = {}
         self.sent_bytes = 0  # OTA frames device -> gateway (ota_get, result of the offer, ota)
         self.received_bytes = 0  # OTA frames gateway -> device (the offer, ota_chunk)
+        self.offer_bytes = 0  # of which the offer (the ``ota`` command with the manifest)
         self.offered = asyncio.Event()
         self.offered_at: float | None = None  # loop time of the first offer
         self.finished_at: float | None = None  # loop time its last state went out
@@ -81,6 +82,7 @@ class OtaDevice:
             msg = json.loads(text)
             if msg.get("t") == "cmd" and msg.get("name") == "ota":
                 self.received_bytes += len(text)
+                self.offer_bytes += len(text)
                 self.offers.append(msg)
                 if self.offered_at is None:
                     self.offered_at = asyncio.get_running_loop().time()
