@@ -4,8 +4,8 @@ kept per device. The core (protocol.gateway.GatewaySession) has parsed and check
 gateway/sessions.py hands their events here.
 
 A release is served only to a device it was offered to by a live rollout (OtaStore.offered): an
-answer is remembered per device and release (a yes ``allow_ttl_s``, a no one second), so a download
-asks storage once per chunk for the bytes and every few seconds for the permission.
+answer is remembered for ``allow_ttl_s`` per device and release, so a download asks storage once
+per file chunk for the bytes and about every few seconds for the permission.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from protocol import wire
 from protocol.gateway import EV_OTA_GET, Event, GatewaySession
 
 ALLOW_TTL_S = 5.0
-REFUSAL_TTL_S = 1.0
 MAX_ALLOWED = 4096  # remembered (device, release) answers; the oldest are forgotten
 
 
@@ -41,7 +40,7 @@ class OtaFrames:
         self.clock = clock
         self.monotonic = monotonic
         self.allow_ttl_s = allow_ttl_s
-        self.allowed: dict[tuple[str, str], tuple[float, bool]] = {}  # (device, release) -> (until, answer)
+        self.allowed: dict[tuple[str, str], float] = {}  # (device, release) -> until (monotonic)
         self.chunks = 0  # ota_chunk frames sent
         self.chunk_bytes = 0  # their encoded size
         self.refused = 0
@@ -80,20 +79,19 @@ class OtaFrames:
         return session.error_frame(code, message)
 
     async def _allowed(self, device_id: str, release: str) -> bool:
-        """Whether the device may download the release; a yes is remembered ``allow_ttl_s``, a no
-        ``REFUSAL_TTL_S`` (so a device asking for what it was not offered costs no query per frame)."""
         assert self.store is not None
         key = (device_id, release)
         now = self.monotonic()
-        known = self.allowed.get(key)
-        if known is not None and known[0] > now:
-            return known[1]
-        answer = await self.store.offered(device_id, release)
-        self.allowed.pop(key, None)
-        self.allowed[key] = (now + (self.allow_ttl_s if answer else REFUSAL_TTL_S), answer)
+        until = self.allowed.get(key)
+        if until is not None and until > now:
+            return True
+        if not await self.store.offered(device_id, release):
+            self.allowed.pop(key, None)
+            return False
+        self.allowed[key] = now + self.allow_ttl_s
         if len(self.allowed) > MAX_ALLOWED:
             del self.allowed[next(iter(self.allowed))]
-        return answer
+        return True
 
     async def report(self, device_id: str, state: dict[str, Any]) -> None:
         """Keep the device's update state (its rollouts follow it); a storage failure is logged: the
