@@ -1,5 +1,6 @@
 """The rollout engine (gateway/ota/rollout.py) on a real SQLite store, with a fake clock and fake offers:
-canary first, the failure limit, one alert, offline members, lost offers, a restart resuming."""
+canary first, the failure limit, one alert, offline members, lost offers, a restart resuming; and the
+admin requests' refusals (gateway/ota/admin.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.errors import DeviceOffline
+from gateway.errors import DeviceOffline, OtaError
 from gateway.ota.admin import OtaAdmin
 from gateway.ota.manifest import public_key_hex
 from gateway.ota.release import build_release
@@ -226,5 +228,52 @@ def test_an_unanswered_offer_stays_offered_until_the_device_reports_or_it_is_old
         await settle(e)
         assert fleet.offered == ["a", "b", "b"]
         assert (await states(store, rid))["a"] == "downloading"
+
+    with_sqlite(tmp_path / "e.db", body)
+
+
+def test_admin_refusals_have_stable_codes(tmp_path: Path) -> None:
+    async def body(s: SQLiteStorage) -> None:
+        store, rid = await setup(s, tmp_path, ["a", "b"])
+
+        async def registry() -> list[DeviceRecord]:
+            return [DeviceRecord("a", True, None, label="greenhouse"), DeviceRecord("b", True, None)]
+
+        admin = OtaAdmin(store, registry)
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"release": "esp32-1.0.0"}, "bad_rollout"),  # neither group nor devices
+            ({"release": "esp32-1.0.0", "group": "label=greenhouse", "devices": ["a"]}, "bad_rollout"),
+            ({"release": "esp32-1.0.0", "group": "greenhouse"}, "bad_rollout"),
+            ({"release": "esp32-1.0.0", "group": "label=shed"}, "no_members"),
+            ({"release": "esp32-1.0.0", "devices": ["a", "zz"]}, "no_members"),
+            ({"release": "esp32-1.0.0", "devices": ["a"], "canary": "101%"}, "bad_rollout"),
+            ({"release": "esp32-1.0.0", "devices": ["a"], "max_failures": -1}, "bad_rollout"),
+            ({"release": "esp32-2.0.0", "devices": ["a"]}, "no_such_release"),
+            ({"release": "nope", "devices": ["a"]}, "bad_release"),
+        ]
+        for msg, code in cases:
+            with pytest.raises(OtaError) as err:
+                await admin.create(msg)
+            assert err.value.code == code, msg
+        group = await admin.create({"release": "esp32-1.0.0", "group": "label=greenhouse", "max_failures": "50%"})
+        assert group["rollout"]["members"] == 1 and group["rollout"]["max_failures"] == 0
+        with pytest.raises(OtaError) as err:
+            await admin.resume({"rollout": rid})
+        assert err.value.code == "bad_state"
+        with pytest.raises(OtaError) as err:
+            await admin.pause({"rollout": "ro-none"})
+        assert err.value.code == "no_such_rollout"
+        with pytest.raises(OtaError) as err:
+            await admin.delete({"release": "esp32-1.0.0"})
+        assert err.value.code == "release_in_use"
+        assert (await admin.abort({"rollout": rid}))["rollout"]["state"] == "aborted"
+        with pytest.raises(OtaError) as err:
+            await admin.abort({"rollout": rid})
+        assert err.value.code == "bad_state"
+        unavailable = OtaAdmin(None, registry, unavailable="storage = none")
+        for name, handler in unavailable.requests.items():
+            with pytest.raises(OtaError) as err:
+                await handler({"release": "esp32-1.0.0", "rollout": rid, "devices": ["a"]})
+            assert err.value.code == "ota_unavailable", name
 
     with_sqlite(tmp_path / "e.db", body)
