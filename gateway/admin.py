@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from gateway.conn import dumps
 from gateway.dashboard.stream import Hub
 from gateway.device_commands import Commands
-from gateway.errors import AlertError, BusError, CommandError, DeviceOffline, RegistryError, TooManyCommands
+from gateway.errors import AlertError, BusError, CommandError, DeviceOffline, OtaError, RegistryError, TooManyCommands
 from gateway.logs import log
 from gateway.metrics import INTERNAL_ERROR, Metrics
 from gateway.registry import Registry, check_device_id
@@ -86,7 +86,7 @@ class AdminApi:
                 text = dumps({"t": "error", "id": request_id, "code": err.code, "msg": str(err)[:300] or err.code})
             except (RegistryError, ValueError, KeyError, TypeError, TimeoutError) as err:
                 code = "timeout" if isinstance(err, TimeoutError) else "bad_request"
-                if isinstance(err, AlertError):  # the alert requests' own codes (docs/alerts.md)
+                if isinstance(err, AlertError | OtaError):  # their requests' own codes (docs/alerts.md, ota.md)
                     code = err.code
                 text = dumps({"t": "error", "id": request_id, "code": code, "msg": str(err)[:300] or code})
             except Exception as err:  # a bug: this request fails, the connection and the gateway go on

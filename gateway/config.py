@@ -79,6 +79,11 @@ class GatewayConfig:
     alert_max_open: int = 10000  # open alerts loaded at start (older open ones beyond this are cleared)
     alert_suspended_expiry_s: float = 604800.0  # a suspended alert whose device stays away this long clears
     alert_save_interval_s: float = 300.0  # how often learned baselines are stored (and at shutdown)
+    # OTA (docs/ota.md): rollouts are driven every ota_tick_s; a release is offered only if its
+    # signature verifies with ota_pubkey ("" = the public half of <data_dir>/ota-signing.pem).
+    ota_pubkey: str = ""  # 130 hex: 04 || X || Y (P-256), as the devices hold it
+    ota_tick_s: float = 2.0
+    ota_offer_timeout_s: float = 30.0  # how long an offer (the ``ota`` command) waits for the device's answer
     tls_cert: str = ""
     tls_key: str = ""
     log_level: str = "info"
@@ -208,6 +213,12 @@ class GatewayConfig:
                 raise ConfigError(f"{key}: must be greater than 0")
         if self.alert_max_open < 1:
             raise ConfigError("alert_max_open: must be at least 1")
+        for key in ("ota_tick_s", "ota_offer_timeout_s"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key}: must be greater than 0")
+        if self.ota_pubkey and (len(self.ota_pubkey) != 130 or not self.ota_pubkey.startswith("04")
+                                or any(c not in "0123456789abcdef" for c in self.ota_pubkey)):
+            raise ConfigError("ota_pubkey: 130 lowercase hex characters starting with 04 (what `ota pubkey` prints)")
         return self
 
 

@@ -107,3 +107,14 @@ class CommandError(GatewayError, LookupError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class OtaError(GatewayError, ValueError):
+    """An OTA operation was refused (docs/ota.md). ``code`` is stable: ``ota_unavailable``,
+    ``bad_release``, ``release_exists``, ``no_such_release``, ``release_in_use``, ``unsigned``,
+    ``no_such_rollout``, ``bad_rollout``, ``bad_state``, ``no_members``, ``signing_key``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

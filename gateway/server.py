@@ -52,6 +52,7 @@ from gateway.host_metrics import HostView
 from gateway.http_api import HttpApi
 from gateway.logs import log
 from gateway.metrics import Metrics, package_version
+from gateway.ota.room import Ota
 from gateway.registry import Registry
 from gateway.retention import Retention
 from gateway.sessions import DeviceSessions, select_subprotocol
@@ -127,6 +128,11 @@ class Gateway:
         self.admin.requests.update(alert_requests(ADMIN_IDENTITY))  # protocol.md section 10
         self.alert_owner = AlertOwner(self.bus, self.alerts, alert_admin, self.forwarding) if (
             alert_owner is not None and self.relay is None) else None
+        # OTA (docs/ota.md): frames of device sessions, admin requests; rollouts driven where alerts are judged.
+        self.ota = Ota(config, storage, self._ota_offer, self.cluster.online,
+                       self.alerts if self.relay is None else None, storage.list_devices, clock)
+        self.sessions.ota = self.ota.frames
+        self.admin.requests.update(self.ota.admin.requests)
         self.dashboard_auth = DashboardAuth(storage, registry.token_key, dashboard_token)
         self.http = HttpApi(config, admin_token=admin_token, dashboard_auth=self.dashboard_auth,
                             client_address=self.sessions.client_address, draining=lambda: self.draining,
@@ -142,6 +148,7 @@ class Gateway:
                                                   table=config.metric_table())
         for path in history_api.PATHS:  # /v1/history, /v1/history.csv, /v1/devices (docs/http-api.md)
             self.http.route(path, self.history)
+        self.http.route("/v1/ota", self.ota_status)  # rollouts and update states (docs/dashboard.md)
         self.server: Server | None = None
         self.draining = False
         self.stopped = asyncio.Event()
@@ -185,6 +192,8 @@ class Gateway:
             self.supervisor.start("gc", gctune.maintenance)
             self.supervisor.start("alerts", self.alerts.run)
             self.supervisor.start("webhooks", self.notifier.run)
+            if self.ota.engine is not None:  # with workers, on the alert owner (worker 1) only
+                self.supervisor.start("ota_rollouts", self.ota.engine.run)
             if self.worker is None or self.worker[0] == 1:  # once per gateway, also with workers
                 self.supervisor.start("retention", Retention(self.storage, cfg.readings_retention_days,
                                                              cfg.rollup_retention_days).run_forever)
@@ -306,6 +315,10 @@ class Gateway:
     async def _run_command(self, device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         return await self.admin.run_command(device_id, name, args, timeout)
 
+    async def _ota_offer(self, device_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A rollout's offer: the ``ota`` command, to a device online now (docs/ota.md)."""
+        return await self.commands.run(device_id, "ota", args, self.config.ota_offer_timeout_s, queue=False)
+
     # ------------------------------------------------------------ HTTP endpoints of the process
     def _own_health(self) -> dict[str, Any]:
         """This process's health report (see ``healthz``) with its HTTP status under ``http``."""
@@ -356,6 +369,11 @@ class Gateway:
         identity = await self.http.dashboard_identity(ws, request)
         return identity if isinstance(identity, Response) else await self.history_api.respond(request.path)
 
+    async def ota_status(self, ws: EdgeConnection, request: Request) -> Response:
+        """/v1/ota: the dashboard's OTA panel (rollouts, update states), with the dashboard's checks."""
+        identity = await self.http.dashboard_identity(ws, request)
+        return identity if isinstance(identity, Response) else await self.ota.status_response()
+
     async def _own_metrics(self) -> str:
         admission = self.admission
         self.counters.by_error[TOO_MANY] = admission.answered
@@ -379,6 +397,13 @@ class Gateway:
             counters=[("dashboard_resyncs", "Dashboard clients that fell behind and were resynced with a "
                        "snapshot.", self.hub.resyncs),
                       ("dashboard_updates", "Coalesced update frames built for dashboards.", self.hub.updates_sent),
+                      ("ota_chunks", "ota_chunk frames sent to devices (docs/ota.md).", self.ota.frames.chunks),
+                      ("ota_chunk_bytes", "Bytes of the ota_chunk frames sent to devices.",
+                       self.ota.frames.chunk_bytes),
+                      ("ota_refused", "ota_get requests answered with an error (ota_unknown, storage).",
+                       self.ota.frames.refused),
+                      ("ota_offers", "OTA offers made by this process's rollout engine.",
+                       self.ota.engine.offers if self.ota.engine is not None else 0),
                       *cluster_counters],
             labelled=[("task_restarts", "Restarts of background tasks after a failure.", "task",
                        {name: state.restarts for name, state in self.supervisor.tasks.items()}),

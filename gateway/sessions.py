@@ -30,6 +30,7 @@ from gateway.flusher import Flusher
 from gateway.forward.setup import Forwarding
 from gateway.logs import log
 from gateway.metrics import INTERNAL_ERROR, Metrics
+from gateway.ota.serve import OtaFrames
 from gateway.storage.base import DeviceRecord, ReadingRow, Storage
 from gateway.supervisor import spawn
 from protocol import wire
@@ -37,6 +38,8 @@ from protocol.gateway import (
     EV_AUTH,
     EV_CLOSE,
     EV_DATA,
+    EV_OTA_GET,
+    EV_OTA_STATE,
     EV_REJECT,
     EV_RESULT,
     EV_STATUS,
@@ -132,6 +135,7 @@ class DeviceSessions:
         self.forwarding = forwarding if forwarding is not None else Forwarding(storage, [])  # MQTT/NATS hooks
         self.devices: dict[str, DeviceConnection] = {}
         self.flusher = Flusher(storage, metrics, listeners, store=store)  # store and ack, then the listeners
+        self.ota = OtaFrames(None)  # ota_get and ota frames (gateway/ota/serve.py; the gateway sets its store)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -376,6 +380,8 @@ class DeviceSessions:
             elif kind == EV_STATUS:
                 self.hub.status(conn.device_id, event.payload)
                 self.forwarding.device_status(conn.device_id, event.payload)
+            elif kind in (EV_OTA_GET, EV_OTA_STATE):
+                await self.ota.handle(conn, event)
 
     def _on_data(self, conn: DeviceConnection, frame: wire.DataFrame, received: int) -> None:
         """Hand the frame's readings to the flusher. Nothing else sees them before their commit:

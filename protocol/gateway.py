@@ -4,6 +4,8 @@ Frames in, Events out: each Event carries the reply frame to send and, for a clo
 close code. The asyncio gateway (gateway/) is the driver. MicroPython-safe like wire.py.
 """
 
+import binascii
+
 from protocol.cbor_decode import decode_frame, rows
 from protocol.wire import (
     DEFAULT_BURST,
@@ -13,6 +15,7 @@ from protocol.wire import (
     E_BAD_CBOR,
     E_BAD_FRAME,
     E_BAD_JSON,
+    E_BAD_REQUEST,
     E_BAD_VALUE,
     E_BINARY,
     E_IDENTITY,
@@ -29,6 +32,9 @@ from protocol.wire import (
     T_AUTH,
     T_CMD,
     T_DATA,
+    T_OTA,
+    T_OTA_CHUNK,
+    T_OTA_GET,
     T_RESULT,
     T_SLOW,
     T_STATUS,
@@ -55,6 +61,7 @@ MAX_FUTURE_MS = 86400000  # default: a reading stamped more than 1 day ahead is 
 MAX_PENDING_COMMANDS = 64  # command ids remembered per connection until their result arrives
 _INT64_MIN = -(1 << 63)  # the integers orjson (the gateway's JSON encoder) can write: -2**63 .. 2**64 - 1
 _INT64_MAX = (1 << 64) - 1
+MAX_OTA_OFFSET = 1 << 40  # beyond any release file (the contract's largest is 64 MiB)
 
 
 def json_shape_error(value, max_depth, max_values):
@@ -127,6 +134,76 @@ EV_STATUS = "status"  # payload: dict of status fields
 EV_REJECT = "reject"  # payload: ProtocolError (frame rejected; error frame in .reply)
 EV_THROTTLE = "throttle"  # payload: ProtocolError (rate limited; slow frame in .reply)
 EV_CLOSE = "close"  # payload: ProtocolError (send .reply, then close with .close_code)
+EV_OTA_GET = "ota_get"  # payload: dict release, file, off, len (the driver answers with a chunk or an error)
+EV_OTA_STATE = "ota_state"  # payload: dict release, state, reason, done, total (no reply)
+
+# OTA frames (docs/ota.md): what the gateway accepts of ota_get and ota frames.
+OTA_MAX_CHUNK = 4096
+OTA_STATES = ("downloading", "verifying", "trial", "good", "rolled_back", "failed")
+OTA_REASONS = ("bad_hash", "bad_signature", "no_space", "crashed", "no_gateway", "health_check", "install",
+               "aborted")
+_OTA_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.+-"
+_OTA_NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
+
+
+def _chars_ok(text, allowed, low, high):
+    if type(text) is not str or not low <= len(text) <= high:
+        return False
+    for c in text:
+        if c not in allowed:
+            return False
+    return True
+
+
+def valid_release_id(text):
+    """``<kind>-<version>``: kind esp32 or pi, version of 1-32 characters from 0-9 A-Z a-z . + -."""
+    if type(text) is not str:
+        return False
+    for kind in ("esp32-", "pi-"):
+        if text.startswith(kind):
+            return _chars_ok(text[len(kind):], _OTA_ID_CHARS, 1, 32)
+    return False
+
+
+def parse_ota_get(msg):
+    """The fields of an ``ota_get`` frame; ProtocolError(E_BAD_REQUEST) saying what is wrong."""
+    release = msg.get("release")
+    name = msg.get("file")
+    off = msg.get("off")
+    length = msg.get("len")
+    if not valid_release_id(release):
+        raise ProtocolError(E_BAD_REQUEST, "ota_get needs release '<kind>-<version>' (for example esp32-1.2.0)")
+    if not _chars_ok(name, _OTA_NAME_CHARS, 1, 64):
+        raise ProtocolError(E_BAD_REQUEST, "ota_get needs file, a name of 1-64 characters from A-Z a-z 0-9 _ . -")
+    if type(off) is not int or off < 0 or off > MAX_OTA_OFFSET:
+        raise ProtocolError(E_BAD_REQUEST, "ota_get needs off, an integer >= 0")
+    if type(length) is not int or not 0 < length <= OTA_MAX_CHUNK:
+        raise ProtocolError(E_BAD_REQUEST, "ota_get needs len, an integer from 1 to " + str(OTA_MAX_CHUNK))
+    return {"release": release, "file": name, "off": off, "len": length}
+
+
+def parse_ota_state(msg):
+    """The fields of an ``ota`` frame; ProtocolError(E_BAD_REQUEST) saying what is wrong."""
+    release = msg.get("release")
+    state = msg.get("state")
+    reason = msg.get("reason", "")
+    if reason is None:
+        reason = ""
+    if not valid_release_id(release):
+        raise ProtocolError(E_BAD_REQUEST, "ota needs release '<kind>-<version>' (for example esp32-1.2.0)")
+    if state not in OTA_STATES:
+        raise ProtocolError(E_BAD_REQUEST, "ota state must be one of " + ", ".join(OTA_STATES))
+    if not _chars_ok(reason, _OTA_NAME_CHARS, 0, 32):
+        raise ProtocolError(E_BAD_REQUEST, "ota reason must be a code of at most 32 characters (such as bad_hash)")
+    out = {"release": release, "state": state, "reason": reason, "done": None, "total": None}
+    for key in ("done", "total"):
+        value = msg.get(key)
+        if value is None:
+            continue
+        if type(value) is not int or value < 0 or value > MAX_OTA_OFFSET:
+            raise ProtocolError(E_BAD_REQUEST, "ota " + key + " must be an integer >= 0")
+        out[key] = value
+    return out
 
 
 class Event:
@@ -258,6 +335,10 @@ class GatewaySession:
             return self._result(msg)
         if kind == T_STATUS:
             return self._status(msg)
+        if kind == T_OTA_GET:
+            return self._ota(msg, parse_ota_get, EV_OTA_GET)
+        if kind == T_OTA:
+            return self._ota(msg, parse_ota_state, EV_OTA_STATE)
         if kind == T_AUTH:
             return self._bad(ProtocolError(E_BAD_FRAME, "already authenticated"))
         return self._bad(ProtocolError(E_UNKNOWN_TYPE, "unknown message type '" + kind[:32] + "'"))
@@ -353,6 +434,19 @@ class GatewaySession:
             self.gaps += self.last_gap
         self.accepted_seq = frame.last_seq
         return Event(EV_DATA, frame)
+
+    def _ota(self, msg, parse, event):
+        try:
+            fields = parse(msg)
+        except ProtocolError as err:
+            return self._bad(err)
+        self.strikes = 0
+        return Event(event, fields)
+
+    def ota_chunk(self, release, name, off, data, size):
+        """The ``ota_chunk`` frame answering an EV_OTA_GET (``data``: the bytes, sent as base64)."""
+        return self.dumps({"t": T_OTA_CHUNK, "release": release, "file": name, "off": off,
+                           "data": binascii.b2a_base64(data).decode().rstrip("\n"), "size": size})
 
     def _status(self, msg):
         fields = {}

@@ -34,6 +34,10 @@ T_SLOW = "slow"
 T_CMD = "cmd"
 T_RESULT = "result"
 T_STATUS = "status"
+# Over-the-air updates (protocol/ota.py; the offer is the ``ota`` command)
+T_OTA = "ota"  # device -> gateway: an update's state
+T_OTA_GET = "ota_get"  # device -> gateway: one chunk request (at most one outstanding)
+T_OTA_CHUNK = "ota_chunk"  # gateway -> device: the chunk
 
 # Stable error codes carried in error frames and HTTP rejection bodies.
 E_BAD_JSON = "bad_json"
@@ -57,6 +61,8 @@ E_STORAGE = "storage_unavailable"
 E_TAKEOVER = "takeover_pending"  # another gateway instance still holds the device: try again later
 E_TOO_MANY_ERRORS = "too_many_errors"
 E_NO_SUCH_COMMAND = "no_such_command"  # a result for no command pending on this connection
+E_OTA_UNKNOWN = "ota_unknown"  # an ota_get for no release or file offered to this device
+E_BAD_REQUEST = "bad_request"  # an ota_get that is not one (fields missing or out of range)
 
 # WebSocket close codes (RFC 6455 plus the 4000-4999 private range).
 CLOSE_NORMAL = 1000

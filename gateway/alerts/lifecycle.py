@@ -114,6 +114,17 @@ class AlertLifecycle:
         entry = AlertHistoryRow(alert.alert_id, at_ms, event, by, value, text)
         return self.writer.add(alert, entry, alert_dict(alert), future)
 
+    def raise_external(self, source: str, rule: str, text: str, severity: str = "major") -> None:
+        """Raise an alert that no rule judges (a rollout stopped at its failure limit: gateway/ota/):
+        ``source`` stands where a device id goes, ``rule`` names what raised it. It is stored and
+        emitted like the others (webhooks, dashboards) and cleared by an operator; a restart clears
+        it (no rule of the book holds it)."""
+        now = self.now_ms()
+        alert = AlertRow(0, source, "*", rule, now, None, kind=rule, severity=severity, state=ALERT_ACTIVE,
+                         text=text, updated_ms=now)
+        if self._record(alert, RAISED, now, None, None, text):
+            self.counts["raised"] += 1
+
     # ------------------------------------------------------------------ hot path
     def committed(self, rows: list[ReadingRow]) -> None:
         """The commit listener (gateway/fanout.py): each newly stored reading through ``reading``.

@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli import export as export_cli
     from gateway.cli import forward as forward_cli
     from gateway.cli import ops as ops_cli
+    from gateway.cli import ota as ota_cli
     from gateway.cli import tokens as tokens_cli
 
     devices_cli.add_device_commands(sub)
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_cli.add_export_command(sub)
     ops_cli.add_ops_commands(sub)
     forward_cli.add_forward_command(sub)
+    ota_cli.add_ota_command(sub)
     p = sub.add_parser("command", help="send a command to an online device and print its result")
     p.add_argument("device_id")
     p.add_argument("name", help="set_interval, set_thresholds, set_output, reboot, ping")
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.cli import export as export_cli
     from gateway.cli import forward as forward_cli
     from gateway.cli import ops as ops_cli
+    from gateway.cli import ota as ota_cli
     from gateway.cli import tokens as tokens_cli
     from gateway.logs import setup_logging
 
@@ -161,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             return ops_cli.run_ops_command(args)
         if args.cmd == forward_cli.COMMAND:
             return forward_cli.run_forward_command(args)
+        if args.cmd == ota_cli.COMMAND:
+            return ota_cli.run_ota_command(args)
         return devices_cli.run_devices_command(args)
 
     return run_cli(run)

@@ -14,7 +14,7 @@ from gateway.errors import StorageError
 from gateway.storage import postgresql_forward as fwd
 from gateway.storage.base import ReadingRow
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_LOCK = 7_301_201  # advisory lock key: migrations
 
 # MIGRATIONS[n] brings a database from version n to n + 1.
@@ -138,6 +138,57 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (rule_id, device_id)
     );
     CREATE INDEX alert_baselines_device ON alert_baselines (device_id);
+    """,
+    # 2 -> 3: OTA (gateway/storage/ota_base.py, docs/ota.md): releases and their files, rollouts,
+    # their members, and each device's latest update report.
+    """
+    CREATE TABLE ota_releases (
+        release_id text   PRIMARY KEY,
+        kind       text   NOT NULL,
+        version    text   NOT NULL,
+        manifest   text   NOT NULL,
+        sig        text   NOT NULL,
+        created_ms bigint NOT NULL,
+        size       bigint NOT NULL
+    );
+    CREATE TABLE ota_files (
+        release_id text  NOT NULL,
+        name       text  NOT NULL,
+        data       bytea NOT NULL,
+        PRIMARY KEY (release_id, name)
+    );
+    ALTER TABLE ota_files ALTER COLUMN data SET STORAGE EXTERNAL;
+    CREATE TABLE ota_rollouts (
+        rollout_id   text    PRIMARY KEY,
+        release_id   text    NOT NULL,
+        state        text    NOT NULL,
+        target       text    NOT NULL,
+        canary_pct   integer NOT NULL,
+        max_failures integer NOT NULL,
+        created_ms   bigint  NOT NULL,
+        updated_ms   bigint  NOT NULL,
+        reason       text    NOT NULL DEFAULT ''
+    );
+    CREATE INDEX ota_rollouts_release ON ota_rollouts (release_id);
+    CREATE TABLE ota_members (
+        rollout_id text    NOT NULL,
+        device_id  text    NOT NULL,
+        canary     boolean NOT NULL,
+        state      text    NOT NULL,
+        reason     text    NOT NULL DEFAULT '',
+        updated_ms bigint  NOT NULL,
+        PRIMARY KEY (rollout_id, device_id)
+    );
+    CREATE INDEX ota_members_device ON ota_members (device_id);
+    CREATE TABLE ota_reports (
+        device_id  text   PRIMARY KEY,
+        release_id text   NOT NULL,
+        state      text   NOT NULL,
+        reason     text   NOT NULL DEFAULT '',
+        done       bigint,
+        total      bigint,
+        updated_ms bigint NOT NULL
+    );
     """,
 ]
 

@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - orjson is a gateway dependency
         return json.dumps(metrics, allow_nan=False, separators=(",", ":"))
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 # MIGRATIONS[n] brings a database from user_version n to n + 1.
@@ -206,6 +206,56 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (rule_id, device_id)
     ) WITHOUT ROWID;
     CREATE INDEX alert_baselines_device ON alert_baselines (device_id);
+    """,
+    # 3 -> 4: OTA (gateway/storage/ota_base.py, docs/ota.md): releases and their files, rollouts,
+    # their members, and each device's latest update report.
+    """
+    CREATE TABLE ota_releases (
+        release_id TEXT    PRIMARY KEY,
+        kind       TEXT    NOT NULL,
+        version    TEXT    NOT NULL,
+        manifest   TEXT    NOT NULL,
+        sig        TEXT    NOT NULL,
+        created_ms INTEGER NOT NULL,
+        size       INTEGER NOT NULL
+    );
+    CREATE TABLE ota_files (
+        release_id TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        data       BLOB NOT NULL,
+        UNIQUE (release_id, name)
+    );
+    CREATE TABLE ota_rollouts (
+        rollout_id   TEXT    PRIMARY KEY,
+        release_id   TEXT    NOT NULL,
+        state        TEXT    NOT NULL,
+        target       TEXT    NOT NULL,
+        canary_pct   INTEGER NOT NULL,
+        max_failures INTEGER NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        updated_ms   INTEGER NOT NULL,
+        reason       TEXT    NOT NULL DEFAULT ''
+    );
+    CREATE INDEX ota_rollouts_release ON ota_rollouts (release_id);
+    CREATE TABLE ota_members (
+        rollout_id TEXT    NOT NULL,
+        device_id  TEXT    NOT NULL,
+        canary     INTEGER NOT NULL,
+        state      TEXT    NOT NULL,
+        reason     TEXT    NOT NULL DEFAULT '',
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (rollout_id, device_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX ota_members_device ON ota_members (device_id);
+    CREATE TABLE ota_reports (
+        device_id  TEXT    PRIMARY KEY,
+        release_id TEXT    NOT NULL,
+        state      TEXT    NOT NULL,
+        reason     TEXT    NOT NULL DEFAULT '',
+        done       INTEGER,
+        total      INTEGER,
+        updated_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
     """,
 ]
 

@@ -48,8 +48,8 @@ def test_every_page_file_is_served_and_nothing_from_elsewhere() -> None:
     files = dashboard_http.load_static()
     assert files["/"] == files["/index.html"]
     for path in ("/app.js", "/store.js", "/fleet.js", "/device.js", "/charts.js", "/alerts.js", "/util.js",
-                 "/status.js", "/history.js", "/commands.js", "/console.js", "/rules.js", "/style.css", "/favicon.svg",
-                 "/vendor/qrcode.mjs",
+                 "/status.js", "/history.js", "/commands.js", "/console.js", "/rules.js", "/ota.js", "/style.css",
+                 "/favicon.svg", "/vendor/qrcode.mjs",
                  "/vendor/uPlot.iife.min.js", "/vendor/uPlot.min.css"):
         assert path in files, path
     assert files["/app.js"][1].startswith("text/javascript")
