@@ -30,7 +30,7 @@ function updateText(p) {
 function render(data) {
   const reports = data.devices || [];
   const rollouts = data.rollouts || [];
-  root.hidden = location.hash.startsWith("#/device/") || (!reports.length && !rollouts.length);
+  root.hidden = location.hash.startsWith("#/device/") || location.hash.startsWith("#/console") || (!reports.length && !rollouts.length);
   if (root.hidden) return;
   root.replaceChildren(
     h("h2", { id: "ota-title" }, "Updates"),
