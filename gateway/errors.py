@@ -107,3 +107,13 @@ class CommandError(GatewayError, LookupError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class GroupError(RegistryError):
+    """A label or a device group was refused (gateway/groups.py). ``code`` is stable: ``bad_label``,
+    ``bad_group``, ``empty_group`` (no registered device matches), ``not_found`` (a listed id is not
+    registered)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
