@@ -27,7 +27,7 @@ from gateway.storage.base import DeviceRecord
 from protocol import wire
 
 MAX_LABELS = 16
-MAX_GROUP_DEVICES = 10_000
+MAX_GROUP_DEVICES = 5_000
 _KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,30}[A-Za-z0-9_.])?")  # never ends with - (KEY- drops KEY)
 _VALUE = re.compile(r"[A-Za-z0-9_.-]{0,64}")
 GROUP_HINT = "a group is label=KEY, label=KEY=VALUE (terms joined by ,) or devices=ID,ID,..."
@@ -133,6 +133,9 @@ def members(group: Group, records: list[DeviceRecord]) -> list[DeviceRecord]:
         if unknown:
             raise GroupError("not_found", f"group {group.text[:80]!r}: not registered: {', '.join(unknown[:10])}"
                                 + (" ..." if len(unknown) > 10 else ""))
+    if len(found) > MAX_GROUP_DEVICES:
+        raise GroupError("bad_group", f"group {group.text[:80]!r} matches {len(found)} devices, more than "
+                         f"{MAX_GROUP_DEVICES}: narrow it with another label term")
     if not found:
         raise GroupError("empty_group", f"group {group.text[:80]!r}: no registered device matches; "
                             "`devices list` shows each device's labels")

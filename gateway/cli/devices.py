@@ -2,7 +2,10 @@
 
 Works on the gateway's storage directly, also while the gateway runs (SQLite WAL, or the
 PostgreSQL database named by ``--storage``/``EDGEWIRE_STORAGE``/the config; the gateway reads
-the registry on every authentication, so changes apply to the next connection). ``add`` and
+the registry on every authentication, so changes apply to the next connection). ``remove``
+(alias ``delete``) goes through the running gateway's admin API when there is one (found by its
+data directory, or ``--url``), so its session ends and its MQTT bridge clears the device's Home
+Assistant discovery at once; with none running it removes the registry row directly. ``add`` and
 ``rotate`` print the token as the last stdout line; it is shown only then. Errors print
 ``error: ...`` on stderr and exit with status 2.
 

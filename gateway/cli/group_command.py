@@ -18,6 +18,7 @@ from typing import Any
 from gateway.cli.admin_client import admin_call
 
 SOME_FAILED = 1
+MAX_REPLY = 64 * 2**20  # a group of MAX_GROUP_DEVICES members, each with its device's result (<= 8 KiB of data)
 
 
 def summary_text(name: str, counts: dict[str, int]) -> str:
@@ -37,7 +38,8 @@ def run_group_command(url: str, token: str, group: str, name: str, args: dict[st
                       parallel: int, as_json: bool) -> int:
     """Send the request, print the results; the exit status (0 all ok, 1 some not)."""
     reply = asyncio.run(admin_call(url, token, {"t": "group_command", "group": group, "name": name, "args": args,
-                                                "timeout": timeout, "parallel": parallel}, timeout + 10))
+                                                "timeout": timeout, "parallel": parallel}, timeout + 10,
+                                 max_size=MAX_REPLY))
     results: list[dict[str, Any]] = reply.get("results") or []
     counts: dict[str, int] = reply.get("summary") or {}
     if as_json:
