@@ -71,7 +71,9 @@ def add_device_commands(subparsers: Any) -> None:
         p.add_argument("device_id")
 
     p = actions.add_parser(
-        "remove", aliases=["delete"], parents=[common], help=REMOVE_HELP, description=REMOVE_HELP)
+        "remove", aliases=["delete"], parents=[common], description=REMOVE_HELP,
+        help="decommission the device: registry, session, Home Assistant entities (its readings are kept "
+             "until retention)")
     p.add_argument("device_id")
     p.add_argument("--url", help="the running gateway's URL (default: the address it left in its data directory)")
     p.add_argument("--admin-token", help="instead of <data-dir>/admin.token")

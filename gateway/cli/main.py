@@ -125,8 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="One device: its result as JSON (a device offline that connected before gets "
                        "the command if it comes back within --timeout). A group (--group, --device): one line "
                        "per device and a summary (--json: one JSON object); members offline now are reported "
-                       "device_offline, disabled ones skipped. Exit status 0 if every device answered ok, 1 if "
-                       "some did not, 2 if the command could not be sent (docs/protocol.md sections 8 and 10).")
+                       "device_offline (nothing is queued for them), disabled ones skipped; exit status 0 if "
+                       "every member answered ok, else 1 with the summary as the error line. Any other failure "
+                       "(a single device's refusal included) is one error line and status 2 "
+                       "(docs/protocol.md sections 8 and 10).")
     p.add_argument("words", nargs="+", metavar="[DEVICE] NAME [KEY=VALUE ...]",
                    help="the device (not with --group/--device), the command (set_interval, set_thresholds, "
                    "set_output, reboot, ping), then its arguments as key=value (values parsed as JSON when "
