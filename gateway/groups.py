@@ -60,9 +60,8 @@ def parse_label_changes(items: Iterable[str]) -> tuple[dict[str, str], list[str]
 
 def changed_labels(labels: dict[str, str], set_: dict[str, str], remove: Iterable[str]) -> dict[str, str]:
     """``labels`` with ``remove`` taken out and ``set_`` put in (checked); GroupError beyond MAX_LABELS."""
-    result = {k: v for k, v in labels.items() if k not in set(remove)}
-    for key in remove:
-        check_label(key, "")
+    dropped = {check_label(key, "")[0] for key in remove}
+    result = {k: v for k, v in labels.items() if k not in dropped}
     for key, value in set_.items():
         check_label(key, value)
         result[key] = value

@@ -112,6 +112,12 @@ def test_admin_group_command_request(gateway: GatewayProcess, tmp_path: Path) ->
             assert reply["summary"] == {"total": 2, "ok": 1, "device_offline": 1}
             labelled = await gateway.admin({"t": "label", "device_id": "A-1", "set": {"tier": "gold"}})
             assert labelled["labels"] == {"tier": "gold"}
+            with pytest.raises(GatewayError, match=r"^bad_label: "):  # nothing changes, the good one included
+                await gateway.admin({"t": "label", "device_id": "A-1", "set": {"zone": "n", "bad key": "x"}})
+            with pytest.raises(GatewayError, match=r"^bad_label: "):
+                await gateway.admin({"t": "label", "device_id": "A-1", "remove": [5]})
+            listed = (await gateway.admin({"t": "devices"}))["devices"]
+            assert [d["labels"] for d in listed] == [{"tier": "gold"}, {}]
             reply = await gateway.admin({"t": "group_command", "group": "label=tier", "name": "ping"})
             assert [r["device"] for r in reply["results"]] == ["A-1"]
             for bad, code in (({"group": "label=tier", "devices": ["A-1"]}, "bad_group"),
