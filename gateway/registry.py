@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from gateway.errors import ConfigError, RegistryError
+from gateway.groups import changed_labels
 from gateway.secret_files import private_dir, read_secret, read_secret_bytes, write_secret_file
 from gateway.storage.base import DeviceRecord, Storage
 from protocol import wire
@@ -199,6 +200,15 @@ class Registry:
         record.allow_cidrs = normalized
         await self.storage.put_device(record)
         return normalized
+
+    async def set_labels(self, device_id: str, set_: dict[str, str] | None = None,
+                         remove: Iterable[str] = ()) -> dict[str, str]:
+        """Add or change the labels ``set_`` and drop the keys ``remove`` (gateway/groups.py says what a
+        label is); return the device's labels. GroupError (``bad_label``) changes nothing."""
+        record = await self.get(device_id)
+        record.labels = changed_labels(record.labels, set_ or {}, list(remove))
+        await self.storage.put_device(record)
+        return record.labels
 
     async def delete(self, device_id: str) -> None:
         """Remove the device from the registry: its credentials stop working, and the gateway clears it

@@ -121,7 +121,8 @@ class Gateway:
                                takeover_timeout_s=config.takeover_timeout_s, siblings=tuple(siblings or ()))
         self.sessions.hooks = self.cluster
         self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics,
-                              online=self.cluster.online, registry_changed=self.cluster.registry_changed)
+                              online=self.cluster.online, registry_changed=self.cluster.registry_changed,
+                              device_removed=self.forwarding.device_deleted)
         alert_admin = AlertAdmin(self.alerts)
         relay = self.relay
         alert_requests = relay.admin_requests if relay is not None else alert_admin.requests_as  # as a given who

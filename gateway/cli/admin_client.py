@@ -70,8 +70,9 @@ def websocket_url(url: str) -> str:
 
 
 async def admin_call(url: str, token: str, request: dict[str, Any], timeout: float = 30.0,
-                     ssl_context: ssl.SSLContext | None = None) -> dict[str, Any]:
-    """Send one request to /v1/admin and return the reply (GatewayError on an error reply or failure)."""
+                     ssl_context: ssl.SSLContext | None = None, max_size: int = 2**20) -> dict[str, Any]:
+    """Send one request to /v1/admin and return the reply (GatewayError on an error reply or failure).
+    ``max_size``: the largest reply accepted, in bytes (a group command's results can pass 1 MiB)."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI, WebSocketException
 
@@ -79,7 +80,7 @@ async def admin_call(url: str, token: str, request: dict[str, Any], timeout: flo
     options: dict[str, Any] = {"ssl": ssl_context} if ssl_context is not None else {}
     try:
         async with connect(endpoint, additional_headers={"Authorization": f"Bearer {token}"},
-                           open_timeout=timeout, **options) as ws:
+                           open_timeout=timeout, max_size=max_size, **options) as ws:
             await ws.send(json.dumps(dict(request, id="1")))
             reply: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
     except InvalidURI:

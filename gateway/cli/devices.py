@@ -1,8 +1,11 @@
-"""``python -m gateway devices add|list|show|disable|enable|rotate|revoke|allow|delete`` and ``jwt``.
+"""``python -m gateway devices add|list|show|disable|enable|rotate|revoke|allow|label|remove`` and ``jwt``.
 
 Works on the gateway's storage directly, also while the gateway runs (SQLite WAL, or the
 PostgreSQL database named by ``--storage``/``EDGEWIRE_STORAGE``/the config; the gateway reads
-the registry on every authentication, so changes apply to the next connection). ``add`` and
+the registry on every authentication, so changes apply to the next connection). ``remove``
+(alias ``delete``) goes through the running gateway's admin API when there is one (found by its
+data directory, or ``--url``), so its session ends and its MQTT bridge clears the device's Home
+Assistant discovery at once; with none running it removes the registry row directly. ``add`` and
 ``rotate`` print the token as the last stdout line; it is shown only then. Errors print
 ``error: ...`` on stderr and exit with status 2.
 
@@ -20,14 +23,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.admin_client import admin_call, admin_token
 from gateway.cli.common import iso_seconds, one_line_errors, run_cli
 from gateway.errors import ConfigError, RegistryError
+from gateway.groups import parse_label_changes
 from gateway.registry import Registry, check_device_id, load_or_create_key, normalize_cidrs
 from gateway.secret_files import private_dir, private_umask
+from gateway.state_files import running_address
 from gateway.storage.backends import cli_config, open_storage, storage_arguments
 from gateway.storage.base import DeviceRecord
 
 DEVICE_COMMANDS = ("devices", "jwt")
+REMOVE_HELP = ("decommission the device: it leaves the registry (its credentials stop working), a running "
+               "gateway ends its session at once and its MQTT bridge clears the device's Home Assistant "
+               "discovery and its retained topics (no gateway running: the gateway clears them when it next "
+               "connects to the broker). Its readings are kept until retention (readings_retention_days) and "
+               "can still be exported")
 
 
 def add_device_commands(subparsers: Any) -> None:
@@ -55,11 +66,23 @@ def add_device_commands(subparsers: Any) -> None:
     for name, text in (("disable", "refuse the device's credentials (history is kept)"),
                        ("enable", "accept the device's credentials again"),
                        ("rotate", "issue a new token and print it; the old one stops working"),
-                       ("revoke", "remove the device's token; it can no longer authenticate with one"),
-                       ("delete", "remove the device from the registry (its readings stay until retention; "
-                                  "the MQTT bridge removes its Home Assistant entities)")):
+                       ("revoke", "remove the device's token; it can no longer authenticate with one")):
         p = actions.add_parser(name, parents=[common], help=text)
         p.add_argument("device_id")
+
+    p = actions.add_parser(
+        "remove", aliases=["delete"], parents=[common], description=REMOVE_HELP,
+        help="decommission the device: registry, session, Home Assistant entities (its readings are kept "
+             "until retention)")
+    p.add_argument("device_id")
+    p.add_argument("--url", help="the running gateway's URL (default: the address it left in its data directory)")
+    p.add_argument("--admin-token", help="instead of <data-dir>/admin.token")
+
+    p = actions.add_parser("label", parents=[common], help="set, drop or show the device's labels (groups)",
+                           description="Labels select devices for group commands (command --group label=KEY or "
+                                       "label=KEY=VALUE). KEY=VALUE or KEY (a tag) sets, KEY- drops; none shows them.")
+    p.add_argument("device_id")
+    p.add_argument("changes", nargs="*", metavar="KEY=VALUE|KEY|KEY-")
 
     p = actions.add_parser("allow", parents=[common], help="set or show the device's address allowlist")
     p.add_argument("device_id")
@@ -87,17 +110,23 @@ def _public(record: DeviceRecord) -> dict[str, Any]:
     return {"device_id": record.device_id, "enabled": record.enabled,
             "token": "active" if record.token_digest is not None else "revoked",
             "token_created_ms": record.token_created_ms, "allow_cidrs": list(record.allow_cidrs),
-            "label": record.label, "created_ms": record.created_ms}
+            "label": record.label, "labels": dict(record.labels), "created_ms": record.created_ms}
 
 
 def _table(records: list[DeviceRecord]) -> str:
-    rows = [("DEVICE", "ENABLED", "TOKEN", "ALLOW", "CREATED", "LABEL")]
+    rows = [("DEVICE", "ENABLED", "TOKEN", "ALLOW", "CREATED", "LABELS", "LABEL")]
     for r in records:
         rows.append((r.device_id, "yes" if r.enabled else "NO", "active" if r.token_digest else "revoked",
-                     ",".join(r.allow_cidrs) or "any", iso_seconds(r.created_ms), r.label.replace("\n", " ")))
+                     ",".join(r.allow_cidrs) or "any", iso_seconds(r.created_ms), labels_text(r.labels) or "-",
+                     r.label.replace("\n", " ")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
                      for row in rows).rstrip() + "\n"
+
+
+def labels_text(labels: dict[str, str]) -> str:
+    """``site=greenhouse,tag`` (a tag is shown without ``=``)."""
+    return ",".join(f"{k}={v}" if v else k for k, v in labels.items())
 
 
 def _print_token(device_id: str, token: str, verb: str) -> None:
@@ -109,8 +138,19 @@ def _print_token(device_id: str, token: str, verb: str) -> None:
 
 
 async def _devices(args: argparse.Namespace) -> int:
-    action = args.devices_action
+    action = "remove" if args.devices_action == "delete" else args.devices_action
     config = cli_config(args)
+    if action == "remove":
+        check_device_id(args.device_id)
+        url = args.url or running_address(config.data_dir).url
+        if url:  # the running gateway removes it: its session ends and its bridge clears the broker now
+            token = admin_token(config.data_dir, args.admin_token)
+            await admin_call(url, token, {"t": "remove", "device_id": args.device_id})
+            print(f"device {args.device_id} removed: its credentials no longer work, its session (if any) is "
+                  "closed, and the gateway's MQTT bridge (if configured) clears its Home Assistant discovery and "
+                  "its retained topics now; its readings are kept until retention (readings_retention_days)",
+                  file=sys.stderr)
+            return 0
     data_dir, db = Path(config.data_dir), config.database
     if action == "add":
         check_device_id(args.device_id)  # refuse bad input before creating anything
@@ -154,11 +194,19 @@ async def _devices(args: argparse.Namespace) -> int:
             await registry.revoke(args.device_id)
             print(f"device {args.device_id}: token revoked; its history stays. Issue a new token with "
                   f"devices rotate {args.device_id}", file=sys.stderr)
-        elif action == "delete":
+        elif action == "remove":
             await registry.delete(args.device_id)
-            print(f"device {args.device_id} deleted from the registry: its credentials no longer work, and a "
-                  "running gateway with MQTT removes its Home Assistant entities within a minute; its readings "
-                  "stay until retention", file=sys.stderr)
+            print(f"device {args.device_id} removed from the registry (no gateway is running here): its "
+                  "credentials no longer work; the gateway's MQTT bridge clears its Home Assistant discovery when "
+                  "it next connects to the broker (a gateway running elsewhere: within a minute); its readings are "
+                  "kept until retention (readings_retention_days)", file=sys.stderr)
+        elif action == "label":
+            if args.changes:
+                changes, remove = parse_label_changes(args.changes)
+                labels = await registry.set_labels(args.device_id, changes, remove)
+            else:
+                labels = (await registry.get(args.device_id)).labels
+            print(labels_text(labels) or "no labels")
         elif action == "allow":
             if args.any or args.cidr:
                 cidrs = await registry.set_allow(args.device_id, [] if args.any else args.cidr)

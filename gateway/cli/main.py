@@ -69,8 +69,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
+    group = args.group or ("devices=" + ",".join(args.device) if args.device else None)
+    if args.group and args.device:
+        raise GatewayError("give --group or --device, not both")
+    words = list(args.words)
+    if group is None and len(words) < 2:
+        raise GatewayError("give DEVICE NAME, or NAME with --group label=KEY[=VALUE] / devices=ID,... or --device ID")
+    device_id = None if group is not None else words.pop(0)
+    name = words.pop(0)
     command_args: dict[str, Any] = {}
-    for item in args.args:
+    for item in [*words, *args.args]:  # (words left over: not key=value, refused below)
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise GatewayError(f"argument {item!r} must be key=value (for example seconds=30)")
@@ -82,13 +90,17 @@ def _command(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides={"data_dir": args.data_dir}, warn=warn, given=given)
     token = admin_token(config.data_dir, args.admin_token)
     url = gateway_address(args.url, config, given)
+    if group is not None:
+        from gateway.cli.group_command import run_group_command
+
+        return run_group_command(url, token, group, name, command_args, args.timeout, args.parallel, args.json)
     reply = asyncio.run(admin_call(url, token, {
-        "t": "command", "device_id": args.device_id, "name": args.name, "args": command_args,
+        "t": "command", "device_id": device_id, "name": name, "args": command_args,
         "timeout": args.timeout}, args.timeout + 5))
     result = reply["result"]
     if not result.get("ok"):  # the device refused it: one error line, as every CLI failure
         reason = str(result.get("msg") or result.get("code") or "no reason given")
-        raise GatewayError(f"device {args.device_id} refused {args.name}: {reason}")
+        raise GatewayError(f"device {device_id} refused {name}: {reason}")
     print(json.dumps(result))
     return 0
 
@@ -110,18 +122,33 @@ def build_parser() -> argparse.ArgumentParser:
     ops_cli.add_ops_commands(sub)
     forward_cli.add_forward_command(sub)
     ota_cli.add_ota_command(sub)
-    p = sub.add_parser("command", help="send a command to an online device and print its result")
-    p.add_argument("device_id")
-    p.add_argument("name", help="set_interval, set_thresholds, set_output, reboot, ping")
-    p.add_argument("args", nargs="*", help="key=value (values parsed as JSON when possible), before or "
-                   "after the options")
+    p = sub.add_parser("command", help="send a command to a device, or to a group, and print the result(s)",
+                       usage="%(prog)s [options] DEVICE NAME [KEY=VALUE ...] | --group G NAME [KEY=VALUE ...]",
+                       description="One device: its result as JSON (a device offline that connected before gets "
+                       "the command if it comes back within --timeout). A group (--group, --device): one line "
+                       "per device and a summary (--json: one JSON object); members offline now are reported "
+                       "device_offline (nothing is queued for them), disabled ones skipped; exit status 0 if "
+                       "every member answered ok, else 1 with the summary as the error line. Any other failure "
+                       "(a single device's refusal included) is one error line and status 2 "
+                       "(docs/protocol.md sections 8 and 10).")
+    p.add_argument("words", nargs="+", metavar="[DEVICE] NAME [KEY=VALUE ...]",
+                   help="the device (not with --group/--device), the command (set_interval, set_thresholds, "
+                   "set_output, reboot, ping), then its arguments as key=value (values parsed as JSON when "
+                   "possible), before or after the options")
+    p.add_argument("--group", metavar="G", help="label=KEY (devices with that label), label=KEY=VALUE (terms "
+                   "joined by , must all match) or devices=ID,ID,... (labels: devices label DEVICE KEY=VALUE)")
+    p.add_argument("--device", action="append", default=[], metavar="ID",
+                   help="a member of the group (repeatable; instead of --group)")
+    p.add_argument("--parallel", type=int, default=16, help="group: commands in flight at once (1-64, default 16)")
+    p.add_argument("--json", action="store_true", help="group: one JSON object (results and summary)")
     p.add_argument("--config", help="gateway TOML config (its host, port, TLS and data_dir)")
     p.add_argument("--url", help="gateway URL, ws(s):// or http(s):// (default: EDGEWIRE_HOST/EDGEWIRE_PORT, "
                    "else the address the running gateway left in its data directory, else the config's, "
                    f"else ws://{DEFAULTS.host}:{DEFAULTS.port})")
     p.add_argument("--data-dir", default=None, help="where admin.token is (default: the config's data_dir)")
     p.add_argument("--admin-token", help="instead of <data-dir>/admin.token")
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for the result (a group: for all of them; default 10)")
     return parser
 
 
@@ -129,11 +156,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; ``command``'s key=value arguments may also come after its options."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra:
-        if args.cmd == "command" and all("=" in item and not item.startswith("-") for item in extra):
-            args.args = [*args.args, *extra]
-        else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra and not (args.cmd == "command" and all("=" in item and not item.startswith("-") for item in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.cmd == "command":  # ids and command names hold no "=": what does is an argument
+        args.args = [*(w for w in args.words if "=" in w), *extra]
+        args.words = [w for w in args.words if "=" not in w]
     return args
 
 

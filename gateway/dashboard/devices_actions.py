@@ -85,4 +85,5 @@ class DeviceActions:
         await self.changed()
         token = reply.get("token")
         return {"device": device, "change": request, **({"token": token} if token else {}),
-                **{k: v for k, v in reply.items() if k in ("enabled", "label", "deleted")}}
+                **{k: v for k, v in reply.items() if k in ("enabled", "label")},
+                **({"deleted": True} if reply.get("removed") else {})}

@@ -16,7 +16,8 @@ Forwarder, from storage. The bridge keeps the broker in step with the gateway (d
   firmware changes, again after every (re)connect (a broker restarted without persistence
   lost them) and whenever Home Assistant announces itself (``online`` on
   ``<discovery prefix>/status``); removed (empty retained payloads) when the device is deleted
-  from the registry. A device the registry snapshot does not know yet (added since) has its
+  from the registry (every config of it: those published here and those read back from the
+  broker, an earlier run's included). A device the registry snapshot does not know yet (added since) has its
   label looked up before its first config goes out, so Home Assistant names it right at once;
 - each device's status (open alerts, health, outputs), retained, for those entities;
 - alert events (``alert_event``) and command results.
@@ -92,6 +93,7 @@ class MqttBridge:
         self._removals: dict[str, None] = {}  # topics to clear (empty retained)
         self._published: dict[str, tuple[Any, ...]] = {}  # device -> signature of its configs on the broker
         self._config_topics: dict[str, list[str]] = {}  # device -> its config topics published
+        self._broker_configs: dict[str, set[str]] = {}  # device -> its config topics read back from the broker
         self._status_due = False  # the bridge's own status and device config
         self._pump_scheduled = False
         self.gate = CommandGate(run_command, self._answer, done=self._command_done) \
@@ -196,6 +198,7 @@ class MqttBridge:
             pending.pop(device_id, None)
         topics = self._config_topics.pop(device_id, [])
         topics += [self.topics.config(device_id, m) for m in sorted(info.metrics if info else ())]
+        topics += sorted(self._broker_configs.pop(device_id, ()))  # e.g. a switch of an earlier run
         for topic in [*topics, *self.topics.of_device(device_id)]:
             self._removals[topic] = None
         log("mqtt_device_removed", device=device_id)
@@ -273,12 +276,18 @@ class MqttBridge:
                 if self.gate is not None:
                     self.gate.received(command[0], command[1], payload, retained)
                 continue
-            # A retained config of ours (at subscribe time): cleared if its device is no longer registered.
-            device_id = discovery.device_of_config(payload) if self.registered is not None else None
-            if device_id is not None and device_id not in (self.registered or ()) and device_id not in self.devices:
+            # A config of ours (retained ones at subscribe time, then our own as they go out): cleared if its
+            # device is no longer registered, else kept in mind, so removing the device clears every entity
+            # the broker holds for it, those published by an earlier run included.
+            device_id = discovery.device_of_config(payload)
+            if device_id is None:
+                continue
+            if self.registered is not None and device_id not in self.registered and device_id not in self.devices:
                 for stale in [topic, *self.topics.of_device(device_id)]:
                     self._removals[stale] = None
                 self._schedule()
+            else:
+                self._broker_configs.setdefault(device_id, set()).add(topic)
 
     # ------------------------------------------------------------ publishing control messages
     def _info(self, device_id: str) -> DeviceInfo:

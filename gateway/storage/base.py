@@ -146,6 +146,7 @@ class DeviceRecord:
     label: str = ""
     created_ms: int = 0
     token_created_ms: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # key -> value ("" for a bare tag): gateway/groups.py
 
 
 DASHBOARD_ROLES = ("viewer", "operator")  # an operator may also do everything a viewer may

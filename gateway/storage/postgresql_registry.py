@@ -5,16 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import orjson
 
 from gateway.storage.base import DashboardToken, DeviceRecord
 from gateway.storage.postgresql_core import PostgresCore
 
-_DEVICE_COLUMNS = "device_id, enabled, token_digest, token_created_ms, allow_cidrs, label, created_ms"
+_DEVICE_COLUMNS = "device_id, enabled, token_digest, token_created_ms, allow_cidrs, label, created_ms, labels"
 
 
 def _device(row: asyncpg.Record) -> DeviceRecord:
     return DeviceRecord(device_id=row[0], enabled=bool(row[1]), token_digest=row[2], token_created_ms=row[3],
-                        allow_cidrs=list(row[4] or []), label=row[5] or "", created_ms=row[6])
+                        allow_cidrs=list(row[4] or []), label=row[5] or "", created_ms=row[6],
+                        labels=dict(orjson.loads(row[7] or "{}")))
 
 
 
@@ -36,20 +38,22 @@ class PostgresRegistry(PostgresCore):
     @staticmethod
     def _device_params(record: DeviceRecord) -> tuple[Any, ...]:
         return (record.device_id, record.enabled, record.token_digest, record.token_created_ms,
-                list(record.allow_cidrs), record.label, record.created_ms)
+                list(record.allow_cidrs), record.label, record.created_ms,
+                orjson.dumps(dict(record.labels)).decode())
 
     async def put_device(self, record: DeviceRecord) -> None:
         await self._execute(
-            f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)"
             " ON CONFLICT (device_id) DO UPDATE SET enabled = excluded.enabled,"
             " token_digest = excluded.token_digest, token_created_ms = excluded.token_created_ms,"
-            " allow_cidrs = excluded.allow_cidrs, label = excluded.label, created_ms = excluded.created_ms",
+            " allow_cidrs = excluded.allow_cidrs, label = excluded.label, created_ms = excluded.created_ms,"
+            " labels = excluded.labels",
             *self._device_params(record))
 
     async def create_device(self, record: DeviceRecord) -> bool:
         """Insert the device unless its id exists (atomic); False if it existed."""
         rows = await self._fetch(
-            f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)"
             " ON CONFLICT (device_id) DO NOTHING RETURNING device_id", *self._device_params(record))
         return bool(rows)
 

@@ -203,6 +203,12 @@ DASHBOARD_TOKENS_DDL = """
     );
 """
 
+# Device labels (gateway/groups.py): a column added at every open when missing, beside the numbered
+# migrations (looked up first: ALTER TABLE would take the table's lock at every open).
+HAS_DEVICE_LABELS = ("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+                     " AND table_name = 'devices' AND column_name = 'labels')")
+DEVICE_LABELS_DDL = "ALTER TABLE devices ADD COLUMN IF NOT EXISTS labels jsonb NOT NULL DEFAULT '{}'::jsonb"
+
 COPY_COLUMNS = ("device_id", "seq", "time_ms", "received_ms", "boot", "device_ts", "uptime_ms", "quality",
                 "metrics")
 READING_COLUMNS = ", ".join(COPY_COLUMNS)
@@ -230,4 +236,6 @@ async def migrate(conn: asyncpg.Connection, where: str) -> bool:
     await conn.execute("DELETE FROM edgewire_schema")
     await conn.execute("INSERT INTO edgewire_schema (version) VALUES ($1)", version)
     await conn.execute(DASHBOARD_TOKENS_DDL)
+    if not await conn.fetchval(HAS_DEVICE_LABELS):
+        await conn.execute(DEVICE_LABELS_DDL)
     return forwarding

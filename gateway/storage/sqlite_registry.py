@@ -12,13 +12,14 @@ from typing import Any
 from gateway.storage.base import DashboardToken, DeviceRecord
 from gateway.storage.sqlite_core import SQLiteCore
 
-_DEVICE_COLUMNS = "device_id, enabled, token_digest, token_created_ms, allow_cidrs, label, created_ms"
+_DEVICE_COLUMNS = "device_id, enabled, token_digest, token_created_ms, allow_cidrs, label, created_ms, labels"
 
 
 def _device(row: tuple[Any, ...]) -> DeviceRecord:
     return DeviceRecord(
         device_id=row[0], enabled=bool(row[1]), token_digest=row[2], token_created_ms=row[3],
-        allow_cidrs=list(json.loads(row[4] or "[]")), label=row[5] or "", created_ms=row[6])
+        allow_cidrs=list(json.loads(row[4] or "[]")), label=row[5] or "", created_ms=row[6],
+        labels=dict(json.loads(row[7] or "{}")))
 
 
 class SQLiteRegistry(SQLiteCore):
@@ -39,18 +40,19 @@ class SQLiteRegistry(SQLiteCore):
     @staticmethod
     def _device_params(record: DeviceRecord) -> tuple[Any, ...]:
         return (record.device_id, int(record.enabled), record.token_digest, record.token_created_ms,
-                json.dumps(list(record.allow_cidrs)), record.label, record.created_ms)
+                json.dumps(list(record.allow_cidrs)), record.label, record.created_ms,
+                json.dumps(dict(record.labels)))
 
     async def put_device(self, record: DeviceRecord) -> None:
         params = self._device_params(record)
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
-                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (device_id) DO UPDATE SET enabled = excluded.enabled,"
                 " token_digest = excluded.token_digest, token_created_ms = excluded.token_created_ms,"
                 " allow_cidrs = excluded.allow_cidrs, label = excluded.label,"
-                " created_ms = excluded.created_ms",
+                " created_ms = excluded.created_ms, labels = excluded.labels",
                 params)
 
         await self._write(op)
@@ -61,7 +63,7 @@ class SQLiteRegistry(SQLiteCore):
 
         def op(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
-                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (device_id) DO NOTHING", params)
             return cursor.rowcount == 1
 

@@ -270,6 +270,11 @@ DASHBOARD_TOKENS_DDL = """
     );
 """
 
+# Device labels (gateway/groups.py): a column added at every open when missing, beside the numbered
+# migrations (an old database gets it with every device unlabelled).
+DEVICE_LABELS_COLUMN = "labels TEXT NOT NULL DEFAULT '{}'"
+
+
 READING_COLUMNS = "device_id, seq, time_ms, received_ms, boot, device_ts, uptime_ms, quality, metrics"
 
 
@@ -285,7 +290,8 @@ def reading_tuples(rows: Iterable[ReadingRow]) -> list[tuple[Any, ...]]:
 
 
 def migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Bring the database to SCHEMA_VERSION and create the dashboard tokens table (one transaction)."""
+    """Bring the database to SCHEMA_VERSION, create the dashboard tokens table and the devices' labels
+    column (one transaction)."""
     with immediate(conn):
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
@@ -299,6 +305,8 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute(f"PRAGMA user_version = {version}")
         for statement in split_script(DASHBOARD_TOKENS_DDL):
             conn.execute(statement)
+        if not any(row[1] == "labels" for row in conn.execute("PRAGMA table_info(devices)")):
+            conn.execute(f"ALTER TABLE devices ADD COLUMN {DEVICE_LABELS_COLUMN}")
 
 
 def create_forward_tables(conn: sqlite3.Connection) -> bool:

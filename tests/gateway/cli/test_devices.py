@@ -65,7 +65,7 @@ def test_devices_lifecycle(tmp_path: Path) -> None:
     table = cli("devices", "list", "--data-dir", d)
     assert table.returncode == 0
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["DEVICE", "ENABLED", "TOKEN", "ALLOW", "CREATED", "LABEL"]
+    assert lines[0].split() == ["DEVICE", "ENABLED", "TOKEN", "ALLOW", "CREATED", "LABELS", "LABEL"]
     assert lines[1].split()[:4] == ["S-1", "yes", "active", "any"] and lines[1].endswith("bench")
     assert lines[2].split()[:4] == ["S-2", "yes", "active", "10.0.0.0/8"]
     assert "ewt_" not in table.stdout
@@ -94,9 +94,34 @@ def test_devices_lifecycle(tmp_path: Path) -> None:
         assert missing.returncode == 2 and "unknown device 'S-9'" in missing.stderr
 
     deleted = cli("devices", "delete", "S-2", "--data-dir", d)
-    assert deleted.returncode == 0 and "deleted from the registry" in deleted.stderr
+    assert deleted.returncode == 0 and "removed from the registry" in deleted.stderr
+    assert "kept until retention" in deleted.stderr
     assert [x["device_id"] for x in json.loads(cli("devices", "list", "--json", "--data-dir", d).stdout)] == ["S-1"]
     assert cli("devices", "delete", "S-2", "--data-dir", d).returncode == 2
+
+
+def test_labels_are_set_shown_dropped_and_refused_when_bad(tmp_path: Path) -> None:
+    d = str(tmp_path)
+    assert cli("devices", "add", "S-1", "--data-dir", d).returncode == 0
+    assert cli("devices", "label", "S-1", "--data-dir", d).stdout.strip() == "no labels"
+    set_ = cli("devices", "label", "S-1", "site=greenhouse", "outdoor", "--data-dir", d)
+    assert set_.returncode == 0 and set_.stdout.strip() == "outdoor,site=greenhouse", set_.stderr
+    shown = json.loads(cli("devices", "show", "S-1", "--data-dir", d).stdout)
+    assert shown["labels"] == {"outdoor": "", "site": "greenhouse"}
+    table = cli("devices", "list", "--data-dir", d).stdout.splitlines()
+    assert table[1].split()[5] == "outdoor,site=greenhouse"
+    # bad input: one error line, nothing changed (the good label before the bad one is not set either)
+    for bad in ("floor=1 bad key", "_x", "x=y=z", "k=has space", "k=" + "v" * 65):
+        result = cli("devices", "label", "S-1", "floor=1", bad, "--data-dir", d)
+        assert result.returncode == 2 and result.stderr.startswith("error: label") and result.stdout == "", bad
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert cli("devices", "label", "S-1", "--data-dir", d).stdout.strip() == "outdoor,site=greenhouse"
+    many = cli("devices", "label", "S-1", *[f"k{i}" for i in range(20)], "--data-dir", d)
+    assert many.returncode == 2 and "at most 16" in many.stderr
+    dropped = cli("devices", "label", "S-1", "outdoor-", "site=lab", "--data-dir", d)
+    assert dropped.returncode == 0 and dropped.stdout.strip() == "site=lab"
+    missing = cli("devices", "label", "S-9", "a=b", "--data-dir", d)
+    assert missing.returncode == 2 and "unknown device 'S-9'" in missing.stderr
 
 
 def test_allow_command(tmp_path: Path) -> None:
