@@ -17,8 +17,16 @@ from websockets.exceptions import ConnectionClosed
 from gateway.conn import dumps
 from gateway.dashboard.stream import Hub
 from gateway.device_commands import Commands
-from gateway.errors import (AlertError, BusError, CommandError, DeviceOffline, GroupError, OtaError, RegistryError,
-                            TooManyCommands)
+from gateway.errors import (
+    AlertError,
+    BusError,
+    CommandError,
+    DeviceOffline,
+    GroupError,
+    OtaError,
+    RegistryError,
+    TooManyCommands,
+)
 from gateway.group_commands import DEFAULT_PARALLEL, MAX_PARALLEL, run_group, summary
 from gateway.groups import device_group, members, parse_group
 from gateway.logs import log

@@ -87,7 +87,7 @@ def test_device_actions_run_the_admin_requests_as_the_token(tmp_path: Path, capl
         assert (await c.send(t="device_delete", device="GH-1"))["deleted"] is True
         assert await c.storage.get_device("GH-1") is None
         assert c.changes == [("GH-1", "label"), ("GH-1", "disable"), ("GH-1", "enable"), ("GH-1", "rotate"),
-                             ("GH-1", "delete")]
+                             ("GH-1", "remove")]
         assert c.syncs == 6  # the dashboards' list refreshed after each change
 
     caplog.set_level(logging.INFO, logger="edgewire")
