@@ -21,10 +21,11 @@ from pathlib import Path
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+import protocol
 from gateway.dashboard.http import CONTENT_TYPES, SECURITY_HEADERS
 
 PHONE_DIR = Path(__file__).parent / "phone"
-PROTOCOL_DIR = Path(__file__).parent.parent.parent / "protocol"
+PROTOCOL_DIR = Path(protocol.__file__).parent  # the package itself, wherever it is installed
 # The core's modules the page imports (protocol/cbor.py is left out: the page speaks JSON).
 PROTOCOL_FILES = ("__init__.py", "wire.py", "device.py", "outbox.py")
 PHONE_TYPES = {**CONTENT_TYPES, ".mjs": "text/javascript; charset=utf-8", ".wasm": "application/wasm",

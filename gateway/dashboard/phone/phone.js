@@ -233,6 +233,10 @@ class Device {
     clearTimeout(this.retryTimer);
     this.retryTimer = null;
     if (this.ws || this.stopped) return;
+    if (navigator.onLine === false) { // surely offline: the "online" event calls again
+      this.render("offline");
+      return;
+    }
     let reached = false;
     const ws = new WebSocket(this.url);
     this.ws = ws;

@@ -12,6 +12,7 @@ like firmware/ (not type-checked).
 import json
 
 import phonehost as host
+
 from protocol.device import D_COMMAND, D_DROP, D_INVALID, D_NOTE, DeviceSession
 from protocol.outbox import MemoryOutbox
 from protocol.wire import Reading

@@ -1,0 +1,204 @@
+"""The phone page (/phone) in an emulated phone (Playwright's Pixel 7 descriptor, Debian's Chromium)
+against a real gateway process: protocol/device.py on MicroPython's WebAssembly port as a device.
+
+Waits poll the page or the gateway's storage with a bound, never fixed sleeps. What the runs
+measure (the page's bytes and load time, bytes per reading on the wire) is printed, not asserted:
+``pytest -s tests/browser/test_phone.py`` shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, WebSocket, expect
+
+from tests.browser.harness import ConsoleErrors, DeviceLoop
+from tests.helpers.gateway import GatewayProcess
+from tests.helpers.waiting import until_sync
+
+DEVICE = "PHONE-1"
+PHONE = "Pixel 7"
+
+# Runs in the page (a function: the page's CSP forbids evaluating strings).
+MOTION = """([x, y, z]) => window.dispatchEvent(new DeviceMotionEvent("devicemotion",
+    {accelerationIncludingGravity: {x, y, z}, acceleration: {x: 0, y: 0, z: 0}, interval: 16}))"""
+ORIENTATION = """([alpha, beta, gamma]) => window.dispatchEvent(new DeviceOrientationEvent("deviceorientation",
+    {alpha, beta, gamma, absolute: false}))"""
+IDB_COUNT = """() => new Promise((resolve, reject) => {
+    const open = indexedDB.open("edgewire-phone");
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+        const req = open.result.transaction("readings").objectStore("readings").count();
+        req.onsuccess = () => { resolve(req.result); open.result.close(); };
+    };
+})"""
+
+
+@dataclass
+class Recorder:
+    """Every request URL and WebSocket URL the page opens, the bytes it received, its data frames."""
+
+    urls: list[str] = field(default_factory=list)
+    received: dict[str, int] = field(default_factory=dict)  # URL -> Content-Length as sent (gzip)
+    data_frames: list[str] = field(default_factory=list)
+
+    def attach(self, context: BrowserContext, page: Page) -> None:
+        context.on("request", lambda r: self.urls.append(r.url))
+        context.on("response", lambda r: self.received.__setitem__(r.url, int(r.headers.get("content-length", 0))))
+        page.on("websocket", self._websocket)
+
+    def readings(self, frames: list[str] | None = None) -> int:
+        return sum(len(json.loads(f)["r"]) for f in (self.data_frames if frames is None else frames))
+
+    def _websocket(self, ws: WebSocket) -> None:
+        self.urls.append(ws.url)
+        ws.on("framesent", self._sent)
+
+    def _sent(self, payload: str | bytes) -> None:
+        if isinstance(payload, str) and json.loads(payload).get("t") == "data":
+            self.data_frames.append(payload)
+
+
+@pytest.fixture
+def gw(tmp_path: Any) -> Iterator[GatewayProcess]:
+    with GatewayProcess(tmp_path, registry_recheck_s=0.5) as gateway:
+        yield gateway
+
+
+def open_phone(playwright: Playwright, browser: Browser, gw: GatewayProcess, token: str
+               ) -> tuple[BrowserContext, Page, ConsoleErrors, Recorder, float]:
+    """The phone page in an emulated phone, opened from the add-device QR code's address; returns
+    also the seconds from navigation to online (MicroPython loaded, welcome received)."""
+    context = browser.new_context(**playwright.devices[PHONE])
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    errors = ConsoleErrors(page)
+    recorder = Recorder()
+    recorder.attach(context, page)
+    started = time.monotonic()
+    page.goto(f"{gw.http_url}/phone#token={token}&device={DEVICE}")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "online", timeout=30_000)
+    return context, page, errors, recorder, time.monotonic() - started
+
+
+def command(loop: DeviceLoop, gw: GatewayProcess, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A command through the admin API, answered by the page (run on the harness's loop: the sync
+    Playwright API holds this thread's)."""
+    reply = loop.run(gw.admin({"t": "command", "device_id": DEVICE, "name": name, "args": args or {},
+                               "timeout": 10}))
+    result: dict[str, Any] = reply["result"]
+    return result
+
+
+def number(page: Page, selector: str) -> int:
+    return int(page.inner_text(selector))
+
+
+def stored(gw: GatewayProcess) -> list[tuple[int, int, dict[str, float]]]:
+    return [(seq, ts, json.loads(metrics)) for seq, ts, metrics in
+            gw.query("SELECT seq, device_ts, metrics FROM readings WHERE device_id=? ORDER BY seq", (DEVICE,))]
+
+
+def test_phone_streams_motion_answers_commands_and_keeps_the_token_out_of_urls(
+        playwright: Playwright, browser: Browser, gw: GatewayProcess, devices: DeviceLoop) -> None:
+    token = gw.register(DEVICE)
+    context, page, errors, recorder, load_s = open_phone(playwright, browser, gw, token)
+    assert "token" not in page.url and page.url.endswith("/phone")  # the fragment left the address bar
+    held = json.loads(page.evaluate("() => localStorage.getItem('edgewire-phone')"))
+    assert held == {"device": DEVICE, "token": token}
+
+    page.evaluate(MOTION, [0.25, 9.81, -1.5])
+    page.evaluate(ORIENTATION, [270.5, 12.24, -45.0])
+    until_sync(lambda: any("accel_x" in m for _, _, m in stored(gw)), 15, "a motion reading stored")
+    motion = next(m for _, _, m in stored(gw) if "accel_x" in m)
+    assert (motion["accel_x"], motion["accel_y"], motion["accel_z"]) == (0.25, 9.81, -1.5)
+    assert (motion["orientation_alpha"], motion["orientation_beta"], motion["orientation_gamma"]) == \
+        (270.5, 12.2, -45.0)  # orientation kept to 0.1 degree
+    assert motion["battery"] == 100  # headless Chromium's battery: full
+
+    result = command(devices, gw, "set_interval", {"seconds": 0.5})
+    assert result["ok"] is True, result
+    expect(page.locator("#interval")).to_have_text("0.5 s")
+    result = command(devices, gw, "ping")
+    assert result["ok"] is True and result["msg"] == "pong" and "buffered" in result["data"], result
+    result = command(devices, gw, "set_output", {"output": "screen", "on": True})
+    assert result["ok"] is True, result
+    expect(page.locator("body")).to_have_attribute("data-screen", "on")
+    assert command(devices, gw, "set_output", {"output": "screen", "on": False})["ok"] is True
+    expect(page.locator("body")).to_have_attribute("data-screen", "off")
+    refused = command(devices, gw, "set_output", {"output": "relay", "on": True})
+    assert refused["ok"] is False and "screen, vibrate" in refused["msg"], refused
+    assert command(devices, gw, "reboot")["ok"] is False  # not a command this device has
+
+    readings = len(stored(gw))
+    until_sync(lambda: len(stored(gw)) >= readings + 4, 15, "readings at the new interval")
+    seqs = [seq for seq, _, _ in stored(gw)]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+    assert recorder.urls and not [url for url in recorder.urls if token in url or "token=" in url]
+    assert any(url.endswith("/v1/device") for url in recorder.urls)
+    assert errors.messages == []
+
+    # Playwright delivers the page's events when this thread calls into it: call until they are in
+    until_sync(lambda: page.evaluate("() => true") and recorder.readings() >= 5, 15, "data frames recorded")
+    frames = list(recorder.data_frames)
+    sent = recorder.readings(frames)
+    per_reading = sum(len(f.encode()) for f in frames) / sent
+    print(f"\nphone page: {sum(recorder.received.values())} bytes transferred ({len(recorder.received)} responses, "
+          f"gzip), online {load_s:.2f} s after navigation on {PHONE} emulation "
+          f"(MicroPython ready {page.locator('body').get_attribute('data-load-ms')} ms after the script started); "
+          f"{per_reading:.1f} bytes per reading on the wire ({sent} readings in {len(frames)} "
+          f"JSON data frames, payload; one reading a frame while online)")
+    context.close()
+
+
+def test_readings_taken_offline_are_buffered_in_indexeddb_and_stored_exactly_once(
+        playwright: Playwright, browser: Browser, gw: GatewayProcess, devices: DeviceLoop) -> None:
+    token = gw.register(DEVICE)
+    context, page, errors, recorder, _ = open_phone(playwright, browser, gw, token)
+    assert command(devices, gw, "set_interval", {"seconds": 0.2})["ok"] is True
+    page.evaluate(MOTION, [1.0, 2.0, 3.0])
+    until_sync(lambda: number(page, "#acked") >= 3, 15, "readings acknowledged before the outage")
+
+    context.set_offline(True)
+    went_offline = int(time.time() * 1000)
+    expect(page.locator("#conn")).not_to_have_attribute("data-state", "online")
+    until_sync(lambda: number(page, "#buffered") >= 10, 20, "readings buffered while offline")
+    assert page.evaluate(IDB_COUNT) >= 10  # in IndexedDB, not only in memory
+    page.evaluate(MOTION, [4.0, 5.0, 6.0])  # a motion event during the outage reaches the gateway later
+    until_sync(lambda: number(page, "#buffered") >= 15, 20, "more readings buffered")
+    stored_offline = len(stored(gw))
+    back_online = int(time.time() * 1000)
+    context.set_offline(False)
+
+    expect(page.locator("#conn")).to_have_attribute("data-state", "online", timeout=20_000)
+    until_sync(lambda: number(page, "#buffered") <= 2 and len(stored(gw)) >= stored_offline + 15, 20,
+               "the buffered readings delivered")
+    assert command(devices, gw, "set_interval", {"seconds": 3600})["ok"] is True  # sampling stops
+    taken = number(page, "#next-seq") - 1
+    until_sync(lambda: number(page, "#acked") == taken and number(page, "#buffered") == 0, 15,
+               "every reading acknowledged")
+
+    rows = stored(gw)
+    seqs = [seq for seq, _, _ in rows]
+    assert seqs == list(range(1, taken + 1))  # every reading the page took, once: no gap, no duplicate
+    assert gw.query("SELECT count(*), count(DISTINCT seq) FROM readings WHERE device_id=?", (DEVICE,)) == \
+        [(taken, taken)]
+    during = [m for _, ts, m in rows if went_offline <= ts <= back_online]
+    assert len(during) >= 10  # taken during the outage (their own time), delivered after it
+    assert any(m.get("accel_x") == 4.0 for m in during)
+    assert page.evaluate(IDB_COUNT) == 0  # acked readings leave the store
+    assert [m for m in errors.messages if "ERR_INTERNET_DISCONNECTED" not in m] == []  # Chromium's own, offline
+
+    until_sync(lambda: page.evaluate("() => true") and recorder.readings() >= taken, 15, "data frames recorded")
+    batches = [f for f in recorder.data_frames if len(json.loads(f)["r"]) > 1]  # the backlog, after the outage
+    if batches:
+        size = sum(len(f.encode()) for f in batches) / recorder.readings(batches)
+        print(f"\nphone backlog after an outage: {size:.1f} bytes per reading on the wire "
+              f"({recorder.readings(batches)} readings in {len(batches)} frames)")
+    context.close()
