@@ -9,15 +9,16 @@ measure (the page's bytes and load time, bytes per reading on the wire) is print
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, WebSocket, expect
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, WebSocket, WebSocketRoute, expect
 
-from tests.browser.harness import ConsoleErrors, DeviceLoop
+from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, DeviceLoop
 from tests.helpers.gateway import GatewayProcess
 from tests.helpers.waiting import until_sync
 
@@ -70,11 +71,14 @@ def gw(tmp_path: Any) -> Iterator[GatewayProcess]:
         yield gateway
 
 
-def open_phone(playwright: Playwright, browser: Browser, gw: GatewayProcess, token: str
-               ) -> tuple[BrowserContext, Page, ConsoleErrors, Recorder, float]:
+def open_phone(playwright: Playwright, browser: Browser, gw: GatewayProcess, token: str, state: str = "online",
+               route: Any = None) -> tuple[BrowserContext, Page, ConsoleErrors, Recorder, float]:
     """The phone page in an emulated phone, opened from the add-device QR code's address; returns
-    also the seconds from navigation to online (MicroPython loaded, welcome received)."""
+    also the seconds from navigation to ``state`` (online: MicroPython loaded, welcome received).
+    ``route`` handles the page's WebSocket to /v1/device (Playwright's route_web_socket)."""
     context = browser.new_context(**playwright.devices[PHONE])
+    if route is not None:
+        context.route_web_socket(re.compile(r".*/v1/device$"), route)
     page = context.new_page()
     page.set_default_timeout(15_000)
     errors = ConsoleErrors(page)
@@ -82,7 +86,7 @@ def open_phone(playwright: Playwright, browser: Browser, gw: GatewayProcess, tok
     recorder.attach(context, page)
     started = time.monotonic()
     page.goto(f"{gw.http_url}/phone#token={token}&device={DEVICE}")
-    expect(page.locator("#conn")).to_have_attribute("data-state", "online", timeout=30_000)
+    expect(page.locator("#conn")).to_have_attribute("data-state", state, timeout=30_000)
     return context, page, errors, recorder, time.monotonic() - started
 
 
@@ -139,6 +143,11 @@ def test_phone_streams_motion_answers_commands_and_keeps_the_token_out_of_urls(
     until_sync(lambda: len(stored(gw)) >= readings + 4, 15, "readings at the new interval")
     seqs = [seq for seq, _, _ in stored(gw)]
     assert seqs == list(range(1, len(seqs) + 1))
+
+    second = context.new_page()  # the same browser: one tab runs the device, the other says so
+    second.goto(f"{gw.http_url}/phone")
+    expect(second.locator("#conn")).to_have_attribute("data-state", "other-tab")
+    second.close()
 
     assert recorder.urls and not [url for url in recorder.urls if token in url or "token=" in url]
     assert any(url.endswith("/v1/device") for url in recorder.urls)
@@ -202,3 +211,63 @@ def test_readings_taken_offline_are_buffered_in_indexeddb_and_stored_exactly_onc
         print(f"\nphone backlog after an outage: {size:.1f} bytes per reading on the wire "
               f"({recorder.readings(batches)} readings in {len(batches)} frames)")
     context.close()
+
+
+def test_readings_buffered_before_a_reload_are_delivered_after_it(
+        playwright: Playwright, browser: Browser, gw: GatewayProcess) -> None:
+    token = gw.register(DEVICE)
+    blocked = [True]
+
+    def route(ws: WebSocketRoute) -> None:  # the gateway unreachable (a dead uplink), until unblocked
+        if blocked[0]:
+            ws.close(code=1013, reason="test: no uplink")
+        else:
+            ws.connect_to_server()
+
+    context, page, errors, _, _ = open_phone(playwright, browser, gw, token, "waiting", route)
+    page.evaluate(MOTION, [7.0, 8.0, 9.0])
+    until_sync(lambda: number(page, "#buffered") >= 2, 20, "readings buffered before the reload")
+    taken_before = number(page, "#next-seq") - 1
+    reloaded_at = int(time.time() * 1000)
+    page.reload()  # a closed tab, a killed browser: the store outlives the page
+    expect(page.locator("#buffered")).not_to_have_text("0")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "waiting")
+    until_sync(lambda: number(page, "#buffered") >= 4, 20, "more readings buffered after the reload")
+    blocked[0] = False
+    expect(page.locator("#conn")).to_have_attribute("data-state", "online", timeout=20_000)
+    until_sync(lambda: number(page, "#buffered") == 0 and number(page, "#acked") >= 4, 20, "the backlog delivered")
+    rows = stored(gw)
+    assert [seq for seq, _, _ in rows] == list(range(1, len(rows) + 1))
+    before = [m for _, ts, m in rows if ts < reloaded_at]
+    assert len(before) >= taken_before >= 2  # the page before the reload took them, the page after sent them
+    assert before[0]["accel_x"] == 7.0
+    assert errors.messages == []
+    context.close()
+
+
+def test_on_plain_http_the_page_says_sensors_need_https_and_still_answers_commands(
+        playwright: Playwright, gw: GatewayProcess, devices: DeviceLoop) -> None:
+    """A LAN name over plain HTTP is not a secure context (127.0.0.1 would be): Chromium hides the
+    motion, orientation and battery APIs there; the device connects and answers all the same."""
+    token = gw.register(DEVICE)
+    lan = playwright.chromium.launch(executable_path=CHROMIUM,
+                                     args=[*CHROMIUM_ARGS, "--host-resolver-rules=MAP gateway.lan 127.0.0.1"])
+    try:
+        context = lan.new_context(**playwright.devices[PHONE])
+        page = context.new_page()
+        errors = ConsoleErrors(page)
+        page.goto(f"http://gateway.lan:{gw.port}/phone#token={token}&device={DEVICE}")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "online", timeout=30_000)
+        expect(page.locator("#insecure")).to_be_visible()
+        expect(page.locator('[data-sensor="motion"]')).to_have_text("needs HTTPS")
+        expect(page.locator('[data-sensor="battery"]')).to_have_text("needs HTTPS")
+        page.click("#position-button")
+        expect(page.locator('[data-sensor="position"]')).to_have_text("needs HTTPS")
+        result = command(devices, gw, "ping")
+        assert result["ok"] is True and result["data"] == {"buffered": 0}, result
+        assert command(devices, gw, "set_output", {"output": "screen", "on": True})["ok"] is True
+        expect(page.locator("body")).to_have_attribute("data-screen", "on")
+        assert stored(gw) == []  # no sensor, no reading
+        assert errors.messages == []
+    finally:
+        lan.close()

@@ -69,6 +69,9 @@ class Store {
     }
     const keys = await request(readings.getAllKeys());
     const values = await request(readings.getAll());
+    if (keys.length && keys[keys.length - 1] >= counter.next_seq) { // closed between a reading's write and the counter's
+      counter = { ...counter, next_seq: keys[keys.length - 1] + 1 };
+    }
     return { counter, records: keys.map((k, i) => [k, values[i]]) };
   }
 
@@ -130,6 +133,7 @@ async function startBattery() {
 }
 
 function startPosition() { // only after the user pressed "Share position" (and the browser asked)
+  if (!window.isSecureContext) return showSensor("position", "needs HTTPS");
   if (!navigator.geolocation) return showSensor("position", "not in this browser");
   navigator.geolocation.watchPosition((p) => {
     lasting.latitude = round(p.coords.latitude, 6);
@@ -299,15 +303,32 @@ class Device {
 }
 
 // ------------------------------------------------------------------ start
+function say(state, text) {
+  $("#conn").dataset.state = state;
+  $("#conn").textContent = text;
+}
+
 async function main() {
   const credential = takeCredential();
   if (!credential) {
-    $("#conn").dataset.state = "no-token";
-    $("#conn").textContent = "no token";
+    say("no-token", "no token");
     $("#help").hidden = false;
     return;
   }
   $("#device").textContent = credential.device;
+  // Plain HTTP (not localhost): the browser hides motion, orientation and battery and refuses the
+  // position; the device still connects, buffers and answers commands (docs/dashboard.md).
+  $("#insecure").hidden = window.isSecureContext;
+  if (!navigator.locks) return run(credential); // plain HTTP has no Web Locks: one tab is up to the user
+  // One tab runs the device: two would number readings from the same store twice.
+  return navigator.locks.request(KEY, { ifAvailable: true }, async (lock) => {
+    if (!lock) return say("other-tab", "running in another tab");
+    await run(credential);
+    return new Promise(() => {}); // held while this page lives
+  });
+}
+
+async function run(credential) {
   const started = performance.now();
   const [mp, sources, store] = await Promise.all([
     loadMicroPython({ heapsize: 2 * 1024 * 1024, url: "/phone/vendor/micropython.wasm",
@@ -327,9 +348,10 @@ async function main() {
   window.addEventListener("deviceorientation", onOrientation);
   window.addEventListener("online", () => device.online());
   window.addEventListener("offline", () => device.offline());
-  showSensor("motion", "listening");
+  showSensor("motion", window.DeviceMotionEvent ? "listening" : "needs HTTPS");
   showSensor("light", startLight() ? "listening" : "not in this browser");
-  startBattery().then((ok) => showSensor("battery", ok ? "listening" : "not in this browser"),
+  startBattery().then((ok) => showSensor("battery", ok ? "listening" : window.isSecureContext
+    ? "not in this browser" : "needs HTTPS"),
     () => showSensor("battery", "not in this browser"));
   $("#motion-button").addEventListener("click", askMotion);
   $("#position-button").addEventListener("click", startPosition);
@@ -340,6 +362,5 @@ async function main() {
 
 main().catch((err) => {
   console.error("phone: could not start", err);
-  $("#conn").dataset.state = "failed";
-  $("#conn").textContent = `could not start: ${err.message || err}`;
+  say("failed", `could not start: ${err.message || err}`);
 });
