@@ -10,12 +10,14 @@ Served paths: ``/phone`` (the page), ``/phone/<file>`` for every file of gateway
 (its script, style, driver ``phone.py`` and the vendored port) and ``/phone/protocol/<file>.py``
 for the core's modules. Compiling WebAssembly needs ``'wasm-unsafe-eval'`` in the page's
 Content-Security-Policy: it is granted on these paths only; the dashboard keeps its stricter one.
-Bodies are read once at start and also kept gzip-compressed (the port is most of the page's bytes).
+Bodies are read once at start and also kept gzip-compressed (the port is most of the page's bytes);
+each has an ETag, so a phone opening the page again revalidates (304) instead of downloading it.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 from pathlib import Path
 
 from websockets.datastructures import Headers
@@ -39,11 +41,12 @@ MIN_GZIP = 512  # smaller bodies go as they are
 class PhoneFile:
     """One servable file: its body, content type and gzip-compressed body (None: not worth it)."""
 
-    __slots__ = ("body", "ctype", "gzipped")
+    __slots__ = ("body", "ctype", "etag", "gzipped")
 
     def __init__(self, body: bytes, ctype: str) -> None:
         self.body = body
         self.ctype = ctype
+        self.etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'  # a phone revalidates, not downloads again
         packed = gzip.compress(body, 9, mtime=0) if len(body) >= MIN_GZIP else None
         self.gzipped = packed if packed is not None and len(packed) < len(body) else None
 
@@ -72,9 +75,13 @@ def accepts_gzip(headers: Headers) -> bool:
 
 
 def phone_response(file: PhoneFile, request: Request) -> Response:
+    """The file, gzip-compressed when the client takes it; 304 when its ETag is the client's."""
     body = file.body
     headers = Headers({"Content-Type": file.ctype, "Cache-Control": "no-cache", "Vary": "Accept-Encoding",
-                       **PHONE_HEADERS})
+                       "ETag": file.etag, **PHONE_HEADERS})
+    tags = ",".join(request.headers.get_all("If-None-Match"))
+    if file.etag in (tag.strip().removeprefix("W/") for tag in tags.split(",")):
+        return Response(304, "Not Modified", headers, b"")
     if file.gzipped is not None and accepts_gzip(request.headers):
         body = file.gzipped
         headers["Content-Encoding"] = "gzip"

@@ -248,7 +248,8 @@ def test_readings_buffered_before_a_reload_are_delivered_after_it(
 def test_on_plain_http_the_page_says_sensors_need_https_and_still_answers_commands(
         playwright: Playwright, gw: GatewayProcess, devices: DeviceLoop) -> None:
     """A LAN name over plain HTTP is not a secure context (127.0.0.1 would be): Chromium hides the
-    motion, orientation and battery APIs there; the device connects and answers all the same."""
+    motion, orientation and battery APIs there; the device connects and answers all the same. With
+    Chrome's switch for that origin, the sensors are back."""
     token = gw.register(DEVICE)
     lan = playwright.chromium.launch(executable_path=CHROMIUM,
                                      args=[*CHROMIUM_ARGS, "--host-resolver-rules=MAP gateway.lan 127.0.0.1"])
@@ -271,3 +272,17 @@ def test_on_plain_http_the_page_says_sensors_need_https_and_still_answers_comman
         assert errors.messages == []
     finally:
         lan.close()
+    # Chrome's switch for one insecure origin (chrome://flags/#unsafely-treat-insecure-origin-as-secure)
+    flagged = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        *CHROMIUM_ARGS, "--host-resolver-rules=MAP gateway.lan 127.0.0.1",
+        f"--unsafely-treat-insecure-origin-as-secure=http://gateway.lan:{gw.port}"])
+    try:
+        page = flagged.new_context(**playwright.devices[PHONE]).new_page()
+        page.goto(f"http://gateway.lan:{gw.port}/phone#token={token}&device={DEVICE}")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "online", timeout=30_000)
+        expect(page.locator("#insecure")).to_be_hidden()
+        expect(page.locator('[data-sensor="motion"]')).to_have_text("listening")
+        page.evaluate(MOTION, [0.5, 0.5, 9.5])
+        until_sync(lambda: any(m.get("accel_z") == 9.5 for _, _, m in stored(gw)), 15, "a motion reading stored")
+    finally:
+        flagged.close()

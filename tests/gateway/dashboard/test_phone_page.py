@@ -89,3 +89,16 @@ def test_gzip_only_when_the_client_accepts_it() -> None:
     assert gzip.decompress(packed.body) == wasm.body
     assert not accepts_gzip(Headers({"Accept-Encoding": "gzip;q=0, br"}))
     assert accepts_gzip(Headers({"Accept-Encoding": "GZIP;q=0.5"}))
+
+
+def test_a_phone_that_holds_the_file_gets_304() -> None:
+    page = load_phone()["/phone/vendor/micropython.wasm"]
+    first = phone_response(page, request("/phone/vendor/micropython.wasm", "gzip"))
+    etag = first.headers["ETag"]
+    again = request("/phone/vendor/micropython.wasm", "gzip")
+    again.headers["If-None-Match"] = f'W/"other", {etag}'
+    answer = phone_response(page, again)
+    assert answer.status_code == 304 and answer.body == b"" and answer.headers["ETag"] == etag
+    stale = request("/phone/vendor/micropython.wasm")
+    stale.headers["If-None-Match"] = '"0123"'
+    assert phone_response(page, stale).status_code == 200
