@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, WebSocket, WebSocketRoute, expect
 
-from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, DeviceLoop
+from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, DeviceLoop, open_page, operator_url
+from tests.browser.test_console import decode_qr
 from tests.helpers.gateway import GatewayProcess
 from tests.helpers.waiting import until_sync
 
@@ -71,9 +72,14 @@ def gw(tmp_path: Any) -> Iterator[GatewayProcess]:
         yield gateway
 
 
-def open_phone(playwright: Playwright, browser: Browser, gw: GatewayProcess, token: str, state: str = "online",
+def phone_url(gw: GatewayProcess, token: str) -> str:
+    """The address the console's add-device QR code holds (test_from_the_console_s_qr_code_to_a_phone)."""
+    return f"{gw.http_url}/phone#token={token}&device={DEVICE}"
+
+
+def open_phone(playwright: Playwright, browser: Browser, url: str, state: str = "online",
                route: Any = None) -> tuple[BrowserContext, Page, ConsoleErrors, Recorder, float]:
-    """The phone page in an emulated phone, opened from the add-device QR code's address; returns
+    """The phone page in an emulated phone, opened at ``url`` (the add-device QR code's); returns
     also the seconds from navigation to ``state`` (online: MicroPython loaded, welcome received).
     ``route`` handles the page's WebSocket to /v1/device (Playwright's route_web_socket)."""
     context = browser.new_context(**playwright.devices[PHONE])
@@ -85,7 +91,7 @@ def open_phone(playwright: Playwright, browser: Browser, gw: GatewayProcess, tok
     recorder = Recorder()
     recorder.attach(context, page)
     started = time.monotonic()
-    page.goto(f"{gw.http_url}/phone#token={token}&device={DEVICE}")
+    page.goto(url)
     expect(page.locator("#conn")).to_have_attribute("data-state", state, timeout=30_000)
     return context, page, errors, recorder, time.monotonic() - started
 
@@ -108,10 +114,27 @@ def stored(gw: GatewayProcess) -> list[tuple[int, int, dict[str, float]]]:
             gw.query("SELECT seq, device_ts, metrics FROM readings WHERE device_id=? ORDER BY seq", (DEVICE,))]
 
 
+def test_from_the_console_s_qr_code_to_a_phone(playwright: Playwright, browser: Browser,
+                                               gw: GatewayProcess) -> None:
+    console, console_errors = open_page(browser, operator_url(gw, "/console"))
+    console.fill("#add-device-id", DEVICE)
+    console.click("#add-device button[type=submit]")
+    expect(console.locator("#device-qr")).to_have_attribute("data-ready", "1")
+    token = console.locator("#device-token-value").inner_text()
+    url = decode_qr(console, "#device-qr")
+    assert url == phone_url(gw, token)
+    context, page, errors, _, _ = open_phone(playwright, browser, url)
+    page.evaluate(MOTION, [-3.5, 0.0, 9.75])
+    until_sync(lambda: any(m.get("accel_x") == -3.5 for _, _, m in stored(gw)), 15, "a motion reading stored")
+    assert errors.messages == [] and console_errors.messages == []
+    context.close()
+    console.context.close()
+
+
 def test_phone_streams_motion_answers_commands_and_keeps_the_token_out_of_urls(
         playwright: Playwright, browser: Browser, gw: GatewayProcess, devices: DeviceLoop) -> None:
     token = gw.register(DEVICE)
-    context, page, errors, recorder, load_s = open_phone(playwright, browser, gw, token)
+    context, page, errors, recorder, load_s = open_phone(playwright, browser, phone_url(gw, token))
     assert "token" not in page.url and page.url.endswith("/phone")  # the fragment left the address bar
     held = json.loads(page.evaluate("() => localStorage.getItem('edgewire-phone')"))
     assert held == {"device": DEVICE, "token": token}
@@ -169,7 +192,7 @@ def test_phone_streams_motion_answers_commands_and_keeps_the_token_out_of_urls(
 def test_readings_taken_offline_are_buffered_in_indexeddb_and_stored_exactly_once(
         playwright: Playwright, browser: Browser, gw: GatewayProcess, devices: DeviceLoop) -> None:
     token = gw.register(DEVICE)
-    context, page, errors, recorder, _ = open_phone(playwright, browser, gw, token)
+    context, page, errors, recorder, _ = open_phone(playwright, browser, phone_url(gw, token))
     assert command(devices, gw, "set_interval", {"seconds": 0.2})["ok"] is True
     page.evaluate(MOTION, [1.0, 2.0, 3.0])
     until_sync(lambda: number(page, "#acked") >= 3, 15, "readings acknowledged before the outage")
@@ -224,7 +247,7 @@ def test_readings_buffered_before_a_reload_are_delivered_after_it(
         else:
             ws.connect_to_server()
 
-    context, page, errors, _, _ = open_phone(playwright, browser, gw, token, "waiting", route)
+    context, page, errors, _, _ = open_phone(playwright, browser, phone_url(gw, token), "waiting", route)
     page.evaluate(MOTION, [7.0, 8.0, 9.0])
     until_sync(lambda: number(page, "#buffered") >= 2, 20, "readings buffered before the reload")
     taken_before = number(page, "#next-seq") - 1
@@ -257,7 +280,7 @@ def test_on_plain_http_the_page_says_sensors_need_https_and_still_answers_comman
         context = lan.new_context(**playwright.devices[PHONE])
         page = context.new_page()
         errors = ConsoleErrors(page)
-        page.goto(f"http://gateway.lan:{gw.port}/phone#token={token}&device={DEVICE}")
+        page.goto(phone_url(gw, token).replace("127.0.0.1", "gateway.lan"))
         expect(page.locator("#conn")).to_have_attribute("data-state", "online", timeout=30_000)
         expect(page.locator("#insecure")).to_be_visible()
         expect(page.locator('[data-sensor="motion"]')).to_have_text("needs HTTPS")
@@ -278,7 +301,7 @@ def test_on_plain_http_the_page_says_sensors_need_https_and_still_answers_comman
         f"--unsafely-treat-insecure-origin-as-secure=http://gateway.lan:{gw.port}"])
     try:
         page = flagged.new_context(**playwright.devices[PHONE]).new_page()
-        page.goto(f"http://gateway.lan:{gw.port}/phone#token={token}&device={DEVICE}")
+        page.goto(phone_url(gw, token).replace("127.0.0.1", "gateway.lan"))
         expect(page.locator("#conn")).to_have_attribute("data-state", "online", timeout=30_000)
         expect(page.locator("#insecure")).to_be_hidden()
         expect(page.locator('[data-sensor="motion"]')).to_have_text("listening")
