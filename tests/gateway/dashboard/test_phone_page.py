@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import re
+import subprocess
 from pathlib import Path
 
 from websockets.datastructures import Headers
@@ -37,6 +38,8 @@ def test_vendored_micropython_matches_sha256sums_and_the_tests_npm_pin() -> None
     lock = json.loads((ROOT / "tests" / "firmware" / "node" / "package-lock.json").read_text())
     pinned = lock["packages"][f"node_modules/{package}"]
     assert (pinned["version"], pinned["integrity"]) == (version, integrity)  # the build the firmware tests run
+    check = subprocess.run([str(ROOT / "scripts" / "vendor-micropython"), "--check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
 
 
 def test_the_core_is_served_from_protocol_as_it_is() -> None:
