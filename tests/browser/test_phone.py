@@ -18,7 +18,15 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, WebSocket, WebSocketRoute, expect
 
-from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, DeviceLoop, open_page, operator_url
+from tests.browser.harness import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ConsoleErrors,
+    DeviceLoop,
+    open_page,
+    operator_url,
+    send_history,
+)
 from tests.browser.test_console import decode_qr
 from tests.helpers.gateway import GatewayProcess
 from tests.helpers.waiting import until_sync
@@ -236,9 +244,14 @@ def test_readings_taken_offline_are_buffered_in_indexeddb_and_stored_exactly_onc
     context.close()
 
 
-def test_readings_buffered_before_a_reload_are_delivered_after_it(
-        playwright: Playwright, browser: Browser, gw: GatewayProcess) -> None:
+def test_readings_buffered_before_a_reload_are_delivered_after_it_and_renumbered_after_another_phone(
+        playwright: Playwright, browser: Browser, gw: GatewayProcess, devices: DeviceLoop) -> None:
+    """The device's token was used before (another phone, 3 readings stored): this fresh browser's
+    counter was never confirmed, so its readings are renumbered after the stored ones (the core's
+    rule, docs/protocol.md section 3), in IndexedDB too."""
     token = gw.register(DEVICE)
+    earlier = int(time.time() * 1000) - 60_000
+    assert devices.run(send_history(gw.device_url, DEVICE, token, [(earlier + i, {"battery": 50}) for i in range(3)]))
     blocked = [True]
 
     def route(ws: WebSocketRoute) -> None:  # the gateway unreachable (a dead uplink), until unblocked
@@ -261,9 +274,19 @@ def test_readings_buffered_before_a_reload_are_delivered_after_it(
     until_sync(lambda: number(page, "#buffered") == 0 and number(page, "#acked") >= 4, 20, "the backlog delivered")
     rows = stored(gw)
     assert [seq for seq, _, _ in rows] == list(range(1, len(rows) + 1))
-    before = [m for _, ts, m in rows if ts < reloaded_at]
+    assert [m for _, _, m in rows[:3]] == [{"battery": 50}] * 3  # the other phone's
+    before = [m for _, ts, m in rows[3:] if ts < reloaded_at]
     assert len(before) >= taken_before >= 2  # the page before the reload took them, the page after sent them
     assert before[0]["accel_x"] == 7.0
+
+    page.reload()  # the renumbered counter was kept: the next readings follow, no gap, no duplicate
+    expect(page.locator("#conn")).to_have_attribute("data-state", "online")
+    count = len(rows)
+    # the routed WebSocket's frames pass through this thread's Playwright loop: call into it while waiting
+    until_sync(lambda: page.evaluate("() => true") and len(stored(gw)) >= count + 2, 20,
+               "readings after the second reload")
+    seqs = [seq for seq, _, _ in stored(gw)]
+    assert seqs == list(range(1, len(seqs) + 1))
     assert errors.messages == []
     context.close()
 
