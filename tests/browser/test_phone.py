@@ -56,6 +56,7 @@ class Recorder:
     urls: list[str] = field(default_factory=list)
     received: dict[str, int] = field(default_factory=dict)  # URL -> Content-Length as sent (gzip)
     data_frames: list[str] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
 
     def attach(self, context: BrowserContext, page: Page) -> None:
         context.on("request", lambda r: self.urls.append(r.url))
@@ -70,8 +71,11 @@ class Recorder:
         ws.on("framesent", self._sent)
 
     def _sent(self, payload: str | bytes) -> None:
-        if isinstance(payload, str) and json.loads(payload).get("t") == "data":
+        frame = json.loads(payload) if isinstance(payload, str) else {}
+        if frame.get("t") == "data":
             self.data_frames.append(payload)
+        elif frame.get("t") == "status":
+            self.statuses.append(frame)
 
 
 @pytest.fixture
@@ -164,6 +168,11 @@ def test_phone_streams_motion_answers_commands_and_keeps_the_token_out_of_urls(
     result = command(devices, gw, "set_output", {"output": "screen", "on": True})
     assert result["ok"] is True, result
     expect(page.locator("body")).to_have_attribute("data-screen", "on")
+    until_sync(lambda: page.evaluate("() => true") and bool(recorder.statuses)
+               and recorder.statuses[-1]["outputs"]["screen"] is True, 10, "a status with the screen on")
+    status = recorder.statuses[-1]  # docs/protocol.md section 7: the Status panel, the MQTT bridge's switches
+    assert status["kind"] == "phone" and status["fw"].startswith("phone page, MicroPython 1.27"), status
+    assert status["interval"] == 0.5 and status["outputs"] == {"screen": True, "vibrate": False}, status
     assert command(devices, gw, "set_output", {"output": "screen", "on": False})["ok"] is True
     expect(page.locator("body")).to_have_attribute("data-screen", "off")
     refused = command(devices, gw, "set_output", {"output": "relay", "on": True})

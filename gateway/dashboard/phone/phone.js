@@ -192,7 +192,7 @@ class Device {
     const boot = Math.random().toString(36).slice(2, 10);
     const { counter, records } = loaded;
     this.py = mp.globals.get("Phone")(credential.device, credential.token, boot, counter.next_seq,
-      counter.confirmed, JSON.stringify(records));
+      counter.confirmed, JSON.stringify(records), this.interval);
   }
 
   host() {

@@ -10,13 +10,15 @@ like firmware/ (not type-checked).
 """
 
 import json
+import sys
 
 import phonehost as host
 
-from protocol.device import D_COMMAND, D_DROP, D_INVALID, D_NOTE, DeviceSession
+from protocol.device import D_COMMAND, D_DROP, D_INVALID, D_NOTE, D_WELCOME, DeviceSession
 from protocol.outbox import MemoryOutbox
 from protocol.wire import Reading
 
+FW = "phone page, MicroPython " + ".".join([str(n) for n in sys.implementation.version[:3]])
 MAX_READINGS = 20000  # the IndexedDB store's bound: beyond it the oldest reading goes (a counted gap)
 
 
@@ -70,14 +72,17 @@ class Phone:
     """One device: the session, its outbox and the command handlers. phone.js calls the methods
     below with the page's clock (``now`` in ms) and sends what ``host.send`` is given."""
 
-    def __init__(self, device_id, token, boot, next_seq, confirmed, records_json):
+    def __init__(self, device_id, token, boot, next_seq, confirmed, records_json, interval):
         self.outbox = IdbOutbox(next_seq, confirmed, json.loads(records_json))
+        self.interval = interval
+        self.outputs = {"screen": False, "vibrate": False}
         handlers = {"set_interval": self._set_interval, "ping": self._ping, "set_output": self._set_output}
         self.session = DeviceSession(device_id, token=token, boot=boot, outbox=self.outbox, handlers=handlers)
 
     # ------------------------------------------------------------ commands
     def _set_interval(self, args):
         host.set_interval(args["seconds"])
+        self.interval = args["seconds"]
         return True, "interval " + str(args["seconds"]) + " s", None
 
     def _ping(self, args):
@@ -90,6 +95,7 @@ class Phone:
         done = host.output(name, args["on"])
         if not done:
             return False, name + " is not available in this browser", None
+        self.outputs[name] = args["on"]
         return True, name + (" on" if args["on"] else " off"), None
 
     # ------------------------------------------------------------ from phone.js
@@ -100,9 +106,13 @@ class Phone:
     def message(self, text, now):
         decision = self.session.handle(text, now)
         kind = decision.kind
-        if kind == D_COMMAND:
+        if kind == D_WELCOME:
+            self.status()
+        elif kind == D_COMMAND:
             host.send(decision.reply)
             host.log("command " + str(decision.name) + ": " + decision.message)
+            if decision.ok and decision.name in ("set_interval", "set_output"):
+                self.status()
         elif kind == D_DROP or kind == D_NOTE or kind == D_INVALID:
             host.log(kind + " " + str(decision.code) + ": " + decision.message)
         self.pump(now)
@@ -134,6 +144,13 @@ class Phone:
         else:
             decision = self.session.failed(now)
         host.retry(decision.action, decision.delay_ms, decision.reason)
+
+    def status(self):
+        """The health report of docs/protocol.md section 7: the dashboard's Status panel, the MQTT
+        bridge's diagnostics and output switches."""
+        host.send(self.session.status_frame({
+            "kind": "phone", "fw": FW, "buffered": self.outbox.count, "dropped": self.outbox.dropped,
+            "rejected": self.session.rejected, "interval": self.interval, "outputs": self.outputs}))
 
     def state(self):
         return json.dumps({"online": self.session.online, "buffered": self.outbox.count,
