@@ -20,6 +20,7 @@ from gateway.auth import bearer_credential
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, json_response
 from gateway.dashboard.http import load_static, static_response
+from gateway.dashboard.phone_page import load_phone, phone_response
 from gateway.dashboard.roles import ANONYMOUS, DashboardAuth, DashboardIdentity
 from gateway.errors import AuthError, StorageError
 from gateway.registry import verify_admin_token
@@ -68,6 +69,9 @@ class HttpApi:
         self._static = load_static()  # the dashboard page: gateway/dashboard/static/, read once
         for path in self._static:
             self.route(path, self.static)
+        self._phone = load_phone()  # the phone page (/phone): a browser as a device, its own CSP
+        for path in self._phone:
+            self.route(path, self.phone)
 
     def refuse(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
         """A counted refusal: HTTP ``status`` with {"code", "message"}."""
@@ -109,6 +113,9 @@ class HttpApi:
     # ------------------------------------------------------------ handlers
     async def static(self, ws: EdgeConnection, request: Request) -> Response:
         return static_response(*self._static[request.path.split("?", 1)[0]])
+
+    async def phone(self, ws: EdgeConnection, request: Request) -> Response:
+        return phone_response(self._phone[request.path.split("?", 1)[0]], request)
 
     def _own_hosts(self, ws: EdgeConnection, headers: Headers) -> set[str]:
         """The host[:port] values naming this gateway for this request: its Host header and, from a

@@ -2,7 +2,9 @@
 
 The simulator and the load generator keep their readings in one; the Pi agent (SQLite,
 edge/store.py) and the firmware (flash ring, firmware/ring.py) implement the same members
-over their own stores. MicroPython-safe, but not deployed to the board.
+over their own stores. MicroPython-safe, but not deployed to the board; the phone page
+(gateway/dashboard/phone/phone.py) runs it on MicroPython in the browser, writing every change
+through to IndexedDB.
 """
 
 from protocol.wire import Reading

@@ -126,6 +126,15 @@ METRICS = {
     "battery": ("%", 0.0, 100.0, "battery", "Battery"),
     "rssi": ("dBm", -127.0, 0.0, "signal_strength", "Signal"),
     "analog": ("fraction", 0.0, 1.0, None, "Analog input"),
+    # a phone as a device (/phone): devicemotion with gravity, deviceorientation, geolocation
+    "accel_x": ("m/s²", -200.0, 200.0, None, "Acceleration X"),
+    "accel_y": ("m/s²", -200.0, 200.0, None, "Acceleration Y"),
+    "accel_z": ("m/s²", -200.0, 200.0, None, "Acceleration Z"),
+    "orientation_alpha": ("°", 0.0, 360.0, None, "Orientation alpha (about Z)"),
+    "orientation_beta": ("°", -180.0, 180.0, None, "Orientation beta (about X)"),
+    "orientation_gamma": ("°", -90.0, 90.0, None, "Orientation gamma (about Y)"),
+    "latitude": ("°", -90.0, 90.0, None, "Latitude"),
+    "longitude": ("°", -180.0, 180.0, None, "Longitude"),
 }
 GENERIC_RANGE = (-1e9, 1e9)
 # Binary data frames (docs/protocol.md section 1.1) may name a metric by its index here, one byte

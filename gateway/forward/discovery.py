@@ -38,7 +38,8 @@ from protocol import wire
 
 NODE_ID = "edgewire"
 MANUFACTURER = "Edgewire"
-MODELS = {"esp32": "Edgewire ESP32 node", "pi": "Edgewire Pi agent"}  # status field "kind" -> model
+MODELS = {"esp32": "Edgewire ESP32 node", "pi": "Edgewire Pi agent",  # status field "kind" -> model
+          "phone": "Edgewire phone page"}
 UNKNOWN_MODEL = "Edgewire device"
 GATEWAY_MODEL = "Edgewire gateway"
 ONLINE = b"online"
@@ -53,7 +54,7 @@ class DeviceInfo:
 
     device_id: str
     label: str = ""  # the registry label: part of the Home Assistant device name when set
-    kind: str = ""  # status field "kind": "esp32" or "pi"
+    kind: str = ""  # status field "kind": "esp32", "pi" or "phone"
     fw: str = ""  # status field "fw": the software version
     metrics: set[str] = field(default_factory=set)
     health: dict[str, Any] = field(default_factory=dict)  # from status frames (ha_entities.health_fields)
