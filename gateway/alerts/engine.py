@@ -216,7 +216,7 @@ class AlertEngine(AlertLifecycle):
         for rule in self.book.rules.values():
             rule.hour_of = self.hour_of
         await restore.load_baselines(self)
-        await restore.restore_alerts(self)
+        await restore.restore_alerts(self, self.started_ms, self.max_open)
         if self.registry_check_s > 0:
             await self.reconcile_registry()
 

@@ -246,6 +246,23 @@ class AlertLifecycle:
         rule = self.book.rules.get(alert.rule)
         return None if rule is None else rule.tracks.get(alert.device_id)
 
+    # ------------------------------------------------------------------ start-up (gateway/alerts/restore.py)
+    def track_for(self, rule: Rule, device_id: str) -> Track | None:
+        """The rule's series of the device, made if it has none yet; None if the rule does not apply."""
+        track = rule.tracks.get(device_id)
+        return self._new_track(rule, device_id) if track is None else track
+
+    def adopt(self, rule: Rule, track: Track, alert: AlertRow, now_ms: int) -> bool:
+        """Attach a stored open alert to its series (start-up). A value alert is then suspended (no
+        device is online yet) until the device's next readings; returns whether it was."""
+        track.alert = alert
+        self.by_device.setdefault(alert.device_id, {})[alert.rule] = alert
+        self.open[alert.alert_id] = alert
+        if rule.SUSPENDS and alert.state in (ALERT_ACTIVE, ALERT_ACKNOWLEDGED):
+            self._suspend(alert, now_ms, "gateway restarted; waiting for the device's next reading")
+            return True
+        return False
+
     # ------------------------------------------------------------------ devices
     def device_online(self, device_id: str, now_ms: int | None = None) -> None:
         device = self.devices.get(device_id)
