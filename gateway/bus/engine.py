@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from gateway.backoff import Backoff
 from gateway.bus.base import Holder, Transport
 from gateway.bus.command_queue import CommandQueue
 from gateway.bus.presence import Presence
@@ -268,7 +269,7 @@ class Bus:
             self._ok.clear()
 
     async def _run(self) -> None:
-        delay = self.backoff_s[0]
+        backoff = Backoff(*self.backoff_s)
         connected_before = False
         while not self._closing:
             try:
@@ -276,7 +277,7 @@ class Bus:
                 if connected_before:
                     self.reconnects += 1
                 connected_before = True
-                delay = self.backoff_s[0]
+                backoff.reset()
                 self._set(OK)
                 await self._watch()
             except asyncio.CancelledError:
@@ -288,8 +289,7 @@ class Bus:
             await self.transport.disconnect()
             if self._closing:
                 break
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.backoff_s[1])
+            await asyncio.sleep(backoff.next_s())
 
     async def _establish(self) -> None:
         self._broken.clear()

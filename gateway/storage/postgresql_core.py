@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 
+from gateway.backoff import Backoff
 from gateway.errors import ConfigError, StorageError
 from gateway.logs import log
 from gateway.storage import postgresql_forward as fwd
@@ -128,7 +129,7 @@ class PostgresCore(Storage):
         self._opened = False
         self._closing = False
         self._retry_at = 0.0
-        self._backoff = 0.0
+        self._backoff = Backoff(0.2, 5.0)  # between failed reconnects of the writer
         self._last_error = ""
         self._forwarding = False  # write the forward log (some sink cursor exists)
         # counters (read by tests and benchmarks)
@@ -288,11 +289,10 @@ class PostgresCore(Storage):
         try:
             self._wconn = await self._connect()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
-            self._backoff = min(5.0, max(0.2, self._backoff * 2))
-            self._retry_at = time.monotonic() + self._backoff
+            self._retry_at = time.monotonic() + self._backoff.next_s()
             self._last_error = str(err) or type(err).__name__
             raise self._unreachable(err) from None
-        self._backoff = 0.0
+        self._backoff.reset()
         self.reconnects += 1
         log("storage_reconnected", database=self.where)
         return self._wconn
