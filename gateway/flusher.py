@@ -43,6 +43,7 @@ from gateway.fanout import Listeners
 from gateway.logs import log
 from gateway.metrics import Metrics
 from gateway.storage.base import ReadingRow, Storage
+from gateway.storage.isolation import commit_apart
 from gateway.supervisor import spawn
 from protocol import wire
 from protocol.gateway import GatewaySession
@@ -170,17 +171,14 @@ class Flusher:
         for conn, rows, _, _ in frames:
             if rows:
                 own.setdefault(conn, []).extend(rows)
-        if len(own) == 1:
-            return dict.fromkeys(own, _describe(err)), []
-        conns = list(own)
-        results = await asyncio.gather(*(self._commit(own[conn]) for conn in conns), return_exceptions=True)
+        outcomes = await commit_apart(list(own.values()), self._commit, err, concurrently=True)
         failed: dict[AckTarget, str] = {}
         inserted: list[ReadingRow] = []
-        for conn, result in zip(conns, results, strict=True):
-            if isinstance(result, BaseException):
-                failed[conn] = _describe(result)
+        for conn, (error, rows) in zip(own, outcomes, strict=True):
+            if error is not None:
+                failed[conn] = _describe(error)
             else:
-                inserted += result
+                inserted += rows
         return failed, inserted
 
     async def _acks(self, frames: list[tuple[AckTarget, list[ReadingRow], int, float]],
