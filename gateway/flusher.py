@@ -42,7 +42,7 @@ from websockets.exceptions import ConnectionClosed
 from gateway.fanout import Listeners
 from gateway.logs import log
 from gateway.metrics import Metrics
-from gateway.storage.base import ReadingRow, Storage
+from gateway.storage.base import ReadingRow, ReadingWriter
 from gateway.storage.isolation import commit_apart
 from gateway.supervisor import spawn
 from protocol import wire
@@ -94,7 +94,7 @@ class _Later:
 class Flusher:
     """Batches the store-and-ack path of every device connection (see the module docstring)."""
 
-    def __init__(self, storage: Storage, metrics: Metrics, listeners: Listeners | None = None,
+    def __init__(self, storage: ReadingWriter, metrics: Metrics, listeners: Listeners | None = None,
                  clock: Callable[[], float] = time.perf_counter,
                  store: Callable[[list[ReadingRow]], Awaitable[list[ReadingRow]]] | None = None) -> None:
         """``listeners``: who gets the committed rows (gateway/fanout.py); ``clock``: seconds, for

@@ -20,7 +20,7 @@ import datetime
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.alerts.localtime import HourOfDay
 from gateway.alerts.model import (
@@ -45,17 +45,23 @@ from gateway.alerts.rules.base import CALM, FIRE, SAME, Device, Rule, Track
 from gateway.alerts.writer import AlertWriter, Change
 from gateway.errors import StorageError
 from gateway.logs import log
-from gateway.storage.base import AlertHistoryRow, AlertRow, ReadingRow, Storage
+from gateway.storage.base import AlertHistoryRow, AlertRow, AlertStore, DeviceRecord, ReadingRow
 
 NAN = float("nan")
 _MISSING: Any = object()
 Listener = Callable[[AlertEvent], None]
 
 
+class AlertStorage(AlertStore, Protocol):
+    """What the engine uses of storage: the alerts' part, and the registered devices (``reconcile_registry``)."""
+
+    async def list_devices(self) -> list[DeviceRecord]: ...
+
+
 class AlertLifecycle:
     """Alerts in memory and their transitions (see the module docstring)."""
 
-    def __init__(self, storage: Storage, rules: list[dict[str, Any]] | None = None, *,
+    def __init__(self, storage: AlertStorage, rules: list[dict[str, Any]] | None = None, *,
                  clock: Callable[[], float] = time.time, timezone: datetime.tzinfo | None = None,
                  update_interval_s: float = 60.0, max_queue: int = 100_000) -> None:
         self.storage = storage

@@ -41,7 +41,7 @@ from gateway.backoff import Backoff
 from gateway.errors import StorageError
 from gateway.forward.sink import ACKED, FAILED, Sink
 from gateway.logs import log
-from gateway.storage.base import LogPosition, Storage
+from gateway.storage.base import ForwardLog, LogPosition
 
 PENDING = -1
 DONE = 0
@@ -71,7 +71,7 @@ class ForwardCounters:
 class Forwarder:
     """Stored readings to ``sink`` from its cursor; ``owner`` names this gateway instance in the lease."""
 
-    def __init__(self, sink: Sink, storage: Storage, owner: str, *, window: int = 2000, batch: int = 500,
+    def __init__(self, sink: Sink, storage: ForwardLog, owner: str, *, window: int = 2000, batch: int = 500,
                  lease_s: float = 15.0, save_s: float = 0.1, poll_s: float = 0.25, trim_s: float = 60.0,
                  drain_s: float = 5.0, clock: Callable[[], float] = time.time) -> None:
         if window < 1 or batch < 1:
