@@ -18,19 +18,10 @@ T = TypeVar("T")
 class Link(Protocol):
     """One instance's end of the bus, for its facets."""
 
-    @property
-    def instance_id(self) -> str: ...
-
-    @property
-    def boot(self) -> str:
-        """This process's incarnation (a restarted instance is a new holder)."""
-        ...
-
-    @property
-    def transport(self) -> Transport: ...
-
-    @property
-    def op_timeout_s(self) -> float: ...
+    instance_id: str
+    boot: str  # this process's incarnation: a restarted instance is a new holder
+    transport: Transport
+    op_timeout_s: float
 
     @property
     def ok(self) -> bool: ...
