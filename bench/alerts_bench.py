@@ -36,7 +36,7 @@ from typing import Any
 
 from gateway.alerts.engine import AlertEngine
 from gateway.alerts.rules import parse_rules
-from gateway.storage.base import AlertHistoryRow, AlertRow, BaselineRow
+from gateway.storage.base import AlertHistoryRow, AlertRow, BaselineRow, DeviceRecord, StoredRule
 
 T0 = 1_764_080_000_000
 MAX_DEVICES = 200_000
@@ -56,7 +56,7 @@ RULES: list[dict[str, Any]] = [
 
 
 class MemoryStorage:
-    """The alert part of the Storage contract, answering at once (no storage cost in the figures)."""
+    """The alert engine's part of storage (AlertStorage), answering at once (no storage cost in the figures)."""
 
     def __init__(self) -> None:
         self.next_id = 1
@@ -81,6 +81,25 @@ class MemoryStorage:
         return []
 
     async def active_alerts(self, limit: int | None = None) -> list[Any]:
+        return []
+
+    async def alerts(self, device_id: str | None = None, limit: int = 100, before_id: int | None = None,
+                     state: str | None = None) -> list[AlertRow]:
+        return []
+
+    async def alert(self, alert_id: int) -> AlertRow | None:
+        return None
+
+    async def alert_history(self, alert_id: int, limit: int = 1000) -> list[AlertHistoryRow]:
+        return []
+
+    async def put_alert_rule(self, rule: StoredRule) -> None:
+        return None
+
+    async def delete_baselines(self, rule_id: str | None = None, device_id: str | None = None) -> int:
+        return 0
+
+    async def list_devices(self) -> list[DeviceRecord]:
         return []
 
 
@@ -126,11 +145,11 @@ async def run(devices: int, rounds: int, with_rules: bool = False, interval_s: f
         return None
 
     loop_s = timed(nothing, readings)
-    bare = AlertEngine(MemoryStorage(), [])  # type: ignore[arg-type]
+    bare = AlertEngine(MemoryStorage(), [])
     bare_s = timed(bare.reading, readings)
 
     storage = MemoryStorage()
-    engine = AlertEngine(storage, parse_rules(RULES), clock=lambda: T0 / 1000)  # type: ignore[arg-type]
+    engine = AlertEngine(storage, parse_rules(RULES), clock=lambda: T0 / 1000)
     writer = asyncio.get_running_loop().create_task(engine.writer.run())
     before = rss_kib()
     rules_s = timed(engine.reading, readings)
@@ -148,7 +167,7 @@ async def run(devices: int, rounds: int, with_rules: bool = False, interval_s: f
     per_rule = {}
     if with_rules:
         for spec in parse_rules(RULES):
-            alone = AlertEngine(MemoryStorage(), [spec], clock=lambda: T0 / 1000)  # type: ignore[arg-type]
+            alone = AlertEngine(MemoryStorage(), [spec], clock=lambda: T0 / 1000)
             task = asyncio.get_running_loop().create_task(alone.writer.run())
             per_rule[spec["id"]] = round((timed(alone.reading, readings) - bare_s) * 1e6 / n, 3)
             task.cancel()

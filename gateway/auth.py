@@ -30,7 +30,7 @@ import jwt as pyjwt
 
 from gateway.errors import AuthError, ConfigError
 from gateway.registry import token_digest
-from gateway.storage.base import DeviceRecord, Storage
+from gateway.storage.base import DeviceRecord, DeviceRegistry
 from protocol import wire
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -155,7 +155,7 @@ class Authenticator:
 
     bearer = staticmethod(bearer)
 
-    def __init__(self, storage: Storage, token_key: bytes, *, jwt_secret: str | None = None,
+    def __init__(self, storage: DeviceRegistry, token_key: bytes, *, jwt_secret: str | None = None,
                  jwt_public_key_pem: str | None = None, jwt_algorithms: Iterable[str] | None = None,
                  global_allow: Iterable[str] = (), trusted_proxies: Iterable[str] = (),
                  jwt_audience: str | None = None, clock: Callable[[], float] = time.time) -> None:

@@ -23,13 +23,13 @@ from typing import Any
 
 from gateway.errors import StorageError
 from gateway.ipc import READ_ERRORS, frame, read_frame
-from gateway.storage.base import ReadingRow, Storage
+from gateway.storage.base import ReadingRow, ReadingWriter
 
 GONE = "the commit process is unavailable (restarting?); the devices resend after reconnecting"
 
 
 class CommitServer:
-    def __init__(self, storage: Storage, path: str | Path) -> None:
+    def __init__(self, storage: ReadingWriter, path: str | Path) -> None:
         self.storage = storage
         self.path = Path(path)
         self._server: asyncio.AbstractServer | None = None

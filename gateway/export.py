@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from gateway.storage.base import Bucket, Storage
+from gateway.storage.base import Bucket, ReadingHistory
 
 FORMATS = ("csv", "jsonl")
 BUCKET_COLUMNS = ("t", "time", "min", "avg", "max", "count")
@@ -59,7 +59,7 @@ def buckets_csv(buckets: Iterable[Bucket]) -> bytes:
     return out.getvalue().encode()
 
 
-async def write_readings(storage: Storage, device_id: str, start_ms: int, end_ms: int, fmt: str, out: TextIO,
+async def write_readings(storage: ReadingHistory, device_id: str, start_ms: int, end_ms: int, fmt: str, out: TextIO,
                          metric: str | None = None) -> int:
     """Write the device's readings with start_ms <= time_ms < end_ms, oldest first; return how many."""
     writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None

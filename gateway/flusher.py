@@ -42,7 +42,8 @@ from websockets.exceptions import ConnectionClosed
 from gateway.fanout import Listeners
 from gateway.logs import log
 from gateway.metrics import Metrics
-from gateway.storage.base import ReadingRow, Storage
+from gateway.storage.base import ReadingRow, ReadingWriter
+from gateway.storage.isolation import commit_apart
 from gateway.supervisor import spawn
 from protocol import wire
 from protocol.gateway import GatewaySession
@@ -93,7 +94,7 @@ class _Later:
 class Flusher:
     """Batches the store-and-ack path of every device connection (see the module docstring)."""
 
-    def __init__(self, storage: Storage, metrics: Metrics, listeners: Listeners | None = None,
+    def __init__(self, storage: ReadingWriter, metrics: Metrics, listeners: Listeners | None = None,
                  clock: Callable[[], float] = time.perf_counter,
                  store: Callable[[list[ReadingRow]], Awaitable[list[ReadingRow]]] | None = None) -> None:
         """``listeners``: who gets the committed rows (gateway/fanout.py); ``clock``: seconds, for
@@ -170,17 +171,14 @@ class Flusher:
         for conn, rows, _, _ in frames:
             if rows:
                 own.setdefault(conn, []).extend(rows)
-        if len(own) == 1:
-            return dict.fromkeys(own, _describe(err)), []
-        conns = list(own)
-        results = await asyncio.gather(*(self._commit(own[conn]) for conn in conns), return_exceptions=True)
+        outcomes = await commit_apart(list(own.values()), self._commit, err, concurrently=True)
         failed: dict[AckTarget, str] = {}
         inserted: list[ReadingRow] = []
-        for conn, result in zip(conns, results, strict=True):
-            if isinstance(result, BaseException):
-                failed[conn] = _describe(result)
+        for conn, (error, rows) in zip(own, outcomes, strict=True):
+            if error is not None:
+                failed[conn] = _describe(error)
             else:
-                inserted += result
+                inserted += rows
         return failed, inserted
 
     async def _acks(self, frames: list[tuple[AckTarget, list[ReadingRow], int, float]],

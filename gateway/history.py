@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.errors import UnknownMetric
-from gateway.storage.base import RAW, ROLLUP_TIERS, Bucket, Storage
+from gateway.storage.base import RAW, ROLLUP_TIERS, Bucket, ReadingHistory
 
 DEFAULT_POINTS = 500
 MAX_POINTS = 5000
@@ -60,12 +60,12 @@ def plan(start_ms: int, end_ms: int, points: int, now_ms: int, readings_retentio
     return Plan(name, start, end, -(-per_point // width) * width)  # >= per_point: still at most `points`
 
 
-async def buckets(storage: Storage, device_id: str, metric: str, chosen: Plan) -> list[Bucket]:
+async def buckets(storage: ReadingHistory, device_id: str, metric: str, chosen: Plan) -> list[Bucket]:
     return await storage.history_buckets(device_id, metric, chosen.start_ms, chosen.end_ms, chosen.step_ms,
                                          chosen.source)
 
 
-async def check_metric(storage: Storage, device_id: str, metric: str, param: str) -> None:
+async def check_metric(storage: ReadingHistory, device_id: str, metric: str, param: str) -> None:
     """UnknownMetric (naming ``param`` and listing the device's metrics) unless the device has stored a
     reading of ``metric`` (its latest values, kept after retention, say which metrics it has)."""
     metrics = sorted(await storage.latest(device_id))

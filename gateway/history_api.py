@@ -25,7 +25,7 @@ from gateway import history
 from gateway.errors import RequestError, StorageError, UnknownMetric
 from gateway.export import buckets_csv
 from gateway.metric_table import BUILT_IN, MetricTable
-from gateway.storage.base import DAY_MS, Storage
+from gateway.storage.base import DAY_MS, DeviceData
 from protocol import wire
 
 PATHS = frozenset({"/v1/history", "/v1/history.csv", "/v1/devices"})
@@ -84,7 +84,7 @@ def int_param(params: dict[str, str], name: str, default: int, low: int, high: i
 class HistoryApi:
     """The three read-only endpoints over one storage."""
 
-    def __init__(self, storage: Storage, readings_retention_days: int, is_online: Callable[[str], bool],
+    def __init__(self, storage: DeviceData, readings_retention_days: int, is_online: Callable[[str], bool],
                  clock: Callable[[], float] = time.time, table: MetricTable = BUILT_IN) -> None:
         self.storage = storage
         self.table = table  # units

@@ -21,7 +21,7 @@ from pathlib import Path
 from gateway.errors import ConfigError, RegistryError
 from gateway.groups import changed_labels
 from gateway.secret_files import private_dir, read_secret, read_secret_bytes, write_secret_file
-from gateway.storage.base import DeviceRecord, Storage
+from gateway.storage.base import DeviceRecord, DeviceRegistry
 from protocol import wire
 
 TOKEN_PREFIX = wire.DEVICE_TOKEN_PREFIX
@@ -124,9 +124,9 @@ def check_device_id(device_id: object) -> str:
 
 
 class Registry:
-    """Registry operations over a Storage. Every method raises RegistryError with what to check."""
+    """Registry operations over the storage's device registry. Every method raises RegistryError with what to check."""
 
-    def __init__(self, storage: Storage, token_key: bytes, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, storage: DeviceRegistry, token_key: bytes, clock: Callable[[], float] = time.time) -> None:
         self.storage = storage
         self.token_key = token_key
         self.clock = clock

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from gateway.errors import StorageError
 from gateway.logs import log
-from gateway.storage.base import DAY_MS, Expired, Storage
+from gateway.storage.base import DAY_MS, Expired, Upkeep
 
 INTERVAL_S = 3600.0
 
@@ -20,7 +20,7 @@ INTERVAL_S = 3600.0
 class Retention:
     """Every ``interval_s``: ``storage.prepare(now)``, then ``storage.expire`` with the configured ages."""
 
-    def __init__(self, storage: Storage, readings_days: int, rollup_days: int,
+    def __init__(self, storage: Upkeep, readings_days: int, rollup_days: int,
                  clock: Callable[[], float] = time.time, interval_s: float = INTERVAL_S,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.storage = storage

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.alerts import restore
-from gateway.alerts.lifecycle import AlertLifecycle
+from gateway.alerts.lifecycle import AlertLifecycle, AlertStorage
 from gateway.alerts.model import (
     ACKNOWLEDGED,
     ALERT_ACKNOWLEDGED,
@@ -41,13 +41,13 @@ from gateway.alerts.rules import make_rule, parse_rule
 from gateway.alerts.rules.base import FIRE, Rule
 from gateway.errors import AlertError, ConfigError, StorageError
 from gateway.logs import log
-from gateway.storage.base import AlertRow, BaselineRow, Storage, StoredRule
+from gateway.storage.base import AlertRow, BaselineRow, StoredRule
 
 SAVE_CHUNK = 2000  # baseline rows per transaction
 
 
 class AlertEngine(AlertLifecycle):
-    def __init__(self, storage: Storage, rules: list[dict[str, Any]] | None = None, *,
+    def __init__(self, storage: AlertStorage, rules: list[dict[str, Any]] | None = None, *,
                  clock: Callable[[], float] = time.time, timezone: datetime.tzinfo | None = None,
                  max_open: int = 10_000, suspended_expiry_s: float = 7 * 86400.0, save_interval_s: float = 300.0,
                  update_interval_s: float = 60.0, tick_s: float = 2.0, op_timeout_s: float = 10.0,
@@ -216,7 +216,7 @@ class AlertEngine(AlertLifecycle):
         for rule in self.book.rules.values():
             rule.hour_of = self.hour_of
         await restore.load_baselines(self)
-        await restore.restore_alerts(self)
+        await restore.restore_alerts(self, self.started_ms, self.max_open)
         if self.registry_check_s > 0:
             await self.reconcile_registry()
 

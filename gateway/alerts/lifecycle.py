@@ -20,7 +20,7 @@ import datetime
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.alerts.localtime import HourOfDay
 from gateway.alerts.model import (
@@ -45,17 +45,23 @@ from gateway.alerts.rules.base import CALM, FIRE, SAME, Device, Rule, Track
 from gateway.alerts.writer import AlertWriter, Change
 from gateway.errors import StorageError
 from gateway.logs import log
-from gateway.storage.base import AlertHistoryRow, AlertRow, ReadingRow, Storage
+from gateway.storage.base import AlertHistoryRow, AlertRow, AlertStore, DeviceRecord, ReadingRow
 
 NAN = float("nan")
 _MISSING: Any = object()
 Listener = Callable[[AlertEvent], None]
 
 
+class AlertStorage(AlertStore, Protocol):
+    """What the engine uses of storage: the alerts' part, and the registered devices (``reconcile_registry``)."""
+
+    async def list_devices(self) -> list[DeviceRecord]: ...
+
+
 class AlertLifecycle:
     """Alerts in memory and their transitions (see the module docstring)."""
 
-    def __init__(self, storage: Storage, rules: list[dict[str, Any]] | None = None, *,
+    def __init__(self, storage: AlertStorage, rules: list[dict[str, Any]] | None = None, *,
                  clock: Callable[[], float] = time.time, timezone: datetime.tzinfo | None = None,
                  update_interval_s: float = 60.0, max_queue: int = 100_000) -> None:
         self.storage = storage
@@ -256,6 +262,23 @@ class AlertLifecycle:
     def _track_of(self, alert: AlertRow) -> Track | None:
         rule = self.book.rules.get(alert.rule)
         return None if rule is None else rule.tracks.get(alert.device_id)
+
+    # ------------------------------------------------------------------ start-up (gateway/alerts/restore.py)
+    def track_for(self, rule: Rule, device_id: str) -> Track | None:
+        """The rule's series of the device, made if it has none yet; None if the rule does not apply."""
+        track = rule.tracks.get(device_id)
+        return self._new_track(rule, device_id) if track is None else track
+
+    def adopt(self, rule: Rule, track: Track, alert: AlertRow, now_ms: int) -> bool:
+        """Attach a stored open alert to its series (start-up). A value alert is then suspended (no
+        device is online yet) until the device's next readings; returns whether it was."""
+        track.alert = alert
+        self.by_device.setdefault(alert.device_id, {})[alert.rule] = alert
+        self.open[alert.alert_id] = alert
+        if rule.SUSPENDS and alert.state in (ALERT_ACTIVE, ALERT_ACKNOWLEDGED):
+            self._suspend(alert, now_ms, "gateway restarted; waiting for the device's next reading")
+            return True
+        return False
 
     # ------------------------------------------------------------------ devices
     def device_online(self, device_id: str, now_ms: int | None = None) -> None:

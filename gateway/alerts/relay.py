@@ -30,11 +30,11 @@ from typing import Any
 
 from gateway.alerts.admin import AlertAdmin
 from gateway.alerts.engine import AlertEngine
+from gateway.alerts.lifecycle import AlertStorage
 from gateway.alerts.model import alert_dict
 from gateway.bus import Bus
 from gateway.errors import AlertError, BusError, RemoteError
 from gateway.logs import log
-from gateway.storage.base import Storage
 from gateway.supervisor import spawn
 
 ALERT_IN = "alert_in"  # request to the owner, answered once fed: {"ops": [["r", ...], ["off", id], ["f", hook, args]]}
@@ -101,7 +101,7 @@ class AlertOwner:
 class AlertRelay(AlertEngine):
     """The AlertEngine surface of a worker that is not the alert owner (see the module docstring)."""
 
-    def __init__(self, storage: Storage, bus: Bus, owner: str, rules: list[dict[str, Any]] | None = None, *,
+    def __init__(self, storage: AlertStorage, bus: Bus, owner: str, rules: list[dict[str, Any]] | None = None, *,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(storage, rules, clock=clock)
         self.bus = bus

@@ -19,29 +19,24 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING
 
+from gateway.alerts.lifecycle import AlertLifecycle
 from gateway.alerts.model import ALERT_ACKNOWLEDGED, ALERT_ACTIVE, ALERT_SUSPENDED, CLEARED, SYSTEM, mark_cleared
 from gateway.logs import log
 from gateway.storage.base import AlertHistoryRow, AlertRow
-
-if TYPE_CHECKING:
-    from gateway.alerts.engine import AlertEngine
 
 PAGE = 1000
 OPEN_STATES = (ALERT_ACTIVE, ALERT_ACKNOWLEDGED, ALERT_SUSPENDED)
 
 
-async def load_baselines(engine: AlertEngine) -> int:
+async def load_baselines(engine: AlertLifecycle) -> int:
     """Give each rule's series back what it had learned; returns how many series."""
     loaded = 0
     for row in await engine.storage.load_baselines():
         rule = engine.book.rules.get(row.rule_id)
         if rule is None or not rule.applies(row.device_id):
             continue
-        track = rule.tracks.get(row.device_id)
-        if track is None:
-            track = engine._new_track(rule, row.device_id)
+        track = engine.track_for(rule, row.device_id)
         if track is None:
             continue
         try:
@@ -55,13 +50,13 @@ async def load_baselines(engine: AlertEngine) -> int:
     return loaded
 
 
-async def restore_alerts(engine: AlertEngine) -> dict[str, int]:
-    """Attach, suspend or clear the stored open alerts; returns counts (logged)."""
-    now = engine.started_ms
-    rows = await engine.storage.active_alerts(limit=engine.max_open)
+async def restore_alerts(engine: AlertLifecycle, now: int, max_open: int) -> dict[str, int]:
+    """Attach, suspend or clear the stored open alerts, at most ``max_open`` of them, as of ``now``
+    (the engine's start, Unix ms); returns counts (logged)."""
+    rows = await engine.storage.active_alerts(limit=max_open)
     counts = {"restored": 0, "suspended": 0, "cleared": 0, "over_limit": 0}
-    if len(rows) >= engine.max_open and rows:
-        counts["over_limit"] = await _clear_beyond(engine, rows[-1].alert_id, now)
+    if len(rows) >= max_open and rows:
+        counts["over_limit"] = await _clear_beyond(engine, rows[-1].alert_id, now, max_open)
     seen: set[tuple[str, str]] = set()
     stale: list[AlertRow] = []
     for row in rows:  # newest first: the newest of duplicates stays
@@ -80,17 +75,11 @@ async def restore_alerts(engine: AlertEngine) -> dict[str, int]:
             mark_cleared(row, SYSTEM, now, None, f"{reason} (found at start)")
             continue
         seen.add((row.rule, row.device_id))
-        track = rule.tracks.get(row.device_id)
-        if track is None:
-            track = engine._new_track(rule, row.device_id)
+        track = engine.track_for(rule, row.device_id)
         if track is None:
             continue
-        track.alert = row
-        engine.by_device.setdefault(row.device_id, {})[row.rule] = row
-        engine.open[row.alert_id] = row
         counts["restored"] += 1
-        if rule.SUSPENDS and row.state in (ALERT_ACTIVE, ALERT_ACKNOWLEDGED):
-            engine._suspend(row, now, "gateway restarted; waiting for the device's next reading")
+        if engine.adopt(rule, track, row, now):
             counts["suspended"] += 1
     counts["cleared"] = len(stale)
     for start in range(0, len(stale), PAGE):  # stored directly: no listener ever saw these alerts
@@ -103,10 +92,10 @@ def _cleared_entry(row: AlertRow) -> AlertHistoryRow:
     return AlertHistoryRow(row.alert_id, row.cleared_ms or 0, CLEARED, row.cleared_by, None, row.clear_reason or "")
 
 
-async def _clear_beyond(engine: AlertEngine, before_id: int, now: int) -> int:
+async def _clear_beyond(engine: AlertLifecycle, before_id: int, now: int, max_open: int) -> int:
     """Clear the open alerts older than the ``max_open`` newest, a page at a time, stored directly."""
     cleared = 0
-    reason = f"more than {engine.max_open} open alerts at start (alert_max_open); the oldest were cleared"
+    reason = f"more than {max_open} open alerts at start (alert_max_open); the oldest were cleared"
     while True:
         page = []
         for state in OPEN_STATES:

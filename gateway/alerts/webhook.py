@@ -29,7 +29,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -74,16 +74,17 @@ class WebhookConfig:
                     self.secret_file or self.secret_env)}
 
 
-_FIELDS: dict[str, tuple[str, Any]] = {
-    "name": ("id", None), "url": ("url", None), "secret_file": ("str", ""), "secret_env": ("str", ""),
-    "rules": ("names", ()), "severities": ("severities", ()), "events": ("events", (RAISED, CLEARED)),
-    "timeout_s": ("seconds", 10.0), "max_attempts": ("count", 6), "backoff_s": ("seconds", 1.0),
-    "max_backoff_s": ("seconds", 60.0), "queue": ("count", 1000),
+# How each key of a [[webhooks]] table is checked; its default is WebhookConfig's.
+_FIELDS: dict[str, str] = {
+    "name": "id", "url": "url", "secret_file": "str", "secret_env": "str", "rules": "names",
+    "severities": "severities", "events": "events", "timeout_s": "seconds", "max_attempts": "count",
+    "backoff_s": "seconds", "max_backoff_s": "seconds", "queue": "count",
 }
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(WebhookConfig) if f.default is not MISSING}
 
 
 def _field(key: str, value: Any, where: str) -> Any:
-    kind = _FIELDS[key][0]
+    kind = _FIELDS[key]
     where = f"{where}: {key}"
     if kind == "id":
         try:
@@ -138,8 +139,7 @@ def parse_webhooks(value: Any, where: str = "webhooks") -> list[WebhookConfig]:
         for key in ("name", "url"):
             if key not in item:
                 raise ConfigError(f"{label}: {key}: missing")
-        values = {key: _field(key, item[key], label) if key in item else default
-                  for key, (_, default) in _FIELDS.items()}
+        values = {key: _field(key, item[key], label) if key in item else _DEFAULTS[key] for key in _FIELDS}
         if values["secret_file"] and values["secret_env"]:
             raise ConfigError(f"{label}: secret_file, secret_env: give one of them, not both")
         if values["max_backoff_s"] < values["backoff_s"]:

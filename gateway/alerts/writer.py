@@ -2,7 +2,7 @@
 
 The engine changes an alert in memory (on the hot path, without waiting) and queues the
 change with its history entry. One consumer writes the queue in batches of at most
-``batch`` changes, each batch one transaction (``Storage.save_alerts``), then hands every
+``batch`` changes, each batch one transaction (``AlertStore.save_alerts``), then hands every
 change of the batch to ``committed`` (the engine indexes the alert and emits its event).
 A batch stops before a second change of an alert that is still being inserted (its id is
 only known after the commit).
@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway.errors import StorageError
 from gateway.logs import log
-from gateway.storage.base import AlertHistoryRow, AlertRow, Storage
+from gateway.storage.base import AlertHistoryRow, AlertRow, AlertStore
 
 
 class Change:
@@ -39,7 +39,7 @@ class Change:
 
 
 class AlertWriter:
-    def __init__(self, storage: Storage, committed: Callable[[Change], None], *, max_queue: int = 100_000,
+    def __init__(self, storage: AlertStore, committed: Callable[[Change], None], *, max_queue: int = 100_000,
                  batch: int = 500, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.storage = storage
         self.committed = committed

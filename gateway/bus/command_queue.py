@@ -9,16 +9,15 @@ has only one process that could deliver it anyway (``durable`` and ``why`` say w
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from gateway.bus.engine import Bus
+from gateway.bus.link import Link
 
 
 class CommandQueue:
-    def __init__(self, bus: Bus, max_pending: int) -> None:
+    def __init__(self, bus: Link, max_pending: int) -> None:
         self._bus = bus
         self.max_pending = max_pending
 
@@ -39,14 +38,14 @@ class CommandQueue:
             raise ValueError("a command envelope needs a string 'id' and an integer 'expires_ms'")
         bus = self._bus
         bus.require_ok()
-        await bus._call(bus.transport.command_put(device_id, command_id, orjson.dumps(envelope), self.max_pending,
+        await bus.call(bus.transport.command_put(device_id, command_id, orjson.dumps(envelope), self.max_pending,
                                                   expires_ms))
 
     async def pending(self, device_id: str) -> list[dict[str, Any]]:
         """The device's queued envelopes, oldest first (expired ones included: the caller fails them)."""
         bus = self._bus
         bus.require_ok()
-        entries = await bus._call(bus.transport.command_list(device_id))
+        entries = await bus.call(bus.transport.command_list(device_id))
         envelopes = []
         for _command_id, data in entries:
             try:
@@ -56,19 +55,19 @@ class CommandQueue:
             if isinstance(envelope, dict):
                 envelopes.append(envelope)
             else:
-                bus._drop("malformed_command")
+                bus.drop("malformed_command")
         return envelopes
 
     async def done(self, device_id: str, command_id: str) -> bool:
         """Delete the command (its result arrived, or it expired); True if it was queued."""
         bus = self._bus
         bus.require_ok()
-        return await bus._call(bus.transport.command_delete(device_id, command_id))
+        return await bus.call(bus.transport.command_delete(device_id, command_id))
 
     async def exists(self, device_id: str, command_id: str) -> bool:
         """Whether the command is still queued (a caller checks this after the bus came back)."""
         bus = self._bus
         bus.require_ok()
-        entries = await bus._call(bus.transport.command_list(device_id))
+        entries = await bus.call(bus.transport.command_list(device_id))
         return any(found == command_id for found, _ in entries)
 

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from gateway.backoff import Backoff
 from gateway.bus.base import Holder, Transport
 from gateway.bus.command_queue import CommandQueue
 from gateway.bus.presence import Presence
@@ -88,7 +89,7 @@ class Bus:
         self._handlers.setdefault(channel, []).append((handler, include_self))
         if first and self.state == OK:
             with contextlib.suppress(BusError):  # the link broke: the reconnect subscribes to every channel
-                await self._call(self.transport.subscribe(channel))
+                await self.call(self.transport.subscribe(channel))
 
     def serve(self, kind: str, responder: Responder) -> None:
         """Answer requests of ``kind`` addressed to this instance with ``await responder(message, sender)``.
@@ -119,9 +120,9 @@ class Bus:
         self._closing = True
         if self.state == OK:
             with contextlib.suppress(Exception):
-                await self._call(self.presence.release_all())
+                await self.call(self.presence.release_all())
             with contextlib.suppress(Exception):
-                await self._call(self.transport.lease_delete(self.instance_id, self.boot))
+                await self.call(self.transport.lease_delete(self.instance_id, self.boot))
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -145,13 +146,13 @@ class Bus:
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
         """Send ``message`` to every instance subscribed to ``channel`` (at most once)."""
         self.require_ok()
-        await self._call(self.transport.publish(channel, self._wrap(message)))
+        await self.call(self.transport.publish(channel, self._wrap(message)))
 
     async def request(self, instance: str, kind: str, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """Ask ``instance`` and return its answer. NoResponder (nobody of that name listens),
         BusTimeout, RemoteError (it answered an error), BusUnavailable (our link is down)."""
         self.require_ok()
-        raw = await self._call(self.transport.request(instance, kind, self._wrap(message), timeout_s),
+        raw = await self.call(self.transport.request(instance, kind, self._wrap(message), timeout_s),
                                timeout_s + self.op_timeout_s)
         reply = self._unwrap(raw)
         if reply is None:
@@ -179,7 +180,8 @@ class Bus:
             return None
         return envelope
 
-    def _drop(self, reason: str) -> None:
+    def drop(self, reason: str) -> None:
+        """Count one message dropped for ``reason`` (the facets' too; in /healthz)."""
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
     async def _deliver(self, channel: str, raw: bytes) -> None:
@@ -193,7 +195,7 @@ class Bus:
         message = envelope.get("m") if envelope else None
         sender = envelope.get("from") if envelope else None
         if not isinstance(message, dict) or not isinstance(sender, str):
-            self._drop("malformed")
+            self.drop("malformed")
             log("bus_message_dropped", logging.WARNING, channel=channel, reason="malformed")
             return
         for handler, include_self in self._handlers.get(channel, ()):
@@ -204,7 +206,7 @@ class Bus:
                 if result is not None:
                     await result
             except Exception as err:  # a handler's bug must not end the subscription
-                self._drop("handler_failed")
+                self.drop("handler_failed")
                 log("bus_handler_failed", logging.ERROR, channel=channel, error=repr(err)[:300])
 
     async def _answer(self, kind: str, raw: bytes) -> bytes:
@@ -226,9 +228,9 @@ class Bus:
                 reply = {"v": VERSION, "ok": False, "code": "internal_error", "msg": f"{kind} failed"}
         return orjson.dumps(reply)
 
-    # ------------------------------------------------------------ the link
-    async def _call(self, operation: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
-        """Run one transport operation with a deadline; map its failures to BusError (and a broken link)."""
+    # ------------------------------------------------------------ the link (gateway/bus/link.py: the facets' interface)
+    async def call(self, operation: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        """Run one transport operation in service with a deadline; map its failures to BusError (and a broken link)."""
         try:
             return await asyncio.wait_for(operation, timeout_s or self.op_timeout_s)
         except BusTimeout:
@@ -267,7 +269,7 @@ class Bus:
             self._ok.clear()
 
     async def _run(self) -> None:
-        delay = self.backoff_s[0]
+        backoff = Backoff(*self.backoff_s)
         connected_before = False
         while not self._closing:
             try:
@@ -275,7 +277,7 @@ class Bus:
                 if connected_before:
                     self.reconnects += 1
                 connected_before = True
-                delay = self.backoff_s[0]
+                backoff.reset()
                 self._set(OK)
                 await self._watch()
             except asyncio.CancelledError:
@@ -287,15 +289,14 @@ class Bus:
             await self.transport.disconnect()
             if self._closing:
                 break
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.backoff_s[1])
+            await asyncio.sleep(backoff.next_s())
 
     async def _establish(self) -> None:
         self._broken.clear()
         self._broken_reason = None
         transport = self.transport
         await asyncio.wait_for(transport.connect(self.instance_id, set(self._handlers)), self.op_timeout_s * 2)
-        await self._step(transport.lease_put(self.instance_id, self.boot, self.lease_ttl_s, True))
+        await self.step(transport.lease_put(self.instance_id, self.boot, self.lease_ttl_s, True))
         await self.presence.rebuild()
         for hook in self._hooks:
             await hook()
@@ -303,7 +304,8 @@ class Bus:
         if self._broken.is_set():
             raise BusUnavailable(f"the link broke while rebuilding: {_describe(self._broken_reason)}")
 
-    async def _step(self, operation: Coroutine[Any, Any, T]) -> T:
+    async def step(self, operation: Coroutine[Any, Any, T]) -> T:
+        """Run one transport operation of a (re)connect or heartbeat with a deadline; failures go to ``_run``."""
         try:
             return await asyncio.wait_for(operation, self.op_timeout_s)
         except TimeoutError:
@@ -312,7 +314,7 @@ class Bus:
     async def _probe(self) -> None:
         """Prove every subscription works: our own request path, and a probe on each channel that
         must come back to our own handler through the broker (a silently lost subscription fails)."""
-        await self._step(self.transport.probe(self.op_timeout_s))
+        await self.step(self.transport.probe(self.op_timeout_s))
         token = secrets.token_hex(4)
         loop = asyncio.get_running_loop()
         waits = []
@@ -320,7 +322,7 @@ class Bus:
             future: asyncio.Future[None] = loop.create_future()
             self._probes[(channel, token)] = future
             waits.append(future)
-            await self._step(self.transport.publish(channel, orjson.dumps(
+            await self.step(self.transport.publish(channel, orjson.dumps(
                 {"v": VERSION, "from": self.instance_id, "probe": token})))
         try:
             if waits:
@@ -339,7 +341,7 @@ class Bus:
                 await asyncio.wait_for(self._broken.wait(), self.heartbeat_s)
             if self._broken.is_set():
                 raise BusUnavailable(f"link lost: {_describe(self._broken_reason)}")
-            other = await self._step(self.transport.lease_put(self.instance_id, self.boot, self.lease_ttl_s, False))
+            other = await self.step(self.transport.lease_put(self.instance_id, self.boot, self.lease_ttl_s, False))
             if other is not None:
                 self._set(DEGRADED, f"instance_id {self.instance_id!r} is also used by another process "
                                     f"(boot {other}); give every instance its own id")

@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from gateway.bus.base import Claim, Holder
+from gateway.bus.link import Link
 from gateway.errors import BusError
 from gateway.logs import log
-
-if TYPE_CHECKING:
-    from gateway.bus.engine import Bus
 
 # Called with (device_id, the other holder) for a device another instance claimed while we were cut off.
 LostHook = Callable[[str, Holder], Awaitable[None] | None]
 
 
 class Presence:
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Link) -> None:
         self._bus = bus
         self.local: dict[str, Holder] = {}  # devices this instance holds, with the entry it wrote
         self._unreleased: dict[str, Holder] = {}  # releases that failed: retried every heartbeat
@@ -45,7 +42,7 @@ class Presence:
         self._unreleased.pop(device_id, None)
         if bus.ok:
             try:
-                holder, previous = await bus._call(
+                holder, previous = await bus.call(
                     bus.transport.presence_claim(device_id, bus.instance_id, bus.boot))
                 self.local[device_id] = holder
                 alive = previous is not None and await self._alive(previous)
@@ -66,7 +63,7 @@ class Presence:
             self._unreleased[device_id] = holder
             return
         try:
-            await bus._call(bus.transport.presence_release(device_id, holder))
+            await bus.call(bus.transport.presence_release(device_id, holder))
         except BusError:
             self._unreleased[device_id] = holder
 
@@ -81,35 +78,35 @@ class Presence:
             if device_id in self.local:
                 del self._unreleased[device_id]  # claimed here again meanwhile
                 continue
-            await bus._step(bus.transport.presence_release(device_id, holder))
+            await bus.step(bus.transport.presence_release(device_id, holder))
             del self._unreleased[device_id]
 
     async def locate(self, device_id: str) -> Holder | None:
         """The device's holder if its instance is alive, else None (offline). BusUnavailable when down."""
         bus = self._bus
         bus.require_ok()
-        holder = await bus._call(bus.transport.presence_get(device_id))
+        holder = await bus.call(bus.transport.presence_get(device_id))
         return holder if holder is not None and await self._alive(holder) else None
 
     async def snapshot(self) -> dict[str, Holder]:
         """Every online device with its holder (entries of dead instances left out)."""
         bus = self._bus
         bus.require_ok()
-        entries = await bus._call(bus.transport.presence_all(), bus.op_timeout_s * 4)
-        leases = await bus._call(bus.transport.leases())
+        entries = await bus.call(bus.transport.presence_all(), bus.op_timeout_s * 4)
+        leases = await bus.call(bus.transport.leases())
         return {device: h for device, h in entries.items() if leases.get(h.instance) == h.boot}
 
     async def instances(self) -> dict[str, str]:
         """The live instances: id -> boot."""
         bus = self._bus
         bus.require_ok()
-        return await bus._call(bus.transport.leases())
+        return await bus.call(bus.transport.leases())
 
     async def _alive(self, holder: Holder) -> bool:
         bus = self._bus
         if holder.instance == bus.instance_id and holder.boot == bus.boot:
             return True
-        leases = await bus._call(bus.transport.leases())
+        leases = await bus.call(bus.transport.leases())
         return leases.get(holder.instance) == holder.boot
 
     async def rebuild(self) -> None:
@@ -118,7 +115,7 @@ class Presence:
         if not self.local:
             return
         wanted = {device: (h if h.version else self._mine()) for device, h in self.local.items()}
-        current = await bus._step(bus.transport.presence_restore(wanted))
+        current = await bus.step(bus.transport.presence_restore(wanted))
         lost: list[tuple[str, Holder]] = []
         for device_id, holder in current.items():
             if device_id not in self.local:

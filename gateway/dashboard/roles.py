@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from gateway.errors import RegistryError
 from gateway.registry import token_digest
-from gateway.storage.base import DASHBOARD_ROLES, DashboardToken, Storage
+from gateway.storage.base import DASHBOARD_ROLES, DashboardToken, DashboardTokens
 
 VIEWER = "viewer"
 OPERATOR = "operator"
@@ -71,7 +71,7 @@ def check_role(role: str) -> str:
 class DashboardAuth:
     """Tells who presents a dashboard token. ``file_token`` is dashboard.token's content (or None)."""
 
-    def __init__(self, storage: Storage, token_key: bytes, file_token: str | None) -> None:
+    def __init__(self, storage: DashboardTokens, token_key: bytes, file_token: str | None) -> None:
         self.storage = storage
         self.key = token_key
         self.file_token = file_token
@@ -99,7 +99,7 @@ class DashboardAuth:
         return row is not None and row.role == identity.role and row.name == identity.name
 
 
-async def add_token(storage: Storage, token_key: bytes, name: str, role: str) -> str:
+async def add_token(storage: DashboardTokens, token_key: bytes, name: str, role: str) -> str:
     """Create a named token; return it (the only time it is seen). RegistryError if the name is taken."""
     check_name(name)
     check_role(role)

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 from gateway.dashboard.stream import Hub
 from gateway.errors import StorageError
 from gateway.logs import log
-from gateway.storage.base import Storage
+from gateway.storage.base import DashboardTokens, DeviceData, DeviceRegistry
 
 
-async def restore(hub: Hub, storage: Storage) -> None:
+async def restore(hub: Hub, storage: DeviceData) -> None:
     """Give the hub every registered device with its last known values."""
     records = await storage.list_devices()
     states = await storage.device_states()
@@ -33,8 +34,12 @@ async def restore(hub: Hub, storage: Storage) -> None:
             view.latest = {m: [v, t] for m, (v, t) in state.latest.items()}
 
 
+class SyncStorage(DeviceRegistry, DashboardTokens, Protocol):
+    """What the sync reads: the registered devices and the dashboard tokens."""
+
+
 class DashboardSync:
-    def __init__(self, hub: Hub, storage: Storage, interval_s: float) -> None:
+    def __init__(self, hub: Hub, storage: SyncStorage, interval_s: float) -> None:
         self.hub = hub
         self.storage = storage
         self.interval_s = interval_s

@@ -37,10 +37,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.backoff import Backoff
 from gateway.errors import StorageError
 from gateway.forward.sink import ACKED, FAILED, Sink
 from gateway.logs import log
-from gateway.storage.base import LogPosition, Storage
+from gateway.storage.base import ForwardLog, LogPosition
 
 PENDING = -1
 DONE = 0
@@ -70,7 +71,7 @@ class ForwardCounters:
 class Forwarder:
     """Stored readings to ``sink`` from its cursor; ``owner`` names this gateway instance in the lease."""
 
-    def __init__(self, sink: Sink, storage: Storage, owner: str, *, window: int = 2000, batch: int = 500,
+    def __init__(self, sink: Sink, storage: ForwardLog, owner: str, *, window: int = 2000, batch: int = 500,
                  lease_s: float = 15.0, save_s: float = 0.1, poll_s: float = 0.25, trim_s: float = 60.0,
                  drain_s: float = 5.0, clock: Callable[[], float] = time.time) -> None:
         if window < 1 or batch < 1:
@@ -98,7 +99,8 @@ class Forwarder:
         self._finished = asyncio.Event()
         self._failed = False
         self._gen = 0
-        self._backoff = 0.0
+        self._retry = Backoff(0.5, 5.0)  # after a storage error
+        self._resend = Backoff(0.2, 5.0)  # before sending again what the sink failed
         self._resend_until = 0
 
     @property
@@ -139,10 +141,10 @@ class Forwarder:
                 except StorageError as err:
                     self.counters.storage_errors += 1
                     self.state = STORAGE_ERROR
-                    self._backoff = min(5.0, max(0.5, self._backoff * 2))
+                    delay = self._retry.next_s()
                     log("forward_storage_error", logging.WARNING, sink=self.name, error=str(err)[:300],
-                        retry_s=self._backoff)
-                    await self._pause(self._backoff)
+                        retry_s=delay)
+                    await self._pause(delay)
         finally:
             self.state = STOPPED
             self.cursor = None
@@ -156,6 +158,10 @@ class Forwarder:
             await asyncio.wait_for(self._finished.wait(), self.drain_s + 10.0)
 
     # ------------------------------------------------------------ internals
+    def _backoff_reset(self) -> None:
+        self._retry.reset()
+        self._resend.reset()
+
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
@@ -172,7 +178,7 @@ class Forwarder:
             if position is not None:
                 await self._read_trimmed()
                 log("forward_lease_taken", sink=self.name, owner=self.owner, cursor=list(_tuple(position)))
-                self._backoff = 0.0
+                self._backoff_reset()
                 return position
             if not announced:
                 log("forward_standby", sink=self.name, owner=self.owner)
@@ -236,10 +242,10 @@ class Forwarder:
                 for _ in range(gone):
                     entries.pop()
                 read_pos = entries[-1][0] if entries else (self.cursor or start)
-                self._backoff = min(5.0, max(0.2, self._backoff * 2))
-                log("forward_resend", logging.WARNING, sink=self.name, readings=gone, after_s=self._backoff)
+                delay = self._resend.next_s()
+                log("forward_resend", logging.WARNING, sink=self.name, readings=gone, after_s=delay)
                 self._resend_until = gone  # the next ``gone`` readings handed over are resends
-                await self._pause(self._backoff)
+                await self._pause(delay)
                 continue
             while prefix < len(entries) and entries[prefix][1] == DONE:
                 prefix += 1
@@ -260,7 +266,7 @@ class Forwarder:
                     entries.popleft()
                 prefix = 0
                 last_save = now
-                self._backoff = 0.0
+                self._backoff_reset()
             elif now - last_save >= self.renew_s:
                 if not await self._advance(self.cursor or start):
                     return

@@ -48,7 +48,7 @@ from gateway.forward.mqtt_link import Message, MqttLink
 from gateway.forward.settings import MqttSettings
 from gateway.logs import log
 from gateway.metric_table import BUILT_IN, MetricTable
-from gateway.storage.base import Storage
+from gateway.storage.base import DeviceData
 
 REGISTRY_REFRESH_S = 60.0  # how often deleted devices and changed labels are looked for
 QUEUE_ROOM = 300  # paho's queue beyond the forwarding window: control messages and their window
@@ -70,7 +70,7 @@ class MqttBridge:
     (no bus), so devices not connected to it are published ``offline``. ``table``: the gateway's
     metric table (units, classes of the sensors)."""
 
-    def __init__(self, settings: MqttSettings, storage: Storage, *, instance: str, version: str,
+    def __init__(self, settings: MqttSettings, storage: DeviceData, *, instance: str, version: str,
                  window: int = 2000, run_command: RunCommand | None = None, authoritative: bool = True,
                  table: MetricTable = BUILT_IN, clock: Callable[[], float] = time.time,
                  link_factory: Callable[..., MqttLink] = MqttLink) -> None:

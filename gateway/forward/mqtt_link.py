@@ -31,6 +31,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
+from gateway.backoff import Backoff
 from gateway.forward.settings import BrokerUrl
 from gateway.forward.sink import ACKED, REFUSED, Done
 from gateway.logs import log
@@ -135,25 +136,25 @@ class MqttLink:
 
     async def _keep_connected(self) -> None:
         """Connect, reconnect with a backoff, and give paho its periodic call."""
-        delay = 0.0
+        backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
         while not self._stopping:
             if self._sock is None:
-                if delay:
-                    await self._sleep(delay)
+                if backoff.delay_s:
+                    await self._sleep(backoff.delay_s)
                     if self._stopping:
                         return
                 try:
                     await asyncio.to_thread(self.client.reconnect)  # DNS, TCP and TLS off the event loop
                 except (OSError, ssl.SSLError, ValueError) as err:
                     self._unreachable(err)
-                    delay = _grow(delay)
+                    backoff.next_s()
                     continue
             self.client.loop_misc()  # keepalive pings; a silent broker is detected here
             await self._sleep(1.0)  # woken at once when the socket closes
             if self.connected:
-                delay = 0.0
+                backoff.reset()
             elif self._sock is None:
-                delay = _grow(delay)  # refused (CONNACK) or dropped before it
+                backoff.next_s()  # refused (CONNACK) or dropped before it
 
     async def _sleep(self, seconds: float) -> None:
         self._wake.clear()
@@ -301,6 +302,3 @@ class MqttLink:
     def _paho_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
         self._on_message([(message.topic, bytes(message.payload), bool(message.retain))])
 
-
-def _grow(delay: float) -> float:
-    return min(RECONNECT_MAX_S, max(RECONNECT_MIN_S, delay * 2))

@@ -35,6 +35,7 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType
 from nats.js.errors import NotFoundError
 
+from gateway.backoff import Backoff
 from gateway.bus.nats import close_client
 from gateway.forward.payload import reading_json
 from gateway.forward.settings import BrokerUrl
@@ -103,11 +104,11 @@ class NatsSink(Sink):
 
     # ------------------------------------------------------------ the connection
     async def _run(self) -> None:
-        backoff = 0.0
+        backoff = Backoff(0.5, 10.0)
         while not self._stopping:
             try:
                 await self._connect()
-                backoff = 0.0
+                backoff.reset()
                 await self._pump()
             except (NatsError, OSError, TimeoutError) as err:
                 message = f"{type(err).__name__}: {err}"[:300]
@@ -118,8 +119,7 @@ class NatsSink(Sink):
             await self._drop_connection(self.last_error or "lost")
             if self._stopping:
                 return
-            backoff = min(10.0, max(0.5, backoff * 2))
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(backoff.next_s())
 
     async def _connect(self) -> None:
         lost = asyncio.Event()

@@ -32,6 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from gateway.backoff import Backoff
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.forward.forwarder import Forwarder
@@ -111,7 +112,7 @@ class ForwardWorker:
 
     async def run(self) -> None:
         """Run the worker until ``close``; a worker that exits is started again (backoff 1 s doubling to 30 s)."""
-        backoff = 1.0
+        backoff = Backoff(1.0, 30.0)
         while not self._closing:
             started = time.monotonic()
             code = await self._run_once()
@@ -119,11 +120,11 @@ class ForwardWorker:
                 return
             self.restarts += 1
             if time.monotonic() - started > 60:
-                backoff = 1.0
-            log("forward_worker_exited", logging.ERROR, exit_code=code, restart_in_s=backoff,
+                backoff.reset()
+            delay = backoff.next_s()
+            log("forward_worker_exited", logging.ERROR, exit_code=code, restart_in_s=delay,
                 note="its log lines above say why; readings are forwarded from the stored cursors after the restart")
-            await asyncio.sleep(backoff)
-            backoff = min(30.0, backoff * 2)
+            await asyncio.sleep(delay)
 
     async def _run_once(self) -> int:
         process = self.process = await asyncio.create_subprocess_exec(

@@ -4,6 +4,13 @@ Backends: ``sqlite.SQLiteStorage`` (embedded default) and ``postgresql.PostgresS
 (a server several gateways can share). tests/gateway/storage/ is the conformance suite that
 runs the same tests against both; a new backend passes it before it is used.
 
+The contract comes in protocols by concern: ``ReadingWriter`` (``store``), ``ReadingHistory``
+(what is stored, read back), ``Upkeep`` (retention), ``ForwardLog`` (forwarding's log, cursors
+and leases), ``DeviceRegistry``, ``DashboardTokens`` and ``AlertStore``. ``Storage`` is their
+union, with ``open``/``close``/``health``: a backend subclasses it and implements everything,
+while a consumer takes only the protocol it uses (the flusher a ReadingWriter, a forwarder a
+ForwardLog, ...), so a test's fake implements only that.
+
 The contract, beyond each method's docstring:
 
 - **Ack after commit.** ``store`` returns only after its rows are durably committed (SQLite
@@ -45,7 +52,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.errors import StorageError
 
@@ -261,23 +268,12 @@ class BaselineRow:
     updated_ms: int
 
 
-class Storage(abc.ABC):
-    """Readings, the device registry and alerts."""
+# The contract by concern (see the module docstring); ``Storage`` at the end is their union.
 
-    @abc.abstractmethod
-    async def open(self) -> None:
-        """Create the schema if needed and start background work."""
 
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Commit everything queued, then release resources. Idempotent."""
+class ReadingWriter(Protocol):
+    """Storing readings (the flusher, the commit process)."""
 
-    def health(self) -> dict[str, Any]:
-        """The backend's state for /healthz, without I/O: ``{"state": "ok" | "failing" | "failed" |
-        "closed", ...details}``. Anything but "ok" makes /healthz answer 503. Backends override it."""
-        return {"state": "ok"}
-
-    # -- readings
     @abc.abstractmethod
     async def store(self, rows: list[ReadingRow]) -> list[ReadingRow]:
         """Durably store ``rows`` (group-committed with other callers' rows); return the rows this
@@ -295,6 +291,10 @@ class Storage(abc.ABC):
         exactly once: the gateway hands these rows to its listeners (gateway/fanout.py).
         Raises StorageError if the commit failed; then nothing of ``rows`` is stored.
         """
+
+
+class ReadingHistory(Protocol):
+    """The stored readings, read: device state, latest values, history, export."""
 
     @abc.abstractmethod
     async def last_seq(self, device_id: str) -> int:
@@ -342,7 +342,11 @@ class Storage(abc.ABC):
     async def seqs(self, device_id: str) -> list[int]:
         """Every stored seq of the device, ascending (tests and audits)."""
 
-    # -- retention and upkeep
+
+
+class Upkeep(Protocol):
+    """Retention and upkeep (gateway/retention.py)."""
+
     async def prepare(self, now_ms: int) -> None:
         """Get ready to store readings of the coming days (PostgreSQL creates partitions ahead).
 
@@ -360,7 +364,11 @@ class Storage(abc.ABC):
         Device state and latest values are kept.
         """
 
-    # -- forwarding (gateway/forward/): the forward log, sink cursors and leases
+
+
+class ForwardLog(Protocol):
+    """Forwarding (gateway/forward/): the forward log, sink cursors and leases."""
+
     async def readings_after(self, position: LogPosition,
                              limit: int = 1000) -> list[tuple[LogPosition, ReadingRow | None]]:
         """Up to ``limit`` readings stored after ``position``, in storage order (commit by commit;
@@ -417,7 +425,11 @@ class Storage(abc.ABC):
         not passed are added to its cursor's ``expired`` count. Returns the log rows deleted."""
         return 0
 
-    # -- registry
+
+
+class DeviceRegistry(Protocol):
+    """The device registry."""
+
     @abc.abstractmethod
     async def get_device(self, device_id: str) -> DeviceRecord | None: ...
 
@@ -441,7 +453,14 @@ class Storage(abc.ABC):
         await self.put_device(record)
         return True
 
-    # -- dashboard tokens (a table created idempotently at every open, not a numbered migration)
+    async def delete_device(self, device_id: str) -> bool:
+        """Delete the device's registry row (its readings stay until retention); False if none."""
+        raise StorageError(f"{type(self).__name__} cannot delete devices")
+
+
+class DashboardTokens(Protocol):
+    """Dashboard tokens (a table created idempotently at every open, not a numbered migration)."""
+
     @abc.abstractmethod
     async def add_dashboard_token(self, token: DashboardToken) -> bool:
         """Insert the token unless its name exists (atomic); False if the name was taken.
@@ -460,11 +479,10 @@ class Storage(abc.ABC):
     async def delete_dashboard_token(self, name: str) -> bool:
         """Revoke (delete) the named token; False if there was none."""
 
-    async def delete_device(self, device_id: str) -> bool:
-        """Delete the device's registry row (its readings stay until retention); False if none."""
-        raise StorageError(f"{type(self).__name__} cannot delete devices")
 
-    # -- alerts (written only by the alert engine, gateway/alerts/)
+class AlertStore(Protocol):
+    """Alerts, stored rules and learned baselines (written only by the alert engine, gateway/alerts/)."""
+
     @abc.abstractmethod
     async def save_alerts(self, changes: list[tuple[AlertRow, AlertHistoryRow]]) -> list[int]:
         """Write alert changes in ONE transaction, in order; return each change's alert id.
@@ -514,3 +532,26 @@ class Storage(abc.ABC):
     async def delete_baselines(self, rule_id: str | None = None, device_id: str | None = None) -> int:
         """Delete the series state of one rule, of one device, or of one (rule, device); return how
         many rows. At least one of the two must be given (ValueError otherwise)."""
+
+
+class DeviceData(ReadingHistory, DeviceRegistry, Protocol):
+    """The registry with what is stored of each device (the history API, the MQTT bridge)."""
+
+
+class Storage(ReadingWriter, ReadingHistory, Upkeep, ForwardLog, DeviceRegistry, DashboardTokens, AlertStore,
+              abc.ABC):
+    """Readings, the forward log, the device registry, dashboard tokens and alerts: the whole
+    contract, which every backend implements (tests/gateway/storage/ is its conformance suite)."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Create the schema if needed and start background work."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Commit everything queued, then release resources. Idempotent."""
+
+    def health(self) -> dict[str, Any]:
+        """The backend's state for /healthz, without I/O: ``{"state": "ok" | "failing" | "failed" |
+        "closed", ...details}``. Anything but "ok" makes /healthz answer 503. Backends override it."""
+        return {"state": "ok"}

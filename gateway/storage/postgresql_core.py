@@ -20,12 +20,14 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 
+from gateway.backoff import Backoff
 from gateway.errors import ConfigError, StorageError
 from gateway.logs import log
 from gateway.storage import postgresql_forward as fwd
 from gateway.storage.base import ROLLUP_TIERS, ReadingRow, Storage
 from gateway.storage.dsn import check_dsn, redact
-from gateway.storage.ingest import aggregate, check_rows, first_per_key, shares, split_by_watermark
+from gateway.storage.ingest import aggregate, first_per_key, split_by_watermark
+from gateway.storage.isolation import group_commit
 from gateway.storage.postgresql_schema import COPY_COLUMNS, migrate
 
 T = TypeVar("T")
@@ -128,7 +130,7 @@ class PostgresCore(Storage):
         self._opened = False
         self._closing = False
         self._retry_at = 0.0
-        self._backoff = 0.0
+        self._backoff = Backoff(0.2, 5.0)  # between failed reconnects of the writer
         self._last_error = ""
         self._forwarding = False  # write the forward log (some sink cursor exists)
         # counters (read by tests and benchmarks)
@@ -288,11 +290,10 @@ class PostgresCore(Storage):
         try:
             self._wconn = await self._connect()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
-            self._backoff = min(5.0, max(0.2, self._backoff * 2))
-            self._retry_at = time.monotonic() + self._backoff
+            self._retry_at = time.monotonic() + self._backoff.next_s()
             self._last_error = str(err) or type(err).__name__
             raise self._unreachable(err) from None
-        self._backoff = 0.0
+        self._backoff.reset()
         self.reconnects += 1
         log("storage_reconnected", database=self.where)
         return self._wconn
@@ -307,32 +308,9 @@ class PostgresCore(Storage):
                 was_open=was_open)
 
     async def _commit_batch(self, batch: list[_Item]) -> None:
-        outcome: list[tuple[_Item, BaseException | None, list[ReadingRow]]] = []
-        prepared: list[_Item] = []
-        for item in batch:
-            try:
-                check_rows(item.rows)
-                prepared.append(item)
-            except Exception as err:  # not numbers, not finite: only this caller fails
-                outcome.append((item, StorageError(f"readings not stored: invalid row ({err})"), []))
-        if prepared:
-            try:
-                new = await self._insert([row for item in prepared for row in item.rows])
-                mine = shares([item.rows for item in prepared], new)
-                outcome.extend((item, None, share) for item, share in zip(prepared, mine, strict=True))
-            except _DATA_ERRORS as err:
-                if len(prepared) == 1:
-                    outcome.append((prepared[0], StorageError(f"readings not stored: {err}"), []))
-                else:  # isolate the caller whose rows the database refused
-                    for item in prepared:
-                        try:
-                            outcome.append((item, None, shares([item.rows], await self._insert(item.rows))[0]))
-                        except Exception as one:
-                            outcome.append((item, self._write_error(one), []))
-            except Exception as err:
-                failed = self._write_error(err)
-                outcome.extend((item, failed, []) for item in prepared)
-        for item, error, inserted in outcome:
+        outcomes = await group_commit([item.rows for item in batch], self._insert, isolate=_DATA_ERRORS,
+                                      failed=self._write_error, errors=(Exception,), refused=self._write_error)
+        for item, (error, inserted) in zip(batch, outcomes, strict=True):
             if item.future.done():
                 continue  # the caller was cancelled; its rows are stored anyway (idempotent)
             if error is None:

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 from gateway.errors import ConfigError, StorageError
 from gateway.storage import sqlite_forward as fwd
 from gateway.storage.base import ROLLUP_TIERS, ReadingRow, Storage
-from gateway.storage.ingest import aggregate, check_rows, first_per_key, shares, split_by_watermark
+from gateway.storage.ingest import aggregate, first_per_key, split_by_watermark
+from gateway.storage.isolation import group_commit, run_now
 from gateway.storage.sqlite_schema import create_forward_tables, immediate, metrics_json, migrate, reading_tuples
 
 T = TypeVar("T")
@@ -275,34 +276,19 @@ class SQLiteCore(Storage):
             raise
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
-        outcome: list[tuple[_Item, BaseException | None, Any]] = []
-        prepared: list[tuple[_Item, list[ReadingRow]]] = []
-        for item in batch:
-            assert item.rows is not None
-            try:
-                check_rows(item.rows)
-                prepared.append((item, item.rows))
-            except Exception as err:  # not numbers, not finite: only this caller fails
-                outcome.append((item, StorageError(f"readings not stored: invalid row ({err})"), None))
-        if prepared:
-            try:
-                new = self._insert(conn, [row for _, rows in prepared for row in rows])
-                mine = shares([rows for _, rows in prepared], new)
-                outcome.extend((item, None, share) for (item, _), share in zip(prepared, mine, strict=True))
-            except _DATA_ERRORS as err:
-                if len(prepared) == 1:
-                    outcome.append((prepared[0][0], StorageError(f"readings not stored: {err}"), None))
-                else:  # isolate the caller whose rows the database refused
-                    for item, rows in prepared:
-                        try:
-                            outcome.append((item, None, shares([rows], self._insert(conn, rows))[0]))
-                        except (sqlite3.Error, *_DATA_ERRORS) as one:
-                            outcome.append((item, StorageError(f"readings not stored: {one}"), None))
-            except sqlite3.Error as err:
-                self.last_error = f"{type(err).__name__}: {err}"[:200]
-                error = StorageError(f"commit to {self.path} failed: {err}; nothing of this batch was stored")
-                outcome.extend((item, error, None) for item, _ in prepared)
-        self._resolve(outcome)
+        async def insert(rows: list[ReadingRow]) -> list[ReadingRow]:
+            return self._insert(conn, rows)
+
+        def failed(err: BaseException) -> StorageError:
+            self.last_error = f"{type(err).__name__}: {err}"[:200]
+            return StorageError(f"commit to {self.path} failed: {err}; nothing of this batch was stored")
+
+        callers = [item.rows for item in batch if item.rows is not None]
+        assert len(callers) == len(batch)
+        outcomes = run_now(group_commit(callers, insert, isolate=_DATA_ERRORS, failed=failed,
+                                        errors=(sqlite3.Error, *_DATA_ERRORS)))
+        self._resolve([(item, error, rows if error is None else None)
+                       for item, (error, rows) in zip(batch, outcomes, strict=True)])
 
     def _insert(self, conn: sqlite3.Connection, rows: list[ReadingRow]) -> list[ReadingRow]:
         """Store ``rows`` and their derived data in one transaction (gateway/storage/ingest.py);

@@ -20,7 +20,7 @@ from gateway.fanout import Listeners
 from gateway.flusher import Flusher
 from gateway.metrics import Metrics
 from gateway.sessions import DeviceConnection
-from gateway.storage.base import ReadingRow, Storage
+from gateway.storage.base import ReadingRow
 from protocol import wire
 from protocol.gateway import GatewaySession
 from tests.helpers.waiting import until
@@ -122,7 +122,7 @@ def run(body: Callable[[Flusher, FakeStorage, Metrics, Seen], Awaitable[None]]) 
         seen: Seen = []
         listeners = Listeners(metrics)
         listeners.add("test", lambda batch: seen.append([(r.device_id, r.seq) for r in batch]))
-        flusher = Flusher(cast(Storage, storage), metrics, listeners)
+        flusher = Flusher(storage, metrics, listeners)
         await body(flusher, storage, metrics, seen)
 
     asyncio.run(main())
@@ -381,7 +381,7 @@ def test_a_listener_that_raises_stops_neither_the_others_nor_the_acks(caplog: py
 
         listeners.add("broken", broken)
         listeners.add("after", lambda rows: seen.append([(r.device_id, r.seq) for r in rows]))
-        flusher = Flusher(cast(Storage, storage), metrics, listeners)
+        flusher = Flusher(storage, metrics, listeners)
         a = FakeConn("a")
         for seq in (1, 2, 3):
             add(flusher, a, seq, seq)

@@ -30,7 +30,7 @@ class FakeStorage:
 def test_run_once_uses_the_clock_and_the_configured_ages() -> None:
     storage = FakeStorage()
     now = 1_764_080_000.5
-    retention = Retention(storage, readings_days=30, rollup_days=730, clock=lambda: now)  # type: ignore[arg-type]
+    retention = Retention(storage, readings_days=30, rollup_days=730, clock=lambda: now)
     result = asyncio.run(retention.run_once())
     assert result == Expired(readings=3, rollups=1)
     assert storage.calls == [("prepare", 1_764_080_000_500, 0),
@@ -49,7 +49,7 @@ def test_runs_every_interval_and_survives_failures() -> None:
         if len(slept) == 3:
             raise asyncio.CancelledError
 
-    retention = Retention(storage, 1, 2, clock=lambda: clock[0], sleep=sleep)  # type: ignore[arg-type]
+    retention = Retention(storage, 1, 2, clock=lambda: clock[0], sleep=sleep)
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(retention.run_forever())
     assert slept == [3600.0] * 3

@@ -1,8 +1,9 @@
 """No import cycle among the project's modules (issue 8: "small rooms, no cycles").
 
-Every ``import`` statement counts, at module level or inside a function: an import moved into
-a function to dodge a cycle is still a cycle. Only ``if TYPE_CHECKING:`` blocks are skipped
-(they never run). Modules are read with ast, not imported.
+Every ``import`` statement counts, at module level, inside a function or under
+``if TYPE_CHECKING:``: an import moved into a function or a type-checking block to dodge a cycle
+is still a design circle (issue 21). Break one by moving what both sides share (a type, a
+protocol) to a small module both import. Modules are read with ast, not imported.
 """
 
 from __future__ import annotations
@@ -31,22 +32,12 @@ def project_modules() -> dict[str, Path]:
     return modules
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def imported_names(path: Path, module: str, is_package: bool) -> set[str]:
     """Every absolute module name ``path`` imports (``from a import b`` yields a and a.b)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     names: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -122,6 +113,14 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_checker_finds_a_cycle() -> None:
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_type_checking_imports_count(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from gateway.bus import engine\n"
+                      "def f():\n    import gateway.alerts.engine\n", encoding="utf-8")
+    names = imported_names(source, "gateway.m", False)
+    assert {"gateway.bus", "gateway.bus.engine", "gateway.alerts.engine"} <= names
 
 
 def test_no_import_cycle_among_project_modules() -> None:

@@ -115,7 +115,7 @@ def test_the_issue_example_text(tmp_path: Path) -> None:
     async def body() -> None:
         async with Harness(tmp_path / "a.db", [dict(RULE, warmup=2)]) as h:
             rule = h.engine.book.rules["odd"]
-            track = h.engine._new_track(rule, "S-1")
+            track = h.engine.track_for(rule, "S-1")
             season = [0.0] * 72
             season[3 * 14: 3 * 14 + 3] = [24.0, 1.96, 100.0]
             at = T0 - T0 % DAY + 14 * HOUR + 20 * MIN  # 14:20 UTC

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from gateway.alerts.model import AlertEvent
-from gateway.alerts.webhook import WebhookNotifier, load_secret, parse_webhooks
+from gateway.alerts.webhook import WebhookConfig, WebhookNotifier, load_secret, parse_webhooks
 from gateway.errors import ConfigError
 from tests.helpers.waiting import until
 from tests.helpers.webhook import Receiver
@@ -265,3 +265,9 @@ def test_close_delivers_what_is_queued_even_with_the_senders_stopped(receiver: R
     n = asyncio.run(body())
     assert n.stats()["ops"]["sent"] == 2 and n.stats()["ops"]["dropped"]["shutdown"] == 0
     assert [r["headers"]["X-Edgewire-Event"] for r in receiver.requests] == ["raised", "cleared"]
+
+
+def test_a_table_with_only_name_and_url_takes_every_default_of_webhookconfig() -> None:
+    (hook,) = parse_webhooks([{"name": "a", "url": "http://x"}])
+    assert hook == WebhookConfig("a", "http://x")
+    assert (hook.events, hook.timeout_s, hook.max_attempts, hook.queue) == (("raised", "cleared"), 10.0, 6, 1000)
