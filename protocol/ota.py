@@ -526,8 +526,8 @@ class OtaCore:
         self.outstanding = False
         data = msg.get("data")
         try:
-            data = binascii.a2b_base64(data) if type(data) is str else None
-        except ValueError:
+            data = binascii.a2b_base64(data.encode()) if type(data) is str and data else None
+        except ValueError:  # binascii.Error is a ValueError
             data = None
         want = size - self.off
         want = self.chunk if want > self.chunk else want
