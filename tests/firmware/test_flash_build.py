@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -33,16 +34,19 @@ def test_build_compiles_all_but_boot_and_main(tmp_path: Path) -> None:
     proc = build(out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
-    firmware = {p.stem for p in (ROOT / "firmware").glob("*.py")} - {"flash", "boot", "main"}
-    assert files == {"boot.py", "main.py"} | {f"{n}.mpy" for n in firmware} | {
-        "protocol/__init__.mpy", "protocol/wire.mpy", "protocol/cbor.mpy", "protocol/device.mpy"}
+    firmware = {p.stem for p in (ROOT / "firmware").glob("*.py")} - {"flash", "boot", "main", "slots"}
+    # the root holds what is never updated over the air; the app is in slot A (docs/ota-esp32.md)
+    assert files == {"boot.py", "main.py", "slots.mpy", "app_cur"} | {f"app_a/{n}.mpy" for n in firmware} | {
+        "app_a/protocol/__init__.mpy", "app_a/protocol/wire.mpy", "app_a/protocol/cbor.mpy",
+        "app_a/protocol/device.mpy", "app_a/protocol/ota.mpy"}
+    assert json.loads((out / "app_cur").read_text()) == {"slot": "a", "release": "esp32-" + flash.fw_version()}
     for name in ("boot.py", "main.py"):  # MicroPython runs these by name
         assert (out / name).read_bytes() == (ROOT / "firmware" / name).read_bytes()
     for path in out.rglob("*.mpy"):
         assert path.read_bytes()[:2] == b"M\x06", path  # .mpy version 6: MicroPython 1.19-1.27
     # tracebacks on the board name the board's file, not the build directory
-    assert b"protocol/device.py" in (out / "protocol" / "device.mpy").read_bytes()
-    assert str(tmp_path).encode() not in (out / "app.mpy").read_bytes()
+    assert b"protocol/device.py" in (out / "app_a" / "protocol" / "device.mpy").read_bytes()
+    assert str(tmp_path).encode() not in (out / "app_a" / "app.mpy").read_bytes()
 
 
 def test_build_refuses_a_directory_with_files(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 `cryptography` in tests/firmware/test_ota_micropython.py), run a download through the core,
 and measure one verification's time and heap. Prints RESULT/MEASURE lines for the test."""
 
+import binascii
 import gc
 import json
 import sys
@@ -43,7 +44,6 @@ ok, msg, data = core.offer({"manifest": VECTORS["offer"]["manifest"], "sig": VEC
 assert ok, msg
 core.begun()
 files = VECTORS["offer"]["files"]
-import binascii
 
 frames = 0
 while True:
