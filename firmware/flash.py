@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:  # run as a script (`python firmware/flash.py`) fr
 from protocol import wire
 
 FIRMWARE_DIR = ROOT / "firmware"
-PROTOCOL_FILES = ("__init__.py", "wire.py", "cbor.py", "device.py", "ota.py")  # never the gateway side
+PROTOCOL_FILES = ("__init__.py", "wire.py", "cbor.py", "device.py", "ota.py", "p256.py")  # never the gateway side
 HOST_ONLY = {"flash.py"}  # firmware/*.py that run on the PC, not on the device
 RUN_AS_SOURCE = {"boot.py", "main.py"}  # MicroPython runs these by name: copied as .py, not compiled
 # At the filesystem's root and never updated over the air (docs/ota-esp32.md); the rest is the app,

@@ -22,7 +22,16 @@ import sys
 import slots
 from micropython import const
 
-from protocol.ota import S_DOWNLOADING, S_FAILED, S_GOOD, S_ROLLED_BACK, S_TRIAL, S_VERIFYING, OtaCore
+from protocol.ota import (
+    S_DOWNLOADING,
+    S_FAILED,
+    S_GOOD,
+    S_ROLLED_BACK,
+    S_TRIAL,
+    S_VERIFYING,
+    OtaCore,
+    unload_p256,
+)
 
 STATE = slots.DOWNLOAD  # the download in progress: {"slot": ..., "snap": OtaCore.state()}
 _READ = const(512)  # bytes per read when hashing files back from flash
@@ -92,6 +101,14 @@ class OtaAgent:
         self._resume()
         if self.core.stage is None:
             self._after_boot()
+        unload_p256()  # the curve arithmetic is needed again only for the next offer
+
+    def offer(self, args):
+        """The ``ota`` command (commands.ota): the core's checks; the curve code is freed after."""
+        try:
+            return self.core.offer(args)
+        finally:
+            unload_p256()
 
     # ------------------------------------------------------------ boot
     def _after_boot(self):

@@ -5,9 +5,9 @@ The contract is the OTA section of docs/protocol.md (frames ``ota`` command, ``o
 ``ota_chunk``, ``ota`` state). MicroPython subset like wire.py: no ``match``, no positional-only
 parameters, no typing at run time; the types live in ota.pyi.
 
-- ``verify(pubkey_hex, message, sig_hex)``: ECDSA over NIST P-256 with SHA-256, pure Python
-  (Jacobian coordinates, Shamir's trick, inverses by 3-argument pow). Verification only: no
-  secret is ever handled on a device, so constant time does not matter here.
+- ``verify(pubkey_hex, message, sig_hex)``: ECDSA over NIST P-256 with SHA-256, pure Python (the
+  curve arithmetic is protocol/p256.py, imported at the first verification; ``unload_p256()``
+  frees it again on a device short of heap).
 - ``parse_manifest(text, ...)``: the manifest's exact text, checked field by field
   (OtaError with a stable code on the first problem).
 - ``OtaCore``: given an offer it validates (signature first), then yields the ``ota_get``
@@ -77,63 +77,7 @@ class OtaError(ValueError):
         self.message = message
 
 
-# ---------------------------------------------------------------- ECDSA P-256 (verification only)
-
-_P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
-_B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
-_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-_GX = 0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296
-_GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
-
-
-def _double(x1, y1, z1):
-    """2P in Jacobian coordinates (a = -3); z = 0 is the point at infinity."""
-    p = _P
-    if not z1 or not y1:
-        return 0, 1, 0
-    delta = z1 * z1 % p
-    gamma = y1 * y1 % p
-    beta = x1 * gamma % p
-    alpha = 3 * (x1 - delta) * (x1 + delta) % p
-    x3 = (alpha * alpha - 8 * beta) % p
-    z3 = ((y1 + z1) * (y1 + z1) - gamma - delta) % p
-    y3 = (alpha * (4 * beta - x3) - 8 * gamma * gamma) % p
-    return x3, y3, z3
-
-
-def _add_affine(x1, y1, z1, x2, y2):
-    """P + Q, P Jacobian, Q affine (mixed addition)."""
-    p = _P
-    if not z1:
-        return x2, y2, 1
-    zz = z1 * z1 % p
-    u2 = x2 * zz % p
-    s2 = y2 * zz * z1 % p
-    h = (u2 - x1) % p
-    r = (s2 - y1) % p
-    if not h:
-        if not r:
-            return _double(x1, y1, z1)
-        return 0, 1, 0
-    hh = h * h % p
-    hhh = hh * h % p
-    v = x1 * hh % p
-    x3 = (r * r - hhh - 2 * v) % p
-    y3 = (r * (v - x3) - y1 * hhh) % p
-    z3 = z1 * h % p
-    return x3, y3, z3
-
-
-def _affine(x, y, z):
-    p = _P
-    inv = pow(z, p - 2, p)
-    inv2 = inv * inv % p
-    return x * inv2 % p, y * inv2 * inv % p
-
-
-def _on_curve(x, y):
-    p = _P
-    return 0 <= x < p and 0 <= y < p and (y * y - (x * x * x - 3 * x + _B)) % p == 0
+# ---------------------------------------------------------------- signatures (protocol/p256.py)
 
 
 def _hex_int(text, length):
@@ -146,6 +90,11 @@ def _hex_int(text, length):
     return int(text, 16)
 
 
+def valid_sig(text):
+    """True for 128 lowercase hex characters (``r || s``)."""
+    return _hex_int(text, 128) is not None
+
+
 def parse_pubkey(text):
     """An uncompressed P-256 point as 130 hex chars (``04 || X || Y``) -> (x, y), or None when it
     is not one, or not on the curve."""
@@ -156,60 +105,38 @@ def parse_pubkey(text):
         return None
     x = _hex_int(text[2:66], 64)
     y = _hex_int(text[66:], 64)
-    if x is None or y is None or not _on_curve(x, y):
+    if x is None or y is None:
         return None
-    return x, y
+    from protocol.p256 import on_curve
 
-
-def valid_sig(text):
-    """True for 128 lowercase hex characters (``r || s``)."""
-    return _hex_int(text, 128) is not None
+    return (x, y) if on_curve(x, y) else None
 
 
 def verify(pubkey, message, sig):
     """True when ``sig`` (128 hex chars, r || s) is a valid ECDSA P-256 / SHA-256 signature of
     ``message`` (bytes or str, UTF-8) by ``pubkey`` (130 hex chars, or an (x, y) from
-    parse_pubkey). Never raises for bad input: False."""
+    parse_pubkey). Never raises for bad input: False. The curve arithmetic is protocol/p256.py,
+    imported here: a device may unload it (unload_p256) while it downloads."""
     point = pubkey if type(pubkey) is tuple else parse_pubkey(pubkey)
     if point is None or not valid_sig(sig):
         return False
-    n = _N
-    r = int(sig[:64], 16)
-    s = int(sig[64:], 16)
-    if not 0 < r < n or not 0 < s < n:
-        return False
     if type(message) is str:
         message = message.encode()
-    e = int.from_bytes(hashlib.sha256(message).digest(), "big")
-    w = pow(s, n - 2, n)
-    u1 = e * w % n
-    u2 = r * w % n
-    qx, qy = point
-    # Shamir's trick: one pass over the bits of u1 and u2, adding G, Q or G + Q
-    sx, sy, sz = _add_affine(_GX, _GY, 1, qx, qy)
-    if not sz:
-        both = None
-    else:
-        both = _affine(sx, sy, sz)
-    x, y, z = 0, 1, 0
-    bit = (u1 if u1 > u2 else u2).bit_length() if hasattr(int, "bit_length") else 256
-    while bit > 0:
-        bit -= 1
-        x, y, z = _double(x, y, z)
-        a = (u1 >> bit) & 1
-        b = (u2 >> bit) & 1
-        if a and b:
-            if both is None:
-                continue
-            x, y, z = _add_affine(x, y, z, both[0], both[1])
-        elif a:
-            x, y, z = _add_affine(x, y, z, _GX, _GY)
-        elif b:
-            x, y, z = _add_affine(x, y, z, qx, qy)
-    if not z:
-        return False
-    ax, _ay = _affine(x, y, z)
-    return ax % n == r
+    from protocol.p256 import verify_digest
+
+    return verify_digest(point, hashlib.sha256(message).digest(), int(sig[:64], 16), int(sig[64:], 16))
+
+
+def unload_p256():
+    """Drop protocol/p256.py from memory (about 2.7 KB of heap on MicroPython); the next verify()
+    imports it again."""
+    import sys
+
+    sys.modules.pop("protocol.p256", None)
+    import protocol
+
+    if hasattr(protocol, "p256"):
+        delattr(protocol, "p256")
 
 
 # ---------------------------------------------------------------- manifest
