@@ -2,9 +2,9 @@
 
 The core decides (offer checks, signature, requests, hashes, states); this module writes the
 inactive slot's files, keeps the download's state on flash for a power cut, checks the files
-it wrote, switches (slots.start_trial, an atomic rename) and resets into the trial; in the new
-app it marks the trial good after the gateway's welcome, or resets when no welcome comes within
-``ota_trial_s``; after a fallback it reports ``rolled_back``.
+it wrote, switches (start_trial: /app_try, written by slots.write with an atomic rename) and
+resets into the trial; in the new app it marks the trial good after the gateway's welcome, or
+resets when no welcome comes within ``ota_trial_s``; after a fallback it reports ``rolled_back``.
 
 This updater lives in the app slot and is replaced with the app: a new app brings its own
 updater. The old one only ever writes the inactive slot and the pointer; the logic that must
@@ -87,6 +87,34 @@ def _tree_bytes(path):
     return total
 
 
+def inactive():
+    """The slot an update may write: never the good one, never the running one."""
+    return "b" if slots.current()["slot"] == "a" else "a"
+
+
+def start_trial(slot, release):
+    """The switch: the next boot runs ``slot`` on trial (boot.py counts its boots)."""
+    slots.write(slots.TRY, {"slot": slot, "release": release, "boots": 0, "why": None})
+
+
+def failed_trial(why):
+    """The trial app gives up (``why``: no_gateway); the reset that follows counts as a failed boot."""
+    attempt = slots.read(slots.TRY)
+    if attempt is not None:
+        attempt["why"] = why
+        slots.write(slots.TRY, attempt)
+
+
+def mark_good():
+    """The trial app is good: it becomes the current slot (then the trial record goes)."""
+    attempt = slots.trial if slots.trial is not None else slots.read(slots.TRY)
+    if attempt is None:
+        return False
+    slots.write(slots.CUR, {"slot": attempt["slot"], "release": attempt.get("release")})
+    slots.remove(slots.TRY)
+    return True
+
+
 class OtaAgent:
     """The ESP32's updater: ``core`` goes to the DeviceSession (ota=); the app calls begin(),
     write(), welcome(), sent() and tick() as the session's decisions say."""
@@ -127,7 +155,7 @@ class OtaAgent:
         if saved is None:
             return
         slot = saved.get("slot")
-        if slot != slots.inactive() or not self.core.restore(saved.get("snap")):
+        if slot != inactive() or not self.core.restore(saved.get("snap")):
             log("saved download dropped")
             slots.remove(STATE)
             return
@@ -154,14 +182,14 @@ class OtaAgent:
         """Bytes an update may use: free blocks plus what the inactive slot holds now."""
         try:
             st = os.statvfs("/")
-            return st[0] * st[4] + _tree_bytes(slots.directory(slots.inactive()))
+            return st[0] * st[4] + _tree_bytes(slots.directory(inactive()))
         except (OSError, AttributeError):
             return None
 
     def begin(self):
         """A new offer was taken: empty the inactive slot and save the offer, then requests may start."""
         core = self.core
-        self.slot = slots.inactive()
+        self.slot = inactive()
         try:
             _wipe(slots.directory(self.slot))
             os.mkdir(slots.directory(self.slot))
@@ -224,13 +252,13 @@ class OtaAgent:
                 core.fail("bad_hash")
                 self._failed()
                 return
-            slots.start_trial(self.slot, core.release)
+            start_trial(self.slot, core.release)
             slots.remove(STATE)
             log("switching to slot", self.slot, "for", core.release, ": reset into the trial")
             app.reboot()
         elif core.stage == S_TRIAL and now - self.boot_ms > self.trial_ms:
             log("no welcome from the gateway within", self.trial_ms // 1000, "s on trial: reset")
-            slots.failed_trial("no_gateway")
+            failed_trial("no_gateway")
             app.reboot()
 
     def welcome(self, app, send):
@@ -244,7 +272,7 @@ class OtaAgent:
         frame = core.next_frame()
         if frame is not None:
             send(frame)
-        slots.mark_good()
+        mark_good()
         core.set_state(S_GOOD)
         log("trial good:", core.release, "is the current app")
 

@@ -1,6 +1,7 @@
-"""A/B app slots (docs/ota-esp32.md): which app boots, its trial, and the switch. NEVER updated
-over the air: boot.py and this module are the part of the board that must always work, so they
-stay as `make flash` wrote them (at the filesystem's root, outside the slots).
+"""A/B app slots (docs/ota-esp32.md): which app boots and its trial (the updater, in the app
+slot, writes the switch and the mark of a good trial through write()). NEVER updated over the
+air: boot.py and this module are the part of the board that must always work, so they stay as
+`make flash` wrote them (at the filesystem's root, outside the slots).
 
 - ``/app_a/`` and ``/app_b/`` each hold one whole app (its .mpy files and protocol/).
 - ``/app_cur`` (JSON ``{"slot": "a", "release": "esp32-0.1.0"}``) names the good slot. Missing:
@@ -121,31 +122,3 @@ def activate(slot):
     path = directory(slot)
     if path and path not in sys.path:
         sys.path.insert(0, path)
-
-
-def inactive():
-    """The slot an update may write: never the good one, never the running one."""
-    return "b" if current()["slot"] == "a" else "a"
-
-
-def start_trial(slot, release):
-    """The switch: the next boot runs ``slot`` on trial."""
-    write(TRY, {"slot": slot, "release": release, "boots": 0, "why": None})
-
-
-def failed_trial(why):
-    """The trial app gives up (``why``: no_gateway); the reset that follows counts as a failed boot."""
-    attempt = read(TRY)
-    if attempt is not None:
-        attempt["why"] = why
-        write(TRY, attempt)
-
-
-def mark_good():
-    """The trial app is good: it becomes the current slot (then the trial record goes)."""
-    attempt = trial if trial is not None else read(TRY)
-    if attempt is None:
-        return False
-    write(CUR, {"slot": attempt["slot"], "release": attempt.get("release")})
-    remove(TRY)
-    return True

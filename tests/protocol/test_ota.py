@@ -65,6 +65,16 @@ def test_verify_refuses_bad_signatures() -> None:
         assert not ota.verify(KEY.pubkey, text, value)
 
 
+def test_the_curve_module_can_be_unloaded_and_comes_back() -> None:
+    import sys
+
+    text = manifest_text("1.2.0", FILES)
+    assert ota.verify(KEY.pubkey, text, KEY.sign(text))
+    ota.unload_p256()
+    assert "protocol.p256" not in sys.modules
+    assert ota.verify(KEY.pubkey, text, KEY.sign(text)) and "protocol.p256" in sys.modules
+
+
 def test_pubkeys_that_are_not_a_curve_point_are_refused() -> None:
     pub = KEY.pubkey
     assert ota.parse_pubkey(pub) is not None
