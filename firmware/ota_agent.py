@@ -155,7 +155,9 @@ class OtaAgent:
         if saved is None:
             return
         slot = saved.get("slot")
-        if slot != inactive() or not self.core.restore(saved.get("snap")):
+        # on trial, the download was finished and switched to (the power went before its record was
+        # removed): what runs now is that slot, never to be written
+        if slots.trial is not None or slot != inactive() or not self.core.restore(saved.get("snap")):
             log("saved download dropped")
             slots.remove(STATE)
             return

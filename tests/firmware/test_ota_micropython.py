@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.firmware.test_micropython_logic import HERE, ROOT, RUNNER, node_ready
-from tests.helpers.ota_release import ReleaseKey, manifest_text
+from tests.helpers.ota_release import ReleaseKey, manifest_text, offer_args
 
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
@@ -64,3 +64,23 @@ def test_the_verifier_agrees_with_cryptography_under_micropython(release: str, t
     assert figures["impl"] == "micropython"
     print(f"ECDSA P-256 verify under MicroPython {release} (WebAssembly):", figures)
     assert re.search(r"^CORE verifying \d+$", out, re.M), out
+
+
+@pytest.mark.timeout(120)
+def test_the_updater_at_boot_under_micropython(tmp_path: Path) -> None:
+    """firmware/ota_agent.py and slots.py on what a boot finds after power cuts and a fallback
+    (mpy/ota_agent_boot.py): a trial drops a stale download record, a download resumes from the
+    bytes on flash, bytes that do not match are wiped, a tampered record is dropped, a fallback is
+    reported once, a good mark cut short is finished by boot."""
+    key = ReleaseKey()
+    files = {"app.mpy": bytes(range(256)) * 5, "protocol.wire.mpy": b"wire" * 3}
+    args = offer_args(key, "0.2.0", files)
+    vectors = {"pub": key.pubkey, "snap": {"v": 1, "manifest": args["manifest"], "sig": args["sig"]},
+               "files": {k: base64.b64encode(v).decode() for k, v in files.items()}}
+    path = tmp_path / "ota_agent_vectors.json"
+    path.write_text(json.dumps(vectors))
+    cmd = [node_ready(), str(RUNNER), "--heap", str(110 * 1024), "--deploy", "--put", f"{HERE / 'mpy'}:/lib",
+           "--put", f"{path}:/lib/ota_agent_vectors.json", str(HERE / "mpy" / "ota_agent_boot.py")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=110, cwd=ROOT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "ALL PASS" in out, out
