@@ -172,7 +172,8 @@ bench-cluster: system-deps-cluster $(STAMP)
 
 # make flash PORT=/dev/ttyUSB0 DEVICE_ID=SENSOR-01 WIFI_SSID=... WIFI_PASSWORD=... \
 #   GATEWAY_URL=ws://HOST:8080/v1/device (TOKEN=ewt_... | ADMIN_TOKEN_FILE=<data dir>/admin.token) \
-#   [MICROPYTHON_BIN=file.bin] [SENSOR=dht22] [SENSOR_PIN=4] [LED_PIN=2] [INTERVAL_S=60] [BAUD=460800]
+#   [MICROPYTHON_BIN=file.bin] [SENSOR=dht22] [SENSOR_PIN=4] [LED_PIN=2] [INTERVAL_S=60] [BAUD=460800] \
+#   [OTA_PUBKEY=04... | OTA_PUBKEY_FILE=path]   (the release key: without it the node refuses updates)
 # Settings reach firmware/flash.py through the environment (make exports command-line variables),
 # so passwords and tokens never appear in the process list. See hardware.md.
 ESP32_NODE_DIR := simulator/esp32/node
