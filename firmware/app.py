@@ -18,6 +18,7 @@ import clock
 import commands
 import config as config_module
 import machine
+import slots
 from adaptive import Adaptive
 from errors import ConfigError, NetError, RingError, SensorError
 from led import Led
@@ -35,6 +36,7 @@ from protocol.device import (
     D_DROP,
     D_INVALID,
     D_NOTE,
+    D_OTA_CHUNK,
     D_WELCOME,
     R_REFRESH,
     R_STOP,
@@ -109,12 +111,16 @@ class App:
                                  max(cfg["max_interval_s"], floor_s), cfg["deadband"], cfg["thresholds"])
         if state:
             self.adaptive.restore(state.get("a"), clock.up_ms(), 0)
+        self.fw = slots.running_version(FW_VERSION)  # the release this boot runs (its slot's record)
+        self.ota = None  # the updater (ota_agent), loaded when there is update work: updater()
         self.outputs = {}
         for name in cfg["output_pins"]:
             self.outputs[name] = machine.Pin(cfg["output_pins"][name], machine.Pin.OUT, value=0)
         self.session = DeviceSession(cfg["device_id"], token=cfg["token"], jwt=cfg["jwt"], boot=self.boot_id,
                                      max_batch=cfg["max_batch"], outbox=self.ring, backoff=Backoff(1000, 60000),
                                      handlers=commands.handlers(self), encoding=cfg["encoding"])
+        if slots.pending():
+            self.updater()
         self.wifi = WiFi(cfg["wifi_ssid"], cfg["wifi_password"], self.wait_ms)
         self.ca = config_module.read_ca(cfg)
         self.ws = None
@@ -132,7 +138,7 @@ class App:
                        "loop_errors": 0, "connects": 0}
         if hasattr(gc, "threshold"):
             gc.threshold(gc.mem_free() // 4 + gc.mem_alloc())
-        log("boot", self.boot_id, "fw", FW_VERSION, "reset", self.reset, "buffered", self.ring.count,
+        log("boot", self.boot_id, "fw", self.fw, "reset", self.reset, "buffered", self.ring.count,
             "next_seq", self.ring.next_seq)
 
     # -- waiting
@@ -260,15 +266,31 @@ class App:
         if self.session.restore(state.get("s")) and self.session.stopped:
             self.fatal = "stopped by the gateway; waiting for a new credential"
 
+    def updater(self):
+        """The updater, loaded at the first need (an offer, or update work found at boot)."""
+        if self.ota is None:
+            from ota_agent import OtaAgent
+
+            self.ota = OtaAgent(self.cfg, self.fw, clock.up_ms())
+            self.session.ota = self.ota.core
+            gc.collect()
+        return self.ota
+
     # -- online work
     def handle(self, text, now):
         """One frame from the gateway; returns the decision's kind."""
         d = self.session.handle(text, now)
         kind = d.kind
-        if kind == D_COMMAND:
+        if kind == D_OTA_CHUNK:
+            self.ota.write(d.name, d.seq, d.data)
+        elif kind == D_COMMAND:
             if d.reply is not None:
                 self.ws.send_text(d.reply)
             log("command", d.name, "->", d.ok, d.message)
+            if d.name == "ota" and self.ota is not None and self.ota.core.begin_due:
+                self.ota.begin()
+        elif kind == D_WELCOME and self.ota is not None:
+            self.ota.welcome(self, self.ws.send_text)
         elif kind == D_DROP:
             log("gateway refused readings", d.seq, "-", d.last, d.code, d.message)
         elif kind == D_NOTE or kind == D_CLOSING or kind == D_INVALID:
@@ -276,7 +298,7 @@ class App:
         return kind
 
     def send_status(self, now):
-        fields = {"dropped": self.ring.dropped, "buffered": self.ring.count, "fw": FW_VERSION, "kind": "esp32",
+        fields = {"dropped": self.ring.dropped, "buffered": self.ring.count, "fw": self.fw, "kind": "esp32",
                   "boot": self.boot_id, "corrupt": self.ring.corrupt, "rejected": self.ring.rejected,
                   "sensor_failures": self.sensor.failures, "interval_ms": self.adaptive.interval_ms, "up": now,
                   "reset": self.reset}
@@ -312,6 +334,12 @@ class App:
             text = ws.recv(0)
         if self.ws is None:
             return
+        if self.ota is not None:
+            frame = self.session.ota_frame()
+            while frame is not None:  # the update's state, then its next chunk request (one outstanding)
+                ws.send_text(frame)
+                frame = self.session.ota_frame()
+            self.ota.sent()
         now = self.now_ms = clock.up_ms()
         self.pump(now)
         if self.ring.dropped != self.status_dropped or now - self.status_at_ms >= 0:
@@ -348,11 +376,15 @@ class App:
                 self.offline(err)
         if self.reboot_requested:
             self.reboot()
+        if self.ota is not None:
+            self.ota.tick(self.now_ms, self)
         self.show(self.now_ms)
 
     def show(self, now):
         if self.fatal is not None:
             mode = "error"
+        elif self.ota is not None and self.ota.updating():
+            mode = "updating"
         elif self.ws is not None:
             mode = "online"
         elif self.ring.count:

@@ -1,4 +1,8 @@
-"""Runs first at every reset: quiet the ESP-IDF logs and leave the rest to main.py."""
+"""Runs first at every reset: quiet the ESP-IDF logs, pick the app slot (slots.py: a trial
+boot is counted, and after 3 failed ones the good slot boots again) and put it on sys.path.
+
+Never updated over the air (docs/ota-esp32.md): if this file broke, no slot could boot.
+"""
 
 import gc
 
@@ -8,4 +12,10 @@ try:
     esp.osdebug(None)
 except ImportError:  # not an ESP32 build
     pass
+try:
+    import slots
+
+    slots.activate(slots.choose())
+except Exception as err:  # never stop the boot: the good slot, or the root app, still runs
+    print("boot: slot choice failed:", repr(err))
 gc.collect()

@@ -43,12 +43,20 @@ def ping(app, args):
     return True, "pong", {"up": app.now_ms, "buffered": app.ring.count}
 
 
+def ota(app, args):
+    """An update offer: the updater (and protocol.ota) is loaded at the first one (docs/ota-esp32.md)."""
+    if app.cfg["ota_pubkey"] is None:  # the code protocol.ota would answer, without loading it
+        return False, "no ota_pubkey on this device: updates are disabled", {"code": "ota_disabled"}
+    return app.updater().offer(args)
+
+
 HANDLERS = {
     "set_interval": set_interval,
     "set_thresholds": set_thresholds,
     "set_output": set_output,
     "reboot": reboot,
     "ping": ping,
+    "ota": ota,
 }
 
 

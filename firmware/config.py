@@ -37,6 +37,8 @@ DEFAULTS = {
     "watchdog_s": 60,
     "max_batch": 10,  # fits a stock ESP32 without PSRAM (docs/firmware.md, Memory)
     "encoding": "cbor",  # binary CBOR data frames when the gateway selects edgewire.v1.cbor; "json": never
+    "ota_pubkey": None,  # the gateway's release key (130 hex chars, 04 || X || Y); None: updates refused
+    "ota_trial_s": 300,  # a new app on trial that gets no welcome within this resets (docs/ota-esp32.md)
 }
 
 
@@ -149,6 +151,15 @@ def validate(raw):
     _int(cfg, "max_batch", 1, wire.MAX_BATCH)
     if cfg["encoding"] not in ("cbor", "json"):
         _fail("encoding", "must be \"cbor\" (binary data frames when the gateway offers them) or \"json\"")
+    key = _text(cfg, "ota_pubkey", False)
+    if key is not None:
+        key = cfg["ota_pubkey"] = key.lower()
+        if len(key) != 130 or not key.startswith("04") or key.strip("0123456789abcdef"):
+            _fail("ota_pubkey", "must be the release key as 130 hex characters starting 04 "
+                  "(`python -m gateway ota pubkey`)")
+        if not cfg["watchdog_s"]:
+            _fail("ota_pubkey", "updates need the watchdog: set watchdog_s (a trial app is only good with it running)")
+    _int(cfg, "ota_trial_s", 5, 86400)
     return cfg
 
 

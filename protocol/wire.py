@@ -454,6 +454,9 @@ ARG_NUMBER = "number"  # finite int or float (not bool)
 ARG_METRIC = "metric"  # a metric name (valid_metric_name)
 ARG_NAME = "name"  # a string of 1..MAX_NAME characters
 ARG_BOOL = "bool"  # true or false
+ARG_TEXT = "text"  # a string of 1..MAX_COMMAND_TEXT characters (its row's check may say more)
+
+MAX_COMMAND_TEXT = 12000  # the longest text argument: an OTA manifest (protocol/ota.py)
 
 MAX_INTERVAL_S = 86400  # set_interval's cap: one day (the agent keeps readings 7 days by default)
 
@@ -475,6 +478,16 @@ def _check_thresholds(args):
     return None
 
 
+def _check_ota(args):
+    sig = args["sig"]
+    if len(sig) != 128:
+        return "sig must be 128 hex characters"
+    for ch in sig:
+        if ch not in "0123456789abcdef":
+            return "sig must be 128 lowercase hex characters"
+    return None
+
+
 # Downlink commands: name -> (usage, arguments, check). An argument is (name, kind, required);
 # ``check(args)`` returns what is wrong across arguments, or None. Errors read "<usage>: <what>".
 # Adding a command is one row here plus a handler in each driver that supports it.
@@ -488,6 +501,9 @@ COMMANDS = {
                    (("output", ARG_NAME, True), ("on", ARG_BOOL, True)), None),
     "reboot": ("reboot takes no arguments", (), None),
     "ping": ("ping takes no arguments", (), None),
+    # an over-the-air update offer (protocol/ota.py): the manifest's exact text and its signature
+    "ota": ("ota needs manifest (the manifest text, at most " + str(MAX_COMMAND_TEXT) + " characters) and sig "
+            "(128 hex characters)", (("manifest", ARG_TEXT, True), ("sig", ARG_TEXT, True)), _check_ota),
 }
 
 _ARG_HELP = {
@@ -495,6 +511,7 @@ _ARG_HELP = {
     ARG_METRIC: "a metric name (1-32 chars of a-z 0-9 _)",
     ARG_NAME: "a name of 1-32 characters",
     ARG_BOOL: "true or false",
+    ARG_TEXT: "a string of 1-" + str(MAX_COMMAND_TEXT) + " characters",
 }
 
 
@@ -505,6 +522,8 @@ def _arg_ok(kind, value):
         return valid_metric_name(value)
     if kind == ARG_NAME:
         return type(value) is str and 0 < len(value) <= MAX_NAME
+    if kind == ARG_TEXT:
+        return type(value) is str and 0 < len(value) <= MAX_COMMAND_TEXT
     return type(value) is bool
 
 

@@ -140,6 +140,8 @@ ARG_NUMBER: str
 ARG_METRIC: str
 ARG_NAME: str
 ARG_BOOL: str
+ARG_TEXT: str
+MAX_COMMAND_TEXT: int
 MAX_INTERVAL_S: int
 COMMANDS: dict[str, tuple[str, tuple[tuple[str, str, bool], ...], Callable[[dict[str, Any]], str | None] | None]]
 

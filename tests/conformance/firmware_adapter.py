@@ -52,7 +52,7 @@ def _deep_sleep_reset():
 
 
 class FirmwareAdapter:
-    features = scenarios.DEVICE_FEATURES
+    features = scenarios.FIRMWARE_FEATURES
     output = "relay"
 
     def __init__(self, path, fresh, deep_sleep=False):

@@ -27,7 +27,8 @@ driver must have for the scenario to apply ("reconnect"), the feature it must la
 ("!reconnect"), or None (every driver). Features (an adapter's ``features``): "durable" (its
 outbox survives a restart), "reconnect" (it reconnects as docs/protocol.md section 11 says),
 "pacing" (it obeys slow-downs and paces frames), "commands" (it runs commands) and "sleeps"
-(it deep-sleeps, keeping the session's state() across: the firmware). A device driver has the
+(it deep-sleeps, keeping the session's state() across: the firmware) and "ota" (it takes
+over-the-air updates through protocol/ota.py: the firmware; drivers add it as they do). A device driver has the
 first four (the simulator is not durable); the load generator, under the core's
 LOADGEN policy, has none: the "!reconnect", "!pacing" and "!commands" scenarios check that it
 stops after every close, resends a slowed-down frame at once, and answers every command
@@ -842,6 +843,30 @@ def sc_repeated_command_id_is_answered_not_run(make):
         a.close()
 
 
+def sc_ota_without_a_key_is_refused(make):
+    """Over-the-air updates (protocol/ota.py): a device without a release key (ota_pubkey) refuses
+    every offer with code ota_disabled and changes nothing; a chunk nobody asked for is ignored, and
+    an idle device sends no OTA frame."""
+    a = make()
+    try:
+        online(a, 0)
+        before = a.state()
+        manifest = enc({"v": 1, "release": "esp32-9.9.9", "kind": "esp32", "version": "9.9.9",
+                        "min_runtime": "1.22.0", "files": [{"name": "app.mpy", "size": 3, "sha256": "a" * 64}],
+                        "created_ms": 0})
+        d, reply = _answer(a, "ota", {"manifest": manifest, "sig": "ab" * 64})
+        check(reply["ok"] is False and reply.get("data") == {"code": "ota_disabled"}, reply)
+        d, reply = _answer(a, "ota", {"manifest": manifest, "sig": "AB" * 64})
+        check(reply["ok"] is False and "sig" in reply.get("msg", ""), reply)
+        d = a.session.handle(enc({"t": "ota_chunk", "release": "esp32-9.9.9", "file": "app.mpy", "off": 0,
+                                  "data": "YWJj", "size": 3}), NOW)
+        check(d.kind == D_NOTE and d.reply is None, "an unasked chunk is ignored", d)
+        check(a.session.ota_frame() is None, "no OTA frame from an idle device")
+        check(a.state() == before and not a.reboots(), "an offer changed the device")
+    finally:
+        a.close()
+
+
 # ------------------------------------------------------------------ a client without those features (LOADGEN)
 
 NOT_RUN = "not run (load generator)"
@@ -940,6 +965,7 @@ SCENARIOS = (
     ("commands_with_bad_arguments_change_nothing", sc_commands_with_bad_arguments_change_nothing, "commands"),
     ("malformed_commands", sc_malformed_commands, "commands"),
     ("repeated_command_id_is_answered_not_run", sc_repeated_command_id_is_answered_not_run, "commands"),
+    ("ota_without_a_key_is_refused", sc_ota_without_a_key_is_refused, "ota"),
     ("never_reconnects", sc_never_reconnects, "!reconnect"),
     ("slow_down_resends_at_once", sc_slow_down_resends_at_once, "!pacing"),
     ("commands_answered_not_run", sc_commands_answered_not_run, "!commands"),
@@ -947,6 +973,8 @@ SCENARIOS = (
 
 
 DEVICE_FEATURES = ("durable", "reconnect", "pacing", "commands", "sleeps")
+_UPDATES = ("ota",)  # (no `(*a, b)`: mpy-cross refuses starred displays)
+FIRMWARE_FEATURES = DEVICE_FEATURES + _UPDATES  # the ESP32 firmware's (firmware_adapter.FirmwareAdapter)
 
 
 def applicable(needs, features):

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 
 from tests.conformance.drivers import IN_PROCESS, INTERPRETERS
-from tests.conformance.scenarios import DEVICE_FEATURES, SCENARIOS, applicable
+from tests.conformance.scenarios import FIRMWARE_FEATURES, SCENARIOS, applicable
 
 CASES = [(driver, name) for driver, (name, _func, needs) in itertools.product(sorted(IN_PROCESS), SCENARIOS)
          if applicable(needs, IN_PROCESS[driver].features)]
 FUNCS = {name: func for name, func, _needs in SCENARIOS}
-# The firmware is a device: firmware_adapter.FirmwareAdapter.features is DEVICE_FEATURES.
-FIRMWARE_CASES = [name for name, _func, needs in SCENARIOS if applicable(needs, DEVICE_FEATURES)]
+# The firmware is a device that takes updates: firmware_adapter.FirmwareAdapter.features is FIRMWARE_FEATURES.
+FIRMWARE_CASES = [name for name, _func, needs in SCENARIOS if applicable(needs, FIRMWARE_FEATURES)]
 
 
 @pytest.mark.parametrize(("driver", "scenario"), CASES, ids=[f"{d}-{s}" for d, s in CASES])

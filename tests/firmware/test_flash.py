@@ -32,7 +32,7 @@ SECRET_PASSWORD = "correct-horse-battery"
 FLASH_VARIABLES = {  # never inherited from the developer's shell
     "PORT", "DEVICE_ID", "TOKEN", "TOKEN_FILE", "ADMIN_TOKEN", "ADMIN_TOKEN_FILE", "ADMIN_URL", "MICROPYTHON_BIN",
     "MICROPYTHON_SHA256", "WIFI_SSID", "WIFI_PASSWORD", "WIFI_PASSWORD_FILE", "GATEWAY_URL", "SENSOR", "SENSOR_PIN",
-    "LED_PIN", "INTERVAL_S", "BAUD", "EDGEWIRE_CACHE",
+    "LED_PIN", "INTERVAL_S", "BAUD", "EDGEWIRE_CACHE", "OTA_PUBKEY", "OTA_PUBKEY_FILE",
 }
 
 
@@ -104,16 +104,22 @@ def compiled(source: Path, name: str, tmp: Path) -> bytes:
 
 
 def app_files(tmp: Path) -> dict[str, bytes]:
-    """What make flash must leave on the board (config.json aside): boot.py and main.py as source, the rest
-    of firmware/ and the device half of protocol/ compiled to .mpy."""
+    """What make flash must leave on the board (config.json aside): at the root what is never updated over
+    the air (boot.py and main.py as source, slots.mpy, the pointer to slot A), and in slot A the rest of
+    firmware/ and the device half of protocol/ compiled to .mpy (docs/ota-esp32.md)."""
     files: dict[str, bytes] = {}
     for src in (ROOT / "firmware").glob("*.py"):
         if src.name in ("boot.py", "main.py"):
             files[src.name] = src.read_bytes()
+        elif src.name == "slots.py":
+            files["slots.mpy"] = compiled(src, src.name, tmp)
         elif src.name != "flash.py":
-            files[src.stem + ".mpy"] = compiled(src, src.name, tmp)
-    for name in ("__init__", "wire", "cbor", "device"):  # the device side of the protocol, with its CBOR encoder
-        files[f"protocol/{name}.mpy"] = compiled(ROOT / "protocol" / f"{name}.py", f"protocol/{name}.py", tmp)
+            files["app_a/" + src.stem + ".mpy"] = compiled(src, src.name, tmp)
+    for name in ("__init__", "wire", "cbor", "device", "ota", "p256"):  # the device side of the protocol
+        files[f"app_a/protocol/{name}.mpy"] = compiled(ROOT / "protocol" / f"{name}.py", f"protocol/{name}.py", tmp)
+    version = re.search(r'^FW_VERSION = "(.*)"', (ROOT / "firmware" / "app.py").read_text(), re.M)
+    assert version
+    files["app_cur"] = json.dumps({"slot": "a", "release": "esp32-" + version.group(1)}).encode()
     return files
 
 

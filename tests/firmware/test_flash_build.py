@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -33,16 +34,19 @@ def test_build_compiles_all_but_boot_and_main(tmp_path: Path) -> None:
     proc = build(out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
-    firmware = {p.stem for p in (ROOT / "firmware").glob("*.py")} - {"flash", "boot", "main"}
-    assert files == {"boot.py", "main.py"} | {f"{n}.mpy" for n in firmware} | {
-        "protocol/__init__.mpy", "protocol/wire.mpy", "protocol/cbor.mpy", "protocol/device.mpy"}
+    firmware = {p.stem for p in (ROOT / "firmware").glob("*.py")} - {"flash", "boot", "main", "slots"}
+    # the root holds what is never updated over the air; the app is in slot A (docs/ota-esp32.md)
+    assert files == {"boot.py", "main.py", "slots.mpy", "app_cur"} | {f"app_a/{n}.mpy" for n in firmware} | {
+        "app_a/protocol/__init__.mpy", "app_a/protocol/wire.mpy", "app_a/protocol/cbor.mpy",
+        "app_a/protocol/device.mpy", "app_a/protocol/ota.mpy", "app_a/protocol/p256.mpy"}
+    assert json.loads((out / "app_cur").read_text()) == {"slot": "a", "release": "esp32-" + flash.fw_version()}
     for name in ("boot.py", "main.py"):  # MicroPython runs these by name
         assert (out / name).read_bytes() == (ROOT / "firmware" / name).read_bytes()
     for path in out.rglob("*.mpy"):
         assert path.read_bytes()[:2] == b"M\x06", path  # .mpy version 6: MicroPython 1.19-1.27
     # tracebacks on the board name the board's file, not the build directory
-    assert b"protocol/device.py" in (out / "protocol" / "device.mpy").read_bytes()
-    assert str(tmp_path).encode() not in (out / "app.mpy").read_bytes()
+    assert b"protocol/device.py" in (out / "app_a" / "protocol" / "device.mpy").read_bytes()
+    assert str(tmp_path).encode() not in (out / "app_a" / "app.mpy").read_bytes()
 
 
 def test_build_refuses_a_directory_with_files(tmp_path: Path) -> None:
@@ -94,3 +98,32 @@ def test_board_that_cannot_load_the_files_is_reported(tmp_path: Path, monkeypatc
     monkeypatch.setattr(flash, "mpremote", lambda s, args, timeout=600: answer.replace(
         "IMPORT ValueError('incompatible .mpy file',)", "IMPORT ok"))
     flash.copy_files(settings, tmp_path, staged)  # hashes and import check pass
+
+
+BASE = {"PORT": "socket://127.0.0.1:9", "DEVICE_ID": "B-1", "WIFI_SSID": "lab", "WIFI_PASSWORD": "",
+        "GATEWAY_URL": "ws://127.0.0.1:9/v1/device", "TOKEN": "ewt_" + "a" * 32}
+
+
+def test_ota_pubkey_goes_into_the_config(tmp_path: Path) -> None:
+    key = "04" + "ab" * 64
+    settings = flash.load_settings({**BASE, "OTA_PUBKEY": key.upper()})
+    assert flash.build_config(settings, BASE["TOKEN"])["ota_pubkey"] == key
+    (tmp_path / "key").write_text(key + "\n")
+    settings = flash.load_settings({**BASE, "OTA_PUBKEY_FILE": str(tmp_path / "key")})
+    assert flash.build_config(settings, BASE["TOKEN"])["ota_pubkey"] == key
+    assert "ota_pubkey" not in flash.build_config(flash.load_settings(BASE), BASE["TOKEN"])  # updates refused
+
+
+@pytest.mark.parametrize("bad", ["04abc", "05" + "ab" * 64, "04" + "zz" * 64])
+def test_a_malformed_ota_pubkey_is_a_setting_error(bad: str) -> None:
+    with pytest.raises(flash.SettingError, match="OTA_PUBKEY must be the release key"):
+        flash.load_settings({**BASE, "OTA_PUBKEY": bad})
+
+
+def test_release_files_are_the_slot_with_flat_names(tmp_path: Path) -> None:
+    staged = flash.build(tmp_path)
+    files = flash.release_files(staged)
+    assert "app.mpy" in files and "protocol.wire.mpy" in files and "protocol.__init__.mpy" in files
+    assert not {"boot.py", "main.py", "slots.mpy", "app_cur"} & set(files)  # never updated over the air
+    assert files["protocol.ota.mpy"] == tmp_path / "app_a" / "protocol" / "ota.mpy"
+    assert len(files) == len([n for n in staged if n.startswith("app_a/")])

@@ -299,18 +299,20 @@ function rpcCall(request) {
 }
 
 // boot.py, then main.py if boot.py did not fail, as the ESP32 port's main.c does after a reset.
-function runApp() {
+// The raw REPL's soft reset runs boot.py only (main.c runs main.py in the friendly REPL's mode
+// only): boot.py puts the app's slot on sys.path, so mpremote imports what the board runs.
+function runApp(runMain = true) {
   cooked = true;
   try {
     mp.runPython("_boot_ok = __import__('_boot').run('boot.py')"); // runPython returns no value
     const ok = mp.globals.get("_boot_ok");
     mp.globals.delete("_boot_ok");
-    if (ok) mp.runPython("__import__('_boot').run('main.py')");
+    if (ok && runMain) mp.runPython("__import__('_boot').run('main.py')");
   } finally {
     flushOut();
     cooked = false;
     syncFs();
-    rpcCall('{"op": "repl"}');
+    if (runMain) rpcCall('{"op": "repl"}');
   }
 }
 
@@ -331,7 +333,7 @@ async function boot(runScripts = true) {
     mp.registerJsModule("_board", { call: rpcCall, sync: () => syncFs() });
     rpcCall(JSON.stringify({ op: "boot", app: runScripts })); // a soft reset closes the sockets
     mp.runPython("import sys\nsys.path.insert(2, '/rom')\n__import__('_boot')\ndel sys");
-    if (runScripts) runApp();
+    runApp(runScripts);
   }
   mp.replInit();
 }

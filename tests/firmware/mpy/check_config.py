@@ -48,6 +48,17 @@ def test_errors_name_the_key():
         assert key in str(err), (key, str(err))
 
 
+def test_ota_settings():
+    key = "04" + "ab" * 64
+    cfg = config.validate(_with(ota_pubkey=key.upper()))
+    assert cfg["ota_pubkey"] == key and cfg["ota_trial_s"] == 300
+    assert config.validate(dict(BASE))["ota_pubkey"] is None  # updates refused (ota_disabled)
+    for bad in (_with(ota_pubkey="04ab"), _with(ota_pubkey="04" + "zz" * 64), _with(ota_pubkey=key, watchdog_s=0),
+                _with(ota_trial_s=1)):
+        err = raises(ConfigError, config.validate, bad)
+        assert "'ota_" in str(err), str(err)
+
+
 def test_jwt_instead_of_token():
     cfg = config.validate(_with(token=None, jwt="eyJ.x.y"))
     assert cfg["jwt"] == "eyJ.x.y" and cfg["token"] is None

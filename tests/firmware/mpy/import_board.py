@@ -18,7 +18,8 @@ top = sorted(n for n in os.listdir("/") if n.endswith(".mpy"))
 package = sorted(n for n in os.listdir("/protocol") if n.endswith(".mpy"))
 sources = sorted(n for n in os.listdir("/") if n.endswith(".py")) + sorted(
     "protocol/" + n for n in os.listdir("/protocol") if n.endswith(".py"))
-assert "app.mpy" in top and package == ["__init__.mpy", "cbor.mpy", "device.mpy", "wire.mpy"], (top, package)
+assert "app.mpy" in top, top
+assert package == ["__init__.mpy", "cbor.mpy", "device.mpy", "ota.mpy", "p256.mpy", "wire.mpy"], package
 assert sources == ["boot.py", "main.py"], sources
 modules = ["protocol"] + [n[:-4] for n in top] + ["protocol." + n[:-4] for n in package if n != "__init__.mpy"]
 for name in modules:

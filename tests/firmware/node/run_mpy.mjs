@@ -7,7 +7,8 @@
 // --deploy copies the sources: firmware/*.py (except the PC-side flash.py) to / and protocol/*.py
 // to /protocol/.
 // --deploy-mpy copies what `make flash` copies (config.json aside): the board files compiled by
-// `firmware/flash.py --build` (.mpy, with boot.py and main.py as source), to / and /protocol/.
+// `firmware/flash.py --build` (.mpy, with boot.py and main.py as source; the app in /app_a/), to /,
+// and slot A's app to / and /protocol/ as well, so scripts import it without boot.py.
 // --put copies one more local file (or every *.py / *.mpy of a local directory tree) to REMOTE.
 // The script runs in __main__ via runPythonAsync (top-level `await` works); an uncaught exception
 // prints its traceback and exits 1. Note: in this port gc.collect() reclaims garbage only after
@@ -57,7 +58,9 @@ for (let i = 0; i < args.length; i++) {
     puts.push([path.join(root, "firmware"), "/", new Set(["flash.py", "tools"])]);
     puts.push([path.join(root, "protocol"), "/protocol"]);
   } else if (a === "--deploy-mpy") {
-    puts.push([buildBoardFiles(), "/"]);
+    const built = buildBoardFiles();
+    puts.push([built, "/"]);
+    puts.push([path.join(built, "app_a"), "/"]); // slot A's app importable without boot.py's sys.path
   } else if (a === "--put") {
     const spec = args[++i] || "";
     const cut = spec.lastIndexOf(":");
