@@ -21,7 +21,7 @@ from gateway.errors import AlertError, BusError, CommandError, DeviceOffline, Re
 from gateway.logs import log
 from gateway.metrics import INTERNAL_ERROR, Metrics
 from gateway.registry import Registry, check_device_id
-from gateway.sessions import DeviceSessions
+from gateway.replacement import LiveDevices
 from gateway.storage.base import Storage
 from protocol import wire
 from protocol.gateway import MAX_RESULT_DEPTH, MAX_RESULT_VALUES, json_shape_error
@@ -32,7 +32,7 @@ MAX_HISTORY_POINTS = 100_000
 
 
 class AdminApi:
-    def __init__(self, registry: Registry, storage: Storage, sessions: DeviceSessions, commands: Commands,
+    def __init__(self, registry: Registry, storage: Storage, sessions: LiveDevices, commands: Commands,
                  hub: Hub, metrics: Metrics, online: Callable[[str], bool] | None = None,
                  registry_changed: Callable[[str, str], None] = lambda device_id, change: None) -> None:
         """``online(device_id)``: on any instance (default: a session here). ``registry_changed``: told
