@@ -15,7 +15,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway.conn import dumps
-from gateway.dashboard.stream import Hub
+from gateway.dashboard.view import Hub
 from gateway.device_commands import Commands
 from gateway.errors import AlertError, BusError, CommandError, DeviceOffline, RegistryError, TooManyCommands
 from gateway.logs import log

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from gateway.dashboard.stream import Hub
+from gateway.dashboard.view import Hub
 from gateway.device_conn import REPLACED_MESSAGE, DeviceConnection
 from gateway.logs import log
 from gateway.metrics import Metrics

@@ -42,7 +42,7 @@ from gateway.conn import EdgeConnection, connection_class, dumps, json_response
 from gateway.dashboard import sync as dashboard_sync
 from gateway.dashboard.roles import DashboardAuth
 from gateway.dashboard.room import Dashboard
-from gateway.dashboard.stream import Hub
+from gateway.dashboard.view import Hub
 from gateway.device_auth import DeviceAuth
 from gateway.device_commands import Commands, CommandTarget
 from gateway.device_sweep import RegistrySweep

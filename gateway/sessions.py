@@ -33,7 +33,7 @@ from websockets.typing import Subprotocol
 from gateway.auth import Identity
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection, dumps
-from gateway.dashboard.stream import Hub
+from gateway.dashboard.view import Hub
 from gateway.device_auth import DeviceAuth
 from gateway.device_conn import REPLACED_MESSAGE, DeviceConnection, SessionHooks, close_with
 from gateway.device_sweep import RegistrySweep

@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway.bus import Bus, Holder
 from gateway.cluster.fleet import FleetMap
-from gateway.dashboard.stream import Hub
+from gateway.dashboard.view import Hub
 from gateway.device_commands import Commands
 from gateway.device_conn import DeviceConnection, SessionHooks
 from gateway.errors import BusError, BusUnavailable, GatewayError, NoResponder, RemoteError

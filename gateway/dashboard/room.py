@@ -1,8 +1,9 @@
 """The dashboard room: the page, its GET endpoints, its stream and what operators do from it.
 
 Parts: ``dashboard_auth`` (tokens and roles), ``dashboard_http`` (static files, /v1/session,
-/v1/meta, /v1/alerts, /v1/rules), ``hub`` (the stream), ``dashboard_actions`` (ack, clear, command from the
-browser), ``dashboard_sync`` (registry and token changes). This module puts them together on the
+/v1/meta, /v1/alerts, /v1/rules), ``hub`` (the view model: gateway/dashboard/view.py), ``stream`` (the
+WebSocket stream), ``actions`` (the table of operator actions: ack, clear, command from the browser),
+``sync`` (registry and token changes). This module puts them together on the
 gateway's routing table; docs/dashboard.md describes the whole.
 """
 
@@ -19,8 +20,9 @@ from gateway.conn import EdgeConnection
 from gateway.dashboard.actions import E_NOT_FOUND, ActionError, ActionHandlers, DashboardActions
 from gateway.dashboard.http import PATHS, DashboardHttp
 from gateway.dashboard.roles import DashboardAuth
-from gateway.dashboard.stream import Hub
+from gateway.dashboard.stream import DashboardStream
 from gateway.dashboard.sync import DashboardSync
+from gateway.dashboard.view import Hub
 from gateway.errors import DeviceOffline
 from gateway.http_api import HttpApi
 from gateway.storage.base import Storage
@@ -36,10 +38,11 @@ class Dashboard:
         self.http = http
         self.alerts = alerts
         self.run_command = run_command
-        hub.actions = DashboardActions(ActionHandlers(self.ack, self.clear, self.command), auth, count_error)
+        self.stream = DashboardStream(hub, DashboardActions(ActionHandlers(self.ack, self.clear, self.command), auth,
+                                                            count_error))
         self.endpoints = DashboardHttp(self.list_alerts, alerts.rules_for, config.metric_table())
         self.sync = DashboardSync(hub, storage, config.registry_recheck_s)
-        http.websocket("/v1/dashboard", http.dashboard_upgrade, hub.serve)
+        http.websocket("/v1/dashboard", http.dashboard_upgrade, self.stream.serve)
         for path in PATHS:
             http.route(path, self.get)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from gateway.dashboard.stream import Hub
+from gateway.dashboard.view import Hub
 from gateway.errors import StorageError
 from gateway.logs import log
 from gateway.storage.base import Storage

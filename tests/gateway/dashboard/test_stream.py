@@ -7,7 +7,8 @@ from typing import Any, cast
 
 from websockets.asyncio.server import ServerConnection
 
-from gateway.dashboard.stream import DashboardClient, Hub
+from gateway.dashboard.stream import DashboardClient
+from gateway.dashboard.view import Hub
 
 
 class FakeClock:
@@ -124,7 +125,7 @@ def test_a_status_that_cannot_be_encoded_is_dropped_not_the_stream() -> None:
 
 
 def test_latest_values_per_device_are_bounded() -> None:
-    from gateway.dashboard.stream import MAX_LATEST_METRICS
+    from gateway.dashboard.view import MAX_LATEST_METRICS
 
     hub, _ = make_hub()
     for i in range(MAX_LATEST_METRICS + 20):
