@@ -12,7 +12,7 @@ Runs on the technician's PC under CPython 3.11+ (not on the device), non-interac
    Before that, the board files are compiled with mpy-cross into a private temp dir (step 5),
    so a missing or wrong mpy-cross also stops the run before anything is registered or erased;
 4. erases the whole chip and writes the image at 0x1000 with esptool (verified by MD5);
-5. copies the board files with mpremote: firmware/*.py and protocol/{__init__,wire,cbor,device}.py
+5. copies the board files with mpremote: firmware/*.py and protocol/'s device side (PROTOCOL_FILES)
    compiled to .mpy (bytecode: no compile on the board, about 11 KB less heap), boot.py and
    main.py as source (MicroPython runs those by name), and a generated config.json (made in the
    private temp dir, mode 0600, never in the repo); checks their SHA-256 on the device, and
@@ -50,7 +50,8 @@ if str(ROOT) not in sys.path:  # run as a script (`python firmware/flash.py`) fr
 from protocol import wire
 
 FIRMWARE_DIR = ROOT / "firmware"
-PROTOCOL_FILES = ("__init__.py", "wire.py", "cbor.py", "device.py")  # the board never runs the gateway side
+PROTOCOL_FILES = ("__init__.py", "wire.py", "cbor.py", "decisions.py", "device_frames.py", "device_commands.py",
+                  "device_endings.py", "device.py")  # the device side: the board never runs the gateway side
 HOST_ONLY = {"flash.py"}  # firmware/*.py that run on the PC, not on the device
 RUN_AS_SOURCE = {"boot.py", "main.py"}  # MicroPython runs these by name: copied as .py, not compiled
 # The .mpy format MicroPython 1.19 to 1.27 load (the pinned 1.24.1 on the board, 1.27 in the

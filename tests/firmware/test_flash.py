@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from firmware.flash import PROTOCOL_FILES
 from tests.helpers.gateway import GatewayProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,8 +113,8 @@ def app_files(tmp: Path) -> dict[str, bytes]:
             files[src.name] = src.read_bytes()
         elif src.name != "flash.py":
             files[src.stem + ".mpy"] = compiled(src, src.name, tmp)
-    for name in ("__init__", "wire", "cbor", "device"):  # the device side of the protocol, with its CBOR encoder
-        files[f"protocol/{name}.mpy"] = compiled(ROOT / "protocol" / f"{name}.py", f"protocol/{name}.py", tmp)
+    for name in PROTOCOL_FILES:  # the device side of the protocol, with its CBOR encoder
+        files[f"protocol/{name[:-3]}.mpy"] = compiled(ROOT / "protocol" / name, f"protocol/{name}", tmp)
     return files
 
 
