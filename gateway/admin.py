@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -34,9 +34,11 @@ MAX_HISTORY_POINTS = 100_000
 class AdminApi:
     def __init__(self, registry: Registry, storage: Storage, sessions: LiveDevices, commands: Commands,
                  hub: Hub, metrics: Metrics, online: Callable[[str], bool] | None = None,
-                 registry_changed: Callable[[str, str], None] = lambda device_id, change: None) -> None:
+                 registry_changed: Callable[[str, str], None] = lambda device_id, change: None,
+                 more: Mapping[str, Callable[[Request], Awaitable[dict[str, Any]]]] | None = None) -> None:
         """``online(device_id)``: on any instance (default: a session here). ``registry_changed``: told
-        after each registry change made here (the cluster re-checks the session wherever it is)."""
+        after each registry change made here (the cluster re-checks the session wherever it is).
+        ``more``: further requests by name (the alerts' table, gateway/alerts/admin.py)."""
         self.registry = registry
         self.storage = storage
         self.sessions = sessions
@@ -56,6 +58,7 @@ class AdminApi:
             "latest": self.latest,
             "history": self.history,
             "stats": self.stats,
+            **(more or {}),
         }
 
     async def handle(self, ws: ServerConnection) -> None:

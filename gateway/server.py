@@ -133,11 +133,11 @@ class Gateway:
                                        on_offline=self.alerts.device_offline, clock=clock,
                                        forwarding=self.forwarding, listeners=self.listeners, store=store,
                                        hooks=self.cluster)
-        self.admin = AdminApi(registry, storage, self.live, self.commands, self.hub, self.metrics,
-                              online=self.cluster.online, registry_changed=self.cluster.registry_changed)
         alert_admin = AlertAdmin(self.alerts)
-        self.admin.requests.update(self.relay.admin_requests(ADMIN_IDENTITY) if self.relay is not None
-                                   else alert_admin.requests_as(ADMIN_IDENTITY))  # protocol.md section 10
+        self.admin = AdminApi(registry, storage, self.live, self.commands, self.hub, self.metrics,
+                              online=self.cluster.online, registry_changed=self.cluster.registry_changed,
+                              more=self.relay.admin_requests(ADMIN_IDENTITY) if self.relay is not None
+                              else alert_admin.requests_as(ADMIN_IDENTITY))  # protocol.md section 10
         self.alert_owner = AlertOwner(self.bus, self.alerts, alert_admin, self.forwarding) if (
             alert_owner is not None and self.relay is None) else None
         self.dashboard_auth = DashboardAuth(storage, registry.token_key, dashboard_token)

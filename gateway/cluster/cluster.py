@@ -75,7 +75,7 @@ class Cluster(SessionHooks):
             await bus.subscribe(PRESENCE, self._on_presence)
             await bus.subscribe(DASH, self._on_dash)
             await bus.subscribe(REGISTRY, self._on_registry)
-            self.hub.on_update = self._publish_update
+            self.hub.share(self._publish_update)
         await bus.start()
         if not self.clustered:
             await bus.wait_ok(bus.op_timeout_s)  # in-process: ok at once

@@ -4,13 +4,14 @@ Ingestion calls ``online``/``offline``/``status``/``device_error``/``alert_event
 the stored readings, the commit listener ``committed`` (gateway/fanout.py), which calls
 ``reading`` and ``boot`` (plain dict updates, no I/O); ``registry`` keeps the registered
 devices (also those that never connected) with their labels.
-``flush`` (every interval, ``run``) turns the changes of each interval into ONE update frame offered to
-every viewer (``clients``: the dashboard connections, gateway/dashboard/stream.py, or a test's). With
-several instances (gateway/cluster), ``on_update`` receives this instance's own changes of each
-interval (published to its peers), and ``remote_update``/``remote_presence`` apply the peers' ones:
-shown here, never passed on again. Each viewer has a bounded queue (``queue_limit``); when it is full
-the viewer's queue is dropped, the drop is counted (``resyncs``), and the viewer gets a fresh snapshot
-(``snapshot_frame``) when it catches up. A slow client therefore never stalls ingestion or the others.
+``flush`` (every interval, ``run``) turns the changes of each interval into ONE update frame
+offered to every viewer (``clients``: the dashboard connections, gateway/dashboard/stream.py, or a
+test's). With several instances (gateway/cluster), ``on_update`` (registered with ``share``)
+receives this instance's own changes of each interval (published to its peers), and
+``remote_update``/``remote_presence`` apply the peers' ones: shown here, never passed on again.
+Each viewer has a bounded queue (``queue_limit``); when it is full the viewer's queue is dropped,
+the drop is counted (``resyncs``), and the viewer gets a fresh snapshot (``snapshot_frame``) when
+it catches up. A slow client therefore never stalls ingestion or the others.
 
 ``latency`` (the gateway's ``edgewire_dashboard_latency_seconds``): for every reading committed
 while a dashboard can see it (a client is connected here, or peers get this instance's
@@ -103,6 +104,11 @@ class Hub:
         self.on_update: Callable[[dict[str, Any]], None] | None = None  # this instance's changes, per flush
         self.resyncs = 0
         self.updates_sent = 0
+
+    def share(self, publish: Callable[[dict[str, Any]], None]) -> None:
+        """From now on, this instance's own changes of each flush go to ``publish`` too (the cluster
+        room sends them to its peers; see ``on_update`` in the module docstring)."""
+        self.on_update = publish
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

@@ -163,7 +163,7 @@ def test_device_to_dashboard_latency_is_observed_per_reading_at_the_frame_that_c
     assert latency.count == 2
     hub.clients.clear()  # no dashboard here, but peers get this instance's changes (workers, a bus)
     published: list[dict[str, Any]] = []
-    hub.on_update = published.append
+    hub.share(published.append)
     frame_ms = int(clock.now * 1000) - 50
     hub.committed([row(4, frame_ms), row(5, frame_ms)])  # two readings of one frame: one receive time
     hub.flush()

@@ -56,7 +56,7 @@ def test_device_events_become_one_delta_per_flush() -> None:
 def test_own_changes_go_to_the_peers_and_peer_changes_are_shown_not_passed_on() -> None:
     hub = make_hub()
     published: list[dict[str, Any]] = []
-    hub.on_update = published.append
+    hub.share(published.append)
     viewer = Viewer()
     hub.clients.add(viewer)
     hub.remote_presence("P-1", "gw-2", True)
