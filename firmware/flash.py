@@ -15,8 +15,8 @@ Runs on the technician's PC under CPython 3.11+ (not on the device), non-interac
    interrupted), the registration is undone (the admin ``remove`` request): a failed flash never
    leaves a registered device behind;
 4. erases the whole chip and writes the image at 0x1000 with esptool (verified by MD5);
-5. copies the board files with mpremote: the app (firmware/*.py and protocol/{__init__,wire,cbor,
-   device,ota}.py compiled to .mpy: bytecode, no compile on the board, about 11 KB less heap) into
+5. copies the board files with mpremote: the app (firmware/*.py and protocol/'s device side (PROTOCOL_FILES)
+   compiled to .mpy: bytecode, no compile on the board, about 11 KB less heap) into
    app slot A (/app_a/), and at the root what is never updated over the air (docs/ota-esp32.md):
    boot.py and main.py as source (MicroPython runs those by name), slots.mpy, the slot pointer
    /app_cur, and a generated config.json (made in the private temp dir, mode 0600, never in the
@@ -57,7 +57,8 @@ if str(ROOT) not in sys.path:  # run as a script (`python firmware/flash.py`) fr
 from protocol import wire
 
 FIRMWARE_DIR = ROOT / "firmware"
-PROTOCOL_FILES = ("__init__.py", "wire.py", "cbor.py", "device.py", "ota.py", "p256.py")  # never the gateway side
+PROTOCOL_FILES = ("__init__.py", "wire.py", "cbor.py", "decisions.py", "device_frames.py", "device_commands.py",
+                  "device_endings.py", "device.py", "ota.py", "p256.py")  # the device side: never the gateway side
 HOST_ONLY = {"flash.py"}  # firmware/*.py that run on the PC, not on the device
 RUN_AS_SOURCE = {"boot.py", "main.py"}  # MicroPython runs these by name: copied as .py, not compiled
 # At the filesystem's root and never updated over the air (docs/ota-esp32.md); the rest is the app,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -15,7 +15,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway.conn import dumps
-from gateway.dashboard.stream import Hub
+from gateway.dashboard.view import Hub
 from gateway.device_commands import Commands
 from gateway.errors import (
     AlertError,
@@ -32,7 +32,7 @@ from gateway.groups import device_group, members, parse_group
 from gateway.logs import log
 from gateway.metrics import INTERNAL_ERROR, Metrics
 from gateway.registry import Registry, check_device_id
-from gateway.sessions import DeviceSessions
+from gateway.replacement import LiveDevices
 from gateway.storage.base import Storage
 from protocol import wire
 from protocol.gateway import MAX_RESULT_DEPTH, MAX_RESULT_VALUES, json_shape_error
@@ -58,13 +58,15 @@ def command_fields(msg: Request) -> tuple[str, dict[str, Any], float]:
 
 
 class AdminApi:
-    def __init__(self, registry: Registry, storage: Storage, sessions: DeviceSessions, commands: Commands,
+    def __init__(self, registry: Registry, storage: Storage, sessions: LiveDevices, commands: Commands,
                  hub: Hub, metrics: Metrics, online: Callable[[str], bool] | None = None,
                  registry_changed: Callable[[str, str], None] = lambda device_id, change: None,
-                 device_removed: Callable[[str], None] = lambda device_id: None) -> None:
+                 device_removed: Callable[[str], None] = lambda device_id: None,
+                 more: Mapping[str, Callable[[Request], Awaitable[dict[str, Any]]]] | None = None) -> None:
         """``online(device_id)``: on any instance (default: a session here). ``registry_changed``: told
         after each registry change made here (the cluster re-checks the session wherever it is).
-        ``device_removed``: told after a ``remove`` (the MQTT bridge clears the device's topics)."""
+        ``device_removed``: told after a ``remove`` (the MQTT bridge clears the device's topics).
+        ``more``: further requests by name (the alerts' table, gateway/alerts/admin.py; OTA's)."""
         self.registry = registry
         self.storage = storage
         self.sessions = sessions
@@ -89,6 +91,7 @@ class AdminApi:
             "latest": self.latest,
             "history": self.history,
             "stats": self.stats,
+            **(more or {}),
         }
 
     async def handle(self, ws: ServerConnection) -> None:

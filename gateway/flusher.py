@@ -52,7 +52,7 @@ STORAGE_CLOSE_MESSAGE = "storage unavailable; reconnect later"
 
 
 class AckTarget(Protocol):
-    """What the flusher needs of a device connection (gateway.sessions.DeviceConnection)."""
+    """What the flusher needs of a device connection (gateway.device_conn.DeviceConnection)."""
 
     device_id: str
     session: GatewaySession

@@ -42,8 +42,10 @@ from gateway.conn import EdgeConnection, connection_class, dumps, json_response
 from gateway.dashboard import sync as dashboard_sync
 from gateway.dashboard.roles import DashboardAuth
 from gateway.dashboard.room import Dashboard
-from gateway.dashboard.stream import Hub
+from gateway.dashboard.view import Hub
+from gateway.device_auth import DeviceAuth
 from gateway.device_commands import Commands, CommandTarget
+from gateway.device_sweep import RegistrySweep
 from gateway.errors import ConfigError, GatewayError
 from gateway.fanout import Listeners
 from gateway.forward import metrics as forward_metrics
@@ -54,6 +56,7 @@ from gateway.logs import log
 from gateway.metrics import Metrics, package_version
 from gateway.ota.room import Ota
 from gateway.registry import Registry
+from gateway.replacement import LiveDevices
 from gateway.retention import Retention
 from gateway.sessions import DeviceSessions, select_subprotocol
 from gateway.storage.base import ReadingRow, Storage
@@ -62,6 +65,11 @@ from protocol import wire
 
 DEVICE_PATH = "/v1/device"
 ADMIN_IDENTITY = "admin"  # who an admin-token holder is in alert histories (acked_by, cleared_by)
+
+
+def _loop_time() -> float:
+    """The running event loop's clock: the one websockets' handshake timeout runs on (Admission's)."""
+    return asyncio.get_running_loop().time()
 
 
 class Gateway:
@@ -113,34 +121,38 @@ class Gateway:
         self.listeners.add("dashboard", self.hub.committed)
         self.listeners.add("alerts", self.alerts.committed)
         self.listeners.add("forwarding", self.forwarding.committed)
-        self.sessions = DeviceSessions(config, storage, authenticator, self.hub, self.metrics,
-                                       on_result=self.commands.result, on_offline=self.alerts.device_offline,
-                                       clock=clock, forwarding=self.forwarding, listeners=self.listeners, store=store)
-        self.cluster = Cluster(self.bus, self.sessions, self.commands, self.hub,
+        # Device sessions (gateway/sessions.py) and their neighbours: the live sessions (replacement,
+        # hand-over, drain), the registry sweep, authentication; the cluster room is their hooks.
+        self.live = LiveDevices(self.hub, self.metrics)
+        self.sweep = RegistrySweep(self.live, storage, authenticator, self.metrics, config.registry_recheck_s)
+        self.device_auth = DeviceAuth(authenticator, self.metrics, config.auth_timeout_s)
+        self.cluster = Cluster(self.bus, self.live, self.sweep.recheck, self.commands, self.hub,
                                clustered=bool(config.bus) or worker is not None,
                                takeover_timeout_s=config.takeover_timeout_s, siblings=tuple(siblings or ()))
-        self.sessions.hooks = self.cluster
-        self.admin = AdminApi(registry, storage, self.sessions, self.commands, self.hub, self.metrics,
-                              online=self.cluster.online, registry_changed=self.cluster.registry_changed,
-                              device_removed=self.forwarding.device_deleted)
-        alert_admin = AlertAdmin(self.alerts)
-        relay = self.relay
-        alert_requests = relay.admin_requests if relay is not None else alert_admin.requests_as  # as a given who
-        self.admin.requests.update(alert_requests(ADMIN_IDENTITY))  # protocol.md section 10
-        self.alert_owner = AlertOwner(self.bus, self.alerts, alert_admin, self.forwarding) if (
-            alert_owner is not None and self.relay is None) else None
         # OTA (docs/ota.md): frames of device sessions, admin requests; rollouts driven where alerts are judged.
         self.ota = Ota(config, storage, self._ota_offer, self.cluster.online,
                        self.alerts if self.relay is None else None, storage.list_devices, clock)
-        self.sessions.ota = self.ota.frames
-        self.admin.requests.update(self.ota.admin.requests)
+        self.sessions = DeviceSessions(config, storage, self.device_auth, self.live, self.sweep, self.hub,
+                                       self.metrics, on_result=self.commands.result,
+                                       on_offline=self.alerts.device_offline, clock=clock,
+                                       forwarding=self.forwarding, listeners=self.listeners, store=store,
+                                       hooks=self.cluster, ota=self.ota.frames)
+        alert_admin = AlertAdmin(self.alerts)
+        relay = self.relay
+        alert_requests = relay.admin_requests if relay is not None else alert_admin.requests_as  # as a given who
+        self.admin = AdminApi(registry, storage, self.live, self.commands, self.hub, self.metrics,
+                              online=self.cluster.online, registry_changed=self.cluster.registry_changed,
+                              device_removed=self.forwarding.device_deleted,
+                              more={**alert_requests(ADMIN_IDENTITY), **self.ota.admin.requests})  # section 10
+        self.alert_owner = AlertOwner(self.bus, self.alerts, alert_admin, self.forwarding) if (
+            alert_owner is not None and self.relay is None) else None
         self.dashboard_auth = DashboardAuth(storage, registry.token_key, dashboard_token)
         self.http = HttpApi(config, admin_token=admin_token, dashboard_auth=self.dashboard_auth,
-                            client_address=self.sessions.client_address, draining=lambda: self.draining,
+                            client_address=self.device_auth.client_address, draining=lambda: self.draining,
                             count_error=self.metrics.count_error)
         self.http.route("/healthz", self.healthz)
         self.http.route("/metrics", self.metrics_page)
-        self.http.websocket(DEVICE_PATH, self.sessions.check_upgrade, self.sessions.handle)
+        self.http.websocket(DEVICE_PATH, self.device_auth.check_upgrade, self.sessions.handle)
         self.dashboard = Dashboard(config, storage, self.hub, self.http, self.dashboard_auth, self.alerts,
                                    self.admin.run_command, self.metrics.count_error, self.admin.requests,
                                    alert_requests)
@@ -156,8 +168,12 @@ class Gateway:
         self.exit_code = 0
         self.started_at = time.time()
         self.supervisor = Supervisor(on_give_up=self._give_up)
-        self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address,
-                                   config.trusted_proxies)
+        # The budget of connections before authentication (one Admission, gateway/admission.py), with
+        # the open-files limit raised first: half the soft limit at most.
+        self.files_limit = raise_open_files_limit()
+        self.admission = Admission(min(config.max_unauthenticated, max(64, self.files_limit[1] // 2)),
+                                   config.max_unauthenticated_per_address, config.trusted_proxies,
+                                   config.auth_timeout_s, _loop_time)
         self.host_view = HostView(self.bus, siblings, self._own_metrics, self._own_health) if siblings else None
 
     # ------------------------------------------------------------ lifecycle
@@ -165,13 +181,10 @@ class Gateway:
         """Listen first (a busy port fails before anything else starts), then open storage, start
         the background tasks and accept connections."""
         cfg = self.config
-        before, soft, hard = raise_open_files_limit()
-        cap = min(cfg.max_unauthenticated, max(64, soft // 2))
-        self.admission = Admission(cap, cfg.max_unauthenticated_per_address, cfg.trusted_proxies,
-                                   cfg.auth_timeout_s, asyncio.get_running_loop().time)
+        before, soft, hard = self.files_limit
         self.server = await self._listen()
         try:
-            log("open_files_limit", soft=soft, was=before, hard=hard, max_unauthenticated=cap,
+            log("open_files_limit", soft=soft, was=before, hard=hard, max_unauthenticated=self.admission.max_total,
                 max_unauthenticated_per_address=cfg.max_unauthenticated_per_address)
             await self.storage.open()
             await self.alerts.start()
@@ -188,7 +201,7 @@ class Gateway:
                 self.supervisor.start(name, job)
             gctune.tune()
             self.supervisor.start("hub", self.hub.run)
-            self.supervisor.start("registry_sweep", self.sessions.sweep_forever)
+            self.supervisor.start("registry_sweep", self.sweep.sweep_forever)
             self.supervisor.start("dashboard_sync", self.dashboard.sync.run)
             self.supervisor.start("gc", gctune.maintenance)
             self.supervisor.start("alerts", self.alerts.run)
@@ -216,7 +229,7 @@ class Gateway:
 
     def _command_target(self, device_id: str) -> CommandTarget | None:
         """The device's session here, if it is welcomed and not ending."""
-        conn = self.sessions.devices.get(device_id)
+        conn = self.live.devices.get(device_id)
         return conn if conn is not None and conn.welcomed and not conn.closing else None
 
     def _tls(self) -> ssl.SSLContext | None:
@@ -277,7 +290,7 @@ class Gateway:
         if self.draining:
             return
         self.draining = True
-        log("gateway_stopping", devices=len(self.sessions.devices))
+        log("gateway_stopping", devices=len(self.live.devices))
         if self.server is not None:
             self.server.close(close_connections=False)
             if self.worker is None:
@@ -290,8 +303,8 @@ class Gateway:
         # With peers on a bus, in batches of drain_rate per second: the devices spread over the other
         # pods. The workers of one host stop together: their devices have nowhere to move to.
         clustered = bool(self.config.bus)
-        await self._step("device sessions", self.sessions.close_all(self.config.drain_rate if clustered else 0.0,
-                                                                    moving=clustered))
+        await self._step("device sessions", self.live.close_all(self.config.drain_rate if clustered else 0.0,
+                                                                moving=clustered))
         await self._step("alerts", self.alerts.close())  # learned state and queued changes stored
         await self._step("webhooks", self.notifier.close())  # what is queued goes out, or is counted
         await self._step("dashboards", _call(self.hub.flush))
@@ -336,7 +349,7 @@ class Gateway:
         status = "draining" if self.draining else "degraded" if not healthy or (
             bus is not None and bus["state"] != "ok") or forwarding.get("state") == "degraded" else "ok"
         return {"status": status, "http": 200 if status == "ok" or (status == "degraded" and healthy) else 503,
-                "checks": checks, "devices_online": len(self.sessions.devices),
+                "checks": checks, "devices_online": len(self.live.devices),
                 "dashboard_clients": len(self.hub.clients), "uptime_s": round(time.time() - self.started_at, 1)}
 
     async def healthz(self, ws: EdgeConnection, request: Request) -> Response:
@@ -381,7 +394,7 @@ class Gateway:
         cluster_gauges, cluster_counters, cluster_labelled = self.cluster.metric_rows()
         body = self.metrics.render(
             gauges=[*cluster_gauges,
-                ("devices_online", "Devices with an authenticated session.", len(self.sessions.devices)),
+                ("devices_online", "Devices with an authenticated session.", len(self.live.devices)),
                 ("fleet_registered", "Enabled devices in the registry (the fleet that should be online).",
                  sum(1 for view in self.hub.devices.values() if view.registered and view.enabled)),
                 ("dashboard_clients", "Browsers (dashboard stream clients) connected to /v1/dashboard.",
@@ -416,7 +429,7 @@ class Gateway:
             body += ("# HELP edgewire_worker_devices_online Devices with a session on each worker process.\n"
                      "# TYPE edgewire_worker_devices_online gauge\n"
                      f'edgewire_worker_devices_online{{worker="{self.bus.instance_id}"}} '
-                     f"{len(self.sessions.devices)}\n").encode()
+                     f"{len(self.live.devices)}\n").encode()
         return body.decode()
 
     async def metrics_page(self, ws: EdgeConnection, request: Request) -> Response:

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from gateway.bus import Bus, Holder
 from gateway.cluster.fleet import FleetMap
-from gateway.dashboard.stream import Hub
+from gateway.dashboard.view import Hub
 from gateway.device_commands import Commands
+from gateway.device_conn import DeviceConnection, SessionHooks
 from gateway.errors import BusError, BusUnavailable, GatewayError, NoResponder, RemoteError
 from gateway.logs import log
-from gateway.sessions import DeviceConnection, DeviceSessions, SessionHooks
+from gateway.replacement import LiveDevices
 from gateway.supervisor import spawn
 from protocol import wire
 
@@ -40,14 +42,18 @@ class Superseded(GatewayError):
 
 
 class Cluster(SessionHooks):
-    def __init__(self, bus: Bus, sessions: DeviceSessions, commands: Commands, hub: Hub, *,
-                 clustered: bool, takeover_timeout_s: float = 5.0, siblings: tuple[str, ...] = ()) -> None:
-        """``clustered``: a real bus with peers (publish presence, dashboard deltas, registry notices);
+    def __init__(self, bus: Bus, sessions: LiveDevices, recheck: Callable[[str], Coroutine[Any, Any, None]],
+                 commands: Commands, hub: Hub, *, clustered: bool, takeover_timeout_s: float = 5.0,
+                 siblings: tuple[str, ...] = ()) -> None:
+        """``sessions``: the live sessions here (gateway/replacement.py); ``recheck(device_id)``: check a
+        session against the registry now (gateway/device_sweep.py).
+        ``clustered``: a real bus with peers (publish presence, dashboard deltas, registry notices);
         ``siblings``: the other workers of this host (gateway/workers.py), peers from the start, before
         their leases are seen."""
         self.siblings = siblings
         self.bus = bus
         self.sessions = sessions
+        self.recheck = recheck
         self.commands = commands
         self.hub = hub
         self.clustered = clustered
@@ -69,7 +75,7 @@ class Cluster(SessionHooks):
             await bus.subscribe(PRESENCE, self._on_presence)
             await bus.subscribe(DASH, self._on_dash)
             await bus.subscribe(REGISTRY, self._on_registry)
-            self.hub.on_update = self._publish_update
+            self.hub.share(self._publish_update)
         await bus.start()
         if not self.clustered:
             await bus.wait_ok(bus.op_timeout_s)  # in-process: ok at once
@@ -111,7 +117,7 @@ class Cluster(SessionHooks):
 
     def registry_changed(self, device_id: str, change: str) -> None:
         """The registry entry changed here (admin API): re-check the session here, tell the peers."""
-        spawn(self.sessions.recheck(device_id), "registry recheck")
+        spawn(self.recheck(device_id), "registry recheck")
         if self.clustered:
             spawn(self._publish(REGISTRY, {"device": device_id, "change": change}), "registry notice")
 
@@ -243,7 +249,7 @@ class Cluster(SessionHooks):
         if not isinstance(device_id, str):
             raise ValueError("malformed registry notice")
         if device_id in self.sessions.devices:
-            spawn(self.sessions.recheck(device_id), "registry recheck")
+            spawn(self.recheck(device_id), "registry recheck")
 
     # ------------------------------------------------------------ publishing
     def _publish_update(self, update: dict[str, Any]) -> None:

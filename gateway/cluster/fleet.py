@@ -11,7 +11,7 @@ by A's late "released" notice), nor does a claim's "online" that arrives after i
 from __future__ import annotations
 
 from gateway.bus import Holder
-from gateway.dashboard.stream import Hub
+from gateway.dashboard.view import Hub
 
 
 class FleetMap:

@@ -1,10 +1,14 @@
 """Operator actions sent by dashboard browsers over /v1/dashboard (docs/protocol.md section 9).
 
 ``{"t": "ack"|"clear", "id": ..., "alert": 42}`` and ``{"t": "command", "id": ..., "device": ...,
-"name": ..., "args": {...}, "timeout": 10}``, and the console's actions (``extra``: devices,
-gateway/dashboard/devices_actions.py; alert rules, gateway/dashboard/rules_actions.py). Every
-frame is untrusted input: it is parsed and checked here, then run by the handlers the gateway
-injects (the alert engine, the command path).
+"name": ..., "args": {...}, "timeout": 10}``. Every frame is untrusted input: it is parsed and
+checked here, then run by the handlers the gateway injects (the alert engine, the command path).
+
+The actions are a table, ``{"t": name}`` to its ``Action`` (``standard_actions``: ack, clear, command).
+A new operator action is a new row (the console's: devices,
+gateway/dashboard/devices_actions.py; alert rules, gateway/dashboard/rules_actions.py): an ``Action`` (check the frame, then run) in its own module,
+passed to ``DashboardActions(..., more={name: action})`` by the dashboard room
+(gateway/dashboard/room.py); the role and token checks stay here, for every row.
 The answer is ``{"t": "ok", "id", ...}`` or ``{"t": "error", "id", "code", "msg"}`` with a stable
 code; a refusal changes nothing, and the stream stays open whatever a browser sends.
 """
@@ -12,7 +16,7 @@ code; a refusal changes nothing, and the stream stays open whatever a browser se
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +40,6 @@ E_DEVICE_OFFLINE = "device_offline"
 E_TIMEOUT = "timeout"
 E_BUSY = "busy"
 E_INTERNAL = "internal_error"
-ACTIONS = ("ack", "clear", "command")
 # A console action: (the frame, who) -> the reply's fields. It checks its frame itself (ActionError).
 ExtraAction = Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]]
 
@@ -80,11 +83,51 @@ def _alert_id(msg: dict[str, Any]) -> int:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One row of the table. ``check(msg)`` reads and checks the frame's fields (raises ActionError)
+    before anything is asked of storage; ``run(identity, checked)`` does it (and logs it) and returns
+    the reply's fields besides ``t`` and ``id``."""
+
+    check: Callable[[dict[str, Any]], Any]
+    run: Callable[[DashboardIdentity, Any], Awaitable[dict[str, Any]]]
+
+
+def standard_actions(handlers: ActionHandlers) -> dict[str, Action]:
+    """ack, clear (an alert by id) and command (a device command), run by ``handlers``."""
+
+    def alert_action(kind: str, handler: Callable[[int, str], Awaitable[dict[str, Any]]]) -> Action:
+        async def run(identity: DashboardIdentity, alert_id: int) -> dict[str, Any]:
+            log("dashboard_alert_" + kind, actor=identity.actor, alert=alert_id)
+            return {"alert": await handler(alert_id, identity.actor)}
+        return Action(_alert_id, run)
+
+    async def command(identity: DashboardIdentity, checked: tuple[str, str, dict[str, Any], float]) -> dict[str, Any]:
+        device, name, args, timeout = checked
+        log("dashboard_command", actor=identity.actor, device=device, command=name)
+        return {"result": await handlers.command(device, name, args, timeout)}
+
+    return {"ack": alert_action("ack", handlers.ack), "clear": alert_action("clear", handlers.clear),
+            "command": Action(_command, command)}
+
+
+def console_action(action: ExtraAction) -> Action:
+    """A row for an action that checks its own frame (the console's), run as the operator who sent it."""
+
+    async def run(identity: DashboardIdentity, msg: dict[str, Any]) -> dict[str, Any]:
+        return await action(msg, identity.actor)
+
+    return Action(lambda msg: msg, run)
+
+
 class DashboardActions:
+    """Answers the frames of dashboard browsers with the table's actions (``standard_actions`` and
+    ``more``), for operators whose token is still valid."""
+
     def __init__(self, handlers: ActionHandlers, auth: DashboardAuth | None,
                  count_error: Callable[[str], None] = lambda code: None,
-                 extra: dict[str, ExtraAction] | None = None) -> None:
-        self.handlers = handlers
+                 more: Mapping[str, Action] | None = None) -> None:
+        self.table = {**standard_actions(handlers), **(more or {})}
         self.auth = auth
         self.count_error = count_error
         self.extra = dict(extra or {})
@@ -106,10 +149,11 @@ class DashboardActions:
             if request_id is None:
                 raise ActionError(wire.E_BAD_FRAME, f"id: a string of 1-{MAX_ID_CHARS} characters or an integer")
             kind = msg.get("t")
-            if kind not in self.known:
+            action = self.table.get(kind) if isinstance(kind, str) else None
+            if action is None:
                 raise ActionError(wire.E_UNKNOWN_TYPE,
-                                  f"unknown action {str(kind)[:32]!r}; known: {', '.join(self.known)}")
-            return {"t": "ok", "id": request_id, **await self._run(identity, kind, msg)}
+                                  f"unknown action {str(kind)[:32]!r}; known: {', '.join(self.table)}")
+            return {"t": "ok", "id": request_id, **await self._run(identity, str(kind), action, msg)}
         except ActionError as err:
             reply = error_reply(request_id, err.code, err.message)
         except TimeoutError:
@@ -126,38 +170,28 @@ class DashboardActions:
         self.count_error(reply["code"])
         return reply
 
-    async def _run(self, identity: DashboardIdentity, kind: str, msg: dict[str, Any]) -> dict[str, Any]:
+    async def _run(self, identity: DashboardIdentity, kind: str, action: Action,
+                   msg: dict[str, Any]) -> dict[str, Any]:
         if not identity.operator:
             raise ActionError(E_FORBIDDEN, f"{kind} needs the operator role and this dashboard is a viewer; ask for "
                               "an operator token (python -m gateway tokens add NAME --role operator)")
-        extra = self.extra.get(kind)
-        if kind == "command":
-            device, name, args, timeout = self._command(msg)  # check the frame before asking storage
-        elif extra is None:
-            alert_id = _alert_id(msg)
+        checked = action.check(msg)  # check the frame before asking storage
         if self.auth is not None and not await self.auth.still_valid(identity):
             raise ActionError(wire.E_AUTH_FAILED, "this dashboard's token was revoked; reload the page with a "
                               "valid token")
-        if extra is not None:
-            return await extra(msg, identity.actor)
-        if kind == "command":
-            log("dashboard_command", actor=identity.actor, device=device, command=name)
-            return {"result": await self.handlers.command(device, name, args, timeout)}
-        handler = self.handlers.ack if kind == "ack" else self.handlers.clear
-        log("dashboard_alert_" + kind, actor=identity.actor, alert=alert_id)
-        return {"alert": await handler(alert_id, identity.actor)}
+        return await action.run(identity, checked)
 
-    @staticmethod
-    def _command(msg: dict[str, Any]) -> tuple[str, str, dict[str, Any], float]:
-        device = msg.get("device")
-        if not isinstance(device, str) or not wire.valid_device_id(device):
-            raise ActionError(wire.E_BAD_FRAME, "device: a device id (1-64 of A-Z a-z 0-9 _ - . :)")
-        name = msg.get("name")
-        try:
-            args = wire.parse_command(name, msg.get("args"))
-        except wire.ProtocolError as err:
-            raise ActionError(err.code, err.message) from None
-        timeout = msg.get("timeout", DEFAULT_COMMAND_TIMEOUT_S)
-        if type(timeout) not in (int, float) or not 0 < timeout <= MAX_COMMAND_TIMEOUT_S:
-            raise ActionError(wire.E_BAD_VALUE, f"timeout: seconds, more than 0 and at most {MAX_COMMAND_TIMEOUT_S:g}")
-        return device, str(name), args, float(timeout)
+
+def _command(msg: dict[str, Any]) -> tuple[str, str, dict[str, Any], float]:
+    device = msg.get("device")
+    if not isinstance(device, str) or not wire.valid_device_id(device):
+        raise ActionError(wire.E_BAD_FRAME, "device: a device id (1-64 of A-Z a-z 0-9 _ - . :)")
+    name = msg.get("name")
+    try:
+        args = wire.parse_command(name, msg.get("args"))
+    except wire.ProtocolError as err:
+        raise ActionError(err.code, err.message) from None
+    timeout = msg.get("timeout", DEFAULT_COMMAND_TIMEOUT_S)
+    if type(timeout) not in (int, float) or not 0 < timeout <= MAX_COMMAND_TIMEOUT_S:
+        raise ActionError(wire.E_BAD_VALUE, f"timeout: seconds, more than 0 and at most {MAX_COMMAND_TIMEOUT_S:g}")
+    return device, str(name), args, float(timeout)

@@ -1,9 +1,10 @@
 """The dashboard room: the page, its GET endpoints, its stream and what operators do from it.
 
 Parts: ``dashboard_auth`` (tokens and roles), ``dashboard_http`` (static files, /v1/session,
-/v1/meta, /v1/alerts, /v1/rules), ``hub`` (the stream), ``dashboard_actions`` (ack, clear, command from the
-browser; the console's device and rule actions: devices_actions, rules_actions), ``dashboard_sync``
-(registry and token changes). This module puts them together on the
+/v1/meta, /v1/alerts, /v1/rules), ``hub`` (the view model: gateway/dashboard/view.py), ``stream`` (the
+WebSocket stream), ``actions`` (the table of operator actions: ack, clear, command from the browser; the console's
+device and rule actions: devices_actions, rules_actions),
+``sync`` (registry and token changes). This module puts them together on the
 gateway's routing table; docs/dashboard.md describes the whole.
 """
 
@@ -17,13 +18,21 @@ from websockets.http11 import Request, Response
 from gateway.alerts.engine import AlertEngine
 from gateway.config import GatewayConfig
 from gateway.conn import EdgeConnection
-from gateway.dashboard.actions import E_NOT_FOUND, ActionError, ActionHandlers, DashboardActions, ExtraAction
+from gateway.dashboard.actions import (
+    E_NOT_FOUND,
+    ActionError,
+    ActionHandlers,
+    DashboardActions,
+    ExtraAction,
+    console_action,
+)
 from gateway.dashboard.devices_actions import DeviceActions
 from gateway.dashboard.http import PATHS, DashboardHttp
 from gateway.dashboard.roles import DashboardAuth
 from gateway.dashboard.rules_actions import AdminRequest, RuleActions
-from gateway.dashboard.stream import Hub
+from gateway.dashboard.stream import DashboardStream
 from gateway.dashboard.sync import DashboardSync
+from gateway.dashboard.view import Hub
 from gateway.errors import DeviceOffline
 from gateway.http_api import HttpApi
 from gateway.storage.base import Storage
@@ -49,10 +58,11 @@ class Dashboard:
             console.update(DeviceActions(admin_requests, storage.get_device, self.sync.sync).table())
         if alert_requests is not None:
             console.update(RuleActions(alert_requests, storage, alerts.hour_of, alerts.clock).table())
-        hub.actions = DashboardActions(ActionHandlers(self.ack, self.clear, self.command), auth, count_error,
-                                       console)
+        actions = DashboardActions(ActionHandlers(self.ack, self.clear, self.command), auth, count_error,
+                                   more={name: console_action(action) for name, action in console.items()})
+        self.stream = DashboardStream(hub, actions)
         self.endpoints = DashboardHttp(self.list_alerts, alerts.rules_for, config.metric_table())
-        http.websocket("/v1/dashboard", http.dashboard_upgrade, hub.serve)
+        http.websocket("/v1/dashboard", http.dashboard_upgrade, self.stream.serve)
         for path in PATHS:
             http.route(path, self.get)
 

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from typing import Protocol
 
-from gateway.dashboard.stream import Hub
+from gateway.dashboard.view import Hub
 from gateway.errors import StorageError
 from gateway.logs import log
 from gateway.storage.base import DashboardTokens, DeviceData, DeviceRegistry

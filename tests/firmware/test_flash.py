@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from firmware.flash import PROTOCOL_FILES
 from tests.helpers.gateway import GatewayProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,8 +116,8 @@ def app_files(tmp: Path) -> dict[str, bytes]:
             files["slots.mpy"] = compiled(src, src.name, tmp)
         elif src.name != "flash.py":
             files["app_a/" + src.stem + ".mpy"] = compiled(src, src.name, tmp)
-    for name in ("__init__", "wire", "cbor", "device", "ota", "p256"):  # the device side of the protocol
-        files[f"app_a/protocol/{name}.mpy"] = compiled(ROOT / "protocol" / f"{name}.py", f"protocol/{name}.py", tmp)
+    for name in PROTOCOL_FILES:  # the device side of the protocol, with its CBOR encoder
+        files[f"app_a/protocol/{name[:-3]}.mpy"] = compiled(ROOT / "protocol" / name, f"protocol/{name}", tmp)
     version = re.search(r'^FW_VERSION = "(.*)"', (ROOT / "firmware" / "app.py").read_text(), re.M)
     assert version
     files["app_cur"] = json.dumps({"slot": "a", "release": "esp32-" + version.group(1)}).encode()

@@ -14,7 +14,7 @@ from gateway.bus.engine import Bus
 from gateway.bus.memory import MemoryTransport
 from gateway.cluster import FleetMap
 from gateway.conn import dumps
-from gateway.dashboard.stream import Hub
+from gateway.dashboard.view import Hub
 from gateway.device_commands import Commands
 from gateway.errors import CommandError, DeviceOffline
 from protocol.gateway import GatewaySession

@@ -15,12 +15,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from gateway.auth import Identity
+from gateway.device_conn import DeviceConnection
 from gateway.errors import StorageError
 from gateway.fanout import Listeners
 from gateway.flusher import Flusher
 from gateway.metrics import Metrics
-from gateway.sessions import DeviceConnection
-from gateway.storage.base import ReadingRow
+from gateway.storage.base import ReadingRow, Storage
 from protocol import wire
 from protocol.gateway import GatewaySession
 from tests.helpers.waiting import until

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from gateway.dashboard.stream import Hub
 from gateway.dashboard.sync import restore
+from gateway.dashboard.view import Hub
 from gateway.history_api import HistoryApi, Reply
 from gateway.storage.base import DeviceRecord, ReadingRow
 from gateway.storage.sqlite import SQLiteStorage

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway.dashboard.actions import ActionError, ActionHandlers, DashboardActions
+from gateway.dashboard.actions import Action, ActionError, ActionHandlers, DashboardActions
 from gateway.dashboard.roles import ANONYMOUS, OPERATOR, VIEWER, DashboardAuth, DashboardIdentity, add_token
 from gateway.errors import GatewayError, RegistryError, StorageError
 from gateway.storage.sqlite import SQLiteStorage
@@ -200,3 +200,29 @@ def test_a_revoked_token_cannot_act(tmp_path: Path) -> None:
         assert reply["code"] == "auth_failed" and len(calls.log) == 1
 
     with_storage(tmp_path, body)
+
+
+def test_a_new_action_is_one_more_row_of_the_table() -> None:
+    seen: list[tuple[str, Any]] = []
+
+    def check(msg: dict[str, Any]) -> str:
+        note = msg.get("note")
+        if not isinstance(note, str):
+            raise ActionError("bad_value", "note: a string")
+        return note
+
+    async def run_note(identity: DashboardIdentity, note: str) -> dict[str, Any]:
+        seen.append((identity.actor, note))
+        return {"noted": note}
+
+    calls = Calls()
+    actions = DashboardActions(ActionHandlers(calls.ack, calls.clear, calls.command), None,
+                               more={"note": Action(check, run_note)})
+    assert asyncio.run(actions.handle(OPERATOR_ID, frame(t="note", id="n", note="hi"))) == \
+        {"t": "ok", "id": "n", "noted": "hi"}
+    refused = asyncio.run(actions.handle(OPERATOR_ID, frame(t="note", id="n", note=3)))
+    assert refused["code"] == "bad_value"
+    viewer = asyncio.run(actions.handle(DashboardIdentity(VIEWER, "wall"), frame(t="note", id="v", note="x")))
+    assert viewer["code"] == "forbidden" and seen == [("dashboard:alice", "hi")]
+    unknown = asyncio.run(actions.handle(OPERATOR_ID, frame(t="nope", id="u")))
+    assert unknown["code"] == "unknown_type" and "note" in unknown["msg"]

@@ -7,7 +7,8 @@ from typing import Any, cast
 
 from websockets.asyncio.server import ServerConnection
 
-from gateway.dashboard.stream import DashboardClient, Hub
+from gateway.dashboard.stream import DashboardClient
+from gateway.dashboard.view import Hub
 
 
 class FakeClock:
@@ -124,7 +125,7 @@ def test_a_status_that_cannot_be_encoded_is_dropped_not_the_stream() -> None:
 
 
 def test_latest_values_per_device_are_bounded() -> None:
-    from gateway.dashboard.stream import MAX_LATEST_METRICS
+    from gateway.dashboard.view import MAX_LATEST_METRICS
 
     hub, _ = make_hub()
     for i in range(MAX_LATEST_METRICS + 20):
@@ -162,7 +163,7 @@ def test_device_to_dashboard_latency_is_observed_per_reading_at_the_frame_that_c
     assert latency.count == 2
     hub.clients.clear()  # no dashboard here, but peers get this instance's changes (workers, a bus)
     published: list[dict[str, Any]] = []
-    hub.on_update = published.append
+    hub.share(published.append)
     frame_ms = int(clock.now * 1000) - 50
     hub.committed([row(4, frame_ms), row(5, frame_ms)])  # two readings of one frame: one receive time
     hub.flush()

@@ -12,7 +12,8 @@ from websockets.asyncio.server import ServerConnection
 
 from gateway.dashboard.actions import ActionHandlers, DashboardActions
 from gateway.dashboard.roles import OPERATOR, VIEWER, DashboardIdentity
-from gateway.dashboard.stream import DashboardClient, Hub
+from gateway.dashboard.stream import DashboardClient, DashboardStream
+from gateway.dashboard.view import Hub
 from gateway.storage.base import DeviceRecord
 
 
@@ -156,12 +157,12 @@ def test_serve_sends_the_role_then_answers_actions_by_role() -> None:
         async def command(device: str, name: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
             return {"ok": True}
 
-        hub.actions = DashboardActions(ActionHandlers(ack, ack, command), None)
+        stream = DashboardStream(hub, DashboardActions(ActionHandlers(ack, ack, command), None))
         for identity, expect in ((DashboardIdentity(OPERATOR, "alice"), "ok"),
                                  (DashboardIdentity(VIEWER, "wall"), "forbidden")):
             ws = FakeWs([json.dumps({"t": "ack", "id": "r1", "alert": 3}), "garbage"])
             ws.dashboard = identity  # type: ignore[attr-defined]
-            serving = asyncio.get_running_loop().create_task(hub.serve(cast(ServerConnection, ws)))
+            serving = asyncio.get_running_loop().create_task(stream.serve(cast(ServerConnection, ws)))
             while len([m for m in ws.sent if m["t"] in ("ok", "error")]) < 2:
                 await asyncio.sleep(0.01)
             ws.done.set()
