@@ -5,10 +5,10 @@
 checked here, then run by the handlers the gateway injects (the alert engine, the command path).
 
 The actions are a table, ``{"t": name}`` to its ``Action`` (``standard_actions``: ack, clear, command).
-A new operator action is a new row (the console's: devices,
-gateway/dashboard/devices_actions.py; alert rules, gateway/dashboard/rules_actions.py): an ``Action`` (check the frame, then run) in its own module,
+A new operator action is a new row: an ``Action`` (check the frame, then run) in its own module,
 passed to ``DashboardActions(..., more={name: action})`` by the dashboard room
-(gateway/dashboard/room.py); the role and token checks stay here, for every row.
+(gateway/dashboard/room.py), as the console's are (devices: gateway/dashboard/devices_actions.py;
+alert rules: gateway/dashboard/rules_actions.py); the role and token checks stay here, for every row.
 The answer is ``{"t": "ok", "id", ...}`` or ``{"t": "error", "id", "code", "msg"}`` with a stable
 code; a refusal changes nothing, and the stream stays open whatever a browser sends.
 """
@@ -130,8 +130,6 @@ class DashboardActions:
         self.table = {**standard_actions(handlers), **(more or {})}
         self.auth = auth
         self.count_error = count_error
-        self.extra = dict(extra or {})
-        self.known = ACTIONS + tuple(self.extra)
 
     async def handle(self, identity: DashboardIdentity, frame: str | bytes) -> dict[str, Any]:
         """The reply to one frame from a browser (never raises)."""

@@ -20,7 +20,7 @@ from gateway.errors import StorageError
 from gateway.fanout import Listeners
 from gateway.flusher import Flusher
 from gateway.metrics import Metrics
-from gateway.storage.base import ReadingRow, Storage
+from gateway.storage.base import ReadingRow
 from protocol import wire
 from protocol.gateway import GatewaySession
 from tests.helpers.waiting import until

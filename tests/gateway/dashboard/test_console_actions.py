@@ -15,7 +15,7 @@ import pytest
 from gateway.admin import AdminApi
 from gateway.alerts.admin import AlertAdmin
 from gateway.alerts.engine import AlertEngine
-from gateway.dashboard.actions import ActionHandlers, DashboardActions
+from gateway.dashboard.actions import ActionHandlers, DashboardActions, console_action
 from gateway.dashboard.devices_actions import DeviceActions
 from gateway.dashboard.roles import ANONYMOUS, OPERATOR, VIEWER, DashboardIdentity
 from gateway.dashboard.rules_actions import RuleActions
@@ -51,7 +51,8 @@ class Console:
 
         table = {**DeviceActions(self.admin.requests, storage.get_device, changed).table(),
                  **RuleActions(AlertAdmin(self.engine).requests_as, storage, clock=lambda: 1_700_000_000.0).table()}
-        self.actions = DashboardActions(ActionHandlers(never, never, never), None, extra=table)
+        self.actions = DashboardActions(ActionHandlers(never, never, never), None,
+                                       more={name: console_action(action) for name, action in table.items()})
 
     async def send(self, identity: DashboardIdentity = ALICE, **msg: Any) -> dict[str, Any]:
         return await self.actions.handle(identity, json.dumps({"id": "r", **msg}))
