@@ -26,6 +26,7 @@ from typing import Any
 from edge import __version__, outputs
 from edge.config import AgentConfig
 from edge.errors import ConfigError, EdgeError, OutputError, SensorError
+from edge.ota_agent import PiUpdates, new_core
 from edge.outputs import Outputs
 from edge.rules import Rules
 from edge.sensors.base import Sensor, SensorContext, backend_class, build_sensor
@@ -128,8 +129,10 @@ class Agent:
             outbox=self.queue, backoff=Backoff(cfg.backoff_min * 1000, cfg.backoff_max * 1000),
             handlers={"ping": self.cmd_ping, "set_interval": self.cmd_set_interval,
                       "set_thresholds": self.cmd_set_thresholds, "set_output": self.cmd_set_output,
-                      "reboot": self.cmd_reboot},
+                      "reboot": self.cmd_reboot, "ota": self.cmd_ota},
             encoding=cfg.encoding)
+        self.updates = PiUpdates(new_core(__version__, cfg.ota_pubkey, cfg.state_dir), cfg.ota_dir)
+        self.started = time.time()
         self.uplink: Uplink | None = None
         self.credential_poll_s = Uplink.credential_poll_s
 
@@ -147,6 +150,11 @@ class Agent:
         self.stopping = asyncio.Event()
         self.uplink = Uplink(self.cfg, self.session, self.credentials, self, uptime_ms)
         self.uplink.credential_poll_s = self.credential_poll_s
+        try:
+            self.updates.start()
+            self.uplink.updates = self.updates
+        except OSError as err:
+            LOG.error("over-the-air updates are off: %s: %s", self.cfg.ota_dir, err.strerror or err)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):  # not the main thread
@@ -281,6 +289,7 @@ class Agent:
             "pins": self.outputs.pin_levels(), "buffered": self.buffered,
             "dropped": self.queue.dropped, "rejected": self.queue.rejected, "next_seq": self.queue.next_seq,
             "interval": self.interval, "alerting": self.rules.alerting, "sensor_errors": self.sensor_errors,
+            "fw": __version__, "started": self.started, "acked": uplink is not None and uplink.acks > 0,
             "updated": time.time(),
         }
         path = self.cfg.status_path
@@ -298,6 +307,8 @@ class Agent:
             if self.outputs.pattern != "commanded":
                 self.outputs.show(self.led_state())
             self.write_status()
+            if self.uplink is not None and self.uplink.updates is not None and self.uplink.updates.poll():
+                self.uplink.kick.set()  # an update frame is due (the updater wrote its result)
             now = time.monotonic()
             if watchdog is not None and now - last_watchdog >= watchdog:
                 if self.healthy():
@@ -365,6 +376,16 @@ class Agent:
         except OutputError as err:
             return False, str(err), None
         return True, f"{output} {'on' if on else 'off'}", {"outputs": self.outputs.states()}
+
+    def cmd_ota(self, args: dict[str, Any]) -> CommandResult:
+        """An update offer: the core checks it (protocol/ota.py); a new download starts at once."""
+        if self.uplink is None or self.uplink.updates is None:
+            return False, "over-the-air updates are off on this agent (its state directory)", {"code": "no_space"}
+        ok, message, data = self.updates.core.offer(args)
+        if ok:
+            self.updates.poll()
+            self.uplink.kick.set()
+        return ok, message, data
 
     def cmd_reboot(self, args: dict[str, Any]) -> CommandResult:
         self.reboot_requested = True

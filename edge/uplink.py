@@ -25,7 +25,8 @@ from websockets.typing import Subprotocol
 from edge import __version__
 from edge.config import AgentConfig, load
 from edge.errors import ConfigError, QueueError
-from protocol import wire
+from edge.ota_agent import PiUpdates, chunk_message
+from protocol import ota, wire
 from protocol.device import (
     D_ACK,
     D_CLOSING,
@@ -109,6 +110,8 @@ class Uplink:
         self.ws: ClientConnection | None = None
         self.kick = asyncio.Event()
         self.reported: tuple[int, int] = (-1, -1)  # (dropped, rejected) last sent in a status frame
+        self.acks = 0  # acks since the agent started (the updater's health check waits for the first)
+        self.updates: PiUpdates | None = None  # over-the-air updates (edge/ota_agent.py), when enabled
 
     @property
     def connected(self) -> bool:
@@ -188,6 +191,8 @@ class Uplink:
             return session.failed(now_ms())
         finally:
             self.ws = None
+            if self.updates is not None:
+                self.updates.core.connection_lost()
             if self.state == "online":
                 LOG.info("offline; readings are kept in %s", self.cfg.queue_path)
             self.state = "connecting"
@@ -222,10 +227,17 @@ class Uplink:
             await self.on_frame(ws, message)
 
     async def on_frame(self, ws: ClientConnection, text: str | bytes) -> Decision:
+        chunk = chunk_message(text) if self.updates is not None else None
+        if chunk is not None and self.updates is not None:
+            self.updates.chunk(chunk)
+            self.kick.set()  # the next ota_get may go
+            return Decision(ota.T_OTA_CHUNK)
         decision = self.session.handle(text, now_ms())
         kind = decision.kind
         if kind == D_WELCOME:
             self.state = "online"
+            if self.updates is not None:
+                self.updates.core.online()
             if decision.renumber:
                 LOG.warning("the gateway already holds seqs up to %d that this agent never sent (the queue "
                             "was new or wiped): the buffered readings now continue from %d", decision.seq,
@@ -251,8 +263,12 @@ class Uplink:
             LOG.warning("gateway is closing the connection: %s %s", decision.code, decision.message)
         elif kind == D_NOTE:
             LOG.warning("gateway error %s: %s", decision.code, decision.message)
+            if self.updates is not None and decision.code in (ota.E_OTA_UNKNOWN, ota.E_BAD_REQUEST):
+                self.updates.core.refused(decision.code)  # the outstanding ota_get was refused: aborted
         elif kind == D_INVALID:
             LOG.warning("%s (%s)", decision.message, decision.code)
+        if kind == D_ACK:
+            self.acks += 1
         if kind in (D_ACK, D_DROP):
             self.host.outbox_changed()
         if kind in (D_ACK, D_DROP, D_RESEND, D_SLOW, D_WELCOME):
@@ -267,6 +283,12 @@ class Uplink:
         session = self.session
         last_status = time.monotonic()
         while True:
+            if self.updates is not None:
+                self.updates.poll()
+                update_frame = self.updates.core.next_frame()
+                if update_frame is not None:
+                    await ws.send(update_frame)
+                    continue
             now = now_ms()
             frame = session.next_frame(up=self.uptime_ms(), now_ms=now) if session.can_send() else None
             if frame is not None:
