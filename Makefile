@@ -104,7 +104,7 @@ K8S_MANIFESTS := $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8
 lint: system-deps-lint $(STAMP) $(ANSIBLE_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m mypy.stubtest protocol.wire protocol.gateway protocol.device protocol.outbox protocol.cbor protocol.cbor_decode
+	$(PY) -m mypy.stubtest protocol.wire protocol.gateway protocol.device protocol.outbox protocol.cbor protocol.cbor_decode protocol.ota
 	cd ansible && PATH=$(abspath $(ANSIBLE_VENV))/bin:$$PATH ansible-lint --offline --profile production
 	$(ANSIBLE_VENV)/bin/yamllint --strict -c ansible/.yamllint ansible
 	$(VENV)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $(K8S_MANIFESTS)

@@ -61,6 +61,7 @@ from protocol.wire import (
     T_AUTH,
     T_CMD,
     T_ERROR,
+    T_OTA_CHUNK,
     T_RESULT,
     T_SLOW,
     T_STATUS,
@@ -85,6 +86,7 @@ D_COMMAND = "command"  # a command: send .reply; reboot after sending when .name
 D_CLOSING = "closing"  # an error frame that ends the connection; close .close_code follows
 D_NOTE = "note"  # an error frame about no frame in flight: log .code / .message
 D_INVALID = "invalid"  # a gateway frame the session could not read (bad JSON, unknown type): log
+D_OTA_CHUNK = "ota_chunk"  # an update's chunk: write .data at offset .seq of file .name (protocol/ota.py)
 
 # What to do after a connection ended (Reconnect.action), docs/protocol.md section 11.
 R_BACKOFF = "backoff"  # reconnect after .delay_ms (exponential backoff with jitter)
@@ -235,11 +237,11 @@ LOADGEN = Policy(False, False, False)  # a benchmark client: one connection, ful
 class Decision:
     """What one gateway frame means for the device (see the D_* kinds)."""
 
-    __slots__ = ("close_code", "code", "count", "kind", "last", "message", "name", "ok", "renumber", "reply",
-                 "seq", "wait_ms")
+    __slots__ = ("close_code", "code", "count", "data", "kind", "last", "message", "name", "ok", "renumber",
+                 "reply", "seq", "wait_ms")
 
     def __init__(self, kind, seq=0, last=0, count=0, renumber=0, wait_ms=0, reply=None, name=None, ok=True,
-                 code=None, message="", close_code=0):
+                 code=None, message="", close_code=0, data=None):
         self.kind = kind
         self.seq = seq
         self.last = last
@@ -252,6 +254,7 @@ class Decision:
         self.code = code
         self.message = message
         self.close_code = close_code
+        self.data = data
 
 
 class Reconnect:
@@ -321,6 +324,23 @@ class _Commands:
             return False, name + " failed: " + str(err)[:80], None
         return ok, text, data
 
+    # ------------------------------------------------------------ over-the-air updates (protocol/ota.py)
+    def _on_ota_chunk(self, msg):
+        ota = self.ota
+        got = ota.on_chunk(msg) if ota is not None else None
+        if got is None:
+            reason = ota.reason if ota is not None and ota.stage == "failed" else None
+            return Decision(D_NOTE, code=reason or E_BAD_FRAME,
+                            message="update failed: " + reason if reason else "ota_chunk not asked for: ignored")
+        return Decision(D_OTA_CHUNK, seq=got[1], name=got[0], data=got[2])
+
+    def ota_frame(self):
+        """The update's next frame to send (its state, or the next ota_get), or None: call while online
+        after handling each frame (the core keeps one request outstanding)."""
+        if not self.online or self.ota is None:
+            return None
+        return self.ota.next_frame()
+
     def result_frame(self, command_id, ok, message=None, data=None):
         msg = {"t": T_RESULT, "id": command_id, "ok": ok}
         if message is not None:
@@ -336,6 +356,8 @@ class _Endings:
 
     def connection_lost(self):
         """Forget what was in flight: it is resent after the next welcome."""
+        if self.ota is not None:
+            self.ota.connection_lost()
         self.online = False
         self.cbor = False
         self.sent = self.acked
@@ -475,7 +497,7 @@ class DeviceSession(_Commands, _Endings):
 
     def __init__(self, device_id, token=None, jwt=None, boot=None, max_batch=20, window=4,
                  loads=None, dumps=None, outbox=None, backoff=None, policy=None, handlers=None, encoding=ENC_JSON,
-                 batch_cap=None):
+                 batch_cap=None, ota=None):
         if encoding != ENC_JSON and encoding != ENC_CBOR:
             raise ValueError("encoding: json or cbor")
         self.device_id = device_id
@@ -496,6 +518,10 @@ class DeviceSession(_Commands, _Endings):
         self.backoff = backoff if backoff is not None else Backoff()
         self.policy = policy if policy is not None else DEVICE
         self.handlers = handlers if handlers is not None else {}
+        self.ota = ota  # a protocol.ota.OtaCore: the ota command, ota_chunk frames, ota state frames
+        if ota is not None:
+            self.handlers = dict(self.handlers)
+            self.handlers["ota"] = ota.offer
         self.acked = 0  # highest seq the gateway confirmed stored
         self.sent = 0  # highest seq sent on this connection
         self.in_flight = []  # (first seq, last seq) of each unacknowledged frame sent
@@ -578,6 +604,8 @@ class DeviceSession(_Commands, _Endings):
             return self._on_error(msg)
         if kind == T_CMD:
             return self._on_cmd(msg)
+        if kind == T_OTA_CHUNK:
+            return self._on_ota_chunk(msg)
         return Decision(D_INVALID, code=E_UNKNOWN_TYPE, message="gateway frame of unknown type '" + kind[:32]
                         + "' ignored")
 
@@ -628,6 +656,8 @@ class DeviceSession(_Commands, _Endings):
         self.retry_at_ms = 0  # online: no attempt pending
         self.send_at_ms = None
         self.backoff.reset()
+        if self.ota is not None:
+            self.ota.online()
         self.max_batch = self._fit_batch()
         frame = msg.get("max_frame")
         self.max_frame = frame if type(frame) is int and frame > 256 else MAX_FRAME_BYTES
@@ -680,6 +710,8 @@ class DeviceSession(_Commands, _Endings):
             if close:
                 self.closing = close
                 return Decision(D_CLOSING, code=code, message=text, close_code=close)
+            if self.ota is not None and self.ota.refused(code):
+                text = "update aborted: " + text
             return Decision(D_NOTE, code=code, message=text)
         if code == E_RATE or code == E_STORAGE:
             self._rewind(seq)  # not stored: send again

@@ -2,6 +2,7 @@
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from protocol.ota import OtaCore
 from protocol.outbox import Outbox
 from protocol.wire import Reading, _Dumps, _Loads
 
@@ -14,6 +15,7 @@ D_COMMAND: str
 D_CLOSING: str
 D_NOTE: str
 D_INVALID: str
+D_OTA_CHUNK: str
 R_BACKOFF: str
 R_SLOW: str
 R_HOURLY: str
@@ -73,6 +75,7 @@ class Decision:
     code: str | None
     message: str
     close_code: int
+    data: bytes | None
     def __init__(
         self,
         kind: str,
@@ -87,6 +90,7 @@ class Decision:
         code: str | None = None,
         message: str = "",
         close_code: int = 0,
+        data: bytes | None = None,
     ) -> None: ...
 
 class Reconnect:
@@ -131,6 +135,7 @@ class DeviceSession:
     encoding: str
     cbor: bool
     answered: list[tuple[str, str]]
+    ota: OtaCore | None
     def __init__(
         self,
         device_id: str,
@@ -147,6 +152,7 @@ class DeviceSession:
         handlers: dict[str, _Handler] | None = None,
         encoding: str = ...,
         batch_cap: int | None = None,
+        ota: OtaCore | None = None,
     ) -> None: ...
     @property
     def credential(self) -> str | None: ...
@@ -164,6 +170,8 @@ class DeviceSession:
     ) -> str | bytearray | None: ...
     def result_frame(self, command_id: Any, ok: bool, message: str | None = None, data: Any = None) -> str: ...
     def status_frame(self, fields: dict[str, Any]) -> str: ...
+    def _on_ota_chunk(self, msg: dict[str, Any]) -> Decision: ...
+    def ota_frame(self) -> str | None: ...
     def connection_lost(self) -> None: ...
     def closed(self, code: int | None = None, now_ms: int = 0) -> Reconnect: ...
     def refused(self, status: int, body: bytes | bytearray | str | None = None, now_ms: int = 0) -> Reconnect: ...

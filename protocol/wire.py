@@ -34,6 +34,10 @@ T_SLOW = "slow"
 T_CMD = "cmd"
 T_RESULT = "result"
 T_STATUS = "status"
+# Over-the-air updates (protocol/ota.py; the offer is the ``ota`` command)
+T_OTA = "ota"  # device -> gateway: an update's state
+T_OTA_GET = "ota_get"  # device -> gateway: one chunk request (at most one outstanding)
+T_OTA_CHUNK = "ota_chunk"  # gateway -> device: the chunk
 
 # Stable error codes carried in error frames and HTTP rejection bodies.
 E_BAD_JSON = "bad_json"
@@ -57,6 +61,8 @@ E_STORAGE = "storage_unavailable"
 E_TAKEOVER = "takeover_pending"  # another gateway instance still holds the device: try again later
 E_TOO_MANY_ERRORS = "too_many_errors"
 E_NO_SUCH_COMMAND = "no_such_command"  # a result for no command pending on this connection
+E_OTA_UNKNOWN = "ota_unknown"  # an ota_get for no release or file offered to this device
+E_BAD_REQUEST = "bad_request"  # an ota_get that is not one (fields missing or out of range)
 
 # WebSocket close codes (RFC 6455 plus the 4000-4999 private range).
 CLOSE_NORMAL = 1000
@@ -439,6 +445,9 @@ ARG_NUMBER = "number"  # finite int or float (not bool)
 ARG_METRIC = "metric"  # a metric name (valid_metric_name)
 ARG_NAME = "name"  # a string of 1..MAX_NAME characters
 ARG_BOOL = "bool"  # true or false
+ARG_TEXT = "text"  # a string of 1..MAX_COMMAND_TEXT characters (its row's check may say more)
+
+MAX_COMMAND_TEXT = 12000  # the longest text argument: an OTA manifest (protocol/ota.py)
 
 MAX_INTERVAL_S = 86400  # set_interval's cap: one day (the agent keeps readings 7 days by default)
 
@@ -460,6 +469,16 @@ def _check_thresholds(args):
     return None
 
 
+def _check_ota(args):
+    sig = args["sig"]
+    if len(sig) != 128:
+        return "sig must be 128 hex characters"
+    for ch in sig:
+        if ch not in "0123456789abcdef":
+            return "sig must be 128 lowercase hex characters"
+    return None
+
+
 # Downlink commands: name -> (usage, arguments, check). An argument is (name, kind, required);
 # ``check(args)`` returns what is wrong across arguments, or None. Errors read "<usage>: <what>".
 # Adding a command is one row here plus a handler in each driver that supports it.
@@ -473,6 +492,9 @@ COMMANDS = {
                    (("output", ARG_NAME, True), ("on", ARG_BOOL, True)), None),
     "reboot": ("reboot takes no arguments", (), None),
     "ping": ("ping takes no arguments", (), None),
+    # an over-the-air update offer (protocol/ota.py): the manifest's exact text and its signature
+    "ota": ("ota needs manifest (the manifest text, at most " + str(MAX_COMMAND_TEXT) + " characters) and sig "
+            "(128 hex characters)", (("manifest", ARG_TEXT, True), ("sig", ARG_TEXT, True)), _check_ota),
 }
 
 _ARG_HELP = {
@@ -480,6 +502,7 @@ _ARG_HELP = {
     ARG_METRIC: "a metric name (1-32 chars of a-z 0-9 _)",
     ARG_NAME: "a name of 1-32 characters",
     ARG_BOOL: "true or false",
+    ARG_TEXT: "a string of 1-" + str(MAX_COMMAND_TEXT) + " characters",
 }
 
 
@@ -490,6 +513,8 @@ def _arg_ok(kind, value):
         return valid_metric_name(value)
     if kind == ARG_NAME:
         return type(value) is str and 0 < len(value) <= MAX_NAME
+    if kind == ARG_TEXT:
+        return type(value) is str and 0 < len(value) <= MAX_COMMAND_TEXT
     return type(value) is bool
 
 

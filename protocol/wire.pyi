@@ -15,6 +15,9 @@ T_SLOW: str
 T_CMD: str
 T_RESULT: str
 T_STATUS: str
+T_OTA: str
+T_OTA_GET: str
+T_OTA_CHUNK: str
 E_BAD_JSON: str
 E_BAD_CBOR: str
 E_BAD_FRAME: str
@@ -36,6 +39,8 @@ E_STORAGE: str
 E_TAKEOVER: str
 E_TOO_MANY_ERRORS: str
 E_NO_SUCH_COMMAND: str
+E_OTA_UNKNOWN: str
+E_BAD_REQUEST: str
 CLOSE_NORMAL: int
 CLOSE_GOING_AWAY: int
 CLOSE_POLICY: int
@@ -135,6 +140,8 @@ ARG_NUMBER: str
 ARG_METRIC: str
 ARG_NAME: str
 ARG_BOOL: str
+ARG_TEXT: str
+MAX_COMMAND_TEXT: int
 MAX_INTERVAL_S: int
 COMMANDS: dict[str, tuple[str, tuple[tuple[str, str, bool], ...], Callable[[dict[str, Any]], str | None] | None]]
 

@@ -105,7 +105,7 @@ def test_parse_command_returns_only_named_arguments(name: str, args: object, exp
 def test_parse_command_codes() -> None:
     with pytest.raises(wire.ProtocolError) as err:
         wire.parse_command("launch", {})
-    assert err.value.code == wire.E_UNKNOWN_TYPE and "known: ping, reboot" in err.value.message
+    assert err.value.code == wire.E_UNKNOWN_TYPE and "known: ota, ping, reboot" in err.value.message
     with pytest.raises(wire.ProtocolError) as err:
         wire.parse_command("ping", [])
     assert err.value.code == wire.E_BAD_FRAME
