@@ -124,14 +124,19 @@ class Agent:
         self.interval_changed: asyncio.Event | None = None
         self.stopping: asyncio.Event | None = None
         self.credentials = CredentialSource(cfg)
+        self.updates: PiUpdates | None = PiUpdates(new_core(__version__, cfg.ota_pubkey, cfg.state_dir), cfg.ota_dir)
+        try:
+            self.updates.start()
+        except OSError as err:
+            LOG.error("over-the-air updates are off: %s: %s", cfg.ota_dir, err.strerror or err)
+            self.updates = None
         self.session = DeviceSession(
             cfg.device_id, token=cfg.token, boot=self.boot, max_batch=cfg.max_batch, window=cfg.window,
             outbox=self.queue, backoff=Backoff(cfg.backoff_min * 1000, cfg.backoff_max * 1000),
             handlers={"ping": self.cmd_ping, "set_interval": self.cmd_set_interval,
                       "set_thresholds": self.cmd_set_thresholds, "set_output": self.cmd_set_output,
-                      "reboot": self.cmd_reboot, "ota": self.cmd_ota},
-            encoding=cfg.encoding)
-        self.updates = PiUpdates(new_core(__version__, cfg.ota_pubkey, cfg.state_dir), cfg.ota_dir)
+                      "reboot": self.cmd_reboot},
+            encoding=cfg.encoding, ota=self.updates.core if self.updates is not None else None)
         self.started = time.time()
         self.uplink: Uplink | None = None
         self.credential_poll_s = Uplink.credential_poll_s
@@ -150,11 +155,7 @@ class Agent:
         self.stopping = asyncio.Event()
         self.uplink = Uplink(self.cfg, self.session, self.credentials, self, uptime_ms)
         self.uplink.credential_poll_s = self.credential_poll_s
-        try:
-            self.updates.start()
-            self.uplink.updates = self.updates
-        except OSError as err:
-            LOG.error("over-the-air updates are off: %s: %s", self.cfg.ota_dir, err.strerror or err)
+        self.uplink.updates = self.updates
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):  # not the main thread
@@ -307,7 +308,7 @@ class Agent:
             if self.outputs.pattern != "commanded":
                 self.outputs.show(self.led_state())
             self.write_status()
-            if self.uplink is not None and self.uplink.updates is not None and self.uplink.updates.poll():
+            if self.uplink is not None and self.updates is not None and self.updates.poll():
                 self.uplink.kick.set()  # an update frame is due (the updater wrote its result)
             now = time.monotonic()
             if watchdog is not None and now - last_watchdog >= watchdog:
@@ -376,16 +377,6 @@ class Agent:
         except OutputError as err:
             return False, str(err), None
         return True, f"{output} {'on' if on else 'off'}", {"outputs": self.outputs.states()}
-
-    def cmd_ota(self, args: dict[str, Any]) -> CommandResult:
-        """An update offer: the core checks it (protocol/ota.py); a new download starts at once."""
-        if self.uplink is None or self.uplink.updates is None:
-            return False, "over-the-air updates are off on this agent (its state directory)", {"code": "no_space"}
-        ok, message, data = self.updates.core.offer(args)
-        if ok:
-            self.updates.poll()
-            self.uplink.kick.set()
-        return ok, message, data
 
     def cmd_reboot(self, args: dict[str, Any]) -> CommandResult:
         self.reboot_requested = True

@@ -2,7 +2,10 @@
 
 protocol/ota.py's OtaCore decides everything the contract fixes (the offer's checks, one
 ``ota_get`` outstanding, each chunk against the manifest, the state frames); this module is
-its Pi driver, unprivileged, in ``<state_dir>/ota/``:
+its Pi driver, unprivileged, in ``<state_dir>/ota/``.
+
+DeviceSession (protocol/device.py) runs the core: the ``ota`` command, the ``ota_chunk``
+frames (a D_OTA_CHUNK decision: the uplink calls ``write()``), the frames to send. Files:
 
 - ``dl/<release>/<file>`` the wheel being downloaded; ``download.json`` the core's state(),
   so a restarted agent resumes where its file ends (the core hashes those bytes again);
@@ -17,9 +20,7 @@ its Pi driver, unprivileged, in ``<state_dir>/ota/``:
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import json
 import logging
 import os
 import shutil
@@ -47,7 +48,7 @@ def new_core(version: str, pubkey: str, state_dir: str) -> ota.OtaCore:
 
 
 class PiUpdates:
-    """Files for one OtaCore: call ``start()`` once, ``poll()`` often, ``chunk()`` for each ota_chunk."""
+    """Files for one OtaCore: call ``start()`` once, ``poll()`` often, ``write()`` for each chunk taken."""
 
     def __init__(self, core: ota.OtaCore, ota_dir: Path) -> None:
         self.core = core
@@ -90,12 +91,8 @@ class PiUpdates:
         LOG.info("resuming the download of %s at %d bytes", release, self.core.done)
 
     # ------------------------------------------------------------ events
-    def chunk(self, msg: dict[str, Any]) -> None:
-        """An ota_chunk frame: the core checks it; its bytes go to the file at their offset."""
-        taken = self.core.on_chunk(msg)
-        if taken is None:
-            return
-        name, offset, data = taken
+    def write(self, name: str, offset: int, data: bytes) -> None:
+        """A chunk the core took (DeviceSession's D_OTA_CHUNK): its bytes go to the file at their offset."""
         path = self.dl / str(self.core.release) / name
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -186,13 +183,3 @@ class PiUpdates:
         log = LOG.info if state in (ota.S_TRIAL, ota.S_GOOD) else LOG.error
         log("update %s: %s %s", release, state, result.get("msg", ""))
 
-
-def chunk_message(text: str | bytes) -> dict[str, Any] | None:
-    """The frame as a dict when it is an ota_chunk (the session does not read those)."""
-    if not isinstance(text, str) or '"ota_chunk"' not in text:
-        return None
-    with contextlib.suppress(ValueError):
-        msg = json.loads(text)
-        if isinstance(msg, dict) and msg.get("t") == ota.T_OTA_CHUNK:
-            return msg
-    return None

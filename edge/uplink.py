@@ -25,8 +25,8 @@ from websockets.typing import Subprotocol
 from edge import __version__
 from edge.config import AgentConfig, load
 from edge.errors import ConfigError, QueueError
-from edge.ota_agent import PiUpdates, chunk_message
-from protocol import ota, wire
+from edge.ota_agent import PiUpdates
+from protocol import wire
 from protocol.device import (
     D_ACK,
     D_CLOSING,
@@ -34,6 +34,7 @@ from protocol.device import (
     D_DROP,
     D_INVALID,
     D_NOTE,
+    D_OTA_CHUNK,
     D_RESEND,
     D_SLOW,
     D_WELCOME,
@@ -191,8 +192,6 @@ class Uplink:
             return session.failed(now_ms())
         finally:
             self.ws = None
-            if self.updates is not None:
-                self.updates.core.connection_lost()
             if self.state == "online":
                 LOG.info("offline; readings are kept in %s", self.cfg.queue_path)
             self.state = "connecting"
@@ -227,17 +226,10 @@ class Uplink:
             await self.on_frame(ws, message)
 
     async def on_frame(self, ws: ClientConnection, text: str | bytes) -> Decision:
-        chunk = chunk_message(text) if self.updates is not None else None
-        if chunk is not None and self.updates is not None:
-            self.updates.chunk(chunk)
-            self.kick.set()  # the next ota_get may go
-            return Decision(ota.T_OTA_CHUNK)
         decision = self.session.handle(text, now_ms())
         kind = decision.kind
         if kind == D_WELCOME:
             self.state = "online"
-            if self.updates is not None:
-                self.updates.core.online()
             if decision.renumber:
                 LOG.warning("the gateway already holds seqs up to %d that this agent never sent (the queue "
                             "was new or wiped): the buffered readings now continue from %d", decision.seq,
@@ -251,6 +243,11 @@ class Uplink:
             LOG.info("command %s: %s", decision.name, decision.message)
             if decision.name == "reboot" and decision.ok:
                 self.host.reboot()
+            if decision.name == "ota" and self.updates is not None:
+                self.updates.poll()  # a new download: empty its directory, then the first ota_get
+        elif kind == D_OTA_CHUNK:
+            if self.updates is not None and decision.data is not None:
+                self.updates.write(str(decision.name), decision.seq, decision.data)
         elif kind == D_DROP:
             LOG.error("gateway refused readings %d-%d (%s: %s); dropped %d", decision.seq, decision.last,
                       decision.code, decision.message, decision.count)
@@ -263,15 +260,14 @@ class Uplink:
             LOG.warning("gateway is closing the connection: %s %s", decision.code, decision.message)
         elif kind == D_NOTE:
             LOG.warning("gateway error %s: %s", decision.code, decision.message)
-            if self.updates is not None and decision.code in (ota.E_OTA_UNKNOWN, ota.E_BAD_REQUEST):
-                self.updates.core.refused(decision.code)  # the outstanding ota_get was refused: aborted
+
         elif kind == D_INVALID:
             LOG.warning("%s (%s)", decision.message, decision.code)
         if kind == D_ACK:
             self.acks += 1
         if kind in (D_ACK, D_DROP):
             self.host.outbox_changed()
-        if kind in (D_ACK, D_DROP, D_RESEND, D_SLOW, D_WELCOME):
+        if kind in (D_ACK, D_DROP, D_RESEND, D_SLOW, D_WELCOME, D_COMMAND, D_OTA_CHUNK):
             self.kick.set()  # the window or the pacing changed: the sender may have more to send
         return decision
 
@@ -285,10 +281,10 @@ class Uplink:
         while True:
             if self.updates is not None:
                 self.updates.poll()
-                update_frame = self.updates.core.next_frame()
-                if update_frame is not None:
-                    await ws.send(update_frame)
-                    continue
+            update_frame = session.ota_frame()
+            if update_frame is not None:
+                await ws.send(update_frame)
+                continue
             now = now_ms()
             frame = session.next_frame(up=self.uptime_ms(), now_ms=now) if session.can_send() else None
             if frame is not None:

@@ -1,7 +1,6 @@
 """Test tools for Pi agent updates: a release key, agent wheels, a scripted gateway, a stand-in systemd.
 
-- ``ReleaseKey`` signs manifests as the gateway does (ECDSA P-256 / SHA-256, r || s in hex), with
-  the ``cryptography`` package; the agent checks them with protocol/ota.py.
+- Manifests in the contract's shape, signed with tests/helpers/ota_release.py's ReleaseKey.
 - ``make_wheel`` zips this checkout's edge/, protocol/ and runtime/ packages into a wheel of any
   version, with files replaced (a release that crashes on start); no build backend, so it takes
   milliseconds. Its ``edge`` extra requires nothing: the agents get websockets and gpiozero
@@ -29,35 +28,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from websockets.asyncio.server import Server, ServerConnection, serve
+
+from tests.helpers.ota_release import ReleaseKey
+from tests.helpers.ota_release import manifest_text as release_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("edge", "protocol", "runtime")
 
 
-class ReleaseKey:
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-
-    @property
-    def public_hex(self) -> str:
-        numbers = self.key.public_key().public_numbers()
-        return "04" + numbers.x.to_bytes(32, "big").hex() + numbers.y.to_bytes(32, "big").hex()
-
-    def sign(self, text: str) -> str:
-        r, s = decode_dss_signature(self.key.sign(text.encode(), ec.ECDSA(hashes.SHA256())))
-        return r.to_bytes(32, "big").hex() + s.to_bytes(32, "big").hex()
-
-
 def manifest_text(version: str, wheel: Path, min_runtime: str = "3.11") -> str:
-    data = wheel.read_bytes()
-    return json.dumps({"v": 1, "release": f"pi-{version}", "kind": "pi", "version": version,
-                       "min_runtime": min_runtime,
-                       "files": [{"name": wheel.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}],
-                       "created_ms": 1765000000000})
+    return release_manifest(version, {wheel.name: wheel.read_bytes()}, kind="pi", min_runtime=min_runtime)
 
 
 def _record_line(name: str, data: bytes) -> str:
@@ -82,7 +63,8 @@ def make_wheel(out_dir: Path, version: str, replace: dict[str, str] | None = Non
     info = f"edgewire-{version}.dist-info"
     files[f"{info}/METADATA"] = (f"Metadata-Version: 2.1\nName: edgewire\nVersion: {version}\n"
                                  "Provides-Extra: edge\n").encode()
-    files[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: edgewire-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files[f"{info}/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: edgewire-tests\nRoot-Is-Purelib: true\n"
+                              b"Tag: py3-none-any\n")
     files[f"{info}/entry_points.txt"] = (b"[console_scripts]\nedgewire-agent = edge.cli:main\n"
                                          b"edgewire-agent-update = edge.update:main\n")
     record = [_record_line(name, data) for name, data in files.items()] + [f"{info}/RECORD,,"]
@@ -99,14 +81,14 @@ def make_wheel(out_dir: Path, version: str, replace: dict[str, str] | None = Non
 
 def deps_dir(base: Path) -> Path:
     """A directory with the agent's third-party packages (links into this venv), for PYTHONPATH."""
-    import colorzero
-    import gpiozero
-    import websockets
+    import importlib.util
 
     out = base / "deps"
     out.mkdir(parents=True, exist_ok=True)
-    for module in (websockets, gpiozero, colorzero):
-        source = Path(module.__file__ or "").parent
+    for name in ("websockets", "gpiozero", "colorzero"):
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None, name
+        source = Path(spec.origin).parent
         link = out / source.name
         if not link.exists():
             link.symlink_to(source)

@@ -21,7 +21,8 @@ import pytest
 from edge.config import load
 from edge.release import Releases
 from edge.update import Updater, file_sha256, read_json
-from tests.edge.otatools import AgentUnit, ReleaseKey, ScriptedGateway, deps_dir, make_wheel, wait_for
+from tests.edge.otatools import AgentUnit, ScriptedGateway, deps_dir, make_wheel, manifest_text, wait_for
+from tests.helpers.ota_release import ReleaseKey
 
 CRASHING_CLI = 'import sys\n\n\ndef main(argv=None):\n    sys.exit("this release cannot start")\n'
 
@@ -86,7 +87,7 @@ def pi(tmp_path: Path) -> Iterator[Pi]:
     prefix, state = tmp_path / "opt", tmp_path / "state"
     (prefix / "wheelhouse").mkdir(parents=True)
     config = tmp_path / "agent.toml"
-    write_config(config, state, prefix, gateway.url, key.public_hex, health_s=6)
+    write_config(config, state, prefix, gateway.url, key.pubkey, health_s=6)
     releases = Releases(prefix, python=sys.executable, system_site_packages=False)
     first = make_wheel(tmp_path / "wheels", "0.1.0")
     releases.install("0.1.0", first, file_sha256(first))
@@ -174,7 +175,7 @@ def test_a_bad_release_is_refused_and_nothing_switches(pi: Pi, bad: str) -> None
         assert pi.gateway.offer(pi.key, "0.4.0", wheel)["ok"] is True
         wait_for(lambda: ("failed", "bad_hash") in pi.gateway.state_of("pi-0.4.0"), 30, f"failed\n{pi.log()}")
     else:
-        result = pi.gateway.offer(pi.key, "0.4.0", wheel, sig=ReleaseKey().sign(manifest_of(wheel)))
+        result = pi.gateway.offer(pi.key, "0.4.0", wheel, sig=ReleaseKey().sign(manifest_text("0.4.0", wheel)))
         assert result["ok"] is False and result["data"] == {"code": "bad_signature"}, result
         assert pi.gateway.gets == 0
     assert pi.current() == "0.1.0" and pi.good() == "releases/0.1.0"
@@ -186,8 +187,3 @@ def test_a_bad_release_is_refused_and_nothing_switches(pi: Pi, bad: str) -> None
     assert pi.gateway.offer(pi.key, "0.2.0", make_wheel(pi.base / "next", "0.2.0"))["ok"] is True
     wait_for(lambda: ("good", None) in pi.gateway.state_of("pi-0.2.0"), 60, f"good\n{pi.log()}")
 
-
-def manifest_of(wheel: Path) -> str:
-    from tests.edge.otatools import manifest_text
-
-    return manifest_text("0.4.0", wheel)
