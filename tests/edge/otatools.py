@@ -117,6 +117,8 @@ class ScriptedGateway:
         self.statuses: list[dict[str, Any]] = []
         self.results: dict[str, dict[str, Any]] = {}
         self.gets = 0
+        self.offsets: list[int] = []  # the off of every ota_get, in order
+        self.hold_after: int | None = None  # leave ota_get requests after this many unanswered
         self.outstanding_max = 0
         self.loop = asyncio.new_event_loop()
         self.ws: ServerConnection | None = None
@@ -175,7 +177,9 @@ class ScriptedGateway:
                 self.outstanding_max = max(self.outstanding_max, outstanding)
                 outstanding -= 1
                 self.gets += 1
-                await ws.send(self.chunk(msg))
+                self.offsets.append(msg.get("off", -1))
+                if self.hold_after is None or self.gets <= self.hold_after:
+                    await ws.send(self.chunk(msg))
 
     def chunk(self, msg: dict[str, Any]) -> str:
         key = (msg.get("release"), msg.get("file"))

@@ -140,6 +140,21 @@ def test_an_update_is_installed_switched_and_marked_good(pi: Pi) -> None:
     assert again["ok"] is True and again["msg"] == "already running 0.2.0" and again["data"] == {"state": "good"}
 
 
+def test_a_download_resumes_where_the_file_ends_after_the_agent_restarts(pi: Pi) -> None:
+    wheel = make_wheel(pi.base / "new", "0.2.0")
+    pi.gateway.hold_after = 20  # the 21st request goes unanswered: the agent waits, one outstanding
+    assert pi.gateway.offer(pi.key, "0.2.0", wheel)["ok"] is True
+    wait_for(lambda: pi.gateway.gets == 21, 30, "21 ota_get")
+    assert pi.gateway.offsets == [n * 4096 for n in range(21)]
+    pi.unit.restart()  # SIGTERM while a chunk is outstanding
+    pi.gateway.hold_after = None
+    wait_for(lambda: ("good", None) in pi.gateway.state_of("pi-0.2.0"), 60, f"good\n{pi.log()}")
+    after = pi.gateway.offsets[21:]
+    assert after[0] == 20 * 4096, after[:3]  # resumed at the end of what was on disk, not from 0
+    assert after == [n * 4096 for n in range(20, -(-wheel.stat().st_size // 4096))]  # each chunk asked once
+    assert pi.current() == "0.2.0" and pi.updater_runs == ["good"]
+
+
 @pytest.mark.parametrize("broken", ["cannot start", "never acked"])
 def test_a_broken_release_is_rolled_back(pi: Pi, broken: str) -> None:
     if broken == "cannot start":
