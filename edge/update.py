@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -189,8 +191,8 @@ class Updater:
         return self.take(offer)
 
     def take(self, offer: Offer) -> str:
-        wheel = self.paths.staged / offer.release / offer.file
         try:
+            wheel = self.copy_in(self.paths.staged / offer.release / offer.file)
             if file_sha256(wheel) != offer.sha256:
                 raise UpdateError("bad_hash", f"{wheel.name} does not match the manifest's SHA-256")
             previous = self.releases.current()
@@ -200,7 +202,7 @@ class Updater:
         except UpdateError as err:
             return self.result(offer.release, "failed", err.code, str(err))
         except OSError as err:
-            code = "no_space" if err.errno == 28 else "install"
+            code = "no_space" if err.errno == errno.ENOSPC else "install"
             return self.result(offer.release, "failed", code, f"{type(err).__name__}: {err.strerror or err}")
         good = self.good() or previous or ""
         switched = self.clock()
@@ -211,6 +213,21 @@ class Updater:
                                                 f"{self.cfg.update_health_s:g} s")
         self.restart()
         return self.health_check(offer.release, offer.version, good, switched)
+
+    def copy_in(self, staged: Path) -> Path:
+        """Copy the agent's staged wheel into a directory only root writes, and check and install that copy:
+        the agent's user cannot swap the file between the check and pip (nor make it a symlink)."""
+        incoming = self.releases.prefix / "incoming"
+        shutil.rmtree(incoming, ignore_errors=True)
+        incoming.mkdir(mode=0o755, parents=True)
+        target = incoming / staged.name
+        source = os.open(staged, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            with os.fdopen(source, "rb", closefd=False) as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        finally:
+            os.close(source)
+        return target
 
     def health_check(self, release: str, version: str, previous: str | None, since: float) -> str:
         """Wait until the agent of ``version`` reconnected and got its first ack, else switch back."""

@@ -144,7 +144,8 @@ def test_a_trial_cut_short_by_a_power_cut_is_checked_again_at_boot(tree: Tree, l
 
 
 @pytest.mark.parametrize(("case", "code"), [("bad signature", "bad_signature"), ("bad hash", "bad_hash"),
-                                            ("pip fails", "install"), ("not json", "bad_manifest")])
+                                            ("pip fails", "install"), ("not json", "bad_manifest"),
+                                            ("staged as a symlink", "install")])
 def test_a_bad_request_fails_and_nothing_switches(tmp_path: Path, case: str, code: str) -> None:
     tree = Tree(tmp_path, ReleaseKey())
     tree.pip.fail = "install" if case == "pip fails" else ""
@@ -154,6 +155,12 @@ def test_a_bad_request_fails_and_nothing_switches(tmp_path: Path, case: str, cod
         tree.request("0.2.0", b"wheel", staged=b"wheel, changed on disk")
     elif case == "pip fails":
         tree.request("0.2.0", b"wheel")
+    elif case == "staged as a symlink":  # the agent's user must not point root at another file
+        tree.request("0.2.0", b"wheel")
+        staged = tree.cfg.ota_dir / "staged" / "pi-0.2.0" / "edgewire-0.2.0-py3-none-any.whl"
+        (tmp_path / "elsewhere.whl").write_bytes(b"wheel")
+        staged.unlink()
+        staged.symlink_to(tmp_path / "elsewhere.whl")
     else:
         (tree.cfg.ota_dir / "request.json").write_text("[1, 2")
     calls = len(tree.pip.calls)
@@ -161,6 +168,7 @@ def test_a_bad_request_fails_and_nothing_switches(tmp_path: Path, case: str, cod
     assert tree.result()["state"] == "failed" and tree.result()["reason"] == code, tree.result()
     assert tree.releases.current() == "0.1.0" and tree.good() == "releases/0.1.0"
     assert tree.releases.versions() == ["0.1.0"] and tree.restarts == []
+    assert not (tree.cfg.ota_dir / "trial.json").exists()
     assert not (tree.cfg.ota_dir / "request.json").exists()  # consumed: a bad request runs once
     if case != "pip fails":
         assert len(tree.pip.calls) == calls  # nothing was installed
