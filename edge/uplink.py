@@ -260,7 +260,6 @@ class Uplink:
             LOG.warning("gateway is closing the connection: %s %s", decision.code, decision.message)
         elif kind == D_NOTE:
             LOG.warning("gateway error %s: %s", decision.code, decision.message)
-
         elif kind == D_INVALID:
             LOG.warning("%s (%s)", decision.message, decision.code)
         if kind == D_ACK:
