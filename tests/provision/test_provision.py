@@ -27,6 +27,7 @@ import shutil
 import sqlite3
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -356,25 +357,28 @@ def test_the_example_inventory_passes_the_checks(fleet: Fleet) -> None:
 # ------------------------------------------------------------ ansible/upgrade.yml (docs/ota-pi.md)
 
 
+BROKEN_CLI = 'import sys\n\n\ndef main(argv=None):\n    sys.exit("broken release")\n'
+
+
 def build_release(fleet: Fleet, version: str, broken: bool = False) -> Path:
     """The controller's wheel of this checkout as ``version`` (with a CLI that exits at once when broken)."""
     spec = importlib.util.spec_from_file_location("build_wheel", REPO / "ansible" / "build_wheel.py")
     assert spec is not None and spec.loader is not None
     build_wheel = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build_wheel)
-    tree = fleet.root / f"src-{version}"
-    shutil.rmtree(tree, ignore_errors=True)
-    for rel in build_wheel.source_files(REPO):
-        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, tree / rel)
-    for rel, old, new in [("pyproject.toml", 'version = "0.1.0"', f'version = "{version}"'),
-                          ("edge/__init__.py", '__version__ = "0.1.0"', f'__version__ = "{version}"')]:
-        text = (tree / rel).read_text()
-        assert old in text, rel
-        (tree / rel).write_text(text.replace(old, new, 1))
-    if broken:
-        (tree / "edge" / "cli.py").write_text('import sys\n\n\ndef main(argv=None):\n    sys.exit("broken release")\n')
-    wheel: Path = build_wheel.build(tree, fleet.root / "wheels")
+    with tempfile.TemporaryDirectory(prefix="edgewire-release-") as tmp:  # outside the checkout: not its git tree
+        tree = Path(tmp) / "src"
+        for rel in build_wheel.source_files(REPO):
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, tree / rel)
+        for rel, old, new in [("pyproject.toml", 'version = "0.1.0"', f'version = "{version}"'),
+                              ("edge/__init__.py", '__version__ = "0.1.0"', f'__version__ = "{version}"')]:
+            text = (tree / rel).read_text()
+            assert old in text, rel
+            (tree / rel).write_text(text.replace(old, new, 1))
+        if broken:
+            (tree / "edge" / "cli.py").write_text(BROKEN_CLI)
+        wheel: Path = build_wheel.build(tree, fleet.root / "wheels")
     return wheel
 
 
