@@ -455,7 +455,8 @@ def test_upgrade_yml_rolls_back_a_broken_release_and_stops_at_the_failure_limit(
         assert "pi-2" not in run.recap or run.recap["pi-2"]["changed"] == 0, run.recap  # the failure limit stopped it
         assert os.readlink(pi1 / "current") == "releases/0.1.1" and os.readlink(pi1 / "good") == "releases/0.1.1"
         assert os.readlink(pi2 / "current") == "releases/0.1.0" and not (pi2 / "releases" / "0.1.2").exists()
-        assert restarter.targets == ["releases/0.1.1", "releases/0.1.2", "releases/0.1.1"]
+        wait_for(lambda: restarter.targets == ["releases/0.1.1", "releases/0.1.2", "releases/0.1.1"], 30,
+                 "pi-1's agent restarted on 0.1.2, then on 0.1.1 again")
         wait_for(lambda: pi_status(fleet).get("fw") == "0.1.1" and pi_status(fleet).get("acked") is True, 120,
                  "pi-1's agent 0.1.1 back and acked")
         assert "broken release" in (fleet.root / "logs" / "agent-pi-1.log").read_text()
