@@ -357,11 +357,12 @@ def test_the_example_inventory_passes_the_checks(fleet: Fleet) -> None:
 # ------------------------------------------------------------ ansible/upgrade.yml (docs/ota-pi.md)
 
 
-BROKEN_CLI = 'import sys\n\n\ndef main(argv=None):\n    sys.exit("broken release")\n'
+# its `check` works (the role's last step passes) but `run` exits at once: only the health check can tell
+BROKEN_RUN = '\n\ndef run(cfg):\n    raise SystemExit("broken release")\n'
 
 
 def build_release(fleet: Fleet, version: str, broken: bool = False) -> Path:
-    """The controller's wheel of this checkout as ``version`` (with a CLI that exits at once when broken)."""
+    """The controller's wheel of this checkout as ``version`` (whose agent exits at start when broken)."""
     spec = importlib.util.spec_from_file_location("build_wheel", REPO / "ansible" / "build_wheel.py")
     assert spec is not None and spec.loader is not None
     build_wheel = importlib.util.module_from_spec(spec)
@@ -377,7 +378,8 @@ def build_release(fleet: Fleet, version: str, broken: bool = False) -> Path:
             assert old in text, rel
             (tree / rel).write_text(text.replace(old, new, 1))
         if broken:
-            (tree / "edge" / "cli.py").write_text(BROKEN_CLI)
+            agent = tree / "edge" / "agent.py"
+            agent.write_text(agent.read_text() + BROKEN_RUN)
         wheel: Path = build_wheel.build(tree, fleet.root / "wheels")
     return wheel
 
@@ -451,7 +453,8 @@ def test_upgrade_yml_rolls_back_a_broken_release_and_stops_at_the_failure_limit(
                        "-e", "edgewire_upgrade_serial=1", "-e", "edgewire_pi_upgrade_health_s=20",
                        "-e", "edgewire_pi_upgrade_poll_s=1", play="upgrade.yml")
         assert run.rc != 0 and run.recap["pi-1"]["failed"] == 1, run.output[-4000:]
-        assert "rolled back to 0.1.1" in run.output, run.output[-4000:]
+        assert "rolled back to 0.1.1: agent 0.1.2 did not reconnect and get its first ack" in run.output, \
+            run.output[-4000:]
         assert "pi-2" not in run.recap or run.recap["pi-2"]["changed"] == 0, run.recap  # the failure limit stopped it
         assert os.readlink(pi1 / "current") == "releases/0.1.1" and os.readlink(pi1 / "good") == "releases/0.1.1"
         assert os.readlink(pi2 / "current") == "releases/0.1.0" and not (pi2 / "releases" / "0.1.2").exists()
