@@ -26,6 +26,7 @@ from typing import Any
 from edge import __version__, outputs
 from edge.config import AgentConfig
 from edge.errors import ConfigError, EdgeError, OutputError, SensorError
+from edge.ota_agent import PiUpdates, new_core
 from edge.outputs import Outputs
 from edge.rules import Rules
 from edge.sensors.base import Sensor, SensorContext, backend_class, build_sensor
@@ -123,13 +124,20 @@ class Agent:
         self.interval_changed: asyncio.Event | None = None
         self.stopping: asyncio.Event | None = None
         self.credentials = CredentialSource(cfg)
+        self.updates: PiUpdates | None = PiUpdates(new_core(__version__, cfg.ota_pubkey, cfg.state_dir), cfg.ota_dir)
+        try:
+            self.updates.start()
+        except OSError as err:
+            LOG.error("over-the-air updates are off: %s: %s", cfg.ota_dir, err.strerror or err)
+            self.updates = None
         self.session = DeviceSession(
             cfg.device_id, token=cfg.token, boot=self.boot, max_batch=cfg.max_batch, window=cfg.window,
             outbox=self.queue, backoff=Backoff(cfg.backoff_min * 1000, cfg.backoff_max * 1000),
             handlers={"ping": self.cmd_ping, "set_interval": self.cmd_set_interval,
                       "set_thresholds": self.cmd_set_thresholds, "set_output": self.cmd_set_output,
                       "reboot": self.cmd_reboot},
-            encoding=cfg.encoding)
+            encoding=cfg.encoding, ota=self.updates.core if self.updates is not None else None)
+        self.started = time.time()
         self.uplink: Uplink | None = None
         self.credential_poll_s = Uplink.credential_poll_s
 
@@ -147,6 +155,7 @@ class Agent:
         self.stopping = asyncio.Event()
         self.uplink = Uplink(self.cfg, self.session, self.credentials, self, uptime_ms)
         self.uplink.credential_poll_s = self.credential_poll_s
+        self.uplink.updates = self.updates
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):  # not the main thread
@@ -281,6 +290,7 @@ class Agent:
             "pins": self.outputs.pin_levels(), "buffered": self.buffered,
             "dropped": self.queue.dropped, "rejected": self.queue.rejected, "next_seq": self.queue.next_seq,
             "interval": self.interval, "alerting": self.rules.alerting, "sensor_errors": self.sensor_errors,
+            "fw": __version__, "started": self.started, "acked": uplink is not None and uplink.acks > 0,
             "updated": time.time(),
         }
         path = self.cfg.status_path
@@ -298,6 +308,8 @@ class Agent:
             if self.outputs.pattern != "commanded":
                 self.outputs.show(self.led_state())
             self.write_status()
+            if self.uplink is not None and self.updates is not None and self.updates.poll():
+                self.uplink.kick.set()  # an update frame is due (the updater wrote its result)
             now = time.monotonic()
             if watchdog is not None and now - last_watchdog >= watchdog:
                 if self.healthy():

@@ -14,7 +14,7 @@ from typing import Any
 
 from edge.errors import ConfigError
 from edge.sensors.base import BACKENDS, SensorSpec, bcm_pin, metric_name, validate_sensor
-from protocol import wire
+from protocol import ota, wire
 
 DEFAULT_PATH = "/etc/edgewire/agent.toml"
 ENV_PATH = "EDGEWIRE_AGENT_CONFIG"
@@ -69,6 +69,11 @@ class AgentConfig:
     sensors: list[SensorSpec] = field(default_factory=list)
     outputs: dict[str, OutputSpec] = field(default_factory=dict)
     rules: list[RuleSpec] = field(default_factory=list)
+    # [update]: releases over the air (docs/ota-pi.md)
+    ota_pubkey: str = ""  # the release key's public point, 130 hex (04 || X || Y); empty: every offer refused
+    update_health_s: float = 60.0  # after a switch: reconnected and first ack within this, or rolled back
+    prefix: str = "/opt/edgewire"  # releases/<version>/venv, current, good, wheelhouse
+    system_site_packages: bool = True  # release venvs see Debian's python3-lgpio / python3-spidev
     path: str = ""
 
     @property
@@ -78,6 +83,11 @@ class AgentConfig:
     @property
     def status_path(self) -> Path:
         return Path(self.state_dir) / "status.json"
+
+    @property
+    def ota_dir(self) -> Path:
+        """Downloads, the request to the updater and its result (docs/ota-pi.md)."""
+        return Path(self.state_dir) / "ota"
 
 
 def config_path(cli_path: str | None) -> str:
@@ -140,7 +150,7 @@ def load(path: str | None = None) -> AgentConfig:
 
 def parse(raw: dict[str, Any]) -> AgentConfig:
     """Validate a decoded TOML document."""
-    _known(raw, "", {"agent", "queue", "uplink", "sensors", "outputs", "rules"})
+    _known(raw, "", {"agent", "queue", "uplink", "update", "sensors", "outputs", "rules"})
     cfg = AgentConfig()
     agent = _table(raw, "agent")
     _known(agent, "agent", {"device_id", "token", "token_file", "gateway", "interval", "state_dir", "backend",
@@ -206,6 +216,8 @@ def parse(raw: dict[str, Any]) -> AgentConfig:
         raise ConfigError("uplink.encoding", f"must be \"cbor\" (binary data frames when the gateway offers "
                           f"them) or \"json\", not {cfg.encoding!r}")
 
+    parse_update(_table(raw, "update"), cfg)
+
     sensors = raw.get("sensors", [])
     if not isinstance(sensors, list):
         raise ConfigError("sensors", "must be an array of tables ([[sensors]])")
@@ -244,6 +256,22 @@ def parse(raw: dict[str, Any]) -> AgentConfig:
     for index, entry in enumerate(rules):
         cfg.rules.append(parse_rule(f"rules[{index}]", entry, cfg.outputs))
     return cfg
+
+
+def parse_update(update: dict[str, Any], cfg: AgentConfig) -> None:
+    """The [update] table: the release key, the health window after a switch, the install prefix."""
+    _known(update, "update", {"ota_pubkey", "update_health_s", "prefix", "system_site_packages"})
+    key = _take(update, "update", "ota_pubkey", (str,), "").strip().lower()
+    if key and ota.parse_pubkey(key) is None:
+        raise ConfigError("update.ota_pubkey", "must be the release key's public point, 130 hex characters "
+                                               "04 || X || Y on P-256 (docs/ota-pi.md)")
+    cfg.ota_pubkey = key
+    cfg.update_health_s = _positive("update.update_health_s", _take(update, "update", "update_health_s",
+                                                                    (int, float), cfg.update_health_s))
+    cfg.prefix = _take(update, "update", "prefix", (str,), cfg.prefix)
+    if not cfg.prefix.startswith("/"):
+        raise ConfigError("update.prefix", "must be an absolute path (the directory holding releases/ and current)")
+    cfg.system_site_packages = _take(update, "update", "system_site_packages", (bool,), cfg.system_site_packages)
 
 
 def parse_rule(section: str, entry: Any, outputs: dict[str, OutputSpec]) -> RuleSpec:

@@ -44,3 +44,13 @@ class OutputError(EdgeError, RuntimeError):
 
 class QueueError(EdgeError, OSError):
     """The on-disk reading queue failed; the message names the file to check."""
+
+
+class UpdateError(EdgeError, RuntimeError):
+    """An update was refused or failed; ``code`` is the stable reason the gateway is told
+    (bad_manifest, bad_signature, bad_hash, wrong_kind, runtime_too_old, ota_disabled, busy,
+    no_space, install, aborted)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

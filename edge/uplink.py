@@ -25,6 +25,7 @@ from websockets.typing import Subprotocol
 from edge import __version__
 from edge.config import AgentConfig, load
 from edge.errors import ConfigError, QueueError
+from edge.ota_agent import PiUpdates
 from protocol import wire
 from protocol.device import (
     D_ACK,
@@ -33,6 +34,7 @@ from protocol.device import (
     D_DROP,
     D_INVALID,
     D_NOTE,
+    D_OTA_CHUNK,
     D_RESEND,
     D_SLOW,
     D_WELCOME,
@@ -109,6 +111,8 @@ class Uplink:
         self.ws: ClientConnection | None = None
         self.kick = asyncio.Event()
         self.reported: tuple[int, int] = (-1, -1)  # (dropped, rejected) last sent in a status frame
+        self.acks = 0  # acks since the agent started (the updater's health check waits for the first)
+        self.updates: PiUpdates | None = None  # over-the-air updates (edge/ota_agent.py), when enabled
 
     @property
     def connected(self) -> bool:
@@ -239,6 +243,11 @@ class Uplink:
             LOG.info("command %s: %s", decision.name, decision.message)
             if decision.name == "reboot" and decision.ok:
                 self.host.reboot()
+            if decision.name == "ota" and self.updates is not None:
+                self.updates.poll()  # a new download: empty its directory, then the first ota_get
+        elif kind == D_OTA_CHUNK:
+            if self.updates is not None and decision.data is not None:
+                self.updates.write(str(decision.name), decision.seq, decision.data)
         elif kind == D_DROP:
             LOG.error("gateway refused readings %d-%d (%s: %s); dropped %d", decision.seq, decision.last,
                       decision.code, decision.message, decision.count)
@@ -253,9 +262,11 @@ class Uplink:
             LOG.warning("gateway error %s: %s", decision.code, decision.message)
         elif kind == D_INVALID:
             LOG.warning("%s (%s)", decision.message, decision.code)
+        if kind == D_ACK:
+            self.acks += 1
         if kind in (D_ACK, D_DROP):
             self.host.outbox_changed()
-        if kind in (D_ACK, D_DROP, D_RESEND, D_SLOW, D_WELCOME):
+        if kind in (D_ACK, D_DROP, D_RESEND, D_SLOW, D_WELCOME, D_COMMAND, D_OTA_CHUNK):
             self.kick.set()  # the window or the pacing changed: the sender may have more to send
         return decision
 
@@ -267,6 +278,12 @@ class Uplink:
         session = self.session
         last_status = time.monotonic()
         while True:
+            if self.updates is not None:
+                self.updates.poll()
+            update_frame = session.ota_frame()
+            if update_frame is not None:
+                await ws.send(update_frame)
+                continue
             now = now_ms()
             frame = session.next_frame(up=self.uptime_ms(), now_ms=now) if session.can_send() else None
             if frame is not None:

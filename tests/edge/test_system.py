@@ -52,13 +52,23 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "edgewire-agent"
     assert script.exists(), "install the project (pip install -e '.[edge]') to get the console script"
     text = UNIT.read_text()
-    assert "ExecStart=/opt/edgewire/venv/bin/edgewire-agent run" in text
+    assert "ExecStart=/opt/edgewire/current/venv/bin/edgewire-agent run" in text
     unit = tmp_path / "edgewire-agent.service"
-    unit.write_text(text.replace("/opt/edgewire/venv/bin/edgewire-agent", str(script)))
-    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
-                          timeout=60)
+    unit.write_text(text.replace("/opt/edgewire/current/venv/bin/edgewire-agent", str(script)))
+    # the updater's units (docs/ota-pi.md): it runs from the good release, the .path starts it
+    update = (UNIT.parent / "edgewire-agent-update.service").read_text()
+    assert "ExecStart=/opt/edgewire/good/venv/bin/edgewire-agent-update --config /etc/edgewire/agent.toml" in update
+    assert "Type=oneshot" in update and "WantedBy=multi-user.target" in update
+    (tmp_path / "edgewire-agent-update.service").write_text(
+        update.replace("/opt/edgewire/good/venv/bin/edgewire-agent-update", str(script)))
+    path = (UNIT.parent / "edgewire-agent-update.path").read_text()
+    assert "PathExists=/var/lib/edgewire/ota/request.json" in path and "Unit=edgewire-agent-update.service" in path
+    (tmp_path / "edgewire-agent-update.path").write_text(path)
+    units = [str(tmp_path / name) for name in ("edgewire-agent.service", "edgewire-agent-update.service",
+                                               "edgewire-agent-update.path")]
+    proc = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    problems = [line for line in proc.stderr.splitlines() if "edgewire-agent.service" in line]
+    problems = [line for line in proc.stderr.splitlines() if "edgewire-agent" in line]
     assert not problems, problems
 
 

@@ -18,12 +18,17 @@ Skipped unless EDGEWIRE_PROVISION_TEST=1 (it needs root, debootstrap and the ans
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import importlib.util
 import json
 import os
 import re
+import shutil
 import sqlite3
 import stat
 import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,6 +48,7 @@ REPO = Path(__file__).resolve().parents[2]
 TEST_ROOT = Path(os.environ.get("ANSIBLE_TEST_ROOT", REPO / "var" / "ansible-test")).resolve()
 CACHE = REPO / "var" / "cache"
 ANSIBLE_BIN = Path(os.environ.get("ANSIBLE_BIN", REPO / "var" / "ansible-venv" / "bin"))
+PI_UNITS = ("edgewire-agent.service", "edgewire-agent-update.service", "edgewire-agent-update.path")
 GATEWAY_UNITS = ("edgewire-gateway.service", "edgewire-gateway-backup.service", "edgewire-gateway-backup.timer")
 CONFIG_TXT = "# Raspberry Pi OS config.txt (stand-in)\ndtparam=audio=on\ncamera_auto_detect=1\n"
 
@@ -106,13 +112,13 @@ class Fleet:
         return path
 
 
-def playbook(fleet: Fleet, log_name: str, *args: str, inventory: Path | None = None) -> Run:
+def playbook(fleet: Fleet, log_name: str, *args: str, inventory: Path | None = None, play: str = "site.yml") -> Run:
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible" / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_FORCE_COLOR="0", PATH=f"{ANSIBLE_BIN}:{os.environ['PATH']}",
                ANSIBLE_LOCAL_TEMP=str(fleet.root / ".ansible-tmp"), ANSIBLE_HOME=str(fleet.root / ".ansible"))
     started = time.monotonic()
     proc = subprocess.run([str(ANSIBLE_BIN / "ansible-playbook"), "-i", str(inventory or fleet.root / "inventory.yml"),
-                           str(REPO / "ansible" / "site.yml"), *args], capture_output=True, text=True, env=env,
+                           str(REPO / "ansible" / play), *args], capture_output=True, text=True, env=env,
                           timeout=1800, cwd=REPO)
     fleet.timings[log_name] = round(time.monotonic() - started, 1)
     output = proc.stdout + proc.stderr
@@ -199,8 +205,9 @@ def test_units_verify_and_are_enabled(fleet: Fleet) -> None:
     checks = {"gateway": (GATEWAY_UNITS, ["multi-user.target.wants/edgewire-gateway.service",
                                           "timers.target.wants/edgewire-gateway-backup.timer",
                                           "multi-user.target.wants/nginx.service"]),
-              "pi-1": (("edgewire-agent.service",), ["multi-user.target.wants/edgewire-agent.service"]),
-              "pi-2": (("edgewire-agent.service",), ["multi-user.target.wants/edgewire-agent.service"])}
+              **{pi: (PI_UNITS, ["multi-user.target.wants/edgewire-agent.service",
+                                 "multi-user.target.wants/edgewire-agent-update.service",
+                                 "paths.target.wants/edgewire-agent-update.path"]) for pi in ("pi-1", "pi-2")}}
     for host, (units, links) in checks.items():
         root = fleet.rootfs(host)
         proc = subprocess.run(["systemd-analyze", "verify", f"--root={root}", *units], capture_output=True,
@@ -251,13 +258,26 @@ def test_secrets_and_config_txt(fleet: Fleet) -> None:
 
 def test_a_pi_gets_the_edge_extra_only(fleet: Fleet) -> None:
     def packages(host: str) -> set[str]:
-        (site,) = (fleet.rootfs(host) / "opt" / "edgewire" / "venv" / "lib").glob("python3*/site-packages")
+        venv = "venv" if host == "gateway" else "current/venv"  # a Pi's releases sit side by side (docs/ota-pi.md)
+        (site,) = (fleet.rootfs(host) / "opt" / "edgewire" / venv / "lib").glob("python3*/site-packages")
         return {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
 
     gateway, pi = packages("gateway"), packages("pi-1")
     assert {"edgewire", "websockets", "orjson", "pyjwt", "uvloop"} <= gateway
     assert {"edgewire", "websockets", "gpiozero", "adafruit_circuitpython_dht"} <= pi
     assert not {"orjson", "pyjwt", "uvloop", "cryptography"} & pi, pi
+
+
+def test_a_pi_has_its_release_side_by_side_and_a_wheelhouse(fleet: Fleet) -> None:
+    prefix = fleet.rootfs("pi-1") / "opt" / "edgewire"
+    assert os.readlink(prefix / "current") == "releases/0.1.0" and os.readlink(prefix / "good") == "releases/0.1.0"
+    (wheel,) = (prefix / "wheels").glob("edgewire-0.1.0-*.whl")
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert (prefix / "releases" / "0.1.0" / ".installed").read_text().strip() == digest
+    wheels = {p.name.split("-")[0].lower() for p in (prefix / "wheelhouse").glob("*.whl")}
+    assert {"websockets", "gpiozero"} <= wheels, wheels  # an over-the-air install needs no index
+    config = (fleet.rootfs("pi-1") / "etc" / "edgewire" / "agent.toml").read_text()
+    assert '[update]\nota_pubkey = ""\nupdate_health_s = 60.0' in config
 
 
 def test_pi_1_readings_are_stored_by_the_provisioned_gateway(fleet: Fleet) -> None:
@@ -332,3 +352,115 @@ def test_the_example_inventory_passes_the_checks(fleet: Fleet) -> None:
     run = ok(playbook(fleet, "example-inventory", "--tags", "validate", "-e", "ansible_connection=local",
                       "-e", "ansible_become=false", inventory=example), "the checks on the example inventory")
     assert len(run.recap) == 4 and all(r["changed"] == 0 for r in run.recap.values()), run.recap
+
+
+# ------------------------------------------------------------ ansible/upgrade.yml (docs/ota-pi.md)
+
+
+# its `check` works (the role's last step passes) but `run` exits at once: only the health check can tell
+BROKEN_RUN = '\n\ndef run(cfg):\n    raise SystemExit("broken release")\n'
+
+
+def build_release(fleet: Fleet, version: str, broken: bool = False) -> Path:
+    """The controller's wheel of this checkout as ``version`` (whose agent exits at start when broken)."""
+    spec = importlib.util.spec_from_file_location("build_wheel", REPO / "ansible" / "build_wheel.py")
+    assert spec is not None and spec.loader is not None
+    build_wheel = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_wheel)
+    with tempfile.TemporaryDirectory(prefix="edgewire-release-") as tmp:  # outside the checkout: not its git tree
+        tree = Path(tmp) / "src"
+        for rel in build_wheel.source_files(REPO):
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, tree / rel)
+        for rel, old, new in [("pyproject.toml", 'version = "0.1.0"', f'version = "{version}"'),
+                              ("edge/__init__.py", '__version__ = "0.1.0"', f'__version__ = "{version}"')]:
+            text = (tree / rel).read_text()
+            assert old in text, rel
+            (tree / rel).write_text(text.replace(old, new, 1))
+        if broken:
+            agent = tree / "edge" / "agent.py"
+            agent.write_text(agent.read_text() + BROKEN_RUN)
+        wheel: Path = build_wheel.build(tree, fleet.root / "wheels")
+    return wheel
+
+
+class Restarter:
+    """What the Pi role's "Restart the agent" handler does where systemd runs (a chroot has none):
+    restart pi-1's agent whenever its ``current`` symlink changes."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.link = fleet.rootfs("pi-1") / "opt" / "edgewire" / "current"
+        self.targets: list[str] = []
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+
+    def start_agent(self) -> None:
+        old = self.fleet.services.pop("agent", None)
+        if old is not None:
+            old.stop()
+        self.fleet.services["agent"] = Service(self.fleet.rootfs("pi-1"), "edgewire-agent.service",
+                                               self.fleet.root / "logs" / "agent-pi-1.log").start()
+        self.targets.append(os.readlink(self.link))
+
+    def watch(self) -> None:
+        while not self.stop_flag.wait(0.2):
+            if os.readlink(self.link) != self.targets[-1]:
+                self.start_agent()
+
+    def __enter__(self) -> Restarter:
+        self.start_agent()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_flag.set()
+        self.thread.join(10)
+
+
+def pi_status(fleet: Fleet, pi: str = "pi-1") -> dict[str, Any]:
+    try:
+        status: dict[str, Any] = json.loads((fleet.rootfs(pi) / "var" / "lib" / "edgewire" / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return status
+
+
+def test_upgrade_yml_upgrades_pi_1_and_a_second_run_changes_nothing(fleet: Fleet) -> None:
+    wheel = build_release(fleet, "0.1.1")
+    prefix = fleet.rootfs("pi-1") / "opt" / "edgewire"
+    with Restarter(fleet) as restarter:
+        wait_for(lambda: pi_status(fleet).get("acked") is True, 120, "pi-1's agent 0.1.0 acked")
+        run = ok(playbook(fleet, "upgrade-good", "--limit", "pi-1", "-e", f"edgewire_common_wheel={wheel}",
+                          play="upgrade.yml"), "upgrade.yml to 0.1.1")
+        assert os.readlink(prefix / "current") == "releases/0.1.1" and os.readlink(prefix / "good") == "releases/0.1.1"
+        assert (prefix / "releases" / "0.1.0" / "venv").is_dir()  # the old release stays, for a rollback
+        assert pi_status(fleet)["fw"] == "0.1.1" and restarter.targets == ["releases/0.1.0", "releases/0.1.1"]
+        assert any("Mark the new release good" in line for line in run.changed), run.changed
+        again = ok(playbook(fleet, "upgrade-again", "--limit", "pi-1", "-e", f"edgewire_common_wheel={wheel}",
+                            play="upgrade.yml"), "upgrade.yml to 0.1.1 again")
+        assert again.recap["pi-1"]["changed"] == 0, again.changed
+        assert restarter.targets == ["releases/0.1.0", "releases/0.1.1"]
+
+
+def test_upgrade_yml_rolls_back_a_broken_release_and_stops_at_the_failure_limit(fleet: Fleet) -> None:
+    wheel = build_release(fleet, "0.1.2", broken=True)
+    pi1, pi2 = (fleet.rootfs(pi) / "opt" / "edgewire" for pi in ("pi-1", "pi-2"))
+    with Restarter(fleet) as restarter:
+        wait_for(lambda: pi_status(fleet).get("fw") == "0.1.1" and pi_status(fleet).get("acked") is True, 120,
+                 "pi-1's agent 0.1.1 acked")
+        run = playbook(fleet, "upgrade-broken", "-e", f"edgewire_common_wheel={wheel}",
+                       "-e", "edgewire_upgrade_serial=1", "-e", "edgewire_pi_upgrade_health_s=20",
+                       "-e", "edgewire_pi_upgrade_poll_s=1", play="upgrade.yml")
+        assert run.rc != 0 and run.recap["pi-1"]["failed"] == 1, run.output[-4000:]
+        assert "rolled back to 0.1.1: agent 0.1.2 did not reconnect and get its first ack" in run.output, \
+            run.output[-4000:]
+        assert "pi-2" not in run.recap or run.recap["pi-2"]["changed"] == 0, run.recap  # the failure limit stopped it
+        assert os.readlink(pi1 / "current") == "releases/0.1.1" and os.readlink(pi1 / "good") == "releases/0.1.1"
+        assert os.readlink(pi2 / "current") == "releases/0.1.0" and not (pi2 / "releases" / "0.1.2").exists()
+        wait_for(lambda: restarter.targets == ["releases/0.1.1", "releases/0.1.2", "releases/0.1.1"], 30,
+                 "pi-1's agent restarted on 0.1.2, then on 0.1.1 again")
+        wait_for(lambda: pi_status(fleet).get("fw") == "0.1.1" and pi_status(fleet).get("acked") is True, 120,
+                 "pi-1's agent 0.1.1 back and acked")
+        assert "broken release" in (fleet.root / "logs" / "agent-pi-1.log").read_text()
+    assert fleet.services.pop("agent").stop() == 0
