@@ -135,7 +135,7 @@ ansible-venv: system-deps-demo $(ANSIBLE_STAMP)
 
 provision-test: system-deps-provision $(STAMP) $(ANSIBLE_STAMP)
 	EDGEWIRE_PROVISION_TEST=1 ANSIBLE_BIN=$(abspath $(ANSIBLE_VENV))/bin ANSIBLE_TEST_ROOT=$(abspath $(ANSIBLE_TEST_ROOT)) \
-	  $(PY) -m pytest -q -s -x tests/provision
+	  $(PY) -m pytest -q -s -x --timeout 1800 tests/provision
 
 # make bench: bytes and decode CPU per reading, JSON vs CBOR (bench.encoding_bench: the 12 B per reading goal met or
 # missed); then 1k/5k/10k/20k devices, gateway (full path), gateway --storage none, Mosquitto; then the capacity
