@@ -482,6 +482,7 @@ def fetch_pubkey(s: Settings) -> str | None:
     reply = admin_request(s, {"t": "ota_pubkey", "id": "1"})
     key = reply.get("pubkey") if reply.get("t") == "ok" else None
     if isinstance(key, str) and re.fullmatch(r"04[0-9a-f]{128}", key):
+        print(f"flash: release key from the gateway: {key[:16]}... (ota_pubkey)", flush=True)
         return key
     why = reply.get("msg") or "it has none"
     print(f"flash: note: the gateway gave no release key ({str(why)[:200]}): this node will refuse updates "
