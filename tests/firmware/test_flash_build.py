@@ -127,3 +127,26 @@ def test_release_files_are_the_slot_with_flat_names(tmp_path: Path) -> None:
     assert not {"boot.py", "main.py", "slots.mpy", "app_cur"} & set(files)  # never updated over the air
     assert files["protocol.ota.mpy"] == tmp_path / "app_a" / "protocol" / "ota.mpy"
     assert len(files) == len([n for n in staged if n.startswith("app_a/")])
+
+
+def stage_release(target: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "firmware" / "flash.py"), "--release", str(target)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_release_stages_the_slot_flat_and_says_how_to_upload_it(tmp_path: Path) -> None:
+    out = tmp_path / "release"
+    proc = stage_release(out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    version = flash.fw_version()
+    assert f"FW_VERSION {version}" in proc.stdout, proc.stdout
+    assert f"python -m gateway ota upload --kind esp32 --version {version} {out}" in proc.stdout, proc.stdout
+    expected = {name: path.read_bytes() for name, path in flash.release_files(flash.build(tmp_path / "b")).items()}
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == expected  # flat, no root file, no directory
+    (out / "stale.mpy").write_bytes(b"M\x06")  # an earlier release in the same place: replaced
+    again = stage_release(out)
+    assert again.returncode == 0 and sorted(p.name for p in out.iterdir()) == sorted(expected), again.stderr
+    (out / "notes.txt").write_text("mine\n")  # anything else: refused, nothing deleted
+    refused = stage_release(out)
+    assert refused.returncode == 2 and "holds other things than a release" in refused.stderr, refused.stderr
+    assert refused.stderr.count("\n") == 1 and (out / "notes.txt").exists() and (out / "app.mpy").exists()
