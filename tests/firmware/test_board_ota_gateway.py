@@ -10,6 +10,7 @@ The board reaches the gateway through a byte-counting relay on loopback: the byt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -31,7 +32,7 @@ from tests.helpers.gateway import GatewayProcess
 pytestmark = pytest.mark.timeout(300)
 
 DEVICE = "OTA-E2E"
-FAST = {"ota_tick_s": 0.2, "ota_offer_timeout_s": 10.0}
+FAST: dict[str, Any] = {"ota_tick_s": 0.2, "ota_offer_timeout_s": 10.0}
 
 
 class Relay:
@@ -70,10 +71,8 @@ class Relay:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def counts(self) -> tuple[int, int]:
         with self._lock:
@@ -161,9 +160,10 @@ def test_update_from_the_real_gateway_then_a_broken_release_is_rolled_back(
         assert slot_b == {p.name: p.read_bytes() for p in release_dir.iterdir()}  # the release, nothing else
         size = sum(len(v) for v in slot_b.values())
         offer_to_good = (shown["members"][0]["updated"] - shown["rollout"]["created"]) / 1000
-        print(f"\nupdate of the {size}-byte app ({len(slot_b)} files) from a real gateway: rollout created to the "
-              f"board's good {offer_to_good:.1f} s (gateway clock; {took:.1f} s seen by the CLI); on the wire {after[1] - before[1]} bytes to the board, {after[0] - before[0]} "
-              "from it (TCP payload: WebSocket frames, the reconnect after the reset included)")
+        print(f"\nupdate of the {size}-byte app ({len(slot_b)} files) from a real gateway: rollout created to "
+              f"the board's good {offer_to_good:.1f} s (gateway clock; {took:.1f} s seen by the CLI); on the wire "
+              f"{after[1] - before[1]} bytes to the board, {after[0] - before[0]} from it (TCP payload: WebSocket "
+              "frames, the reconnect after the reset included)")
 
         # 2. a release that crashes on import: three trial boots, back to the good slot, rollout stopped
         broken_dir = tmp_path / "broken"
