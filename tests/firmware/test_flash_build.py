@@ -35,7 +35,7 @@ def test_build_compiles_all_but_boot_and_main(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     firmware = {p.stem for p in (ROOT / "firmware").glob("*.py")} - {"flash", "boot", "main", "slots"}
-    # the root holds what is never updated over the air; the app is in slot A (docs/ota-esp32.md)
+    # the root holds what is never updated over the air; the app is in slot A (docs/ota.md)
     assert files == {"boot.py", "main.py", "slots.mpy", "app_cur"} | {f"app_a/{n}.mpy" for n in firmware} | {
         "app_a/protocol/__init__.mpy", "app_a/protocol/wire.mpy", "app_a/protocol/cbor.mpy",
         "app_a/protocol/device.mpy", "app_a/protocol/ota.mpy", "app_a/protocol/p256.mpy"}
