@@ -159,11 +159,12 @@ def test_update_from_the_real_gateway_then_a_broken_release_is_rolled_back(
                   for p in (fs / "app_b").rglob("*") if p.is_file()}
         assert slot_b == {p.name: p.read_bytes() for p in release_dir.iterdir()}  # the release, nothing else
         size = sum(len(v) for v in slot_b.values())
+        chunks = int(gw.metrics().get("edgewire_ota_chunks_total", 0))
         offer_to_good = (shown["members"][0]["updated"] - shown["rollout"]["created"]) / 1000
         print(f"\nupdate of the {size}-byte app ({len(slot_b)} files) from a real gateway: rollout created to "
               f"the board's good {offer_to_good:.1f} s (gateway clock; {took:.1f} s seen by the CLI); on the wire "
               f"{after[1] - before[1]} bytes to the board, {after[0] - before[0]} from it (TCP payload: WebSocket "
-              "frames, the reconnect after the reset included)")
+              f"frames, the reconnect after the reset included); {chunks} chunks")
 
         # 2. a release that crashes on import: three trial boots, back to the good slot, rollout stopped
         broken_dir = tmp_path / "broken"
