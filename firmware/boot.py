@@ -1,7 +1,7 @@
 """Runs first at every reset: quiet the ESP-IDF logs, pick the app slot (slots.py: a trial
 boot is counted, and after 3 failed ones the good slot boots again) and put it on sys.path.
 
-Never updated over the air (docs/ota-esp32.md): if this file broke, no slot could boot.
+Never updated over the air (docs/ota.md): if this file broke, no slot could boot.
 """
 
 import gc

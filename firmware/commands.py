@@ -44,7 +44,7 @@ def ping(app, args):
 
 
 def ota(app, args):
-    """An update offer: the updater (and protocol.ota) is loaded at the first one (docs/ota-esp32.md)."""
+    """An update offer: the updater (and protocol.ota) is loaded at the first one (docs/ota.md)."""
     if app.cfg["ota_pubkey"] is None:  # the code protocol.ota would answer, without loading it
         return False, "no ota_pubkey on this device: updates are disabled", {"code": "ota_disabled"}
     return app.updater().offer(args)

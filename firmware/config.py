@@ -38,7 +38,7 @@ DEFAULTS = {
     "max_batch": 10,  # fits a stock ESP32 without PSRAM (docs/firmware.md, Memory)
     "encoding": "cbor",  # binary CBOR data frames when the gateway selects edgewire.v1.cbor; "json": never
     "ota_pubkey": None,  # the gateway's release key (130 hex chars, 04 || X || Y); None: updates refused
-    "ota_trial_s": 300,  # a new app on trial that gets no welcome within this resets (docs/ota-esp32.md)
+    "ota_trial_s": 300,  # a new app on trial that gets no welcome within this resets (docs/ota.md)
 }
 
 

@@ -17,7 +17,7 @@ Runs on the technician's PC under CPython 3.11+ (not on the device), non-interac
 4. erases the whole chip and writes the image at 0x1000 with esptool (verified by MD5);
 5. copies the board files with mpremote: the app (firmware/*.py and protocol/'s device side (PROTOCOL_FILES)
    compiled to .mpy: bytecode, no compile on the board, about 11 KB less heap) into
-   app slot A (/app_a/), and at the root what is never updated over the air (docs/ota-esp32.md):
+   app slot A (/app_a/), and at the root what is never updated over the air (docs/ota.md):
    boot.py and main.py as source (MicroPython runs those by name), slots.mpy, the slot pointer
    /app_cur, and a generated config.json (made in the private temp dir, mode 0600, never in the
    repo; with OTA_PUBKEY, the release key, as ota_pubkey); checks their SHA-256 on the device,
@@ -26,6 +26,15 @@ Runs on the technician's PC under CPython 3.11+ (not on the device), non-interac
 
 ``python firmware/flash.py --build DIR`` only compiles the board files into DIR (no config, no
 board): what step 5 copies, for tests and for deploying by hand.
+
+``python firmware/flash.py --release DIR`` (``make ota-release``) stages this checkout's app as an
+OTA release (docs/ota.md, "ESP32 device"): every file of slot A under its flat release name
+(``protocol.wire.mpy``), nothing of the root; it prints the app's FW_VERSION and the
+``python -m gateway ota upload --kind esp32 --version FW_VERSION DIR`` to run next.
+
+The release key (``ota_pubkey`` in config.json): OTA_PUBKEY / OTA_PUBKEY_FILE, else asked from the
+gateway with the admin token (the ``ota_pubkey`` admin request); without either, or before the
+gateway has a key, the node is flashed without one (one ``flash: note:`` line) and refuses updates.
 
 Exit status: 0 done, 2 bad or missing setting, 1 any other failure; a failure is one ``error: ...``
 line on stderr (a tool's failure adds its last output lines, indented) saying what to check.
@@ -61,7 +70,7 @@ PROTOCOL_FILES = ("__init__.py", "wire.py", "cbor.py", "decisions.py", "device_f
                   "device_endings.py", "device.py", "ota.py", "p256.py")  # the device side: never the gateway side
 HOST_ONLY = {"flash.py"}  # firmware/*.py that run on the PC, not on the device
 RUN_AS_SOURCE = {"boot.py", "main.py"}  # MicroPython runs these by name: copied as .py, not compiled
-# At the filesystem's root and never updated over the air (docs/ota-esp32.md); the rest is the app,
+# At the filesystem's root and never updated over the air (docs/ota.md); the rest is the app,
 # in slot A (SLOT_DIR) at the first flash, and in a release for an update.
 ROOT_FILES = {"boot.py", "main.py", "slots.py"}
 SLOT_DIR = "app_a"
@@ -462,6 +471,26 @@ def admin_request(s: Settings, request: dict[str, Any]) -> dict[str, Any]:
     return reply if isinstance(reply, dict) else {"t": "error", "msg": str(reply)[:200]}
 
 
+def fetch_pubkey(s: Settings) -> str | None:
+    """The gateway's release key (the ``ota_pubkey`` admin request) when OTA_PUBKEY was not given and an
+    admin token was; None (after one ``flash: note:`` line) when there is none to provision."""
+    if s.ota_pubkey is not None:
+        return s.ota_pubkey
+    if s.admin_token is None:
+        print("flash: note: no OTA_PUBKEY and no admin token to ask the gateway for it: this node will refuse "
+              "updates (pass OTA_PUBKEY=$(python -m gateway ota pubkey))", flush=True)
+        return None
+    reply = admin_request(s, {"t": "ota_pubkey", "id": "1"})
+    key = reply.get("pubkey") if reply.get("t") == "ok" else None
+    if isinstance(key, str) and re.fullmatch(r"04[0-9a-f]{128}", key):
+        print(f"flash: release key from the gateway: {key[:16]}... (ota_pubkey)", flush=True)
+        return key
+    why = reply.get("msg") or "it has none"
+    print(f"flash: note: the gateway gave no release key ({str(why)[:200]}): this node will refuse updates "
+          "until it is reflashed with one", flush=True)
+    return None
+
+
 def register(s: Settings) -> str:
     """Register DEVICE_ID through /v1/admin; return its token."""
     reply = admin_request(s, {"t": "register", "id": "1", "device_id": s.device_id})
@@ -574,7 +603,7 @@ def build(workdir: Path) -> dict[str, Path]:
 
 
 def release_files(staged: dict[str, Path]) -> dict[str, Path]:
-    """The app of a build as an OTA release's flat file names (docs/ota-esp32.md): slot paths with
+    """The app of a build as an OTA release's flat file names (docs/ota.md): slot paths with
     their directories as dots, ``app_a/protocol/wire.mpy`` -> ``protocol.wire.mpy``."""
     prefix = SLOT_DIR + "/"
     return {name[len(prefix):].replace("/", "."): path for name, path in staged.items() if name.startswith(prefix)}
@@ -645,6 +674,7 @@ def run(env: dict[str, str]) -> str:
         workdir = Path(tmp)
         os.chmod(workdir, 0o700)
         staged = build(workdir)  # before the gateway and the chip: a build failure changes nothing
+        s.ota_pubkey = fetch_pubkey(s)  # read-only, before registering: a failure leaves nothing to undo
         token = s.token
         if token is None:  # the gateway first: nothing is erased when it cannot register the device
             print(f"flash: registering {s.device_id} at {s.admin_url}", flush=True)
@@ -683,6 +713,30 @@ def build_only(target: str) -> str:
     return f"built {len(staged)} board files in {workdir}: {' '.join(sorted(staged))}"
 
 
+def release_only(target: str) -> str:
+    """``--release DIR``: stage this checkout's app as an esp32 OTA release in DIR (new, empty, or holding
+    an earlier release: flat .mpy files only, replaced)."""
+    workdir = Path(target)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        old = list(workdir.iterdir())
+    except OSError as exc:
+        raise SettingError(f"--release {target}: cannot create it ({exc.strerror})") from None
+    if any(not p.is_file() or p.suffix != ".mpy" for p in old):
+        raise SettingError(f"--release {target}: the directory holds other things than a release; "
+                           "give a new or empty one")
+    with tempfile.TemporaryDirectory(prefix="edgewire-release-") as tmp:
+        files = release_files(build(Path(tmp)))
+        for path in old:
+            path.unlink()
+        for name, path in files.items():
+            shutil.copyfile(path, workdir / name)
+    version = fw_version()
+    size = sum((workdir / name).stat().st_size for name in files)
+    return (f"staged the esp32 app FW_VERSION {version} in {workdir}: {len(files)} files, {size} bytes\n"
+            f"upload it with: python -m gateway ota upload --kind esp32 --version {version} {workdir}")
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -692,6 +746,10 @@ def main(argv: list[str] | None = None) -> int:
             if len(argv) != 2:
                 raise SettingError("usage: python firmware/flash.py --build DIR")
             print(build_only(argv[1]), flush=True)
+        elif argv and argv[0] == "--release":
+            if len(argv) != 2:
+                raise SettingError("usage: python firmware/flash.py --release DIR")
+            print(release_only(argv[1]), flush=True)
         else:
             print(run(dict(os.environ)), flush=True)
         return 0

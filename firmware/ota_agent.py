@@ -1,4 +1,4 @@
-"""Over-the-air updates on the ESP32: the I/O around protocol.ota.OtaCore (docs/ota-esp32.md).
+"""Over-the-air updates on the ESP32: the I/O around protocol.ota.OtaCore (docs/ota.md).
 
 The core decides (offer checks, signature, requests, hashes, states); this module writes the
 inactive slot's files, keeps the download's state on flash for a power cut, checks the files

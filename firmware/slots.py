@@ -1,4 +1,4 @@
-"""A/B app slots (docs/ota-esp32.md): which app boots and its trial (the updater, in the app
+"""A/B app slots (docs/ota.md): which app boots and its trial (the updater, in the app
 slot, writes the switch and the mark of a good trial through write()). NEVER updated over the
 air: boot.py and this module are the part of the board that must always work, so they stay as
 `make flash` wrote them (at the filesystem's root, outside the slots).

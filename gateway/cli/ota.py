@@ -49,8 +49,8 @@ def add_ota_command(subparsers: Any) -> None:
     p.add_argument("--kind", required=True, choices=["esp32", "pi"])
     p.add_argument("--version", required=True, help="1-32 characters from 0-9 A-Z a-z . + -")
     p.add_argument("files", nargs="+", metavar="FILE_OR_DIR",
-                   help="esp32: the app's files or their directory (.py compiled to .mpy, but boot.py and main.py); "
-                        "pi: the agent's wheel")
+                   help="esp32: the app as `python firmware/flash.py --release DIR` stages it (.py compiled to .mpy; "
+                        "never boot.py, main.py, slots or config.json); pi: the agent's wheel")
     p.add_argument("--key", help="PEM P-256 private key to sign with (default <data-dir>/ota-signing.pem)")
     p.add_argument("--min-runtime", dest="min_runtime",
                    help="lowest MicroPython (esp32, default 1.22.0) or Python (pi, default 3.11) version")

@@ -32,6 +32,8 @@ from gateway.storage.ota_base import (
 )
 
 MAX_MEMBERS = 100_000
+NO_KEY = ("this gateway has no release key yet: run `python -m gateway ota pubkey` (or the first `ota upload`) "
+          "on its host to create it")
 
 
 def release_dict(r: Release, manifest: bool = False) -> dict[str, Any]:
@@ -81,14 +83,18 @@ def parse_share(value: object, what: str) -> tuple[int, bool]:
 
 class OtaAdmin:
     def __init__(self, store: OtaStore | None, devices: Callable[[], Awaitable[list[DeviceRecord]]],
-                 clock: Callable[[], float] = time.time, unavailable: str = "") -> None:
+                 clock: Callable[[], float] = time.time, unavailable: str = "",
+                 pubkey: Callable[[], str | None] = lambda: None) -> None:
         """``store`` None: OTA is not available here (``unavailable`` says why); every request fails
-        with ``ota_unavailable``. ``devices()``: the registry, for groups by label."""
+        with ``ota_unavailable`` (but ``ota_pubkey``). ``devices()``: the registry, for groups by label.
+        ``pubkey()``: the release key's public half devices are provisioned with, None before there is one."""
         self._store = store
+        self._pubkey = pubkey
         self.unavailable = unavailable
         self.devices = devices
         self.clock = clock
         self.requests: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "ota_pubkey": self.pubkey,
             "ota_releases": self.releases,
             "ota_release": self.release,
             "ota_delete": self.delete,
@@ -111,6 +117,13 @@ class OtaAdmin:
         return int(self.clock() * 1000)
 
     # ------------------------------------------------------------ releases
+    async def pubkey(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """The public key for ``make flash`` (``ota_pubkey`` of the config, else the public half of
+        ``<data_dir>/ota-signing.pem``); null until one exists: it is never created over the network
+        (``ota upload`` or ``ota pubkey`` on the gateway's host creates it)."""
+        key = self._pubkey()
+        return {"pubkey": key} if key else {"pubkey": None, "msg": NO_KEY}
+
     async def releases(self, msg: dict[str, Any]) -> dict[str, Any]:
         return {"releases": [release_dict(r) for r in await self.store.releases()]}
 

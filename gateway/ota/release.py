@@ -1,5 +1,6 @@
 """Building a release from the operator's files: the esp32 app compiled to .mpy, or the Pi agent's wheel,
-then its manifest signed (``ota upload``, docs/ota.md)."""
+then its manifest signed (``ota upload``, docs/ota.md). An esp32 release is slot A's app as
+``python firmware/flash.py --release DIR`` stages it: flat names, nothing of the board's root."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from gateway.ota.manifest import build_manifest, check_version, release_id, sign
 from gateway.storage.ota_base import Release
 
 DEFAULT_MIN_RUNTIME = {"esp32": "1.22.0", "pi": "3.11"}
-KEEP_SOURCE = ("boot.py", "main.py")  # run as source by MicroPython: never compiled
+# At the board's root and never updated over the air (docs/ota.md, "ESP32 device"): boot.py picks
+# the slot, main.py starts it, slots.py is theirs, config.json is the node's own settings.
+ROOT_FILES = ("boot.py", "boot.mpy", "main.py", "main.mpy", "slots.py", "slots.mpy", "config.json")
+ESP32_ENTRY = "app.mpy"  # what main.py imports: a release without it could never start
+STAGE_HINT = "stage the app with `python firmware/flash.py --release DIR` and upload DIR"
 COMPILE_TIMEOUT_S = 60.0
 
 
@@ -59,20 +64,29 @@ def compile_mpy(source: Path) -> bytes:
 
 
 def release_files(kind: str, paths: list[str]) -> dict[str, bytes]:
-    """The release's files by name: for esp32, each ``.py`` compiled to ``.mpy`` (but boot.py and
-    main.py, kept as source), other files as they are; for pi, exactly one wheel."""
+    """The release's files by name: for esp32, each ``.py`` compiled to ``.mpy``, other files as they
+    are, never a root file (ROOT_FILES) and always app.mpy; for pi, exactly one wheel."""
     files: dict[str, bytes] = {}
-    for path in collect(paths):
+    found = collect(paths)
+    if kind == "esp32":
+        root = sorted(p.name for p in found if p.name in ROOT_FILES)
+        if root:
+            raise OtaError("bad_release", f"{', '.join(root)}: boot.py, main.py, slots and config.json are never "
+                           f"updated over the air (they stay as `make flash` wrote them); {STAGE_HINT}")
+    for path in found:
         if kind == "pi":
             if path.suffix != ".whl":
                 raise OtaError("bad_release", f"{path.name}: a pi release is one wheel (.whl) of the agent")
             files[path.name] = path.read_bytes()
-        elif path.suffix == ".py" and path.name not in KEEP_SOURCE:
-            files[path.stem + ".mpy"] = compile_mpy(path)
         else:
-            files[path.name] = path.read_bytes()
+            name = path.stem + ".mpy" if path.suffix == ".py" else path.name
+            if name in files:
+                raise OtaError("bad_release", f"{name} given twice (a .py is compiled to its .mpy): give one of them")
+            files[name] = compile_mpy(path) if path.suffix == ".py" else path.read_bytes()
         if len(files) > 1 and kind == "pi":
             raise OtaError("bad_release", "a pi release is exactly one wheel file")
+    if kind == "esp32" and ESP32_ENTRY not in files:
+        raise OtaError("bad_release", f"no {ESP32_ENTRY} (or app.py): main.py imports the app from it; {STAGE_HINT}")
     return files
 
 

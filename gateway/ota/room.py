@@ -45,9 +45,9 @@ class Ota:
             store, why = None, err.message
         self.store = store
         self.frames = OtaFrames(self.store, clock)
-        self.admin = OtaAdmin(self.store, devices, clock, why)
-        self.alerts = alerts
         self._pubkey: str | None = config.ota_pubkey or None
+        self.admin = OtaAdmin(self.store, devices, clock, why, self.pubkey)
+        self.alerts = alerts
         self.engine = RolloutEngine(store, offer, online, self._alert, self.pubkey, clock=clock,
                                     tick_s=config.ota_tick_s, offer_timeout_s=config.ota_offer_timeout_s) if (
             store is not None and alerts is not None) else None

@@ -1,4 +1,4 @@
-"""A scripted gateway speaking the OTA contract (docs/ota-esp32.md, docs/protocol.md) on loopback,
+"""A scripted gateway speaking the OTA contract (docs/ota.md, docs/protocol.md) on loopback,
 for the emulated board's update tests: auth -> welcome, data -> ack, the ``ota`` offer as a
 command, ``ota_get`` -> ``ota_chunk`` from the releases it holds, and every ``ota`` state frame
 recorded. Faults on request: one chunk corrupted, the welcome held back, a hook on each request

@@ -1,4 +1,4 @@
-"""Over-the-air updates on the emulated ESP32 (docs/ota-esp32.md): the board runs what `make flash`
+"""Over-the-air updates on the emulated ESP32 (docs/ota.md): the board runs what `make flash`
 lays out (boot.py, slots.mpy, the app in slot A) on MicroPython 1.27, and a scripted gateway on
 loopback (tests/firmware/ota_gateway.py) speaks the OTA contract: offer, chunk requests, state frames.
 

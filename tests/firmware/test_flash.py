@@ -107,7 +107,7 @@ def compiled(source: Path, name: str, tmp: Path) -> bytes:
 def app_files(tmp: Path) -> dict[str, bytes]:
     """What make flash must leave on the board (config.json aside): at the root what is never updated over
     the air (boot.py and main.py as source, slots.mpy, the pointer to slot A), and in slot A the rest of
-    firmware/ and the device half of protocol/ compiled to .mpy (docs/ota-esp32.md)."""
+    firmware/ and the device half of protocol/ compiled to .mpy (docs/ota.md)."""
     files: dict[str, bytes] = {}
     for src in (ROOT / "firmware").glob("*.py"):
         if src.name in ("boot.py", "main.py"):

@@ -35,7 +35,7 @@ def test_build_compiles_all_but_boot_and_main(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     firmware = {p.stem for p in (ROOT / "firmware").glob("*.py")} - {"flash", "boot", "main", "slots"}
-    # the root holds what is never updated over the air; the app is in slot A (docs/ota-esp32.md)
+    # the root holds what is never updated over the air; the app is in slot A (docs/ota.md)
     assert files == {"boot.py", "main.py", "slots.mpy", "app_cur"} | {f"app_a/{n}.mpy" for n in firmware} | {
         f"app_a/protocol/{n[:-3]}.mpy" for n in flash.PROTOCOL_FILES}
     assert {"app_a/protocol/device.mpy", "app_a/protocol/ota.mpy", "app_a/protocol/p256.mpy"} <= files
@@ -127,3 +127,26 @@ def test_release_files_are_the_slot_with_flat_names(tmp_path: Path) -> None:
     assert not {"boot.py", "main.py", "slots.mpy", "app_cur"} & set(files)  # never updated over the air
     assert files["protocol.ota.mpy"] == tmp_path / "app_a" / "protocol" / "ota.mpy"
     assert len(files) == len([n for n in staged if n.startswith("app_a/")])
+
+
+def stage_release(target: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "firmware" / "flash.py"), "--release", str(target)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_release_stages_the_slot_flat_and_says_how_to_upload_it(tmp_path: Path) -> None:
+    out = tmp_path / "release"
+    proc = stage_release(out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    version = flash.fw_version()
+    assert f"FW_VERSION {version}" in proc.stdout, proc.stdout
+    assert f"python -m gateway ota upload --kind esp32 --version {version} {out}" in proc.stdout, proc.stdout
+    expected = {name: path.read_bytes() for name, path in flash.release_files(flash.build(tmp_path / "b")).items()}
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == expected  # flat, no root file, no directory
+    (out / "stale.mpy").write_bytes(b"M\x06")  # an earlier release in the same place: replaced
+    again = stage_release(out)
+    assert again.returncode == 0 and sorted(p.name for p in out.iterdir()) == sorted(expected), again.stderr
+    (out / "notes.txt").write_text("mine\n")  # anything else: refused, nothing deleted
+    refused = stage_release(out)
+    assert refused.returncode == 2 and "holds other things than a release" in refused.stderr, refused.stderr
+    assert refused.stderr.count("\n") == 1 and (out / "notes.txt").exists() and (out / "app.mpy").exists()

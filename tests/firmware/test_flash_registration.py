@@ -4,6 +4,7 @@ gateway; firmware/flash.py as `make flash` runs it)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -11,8 +12,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.firmware.test_flash import FLASH_VARIABLES, ROOT, EmulatedBoard, board, image  # noqa: F401 - fixtures
 from tests.helpers.gateway import GatewayProcess
+
+_spec = importlib.util.spec_from_file_location("edgewire_flash_registration", ROOT / "firmware" / "flash.py")
+assert _spec is not None and _spec.loader is not None
+flash_module = importlib.util.module_from_spec(_spec)
+sys.modules["edgewire_flash_registration"] = flash_module  # dataclasses resolve annotations through sys.modules
+_spec.loader.exec_module(flash_module)
 
 
 def flash(**variables: str) -> subprocess.CompletedProcess[str]:
@@ -72,3 +81,24 @@ def test_a_flash_that_works_stays_registered(gateway: GatewayProcess, board: Emu
     assert result.returncode == 0, result.stdout + result.stderr
     assert registered(gateway) == ["GOOD-1"]
 
+
+
+def test_the_release_key_comes_from_the_gateway_once_it_has_one(
+        gateway: GatewayProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    """make flash asks the gateway for ota_pubkey (the admin request) unless OTA_PUBKEY is given; before the
+    gateway has a key the node is flashed without one, with one note (the key is never made over the network)."""
+    env = dict(PORT="socket://127.0.0.1:9", DEVICE_ID="KEY-1", WIFI_SSID="lab", WIFI_PASSWORD="",
+               GATEWAY_URL=gateway.device_url, ADMIN_TOKEN_FILE=str(gateway.data_dir / "admin.token"))
+    assert flash_module.fetch_pubkey(flash_module.load_settings(env)) is None
+    note = capsys.readouterr().out
+    assert note.count("\n") == 1 and "refuse updates" in note and "ota pubkey" in note, note
+    assert not (gateway.data_dir / "ota-signing.pem").exists()
+    key = gateway.cli("ota", "pubkey").stdout.strip()  # creates the key on the gateway's host
+    assert flash_module.fetch_pubkey(flash_module.load_settings(env)) == key
+    given = "04" + "cd" * 64  # OTA_PUBKEY wins; the gateway is not asked
+    unreachable = {**env, "GATEWAY_URL": f"ws://127.0.0.1:{closed_port()}/v1/device", "OTA_PUBKEY": given}
+    assert flash_module.fetch_pubkey(flash_module.load_settings(unreachable)) == given
+    with_token = {k: v for k, v in env.items() if k != "ADMIN_TOKEN_FILE"} | {"TOKEN": "ewt_" + "a" * 32}
+    capsys.readouterr()
+    assert flash_module.fetch_pubkey(flash_module.load_settings(with_token)) is None
+    assert "no OTA_PUBKEY and no admin token" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """protocol/ota.py under real MicroPython (1.27 and the boards' 1.24.1, WebAssembly, the ESP32's 110 KiB heap): the
 verifier agrees with `cryptography` on good and bad signatures, the download core runs, and one
-verification's time and heap are printed (make test -s shows them; docs/ota-esp32.md quotes them)."""
+verification's time and heap are printed (make test -s shows them; docs/ota.md quotes them)."""
 
 from __future__ import annotations
 

@@ -270,8 +270,14 @@ def test_admin_refusals_have_stable_codes(tmp_path: Path) -> None:
         with pytest.raises(OtaError) as err:
             await admin.abort({"rollout": rid})
         assert err.value.code == "bad_state"
-        unavailable = OtaAdmin(None, registry, unavailable="storage = none")
+        unavailable = OtaAdmin(None, registry, unavailable="storage = none", pubkey=lambda: "04" + "ab" * 64)
+        # the release key for make flash needs no storage; none yet: null and how to make one
+        assert await unavailable.requests["ota_pubkey"]({}) == {"pubkey": "04" + "ab" * 64}
+        nokey = await OtaAdmin(store, registry).requests["ota_pubkey"]({})
+        assert nokey["pubkey"] is None and "python -m gateway ota pubkey" in nokey["msg"], nokey
         for name, handler in unavailable.requests.items():
+            if name == "ota_pubkey":
+                continue
             with pytest.raises(OtaError) as err:
                 await handler({"release": "esp32-1.0.0", "rollout": rid, "devices": ["a"]})
             assert err.value.code == "ota_unavailable", name

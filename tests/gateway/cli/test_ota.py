@@ -1,5 +1,5 @@
 """``python -m gateway ota upload|pubkey|list|show|delete`` on storage directly, in real subprocesses:
-what a release holds (.py compiled to .mpy, boot.py and main.py kept), its signature, the key file,
+what a release holds (.py compiled to .mpy, never a root file of the board), its signature, the key file,
 and every failure as one ``error:`` line."""
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ def one_error(done: subprocess.CompletedProcess[str], text: str) -> None:
 def app(tmp_path: Path) -> Path:
     folder = tmp_path / "app"
     folder.mkdir()
-    (folder / "boot.py").write_text("import slots\n")
-    (folder / "main.py").write_text("import app\napp.run()\n")
     (folder / "app.py").write_text("def run():\n    return 42\n")
     (folder / "lib.mpy").write_bytes(b"M\x06\x00\x1f" + bytes(100))
     (folder / "settings.json").write_text("{}")
@@ -52,7 +50,7 @@ def test_upload_compiles_signs_and_stores(tmp_path: Path) -> None:
     pub = cli("pubkey", "--data-dir", data).stdout.strip()
     assert pub == public_key_hex(key) and len(pub) == 130 and pub.startswith("04")
     shown = json.loads(cli("show", "esp32-1.0.0", "--data-dir", data).stdout)
-    assert [f["name"] for f in shown["files"]] == ["app.mpy", "boot.py", "lib.mpy", "main.py", "settings.json"]
+    assert [f["name"] for f in shown["files"]] == ["app.mpy", "lib.mpy", "settings.json"]
     manifest = parse_manifest(shown["manifest"])
     assert manifest.min_runtime == "1.22.0" and manifest.kind == "esp32"
     assert verify(pub, shown["manifest"], shown["sig"])
@@ -95,6 +93,18 @@ def test_failures_are_one_error_line_and_store_nothing(tmp_path: Path) -> None:
     one_error(cli("upload", "--kind", "esp32", "--version", "1.0.0", str(folder), "--data-dir", data), "file name")
     (folder / "bad name.py").unlink()
     one_error(cli("upload", "--kind", "pi", "--version", "1.0.0", str(folder), "--data-dir", data), "wheel")
+    for root in ("boot.py", "main.py", "slots.mpy", "config.json"):  # never updated over the air
+        (folder / root).write_text("x = 1\n")
+        one_error(cli("upload", "--kind", "esp32", "--version", "1.0.0", str(folder), "--data-dir", data),
+                  f"{root}: boot.py, main.py, slots and config.json are never updated over the air")
+        (folder / root).unlink()
+    (folder / "app.mpy").write_bytes(b"M\x06")
+    one_error(cli("upload", "--kind", "esp32", "--version", "1.0.0", str(folder), "--data-dir", data), "given twice")
+    (folder / "app.mpy").unlink()
+    (folder / "app.py").rename(folder / "other.py")
+    one_error(cli("upload", "--kind", "esp32", "--version", "1.0.0", str(folder), "--data-dir", data),
+              "no app.mpy (or app.py)")
+    (folder / "other.py").rename(folder / "app.py")
     one_error(cli("upload", "--kind", "esp32", "--version", "1/0", str(folder), "--data-dir", data), "version")
     not_a_key = tmp_path / "not-a-key.pem"
     not_a_key.write_text("hello\n")
