@@ -69,7 +69,7 @@ class AgentConfig:
     sensors: list[SensorSpec] = field(default_factory=list)
     outputs: dict[str, OutputSpec] = field(default_factory=dict)
     rules: list[RuleSpec] = field(default_factory=list)
-    # [update]: releases over the air (docs/ota-pi.md)
+    # [update]: releases over the air (docs/ota.md#pi-agent)
     ota_pubkey: str = ""  # the release key's public point, 130 hex (04 || X || Y); empty: every offer refused
     update_health_s: float = 60.0  # after a switch: reconnected and first ack within this, or rolled back
     prefix: str = "/opt/edgewire"  # releases/<version>/venv, current, good, wheelhouse
@@ -86,7 +86,7 @@ class AgentConfig:
 
     @property
     def ota_dir(self) -> Path:
-        """Downloads, the request to the updater and its result (docs/ota-pi.md)."""
+        """Downloads, the request to the updater and its result (docs/ota.md#pi-agent)."""
         return Path(self.state_dir) / "ota"
 
 
@@ -264,7 +264,7 @@ def parse_update(update: dict[str, Any], cfg: AgentConfig) -> None:
     key = _take(update, "update", "ota_pubkey", (str,), "").strip().lower()
     if key and ota.parse_pubkey(key) is None:
         raise ConfigError("update.ota_pubkey", "must be the release key's public point, 130 hex characters "
-                                               "04 || X || Y on P-256 (docs/ota-pi.md)")
+                                               "04 || X || Y on P-256 (docs/ota.md#pi-agent)")
     cfg.ota_pubkey = key
     cfg.update_health_s = _positive("update.update_health_s", _take(update, "update", "update_health_s",
                                                                     (int, float), cfg.update_health_s))

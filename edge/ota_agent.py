@@ -1,4 +1,4 @@
-"""The agent's side of an over-the-air update (docs/ota-pi.md): download, hand over, report.
+"""The agent's side of an over-the-air update (docs/ota.md#pi-agent): download, hand over, report.
 
 protocol/ota.py's OtaCore decides everything the contract fixes (the offer's checks, one
 ``ota_get`` outstanding, each chunk against the manifest, the state frames); this module is

@@ -5,7 +5,7 @@ edgewire-agent-update.path when the agent leaves a request, and once at every bo
 never inside the agent it replaces, and always from the ``good`` release: a new release
 that cannot even start cannot stop its own rollback.
 
-Files (``<state_dir>/ota/``, docs/ota-pi.md):
+Files (``<state_dir>/ota/``, docs/ota.md#pi-agent):
 - ``request.json``  the agent's: a release it downloaded and checked (manifest text, signature,
   the wheel under ``staged/<release>/``). Consumed (deleted) first, so a bad one runs once.
 - ``trial.json``    ours: the release on trial, the release to go back to, when it was switched.

@@ -1,4 +1,4 @@
-"""Pi agent updates end to end in a temporary tree (docs/ota-pi.md).
+"""Pi agent updates end to end in a temporary tree (docs/ota.md#pi-agent).
 
 Real agent processes run from ``<prefix>/current/venv`` (releases installed by edge/release.py
 with pip, no index); a scripted gateway offers releases over the device WebSocket and serves

@@ -55,7 +55,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     assert "ExecStart=/opt/edgewire/current/venv/bin/edgewire-agent run" in text
     unit = tmp_path / "edgewire-agent.service"
     unit.write_text(text.replace("/opt/edgewire/current/venv/bin/edgewire-agent", str(script)))
-    # the updater's units (docs/ota-pi.md): it runs from the good release, the .path starts it
+    # the updater's units (docs/ota.md#pi-agent): it runs from the good release, the .path starts it
     update = (UNIT.parent / "edgewire-agent-update.service").read_text()
     assert "ExecStart=/opt/edgewire/good/venv/bin/edgewire-agent-update --config /etc/edgewire/agent.toml" in update
     assert "Type=oneshot" in update and "WantedBy=multi-user.target" in update

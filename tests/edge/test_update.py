@@ -1,4 +1,4 @@
-"""edge/update.py and edge/release.py without processes: a fake pip, a fake clock (docs/ota-pi.md)."""
+"""edge/update.py and edge/release.py without processes: a fake pip, a fake clock (docs/ota.md#pi-agent)."""
 
 from __future__ import annotations
 

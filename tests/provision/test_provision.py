@@ -258,7 +258,7 @@ def test_secrets_and_config_txt(fleet: Fleet) -> None:
 
 def test_a_pi_gets_the_edge_extra_only(fleet: Fleet) -> None:
     def packages(host: str) -> set[str]:
-        venv = "venv" if host == "gateway" else "current/venv"  # a Pi's releases sit side by side (docs/ota-pi.md)
+        venv = "venv" if host == "gateway" else "current/venv"  # a Pi's releases sit side by side (docs/ota.md#pi-agent)
         (site,) = (fleet.rootfs(host) / "opt" / "edgewire" / venv / "lib").glob("python3*/site-packages")
         return {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
 
@@ -354,7 +354,7 @@ def test_the_example_inventory_passes_the_checks(fleet: Fleet) -> None:
     assert len(run.recap) == 4 and all(r["changed"] == 0 for r in run.recap.values()), run.recap
 
 
-# ------------------------------------------------------------ ansible/upgrade.yml (docs/ota-pi.md)
+# ------------------------------------------------------------ ansible/upgrade.yml (docs/ota.md#pi-agent)
 
 
 # its `check` works (the role's last step passes) but `run` exits at once: only the health check can tell
