@@ -258,7 +258,7 @@ def test_secrets_and_config_txt(fleet: Fleet) -> None:
 
 def test_a_pi_gets_the_edge_extra_only(fleet: Fleet) -> None:
     def packages(host: str) -> set[str]:
-        venv = "venv" if host == "gateway" else "current/venv"  # a Pi's releases sit side by side (docs/ota.md#pi-agent)
+        venv = "venv" if host == "gateway" else "current/venv"  # a Pi: releases side by side (docs/ota.md#pi-agent)
         (site,) = (fleet.rootfs(host) / "opt" / "edgewire" / venv / "lib").glob("python3*/site-packages")
         return {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
 
