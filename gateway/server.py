@@ -2,8 +2,8 @@
 
 Rooms: ``http_api`` (routing table, HTTP endpoints, upgrade checks), ``sessions`` (device
 sessions around protocol.gateway.GatewaySession), ``admin`` and ``commands`` (the admin API),
-``hub`` (dashboard fan-out), ``alerts``, ``metrics``, ``cluster`` (the bus between instances,
-docs/scaling.md; in-process without one). Endpoints: docs/protocol.md.
+``hub`` (dashboard fan-out), ``alerts``, ``metrics`` (``pages``: /healthz and /metrics), ``cluster``
+(the bus between instances, docs/scaling.md; in-process without one). Endpoints: docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -20,25 +20,23 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from gateway import gctune, history_api, state_files
 from gateway.admin import AdminApi
-from gateway.admission import TOO_MANY, Admission, raise_open_files_limit
+from gateway.admission import Admission, raise_open_files_limit
 from gateway.alerts.admin import AlertAdmin
 from gateway.alerts.engine import AlertEngine
 from gateway.alerts.localtime import zone
-from gateway.alerts.metrics import metric_lines as alert_metric_lines
 from gateway.alerts.relay import AlertOwner, AlertRelay
 from gateway.alerts.webhook import WebhookNotifier
 from gateway.auth import Authenticator
 from gateway.bus import Bus, default_instance_id, open_bus
 from gateway.cluster import Cluster
 from gateway.config import GatewayConfig
-from gateway.conn import EdgeConnection, connection_class, dumps, json_response
+from gateway.conn import EdgeConnection, connection_class, dumps
 from gateway.dashboard import sync as dashboard_sync
 from gateway.dashboard.roles import DashboardAuth
 from gateway.dashboard.room import Dashboard
@@ -48,13 +46,12 @@ from gateway.device_commands import Commands, CommandTarget
 from gateway.device_sweep import RegistrySweep
 from gateway.errors import ConfigError, GatewayError
 from gateway.fanout import Listeners
-from gateway.forward import metrics as forward_metrics
 from gateway.forward.setup import Forwarding, RelayedForwarding
-from gateway.host_metrics import HostView
 from gateway.http_api import HttpApi
 from gateway.logs import log
 from gateway.metrics import Metrics, package_version
 from gateway.ota.room import Ota
+from gateway.pages import ProcessPages
 from gateway.registry import Registry
 from gateway.replacement import LiveDevices
 from gateway.retention import Retention
@@ -150,8 +147,6 @@ class Gateway:
         self.http = HttpApi(config, admin_token=admin_token, dashboard_auth=self.dashboard_auth,
                             client_address=self.device_auth.client_address, draining=lambda: self.draining,
                             count_error=self.metrics.count_error)
-        self.http.route("/healthz", self.healthz)
-        self.http.route("/metrics", self.metrics_page)
         self.http.websocket(DEVICE_PATH, self.device_auth.check_upgrade, self.sessions.handle)
         self.dashboard = Dashboard(config, storage, self.hub, self.http, self.dashboard_auth, self.alerts,
                                    self.admin.run_command, self.metrics.count_error, self.admin.requests,
@@ -166,7 +161,6 @@ class Gateway:
         self.draining = False
         self.stopped = asyncio.Event()
         self.exit_code = 0
-        self.started_at = time.time()
         self.supervisor = Supervisor(on_give_up=self._give_up)
         # The budget of connections before authentication (one Admission, gateway/admission.py), with
         # the open-files limit raised first: half the soft limit at most.
@@ -174,7 +168,12 @@ class Gateway:
         self.admission = Admission(min(config.max_unauthenticated, max(64, self.files_limit[1] // 2)),
                                    config.max_unauthenticated_per_address, config.trusted_proxies,
                                    config.auth_timeout_s, _loop_time)
-        self.host_view = HostView(self.bus, siblings, self._own_metrics, self._own_health) if siblings else None
+        # /healthz and /metrics (gateway/pages.py); with workers, the whole gateway's.
+        self.pages = ProcessPages(config, storage, self.metrics, self.supervisor, self.admission, self.bus,
+                                  self.cluster, self.live, self.hub, self.commands, self.forwarding, self.alerts,
+                                  self.notifier, self.ota, lambda: self.draining, worker=worker, siblings=siblings)
+        self.http.route("/healthz", self.pages.healthz)
+        self.http.route("/metrics", self.pages.metrics_page)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -333,51 +332,7 @@ class Gateway:
         """A rollout's offer: the ``ota`` command, to a device online now (docs/ota.md)."""
         return await self.commands.run(device_id, "ota", args, self.config.ota_offer_timeout_s, queue=False)
 
-    # ------------------------------------------------------------ HTTP endpoints of the process
-    def _own_health(self) -> dict[str, Any]:
-        """This process's health report (see ``healthz``) with its HTTP status under ``http``."""
-        storage = {"backend": self.config.storage_kind, **self.storage.health()}
-        checks: dict[str, dict[str, Any]] = {"storage": storage, **self.supervisor.health()}
-        # shown; a broker being away never makes the gateway unhealthy (503), a sink far behind makes it degraded
-        forwarding = self.forwarding.health()
-        if forwarding:
-            checks["forwarding"] = forwarding
-        healthy = storage["state"] == "ok" and self.supervisor.healthy
-        bus = self.cluster.health()
-        if bus is not None:
-            checks["bus"] = bus
-        status = "draining" if self.draining else "degraded" if not healthy or (
-            bus is not None and bus["state"] != "ok") or forwarding.get("state") == "degraded" else "ok"
-        return {"status": status, "http": 200 if status == "ok" or (status == "degraded" and healthy) else 503,
-                "checks": checks, "devices_online": len(self.live.devices),
-                "dashboard_clients": len(self.hub.clients), "uptime_s": round(time.time() - self.started_at, 1)}
-
-    async def healthz(self, ws: EdgeConnection, request: Request) -> Response:
-        """200 while serving with storage and every background task well; 503 while draining or when
-        storage or a task fails. ``checks`` holds each part with its state (storage, hub, registry_sweep,
-        gc, retention; with a bus also cluster and bus). A bus that is not ok makes the status
-        ``degraded`` with HTTP 200: the pod still stores readings, so readiness must not drop it (a
-        bus outage would otherwise empty the Service of every pod); docs/scaling.md section 9. So does
-        forwarding past ``forward_lag_degraded_s`` (a sink's broker away too long: docs/mqtt.md).
-
-        With workers (gateway/workers.py), ``workers`` holds each worker's own report, and the
-        gateway's status is the worst of them (a worker that does not answer is ``unreachable``:
-        503); ``devices_online`` and ``dashboard_clients`` are the sums."""
-        own = self._own_health()
-        if self.host_view is None:
-            return json_response(own.pop("http"), own)
-        workers = await self.host_view.workers_health(self.bus.instance_id, dict(own))
-        codes = [int(report.get("http", 503)) for report in workers.values()]
-        rank = {"ok": 0, "degraded": 1, "draining": 2, "unreachable": 3}
-        worst = max((str(r.get("status", "unreachable")) for r in workers.values()), key=lambda s: rank.get(s, 3))
-        for report in workers.values():
-            report.pop("http", None)
-        body = {**{k: v for k, v in own.items() if k != "http"}, "status": worst,
-                "devices_online": sum(int(r.get("devices_online", 0)) for r in workers.values()),
-                "dashboard_clients": sum(int(r.get("dashboard_clients", 0)) for r in workers.values()),
-                "workers": workers}
-        return json_response(max(codes), body)
-
+    # ------------------------------------------------------------ HTTP endpoints of the dashboard
     async def history(self, ws: EdgeConnection, request: Request) -> Response:
         """/v1/history, /v1/history.csv, /v1/devices: with the dashboard's checks (docs/http-api.md)."""
         identity = await self.http.dashboard_identity(ws, request)
@@ -387,59 +342,6 @@ class Gateway:
         """/v1/ota: the dashboard's OTA panel (rollouts, update states), with the dashboard's checks."""
         identity = await self.http.dashboard_identity(ws, request)
         return identity if isinstance(identity, Response) else await self.ota.status_response()
-
-    async def _own_metrics(self) -> str:
-        admission = self.admission
-        self.counters.by_error[TOO_MANY] = admission.answered
-        cluster_gauges, cluster_counters, cluster_labelled = self.cluster.metric_rows()
-        body = self.metrics.render(
-            gauges=[*cluster_gauges,
-                ("devices_online", "Devices with an authenticated session.", len(self.live.devices)),
-                ("fleet_registered", "Enabled devices in the registry (the fleet that should be online).",
-                 sum(1 for view in self.hub.devices.values() if view.registered and view.enabled)),
-                ("dashboard_clients", "Browsers (dashboard stream clients) connected to /v1/dashboard.",
-                 len(self.hub.clients)),
-                ("unauthenticated_connections", "Connections accepted that have not authenticated yet.",
-                 admission.total),
-                ("commands_pending", "Commands sent to devices and waiting for their result.",
-                 len(self.commands.pending)),
-                ("up", "1 while every background task runs and storage is ok, else 0.",
-                 int(self.supervisor.healthy and self.storage.health()["state"] == "ok")),
-                ("storage_ok", "1 while storage is ok, 0 while it fails (/healthz checks.storage says how).",
-                 int(self.storage.health()["state"] == "ok")),
-            ],
-            counters=[("dashboard_resyncs", "Dashboard clients that fell behind and were resynced with a "
-                       "snapshot.", self.hub.resyncs),
-                      ("dashboard_updates", "Coalesced update frames built for dashboards.", self.hub.updates_sent),
-                      ("ota_chunks", "ota_chunk frames sent to devices (docs/ota.md).", self.ota.frames.chunks),
-                      ("ota_chunk_bytes", "Bytes of the ota_chunk frames sent to devices.",
-                       self.ota.frames.chunk_bytes),
-                      ("ota_refused", "ota_get requests answered with an error (ota_unknown, storage).",
-                       self.ota.frames.refused),
-                      ("ota_offers", "OTA offers made by this process's rollout engine.",
-                       self.ota.engine.offers if self.ota.engine is not None else 0),
-                      *cluster_counters],
-            labelled=[("task_restarts", "Restarts of background tasks after a failure.", "task",
-                       {name: state.restarts for name, state in self.supervisor.tasks.items()}),
-                      *cluster_labelled],
-            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
-            extra=[*alert_metric_lines(self.alerts, self.notifier), *forward_metrics.lines(self.forwarding),
-                   *admission.metric_lines()])
-        if self.worker is not None:  # each worker's own devices, under its label (gateway/host_metrics.py)
-            body += ("# HELP edgewire_worker_devices_online Devices with a session on each worker process.\n"
-                     "# TYPE edgewire_worker_devices_online gauge\n"
-                     f'edgewire_worker_devices_online{{worker="{self.bus.instance_id}"}} '
-                     f"{len(self.live.devices)}\n").encode()
-        return body.decode()
-
-    async def metrics_page(self, ws: EdgeConnection, request: Request) -> Response:
-        """Prometheus text; with workers, the whole gateway's (gateway/host_metrics.py)."""
-        page = await self._own_metrics()
-        if self.host_view is not None:
-            page = await self.host_view.merged_metrics(page)
-        body = page.encode()
-        return Response(200, "OK", Headers({"Content-Type": "text/plain; version=0.0.4; charset=utf-8",
-                                            "Content-Length": str(len(body))}), body)
 
 
 async def _call(fn: Callable[[], None]) -> None:

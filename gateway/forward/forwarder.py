@@ -102,6 +102,7 @@ class Forwarder:
         self._retry = Backoff(0.5, 5.0)  # after a storage error
         self._resend = Backoff(0.2, 5.0)  # before sending again what the sink failed
         self._resend_until = 0
+        sink.on_change(self.wake)
 
     @property
     def name(self) -> str:
@@ -129,7 +130,6 @@ class Forwarder:
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> None:
         """Forward until ``close``; standby while another instance holds the lease."""
-        self.sink.changed = self.wake
         self._finished.clear()
         try:
             while not self._stopping:

@@ -17,8 +17,9 @@ Forwarder, from storage. The bridge keeps the broker in step with the gateway (d
   lost them) and whenever Home Assistant announces itself (``online`` on
   ``<discovery prefix>/status``); removed (empty retained payloads) when the device is deleted
   from the registry (every config of it: those published here and those read back from the
-  broker, an earlier run's included). A device the registry snapshot does not know yet (added since) has its
-  label looked up before its first config goes out, so Home Assistant names it right at once;
+  broker, an earlier run's included: gateway/forward/mqtt_retained.py). A device the registry
+  snapshot does not know yet (added since) has its label looked up before its first config goes
+  out, so Home Assistant names it right at once;
 - each device's status (open alerts, health, outputs), retained, for those entities;
 - alert events (``alert_event``) and command results.
 
@@ -45,6 +46,7 @@ from gateway.forward.discovery import OFFLINE, ONLINE, DeviceInfo, Topics
 from gateway.forward.mqtt_commands import CommandGate, RunCommand
 from gateway.forward.mqtt_control import ControlChannel
 from gateway.forward.mqtt_link import Message, MqttLink
+from gateway.forward.mqtt_retained import RetainedConfigs
 from gateway.forward.settings import MqttSettings
 from gateway.logs import log
 from gateway.metric_table import BUILT_IN, MetricTable
@@ -90,10 +92,6 @@ class MqttBridge:
         self._configs: dict[str, None] = {}  # devices whose configs to publish (ordered, coalesced)
         self._availability: dict[str, None] = {}
         self._statuses: dict[str, None] = {}  # devices whose status (alerts, health, outputs) to publish
-        self._removals: dict[str, None] = {}  # topics to clear (empty retained)
-        self._published: dict[str, tuple[Any, ...]] = {}  # device -> signature of its configs on the broker
-        self._config_topics: dict[str, list[str]] = {}  # device -> its config topics published
-        self._broker_configs: dict[str, set[str]] = {}  # device -> its config topics read back from the broker
         self._status_due = False  # the bridge's own status and device config
         self._pump_scheduled = False
         self.gate = CommandGate(run_command, self._answer, done=self._command_done) \
@@ -104,6 +102,7 @@ class MqttBridge:
             ca_file=settings.ca_file, will=(self.topics.status, OFFLINE), max_queued=window + QUEUE_ROOM,
             on_connect=self._connected, on_disconnect=lambda _reason: None, on_message=self._messages)
         self.control = ControlChannel(self.link, self._schedule)  # and its counters, for /metrics
+        self.retained = RetainedConfigs(self.topics, self.control)  # configs on the broker, topics to clear
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -194,13 +193,9 @@ class MqttBridge:
             self.registered.discard(device_id)
         info = self.devices.pop(device_id, None)
         self.online.discard(device_id)
-        for pending in (self._configs, self._availability, self._statuses, self._published):
+        for pending in (self._configs, self._availability, self._statuses):
             pending.pop(device_id, None)
-        topics = self._config_topics.pop(device_id, [])
-        topics += [self.topics.config(device_id, m) for m in sorted(info.metrics if info else ())]
-        topics += sorted(self._broker_configs.pop(device_id, ()))  # e.g. a switch of an earlier run
-        for topic in [*topics, *self.topics.of_device(device_id)]:
-            self._removals[topic] = None
+        self.retained.device_deleted(device_id, info.metrics if info else ())
         log("mqtt_device_removed", device=device_id)
         self._schedule()
 
@@ -255,7 +250,7 @@ class MqttBridge:
 
     def _resend_all(self) -> None:
         self._status_due = True
-        self._published.clear()
+        self.retained.resend()
         for device_id in self.devices:
             self._configs[device_id] = None
             self._availability[device_id] = None
@@ -276,18 +271,14 @@ class MqttBridge:
                 if self.gate is not None:
                     self.gate.received(command[0], command[1], payload, retained)
                 continue
-            # A config of ours (retained ones at subscribe time, then our own as they go out): cleared if its
-            # device is no longer registered, else kept in mind, so removing the device clears every entity
-            # the broker holds for it, those published by an earlier run included.
+            # A config of ours: cleared if its device is no longer registered, else kept in mind, so removing
+            # the device clears every entity the broker holds for it, those of an earlier run included.
             device_id = discovery.device_of_config(payload)
             if device_id is None:
                 continue
-            if self.registered is not None and device_id not in self.registered and device_id not in self.devices:
-                for stale in [topic, *self.topics.of_device(device_id)]:
-                    self._removals[stale] = None
+            gone = self.registered is not None and device_id not in self.registered and device_id not in self.devices
+            if self.retained.config_seen(topic, device_id, known=not gone):
                 self._schedule()
-            else:
-                self._broker_configs.setdefault(device_id, set()).add(topic)
 
     # ------------------------------------------------------------ publishing control messages
     def _info(self, device_id: str) -> DeviceInfo:
@@ -334,11 +325,8 @@ class MqttBridge:
                     True, "config"):
                 return
             self._status_due = False
-        while self._removals and control.room:
-            topic = next(iter(self._removals))
-            if not publish(topic, b"", True, "removal"):
-                return
-            del self._removals[topic]
+        if not self.retained.send_removals():
+            return
         if self.settings.discovery:
             for device_id in list(self._configs):
                 if not control.room:
@@ -369,15 +357,7 @@ class MqttBridge:
 
     def _publish_configs(self, device_id: str) -> bool:
         info = self.devices.get(device_id)
-        if info is None:
-            return True
-        signature = (*info.signature(), self.instance)
-        if self._published.get(device_id) == signature:
-            return True
-        configs = ha_entities.entity_configs(info, self.topics, self.version, self.table, self.gate is not None)
-        for topic, config in configs:
-            if not self.control.publish(topic, discovery.encode(config), True, "config"):
-                return False
-        self._published[device_id] = signature
-        self._config_topics[device_id] = [topic for topic, _ in configs]
-        return True
+        return info is None or self.retained.send_configs(info, (*info.signature(), self.instance), self._entities)
+
+    def _entities(self, info: DeviceInfo) -> list[tuple[str, dict[str, Any]]]:
+        return ha_entities.entity_configs(info, self.topics, self.version, self.table, self.gate is not None)

@@ -12,8 +12,9 @@ event loop:
   code such as "not authorized"): counted as a forced drop and logged, not retried, so one
   refused topic cannot stall every device.
 
-``changed`` is set by the forwarder: the sink calls it when ``ready`` changes, so the
-forwarder wakes up instead of polling.
+The forwarder registers with ``on_change`` when it is built (the sink exists first: the
+forwarder takes it in its constructor); the sink calls ``changed`` when ``ready`` changes, so
+the forwarder wakes up instead of polling.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ class Sink(abc.ABC):
     name = "sink"
 
     def __init__(self) -> None:
-        self.changed: Callable[[], None] = _nothing
+        self._on_change: list[Callable[[], None]] = []
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (sync, cheap, never raises) whenever ``ready`` changes."""
+        self._on_change.append(callback)
+
+    def changed(self) -> None:
+        """``ready`` changed: tell those registered (called by the sink itself)."""
+        for callback in self._on_change:
+            callback()
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -59,7 +69,3 @@ class Sink(abc.ABC):
     def health(self) -> dict[str, Any]:
         """What /healthz and /metrics show about the connection."""
         return {"state": "ok" if self.ready else "connecting"}
-
-
-def _nothing() -> None:
-    return None

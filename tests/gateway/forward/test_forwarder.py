@@ -83,6 +83,18 @@ def run(tmp_path: Path, body: Callable[[SQLiteStorage], Awaitable[Any]]) -> Any:
     return with_sqlite(tmp_path / "f.db", body, commit_interval_ms=0)
 
 
+def test_the_forwarder_registers_with_its_sink_when_built(tmp_path: Path) -> None:
+    """Wiring by constructor: a sink's change wakes its forwarder, with no attribute set from outside."""
+    async def body(storage: SQLiteStorage) -> None:
+        sink = ScriptedSink()
+        fw = Forwarder(sink, storage, "gw1")
+        assert not fw._event.is_set()
+        sink.set_connected(False)
+        assert fw._event.is_set()
+
+    run(tmp_path, body)
+
+
 def test_forwards_in_storage_order_and_resumes_after_a_restart(tmp_path: Path) -> None:
     async def first(storage: SQLiteStorage) -> list[tuple[str, int]]:
         sink = ScriptedSink()
