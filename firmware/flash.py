@@ -63,11 +63,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script (`python firmware/flash.py`) from any directory
     sys.path.insert(0, str(ROOT))
 
-from protocol import wire
+from protocol import DEVICE_CORE, wire
 
 FIRMWARE_DIR = ROOT / "firmware"
-PROTOCOL_FILES = ("__init__.py", "wire.py", "cbor.py", "decisions.py", "device_frames.py", "device_commands.py",
-                  "device_endings.py", "device.py", "ota.py", "p256.py")  # the device side: never the gateway side
+PROTOCOL_FILES = (*DEVICE_CORE, "cbor.py", "ota.py", "p256.py")  # the device side: never the gateway side
 HOST_ONLY = {"flash.py"}  # firmware/*.py that run on the PC, not on the device
 RUN_AS_SOURCE = {"boot.py", "main.py"}  # MicroPython runs these by name: copied as .py, not compiled
 # At the filesystem's root and never updated over the air (docs/ota.md); the rest is the app,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 from pathlib import Path
 
 from websockets.datastructures import Headers
@@ -28,8 +29,9 @@ from gateway.dashboard.http import CONTENT_TYPES, SECURITY_HEADERS
 
 PHONE_DIR = Path(__file__).parent / "phone"
 PROTOCOL_DIR = Path(protocol.__file__).parent  # the package itself, wherever it is installed
-# The core's modules the page imports (protocol/cbor.py is left out: the page speaks JSON).
-PROTOCOL_FILES = ("__init__.py", "wire.py", "device.py", "outbox.py")
+# The core's modules the page imports (protocol/cbor.py is left out: the page speaks JSON); the page
+# reads their list from /phone/files.json.
+PROTOCOL_FILES = (*protocol.DEVICE_CORE, "outbox.py")
 PHONE_TYPES = {**CONTENT_TYPES, ".mjs": "text/javascript; charset=utf-8", ".wasm": "application/wasm",
                ".py": "text/x-python; charset=utf-8"}
 PHONE_CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; connect-src 'self'; img-src 'self'; "
@@ -62,6 +64,8 @@ def load_phone(root: Path = PHONE_DIR, protocol: Path = PROTOCOL_DIR) -> dict[st
     for name in PROTOCOL_FILES:
         files["/phone/protocol/" + name] = PhoneFile((protocol / name).read_bytes(), PHONE_TYPES[".py"])
     files["/phone"] = files.pop("/phone/index.html")
+    listing = ["protocol/" + name for name in PROTOCOL_FILES] + ["phone.py"]
+    files["/phone/files.json"] = PhoneFile(json.dumps(listing).encode(), "application/json")
     return files
 
 

@@ -11,8 +11,6 @@ import { loadMicroPython } from "/phone/vendor/micropython.mjs";
 
 const KEY = "edgewire-phone"; // localStorage: {device, token}
 const DB = "edgewire-phone"; // IndexedDB: "readings" (seq -> reading JSON), "meta" ("counter")
-const PY_FILES = ["protocol/__init__.py", "protocol/wire.py", "protocol/device.py", "protocol/outbox.py",
-  "phone.py"];
 const DEFAULT_INTERVAL_S = 2;
 const $ = (sel) => document.querySelector(sel);
 
@@ -328,16 +326,23 @@ async function main() {
   });
 }
 
+// The core's modules and phone.py, as the gateway lists them (gateway/dashboard/phone_page.py).
+async function fetchSources() {
+  const listing = await fetch("/phone/files.json");
+  if (!listing.ok) throw new Error(`/phone/files.json: HTTP ${listing.status}`);
+  return Promise.all((await listing.json()).map(async (name) => {
+    const resp = await fetch(`/phone/${name}`);
+    if (!resp.ok) throw new Error(`/phone/${name}: HTTP ${resp.status}`);
+    return [name, new Uint8Array(await resp.arrayBuffer())];
+  }));
+}
+
 async function run(credential) {
   const started = performance.now();
   const [mp, sources, store] = await Promise.all([
     loadMicroPython({ heapsize: 2 * 1024 * 1024, url: "/phone/vendor/micropython.wasm",
       stdout: (line) => console.info(line), stderr: (line) => console.warn(line) }),
-    Promise.all(PY_FILES.map(async (name) => {
-      const resp = await fetch(`/phone/${name}`);
-      if (!resp.ok) throw new Error(`/phone/${name}: HTTP ${resp.status}`);
-      return [name, new Uint8Array(await resp.arrayBuffer())];
-    })),
+    fetchSources(),
     openDb().then((db) => new Store(db)),
   ]);
   try { mp.FS.mkdir("/protocol"); } catch { /* exists */ }

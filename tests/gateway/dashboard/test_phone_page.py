@@ -46,9 +46,10 @@ def test_the_core_is_served_from_protocol_as_it_is() -> None:
     files = load_phone()
     for name in PROTOCOL_FILES:
         assert files[f"/phone/protocol/{name}"].body == (ROOT / "protocol" / name).read_bytes(), name
-    js = files["/phone/phone.js"].body.decode()
-    for name in PROTOCOL_FILES:
-        assert f'"protocol/{name}"' in js, name  # the page writes every one of them into MicroPython's FS
+    listing = json.loads(files["/phone/files.json"].body)  # the page writes every one into MicroPython's FS
+    assert listing == [f"protocol/{name}" for name in PROTOCOL_FILES] + ["phone.py"]
+    for name in ("device.py", "decisions.py", "device_frames.py", "wire.py", "outbox.py"):  # what device.py imports
+        assert name in PROTOCOL_FILES, name
     assert not re.search(r"class DeviceSession|def handle\(", files["/phone/phone.py"].body.decode())
 
 
