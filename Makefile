@@ -191,7 +191,7 @@ flash: system-deps-demo $(STAMP)
 # (slot A's files under flat names, nothing of the root) and print the `ota upload` to run (docs/ota.md).
 OTA_RELEASE_DIR ?= build/ota-esp32
 .PHONY: ota-release
-ota-release: $(STAMP)
+ota-release: system-deps-demo $(STAMP)
 	@$(PY) firmware/flash.py --release $(OTA_RELEASE_DIR)
 
 # The emulated ESP32 board (python -m simulator esp32) runs MicroPython's WebAssembly port.
