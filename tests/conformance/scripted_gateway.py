@@ -15,13 +15,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from protocol import wire
 from protocol.gateway import EV_AUTH, EV_DATA, EV_STATUS, GatewaySession
+from tests.helpers.loopback_server import LoopbackServer
 
 ERROR_FOR_CLOSE = {code: error for error, code in wire.CLOSE_FOR_ERROR.items()}
 
@@ -56,7 +57,7 @@ class Attempt:
     data_seqs: list[int] = field(default_factory=list)
 
 
-class ScriptedGateway:
+class ScriptedGateway(LoopbackServer):
     def __init__(self, plan: list[Script], device_id: str) -> None:
         self.plan = plan
         self.device_id = device_id
@@ -64,37 +65,13 @@ class ScriptedGateway:
         self.stored: list[int] = []
         self.refused: list[int] = []
         self.statuses: list[dict[str, Any]] = []
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-        self._ready = threading.Event()
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/device"
-
-    def start(self) -> ScriptedGateway:
-        self._thread.start()
-        assert self._ready.wait(10), "scripted gateway did not start"
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+        super().__init__()
 
     def script(self, index: int) -> Script:
         return self.plan[min(index, len(self.plan) - 1)]
 
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        async with serve(self._handler, "127.0.0.1", 0, process_request=self._process_request,
-                         compression=None, ping_interval=None) as server:
-            self.port = next(iter(server.sockets)).getsockname()[1]
-            self._ready.set()
-            await self._stop.wait()
+    def serve_options(self) -> dict[str, Any]:
+        return {**super().serve_options(), "process_request": self._process_request}
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         attempt = Attempt(len(self.attempts), time.monotonic())

@@ -24,12 +24,12 @@ import subprocess
 import threading
 import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
+from tests.edge.agentproc import wait_for
 from tests.helpers.ota_release import ReleaseKey
 from tests.helpers.ota_release import manifest_text as release_manifest
 
@@ -95,15 +95,6 @@ def deps_dir(base: Path) -> Path:
     return out
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 class ScriptedGateway:

@@ -21,7 +21,8 @@ import pytest
 from edge.config import load
 from edge.release import Releases
 from edge.update import Updater, file_sha256, read_json
-from tests.edge.otatools import AgentUnit, ScriptedGateway, deps_dir, make_wheel, manifest_text, wait_for
+from tests.edge.agentproc import wait_for
+from tests.edge.otatools import AgentUnit, ScriptedGateway, deps_dir, make_wheel, manifest_text
 from tests.helpers.ota_release import ReleaseKey
 
 CRASHING_CLI = 'import sys\n\n\ndef main(argv=None):\n    sys.exit("this release cannot start")\n'

@@ -16,11 +16,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from tests.helpers.loopback_server import LoopbackServer
 
-class OtaGateway:
+
+class OtaGateway(LoopbackServer):
     def __init__(self, device_id: str) -> None:
         self.device_id = device_id
         self.releases: dict[str, dict[str, bytes]] = {}  # release id -> file name -> bytes
@@ -36,27 +38,9 @@ class OtaGateway:
         self.hold_after: str | None = None  # an ota state that sets hold_welcome when it arrives
         self.release_welcome = threading.Event()
         self.on_get: Callable[[dict[str, Any]], None] | None = None
-        self.port = 0
         self._ws: ServerConnection | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
         self._ids = 0
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/device"
-
-    def start(self) -> OtaGateway:
-        self._thread.start()
-        assert self._ready.wait(10), "scripted gateway did not start"
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+        super().__init__()
 
     def online(self) -> bool:
         return self._ws is not None
@@ -85,14 +69,8 @@ class OtaGateway:
     def state_names(self, release: str) -> list[str]:
         return [s["state"] for s in self.states if s.get("release") == release]
 
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        async with serve(self._handler, "127.0.0.1", 0, compression=None, ping_interval=None,
-                         max_size=1 << 20) as server:
-            self.port = next(iter(server.sockets)).getsockname()[1]
-            self._ready.set()
-            await self._stop.wait()
+    def serve_options(self) -> dict[str, Any]:
+        return {**super().serve_options(), "max_size": 1 << 20}
 
     async def _handler(self, ws: ServerConnection) -> None:
         try:
