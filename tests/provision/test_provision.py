@@ -392,6 +392,7 @@ class Restarter:
         self.fleet = fleet
         self.link = fleet.rootfs("pi-1") / "opt" / "edgewire" / "current"
         self.targets: list[str] = []
+        self.started = 0.0  # when the agent was last started (status.json's "started" is the agent's own)
         self.stop_flag = threading.Event()
         self.thread = threading.Thread(target=self.watch, daemon=True)
 
@@ -399,6 +400,7 @@ class Restarter:
         old = self.fleet.services.pop("agent", None)
         if old is not None:
             old.stop()
+        self.started = time.time()
         self.fleet.services["agent"] = Service(self.fleet.rootfs("pi-1"), "edgewire-agent.service",
                                                self.fleet.root / "logs" / "agent-pi-1.log").start()
         self.targets.append(os.readlink(self.link))
@@ -460,7 +462,9 @@ def test_upgrade_yml_rolls_back_a_broken_release_and_stops_at_the_failure_limit(
         assert os.readlink(pi2 / "current") == "releases/0.1.0" and not (pi2 / "releases" / "0.1.2").exists()
         wait_for(lambda: restarter.targets == ["releases/0.1.1", "releases/0.1.2", "releases/0.1.1"], 30,
                  "pi-1's agent restarted on 0.1.2, then on 0.1.1 again")
-        wait_for(lambda: pi_status(fleet).get("fw") == "0.1.1" and pi_status(fleet).get("acked") is True, 120,
+        # the agent started last (not the status file the one before it left) is 0.1.1 and acked
+        wait_for(lambda: pi_status(fleet).get("fw") == "0.1.1" and pi_status(fleet).get("acked") is True
+                 and pi_status(fleet).get("started", 0) >= restarter.started - 1.0, 120,
                  "pi-1's agent 0.1.1 back and acked")
         assert "broken release" in (fleet.root / "logs" / "agent-pi-1.log").read_text()
     assert fleet.services.pop("agent").stop() == 0
