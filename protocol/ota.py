@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - MicroPython builds that only have uhas
 
 import binascii
 
-from protocol.wire import E_BAD_REQUEST, E_OTA_UNKNOWN, T_OTA, T_OTA_GET, _strict_loads, encode
+from protocol.wire import E_BAD_REQUEST, E_OTA_UNKNOWN, T_OTA, T_OTA_GET, _strict_loads, encode, spelled_with
 
 # Update states (the ``ota`` frame's ``state``).
 S_DOWNLOADING = "downloading"
@@ -82,11 +82,8 @@ class OtaError(ValueError):
 
 def _hex_int(text, length):
     """The integer a string of ``length`` lowercase hex digits spells, or None."""
-    if type(text) is not str or len(text) != length:
+    if not spelled_with(text, _HEX, length) or len(text) != length:
         return None
-    for ch in text:
-        if ch not in _HEX:
-            return None
     return int(text, 16)
 
 
@@ -163,22 +160,12 @@ class Manifest:
 
 def valid_version(text):
     """Versions: 1-32 characters of 0-9 A-Z a-z . + -"""
-    if type(text) is not str or not 0 < len(text) <= 32:
-        return False
-    for ch in text:
-        if ch not in _VERSION_CHARS:
-            return False
-    return True
+    return spelled_with(text, _VERSION_CHARS, 32)
 
 
 def valid_file_name(text):
     """File names: 1-64 characters of A-Z a-z 0-9 _ . -, flat (no ``/``), never ``.`` or with ``..``."""
-    if type(text) is not str or not 0 < len(text) <= 64 or text == "." or ".." in text:
-        return False
-    for ch in text:
-        if ch not in _NAME_CHARS:
-            return False
-    return True
+    return spelled_with(text, _NAME_CHARS, 64) and text != "." and ".." not in text
 
 
 def runtime_tuple(text):

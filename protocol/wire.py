@@ -187,14 +187,20 @@ def is_finite(value):
     return value == value and value != _INF and value != -_INF
 
 
-def valid_device_id(text):
-    """Device ids: 1-64 characters from A-Z a-z 0-9 _ - . :"""
-    if type(text) is not str or not 0 < len(text) <= 64:
+def spelled_with(text, alphabet, longest):
+    """Whether ``text`` is a string of 1 to ``longest`` characters, each one of ``alphabet``: the
+    shape of every name and id of the protocol (device ids, metric names, OTA versions and files)."""
+    if type(text) is not str or not 0 < len(text) <= longest:
         return False
     for ch in text:
-        if ch not in _ID_CHARS:
+        if ch not in alphabet:
             return False
     return True
+
+
+def valid_device_id(text):
+    """Device ids: 1-64 characters from A-Z a-z 0-9 _ - . :"""
+    return spelled_with(text, _ID_CHARS, 64)
 
 
 def is_device_token(credential):
@@ -207,14 +213,7 @@ def is_device_token(credential):
 
 def valid_metric_name(text):
     """Metric names: 1-32 characters of a-z 0-9 _, starting with a letter."""
-    if type(text) is not str or not 0 < len(text) <= MAX_NAME:
-        return False
-    if text[0] not in "abcdefghijklmnopqrstuvwxyz":
-        return False
-    for ch in text:
-        if ch not in _NAME_CHARS:
-            return False
-    return True
+    return spelled_with(text, _NAME_CHARS, MAX_NAME) and text[0] in "abcdefghijklmnopqrstuvwxyz"
 
 
 def metric_range(name, table=None):
