@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
-from typing import Any
 
 from gateway.errors import StorageError
 from gateway.ota.serve import OtaFrames
 from gateway.storage.ota_base import DeviceReport
-from protocol.gateway import EV_OTA_GET, EV_OTA_STATE, Event, GatewaySession
+from protocol.gateway import EV_OTA_GET, EV_OTA_STATE, Event
+from tests.gateway.test_cluster import Target as Conn
 
 DATA = bytes(range(256)) * 20
 
@@ -40,15 +39,6 @@ class FakeStore:
         self.reports.append(report)
         return 1
 
-
-class Conn:
-    def __init__(self, device_id: str) -> None:
-        self.device_id = device_id
-        self.session = GatewaySession()
-        self.sent: list[dict[str, Any]] = []
-
-    async def send(self, frame: str) -> None:
-        self.sent.append(json.loads(frame))
 
 
 def get(off: int, name: str = "app.mpy", release: str = "esp32-1.0") -> Event:
